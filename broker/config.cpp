@@ -1,0 +1,116 @@
+#include "broker/config.h"
+
+#include <charconv>
+
+#include "common/detail/yaml_util.h"
+#include "common/files.h"
+
+namespace liaison::broker {
+namespace {
+
+constexpr size_t kMaxConfigBytes = 1024 * 1024;
+
+bool ParseListen(const std::string& text, std::string* host, uint16_t* port) {
+  std::string h, p;
+  if (!text.empty() && text.front() == '[') {
+    const auto close = text.find(']');
+    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') return false;
+    h = text.substr(1, close - 1);
+    p = text.substr(close + 2);
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string::npos || text.find(':') != colon) return false;
+    h = text.substr(0, colon);
+    p = text.substr(colon + 1);
+  }
+  unsigned v = 0;
+  auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), v);
+  if (h.empty() || p.empty() || ec != std::errc() || end != p.data() + p.size() || v > 65535) return false;
+  *host = h;
+  *port = static_cast<uint16_t>(v);
+  return true;
+}
+
+}  // namespace
+
+std::optional<BrokerConfig> BrokerConfig::Load(const std::string& path, Diagnostics* diags) {
+  const size_t before = diags->size();
+  auto root = yaml::LoadFile(path, kMaxConfigBytes, diags);
+  if (!root) return std::nullopt;
+  yaml::Reader r(path, diags);
+  BrokerConfig c;
+  c.path = path;
+  if (!r.ExpectMap(*root, "the broker configuration",
+                   {"name", "listen", "threads", "log_level", "policy", "tls", "limits"})) {
+    return std::nullopt;
+  }
+  if (auto v = r.String(*root, "name")) c.name = *v;
+  if (auto v = r.String(*root, "listen", true)) {
+    if (!ParseListen(*v, &c.listen_host, &c.listen_port)) {
+      r.Error((*root)["listen"], "'listen' must be HOST:PORT, e.g. 127.0.0.1:7443 or [::1]:7443, not '" + *v + "'");
+    }
+  }
+  if (auto v = r.Int(*root, "threads", 0, 64)) c.threads = static_cast<int>(*v);
+  if (auto v = r.String(*root, "log_level")) {
+    if (*v != "trace" && *v != "debug" && *v != "info" && *v != "warn" && *v != "error" && *v != "off") {
+      r.Error((*root)["log_level"], "'log_level' must be one of trace, debug, info, warn, error, off");
+    }
+    c.log_level = *v;
+  }
+  if (auto v = r.String(*root, "policy", true)) c.policy_path = ResolveRelativeTo(path, *v);
+
+  const YAML::Node tls = (*root)["tls"];
+  if (!tls.IsDefined() || tls.IsNull()) {
+    r.Error(*root, "missing required key 'tls'");
+  } else if (r.ExpectMap(tls, "'tls'", {"certificate", "private_key", "ca_bundle", "crl"})) {
+    if (auto v = r.String(tls, "certificate", true)) c.tls.certificate = ResolveRelativeTo(path, *v);
+    if (auto v = r.String(tls, "private_key", true)) c.tls.private_key = ResolveRelativeTo(path, *v);
+    if (auto v = r.String(tls, "ca_bundle", true)) c.tls.ca_bundle = ResolveRelativeTo(path, *v);
+    if (auto v = r.StringList(tls, "crl")) {
+      for (const auto& crl : *v) c.tls.crls.push_back(ResolveRelativeTo(path, crl));
+    }
+  }
+
+  const YAML::Node limits = (*root)["limits"];
+  if (limits.IsDefined() && !limits.IsNull() &&
+      r.ExpectMap(limits, "'limits'",
+                  {"max_frame_bytes", "max_recipients", "default_credit", "max_credit", "max_backlog",
+                   "max_in_flight_publishes", "max_queued_bytes", "max_connections", "handshake_timeout_ms",
+                   "idle_timeout_ms", "ping_interval_ms", "write_timeout_ms", "delivery_timeout_ms",
+                   "shutdown_grace_ms"})) {
+    Limits& l = c.limits;
+    auto u32 = [&](const char* key, uint32_t* out, int64_t min, int64_t max) {
+      if (auto v = r.Int(limits, key, min, max)) *out = static_cast<uint32_t>(*v);
+    };
+    auto ms = [&](const char* key, Millis* out, int64_t min, int64_t max) {
+      if (auto v = r.Int(limits, key, min, max)) *out = Millis(*v);
+    };
+    u32("max_frame_bytes", &l.max_frame_bytes, 1024, 64 * 1024 * 1024);
+    u32("max_recipients", &l.max_recipients, 1, 10000);
+    u32("default_credit", &l.default_credit, 1, 65536);
+    u32("max_credit", &l.max_credit, 1, 65536);
+    u32("max_backlog", &l.max_backlog, 1, 1000000);
+    u32("max_in_flight_publishes", &l.max_in_flight_publishes, 1, 1000000);
+    u32("max_connections", &l.max_connections, 1, 1000000);
+    if (auto v = r.Int(limits, "max_queued_bytes", 64 * 1024, int64_t{1} << 34)) l.max_queued_bytes = static_cast<uint64_t>(*v);
+    ms("handshake_timeout_ms", &l.handshake_timeout, 50, 600'000);
+    ms("idle_timeout_ms", &l.idle_timeout, 100, 86'400'000);
+    ms("ping_interval_ms", &l.ping_interval, 50, 86'400'000);
+    ms("write_timeout_ms", &l.write_timeout, 50, 600'000);
+    ms("delivery_timeout_ms", &l.delivery_timeout, 50, 86'400'000);
+    ms("shutdown_grace_ms", &l.shutdown_grace, 0, 600'000);
+    if (l.default_credit > l.max_credit) r.Error(limits, "'default_credit' must not exceed 'max_credit'");
+    if (l.ping_interval >= l.idle_timeout) {
+      r.Error(limits, "'ping_interval_ms' must be shorter than 'idle_timeout_ms', or idle peers are closed unpinged");
+    }
+    if (l.max_queued_bytes < uint64_t{l.max_frame_bytes} + 4) {
+      r.Error(limits, "'max_queued_bytes' must hold at least one frame of 'max_frame_bytes'");
+    }
+  }
+  for (size_t i = before; i < diags->size(); ++i) {
+    if ((*diags)[i].severity == Diagnostic::Severity::kError) return std::nullopt;
+  }
+  return c;
+}
+
+}  // namespace liaison::broker

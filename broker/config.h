@@ -1,0 +1,57 @@
+// The broker's configuration file (YAML, docs/broker.md): where it listens,
+// its TLS material, the policy file, limits and timeouts. Load validates
+// everything and reports every problem with file:line:column. A loaded
+// BrokerConfig is a plain value.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "common/diagnostic.h"
+#include "common/tls.h"
+
+namespace liaison::broker {
+
+using Millis = std::chrono::milliseconds;
+
+struct Limits {
+  uint32_t max_frame_bytes = 4 * 1024 * 1024;
+  uint32_t max_recipients = 100;
+  // Credit window: unacknowledged deliveries per receiving session.
+  uint32_t default_credit = 64;
+  uint32_t max_credit = 1024;
+  // Deliveries waiting for credit per receiving session; beyond it,
+  // publishes to that agency are refused as recipient_busy.
+  uint32_t max_backlog = 4096;
+  // Publishes of one session waiting for their PublishAck.
+  uint32_t max_in_flight_publishes = 1024;
+  // Bytes queued for a peer that is not reading before it is disconnected.
+  uint64_t max_queued_bytes = 32 * 1024 * 1024;
+  uint32_t max_connections = 20000;
+  Millis handshake_timeout{10'000};  // TCP accept to Hello
+  Millis idle_timeout{90'000};       // nothing received for this long: close
+  Millis ping_interval{30'000};      // nothing received for this long: ping
+  Millis write_timeout{30'000};      // one write blocked this long: close
+  Millis delivery_timeout{30'000};   // Deliver without DeliveryAck this long
+  Millis shutdown_grace{10'000};     // SIGTERM: time to finish in-flight work
+};
+
+struct BrokerConfig {
+  std::string path;                 // the file it was loaded from
+  std::string name = "liaison";     // shown to clients in Welcome
+  std::string listen_host = "127.0.0.1";
+  uint16_t listen_port = 7443;      // 0: any free port (tests)
+  TlsFiles tls;
+  std::string policy_path;
+  int threads = 0;                  // 0: one per core
+  std::string log_level = "info";
+  Limits limits;
+
+  // Parses and validates path. Relative paths in the file are relative to
+  // the file's directory. Returns nothing when there are errors (in diags).
+  static std::optional<BrokerConfig> Load(const std::string& path, Diagnostics* diags);
+};
+
+}  // namespace liaison::broker

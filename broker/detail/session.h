@@ -1,0 +1,107 @@
+// One client connection to the broker (internal). Owns the TLS stream and
+// runs three coroutines on its strand: the reader (which dispatches each
+// frame to a handle_*.cpp handler), the writer (FrameStream::WriteLoop) and
+// a watchdog (handshake, idle, write and delivery deadlines; pings).
+//
+// Threading: private members are touched only on the session's strand. The
+// public methods other than id()/agency() may be called from any thread;
+// they post onto the strand.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "common/detail/frame_stream.h"
+#include "proto/detail/pb.h"
+
+namespace liaison::broker {
+
+class BrokerState;
+class PendingPublish;
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(BrokerState& state, net::TlsStream stream, uint64_t id, std::string peer);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  void Start();
+  uint64_t id() const { return id_; }
+
+  // Queues a message for delivery to this (receiving) session; the outcome
+  // goes to pending's recipient index.
+  void OfferDelivery(std::shared_ptr<PendingPublish> pending, size_t index,
+                     std::shared_ptr<const v1::Message> message);
+  // Sends an encoded PublishAck frame (from PendingPublish).
+  void SendPublishAck(std::string encoded);
+  // Graceful shutdown, step 1: refuse new publishes.
+  void BeginDrain();
+  // Step 2: resolve every delivery still waiting for an ack.
+  void AbortDeliveries(v1::Reason reason, std::string detail);
+  // Step 3, or a take-over: send an Error with reason, flush, close.
+  void Shutdown(v1::Reason reason, std::string message);
+  // Close now, without flushing.
+  void Abort();
+
+ private:
+  enum class Phase { kHandshake, kAwaitHello, kReady, kClosed };
+  struct Delivery {
+    std::shared_ptr<PendingPublish> pending;
+    size_t index = 0;
+    std::shared_ptr<const v1::Message> message;
+    net::Clock::time_point sent_at{};
+  };
+
+  boost::asio::awaitable<void> Run();
+  boost::asio::awaitable<void> Watchdog();
+  void CheckDeadlines();
+  void Finish();
+
+  // Frame handlers (one file each: handle_hello.cpp, handle_publish.cpp, ...).
+  void Dispatch(v1::Frame& frame);
+  void HandleHello(const v1::Hello& hello);
+  void HandlePublish(v1::Publish& publish);
+  void HandleDeliveryAck(const v1::DeliveryAck& ack);
+  void HandlePing(const v1::Ping& ping);
+  void HandlePong(const v1::Pong& pong);
+  void HandleError(const v1::Error& error);
+
+  void Send(const v1::Frame& frame);
+  void SendError(uint64_t request_id, v1::Reason code, const std::string& message, bool fatal);
+  void EnqueueDelivery(Delivery d);
+  void PumpDeliveries();
+  void ResolveDeliveries(v1::Reason reason, const std::string& detail);
+
+  BrokerState& broker_;
+  const uint64_t id_;
+  const std::string peer_;   // "127.0.0.1:40522"
+  std::string tag_;          // log prefix: "session 12 police@127.0.0.1:40522"
+  net::FrameStream stream_;
+  boost::asio::steady_timer watchdog_;
+  Phase phase_ = Phase::kHandshake;
+  net::Clock::time_point started_;
+  net::Clock::time_point close_started_{};
+  std::string agency_;
+  std::string cert_sha256_;
+
+  bool draining_ = false;
+  uint32_t in_flight_publishes_ = 0;
+
+  bool receiving_ = false;
+  uint32_t credit_ = 0;
+  uint64_t next_delivery_id_ = 1;
+  std::map<uint64_t, Delivery> unacked_;   // by delivery id, oldest first
+  std::deque<Delivery> backlog_;           // waiting for credit
+
+  uint64_t ping_nonce_ = 0;
+  bool ping_outstanding_ = false;
+};
+
+}  // namespace liaison::broker

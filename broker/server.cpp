@@ -1,0 +1,201 @@
+#include "broker/server.h"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <thread>
+#include <vector>
+
+#include "broker/detail/broker_state.h"
+#include "broker/detail/session.h"
+
+namespace liaison::broker {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+namespace {
+constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
+
+std::shared_ptr<const policy::Policy> LoadPolicy(const BrokerConfig& config, Diagnostics* diags) {
+  return policy::Policy::LoadFile(config.policy_path, diags);
+}
+
+}  // namespace
+
+struct Server::Impl {
+  explicit Impl(BrokerConfig config)
+      : state(ioc, std::move(config)), acceptor(ioc), signals(ioc, SIGINT, SIGTERM) {}
+
+  asio::io_context ioc;
+  BrokerState state;
+  tcp::acceptor acceptor;
+  asio::signal_set signals;
+  std::atomic<bool> stopping{false};
+  uint16_t port = 0;
+
+  asio::awaitable<void> Accept();
+  asio::awaitable<void> Drain();
+  asio::awaitable<void> WaitUntil(std::function<bool()> done, std::chrono::milliseconds limit);
+};
+
+asio::awaitable<void> Server::Impl::Accept() {
+  const Limits& l = state.config.limits;
+  while (acceptor.is_open()) {
+    auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(ioc), kUseTuple);
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !acceptor.is_open()) break;
+      spdlog::warn("accept failed: {}", ec.message());
+      if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space) {
+        asio::steady_timer t(ioc, std::chrono::milliseconds(100));
+        co_await t.async_wait(kUseTuple);
+      }
+      continue;
+    }
+    boost::system::error_code ignored;
+    const auto remote = socket.remote_endpoint(ignored);
+    std::string peer = remote.address().to_string() + ":" + std::to_string(remote.port());
+    if (state.router.size() >= l.max_connections) {
+      spdlog::warn("connection from {} refused: {} connections open (limits.max_connections)", peer,
+                   l.max_connections);
+      socket.close(ignored);
+      continue;
+    }
+    socket.set_option(tcp::no_delay(true), ignored);
+    state.stats.connections_accepted++;
+    auto tls = state.tls_context();
+    net::TlsStream stream(std::move(socket), *tls);
+    const uint64_t id = state.next_session_id++;
+    std::make_shared<Session>(state, std::move(stream), id, std::move(peer))->Start();
+  }
+}
+
+asio::awaitable<void> Server::Impl::WaitUntil(std::function<bool()> done, std::chrono::milliseconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  asio::steady_timer t(ioc);
+  while (!done() && std::chrono::steady_clock::now() < deadline) {
+    t.expires_after(std::chrono::milliseconds(10));
+    co_await t.async_wait(kUseTuple);
+  }
+}
+
+asio::awaitable<void> Server::Impl::Drain() {
+  const Limits& l = state.config.limits;
+  spdlog::info("stopping: refusing new work, finishing {} in-flight publish(es) (grace {} ms)",
+               state.in_flight_publishes.load(), l.shutdown_grace.count());
+  state.draining = true;
+  boost::system::error_code ignored;
+  acceptor.close(ignored);
+  for (auto& s : state.router.All()) s->BeginDrain();
+  co_await WaitUntil([&] { return state.in_flight_publishes.load() <= 0; }, l.shutdown_grace);
+  if (state.in_flight_publishes.load() > 0) {
+    spdlog::warn("stopping: {} publish(es) still waiting after the grace period; answering them as shutting_down",
+                 state.in_flight_publishes.load());
+    for (auto& s : state.router.All()) s->AbortDeliveries(v1::REASON_SHUTTING_DOWN, "the broker is shutting down");
+    co_await WaitUntil([&] { return state.in_flight_publishes.load() <= 0; }, std::chrono::milliseconds(1000));
+  }
+  for (auto& s : state.router.All()) s->Shutdown(v1::REASON_SHUTTING_DOWN, "the broker is shutting down");
+  co_await WaitUntil([&] { return state.router.size() == 0; }, std::chrono::milliseconds(3000));
+  for (auto& s : state.router.All()) s->Abort();
+  signals.cancel(ignored);
+  spdlog::info("stopped: {} connection(s) served, {} publish(es), {} deliveries acknowledged",
+               state.stats.connections_accepted.load(), state.stats.publishes.load(),
+               state.stats.deliveries_acked.load());
+}
+
+void CheckConfigFiles(const BrokerConfig& config, Diagnostics* diags) {
+  LoadPolicy(config, diags);
+  auto tls = tls::MakeServerContext(config.tls);
+  if (!tls.ok()) diags->push_back({Diagnostic::Severity::kError, config.path, 0, 0, "tls: " + tls.status().message()});
+  if (config.tls.crls.empty()) {
+    diags->push_back({Diagnostic::Severity::kWarning, config.path, 0, 0,
+                      "tls: no 'crl' configured, so revoked agency certificates cannot be refused"});
+  }
+}
+
+Result<std::unique_ptr<Server>> Server::Create(BrokerConfig config) {
+  auto impl = std::make_unique<Impl>(std::move(config));
+  const BrokerConfig& c = impl->state.config;
+  Diagnostics diags;
+  auto policy = LoadPolicy(c, &diags);
+  if (!policy) return Status::InvalidArgument("policy rejected:\n" + FormatDiagnostics(diags));
+  for (const auto& d : diags) spdlog::warn("{}", d.ToString());
+  impl->state.set_policy(policy);
+  auto tls = tls::MakeServerContext(c.tls);
+  if (!tls.ok()) return tls.status().Annotate("TLS configuration");
+  if (c.tls.crls.empty()) spdlog::warn("no CRL configured: revoked agency certificates cannot be refused");
+  impl->state.set_tls_context(std::move(tls).value());
+
+  boost::system::error_code ec;
+  const auto address = asio::ip::make_address(c.listen_host, ec);
+  if (ec) return Status::InvalidArgument("listen address '" + c.listen_host + "' is not an IP address");
+  const tcp::endpoint ep(address, c.listen_port);
+  impl->acceptor.open(ep.protocol(), ec);
+  if (!ec) impl->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) impl->acceptor.bind(ep, ec);
+  if (!ec) impl->acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return Status::Unavailable("cannot listen on " + c.listen_host + ":" + std::to_string(c.listen_port) + ": " +
+                               ec.message());
+  }
+  impl->port = impl->acceptor.local_endpoint().port();
+  spdlog::info("policy {} loaded: {} agencies (version {})", c.policy_path, policy->agencies().size(),
+               policy->version().substr(0, 12));
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Server::~Server() = default;
+
+uint16_t Server::port() const { return impl_->port; }
+
+Status Server::Run(bool handle_signals) {
+  Impl& s = *impl_;
+  asio::co_spawn(s.ioc, s.Accept(), [](std::exception_ptr e) {
+    if (e) spdlog::critical("listener stopped unexpectedly");
+  });
+  if (handle_signals) {
+    s.signals.async_wait([this](const boost::system::error_code& ec, int signo) {
+      if (ec) return;
+      spdlog::info("received {}", signo == SIGTERM ? "SIGTERM" : "SIGINT");
+      RequestStop();
+    });
+  } else {
+    boost::system::error_code ignored;
+    s.signals.clear(ignored);
+  }
+  const int threads = s.state.config.threads > 0 ? s.state.config.threads
+                                                 : std::max(1u, std::thread::hardware_concurrency());
+  spdlog::info("broker '{}' listening on {}:{} ({} thread(s))", s.state.config.name, s.state.config.listen_host,
+               s.port, threads);
+  std::vector<std::thread> pool;
+  for (int i = 1; i < threads; ++i) pool.emplace_back([&s] { s.ioc.run(); });
+  s.ioc.run();
+  for (auto& t : pool) t.join();
+  return Status::Ok();
+}
+
+void Server::RequestStop() {
+  asio::post(impl_->ioc, [this] {
+    if (impl_->stopping.exchange(true)) return;
+    asio::co_spawn(impl_->ioc, impl_->Drain(), asio::detached);
+  });
+}
+
+Server::Counters Server::counters() const {
+  const auto& st = impl_->state.stats;
+  return Counters{st.connections_accepted.load(), st.handshakes_failed.load(), st.identities_refused.load(),
+                  st.publishes.load(),           st.deliveries_acked.load(),  st.protocol_errors.load(),
+                  impl_->state.router.size()};
+}
+
+}  // namespace liaison::broker

@@ -1,0 +1,50 @@
+// The Liaison broker: accepts mutual-TLS connections, identifies each
+// agency by its certificate and routes messages between them
+// (DESIGN.md). Create() validates everything and binds the listening socket;
+// Run() serves until RequestStop() or SIGTERM/SIGINT, then finishes
+// in-flight work within the shutdown grace period and closes every session.
+//
+// Thread-safety: RequestStop() and port() may be called from any thread;
+// Run() once, from one thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "broker/config.h"
+#include "common/status.h"
+
+namespace liaison::broker {
+
+class Server {
+ public:
+  static Result<std::unique_ptr<Server>> Create(BrokerConfig config);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // The bound port (useful with listen port 0).
+  uint16_t port() const;
+  // Serves on config.threads threads (the caller's among them) until stopped.
+  // With handle_signals, SIGTERM and SIGINT request a graceful stop.
+  Status Run(bool handle_signals);
+  void RequestStop();
+
+  struct Counters {
+    uint64_t connections_accepted, handshakes_failed, identities_refused, publishes, deliveries_acked,
+        protocol_errors;
+    size_t sessions;
+  };
+  Counters counters() const;
+
+ private:
+  struct Impl;
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Loads the policy and TLS material a config names, as Create() would,
+// adding every problem to diags. Used by --check-config.
+void CheckConfigFiles(const BrokerConfig& config, Diagnostics* diags);
+
+}  // namespace liaison::broker

@@ -1,0 +1,277 @@
+// Session lifecycle: handshake, identity, the reader loop, the watchdog and
+// the orderly end. Frame handlers live in handle_*.cpp.
+#include "broker/detail/session.h"
+
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "broker/detail/broker_state.h"
+#include "broker/detail/pending_publish.h"
+
+namespace liaison::broker {
+
+namespace asio = boost::asio;
+using net::Clock;
+
+namespace {
+constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
+constexpr auto kCloseGrace = std::chrono::seconds(2);
+
+// The watchdog's tick: a quarter of the shortest deadline, 10 ms to 1 s.
+Clock::duration WatchdogTick(const Limits& l) {
+  auto shortest = std::min({l.handshake_timeout, l.idle_timeout, l.ping_interval, l.write_timeout,
+                            l.delivery_timeout});
+  auto tick = std::chrono::duration_cast<Clock::duration>(shortest) / 4;
+  return std::clamp<Clock::duration>(tick, std::chrono::milliseconds(10), std::chrono::seconds(1));
+}
+
+// Why a TLS handshake failed, in words an operator can act on.
+std::string HandshakeFailure(SSL* ssl, const boost::system::error_code& ec) {
+  const long verify = SSL_get_verify_result(ssl);
+  if (verify != X509_V_OK) {
+    return std::string("client certificate refused: ") + X509_verify_cert_error_string(verify);
+  }
+  return ec.message();
+}
+
+}  // namespace
+
+Session::Session(BrokerState& state, net::TlsStream stream, uint64_t id, std::string peer)
+    : broker_(state),
+      id_(id),
+      peer_(std::move(peer)),
+      tag_("session " + std::to_string(id) + " " + peer_),
+      stream_(std::move(stream), state.config.limits.max_frame_bytes, state.config.limits.max_queued_bytes),
+      watchdog_(stream_.strand()),
+      started_(Clock::now()) {}
+
+Session::~Session() = default;
+
+void Session::Start() {
+  broker_.router.Add(shared_from_this());
+  asio::co_spawn(stream_.strand(), Run(), [self = shared_from_this()](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      spdlog::error("{}: internal error, closing: {}", self->tag_, ex.what());
+    }
+    self->Abort();
+    self->Finish();
+  });
+}
+
+asio::awaitable<void> Session::Run() {
+  auto self = shared_from_this();
+  asio::co_spawn(stream_.strand(), Watchdog(), asio::detached);
+
+  auto [ec] = co_await stream_.tls().async_handshake(asio::ssl::stream_base::server, kUseTuple);
+  if (ec) {
+    broker_.stats.handshakes_failed++;
+    if (phase_ != Phase::kClosed) {
+      spdlog::info("{}: TLS handshake failed: {}", tag_, HandshakeFailure(stream_.tls().native_handle(), ec));
+    }
+    stream_.Abort();
+    Finish();
+    co_return;
+  }
+
+  X509* cert = SSL_get0_peer_certificate(stream_.tls().native_handle());
+  const PeerIdentity peer = tls::IdentityOf(cert);
+  cert_sha256_ = peer.cert_sha256;
+  auto policy = broker_.policy();
+  auto agency = policy->Identify(peer);
+  asio::co_spawn(stream_.strand(), stream_.WriteLoop(), asio::detached);
+  if (!agency.ok()) {
+    broker_.stats.identities_refused++;
+    spdlog::warn("{}: refused: {} (certificate sha256 {})", tag_, agency.status().message(), peer.cert_sha256);
+    SendError(0, v1::REASON_PERMISSION_DENIED, "this certificate does not identify an agency of this network", true);
+    Finish();
+    co_return;
+  }
+  agency_ = (*agency)->id;
+  tag_ = "session " + std::to_string(id_) + " " + agency_ + "@" + peer_;
+  phase_ = Phase::kAwaitHello;
+  spdlog::info("{}: authenticated as agency '{}' (certificate sha256 {})", tag_, agency_,
+               peer.cert_sha256.substr(0, 16));
+
+  v1::Frame frame;
+  while (phase_ != Phase::kClosed && !stream_.closing()) {
+    Status s = co_await stream_.ReadFrame(&frame);
+    if (!s.ok()) {
+      if (s.IsUnavailable()) {
+        if (!stream_.closing()) spdlog::info("{}: {}", tag_, s.message());
+        break;
+      }
+      broker_.stats.protocol_errors++;
+      const bool framing = s.IsProtocolError();
+      spdlog::warn("{}: protocol error, closing: {}", tag_, s.message());
+      SendError(0, framing ? v1::REASON_FRAME_TOO_LARGE : v1::REASON_MALFORMED_FRAME, s.message(), true);
+      break;
+    }
+    Dispatch(frame);
+  }
+  Finish();
+}
+
+asio::awaitable<void> Session::Watchdog() {
+  auto self = shared_from_this();
+  const auto tick = WatchdogTick(broker_.config.limits);
+  while (phase_ != Phase::kClosed || !stream_.closed()) {
+    watchdog_.expires_after(tick);
+    co_await watchdog_.async_wait(kUseTuple);
+    if (stream_.closed() && phase_ == Phase::kClosed) break;
+    CheckDeadlines();
+  }
+}
+
+void Session::CheckDeadlines() {
+  const auto now = Clock::now();
+  const Limits& l = broker_.config.limits;
+  if (stream_.closed()) return;
+  if (stream_.closing()) {
+    if (close_started_ == Clock::time_point{}) close_started_ = now;
+    if (now - close_started_ > kCloseGrace) stream_.Abort();
+    return;
+  }
+  if (phase_ == Phase::kHandshake || phase_ == Phase::kAwaitHello) {
+    if (now - started_ > l.handshake_timeout) {
+      spdlog::info("{}: no {} within {} ms, closing", tag_, phase_ == Phase::kHandshake ? "TLS handshake" : "Hello",
+                   l.handshake_timeout.count());
+      stream_.Abort();
+    }
+    return;
+  }
+  Clock::time_point since;
+  if (stream_.write_in_progress(&since) && now - since > l.write_timeout) {
+    spdlog::warn("{}: peer has not read for {} ms, closing ({} bytes queued)", tag_, l.write_timeout.count(),
+                 stream_.queued_bytes());
+    stream_.Abort();
+    return;
+  }
+  const auto idle = now - stream_.last_read();
+  if (idle > l.idle_timeout) {
+    spdlog::info("{}: idle for {} ms, closing", tag_, l.idle_timeout.count());
+    SendError(0, v1::REASON_IDLE_TIMEOUT, "no frames received within the idle timeout", true);
+    return;
+  }
+  if (idle > l.ping_interval && !ping_outstanding_) {
+    ping_outstanding_ = true;
+    v1::Frame f;
+    f.mutable_ping()->set_nonce(++ping_nonce_);
+    Send(f);
+  }
+  while (!unacked_.empty() && now - unacked_.begin()->second.sent_at > l.delivery_timeout) {
+    auto node = unacked_.extract(unacked_.begin());
+    Delivery& d = node.mapped();
+    spdlog::warn("{}: delivery {} not acknowledged within {} ms", tag_, node.key(), l.delivery_timeout.count());
+    d.pending->Resolve(d.index, v1::OUTCOME_REFUSED, v1::REASON_DELIVERY_TIMEOUT,
+                       "delivered but not acknowledged in time; the recipient may have it");
+  }
+  PumpDeliveries();
+}
+
+void Session::Send(const v1::Frame& frame) {
+  if (stream_.closed()) return;
+  if (!stream_.Send(frame)) {
+    spdlog::warn("{}: outgoing queue over {} bytes (peer not reading), closing", tag_,
+                 broker_.config.limits.max_queued_bytes);
+    stream_.Abort();
+  }
+}
+
+void Session::SendError(uint64_t request_id, v1::Reason code, const std::string& message, bool fatal) {
+  v1::Frame f;
+  auto* e = f.mutable_error();
+  e->set_request_id(request_id);
+  e->set_code(code);
+  e->set_message(message);
+  e->set_fatal(fatal);
+  Send(f);
+  if (fatal) stream_.CloseGracefully();
+}
+
+void Session::Finish() {
+  if (phase_ == Phase::kClosed) return;
+  const bool was_identified = !agency_.empty();
+  phase_ = Phase::kClosed;
+  stream_.CloseGracefully();
+  if (receiving_) broker_.router.ReleaseReceiver(agency_, id_);
+  receiving_ = false;
+  ResolveDeliveries(v1::REASON_RECIPIENT_DISCONNECTED, "the recipient disconnected before acknowledging");
+  broker_.router.Remove(id_);
+  watchdog_.cancel();
+  if (was_identified) {
+    spdlog::info("{}: closed ({} bytes in, {} bytes out)", tag_, stream_.bytes_read(), stream_.bytes_written());
+  }
+}
+
+void Session::Abort() {
+  asio::post(stream_.strand(), [self = shared_from_this()] { self->stream_.Abort(); });
+}
+
+void Session::BeginDrain() {
+  asio::post(stream_.strand(), [self = shared_from_this()] { self->draining_ = true; });
+}
+
+void Session::AbortDeliveries(v1::Reason reason, std::string detail) {
+  asio::post(stream_.strand(), [self = shared_from_this(), reason, detail = std::move(detail)] {
+    self->ResolveDeliveries(reason, detail);
+  });
+}
+
+void Session::Shutdown(v1::Reason reason, std::string message) {
+  asio::post(stream_.strand(), [self = shared_from_this(), reason, message = std::move(message)] {
+    if (self->stream_.closing()) return;
+    if (self->phase_ == Phase::kReady || self->phase_ == Phase::kAwaitHello) {
+      self->SendError(0, reason, message, true);
+    } else {
+      self->stream_.Abort();
+    }
+  });
+}
+
+void Session::SendPublishAck(std::string encoded) {
+  asio::post(stream_.strand(), [self = shared_from_this(), encoded = std::move(encoded)]() mutable {
+    if (self->in_flight_publishes_ > 0) --self->in_flight_publishes_;
+    if (self->stream_.closed()) return;
+    if (!self->stream_.SendEncoded(std::move(encoded))) {
+      spdlog::warn("{}: outgoing queue full (peer not reading), closing", self->tag_);
+      self->stream_.Abort();
+    }
+  });
+}
+
+void Session::Dispatch(v1::Frame& frame) {
+  if (phase_ == Phase::kAwaitHello && frame.kind_case() != v1::Frame::kHello) {
+    SendError(0, v1::REASON_PROTOCOL_ERROR, "the first frame must be Hello", true);
+    return;
+  }
+  switch (frame.kind_case()) {
+    case v1::Frame::kHello: HandleHello(frame.hello()); break;
+    case v1::Frame::kPublish: HandlePublish(*frame.mutable_publish()); break;
+    case v1::Frame::kDeliveryAck: HandleDeliveryAck(frame.delivery_ack()); break;
+    case v1::Frame::kPing: HandlePing(frame.ping()); break;
+    case v1::Frame::kPong: HandlePong(frame.pong()); break;
+    case v1::Frame::kError: HandleError(frame.error()); break;
+    case v1::Frame::kWelcome:
+    case v1::Frame::kPublishAck:
+    case v1::Frame::kDeliver:
+      broker_.stats.protocol_errors++;
+      SendError(0, v1::REASON_PROTOCOL_ERROR, "this frame type is sent by the broker, not to it", false);
+      break;
+    case v1::Frame::KIND_NOT_SET:
+      broker_.stats.protocol_errors++;
+      SendError(0, v1::REASON_PROTOCOL_ERROR, "empty frame, or a frame type this broker does not know", false);
+      break;
+  }
+}
+
+}  // namespace liaison::broker

@@ -1,0 +1,97 @@
+// A framed, mutually authenticated TLS connection (internal: Asio). Used by
+// the broker's sessions and by the client library, so both speak the wire
+// format of docs/protocol.md through the same code.
+//
+// Threading: every member must be called on the stream's strand (the
+// executor its socket was created with); one ReadFrame and one WriteLoop may
+// be outstanding at the same time, which Asio's SSL stream allows.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace liaison::v1 {
+class Frame;
+}
+
+namespace liaison::net {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using Strand = asio::strand<asio::io_context::executor_type>;
+using Socket = asio::basic_stream_socket<tcp, Strand>;
+using TlsStream = asio::ssl::stream<Socket>;
+using Clock = std::chrono::steady_clock;
+
+class FrameStream {
+ public:
+  FrameStream(TlsStream stream, uint32_t max_frame_bytes, size_t max_queued_bytes);
+  FrameStream(const FrameStream&) = delete;
+  FrameStream& operator=(const FrameStream&) = delete;
+
+  TlsStream& tls() { return stream_; }
+  const Strand& strand() { return strand_; }
+
+  // Reads the next frame. Errors: Unavailable (the peer closed or the
+  // connection failed), ProtocolError (bad length: the stream is no longer
+  // in sync), InvalidArgument (the body does not parse: the frame was read
+  // whole, so the stream is still in sync).
+  asio::awaitable<Status> ReadFrame(v1::Frame* frame);
+
+  // Queues a frame for the writer. Returns false when the encoded frame is
+  // too big, or when the queue would exceed max_queued_bytes (the peer is
+  // not reading): the caller then aborts the connection.
+  bool Send(const v1::Frame& frame);
+  bool SendEncoded(std::string encoded);
+
+  // The writer: drains the queue, coalescing frames into few TLS records,
+  // until Abort, a write error, or CloseGracefully's queue is drained (then
+  // it sends close_notify and closes the socket).
+  asio::awaitable<void> WriteLoop();
+
+  // Flush what is queued, then shut TLS down and close. Idempotent.
+  void CloseGracefully();
+  // Close the socket now; pending reads and writes complete with errors.
+  void Abort();
+
+  bool closing() const { return closing_; }
+  bool closed() const { return closed_; }
+  size_t queued_bytes() const { return queued_bytes_; }
+  // When the current write started, if one is in progress.
+  bool write_in_progress(Clock::time_point* since) const;
+  Clock::time_point last_read() const { return last_read_; }
+  uint64_t bytes_read() const { return bytes_read_; }
+  uint64_t bytes_written() const { return bytes_written_; }
+
+ private:
+  TlsStream stream_;
+  Strand strand_;
+  asio::steady_timer wake_;
+  uint32_t max_frame_bytes_;
+  size_t max_queued_bytes_;
+  std::deque<std::string> queue_;
+  size_t queued_bytes_ = 0;
+  std::string out_;  // the coalesced batch being written
+  bool writing_ = false;
+  Clock::time_point write_started_{};
+  Clock::time_point last_read_;
+  bool closing_ = false;
+  bool closed_ = false;
+  uint64_t bytes_read_ = 0;
+  uint64_t bytes_written_ = 0;
+  std::string body_;
+};
+
+}  // namespace liaison::net

@@ -1,0 +1,121 @@
+#include "common/detail/frame_stream.h"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include "proto/detail/pb.h"
+#include "proto/frame_codec.h"
+
+namespace liaison::net {
+namespace {
+constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
+constexpr size_t kMaxBatchBytes = 256 * 1024;
+}  // namespace
+
+FrameStream::FrameStream(TlsStream stream, uint32_t max_frame_bytes, size_t max_queued_bytes)
+    : stream_(std::move(stream)),
+      strand_(stream_.get_executor()),
+      wake_(strand_),
+      max_frame_bytes_(max_frame_bytes),
+      max_queued_bytes_(max_queued_bytes),
+      last_read_(Clock::now()) {
+  wake_.expires_at(Clock::time_point::max());
+}
+
+asio::awaitable<Status> FrameStream::ReadFrame(v1::Frame* frame) {
+  uint8_t header[proto::kFrameHeaderBytes];
+  auto [ec, n] = co_await asio::async_read(stream_, asio::buffer(header), kUseTuple);
+  if (ec) co_return Status::Unavailable(ec == asio::error::eof ? "connection closed by peer" : ec.message());
+  auto len = proto::DecodeFrameLength(header, max_frame_bytes_);
+  if (!len.ok()) co_return len.status();
+  body_.resize(*len);
+  auto [ec2, n2] = co_await asio::async_read(stream_, asio::buffer(body_), kUseTuple);
+  if (ec2) co_return Status::Unavailable("connection lost mid-frame: " + ec2.message());
+  last_read_ = Clock::now();
+  bytes_read_ += n + n2;
+  Status s = proto::ParseFrame(body_, frame);
+  if (body_.capacity() > 64 * 1024) body_ = std::string();  // don't keep big buffers per idle session
+  if (!s.ok()) co_return Status::InvalidArgument(s.message());
+  co_return Status::Ok();
+}
+
+bool FrameStream::Send(const v1::Frame& frame) {
+  auto encoded = proto::EncodeFrame(frame, max_frame_bytes_);
+  if (!encoded.ok()) return false;
+  return SendEncoded(std::move(encoded).value());
+}
+
+bool FrameStream::SendEncoded(std::string encoded) {
+  if (closed_) return false;
+  if (queued_bytes_ + encoded.size() > max_queued_bytes_) return false;
+  queued_bytes_ += encoded.size();
+  queue_.push_back(std::move(encoded));
+  wake_.cancel();
+  return true;
+}
+
+void FrameStream::CloseGracefully() {
+  if (closing_) return;
+  closing_ = true;
+  wake_.cancel();
+}
+
+void FrameStream::Abort() {
+  if (closed_) return;
+  closed_ = true;
+  closing_ = true;
+  boost::system::error_code ignored;
+  stream_.lowest_layer().shutdown(tcp::socket::shutdown_both, ignored);
+  stream_.lowest_layer().close(ignored);
+  wake_.cancel();
+}
+
+bool FrameStream::write_in_progress(Clock::time_point* since) const {
+  if (writing_ && since) *since = write_started_;
+  return writing_;
+}
+
+asio::awaitable<void> FrameStream::WriteLoop() {
+  while (!closed_) {
+    if (queue_.empty()) {
+      if (closing_) break;
+      wake_.expires_at(Clock::time_point::max());
+      co_await wake_.async_wait(kUseTuple);
+      continue;
+    }
+    out_.clear();
+    while (!queue_.empty() && (out_.empty() || out_.size() + queue_.front().size() <= kMaxBatchBytes)) {
+      std::string& next = queue_.front();
+      queued_bytes_ -= next.size();
+      if (out_.empty()) {
+        out_.swap(next);
+      } else {
+        out_.append(next);
+      }
+      queue_.pop_front();
+    }
+    writing_ = true;
+    write_started_ = Clock::now();
+    auto [ec, n] = co_await asio::async_write(stream_, asio::buffer(out_), kUseTuple);
+    writing_ = false;
+    bytes_written_ += n;
+    if (ec) {
+      Abort();
+      co_return;
+    }
+    if (out_.capacity() > kMaxBatchBytes) out_ = std::string();
+  }
+  if (!closed_) {
+    // close_notify, bounded by whoever owns the stream (its watchdog aborts a
+    // peer that never answers).
+    writing_ = true;
+    write_started_ = Clock::now();
+    co_await stream_.async_shutdown(kUseTuple);
+    writing_ = false;
+    Abort();
+  }
+}
+
+}  // namespace liaison::net

@@ -1,0 +1,171 @@
+#include "common/detail/tls.h"
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include <cstdio>
+
+#include "common/files.h"
+
+namespace liaison::tls {
+namespace {
+
+constexpr const char* kCipherSuites = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256";
+
+std::string Hex(const unsigned char* p, size_t n) {
+  static const char* kHex = "0123456789abcdef";
+  std::string s;
+  s.reserve(n * 2);
+  for (size_t i = 0; i < n; ++i) {
+    s.push_back(kHex[p[i] >> 4]);
+    s.push_back(kHex[p[i] & 0xF]);
+  }
+  return s;
+}
+
+std::string NameToString(const X509_NAME* name) {
+  BIO* bio = BIO_new(BIO_s_mem());
+  X509_NAME_print_ex(bio, name, 0, XN_FLAG_RFC2253);
+  char* data = nullptr;
+  const long len = BIO_get_mem_data(bio, &data);
+  std::string s(data, static_cast<size_t>(len));
+  BIO_free(bio);
+  return s;
+}
+
+// Rejects, during the handshake, a client leaf certificate without an
+// explicit clientAuth extended key usage: OpenSSL's purpose check alone
+// accepts certificates that have no EKU extension at all.
+int VerifyClientCallback(int preverify_ok, X509_STORE_CTX* ctx) {
+  if (!preverify_ok) return 0;
+  if (X509_STORE_CTX_get_error_depth(ctx) != 0) return 1;
+  X509* cert = X509_STORE_CTX_get_current_cert(ctx);
+  if ((X509_get_extension_flags(cert) & EXFLAG_XKUSAGE) == 0 ||
+      (X509_get_extended_key_usage(cert) & XKU_SSL_CLIENT) == 0) {
+    X509_STORE_CTX_set_error(ctx, X509_V_ERR_INVALID_PURPOSE);
+    return 0;
+  }
+  return 1;
+}
+
+Status CommonSetup(SSL_CTX* ctx, const TlsFiles& files, const char* side) {
+  SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+  SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
+  if (SSL_CTX_set_ciphersuites(ctx, kCipherSuites) != 1) return Status::Internal("cannot set TLS 1.3 suites");
+  SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                               SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_num_tickets(ctx, 0);
+  SSL_CTX_set_max_early_data(ctx, 0);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+
+  if (files.certificate.empty()) return Status::InvalidArgument(std::string(side) + " certificate file not set");
+  if (files.private_key.empty()) return Status::InvalidArgument(std::string(side) + " private key file not set");
+  if (files.ca_bundle.empty()) return Status::InvalidArgument("CA bundle file not set");
+  ERR_clear_error();
+  if (SSL_CTX_use_certificate_chain_file(ctx, files.certificate.c_str()) != 1) {
+    return Status::InvalidArgument("cannot load certificate " + files.certificate + ": " + OpenSslErrors());
+  }
+  if (Status s = CheckPrivateKeyFile(files.private_key); !s.ok()) return s;
+  if (SSL_CTX_use_PrivateKey_file(ctx, files.private_key.c_str(), SSL_FILETYPE_PEM) != 1) {
+    return Status::InvalidArgument("cannot load private key " + files.private_key + ": " + OpenSslErrors());
+  }
+  if (SSL_CTX_check_private_key(ctx) != 1) {
+    return Status::InvalidArgument("private key " + files.private_key + " does not match certificate " +
+                                   files.certificate);
+  }
+  if (SSL_CTX_load_verify_locations(ctx, files.ca_bundle.c_str(), nullptr) != 1) {
+    return Status::InvalidArgument("cannot load CA bundle " + files.ca_bundle + ": " + OpenSslErrors());
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::string OpenSslErrors() {
+  std::string out;
+  unsigned long e;
+  while ((e = ERR_get_error()) != 0) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof buf);
+    if (!out.empty()) out += "; ";
+    out += buf;
+  }
+  return out.empty() ? "unknown OpenSSL error" : out;
+}
+
+Result<std::shared_ptr<Context>> MakeServerContext(const TlsFiles& files) {
+  auto ctx = std::make_shared<Context>(Context::tls_server);
+  SSL_CTX* c = ctx->native_handle();
+  if (Status s = CommonSetup(c, files, "broker"); !s.ok()) return s;
+  // A certificate is required; no client CA list is sent (agencies know
+  // which certificate to present, and the list would reveal the CAs).
+  SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, VerifyClientCallback);
+  SSL_CTX_set_verify_depth(c, 8);
+  X509_STORE* store = SSL_CTX_get_cert_store(c);
+  X509_STORE_set_purpose(store, X509_PURPOSE_SSL_CLIENT);
+  for (const auto& path : files.crls) {
+    FILE* f = std::fopen(path.c_str(), "r");
+    if (!f) return Status::InvalidArgument("cannot open CRL " + path);
+    int loaded = 0;
+    while (X509_CRL* crl = PEM_read_X509_CRL(f, nullptr, nullptr, nullptr)) {
+      X509_STORE_add_crl(store, crl);
+      X509_CRL_free(crl);
+      ++loaded;
+    }
+    std::fclose(f);
+    ERR_clear_error();  // the loop ends on a "no start line" error
+    if (loaded == 0) return Status::InvalidArgument("no PEM CRL found in " + path);
+  }
+  if (!files.crls.empty()) X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
+  // Session ids would allow resumption; keep them off entirely.
+  SSL_CTX_set_session_id_context(c, reinterpret_cast<const unsigned char*>("liaison"), 7);
+  return ctx;
+}
+
+Result<std::shared_ptr<Context>> MakeClientContext(const TlsFiles& files) {
+  auto ctx = std::make_shared<Context>(Context::tls_client);
+  SSL_CTX* c = ctx->native_handle();
+  if (Status s = CommonSetup(c, files, "client"); !s.ok()) return s;
+  SSL_CTX_set_verify(c, SSL_VERIFY_PEER, nullptr);
+  X509_STORE_set_purpose(SSL_CTX_get_cert_store(c), X509_PURPOSE_SSL_SERVER);
+  return ctx;
+}
+
+PeerIdentity IdentityOf(X509* cert) {
+  PeerIdentity id;
+  if (!cert) return id;
+  id.subject = NameToString(X509_get_subject_name(cert));
+  id.issuer = NameToString(X509_get_issuer_name(cert));
+  auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  if (sans) {
+    for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
+      const GENERAL_NAME* gn = sk_GENERAL_NAME_value(sans, i);
+      if (gn->type == GEN_URI) {
+        const ASN1_IA5STRING* s = gn->d.uniformResourceIdentifier;
+        id.san_uris.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
+                                 static_cast<size_t>(ASN1_STRING_length(s)));
+      }
+    }
+    GENERAL_NAMES_free(sans);
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (X509_digest(cert, EVP_sha256(), md, &len) == 1) id.cert_sha256 = Hex(md, len);
+  unsigned char* der = nullptr;
+  const int der_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &der);
+  if (der_len > 0) {
+    EVP_Digest(der, static_cast<size_t>(der_len), md, &len, EVP_sha256(), nullptr);
+    id.spki_sha256 = Hex(md, len);
+    OPENSSL_free(der);
+  }
+  const ASN1_INTEGER* serial = X509_get0_serialNumber(cert);
+  id.serial = Hex(serial->data, static_cast<size_t>(serial->length));
+  return id;
+}
+
+}  // namespace liaison::tls

@@ -1,0 +1,94 @@
+#include "proto/frame_codec.h"
+
+#include <google/protobuf/io/coded_stream.h>
+
+#include <algorithm>
+
+#include "proto/detail/pb.h"
+
+namespace liaison::proto {
+
+Result<uint32_t> DecodeFrameLength(const uint8_t header[kFrameHeaderBytes], uint32_t max_frame_bytes) {
+  const uint32_t n = (uint32_t{header[0]} << 24) | (uint32_t{header[1]} << 16) |
+                     (uint32_t{header[2]} << 8) | uint32_t{header[3]};
+  if (n == 0) return Status::ProtocolError("frame length 0");
+  if (n > max_frame_bytes) {
+    return Status::ProtocolError("frame length " + std::to_string(n) + " exceeds the maximum of " +
+                                 std::to_string(max_frame_bytes) + " bytes");
+  }
+  return n;
+}
+
+Result<std::string> EncodeFrame(const v1::Frame& frame, uint32_t max_frame_bytes) {
+  const size_t n = frame.ByteSizeLong();
+  if (n == 0 || n > max_frame_bytes) {
+    return Status::InvalidArgument("frame of " + std::to_string(n) + " bytes exceeds the maximum of " +
+                                   std::to_string(max_frame_bytes) + " bytes");
+  }
+  std::string out(kFrameHeaderBytes + n, '\0');
+  out[0] = static_cast<char>((n >> 24) & 0xFF);
+  out[1] = static_cast<char>((n >> 16) & 0xFF);
+  out[2] = static_cast<char>((n >> 8) & 0xFF);
+  out[3] = static_cast<char>(n & 0xFF);
+  if (!frame.SerializeToArray(out.data() + kFrameHeaderBytes, static_cast<int>(n))) {
+    return Status::Internal("frame serialization failed");
+  }
+  return out;
+}
+
+Status ParseFrame(std::string_view body, v1::Frame* frame) {
+  google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(body.data()),
+                                            static_cast<int>(body.size()));
+  in.SetRecursionLimit(kMaxNestingDepth);
+  frame->Clear();
+  if (!frame->MergePartialFromCodedStream(&in) || !in.ConsumedEntireMessage()) {
+    return Status::ProtocolError("frame does not parse as liaison.v1.Frame");
+  }
+  frame->DiscardUnknownFields();
+  return Status::Ok();
+}
+
+size_t FrameDecoder::Feed(const uint8_t* data, size_t size) {
+  size_t used = 0;
+  while (used < size && error_.ok() && !ready_) {
+    if (header_len_ < kFrameHeaderBytes) {
+      const size_t take = std::min(kFrameHeaderBytes - header_len_, size - used);
+      std::copy_n(data + used, take, header_ + header_len_);
+      header_len_ += take;
+      used += take;
+      if (header_len_ == kFrameHeaderBytes) {
+        auto len = DecodeFrameLength(header_, max_);
+        if (!len.ok()) {
+          error_ = len.status();
+          break;
+        }
+        body_len_ = *len;
+        body_.clear();
+        body_.reserve(std::min<size_t>(body_len_, 64 * 1024));
+      }
+      continue;
+    }
+    const size_t take = std::min<size_t>(body_len_ - body_.size(), size - used);
+    body_.append(reinterpret_cast<const char*>(data + used), take);
+    used += take;
+    if (body_.size() == body_len_) {
+      ready_ = std::move(body_);
+      body_ = std::string();
+      header_len_ = 0;
+      body_len_ = 0;
+    }
+  }
+  return used;
+}
+
+Result<std::optional<std::string>> FrameDecoder::Next() {
+  if (ready_) {
+    std::optional<std::string> out = std::move(ready_);
+    ready_.reset();
+    return out;
+  }
+  if (!error_.ok()) return error_;
+  return std::optional<std::string>();
+}
+
+}  // namespace liaison::proto

@@ -1,0 +1,63 @@
+// Wire framing on plain buffers (no sockets): a frame is a 4-byte unsigned
+// big-endian length N, then N bytes of a serialized liaison.v1.Frame.
+// FrameDecoder checks the length before it buffers the body, so a peer can
+// never make it hold more than max_frame_bytes. Not thread-safe; one per
+// connection.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+
+namespace liaison::v1 {
+class Frame;
+}
+
+namespace liaison::proto {
+
+inline constexpr size_t kFrameHeaderBytes = 4;
+inline constexpr uint32_t kDefaultMaxFrameBytes = 4 * 1024 * 1024;
+// Deepest nesting of protobuf messages the parser accepts; our schema needs
+// five levels, the rest is margin.
+inline constexpr int kMaxNestingDepth = 32;
+
+// Validates a frame header: 0 and lengths above max are protocol errors.
+Result<uint32_t> DecodeFrameLength(const uint8_t header[kFrameHeaderBytes], uint32_t max_frame_bytes);
+
+// Serializes frame with its length prefix. Fails only if the frame exceeds
+// max_frame_bytes.
+Result<std::string> EncodeFrame(const v1::Frame& frame, uint32_t max_frame_bytes = kDefaultMaxFrameBytes);
+
+// Parses a frame body (without the header) with the nesting limit; unknown
+// fields are dropped so they never travel further.
+Status ParseFrame(std::string_view body, v1::Frame* frame);
+
+// Incremental decoder for a byte stream.
+class FrameDecoder {
+ public:
+  explicit FrameDecoder(uint32_t max_frame_bytes = kDefaultMaxFrameBytes) : max_(max_frame_bytes) {}
+
+  // Appends bytes from the stream. Returns how many were consumed; fewer than
+  // size only after an error, which is then sticky.
+  size_t Feed(const uint8_t* data, size_t size);
+  // The next complete frame body, nothing if more bytes are needed, or the
+  // sticky protocol error (bad length).
+  Result<std::optional<std::string>> Next();
+  // Bytes of an incomplete frame held right now (never above max + 4).
+  size_t buffered() const { return header_len_ + body_.size(); }
+
+ private:
+  uint32_t max_;
+  uint8_t header_[kFrameHeaderBytes] = {};
+  size_t header_len_ = 0;
+  uint32_t body_len_ = 0;
+  std::string body_;
+  std::optional<std::string> ready_;
+  Status error_;
+};
+
+}  // namespace liaison::proto

@@ -1,0 +1,198 @@
+#include "proto/validate.h"
+
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/reflection.h>
+
+#include <set>
+#include <string>
+
+#include "common/uuid.h"
+#include "proto/detail/pb.h"
+
+namespace liaison::proto {
+namespace {
+
+using google::protobuf::FieldDescriptor;
+using google::protobuf::Reflection;
+
+bool IsIdChar(char c, bool allow_dot) {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
+         (allow_dot && c == '.');
+}
+
+bool IsValidIdent(std::string_view s, bool allow_dot) {
+  if (s.empty() || s.size() > 63) return false;
+  if (!((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= '0' && s[0] <= '9'))) return false;
+  for (char c : s) {
+    if (!IsIdChar(c, allow_dot)) return false;
+  }
+  return true;
+}
+
+bool ValidTimestamp(const google::protobuf::Timestamp& t) {
+  // The range protobuf's JSON mapping can represent: 0001-01-01 to 9999-12-31.
+  return t.seconds() >= -62135596800LL && t.seconds() <= 253402300799LL && t.nanos() >= 0 &&
+         t.nanos() <= 999999999;
+}
+
+bool ValidDate(const std::string& s) {
+  if (s.size() != 10 || s[4] != '-' || s[7] != '-') return false;
+  for (size_t i : {0, 1, 2, 3, 5, 6, 8, 9}) {
+    if (s[i] < '0' || s[i] > '9') return false;
+  }
+  const int y = std::stoi(s.substr(0, 4)), m = std::stoi(s.substr(5, 2)), d = std::stoi(s.substr(8, 2));
+  static const int kDays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  if (y < 1900 || m < 1 || m > 12 || d < 1 || d > kDays[m - 1]) return false;
+  const bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+  return !(m == 2 && d == 29 && !leap);
+}
+
+// Walks a body through reflection: string sizes, known enum values, dates,
+// timestamps and repeated counts, with the path of the first bad field.
+Status CheckFields(const google::protobuf::Message& msg, const MessageLimits& limits, const std::string& prefix) {
+  const Reflection* r = msg.GetReflection();
+  std::vector<const FieldDescriptor*> fields;
+  r->ListFields(msg, &fields);
+  for (const FieldDescriptor* f : fields) {
+    const std::string path = prefix.empty() ? f->name() : prefix + "." + f->name();
+    const int n = f->is_repeated() ? r->FieldSize(msg, f) : 1;
+    if (f->is_repeated() && static_cast<size_t>(n) > limits.max_repeated) {
+      return Status::InvalidArgument(path + " has " + std::to_string(n) + " elements (maximum " +
+                                     std::to_string(limits.max_repeated) + ")");
+    }
+    for (int i = 0; i < n; ++i) {
+      const std::string ipath = f->is_repeated() ? path + "[" + std::to_string(i) + "]" : path;
+      switch (f->cpp_type()) {
+        case FieldDescriptor::CPPTYPE_STRING: {
+          std::string scratch;
+          const std::string& v = f->is_repeated() ? r->GetRepeatedStringReference(msg, f, i, &scratch)
+                                                  : r->GetStringReference(msg, f, &scratch);
+          if (v.size() > limits.max_string_bytes) {
+            return Status::InvalidArgument(ipath + " is longer than " +
+                                           std::to_string(limits.max_string_bytes) + " bytes");
+          }
+          if (f->name() == "date_of_birth" && !v.empty() && !ValidDate(v)) {
+            return Status::InvalidArgument(ipath + " is not a date YYYY-MM-DD: '" + v + "'");
+          }
+          break;
+        }
+        case FieldDescriptor::CPPTYPE_ENUM: {
+          const int v = f->is_repeated() ? r->GetRepeatedEnumValue(msg, f, i) : r->GetEnumValue(msg, f);
+          if (f->enum_type()->FindValueByNumber(v) == nullptr) {
+            return Status::InvalidArgument(ipath + " has unknown value " + std::to_string(v));
+          }
+          if (f->is_repeated() && v == 0) {
+            return Status::InvalidArgument(ipath + " is " + f->enum_type()->value(0)->name());
+          }
+          break;
+        }
+        case FieldDescriptor::CPPTYPE_DOUBLE: {
+          const double v = f->is_repeated() ? r->GetRepeatedDouble(msg, f, i) : r->GetDouble(msg, f);
+          if (!(v == v) || v > 1e300 || v < -1e300) return Status::InvalidArgument(ipath + " is not a finite number");
+          if ((f->name() == "latitude" && (v < -90 || v > 90)) ||
+              (f->name() == "longitude" && (v < -180 || v > 180))) {
+            return Status::InvalidArgument(ipath + " is out of range");
+          }
+          break;
+        }
+        case FieldDescriptor::CPPTYPE_MESSAGE: {
+          const auto& sub = f->is_repeated() ? r->GetRepeatedMessage(msg, f, i) : r->GetMessage(msg, f);
+          if (sub.GetDescriptor() == google::protobuf::Timestamp::descriptor()) {
+            if (!ValidTimestamp(static_cast<const google::protobuf::Timestamp&>(sub))) {
+              return Status::InvalidArgument(ipath + " is not a valid time");
+            }
+            break;
+          }
+          if (Status s = CheckFields(sub, limits, ipath); !s.ok()) return s;
+          break;
+        }
+        default:
+          break;
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status CheckOptionalUuid(std::string* field, const char* name) {
+  if (field->empty()) return Status::Ok();
+  auto id = NormalizeUuid(*field);
+  if (!id.ok()) return id.status().Annotate(std::string("envelope.") + name);
+  *field = std::move(id).value();
+  return Status::Ok();
+}
+
+}  // namespace
+
+bool IsValidAgencyId(std::string_view id) { return IsValidIdent(id, false); }
+bool IsValidToken(std::string_view token) { return IsValidIdent(token, true); }
+
+Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
+                          std::chrono::system_clock::time_point now) {
+  if (!message->has_envelope()) return Status::InvalidArgument("the message has no envelope");
+  v1::Envelope* env = message->mutable_envelope();
+
+  if (env->message_id().empty()) return Status::InvalidArgument("envelope.messageId is missing");
+  auto id = NormalizeUuid(env->message_id());
+  if (!id.ok()) return id.status().Annotate("envelope.messageId");
+  env->set_message_id(std::move(id).value());
+
+  if (message->body_case() == v1::Message::BODY_NOT_SET) {
+    return Status::InvalidArgument("the message has no body (incidentReport, caseReferral or caseUpdate)");
+  }
+  if (!v1::Tlp_IsValid(env->tlp()) || env->tlp() == v1::TLP_UNSPECIFIED) {
+    return Status::InvalidArgument("envelope.tlp is missing (CLEAR, GREEN, AMBER, AMBER+STRICT or RED)");
+  }
+  if (env->purpose().empty()) return Status::InvalidArgument("envelope.purpose is missing");
+  if (!IsValidToken(env->purpose())) {
+    return Status::InvalidArgument("envelope.purpose '" + env->purpose() +
+                                   "' is not a purpose id (lower-case letters, digits, '-', '_', '.')");
+  }
+  if (env->recipients().empty()) return Status::InvalidArgument("envelope.recipients is empty");
+  if (static_cast<size_t>(env->recipients_size()) > limits.max_recipients) {
+    return Status::InvalidArgument("envelope.recipients has " + std::to_string(env->recipients_size()) +
+                                   " entries (maximum " + std::to_string(limits.max_recipients) + ")");
+  }
+  std::set<std::string> seen;
+  google::protobuf::RepeatedPtrField<std::string> unique;
+  for (const std::string& r : env->recipients()) {
+    const std::string_view name = r.rfind("group:", 0) == 0 ? std::string_view(r).substr(6) : std::string_view(r);
+    if (!IsValidAgencyId(name)) {
+      return Status::InvalidArgument("envelope.recipients: '" + r + "' is not an agency id or group:<id>");
+    }
+    if (seen.insert(r).second) *unique.Add() = r;
+  }
+  env->mutable_recipients()->Swap(&unique);
+
+  if (env->case_id().size() > 128) return Status::InvalidArgument("envelope.caseId is longer than 128 bytes");
+  for (char c : env->case_id()) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return Status::InvalidArgument("envelope.caseId contains control characters");
+    }
+  }
+  if (Status s = CheckOptionalUuid(env->mutable_in_reply_to(), "inReplyTo"); !s.ok()) return s;
+  if (Status s = CheckOptionalUuid(env->mutable_forwarded_from(), "forwardedFrom"); !s.ok()) return s;
+  if (!env->sharing_agreement().empty() && !IsValidToken(env->sharing_agreement())) {
+    return Status::InvalidArgument("envelope.sharingAgreement '" + env->sharing_agreement() + "' is not an id");
+  }
+  if (env->has_received_at() || env->redacted_paths_size() > 0 || env->pseudonymised_paths_size() > 0) {
+    return Status::InvalidArgument(
+        "envelope.receivedAt, redactedPaths and pseudonymisedPaths are set by the broker, not the sender");
+  }
+  if (env->has_created_at() && !ValidTimestamp(env->created_at())) {
+    return Status::InvalidArgument("envelope.createdAt is not a valid time");
+  }
+  if (env->has_expires_at()) {
+    if (!ValidTimestamp(env->expires_at())) return Status::InvalidArgument("envelope.expiresAt is not a valid time");
+    const auto now_s = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+    if (env->expires_at().seconds() <= now_s) {
+      return Status::InvalidArgument("envelope.expiresAt is in the past: the message has already expired");
+    }
+  }
+
+  const google::protobuf::Reflection* r = message->GetReflection();
+  const auto* body_field = r->GetOneofFieldDescriptor(*message, v1::Message::descriptor()->FindOneofByName("body"));
+  return CheckFields(r->GetMessage(*message, body_field), limits, body_field->name());
+}
+
+}  // namespace liaison::proto

@@ -1,0 +1,38 @@
+// Validation of a message as a client submits it for publishing. Everything
+// from the network is checked here before the broker looks at it further;
+// the CLI runs the same checks before sending, so a person sees the same
+// error locally. Stateless; thread-safe.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <string_view>
+
+#include "common/status.h"
+
+namespace liaison::v1 {
+class Message;
+}
+
+namespace liaison::proto {
+
+struct MessageLimits {
+  size_t max_recipients = 100;
+  size_t max_string_bytes = 64 * 1024;   // any single string or bytes field
+  size_t max_repeated = 1000;            // elements of any repeated field
+};
+
+// Agency ids: lower-case letters, digits, '-' and '_', 1-63 characters,
+// starting with a letter or digit.
+bool IsValidAgencyId(std::string_view id);
+// Purposes and sharing agreement ids: as agency ids, plus '.'.
+bool IsValidToken(std::string_view token);
+
+// Checks a message a client wants to publish, and normalises it in place:
+// the message id to canonical UUID form, recipients de-duplicated in order.
+// Fields the broker stamps (sender excepted: the caller compares it with
+// the session's agency) must be empty. now is compared with expires_at.
+Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
+                          std::chrono::system_clock::time_point now);
+
+}  // namespace liaison::proto
