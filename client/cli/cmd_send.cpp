@@ -1,0 +1,180 @@
+// liaison send: publish one message and report each recipient's outcome.
+#include <google/protobuf/util/time_util.h>
+
+#include <cstdio>
+#include <iostream>
+#include <iterator>
+#include <sstream>
+
+#include "client/cli/commands.h"
+#include "common/files.h"
+#include "common/uuid.h"
+#include "proto/detail/pb.h"
+#include "proto/message_json.h"
+#include "proto/names.h"
+#include "proto/validate.h"
+
+namespace liaison::cli {
+namespace {
+
+constexpr size_t kMaxInputBytes = 4 * 1024 * 1024;
+
+struct SendOptions {
+  std::string file = "-";
+  std::string format = "auto";
+  std::vector<std::string> to;
+  std::string tlp, purpose, case_id, agreement, in_reply_to, message_id;
+  int64_t expires_in = 0;
+  int timeout_s = 60;
+};
+
+Result<std::string> ReadInput(const std::string& file) {
+  if (file != "-") return ReadFile(file, kMaxInputBytes);
+  std::string data;
+  char buf[65536];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, stdin)) > 0) {
+    data.append(buf, n);
+    if (data.size() > kMaxInputBytes) return Status::InvalidArgument("standard input is larger than 4 MiB");
+  }
+  return data;
+}
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      case '\r': out += "\\r"; break;
+      default:
+        if (c < 0x20) {
+          char b[8];
+          std::snprintf(b, sizeof b, "\\u%04x", c);
+          out += b;
+        } else {
+          out.push_back(static_cast<char>(c));
+        }
+    }
+  }
+  return out + "\"";
+}
+
+int RunSend(const CommonOptions& common, const SendOptions& o) {
+  auto input = ReadInput(o.file);
+  if (!input.ok()) {
+    std::fprintf(stderr, "liaison send: %s\n", input.status().message().c_str());
+    return kExitUsage;
+  }
+  v1::Message msg;
+  std::string format = o.format;
+  if (format == "auto") {
+    const auto first = input->find_first_not_of(" \t\r\n");
+    format = first != std::string::npos && (*input)[first] == '{' ? "json" : "binary";
+  }
+  Status parsed = format == "json" ? proto::FromJson(*input, &msg) : proto::FromBinary(*input, &msg);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "liaison send: %s: %s\n", o.file == "-" ? "stdin" : o.file.c_str(),
+                 parsed.message().c_str());
+    return kExitUsage;
+  }
+  v1::Envelope* env = msg.mutable_envelope();
+  if (!o.to.empty()) {
+    env->clear_recipients();
+    for (const auto& r : o.to) env->add_recipients(r);
+  }
+  if (!o.tlp.empty()) {
+    auto tlp = proto::ParseTlp(o.tlp);
+    if (!tlp.ok()) {
+      std::fprintf(stderr, "liaison send: --tlp: %s\n", tlp.status().message().c_str());
+      return kExitUsage;
+    }
+    env->set_tlp(static_cast<v1::Tlp>(*tlp));
+  }
+  if (!o.purpose.empty()) env->set_purpose(o.purpose);
+  if (!o.case_id.empty()) env->set_case_id(o.case_id);
+  if (!o.agreement.empty()) env->set_sharing_agreement(o.agreement);
+  if (!o.in_reply_to.empty()) env->set_in_reply_to(o.in_reply_to);
+  if (!o.message_id.empty()) env->set_message_id(o.message_id);
+  if (env->message_id().empty()) env->set_message_id(NewUuid());
+  const auto now = google::protobuf::util::TimeUtil::GetCurrentTime();
+  if (!env->has_created_at()) *env->mutable_created_at() = now;
+  if (o.expires_in > 0) {
+    *env->mutable_expires_at() = now + google::protobuf::util::TimeUtil::SecondsToDuration(o.expires_in);
+  }
+  if (Status s = proto::ValidateForPublish(&msg, proto::MessageLimits{}, std::chrono::system_clock::now()); !s.ok()) {
+    std::fprintf(stderr, "liaison send: invalid message: %s\n", s.message().c_str());
+    return kExitUsage;
+  }
+
+  auto options = ConnectionOrReport(common);
+  if (!options) return kExitUsage;
+  options->client_name = "liaison-cli/0.1 send";
+  auto client = client::Client::Connect(*options);
+  if (!client.ok()) return ReportConnectError(client.status());
+  const client::PublishResult r = (*client)->Publish(msg);
+  const std::string agency = (*client)->session().agency_id;
+  (*client)->Close();
+
+  if (!r.status.ok()) {
+    if (common.json) {
+      std::printf("{\"messageId\":%s,\"ok\":false,\"error\":%s,\"message\":%s}\n",
+                  JsonString(env->message_id()).c_str(), JsonString(r.error_code).c_str(),
+                  JsonString(r.status.message()).c_str());
+    } else {
+      std::fprintf(stderr, "liaison send: message %s was not accepted: %s\n", env->message_id().c_str(),
+                   r.status.message().c_str());
+    }
+    return r.error_code.empty() ? kExitConnection : kExitRejected;
+  }
+  const bool ok = r.AllAccepted();
+  if (common.json) {
+    std::string out = "{\"messageId\":" + JsonString(r.message_id) + ",\"sender\":" + JsonString(agency) +
+                      ",\"ok\":" + (ok ? "true" : "false") + ",\"outcomes\":[";
+    for (size_t i = 0; i < r.outcomes.size(); ++i) {
+      const auto& oc = r.outcomes[i];
+      out += (i ? "," : "") + std::string("{\"recipient\":") + JsonString(oc.recipient) +
+             ",\"outcome\":" + JsonString(oc.outcome) + ",\"reason\":" + JsonString(oc.reason) +
+             ",\"detail\":" + JsonString(oc.detail) + "}";
+    }
+    std::printf("%s]}\n", out.c_str());
+  } else {
+    std::printf("message %s from %s (%s, TLP:%s)\n", r.message_id.c_str(), agency.c_str(),
+                proto::MessageTypeName(msg).c_str(), proto::TlpName(env->tlp()).c_str());
+    for (const auto& oc : r.outcomes) {
+      if (oc.outcome == "refused") {
+        std::printf("  %-24s REFUSED  %s: %s\n", oc.recipient.c_str(), oc.reason.c_str(), oc.detail.c_str());
+      } else {
+        std::printf("  %-24s %s\n", oc.recipient.c_str(), oc.outcome.c_str());
+      }
+    }
+  }
+  return ok ? kExitOk : kExitRefused;
+}
+
+}  // namespace
+
+void RegisterSend(CLI::App& app, CommonOptions& common, int* exit_code) {
+  auto o = std::make_shared<SendOptions>();
+  CLI::App* cmd = app.add_subcommand("send", "send one message (JSON or binary protobuf) to agencies");
+  cmd->add_option("file", o->file, "message file (liaison.v1.Message as JSON or binary); - for stdin")
+      ->capture_default_str();
+  cmd->add_option("--format", o->format, "input format")
+      ->check(CLI::IsMember({"auto", "json", "binary"}))
+      ->capture_default_str();
+  cmd->add_option("--to", o->to, "recipient agency ids, comma-separated or repeated (replaces envelope.recipients)")
+      ->delimiter(',')
+      ->allow_extra_args(false);
+  cmd->add_option("--tlp", o->tlp, "TLP label: CLEAR, GREEN, AMBER, AMBER+STRICT, RED");
+  cmd->add_option("--purpose", o->purpose, "purpose of this share, e.g. safeguarding");
+  cmd->add_option("--case-id", o->case_id, "case id");
+  cmd->add_option("--agreement", o->agreement, "sharing agreement id");
+  cmd->add_option("--in-reply-to", o->in_reply_to, "message id this message answers");
+  cmd->add_option("--message-id", o->message_id, "message id (UUID; default: a new UUIDv7)");
+  cmd->add_option("--expires-in", o->expires_in, "seconds until the message expires")->check(CLI::Range(1, 315360000));
+  cmd->callback([&common, o, exit_code] { *exit_code = RunSend(common, *o); });
+}
+
+}  // namespace liaison::cli

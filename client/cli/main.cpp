@@ -1,0 +1,47 @@
+// liaison: the command-line tool agencies and auditors use (docs/cli.md).
+#include <cstdio>
+
+#include "client/cli/commands.h"
+
+namespace liaison::cli {
+
+std::optional<client::ClientOptions> ConnectionOrReport(const CommonOptions& common) {
+  Diagnostics diags;
+  auto o = client::ResolveConnection(common.connection, &diags);
+  std::fputs(FormatDiagnostics(diags).c_str(), stderr);
+  return o;
+}
+
+int ReportConnectError(const Status& s) {
+  std::fprintf(stderr, "liaison: %s\n", s.message().c_str());
+  return s.IsInvalidArgument() ? kExitUsage : kExitConnection;
+}
+
+}  // namespace liaison::cli
+
+int main(int argc, char** argv) {
+  using namespace liaison::cli;
+  CLI::App app{"liaison: send and receive standardised case and incident messages through a Liaison broker"};
+  app.require_subcommand(1);
+  app.fallthrough();
+  CommonOptions common;
+  auto& c = common.connection;
+  app.add_option("--config", c.config, "client config file (YAML; default $LIAISON_CONFIG)");
+  app.add_option("--broker", c.broker, "broker address HOST:PORT");
+  app.add_option("--server-name", c.server_name, "name the broker certificate must carry (default: HOST)");
+  app.add_option("--cert", c.cert, "this agency's client certificate (PEM)");
+  app.add_option("--key", c.key, "its private key (PEM, mode 0600)");
+  app.add_option("--ca", c.ca, "CA bundle that issued the broker certificate (PEM)");
+  app.add_flag("--json", common.json, "machine-readable output (JSON)");
+  app.set_version_flag("--version", "liaison 0.1.0");
+  int exit_code = kExitOk;
+  RegisterSend(app, common, &exit_code);
+  RegisterReceive(app, common, &exit_code);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : kExitUsage;
+  }
+  return exit_code;
+}

@@ -1,0 +1,412 @@
+#include "client/client.h"
+
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl/host_name_verification.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include <atomic>
+#include <condition_variable>
+#include <future>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "common/detail/frame_stream.h"
+#include "common/detail/tls.h"
+#include "proto/detail/pb.h"
+#include "proto/frame_codec.h"
+#include "proto/names.h"
+
+namespace liaison::client {
+
+namespace asio = boost::asio;
+using net::Clock;
+using tcp = asio::ip::tcp;
+
+namespace {
+constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
+constexpr uint32_t kProtocolVersion = 1;
+constexpr size_t kMaxQueuedBytes = 64 * 1024 * 1024;
+constexpr auto kWriteStallLimit = std::chrono::seconds(30);
+
+// An Error frame from the broker as a Status, keeping its words.
+Status StatusFromError(const v1::Error& e) {
+  const std::string text = e.message() + " (" + proto::ReasonName(e.code()) + ")";
+  switch (e.code()) {
+    case v1::REASON_PERMISSION_DENIED:
+    case v1::REASON_RECEIVER_ACTIVE:
+    case v1::REASON_SENDER_MISMATCH: return Status::PermissionDenied(text);
+    case v1::REASON_INVALID_MESSAGE:
+    case v1::REASON_UNSUPPORTED_VERSION: return Status::InvalidArgument(text);
+    case v1::REASON_PROTOCOL_ERROR:
+    case v1::REASON_FRAME_TOO_LARGE:
+    case v1::REASON_MALFORMED_FRAME:
+    case v1::REASON_UNKNOWN_DELIVERY:
+    case v1::REASON_NOT_RECEIVING: return Status::ProtocolError(text);
+    default: return Status::Unavailable(text);
+  }
+}
+
+}  // namespace
+
+bool PublishResult::AllAccepted() const {
+  if (!status.ok() || outcomes.empty()) return false;
+  for (const auto& o : outcomes) {
+    if (o.outcome != "delivered" && o.outcome != "queued") return false;
+  }
+  return true;
+}
+
+struct Client::Impl : std::enable_shared_from_this<Impl> {
+  explicit Impl(ClientOptions o)
+      : opts(std::move(o)), work(asio::make_work_guard(ioc)), strand(asio::make_strand(ioc)), watchdog(strand) {}
+
+  ClientOptions opts;
+  asio::io_context ioc;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  net::Strand strand;
+  std::thread thread;
+  std::shared_ptr<tls::Context> ctx;
+  std::unique_ptr<net::FrameStream> stream;
+  asio::steady_timer watchdog;
+  DeliveryHandler on_delivery;
+  ClosedHandler on_closed;
+  SessionInfo info;
+  Clock::duration idle_limit = std::chrono::seconds(100);
+
+  // Strand only.
+  std::map<uint64_t, PublishHandler> pending;
+  bool running = false;
+  Status end_reason;
+
+  std::atomic<uint64_t> next_request_id{1};
+  std::atomic<bool> ended_flag{false};
+  std::mutex mu;
+  std::condition_variable cv;
+  bool ended = false;      // guarded by mu
+  Status final_status;     // guarded by mu
+
+  asio::awaitable<Status> DoConnect();
+  asio::awaitable<void> ReadLoop();
+  asio::awaitable<void> Watchdog();
+  void HandleFrame(v1::Frame& frame);
+  void End(Status why);
+  void FailAllPending(const Status& why);
+};
+
+asio::awaitable<Status> Client::Impl::DoConnect() {
+  tcp::resolver resolver(strand);
+  auto [rec, endpoints] = co_await resolver.async_resolve(opts.host, std::to_string(opts.port), kUseTuple);
+  if (rec) co_return Status::Unavailable("cannot resolve " + opts.host + ": " + rec.message());
+  net::TlsStream tls_stream(net::Socket(strand), *ctx);
+  auto [cec, ep] = co_await asio::async_connect(tls_stream.lowest_layer(), endpoints, kUseTuple);
+  if (cec) {
+    co_return Status::Unavailable("cannot connect to " + opts.host + ":" + std::to_string(opts.port) + ": " +
+                                  cec.message());
+  }
+  boost::system::error_code ignored;
+  tls_stream.lowest_layer().set_option(tcp::no_delay(true), ignored);
+  const std::string& name = opts.server_name.empty() ? opts.host : opts.server_name;
+  boost::system::error_code addr_ec;
+  asio::ip::make_address(name, addr_ec);
+  if (addr_ec) SSL_set_tlsext_host_name(tls_stream.native_handle(), name.c_str());  // SNI for DNS names only
+  tls_stream.set_verify_callback(asio::ssl::host_name_verification(name));
+  stream = std::make_unique<net::FrameStream>(std::move(tls_stream), proto::kDefaultMaxFrameBytes, kMaxQueuedBytes);
+
+  auto [hec] = co_await stream->tls().async_handshake(asio::ssl::stream_base::client, kUseTuple);
+  if (hec) {
+    const long verify = SSL_get_verify_result(stream->tls().native_handle());
+    std::string why = hec.message();
+    if (verify != X509_V_OK) why = std::string("broker certificate refused: ") + X509_verify_cert_error_string(verify);
+    co_return Status::Unavailable("TLS handshake with " + opts.host + ":" + std::to_string(opts.port) +
+                                  " failed: " + why);
+  }
+  asio::co_spawn(strand, stream->WriteLoop(), asio::detached);
+
+  v1::Frame hello;
+  auto* h = hello.mutable_hello();
+  h->set_protocol_version(kProtocolVersion);
+  h->set_client_name(opts.client_name);
+  h->set_receive(opts.receive);
+  h->set_take_over(opts.take_over);
+  h->set_credit(opts.credit);
+  stream->Send(hello);
+
+  v1::Frame f;
+  Status s = co_await stream->ReadFrame(&f);
+  if (!s.ok()) {
+    // With TLS 1.3 the broker checks our certificate after our side of the
+    // handshake has finished, so a refusal shows up on the first read.
+    if (s.message().find("alert") != std::string::npos || s.message().find("certificate") != std::string::npos) {
+      co_return Status::PermissionDenied("the broker refused this client certificate (" + s.message() + ")");
+    }
+    co_return Status::Unavailable("no Welcome from the broker: " + s.message());
+  }
+  if (f.has_error()) co_return StatusFromError(f.error());
+  if (!f.has_welcome()) co_return Status::ProtocolError("the broker answered Hello with something other than Welcome");
+  const v1::Welcome& w = f.welcome();
+  info.agency_id = w.agency_id();
+  info.session_id = w.session_id();
+  info.broker_name = w.broker_name();
+  info.receiving = w.receiving();
+  info.credit = w.credit();
+  info.max_frame_bytes = w.max_frame_bytes();
+  info.max_recipients = w.max_recipients();
+  if (w.idle_timeout_ms() > 0) idle_limit = std::chrono::milliseconds(w.idle_timeout_ms()) + std::chrono::seconds(10);
+  running = true;
+  co_return Status::Ok();
+}
+
+asio::awaitable<void> Client::Impl::ReadLoop() {
+  auto self = shared_from_this();
+  v1::Frame f;
+  while (running) {
+    Status s = co_await stream->ReadFrame(&f);
+    if (!s.ok()) {
+      End(end_reason.ok() && !stream->closing() ? Status::Unavailable("connection to the broker lost: " + s.message())
+                                                : end_reason);
+      co_return;
+    }
+    HandleFrame(f);
+  }
+}
+
+void Client::Impl::HandleFrame(v1::Frame& f) {
+  switch (f.kind_case()) {
+    case v1::Frame::kPublishAck: {
+      const v1::PublishAck& ack = f.publish_ack();
+      auto it = pending.find(ack.request_id());
+      if (it == pending.end()) return;
+      PublishResult r;
+      r.message_id = ack.message_id();
+      for (const auto& o : ack.outcomes()) {
+        r.outcomes.push_back({o.recipient(), proto::OutcomeName(o.outcome()),
+                              o.reason() == v1::REASON_UNSPECIFIED ? "" : proto::ReasonName(o.reason()), o.detail()});
+      }
+      auto done = std::move(it->second);
+      pending.erase(it);
+      if (done) done(std::move(r));
+      return;
+    }
+    case v1::Frame::kDeliver: {
+      Delivery d;
+      d.delivery_id = f.deliver().delivery_id();
+      d.attempt = f.deliver().attempt();
+      d.message = std::shared_ptr<const v1::Message>(f.mutable_deliver()->release_message());
+      if (!d.message) d.message = std::make_shared<v1::Message>();
+      if (on_delivery) on_delivery(std::move(d));
+      return;
+    }
+    case v1::Frame::kPing: {
+      v1::Frame pong;
+      pong.mutable_pong()->set_nonce(f.ping().nonce());
+      stream->Send(pong);
+      return;
+    }
+    case v1::Frame::kPong: return;
+    case v1::Frame::kError: {
+      const v1::Error& e = f.error();
+      if (e.request_id() != 0) {
+        auto it = pending.find(e.request_id());
+        if (it != pending.end()) {
+          PublishResult r;
+          r.status = StatusFromError(e);
+          r.error_code = proto::ReasonName(e.code());
+          auto done = std::move(it->second);
+          pending.erase(it);
+          if (done) done(std::move(r));
+        }
+      }
+      if (e.fatal()) {
+        end_reason = StatusFromError(e);
+        running = false;
+        stream->CloseGracefully();
+      }
+      return;
+    }
+    default: {
+      end_reason = Status::ProtocolError("unexpected frame from the broker");
+      running = false;
+      stream->Abort();
+      return;
+    }
+  }
+}
+
+asio::awaitable<void> Client::Impl::Watchdog() {
+  auto self = shared_from_this();
+  while (!ended_flag) {
+    watchdog.expires_after(std::chrono::milliseconds(500));
+    co_await watchdog.async_wait(kUseTuple);
+    if (ended_flag || !stream) break;
+    const auto now = Clock::now();
+    Clock::time_point since;
+    if (stream->write_in_progress(&since) && now - since > kWriteStallLimit) {
+      end_reason = Status::Timeout("the broker stopped reading");
+      stream->Abort();
+    } else if (now - stream->last_read() > idle_limit) {
+      end_reason = Status::Timeout("nothing heard from the broker for too long");
+      stream->Abort();
+    }
+  }
+}
+
+void Client::Impl::FailAllPending(const Status& why) {
+  auto p = std::move(pending);
+  pending.clear();
+  for (auto& [id, done] : p) {
+    PublishResult r;
+    r.status = why;
+    if (done) done(std::move(r));
+  }
+}
+
+void Client::Impl::End(Status why) {
+  if (ended_flag.exchange(true)) return;
+  running = false;
+  if (stream) stream->CloseGracefully();
+  watchdog.cancel();
+  FailAllPending(Status::Unavailable("the connection ended before the broker answered; the outcome is unknown (" +
+                                     (why.ok() ? std::string("closed") : why.message()) + ")"));
+  {
+    std::lock_guard lock(mu);
+    ended = true;
+    final_status = why;
+  }
+  cv.notify_all();
+  if (on_closed) on_closed(why);
+  work.reset();
+}
+
+Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options, DeliveryHandler on_delivery,
+                                                ClosedHandler on_closed) {
+  auto impl = std::make_shared<Impl>(options);
+  auto ctx = tls::MakeClientContext(options.tls);
+  if (!ctx.ok()) return ctx.status();
+  impl->ctx = std::move(ctx).value();
+  impl->on_delivery = std::move(on_delivery);
+  impl->on_closed = std::move(on_closed);
+  impl->thread = std::thread([impl] { impl->ioc.run(); });
+
+  auto fut = asio::co_spawn(impl->strand, impl->DoConnect(), asio::use_future);
+  Status s;
+  if (fut.wait_for(options.connect_timeout) != std::future_status::ready) {
+    asio::post(impl->strand, [impl] {
+      if (impl->stream) impl->stream->Abort();
+    });
+    fut.wait();
+    s = Status::Timeout("no answer from the broker within " + std::to_string(options.connect_timeout.count()) + " ms");
+  } else {
+    try {
+      s = fut.get();
+    } catch (const std::exception& e) {
+      s = Status::Internal(std::string("connect failed: ") + e.what());
+    }
+  }
+  if (!s.ok()) {
+    asio::post(impl->strand, [impl] {
+      if (impl->stream) impl->stream->Abort();
+      impl->ended_flag = true;
+      impl->watchdog.cancel();
+      impl->work.reset();
+    });
+    impl->thread.join();
+    return s;
+  }
+  asio::co_spawn(impl->strand, impl->ReadLoop(), asio::detached);
+  asio::co_spawn(impl->strand, impl->Watchdog(), asio::detached);
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Client::Client(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Client::~Client() { Close(); }
+
+const SessionInfo& Client::session() const { return impl_->info; }
+
+void Client::Publish(const v1::Message& message, PublishHandler done) {
+  const uint64_t rid = impl_->next_request_id++;
+  v1::Frame f;
+  auto* p = f.mutable_publish();
+  p->set_request_id(rid);
+  *p->mutable_message() = message;
+  auto encoded = proto::EncodeFrame(f, impl_->info.max_frame_bytes ? impl_->info.max_frame_bytes
+                                                                   : proto::kDefaultMaxFrameBytes);
+  asio::post(impl_->strand, [impl = impl_, rid, encoded = std::move(encoded), done = std::move(done)]() mutable {
+    PublishResult r;
+    if (!encoded.ok()) {
+      r.status = Status::InvalidArgument("the message is too large for the broker: " + encoded.status().message());
+    } else if (impl->ended_flag || !impl->running) {
+      r.status = Status::Unavailable("not connected to the broker");
+    } else {
+      impl->pending.emplace(rid, std::move(done));
+      if (impl->stream->SendEncoded(std::move(encoded).value())) return;
+      done = std::move(impl->pending[rid]);
+      impl->pending.erase(rid);
+      r.status = Status::Unavailable("too much data queued for the broker");
+    }
+    if (done) done(std::move(r));
+  });
+}
+
+PublishResult Client::Publish(const v1::Message& message) {
+  std::promise<PublishResult> p;
+  auto f = p.get_future();
+  Publish(message, [&p](PublishResult r) { p.set_value(std::move(r)); });
+  return f.get();
+}
+
+void Client::Acknowledge(uint64_t delivery_id) {
+  asio::post(impl_->strand, [impl = impl_, delivery_id] {
+    if (impl->ended_flag || !impl->stream) return;
+    v1::Frame f;
+    f.mutable_delivery_ack()->set_delivery_id(delivery_id);
+    impl->stream->Send(f);
+  });
+}
+
+void Client::Close() {
+  if (!impl_ || !impl_->thread.joinable()) return;
+  if (std::this_thread::get_id() == impl_->thread.get_id()) {
+    asio::post(impl_->strand, [impl = impl_] { impl->End(Status::Ok()); });
+    return;
+  }
+  asio::post(impl_->strand, [impl = impl_] { impl->End(Status::Ok()); });
+  {
+    std::unique_lock lock(impl_->mu);
+    impl_->cv.wait_for(lock, std::chrono::seconds(5), [&] { return impl_->ended; });
+  }
+  // The writer sends close_notify; give it a moment, then force.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (!impl_->ioc.stopped() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (!impl_->ioc.stopped()) {
+    asio::post(impl_->strand, [impl = impl_] {
+      if (impl->stream) impl->stream->Abort();
+    });
+    impl_->ioc.stop();
+  }
+  impl_->thread.join();
+}
+
+Status Client::Wait() {
+  std::unique_lock lock(impl_->mu);
+  impl_->cv.wait(lock, [&] { return impl_->ended; });
+  return impl_->final_status;
+}
+
+bool Client::connected() const { return !impl_->ended_flag; }
+
+}  // namespace liaison::client

@@ -1,0 +1,125 @@
+// The Liaison client library: one mutual-TLS connection to the broker,
+// used by the `liaison` CLI, the agency daemon and the benchmarks.
+//
+// Asynchronous: many publishes may be in flight at once, matched to their
+// PublishAck by request id; deliveries arrive through a handler and are
+// acknowledged with Acknowledge() once the application has stored them
+// (the broker sends at most `credit` unacknowledged deliveries).
+//
+// Threading: each Client runs its own I/O thread. Handlers are called on
+// that thread, one at a time; they must not block for long and must not call
+// Close(). All public methods are thread-safe.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "common/tls.h"
+
+namespace liaison::v1 {
+class Message;
+}
+
+namespace liaison::client {
+
+struct ClientOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 7443;
+  // Name the broker's certificate must carry (DNS name or IP address);
+  // defaults to host.
+  std::string server_name;
+  TlsFiles tls;  // certificate, private_key, ca_bundle (crls unused)
+  // Receive this agency's deliveries on this connection.
+  bool receive = false;
+  // With receive: replace the agency's current receiving session.
+  bool take_over = false;
+  // With receive: most unacknowledged deliveries (0: the broker's default).
+  uint32_t credit = 0;
+  std::string client_name = "liaison-client/0.1";
+  std::chrono::milliseconds connect_timeout{10'000};
+};
+
+// What the broker did for one recipient.
+struct RecipientOutcome {
+  std::string recipient;
+  std::string outcome;  // "delivered", "queued" or "refused"
+  std::string reason;   // for refusals: "recipient_offline", "unknown_recipient", ...
+  std::string detail;   // human-readable
+};
+
+struct PublishResult {
+  // Not OK when the broker rejected the publish as a whole (then
+  // error_code names its reason, e.g. "invalid_message") or the connection
+  // failed before the answer (the outcome is then unknown).
+  Status status;
+  std::string error_code;
+  std::string message_id;
+  std::vector<RecipientOutcome> outcomes;
+
+  // The broker answered and every recipient was delivered or queued.
+  bool AllAccepted() const;
+};
+
+struct Delivery {
+  uint64_t delivery_id = 0;
+  uint32_t attempt = 0;
+  std::shared_ptr<const v1::Message> message;
+};
+
+// What the broker said in its Welcome.
+struct SessionInfo {
+  std::string agency_id;
+  std::string session_id;
+  std::string broker_name;
+  bool receiving = false;
+  uint32_t credit = 0;
+  uint32_t max_frame_bytes = 0;
+  uint32_t max_recipients = 0;
+};
+
+class Client {
+ public:
+  using DeliveryHandler = std::function<void(Delivery)>;
+  using PublishHandler = std::function<void(PublishResult)>;
+  using ClosedHandler = std::function<void(const Status&)>;
+
+  // Connects, completes the TLS handshake (verifying the broker's
+  // certificate and name), sends Hello and waits for Welcome. Errors:
+  // Unavailable (cannot connect), PermissionDenied (the broker refused this
+  // certificate or the receiving session), Timeout, InvalidArgument (bad
+  // TLS files).
+  static Result<std::unique_ptr<Client>> Connect(const ClientOptions& options, DeliveryHandler on_delivery = nullptr,
+                                                 ClosedHandler on_closed = nullptr);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  const SessionInfo& session() const;
+
+  // Sends message; done is called exactly once with the outcome.
+  void Publish(const v1::Message& message, PublishHandler done);
+  // Blocking form of Publish.
+  PublishResult Publish(const v1::Message& message);
+
+  // Tells the broker that delivery_id is safely stored.
+  void Acknowledge(uint64_t delivery_id);
+
+  // Flushes what is queued, closes TLS cleanly and stops the I/O thread.
+  // Idempotent; blocks for at most a few seconds.
+  void Close();
+  // Blocks until the connection has ended; returns why (OK after Close()).
+  Status Wait();
+  bool connected() const;
+
+ private:
+  struct Impl;
+  explicit Client(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace liaison::client
