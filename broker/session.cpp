@@ -125,7 +125,8 @@ asio::awaitable<void> Session::Watchdog() {
   auto self = shared_from_this();
   const auto tick = WatchdogTick(broker_.config.limits);
   while (phase_ != Phase::kClosed || !stream_.closed()) {
-    watchdog_.expires_after(tick);
+    // While closing, look often: the close must not wait a whole tick.
+    watchdog_.expires_after(stream_.closing() ? std::chrono::milliseconds(20) : tick);
     co_await watchdog_.async_wait(kUseTuple);
     if (stream_.closed() && phase_ == Phase::kClosed) break;
     CheckDeadlines();

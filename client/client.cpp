@@ -171,7 +171,7 @@ asio::awaitable<Status> Client::Impl::DoConnect() {
 asio::awaitable<void> Client::Impl::ReadLoop() {
   auto self = shared_from_this();
   v1::Frame f;
-  while (running) {
+  for (;;) {
     Status s = co_await stream->ReadFrame(&f);
     if (!s.ok()) {
       End(end_reason.ok() && !stream->closing() ? Status::Unavailable("connection to the broker lost: " + s.message())
@@ -179,6 +179,10 @@ asio::awaitable<void> Client::Impl::ReadLoop() {
       co_return;
     }
     HandleFrame(f);
+    if (!running) {
+      End(end_reason);
+      co_return;
+    }
   }
 }
 

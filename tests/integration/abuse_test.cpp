@@ -1,0 +1,220 @@
+// Peers that break the protocol: each gets an Error (or is dropped), and
+// the broker keeps serving everyone else.
+#include <catch2/catch.hpp>
+
+#include <random>
+
+#include "common/uuid.h"
+#include "tests/integration/test_support.h"
+
+using namespace liaison;
+using namespace liaison::test;
+
+namespace {
+
+// Proves the broker still serves: school receives a message from police.
+void CheckStillServing(uint16_t port) {
+  std::atomic<int> got{0};
+  std::unique_ptr<client::Client> school;
+  school = Connect(port, "school", true, [&](client::Delivery d) {
+    got++;
+    school->Acknowledge(d.delivery_id);
+  });
+  auto police = Connect(port, "police");
+  auto r = police->Publish(IncidentReport({"school"}));
+  CHECK(r.AllAccepted());
+  CHECK(got == 1);
+}
+
+std::unique_ptr<RawClient> Authenticated(uint16_t port, const std::string& agency) {
+  auto raw = std::make_unique<RawClient>();
+  RawClient::Options o;
+  o.tls = AgencyTls(agency);
+  REQUIRE(raw->Connect(port, o).ok());
+  return raw;
+}
+
+std::string Header(uint32_t n) {
+  return std::string{static_cast<char>(n >> 24), static_cast<char>(n >> 16), static_cast<char>(n >> 8),
+                     static_cast<char>(n)};
+}
+
+}  // namespace
+
+TEST_CASE("a zero-length frame is a protocol error", "[abuse]") {
+  TestBroker broker;
+  auto raw = Authenticated(broker.port(), "police");
+  REQUIRE(raw->SendBytes(Header(0)));
+  auto f = raw->ReadFrame();
+  REQUIRE(f.has_value());
+  REQUIRE(f->has_error());
+  CHECK(f->error().code() == v1::REASON_FRAME_TOO_LARGE);
+  CHECK(f->error().fatal());
+  CHECK(raw->WaitClosed());
+  CheckStillServing(broker.port());
+}
+
+TEST_CASE("an oversize frame is refused without buffering its body", "[abuse]") {
+  broker::Limits l;
+  l.max_frame_bytes = 64 * 1024;
+  l.max_queued_bytes = 1024 * 1024;
+  TestBroker broker(l);
+  auto raw = Authenticated(broker.port(), "police");
+  REQUIRE(raw->SendHello());
+  REQUIRE(raw->ReadFrame().has_value());
+  REQUIRE(raw->SendBytes(Header(64 * 1024 + 1)));
+  auto f = raw->ReadFrame();
+  REQUIRE(f.has_value());
+  REQUIRE(f->has_error());
+  CHECK(f->error().code() == v1::REASON_FRAME_TOO_LARGE);
+  CHECK(raw->WaitClosed());
+  CheckStillServing(broker.port());
+}
+
+TEST_CASE("garbage bytes get an Error and the broker stays up", "[abuse]") {
+  TestBroker broker;
+  std::mt19937 rng(42);
+  for (int round = 0; round < 5; ++round) {
+    auto raw = Authenticated(broker.port(), "police");
+    std::string junk(200, '\0');
+    for (auto& c : junk) c = static_cast<char>(rng());
+    junk.replace(0, 4, Header(196));  // a plausible length, a body of noise
+    REQUIRE(raw->SendBytes(junk));
+    auto f = raw->ReadFrame();
+    REQUIRE(f.has_value());
+    REQUIRE(f->has_error());
+    CHECK((f->error().code() == v1::REASON_MALFORMED_FRAME || f->error().code() == v1::REASON_PROTOCOL_ERROR));
+  }
+  CHECK(broker.server().counters().protocol_errors >= 1);
+  CheckStillServing(broker.port());
+}
+
+TEST_CASE("a frame before Hello is a protocol error", "[abuse]") {
+  TestBroker broker;
+  auto raw = Authenticated(broker.port(), "police");
+  v1::Frame f;
+  f.mutable_publish()->set_request_id(7);
+  REQUIRE(raw->SendFrame(f));
+  auto e = raw->ReadFrame();
+  REQUIRE(e.has_value());
+  REQUIRE(e->has_error());
+  CHECK(e->error().code() == v1::REASON_PROTOCOL_ERROR);
+  CHECK(raw->WaitClosed());
+}
+
+TEST_CASE("frames only the broker sends, and unknown frame types, get an Error but keep the session", "[abuse]") {
+  TestBroker broker;
+  auto raw = Authenticated(broker.port(), "police");
+  REQUIRE(raw->SendHello());
+  REQUIRE(raw->ReadFrame().has_value());
+  v1::Frame deliver;
+  deliver.mutable_deliver()->set_delivery_id(1);
+  REQUIRE(raw->SendFrame(deliver));
+  auto e = raw->ReadFrame();
+  REQUIRE(e.has_value());
+  REQUIRE(e->has_error());
+  CHECK(e->error().code() == v1::REASON_PROTOCOL_ERROR);
+  CHECK_FALSE(e->error().fatal());
+  // Field 99 of Frame is unknown to this broker: dropped, leaving an empty frame.
+  REQUIRE(raw->SendBytes(Header(3) + std::string("\x98\x06\x01", 3)));  // field 99, varint 1
+  auto e2 = raw->ReadFrame();
+  REQUIRE(e2.has_value());
+  CHECK(e2->has_error());
+  v1::Frame ping;
+  ping.mutable_ping()->set_nonce(5);
+  if (!e2->error().fatal()) {
+    REQUIRE(raw->SendFrame(ping));
+    auto pong = raw->ReadFrame();
+    REQUIRE(pong.has_value());
+    CHECK(pong->pong().nonce() == 5);
+  }
+}
+
+TEST_CASE("a DeliveryAck for a delivery this session never got is refused", "[abuse]") {
+  TestBroker broker;
+  auto raw = Authenticated(broker.port(), "school");
+  REQUIRE(raw->SendHello(/*receive=*/true));
+  REQUIRE(raw->ReadFrame().has_value());
+  v1::Frame ack;
+  ack.mutable_delivery_ack()->set_delivery_id(12345);
+  REQUIRE(raw->SendFrame(ack));
+  auto e = raw->ReadFrame();
+  REQUIRE(e.has_value());
+  REQUIRE(e->has_error());
+  CHECK(e->error().code() == v1::REASON_UNKNOWN_DELIVERY);
+
+  // A session that does not receive cannot acknowledge another's delivery.
+  auto other = Authenticated(broker.port(), "school");
+  REQUIRE(other->SendHello(false));
+  REQUIRE(other->ReadFrame().has_value());
+  ack.mutable_delivery_ack()->set_delivery_id(1);
+  REQUIRE(other->SendFrame(ack));
+  auto e2 = other->ReadFrame();
+  REQUIRE(e2.has_value());
+  CHECK(e2->error().code() == v1::REASON_NOT_RECEIVING);
+}
+
+TEST_CASE("a peer that disconnects mid-frame does not disturb the broker", "[abuse]") {
+  TestBroker broker;
+  for (int i = 0; i < 10; ++i) {
+    auto raw = Authenticated(broker.port(), "police");
+    REQUIRE(raw->SendHello());
+    REQUIRE(raw->ReadFrame().has_value());
+    REQUIRE(raw->SendBytes(Header(1000) + std::string(10, 'x')));
+    raw->Close();
+  }
+  REQUIRE(WaitFor([&] { return broker.server().counters().sessions == 0; }));
+  CheckStillServing(broker.port());
+}
+
+TEST_CASE("a silent TCP client is dropped at the handshake deadline", "[abuse]") {
+  broker::Limits l;
+  l.handshake_timeout = std::chrono::milliseconds(300);
+  TestBroker broker(l);
+  RawClient raw;
+  REQUIRE(raw.Connect(broker.port(), RawClient::Options{}).ok());
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(raw.WaitClosed(std::chrono::seconds(5)));
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(3));
+  CheckStillServing(broker.port());
+}
+
+TEST_CASE("an authenticated client that never says Hello is dropped", "[abuse]") {
+  broker::Limits l;
+  l.handshake_timeout = std::chrono::milliseconds(300);
+  TestBroker broker(l);
+  auto raw = Authenticated(broker.port(), "police");
+  CHECK(raw->WaitClosed(std::chrono::seconds(5)));
+}
+
+TEST_CASE("a receiver that never reads is disconnected; everyone else keeps going", "[abuse]") {
+  broker::Limits l;
+  l.write_timeout = std::chrono::milliseconds(500);
+  l.max_queued_bytes = 2 * 1024 * 1024;
+  l.delivery_timeout = std::chrono::seconds(60);
+  TestBroker broker(l);
+  auto stuck = Authenticated(broker.port(), "health");
+  REQUIRE(stuck->SendHello(/*receive=*/true, /*credit=*/1000));
+  REQUIRE(stuck->ReadFrame().has_value());
+  // From now on "health" reads nothing.
+  auto police = Connect(broker.port(), "police");
+  std::atomic<int> answered{0}, refused{0}, disconnected{0};
+  v1::Message big = IncidentReport({"health"});
+  big.mutable_incident_report()->set_description(std::string(60 * 1024, 'd'));
+  for (int i = 0; i < 200; ++i) {
+    big.mutable_envelope()->set_message_id(liaison::NewUuid());
+    police->Publish(big, [&](client::PublishResult r) {
+      answered++;
+      if (r.outcomes.empty()) return;
+      if (r.outcomes[0].outcome == "refused") refused++;
+      if (r.outcomes[0].reason == "recipient_disconnected") disconnected++;
+    });
+  }
+  REQUIRE(WaitFor([&] { return answered == 200; }, std::chrono::seconds(20)));
+  // Nothing reached "health": what was queued when it was cut off is
+  // answered recipient_disconnected, later publishes recipient_offline.
+  CHECK(refused == 200);
+  CHECK(disconnected > 0);
+  CHECK(broker.server().counters().sessions <= 1);
+  CheckStillServing(broker.port());
+}

@@ -1,0 +1,199 @@
+// Sending and receiving between agencies through a real broker.
+#include <catch2/catch.hpp>
+
+#include <map>
+#include <mutex>
+
+#include "tests/integration/test_support.h"
+
+using namespace liaison;
+using namespace liaison::test;
+
+namespace {
+
+// A receiving client that records and acknowledges every delivery.
+struct Receiver {
+  Receiver(uint16_t port, const std::string& agency, bool ack = true) {
+    client = Connect(port, agency, true, [this, ack](client::Delivery d) {
+      std::lock_guard lock(mu);
+      got.push_back(d);
+      if (ack) client->Acknowledge(d.delivery_id);
+    });
+  }
+  size_t count() {
+    std::lock_guard lock(mu);
+    return got.size();
+  }
+  std::mutex mu;
+  std::vector<client::Delivery> got;
+  std::unique_ptr<client::Client> client;
+};
+
+}  // namespace
+
+TEST_CASE("an incident report travels from police to school", "[exchange]") {
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  auto police = Connect(broker.port(), "police");
+  v1::Message m = IncidentReport({"school"});
+  auto r = police->Publish(m);
+  REQUIRE(r.status.ok());
+  REQUIRE(r.outcomes.size() == 1);
+  CHECK(r.outcomes[0].recipient == "school");
+  CHECK(r.outcomes[0].outcome == "delivered");
+  CHECK(r.message_id == m.envelope().message_id());
+  REQUIRE(school.count() == 1);
+  const v1::Message& got = *school.got[0].message;
+  CHECK(got.envelope().sender() == "police");
+  CHECK(got.envelope().has_received_at());
+  CHECK(got.incident_report().description() == m.incident_report().description());
+  CHECK(got.incident_report().bias_motivations(0) == v1::BIAS_ANTISEMITIC);
+  CHECK(school.got[0].attempt == 1);
+}
+
+TEST_CASE("a case referral reaches several recipients; the others are refused with reasons", "[exchange]") {
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  Receiver social(broker.port(), "social");
+  auto police = Connect(broker.port(), "police");
+  v1::Message m = IncidentReport({"school", "social", "health", "nobody", "group:network"});
+  m.clear_incident_report();
+  auto* ref = m.mutable_case_referral();
+  ref->mutable_person()->set_full_name("Person At Risk");
+  ref->mutable_person()->set_date_of_birth("2010-04-01");
+  ref->set_risk_level(v1::RISK_HIGH);
+  ref->set_consent_status(v1::CONSENT_NOT_SOUGHT);
+  ref->set_legal_basis(v1::LEGAL_BASIS_PUBLIC_TASK);
+  ref->set_requested_action(v1::ACTION_MULTI_AGENCY_MEETING);
+  auto r = police->Publish(m);
+  REQUIRE(r.status.ok());
+  std::map<std::string, std::pair<std::string, std::string>> by;
+  for (const auto& o : r.outcomes) by[o.recipient] = {o.outcome, o.reason};
+  CHECK(by["school"].first == "delivered");
+  CHECK(by["social"].first == "delivered");
+  CHECK(by["health"] == std::make_pair(std::string("refused"), std::string("recipient_offline")));
+  CHECK(by["nobody"] == std::make_pair(std::string("refused"), std::string("unknown_recipient")));
+  CHECK(by["group:network"] == std::make_pair(std::string("refused"), std::string("unknown_recipient")));
+  CHECK_FALSE(r.AllAccepted());
+  CHECK(school.count() == 1);
+  CHECK(social.count() == 1);
+  CHECK(school.got[0].message->case_referral().person().date_of_birth() == "2010-04-01");
+}
+
+TEST_CASE("an invalid message is rejected as a whole with the reason", "[exchange]") {
+  TestBroker broker;
+  auto police = Connect(broker.port(), "police");
+  v1::Message m = IncidentReport({"school"});
+  m.mutable_envelope()->set_message_id("not-a-uuid");
+  auto r = police->Publish(m);
+  CHECK(r.error_code == "invalid_message");
+  CHECK(r.status.message().find("messageId") != std::string::npos);
+  // The session survives a rejected request.
+  m.mutable_envelope()->set_message_id("0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c1d");
+  auto r2 = police->Publish(m);
+  CHECK(r2.status.ok());
+  CHECK(r2.outcomes.at(0).reason == "recipient_offline");
+}
+
+TEST_CASE("many publishes are pipelined and matched to their acks", "[exchange]") {
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  auto police = Connect(broker.port(), "police");
+  constexpr int kCount = 500;
+  std::mutex mu;
+  std::map<std::string, client::PublishResult> results;
+  std::vector<std::string> ids;
+  for (int i = 0; i < kCount; ++i) {
+    v1::Message m = IncidentReport({"school"});
+    ids.push_back(m.envelope().message_id());
+    police->Publish(m, [&](client::PublishResult r) {
+      std::lock_guard lock(mu);
+      results[r.message_id] = std::move(r);
+    });
+  }
+  REQUIRE(WaitFor([&] {
+    std::lock_guard lock(mu);
+    return results.size() == kCount;
+  }));
+  for (const auto& id : ids) CHECK(results[id].AllAccepted());
+  CHECK(school.count() == kCount);
+  // Deliveries arrive in publish order from one sender.
+  std::lock_guard lock(school.mu);
+  for (int i = 0; i < kCount; ++i) CHECK(school.got[i].message->envelope().message_id() == ids[i]);
+}
+
+TEST_CASE("the credit window bounds unacknowledged deliveries", "[exchange]") {
+  TestBroker broker;
+  std::mutex mu;
+  std::vector<uint64_t> pending;
+  auto o = Options(broker.port(), "school", true);
+  o.credit = 3;
+  auto school = client::Client::Connect(o, [&](client::Delivery d) {
+    std::lock_guard lock(mu);
+    pending.push_back(d.delivery_id);
+  });
+  REQUIRE(school.ok());
+  CHECK((*school)->session().credit == 3);
+  auto police = Connect(broker.port(), "police");
+  std::atomic<int> acked{0};
+  for (int i = 0; i < 10; ++i) {
+    police->Publish(IncidentReport({"school"}), [&](client::PublishResult r) {
+      if (r.AllAccepted()) acked++;
+    });
+  }
+  REQUIRE(WaitFor([&] {
+    std::lock_guard lock(mu);
+    return pending.size() == 3;
+  }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  {
+    std::lock_guard lock(mu);
+    CHECK(pending.size() == 3);  // no more than the window without acks
+  }
+  for (int round = 0; round < 10; ++round) {
+    std::vector<uint64_t> batch;
+    {
+      std::lock_guard lock(mu);
+      batch.swap(pending);
+    }
+    for (auto id : batch) (*school)->Acknowledge(id);
+    if (acked == 10) break;
+    WaitFor([&] {
+      std::lock_guard lock(mu);
+      return !pending.empty() || acked == 10;
+    });
+  }
+  CHECK(WaitFor([&] { return acked == 10; }));
+}
+
+TEST_CASE("a delivery that is never acknowledged times out and the sender is told", "[exchange]") {
+  broker::Limits l;
+  l.delivery_timeout = std::chrono::milliseconds(300);
+  TestBroker broker(l);
+  Receiver school(broker.port(), "school", /*ack=*/false);
+  auto police = Connect(broker.port(), "police");
+  auto r = police->Publish(IncidentReport({"school"}));
+  REQUIRE(r.status.ok());
+  CHECK(r.outcomes.at(0).reason == "delivery_timeout");
+  CHECK(school.count() == 1);
+  // A late ack is harmless: the session stays up.
+  school.client->Acknowledge(school.got[0].delivery_id);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(school.client->connected());
+}
+
+TEST_CASE("a receiver that disconnects before acknowledging resolves the publish", "[exchange]") {
+  TestBroker broker;
+  auto school = std::make_unique<Receiver>(broker.port(), "school", false);
+  auto police = Connect(broker.port(), "police");
+  std::atomic<bool> done{false};
+  client::PublishResult result;
+  police->Publish(IncidentReport({"school"}), [&](client::PublishResult r) {
+    result = std::move(r);
+    done = true;
+  });
+  REQUIRE(WaitFor([&] { return school->count() == 1; }));
+  school->client->Close();
+  REQUIRE(WaitFor([&] { return done.load(); }));
+  CHECK(result.outcomes.at(0).reason == "recipient_disconnected");
+}

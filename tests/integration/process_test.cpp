@@ -1,0 +1,280 @@
+// The shipped programs as users run them: real processes, real files,
+// exit codes and output.
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "common/files.h"
+#include "tests/integration/test_support.h"
+
+extern char** environ;
+
+using namespace liaison;
+using namespace liaison::test;
+
+namespace {
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A child process with stdin from a file (or /dev/null) and stdout/stderr to files.
+class Process {
+ public:
+  Process(const std::vector<std::string>& argv, const std::string& dir, const std::string& name,
+          const std::string& stdin_file = "/dev/null")
+      : out_(dir + "/" + name + ".out"), err_(dir + "/" + name + ".err") {
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, stdin_file.c_str(), O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, 2, err_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    if (posix_spawn(&pid_, args[0], &fa, nullptr, args.data(), environ) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&fa);
+  }
+  ~Process() {
+    if (pid_ > 0 && !exited_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  // Exit code, or -1 on timeout, 128+signal when killed.
+  int Wait(std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      const pid_t r = ::waitpid(pid_, &status, WNOHANG);
+      if (r == pid_) {
+        exited_ = true;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return -1;
+  }
+  void Signal(int sig) { ::kill(pid_, sig); }
+  std::string out() const { return Slurp(out_); }
+  std::string err() const { return Slurp(err_); }
+
+ private:
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  std::string out_, err_;
+};
+
+int Run(const std::vector<std::string>& argv, const std::string& dir, std::string* out, std::string* err,
+        const std::string& stdin_file = "/dev/null") {
+  Process p(argv, dir, "run", stdin_file);
+  const int rc = p.Wait();
+  if (out) *out = p.out();
+  if (err) *err = p.err();
+  return rc;
+}
+
+// The real liaison-broker on a free port, with a config and policy in dir.
+class BrokerProcess {
+ public:
+  explicit BrokerProcess(const TempDir& dir) : dir_(dir) {
+    const std::string& pki = PkiDir();
+    REQUIRE(WriteFileAtomic(dir.File("policy.yaml"), PolicyYaml(DefaultAgencies())).ok());
+    const std::string config = "name: process-test\nlisten: 127.0.0.1:0\nthreads: 2\npolicy: policy.yaml\n"
+                               "tls:\n  certificate: " + pki + "/broker.crt\n  private_key: " + pki +
+                               "/broker.key\n  ca_bundle: " + pki + "/ca.crt\n  crl: " + pki + "/ca.crl\n";
+    REQUIRE(WriteFileAtomic(dir.File("broker.yaml"), config).ok());
+    proc_ = std::make_unique<Process>(std::vector<std::string>{LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml")},
+                                      dir.path(), "broker");
+    const std::regex listening("listening on 127\\.0\\.0\\.1:([0-9]+)");
+    REQUIRE(WaitFor([&] {
+      std::smatch m;
+      const std::string log = proc_->err();
+      if (!std::regex_search(log, m, listening)) return false;
+      port_ = static_cast<uint16_t>(std::stoi(m[1]));
+      return true;
+    }));
+  }
+  uint16_t port() const { return port_; }
+  Process& process() { return *proc_; }
+  std::vector<std::string> Cli(const std::string& agency, std::vector<std::string> rest) const {
+    const std::string& pki = PkiDir();
+    std::vector<std::string> argv = {LIAISON_CLI_BIN,
+                                     "--broker", "127.0.0.1:" + std::to_string(port_),
+                                     "--server-name", "localhost",
+                                     "--cert", pki + "/" + agency + ".crt",
+                                     "--key", pki + "/" + agency + ".key",
+                                     "--ca", pki + "/ca.crt"};
+    argv.insert(argv.end(), rest.begin(), rest.end());
+    return argv;
+  }
+
+ private:
+  const TempDir& dir_;
+  std::unique_ptr<Process> proc_;
+  uint16_t port_ = 0;
+};
+
+const char* kIncident = R"({
+  "envelope": {"tlp": "TLP_AMBER", "purpose": "safeguarding", "caseId": "CASE-7"},
+  "incidentReport": {
+    "incidentType": "INCIDENT_HATE_SPEECH",
+    "biasMotivations": ["BIAS_ANTI_ROMA"],
+    "description": "Abusive leaflets left at the community centre.",
+    "severity": "SEVERITY_MEDIUM"
+  }
+})";
+
+}  // namespace
+
+TEST_CASE("every command answers --help", "[process]") {
+  TempDir dir;
+  const std::vector<std::vector<std::string>> commands = {
+      {LIAISON_BROKER_BIN, "--help"},
+      {LIAISON_CLI_BIN, "--help"},
+      {LIAISON_CLI_BIN, "send", "--help"},
+      {LIAISON_CLI_BIN, "receive", "--help"},
+  };
+  for (const auto& argv : commands) {
+    std::string out;
+    CHECK(Run(argv, dir.path(), &out, nullptr) == 0);
+    CHECK(out.find("--") != std::string::npos);
+  }
+  std::string err;
+  CHECK(Run({LIAISON_CLI_BIN, "no-such-command"}, dir.path(), nullptr, &err) == 2);
+}
+
+TEST_CASE("liaison-broker --check-config reports every error with file:line", "[process][config]") {
+  TempDir dir;
+  REQUIRE(WriteFileAtomic(dir.File("policy.yaml"),
+                          "version: 1\n"
+                          "agencies:\n"
+                          "  - id: police\n"
+                          "    name: Police\n"
+                          "    sector: policing\n"          // line 5: unknown sector
+                          "  - id: police\n"                // line 6: duplicate id
+                          "    name: Police again\n"
+                          "    sector: law_enforcement\n"
+                          "    colour: blue\n")             // line 9: unknown key
+              .ok());
+  const std::string& pki = PkiDir();
+  REQUIRE(WriteFileAtomic(dir.File("broker.yaml"),
+                          "listen: 127.0.0.1\n"             // line 1: no port
+                          "policy: policy.yaml\n"
+                          "tls:\n"
+                          "  certificate: " + pki + "/broker.crt\n"
+                          "  private_key: " + pki + "/broker.key\n"
+                          "  ca_bundle: " + pki + "/ca.crt\n"
+                          "limits:\n"
+                          "  max_frame_bytes: lots\n"       // line 8
+                          "  idle_timeout_ms: 5\n"          // line 9: below the minimum
+                          "unknown_key: 1\n")               // line 10
+              .ok());
+  std::string out, err;
+  CHECK(Run({LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml"), "--check-config"}, dir.path(), &out, &err) == 1);
+  INFO(err);
+  const std::string b = dir.File("broker.yaml");
+  CHECK(err.find(b + ":1:9: error: 'listen' must be HOST:PORT") != std::string::npos);
+  CHECK(err.find(b + ":8:20: error: 'max_frame_bytes' must be a whole number") != std::string::npos);
+  CHECK(err.find(b + ":9:20: error: 'idle_timeout_ms' must be between") != std::string::npos);
+  CHECK(err.find(b + ":10:1: error: unknown key 'unknown_key'") != std::string::npos);
+  // Config errors stop before the policy is read; fix them and see the policy's.
+  REQUIRE(WriteFileAtomic(dir.File("broker.yaml"), "listen: 127.0.0.1:7443\npolicy: policy.yaml\ntls:\n"
+                                                   "  certificate: " + pki + "/broker.crt\n"
+                                                   "  private_key: " + pki + "/broker.key\n"
+                                                   "  ca_bundle: " + pki + "/ca.crt\n")
+              .ok());
+  CHECK(Run({LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml"), "--check-config"}, dir.path(), &out, &err) == 1);
+  const std::string p = dir.File("policy.yaml");
+  CHECK(err.find(p + ":5:13: error: unknown sector 'policing'") != std::string::npos);
+  CHECK(err.find(p + ":6:9: error: duplicate agency id 'police'") != std::string::npos);
+  CHECK(err.find(p + ":9:5: error: unknown key 'colour'") != std::string::npos);
+  CHECK(err.find("warning: tls: no 'crl' configured") != std::string::npos);
+}
+
+TEST_CASE("the broker refuses a private key readable by others", "[process][config]") {
+  TempDir dir;
+  const std::string& pki = PkiDir();
+  std::string key = *ReadFile(pki + "/broker.key", 1 << 20);
+  REQUIRE(WriteFileAtomic(dir.File("broker.key"), key, 0644).ok());
+  REQUIRE(WriteFileAtomic(dir.File("policy.yaml"), PolicyYaml({"police"})).ok());
+  REQUIRE(WriteFileAtomic(dir.File("broker.yaml"), "listen: 127.0.0.1:0\npolicy: policy.yaml\ntls:\n"
+                                                   "  certificate: " + pki + "/broker.crt\n"
+                                                   "  private_key: broker.key\n"
+                                                   "  ca_bundle: " + pki + "/ca.crt\n")
+              .ok());
+  std::string err;
+  CHECK(Run({LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml")}, dir.path(), nullptr, &err) == 1);
+  CHECK(err.find("chmod 600") != std::string::npos);
+}
+
+TEST_CASE("liaison send and receive exchange a message through the real broker", "[process]") {
+  TempDir dir;
+  BrokerProcess broker(dir);
+  REQUIRE(WriteFileAtomic(dir.File("incident.json"), kIncident).ok());
+  std::filesystem::create_directory(dir.File("inbox"));
+
+  Process receiver(broker.Cli("school", {"receive", "--out", dir.File("inbox"), "--count", "1", "--wait", "20"}),
+                   dir.path(), "receiver");
+  // The receiver must hold the receiving slot before the send.
+  REQUIRE(WaitFor([&] { return receiver.err().find("receiving for agency school") != std::string::npos; }));
+
+  std::string out, err;
+  const int rc = Run(broker.Cli("police", {"--json", "send", "--to", "school", dir.File("incident.json")}),
+                     dir.path(), &out, &err);
+  INFO(out << err);
+  CHECK(rc == 0);
+  CHECK(out.find("\"ok\":true") != std::string::npos);
+  CHECK(out.find("\"outcome\":\"delivered\"") != std::string::npos);
+  CHECK(receiver.Wait() == 0);
+  std::smatch m;
+  REQUIRE(std::regex_search(out, m, std::regex("\"messageId\":\"([0-9a-f-]{36})\"")));
+  const std::string file = dir.File("inbox/police_" + m[1].str() + ".json");
+  const std::string stored = Slurp(file);
+  CHECK(stored.find("\"sender\": \"police\"") != std::string::npos);
+  CHECK(stored.find("Abusive leaflets") != std::string::npos);
+
+  // Stdin and an offline recipient: exit 1 and the reason.
+  CHECK(Run(broker.Cli("police", {"send", "--to", "health", "-"}), dir.path(), &out, &err, dir.File("incident.json")) == 1);
+  CHECK(out.find("REFUSED  recipient_offline") != std::string::npos);
+}
+
+TEST_CASE("liaison send reports bad input and bad certificates with distinct exit codes", "[process]") {
+  TempDir dir;
+  BrokerProcess broker(dir);
+  REQUIRE(WriteFileAtomic(dir.File("bad.json"), "{\"envelope\": {\"colour\": 1}}").ok());
+  REQUIRE(WriteFileAtomic(dir.File("incident.json"), kIncident).ok());
+  std::string out, err;
+  CHECK(Run(broker.Cli("police", {"send", "--to", "school", dir.File("bad.json")}), dir.path(), &out, &err) == 2);
+  CHECK(err.find("colour") != std::string::npos);
+  CHECK(Run(broker.Cli("police", {"send", "--to", "school", "--tlp", "purple", dir.File("incident.json")}),
+            dir.path(), &out, &err) == 2);
+  auto argv = broker.Cli("police", {"send", "--to", "school", dir.File("incident.json")});
+  for (auto& a : argv) {
+    if (a == PkiDir() + "/police.crt") a = PkiDir() + "/test/expired.crt";
+    if (a == PkiDir() + "/police.key") a = PkiDir() + "/test/expired.key";
+  }
+  CHECK(Run(argv, dir.path(), &out, &err) == 3);
+  CHECK(err.find("refused") != std::string::npos);
+}
+
+TEST_CASE("SIGTERM stops the broker cleanly", "[process]") {
+  TempDir dir;
+  BrokerProcess broker(dir);
+  auto c = Connect(broker.port(), "police");
+  broker.process().Signal(SIGTERM);
+  CHECK(broker.process().Wait(std::chrono::seconds(15)) == 0);
+  CHECK(broker.process().err().find("stopped:") != std::string::npos);
+}

@@ -1,0 +1,169 @@
+// Sessions: many at once, one receiver per agency, take-over, keep-alive,
+// and graceful shutdown.
+#include <catch2/catch.hpp>
+
+#include <mutex>
+
+#include "tests/integration/test_support.h"
+
+using namespace liaison;
+using namespace liaison::test;
+
+TEST_CASE("120 concurrent agency sessions exchange messages", "[sessions]") {
+  TestBroker broker;
+  const auto agencies = DefaultAgencies();  // 25 agencies
+  // One receiving session per agency, plus four publishing sessions each.
+  std::mutex mu;
+  std::map<std::string, int> received;
+  std::vector<std::unique_ptr<client::Client>> receivers(agencies.size());
+  for (size_t i = 0; i < agencies.size(); ++i) {
+    client::Client* self = nullptr;
+    auto c = client::Client::Connect(Options(broker.port(), agencies[i], true), [&, i](client::Delivery d) {
+      std::lock_guard lock(mu);
+      received[agencies[i]]++;
+      receivers[i]->Acknowledge(d.delivery_id);
+    });
+    REQUIRE(c.ok());
+    receivers[i] = std::move(c).value();
+    (void)self;
+  }
+  std::vector<std::unique_ptr<client::Client>> senders;
+  for (size_t i = 0; i < agencies.size() * 4; ++i) senders.push_back(Connect(broker.port(), agencies[i % agencies.size()]));
+  REQUIRE(broker.server().counters().sessions == agencies.size() * 5);
+
+  std::atomic<int> accepted{0}, answered{0};
+  for (size_t i = 0; i < senders.size(); ++i) {
+    const std::string to = agencies[(i + 1) % agencies.size()];
+    senders[i]->Publish(IncidentReport({to}), [&](client::PublishResult r) {
+      answered++;
+      if (r.AllAccepted()) accepted++;
+    });
+  }
+  REQUIRE(WaitFor([&] { return answered == static_cast<int>(senders.size()); }, std::chrono::seconds(30)));
+  CHECK(accepted == static_cast<int>(senders.size()));
+  std::lock_guard lock(mu);
+  for (const auto& a : agencies) CHECK(received[a] == 4);
+}
+
+TEST_CASE("a second receiving session is refused unless it takes over", "[sessions]") {
+  TestBroker broker;
+  std::atomic<bool> first_closed{false};
+  Status first_why;
+  auto first = Connect(broker.port(), "school", true, nullptr, [&](const Status& why) {
+    first_why = why;
+    first_closed = true;
+  });
+
+  auto second = client::Client::Connect(Options(broker.port(), "school", true));
+  REQUIRE_FALSE(second.ok());
+  CHECK(second.status().IsPermissionDenied());
+  CHECK(second.status().message().find("receiver_active") != std::string::npos);
+  CHECK(first->connected());
+
+  // A session of the same agency that does not receive is fine.
+  auto publisher = Connect(broker.port(), "school");
+  CHECK(publisher->session().receiving == false);
+
+  auto o = Options(broker.port(), "school", true);
+  o.take_over = true;
+  std::atomic<int> got{0};
+  auto third = client::Client::Connect(o, [&](client::Delivery) { got++; });
+  REQUIRE(third.ok());
+  CHECK((*third)->session().receiving);
+  REQUIRE(WaitFor([&] { return first_closed.load(); }));
+  CHECK(first_why.message().find("taken_over") != std::string::npos);
+
+  // Deliveries now go to the new receiver.
+  auto police = Connect(broker.port(), "police");
+  police->Publish(IncidentReport({"school"}), [](client::PublishResult) {});
+  CHECK(WaitFor([&] { return got == 1; }));
+}
+
+TEST_CASE("the receiving slot is released when its session ends", "[sessions]") {
+  TestBroker broker;
+  { auto first = Connect(broker.port(), "school", true); }
+  REQUIRE(WaitFor([&] { return broker.server().counters().sessions == 0; }));
+  auto again = client::Client::Connect(Options(broker.port(), "school", true));
+  CHECK(again.ok());
+}
+
+TEST_CASE("idle sessions are pinged and stay open while the client answers", "[sessions]") {
+  broker::Limits l;
+  l.ping_interval = std::chrono::milliseconds(100);
+  l.idle_timeout = std::chrono::milliseconds(400);
+  TestBroker broker(l);
+  auto c = Connect(broker.port(), "police");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  CHECK(c->connected());
+  CHECK(broker.server().counters().sessions == 1);
+}
+
+TEST_CASE("a peer that stops answering is closed after the idle timeout", "[sessions]") {
+  broker::Limits l;
+  l.ping_interval = std::chrono::milliseconds(100);
+  l.idle_timeout = std::chrono::milliseconds(400);
+  TestBroker broker(l);
+  RawClient raw;
+  RawClient::Options o;
+  o.tls = AgencyTls("police");
+  REQUIRE(raw.Connect(broker.port(), o).ok());
+  REQUIRE(raw.SendHello());
+  auto welcome = raw.ReadFrame();
+  REQUIRE(welcome.has_value());
+  REQUIRE(welcome->has_welcome());
+  // Read pings without answering them; the broker gives up.
+  bool saw_ping = false, saw_idle_error = false;
+  for (int i = 0; i < 20; ++i) {
+    auto f = raw.ReadFrame(std::chrono::milliseconds(1000));
+    if (!f) break;
+    saw_ping = saw_ping || f->has_ping();
+    if (f->has_error()) saw_idle_error = f->error().code() == v1::REASON_IDLE_TIMEOUT;
+  }
+  CHECK(saw_ping);
+  CHECK(saw_idle_error);
+  CHECK(WaitFor([&] { return broker.server().counters().sessions == 0; }));
+}
+
+TEST_CASE("SIGTERM-style stop finishes in-flight publishes before closing", "[sessions][shutdown]") {
+  auto broker = std::make_unique<TestBroker>();
+  std::mutex mu;
+  std::vector<uint64_t> to_ack;
+  std::atomic<bool> school_closed{false};
+  Status school_why;
+  auto school = Connect(
+      broker->port(), "school", true,
+      [&](client::Delivery d) {
+        std::lock_guard lock(mu);
+        to_ack.push_back(d.delivery_id);
+      },
+      [&](const Status& why) {
+        school_why = why;
+        school_closed = true;
+      });
+  auto police = Connect(broker->port(), "police");
+  std::atomic<bool> done{false};
+  client::PublishResult result;
+  police->Publish(IncidentReport({"school"}), [&](client::PublishResult r) {
+    result = std::move(r);
+    done = true;
+  });
+  REQUIRE(WaitFor([&] {
+    std::lock_guard lock(mu);
+    return to_ack.size() == 1;
+  }));
+  std::thread stopper([&] { broker->Stop(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // While stopping: new publishes are refused, the in-flight one can finish.
+  auto refused = police->Publish(IncidentReport({"school"}));
+  CHECK(refused.error_code == "shutting_down");
+  CHECK_FALSE(done);
+  {
+    std::lock_guard lock(mu);
+    school->Acknowledge(to_ack[0]);
+  }
+  REQUIRE(WaitFor([&] { return done.load(); }));
+  CHECK(result.AllAccepted());
+  stopper.join();
+  CHECK(WaitFor([&] { return school_closed.load(); }));
+  CHECK(school_why.message().find("shutting_down") != std::string::npos);
+}

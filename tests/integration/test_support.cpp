@@ -1,0 +1,295 @@
+#include "tests/integration/test_support.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <google/protobuf/util/time_util.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <stdexcept>
+
+#include "common/files.h"
+#include "common/uuid.h"
+#include "proto/frame_codec.h"
+
+namespace liaison::test {
+
+TempDir::TempDir() {
+  std::string tmpl = (std::filesystem::temp_directory_path() / "liaison-test-XXXXXX").string();
+  if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+std::vector<std::string> DefaultAgencies() {
+  std::vector<std::string> a = {"police", "school", "social", "health", "youth-ngo"};
+  for (int i = 1; i <= 20; ++i) {
+    char name[8];
+    std::snprintf(name, sizeof name, "a%02d", i);
+    a.push_back(name);
+  }
+  return a;
+}
+
+const std::string& PkiDir() {
+  static std::once_flag once;
+  static std::string dir;
+  static TempDir* holder = nullptr;
+  std::call_once(once, [] {
+    if (const char* lvl = std::getenv("LIAISON_TEST_LOG")) {
+      spdlog::set_level(spdlog::level::from_str(lvl));
+    } else {
+      spdlog::set_level(spdlog::level::warn);
+    }
+    // ctest makes the certificates once for all tests (fixture dev_pki_setup).
+    if (const char* shared = std::getenv("LIAISON_TEST_PKI")) {
+      if (std::filesystem::exists(std::string(shared) + "/test/no-san.crt")) {
+        dir = shared;
+        return;
+      }
+    }
+    holder = new TempDir();  // lives for the whole process; removed at exit
+    std::atexit([] { delete holder; });
+    dir = holder->File("pki");
+    std::string cmd = "bash " LIAISON_SOURCE_DIR "/certs/dev-pki.sh " + dir;
+    for (const auto& a : DefaultAgencies()) cmd += " " + a;
+    cmd += " > " + holder->File("pki.log") + " 2>&1";
+    if (std::system(cmd.c_str()) != 0) throw std::runtime_error("certs/dev-pki.sh failed: " + cmd);
+  });
+  return dir;
+}
+
+TlsFiles AgencyTls(const std::string& agency) {
+  const std::string& d = PkiDir();
+  return TlsFiles{d + "/" + agency + ".crt", d + "/" + agency + ".key", d + "/ca.crt", {}};
+}
+
+TlsFiles DefectTls(const std::string& defect) {
+  const std::string& d = PkiDir();
+  return TlsFiles{d + "/test/" + defect + ".crt", d + "/test/" + defect + ".key", d + "/ca.crt", {}};
+}
+
+std::string PolicyYaml(const std::vector<std::string>& agencies) {
+  std::string y = "version: 1\nagencies:\n";
+  for (const auto& a : agencies) {
+    y += "  - id: " + a + "\n    name: Agency " + a + "\n    sector: " +
+         (a == "police" ? "law_enforcement" : a == "school" ? "education" : "social_work") + "\n";
+  }
+  return y;
+}
+
+TestBroker::TestBroker(broker::Limits limits, int threads) {
+  const std::string& pki = PkiDir();
+  broker::BrokerConfig c;
+  c.path = dir_.File("broker.yaml");
+  c.name = "test-broker";
+  c.listen_host = "127.0.0.1";
+  c.listen_port = 0;
+  c.tls = TlsFiles{pki + "/broker.crt", pki + "/broker.key", pki + "/ca.crt", {pki + "/ca.crl"}};
+  c.policy_path = dir_.File("policy.yaml");
+  c.threads = threads;
+  c.limits = limits;
+  if (Status s = WriteFileAtomic(c.policy_path, PolicyYaml(DefaultAgencies())); !s.ok()) {
+    throw std::runtime_error(s.ToString());
+  }
+  auto server = broker::Server::Create(std::move(c));
+  if (!server.ok()) throw std::runtime_error("broker: " + server.status().ToString());
+  server_ = std::move(server).value();
+  thread_ = std::thread([this] { (void)server_->Run(false); });
+}
+
+void TestBroker::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  server_->RequestStop();
+  thread_.join();
+}
+
+TestBroker::~TestBroker() { Stop(); }
+
+client::ClientOptions Options(uint16_t port, const std::string& agency, bool receive) {
+  client::ClientOptions o;
+  o.host = "127.0.0.1";
+  o.port = port;
+  o.server_name = "localhost";
+  o.tls = AgencyTls(agency);
+  o.receive = receive;
+  o.connect_timeout = std::chrono::seconds(10);
+  return o;
+}
+
+std::unique_ptr<client::Client> Connect(uint16_t port, const std::string& agency, bool receive,
+                                        client::Client::DeliveryHandler on_delivery,
+                                        client::Client::ClosedHandler on_closed) {
+  auto c = client::Client::Connect(Options(port, agency, receive), std::move(on_delivery), std::move(on_closed));
+  if (!c.ok()) throw std::runtime_error("connect as " + agency + ": " + c.status().ToString());
+  return std::move(c).value();
+}
+
+v1::Message IncidentReport(const std::vector<std::string>& recipients) {
+  v1::Message m;
+  auto* env = m.mutable_envelope();
+  env->set_message_id(NewUuid());
+  for (const auto& r : recipients) env->add_recipients(r);
+  env->set_tlp(v1::TLP_AMBER);
+  env->set_purpose("safeguarding");
+  env->set_case_id("CASE-1");
+  *env->mutable_created_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  auto* ir = m.mutable_incident_report();
+  ir->set_incident_type(v1::INCIDENT_HATE_CRIME);
+  ir->add_bias_motivations(v1::BIAS_ANTISEMITIC);
+  ir->set_description("Graffiti on the synagogue wall at Main Street.");
+  ir->set_severity(v1::SEVERITY_MEDIUM);
+  auto* p = ir->add_persons();
+  p->set_role(v1::ROLE_WITNESS);
+  p->set_full_name("J. Witness");
+  return m;
+}
+
+bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!cond()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------- RawClient
+
+RawClient::~RawClient() { Close(); }
+
+void RawClient::Close() {
+  if (ssl_) SSL_free(static_cast<SSL*>(ssl_));
+  if (ctx_) SSL_CTX_free(static_cast<SSL_CTX*>(ctx_));
+  if (fd_ >= 0) ::close(fd_);
+  ssl_ = nullptr;
+  ctx_ = nullptr;
+  fd_ = -1;
+}
+
+Status RawClient::Connect(uint16_t port, const Options& options) {
+  fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return Status::Unavailable("connect");
+  int one = 1;
+  ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (!options.tls) return Status::Ok();
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  ctx_ = ctx;
+  if (options.tls12_only) {
+    SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
+  }
+  SSL_CTX_load_verify_locations(ctx, options.tls->ca_bundle.c_str(), nullptr);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  if (options.present_certificate) {
+    if (SSL_CTX_use_certificate_chain_file(ctx, options.tls->certificate.c_str()) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, options.tls->private_key.c_str(), SSL_FILETYPE_PEM) != 1) {
+      return Status::InvalidArgument("cannot load client certificate");
+    }
+  }
+  SSL* ssl = SSL_new(ctx);
+  ssl_ = ssl;
+  SSL_set_fd(ssl, fd_);
+  SSL_set_tlsext_host_name(ssl, "localhost");
+  timeval tv{5, 0};
+  ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (SSL_connect(ssl) != 1) {
+    char buf[256];
+    ERR_error_string_n(ERR_get_error(), buf, sizeof buf);
+    ERR_clear_error();
+    return Status::Unavailable(std::string("TLS handshake failed: ") + buf);
+  }
+  return Status::Ok();
+}
+
+bool RawClient::SendBytes(const std::string& bytes) {
+  if (ssl_) return SSL_write(static_cast<SSL*>(ssl_), bytes.data(), static_cast<int>(bytes.size())) > 0;
+  return ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
+}
+
+bool RawClient::SendFrame(const v1::Frame& frame) {
+  auto e = proto::EncodeFrame(frame);
+  return e.ok() && SendBytes(*e);
+}
+
+bool RawClient::SendHello(bool receive, uint32_t credit) {
+  v1::Frame f;
+  f.mutable_hello()->set_protocol_version(1);
+  f.mutable_hello()->set_client_name("raw-test-client");
+  f.mutable_hello()->set_receive(receive);
+  f.mutable_hello()->set_credit(credit);
+  return SendFrame(f);
+}
+
+int RawClient::Read(void* buf, int n, std::chrono::milliseconds timeout) {
+  SSL* ssl = static_cast<SSL*>(ssl_);
+  if (!ssl || SSL_pending(ssl) == 0) {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return -2;  // timeout
+  }
+  if (ssl) {
+    const int r = SSL_read(ssl, buf, n);
+    if (r <= 0) ERR_clear_error();
+    return r;
+  }
+  return static_cast<int>(::recv(fd_, buf, static_cast<size_t>(n), 0));
+}
+
+std::optional<v1::Frame> RawClient::ReadFrame(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto left = [&] {
+    return std::max(std::chrono::milliseconds(1), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                      deadline - std::chrono::steady_clock::now()));
+  };
+  uint8_t header[4];
+  int got = 0;
+  while (got < 4) {
+    const int r = Read(header + got, 4 - got, left());
+    if (r <= 0) return std::nullopt;
+    got += r;
+  }
+  auto len = proto::DecodeFrameLength(header, proto::kDefaultMaxFrameBytes);
+  if (!len.ok()) return std::nullopt;
+  std::string body(*len, '\0');
+  size_t have = 0;
+  while (have < body.size()) {
+    const int r = Read(body.data() + have, static_cast<int>(body.size() - have), left());
+    if (r <= 0) return std::nullopt;
+    have += static_cast<size_t>(r);
+  }
+  v1::Frame f;
+  if (!proto::ParseFrame(body, &f).ok()) return std::nullopt;
+  return f;
+}
+
+bool RawClient::WaitClosed(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  char buf[4096];
+  while (std::chrono::steady_clock::now() < deadline) {
+    const int r = Read(buf, sizeof buf,
+                       std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()));
+    if (r == -2) return false;
+    if (r <= 0) return true;
+  }
+  return false;
+}
+
+}  // namespace liaison::test

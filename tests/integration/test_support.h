@@ -1,0 +1,108 @@
+// Test support for integration tests: dev certificates made once per test
+// process with certs/dev-pki.sh, an in-process broker on 127.0.0.1 with a
+// free port, a client factory, and a raw blocking TLS client that can break
+// the protocol on purpose. Not thread-safe unless noted.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "broker/server.h"
+#include "client/client.h"
+#include "proto/detail/pb.h"
+
+namespace liaison::test {
+
+// A fresh temporary directory, removed with its contents on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// Certificates for agencies police, school, social, health, youth-ngo and
+// a01..a20, plus the broker and the single-defect test certificates
+// (test/expired, revoked, wrong-ca, no-client-auth, wrong-san, no-san, all
+// claiming police). Made once per process; thread-safe.
+const std::string& PkiDir();
+TlsFiles AgencyTls(const std::string& agency);
+TlsFiles DefectTls(const std::string& defect);  // "expired", "wrong-ca", ...
+
+// Policy text listing the given agencies with their default SAN URI.
+std::string PolicyYaml(const std::vector<std::string>& agencies);
+std::vector<std::string> DefaultAgencies();  // police school social health youth-ngo a01..a20
+
+// An in-process broker serving on its own threads.
+class TestBroker {
+ public:
+  // limits tweak the defaults; the policy lists DefaultAgencies().
+  explicit TestBroker(broker::Limits limits = {}, int threads = 2);
+  ~TestBroker();  // graceful stop
+  uint16_t port() const { return server_->port(); }
+  broker::Server& server() { return *server_; }
+  // Requests a graceful stop and waits until Run() returns.
+  void Stop();
+  const std::string& dir() const { return dir_.path(); }
+
+ private:
+  TempDir dir_;
+  std::unique_ptr<broker::Server> server_;
+  std::thread thread_;
+  bool stopped_ = false;
+};
+
+client::ClientOptions Options(uint16_t port, const std::string& agency, bool receive = false);
+std::unique_ptr<client::Client> Connect(uint16_t port, const std::string& agency, bool receive = false,
+                                        client::Client::DeliveryHandler on_delivery = nullptr,
+                                        client::Client::ClosedHandler on_closed = nullptr);
+
+// A valid incident report from nobody to the given recipients.
+v1::Message IncidentReport(const std::vector<std::string>& recipients);
+
+// Polls cond every 5 ms until it holds or timeout passes.
+bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+// A blocking TLS (or plain TCP) client built directly on OpenSSL, for
+// tests that misbehave on purpose.
+class RawClient {
+ public:
+  struct Options {
+    std::optional<TlsFiles> tls;       // nothing: plain TCP
+    bool present_certificate = true;
+    bool tls12_only = false;
+  };
+  RawClient() = default;
+  ~RawClient();
+  RawClient(const RawClient&) = delete;
+  RawClient& operator=(const RawClient&) = delete;
+
+  // TCP connect and, with tls, the client side of the handshake.
+  Status Connect(uint16_t port, const Options& options);
+  bool SendBytes(const std::string& bytes);
+  bool SendFrame(const v1::Frame& frame);
+  // The next frame, or nothing on EOF, error or timeout.
+  std::optional<v1::Frame> ReadFrame(std::chrono::milliseconds timeout = std::chrono::seconds(5));
+  // True when the peer closes the connection within timeout (any frames
+  // received meanwhile are discarded).
+  bool WaitClosed(std::chrono::milliseconds timeout = std::chrono::seconds(5));
+  // Hello for protocol version 1.
+  bool SendHello(bool receive = false, uint32_t credit = 0);
+  void Close();
+
+ private:
+  int Read(void* buf, int n, std::chrono::milliseconds timeout);
+  int fd_ = -1;
+  void* ctx_ = nullptr;  // SSL_CTX*
+  void* ssl_ = nullptr;  // SSL*
+};
+
+}  // namespace liaison::test

@@ -1,0 +1,588 @@
+// Unit tests for proto/validate.h (ValidateForPublish), proto/message_json.h
+// and proto/names.h. Validation is table-driven: each case mutates a valid
+// message and names the error it must produce ("" when it stays valid).
+#include "proto/validate.h"
+
+#include <google/protobuf/util/message_differencer.h>
+
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "proto/detail/pb.h"
+#include "proto/message_json.h"
+#include "proto/names.h"
+
+namespace {
+
+using liaison::proto::MessageLimits;
+using liaison::proto::ValidateForPublish;
+namespace v1 = liaison::v1;
+using Clock = std::chrono::system_clock;
+
+// 2025-06-01T12:00:00Z: a fixed "now", so expiry cases do not depend on the clock.
+constexpr int64_t kNowSeconds = 1748779200;
+const Clock::time_point kNow = Clock::time_point(std::chrono::seconds(kNowSeconds));
+
+constexpr const char* kMessageId = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c1d";
+
+void FillEnvelope(v1::Message* m) {
+  auto* env = m->mutable_envelope();
+  env->set_message_id(kMessageId);
+  env->add_recipients("school");
+  env->add_recipients("social");
+  env->set_tlp(v1::TLP_AMBER);
+  env->set_purpose("safeguarding");
+  env->set_case_id("case-2025-0042");
+  env->mutable_created_at()->set_seconds(kNowSeconds - 60);
+}
+
+v1::Message ValidIncidentReport() {
+  v1::Message m;
+  FillEnvelope(&m);
+  auto* r = m.mutable_incident_report();
+  r->set_incident_type(v1::INCIDENT_HATE_CRIME);
+  r->mutable_occurred_at()->set_seconds(kNowSeconds - 86400);
+  r->mutable_reported_at()->set_seconds(kNowSeconds - 3600);
+  auto* loc = r->mutable_location();
+  loc->set_type(v1::LOCATION_PUBLIC_TRANSPORT);
+  loc->set_municipality("Northside");
+  loc->set_latitude(52.37);
+  loc->set_longitude(4.89);
+  r->add_bias_motivations(v1::BIAS_ANTI_MUSLIM);
+  r->add_bias_motivations(v1::BIAS_GENDER_BASED);
+  auto* victim = r->add_persons();
+  victim->set_role(v1::ROLE_VICTIM);
+  victim->set_full_name("A. Person");
+  victim->set_date_of_birth("2001-05-17");
+  victim->set_gender(v1::GENDER_FEMALE);
+  r->set_description("Verbal abuse on a tram, headscarf pulled.");
+  r->set_severity(v1::SEVERITY_HIGH);
+  r->set_title("Assault on line 4");
+  r->set_police_reference("PR-2025-118");
+  return m;
+}
+
+v1::Message ValidCaseReferral() {
+  v1::Message m;
+  FillEnvelope(&m);
+  auto* c = m.mutable_case_referral();
+  auto* p = c->mutable_person();
+  p->set_full_name("B. Young");
+  p->set_date_of_birth("2009-11-30");
+  p->set_gender(v1::GENDER_MALE);
+  p->add_languages("nl");
+  p->add_languages("ar");
+  auto* concern = c->add_concerns();
+  concern->set_type(v1::CONCERN_ONLINE_RADICALISATION);
+  concern->set_details("Shares extremist videos in class chats.");
+  concern->mutable_observed_at()->set_seconds(kNowSeconds - 7 * 86400);
+  c->set_risk_level(v1::RISK_MODERATE);
+  c->set_consent_status(v1::CONSENT_NOT_SOUGHT);
+  c->set_legal_basis(v1::LEGAL_BASIS_PUBLIC_TASK);
+  c->set_requested_action(v1::ACTION_MULTI_AGENCY_MEETING);
+  c->set_summary("Referral for a multi-agency assessment.");
+  c->mutable_referrer()->set_name("C. Teacher");
+  c->mutable_referred_at()->set_seconds(kNowSeconds - 100);
+  return m;
+}
+
+v1::Message ValidCaseUpdate() {
+  v1::Message m;
+  FillEnvelope(&m);
+  m.mutable_envelope()->set_in_reply_to("0190a5c4-8d2e-7b3a-8c1d-2f4e6a8b0c1e");
+  auto* u = m.mutable_case_update();
+  u->set_status(v1::CASE_INTERVENTION);
+  u->set_risk_level(v1::RISK_LOW);
+  u->set_summary("Mentoring started.");
+  u->add_actions_taken("mentor assigned");
+  u->mutable_next_review_at()->set_seconds(kNowSeconds + 30 * 86400);
+  u->mutable_contact()->set_email("caseworker@example.org");
+  return m;
+}
+
+struct Case {
+  const char* name;
+  std::function<void(v1::Message&)> mutate;
+  std::string error;  // substring of the expected error; "" means valid
+};
+
+v1::IncidentReport& Report(v1::Message& m) { return *m.mutable_incident_report(); }
+v1::Envelope& Env(v1::Message& m) { return *m.mutable_envelope(); }
+
+void RunCases(const std::vector<Case>& cases, const std::function<v1::Message()>& make,
+              const MessageLimits& limits = {}) {
+  for (const auto& c : cases) {
+    CAPTURE(c.name);
+    v1::Message m = make();
+    c.mutate(m);
+    const liaison::Status s = ValidateForPublish(&m, limits, kNow);
+    if (c.error.empty()) {
+      INFO(s.ToString());
+      CHECK(s.ok());
+    } else {
+      REQUIRE_FALSE(s.ok());
+      CHECK(s.IsInvalidArgument());
+      CHECK_THAT(s.message(), Catch::Contains(c.error));
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("ValidateForPublish accepts every well-formed message type", "[proto][validate]") {
+  for (auto make : {ValidIncidentReport, ValidCaseReferral, ValidCaseUpdate}) {
+    v1::Message m = make();
+    const v1::Message before = m;
+    const liaison::Status s = ValidateForPublish(&m, MessageLimits{}, kNow);
+    INFO(liaison::proto::MessageTypeName(m) << ": " << s.ToString());
+    CHECK(s.ok());
+    // Already canonical: nothing to normalise.
+    CHECK(google::protobuf::util::MessageDifferencer::Equals(m, before));
+  }
+}
+
+TEST_CASE("ValidateForPublish: envelope errors", "[proto][validate]") {
+  const std::vector<Case> cases = {
+      {"valid as built", [](v1::Message&) {}, ""},
+      {"missing envelope", [](v1::Message& m) { m.clear_envelope(); }, "no envelope"},
+      {"missing message id", [](v1::Message& m) { Env(m).clear_message_id(); }, "envelope.messageId is missing"},
+      {"non-hex message id", [](v1::Message& m) { Env(m).set_message_id("0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0cXd"); },
+       "envelope.messageId: not a UUID (non-hex"},
+      {"message id too short", [](v1::Message& m) { Env(m).set_message_id("0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c1"); },
+       "envelope.messageId: not a UUID"},
+      {"message id too long", [](v1::Message& m) { Env(m).set_message_id(std::string(kMessageId) + "0"); },
+       "envelope.messageId: not a UUID"},
+      {"message id without hyphens", [](v1::Message& m) { Env(m).set_message_id("0190a5c48d2e7b3a9c1d2f4e6a8b0c1d"); },
+       "envelope.messageId: not a UUID"},
+      {"message id with braces", [](v1::Message& m) { Env(m).set_message_id("{0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c}"); },
+       "envelope.messageId: not a UUID"},
+      {"nil uuid", [](v1::Message& m) { Env(m).set_message_id("00000000-0000-0000-0000-000000000000"); },
+       "nil and max"},
+      {"max uuid", [](v1::Message& m) { Env(m).set_message_id("ffffffff-ffff-ffff-ffff-ffffffffffff"); },
+       "nil and max"},
+      {"wrong variant (0xc, Microsoft)", [](v1::Message& m) { Env(m).set_message_id("0190a5c4-8d2e-7b3a-cc1d-2f4e6a8b0c1d"); },
+       "variant"},
+      {"wrong variant (0x1, NCS)", [](v1::Message& m) { Env(m).set_message_id("0190a5c4-8d2e-7b3a-1c1d-2f4e6a8b0c1d"); },
+       "variant"},
+      {"version 0", [](v1::Message& m) { Env(m).set_message_id("0190a5c4-8d2e-0b3a-9c1d-2f4e6a8b0c1d"); }, "version"},
+      {"version 9", [](v1::Message& m) { Env(m).set_message_id("0190a5c4-8d2e-9b3a-9c1d-2f4e6a8b0c1d"); }, "version"},
+      {"uppercase uuid is fine", [](v1::Message& m) { Env(m).set_message_id("0190A5C4-8D2E-7B3A-9C1D-2F4E6A8B0C1D"); }, ""},
+      {"no body", [](v1::Message& m) { m.clear_body(); }, "no body"},
+      {"tlp unspecified", [](v1::Message& m) { Env(m).set_tlp(v1::TLP_UNSPECIFIED); }, "envelope.tlp is missing"},
+      {"tlp out of range", [](v1::Message& m) { Env(m).set_tlp(static_cast<v1::Tlp>(6)); }, "envelope.tlp"},
+      {"tlp red is fine", [](v1::Message& m) { Env(m).set_tlp(v1::TLP_RED); }, ""},
+      {"missing purpose", [](v1::Message& m) { Env(m).clear_purpose(); }, "envelope.purpose is missing"},
+      {"purpose with upper case", [](v1::Message& m) { Env(m).set_purpose("Safeguarding"); }, "is not a purpose id"},
+      {"purpose with space", [](v1::Message& m) { Env(m).set_purpose("threat assessment"); }, "is not a purpose id"},
+      {"purpose of 64 characters", [](v1::Message& m) { Env(m).set_purpose(std::string(64, 'p')); }, "is not a purpose id"},
+      {"purpose with dots is fine", [](v1::Message& m) { Env(m).set_purpose("safeguarding.minors"); }, ""},
+      {"purpose of 63 characters is fine", [](v1::Message& m) { Env(m).set_purpose(std::string(63, 'p')); }, ""},
+      {"no recipients", [](v1::Message& m) { Env(m).clear_recipients(); }, "envelope.recipients is empty"},
+      {"too many recipients",
+       [](v1::Message& m) {
+         Env(m).clear_recipients();
+         for (int i = 0; i < 101; ++i) Env(m).add_recipients("agency-" + std::to_string(i));
+       },
+       "envelope.recipients has 101 entries (maximum 100)"},
+      {"100 recipients is fine",
+       [](v1::Message& m) {
+         Env(m).clear_recipients();
+         for (int i = 0; i < 100; ++i) Env(m).add_recipients("agency-" + std::to_string(i));
+       },
+       ""},
+      {"recipient with upper case", [](v1::Message& m) { Env(m).add_recipients("Police"); }, "'Police' is not an agency id"},
+      {"recipient with punctuation", [](v1::Message& m) { Env(m).add_recipients("police!"); }, "'police!' is not an agency id"},
+      {"empty recipient", [](v1::Message& m) { Env(m).add_recipients(""); }, "'' is not an agency id"},
+      {"recipient with a dot", [](v1::Message& m) { Env(m).add_recipients("city.police"); }, "is not an agency id"},
+      {"recipient starting with '-'", [](v1::Message& m) { Env(m).add_recipients("-police"); }, "is not an agency id"},
+      {"empty group", [](v1::Message& m) { Env(m).add_recipients("group:"); }, "'group:' is not an agency id"},
+      {"group of a bad id", [](v1::Message& m) { Env(m).add_recipients("group:Schools"); }, "is not an agency id"},
+      {"group is fine", [](v1::Message& m) { Env(m).add_recipients("group:schools"); }, ""},
+      {"case id of 129 bytes", [](v1::Message& m) { Env(m).set_case_id(std::string(129, 'c')); },
+       "envelope.caseId is longer than 128 bytes"},
+      {"case id of 128 bytes is fine", [](v1::Message& m) { Env(m).set_case_id(std::string(128, 'c')); }, ""},
+      {"case id with newline", [](v1::Message& m) { Env(m).set_case_id("case\n42"); }, "control characters"},
+      {"case id with NUL", [](v1::Message& m) { Env(m).set_case_id(std::string("case\0" "42", 7)); }, "control characters"},
+      {"case id with DEL", [](v1::Message& m) { Env(m).set_case_id("case\x7f"); }, "control characters"},
+      {"case id with UTF-8 is fine", [](v1::Message& m) { Env(m).set_case_id("zaak-\xc3\xa9\xc3\xa9n"); }, ""},
+      {"bad in_reply_to", [](v1::Message& m) { Env(m).set_in_reply_to("not-a-uuid"); }, "envelope.inReplyTo: not a UUID"},
+      {"bad forwarded_from", [](v1::Message& m) { Env(m).set_forwarded_from("00000000-0000-0000-0000-000000000000"); },
+       "envelope.forwardedFrom"},
+      {"bad sharing agreement", [](v1::Message& m) { Env(m).set_sharing_agreement("Agreement 1"); },
+       "envelope.sharingAgreement 'Agreement 1' is not an id"},
+      {"sharing agreement is fine", [](v1::Message& m) { Env(m).set_sharing_agreement("dpa-2025.v2"); }, ""},
+      {"receivedAt set by the client", [](v1::Message& m) { Env(m).mutable_received_at()->set_seconds(kNowSeconds); },
+       "set by the broker"},
+      {"receivedAt set to the epoch", [](v1::Message& m) { Env(m).mutable_received_at(); }, "set by the broker"},
+      {"redactedPaths set by the client", [](v1::Message& m) { Env(m).add_redacted_paths("incident_report.persons"); },
+       "set by the broker"},
+      {"pseudonymisedPaths set by the client", [](v1::Message& m) { Env(m).add_pseudonymised_paths("x"); },
+       "set by the broker"},
+      {"createdAt out of range", [](v1::Message& m) { Env(m).mutable_created_at()->set_seconds(253402300800LL); },
+       "envelope.createdAt is not a valid time"},
+      {"createdAt with negative nanos", [](v1::Message& m) { Env(m).mutable_created_at()->set_nanos(-1); },
+       "envelope.createdAt is not a valid time"},
+      {"expiresAt in the past", [](v1::Message& m) { Env(m).mutable_expires_at()->set_seconds(kNowSeconds - 1); },
+       "envelope.expiresAt is in the past"},
+      {"expiresAt now", [](v1::Message& m) { Env(m).mutable_expires_at()->set_seconds(kNowSeconds); },
+       "envelope.expiresAt is in the past"},
+      {"expiresAt in the future is fine", [](v1::Message& m) { Env(m).mutable_expires_at()->set_seconds(kNowSeconds + 1); }, ""},
+      {"expiresAt with bad nanos", [](v1::Message& m) { Env(m).mutable_expires_at()->set_nanos(1000000000); },
+       "envelope.expiresAt is not a valid time"},
+  };
+  RunCases(cases, ValidIncidentReport);
+}
+
+TEST_CASE("ValidateForPublish: body errors", "[proto][validate]") {
+  const std::vector<Case> cases = {
+      {"date of birth 2026-02-30", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2026-02-30"); },
+       "incident_report.persons[0].date_of_birth is not a date YYYY-MM-DD: '2026-02-30'"},
+      {"date of birth 2025-13-01", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2025-13-01"); },
+       "is not a date"},
+      {"date of birth 2025-00-10", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2025-00-10"); },
+       "is not a date"},
+      {"date of birth 2025-04-31", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2025-04-31"); },
+       "is not a date"},
+      {"date of birth 2025-01-00", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2025-01-00"); },
+       "is not a date"},
+      {"date of birth 'yesterday'", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("yesterday"); },
+       "is not a date"},
+      {"date of birth 2001-5-17", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2001-5-17"); },
+       "is not a date"},
+      {"date of birth 17-05-2001", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("17-05-2001"); },
+       "is not a date"},
+      {"date of birth with time", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2001-05-17T00:00"); },
+       "is not a date"},
+      {"date of birth 2023-02-29 (not a leap year)",
+       [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2023-02-29"); }, "is not a date"},
+      {"date of birth 1900-02-29 (century, not a leap year)",
+       [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("1900-02-29"); }, "is not a date"},
+      {"leap day 2024-02-29 is fine", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2024-02-29"); }, ""},
+      {"leap day 2000-02-29 is fine", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2000-02-29"); }, ""},
+      {"2025-12-31 is fine", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2025-12-31"); }, ""},
+      {"empty date of birth is fine", [](v1::Message& m) { Report(m).mutable_persons(0)->clear_date_of_birth(); }, ""},
+      {"bad date in the second person",
+       [](v1::Message& m) { Report(m).add_persons()->set_date_of_birth("2025-02-30"); },
+       "incident_report.persons[1].date_of_birth"},
+      {"unknown bias motivation",
+       [](v1::Message& m) { Report(m).add_bias_motivations(static_cast<v1::BiasMotivation>(99)); },
+       "incident_report.bias_motivations[2] has unknown value 99"},
+      {"BIAS_UNSPECIFIED in the list", [](v1::Message& m) { Report(m).add_bias_motivations(v1::BIAS_UNSPECIFIED); },
+       "incident_report.bias_motivations[2] is BIAS_UNSPECIFIED"},
+      {"unknown incident type", [](v1::Message& m) { Report(m).set_incident_type(static_cast<v1::IncidentType>(42)); },
+       "incident_report.incident_type has unknown value 42"},
+      {"negative enum value", [](v1::Message& m) { Report(m).set_severity(static_cast<v1::Severity>(-1)); },
+       "incident_report.severity has unknown value -1"},
+      {"description over the limit",
+       [](v1::Message& m) { Report(m).set_description(std::string(64 * 1024 + 1, 'd')); },
+       "incident_report.description is longer than 65536 bytes"},
+      {"description at the limit is fine",
+       [](v1::Message& m) { Report(m).set_description(std::string(64 * 1024, 'd')); }, ""},
+      {"nested string over the limit",
+       [](v1::Message& m) { Report(m).mutable_persons(0)->set_notes(std::string(64 * 1024 + 1, 'n')); },
+       "incident_report.persons[0].notes is longer than"},
+      {"latitude 91", [](v1::Message& m) { Report(m).mutable_location()->set_latitude(91); },
+       "incident_report.location.latitude is out of range"},
+      {"latitude -90.5", [](v1::Message& m) { Report(m).mutable_location()->set_latitude(-90.5); }, "out of range"},
+      {"latitude 90 is fine", [](v1::Message& m) { Report(m).mutable_location()->set_latitude(90); }, ""},
+      {"longitude 180.1", [](v1::Message& m) { Report(m).mutable_location()->set_longitude(180.1); },
+       "incident_report.location.longitude is out of range"},
+      {"longitude -180 is fine", [](v1::Message& m) { Report(m).mutable_location()->set_longitude(-180); }, ""},
+      {"latitude NaN",
+       [](v1::Message& m) { Report(m).mutable_location()->set_latitude(std::numeric_limits<double>::quiet_NaN()); },
+       "incident_report.location.latitude is not a finite number"},
+      {"longitude infinite",
+       [](v1::Message& m) { Report(m).mutable_location()->set_longitude(std::numeric_limits<double>::infinity()); },
+       "is not a finite number"},
+      {"timestamp with bad nanos in the body", [](v1::Message& m) { Report(m).mutable_occurred_at()->set_nanos(-5); },
+       "incident_report.occurred_at is not a valid time"},
+      {"timestamp before year 1", [](v1::Message& m) { Report(m).mutable_reported_at()->set_seconds(-62135596801LL); },
+       "incident_report.reported_at is not a valid time"},
+  };
+  RunCases(cases, ValidIncidentReport);
+}
+
+TEST_CASE("ValidateForPublish: errors in the other message types", "[proto][validate]") {
+  RunCases({{"referral: bad date of birth",
+             [](v1::Message& m) { m.mutable_case_referral()->mutable_person()->set_date_of_birth("2010-02-29"); },
+             "case_referral.person.date_of_birth is not a date"},
+            {"referral: bad concern time",
+             [](v1::Message& m) { m.mutable_case_referral()->mutable_concerns(0)->mutable_observed_at()->set_nanos(-1); },
+             "case_referral.concerns[0].observed_at is not a valid time"},
+            {"referral: unknown risk level",
+             [](v1::Message& m) { m.mutable_case_referral()->set_risk_level(static_cast<v1::RiskLevel>(17)); },
+             "case_referral.risk_level has unknown value 17"},
+            {"referral: language too long",
+             [](v1::Message& m) { m.mutable_case_referral()->mutable_person()->add_languages(std::string(70000, 'l')); },
+             "case_referral.person.languages[2] is longer than"}},
+           ValidCaseReferral);
+  RunCases({{"update: unknown status",
+             [](v1::Message& m) { m.mutable_case_update()->set_status(static_cast<v1::CaseStatus>(7)); },
+             "case_update.status has unknown value 7"},
+            {"update: contact email too long",
+             [](v1::Message& m) { m.mutable_case_update()->mutable_contact()->set_email(std::string(70000, 'e')); },
+             "case_update.contact.email is longer than"}},
+           ValidCaseUpdate);
+}
+
+TEST_CASE("ValidateForPublish honours the limits it is given", "[proto][validate]") {
+  MessageLimits tight;
+  tight.max_recipients = 2;
+  tight.max_string_bytes = 10;
+  tight.max_repeated = 2;
+  RunCases({{"two recipients fit", [](v1::Message&) {}, ""},
+            {"three recipients do not", [](v1::Message& m) { Env(m).add_recipients("police"); }, "(maximum 2)"},
+            {"string of 11 bytes", [](v1::Message& m) { Report(m).set_title("12345678901"); },
+             "incident_report.title is longer than 10 bytes"},
+            {"three bias motivations", [](v1::Message& m) { Report(m).add_bias_motivations(v1::BIAS_ANTI_ROMA); },
+             "incident_report.bias_motivations has 3 elements (maximum 2)"}},
+           [] {
+             v1::Message m = ValidIncidentReport();
+             auto* r = m.mutable_incident_report();
+             r->clear_description();
+             r->clear_title();
+             r->clear_persons();
+             r->clear_police_reference();
+             return m;
+           },
+           tight);
+}
+
+TEST_CASE("ValidateForPublish normalises the message id and recipients", "[proto][validate]") {
+  v1::Message m = ValidIncidentReport();
+  m.mutable_envelope()->set_message_id("0190A5C4-8D2E-7B3A-9C1D-2F4E6A8B0C1D");
+  m.mutable_envelope()->set_in_reply_to("0190A5C4-8D2E-7B3A-AC1D-2F4E6A8B0C1E");
+  m.mutable_envelope()->clear_recipients();
+  for (const char* r : {"social", "school", "social", "group:schools", "school", "group:schools", "police"}) {
+    m.mutable_envelope()->add_recipients(r);
+  }
+  REQUIRE(ValidateForPublish(&m, MessageLimits{}, kNow).ok());
+  CHECK(m.envelope().message_id() == kMessageId);
+  CHECK(m.envelope().in_reply_to() == "0190a5c4-8d2e-7b3a-ac1d-2f4e6a8b0c1e");
+  const std::vector<std::string> recipients(m.envelope().recipients().begin(), m.envelope().recipients().end());
+  CHECK(recipients == std::vector<std::string>{"social", "school", "group:schools", "police"});
+}
+
+TEST_CASE("IsValidAgencyId and IsValidToken", "[proto][validate]") {
+  using liaison::proto::IsValidAgencyId;
+  using liaison::proto::IsValidToken;
+  struct Row {
+    std::string id;
+    bool agency;
+    bool token;
+  };
+  const std::vector<Row> rows = {
+      {"police", true, true},        {"youth-ngo", true, true},   {"a_1", true, true},
+      {"9lives", true, true},        {"x", true, true},           {std::string(63, 'a'), true, true},
+      {std::string(64, 'a'), false, false}, {"", false, false}, {"Police", false, false},
+      {"-police", false, false},     {"_police", false, false},   {".police", false, false},
+      {"city.police", false, true},  {"pol ice", false, false},   {"police\n", false, false},
+      {"pol/ice", false, false},     {"gr\xc3\xa9", false, false},
+  };
+  for (const auto& r : rows) {
+    CAPTURE(r.id);
+    CHECK(IsValidAgencyId(r.id) == r.agency);
+    CHECK(IsValidToken(r.id) == r.token);
+  }
+}
+
+// ---------------------------------------------------------------- message_json
+
+TEST_CASE("ToJson and FromJson round-trip every message type", "[proto][json]") {
+  for (auto make : {ValidIncidentReport, ValidCaseReferral, ValidCaseUpdate}) {
+    const v1::Message m = make();
+    for (bool pretty : {false, true}) {
+      CAPTURE(liaison::proto::MessageTypeName(m), pretty);
+      auto json = liaison::proto::ToJson(m, pretty);
+      REQUIRE(json.ok());
+      CHECK(json->find("\"messageId\"") != std::string::npos);  // lowerCamelCase names
+      CHECK(json->find("message_id") == std::string::npos);
+      CHECK((json->find('\n') != std::string::npos) == pretty);
+      CHECK(json->back() == '}');
+      v1::Message back;
+      const liaison::Status s = liaison::proto::FromJson(*json, &back);
+      INFO(s.ToString());
+      REQUIRE(s.ok());
+      CHECK(google::protobuf::util::MessageDifferencer::Equals(back, m));
+    }
+  }
+}
+
+TEST_CASE("FromJson is strict", "[proto][json]") {
+  struct Row {
+    const char* name;
+    std::string json;
+    const char* error;  // nullptr: parses
+  };
+  const std::vector<Row> rows = {
+      {"minimal", R"({"envelope":{"messageId":"x","tlp":"TLP_RED"},"caseUpdate":{}})", nullptr},
+      {"proto field names are accepted too", R"({"envelope":{"message_id":"x"}})", nullptr},
+      {"unknown top-level field", R"({"envelope":{},"bogus":1})", "not a valid liaison.v1.Message in JSON"},
+      {"unknown nested field", R"({"envelope":{"senderName":"x"}})", "not a valid liaison.v1.Message in JSON"},
+      {"unknown enum name", R"({"envelope":{"tlp":"TLP_PURPLE"}})", "not a valid liaison.v1.Message in JSON"},
+      {"object where a string belongs", R"({"envelope":{"messageId":{"a":1}}})", "not a valid"},
+      {"string where an object belongs", R"({"envelope":"police"})", "not a valid"},
+      {"number out of range", R"({"caseReferral":{"person":{"gender":"GENDER_FEMALE"}},"envelope":{"tlp":7}})", nullptr},
+      {"two bodies", R"({"caseUpdate":{},"caseReferral":{}})", "not a valid"},
+      {"not JSON", "envelope: {}", "not a valid"},
+      {"truncated", R"({"envelope":{)", "not a valid"},
+      {"bad timestamp", R"({"envelope":{"createdAt":"yesterday"}})", "not a valid"},
+  };
+  for (const auto& r : rows) {
+    CAPTURE(r.name, r.json);
+    v1::Message m;
+    const liaison::Status s = liaison::proto::FromJson(r.json, &m);
+    if (r.error == nullptr) {
+      INFO(s.ToString());
+      CHECK(s.ok());
+    } else {
+      REQUIRE_FALSE(s.ok());
+      CHECK(s.IsInvalidArgument());
+      CHECK_THAT(s.message(), Catch::Contains(r.error));
+    }
+  }
+}
+
+TEST_CASE("FromJson refuses input over max_bytes and clears the target", "[proto][json]") {
+  const std::string json = R"({"envelope":{"purpose":"safeguarding"}})";
+  v1::Message m;
+  CHECK(liaison::proto::FromJson(json, &m, json.size()).ok());
+  CHECK(m.envelope().purpose() == "safeguarding");
+  const liaison::Status s = liaison::proto::FromJson(json, &m, json.size() - 1);
+  REQUIRE_FALSE(s.ok());
+  CHECK_THAT(s.message(), Catch::Contains("exceeds the maximum"));
+
+  v1::Message target = ValidIncidentReport();
+  REQUIRE(liaison::proto::FromJson(R"({"caseUpdate":{"summary":"s"}})", &target).ok());
+  CHECK_FALSE(target.has_envelope());  // replaced, not merged
+  CHECK(target.case_update().summary() == "s");
+}
+
+TEST_CASE("FromBinary parses the wire form and refuses garbage", "[proto][json]") {
+  const v1::Message m = ValidCaseReferral();
+  v1::Message back;
+  REQUIRE(liaison::proto::FromBinary(m.SerializeAsString(), &back).ok());
+  CHECK(google::protobuf::util::MessageDifferencer::Equals(back, m));
+
+  for (const std::string& garbage :
+       {std::string("\xff\xff\xff\xff", 4), std::string("\x0a\x7f", 2), std::string("\x0f", 1),
+        // Balanced groups of unknown field 15, nested far deeper than the limit.
+        std::string(1000, '\x7b') + std::string(1000, '\x7c')}) {
+    CAPTURE(garbage.size());
+    v1::Message out;
+    const liaison::Status s = liaison::proto::FromBinary(garbage, &out);
+    REQUIRE_FALSE(s.ok());
+    CHECK_THAT(s.message(), Catch::Contains("not a valid binary liaison.v1.Message"));
+  }
+
+  // Unknown fields are dropped.
+  std::string with_unknown = m.SerializeAsString() + std::string("\xf8\x07\x01", 3);  // field 127 varint
+  REQUIRE(liaison::proto::FromBinary(with_unknown, &back).ok());
+  CHECK(back.GetReflection()->GetUnknownFields(back).empty());
+  CHECK(back.SerializeAsString() == m.SerializeAsString());
+}
+
+// ---------------------------------------------------------------- names
+
+TEST_CASE("ParseTlp accepts the spellings people use", "[proto][names]") {
+  struct Row {
+    const char* text;
+    int tlp;  // 0: refused
+  };
+  const std::vector<Row> rows = {
+      {"clear", v1::TLP_CLEAR},
+      {"CLEAR", v1::TLP_CLEAR},
+      {"TLP:CLEAR", v1::TLP_CLEAR},
+      {"white", v1::TLP_CLEAR},  // TLP 1.0's name for CLEAR
+      {"green", v1::TLP_GREEN},
+      {"Green", v1::TLP_GREEN},
+      {"amber", v1::TLP_AMBER},
+      {"amber+strict", v1::TLP_AMBER_STRICT},
+      {"AMBER+STRICT", v1::TLP_AMBER_STRICT},
+      {"TLP:AMBER+STRICT", v1::TLP_AMBER_STRICT},
+      {"amber_strict", v1::TLP_AMBER_STRICT},
+      {"TLP_AMBER_STRICT", v1::TLP_AMBER_STRICT},
+      {"red", v1::TLP_RED},
+      {"TLP:RED", v1::TLP_RED},
+      {"tlp:red", v1::TLP_RED},
+      {"TLP_RED", v1::TLP_RED},
+      {"purple", 0},
+      {"", 0},
+      {"TLP:", 0},
+      {"unspecified", 0},
+      {"amber strict", 0},
+      {"amberstrict", 0},
+      {"red ", 0},
+      {"TLP:TLP:RED", 0},
+  };
+  for (const auto& r : rows) {
+    CAPTURE(r.text);
+    auto got = liaison::proto::ParseTlp(r.text);
+    if (r.tlp == 0) {
+      REQUIRE_FALSE(got.ok());
+      CHECK_THAT(got.status().message(), Catch::Contains("unknown TLP label"));
+    } else {
+      REQUIRE(got.ok());
+      CHECK(*got == r.tlp);
+    }
+  }
+}
+
+TEST_CASE("TlpName and ParseTlp agree", "[proto][names]") {
+  const std::vector<std::pair<int, std::string>> names = {
+      {v1::TLP_CLEAR, "CLEAR"}, {v1::TLP_GREEN, "GREEN"}, {v1::TLP_AMBER, "AMBER"},
+      {v1::TLP_AMBER_STRICT, "AMBER+STRICT"}, {v1::TLP_RED, "RED"}, {v1::TLP_UNSPECIFIED, "UNSPECIFIED"},
+      {99, "UNSPECIFIED"}};
+  for (const auto& [tlp, name] : names) {
+    CAPTURE(tlp);
+    CHECK(liaison::proto::TlpName(tlp) == name);
+    if (tlp != v1::TLP_UNSPECIFIED && tlp != 99) {
+      auto back = liaison::proto::ParseTlp(name);
+      REQUIRE(back.ok());
+      CHECK(*back == tlp);
+    }
+  }
+}
+
+TEST_CASE("ReasonName, OutcomeName and DataCategoryName", "[proto][names]") {
+  using namespace liaison::proto;
+  CHECK(ReasonName(v1::REASON_RECIPIENT_OFFLINE) == "recipient_offline");
+  CHECK(ReasonName(v1::REASON_FRAME_TOO_LARGE) == "frame_too_large");
+  CHECK(ReasonName(v1::REASON_PERMISSION_DENIED) == "permission_denied");
+  CHECK(ReasonName(v1::REASON_UNSPECIFIED) == "unspecified");
+  CHECK(ReasonName(999) == "reason_999");
+  CHECK(OutcomeName(v1::OUTCOME_DELIVERED) == "delivered");
+  CHECK(OutcomeName(v1::OUTCOME_QUEUED) == "queued");
+  CHECK(OutcomeName(v1::OUTCOME_REFUSED) == "refused");
+  CHECK(OutcomeName(7) == "outcome_7");
+  CHECK(DataCategoryName(v1::CAT_SPECIAL_CATEGORY) == "special_category");
+  CHECK(DataCategoryName(v1::CAT_CRIMINAL_OFFENCE) == "criminal_offence");
+  CHECK(DataCategoryName(v1::CAT_NOT_PERSONAL) == "not_personal");
+  CHECK(DataCategoryName(50) == "category_50");
+  // Every reason has a distinct name (the wire codes map one to one).
+  std::set<std::string> seen;
+  const auto* reasons = v1::Reason_descriptor();
+  for (int i = 0; i < reasons->value_count(); ++i) {
+    CHECK(seen.insert(ReasonName(reasons->value(i)->number())).second);
+  }
+}
+
+TEST_CASE("MessageTypeName and MessageTypeNames", "[proto][names]") {
+  using liaison::proto::MessageTypeName;
+  CHECK(liaison::proto::MessageTypeNames() ==
+        std::vector<std::string>{"incident_report", "case_referral", "case_update"});
+  CHECK(MessageTypeName(ValidIncidentReport()) == "incident_report");
+  CHECK(MessageTypeName(ValidCaseReferral()) == "case_referral");
+  CHECK(MessageTypeName(ValidCaseUpdate()) == "case_update");
+  v1::Message empty;
+  CHECK(MessageTypeName(empty) == "");
+  empty.mutable_case_update();  // an empty body is still a body
+  CHECK(MessageTypeName(empty) == "case_update");
+}

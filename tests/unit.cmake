@@ -1,0 +1,14 @@
+# Unit tests: one executable; each source sits in the folder of the unit it
+# pins (tests/proto/ for proto/, tests/common/ for common/, ...).
+add_executable(unit_tests
+  proto/frame_codec_test.cpp
+  proto/schema_annotation_test.cpp
+  proto/validate_test.cpp
+  common/uuid_test.cpp
+  common/files_test.cpp
+  broker/config_test.cpp
+  policy/policy_test.cpp)
+target_link_libraries(unit_tests PRIVATE catch_main liaison_broker liaison_policy liaison_common liaison_proto)
+# The example configuration and policy in docs/examples/ are loaded as tests.
+target_compile_definitions(unit_tests PRIVATE LIAISON_UNIT_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+catch_discover_tests(unit_tests TEST_PREFIX "unit: ")
