@@ -1,35 +1,15 @@
 #include "broker/config.h"
 
-#include <charconv>
+#include <arpa/inet.h>
 
 #include "common/detail/yaml_util.h"
 #include "common/files.h"
+#include "common/host_port.h"
 
 namespace liaison::broker {
 namespace {
 
 constexpr size_t kMaxConfigBytes = 1024 * 1024;
-
-bool ParseListen(const std::string& text, std::string* host, uint16_t* port) {
-  std::string h, p;
-  if (!text.empty() && text.front() == '[') {
-    const auto close = text.find(']');
-    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') return false;
-    h = text.substr(1, close - 1);
-    p = text.substr(close + 2);
-  } else {
-    const auto colon = text.rfind(':');
-    if (colon == std::string::npos || text.find(':') != colon) return false;
-    h = text.substr(0, colon);
-    p = text.substr(colon + 1);
-  }
-  unsigned v = 0;
-  auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), v);
-  if (h.empty() || p.empty() || ec != std::errc() || end != p.data() + p.size() || v > 65535) return false;
-  *host = h;
-  *port = static_cast<uint16_t>(v);
-  return true;
-}
 
 }  // namespace
 
@@ -41,13 +21,18 @@ std::optional<BrokerConfig> BrokerConfig::Load(const std::string& path, Diagnost
   BrokerConfig c;
   c.path = path;
   if (!r.ExpectMap(*root, "the broker configuration",
-                   {"name", "listen", "threads", "log_level", "policy", "tls", "limits"})) {
+                   {"name", "listen", "threads", "log_level", "policy", "keys_dir", "tls", "limits"})) {
     return std::nullopt;
   }
   if (auto v = r.String(*root, "name")) c.name = *v;
   if (auto v = r.String(*root, "listen", true)) {
-    if (!ParseListen(*v, &c.listen_host, &c.listen_port)) {
+    in6_addr scratch{};
+    if (!ParseHostPort(*v, &c.listen_host, &c.listen_port, /*allow_zero=*/true)) {
       r.Error((*root)["listen"], "'listen' must be HOST:PORT, e.g. 127.0.0.1:7443 or [::1]:7443, not '" + *v + "'");
+    } else if (inet_pton(AF_INET, c.listen_host.c_str(), &scratch) != 1 &&
+               inet_pton(AF_INET6, c.listen_host.c_str(), &scratch) != 1) {
+      r.Error((*root)["listen"], "'listen' needs an IP address (0.0.0.0 for every interface), not the name '" +
+                                     c.listen_host + "'");
     }
   }
   if (auto v = r.Int(*root, "threads", 0, 64)) c.threads = static_cast<int>(*v);
@@ -58,6 +43,7 @@ std::optional<BrokerConfig> BrokerConfig::Load(const std::string& path, Diagnost
     c.log_level = *v;
   }
   if (auto v = r.String(*root, "policy", true)) c.policy_path = ResolveRelativeTo(path, *v);
+  c.keys_dir = ResolveRelativeTo(path, r.String(*root, "keys_dir").value_or("keys"));
 
   const YAML::Node tls = (*root)["tls"];
   if (!tls.IsDefined() || tls.IsNull()) {

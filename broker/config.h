@@ -45,6 +45,9 @@ struct BrokerConfig {
   uint16_t listen_port = 7443;      // 0: any free port (tests)
   TlsFiles tls;
   std::string policy_path;
+  // Pseudonym keys, one file per sharing agreement (0600, created as needed);
+  // kept apart from the policy file. Default: "keys" beside the config file.
+  std::string keys_dir;
   int threads = 0;                  // 0: one per core
   std::string log_level = "info";
   Limits limits;

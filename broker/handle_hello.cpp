@@ -43,7 +43,7 @@ void Session::HandleHello(const v1::Hello& hello) {
     credit_ = hello.credit() == 0 ? l.default_credit : std::min(hello.credit(), l.max_credit);
   }
   phase_ = Phase::kReady;
-  const std::string client = hello.client_name().substr(0, 64);
+  const std::string client = Printable(hello.client_name(), 64);
   spdlog::info("{}: ready{} (client '{}')", tag_,
                receiving_ ? " to receive, credit " + std::to_string(credit_) : std::string(), client);
 
@@ -73,7 +73,7 @@ void Session::HandlePong(const v1::Pong& /*pong*/) { ping_outstanding_ = false; 
 void Session::HandleError(const v1::Error& error) {
   // A client reporting a problem: log it (bounded), close if it says so.
   spdlog::info("{}: client reported {} ({}): {}", tag_, v1::Reason_Name(error.code()), error.request_id(),
-               error.message().substr(0, 200));
+               Printable(error.message(), 200));
   if (error.fatal()) stream_.CloseGracefully();
 }
 

@@ -1,15 +1,62 @@
-// Publish: validate, bind the sender to the session's agency, resolve each
-// recipient, and hand the message to the receiving sessions. The
-// PublishAck goes out when every recipient has an outcome (PendingPublish).
+// Publish: validate, bind the sender to the session's agency, expand groups,
+// ask the policy for every recipient, prepare each permitted recipient's
+// copy (redacted and pseudonymised as the permit obliges) and hand it to the
+// receiving session. The PublishAck goes out when every recipient has an
+// outcome (PendingPublish). Rule ids and reasons stay in the broker's log
+// (the audit log, once it lands); the sender learns only a reason code.
 #include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
 
 #include "broker/detail/broker_state.h"
 #include "broker/detail/pending_publish.h"
 #include "broker/detail/session.h"
+#include "policy/redact.h"
+#include "proto/names.h"
 #include "proto/validate.h"
 
 namespace liaison::broker {
+namespace {
+
+// Room a Deliver frame needs around its message: frame and Deliver tags,
+// lengths, delivery id and attempt.
+constexpr size_t kDeliverOverhead = 64;
+
+struct Target {
+  std::string agency;
+  bool named = true;  // named in the envelope, not reached through a group
+};
+
+// Envelope recipients as agencies: groups expanded (never back to the
+// sender), duplicates removed, unknown references kept for refusal.
+std::vector<Target> ExpandRecipients(const policy::Policy& policy, const v1::Envelope& env) {
+  std::vector<Target> out;
+  auto add = [&](const std::string& agency, bool named) {
+    for (auto& t : out) {
+      if (t.agency == agency) {
+        t.named = t.named || named;
+        return;
+      }
+    }
+    out.push_back({agency, named});
+  };
+  for (const auto& ref : env.recipients()) {
+    if (ref.rfind("group:", 0) != 0) {
+      add(ref, true);
+      continue;
+    }
+    auto members = policy.ExpandRecipient(ref);
+    if (!members.ok()) {
+      add(ref, true);  // refused below as unknown
+      continue;
+    }
+    for (const auto& m : *members) {
+      if (m != env.sender()) add(m, false);
+    }
+  }
+  return out;
+}
+
+}  // namespace
 
 void Session::HandlePublish(v1::Publish& publish) {
   const uint64_t rid = publish.request_id();
@@ -38,39 +85,98 @@ void Session::HandlePublish(v1::Publish& publish) {
   // Identity comes from the certificate, never from the message.
   if (!env->sender().empty() && env->sender() != agency_) {
     spdlog::warn("{}: publish {} refused: envelope names sender '{}'", tag_, env->message_id(),
-                 env->sender().substr(0, 64));
+                 Printable(env->sender(), 64));
     SendError(rid, v1::REASON_SENDER_MISMATCH,
               "envelope.sender '" + env->sender() + "' is not this session's agency '" + agency_ + "'", false);
     return;
   }
   env->set_sender(agency_);
   *env->mutable_received_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  // Stamping made it larger: it must still fit every recipient's Deliver frame.
+  if (message->ByteSizeLong() + kDeliverOverhead > l.max_frame_bytes) {
+    SendError(rid, v1::REASON_INVALID_MESSAGE,
+              "the message is too large to deliver (limit " + std::to_string(l.max_frame_bytes) + " bytes per frame)",
+              false);
+    return;
+  }
+  const auto policy = broker_.policy();
+  const std::vector<Target> targets = ExpandRecipients(*policy, *env);
+  if (targets.size() > l.max_recipients) {
+    SendError(rid, v1::REASON_INVALID_MESSAGE,
+              "the recipients expand to " + std::to_string(targets.size()) + " agencies (maximum " +
+                  std::to_string(l.max_recipients) + ")",
+              false);
+    return;
+  }
   broker_.stats.publishes++;
 
-  auto pending = std::make_shared<PendingPublish>(broker_, weak_from_this(), rid, env->message_id(), env->recipients());
+  google::protobuf::RepeatedPtrField<std::string> names;
+  for (const auto& t : targets) *names.Add() = t.agency;
+  auto pending = std::make_shared<PendingPublish>(broker_, weak_from_this(), rid, env->message_id(), names);
   ++in_flight_publishes_;
-  const auto policy = broker_.policy();
+
+  policy::Request q;
+  q.sender = agency_;
+  const std::string type = proto::MessageTypeName(*message);
+  q.message_type = type;
+  q.tlp = env->tlp();
+  q.purpose = env->purpose();
+  q.agreement = env->sharing_agreement();
+  q.is_forward = !env->forwarded_from().empty();
+  if (message->has_case_referral()) {
+    q.consent_status = message->case_referral().consent_status();
+    q.legal_basis = message->case_referral().legal_basis();
+  }
   std::shared_ptr<const v1::Message> shared = message;
-  for (size_t i = 0; i < pending->size(); ++i) {
-    const std::string& recipient = env->recipients(static_cast<int>(i));
-    if (recipient.rfind("group:", 0) == 0) {
-      pending->Resolve(i, v1::OUTCOME_REFUSED, v1::REASON_UNKNOWN_RECIPIENT,
-                       "groups are not defined by this broker's policy");
-      continue;
-    }
+  for (size_t i = 0; i < targets.size(); ++i) {
+    const std::string& recipient = targets[i].agency;
     if (policy->FindAgency(recipient) == nullptr) {
-      pending->Resolve(i, v1::OUTCOME_REFUSED, v1::REASON_UNKNOWN_RECIPIENT, "no agency '" + recipient + "'");
+      pending->Resolve(i, v1::OUTCOME_REFUSED, v1::REASON_UNKNOWN_RECIPIENT,
+                       recipient.rfind("group:", 0) == 0 ? "no group '" + recipient.substr(6) + "'"
+                                                          : "no agency '" + recipient + "'");
       continue;
     }
+    q.recipient = recipient;
+    q.named_individually = targets[i].named;
+    const policy::Decision d = policy->Evaluate(q);
+    if (!d.permit) {
+      spdlog::info("{}: {} {} -> {}: refused: {} (policy {})", tag_, type, env->message_id(), recipient,
+                   policy->Reasons(d, q).front(), policy->version().substr(0, 12));
+      pending->Resolve(i, v1::OUTCOME_REFUSED, v1::REASON_NOT_PERMITTED,
+                       "the network's policy does not permit sharing this message with '" + recipient + "'");
+      continue;
+    }
+    std::shared_ptr<const v1::Message> copy = shared;
+    const policy::Obligations obligations = policy->ObligationsOf(d);
+    if (!obligations.empty()) {
+      auto redacted = std::make_shared<v1::Message>(*message);
+      const std::string& agreement = policy->agreements()[d.agreement].id;
+      Result<policy::PseudonymKey> key = Status::NotFound("no pseudonymisation asked");
+      if (!obligations.pseudonymise_categories.empty() || !obligations.pseudonymise_paths.empty()) {
+        key = broker_.keys->Current(agreement);
+      }
+      auto report = policy::ApplyObligations(redacted.get(), obligations, key.ok() ? &key.value() : nullptr);
+      if (!report.ok()) {
+        spdlog::error("{}: {} -> {}: cannot apply obligations: {}", tag_, env->message_id(), recipient,
+                      report.status().message());
+        pending->Resolve(i, v1::OUTCOME_REFUSED, v1::REASON_INTERNAL_ERROR,
+                         "the broker could not prepare the recipient's copy");
+        continue;
+      }
+      auto* renv = redacted->mutable_envelope();
+      for (const auto& p : report->redacted_paths) renv->add_redacted_paths(p);
+      for (const auto& p : report->pseudonymised_paths) renv->add_pseudonymised_paths(p);
+      copy = std::move(redacted);
+    }
+    spdlog::debug("{}: {} {} -> {}: {}", tag_, type, env->message_id(), recipient, policy->Reasons(d, q).front());
     auto receiver = broker_.router.Receiver(recipient);
     if (!receiver) {
       pending->Resolve(i, v1::OUTCOME_REFUSED, v1::REASON_RECIPIENT_OFFLINE,
                        "'" + recipient + "' has no receiving session; this broker keeps no queue, so nothing was stored");
       continue;
     }
-    receiver->OfferDelivery(pending, i, shared);
+    receiver->OfferDelivery(pending, i, std::move(copy));
   }
-  spdlog::debug("{}: publish {} to {} recipient(s)", tag_, env->message_id(), pending->size());
 }
 
 }  // namespace liaison::broker

@@ -1,5 +1,6 @@
 #include "broker/detail/pending_publish.h"
 
+#include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
 
 #include "broker/detail/broker_state.h"
@@ -18,6 +19,7 @@ PendingPublish::PendingPublish(BrokerState& state, std::weak_ptr<Session> sender
       resolved_(recipients_, false),
       remaining_(recipients_) {
   ack_.set_request_id(request_id);
+  *ack_.mutable_accepted_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
   ack_.set_message_id(message_id);
   for (const auto& r : recipients) ack_.add_outcomes()->set_recipient(r);
   state_.in_flight_publishes++;

@@ -34,7 +34,9 @@ std::shared_ptr<const policy::Policy> LoadPolicy(const BrokerConfig& config, Dia
 
 struct Server::Impl {
   explicit Impl(BrokerConfig config)
-      : state(ioc, std::move(config)), acceptor(ioc), signals(ioc, SIGINT, SIGTERM) {}
+      : state(ioc, std::move(config)), acceptor(ioc), signals(ioc, SIGINT, SIGTERM) {
+    signals.add(SIGHUP);
+  }
 
   asio::io_context ioc;
   BrokerState state;
@@ -130,9 +132,11 @@ Result<std::unique_ptr<Server>> Server::Create(BrokerConfig config) {
   if (!policy) return Status::InvalidArgument("policy rejected:\n" + FormatDiagnostics(diags));
   for (const auto& d : diags) spdlog::warn("{}", d.ToString());
   impl->state.set_policy(policy);
+  auto keys = policy::PseudonymKeyStore::Open(c.keys_dir);
+  if (!keys.ok()) return keys.status().Annotate("pseudonym keys in " + c.keys_dir);
+  impl->state.keys = std::move(keys).value();
   auto tls = tls::MakeServerContext(c.tls);
   if (!tls.ok()) return tls.status().Annotate("TLS configuration");
-  if (c.tls.crls.empty()) spdlog::warn("no CRL configured: revoked agency certificates cannot be refused");
   impl->state.set_tls_context(std::move(tls).value());
 
   boost::system::error_code ec;
@@ -164,11 +168,7 @@ Status Server::Run(bool handle_signals) {
     if (e) spdlog::critical("listener stopped unexpectedly");
   });
   if (handle_signals) {
-    s.signals.async_wait([this](const boost::system::error_code& ec, int signo) {
-      if (ec) return;
-      spdlog::info("received {}", signo == SIGTERM ? "SIGTERM" : "SIGINT");
-      RequestStop();
-    });
+    WaitForSignal();
   } else {
     boost::system::error_code ignored;
     s.signals.clear(ignored);
@@ -182,6 +182,19 @@ Status Server::Run(bool handle_signals) {
   s.ioc.run();
   for (auto& t : pool) t.join();
   return Status::Ok();
+}
+
+void Server::WaitForSignal() {
+  impl_->signals.async_wait([this](const boost::system::error_code& ec, int signo) {
+    if (ec) return;
+    if (signo == SIGHUP) {
+      spdlog::warn("received SIGHUP: this version cannot reload; restart the broker to apply changes");
+      WaitForSignal();
+      return;
+    }
+    spdlog::info("received {}", signo == SIGTERM ? "SIGTERM" : "SIGINT");
+    RequestStop();
+  });
 }
 
 void Server::RequestStop() {

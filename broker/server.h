@@ -40,6 +40,7 @@ class Server {
  private:
   struct Impl;
   explicit Server(std::unique_ptr<Impl> impl);
+  void WaitForSignal();
   std::unique_ptr<Impl> impl_;
 };
 

@@ -23,6 +23,18 @@ using net::Clock;
 namespace {
 constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 constexpr auto kCloseGrace = std::chrono::seconds(2);
+}  // namespace
+
+// Newlines in client text could forge log lines.
+std::string Printable(std::string_view text, size_t max) {
+  std::string out(text.substr(0, max));
+  for (char& c : out) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  }
+  return out;
+}
+
+namespace {
 
 // The watchdog's tick: a quarter of the shortest deadline, 10 ms to 1 s.
 Clock::duration WatchdogTick(const Limits& l) {
@@ -88,7 +100,7 @@ asio::awaitable<void> Session::Run() {
   cert_sha256_ = peer.cert_sha256;
   auto policy = broker_.policy();
   auto agency = policy->Identify(peer);
-  asio::co_spawn(stream_.strand(), stream_.WriteLoop(), asio::detached);
+  asio::co_spawn(stream_.strand(), Writer(), asio::detached);
   if (!agency.ok()) {
     broker_.stats.identities_refused++;
     spdlog::warn("{}: refused: {} (certificate sha256 {})", tag_, agency.status().message(), peer.cert_sha256);
@@ -119,6 +131,13 @@ asio::awaitable<void> Session::Run() {
     Dispatch(frame);
   }
   Finish();
+}
+
+// The writer holds the session alive until its last operation (the TLS
+// close) has completed: nothing of the stream may be freed under it.
+asio::awaitable<void> Session::Writer() {
+  auto self = shared_from_this();
+  co_await stream_.WriteLoop();
 }
 
 asio::awaitable<void> Session::Watchdog() {
@@ -181,10 +200,13 @@ void Session::CheckDeadlines() {
 
 void Session::Send(const v1::Frame& frame) {
   if (stream_.closed()) return;
-  if (!stream_.Send(frame)) {
+  Status s = stream_.Send(frame);
+  if (s.IsUnavailable()) {
     spdlog::warn("{}: outgoing queue over {} bytes (peer not reading), closing", tag_,
                  broker_.config.limits.max_queued_bytes);
     stream_.Abort();
+  } else if (!s.ok()) {
+    spdlog::error("{}: cannot send a frame: {}", tag_, s.message());
   }
 }
 
@@ -243,7 +265,7 @@ void Session::SendPublishAck(std::string encoded) {
   asio::post(stream_.strand(), [self = shared_from_this(), encoded = std::move(encoded)]() mutable {
     if (self->in_flight_publishes_ > 0) --self->in_flight_publishes_;
     if (self->stream_.closed()) return;
-    if (!self->stream_.SendEncoded(std::move(encoded))) {
+    if (!self->stream_.SendEncoded(std::move(encoded)).ok()) {
       spdlog::warn("{}: outgoing queue full (peer not reading), closing", self->tag_);
       self->stream_.Abort();
     }

@@ -38,6 +38,9 @@ namespace {
 constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 constexpr uint32_t kProtocolVersion = 1;
 constexpr size_t kMaxQueuedBytes = 64 * 1024 * 1024;
+// Frames from the broker may be as large as its configuration allows (up
+// to 64 MiB); what we send is bounded by the broker's Welcome.
+constexpr uint32_t kMaxIncomingFrameBytes = 64 * 1024 * 1024 + 1024;
 constexpr auto kWriteStallLimit = std::chrono::seconds(30);
 
 // An Error frame from the broker as a Status, keeping its words.
@@ -122,13 +125,17 @@ asio::awaitable<Status> Client::Impl::DoConnect() {
   asio::ip::make_address(name, addr_ec);
   if (addr_ec) SSL_set_tlsext_host_name(tls_stream.native_handle(), name.c_str());  // SNI for DNS names only
   tls_stream.set_verify_callback(asio::ssl::host_name_verification(name));
-  stream = std::make_unique<net::FrameStream>(std::move(tls_stream), proto::kDefaultMaxFrameBytes, kMaxQueuedBytes);
+  stream = std::make_unique<net::FrameStream>(std::move(tls_stream), kMaxIncomingFrameBytes, kMaxQueuedBytes);
 
   auto [hec] = co_await stream->tls().async_handshake(asio::ssl::stream_base::client, kUseTuple);
   if (hec) {
     const long verify = SSL_get_verify_result(stream->tls().native_handle());
     std::string why = hec.message();
-    if (verify != X509_V_OK) why = std::string("broker certificate refused: ") + X509_verify_cert_error_string(verify);
+    if (verify == X509_V_ERR_UNSPECIFIED || verify == X509_V_ERR_HOSTNAME_MISMATCH) {
+      why = "the broker certificate is not valid for the name '" + name + "' (use --server-name)";
+    } else if (verify != X509_V_OK) {
+      why = std::string("broker certificate refused: ") + X509_verify_cert_error_string(verify);
+    }
     co_return Status::Unavailable("TLS handshake with " + opts.host + ":" + std::to_string(opts.port) +
                                   " failed: " + why);
   }
@@ -355,7 +362,7 @@ void Client::Publish(const v1::Message& message, PublishHandler done) {
       r.status = Status::Unavailable("not connected to the broker");
     } else {
       impl->pending.emplace(rid, std::move(done));
-      if (impl->stream->SendEncoded(std::move(encoded).value())) return;
+      if (impl->stream->SendEncoded(std::move(encoded).value()).ok()) return;
       done = std::move(impl->pending[rid]);
       impl->pending.erase(rid);
       r.status = Status::Unavailable("too much data queued for the broker");

@@ -1,33 +1,12 @@
 #include "client/client_config.h"
 
-#include <charconv>
 #include <cstdlib>
 
 #include "common/detail/yaml_util.h"
 #include "common/files.h"
+#include "common/host_port.h"
 
 namespace liaison::client {
-
-bool ParseHostPort(const std::string& text, std::string* host, uint16_t* port) {
-  std::string h, p;
-  if (!text.empty() && text.front() == '[') {
-    const auto close = text.find(']');
-    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') return false;
-    h = text.substr(1, close - 1);
-    p = text.substr(close + 2);
-  } else {
-    const auto colon = text.rfind(':');
-    if (colon == std::string::npos || text.find(':') != colon) return false;
-    h = text.substr(0, colon);
-    p = text.substr(colon + 1);
-  }
-  unsigned v = 0;
-  auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), v);
-  if (h.empty() || p.empty() || ec != std::errc() || end != p.data() + p.size() || v == 0 || v > 65535) return false;
-  *host = h;
-  *port = static_cast<uint16_t>(v);
-  return true;
-}
 
 std::optional<ClientOptions> ResolveConnection(const ConnectionFlags& flags, Diagnostics* diags) {
   const size_t before = diags->size();

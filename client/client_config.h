@@ -23,7 +23,4 @@ struct ConnectionFlags {
 // diags with file:line.
 std::optional<ClientOptions> ResolveConnection(const ConnectionFlags& flags, Diagnostics* diags);
 
-// Parses "host:port" or "[v6]:port".
-bool ParseHostPort(const std::string& text, std::string* host, uint16_t* port);
-
 }  // namespace liaison::client

@@ -41,19 +41,19 @@ asio::awaitable<Status> FrameStream::ReadFrame(v1::Frame* frame) {
   co_return Status::Ok();
 }
 
-bool FrameStream::Send(const v1::Frame& frame) {
+Status FrameStream::Send(const v1::Frame& frame) {
   auto encoded = proto::EncodeFrame(frame, max_frame_bytes_);
-  if (!encoded.ok()) return false;
+  if (!encoded.ok()) return encoded.status();
   return SendEncoded(std::move(encoded).value());
 }
 
-bool FrameStream::SendEncoded(std::string encoded) {
-  if (closed_) return false;
-  if (queued_bytes_ + encoded.size() > max_queued_bytes_) return false;
+Status FrameStream::SendEncoded(std::string encoded) {
+  if (closed_) return Status::Unavailable("connection closed");
+  if (queued_bytes_ + encoded.size() > max_queued_bytes_) return Status::Unavailable("outgoing queue full");
   queued_bytes_ += encoded.size();
   queue_.push_back(std::move(encoded));
   wake_.cancel();
-  return true;
+  return Status::Ok();
 }
 
 void FrameStream::CloseGracefully() {

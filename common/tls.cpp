@@ -70,7 +70,7 @@ Status CommonSetup(SSL_CTX* ctx, const TlsFiles& files, const char* side) {
   if (SSL_CTX_use_certificate_chain_file(ctx, files.certificate.c_str()) != 1) {
     return Status::InvalidArgument("cannot load certificate " + files.certificate + ": " + OpenSslErrors());
   }
-  if (Status s = CheckPrivateKeyFile(files.private_key); !s.ok()) return s;
+  if (Status s = CheckPrivateKeyFile(files.private_key); !s.ok()) return Status::InvalidArgument(s.message());
   if (SSL_CTX_use_PrivateKey_file(ctx, files.private_key.c_str(), SSL_FILETYPE_PEM) != 1) {
     return Status::InvalidArgument("cannot load private key " + files.private_key + ": " + OpenSslErrors());
   }

@@ -1,5 +1,6 @@
 #include "common/detail/yaml_util.h"
 
+#include <algorithm>
 #include <charconv>
 
 #include "common/files.h"
@@ -61,12 +62,20 @@ bool Reader::ExpectMap(const YAML::Node& node, std::string_view what, const std:
     Error(node, std::string(what) + " must be a map of key: value");
     return false;
   }
+  std::vector<std::string> seen;
   for (const auto& kv : node) {
     if (!kv.first.IsScalar()) {
       Error(kv.first, std::string("keys in ") + std::string(what) + " must be plain names");
       continue;
     }
     const std::string key = kv.first.Scalar();
+    // yaml-cpp keeps both entries and lookups return the first: an appended
+    // setting would be silently ignored.
+    if (std::find(seen.begin(), seen.end(), key) != seen.end()) {
+      Error(kv.first, "duplicate key '" + key + "' in " + std::string(what));
+      continue;
+    }
+    seen.push_back(key);
     bool ok = false;
     for (const auto& a : allowed) ok = ok || key == a;
     if (!ok) {

@@ -50,7 +50,7 @@ Status ParseFrame(std::string_view body, v1::Frame* frame) {
 
 size_t FrameDecoder::Feed(const uint8_t* data, size_t size) {
   size_t used = 0;
-  while (used < size && error_.ok() && !ready_) {
+  while (used < size && error_.ok()) {
     if (header_len_ < kFrameHeaderBytes) {
       const size_t take = std::min(kFrameHeaderBytes - header_len_, size - used);
       std::copy_n(data + used, take, header_ + header_len_);
@@ -72,7 +72,7 @@ size_t FrameDecoder::Feed(const uint8_t* data, size_t size) {
     body_.append(reinterpret_cast<const char*>(data + used), take);
     used += take;
     if (body_.size() == body_len_) {
-      ready_ = std::move(body_);
+      ready_.push_back(std::move(body_));
       body_ = std::string();
       header_len_ = 0;
       body_len_ = 0;
@@ -82,9 +82,9 @@ size_t FrameDecoder::Feed(const uint8_t* data, size_t size) {
 }
 
 Result<std::optional<std::string>> FrameDecoder::Next() {
-  if (ready_) {
-    std::optional<std::string> out = std::move(ready_);
-    ready_.reset();
+  if (!ready_.empty()) {
+    std::optional<std::string> out = std::move(ready_.front());
+    ready_.pop_front();
     return out;
   }
   if (!error_.ok()) return error_;

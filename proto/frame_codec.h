@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -41,8 +42,9 @@ class FrameDecoder {
  public:
   explicit FrameDecoder(uint32_t max_frame_bytes = kDefaultMaxFrameBytes) : max_(max_frame_bytes) {}
 
-  // Appends bytes from the stream. Returns how many were consumed; fewer than
-  // size only after an error, which is then sticky.
+  // Appends bytes from the stream; complete frames wait for Next(). Returns
+  // how many were consumed: fewer than size only after an error, which is
+  // then sticky.
   size_t Feed(const uint8_t* data, size_t size);
   // The next complete frame body, nothing if more bytes are needed, or the
   // sticky protocol error (bad length).
@@ -56,7 +58,7 @@ class FrameDecoder {
   size_t header_len_ = 0;
   uint32_t body_len_ = 0;
   std::string body_;
-  std::optional<std::string> ready_;
+  std::deque<std::string> ready_;
   Status error_;
 };
 

@@ -14,6 +14,7 @@
 #include "broker/detail/router.h"
 #include "common/detail/tls.h"
 #include "policy/policy.h"
+#include "policy/pseudonym_keys.h"
 
 namespace liaison::broker {
 
@@ -39,6 +40,7 @@ class BrokerState {
   std::atomic<int64_t> in_flight_publishes{0};
   std::atomic<uint64_t> next_session_id{1};
   std::atomic<bool> draining{false};
+  std::unique_ptr<policy::PseudonymKeyStore> keys;  // thread-safe
 
   std::shared_ptr<const policy::Policy> policy() const {
     std::lock_guard lock(mu_);

@@ -25,6 +25,10 @@ namespace liaison::broker {
 class BrokerState;
 class PendingPublish;
 
+// Text a client chose, made safe for one log line (control characters
+// replaced, cut at max bytes).
+std::string Printable(std::string_view text, size_t max);
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(BrokerState& state, net::TlsStream stream, uint64_t id, std::string peer);
@@ -60,6 +64,7 @@ class Session : public std::enable_shared_from_this<Session> {
   };
 
   boost::asio::awaitable<void> Run();
+  boost::asio::awaitable<void> Writer();
   boost::asio::awaitable<void> Watchdog();
   void CheckDeadlines();
   void Finish();

@@ -2,6 +2,7 @@
 #include <google/protobuf/util/time_util.h>
 
 #include <cstdio>
+#include <future>
 #include <iostream>
 #include <iterator>
 #include <sstream>
@@ -114,7 +115,16 @@ int RunSend(const CommonOptions& common, const SendOptions& o) {
   options->client_name = "liaison-cli/0.1 send";
   auto client = client::Client::Connect(*options);
   if (!client.ok()) return ReportConnectError(client.status());
-  const client::PublishResult r = (*client)->Publish(msg);
+  auto answer = std::make_shared<std::promise<client::PublishResult>>();
+  auto future = answer->get_future();
+  (*client)->Publish(msg, [answer](client::PublishResult r) { answer->set_value(std::move(r)); });
+  if (future.wait_for(std::chrono::seconds(o.timeout_s)) != std::future_status::ready) {
+    std::fprintf(stderr, "liaison send: no answer from the broker within %d s; the outcome of message %s is unknown\n",
+                 o.timeout_s, env->message_id().c_str());
+    (*client)->Close();
+    return kExitConnection;
+  }
+  const client::PublishResult r = future.get();
   const std::string agency = (*client)->session().agency_id;
   (*client)->Close();
 
@@ -174,6 +184,9 @@ void RegisterSend(CLI::App& app, CommonOptions& common, int* exit_code) {
   cmd->add_option("--in-reply-to", o->in_reply_to, "message id this message answers");
   cmd->add_option("--message-id", o->message_id, "message id (UUID; default: a new UUIDv7)");
   cmd->add_option("--expires-in", o->expires_in, "seconds until the message expires")->check(CLI::Range(1, 315360000));
+  cmd->add_option("--timeout", o->timeout_s, "seconds to wait for the broker's answer (exit 3 after)")
+      ->check(CLI::Range(1, 86400))
+      ->capture_default_str();
   cmd->callback([&common, o, exit_code] { *exit_code = RunSend(common, *o); });
 }
 

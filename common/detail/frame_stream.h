@@ -50,11 +50,12 @@ class FrameStream {
   // whole, so the stream is still in sync).
   asio::awaitable<Status> ReadFrame(v1::Frame* frame);
 
-  // Queues a frame for the writer. Returns false when the encoded frame is
-  // too big, or when the queue would exceed max_queued_bytes (the peer is
-  // not reading): the caller then aborts the connection.
-  bool Send(const v1::Frame& frame);
-  bool SendEncoded(std::string encoded);
+  // Queues a frame for the writer. Errors: InvalidArgument when the frame
+  // exceeds the maximum frame size; Unavailable when the connection is
+  // closed or the queue would exceed max_queued_bytes (the peer is not
+  // reading: the caller then aborts the connection).
+  Status Send(const v1::Frame& frame);
+  Status SendEncoded(std::string encoded);
 
   // The writer: drains the queue, coalescing frames into few TLS records,
   // until Abort, a write error, or CloseGracefully's queue is drained (then

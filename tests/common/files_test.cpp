@@ -4,9 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -134,7 +133,7 @@ TEST_CASE("CheckPrivateKeyFile refuses keys readable by group or others", "[comm
     bool ok;
   };
   const std::vector<Row> rows = {
-      {0600, true}, {0400, true}, {0700, true}, {0200, true}, {0000, true},
+      {0600, true},  {0400, true},  {0700, true},  {0200, true},  {0000, true},
       {0644, false}, {0640, false}, {0604, false}, {0660, false}, {0610, false},
       {0601, false}, {0602, false}, {0620, false}, {0666, false}, {0777, false},
   };

@@ -2,7 +2,6 @@
 #include "common/uuid.h"
 
 #include <catch2/catch.hpp>
-
 #include <chrono>
 #include <cstdint>
 #include <set>
@@ -94,8 +93,8 @@ TEST_CASE("NewUuid makes unique, valid, time-ordered version 7 ids", "[common][u
                     && V7Millis(id) >= previous && V7Millis(id) >= start_ms && V7Millis(id) <= end_ms;
     if (!ok) {
       ++bad;
-      UNSCOPED_INFO("bad id " << id << " (previous timestamp " << previous << ", window " << start_ms << ".."
-                              << end_ms << ")");
+      UNSCOPED_INFO("bad id " << id << " (previous timestamp " << previous << ", window " << start_ms << ".." << end_ms
+                              << ")");
     }
     previous = V7Millis(id);
   }

@@ -89,6 +89,23 @@ std::string PolicyYaml(const std::vector<std::string>& agencies) {
     y += "  - id: " + a + "\n    name: Agency " + a + "\n    sector: " +
          (a == "police" ? "law_enforcement" : a == "school" ? "education" : "social_work") + "\n";
   }
+  // One agreement among everyone and one rule permitting everything: the
+  // tests here are about transport; policy semantics have their own tests.
+  y += "agreements:\n"
+       "  - id: test-network\n"
+       "    title: Test network\n"
+       "    parties: [\"*\"]\n"
+       "    purposes: [safeguarding, threat_assessment, case_coordination]\n"
+       "    legal_basis: [public_task]\n"
+       "    valid_from: 2020-01-01\n"
+       "    valid_until: 2099-12-31\n"
+       "rules:\n"
+       "  - id: everyone-shares\n"
+       "    effect: permit\n"
+       "    agreement: test-network\n"
+       "    from: [\"*\"]\n"
+       "    to: [\"*\"]\n"
+       "    tlp: CLEAR..RED\n";
   return y;
 }
 
@@ -101,6 +118,7 @@ TestBroker::TestBroker(broker::Limits limits, int threads) {
   c.listen_port = 0;
   c.tls = TlsFiles{pki + "/broker.crt", pki + "/broker.key", pki + "/ca.crt", {pki + "/ca.crl"}};
   c.policy_path = dir_.File("policy.yaml");
+  c.keys_dir = dir_.File("keys");
   c.threads = threads;
   c.limits = limits;
   if (Status s = WriteFileAtomic(c.policy_path, PolicyYaml(DefaultAgencies())); !s.ok()) {

@@ -37,7 +37,8 @@ const std::string& PkiDir();
 TlsFiles AgencyTls(const std::string& agency);
 TlsFiles DefectTls(const std::string& defect);  // "expired", "wrong-ca", ...
 
-// Policy text listing the given agencies with their default SAN URI.
+// Policy text listing the given agencies with their default SAN URI, and
+// one rule that lets every agency share anything with every other.
 std::string PolicyYaml(const std::vector<std::string>& agencies);
 std::vector<std::string> DefaultAgencies();  // police school social health youth-ngo a01..a20
 

@@ -6,7 +6,6 @@
 #include <google/protobuf/util/message_differencer.h>
 
 #include <catch2/catch.hpp>
-
 #include <chrono>
 #include <cmath>
 #include <functional>
@@ -113,8 +112,12 @@ struct Case {
   std::string error;  // substring of the expected error; "" means valid
 };
 
-v1::IncidentReport& Report(v1::Message& m) { return *m.mutable_incident_report(); }
-v1::Envelope& Env(v1::Message& m) { return *m.mutable_envelope(); }
+v1::IncidentReport& Report(v1::Message& m) {
+  return *m.mutable_incident_report();
+}
+v1::Envelope& Env(v1::Message& m) {
+  return *m.mutable_envelope();
+}
 
 void RunCases(const std::vector<Case>& cases, const std::function<v1::Message()>& make,
               const MessageLimits& limits = {}) {
@@ -167,13 +170,14 @@ TEST_CASE("ValidateForPublish: envelope errors", "[proto][validate]") {
        "nil and max"},
       {"max uuid", [](v1::Message& m) { Env(m).set_message_id("ffffffff-ffff-ffff-ffff-ffffffffffff"); },
        "nil and max"},
-      {"wrong variant (0xc, Microsoft)", [](v1::Message& m) { Env(m).set_message_id("0190a5c4-8d2e-7b3a-cc1d-2f4e6a8b0c1d"); },
-       "variant"},
-      {"wrong variant (0x1, NCS)", [](v1::Message& m) { Env(m).set_message_id("0190a5c4-8d2e-7b3a-1c1d-2f4e6a8b0c1d"); },
-       "variant"},
+      {"wrong variant (0xc, Microsoft)",
+       [](v1::Message& m) { Env(m).set_message_id("0190a5c4-8d2e-7b3a-cc1d-2f4e6a8b0c1d"); }, "variant"},
+      {"wrong variant (0x1, NCS)",
+       [](v1::Message& m) { Env(m).set_message_id("0190a5c4-8d2e-7b3a-1c1d-2f4e6a8b0c1d"); }, "variant"},
       {"version 0", [](v1::Message& m) { Env(m).set_message_id("0190a5c4-8d2e-0b3a-9c1d-2f4e6a8b0c1d"); }, "version"},
       {"version 9", [](v1::Message& m) { Env(m).set_message_id("0190a5c4-8d2e-9b3a-9c1d-2f4e6a8b0c1d"); }, "version"},
-      {"uppercase uuid is fine", [](v1::Message& m) { Env(m).set_message_id("0190A5C4-8D2E-7B3A-9C1D-2F4E6A8B0C1D"); }, ""},
+      {"uppercase uuid is fine", [](v1::Message& m) { Env(m).set_message_id("0190A5C4-8D2E-7B3A-9C1D-2F4E6A8B0C1D"); },
+       ""},
       {"no body", [](v1::Message& m) { m.clear_body(); }, "no body"},
       {"tlp unspecified", [](v1::Message& m) { Env(m).set_tlp(v1::TLP_UNSPECIFIED); }, "envelope.tlp is missing"},
       {"tlp out of range", [](v1::Message& m) { Env(m).set_tlp(static_cast<v1::Tlp>(6)); }, "envelope.tlp"},
@@ -181,7 +185,8 @@ TEST_CASE("ValidateForPublish: envelope errors", "[proto][validate]") {
       {"missing purpose", [](v1::Message& m) { Env(m).clear_purpose(); }, "envelope.purpose is missing"},
       {"purpose with upper case", [](v1::Message& m) { Env(m).set_purpose("Safeguarding"); }, "is not a purpose id"},
       {"purpose with space", [](v1::Message& m) { Env(m).set_purpose("threat assessment"); }, "is not a purpose id"},
-      {"purpose of 64 characters", [](v1::Message& m) { Env(m).set_purpose(std::string(64, 'p')); }, "is not a purpose id"},
+      {"purpose of 64 characters", [](v1::Message& m) { Env(m).set_purpose(std::string(64, 'p')); },
+       "is not a purpose id"},
       {"purpose with dots is fine", [](v1::Message& m) { Env(m).set_purpose("safeguarding.minors"); }, ""},
       {"purpose of 63 characters is fine", [](v1::Message& m) { Env(m).set_purpose(std::string(63, 'p')); }, ""},
       {"no recipients", [](v1::Message& m) { Env(m).clear_recipients(); }, "envelope.recipients is empty"},
@@ -197,8 +202,10 @@ TEST_CASE("ValidateForPublish: envelope errors", "[proto][validate]") {
          for (int i = 0; i < 100; ++i) Env(m).add_recipients("agency-" + std::to_string(i));
        },
        ""},
-      {"recipient with upper case", [](v1::Message& m) { Env(m).add_recipients("Police"); }, "'Police' is not an agency id"},
-      {"recipient with punctuation", [](v1::Message& m) { Env(m).add_recipients("police!"); }, "'police!' is not an agency id"},
+      {"recipient with upper case", [](v1::Message& m) { Env(m).add_recipients("Police"); },
+       "'Police' is not an agency id"},
+      {"recipient with punctuation", [](v1::Message& m) { Env(m).add_recipients("police!"); },
+       "'police!' is not an agency id"},
       {"empty recipient", [](v1::Message& m) { Env(m).add_recipients(""); }, "'' is not an agency id"},
       {"recipient with a dot", [](v1::Message& m) { Env(m).add_recipients("city.police"); }, "is not an agency id"},
       {"recipient starting with '-'", [](v1::Message& m) { Env(m).add_recipients("-police"); }, "is not an agency id"},
@@ -209,10 +216,18 @@ TEST_CASE("ValidateForPublish: envelope errors", "[proto][validate]") {
        "envelope.caseId is longer than 128 bytes"},
       {"case id of 128 bytes is fine", [](v1::Message& m) { Env(m).set_case_id(std::string(128, 'c')); }, ""},
       {"case id with newline", [](v1::Message& m) { Env(m).set_case_id("case\n42"); }, "control characters"},
-      {"case id with NUL", [](v1::Message& m) { Env(m).set_case_id(std::string("case\0" "42", 7)); }, "control characters"},
+      {"case id with NUL",
+       [](v1::Message& m) {
+         Env(m).set_case_id(
+             std::string("case\0"
+                         "42",
+                         7));
+       },
+       "control characters"},
       {"case id with DEL", [](v1::Message& m) { Env(m).set_case_id("case\x7f"); }, "control characters"},
       {"case id with UTF-8 is fine", [](v1::Message& m) { Env(m).set_case_id("zaak-\xc3\xa9\xc3\xa9n"); }, ""},
-      {"bad in_reply_to", [](v1::Message& m) { Env(m).set_in_reply_to("not-a-uuid"); }, "envelope.inReplyTo: not a UUID"},
+      {"bad in_reply_to", [](v1::Message& m) { Env(m).set_in_reply_to("not-a-uuid"); },
+       "envelope.inReplyTo: not a UUID"},
       {"bad forwarded_from", [](v1::Message& m) { Env(m).set_forwarded_from("00000000-0000-0000-0000-000000000000"); },
        "envelope.forwardedFrom"},
       {"bad sharing agreement", [](v1::Message& m) { Env(m).set_sharing_agreement("Agreement 1"); },
@@ -233,7 +248,8 @@ TEST_CASE("ValidateForPublish: envelope errors", "[proto][validate]") {
        "envelope.expiresAt is in the past"},
       {"expiresAt now", [](v1::Message& m) { Env(m).mutable_expires_at()->set_seconds(kNowSeconds); },
        "envelope.expiresAt is in the past"},
-      {"expiresAt in the future is fine", [](v1::Message& m) { Env(m).mutable_expires_at()->set_seconds(kNowSeconds + 1); }, ""},
+      {"expiresAt in the future is fine",
+       [](v1::Message& m) { Env(m).mutable_expires_at()->set_seconds(kNowSeconds + 1); }, ""},
       {"expiresAt with bad nanos", [](v1::Message& m) { Env(m).mutable_expires_at()->set_nanos(1000000000); },
        "envelope.expiresAt is not a valid time"},
   };
@@ -242,30 +258,33 @@ TEST_CASE("ValidateForPublish: envelope errors", "[proto][validate]") {
 
 TEST_CASE("ValidateForPublish: body errors", "[proto][validate]") {
   const std::vector<Case> cases = {
-      {"date of birth 2026-02-30", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2026-02-30"); },
+      {"date of birth 2026-02-30",
+       [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2026-02-30"); },
        "incident_report.persons[0].date_of_birth is not a date YYYY-MM-DD: '2026-02-30'"},
-      {"date of birth 2025-13-01", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2025-13-01"); },
-       "is not a date"},
-      {"date of birth 2025-00-10", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2025-00-10"); },
-       "is not a date"},
-      {"date of birth 2025-04-31", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2025-04-31"); },
-       "is not a date"},
-      {"date of birth 2025-01-00", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2025-01-00"); },
-       "is not a date"},
-      {"date of birth 'yesterday'", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("yesterday"); },
-       "is not a date"},
+      {"date of birth 2025-13-01",
+       [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2025-13-01"); }, "is not a date"},
+      {"date of birth 2025-00-10",
+       [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2025-00-10"); }, "is not a date"},
+      {"date of birth 2025-04-31",
+       [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2025-04-31"); }, "is not a date"},
+      {"date of birth 2025-01-00",
+       [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2025-01-00"); }, "is not a date"},
+      {"date of birth 'yesterday'",
+       [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("yesterday"); }, "is not a date"},
       {"date of birth 2001-5-17", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2001-5-17"); },
        "is not a date"},
-      {"date of birth 17-05-2001", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("17-05-2001"); },
-       "is not a date"},
-      {"date of birth with time", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2001-05-17T00:00"); },
-       "is not a date"},
+      {"date of birth 17-05-2001",
+       [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("17-05-2001"); }, "is not a date"},
+      {"date of birth with time",
+       [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2001-05-17T00:00"); }, "is not a date"},
       {"date of birth 2023-02-29 (not a leap year)",
        [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2023-02-29"); }, "is not a date"},
       {"date of birth 1900-02-29 (century, not a leap year)",
        [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("1900-02-29"); }, "is not a date"},
-      {"leap day 2024-02-29 is fine", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2024-02-29"); }, ""},
-      {"leap day 2000-02-29 is fine", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2000-02-29"); }, ""},
+      {"leap day 2024-02-29 is fine",
+       [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2024-02-29"); }, ""},
+      {"leap day 2000-02-29 is fine",
+       [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2000-02-29"); }, ""},
       {"2025-12-31 is fine", [](v1::Message& m) { Report(m).mutable_persons(0)->set_date_of_birth("2025-12-31"); }, ""},
       {"empty date of birth is fine", [](v1::Message& m) { Report(m).mutable_persons(0)->clear_date_of_birth(); }, ""},
       {"bad date in the second person",
@@ -280,8 +299,7 @@ TEST_CASE("ValidateForPublish: body errors", "[proto][validate]") {
        "incident_report.incident_type has unknown value 42"},
       {"negative enum value", [](v1::Message& m) { Report(m).set_severity(static_cast<v1::Severity>(-1)); },
        "incident_report.severity has unknown value -1"},
-      {"description over the limit",
-       [](v1::Message& m) { Report(m).set_description(std::string(64 * 1024 + 1, 'd')); },
+      {"description over the limit", [](v1::Message& m) { Report(m).set_description(std::string(64 * 1024 + 1, 'd')); },
        "incident_report.description is longer than 65536 bytes"},
       {"description at the limit is fine",
        [](v1::Message& m) { Report(m).set_description(std::string(64 * 1024, 'd')); }, ""},
@@ -310,19 +328,20 @@ TEST_CASE("ValidateForPublish: body errors", "[proto][validate]") {
 }
 
 TEST_CASE("ValidateForPublish: errors in the other message types", "[proto][validate]") {
-  RunCases({{"referral: bad date of birth",
-             [](v1::Message& m) { m.mutable_case_referral()->mutable_person()->set_date_of_birth("2010-02-29"); },
-             "case_referral.person.date_of_birth is not a date"},
-            {"referral: bad concern time",
-             [](v1::Message& m) { m.mutable_case_referral()->mutable_concerns(0)->mutable_observed_at()->set_nanos(-1); },
-             "case_referral.concerns[0].observed_at is not a valid time"},
-            {"referral: unknown risk level",
-             [](v1::Message& m) { m.mutable_case_referral()->set_risk_level(static_cast<v1::RiskLevel>(17)); },
-             "case_referral.risk_level has unknown value 17"},
-            {"referral: language too long",
-             [](v1::Message& m) { m.mutable_case_referral()->mutable_person()->add_languages(std::string(70000, 'l')); },
-             "case_referral.person.languages[2] is longer than"}},
-           ValidCaseReferral);
+  RunCases(
+      {{"referral: bad date of birth",
+        [](v1::Message& m) { m.mutable_case_referral()->mutable_person()->set_date_of_birth("2010-02-29"); },
+        "case_referral.person.date_of_birth is not a date"},
+       {"referral: bad concern time",
+        [](v1::Message& m) { m.mutable_case_referral()->mutable_concerns(0)->mutable_observed_at()->set_nanos(-1); },
+        "case_referral.concerns[0].observed_at is not a valid time"},
+       {"referral: unknown risk level",
+        [](v1::Message& m) { m.mutable_case_referral()->set_risk_level(static_cast<v1::RiskLevel>(17)); },
+        "case_referral.risk_level has unknown value 17"},
+       {"referral: language too long",
+        [](v1::Message& m) { m.mutable_case_referral()->mutable_person()->add_languages(std::string(70000, 'l')); },
+        "case_referral.person.languages[2] is longer than"}},
+      ValidCaseReferral);
   RunCases({{"update: unknown status",
              [](v1::Message& m) { m.mutable_case_update()->set_status(static_cast<v1::CaseStatus>(7)); },
              "case_update.status has unknown value 7"},
@@ -337,22 +356,23 @@ TEST_CASE("ValidateForPublish honours the limits it is given", "[proto][validate
   tight.max_recipients = 2;
   tight.max_string_bytes = 10;
   tight.max_repeated = 2;
-  RunCases({{"two recipients fit", [](v1::Message&) {}, ""},
-            {"three recipients do not", [](v1::Message& m) { Env(m).add_recipients("police"); }, "(maximum 2)"},
-            {"string of 11 bytes", [](v1::Message& m) { Report(m).set_title("12345678901"); },
-             "incident_report.title is longer than 10 bytes"},
-            {"three bias motivations", [](v1::Message& m) { Report(m).add_bias_motivations(v1::BIAS_ANTI_ROMA); },
-             "incident_report.bias_motivations has 3 elements (maximum 2)"}},
-           [] {
-             v1::Message m = ValidIncidentReport();
-             auto* r = m.mutable_incident_report();
-             r->clear_description();
-             r->clear_title();
-             r->clear_persons();
-             r->clear_police_reference();
-             return m;
-           },
-           tight);
+  RunCases(
+      {{"two recipients fit", [](v1::Message&) {}, ""},
+       {"three recipients do not", [](v1::Message& m) { Env(m).add_recipients("police"); }, "(maximum 2)"},
+       {"string of 11 bytes", [](v1::Message& m) { Report(m).set_title("12345678901"); },
+        "incident_report.title is longer than 10 bytes"},
+       {"three bias motivations", [](v1::Message& m) { Report(m).add_bias_motivations(v1::BIAS_ANTI_ROMA); },
+        "incident_report.bias_motivations has 3 elements (maximum 2)"}},
+      [] {
+        v1::Message m = ValidIncidentReport();
+        auto* r = m.mutable_incident_report();
+        r->clear_description();
+        r->clear_title();
+        r->clear_persons();
+        r->clear_police_reference();
+        return m;
+      },
+      tight);
 }
 
 TEST_CASE("ValidateForPublish normalises the message id and recipients", "[proto][validate]") {
@@ -379,12 +399,23 @@ TEST_CASE("IsValidAgencyId and IsValidToken", "[proto][validate]") {
     bool token;
   };
   const std::vector<Row> rows = {
-      {"police", true, true},        {"youth-ngo", true, true},   {"a_1", true, true},
-      {"9lives", true, true},        {"x", true, true},           {std::string(63, 'a'), true, true},
-      {std::string(64, 'a'), false, false}, {"", false, false}, {"Police", false, false},
-      {"-police", false, false},     {"_police", false, false},   {".police", false, false},
-      {"city.police", false, true},  {"pol ice", false, false},   {"police\n", false, false},
-      {"pol/ice", false, false},     {"gr\xc3\xa9", false, false},
+      {"police", true, true},
+      {"youth-ngo", true, true},
+      {"a_1", true, true},
+      {"9lives", true, true},
+      {"x", true, true},
+      {std::string(63, 'a'), true, true},
+      {std::string(64, 'a'), false, false},
+      {"", false, false},
+      {"Police", false, false},
+      {"-police", false, false},
+      {"_police", false, false},
+      {".police", false, false},
+      {"city.police", false, true},
+      {"pol ice", false, false},
+      {"police\n", false, false},
+      {"pol/ice", false, false},
+      {"gr\xc3\xa9", false, false},
   };
   for (const auto& r : rows) {
     CAPTURE(r.id);
@@ -429,7 +460,8 @@ TEST_CASE("FromJson is strict", "[proto][json]") {
       {"unknown enum name", R"({"envelope":{"tlp":"TLP_PURPLE"}})", "not a valid liaison.v1.Message in JSON"},
       {"object where a string belongs", R"({"envelope":{"messageId":{"a":1}}})", "not a valid"},
       {"string where an object belongs", R"({"envelope":"police"})", "not a valid"},
-      {"number out of range", R"({"caseReferral":{"person":{"gender":"GENDER_FEMALE"}},"envelope":{"tlp":7}})", nullptr},
+      // proto3 enums are open: an unknown number parses, and ValidateForPublish refuses it.
+      {"unknown enum number", R"({"envelope":{"tlp":7}})", nullptr},
       {"two bodies", R"({"caseUpdate":{},"caseReferral":{}})", "not a valid"},
       {"not JSON", "envelope: {}", "not a valid"},
       {"truncated", R"({"envelope":{)", "not a valid"},
@@ -537,8 +569,9 @@ TEST_CASE("ParseTlp accepts the spellings people use", "[proto][names]") {
 
 TEST_CASE("TlpName and ParseTlp agree", "[proto][names]") {
   const std::vector<std::pair<int, std::string>> names = {
-      {v1::TLP_CLEAR, "CLEAR"}, {v1::TLP_GREEN, "GREEN"}, {v1::TLP_AMBER, "AMBER"},
-      {v1::TLP_AMBER_STRICT, "AMBER+STRICT"}, {v1::TLP_RED, "RED"}, {v1::TLP_UNSPECIFIED, "UNSPECIFIED"},
+      {v1::TLP_CLEAR, "CLEAR"}, {v1::TLP_GREEN, "GREEN"},
+      {v1::TLP_AMBER, "AMBER"}, {v1::TLP_AMBER_STRICT, "AMBER+STRICT"},
+      {v1::TLP_RED, "RED"},     {v1::TLP_UNSPECIFIED, "UNSPECIFIED"},
       {99, "UNSPECIFIED"}};
   for (const auto& [tlp, name] : names) {
     CAPTURE(tlp);

@@ -1,0 +1,168 @@
+// Decisions: default deny, forbid overrides permit, an agreement not in
+// force permits nothing, exactly one agreement per permit, TLP 2.0 at
+// routing (RED only to named recipients; only CLEAR and GREEN forwarded).
+#include <algorithm>
+
+#include "policy/detail/compiled.h"
+#include "policy/policy.h"
+#include "proto/detail/pb.h"
+#include "proto/names.h"
+
+namespace liaison::policy {
+namespace {
+
+bool IsAudience(const OriginalMessage& o, std::string_view agency) {
+  if (o.sender == agency) return true;
+  return std::find(o.recipients.begin(), o.recipients.end(), agency) != o.recipients.end();
+}
+
+}  // namespace
+
+Decision Policy::Evaluate(const Request& q, std::vector<TraceStep>* trace) const {
+  Decision d;
+  const Compiled& c = *compiled_;
+  auto s = by_id_.find(q.sender), r = by_id_.find(q.recipient);
+  if (s == by_id_.end()) {
+    d.denial = Denial::kUnknownSender;
+    return d;
+  }
+  if (r == by_id_.end()) {
+    d.denial = Denial::kUnknownRecipient;
+    return d;
+  }
+  const size_t si = s->second;
+  auto type = c.type_bits.find(q.message_type);
+  const uint32_t type_bit = type == c.type_bits.end() ? 0 : type->second;
+  auto purpose = c.purpose_ids.find(q.purpose);
+  const bool known_purpose = purpose != c.purpose_ids.end();
+  const int64_t now_s = std::chrono::duration_cast<std::chrono::seconds>(q.now.time_since_epoch()).count();
+
+  std::vector<uint32_t> permits, forbids;
+  for (uint32_t ri : c.by_recipient[r->second]) {
+    const Compiled::CRule& rule = c.rules[ri];
+    const char* skip = nullptr;
+    if (!TestBit(rule.senders, si)) {
+      skip = "sender not in 'from'";
+    } else if (!(rule.types & type_bit)) {
+      skip = "message type not in 'types'";
+    } else if (q.tlp < rule.tlp_min || q.tlp > rule.tlp_max) {
+      skip = "TLP outside 'tlp'";
+    } else if (!rule.purposes.empty() &&
+               (!known_purpose || !std::binary_search(rule.purposes.begin(), rule.purposes.end(), purpose->second))) {
+      skip = "purpose not permitted";
+    } else if (rule.consent && !(rule.consent & (1u << q.consent_status))) {
+      skip = "consent status not in 'consent'";
+    } else if (rule.legal && !(rule.legal & (1u << q.legal_basis))) {
+      skip = "legal basis not in 'legal_basis'";
+    } else if (rule.effect == Effect::kPermit) {
+      const Compiled::CAgreement& ag = c.agreements[rule.agreement];
+      if (!q.agreement.empty() && agreements_[rule.agreement].id != q.agreement) {
+        skip = "belongs to another agreement than the envelope names";
+      } else if (now_s < ag.from_s || now_s >= ag.until_s) {
+        skip = "its agreement is not in force";
+        if (std::find(d.not_in_force.begin(), d.not_in_force.end(), rule.agreement) == d.not_in_force.end()) {
+          d.not_in_force.push_back(static_cast<uint32_t>(rule.agreement));
+        }
+      } else if (!TestBit(ag.parties, si) || !TestBit(ag.parties, r->second)) {
+        skip = "sender or recipient is not a party to its agreement";
+      }
+    }
+    if (trace) trace->push_back({rules_[ri].id, skip ? std::string("skipped: ") + skip : "matched"});
+    if (skip) continue;
+    (rule.effect == Effect::kForbid ? forbids : permits).push_back(ri);
+  }
+
+  if (!forbids.empty()) {
+    d.denial = Denial::kForbidden;
+    d.rules = std::move(forbids);
+    return d;
+  }
+  if (permits.empty()) {
+    d.denial = d.not_in_force.empty() ? Denial::kNoPermit : Denial::kAgreementNotInForce;
+    return d;
+  }
+  const int agreement = c.rules[permits[0]].agreement;
+  for (uint32_t ri : permits) {
+    if (c.rules[ri].agreement != agreement) {
+      d.denial = Denial::kAmbiguousAgreement;
+      d.rules = std::move(permits);
+      return d;
+    }
+  }
+  d.rules = std::move(permits);
+  if (q.tlp == v1::TLP_RED && !q.named_individually) {
+    d.denial = Denial::kRedNeedsNamedRecipient;
+    return d;
+  }
+  if (q.is_forward) {
+    if (!q.original) {
+      d.denial = Denial::kForwardOriginUnknown;
+      return d;
+    }
+    const bool shareable = q.original->tlp == v1::TLP_CLEAR || q.original->tlp == v1::TLP_GREEN;
+    if ((!shareable && !IsAudience(*q.original, q.recipient)) || q.tlp < q.original->tlp) {
+      d.denial = Denial::kForwardRestricted;
+      return d;
+    }
+  }
+  d.permit = true;
+  d.agreement = agreement;
+  return d;
+}
+
+Obligations Policy::ObligationsOf(const Decision& d) const {
+  Obligations o;
+  if (!d.permit) return o;
+  for (uint32_t ri : d.rules) o.Merge(rules_[ri].obligations);
+  return o;
+}
+
+std::vector<std::string> Policy::RuleIds(const Decision& d) const {
+  std::vector<std::string> out;
+  for (uint32_t ri : d.rules) out.push_back(rules_[ri].id);
+  return out;
+}
+
+std::vector<std::string> Policy::Reasons(const Decision& d, const Request& q) const {
+  std::vector<std::string> out;
+  const std::string who = std::string(q.sender) + " -> " + std::string(q.recipient);
+  auto rule_list = [&] {
+    std::string s;
+    for (const auto& id : RuleIds(d)) s += (s.empty() ? "" : ", ") + id;
+    return s;
+  };
+  switch (d.denial) {
+    case Denial::kNone:
+      out.push_back("permitted by " + rule_list() + " under agreement '" + agreements_[d.agreement].id + "'");
+      break;
+    case Denial::kUnknownSender: out.push_back("unknown sender '" + std::string(q.sender) + "'"); break;
+    case Denial::kUnknownRecipient: out.push_back("unknown recipient '" + std::string(q.recipient) + "'"); break;
+    case Denial::kNoPermit:
+      out.push_back("no rule permits " + std::string(q.message_type) + " at TLP:" + proto::TlpName(q.tlp) +
+                    " for purpose '" + std::string(q.purpose) + "' " + who + " (default deny)");
+      break;
+    case Denial::kForbidden: out.push_back("forbidden by " + rule_list()); break;
+    case Denial::kAgreementNotInForce:
+      for (uint32_t a : d.not_in_force) {
+        out.push_back("agreement '" + agreements_[a].id + "' is not in force, so it permits nothing");
+      }
+      break;
+    case Denial::kAmbiguousAgreement:
+      out.push_back("rules of several agreements permit this (" + rule_list() +
+                    "); the envelope must name the sharing agreement");
+      break;
+    case Denial::kRedNeedsNamedRecipient:
+      out.push_back("TLP:RED goes only to individually named recipients, not by group fan-out");
+      break;
+    case Denial::kForwardRestricted:
+      out.push_back("a forwarded message may not reach a wider audience than its original's TLP allows "
+                    "(only CLEAR and GREEN may be forwarded to another agency)");
+      break;
+    case Denial::kForwardOriginUnknown:
+      out.push_back("the forwarded message's original is unknown to this broker, so its TLP cannot be checked");
+      break;
+  }
+  return out;
+}
+
+}  // namespace liaison::policy

@@ -1,0 +1,274 @@
+#include "policy/redact.h"
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <unicase.h>
+#include <unictype.h>
+#include <uninorm.h>
+#include <unistr.h>
+
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/message.h>
+#include <google/protobuf/timestamp.pb.h>
+
+#include <cstdlib>
+#include <new>
+#include <set>
+#include <stdexcept>
+
+#include "proto/detail/pb.h"
+
+namespace liaison::policy {
+namespace {
+
+using google::protobuf::Descriptor;
+using google::protobuf::FieldDescriptor;
+using google::protobuf::Reflection;
+
+constexpr size_t kKeyBytes = 32;
+constexpr size_t kPseudonymBytes = 16;
+// Guards LeafPaths against a recursive message type (there is none today).
+constexpr int kMaxDepth = 16;
+
+// A field whose value is data in its own right, carrying its own category:
+// a scalar, enum, string or bytes (repeated or not), a map, or a Timestamp.
+// Other message fields are containers; their fields carry the categories.
+// (The same definition as tests/proto/schema_annotation_test.cpp.)
+bool IsLeaf(const FieldDescriptor* f) {
+  if (f->cpp_type() != FieldDescriptor::CPPTYPE_MESSAGE) return true;
+  if (f->is_map()) return true;
+  return f->message_type() == google::protobuf::Timestamp::descriptor();
+}
+
+int CategoryOf(const FieldDescriptor* f) { return f->options().GetExtension(v1::data_category); }
+
+const FieldDescriptor* BodyField(std::string_view name) {
+  const auto* oneof = v1::Message::descriptor()->FindOneofByName("body");
+  for (int i = 0; i < oneof->field_count(); ++i) {
+    if (oneof->field(i)->name() == name) return oneof->field(i);
+  }
+  return nullptr;
+}
+
+// Does one of paths name path or one of its ancestors?
+bool Covers(const std::set<std::string>& paths, const std::string& path) {
+  if (paths.empty()) return false;
+  for (size_t dot = path.find('.'); dot != std::string::npos; dot = path.find('.', dot + 1)) {
+    if (paths.count(path.substr(0, dot)) != 0) return true;
+  }
+  return paths.count(path) != 0;
+}
+
+bool IsSet(const google::protobuf::Message& m, const FieldDescriptor* f) {
+  const Reflection* r = m.GetReflection();
+  return f->is_repeated() ? r->FieldSize(m, f) > 0 : r->HasField(m, f);
+}
+
+class Redactor {
+ public:
+  Redactor(const Obligations& o, const PseudonymKey* key) : o_(o), key_(key) {}
+
+  // Applies the obligations to every field of m; path names m.
+  void Apply(google::protobuf::Message* m, const std::string& path, bool pseudonymise_all) {
+    const Descriptor* d = m->GetDescriptor();
+    const Reflection* r = m->GetReflection();
+    for (int i = 0; i < d->field_count(); ++i) {
+      const FieldDescriptor* f = d->field(i);
+      if (!IsSet(*m, f)) continue;
+      const std::string field_path = path + "." + f->name();
+      const bool leaf = IsLeaf(f);
+      const int category = leaf ? CategoryOf(f) : -1;
+
+      if (Covers(o_.redact_paths, field_path) ||
+          (leaf && o_.redact_categories.count(category) != 0)) {
+        r->ClearField(m, f);
+        redacted_.insert(field_path);
+        continue;
+      }
+      const bool pseudonymise = pseudonymise_all || Covers(o_.pseudonymise_paths, field_path) ||
+                                (leaf && o_.pseudonymise_categories.count(category) != 0);
+      if (!leaf) {
+        if (f->is_repeated()) {
+          const int n = r->FieldSize(*m, f);
+          for (int j = 0; j < n; ++j) {
+            Apply(r->MutableRepeatedMessage(m, f, j), field_path, pseudonymise);
+          }
+        } else {
+          Apply(r->MutableMessage(m, f), field_path, pseudonymise);
+        }
+        continue;
+      }
+      if (!pseudonymise) continue;
+      if (f->type() != FieldDescriptor::TYPE_STRING) {
+        // A pseudonym of an enum or a number would be a lookup table away
+        // from its value (few distinct values); remove it instead.
+        r->ClearField(m, f);
+        redacted_.insert(field_path);
+        continue;
+      }
+      if (f->is_repeated()) {
+        const int n = r->FieldSize(*m, f);
+        for (int j = 0; j < n; ++j) {
+          const std::string value = r->GetRepeatedString(*m, f, j);
+          if (!value.empty()) r->SetRepeatedString(m, f, j, Pseudonym(*key_, value));
+        }
+      } else {
+        r->SetString(m, f, Pseudonym(*key_, r->GetString(*m, f)));
+      }
+      pseudonymised_.insert(field_path);
+    }
+  }
+
+  RedactionReport Report() const {
+    return RedactionReport{{redacted_.begin(), redacted_.end()},
+                           {pseudonymised_.begin(), pseudonymised_.end()}};
+  }
+
+ private:
+  const Obligations& o_;
+  const PseudonymKey* key_;
+  std::set<std::string> redacted_;
+  std::set<std::string> pseudonymised_;
+};
+
+void CollectLeaves(const Descriptor* d, const std::string& path, int depth,
+                   std::vector<std::pair<std::string, int>>* out) {
+  if (depth > kMaxDepth) return;
+  for (int i = 0; i < d->field_count(); ++i) {
+    const FieldDescriptor* f = d->field(i);
+    const std::string field_path = path + "." + f->name();
+    if (IsLeaf(f)) {
+      out->emplace_back(field_path, CategoryOf(f));
+    } else {
+      CollectLeaves(f->message_type(), field_path, depth + 1, out);
+    }
+  }
+}
+
+bool IsAsciiSpace(unsigned char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r';
+}
+
+// Normalise() for input that is not valid UTF-8: bytes stay bytes.
+std::string NormaliseBytes(std::string_view value) {
+  std::string out;
+  bool pending_space = false;
+  for (const char ch : value) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (IsAsciiSpace(c)) {
+      pending_space = !out.empty();
+      continue;
+    }
+    if (pending_space) out.push_back(' ');
+    pending_space = false;
+    out.push_back(c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : ch);
+  }
+  return out;
+}
+
+// Collapses runs of White_Space in valid UTF-8.
+std::string CollapseWhiteSpace(const uint8_t* s, size_t n) {
+  std::string out;
+  out.reserve(n);
+  bool pending_space = false;
+  size_t i = 0;
+  while (i < n) {
+    ucs4_t uc = 0;
+    const int len = u8_mbtouc(&uc, s + i, n - i);
+    const size_t step = len > 0 ? static_cast<size_t>(len) : 1;
+    if (uc_is_property_white_space(uc)) {
+      pending_space = !out.empty();
+    } else {
+      if (pending_space) out.push_back(' ');
+      pending_space = false;
+      out.append(reinterpret_cast<const char*>(s + i), step);
+    }
+    i += step;
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<RedactionReport> ApplyObligations(v1::Message* message, const Obligations& o,
+                                         const PseudonymKey* key) {
+  const bool pseudonymises = !o.pseudonymise_categories.empty() || !o.pseudonymise_paths.empty();
+  if (pseudonymises && key == nullptr) {
+    return Status::Internal("pseudonymisation required but no pseudonym key given");
+  }
+  if (pseudonymises && key->key.size() != kKeyBytes) {
+    return Status::Internal("pseudonym key for agreement '" + key->agreement + "' version " +
+                            std::to_string(key->version) + " is not " +
+                            std::to_string(kKeyBytes) + " bytes");
+  }
+  v1::Message work(*message);
+  work.DiscardUnknownFields();
+  Redactor redactor(o, key);
+  const auto* oneof = v1::Message::descriptor()->FindOneofByName("body");
+  if (const FieldDescriptor* body = work.GetReflection()->GetOneofFieldDescriptor(work, oneof)) {
+    redactor.Apply(work.GetReflection()->MutableMessage(&work, body), body->name(), false);
+  }
+  message->Swap(&work);
+  return redactor.Report();
+}
+
+bool IsValidBodyPath(std::string_view path) {
+  const size_t first_dot = path.find('.');
+  const FieldDescriptor* body = BodyField(path.substr(0, first_dot));
+  if (body == nullptr) return false;
+  if (first_dot == std::string_view::npos) return true;
+  const Descriptor* d = body->message_type();
+  std::string_view rest = path.substr(first_dot + 1);
+  while (true) {
+    if (d == nullptr) return false;  // a leaf has no sub-fields
+    const size_t dot = rest.find('.');
+    const std::string_view name = rest.substr(0, dot);
+    if (name.empty()) return false;
+    const FieldDescriptor* f = d->FindFieldByName(std::string(name));
+    if (f == nullptr) return false;
+    if (dot == std::string_view::npos) return true;
+    d = IsLeaf(f) ? nullptr : f->message_type();
+    rest = rest.substr(dot + 1);
+  }
+}
+
+std::vector<std::pair<std::string, int>> LeafPaths(std::string_view message_type) {
+  std::vector<std::pair<std::string, int>> out;
+  if (const FieldDescriptor* body = BodyField(message_type)) {
+    CollectLeaves(body->message_type(), body->name(), 0, &out);
+  }
+  return out;
+}
+
+std::string Pseudonym(const PseudonymKey& key, std::string_view value) {
+  const std::string normal = Normalise(value);
+  unsigned char mac[EVP_MAX_MD_SIZE];
+  unsigned int mac_len = 0;
+  const unsigned char* ok =
+      HMAC(EVP_sha256(), key.key.data(), static_cast<int>(key.key.size()),
+           reinterpret_cast<const unsigned char*>(normal.data()), normal.size(), mac, &mac_len);
+  // HMAC-SHA256 fails only when OpenSSL itself is broken: truly unexpected,
+  // and the value must never pass through in clear.
+  if (ok == nullptr || mac_len < kPseudonymBytes) throw std::runtime_error("HMAC-SHA256 failed");
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out = "ps:v" + std::to_string(key.version) + ":";
+  for (size_t i = 0; i < kPseudonymBytes; ++i) {
+    out.push_back(kHex[mac[i] >> 4]);
+    out.push_back(kHex[mac[i] & 0x0f]);
+  }
+  return out;
+}
+
+std::string Normalise(std::string_view value) {
+  if (value.empty()) return {};
+  const auto* s = reinterpret_cast<const uint8_t*>(value.data());
+  if (u8_check(s, value.size()) != nullptr) return NormaliseBytes(value);
+  size_t len = 0;
+  uint8_t* folded = u8_casefold(s, value.size(), nullptr, UNINORM_NFC, nullptr, &len);
+  if (folded == nullptr) throw std::bad_alloc();  // the only documented failure: ENOMEM
+  std::string out = CollapseWhiteSpace(folded, len);
+  std::free(folded);
+  return out;
+}
+
+}  // namespace liaison::policy
