@@ -21,7 +21,7 @@ std::optional<BrokerConfig> BrokerConfig::Load(const std::string& path, Diagnost
   BrokerConfig c;
   c.path = path;
   if (!r.ExpectMap(*root, "the broker configuration",
-                   {"name", "listen", "threads", "log_level", "policy", "keys_dir", "tls", "limits"})) {
+                   {"name", "listen", "threads", "log_level", "policy", "keys_dir", "admin_socket", "tls", "limits"})) {
     return std::nullopt;
   }
   if (auto v = r.String(*root, "name")) c.name = *v;
@@ -44,6 +44,10 @@ std::optional<BrokerConfig> BrokerConfig::Load(const std::string& path, Diagnost
   }
   if (auto v = r.String(*root, "policy", true)) c.policy_path = ResolveRelativeTo(path, *v);
   c.keys_dir = ResolveRelativeTo(path, r.String(*root, "keys_dir").value_or("keys"));
+  if (auto v = r.String(*root, "admin_socket")) {
+    c.admin_socket = ResolveRelativeTo(path, *v);
+    if (c.admin_socket.size() >= 100) r.Error((*root)["admin_socket"], "'admin_socket' path is too long for a Unix socket");
+  }
 
   const YAML::Node tls = (*root)["tls"];
   if (!tls.IsDefined() || tls.IsNull()) {

@@ -48,6 +48,9 @@ struct BrokerConfig {
   // Pseudonym keys, one file per sharing agreement (0600, created as needed);
   // kept apart from the policy file. Default: "keys" beside the config file.
   std::string keys_dir;
+  // Unix-domain socket for local administration (reload, status), created
+  // mode 0600: only the broker's own user may use it. Empty: none.
+  std::string admin_socket;
   int threads = 0;                  // 0: one per core
   std::string log_level = "info";
   Limits limits;

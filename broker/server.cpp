@@ -6,12 +6,21 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/streambuf.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <future>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -34,18 +43,22 @@ std::shared_ptr<const policy::Policy> LoadPolicy(const BrokerConfig& config, Dia
 
 struct Server::Impl {
   explicit Impl(BrokerConfig config)
-      : state(ioc, std::move(config)), acceptor(ioc), signals(ioc, SIGINT, SIGTERM) {
+      : state(ioc, std::move(config)), acceptor(ioc), admin(ioc), signals(ioc, SIGINT, SIGTERM) {
     signals.add(SIGHUP);
   }
 
   asio::io_context ioc;
   BrokerState state;
   tcp::acceptor acceptor;
+  asio::local::stream_protocol::acceptor admin;
   asio::signal_set signals;
+  std::mutex reload_mu;  // one reload at a time
   std::atomic<bool> stopping{false};
   uint16_t port = 0;
 
   asio::awaitable<void> Accept();
+  asio::awaitable<void> AcceptAdmin(Server* server);
+  asio::awaitable<void> ServeAdmin(Server* server, asio::local::stream_protocol::socket socket);
   asio::awaitable<void> Drain();
   asio::awaitable<void> WaitUntil(std::function<bool()> done, std::chrono::milliseconds limit);
 };
@@ -77,8 +90,57 @@ asio::awaitable<void> Server::Impl::Accept() {
     auto tls = state.tls_context();
     net::TlsStream stream(std::move(socket), *tls);
     const uint64_t id = state.next_session_id++;
-    std::make_shared<Session>(state, std::move(stream), id, std::move(peer))->Start();
+    std::make_shared<Session>(state, std::move(tls), std::move(stream), id, std::move(peer))->Start();
   }
+}
+
+asio::awaitable<void> Server::Impl::AcceptAdmin(Server* server) {
+  while (admin.is_open()) {
+    auto [ec, socket] = co_await admin.async_accept(kUseTuple);
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !admin.is_open()) break;
+      continue;
+    }
+    asio::co_spawn(ioc, ServeAdmin(server, std::move(socket)), asio::detached);
+  }
+}
+
+// One command per connection, one line each way: "reload" or "status".
+asio::awaitable<void> Server::Impl::ServeAdmin(Server* server, asio::local::stream_protocol::socket socket) {
+  asio::streambuf buf(256);
+  auto [ec, n] = co_await asio::async_read_until(socket, buf, '\n', kUseTuple);
+  if (ec) co_return;
+  std::string command(asio::buffers_begin(buf.data()), asio::buffers_begin(buf.data()) + static_cast<long>(n) - 1);
+  std::string answer;
+  if (command == "reload") {
+    spdlog::info("admin socket: reload requested");
+    // Loading files blocks; keep the I/O threads free while it runs.
+    auto done = std::make_shared<std::promise<Result<std::string>>>();
+    auto fut = done->get_future();
+    std::thread([server, done] { done->set_value(server->Reload()); }).detach();
+    asio::steady_timer t(ioc);
+    while (fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+      t.expires_after(std::chrono::milliseconds(10));
+      co_await t.async_wait(kUseTuple);
+    }
+    Result<std::string> r = fut.get();
+    answer = r.ok() ? "ok " + *r : "error " + r.status().message();
+  } else if (command == "status") {
+    const auto c = server->counters();
+    answer = "ok {\"sessions\":" + std::to_string(c.sessions) + ",\"connections_accepted\":" +
+             std::to_string(c.connections_accepted) + ",\"handshakes_failed\":" + std::to_string(c.handshakes_failed) +
+             ",\"identities_refused\":" + std::to_string(c.identities_refused) + ",\"publishes\":" +
+             std::to_string(c.publishes) + ",\"deliveries_acked\":" + std::to_string(c.deliveries_acked) +
+             ",\"protocol_errors\":" + std::to_string(c.protocol_errors) + ",\"policy_version\":\"" +
+             state.policy()->version() + "\"}";
+  } else {
+    answer = "error unknown command (reload, status)";
+  }
+  for (char& ch : answer) {
+    if (ch == '\n') ch = ' ';
+  }
+  answer += '\n';
+  co_await asio::async_write(socket, asio::buffer(answer), kUseTuple);
 }
 
 asio::awaitable<void> Server::Impl::WaitUntil(std::function<bool()> done, std::chrono::milliseconds limit) {
@@ -97,6 +159,10 @@ asio::awaitable<void> Server::Impl::Drain() {
   state.draining = true;
   boost::system::error_code ignored;
   acceptor.close(ignored);
+  if (admin.is_open()) {
+    admin.close(ignored);
+    ::unlink(state.config.admin_socket.c_str());
+  }
   for (auto& s : state.router.All()) s->BeginDrain();
   co_await WaitUntil([&] { return state.in_flight_publishes.load() <= 0; }, l.shutdown_grace);
   if (state.in_flight_publishes.load() > 0) {
@@ -130,7 +196,6 @@ Result<std::unique_ptr<Server>> Server::Create(BrokerConfig config) {
   Diagnostics diags;
   auto policy = LoadPolicy(c, &diags);
   if (!policy) return Status::InvalidArgument("policy rejected:\n" + FormatDiagnostics(diags));
-  for (const auto& d : diags) spdlog::warn("{}", d.ToString());
   impl->state.set_policy(policy);
   auto keys = policy::PseudonymKeyStore::Open(c.keys_dir);
   if (!keys.ok()) return keys.status().Annotate("pseudonym keys in " + c.keys_dir);
@@ -152,6 +217,19 @@ Result<std::unique_ptr<Server>> Server::Create(BrokerConfig config) {
                                ec.message());
   }
   impl->port = impl->acceptor.local_endpoint().port();
+  if (!c.admin_socket.empty()) {
+    struct stat st {};
+    if (::lstat(c.admin_socket.c_str(), &st) == 0) {
+      if (!S_ISSOCK(st.st_mode)) return Status::InvalidArgument("admin_socket " + c.admin_socket + " exists and is not a socket");
+      ::unlink(c.admin_socket.c_str());  // left over from a broker that did not stop cleanly
+    }
+    const mode_t old_mask = ::umask(0177);  // the socket is created 0600
+    impl->admin.open(asio::local::stream_protocol(), ec);
+    if (!ec) impl->admin.bind(asio::local::stream_protocol::endpoint(c.admin_socket), ec);
+    ::umask(old_mask);
+    if (!ec) impl->admin.listen(16, ec);
+    if (ec) return Status::Unavailable("cannot create admin_socket " + c.admin_socket + ": " + ec.message());
+  }
   spdlog::info("policy {} loaded: {} agencies (version {})", c.policy_path, policy->agencies().size(),
                policy->version().substr(0, 12));
   return std::unique_ptr<Server>(new Server(std::move(impl)));
@@ -167,6 +245,7 @@ Status Server::Run(bool handle_signals) {
   asio::co_spawn(s.ioc, s.Accept(), [](std::exception_ptr e) {
     if (e) spdlog::critical("listener stopped unexpectedly");
   });
+  if (s.admin.is_open()) asio::co_spawn(s.ioc, s.AcceptAdmin(this), asio::detached);
   if (handle_signals) {
     WaitForSignal();
   } else {
@@ -188,7 +267,8 @@ void Server::WaitForSignal() {
   impl_->signals.async_wait([this](const boost::system::error_code& ec, int signo) {
     if (ec) return;
     if (signo == SIGHUP) {
-      spdlog::warn("received SIGHUP: this version cannot reload; restart the broker to apply changes");
+      spdlog::info("received SIGHUP: reloading");
+      std::thread([this] { (void)Reload(); }).detach();
       WaitForSignal();
       return;
     }
@@ -202,6 +282,36 @@ void Server::RequestStop() {
     if (impl_->stopping.exchange(true)) return;
     asio::co_spawn(impl_->ioc, impl_->Drain(), asio::detached);
   });
+}
+
+Result<std::string> Server::Reload() {
+  std::lock_guard lock(impl_->reload_mu);
+  BrokerState& st = impl_->state;
+  const BrokerConfig& c = st.config;
+  Diagnostics diags;
+  auto policy = LoadPolicy(c, &diags);
+  auto tls = tls::MakeServerContext(c.tls);
+  if (!policy || !tls.ok()) {
+    std::string why;
+    for (const auto& d : diags) {
+      if (d.severity == Diagnostic::Severity::kError) why += (why.empty() ? "" : "; ") + d.ToString();
+    }
+    if (!tls.ok()) why += (why.empty() ? "" : "; ") + std::string("TLS: ") + tls.status().message();
+    spdlog::error("reload rejected, still running the previous policy and certificates: {}", why);
+    return Status::InvalidArgument("reload rejected, nothing changed: " + why);
+  }
+  for (const auto& d : diags) spdlog::warn("{}", d.ToString());
+  const std::string old_version = st.policy()->version();
+  st.set_policy(policy);
+  st.set_tls_context(std::move(tls).value());
+  const auto sessions = st.router.All();
+  for (auto& s : sessions) s->Revalidate();
+  const std::string summary = "policy " + old_version.substr(0, 12) + " -> " + policy->version().substr(0, 12) + " (" +
+                              std::to_string(policy->agencies().size()) + " agencies, " +
+                              std::to_string(policy->rules().size()) + " rules), CA bundle, CRLs and broker "
+                              "certificate reloaded; " + std::to_string(sessions.size()) + " session(s) re-checked";
+  spdlog::info("reloaded: {}", summary);
+  return summary;
 }
 
 Server::Counters Server::counters() const {

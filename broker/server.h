@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "broker/config.h"
 #include "common/status.h"
@@ -29,6 +30,14 @@ class Server {
   // With handle_signals, SIGTERM and SIGINT request a graceful stop.
   Status Run(bool handle_signals);
   void RequestStop();
+
+  // Re-reads the policy, the CA bundle, the CRLs and the broker's
+  // certificate and key from the paths in the configuration, and swaps them
+  // in without dropping sessions; then closes the sessions whose agency was
+  // removed or whose certificate is no longer accepted. If anything fails
+  // validation, nothing changes and the error says why. Thread-safe;
+  // SIGHUP and the admin socket's "reload" call it. Returns a summary.
+  Result<std::string> Reload();
 
   struct Counters {
     uint64_t connections_accepted, handshakes_failed, identities_refused, publishes, deliveries_acked,

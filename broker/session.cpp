@@ -55,16 +55,21 @@ std::string HandshakeFailure(SSL* ssl, const boost::system::error_code& ec) {
 
 }  // namespace
 
-Session::Session(BrokerState& state, net::TlsStream stream, uint64_t id, std::string peer)
+Session::Session(BrokerState& state, std::shared_ptr<tls::Context> tls, net::TlsStream stream, uint64_t id,
+                 std::string peer)
     : broker_(state),
       id_(id),
       peer_(std::move(peer)),
       tag_("session " + std::to_string(id) + " " + peer_),
       stream_(std::move(stream), state.config.limits.max_frame_bytes, state.config.limits.max_queued_bytes),
       watchdog_(stream_.strand()),
-      started_(Clock::now()) {}
+      started_(Clock::now()),
+      tls_(std::move(tls)) {}
 
-Session::~Session() = default;
+Session::~Session() {
+  if (peer_cert_) X509_free(peer_cert_);
+  if (peer_chain_) sk_X509_pop_free(reinterpret_cast<STACK_OF(X509)*>(peer_chain_), X509_free);
+}
 
 void Session::Start() {
   broker_.router.Add(shared_from_this());
@@ -96,8 +101,15 @@ asio::awaitable<void> Session::Run() {
   }
 
   X509* cert = SSL_get0_peer_certificate(stream_.tls().native_handle());
-  const PeerIdentity peer = tls::IdentityOf(cert);
-  cert_sha256_ = peer.cert_sha256;
+  if (cert) {
+    X509_up_ref(cert);
+    peer_cert_ = cert;
+  }
+  if (STACK_OF(X509)* chain = SSL_get_peer_cert_chain(stream_.tls().native_handle())) {
+    peer_chain_ = reinterpret_cast<STACK_OF_X509*>(X509_chain_up_ref(chain));
+  }
+  identity_ = tls::IdentityOf(cert);
+  const PeerIdentity& peer = identity_;
   auto policy = broker_.policy();
   auto agency = policy->Identify(peer);
   asio::co_spawn(stream_.strand(), Writer(), asio::detached);
@@ -238,6 +250,27 @@ void Session::Finish() {
 
 void Session::Abort() {
   asio::post(stream_.strand(), [self = shared_from_this()] { self->stream_.Abort(); });
+}
+
+void Session::Revalidate() {
+  asio::post(stream_.strand(), [self = shared_from_this()] {
+    if (self->phase_ != Phase::kReady && self->phase_ != Phase::kAwaitHello) return;
+    if (self->stream_.closing()) return;
+    auto policy = self->broker_.policy();
+    auto agency = policy->Identify(self->identity_);
+    std::string why;
+    if (!agency.ok()) {
+      why = "agency '" + self->agency_ + "' is no longer in the policy";
+    } else if ((*agency)->id != self->agency_) {
+      why = "the certificate now identifies agency '" + (*agency)->id + "'";
+    } else if (Status s = tls::VerifyClientCertificate(*self->broker_.tls_context(), self->peer_cert_, self->peer_chain_);
+               !s.ok()) {
+      why = "the certificate is no longer accepted: " + s.message();
+    }
+    if (why.empty()) return;
+    spdlog::warn("{}: closing after reload: {}", self->tag_, why);
+    self->SendError(0, v1::REASON_PERMISSION_DENIED, why, true);
+  });
 }
 
 void Session::BeginDrain() {

@@ -136,6 +136,28 @@ Result<std::shared_ptr<Context>> MakeClientContext(const TlsFiles& files) {
   return ctx;
 }
 
+Status VerifyClientCertificate(Context& ctx, X509* cert, STACK_OF_X509* chain) {
+  if (!cert) return Status::PermissionDenied("no certificate");
+  X509_STORE_CTX* sctx = X509_STORE_CTX_new();
+  if (!sctx) return Status::Internal("out of memory");
+  Status result;
+  if (X509_STORE_CTX_init(sctx, SSL_CTX_get_cert_store(ctx.native_handle()), cert,
+                          reinterpret_cast<STACK_OF(X509)*>(chain)) != 1) {
+    result = Status::Internal("cannot verify: " + OpenSslErrors());
+  } else {
+    X509_STORE_CTX_set_purpose(sctx, X509_PURPOSE_SSL_CLIENT);
+    if (X509_verify_cert(sctx) != 1) {
+      result = Status::PermissionDenied(X509_verify_cert_error_string(X509_STORE_CTX_get_error(sctx)));
+    } else if ((X509_get_extension_flags(cert) & EXFLAG_XKUSAGE) == 0 ||
+               (X509_get_extended_key_usage(cert) & XKU_SSL_CLIENT) == 0) {
+      result = Status::PermissionDenied("no clientAuth extended key usage");
+    }
+  }
+  X509_STORE_CTX_free(sctx);
+  ERR_clear_error();
+  return result;
+}
+
 PeerIdentity IdentityOf(X509* cert) {
   PeerIdentity id;
   if (!cert) return id;

@@ -37,6 +37,9 @@ Decision Policy::Evaluate(const Request& q, std::vector<TraceStep>* trace) const
   const bool known_purpose = purpose != c.purpose_ids.end();
   const int64_t now_s = std::chrono::duration_cast<std::chrono::seconds>(q.now.time_since_epoch()).count();
 
+  // Enum values arrive validated; anything else matches no filter.
+  const uint32_t consent_bit = q.consent_status >= 0 && q.consent_status < 32 ? 1u << q.consent_status : 0;
+  const uint32_t legal_bit = q.legal_basis >= 0 && q.legal_basis < 32 ? 1u << q.legal_basis : 0;
   std::vector<uint32_t> permits, forbids;
   for (uint32_t ri : c.by_recipient[r->second]) {
     const Compiled::CRule& rule = c.rules[ri];
@@ -50,9 +53,9 @@ Decision Policy::Evaluate(const Request& q, std::vector<TraceStep>* trace) const
     } else if (!rule.purposes.empty() &&
                (!known_purpose || !std::binary_search(rule.purposes.begin(), rule.purposes.end(), purpose->second))) {
       skip = "purpose not permitted";
-    } else if (rule.consent && !(rule.consent & (1u << q.consent_status))) {
+    } else if (rule.consent && !(rule.consent & consent_bit)) {
       skip = "consent status not in 'consent'";
-    } else if (rule.legal && !(rule.legal & (1u << q.legal_basis))) {
+    } else if (rule.legal && !(rule.legal & legal_bit)) {
       skip = "legal basis not in 'legal_basis'";
     } else if (rule.effect == Effect::kPermit) {
       const Compiled::CAgreement& ag = c.agreements[rule.agreement];
@@ -65,6 +68,8 @@ Decision Policy::Evaluate(const Request& q, std::vector<TraceStep>* trace) const
         }
       } else if (!TestBit(ag.parties, si) || !TestBit(ag.parties, r->second)) {
         skip = "sender or recipient is not a party to its agreement";
+      } else if (q.legal_basis != 0 && !(ag.legal & legal_bit)) {
+        skip = "the message's legal basis is not one its agreement allows";
       }
     }
     if (trace) trace->push_back({rules_[ri].id, skip ? std::string("skipped: ") + skip : "matched"});

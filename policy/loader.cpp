@@ -398,6 +398,7 @@ class Loader {
       if (auto t = r_.String(a, "title", true)) ag.title = *t;
       if (auto parties = r_.StringList(a, "parties", true)) ag.parties = *parties;
       if (auto purposes = r_.StringList(a, "purposes", true)) {
+        if (purposes->empty()) r_.Error(a["purposes"], "'purposes' needs at least one purpose");
         for (const auto& p : *purposes) {
           if (!proto::IsValidToken(p)) r_.Error(a["purposes"], "purpose '" + p + "' is not a purpose id");
         }
@@ -414,7 +415,7 @@ class Loader {
       if (review) {
         ag.review_by = *review;
         if (*review < today) {
-          r_.Warning(a["review_by"], "agreement '" + ag.id + "' was due for review on " + FormatDate(*review));
+          r_.Warning(a["review_by"], "agreement '" + id.value_or("") + "' was due for review on " + FormatDate(*review));
         }
       }
       if (until && *until < today) {
@@ -425,6 +426,7 @@ class Loader {
       ag.id = *id;
       Policy::Compiled::CAgreement ca;
       ca.parties = Resolve(a["parties"], ag.parties, "parties", true);
+      for (int v : ag.legal_bases) ca.legal |= 1u << v;
       ca.from_s = std::chrono::duration_cast<std::chrono::seconds>(ag.valid_from.time_since_epoch()).count();
       ca.until_s = std::chrono::duration_cast<std::chrono::seconds>((ag.valid_until + std::chrono::days(1))
                                                                       .time_since_epoch())
@@ -510,6 +512,7 @@ class Loader {
       cr.senders = Resolve(n["from"], rule.from, "'from'", true);
       const Bits recipients = Resolve(n["to"], rule.to, "'to'", true);
       if (auto t = r_.StringList(n, "types")) {
+        if (t->empty()) r_.Error(n["types"], "'types' is empty: leave it out to mean every message type");
         for (const auto& type : *t) {
           auto it = c_->type_bits.find(type);
           if (it == c_->type_bits.end()) {
@@ -526,6 +529,7 @@ class Loader {
       cr.tlp_min = rule.tlp_min;
       cr.tlp_max = rule.tlp_max;
       if (auto purposes = r_.StringList(n, "purposes")) {
+        if (purposes->empty()) r_.Error(n["purposes"], "'purposes' is empty: leave it out to mean the agreement's purposes");
         rule.purposes = *purposes;
         if (cr.agreement >= 0) {
           const auto& allowed = p_->agreements_[cr.agreement].purposes;
@@ -544,6 +548,15 @@ class Loader {
       for (int v : rule.consent) cr.consent |= 1u << v;
       rule.legal_bases = ParseEnumList(n, "legal_basis", legal, "legal basis");
       for (int v : rule.legal_bases) cr.legal |= 1u << v;
+      if (cr.agreement >= 0) {
+        const auto& allowed = p_->agreements_[cr.agreement].legal_bases;
+        for (int v : rule.legal_bases) {
+          if (std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
+            r_.Error(n["legal_basis"], "a legal basis of this rule is not among those of agreement '" +
+                                           rule.agreement + "'");
+          }
+        }
+      }
       ParseObligations(n, &rule);
       if (!ok) return;
       rule.id = *id;
@@ -573,11 +586,22 @@ class Loader {
     rule->tlp_max = *b;
   }
 
-  // The canonical text the version hashes: every definition in a fixed order.
+  // The canonical text the version hashes: every definition in a fixed order,
+  // every free-text field escaped so that no two policies share a text.
+  static std::string Esc(const std::string& v) {
+    std::string out;
+    for (char ch : v) {
+      if (ch == '\\' || ch == '|' || ch == ',' || ch == '[' || ch == ']' || ch == '\n') out.push_back('\\');
+      out.push_back(ch == '\n' ? 'n' : ch);
+    }
+    return out;
+  }
+
   std::string Canonical() const {
-    std::string s = "liaison-policy-v1\n";
+    std::string s = "liaison-policy-v2\n";
     auto list = [](const std::vector<std::string>& v) {
-      std::vector<std::string> sorted = v;
+      std::vector<std::string> sorted;
+      for (const auto& x : v) sorted.push_back(Esc(x));
       std::sort(sorted.begin(), sorted.end());
       return "[" + Join(sorted, ",") + "]";
     };
@@ -589,13 +613,13 @@ class Loader {
       return o + "]";
     };
     for (const auto& a : p_->agencies_) {
-      s += "agency|" + a.id + "|" + a.name + "|" + a.sector + "|" + std::to_string(int(a.certificate.kind)) + "|" +
-           a.certificate.san_uri + "|" + a.certificate.subject + "|" + a.certificate.issuer + "|" +
+      s += "agency|" + a.id + "|" + Esc(a.name) + "|" + a.sector + "|" + std::to_string(int(a.certificate.kind)) + "|" +
+           Esc(a.certificate.san_uri) + "|" + Esc(a.certificate.subject) + "|" + Esc(a.certificate.issuer) + "|" +
            list(a.certificate.spki_sha256) + "|" + list(a.roles) + "|" + list(a.audit_scope) + "\n";
     }
-    for (const auto& g : p_->groups_) s += "group|" + g.id + "|" + g.name + "|" + list(g.members) + "\n";
+    for (const auto& g : p_->groups_) s += "group|" + g.id + "|" + Esc(g.name) + "|" + list(g.members) + "\n";
     for (const auto& a : p_->agreements_) {
-      s += "agreement|" + a.id + "|" + a.title + "|" + list(a.parties) + "|" + list(a.purposes) + "|" +
+      s += "agreement|" + a.id + "|" + Esc(a.title) + "|" + list(a.parties) + "|" + list(a.purposes) + "|" +
            ints(a.legal_bases) + "|" + FormatDate(a.valid_from) + "|" + FormatDate(a.valid_until) + "|" +
            FormatDate(a.review_by) + "\n";
     }

@@ -2,7 +2,7 @@
 // a recipient can correlate pseudonyms within an agreement but not join them
 // across agreements (docs/policy.md). Keys live apart from the policy file
 // and the database, in the directory named by the broker's
-// `pseudonym_key_dir`: one file `<agreement>.key` per agreement, mode 0600,
+// `keys_dir`: one file `<agreement>.key` per agreement, mode 0600,
 // one line per version, ascending: `<version> <64 hex digits>`.
 //
 // Thread-safe: every member may be called from any thread. The store is the

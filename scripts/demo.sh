@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The Liaison demo, from a fresh Debian 12 machine: installs what is missing,
 # builds, makes a development PKI, starts the broker with the example
-# configuration and policy, has the police send an incident report that the
-# school receives, shows what was exchanged, and stops the broker.
+# configuration and policy, has the police send an incident report that one
+# agency receives in full, one redacted and one not at all (the policy says
+# so), shows what was exchanged, and stops the broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -52,32 +53,40 @@ as() {  # as AGENCY liaison-args...
     --cert "$PKI/$agency.crt" --key "$PKI/$agency.key" --ca "$PKI/ca.crt" "$@"
 }
 
-step "6. The school starts receiving"
+step "6. Social services and the school start receiving"
+mkdir -p "$DEMO/inbox-social"
 as school receive --out "$DEMO/inbox-school" --count 1 --wait 30 &
-RECEIVER_PID=$!
+SCHOOL_PID=$!
+as social receive --out "$DEMO/inbox-social" --count 1 --wait 30 &
+SOCIAL_PID=$!
 for _ in $(seq 50); do
-  grep -q "ready to receive" "$DEMO/broker.log" && break
+  [ "$(grep -c "ready to receive" "$DEMO/broker.log")" -ge 2 ] && break
   sleep 0.1
 done
 
-step "7. The police send an incident report to the school and to health services"
-echo "\$ liaison send --to school,health docs/examples/incident-report.json"
+step "7. The police send an incident report to social services, the school and the youth NGO"
+echo "The policy (docs/examples/policy.yaml) permits social services the full report, the school"
+echo "a redacted copy (no criminal or special-category data, names pseudonymised), and the"
+echo "youth NGO nothing: no rule lets incident reports reach civil society."
+echo "\$ liaison send --to social,school,youth-ngo --purpose safeguarding docs/examples/incident-report.json"
 set +e
-as send --to school,health docs/examples/incident-report.json
+as police send --to social,school,youth-ngo --purpose safeguarding docs/examples/incident-report.json
 rc=$?
 set -e
-echo "(exit code $rc: health services have no receiving session, and this version keeps"
-echo " no queue, so the broker says so instead of pretending the report was stored)"
-wait $RECEIVER_PID
+echo "(exit code $rc: at least one recipient was refused)"
+wait $SCHOOL_PID $SOCIAL_PID
 
-step "8. What the school received (written to disk before it was acknowledged)"
-f=$(ls "$DEMO"/inbox-school/*.json)
-echo "$f"
-cat "$f"
+step "8. What each agency received (written to disk before it was acknowledged)"
+echo "-- social services (full report):"
+cat "$DEMO"/inbox-social/*.json
+echo "-- the school (redacted and pseudonymised; see redactedPaths and pseudonymisedPaths):"
+cat "$DEMO"/inbox-school/*.json
+echo "-- the youth NGO received nothing. The broker's log says why (the sender only learns 'not_permitted'):"
+grep "refused:" "$DEMO/broker.log" | sed 's/^/  /'
 
 step "9. An agency cannot pretend to be another"
 set +e
-sed 's/"tlp"/"sender": "social", "tlp"/' docs/examples/incident-report.json | as send --to school -
+sed 's/"tlp"/"sender": "social", "tlp"/' docs/examples/incident-report.json | as police send --to school --purpose safeguarding -
 echo "(exit code $?)"
 set -e
 

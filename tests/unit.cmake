@@ -16,3 +16,4 @@ catch_discover_tests(unit_tests TEST_PREFIX "unit: ")
 target_sources(unit_tests PRIVATE
   policy/redact_test.cpp
   policy/pseudonym_keys_test.cpp)
+target_sources(unit_tests PRIVATE policy/evaluate_test.cpp)

@@ -18,6 +18,8 @@
 #include <string>
 
 #include "common/detail/frame_stream.h"
+#include "common/detail/tls.h"
+#include "common/tls.h"
 #include "proto/detail/pb.h"
 
 namespace liaison::broker {
@@ -31,7 +33,8 @@ std::string Printable(std::string_view text, size_t max);
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(BrokerState& state, net::TlsStream stream, uint64_t id, std::string peer);
+  Session(BrokerState& state, std::shared_ptr<tls::Context> tls, net::TlsStream stream, uint64_t id,
+          std::string peer);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -53,6 +56,10 @@ class Session : public std::enable_shared_from_this<Session> {
   void Shutdown(v1::Reason reason, std::string message);
   // Close now, without flushing.
   void Abort();
+  // After a reload: closes the session when its certificate no longer
+  // verifies against the current CA bundle and CRLs, or no longer
+  // identifies the same agency in the current policy.
+  void Revalidate();
 
  private:
   enum class Phase { kHandshake, kAwaitHello, kReady, kClosed };
@@ -93,8 +100,11 @@ class Session : public std::enable_shared_from_this<Session> {
   Phase phase_ = Phase::kHandshake;
   net::Clock::time_point started_;
   net::Clock::time_point close_started_{};
+  std::shared_ptr<tls::Context> tls_;  // the context this connection was made with
   std::string agency_;
-  std::string cert_sha256_;
+  PeerIdentity identity_;
+  X509* peer_cert_ = nullptr;          // owned (up-referenced), for Revalidate
+  STACK_OF_X509* peer_chain_ = nullptr;
 
   bool draining_ = false;
   uint32_t in_flight_publishes_ = 0;

@@ -14,6 +14,7 @@
 #include "common/tls.h"
 
 typedef struct x509_st X509;
+typedef struct stack_st_X509 STACK_OF_X509;
 
 namespace liaison::tls {
 
@@ -28,6 +29,12 @@ Result<std::shared_ptr<Context>> MakeServerContext(const TlsFiles& files);
 Result<std::shared_ptr<Context>> MakeClientContext(const TlsFiles& files);
 
 PeerIdentity IdentityOf(X509* cert);
+
+// Verifies an already-accepted client certificate (and the chain it sent)
+// against a server context's trust store, CRLs and usage rules: what a
+// reload uses to find sessions whose certificate is now revoked or no
+// longer trusted.
+Status VerifyClientCertificate(Context& ctx, X509* cert, STACK_OF_X509* chain);
 
 // Drains OpenSSL's thread-local error queue into one line.
 std::string OpenSslErrors();

@@ -39,6 +39,7 @@ struct Policy::Compiled {
   struct CAgreement {
     int64_t from_s = 0, until_s = 0;  // [from, until) in Unix seconds
     Bits parties;
+    uint32_t legal = 0;               // bit per LegalBasis it allows
   };
   std::vector<CAgreement> agreements;
 

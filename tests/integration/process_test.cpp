@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -93,19 +94,22 @@ class BrokerProcess {
     const std::string& pki = PkiDir();
     REQUIRE(WriteFileAtomic(dir.File("policy.yaml"), PolicyYaml(DefaultAgencies())).ok());
     const std::string config = "name: process-test\nlisten: 127.0.0.1:0\nthreads: 2\npolicy: policy.yaml\n"
+                               "admin_socket: admin.sock\n"
                                "tls:\n  certificate: " + pki + "/broker.crt\n  private_key: " + pki +
                                "/broker.key\n  ca_bundle: " + pki + "/ca.crt\n  crl: " + pki + "/ca.crl\n";
     REQUIRE(WriteFileAtomic(dir.File("broker.yaml"), config).ok());
     proc_ = std::make_unique<Process>(std::vector<std::string>{LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml")},
                                       dir.path(), "broker");
     const std::regex listening("listening on 127\\.0\\.0\\.1:([0-9]+)");
-    REQUIRE(WaitFor([&] {
+    const bool started = WaitFor([&] {
       std::smatch m;
       const std::string log = proc_->err();
       if (!std::regex_search(log, m, listening)) return false;
       port_ = static_cast<uint16_t>(std::stoi(m[1]));
       return true;
-    }));
+    });
+    INFO(proc_->err());
+    REQUIRE(started);
   }
   uint16_t port() const { return port_; }
   Process& process() { return *proc_; }
@@ -277,4 +281,36 @@ TEST_CASE("SIGTERM stops the broker cleanly", "[process]") {
   broker.process().Signal(SIGTERM);
   CHECK(broker.process().Wait(std::chrono::seconds(15)) == 0);
   CHECK(broker.process().err().find("stopped:") != std::string::npos);
+}
+
+TEST_CASE("the admin socket and SIGHUP reload the policy; a bad policy is rejected", "[process][reload]") {
+  TempDir dir;
+  BrokerProcess broker(dir);
+  const std::vector<std::string> admin = {LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml"), "--admin"};
+  auto with = [&](const std::string& command) {
+    auto argv = admin;
+    argv.push_back(command);
+    return argv;
+  };
+  std::string out, err;
+  CHECK(Run(with("status"), dir.path(), &out, &err) == 0);
+  CHECK(out.find("\"policy_version\"") != std::string::npos);
+  struct stat st {};
+  REQUIRE(::stat(dir.File("admin.sock").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+
+  CHECK(Run(with("reload"), dir.path(), &out, &err) == 0);
+  CHECK(out.rfind("ok policy", 0) == 0);
+
+  REQUIRE(WriteFileAtomic(dir.File("policy.yaml"), "version: 1\nagencies:\n  - id: police\n    nme: x\n").ok());
+  CHECK(Run(with("reload"), dir.path(), &out, &err) == 1);
+  CHECK(out.find("policy.yaml:4:5: error: unknown key 'nme'") != std::string::npos);
+  // Still serving with the old policy.
+  auto c = Connect(broker.port(), "police");
+  CHECK(c->session().agency_id == "police");
+
+  REQUIRE(WriteFileAtomic(dir.File("policy.yaml"), PolicyYaml({"police", "school"})).ok());
+  broker.process().Signal(SIGHUP);
+  CHECK(WaitFor([&] { return broker.process().err().find("reloaded: policy") != std::string::npos; }));
+  CHECK(WaitFor([&] { return broker.process().err().find("1 session(s) re-checked") != std::string::npos; }));
 }

@@ -58,7 +58,7 @@ const std::string& PkiDir() {
     // ctest makes the certificates once for all tests (fixture dev_pki_setup).
     if (const char* shared = std::getenv("LIAISON_TEST_PKI")) {
       if (std::filesystem::exists(std::string(shared) + "/test/no-san.crt")) {
-        dir = shared;
+        dir = std::filesystem::absolute(shared).string();
         return;
       }
     }
@@ -109,8 +109,9 @@ std::string PolicyYaml(const std::vector<std::string>& agencies) {
   return y;
 }
 
-TestBroker::TestBroker(broker::Limits limits, int threads) {
-  const std::string& pki = PkiDir();
+TestBroker::TestBroker(broker::Limits limits, int threads, const std::string& policy_text,
+                       const std::string& pki_dir) {
+  const std::string& pki = pki_dir.empty() ? PkiDir() : pki_dir;
   broker::BrokerConfig c;
   c.path = dir_.File("broker.yaml");
   c.name = "test-broker";
@@ -121,7 +122,8 @@ TestBroker::TestBroker(broker::Limits limits, int threads) {
   c.keys_dir = dir_.File("keys");
   c.threads = threads;
   c.limits = limits;
-  if (Status s = WriteFileAtomic(c.policy_path, PolicyYaml(DefaultAgencies())); !s.ok()) {
+  if (Status s = WriteFileAtomic(c.policy_path, policy_text.empty() ? PolicyYaml(DefaultAgencies()) : policy_text);
+      !s.ok()) {
     throw std::runtime_error(s.ToString());
   }
   auto server = broker::Server::Create(std::move(c));
@@ -139,12 +141,13 @@ void TestBroker::Stop() {
 
 TestBroker::~TestBroker() { Stop(); }
 
-client::ClientOptions Options(uint16_t port, const std::string& agency, bool receive) {
+client::ClientOptions Options(uint16_t port, const std::string& agency, bool receive, const std::string& pki) {
   client::ClientOptions o;
   o.host = "127.0.0.1";
   o.port = port;
   o.server_name = "localhost";
   o.tls = AgencyTls(agency);
+  if (!pki.empty()) o.tls = TlsFiles{pki + "/" + agency + ".crt", pki + "/" + agency + ".key", pki + "/ca.crt", {}};
   o.receive = receive;
   o.connect_timeout = std::chrono::seconds(10);
   return o;

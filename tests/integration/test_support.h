@@ -45,8 +45,11 @@ std::vector<std::string> DefaultAgencies();  // police school social health yout
 // An in-process broker serving on its own threads.
 class TestBroker {
  public:
-  // limits tweak the defaults; the policy lists DefaultAgencies().
-  explicit TestBroker(broker::Limits limits = {}, int threads = 2);
+  // limits tweak the defaults; the policy is policy_text, or by default
+  // PolicyYaml(DefaultAgencies()).
+  // pki: a directory made by certs/dev-pki.sh (default: PkiDir()).
+  explicit TestBroker(broker::Limits limits = {}, int threads = 2, const std::string& policy_text = "",
+                      const std::string& pki = "");
   ~TestBroker();  // graceful stop
   uint16_t port() const { return server_->port(); }
   broker::Server& server() { return *server_; }
@@ -61,7 +64,8 @@ class TestBroker {
   bool stopped_ = false;
 };
 
-client::ClientOptions Options(uint16_t port, const std::string& agency, bool receive = false);
+client::ClientOptions Options(uint16_t port, const std::string& agency, bool receive = false,
+                              const std::string& pki = "");
 std::unique_ptr<client::Client> Connect(uint16_t port, const std::string& agency, bool receive = false,
                                         client::Client::DeliveryHandler on_delivery = nullptr,
                                         client::Client::ClosedHandler on_closed = nullptr);

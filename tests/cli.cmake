@@ -1,0 +1,9 @@
+# CLI tests: run the built `liaison` binary as a process (local commands only,
+# no broker), checking exit codes and output.
+add_executable(cli_tests cli/policy_cli_test.cpp)
+target_link_libraries(cli_tests PRIVATE catch_main)
+target_compile_definitions(cli_tests PRIVATE
+  LIAISON_CLI_BIN="$<TARGET_FILE:liaison>"
+  LIAISON_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+add_dependencies(cli_tests liaison)
+catch_discover_tests(cli_tests TEST_PREFIX "cli: ")

@@ -1,0 +1,166 @@
+// The policy enforced end to end: a broker running the example city policy
+// (docs/examples/policy.yaml), real agencies over mutual TLS.
+#include <catch2/catch.hpp>
+
+#include <map>
+#include <mutex>
+
+#include "common/files.h"
+#include "tests/integration/test_support.h"
+
+using namespace liaison;
+using namespace liaison::test;
+
+namespace {
+
+std::string ExamplePolicy() {
+  return *ReadFile(LIAISON_SOURCE_DIR "/docs/examples/policy.yaml", 1 << 20);
+}
+
+struct Inbox {
+  Inbox(uint16_t port, const std::string& agency) {
+    client = Connect(port, agency, true, [this](client::Delivery d) {
+      std::lock_guard lock(mu);
+      got.push_back(d.message);
+      client->Acknowledge(d.delivery_id);
+    });
+  }
+  size_t count() {
+    std::lock_guard lock(mu);
+    return got.size();
+  }
+  std::mutex mu;
+  std::vector<std::shared_ptr<const v1::Message>> got;
+  std::unique_ptr<client::Client> client;
+};
+
+std::map<std::string, std::string> Outcomes(const client::PublishResult& r) {
+  std::map<std::string, std::string> out;
+  for (const auto& o : r.outcomes) out[o.recipient] = o.outcome == "refused" ? o.reason : o.outcome;
+  return out;
+}
+
+v1::Message Referral(const std::vector<std::string>& to, v1::ConsentStatus consent) {
+  v1::Message m = IncidentReport(to);
+  m.clear_incident_report();
+  auto* r = m.mutable_case_referral();
+  r->mutable_person()->set_full_name("Sam Example");
+  r->mutable_person()->set_date_of_birth("2009-05-17");
+  r->mutable_person()->set_organisation("Northside Secondary School");
+  auto* c = r->add_concerns();
+  c->set_type(v1::CONCERN_ONLINE_RADICALISATION);
+  c->set_details("Shares extremist videos in class chat.");
+  r->set_risk_level(v1::RISK_MODERATE);
+  r->set_consent_status(consent);
+  r->set_legal_basis(v1::LEGAL_BASIS_CONSENT);
+  r->set_requested_action(v1::ACTION_MENTORING);
+  r->set_summary("Pupil withdrawn, spends evenings on fringe forums.");
+  r->mutable_referrer()->set_name("A. Social Worker");
+  r->mutable_referrer()->set_organisation("Municipal Social Services");
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("an unauthorised recipient gets nothing and the sender is told", "[policy-e2e]") {
+  TestBroker broker({}, 2, ExamplePolicy());
+  Inbox ngo(broker.port(), "youth-ngo");
+  Inbox social(broker.port(), "social");
+  auto police = Connect(broker.port(), "police");
+  // No rule lets incident reports reach civil society.
+  auto r = police->Publish(IncidentReport({"youth-ngo", "social"}));
+  REQUIRE(r.status.ok());
+  auto o = Outcomes(r);
+  CHECK(o["youth-ngo"] == "not_permitted");
+  CHECK(o["social"] == "delivered");
+  CHECK(ngo.count() == 0);
+  CHECK(social.count() == 1);
+  // The refusal names no rule: that goes to the broker's log.
+  for (const auto& oc : r.outcomes) CHECK(oc.detail.find("rule") == std::string::npos);
+}
+
+TEST_CASE("a civil-society recipient gets the redacted form", "[policy-e2e]") {
+  TestBroker broker({}, 2, ExamplePolicy());
+  Inbox ngo(broker.port(), "youth-ngo");
+  Inbox health(broker.port(), "health");
+  auto social = Connect(broker.port(), "social");
+  auto r = social->Publish(Referral({"youth-ngo", "health"}, v1::CONSENT_GIVEN));
+  REQUIRE(r.status.ok());
+  CHECK(Outcomes(r)["youth-ngo"] == "delivered");
+  CHECK(Outcomes(r)["health"] == "delivered");
+  REQUIRE(ngo.count() == 1);
+  const v1::Message& got = *ngo.got[0];
+  const auto& ref = got.case_referral();
+  CHECK(ref.person().full_name().empty());               // identifying
+  CHECK(ref.concerns_size() == 1);
+  CHECK(ref.concerns(0).type() == v1::CONCERN_UNSPECIFIED);  // special category
+  CHECK(ref.concerns(0).details().empty());              // free text
+  CHECK(ref.summary().empty());
+  CHECK(ref.person().date_of_birth() == "2009-05-17");   // personal, not redacted by this rule
+  CHECK(ref.requested_action() == v1::ACTION_MENTORING);
+  CHECK_FALSE(got.envelope().redacted_paths().empty());
+  // Health services (a core partner) get the full referral.
+  REQUIRE(health.count() == 1);
+  CHECK(health.got[0]->case_referral().person().full_name() == "Sam Example");
+  CHECK(health.got[0]->envelope().redacted_paths().empty());
+  // Without consent, youth work gets nothing.
+  auto r2 = social->Publish(Referral({"youth-ngo"}, v1::CONSENT_REFUSED));
+  CHECK(Outcomes(r2)["youth-ngo"] == "not_permitted");
+}
+
+TEST_CASE("a school gets incident reports with names pseudonymised and criminal details removed", "[policy-e2e]") {
+  TestBroker broker({}, 2, ExamplePolicy());
+  Inbox school(broker.port(), "school");
+  auto police = Connect(broker.port(), "police");
+  v1::Message m = IncidentReport({"school"});
+  m.mutable_incident_report()->set_police_reference("2026-NS-1");
+  auto r1 = police->Publish(m);
+  m.mutable_envelope()->set_message_id("0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c1e");
+  m.mutable_incident_report()->mutable_persons(0)->set_full_name("  j.  WITNESS ");
+  auto r2 = police->Publish(m);
+  REQUIRE(r1.AllAccepted());
+  REQUIRE(r2.AllAccepted());
+  REQUIRE(school.count() == 2);
+  const auto& a = school.got[0]->incident_report();
+  const auto& b = school.got[1]->incident_report();
+  CHECK(a.bias_motivations_size() == 0);        // special category
+  CHECK(a.police_reference().empty());           // criminal offence
+  CHECK(a.persons(0).role() == v1::ROLE_UNSPECIFIED);  // victim/suspect is criminal-offence data
+  CHECK(a.persons(0).full_name().rfind("ps:v1:", 0) == 0);
+  // Same person, written differently: the same pseudonym within the agreement.
+  CHECK(a.persons(0).full_name() == b.persons(0).full_name());
+  const auto& paths = school.got[0]->envelope().pseudonymised_paths();
+  CHECK(std::find(paths.begin(), paths.end(), "incident_report.persons.full_name") != paths.end());
+}
+
+TEST_CASE("an agreement that has expired stops sharing", "[policy-e2e]") {
+  TestBroker broker({}, 2, ExamplePolicy());
+  Inbox ngo(broker.port(), "youth-ngo");
+  auto school = Connect(broker.port(), "school");
+  // Only the 2025 school pilot ever permitted school -> youth-ngo incident reports.
+  auto r = school->Publish(IncidentReport({"youth-ngo"}));
+  CHECK(Outcomes(r)["youth-ngo"] == "not_permitted");
+  CHECK(ngo.count() == 0);
+}
+
+TEST_CASE("groups fan out to their members, never back to the sender, and never at TLP:RED", "[policy-e2e]") {
+  TestBroker broker({}, 2, ExamplePolicy());
+  Inbox social(broker.port(), "social");
+  Inbox health(broker.port(), "health");
+  auto police = Connect(broker.port(), "police");
+  auto r = police->Publish(IncidentReport({"group:core-partners"}));
+  auto o = Outcomes(r);
+  CHECK(o.size() == 2);  // social, health; not police itself
+  CHECK(o["social"] == "delivered");
+  CHECK(o["health"] == "delivered");
+
+  v1::Message red = IncidentReport({"group:core-partners"});
+  red.mutable_envelope()->set_tlp(v1::TLP_RED);
+  auto r2 = police->Publish(red);
+  CHECK(Outcomes(r2)["social"] == "not_permitted");
+  red.mutable_envelope()->set_message_id("0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c1f");
+  red.mutable_envelope()->clear_recipients();
+  red.mutable_envelope()->add_recipients("social");
+  auto r3 = police->Publish(red);
+  CHECK(Outcomes(r3)["social"] == "delivered");
+}

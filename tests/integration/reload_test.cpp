@@ -1,0 +1,93 @@
+// Reload: a new policy, CA bundle and CRL swapped in while sessions run; a
+// bad file changes nothing; agencies removed or revoked lose their sessions.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+
+#include "common/files.h"
+#include "tests/integration/test_support.h"
+
+using namespace liaison;
+using namespace liaison::test;
+
+namespace {
+
+struct Watched {
+  Watched(uint16_t port, const std::string& agency, const std::string& pki = "") {
+    auto c = client::Client::Connect(Options(port, agency, true, pki), nullptr, [this](const Status& why) {
+      std::lock_guard lock(mu);
+      reason = why.message();
+      closed = true;
+    });
+    REQUIRE(c.ok());
+    client = std::move(c).value();
+  }
+  std::string why() {
+    std::lock_guard lock(mu);
+    return reason;
+  }
+  std::atomic<bool> closed{false};
+  std::mutex mu;
+  std::string reason;
+  std::unique_ptr<client::Client> client;
+};
+
+std::string Without(const std::string& agency) {
+  std::vector<std::string> rest;
+  for (const auto& a : DefaultAgencies()) {
+    if (a != agency) rest.push_back(a);
+  }
+  return PolicyYaml(rest);
+}
+
+}  // namespace
+
+TEST_CASE("a reload with an invalid policy keeps everything as it was", "[reload]") {
+  TestBroker broker;
+  Watched school(broker.port(), "school");
+  REQUIRE(WriteFileAtomic(broker.dir() + "/policy.yaml", "version: 1\nagencies: [{id: police}]\n").ok());
+  auto r = broker.server().Reload();
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().message().find("nothing changed") != std::string::npos);
+  CHECK(r.status().message().find("policy.yaml:2") != std::string::npos);
+  // The old policy still decides: it still knows agency social.
+  auto police = Connect(broker.port(), "police");
+  CHECK(police->Publish(IncidentReport({"social"})).outcomes.at(0).reason == "recipient_offline");
+  CHECK_FALSE(school.closed);
+}
+
+TEST_CASE("a reload closes the sessions of an agency removed from the policy, and only those", "[reload]") {
+  TestBroker broker;
+  Watched school(broker.port(), "school");
+  Watched social(broker.port(), "social");
+  REQUIRE(WriteFileAtomic(broker.dir() + "/policy.yaml", Without("school")).ok());
+  auto r = broker.server().Reload();
+  REQUIRE(r.ok());
+  REQUIRE(WaitFor([&] { return school.closed.load(); }));
+  CHECK(school.why().find("no longer in the policy") != std::string::npos);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK_FALSE(social.closed);
+  // And the agency can no longer connect.
+  auto again = client::Client::Connect(Options(broker.port(), "school"));
+  CHECK_FALSE(again.ok());
+}
+
+TEST_CASE("a reload with a new CRL closes the session of a revoked certificate", "[reload]") {
+  TempDir dir;
+  const std::string pki = dir.File("pki");
+  REQUIRE(std::system(("bash " LIAISON_SOURCE_DIR "/certs/dev-pki.sh " + pki + " police school >/dev/null").c_str()) == 0);
+  TestBroker broker({}, 2, PolicyYaml({"police", "school"}), pki);
+  Watched school(broker.port(), "school", pki);
+  Watched police(broker.port(), "police", pki);
+  const std::string env = "LIAISON_PKI_DB=" + pki + "/ca-db LIAISON_CA_CRT=" + pki + "/ca.crt LIAISON_CA_KEY=" + pki +
+                          "/ca.key SAN=DNS:unused.invalid ";
+  const std::string cnf = " -config " LIAISON_SOURCE_DIR "/certs/openssl.cnf";
+  REQUIRE(std::system((env + "openssl ca" + cnf + " -revoke " + pki + "/school.crt 2>/dev/null").c_str()) == 0);
+  REQUIRE(std::system((env + "openssl ca" + cnf + " -gencrl -crldays 30 -out " + pki + "/ca.crl 2>/dev/null").c_str()) == 0);
+  auto r = broker.server().Reload();
+  REQUIRE(r.ok());
+  REQUIRE(WaitFor([&] { return school.closed.load(); }));
+  CHECK(school.why().find("revoked") != std::string::npos);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK_FALSE(police.closed);
+}
