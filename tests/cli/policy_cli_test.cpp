@@ -164,7 +164,7 @@ TEST_CASE("policy explain: exit 0 and details for a permit") {
   CHECK(Contains(j.out, "\"decision\":\"permit\""));
   CHECK(Contains(j.out, "\"agreement\":\"local-prevention-2026\""));
   CHECK(Contains(j.out, "\"rules\":[\"incidents-to-schools\"]"));
-  CHECK(Contains(j.out, "\"redact\":[\"criminal_offence\",\"special_category\"]"));
+  CHECK(Contains(j.out, "\"redact\":[\"criminal_offence\",\"incident_report.persons.notes\",\"special_category\"]"));
   CHECK(Contains(j.out, "\"pseudonymise\":[\"identifying\"]"));
   CHECK(Contains(j.out, "\"trace\":[{\"rule\":\"incidents-to-schools\",\"outcome\":\"matched\"}]"));
 }
@@ -232,7 +232,7 @@ TEST_CASE("policy test reports a wrong expectation and exits 1") {
   CHECK(Contains(r.out, "ok    right"));
   CHECK(Contains(r.out, "FAIL  wrong decision (" + cases + ":9): expected permit, got deny"));
   CHECK(Contains(r.out, "FAIL  wrong obligations"));
-  CHECK(Contains(r.out, "redact: expected [criminal_offence], got [criminal_offence, special_category, incident_report.persons.notes]"));
+  CHECK(Contains(r.out, "redact: expected [criminal_offence], got [criminal_offence, incident_report.persons.notes, special_category]"));
   CHECK(Contains(r.out, "3 cases: 1 passed, 2 failed"));
 }
 

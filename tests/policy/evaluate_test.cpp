@@ -983,7 +983,7 @@ TEST_CASE("the example policy decides as documented", "[policy][evaluate]") {
   Obligations o = p->ObligationsOf(d);
   CHECK(o.redact_categories == std::set<int>{v1::CAT_CRIMINAL_OFFENCE, v1::CAT_SPECIAL_CATEGORY});
   CHECK(o.pseudonymise_categories == std::set<int>{v1::CAT_IDENTIFYING});
-  CHECK(o.redact_paths.empty());
+  CHECK(o.redact_paths == std::set<std::string>{"incident_report.persons.notes"});
   CHECK(o.pseudonymise_paths.empty());
 
   d = ask("police", "youth-ngo", "incident_report", kAmber, "safeguarding");
