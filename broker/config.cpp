@@ -21,7 +21,7 @@ std::optional<BrokerConfig> BrokerConfig::Load(const std::string& path, Diagnost
   BrokerConfig c;
   c.path = path;
   if (!r.ExpectMap(*root, "the broker configuration",
-                   {"name", "listen", "threads", "log_level", "policy", "keys_dir", "admin_socket", "tls", "limits"})) {
+                   {"name", "listen", "threads", "log_level", "policy", "keys_dir", "data_dir", "admin_socket", "tls", "limits"})) {
     return std::nullopt;
   }
   if (auto v = r.String(*root, "name")) c.name = *v;
@@ -44,6 +44,7 @@ std::optional<BrokerConfig> BrokerConfig::Load(const std::string& path, Diagnost
   }
   if (auto v = r.String(*root, "policy", true)) c.policy_path = ResolveRelativeTo(path, *v);
   c.keys_dir = ResolveRelativeTo(path, r.String(*root, "keys_dir").value_or("keys"));
+  c.data_dir = ResolveRelativeTo(path, r.String(*root, "data_dir").value_or("data"));
   if (auto v = r.String(*root, "admin_socket")) {
     c.admin_socket = ResolveRelativeTo(path, *v);
     if (c.admin_socket.size() >= 100) r.Error((*root)["admin_socket"], "'admin_socket' path is too long for a Unix socket");
@@ -67,7 +68,7 @@ std::optional<BrokerConfig> BrokerConfig::Load(const std::string& path, Diagnost
                   {"max_frame_bytes", "max_recipients", "default_credit", "max_credit", "max_backlog",
                    "max_in_flight_publishes", "max_queued_bytes", "max_connections", "handshake_timeout_ms",
                    "idle_timeout_ms", "ping_interval_ms", "write_timeout_ms", "delivery_timeout_ms",
-                   "shutdown_grace_ms"})) {
+                   "shutdown_grace_ms", "refusal_audit_interval_ms"})) {
     Limits& l = c.limits;
     auto u32 = [&](const char* key, uint32_t* out, int64_t min, int64_t max) {
       if (auto v = r.Int(limits, key, min, max)) *out = static_cast<uint32_t>(*v);
@@ -89,6 +90,7 @@ std::optional<BrokerConfig> BrokerConfig::Load(const std::string& path, Diagnost
     ms("write_timeout_ms", &l.write_timeout, 50, 600'000);
     ms("delivery_timeout_ms", &l.delivery_timeout, 50, 86'400'000);
     ms("shutdown_grace_ms", &l.shutdown_grace, 0, 600'000);
+    ms("refusal_audit_interval_ms", &l.refusal_audit_interval, 100, 86'400'000);
     if (l.default_credit > l.max_credit) r.Error(limits, "'default_credit' must not exceed 'max_credit'");
     if (l.ping_interval >= l.idle_timeout) {
       r.Error(limits, "'ping_interval_ms' must be shorter than 'idle_timeout_ms', or idle peers are closed unpinged");

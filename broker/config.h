@@ -36,6 +36,9 @@ struct Limits {
   Millis write_timeout{30'000};      // one write blocked this long: close
   Millis delivery_timeout{30'000};   // Deliver without DeliveryAck this long
   Millis shutdown_grace{10'000};     // SIGTERM: time to finish in-flight work
+  // Refused connections are audited as one record per source and reason
+  // per interval, so a flood cannot fill the disk.
+  Millis refusal_audit_interval{60'000};
 };
 
 struct BrokerConfig {
@@ -48,6 +51,8 @@ struct BrokerConfig {
   // Pseudonym keys, one file per sharing agreement (0600, created as needed);
   // kept apart from the policy file. Default: "keys" beside the config file.
   std::string keys_dir;
+  // The store (SQLite, the audit log). Default: "data" beside the config file.
+  std::string data_dir;
   // Unix-domain socket for local administration (reload, status), created
   // mode 0600: only the broker's own user may use it. Empty: none.
   std::string admin_socket;

@@ -7,6 +7,7 @@
 #include "broker/detail/broker_state.h"
 #include "broker/detail/pending_publish.h"
 #include "broker/detail/session.h"
+#include "proto/names.h"
 
 namespace liaison::broker {
 
@@ -20,13 +21,13 @@ void Session::OfferDelivery(std::shared_ptr<PendingPublish> pending, size_t inde
 
 void Session::EnqueueDelivery(Delivery d) {
   if (!receiving_ || stream_.closing()) {
-    d.pending->Resolve(d.index, v1::OUTCOME_REFUSED, v1::REASON_RECIPIENT_DISCONNECTED,
-                       "the recipient's session closed before delivery");
+    RecordOutcome(d, v1::OUTCOME_REFUSED, v1::REASON_RECIPIENT_DISCONNECTED,
+                  "the recipient's session closed before delivery");
     return;
   }
   if (backlog_.size() >= broker_.config.limits.max_backlog) {
-    d.pending->Resolve(d.index, v1::OUTCOME_REFUSED, v1::REASON_RECIPIENT_BUSY,
-                       "the recipient has " + std::to_string(backlog_.size()) + " deliveries waiting");
+    RecordOutcome(d, v1::OUTCOME_REFUSED, v1::REASON_RECIPIENT_BUSY,
+                  "the recipient has " + std::to_string(backlog_.size()) + " deliveries waiting");
     return;
   }
   backlog_.push_back(std::move(d));
@@ -66,15 +67,43 @@ void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
   Delivery d = std::move(it->second);
   unacked_.erase(it);
   broker_.stats.deliveries_acked++;
-  d.pending->Resolve(d.index, v1::OUTCOME_DELIVERED, v1::REASON_UNSPECIFIED, "");
+  RecordOutcome(d, v1::OUTCOME_DELIVERED, v1::REASON_UNSPECIFIED, "");
   PumpDeliveries();
 }
 
 void Session::ResolveDeliveries(v1::Reason reason, const std::string& detail) {
-  for (auto& [id, d] : unacked_) d.pending->Resolve(d.index, v1::OUTCOME_REFUSED, reason, detail);
+  for (auto& [id, d] : unacked_) RecordOutcome(d, v1::OUTCOME_REFUSED, reason, detail);
   unacked_.clear();
-  for (auto& d : backlog_) d.pending->Resolve(d.index, v1::OUTCOME_REFUSED, reason, detail);
+  for (auto& d : backlog_) RecordOutcome(d, v1::OUTCOME_REFUSED, reason, detail);
   backlog_.clear();
+}
+
+// The outcome of one delivery reaches the sender only after its audit record
+// ("delivered" or "not_delivered") is committed.
+void Session::RecordOutcome(const Delivery& d, v1::Outcome outcome, v1::Reason reason, std::string detail) {
+  const v1::Envelope& env = d.message->envelope();
+  audit::Record r = MakeRecord(outcome == v1::OUTCOME_DELIVERED ? "delivered" : "not_delivered");
+  r.actor = agency_;
+  r.cert_sha256 = identity_.cert_sha256;
+  r.message_id = env.message_id();
+  r.case_id = env.case_id();
+  r.sender = env.sender();
+  r.recipient = agency_;
+  r.message_type = proto::MessageTypeName(*d.message);
+  r.tlp = env.tlp();
+  r.purpose = env.purpose();
+  r.decision = outcome == v1::OUTCOME_DELIVERED ? "delivered" : "refused:" + proto::ReasonName(reason);
+  r.detail = detail;
+  broker_.store->Append({std::move(r)}, [pending = d.pending, index = d.index, outcome, reason,
+                                         detail = std::move(detail)](const Status& s, const audit::Checkpoint&) {
+    if (!s.ok() && outcome == v1::OUTCOME_DELIVERED) {
+      // The recipient has it; only the record failed. Say so rather than hide it.
+      pending->Resolve(index, outcome, v1::REASON_STORE_FAILURE,
+                       "delivered, but the broker could not record the delivery: " + s.message());
+      return;
+    }
+    pending->Resolve(index, outcome, reason, detail);
+  });
 }
 
 }  // namespace liaison::broker

@@ -59,6 +59,7 @@ void Session::HandleHello(const v1::Hello& hello) {
   w->set_ping_interval_ms(static_cast<uint32_t>(l.ping_interval.count()));
   w->set_idle_timeout_ms(static_cast<uint32_t>(l.idle_timeout.count()));
   w->set_max_recipients(l.max_recipients);
+  ToProto(broker_.store->latest(), w->mutable_checkpoint());
   Send(f);
 }
 

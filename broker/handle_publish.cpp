@@ -86,6 +86,14 @@ void Session::HandlePublish(v1::Publish& publish) {
   if (!env->sender().empty() && env->sender() != agency_) {
     spdlog::warn("{}: publish {} refused: envelope names sender '{}'", tag_, env->message_id(),
                  Printable(env->sender(), 64));
+    audit::Record r = MakeRecord("sender_mismatch");
+    r.actor = agency_;
+    r.cert_sha256 = identity_.cert_sha256;
+    r.message_id = env->message_id();
+    r.sender = Printable(env->sender(), 64);
+    r.decision = "refused:sender_mismatch";
+    r.detail = "the envelope names another agency as sender";
+    broker_.store->Append({std::move(r)}, nullptr);
     SendError(rid, v1::REASON_SENDER_MISMATCH,
               "envelope.sender '" + env->sender() + "' is not this session's agency '" + agency_ + "'", false);
     return;
@@ -127,11 +135,45 @@ void Session::HandlePublish(v1::Publish& publish) {
     q.consent_status = message->case_referral().consent_status();
     q.legal_basis = message->case_referral().legal_basis();
   }
+
+  // Decide every recipient, prepare its copy and its audit records; act
+  // only once the records are durable (nothing leaves before its audit
+  // record is committed).
+  struct Step {
+    size_t index;
+    v1::Reason refusal = v1::REASON_UNSPECIFIED;  // unspecified: deliver
+    std::string detail;
+    std::shared_ptr<Session> receiver;
+    std::shared_ptr<const v1::Message> copy;
+  };
+  std::vector<Step> steps;
+  std::vector<audit::Record> records;
+  auto record = [&](const std::string& recipient, std::string event, std::string decision) -> audit::Record& {
+    audit::Record r = MakeRecord(std::move(event));
+    r.actor = agency_;
+    r.cert_sha256 = identity_.cert_sha256;
+    r.message_id = env->message_id();
+    r.case_id = env->case_id();
+    r.sender = agency_;
+    r.recipient = recipient;
+    r.message_type = type;
+    r.tlp = env->tlp();
+    r.purpose = env->purpose();
+    r.decision = std::move(decision);
+    r.policy_version = policy->version();
+    records.push_back(std::move(r));
+    return records.back();
+  };
+  auto refuse = [&](size_t i, v1::Reason reason, std::string detail) {
+    steps.push_back({i, reason, std::move(detail), nullptr, nullptr});
+  };
   std::shared_ptr<const v1::Message> shared = message;
+  std::string shared_digest;
   for (size_t i = 0; i < targets.size(); ++i) {
     const std::string& recipient = targets[i].agency;
     if (policy->FindAgency(recipient) == nullptr) {
-      pending->Resolve(i, v1::OUTCOME_REFUSED, v1::REASON_UNKNOWN_RECIPIENT,
+      record(recipient, "decision", "refused:unknown_recipient");
+      refuse(i, v1::REASON_UNKNOWN_RECIPIENT,
                        recipient.rfind("group:", 0) == 0 ? "no group '" + recipient.substr(6) + "'"
                                                           : "no agency '" + recipient + "'");
       continue;
@@ -139,18 +181,25 @@ void Session::HandlePublish(v1::Publish& publish) {
     q.recipient = recipient;
     q.named_individually = targets[i].named;
     const policy::Decision d = policy->Evaluate(q);
+    std::string rules;
+    for (const auto& id : policy->RuleIds(d)) rules += (rules.empty() ? "" : ",") + id;
     if (!d.permit) {
-      spdlog::info("{}: {} {} -> {}: refused: {} (policy {})", tag_, type, env->message_id(), recipient,
-                   policy->Reasons(d, q).front(), policy->version().substr(0, 12));
-      pending->Resolve(i, v1::OUTCOME_REFUSED, v1::REASON_NOT_PERMITTED,
+      const std::string reason = policy->Reasons(d, q).front();
+      spdlog::info("{}: {} {} -> {}: refused: {} (policy {})", tag_, type, env->message_id(), recipient, reason,
+                   policy->version().substr(0, 12));
+      audit::Record& r = record(recipient, "decision", "deny");
+      r.rules = rules;
+      r.detail = reason;
+      refuse(i, v1::REASON_NOT_PERMITTED,
                        "the network's policy does not permit sharing this message with '" + recipient + "'");
       continue;
     }
     std::shared_ptr<const v1::Message> copy = shared;
+    std::string obligations_text;
     const policy::Obligations obligations = policy->ObligationsOf(d);
+    const std::string& agreement = policy->agreements()[d.agreement].id;
     if (!obligations.empty()) {
       auto redacted = std::make_shared<v1::Message>(*message);
-      const std::string& agreement = policy->agreements()[d.agreement].id;
       Result<policy::PseudonymKey> key = Status::NotFound("no pseudonymisation asked");
       if (!obligations.pseudonymise_categories.empty() || !obligations.pseudonymise_paths.empty()) {
         key = broker_.keys->Current(agreement);
@@ -159,24 +208,60 @@ void Session::HandlePublish(v1::Publish& publish) {
       if (!report.ok()) {
         spdlog::error("{}: {} -> {}: cannot apply obligations: {}", tag_, env->message_id(), recipient,
                       report.status().message());
-        pending->Resolve(i, v1::OUTCOME_REFUSED, v1::REASON_INTERNAL_ERROR,
-                         "the broker could not prepare the recipient's copy");
+        audit::Record& r = record(recipient, "decision", "refused:internal_error");
+        r.rules = rules;
+        r.detail = "obligations could not be applied: " + report.status().message();
+        refuse(i, v1::REASON_INTERNAL_ERROR, "the broker could not prepare the recipient's copy");
         continue;
       }
       auto* renv = redacted->mutable_envelope();
-      for (const auto& p : report->redacted_paths) renv->add_redacted_paths(p);
-      for (const auto& p : report->pseudonymised_paths) renv->add_pseudonymised_paths(p);
+      for (const auto& p : report->redacted_paths) {
+        renv->add_redacted_paths(p);
+        obligations_text += (obligations_text.empty() ? "redacted:" : ",") + p;
+      }
+      std::string pseud;
+      for (const auto& p : report->pseudonymised_paths) {
+        renv->add_pseudonymised_paths(p);
+        pseud += (pseud.empty() ? "" : ",") + p;
+      }
+      if (!pseud.empty()) {
+        obligations_text += (obligations_text.empty() ? "" : ";") + std::string("pseudonymised:") + pseud +
+                            " (key v" + std::to_string(key->version) + ")";
+      }
       copy = std::move(redacted);
     }
-    spdlog::debug("{}: {} {} -> {}: {}", tag_, type, env->message_id(), recipient, policy->Reasons(d, q).front());
+    audit::Record& r = record(recipient, "decision", "permit");
+    r.rules = rules;
+    r.obligations = obligations_text;
+    r.detail = "agreement=" + agreement;
+    if (copy == shared) {
+      if (shared_digest.empty()) shared_digest = broker_.store->BodyDigest(shared->SerializeAsString());
+      r.body_hmac = shared_digest;
+    } else {
+      r.body_hmac = broker_.store->BodyDigest(copy->SerializeAsString());
+    }
     auto receiver = broker_.router.Receiver(recipient);
     if (!receiver) {
-      pending->Resolve(i, v1::OUTCOME_REFUSED, v1::REASON_RECIPIENT_OFFLINE,
+      record(recipient, "not_delivered", "refused:recipient_offline");
+      refuse(i, v1::REASON_RECIPIENT_OFFLINE,
                        "'" + recipient + "' has no receiving session; this broker keeps no queue, so nothing was stored");
       continue;
     }
-    receiver->OfferDelivery(pending, i, std::move(copy));
+    steps.push_back({i, v1::REASON_UNSPECIFIED, "", std::move(receiver), std::move(copy)});
   }
+  broker_.store->Append(std::move(records), [pending, steps = std::move(steps)](const Status& s,
+                                                                                const audit::Checkpoint&) mutable {
+    for (auto& step : steps) {
+      if (!s.ok()) {
+        pending->Resolve(step.index, v1::OUTCOME_REFUSED, v1::REASON_STORE_FAILURE,
+                         "the broker could not record this share, so nothing was delivered: " + s.message());
+      } else if (step.refusal != v1::REASON_UNSPECIFIED) {
+        pending->Resolve(step.index, v1::OUTCOME_REFUSED, step.refusal, std::move(step.detail));
+      } else {
+        step.receiver->OfferDelivery(pending, step.index, std::move(step.copy));
+      }
+    }
+  });
 }
 
 }  // namespace liaison::broker

@@ -36,6 +36,9 @@ void PendingPublish::Resolve(size_t index, v1::Outcome outcome, v1::Reason reaso
     o->set_reason(reason);
     o->set_detail(std::move(detail));
     if (--remaining_ > 0) return;
+    // Every record of this publish was committed before its recipient was
+    // resolved, so the newest checkpoint covers them all.
+    ToProto(state_.store->latest(), ack_.mutable_checkpoint());
     v1::Frame f;
     f.mutable_publish_ack()->Swap(&ack_);
     auto e = proto::EncodeFrame(f);

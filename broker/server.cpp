@@ -61,6 +61,8 @@ struct Server::Impl {
   asio::awaitable<void> ServeAdmin(Server* server, asio::local::stream_protocol::socket socket);
   asio::awaitable<void> Drain();
   asio::awaitable<void> WaitUntil(std::function<bool()> done, std::chrono::milliseconds limit);
+  asio::awaitable<void> FlushRefusals();
+  asio::steady_timer refusal_timer{ioc};
 };
 
 asio::awaitable<void> Server::Impl::Accept() {
@@ -143,6 +145,16 @@ asio::awaitable<void> Server::Impl::ServeAdmin(Server* server, asio::local::stre
   co_await asio::async_write(socket, asio::buffer(answer), kUseTuple);
 }
 
+// Writes the refused-connection tally to the audit log once per interval.
+asio::awaitable<void> Server::Impl::FlushRefusals() {
+  while (!stopping) {
+    refusal_timer.expires_after(state.config.limits.refusal_audit_interval);
+    co_await refusal_timer.async_wait(kUseTuple);
+    auto records = state.refusals.Drain();
+    if (!records.empty()) state.store->Append(std::move(records), nullptr);
+  }
+}
+
 asio::awaitable<void> Server::Impl::WaitUntil(std::function<bool()> done, std::chrono::milliseconds limit) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
   asio::steady_timer t(ioc);
@@ -175,6 +187,13 @@ asio::awaitable<void> Server::Impl::Drain() {
   co_await WaitUntil([&] { return state.router.size() == 0; }, std::chrono::milliseconds(3000));
   for (auto& s : state.router.All()) s->Abort();
   signals.cancel(ignored);
+  refusal_timer.cancel();
+  auto records = state.refusals.Drain();
+  audit::Record stop = MakeRecord("broker_stop");
+  stop.detail = std::to_string(state.stats.connections_accepted.load()) + " connection(s), " +
+                std::to_string(state.stats.publishes.load()) + " publish(es)";
+  records.push_back(std::move(stop));
+  state.store->Append(std::move(records), nullptr);  // committed before the store closes
   spdlog::info("stopped: {} connection(s) served, {} publish(es), {} deliveries acknowledged",
                state.stats.connections_accepted.load(), state.stats.publishes.load(),
                state.stats.deliveries_acked.load());
@@ -200,7 +219,23 @@ Result<std::unique_ptr<Server>> Server::Create(BrokerConfig config) {
   auto keys = policy::PseudonymKeyStore::Open(c.keys_dir);
   if (!keys.ok()) return keys.status().Annotate("pseudonym keys in " + c.keys_dir);
   impl->state.keys = std::move(keys).value();
-  auto tls = tls::MakeServerContext(c.tls);
+  Store::Options so;
+  so.path = c.data_dir + "/liaison.db";
+  so.origin = "liaison/" + c.name;
+  so.signing_key = c.keys_dir + "/audit-signing.key";
+  so.digest_key = c.keys_dir + "/body-digest.key";
+  auto store = Store::Open(so);
+  if (!store.ok()) return store.status().Annotate("store");
+  impl->state.store = std::move(store).value();
+  {
+    audit::Record start = MakeRecord("broker_start");
+    start.detail = "liaison-broker 0.1.0 '" + c.name + "'";
+    audit::Record loaded = MakeRecord("policy_loaded");
+    loaded.policy_version = policy->version();
+    loaded.detail = c.policy_path + "; TLS material loaded from " + c.tls.certificate;
+    auto committed = impl->state.store->AppendSync({std::move(start), std::move(loaded)});
+    if (!committed.ok()) return committed.status().Annotate("store: cannot record the start");
+  }  auto tls = tls::MakeServerContext(c.tls);
   if (!tls.ok()) return tls.status().Annotate("TLS configuration");
   impl->state.set_tls_context(std::move(tls).value());
 
@@ -246,6 +281,7 @@ Status Server::Run(bool handle_signals) {
     if (e) spdlog::critical("listener stopped unexpectedly");
   });
   if (s.admin.is_open()) asio::co_spawn(s.ioc, s.AcceptAdmin(this), asio::detached);
+  asio::co_spawn(s.ioc, s.FlushRefusals(), asio::detached);
   if (handle_signals) {
     WaitForSignal();
   } else {
@@ -298,12 +334,20 @@ Result<std::string> Server::Reload() {
     }
     if (!tls.ok()) why += (why.empty() ? "" : "; ") + std::string("TLS: ") + tls.status().message();
     spdlog::error("reload rejected, still running the previous policy and certificates: {}", why);
+    audit::Record rejected = MakeRecord("policy_rejected");
+    rejected.policy_version = st.policy()->version();
+    rejected.detail = why.substr(0, 2000);
+    st.store->Append({std::move(rejected)}, nullptr);
     return Status::InvalidArgument("reload rejected, nothing changed: " + why);
   }
   for (const auto& d : diags) spdlog::warn("{}", d.ToString());
   const std::string old_version = st.policy()->version();
   st.set_policy(policy);
   st.set_tls_context(std::move(tls).value());
+  audit::Record loaded = MakeRecord("policy_loaded");
+  loaded.policy_version = policy->version();
+  loaded.detail = "reload: " + c.policy_path + "; CA bundle, CRLs and broker certificate reloaded";
+  st.store->Append({std::move(loaded)}, nullptr);
   const auto sessions = st.router.All();
   for (auto& s : sessions) s->Revalidate();
   const std::string summary = "policy " + old_version.substr(0, 12) + " -> " + policy->version().substr(0, 12) + " (" +

@@ -92,9 +92,9 @@ asio::awaitable<void> Session::Run() {
   auto [ec] = co_await stream_.tls().async_handshake(asio::ssl::stream_base::server, kUseTuple);
   if (ec) {
     broker_.stats.handshakes_failed++;
-    if (phase_ != Phase::kClosed) {
-      spdlog::info("{}: TLS handshake failed: {}", tag_, HandshakeFailure(stream_.tls().native_handle(), ec));
-    }
+    const std::string why = HandshakeFailure(stream_.tls().native_handle(), ec);
+    broker_.refusals.Count(PeerAddress(), "tls_handshake: " + why);
+    if (phase_ != Phase::kClosed) spdlog::info("{}: TLS handshake failed: {}", tag_, why);
     stream_.Abort();
     Finish();
     co_return;
@@ -115,6 +115,7 @@ asio::awaitable<void> Session::Run() {
   asio::co_spawn(stream_.strand(), Writer(), asio::detached);
   if (!agency.ok()) {
     broker_.stats.identities_refused++;
+    broker_.refusals.Count(PeerAddress(), "no_agency: certificate " + peer.cert_sha256.substr(0, 16));
     spdlog::warn("{}: refused: {} (certificate sha256 {})", tag_, agency.status().message(), peer.cert_sha256);
     SendError(0, v1::REASON_PERMISSION_DENIED, "this certificate does not identify an agency of this network", true);
     Finish();
@@ -125,6 +126,11 @@ asio::awaitable<void> Session::Run() {
   phase_ = Phase::kAwaitHello;
   spdlog::info("{}: authenticated as agency '{}' (certificate sha256 {})", tag_, agency_,
                peer.cert_sha256.substr(0, 16));
+  audit::Record accepted = MakeRecord("connection_accepted");
+  accepted.actor = agency_;
+  accepted.cert_sha256 = peer.cert_sha256;
+  accepted.detail = "peer=" + peer_ + " session=" + std::to_string(id_);
+  broker_.store->Append({std::move(accepted)}, nullptr);
 
   v1::Frame frame;
   while (phase_ != Phase::kClosed && !stream_.closing()) {
@@ -204,8 +210,8 @@ void Session::CheckDeadlines() {
     auto node = unacked_.extract(unacked_.begin());
     Delivery& d = node.mapped();
     spdlog::warn("{}: delivery {} not acknowledged within {} ms", tag_, node.key(), l.delivery_timeout.count());
-    d.pending->Resolve(d.index, v1::OUTCOME_REFUSED, v1::REASON_DELIVERY_TIMEOUT,
-                       "delivered but not acknowledged in time; the recipient may have it");
+    RecordOutcome(d, v1::OUTCOME_REFUSED, v1::REASON_DELIVERY_TIMEOUT,
+                  "delivered but not acknowledged in time; the recipient may have it");
   }
   PumpDeliveries();
 }
@@ -250,6 +256,11 @@ void Session::Finish() {
 
 void Session::Abort() {
   asio::post(stream_.strand(), [self = shared_from_this()] { self->stream_.Abort(); });
+}
+
+std::string Session::PeerAddress() const {
+  const auto colon = peer_.rfind(':');
+  return colon == std::string::npos ? peer_ : peer_.substr(0, colon);
 }
 
 void Session::Revalidate() {

@@ -43,6 +43,17 @@ constexpr size_t kMaxQueuedBytes = 64 * 1024 * 1024;
 constexpr uint32_t kMaxIncomingFrameBytes = 64 * 1024 * 1024 + 1024;
 constexpr auto kWriteStallLimit = std::chrono::seconds(30);
 
+audit::Checkpoint FromProto(const v1::Checkpoint& c) {
+  audit::Checkpoint out;
+  out.origin = c.origin();
+  out.tree_size = c.tree_size();
+  if (c.root_hash().size() == out.root.size()) std::copy(c.root_hash().begin(), c.root_hash().end(), out.root.begin());
+  out.time_ms = c.time_ms();
+  out.key_id = c.key_id();
+  out.signature = c.signature();
+  return out;
+}
+
 // An Error frame from the broker as a Status, keeping its words.
 Status StatusFromError(const v1::Error& e) {
   const std::string text = e.message() + " (" + proto::ReasonName(e.code()) + ")";
@@ -170,6 +181,7 @@ asio::awaitable<Status> Client::Impl::DoConnect() {
   info.credit = w.credit();
   info.max_frame_bytes = w.max_frame_bytes();
   info.max_recipients = w.max_recipients();
+  info.checkpoint = FromProto(w.checkpoint());
   if (w.idle_timeout_ms() > 0) idle_limit = std::chrono::milliseconds(w.idle_timeout_ms()) + std::chrono::seconds(10);
   running = true;
   co_return Status::Ok();
@@ -201,6 +213,7 @@ void Client::Impl::HandleFrame(v1::Frame& f) {
       if (it == pending.end()) return;
       PublishResult r;
       r.message_id = ack.message_id();
+      r.checkpoint = FromProto(ack.checkpoint());
       for (const auto& o : ack.outcomes()) {
         r.outcomes.push_back({o.recipient(), proto::OutcomeName(o.outcome()),
                               o.reason() == v1::REASON_UNSPECIFIED ? "" : proto::ReasonName(o.reason()), o.detail()});

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "common/checkpoint.h"
 #include "common/status.h"
 #include "common/tls.h"
 
@@ -60,6 +61,8 @@ struct PublishResult {
   std::string error_code;
   std::string message_id;
   std::vector<RecipientOutcome> outcomes;
+  // The broker's signed audit checkpoint covering this publish's records.
+  audit::Checkpoint checkpoint;
 
   // The broker answered and every recipient was delivered or queued.
   bool AllAccepted() const;
@@ -80,6 +83,7 @@ struct SessionInfo {
   uint32_t credit = 0;
   uint32_t max_frame_bytes = 0;
   uint32_t max_recipients = 0;
+  audit::Checkpoint checkpoint;  // the audit log's newest, when the session began
 };
 
 class Client {

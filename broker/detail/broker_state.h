@@ -11,6 +11,8 @@
 #include <mutex>
 
 #include "broker/config.h"
+#include "broker/detail/audit_events.h"
+#include "broker/store/store.h"
 #include "broker/detail/router.h"
 #include "common/detail/tls.h"
 #include "policy/policy.h"
@@ -41,6 +43,8 @@ class BrokerState {
   std::atomic<uint64_t> next_session_id{1};
   std::atomic<bool> draining{false};
   std::unique_ptr<policy::PseudonymKeyStore> keys;  // thread-safe
+  std::unique_ptr<Store> store;                     // thread-safe; the audit log
+  RefusalTally refusals;
 
   std::shared_ptr<const policy::Policy> policy() const {
     std::lock_guard lock(mu_);

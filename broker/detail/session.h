@@ -74,6 +74,7 @@ class Session : public std::enable_shared_from_this<Session> {
   boost::asio::awaitable<void> Writer();
   boost::asio::awaitable<void> Watchdog();
   void CheckDeadlines();
+  std::string PeerAddress() const;  // the peer's IP address, without the port
   void Finish();
 
   // Frame handlers (one file each: handle_hello.cpp, handle_publish.cpp, ...).
@@ -90,6 +91,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void EnqueueDelivery(Delivery d);
   void PumpDeliveries();
   void ResolveDeliveries(v1::Reason reason, const std::string& detail);
+  void RecordOutcome(const Delivery& d, v1::Outcome outcome, v1::Reason reason, std::string detail);
 
   BrokerState& broker_;
   const uint64_t id_;

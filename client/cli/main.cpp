@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
   int exit_code = kExitOk;
   RegisterSend(app, common, &exit_code);
   RegisterReceive(app, common, &exit_code);
+  RegisterAudit(app, common, &exit_code);
   RegisterPolicy(app, common, &exit_code);
   try {
     app.parse(argc, argv);

@@ -5,7 +5,3 @@
 #include "liaison/v1/frames.pb.h"    // IWYU pragma: export
 #include "liaison/v1/messages.pb.h"  // IWYU pragma: export
 #include "liaison/v1/options.pb.h"   // IWYU pragma: export
-
-namespace liaison {
-namespace v1 = ::liaison::v1;
-}

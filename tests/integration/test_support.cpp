@@ -120,6 +120,7 @@ TestBroker::TestBroker(broker::Limits limits, int threads, const std::string& po
   c.tls = TlsFiles{pki + "/broker.crt", pki + "/broker.key", pki + "/ca.crt", {pki + "/ca.crl"}};
   c.policy_path = dir_.File("policy.yaml");
   c.keys_dir = dir_.File("keys");
+  c.data_dir = dir_.File("data");
   c.threads = threads;
   c.limits = limits;
   if (Status s = WriteFileAtomic(c.policy_path, policy_text.empty() ? PolicyYaml(DefaultAgencies()) : policy_text);

@@ -501,7 +501,7 @@ TEST_CASE("pseudonymisation replaces strings and redacts other leaves", "[redact
   std::vector<std::string> expected_pseudonymised, expected_redacted;
   for (const auto& [path, category] : LeafPaths("incident_report")) {
     if (category != v1::CAT_IDENTIFYING && category != v1::CAT_PERSONAL) continue;
-    const auto* f = [&] {
+    const auto* f = [&, path = path] {  // clang < 16 cannot capture a structured binding
       const pb::Descriptor* d = v1::IncidentReport::descriptor();
       const FieldDescriptor* field = nullptr;
       std::string rest = path.substr(path.find('.') + 1);

@@ -1,0 +1,495 @@
+#include "broker/store/store.h"
+
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <spdlog/spdlog.h>
+#include <sqlite3.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <filesystem>
+#include <future>
+#include <mutex>
+#include <cstring>
+#include <thread>
+
+#include "common/files.h"
+#include "common/merkle.h"
+
+namespace liaison::broker {
+namespace {
+
+constexpr int kSchemaVersion = 1;
+constexpr size_t kMaxRecordsPerCommit = 50'000;
+constexpr int64_t kCheckpointRowEveryMs = 1000;
+
+// Migrations: index i brings the schema from version i to i + 1.
+const char* const kMigrations[] = {
+    R"sql(
+CREATE TABLE audit_log(
+  seq INTEGER PRIMARY KEY,
+  time_ms INTEGER NOT NULL,
+  event TEXT NOT NULL,
+  actor TEXT NOT NULL,
+  cert_sha256 TEXT NOT NULL,
+  message_id TEXT NOT NULL,
+  case_id TEXT NOT NULL,
+  sender TEXT NOT NULL,
+  recipient TEXT NOT NULL,
+  message_type TEXT NOT NULL,
+  tlp INTEGER NOT NULL,
+  purpose TEXT NOT NULL,
+  decision TEXT NOT NULL,
+  rules TEXT NOT NULL,
+  policy_version TEXT NOT NULL,
+  obligations TEXT NOT NULL,
+  body_hmac TEXT NOT NULL,
+  detail TEXT NOT NULL,
+  leaf BLOB NOT NULL,
+  leaf_hash BLOB NOT NULL);
+CREATE INDEX audit_case ON audit_log(case_id, seq) WHERE case_id <> '';
+CREATE INDEX audit_message ON audit_log(message_id) WHERE message_id <> '';
+CREATE INDEX audit_sender_time ON audit_log(sender, time_ms) WHERE sender <> '';
+CREATE INDEX audit_recipient_time ON audit_log(recipient, time_ms) WHERE recipient <> '';
+CREATE INDEX audit_time ON audit_log(time_ms);
+CREATE TABLE checkpoints(tree_size INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, text TEXT NOT NULL);
+)sql",
+};
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+Status SqlError(sqlite3* db, const std::string& what) {
+  const int code = db ? sqlite3_extended_errcode(db) : SQLITE_ERROR;
+  std::string m = what + ": " + (db ? sqlite3_errmsg(db) : "no database");
+  if ((code & 0xFF) == SQLITE_FULL || (code & 0xFF) == SQLITE_IOERR) return Status::IoError(m);
+  if ((code & 0xFF) == SQLITE_CORRUPT || (code & 0xFF) == SQLITE_NOTADB) return Status::Corruption(m);
+  return Status::Internal(m);
+}
+
+Status Exec(sqlite3* db, const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string m = err ? err : "unknown";
+    sqlite3_free(err);
+    return SqlError(db, std::string("SQL failed (") + m + ")");
+  }
+  return Status::Ok();
+}
+
+// A statement prepared once, reset after each use.
+class Stmt {
+ public:
+  Stmt() = default;
+  Status Prepare(sqlite3* db, const char* sql) {
+    db_ = db;
+    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s_, nullptr) != SQLITE_OK) {
+      return SqlError(db, "prepare");
+    }
+    return Status::Ok();
+  }
+  ~Stmt() { sqlite3_finalize(s_); }
+  sqlite3_stmt* get() { return s_; }
+  void Text(int i, const std::string& v) { sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC); }
+  void Blob(int i, const void* p, size_t n) { sqlite3_bind_blob(s_, i, p, static_cast<int>(n), SQLITE_STATIC); }
+  void Int(int i, int64_t v) { sqlite3_bind_int64(s_, i, v); }
+  Status Run(const char* what) {
+    const int rc = sqlite3_step(s_);
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) return SqlError(db_, what);
+    return Status::Ok();
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+  sqlite3_stmt* s_ = nullptr;
+};
+
+Result<std::string> LoadOrCreateDigestKey(const std::string& path) {
+  if (std::filesystem::exists(path)) {
+    if (Status s = CheckPrivateKeyFile(path); !s.ok()) return s;
+    auto text = ReadFile(path, 1024);
+    if (!text.ok()) return text.status();
+    std::string hex = *text;
+    while (!hex.empty() && (hex.back() == '\n' || hex.back() == ' ')) hex.pop_back();
+    if (hex.size() != 64) return Status::Corruption(path + ": expected 64 hex digits");
+    std::string key(32, '\0');
+    for (size_t i = 0; i < 32; ++i) {
+      unsigned v = 0;
+      if (std::sscanf(hex.c_str() + 2 * i, "%2x", &v) != 1) return Status::Corruption(path + ": not hex");
+      key[i] = static_cast<char>(v);
+    }
+    return key;
+  }
+  std::string key(32, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(key.data()), 32) != 1) return Status::Internal("RAND_bytes failed");
+  if (Status s = WriteFileAtomic(path, audit::Hex(key) + "\n", 0600); !s.ok()) return s;
+  return key;
+}
+
+}  // namespace
+
+struct Store::Impl {
+  Options options;
+  sqlite3* db = nullptr;
+  std::unique_ptr<audit::Signer> signer;
+  std::string digest_key;
+  Stmt insert, insert_checkpoint;
+
+  // Writer state (writer thread only, after Open).
+  merkle::Tree tree;
+  uint64_t next_seq = 1;
+  int64_t last_checkpoint_row_ms = 0;
+
+  struct Item {
+    std::vector<audit::Record> records;
+    Done done;
+  };
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Item> queue;      // guarded by mu
+  bool stopping = false;       // guarded by mu
+  audit::Checkpoint latest;    // guarded by mu
+  Counters counters{0, 0, 0};  // guarded by mu
+  std::thread writer;
+  std::thread wal_checkpointer;
+  std::mutex wal_mu;
+  std::condition_variable wal_cv;
+
+  ~Impl() {
+    if (db) sqlite3_close_v2(db);
+  }
+
+  Status Migrate();
+  Status LoadTree();
+  void WriterLoop();
+  void WalLoop();
+  Status Commit(std::vector<Item>& items, audit::Checkpoint* cp, merkle::Tree* tree_out, uint64_t* next_out);
+};
+
+Status Store::Impl::Migrate() {
+  sqlite3_stmt* s = nullptr;
+  sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, nullptr);
+  int version = 0;
+  if (sqlite3_step(s) == SQLITE_ROW) version = sqlite3_column_int(s, 0);
+  sqlite3_finalize(s);
+  const int target = static_cast<int>(std::size(kMigrations));
+  if (version > target) {
+    return Status::InvalidArgument("the store has schema version " + std::to_string(version) +
+                                   ", newer than this broker understands (" + std::to_string(target) + ")");
+  }
+  for (int v = version; v < target; ++v) {
+    if (Status st = Exec(db, "BEGIN IMMEDIATE"); !st.ok()) return st;
+    Status st = Exec(db, kMigrations[v]);
+    if (st.ok()) st = Exec(db, ("PRAGMA user_version = " + std::to_string(v + 1)).c_str());
+    if (!st.ok()) {
+      Exec(db, "ROLLBACK");
+      return st.Annotate("migration to schema " + std::to_string(v + 1));
+    }
+    if (Status c = Exec(db, "COMMIT"); !c.ok()) return c;
+    spdlog::info("store: schema migrated to version {}", v + 1);
+  }
+  static_assert(kSchemaVersion == 1);
+  return Status::Ok();
+}
+
+// Rebuilds the in-memory tree from the stored leaf hashes (32 bytes a
+// record: about a second for a few million records), after checking that the
+// sequence has no gaps.
+Status Store::Impl::LoadTree() {
+  sqlite3_stmt* s = nullptr;
+  sqlite3_prepare_v2(db, "SELECT COALESCE(MAX(seq), 0), COUNT(*) FROM audit_log", -1, &s, nullptr);
+  uint64_t max_seq = 0, count = 0;
+  if (sqlite3_step(s) == SQLITE_ROW) {
+    max_seq = static_cast<uint64_t>(sqlite3_column_int64(s, 0));
+    count = static_cast<uint64_t>(sqlite3_column_int64(s, 1));
+  }
+  sqlite3_finalize(s);
+  if (max_seq != count) {
+    return Status::Corruption("audit log has " + std::to_string(count) + " records but its highest sequence is " +
+                              std::to_string(max_seq));
+  }
+  sqlite3_prepare_v2(db, "SELECT leaf_hash FROM audit_log ORDER BY seq", -1, &s, nullptr);
+  while (sqlite3_step(s) == SQLITE_ROW) {
+    merkle::Hash h;
+    if (sqlite3_column_bytes(s, 0) != 32) {
+      sqlite3_finalize(s);
+      return Status::Corruption("audit record with a malformed leaf hash");
+    }
+    std::memcpy(h.data(), sqlite3_column_blob(s, 0), 32);
+    tree.Append(h);
+  }
+  sqlite3_finalize(s);
+  next_seq = max_seq + 1;
+  return Status::Ok();
+}
+
+Status Store::Impl::Commit(std::vector<Item>& items, audit::Checkpoint* cp, merkle::Tree* tree_out,
+                           uint64_t* next_out) {
+  merkle::Tree t = tree;
+  uint64_t seq = next_seq;
+  if (Status s = Exec(db, "BEGIN IMMEDIATE"); !s.ok()) return s;
+  auto fail = [&](Status s) {
+    Exec(db, "ROLLBACK");
+    return s;
+  };
+  for (auto& item : items) {
+    for (auto& r : item.records) {
+      r.seq = seq++;
+      const std::string leaf = audit::EncodeLeaf(r);
+      const merkle::Hash h = merkle::LeafHash(leaf);
+      t.Append(h);
+      insert.Int(1, static_cast<int64_t>(r.seq));
+      insert.Int(2, r.time_ms);
+      int i = 3;
+      for (const std::string* f : {&r.event, &r.actor, &r.cert_sha256, &r.message_id, &r.case_id, &r.sender,
+                                   &r.recipient, &r.message_type}) {
+        insert.Text(i++, *f);
+      }
+      insert.Int(i++, r.tlp);
+      for (const std::string* f : {&r.purpose, &r.decision, &r.rules, &r.policy_version, &r.obligations,
+                                   &r.body_hmac, &r.detail}) {
+        insert.Text(i++, *f);
+      }
+      insert.Blob(i++, leaf.data(), leaf.size());
+      insert.Blob(i++, h.data(), h.size());
+      if (Status s = insert.Run("insert audit record"); !s.ok()) return fail(s);
+    }
+  }
+  const int64_t now = NowMs();
+  *cp = signer->Sign(options.origin, t.size(), t.Root(), now);
+  if (now - last_checkpoint_row_ms >= kCheckpointRowEveryMs) {
+    insert_checkpoint.Int(1, static_cast<int64_t>(cp->tree_size));
+    insert_checkpoint.Int(2, now);
+    const std::string text = audit::FormatCheckpoint(*cp);
+    insert_checkpoint.Text(3, text);
+    if (Status s = insert_checkpoint.Run("insert checkpoint"); !s.ok()) return fail(s);
+  }
+  if (Status s = Exec(db, "COMMIT"); !s.ok()) return fail(s);
+  if (now - last_checkpoint_row_ms >= kCheckpointRowEveryMs) last_checkpoint_row_ms = now;
+  *tree_out = std::move(t);
+  *next_out = seq;
+  return Status::Ok();
+}
+
+void Store::Impl::WriterLoop() {
+  for (;;) {
+    std::vector<Item> items;
+    {
+      std::unique_lock lock(mu);
+      cv.wait(lock, [&] { return !queue.empty() || stopping; });
+      if (queue.empty() && stopping) return;
+      size_t records = 0;
+      while (!queue.empty() && (items.empty() || records + queue.front().records.size() <= kMaxRecordsPerCommit)) {
+        records += queue.front().records.size();
+        items.push_back(std::move(queue.front()));
+        queue.pop_front();
+      }
+    }
+    audit::Checkpoint cp;
+    merkle::Tree new_tree;
+    uint64_t new_next = 0;
+    Status s = Commit(items, &cp, &new_tree, &new_next);
+    size_t n = 0;
+    for (const auto& it : items) n += it.records.size();
+    {
+      std::lock_guard lock(mu);
+      if (s.ok()) {
+        latest = cp;
+        counters.commits++;
+        counters.records += n;
+      } else {
+        counters.failed_commits++;
+      }
+    }
+    if (s.ok()) {
+      tree = std::move(new_tree);
+      next_seq = new_next;
+      wal_cv.notify_one();
+    } else {
+      spdlog::error("store: commit of {} audit record(s) failed, nothing of it is kept: {}", n, s.message());
+    }
+    audit::Checkpoint current;
+    {
+      std::lock_guard lock(mu);
+      current = latest;
+    }
+    for (auto& it : items) {
+      if (it.done) it.done(s, current);
+    }
+  }
+}
+
+// Checkpoints the WAL into the database on its own connection, so the
+// writer's commits never include that work.
+void Store::Impl::WalLoop() {
+  sqlite3* conn = nullptr;
+  if (sqlite3_open_v2(options.path.c_str(), &conn, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
+    spdlog::error("store: WAL checkpointer cannot open the database");
+    sqlite3_close_v2(conn);
+    return;
+  }
+  sqlite3_busy_timeout(conn, 100);
+  for (;;) {
+    {
+      std::unique_lock lock(wal_mu);
+      wal_cv.wait_for(lock, std::chrono::milliseconds(500));
+      std::lock_guard l2(mu);
+      if (stopping && queue.empty()) break;
+    }
+    int log = 0, done = 0;
+    sqlite3_wal_checkpoint_v2(conn, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+  }
+  sqlite3_wal_checkpoint_v2(conn, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
+  sqlite3_close_v2(conn);
+}
+
+Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  const auto dir = std::filesystem::path(options.path).parent_path();
+  if (!dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) return Status::IoError("cannot create " + dir.string() + ": " + ec.message());
+  }
+  if (sqlite3_open_v2(options.path.c_str(), &impl->db,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
+    return SqlError(impl->db, "cannot open store " + options.path);
+  }
+  sqlite3* db = impl->db;
+  sqlite3_busy_timeout(db, 5000);
+  for (const char* pragma : {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA wal_autocheckpoint = 0",
+                             "PRAGMA foreign_keys = ON", "PRAGMA secure_delete = ON"}) {
+    if (Status s = Exec(db, pragma); !s.ok()) return s.Annotate(options.path);
+  }
+  if (Status s = impl->Migrate(); !s.ok()) return s.Annotate(options.path);
+  if (Status s = impl->LoadTree(); !s.ok()) return s.Annotate(options.path);
+  auto signer = audit::Signer::LoadOrCreate(options.signing_key);
+  if (!signer.ok()) return signer.status().Annotate("audit signing key");
+  impl->signer = std::move(signer).value();
+  auto key = LoadOrCreateDigestKey(options.digest_key);
+  if (!key.ok()) return key.status().Annotate("body digest key");
+  impl->digest_key = std::move(key).value();
+  if (Status s = impl->insert.Prepare(db,
+                                      "INSERT INTO audit_log(seq, time_ms, event, actor, cert_sha256, message_id, "
+                                      "case_id, sender, recipient, message_type, tlp, purpose, decision, rules, "
+                                      "policy_version, obligations, body_hmac, detail, leaf, leaf_hash) VALUES "
+                                      "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+      !s.ok()) {
+    return s;
+  }
+  if (Status s = impl->insert_checkpoint.Prepare(
+          db, "INSERT OR REPLACE INTO checkpoints(tree_size, time_ms, text) VALUES (?,?,?)");
+      !s.ok()) {
+    return s;
+  }
+  impl->latest = impl->signer->Sign(options.origin, impl->tree.size(), impl->tree.Root(), NowMs());
+  Impl* raw = impl.get();
+  impl->writer = std::thread([raw] { raw->WriterLoop(); });
+  impl->wal_checkpointer = std::thread([raw] { raw->WalLoop(); });
+  spdlog::info("store {}: {} audit record(s), signing key {}", options.path, impl->tree.size(), impl->signer->key_id());
+  return std::unique_ptr<Store>(new Store(std::move(impl)));
+}
+
+Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Store::~Store() {
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->stopping = true;
+  }
+  impl_->cv.notify_all();
+  impl_->writer.join();
+  // A final checkpoint row for the whole log.
+  impl_->last_checkpoint_row_ms = 0;
+  if (impl_->tree.size() > 0) {
+    std::vector<Impl::Item> none;
+    audit::Checkpoint cp;
+    merkle::Tree t;
+    uint64_t next = 0;
+    if (impl_->Commit(none, &cp, &t, &next).ok()) impl_->latest = cp;
+  }
+  impl_->wal_cv.notify_all();
+  impl_->wal_checkpointer.join();
+}
+
+void Store::Append(std::vector<audit::Record> records, Done done) {
+  bool closing = false;
+  {
+    std::lock_guard lock(impl_->mu);
+    closing = impl_->stopping;
+    if (!closing) impl_->queue.push_back({std::move(records), std::move(done)});
+  }
+  if (closing) {
+    if (done) done(Status::Unavailable("the store is closing"), audit::Checkpoint{});
+    return;
+  }
+  impl_->cv.notify_one();
+}
+
+Result<audit::Checkpoint> Store::AppendSync(std::vector<audit::Record> records) {
+  std::promise<Result<audit::Checkpoint>> p;
+  auto f = p.get_future();
+  Append(std::move(records), [&p](const Status& s, const audit::Checkpoint& cp) {
+    if (s.ok()) {
+      p.set_value(cp);
+    } else {
+      p.set_value(s);
+    }
+  });
+  return f.get();
+}
+
+audit::Checkpoint Store::latest() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->latest;
+}
+
+Store::Counters Store::counters() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->counters;
+}
+
+const std::string& Store::public_key_pem() const { return impl_->signer->public_key_pem(); }
+
+std::string Store::BodyDigest(std::string_view body) const {
+  unsigned char md[32];
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), impl_->digest_key.data(), static_cast<int>(impl_->digest_key.size()),
+       reinterpret_cast<const unsigned char*>(body.data()), body.size(), md, &len);
+  return audit::Hex(std::string_view(reinterpret_cast<const char*>(md), len));
+}
+
+Status Store::ExportAudit(const std::string& db_path, const std::string& out_path) {
+  if (std::filesystem::exists(out_path)) return Status::InvalidArgument(out_path + " already exists");
+  if (!std::filesystem::exists(db_path)) return Status::NotFound(db_path + " does not exist");
+  if (db_path.find('\'') != std::string::npos || db_path.find('?') != std::string::npos) {
+    return Status::InvalidArgument("the store path must not contain quotes or '?'");
+  }
+  // The export is the main database; the store is attached read-only.
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(out_path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, nullptr) !=
+      SQLITE_OK) {
+    Status s = SqlError(db, "cannot create " + out_path);
+    sqlite3_close_v2(db);
+    return s;
+  }
+  sqlite3_busy_timeout(db, 5000);
+  const std::string sql = "ATTACH DATABASE 'file:" + db_path + "?mode=ro' AS store;"
+                          "BEGIN;"
+                          "CREATE TABLE audit_log AS SELECT * FROM store.audit_log ORDER BY seq;"
+                          "CREATE TABLE checkpoints AS SELECT * FROM store.checkpoints ORDER BY tree_size;"
+                          "COMMIT; DETACH DATABASE store;";
+  Status s = Exec(db, sql.c_str());
+  sqlite3_close_v2(db);
+  if (!s.ok()) std::filesystem::remove(out_path);
+  return s;
+}
+
+}  // namespace liaison::broker

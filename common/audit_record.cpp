@@ -1,0 +1,78 @@
+#include "common/audit_record.h"
+
+namespace liaison::audit {
+namespace {
+
+void PutU64(std::string* out, uint64_t v) {
+  for (int i = 7; i >= 0; --i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+}
+
+void PutString(std::string* out, std::string_view s) {
+  const uint32_t n = static_cast<uint32_t>(s.size());
+  for (int i = 3; i >= 0; --i) out->push_back(static_cast<char>((n >> (8 * i)) & 0xFF));
+  out->append(s);
+}
+
+class Reader {
+ public:
+  explicit Reader(std::string_view in) : in_(in) {}
+  bool U64(uint64_t* v) {
+    if (in_.size() < 8) return false;
+    *v = 0;
+    for (int i = 0; i < 8; ++i) *v = (*v << 8) | static_cast<uint8_t>(in_[i]);
+    in_.remove_prefix(8);
+    return true;
+  }
+  bool String(std::string* s) {
+    if (in_.size() < 4) return false;
+    uint32_t n = 0;
+    for (int i = 0; i < 4; ++i) n = (n << 8) | static_cast<uint8_t>(in_[i]);
+    in_.remove_prefix(4);
+    if (in_.size() < n) return false;
+    s->assign(in_.substr(0, n));
+    in_.remove_prefix(n);
+    return true;
+  }
+  bool empty() const { return in_.empty(); }
+
+ private:
+  std::string_view in_;
+};
+
+}  // namespace
+
+std::string EncodeLeaf(const Record& r) {
+  std::string out;
+  out.reserve(256);
+  out.push_back(static_cast<char>(kLeafVersion));
+  PutU64(&out, r.seq);
+  PutU64(&out, static_cast<uint64_t>(r.time_ms));
+  PutU64(&out, static_cast<uint64_t>(r.tlp));
+  for (const std::string* s : {&r.event, &r.actor, &r.cert_sha256, &r.message_id, &r.case_id, &r.sender,
+                               &r.recipient, &r.message_type, &r.purpose, &r.decision, &r.rules, &r.policy_version,
+                               &r.obligations, &r.body_hmac, &r.detail}) {
+    PutString(&out, *s);
+  }
+  return out;
+}
+
+Result<Record> DecodeLeaf(std::string_view leaf) {
+  if (leaf.empty() || static_cast<uint8_t>(leaf[0]) != kLeafVersion) {
+    return Status::Corruption("not a version-1 audit leaf");
+  }
+  Reader in(leaf.substr(1));
+  Record r;
+  uint64_t time = 0, tlp = 0;
+  bool ok = in.U64(&r.seq) && in.U64(&time) && in.U64(&tlp);
+  for (std::string* s : {&r.event, &r.actor, &r.cert_sha256, &r.message_id, &r.case_id, &r.sender, &r.recipient,
+                         &r.message_type, &r.purpose, &r.decision, &r.rules, &r.policy_version, &r.obligations,
+                         &r.body_hmac, &r.detail}) {
+    ok = ok && in.String(s);
+  }
+  if (!ok || !in.empty()) return Status::Corruption("audit leaf is truncated or has trailing bytes");
+  r.time_ms = static_cast<int64_t>(time);
+  r.tlp = static_cast<int>(tlp);
+  return r;
+}
+
+}  // namespace liaison::audit

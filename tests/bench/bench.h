@@ -1,0 +1,13 @@
+// liaison-bench: one subcommand per benchmark. Each prints one JSON line to
+// stdout (the figures) and a human-readable summary to stderr.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace liaison::bench {
+
+// Exit codes: 0 measured; 1 the benchmark could not run (e.g. the
+// generated input was refused).
+void RegisterPolicy(CLI::App& app, int* exit_code);
+
+}  // namespace liaison::bench

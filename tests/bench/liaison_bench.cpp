@@ -1,0 +1,16 @@
+// liaison-bench: performance benchmarks for Liaison (docs/benchmarks.md).
+//   liaison-bench policy [--agencies N --groups N --rules N --decisions N --seed N]
+#include "tests/bench/bench.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"liaison-bench: performance benchmarks for the Liaison broker (docs/benchmarks.md)"};
+  app.require_subcommand(1);
+  int exit_code = 0;
+  liaison::bench::RegisterPolicy(app, &exit_code);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return exit_code;
+}
