@@ -47,7 +47,7 @@ tsan() {
   # Only the integration tests (and the PKI fixture they need). TSan reports
   # make the process exit 66, so a race fails its test even with halt_on_error=0.
   TSAN_OPTIONS="$tsan_opts${TSAN_OPTIONS:+:$TSAN_OPTIONS}" \
-    ctest --test-dir build-tsan --output-on-failure -j "$JOBS" -R '^(integration: |dev_pki_setup$)'
+    ctest --test-dir build-tsan --output-on-failure -j "$JOBS" -R '^(integration:|dev_pki_setup$)'
   echo "tsan tests: $(( $(date +%s) - start )) s"
 }
 

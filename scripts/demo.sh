@@ -3,7 +3,8 @@
 # builds, makes a development PKI, starts the broker with the example
 # configuration and policy, has the police send an incident report that one
 # agency receives in full, one redacted and one not at all (the policy says
-# so), shows what was exchanged, and stops the broker.
+# so), shows what was exchanged, stops the broker, and shows and verifies the
+# audit trail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -96,5 +97,20 @@ wait $BROKER_PID
 trap - EXIT
 echo "broker log:"
 sed 's/^/  /' "$DEMO/broker.log"
+
+step "11. The audit trail: export it (no message bodies) and verify it offline"
+rm -f "$DEMO/audit-export.db"
+"$CLI" audit export --store "$BUILD/data/liaison.db" --out "$DEMO/audit-export.db"
+echo "What this demo exchanged, as an auditor sees it:"
+sqlite3 -header -column "$DEMO/audit-export.db" \
+  "SELECT seq, datetime(time_ms / 1000, 'unixepoch') AS time, event, sender, recipient, message_type AS type,
+          purpose, decision, rules, substr(obligations, 1, 40) AS obligations
+   FROM audit_log
+   WHERE message_id IN (SELECT message_id FROM audit_log WHERE message_id <> '' ORDER BY seq DESC LIMIT 6)
+   ORDER BY seq"
+echo "\$ liaison audit verify --db $DEMO/audit-export.db --pubkey $BUILD/keys/audit-signing.key.pub"
+"$CLI" audit verify --db "$DEMO/audit-export.db" --pubkey "$BUILD/keys/audit-signing.key.pub"
+
 echo
-echo "Demo complete. Next: docs/cli.md (the liaison tool), docs/broker.md (running the broker)."
+echo "Demo complete. Next: docs/cli.md (the liaison tool), docs/policy.md (the policy),"
+echo "docs/auditing.md (the audit log), docs/broker.md (running the broker)."
