@@ -196,7 +196,8 @@ void Session::HandlePublish(v1::Publish& publish) {
     }
     std::shared_ptr<const v1::Message> copy = shared;
     std::string obligations_text;
-    const policy::Obligations obligations = policy->ObligationsOf(d);
+    const auto shared_obligations = policy->SharedObligationsOf(d);
+    const policy::Obligations& obligations = *shared_obligations;
     const std::string& agreement = policy->agreements()[d.agreement].id;
     if (!obligations.empty()) {
       auto redacted = std::make_shared<v1::Message>(*message);

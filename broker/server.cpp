@@ -227,15 +227,7 @@ Result<std::unique_ptr<Server>> Server::Create(BrokerConfig config) {
   auto store = Store::Open(so);
   if (!store.ok()) return store.status().Annotate("store");
   impl->state.store = std::move(store).value();
-  {
-    audit::Record start = MakeRecord("broker_start");
-    start.detail = "liaison-broker 0.1.0 '" + c.name + "'";
-    audit::Record loaded = MakeRecord("policy_loaded");
-    loaded.policy_version = policy->version();
-    loaded.detail = c.policy_path + "; TLS material loaded from " + c.tls.certificate;
-    auto committed = impl->state.store->AppendSync({std::move(start), std::move(loaded)});
-    if (!committed.ok()) return committed.status().Annotate("store: cannot record the start");
-  }  auto tls = tls::MakeServerContext(c.tls);
+  auto tls = tls::MakeServerContext(c.tls);
   if (!tls.ok()) return tls.status().Annotate("TLS configuration");
   impl->state.set_tls_context(std::move(tls).value());
 
@@ -252,6 +244,15 @@ Result<std::unique_ptr<Server>> Server::Create(BrokerConfig config) {
                                ec.message());
   }
   impl->port = impl->acceptor.local_endpoint().port();
+  {
+    audit::Record start = MakeRecord("broker_start");
+    start.detail = "liaison-broker 0.1.0 '" + c.name + "' on " + c.listen_host + ":" + std::to_string(impl->port);
+    audit::Record loaded = MakeRecord("policy_loaded");
+    loaded.policy_version = policy->version();
+    loaded.detail = c.policy_path + "; TLS material from " + c.tls.certificate + " and " + c.tls.ca_bundle;
+    auto committed = impl->state.store->AppendSync({std::move(start), std::move(loaded)});
+    if (!committed.ok()) return committed.status().Annotate("store: cannot record the start");
+  }
   if (!c.admin_socket.empty()) {
     struct stat st {};
     if (::lstat(c.admin_socket.c_str(), &st) == 0) {

@@ -79,6 +79,8 @@ std::string FormatCheckpoint(const Checkpoint& c) {
 }
 
 Result<Checkpoint> ParseCheckpoint(std::string_view text) {
+  // Tolerate blank lines added at the end (e.g. by a shell redirect).
+  while (text.size() >= 2 && text.substr(text.size() - 2) == "\n\n") text.remove_suffix(1);
   std::vector<std::string_view> lines;
   size_t start = 0;
   while (start < text.size()) {

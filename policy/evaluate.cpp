@@ -2,6 +2,7 @@
 // force permits nothing, exactly one agreement per permit, TLP 2.0 at
 // routing (RED only to named recipients; only CLEAR and GREEN forwarded).
 #include <algorithm>
+#include <bit>
 
 #include "policy/detail/compiled.h"
 #include "policy/policy.h"
@@ -40,41 +41,67 @@ Decision Policy::Evaluate(const Request& q, std::vector<TraceStep>* trace) const
   // Enum values arrive validated; anything else matches no filter.
   const uint32_t consent_bit = q.consent_status >= 0 && q.consent_status < 32 ? 1u << q.consent_status : 0;
   const uint32_t legal_bit = q.legal_basis >= 0 && q.legal_basis < 32 ? 1u << q.legal_basis : 0;
-  std::vector<uint32_t> permits, forbids;
-  for (uint32_t ri : c.by_recipient[r->second]) {
+  std::vector<uint32_t>& permits = d.rules;
+  std::vector<uint32_t> forbids;
+  // The checks the index cannot make; null when the rule applies.
+  auto rest = [&](uint32_t ri) -> const char* {
     const Compiled::CRule& rule = c.rules[ri];
-    const char* skip = nullptr;
-    if (!TestBit(rule.senders, si)) {
-      skip = "sender not in 'from'";
-    } else if (!(rule.types & type_bit)) {
-      skip = "message type not in 'types'";
-    } else if (q.tlp < rule.tlp_min || q.tlp > rule.tlp_max) {
-      skip = "TLP outside 'tlp'";
-    } else if (!rule.purposes.empty() &&
-               (!known_purpose || !std::binary_search(rule.purposes.begin(), rule.purposes.end(), purpose->second))) {
-      skip = "purpose not permitted";
-    } else if (rule.consent && !(rule.consent & consent_bit)) {
-      skip = "consent status not in 'consent'";
-    } else if (rule.legal && !(rule.legal & legal_bit)) {
-      skip = "legal basis not in 'legal_basis'";
-    } else if (rule.effect == Effect::kPermit) {
-      const Compiled::CAgreement& ag = c.agreements[rule.agreement];
-      if (!q.agreement.empty() && agreements_[rule.agreement].id != q.agreement) {
-        skip = "belongs to another agreement than the envelope names";
-      } else if (now_s < ag.from_s || now_s >= ag.until_s) {
-        skip = "its agreement is not in force";
-        if (std::find(d.not_in_force.begin(), d.not_in_force.end(), rule.agreement) == d.not_in_force.end()) {
-          d.not_in_force.push_back(static_cast<uint32_t>(rule.agreement));
+    if (rule.consent && !(rule.consent & consent_bit)) return "consent status not in 'consent'";
+    if (rule.legal && !(rule.legal & legal_bit)) return "legal basis not in 'legal_basis'";
+    if (rule.effect != Effect::kPermit) return nullptr;
+    const Compiled::CAgreement& ag = c.agreements[rule.agreement];
+    if (!q.agreement.empty() && agreements_[rule.agreement].id != q.agreement) {
+      return "belongs to another agreement than the envelope names";
+    }
+    if (now_s < ag.from_s || now_s >= ag.until_s) {
+      if (std::find(d.not_in_force.begin(), d.not_in_force.end(), rule.agreement) == d.not_in_force.end()) {
+        d.not_in_force.push_back(static_cast<uint32_t>(rule.agreement));
+      }
+      return "its agreement is not in force";
+    }
+    if (!TestBit(ag.parties, si) || !TestBit(ag.parties, r->second)) {
+      return "sender or recipient is not a party to its agreement";
+    }
+    if (q.legal_basis != 0 && !(ag.legal & legal_bit)) return "the message's legal basis is not one its agreement allows";
+    return nullptr;
+  };
+  auto take = [&](uint32_t ri) { (c.rules[ri].effect == Effect::kForbid ? forbids : permits).push_back(ri); };
+
+  if (!trace) {
+    // The index: AND the rows for this request, visit the rules left.
+    if (type_bit != 0 && q.tlp >= 1 && q.tlp <= 5) {
+      const uint64_t* to = c.to_rules[r->second].data();
+      const uint64_t* from = c.from_rules[si].data();
+      const uint64_t* types = c.type_rules[std::countr_zero(type_bit)].data();
+      const uint64_t* tlp = c.tlp_rules[q.tlp].data();
+      const uint64_t* purposes = c.purpose_rules[known_purpose ? purpose->second : c.purpose_rules.size() - 1].data();
+      for (size_t w = 0; w < c.rule_words; ++w) {
+        for (uint64_t m = to[w] & from[w] & types[w] & tlp[w] & purposes[w]; m; m &= m - 1) {
+          const uint32_t ri = static_cast<uint32_t>(w * 64 + std::countr_zero(m));
+          if (!rest(ri)) take(ri);
         }
-      } else if (!TestBit(ag.parties, si) || !TestBit(ag.parties, r->second)) {
-        skip = "sender or recipient is not a party to its agreement";
-      } else if (q.legal_basis != 0 && !(ag.legal & legal_bit)) {
-        skip = "the message's legal basis is not one its agreement allows";
       }
     }
-    if (trace) trace->push_back({rules_[ri].id, skip ? std::string("skipped: ") + skip : "matched"});
-    if (skip) continue;
-    (rule.effect == Effect::kForbid ? forbids : permits).push_back(ri);
+  } else {
+    // Every rule that names this recipient, with why it did or did not apply.
+    for (uint32_t ri : c.by_recipient[r->second]) {
+      const Compiled::CRule& rule = c.rules[ri];
+      const char* skip = nullptr;
+      if (!TestBit(rule.senders, si)) {
+        skip = "sender not in 'from'";
+      } else if (!(rule.types & type_bit)) {
+        skip = "message type not in 'types'";
+      } else if (q.tlp < rule.tlp_min || q.tlp > rule.tlp_max) {
+        skip = "TLP outside 'tlp'";
+      } else if (!rule.purposes.empty() && (!known_purpose || !std::binary_search(rule.purposes.begin(),
+                                                                                   rule.purposes.end(), purpose->second))) {
+        skip = "purpose not permitted";
+      } else {
+        skip = rest(ri);
+      }
+      trace->push_back({rules_[ri].id, skip ? std::string("skipped: ") + skip : "matched"});
+      if (!skip) take(ri);
+    }
   }
 
   if (!forbids.empty()) {
@@ -90,11 +117,9 @@ Decision Policy::Evaluate(const Request& q, std::vector<TraceStep>* trace) const
   for (uint32_t ri : permits) {
     if (c.rules[ri].agreement != agreement) {
       d.denial = Denial::kAmbiguousAgreement;
-      d.rules = std::move(permits);
       return d;
     }
   }
-  d.rules = std::move(permits);
   if (q.tlp == v1::TLP_RED && !q.named_individually) {
     d.denial = Denial::kRedNeedsNamedRecipient;
     return d;
@@ -115,10 +140,14 @@ Decision Policy::Evaluate(const Request& q, std::vector<TraceStep>* trace) const
   return d;
 }
 
-Obligations Policy::ObligationsOf(const Decision& d) const {
-  Obligations o;
-  if (!d.permit) return o;
-  for (uint32_t ri : d.rules) o.Merge(rules_[ri].obligations);
+Obligations Policy::ObligationsOf(const Decision& d) const { return *SharedObligationsOf(d); }
+
+std::shared_ptr<const Obligations> Policy::SharedObligationsOf(const Decision& d) const {
+  static const auto kNone = std::make_shared<const Obligations>();
+  if (!d.permit || d.rules.empty()) return kNone;
+  if (d.rules.size() == 1) return compiled_->obligations[d.rules[0]];
+  auto o = std::make_shared<Obligations>();
+  for (uint32_t ri : d.rules) o->Merge(rules_[ri].obligations);
   return o;
 }
 

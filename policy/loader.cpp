@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <bit>
 #include <set>
 
 #include "common/detail/yaml_util.h"
@@ -103,6 +104,7 @@ class Loader {
     ResolveAuditScopes();
     ParseAgreements(root["agreements"]);
     ParseRules(root["rules"]);
+    BuildIndex();
     for (size_t i = before; i < diags_->size(); ++i) {
       if ((*diags_)[i].severity == Diagnostic::Severity::kError) return nullptr;
     }
@@ -567,6 +569,37 @@ class Loader {
       c_->rules.push_back(std::move(cr));
       p_->rules_.push_back(std::move(rule));
     });
+  }
+
+  void BuildIndex() {
+    Policy::Compiled& c = *c_;
+    const size_t nrules = c.rules.size(), nagencies = p_->agencies_.size();
+    c.rule_words = (nrules + 63) / 64;
+    const Bits none(c.rule_words, 0);
+    c.to_rules.assign(nagencies, none);
+    c.from_rules.assign(nagencies, none);
+    c.type_rules.assign(c.type_bits.size(), none);
+    c.tlp_rules.assign(6, none);
+    c.purpose_rules.assign(c.purpose_ids.size() + 1, none);
+    for (size_t a = 0; a < nagencies; ++a) {
+      for (uint32_t ri : c.by_recipient[a]) SetBit(c.to_rules[a], ri);
+    }
+    for (size_t ri = 0; ri < nrules; ++ri) {
+      const Policy::Compiled::CRule& rule = c.rules[ri];
+      for (size_t w = 0; w < rule.senders.size(); ++w) {
+        for (uint64_t m = rule.senders[w]; m; m &= m - 1) SetBit(c.from_rules[w * 64 + std::countr_zero(m)], ri);
+      }
+      for (size_t t = 0; t < c.type_rules.size(); ++t) {
+        if (rule.types & (1u << t)) SetBit(c.type_rules[t], ri);
+      }
+      for (int l = std::max(rule.tlp_min, 1); l <= std::min(rule.tlp_max, 5); ++l) SetBit(c.tlp_rules[l], ri);
+      if (rule.purposes.empty()) {
+        for (auto& row : c.purpose_rules) SetBit(row, ri);
+      } else {
+        for (uint32_t pid : rule.purposes) SetBit(c.purpose_rules[pid], ri);
+      }
+      c.obligations.push_back(std::make_shared<const Obligations>(p_->rules_[ri].obligations));
+    }
   }
 
   void ParseTlpRange(const YAML::Node& at, const std::string& text, Rule* rule) {

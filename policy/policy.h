@@ -173,6 +173,8 @@ class Policy {
   Decision Evaluate(const Request& request, std::vector<TraceStep>* trace = nullptr) const;
   // The obligations of a permit: the union over its rules.
   Obligations ObligationsOf(const Decision& decision) const;
+  // The same without copying when one rule decided (the common case).
+  std::shared_ptr<const Obligations> SharedObligationsOf(const Decision& decision) const;
   // Human-readable reasons for a decision (for the audit log and tools).
   std::vector<std::string> Reasons(const Decision& decision, const Request& request) const;
   std::vector<std::string> RuleIds(const Decision& decision) const;

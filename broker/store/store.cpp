@@ -4,6 +4,7 @@
 #include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <chrono>
@@ -353,15 +354,19 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   const auto dir = std::filesystem::path(options.path).parent_path();
-  if (!dir.empty()) {
+  if (!dir.empty() && !std::filesystem::exists(dir)) {
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (ec) return Status::IoError("cannot create " + dir.string() + ": " + ec.message());
+    std::filesystem::permissions(dir, std::filesystem::perms::owner_all, ec);  // 0700
   }
-  if (sqlite3_open_v2(options.path.c_str(), &impl->db,
-                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
-    return SqlError(impl->db, "cannot open store " + options.path);
-  }
+  // The store, its WAL and its shared-memory file are the broker's alone.
+  const mode_t old_mask = ::umask(0077);
+  const int rc = sqlite3_open_v2(options.path.c_str(), &impl->db,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  ::umask(old_mask);
+  if (rc != SQLITE_OK) return SqlError(impl->db, "cannot open store " + options.path);
+  ::chmod(options.path.c_str(), 0600);
   sqlite3* db = impl->db;
   sqlite3_busy_timeout(db, 5000);
   for (const char* pragma : {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA wal_autocheckpoint = 0",
@@ -370,6 +375,13 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
   }
   if (Status s = impl->Migrate(); !s.ok()) return s.Annotate(options.path);
   if (Status s = impl->LoadTree(); !s.ok()) return s.Annotate(options.path);
+  // A log with records and no signing key is a restore gone wrong: a new key
+  // would make every earlier checkpoint unverifiable against it.
+  if (impl->tree.size() > 0 && !std::filesystem::exists(options.signing_key)) {
+    return Status::NotFound("the audit log has " + std::to_string(impl->tree.size()) +
+                            " records but its signing key " + options.signing_key +
+                            " is missing; restore it from the backup (a new key would not match the log)");
+  }
   auto signer = audit::Signer::LoadOrCreate(options.signing_key);
   if (!signer.ok()) return signer.status().Annotate("audit signing key");
   impl->signer = std::move(signer).value();

@@ -45,10 +45,10 @@ int RunVerify(const CommonOptions& common, const AuditOptions& o) {
   const std::string root = audit::Hex(std::string_view(reinterpret_cast<const char*>(report.root.data()), 32));
   if (common.json) {
     std::printf("{\"ok\":%s,\"records\":%llu,\"checkpoints\":%llu,\"root\":\"%s\",\"first_bad_seq\":%llu,"
-                "\"error\":\"%s\"}\n",
+                "\"error\":%s}\n",
                 s.ok() ? "true" : "false", static_cast<unsigned long long>(report.records),
                 static_cast<unsigned long long>(report.checkpoints_verified), root.c_str(),
-                static_cast<unsigned long long>(report.first_bad_seq), s.ok() ? "" : s.message().c_str());
+                static_cast<unsigned long long>(report.first_bad_seq), JsonString(s.ok() ? "" : s.message()).c_str());
   } else if (s.ok()) {
     std::printf("OK: %llu record(s), %llu signed checkpoint(s) verified; root %s\n",
                 static_cast<unsigned long long>(report.records),

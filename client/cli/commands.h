@@ -31,6 +31,9 @@ void RegisterAudit(CLI::App& app, CommonOptions& common, int* exit_code);
 // Local policy tools (check, explain, test, matrix); no broker connection.
 void RegisterPolicy(CLI::App& app, CommonOptions& common, int* exit_code);
 
+// s as a JSON string literal, quotes and escapes included.
+std::string JsonString(const std::string& s);
+
 // Resolves connection settings, printing every problem; nothing on error.
 std::optional<client::ClientOptions> ConnectionOrReport(const CommonOptions& common);
 // Maps a connection failure to an exit code after printing it.

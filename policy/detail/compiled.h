@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,17 @@ struct Policy::Compiled {
   };
   std::vector<CRule> rules;
   std::vector<std::vector<uint32_t>> by_recipient;  // agency -> rules naming it as recipient, in order
+
+  // The decision index: for each condition value, the set of rules (one bit
+  // per rule) it admits. A decision ANDs five rows and visits only the rules
+  // left: the cost follows the matching rules, not all rules.
+  size_t rule_words = 0;
+  std::vector<Bits> to_rules;       // per recipient agency
+  std::vector<Bits> from_rules;     // per sender agency
+  std::vector<Bits> type_rules;     // per message type (bit index of type_bits)
+  std::vector<Bits> tlp_rules;      // per TLP value 0..5 (0 admits none)
+  std::vector<Bits> purpose_rules;  // per purpose id; the last row: a purpose no rule names
+  std::vector<std::shared_ptr<const Obligations>> obligations;  // per rule
 
   struct CAgreement {
     int64_t from_s = 0, until_s = 0;  // [from, until) in Unix seconds

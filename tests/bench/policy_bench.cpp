@@ -564,7 +564,7 @@ int RunPolicy(const Options& o) {
   uint64_t sink = 0;
   for (size_t i = 0; i < std::min<size_t>(reqs.size(), 20000); ++i) {
     policy::Decision d = p->Evaluate(ToRequest(model, reqs[i]));
-    if (d.permit) sink += p->ObligationsOf(d).redact_categories.size();
+    if (d.permit) sink += p->SharedObligationsOf(d)->redact_categories.size();
   }
 
   // Per decision: Evaluate, and ObligationsOf for a permit, as the broker
@@ -578,8 +578,8 @@ int RunPolicy(const Options& o) {
     {
       policy::Decision d = p->Evaluate(q);
       if (d.permit) {
-        policy::Obligations ob = p->ObligationsOf(d);
-        (ob.empty() ? permit_plain : permit_obl)++;
+        auto ob = p->SharedObligationsOf(d);
+        (ob->empty() ? permit_plain : permit_obl)++;
       } else {
         denials[static_cast<int>(d.denial) & 15]++;
       }
@@ -594,7 +594,7 @@ int RunPolicy(const Options& o) {
   const auto b0 = Clock::now();
   for (const Req& r : reqs) {
     policy::Decision d = p->Evaluate(ToRequest(model, r));
-    if (d.permit) sink += p->ObligationsOf(d).redact_paths.size();
+    if (d.permit) sink += p->SharedObligationsOf(d)->redact_paths.size();
     sink += d.rules.size();
   }
   const double batch_s = std::chrono::duration<double>(Clock::now() - b0).count();
@@ -611,8 +611,8 @@ int RunPolicy(const Options& o) {
     if (!d.permit) continue;
     const auto t2 = Clock::now();
     {
-      policy::Obligations ob = p->ObligationsOf(d);
-      sink += ob.pseudonymise_paths.size();
+      auto ob = p->SharedObligationsOf(d);
+      sink += ob->pseudonymise_paths.size();
     }
     const auto t3 = Clock::now();
     obl_ns.push_back(static_cast<uint32_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t3 - t2).count()));

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <sqlite3.h>
+#include <sys/stat.h>
 
 #include <fstream>
 #include <set>
@@ -255,4 +256,30 @@ TEST_CASE("the broker records every event, acknowledges with a covering checkpoi
   CHECK(ReadFile(out, 1 << 30)->find("Unique-body-text-7f3a9c") == std::string::npos);
   CHECK(store_bytes.find("Unique-body-text-7f3a9c") == std::string::npos);
   std::remove(out.c_str());
+}
+
+TEST_CASE("a store with records refuses to start without its signing key", "[audit]") {
+  TempDir dir;
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    REQUIRE(store.ok());
+    REQUIRE((*store)->AppendSync({Event(1)}).ok());
+  }
+  std::remove(dir.File("audit-signing.key").c_str());
+  auto again = broker::Store::Open(StoreOptions(dir));
+  REQUIRE_FALSE(again.ok());
+  CHECK(again.status().message().find("restore it from the backup") != std::string::npos);
+}
+
+TEST_CASE("the store's files are private to the broker", "[audit]") {
+  TempDir dir;
+  auto store = broker::Store::Open(StoreOptions(dir));
+  REQUIRE(store.ok());
+  REQUIRE((*store)->AppendSync({Event(1)}).ok());
+  for (const char* f : {"data/liaison.db", "audit-signing.key", "body-digest.key"}) {
+    struct stat st {};
+    REQUIRE(::stat(dir.File(f).c_str(), &st) == 0);
+    INFO(f);
+    CHECK((st.st_mode & 077) == 0);
+  }
 }
