@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <unordered_map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -198,7 +199,11 @@ class Policy {
   std::vector<Group> groups_;
   std::vector<Agreement> agreements_;
   std::vector<Rule> rules_;
-  std::map<std::string, size_t, std::less<>> by_id_;
+  struct StringHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, size_t, StringHash, std::equal_to<>> by_id_;
   std::map<std::string, size_t, std::less<>> by_san_uri_;
   std::map<std::pair<std::string, std::string>, size_t> by_subject_;
   std::map<std::string, size_t, std::less<>> by_spki_;

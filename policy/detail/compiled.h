@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <map>
+#include <unordered_map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,8 +22,12 @@ inline void SetBit(Bits& b, size_t i) { b[i >> 6] |= uint64_t{1} << (i & 63); }
 
 struct Policy::Compiled {
   size_t words = 0;  // 64-bit words per bitset
-  std::map<std::string, uint32_t, std::less<>> purpose_ids;
-  std::map<std::string, uint32_t, std::less<>> type_bits;  // message type -> bit
+  struct StringHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, uint32_t, StringHash, std::equal_to<>> purpose_ids;
+  std::unordered_map<std::string, uint32_t, StringHash, std::equal_to<>> type_bits;  // message type -> bit
 
   struct CRule {
     Effect effect = Effect::kPermit;
