@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "common/detail/frame_stream.h"
+#include "common/files.h"
 #include "common/detail/tls.h"
 #include "proto/detail/pb.h"
 #include "proto/frame_codec.h"
@@ -104,6 +105,11 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   bool running = false;
   Status end_reason;
 
+  // The witness (strand only, except witness_alarm under mu).
+  std::optional<audit::Checkpoint> witnessed;
+  Status witness_alarm;  // guarded by mu
+  void Witness(const audit::Checkpoint& cp);
+
   std::atomic<uint64_t> next_request_id{1};
   std::atomic<bool> ended_flag{false};
   std::mutex mu;
@@ -118,6 +124,41 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   void End(Status why);
   void FailAllPending(const Status& why);
 };
+
+// Compares a checkpoint from the broker with the newest one this agency
+// has kept; keeps the newer. Without a consistency proof from the broker
+// (not in this protocol version) it catches a log that shrank or whose
+// root changed at the same size.
+void Client::Impl::Witness(const audit::Checkpoint& cp) {
+  if (opts.checkpoint_file.empty() || cp.origin.empty()) return;
+  if (!witnessed) {
+    auto text = ReadFile(opts.checkpoint_file, 64 * 1024);
+    if (text.ok()) {
+      auto saved = audit::ParseCheckpoint(*text);
+      if (saved.ok()) witnessed = *saved;
+    }
+  }
+  std::string alarm;
+  if (witnessed) {
+    if (cp.origin != witnessed->origin || cp.key_id != witnessed->key_id) {
+      alarm = "the broker's checkpoint names another log or key (" + cp.origin + " " + cp.key_id + ") than the one witnessed (" +
+              witnessed->origin + " " + witnessed->key_id + ")";
+    } else if (cp.tree_size < witnessed->tree_size) {
+      alarm = "the audit log shrank from " + std::to_string(witnessed->tree_size) + " to " +
+              std::to_string(cp.tree_size) + " records";
+    } else if (cp.tree_size == witnessed->tree_size && cp.root != witnessed->root) {
+      alarm = "the audit log's root changed at " + std::to_string(cp.tree_size) + " records";
+    }
+  }
+  if (!alarm.empty()) {
+    std::lock_guard lock(mu);
+    if (witness_alarm.ok()) witness_alarm = Status::Corruption("AUDIT ALARM: " + alarm);
+    return;
+  }
+  if (witnessed && cp.tree_size <= witnessed->tree_size) return;
+  witnessed = cp;
+  (void)WriteFileAtomic(opts.checkpoint_file, audit::FormatCheckpoint(cp), 0600);
+}
 
 asio::awaitable<Status> Client::Impl::DoConnect() {
   tcp::resolver resolver(strand);
@@ -182,6 +223,7 @@ asio::awaitable<Status> Client::Impl::DoConnect() {
   info.max_frame_bytes = w.max_frame_bytes();
   info.max_recipients = w.max_recipients();
   info.checkpoint = FromProto(w.checkpoint());
+  Witness(info.checkpoint);
   if (w.idle_timeout_ms() > 0) idle_limit = std::chrono::milliseconds(w.idle_timeout_ms()) + std::chrono::seconds(10);
   running = true;
   co_return Status::Ok();
@@ -214,6 +256,7 @@ void Client::Impl::HandleFrame(v1::Frame& f) {
       PublishResult r;
       r.message_id = ack.message_id();
       r.checkpoint = FromProto(ack.checkpoint());
+      Witness(r.checkpoint);
       for (const auto& o : ack.outcomes()) {
         r.outcomes.push_back({o.recipient(), proto::OutcomeName(o.outcome()),
                               o.reason() == v1::REASON_UNSPECIFIED ? "" : proto::ReasonName(o.reason()), o.detail()});
@@ -432,5 +475,10 @@ Status Client::Wait() {
 }
 
 bool Client::connected() const { return !impl_->ended_flag; }
+
+Status Client::witness_status() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->witness_alarm;
+}
 
 }  // namespace liaison::client

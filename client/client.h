@@ -43,6 +43,11 @@ struct ClientOptions {
   uint32_t credit = 0;
   std::string client_name = "liaison-client/0.1";
   std::chrono::milliseconds connect_timeout{10'000};
+  // Witness file: the newest audit checkpoint this agency has seen, kept
+  // across runs. Every checkpoint the broker sends is compared with it: a
+  // log that shrank, or a different root for the same size, is an alarm
+  // (witness_status()). Empty: no witness.
+  std::string checkpoint_file;
 };
 
 // What the broker did for one recipient.
@@ -119,6 +124,9 @@ class Client {
   // Blocks until the connection has ended; returns why (OK after Close()).
   Status Wait();
   bool connected() const;
+  // Not OK once a checkpoint from the broker contradicted the witness file:
+  // the audit log was rewritten or truncated. Thread-safe.
+  Status witness_status() const;
 
  private:
   struct Impl;

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "broker/store/store.h"
+#include "client/client.h"
 #include "client/audit_verify.h"
 #include "client/cli/commands.h"
 #include "common/files.h"
@@ -59,6 +60,28 @@ int RunVerify(const CommonOptions& common, const AuditOptions& o) {
   return s.ok() ? kExitOk : kExitRefused;
 }
 
+// Fetches the broker's newest signed checkpoint (from its Welcome) and
+// saves it, so it can later prove the log was not cut short or rewritten.
+int RunCheckpoint(const CommonOptions& common, const AuditOptions& o) {
+  auto options = ConnectionOrReport(common);
+  if (!options) return kExitUsage;
+  options->client_name = "liaison-cli/0.1 audit checkpoint";
+  auto client = client::Client::Connect(*options);
+  if (!client.ok()) return ReportConnectError(client.status());
+  const audit::Checkpoint cp = (*client)->session().checkpoint;
+  (*client)->Close();
+  if (int alarm = CheckWitness(**client, kExitOk); alarm != kExitOk) return alarm;
+  const std::string text = audit::FormatCheckpoint(cp);
+  if (!o.out.empty()) {
+    if (Status s = WriteFileAtomic(o.out, text, 0644); !s.ok()) {
+      std::fprintf(stderr, "liaison audit checkpoint: %s\n", s.message().c_str());
+      return kExitUsage;
+    }
+  }
+  std::fputs(text.c_str(), stdout);
+  return kExitOk;
+}
+
 int RunExport(const AuditOptions& o) {
   Status s = broker::Store::ExportAudit(o.store, o.out);
   if (!s.ok()) {
@@ -83,6 +106,9 @@ void RegisterAudit(CLI::App& app, CommonOptions& common, int* exit_code) {
                      "checkpoints saved earlier (by you or by an agency) that the log must be consistent with")
       ->check(CLI::ExistingFile);
   verify->callback([&common, o, exit_code] { *exit_code = RunVerify(common, *o); });
+  CLI::App* cp = audit->add_subcommand("checkpoint", "fetch the broker's newest signed audit checkpoint and save it");
+  cp->add_option("--out", o->out, "file to save it in (the text form that verify --checkpoint reads)");
+  cp->callback([&common, o, exit_code] { *exit_code = RunCheckpoint(common, *o); });
   CLI::App* exp = audit->add_subcommand(
       "export", "local administrator: copy the audit log (and nothing else of the store) into a new SQLite file");
   exp->add_option("--store", o->store, "the broker's store database")->required()->check(CLI::ExistingFile);

@@ -137,6 +137,7 @@ int RunReceive(const CommonOptions& common, const ReceiveOptions& o) {
     ++received;
   }
   (*client)->Close();
+  rc = CheckWitness(**client, rc);
   if (rc == kExitTimeout) {
     std::fprintf(stderr, "liaison receive: %d of %d message(s) within %d s\n", received, o.count, o.wait_s);
   }

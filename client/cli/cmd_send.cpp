@@ -106,6 +106,7 @@ int RunSend(const CommonOptions& common, const SendOptions& o) {
   const client::PublishResult r = future.get();
   const std::string agency = (*client)->session().agency_id;
   (*client)->Close();
+  if (int alarm = CheckWitness(**client, kExitOk); alarm != kExitOk) return alarm;
 
   if (!r.status.ok()) {
     if (common.json) {

@@ -18,11 +18,13 @@ enum ExitCode : int {
   kExitConnection = 3,    // cannot connect, TLS or identity refused, connection lost
   kExitRejected = 4,      // the broker rejected the request as a whole
   kExitTimeout = 5,       // receive: fewer messages than asked for within --wait
+  kExitAuditAlarm = 6,    // the broker's audit checkpoint contradicts the witness file
 };
 
 struct CommonOptions {
   client::ConnectionFlags connection;
   bool json = false;
+  std::string checkpoint_file;  // --witness FILE
 };
 
 void RegisterSend(CLI::App& app, CommonOptions& common, int* exit_code);
@@ -36,6 +38,8 @@ std::string JsonString(const std::string& s);
 
 // Resolves connection settings, printing every problem; nothing on error.
 std::optional<client::ClientOptions> ConnectionOrReport(const CommonOptions& common);
+// rc, or kExitAuditAlarm (after printing it) when the witness raised one.
+int CheckWitness(const client::Client& c, int rc);
 // Maps a connection failure to an exit code after printing it.
 int ReportConnectError(const Status& s);
 

@@ -9,7 +9,15 @@ std::optional<client::ClientOptions> ConnectionOrReport(const CommonOptions& com
   Diagnostics diags;
   auto o = client::ResolveConnection(common.connection, &diags);
   std::fputs(FormatDiagnostics(diags).c_str(), stderr);
+  if (o) o->checkpoint_file = common.checkpoint_file;
   return o;
+}
+
+int CheckWitness(const client::Client& c, int rc) {
+  Status w = c.witness_status();
+  if (w.ok()) return rc;
+  std::fprintf(stderr, "liaison: %s\n", w.message().c_str());
+  return kExitAuditAlarm;
 }
 
 std::string JsonString(const std::string& s) {
@@ -55,6 +63,9 @@ int main(int argc, char** argv) {
   app.add_option("--key", c.key, "its private key (PEM, mode 0600)");
   app.add_option("--ca", c.ca, "CA bundle that issued the broker certificate (PEM)");
   app.add_flag("--json", common.json, "machine-readable output (JSON)");
+  app.add_option("--witness", common.checkpoint_file,
+                 "keep the newest audit checkpoint in FILE and raise an alarm (exit 6) if the broker's log "
+                 "shrinks or is rewritten");
   app.set_version_flag("--version", "liaison 0.1.0");
   int exit_code = kExitOk;
   RegisterSend(app, common, &exit_code);
