@@ -14,8 +14,18 @@ constexpr size_t kMaxConfigBytes = 1024 * 1024;
 }  // namespace
 
 std::optional<BrokerConfig> BrokerConfig::Load(const std::string& path, Diagnostics* diags) {
+  auto text = ReadFile(path, kMaxConfigBytes);
+  if (!text.ok()) {
+    diags->push_back({Diagnostic::Severity::kError, path, 0, 0, text.status().message()});
+    return std::nullopt;
+  }
+  return LoadText(*text, path, diags);
+}
+
+std::optional<BrokerConfig> BrokerConfig::LoadText(const std::string& text, const std::string& path,
+                                                   Diagnostics* diags) {
   const size_t before = diags->size();
-  auto root = yaml::LoadFile(path, kMaxConfigBytes, diags);
+  auto root = yaml::Parse(text, path, diags);
   if (!root) return std::nullopt;
   yaml::Reader r(path, diags);
   BrokerConfig c;

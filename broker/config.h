@@ -63,6 +63,8 @@ struct BrokerConfig {
   // Parses and validates path. Relative paths in the file are relative to
   // the file's directory. Returns nothing when there are errors (in diags).
   static std::optional<BrokerConfig> Load(const std::string& path, Diagnostics* diags);
+  // The same for text already read; path names it and anchors relative paths.
+  static std::optional<BrokerConfig> LoadText(const std::string& text, const std::string& path, Diagnostics* diags);
 };
 
 }  // namespace liaison::broker

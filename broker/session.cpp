@@ -116,7 +116,8 @@ asio::awaitable<void> Session::Run() {
   if (!agency.ok()) {
     broker_.stats.identities_refused++;
     broker_.refusals.Count(PeerAddress(), "no_agency: certificate " + peer.cert_sha256.substr(0, 16));
-    spdlog::warn("{}: refused: {} (certificate sha256 {})", tag_, agency.status().message(), peer.cert_sha256);
+    spdlog::warn("{}: refused: {} (certificate sha256 {})", tag_, Printable(agency.status().message(), 400),
+                 peer.cert_sha256);
     SendError(0, v1::REASON_PERMISSION_DENIED, "this certificate does not identify an agency of this network", true);
     Finish();
     co_return;

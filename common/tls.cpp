@@ -62,6 +62,9 @@ Status CommonSetup(SSL_CTX* ctx, const TlsFiles& files, const char* side) {
   SSL_CTX_set_num_tickets(ctx, 0);
   SSL_CTX_set_max_early_data(ctx, 0);
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  // Key exchange only over fast, strong groups: an unauthenticated peer must
+  // not be able to make the broker compute an ffdhe8192 exchange.
+  if (SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384") != 1) return Status::Internal("cannot set TLS groups");
 
   if (files.certificate.empty()) return Status::InvalidArgument(std::string(side) + " certificate file not set");
   if (files.private_key.empty()) return Status::InvalidArgument(std::string(side) + " private key file not set");

@@ -7,6 +7,24 @@
 
 namespace liaison::yaml {
 
+std::optional<YAML::Node> Parse(const std::string& text, const std::string& name, Diagnostics* diags) {
+  try {
+    YAML::Node root = YAML::Load(text);
+    if (!root.IsDefined() || root.IsNull()) {
+      diags->push_back({Diagnostic::Severity::kError, name, 0, 0, "the file is empty"});
+      return std::nullopt;
+    }
+    return root;
+  } catch (const YAML::Exception& e) {
+    diags->push_back({Diagnostic::Severity::kError, name, e.mark.is_null() ? 0 : e.mark.line + 1,
+                      e.mark.is_null() ? 0 : e.mark.column + 1, "YAML syntax: " + e.msg});
+    return std::nullopt;
+  } catch (const std::exception& e) {
+    diags->push_back({Diagnostic::Severity::kError, name, 0, 0, std::string("cannot parse YAML: ") + e.what()});
+    return std::nullopt;
+  }
+}
+
 std::optional<YAML::Node> LoadFile(const std::string& path, size_t max_bytes, Diagnostics* diags,
                                    std::string* text_out) {
   auto text = ReadFile(path, max_bytes);
@@ -14,22 +32,9 @@ std::optional<YAML::Node> LoadFile(const std::string& path, size_t max_bytes, Di
     diags->push_back({Diagnostic::Severity::kError, path, 0, 0, text.status().message()});
     return std::nullopt;
   }
-  try {
-    YAML::Node root = YAML::Load(*text);
-    if (!root.IsDefined() || root.IsNull()) {
-      diags->push_back({Diagnostic::Severity::kError, path, 0, 0, "the file is empty"});
-      return std::nullopt;
-    }
-    if (text_out) *text_out = std::move(text).value();
-    return root;
-  } catch (const YAML::Exception& e) {
-    diags->push_back({Diagnostic::Severity::kError, path, e.mark.is_null() ? 0 : e.mark.line + 1,
-                      e.mark.is_null() ? 0 : e.mark.column + 1, "YAML syntax: " + e.msg});
-    return std::nullopt;
-  } catch (const std::exception& e) {
-    diags->push_back({Diagnostic::Severity::kError, path, 0, 0, std::string("cannot parse YAML: ") + e.what()});
-    return std::nullopt;
-  }
+  auto root = Parse(*text, path, diags);
+  if (root && text_out) *text_out = std::move(text).value();
+  return root;
 }
 
 void Reader::Add(Diagnostic::Severity sev, const YAML::Node& at, const std::string& message) {

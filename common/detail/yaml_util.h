@@ -21,6 +21,8 @@ namespace liaison::yaml {
 // when given (for hashing).
 std::optional<YAML::Node> LoadFile(const std::string& path, size_t max_bytes, Diagnostics* diags,
                                    std::string* text = nullptr);
+// Parses YAML text; name is used in diagnostics.
+std::optional<YAML::Node> Parse(const std::string& text, const std::string& name, Diagnostics* diags);
 
 class Reader {
  public:

@@ -187,7 +187,7 @@ TEST_CASE("an authenticated client that never says Hello is dropped", "[abuse]")
   CHECK(raw->WaitClosed(std::chrono::seconds(5)));
 }
 
-TEST_CASE("a receiver that never reads is disconnected; everyone else keeps going", "[abuse]") {
+TEST_CASE("a receiver that never reads is disconnected, everyone else keeps going", "[abuse]") {
   broker::Limits l;
   l.write_timeout = std::chrono::milliseconds(500);
   l.max_queued_bytes = 2 * 1024 * 1024;

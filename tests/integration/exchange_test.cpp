@@ -51,7 +51,7 @@ TEST_CASE("an incident report travels from police to school", "[exchange]") {
   CHECK(school.got[0].attempt == 1);
 }
 
-TEST_CASE("a case referral reaches several recipients; the others are refused with reasons", "[exchange]") {
+TEST_CASE("a case referral reaches several recipients, the others are refused with reasons", "[exchange]") {
   TestBroker broker;
   Receiver school(broker.port(), "school");
   Receiver social(broker.port(), "social");

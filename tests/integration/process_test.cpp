@@ -90,7 +90,7 @@ int Run(const std::vector<std::string>& argv, const std::string& dir, std::strin
 // The real liaison-broker on a free port, with a config and policy in dir.
 class BrokerProcess {
  public:
-  explicit BrokerProcess(const TempDir& dir) : dir_(dir) {
+  explicit BrokerProcess(const TempDir& dir) {
     const std::string& pki = PkiDir();
     REQUIRE(WriteFileAtomic(dir.File("policy.yaml"), PolicyYaml(DefaultAgencies())).ok());
     const std::string config = "name: process-test\nlisten: 127.0.0.1:0\nthreads: 2\npolicy: policy.yaml\n"
@@ -126,7 +126,6 @@ class BrokerProcess {
   }
 
  private:
-  const TempDir& dir_;
   std::unique_ptr<Process> proc_;
   uint16_t port_ = 0;
 };
@@ -283,7 +282,7 @@ TEST_CASE("SIGTERM stops the broker cleanly", "[process]") {
   CHECK(broker.process().err().find("stopped:") != std::string::npos);
 }
 
-TEST_CASE("the admin socket and SIGHUP reload the policy; a bad policy is rejected", "[process][reload]") {
+TEST_CASE("the admin socket and SIGHUP reload the policy, a bad policy is rejected", "[process][reload]") {
   TempDir dir;
   BrokerProcess broker(dir);
   const std::vector<std::string> admin = {LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml"), "--admin"};

@@ -31,7 +31,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/liaison-tls-scan.XXXXXX")
 BROKER_PID=
 CONTROL_PID=
 cleanup() {
-    [[ -n $CONTROL_PID ]] && kill "$CONTROL_PID" 2>/dev/null || true
+    if [[ -n $CONTROL_PID ]]; then kill "$CONTROL_PID" 2>/dev/null || true; fi
     if [[ -n $BROKER_PID ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
         kill -KILL "$BROKER_PID" 2>/dev/null || true
     fi
@@ -136,9 +136,9 @@ TLS_AES_256_GCM_SHA384
 TLS_CHACHA20_POLY1305_SHA256"
 ACCEPTED=$(grep -Eo '<cipher status="(accepted|preferred)"[^>]*' "$XML" | grep -Eo 'cipher="[^"]+"' | cut -d'"' -f2 | sort -u || true)
 if [[ $ACCEPTED == "$EXPECTED" ]]; then
-    pass "only AEAD suites accepted: $(echo $ACCEPTED)"
+    pass "only AEAD suites accepted: ${ACCEPTED//$'\n'/ }"
 else
-    fail "suites accepted: [$(echo $ACCEPTED)], expected [$(echo $EXPECTED)]"
+    fail "suites accepted: [${ACCEPTED//$'\n'/ }], expected [${EXPECTED//$'\n'/ }]"
 fi
 check "every accepted suite is TLSv1.3" lacks '<cipher [^>]*sslversion="(SSLv[23]|TLSv1\.[012])"' "$XML"
 check "no renegotiation" has '<renegotiation supported="0"' "$XML"
