@@ -70,6 +70,8 @@ Result<Record> DecodeLeaf(std::string_view leaf) {
     ok = ok && in.String(s);
   }
   if (!ok || !in.empty()) return Status::Corruption("audit leaf is truncated or has trailing bytes");
+  // Leaves are canonical: a value that would not encode back the same is bad.
+  if (tlp > 0x7fffffff) return Status::Corruption("audit leaf has an out-of-range TLP value");
   r.time_ms = static_cast<int64_t>(time);
   r.tlp = static_cast<int>(tlp);
   return r;

@@ -1,5 +1,6 @@
 #include "common/logging.h"
 
+#include <google/protobuf/stubs/logging.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -17,6 +18,16 @@ Status SetupLogging(std::string_view level, std::string_view name) {
   logger->set_level(lvl);
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(logger);
+  // libprotobuf logs, e.g., invalid UTF-8 in a peer's frame: at debug level
+  // in our format, never in its own on stderr (a peer could flood it).
+  google::protobuf::SetLogHandler([](google::protobuf::LogLevel level, const char* file, int line,
+                                     const std::string& message) {
+    if (level >= google::protobuf::LOGLEVEL_FATAL) {
+      spdlog::critical("protobuf {}:{}: {}", file, line, message);
+    } else {
+      spdlog::debug("protobuf: {}", message.substr(0, 200));
+    }
+  });
   return Status::Ok();
 }
 

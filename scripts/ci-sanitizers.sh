@@ -5,6 +5,10 @@
 #               suite through ctest (a UBSan finding aborts, so the test fails).
 #   build-tsan: ThreadSanitizer, Debug; only the integration tests (the broker
 #               and clients on their own threads), the concurrency-heavy part.
+#   fuzz:       the libFuzzer targets (built in build-asan): each replays its
+#               corpus (tests/fuzz/corpus/<target>/) and fuzzes for FUZZ_SECONDS
+#               (default 30); a crash fails CI and leaves its input in
+#               build-asan/fuzz-out/ to become a regression test.
 # Needs clang-14 and libclang-rt-14-dev (Debian), besides scripts/install-deps.sh.
 # Usage: scripts/ci-sanitizers.sh [asan|tsan]...   (default: both)
 set -euo pipefail
@@ -27,7 +31,7 @@ fi
 
 asan() {
   local start
-  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DLIAISON_SANITIZE=address,undefined
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DLIAISON_SANITIZE=address,undefined -DLIAISON_FUZZ=ON
   start=$(date +%s)
   cmake --build build-asan -j "$JOBS"
   echo "asan build: $(( $(date +%s) - start )) s"
@@ -51,11 +55,27 @@ tsan() {
   echo "tsan tests: $(( $(date +%s) - start )) s"
 }
 
+fuzz() {
+  local seconds=${FUZZ_SECONDS:-30} out="$PWD/build-asan/fuzz-out" target
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DLIAISON_SANITIZE=address,undefined -DLIAISON_FUZZ=ON
+  cmake --build build-asan -j "$JOBS" --target fuzz_frame fuzz_json fuzz_policy fuzz_config fuzz_audit
+  for target in frame json policy config audit; do
+    rm -rf "$out/$target"
+    mkdir -p "$out/$target/corpus"
+    # Work on a copy: new inputs stay out of the repository's seed corpus.
+    ( cd "$out/$target" &&
+      "$PWD/../../tests/fuzz_$target" -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="$out/$target/" \
+        corpus "$OLDPWD/tests/fuzz/corpus/$target" > log 2>&1 ) || {
+      echo "fuzz_$target FAILED: see $out/$target/log"; tail -40 "$out/$target/log"; exit 1; }
+    echo "fuzz_$target: $(grep -o 'number_of_executed_units: [0-9]*' "$out/$target/log" | grep -o '[0-9]*') executions in ${seconds} s, no findings"
+  done
+}
+
 steps=("$@")
-[[ ${#steps[@]} -eq 0 ]] && steps=(asan tsan)
+[[ ${#steps[@]} -eq 0 ]] && steps=(asan tsan fuzz)
 for step in "${steps[@]}"; do
   case "$step" in
-    asan|tsan) "$step" ;;
-    *) echo "usage: $0 [asan|tsan]..." >&2; exit 2 ;;
+    asan|tsan|fuzz) "$step" ;;
+    *) echo "usage: $0 [asan|tsan|fuzz]..." >&2; exit 2 ;;
   esac
 done

@@ -17,3 +17,4 @@ target_sources(unit_tests PRIVATE
   policy/redact_test.cpp
   policy/pseudonym_keys_test.cpp)
 target_sources(unit_tests PRIVATE policy/evaluate_test.cpp)
+target_sources(unit_tests PRIVATE common/audit_record_test.cpp)

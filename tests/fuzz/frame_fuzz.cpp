@@ -1,0 +1,40 @@
+// Fuzz target: the frame decoder and frame parser fed raw bytes, in the
+// chunk sizes the first byte chooses, then message validation of any
+// Publish, as the broker's session does.
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+
+#include <google/protobuf/stubs/logging.h>
+
+#include "proto/detail/pb.h"
+#include "proto/frame_codec.h"
+#include "proto/validate.h"
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  google::protobuf::SetLogHandler(nullptr);  // invalid UTF-8 is expected here
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size == 0) return 0;
+  const size_t chunk = 1 + data[0] % 64;
+  liaison::proto::FrameDecoder decoder(64 * 1024);
+  liaison::v1::Frame frame;
+  for (size_t at = 1; at < size;) {
+    const size_t n = std::min(chunk, size - at);
+    const size_t used = decoder.Feed(data + at, n);
+    at += used;
+    for (;;) {
+      auto next = decoder.Next();
+      if (!next.ok() || !next->has_value()) break;
+      if (!liaison::proto::ParseFrame(**next, &frame).ok()) continue;
+      if (frame.has_publish() && frame.publish().has_message()) {
+        (void)liaison::proto::ValidateForPublish(frame.mutable_publish()->mutable_message(),
+                                                 liaison::proto::MessageLimits{}, std::chrono::system_clock::now());
+      }
+    }
+    if (used < n) break;  // sticky error
+  }
+  return 0;
+}
