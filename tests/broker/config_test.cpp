@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+
+#include "tests/temp_dir.h"
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -18,33 +20,7 @@ using liaison::Diagnostic;
 using liaison::Diagnostics;
 using liaison::broker::BrokerConfig;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "liaison-config-test-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-
-  std::string Write(const std::string& name, const std::string& text) const {
-    const std::string p = path_ + "/" + name;
-    std::filesystem::create_directories(std::filesystem::path(p).parent_path());
-    std::ofstream out(p, std::ios::binary | std::ios::trunc);
-    out << text;
-    REQUIRE(out.good());
-    return p;
-  }
-
- private:
-  std::string path_;
-};
+using liaison::test::TempDir;
 
 // The smallest valid configuration: lines 1-6.
 const std::string kMinimal =

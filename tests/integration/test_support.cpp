@@ -24,16 +24,6 @@
 
 namespace liaison::test {
 
-TempDir::TempDir() {
-  std::string tmpl = (std::filesystem::temp_directory_path() / "liaison-test-XXXXXX").string();
-  if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-  path_ = tmpl;
-}
-
-TempDir::~TempDir() {
-  std::error_code ec;
-  std::filesystem::remove_all(path_, ec);
-}
 
 std::vector<std::string> DefaultAgencies() {
   std::vector<std::string> a = {"police", "school", "social", "health", "youth-ngo"};

@@ -14,20 +14,10 @@
 #include "broker/server.h"
 #include "client/client.h"
 #include "proto/detail/pb.h"
+#include "tests/temp_dir.h"
 
 namespace liaison::test {
 
-// A fresh temporary directory, removed with its contents on destruction.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  const std::string& path() const { return path_; }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 // Certificates for agencies police, school, social, health, youth-ngo and
 // a01..a20, plus the broker and the single-defect test certificates

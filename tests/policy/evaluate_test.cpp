@@ -3,6 +3,8 @@
 // and their interactions, table-driven over one policy defined here, plus
 // the decisions the example policy in docs/examples/ is documented to make.
 #include <catch2/catch.hpp>
+
+#include "tests/temp_dir.h"
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -56,30 +58,7 @@ int CountErrors(const Diagnostics& d) {
   return n;
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "liaison-evaluate-test-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string Write(const std::string& name, const std::string& text) const {
-    const std::string p = path_ + "/" + name;
-    std::ofstream out(p, std::ios::binary | std::ios::trunc);
-    out << text;
-    REQUIRE(out.good());
-    return p;
-  }
-
- private:
-  std::string path_;
-};
+using liaison::test::TempDir;
 
 // Agencies in six sectors, nested groups, an agreement in force, a second
 // overlapping one, one expired and one not yet valid; permits with and

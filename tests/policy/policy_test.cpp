@@ -3,6 +3,8 @@
 #include "policy/policy.h"
 
 #include <catch2/catch.hpp>
+
+#include "tests/temp_dir.h"
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -17,31 +19,7 @@ using liaison::PeerIdentity;
 using liaison::policy::CertificateMatch;
 using liaison::policy::Policy;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "liaison-policy-test-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  std::string Write(const std::string& name, const std::string& text) const {
-    const std::string p = path_ + "/" + name;
-    std::ofstream out(p, std::ios::binary | std::ios::trunc);
-    out << text;
-    REQUIRE(out.good());
-    return p;
-  }
-
- private:
-  std::string path_;
-};
+using liaison::test::TempDir;
 
 // The two pins of kPolicy's health agency, and one nobody has.
 const std::string kPinA = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
