@@ -61,8 +61,12 @@ int main(int argc, char** argv) {
   std::string admin;
   app.add_option("--admin", admin,
                  "send a command to the running broker through its admin_socket and exit: reload (policy, CA "
-                 "bundle, CRLs, certificate) or status")
-      ->check(CLI::IsMember({"reload", "status"}));
+                 "bundle, CRLs, certificate), status, or 'rotate-key AGREEMENT' (a new pseudonym key version)")
+      ->check([](const std::string& v) {
+        if (v == "reload" || v == "status") return std::string();
+        if (v.rfind("rotate-key ", 0) == 0 && v.size() > 11) return std::string();
+        return std::string("expected reload, status or 'rotate-key AGREEMENT'");
+      });
   app.set_version_flag("--version", "liaison-broker 0.1.0");
   try {
     app.parse(argc, argv);

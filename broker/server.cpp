@@ -107,7 +107,8 @@ asio::awaitable<void> Server::Impl::AcceptAdmin(Server* server) {
   }
 }
 
-// One command per connection, one line each way: "reload" or "status".
+// One command per connection, one line each way: "reload", "status" or
+// "rotate-key <agreement>".
 asio::awaitable<void> Server::Impl::ServeAdmin(Server* server, asio::local::stream_protocol::socket socket) {
   asio::streambuf buf(256);
   auto [ec, n] = co_await asio::async_read_until(socket, buf, '\n', kUseTuple);
@@ -135,8 +136,22 @@ asio::awaitable<void> Server::Impl::ServeAdmin(Server* server, asio::local::stre
              std::to_string(c.publishes) + ",\"deliveries_acked\":" + std::to_string(c.deliveries_acked) +
              ",\"protocol_errors\":" + std::to_string(c.protocol_errors) + ",\"policy_version\":\"" +
              state.policy()->version() + "\"}";
+  } else if (command.rfind("rotate-key ", 0) == 0) {
+    // New pseudonyms for an agreement from now on: a new key version. Old
+    // versions stay, so earlier pseudonyms remain explainable.
+    const std::string agreement = command.substr(11);
+    auto key = state.keys->Rotate(agreement);
+    if (key.ok()) {
+      spdlog::info("admin socket: pseudonym key of agreement '{}' rotated to version {}", agreement, key->version);
+      audit::Record r = MakeRecord("key_rotated");
+      r.detail = "pseudonym key of agreement '" + agreement + "' now version " + std::to_string(key->version);
+      state.store->Append({std::move(r)}, nullptr);
+      answer = "ok agreement '" + agreement + "' now uses pseudonym key version " + std::to_string(key->version);
+    } else {
+      answer = "error " + key.status().message();
+    }
   } else {
-    answer = "error unknown command (reload, status)";
+    answer = "error unknown command (reload, status, rotate-key AGREEMENT)";
   }
   for (char& ch : answer) {
     if (ch == '\n') ch = ' ';

@@ -283,6 +283,23 @@ void Lint(const Policy& p, Clock::time_point now, Diagnostics* out) {
   std::vector<Sets> sets;
   for (const auto& r : p.rules()) sets.push_back(sets_of(r));
 
+  // Agencies no certificate can match: a subject or issuer that is not a
+  // distinguished name, or a SAN URI the dev PKI and the default would not
+  // issue (a typo in the id makes the agency unreachable).
+  for (const auto& a : p.agencies()) {
+    const auto& c = a.certificate;
+    if (c.kind == policy::CertificateMatch::Kind::kSubject &&
+        (c.subject.find('=') == std::string::npos || c.issuer.find('=') == std::string::npos)) {
+      warn(a.line, "agency '" + a.id + "': no certificate can match: subject and issuer must be distinguished names "
+                   "in RFC 2253 form, e.g. CN=school,O=City of Example");
+    }
+    if (c.kind == policy::CertificateMatch::Kind::kSanUri && c.san_uri.rfind("urn:liaison:agency:", 0) == 0 &&
+        c.san_uri != policy::DefaultSanUri(a.id)) {
+      warn(a.line, "agency '" + a.id + "' is matched by " + c.san_uri +
+                       ", which names another agency id: is that intended?");
+    }
+  }
+
   for (size_t i = 0; i < p.rules().size(); ++i) {
     const policy::Rule& r = p.rules()[i];
     const Sets& s = sets[i];

@@ -149,6 +149,23 @@ TEST_CASE("policy check warns about a permit shadowed by a forbid") {
   CHECK(Contains(r.out, "permit 'p' is fully shadowed by forbid 'f'"));
 }
 
+TEST_CASE("policy check warns about agencies no certificate can match") {
+  TempDir dir;
+  const std::string p = dir.Write("certs.yaml",
+                                  "version: 1\n"
+                                  "agencies:\n"
+                                  "  - {id: a, name: A, sector: health, certificate: {subject: school, issuer: ca}}\n"
+                                  "  - {id: b, name: B, sector: education,\n"
+                                  "     certificate: {san_uri: 'urn:liaison:agency:bb'}}\n"
+                                  "  - {id: c, name: C, sector: education}\n");
+  const Run r = Liaison(dir, {"policy", "check", p});
+  INFO(r.out << r.err);
+  CHECK(r.code == 0);
+  CHECK(Contains(r.out, "agency 'a': no certificate can match"));
+  CHECK(Contains(r.out, "agency 'b' is matched by urn:liaison:agency:bb"));
+  CHECK_FALSE(Contains(r.out, "agency 'c'"));
+}
+
 TEST_CASE("policy explain: exit 0 and details for a permit") {
   TempDir dir;
   const Run r = Liaison(dir, Cat({"policy", "explain", kPolicy}, kPermit));

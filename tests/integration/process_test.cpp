@@ -308,6 +308,12 @@ TEST_CASE("the admin socket and SIGHUP reload the policy, a bad policy is reject
   auto c = Connect(broker.port(), "police");
   CHECK(c->session().agency_id == "police");
 
+  // Pseudonym key rotation adds a version.
+  CHECK(Run(with("rotate-key test-network"), dir.path(), &out, &err) == 0);
+  CHECK(Run(with("rotate-key test-network"), dir.path(), &out, &err) == 0);
+  CHECK(out.find("version 2") != std::string::npos);
+  CHECK(Run(with("rotate-key ../etc"), dir.path(), &out, &err) == 1);
+
   REQUIRE(WriteFileAtomic(dir.File("policy.yaml"), PolicyYaml({"police", "school"})).ok());
   broker.process().Signal(SIGHUP);
   CHECK(WaitFor([&] { return broker.process().err().find("reloaded: policy") != std::string::npos; }));
