@@ -140,6 +140,22 @@ Decision Policy::Evaluate(const Request& q, std::vector<TraceStep>* trace) const
   return d;
 }
 
+const char* DenialName(Denial d) {
+  switch (d) {
+    case Denial::kNone: return "none";
+    case Denial::kUnknownSender: return "unknown_sender";
+    case Denial::kUnknownRecipient: return "unknown_recipient";
+    case Denial::kNoPermit: return "no_permit";
+    case Denial::kForbidden: return "forbidden";
+    case Denial::kAgreementNotInForce: return "agreement_not_in_force";
+    case Denial::kAmbiguousAgreement: return "ambiguous_agreement";
+    case Denial::kRedNeedsNamedRecipient: return "red_needs_named_recipient";
+    case Denial::kForwardRestricted: return "forward_restricted";
+    case Denial::kForwardOriginUnknown: return "forward_origin_unknown";
+  }
+  return "unknown";
+}
+
 Obligations Policy::ObligationsOf(const Decision& d) const { return *SharedObligationsOf(d); }
 
 std::shared_ptr<const Obligations> Policy::SharedObligationsOf(const Decision& d) const {

@@ -125,6 +125,9 @@ enum class Denial {
   kForwardOriginUnknown,  // a forward whose original this broker does not know
 };
 
+// "no_permit", "forbidden", ...: the name tools and logs use.
+const char* DenialName(Denial denial);
+
 struct Decision {
   bool permit = false;
   Denial denial = Denial::kNone;

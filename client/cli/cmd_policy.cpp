@@ -107,22 +107,6 @@ std::string DayString(policy::Date d) {
   return b;
 }
 
-std::string DenialName(policy::Denial d) {
-  using policy::Denial;
-  switch (d) {
-    case Denial::kNone: return "none";
-    case Denial::kUnknownSender: return "unknown_sender";
-    case Denial::kUnknownRecipient: return "unknown_recipient";
-    case Denial::kNoPermit: return "no_permit";
-    case Denial::kForbidden: return "forbidden";
-    case Denial::kAgreementNotInForce: return "agreement_not_in_force";
-    case Denial::kAmbiguousAgreement: return "ambiguous_agreement";
-    case Denial::kRedNeedsNamedRecipient: return "red_needs_named_recipient";
-    case Denial::kForwardRestricted: return "forward_restricted";
-    case Denial::kForwardOriginUnknown: return "forward_origin_unknown";
-  }
-  return "unknown";
-}
 
 // Obligations as people write them: category names and paths, sorted.
 std::set<std::string> RedactItems(const policy::Obligations& o) {
@@ -453,7 +437,7 @@ int RunExplain(const CommonOptions& common, const std::string& file, const Query
                 q.agreement.empty() ? "" : (", agreement " + q.agreement).c_str(),
                 q.via_group ? ", via a group" : ", named individually", q.at.empty() ? "" : (", on " + q.at).c_str());
     std::printf("decision:     %s%s\n", d.permit ? "PERMIT" : "DENY",
-                d.permit ? "" : (" (" + DenialName(d.denial) + ")").c_str());
+                d.permit ? "" : (" (" + std::string(DenialName(d.denial)) + ")").c_str());
     std::printf("agreement:    %s\n", agreement.empty() ? "-" : agreement.c_str());
     std::printf("rules:        %s\n", rule_ids.empty() ? "-" : Join(rule_ids).c_str());
     for (size_t i = 0; i < reasons.size(); ++i) {

@@ -36,21 +36,6 @@ std::chrono::system_clock::time_point At(int y, unsigned m, unsigned d, int hh =
 // "Today" for every test unless a case says otherwise.
 const auto kNow = At(2026, 6, 1);
 
-const char* DenialName(Denial d) {
-  switch (d) {
-    case Denial::kNone: return "none";
-    case Denial::kUnknownSender: return "unknown_sender";
-    case Denial::kUnknownRecipient: return "unknown_recipient";
-    case Denial::kNoPermit: return "no_permit";
-    case Denial::kForbidden: return "forbidden";
-    case Denial::kAgreementNotInForce: return "agreement_not_in_force";
-    case Denial::kAmbiguousAgreement: return "ambiguous_agreement";
-    case Denial::kRedNeedsNamedRecipient: return "red_needs_named_recipient";
-    case Denial::kForwardRestricted: return "forward_restricted";
-    case Denial::kForwardOriginUnknown: return "forward_origin_unknown";
-  }
-  return "?";
-}
 
 int CountErrors(const Diagnostics& d) {
   int n = 0;
