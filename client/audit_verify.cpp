@@ -185,4 +185,108 @@ Status VerifyAuditLog(const VerifyOptions& o, VerifyReport* report) {
   return Status::Ok();
 }
 
+Result<InclusionProof> ProveInclusion(const std::string& db_path, uint64_t seq, const Checkpoint& against) {
+  sqlite3* db = nullptr;
+  const std::string uri = "file:" + db_path + "?mode=ro";
+  if (sqlite3_open_v2(uri.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, nullptr) != SQLITE_OK) {
+    std::string m = sqlite3_errmsg(db);
+    sqlite3_close_v2(db);
+    return Status::IoError("cannot open " + db_path + ": " + m);
+  }
+  struct Closer {
+    sqlite3* db;
+    ~Closer() { sqlite3_close_v2(db); }
+  } closer{db};
+  InclusionProof p;
+  p.seq = seq;
+  p.checkpoint = against;
+  sqlite3_stmt* s = nullptr;
+  if (p.checkpoint.origin.empty()) {
+    if (sqlite3_prepare_v2(db, "SELECT text FROM checkpoints ORDER BY tree_size DESC LIMIT 1", -1, &s, nullptr) !=
+            SQLITE_OK ||
+        sqlite3_step(s) != SQLITE_ROW) {
+      sqlite3_finalize(s);
+      return Status::NotFound("the export has no checkpoint");
+    }
+    auto cp = ParseCheckpoint(Column(s, 0));
+    sqlite3_finalize(s);
+    if (!cp.ok()) return cp.status();
+    p.checkpoint = *cp;
+  }
+  if (seq == 0 || seq > p.checkpoint.tree_size) {
+    return Status::InvalidArgument("record " + std::to_string(seq) + " is not covered by the checkpoint (tree size " +
+                                   std::to_string(p.checkpoint.tree_size) + ")");
+  }
+  std::vector<merkle::Hash> leaves;
+  sqlite3_prepare_v2(db, "SELECT seq, leaf, leaf_hash FROM audit_log WHERE seq <= ? ORDER BY seq", -1, &s, nullptr);
+  sqlite3_bind_int64(s, 1, static_cast<int64_t>(p.checkpoint.tree_size));
+  while (sqlite3_step(s) == SQLITE_ROW) {
+    merkle::Hash h;
+    if (sqlite3_column_bytes(s, 2) != 32) break;
+    std::memcpy(h.data(), sqlite3_column_blob(s, 2), 32);
+    leaves.push_back(h);
+    if (static_cast<uint64_t>(sqlite3_column_int64(s, 0)) == seq) {
+      p.leaf.assign(static_cast<const char*>(sqlite3_column_blob(s, 1)), static_cast<size_t>(sqlite3_column_bytes(s, 1)));
+    }
+  }
+  sqlite3_finalize(s);
+  if (leaves.size() != p.checkpoint.tree_size) {
+    return Status::Corruption("the export holds " + std::to_string(leaves.size()) + " records, the checkpoint " +
+                              std::to_string(p.checkpoint.tree_size));
+  }
+  if (merkle::RootOf(leaves) != p.checkpoint.root) return Status::Corruption("the export does not match the checkpoint");
+  p.path = merkle::InclusionProof(leaves, seq - 1, p.checkpoint.tree_size);
+  return p;
+}
+
+std::string FormatInclusionProof(const InclusionProof& p) {
+  std::string out = "liaison-inclusion-proof v1\nseq " + std::to_string(p.seq) + "\nleaf " + Base64(p.leaf) + "\n";
+  for (const auto& h : p.path) {
+    out += "path " + Base64(std::string_view(reinterpret_cast<const char*>(h.data()), h.size())) + "\n";
+  }
+  return out + "checkpoint\n" + FormatCheckpoint(p.checkpoint);
+}
+
+Result<InclusionProof> ParseInclusionProof(std::string_view text) {
+  InclusionProof p;
+  auto next_line = [&](std::string_view* line) {
+    const size_t nl = text.find('\n');
+    if (nl == std::string_view::npos) return false;
+    *line = text.substr(0, nl);
+    text.remove_prefix(nl + 1);
+    return true;
+  };
+  std::string_view line;
+  if (!next_line(&line) || line != "liaison-inclusion-proof v1") return Status::InvalidArgument("not an inclusion proof");
+  if (!next_line(&line) || line.substr(0, 4) != "seq ") return Status::InvalidArgument("proof: no seq line");
+  p.seq = std::strtoull(std::string(line.substr(4)).c_str(), nullptr, 10);
+  if (!next_line(&line) || line.substr(0, 5) != "leaf ") return Status::InvalidArgument("proof: no leaf line");
+  auto leaf = FromBase64(line.substr(5));
+  if (!leaf.ok()) return Status::InvalidArgument("proof: bad leaf");
+  p.leaf = *leaf;
+  while (next_line(&line) && line.substr(0, 5) == "path ") {
+    auto h = FromBase64(line.substr(5));
+    if (!h.ok() || h->size() != 32) return Status::InvalidArgument("proof: bad path hash");
+    merkle::Hash hash;
+    std::copy(h->begin(), h->end(), hash.begin());
+    p.path.push_back(hash);
+  }
+  if (line != "checkpoint") return Status::InvalidArgument("proof: no checkpoint");
+  auto cp = ParseCheckpoint(text);
+  if (!cp.ok()) return cp.status();
+  p.checkpoint = *cp;
+  return p;
+}
+
+Result<Record> VerifyInclusionProof(const InclusionProof& p, const std::string& public_key_pem) {
+  if (Status s = VerifyCheckpoint(p.checkpoint, public_key_pem); !s.ok()) return s;
+  auto r = DecodeLeaf(p.leaf);
+  if (!r.ok()) return r.status();
+  if (r->seq != p.seq) return Status::Corruption("the leaf is record " + std::to_string(r->seq) + ", not " + std::to_string(p.seq));
+  if (!merkle::VerifyInclusion(merkle::LeafHash(p.leaf), p.seq - 1, p.checkpoint.tree_size, p.path, p.checkpoint.root)) {
+    return Status::Corruption("the record is not in the log this checkpoint commits to (the proof does not verify)");
+  }
+  return r;
+}
+
 }  // namespace liaison::audit

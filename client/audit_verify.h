@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/audit_record.h"
 #include "common/checkpoint.h"
 #include "common/status.h"
 
@@ -34,5 +35,23 @@ struct VerifyReport {
 // OK when everything verifies; otherwise Corruption (or PermissionDenied
 // for a bad signature) naming the first bad record or checkpoint.
 Status VerifyAuditLog(const VerifyOptions& options, VerifyReport* report);
+
+// An RFC 6962 inclusion proof of one record against a signed checkpoint: all
+// a third party needs, with the broker's public key, to check that the
+// record is in the log the checkpoint commits to.
+struct InclusionProof {
+  uint64_t seq = 0;
+  std::string leaf;                 // the record's canonical leaf bytes
+  std::vector<merkle::Hash> path;   // RFC 6962 audit path
+  Checkpoint checkpoint;
+};
+
+// Builds the proof of record seq from an export (or a store), against
+// `against` or, when it has no origin, the export's newest checkpoint.
+Result<InclusionProof> ProveInclusion(const std::string& db_path, uint64_t seq, const Checkpoint& against);
+std::string FormatInclusionProof(const InclusionProof& p);
+Result<InclusionProof> ParseInclusionProof(std::string_view text);
+// Checks the checkpoint's signature and the path; returns the record.
+Result<Record> VerifyInclusionProof(const InclusionProof& p, const std::string& public_key_pem);
 
 }  // namespace liaison::audit

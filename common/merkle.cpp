@@ -54,14 +54,124 @@ Hash Tree::Root() const {
   return root;
 }
 
-Hash RootOf(const std::vector<Hash>& leaves) {
-  if (leaves.empty()) return EmptyRoot();
-  if (leaves.size() == 1) return leaves[0];
-  size_t k = 1;
-  while (k * 2 < leaves.size()) k *= 2;
-  std::vector<Hash> left(leaves.begin(), leaves.begin() + static_cast<long>(k));
-  std::vector<Hash> right(leaves.begin() + static_cast<long>(k), leaves.end());
-  return NodeHash(RootOf(left), RootOf(right));
+namespace {
+
+using Span = std::pair<const Hash*, uint64_t>;  // first leaf, count
+
+uint64_t SplitPoint(uint64_t n) {  // the largest power of two below n
+  uint64_t k = 1;
+  while (k * 2 < n) k *= 2;
+  return k;
+}
+
+Hash Mth(Span d) {
+  if (d.second == 0) return EmptyRoot();
+  if (d.second == 1) return d.first[0];
+  const uint64_t k = SplitPoint(d.second);
+  return NodeHash(Mth({d.first, k}), Mth({d.first + k, d.second - k}));
+}
+
+void Path(uint64_t m, Span d, std::vector<Hash>* out) {
+  if (d.second <= 1) return;
+  const uint64_t k = SplitPoint(d.second);
+  if (m < k) {
+    Path(m, {d.first, k}, out);
+    out->push_back(Mth({d.first + k, d.second - k}));
+  } else {
+    Path(m - k, {d.first + k, d.second - k}, out);
+    out->push_back(Mth({d.first, k}));
+  }
+}
+
+void SubProof(uint64_t m, Span d, bool whole, std::vector<Hash>* out) {
+  if (m == d.second) {
+    if (!whole) out->push_back(Mth(d));
+    return;
+  }
+  const uint64_t k = SplitPoint(d.second);
+  if (m <= k) {
+    SubProof(m, {d.first, k}, whole, out);
+    out->push_back(Mth({d.first + k, d.second - k}));
+  } else {
+    SubProof(m - k, {d.first + k, d.second - k}, false, out);
+    out->push_back(Mth({d.first, k}));
+  }
+}
+
+}  // namespace
+
+Hash RootOf(const std::vector<Hash>& leaves) { return Mth({leaves.data(), leaves.size()}); }
+
+std::vector<Hash> InclusionProof(const std::vector<Hash>& leaves, uint64_t index, uint64_t size) {
+  std::vector<Hash> out;
+  if (index < size && size <= leaves.size()) Path(index, {leaves.data(), size}, &out);
+  return out;
+}
+
+bool VerifyInclusion(const Hash& leaf_hash, uint64_t index, uint64_t size, const std::vector<Hash>& proof,
+                     const Hash& root) {
+  if (index >= size) return false;
+  uint64_t fn = index, sn = size - 1;
+  Hash r = leaf_hash;
+  for (const Hash& p : proof) {
+    if (sn == 0) return false;
+    if ((fn & 1) || fn == sn) {
+      r = NodeHash(p, r);
+      if (!(fn & 1)) {
+        while (!(fn & 1) && fn != 0) {
+          fn >>= 1;
+          sn >>= 1;
+        }
+      }
+    } else {
+      r = NodeHash(r, p);
+    }
+    fn >>= 1;
+    sn >>= 1;
+  }
+  return sn == 0 && r == root;
+}
+
+std::vector<Hash> ConsistencyProof(const std::vector<Hash>& leaves, uint64_t m, uint64_t n) {
+  std::vector<Hash> out;
+  if (m > 0 && m <= n && n <= leaves.size()) SubProof(m, {leaves.data(), n}, true, &out);
+  return out;
+}
+
+bool VerifyConsistency(uint64_t m, uint64_t n, const Hash& root_m, const Hash& root_n,
+                       const std::vector<Hash>& proof_in) {
+  if (m > n) return false;
+  if (m == n) return proof_in.empty() && root_m == root_n;
+  if (m == 0) return proof_in.empty();  // the empty tree is a prefix of every tree
+  if (proof_in.empty()) return false;
+  std::vector<Hash> proof;
+  if ((m & (m - 1)) == 0) proof.push_back(root_m);  // m is a power of two
+  proof.insert(proof.end(), proof_in.begin(), proof_in.end());
+  uint64_t fn = m - 1, sn = n - 1;
+  while (fn & 1) {
+    fn >>= 1;
+    sn >>= 1;
+  }
+  Hash fr = proof[0], sr = proof[0];
+  for (size_t i = 1; i < proof.size(); ++i) {
+    const Hash& c = proof[i];
+    if (sn == 0) return false;
+    if ((fn & 1) || fn == sn) {
+      fr = NodeHash(c, fr);
+      sr = NodeHash(c, sr);
+      if (!(fn & 1)) {
+        while (!(fn & 1) && fn != 0) {
+          fn >>= 1;
+          sn >>= 1;
+        }
+      }
+    } else {
+      sr = NodeHash(sr, c);
+    }
+    fn >>= 1;
+    sn >>= 1;
+  }
+  return fr == root_m && sr == root_n && sn == 0;
 }
 
 }  // namespace liaison::merkle

@@ -50,6 +50,7 @@ class Status {
   bool IsTimeout() const { return code() == Code::kTimeout; }
   bool IsIoError() const { return code() == Code::kIoError; }
   bool IsProtocolError() const { return code() == Code::kProtocolError; }
+  bool IsCorruption() const { return code() == Code::kCorruption; }
 
   // "invalid argument: <message>", or "ok".
   std::string ToString() const;

@@ -59,3 +59,49 @@ TEST_CASE("the Merkle tree matches RFC 6962's definition at every size", "[audit
   CHECK(empty_leaf[0] == 0x6e);
   CHECK(empty_leaf[1] == 0x34);
 }
+
+TEST_CASE("RFC 6962 inclusion proofs verify for every leaf, and fail when altered", "[audit][merkle]") {
+  std::vector<merkle::Hash> leaves;
+  for (int i = 0; i < 40; ++i) leaves.push_back(merkle::LeafHash("record " + std::to_string(i)));
+  for (uint64_t size = 1; size <= leaves.size(); ++size) {
+    const std::vector<merkle::Hash> prefix(leaves.begin(), leaves.begin() + static_cast<long>(size));
+    const merkle::Hash root = merkle::RootOf(prefix);
+    for (uint64_t i = 0; i < size; ++i) {
+      auto proof = merkle::InclusionProof(leaves, i, size);
+      INFO("size " << size << " index " << i);
+      REQUIRE(merkle::VerifyInclusion(leaves[i], i, size, proof, root));
+      if (size > 1) CHECK_FALSE(merkle::VerifyInclusion(leaves[(i + 1) % size], i, size, proof, root));
+      // (The tree size is bound by the signed checkpoint, not by the proof.)
+      if (size > 1) CHECK_FALSE(merkle::VerifyInclusion(leaves[i], (i + 1) % size, size, proof, root));
+      if (!proof.empty()) {
+        proof[0][3] ^= 1;
+        CHECK_FALSE(merkle::VerifyInclusion(leaves[i], i, size, proof, root));
+      }
+    }
+  }
+}
+
+TEST_CASE("RFC 6962 consistency proofs verify between every pair of sizes, and fail when altered",
+          "[audit][merkle]") {
+  std::vector<merkle::Hash> leaves;
+  for (int i = 0; i < 33; ++i) leaves.push_back(merkle::LeafHash("record " + std::to_string(i)));
+  auto root = [&](uint64_t n) {
+    return merkle::RootOf(std::vector<merkle::Hash>(leaves.begin(), leaves.begin() + static_cast<long>(n)));
+  };
+  for (uint64_t n = 1; n <= leaves.size(); ++n) {
+    for (uint64_t m = 1; m <= n; ++m) {
+      auto proof = merkle::ConsistencyProof(leaves, m, n);
+      INFO("m " << m << " n " << n);
+      REQUIRE(merkle::VerifyConsistency(m, n, root(m), root(n), proof));
+      if (m < n) {
+        merkle::Hash other = root(m);
+        other[0] ^= 1;
+        CHECK_FALSE(merkle::VerifyConsistency(m, n, other, root(n), proof));
+        CHECK_FALSE(merkle::VerifyConsistency(m, n, root(m), other, proof));
+        auto bad = proof;
+        bad.back()[7] ^= 1;
+        CHECK_FALSE(merkle::VerifyConsistency(m, n, root(m), root(n), bad));
+      }
+    }
+  }
+}

@@ -312,3 +312,35 @@ TEST_CASE("an agency witnesses the audit log: a log that shrinks raises an alarm
   REQUIRE(c.ok());
   CHECK((*c)->witness_status().message().find("shrank") != std::string::npos);
 }
+
+TEST_CASE("an inclusion proof verifies from the proof and the public key alone, and fails when altered",
+          "[audit][proof]") {
+  Fixture f(200);
+  for (uint64_t seq : {uint64_t{1}, uint64_t{77}, uint64_t{200}}) {
+    auto p = audit::ProveInclusion(f.export_path, seq, f.latest);
+    REQUIRE(p.ok());
+    auto parsed = audit::ParseInclusionProof(audit::FormatInclusionProof(*p));
+    REQUIRE(parsed.ok());
+    auto r = audit::VerifyInclusionProof(*parsed, f.pem);
+    INFO(seq << ": " << r.status().ToString());
+    REQUIRE(r.ok());
+    CHECK(r->seq == seq);
+
+    auto bad_path = *parsed;
+    bad_path.path.back()[0] ^= 1;
+    CHECK_FALSE(audit::VerifyInclusionProof(bad_path, f.pem).ok());
+    auto bad_leaf = *parsed;
+    bad_leaf.leaf.back() ^= 1;
+    CHECK_FALSE(audit::VerifyInclusionProof(bad_leaf, f.pem).ok());
+    auto forged = *parsed;
+    forged.checkpoint.root[1] ^= 1;
+    CHECK_FALSE(audit::VerifyInclusionProof(forged, f.pem).ok());
+  }
+  TempDir other;
+  auto signer = audit::Signer::LoadOrCreate(other.File("k.pem"));
+  REQUIRE(signer.ok());
+  auto p = audit::ProveInclusion(f.export_path, 5, f.latest);
+  REQUIRE(p.ok());
+  CHECK_FALSE(audit::VerifyInclusionProof(*p, (*signer)->public_key_pem()).ok());
+  CHECK_FALSE(audit::ProveInclusion(f.export_path, 201, f.latest).ok());
+}
