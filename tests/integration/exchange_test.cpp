@@ -9,27 +9,6 @@
 using namespace liaison;
 using namespace liaison::test;
 
-namespace {
-
-// A receiving client that records and acknowledges every delivery.
-struct Receiver {
-  Receiver(uint16_t port, const std::string& agency, bool ack = true) {
-    client = Connect(port, agency, true, [this, ack](client::Delivery d) {
-      std::lock_guard lock(mu);
-      got.push_back(d);
-      if (ack) client->Acknowledge(d.delivery_id);
-    });
-  }
-  size_t count() {
-    std::lock_guard lock(mu);
-    return got.size();
-  }
-  std::mutex mu;
-  std::vector<client::Delivery> got;
-  std::unique_ptr<client::Client> client;
-};
-
-}  // namespace
 
 TEST_CASE("an incident report travels from police to school", "[exchange]") {
   TestBroker broker;

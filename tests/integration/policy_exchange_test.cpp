@@ -17,23 +17,6 @@ std::string ExamplePolicy() {
   return *ReadFile(LIAISON_SOURCE_DIR "/docs/examples/policy.yaml", 1 << 20);
 }
 
-struct Inbox {
-  Inbox(uint16_t port, const std::string& agency) {
-    client = Connect(port, agency, true, [this](client::Delivery d) {
-      std::lock_guard lock(mu);
-      got.push_back(d.message);
-      client->Acknowledge(d.delivery_id);
-    });
-  }
-  size_t count() {
-    std::lock_guard lock(mu);
-    return got.size();
-  }
-  std::mutex mu;
-  std::vector<std::shared_ptr<const v1::Message>> got;
-  std::unique_ptr<client::Client> client;
-};
-
 std::map<std::string, std::string> Outcomes(const client::PublishResult& r) {
   std::map<std::string, std::string> out;
   for (const auto& o : r.outcomes) out[o.recipient] = o.outcome == "refused" ? o.reason : o.outcome;
@@ -64,8 +47,8 @@ v1::Message Referral(const std::vector<std::string>& to, v1::ConsentStatus conse
 
 TEST_CASE("an unauthorised recipient gets nothing and the sender is told", "[policy-e2e]") {
   TestBroker broker({}, 2, ExamplePolicy());
-  Inbox ngo(broker.port(), "youth-ngo");
-  Inbox social(broker.port(), "social");
+  Receiver ngo(broker.port(), "youth-ngo");
+  Receiver social(broker.port(), "social");
   auto police = Connect(broker.port(), "police");
   // No rule lets incident reports reach civil society.
   auto r = police->Publish(IncidentReport({"youth-ngo", "social"}));
@@ -81,15 +64,15 @@ TEST_CASE("an unauthorised recipient gets nothing and the sender is told", "[pol
 
 TEST_CASE("a civil-society recipient gets the redacted form", "[policy-e2e]") {
   TestBroker broker({}, 2, ExamplePolicy());
-  Inbox ngo(broker.port(), "youth-ngo");
-  Inbox health(broker.port(), "health");
+  Receiver ngo(broker.port(), "youth-ngo");
+  Receiver health(broker.port(), "health");
   auto social = Connect(broker.port(), "social");
   auto r = social->Publish(Referral({"youth-ngo", "health"}, v1::CONSENT_GIVEN));
   REQUIRE(r.status.ok());
   CHECK(Outcomes(r)["youth-ngo"] == "delivered");
   CHECK(Outcomes(r)["health"] == "delivered");
   REQUIRE(ngo.count() == 1);
-  const v1::Message& got = *ngo.got[0];
+  const v1::Message& got = *ngo.got[0].message;
   const auto& ref = got.case_referral();
   CHECK(ref.person().full_name().empty());               // identifying
   CHECK(ref.concerns_size() == 1);
@@ -101,8 +84,8 @@ TEST_CASE("a civil-society recipient gets the redacted form", "[policy-e2e]") {
   CHECK_FALSE(got.envelope().redacted_paths().empty());
   // Health services (a core partner) get the full referral.
   REQUIRE(health.count() == 1);
-  CHECK(health.got[0]->case_referral().person().full_name() == "Sam Example");
-  CHECK(health.got[0]->envelope().redacted_paths().empty());
+  CHECK(health.got[0].message->case_referral().person().full_name() == "Sam Example");
+  CHECK(health.got[0].message->envelope().redacted_paths().empty());
   // Without consent, youth work gets nothing.
   auto r2 = social->Publish(Referral({"youth-ngo"}, v1::CONSENT_REFUSED));
   CHECK(Outcomes(r2)["youth-ngo"] == "not_permitted");
@@ -110,7 +93,7 @@ TEST_CASE("a civil-society recipient gets the redacted form", "[policy-e2e]") {
 
 TEST_CASE("a school gets incident reports with names pseudonymised and criminal details removed", "[policy-e2e]") {
   TestBroker broker({}, 2, ExamplePolicy());
-  Inbox school(broker.port(), "school");
+  Receiver school(broker.port(), "school");
   auto police = Connect(broker.port(), "police");
   v1::Message m = IncidentReport({"school"});
   m.mutable_incident_report()->set_police_reference("2026-NS-1");
@@ -121,21 +104,21 @@ TEST_CASE("a school gets incident reports with names pseudonymised and criminal 
   REQUIRE(r1.AllAccepted());
   REQUIRE(r2.AllAccepted());
   REQUIRE(school.count() == 2);
-  const auto& a = school.got[0]->incident_report();
-  const auto& b = school.got[1]->incident_report();
+  const auto& a = school.got[0].message->incident_report();
+  const auto& b = school.got[1].message->incident_report();
   CHECK(a.bias_motivations_size() == 0);        // special category
   CHECK(a.police_reference().empty());           // criminal offence
   CHECK(a.persons(0).role() == v1::ROLE_UNSPECIFIED);  // victim/suspect is criminal-offence data
   CHECK(a.persons(0).full_name().rfind("ps:v1:", 0) == 0);
   // Same person, written differently: the same pseudonym within the agreement.
   CHECK(a.persons(0).full_name() == b.persons(0).full_name());
-  const auto& paths = school.got[0]->envelope().pseudonymised_paths();
+  const auto& paths = school.got[0].message->envelope().pseudonymised_paths();
   CHECK(std::find(paths.begin(), paths.end(), "incident_report.persons.full_name") != paths.end());
 }
 
 TEST_CASE("an agreement that has expired stops sharing", "[policy-e2e]") {
   TestBroker broker({}, 2, ExamplePolicy());
-  Inbox ngo(broker.port(), "youth-ngo");
+  Receiver ngo(broker.port(), "youth-ngo");
   auto school = Connect(broker.port(), "school");
   // Only the 2025 school pilot ever permitted school -> youth-ngo incident reports.
   auto r = school->Publish(IncidentReport({"youth-ngo"}));
@@ -145,8 +128,8 @@ TEST_CASE("an agreement that has expired stops sharing", "[policy-e2e]") {
 
 TEST_CASE("groups fan out to their members, never back to the sender, and never at TLP:RED", "[policy-e2e]") {
   TestBroker broker({}, 2, ExamplePolicy());
-  Inbox social(broker.port(), "social");
-  Inbox health(broker.port(), "health");
+  Receiver social(broker.port(), "social");
+  Receiver health(broker.port(), "health");
   auto police = Connect(broker.port(), "police");
   auto r = police->Publish(IncidentReport({"group:core-partners"}));
   auto o = Outcomes(r);

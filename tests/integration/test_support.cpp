@@ -172,6 +172,19 @@ v1::Message IncidentReport(const std::vector<std::string>& recipients) {
   return m;
 }
 
+Receiver::Receiver(uint16_t port, const std::string& agency, bool ack) {
+  client = Connect(port, agency, true, [this, ack](client::Delivery d) {
+    std::lock_guard lock(mu);
+    got.push_back(d);
+    if (ack) client->Acknowledge(d.delivery_id);
+  });
+}
+
+size_t Receiver::count() {
+  std::lock_guard lock(mu);
+  return got.size();
+}
+
 bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (!cond()) {

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -62,6 +63,16 @@ std::unique_ptr<client::Client> Connect(uint16_t port, const std::string& agency
 
 // A valid incident report from nobody to the given recipients.
 v1::Message IncidentReport(const std::vector<std::string>& recipients);
+
+// A receiving client that records every delivery and, with ack, acknowledges
+// it at once. Thread-safe through mu.
+struct Receiver {
+  Receiver(uint16_t port, const std::string& agency, bool ack = true);
+  size_t count();
+  std::mutex mu;
+  std::vector<client::Delivery> got;
+  std::unique_ptr<client::Client> client;
+};
 
 // Polls cond every 5 ms until it holds or timeout passes.
 bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds timeout = std::chrono::seconds(10));
