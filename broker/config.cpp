@@ -78,7 +78,7 @@ std::optional<BrokerConfig> BrokerConfig::LoadText(const std::string& text, cons
                   {"max_frame_bytes", "max_recipients", "default_credit", "max_credit", "max_backlog",
                    "max_in_flight_publishes", "max_queued_bytes", "max_connections", "handshake_timeout_ms",
                    "idle_timeout_ms", "ping_interval_ms", "write_timeout_ms", "delivery_timeout_ms",
-                   "shutdown_grace_ms", "refusal_audit_interval_ms"})) {
+                   "shutdown_grace_ms", "refusal_audit_interval_ms", "max_retention_s"})) {
     Limits& l = c.limits;
     auto u32 = [&](const char* key, uint32_t* out, int64_t min, int64_t max) {
       if (auto v = r.Int(limits, key, min, max)) *out = static_cast<uint32_t>(*v);
@@ -101,6 +101,7 @@ std::optional<BrokerConfig> BrokerConfig::LoadText(const std::string& text, cons
     ms("delivery_timeout_ms", &l.delivery_timeout, 50, 86'400'000);
     ms("shutdown_grace_ms", &l.shutdown_grace, 0, 600'000);
     ms("refusal_audit_interval_ms", &l.refusal_audit_interval, 100, 86'400'000);
+    if (auto v = r.Int(limits, "max_retention_s", 1, int64_t{10} * 366 * 86'400)) l.max_retention = Millis(*v * 1000);
     if (l.default_credit > l.max_credit) r.Error(limits, "'default_credit' must not exceed 'max_credit'");
     if (l.ping_interval >= l.idle_timeout) {
       r.Error(limits, "'ping_interval_ms' must be shorter than 'idle_timeout_ms', or idle peers are closed unpinged");

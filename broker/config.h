@@ -22,9 +22,12 @@ struct Limits {
   // Credit window: unacknowledged deliveries per receiving session.
   uint32_t default_credit = 64;
   uint32_t max_credit = 1024;
-  // Deliveries waiting for credit per receiving session; beyond it,
-  // publishes to that agency are refused as recipient_busy.
-  uint32_t max_backlog = 4096;
+  // Deliveries waiting in one agency's queue; beyond it, publishes to that
+  // agency are refused as queue_full.
+  uint32_t max_backlog = 100'000;
+  // The longest a message waits for an offline recipient, whatever its own
+  // expiry says; then it expires (audited, the sender told).
+  Millis max_retention{Millis(30LL * 86'400'000)};
   // Publishes of one session waiting for their PublishAck.
   uint32_t max_in_flight_publishes = 1024;
   // Bytes queued for a peer that is not reading before it is disconnected.
@@ -34,7 +37,7 @@ struct Limits {
   Millis idle_timeout{90'000};       // nothing received for this long: close
   Millis ping_interval{30'000};      // nothing received for this long: ping
   Millis write_timeout{30'000};      // one write blocked this long: close
-  Millis delivery_timeout{30'000};   // Deliver without DeliveryAck this long
+  Millis delivery_timeout{30'000};   // Deliver without DeliveryAck this long: close, deliver again later
   Millis shutdown_grace{10'000};     // SIGTERM: time to finish in-flight work
   // Refused connections are audited as one record per source and reason
   // per interval, so a flood cannot fill the disk.

@@ -1,53 +1,203 @@
-// Deliveries to a receiving session under its credit window, and the
-// DeliveryAck that resolves each. A DeliveryAck is accepted only from the
-// session that received that delivery (ids are per session).
+// Deliveries from the agency's mailbox to its receiving session, under the
+// session's credit window, and the DeliveryAck that settles each.
+//
+// Before a message copy leaves, the policy decides again with the current
+// policy (an agreement may have ended, a forbid rule appeared, the recipient
+// left the network since it was queued): a copy no longer permitted is not
+// sent, is audited, and the sender gets a report. The copy is redacted and
+// pseudonymised as the current decision obliges.
+//
+// A DeliveryAck is accepted only from the session the delivery was sent on
+// and only for the attempt in flight there. The delivery leaves the queue
+// (and the recipient's "delivered" record is written) in one commit; if the
+// session ends first, its unacknowledged deliveries go back to the mailbox
+// and are sent again, with their attempt count, on the next session.
 #include <boost/asio/post.hpp>
 #include <spdlog/spdlog.h>
 
 #include "broker/detail/broker_state.h"
-#include "broker/detail/pending_publish.h"
 #include "broker/detail/session.h"
+#include "policy/redact.h"
 #include "proto/names.h"
 
 namespace liaison::broker {
 
-void Session::OfferDelivery(std::shared_ptr<PendingPublish> pending, size_t index,
-                            std::shared_ptr<const v1::Message> message) {
-  boost::asio::post(stream_.strand(), [self = shared_from_this(), pending = std::move(pending), index,
-                                       message = std::move(message)]() mutable {
-    self->EnqueueDelivery(Delivery{std::move(pending), index, std::move(message), {}});
-  });
-}
-
-void Session::EnqueueDelivery(Delivery d) {
-  if (!receiving_ || stream_.closing()) {
-    RecordOutcome(d, v1::OUTCOME_REFUSED, v1::REASON_RECIPIENT_DISCONNECTED,
-                  "the recipient's session closed before delivery");
-    return;
-  }
-  if (backlog_.size() >= broker_.config.limits.max_backlog) {
-    RecordOutcome(d, v1::OUTCOME_REFUSED, v1::REASON_RECIPIENT_BUSY,
-                  "the recipient has " + std::to_string(backlog_.size()) + " deliveries waiting");
-    return;
-  }
-  backlog_.push_back(std::move(d));
-  PumpDeliveries();
+void Session::Wake() {
+  boost::asio::post(stream_.strand(), [self = shared_from_this()] { self->PumpDeliveries(); });
 }
 
 void Session::PumpDeliveries() {
-  while (receiving_ && !stream_.closing() && !backlog_.empty() && unacked_.size() < credit_) {
-    Delivery d = std::move(backlog_.front());
-    backlog_.pop_front();
-    const uint64_t id = next_delivery_id_++;
-    v1::Frame f;
-    auto* del = f.mutable_deliver();
-    del->set_delivery_id(id);
-    del->set_attempt(1);
-    *del->mutable_message() = *d.message;
-    d.sent_at = net::Clock::now();
-    unacked_.emplace(id, std::move(d));
-    Send(f);
+  // Credit bounds the count; this bounds the bytes waiting for the socket
+  // (large messages times a large credit would otherwise overflow
+  // max_queued_bytes and cut the session). Acks resume the pump.
+  const uint64_t byte_budget = broker_.config.limits.max_queued_bytes / 2;
+  while (receiving_ && !stream_.closing() && unacked_.size() < credit_ && stream_.queued_bytes() < byte_budget) {
+    auto batch = broker_.mailboxes.Take(agency_, credit_ - unacked_.size());
+    if (batch.empty()) return;
+    std::vector<QueuedDelivery> give_back;
+    for (auto& d : batch) {
+      if (!receiving_ || stream_.closing() || stream_.queued_bytes() >= byte_budget) {
+        give_back.push_back(std::move(d));
+      } else {
+        SendDelivery(std::move(d));
+      }
+    }
+    if (!give_back.empty()) broker_.mailboxes.Return(std::move(give_back));
   }
+}
+
+namespace {
+
+std::string Join(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : ",") + s;
+  return out;
+}
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t comma = s.find(',', start);
+    const size_t end = comma == std::string::npos ? s.size() : comma;
+    if (end > start) out.push_back(s.substr(start, end - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<policy::OriginalMessage> LookupOriginal(const Store& store, const std::string& forwarder,
+                                                      const std::string& original_id) {
+  auto found = store.FindDelivered(forwarder, original_id);
+  if (!found.ok() || !found->has_value()) found = store.FindMessage(forwarder, original_id);
+  if (!found.ok()) {
+    spdlog::error("store: cannot look up forwarded message {}: {}", original_id, found.status().message());
+    return std::nullopt;
+  }
+  if (!found->has_value()) return std::nullopt;
+  const StoredMessage& m = **found;
+  policy::OriginalMessage o;
+  o.sender = m.sender;
+  o.recipients = Split(m.recipients);
+  o.tlp = m.tlp;
+  o.agreement = m.agreement;
+  return o;
+}
+
+bool Session::SendDelivery(QueuedDelivery d) {
+  v1::Frame f;
+  auto* del = f.mutable_deliver();
+  del->set_delivery_id(static_cast<uint64_t>(d.id));
+  InFlight inflight;
+  if (d.kind == DeliveryKind::kMessage) {
+    const QueuedMessage& m = *d.message;
+    if (broker_.mailboxes.IsRecalled(m)) {
+      QueueChange c(broker_);
+      audit::Record r = CopyRecord("recalled", m, agency_);
+      r.actor = m.sender;
+      r.decision = "recalled";
+      r.detail = "withdrawn before delivery";
+      c.batch.records.push_back(std::move(r));
+      c.Finish(d, DeliveryState::kRecalled, v1::OUTCOME_RECALLED, v1::REASON_RECALLED, "withdrawn before delivery",
+               false);
+      c.Submit();
+      return false;
+    }
+    const v1::Message& msg = *m.body;
+    const v1::Envelope& env = msg.envelope();
+    const auto policy = broker_.policy();
+    const std::string type = proto::MessageTypeName(msg);
+    policy::Request q;
+    q.sender = m.sender;
+    q.recipient = agency_;
+    q.message_type = type;
+    q.tlp = env.tlp();
+    q.purpose = env.purpose();
+    q.agreement = env.sharing_agreement();
+    q.named_individually = d.named;
+    q.is_forward = !env.forwarded_from().empty();
+    std::optional<policy::OriginalMessage> original;
+    if (q.is_forward) {
+      original = LookupOriginal(*broker_.store, m.sender, env.forwarded_from());
+      if (original) q.original = &*original;
+    }
+    if (msg.has_case_referral()) {
+      q.consent_status = msg.case_referral().consent_status();
+      q.legal_basis = msg.case_referral().legal_basis();
+    }
+    const policy::Decision decision = policy->Evaluate(q);
+    const std::string rules = Join(policy->RuleIds(decision));
+    if (!decision.permit) {
+      const std::string reason = policy->Reasons(decision, q).front();
+      spdlog::info("{}: {} {} from {}: no longer permitted at delivery: {} (policy {})", tag_, type, m.message_id,
+                   m.sender, reason, policy->version().substr(0, 12));
+      QueueChange c(broker_);
+      audit::Record r = CopyRecord("not_delivered", m, agency_);
+      r.actor = agency_;
+      r.cert_sha256 = identity_.cert_sha256;
+      r.decision = "deny";
+      r.rules = rules;
+      r.policy_version = policy->version();
+      r.detail = "re-checked at delivery: " + reason;
+      c.batch.records.push_back(std::move(r));
+      c.Finish(d, DeliveryState::kRefused, v1::OUTCOME_REFUSED, v1::REASON_NOT_PERMITTED,
+               "the network's policy no longer permits sharing this message with '" + agency_ + "'", true);
+      c.Submit();
+      return false;
+    }
+    const auto obligations = policy->SharedObligationsOf(decision);
+    const std::string& agreement = policy->agreements()[decision.agreement].id;
+    if (obligations->empty()) {
+      *del->mutable_message() = msg;
+    } else {
+      v1::Message* copy = del->mutable_message();
+      *copy = msg;
+      Result<policy::PseudonymKey> key = Status::NotFound("no pseudonymisation asked");
+      if (!obligations->pseudonymise_categories.empty() || !obligations->pseudonymise_paths.empty()) {
+        key = broker_.keys->Current(agreement);
+      }
+      auto report = policy::ApplyObligations(copy, *obligations, key.ok() ? &key.value() : nullptr);
+      if (!report.ok()) {
+        // The copy cannot be made safe: keep it queued and say so loudly.
+        spdlog::error("{}: {} from {}: cannot apply obligations, keeping it queued: {}", tag_, m.message_id, m.sender,
+                      report.status().message());
+        broker_.mailboxes.Return({std::move(d)});
+        return false;
+      }
+      auto* renv = copy->mutable_envelope();
+      std::string pseud;
+      for (const auto& p : report->redacted_paths) {
+        renv->add_redacted_paths(p);
+        inflight.obligations += (inflight.obligations.empty() ? "redacted:" : ",") + p;
+      }
+      for (const auto& p : report->pseudonymised_paths) {
+        renv->add_pseudonymised_paths(p);
+        pseud += (pseud.empty() ? "" : ",") + p;
+      }
+      if (!pseud.empty()) {
+        inflight.obligations += (inflight.obligations.empty() ? "" : ";") + std::string("pseudonymised:") + pseud +
+                                " (key v" + std::to_string(key->version) + ")";
+      }
+    }
+    inflight.body_hmac = broker_.store->BodyDigest(del->message().SerializeAsString());
+    inflight.rules = rules;
+    inflight.policy_version = policy->version();
+  } else if (d.kind == DeliveryKind::kRecallNotice) {
+    del->mutable_recall()->ParseFromString(*d.payload);
+  } else {
+    del->mutable_report()->ParseFromString(*d.payload);
+  }
+  d.attempts++;
+  del->set_attempt(d.attempts);
+  inflight.sent_at = net::Clock::now();
+  const int64_t id = d.id;
+  inflight.d = std::move(d);
+  unacked_.emplace(id, std::move(inflight));
+  Send(f);
+  return true;
 }
 
 void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
@@ -55,55 +205,79 @@ void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
     SendError(0, v1::REASON_NOT_RECEIVING, "this session does not receive deliveries", false);
     return;
   }
-  auto it = unacked_.find(ack.delivery_id());
-  if (it == unacked_.end()) {
-    // An id this session issued whose delivery already timed out: late, harmless.
-    if (ack.delivery_id() != 0 && ack.delivery_id() < next_delivery_id_) return;
+  auto it = unacked_.find(static_cast<int64_t>(ack.delivery_id()));
+  if (it == unacked_.end() || it->second.d.attempts != ack.attempt()) {
     broker_.stats.protocol_errors++;
     SendError(0, v1::REASON_UNKNOWN_DELIVERY,
-              "no delivery " + std::to_string(ack.delivery_id()) + " was sent on this session", false);
+              "delivery " + std::to_string(ack.delivery_id()) + " attempt " + std::to_string(ack.attempt()) +
+                  " is not in flight on this session",
+              false);
     return;
   }
-  Delivery d = std::move(it->second);
-  unacked_.erase(it);
-  broker_.stats.deliveries_acked++;
-  RecordOutcome(d, v1::OUTCOME_DELIVERED, v1::REASON_UNSPECIFIED, "");
+  InFlight& f = it->second;
+  if (f.acking) return;  // a repeated ack
+  f.acking = true;
+  const QueuedDelivery& d = f.d;
+  QueueChange c(broker_);
+  if (d.kind == DeliveryKind::kMessage) {
+    audit::Record r = CopyRecord("delivered", *d.message, agency_);
+    r.actor = agency_;
+    r.cert_sha256 = identity_.cert_sha256;
+    r.decision = "delivered";
+    r.rules = f.rules;
+    r.policy_version = f.policy_version;
+    r.obligations = f.obligations;
+    r.body_hmac = f.body_hmac;
+    r.detail = "attempt=" + std::to_string(d.attempts);
+    c.batch.records.push_back(std::move(r));
+    c.Finish(d, DeliveryState::kDelivered, v1::OUTCOME_DELIVERED, v1::REASON_UNSPECIFIED, "", false);
+    // Recalled while in flight: the recipient has it now, so it is told.
+    if (broker_.mailboxes.IsRecalled(*d.message)) c.AddRecallNotice(d.message, agency_, "recalled by the sender");
+  } else {
+    if (d.kind == DeliveryKind::kRecallNotice) {
+      audit::Record r = CopyRecord("recall_notice_delivered", *d.message, agency_);
+      r.actor = agency_;
+      r.cert_sha256 = identity_.cert_sha256;
+      r.decision = "delivered";
+      c.batch.records.push_back(std::move(r));
+    }
+    c.Finish(d, DeliveryState::kDelivered, v1::OUTCOME_DELIVERED, v1::REASON_UNSPECIFIED, "", false);
+  }
+  c.Submit([self = shared_from_this(), id = it->first](const Status& s, const audit::Checkpoint&) {
+    boost::asio::post(self->stream_.strand(), [self, id, s] { self->AckCommitted(id, s); });
+  });
+}
+
+void Session::AckCommitted(int64_t id, const Status& s) {
+  // On failure QueueChange gave the delivery back to the mailbox: it will be
+  // sent again. Either way it is no longer in flight here.
+  unacked_.erase(id);
+  if (s.ok()) {
+    broker_.stats.deliveries_acked++;
+  } else {
+    spdlog::error("{}: acknowledgement of delivery {} could not be recorded; it will be delivered again: {}", tag_, id,
+                  s.message());
+  }
   PumpDeliveries();
 }
 
-void Session::ResolveDeliveries(v1::Reason reason, const std::string& detail) {
-  for (auto& [id, d] : unacked_) RecordOutcome(d, v1::OUTCOME_REFUSED, reason, detail);
-  unacked_.clear();
-  for (auto& d : backlog_) RecordOutcome(d, v1::OUTCOME_REFUSED, reason, detail);
-  backlog_.clear();
-}
-
-// The outcome of one delivery reaches the sender only after its audit record
-// ("delivered" or "not_delivered") is committed.
-void Session::RecordOutcome(const Delivery& d, v1::Outcome outcome, v1::Reason reason, std::string detail) {
-  const v1::Envelope& env = d.message->envelope();
-  audit::Record r = MakeRecord(outcome == v1::OUTCOME_DELIVERED ? "delivered" : "not_delivered");
-  r.actor = agency_;
-  r.cert_sha256 = identity_.cert_sha256;
-  r.message_id = env.message_id();
-  r.case_id = env.case_id();
-  r.sender = env.sender();
-  r.recipient = agency_;
-  r.message_type = proto::MessageTypeName(*d.message);
-  r.tlp = env.tlp();
-  r.purpose = env.purpose();
-  r.decision = outcome == v1::OUTCOME_DELIVERED ? "delivered" : "refused:" + proto::ReasonName(reason);
-  r.detail = detail;
-  broker_.store->Append({std::move(r)}, [pending = d.pending, index = d.index, outcome, reason,
-                                         detail = std::move(detail)](const Status& s, const audit::Checkpoint&) {
-    if (!s.ok() && outcome == v1::OUTCOME_DELIVERED) {
-      // The recipient has it; only the record failed. Say so rather than hide it.
-      pending->Resolve(index, outcome, v1::REASON_STORE_FAILURE,
-                       "delivered, but the broker could not record the delivery: " + s.message());
-      return;
+void Session::ReturnDeliveries() {
+  std::vector<QueuedDelivery> back;
+  Batch attempts;
+  for (auto it = unacked_.begin(); it != unacked_.end();) {
+    if (it->second.acking) {
+      ++it;  // settled by its commit
+      continue;
     }
-    pending->Resolve(index, outcome, reason, detail);
-  });
+    attempts.attempts.emplace_back(it->first, it->second.d.attempts);
+    back.push_back(std::move(it->second.d));
+    it = unacked_.erase(it);
+  }
+  if (back.empty()) return;
+  spdlog::info("{}: {} unacknowledged deliver{} go back to the queue", tag_, back.size(),
+               back.size() == 1 ? "y" : "ies");
+  broker_.store->Commit(std::move(attempts), nullptr);  // attempt counts survive a restart
+  broker_.mailboxes.Return(std::move(back));
 }
 
 }  // namespace liaison::broker

@@ -61,6 +61,7 @@ void Session::HandleHello(const v1::Hello& hello) {
   w->set_max_recipients(l.max_recipients);
   ToProto(broker_.store->latest(), w->mutable_checkpoint());
   Send(f);
+  if (receiving_) PumpDeliveries();  // what waited while the agency was away
 }
 
 void Session::HandlePing(const v1::Ping& ping) {

@@ -1,14 +1,17 @@
 // Publish: validate, bind the sender to the session's agency, expand groups,
-// ask the policy for every recipient, prepare each permitted recipient's
-// copy (redacted and pseudonymised as the permit obliges) and hand it to the
-// receiving session. The PublishAck goes out when every recipient has an
-// outcome (PendingPublish). Rule ids and reasons stay in the broker's log
-// (the audit log, once it lands); the sender learns only a reason code.
+// ask the policy for every recipient, and store the message with one
+// pending delivery per permitted recipient in the same transaction as the
+// audit records of those decisions. The PublishAck ("queued" or "refused"
+// per recipient) goes out only once that transaction is durable; delivery
+// happens from the queue (handle_delivery_ack.cpp). Publishing is
+// idempotent on (sender, message id). Rule ids and reasons stay in the
+// audit log; the sender learns only a reason code.
 #include <google/protobuf/util/time_util.h>
+#include <openssl/sha.h>
 #include <spdlog/spdlog.h>
 
 #include "broker/detail/broker_state.h"
-#include "broker/detail/pending_publish.h"
+#include "proto/frame_codec.h"
 #include "broker/detail/session.h"
 #include "policy/redact.h"
 #include "proto/names.h"
@@ -98,6 +101,13 @@ void Session::HandlePublish(v1::Publish& publish) {
               "envelope.sender '" + env->sender() + "' is not this session's agency '" + agency_ + "'", false);
     return;
   }
+  // Idempotency: the message as the client sent it, before stamping.
+  std::string digest(SHA256_DIGEST_LENGTH, '\0');
+  {
+    const std::string sent = message->SerializeAsString();
+    SHA256(reinterpret_cast<const unsigned char*>(sent.data()), sent.size(),
+           reinterpret_cast<unsigned char*>(digest.data()));
+  }
   env->set_sender(agency_);
   *env->mutable_received_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
   // Stamping made it larger: it must still fit every recipient's Deliver frame.
@@ -118,11 +128,6 @@ void Session::HandlePublish(v1::Publish& publish) {
   }
   broker_.stats.publishes++;
 
-  google::protobuf::RepeatedPtrField<std::string> names;
-  for (const auto& t : targets) *names.Add() = t.agency;
-  auto pending = std::make_shared<PendingPublish>(broker_, weak_from_this(), rid, env->message_id(), names);
-  ++in_flight_publishes_;
-
   policy::Request q;
   q.sender = agency_;
   const std::string type = proto::MessageTypeName(*message);
@@ -131,23 +136,37 @@ void Session::HandlePublish(v1::Publish& publish) {
   q.purpose = env->purpose();
   q.agreement = env->sharing_agreement();
   q.is_forward = !env->forwarded_from().empty();
+  std::optional<policy::OriginalMessage> original;
+  if (q.is_forward) {
+    original = LookupOriginal(*broker_.store, agency_, env->forwarded_from());
+    if (original) q.original = &*original;
+  }
   if (message->has_case_referral()) {
     q.consent_status = message->case_referral().consent_status();
     q.legal_basis = message->case_referral().legal_basis();
   }
 
-  // Decide every recipient, prepare its copy and its audit records; act
-  // only once the records are durable (nothing leaves before its audit
-  // record is committed).
-  struct Step {
-    size_t index;
-    v1::Reason refusal = v1::REASON_UNSPECIFIED;  // unspecified: deliver
-    std::string detail;
-    std::shared_ptr<Session> receiver;
-    std::shared_ptr<const v1::Message> copy;
-  };
-  std::vector<Step> steps;
-  std::vector<audit::Record> records;
+  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
+  auto queued = std::make_shared<QueuedMessage>();
+  queued->row = broker_.store->NextMessageRow();
+  queued->sender = agency_;
+  queued->message_id = env->message_id();
+  queued->expires_ms = now_ms + l.max_retention.count();
+  if (env->has_expires_at()) {
+    queued->expires_ms = std::min<int64_t>(
+        queued->expires_ms, google::protobuf::util::TimeUtil::TimestampToMilliseconds(env->expires_at()));
+  }
+  queued->want_reports = publish.want_reports();
+  queued->body = message;
+
+  v1::PublishAck ack;
+  ack.set_message_id(env->message_id());
+  *ack.mutable_accepted_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  Batch batch;
+  std::vector<QueuedDelivery> copies;
+  std::string queued_to, agreement_used;
   auto record = [&](const std::string& recipient, std::string event, std::string decision) -> audit::Record& {
     audit::Record r = MakeRecord(std::move(event));
     r.actor = agency_;
@@ -161,25 +180,27 @@ void Session::HandlePublish(v1::Publish& publish) {
     r.purpose = env->purpose();
     r.decision = std::move(decision);
     r.policy_version = policy->version();
-    records.push_back(std::move(r));
-    return records.back();
+    batch.records.push_back(std::move(r));
+    return batch.records.back();
   };
-  auto refuse = [&](size_t i, v1::Reason reason, std::string detail) {
-    steps.push_back({i, reason, std::move(detail), nullptr, nullptr});
-  };
-  std::shared_ptr<const v1::Message> shared = message;
-  std::string shared_digest;
-  for (size_t i = 0; i < targets.size(); ++i) {
-    const std::string& recipient = targets[i].agency;
+  for (const Target& t : targets) {
+    const std::string& recipient = t.agency;
+    v1::RecipientOutcome* out = ack.add_outcomes();
+    out->set_recipient(recipient);
+    auto refuse = [&](v1::Reason reason, std::string detail) {
+      out->set_outcome(v1::OUTCOME_REFUSED);
+      out->set_reason(reason);
+      out->set_detail(std::move(detail));
+    };
     if (policy->FindAgency(recipient) == nullptr) {
       record(recipient, "decision", "refused:unknown_recipient");
-      refuse(i, v1::REASON_UNKNOWN_RECIPIENT,
-                       recipient.rfind("group:", 0) == 0 ? "no group '" + recipient.substr(6) + "'"
-                                                          : "no agency '" + recipient + "'");
+      refuse(v1::REASON_UNKNOWN_RECIPIENT, recipient.rfind("group:", 0) == 0
+                                               ? "no group '" + recipient.substr(6) + "'"
+                                               : "no agency '" + recipient + "'");
       continue;
     }
     q.recipient = recipient;
-    q.named_individually = targets[i].named;
+    q.named_individually = t.named;
     const policy::Decision d = policy->Evaluate(q);
     std::string rules;
     for (const auto& id : policy->RuleIds(d)) rules += (rules.empty() ? "" : ",") + id;
@@ -190,79 +211,95 @@ void Session::HandlePublish(v1::Publish& publish) {
       audit::Record& r = record(recipient, "decision", "deny");
       r.rules = rules;
       r.detail = reason;
-      refuse(i, v1::REASON_NOT_PERMITTED,
-                       "the network's policy does not permit sharing this message with '" + recipient + "'");
+      refuse(v1::REASON_NOT_PERMITTED,
+             "the network's policy does not permit sharing this message with '" + recipient + "'");
       continue;
     }
-    std::shared_ptr<const v1::Message> copy = shared;
-    std::string obligations_text;
-    const auto shared_obligations = policy->SharedObligationsOf(d);
-    const policy::Obligations& obligations = *shared_obligations;
+    if (broker_.mailboxes.waiting(recipient) >= l.max_backlog) {
+      audit::Record& r = record(recipient, "decision", "refused:queue_full");
+      r.rules = rules;
+      r.detail = "the recipient has " + std::to_string(l.max_backlog) + " or more deliveries waiting";
+      refuse(v1::REASON_QUEUE_FULL, "'" + recipient + "' has too many messages waiting; publish again later");
+      continue;
+    }
     const std::string& agreement = policy->agreements()[d.agreement].id;
-    if (!obligations.empty()) {
-      auto redacted = std::make_shared<v1::Message>(*message);
-      Result<policy::PseudonymKey> key = Status::NotFound("no pseudonymisation asked");
-      if (!obligations.pseudonymise_categories.empty() || !obligations.pseudonymise_paths.empty()) {
-        key = broker_.keys->Current(agreement);
-      }
-      auto report = policy::ApplyObligations(redacted.get(), obligations, key.ok() ? &key.value() : nullptr);
-      if (!report.ok()) {
-        spdlog::error("{}: {} -> {}: cannot apply obligations: {}", tag_, env->message_id(), recipient,
-                      report.status().message());
-        audit::Record& r = record(recipient, "decision", "refused:internal_error");
-        r.rules = rules;
-        r.detail = "obligations could not be applied: " + report.status().message();
-        refuse(i, v1::REASON_INTERNAL_ERROR, "the broker could not prepare the recipient's copy");
-        continue;
-      }
-      auto* renv = redacted->mutable_envelope();
-      for (const auto& p : report->redacted_paths) {
-        renv->add_redacted_paths(p);
-        obligations_text += (obligations_text.empty() ? "redacted:" : ",") + p;
-      }
-      std::string pseud;
-      for (const auto& p : report->pseudonymised_paths) {
-        renv->add_pseudonymised_paths(p);
-        pseud += (pseud.empty() ? "" : ",") + p;
-      }
-      if (!pseud.empty()) {
-        obligations_text += (obligations_text.empty() ? "" : ";") + std::string("pseudonymised:") + pseud +
-                            " (key v" + std::to_string(key->version) + ")";
-      }
-      copy = std::move(redacted);
-    }
-    audit::Record& r = record(recipient, "decision", "permit");
+    if (agreement_used.empty()) agreement_used = agreement;
+    audit::Record& r = record(recipient, "queued", "permit");
     r.rules = rules;
-    r.obligations = obligations_text;
     r.detail = "agreement=" + agreement;
-    if (copy == shared) {
-      if (shared_digest.empty()) shared_digest = broker_.store->BodyDigest(shared->SerializeAsString());
-      r.body_hmac = shared_digest;
-    } else {
-      r.body_hmac = broker_.store->BodyDigest(copy->SerializeAsString());
-    }
-    auto receiver = broker_.router.Receiver(recipient);
-    if (!receiver) {
-      record(recipient, "not_delivered", "refused:recipient_offline");
-      refuse(i, v1::REASON_RECIPIENT_OFFLINE,
-                       "'" + recipient + "' has no receiving session; this broker keeps no queue, so nothing was stored");
-      continue;
-    }
-    steps.push_back({i, v1::REASON_UNSPECIFIED, "", std::move(receiver), std::move(copy)});
+    StoredDelivery row;
+    row.id = broker_.store->NextDeliveryId();
+    row.recipient = recipient;
+    row.message_row = queued->row;
+    row.named = t.named;
+    QueuedDelivery copy;
+    copy.id = row.id;
+    copy.recipient = recipient;
+    copy.named = t.named;
+    copy.message = queued;
+    copies.push_back(std::move(copy));
+    batch.new_deliveries.push_back(std::move(row));
+    queued_to += (queued_to.empty() ? "" : ",") + recipient;
+    out->set_outcome(v1::OUTCOME_QUEUED);
   }
-  broker_.store->Append(std::move(records), [pending, steps = std::move(steps)](const Status& s,
-                                                                                const audit::Checkpoint&) mutable {
-    for (auto& step : steps) {
-      if (!s.ok()) {
-        pending->Resolve(step.index, v1::OUTCOME_REFUSED, v1::REASON_STORE_FAILURE,
-                         "the broker could not record this share, so nothing was delivered: " + s.message());
-      } else if (step.refusal != v1::REASON_UNSPECIFIED) {
-        pending->Resolve(step.index, v1::OUTCOME_REFUSED, step.refusal, std::move(step.detail));
-      } else {
-        step.receiver->OfferDelivery(pending, step.index, std::move(step.copy));
-      }
-    }
-  });
+
+  StoredMessage stored;
+  stored.row = queued->row;
+  stored.sender = agency_;
+  stored.message_id = env->message_id();
+  stored.case_id = env->case_id();
+  stored.message_type = type;
+  stored.tlp = env->tlp();
+  stored.purpose = env->purpose();
+  stored.agreement = env->sharing_agreement().empty() ? agreement_used : env->sharing_agreement();
+  stored.recipients = queued_to;
+  stored.received_ms = now_ms;
+  stored.expires_ms = queued->expires_ms;
+  stored.want_reports = queued->want_reports;
+  stored.publish_digest = digest;
+  stored.ack = ack.SerializeAsString();
+  if (!copies.empty()) stored.body = message->SerializeAsString();
+  batch.new_message = std::move(stored);
+
+  ++in_flight_publishes_;
+  broker_.in_flight_publishes++;
+  BrokerState& broker = broker_;
+  broker_.store->Commit(
+      std::move(batch), [&broker, self = shared_from_this(), rid, ack = std::move(ack), copies = std::move(copies),
+                         digest = std::move(digest)](const Status& s, const audit::Checkpoint& cp,
+                                                     const BatchResult& result) mutable {
+        v1::Frame f;
+        if (!s.ok()) {
+          for (auto& o : *ack.mutable_outcomes()) {
+            if (o.outcome() != v1::OUTCOME_QUEUED) continue;
+            o.set_outcome(v1::OUTCOME_REFUSED);
+            o.set_reason(v1::REASON_STORE_FAILURE);
+            o.set_detail("the broker could not store this message, so nothing was queued: " + s.message());
+          }
+        } else if (result.duplicate) {
+          if (result.original.publish_digest != digest) {
+            auto* e = f.mutable_error();
+            e->set_request_id(rid);
+            e->set_code(v1::REASON_DUPLICATE_MESSAGE_ID);
+            e->set_message("message id '" + ack.message_id() +
+                           "' was already used by this agency for a different message; give each message its own id");
+          } else {
+            ack.Clear();
+            ack.ParseFromString(result.original.ack);
+            ack.set_duplicate(true);
+          }
+        } else if (!copies.empty()) {
+          broker.mailboxes.Add(std::move(copies));
+        }
+        if (!f.has_error()) {
+          ack.set_request_id(rid);
+          ToProto(cp, ack.mutable_checkpoint());
+          f.mutable_publish_ack()->Swap(&ack);
+        }
+        auto encoded = proto::EncodeFrame(f);
+        broker.in_flight_publishes--;
+        self->SendPublishAck(encoded.ok() ? std::move(encoded).value() : std::string());
+      });
 }
 
 }  // namespace liaison::broker

@@ -62,7 +62,9 @@ struct Server::Impl {
   asio::awaitable<void> Drain();
   asio::awaitable<void> WaitUntil(std::function<bool()> done, std::chrono::milliseconds limit);
   asio::awaitable<void> FlushRefusals();
+  asio::awaitable<void> ExpireLoop();
   asio::steady_timer refusal_timer{ioc};
+  asio::steady_timer expiry_timer{ioc};
 };
 
 asio::awaitable<void> Server::Impl::Accept() {
@@ -170,6 +172,18 @@ asio::awaitable<void> Server::Impl::FlushRefusals() {
   }
 }
 
+// Expires waiting copies once a second.
+asio::awaitable<void> Server::Impl::ExpireLoop() {
+  while (!stopping) {
+    expiry_timer.expires_after(std::chrono::seconds(1));
+    co_await expiry_timer.async_wait(kUseTuple);
+    if (stopping) break;
+    ExpireDue(state, std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count());
+  }
+}
+
 asio::awaitable<void> Server::Impl::WaitUntil(std::function<bool()> done, std::chrono::milliseconds limit) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
   asio::steady_timer t(ioc);
@@ -193,16 +207,16 @@ asio::awaitable<void> Server::Impl::Drain() {
   for (auto& s : state.router.All()) s->BeginDrain();
   co_await WaitUntil([&] { return state.in_flight_publishes.load() <= 0; }, l.shutdown_grace);
   if (state.in_flight_publishes.load() > 0) {
-    spdlog::warn("stopping: {} publish(es) still waiting after the grace period; answering them as shutting_down",
+    spdlog::warn("stopping: {} publish(es) still not committed after the grace period; their senders get no "
+                 "acknowledgement and should publish again",
                  state.in_flight_publishes.load());
-    for (auto& s : state.router.All()) s->AbortDeliveries(v1::REASON_SHUTTING_DOWN, "the broker is shutting down");
-    co_await WaitUntil([&] { return state.in_flight_publishes.load() <= 0; }, std::chrono::milliseconds(1000));
   }
   for (auto& s : state.router.All()) s->Shutdown(v1::REASON_SHUTTING_DOWN, "the broker is shutting down");
   co_await WaitUntil([&] { return state.router.size() == 0; }, std::chrono::milliseconds(3000));
   for (auto& s : state.router.All()) s->Abort();
   signals.cancel(ignored);
   refusal_timer.cancel();
+  expiry_timer.cancel();
   auto records = state.refusals.Drain();
   audit::Record stop = MakeRecord("broker_stop");
   stop.detail = std::to_string(state.stats.connections_accepted.load()) + " connection(s), " +
@@ -231,8 +245,9 @@ Result<std::unique_ptr<Server>> Server::Create(BrokerConfig config) {
   auto policy = LoadPolicy(c, &diags);
   if (!policy) return Status::InvalidArgument("policy rejected:\n" + FormatDiagnostics(diags));
   impl->state.set_policy(policy);
-  auto keys = policy::PseudonymKeyStore::Open(c.keys_dir);
-  if (!keys.ok()) return keys.status().Annotate("pseudonym keys in " + c.keys_dir);
+  // Pseudonym keys in their own directory: the store's keys sit beside it.
+  auto keys = policy::PseudonymKeyStore::Open(c.keys_dir + "/pseudonym");
+  if (!keys.ok()) return keys.status().Annotate("pseudonym keys in " + c.keys_dir + "/pseudonym");
   impl->state.keys = std::move(keys).value();
   Store::Options so;
   so.path = c.data_dir + "/liaison.db";
@@ -242,6 +257,10 @@ Result<std::unique_ptr<Server>> Server::Create(BrokerConfig config) {
   auto store = Store::Open(so);
   if (!store.ok()) return store.status().Annotate("store");
   impl->state.store = std::move(store).value();
+  if (Status s = impl->state.mailboxes.Load(*impl->state.store); !s.ok()) return s.Annotate("store: queue");
+  if (size_t n = impl->state.mailboxes.waiting_total(); n > 0) {
+    spdlog::info("store: {} deliveries waiting for their recipients", n);
+  }
   auto tls = tls::MakeServerContext(c.tls);
   if (!tls.ok()) return tls.status().Annotate("TLS configuration");
   impl->state.set_tls_context(std::move(tls).value());
@@ -298,6 +317,7 @@ Status Server::Run(bool handle_signals) {
   });
   if (s.admin.is_open()) asio::co_spawn(s.ioc, s.AcceptAdmin(this), asio::detached);
   asio::co_spawn(s.ioc, s.FlushRefusals(), asio::detached);
+  asio::co_spawn(s.ioc, s.ExpireLoop(), asio::detached);
   if (handle_signals) {
     WaitForSignal();
   } else {

@@ -13,7 +13,6 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "broker/detail/broker_state.h"
-#include "broker/detail/pending_publish.h"
 
 namespace liaison::broker {
 
@@ -207,12 +206,14 @@ void Session::CheckDeadlines() {
     f.mutable_ping()->set_nonce(++ping_nonce_);
     Send(f);
   }
-  while (!unacked_.empty() && now - unacked_.begin()->second.sent_at > l.delivery_timeout) {
-    auto node = unacked_.extract(unacked_.begin());
-    Delivery& d = node.mapped();
-    spdlog::warn("{}: delivery {} not acknowledged within {} ms", tag_, node.key(), l.delivery_timeout.count());
-    RecordOutcome(d, v1::OUTCOME_REFUSED, v1::REASON_DELIVERY_TIMEOUT,
-                  "delivered but not acknowledged in time; the recipient may have it");
+  // A recipient that stops acknowledging holds its deliveries hostage: end
+  // the session, so they go back to the queue for its next one.
+  for (const auto& [id, f] : unacked_) {
+    if (f.acking || now - f.sent_at <= l.delivery_timeout) continue;
+    spdlog::warn("{}: delivery {} not acknowledged within {} ms, closing", tag_, id, l.delivery_timeout.count());
+    SendError(0, v1::REASON_DELIVERY_TIMEOUT,
+              "delivery " + std::to_string(id) + " was not acknowledged in time; it will be sent again", true);
+    return;
   }
   PumpDeliveries();
 }
@@ -237,7 +238,17 @@ void Session::SendError(uint64_t request_id, v1::Reason code, const std::string&
   e->set_message(message);
   e->set_fatal(fatal);
   Send(f);
-  if (fatal) stream_.CloseGracefully();
+  if (fatal) {
+    StopReceiving();  // at once, so the agency can reconnect and get its deliveries
+    stream_.CloseGracefully();
+  }
+}
+
+void Session::StopReceiving() {
+  if (!receiving_) return;
+  receiving_ = false;
+  broker_.router.ReleaseReceiver(agency_, id_);
+  ReturnDeliveries();
 }
 
 void Session::Finish() {
@@ -245,9 +256,7 @@ void Session::Finish() {
   const bool was_identified = !agency_.empty();
   phase_ = Phase::kClosed;
   stream_.CloseGracefully();
-  if (receiving_) broker_.router.ReleaseReceiver(agency_, id_);
-  receiving_ = false;
-  ResolveDeliveries(v1::REASON_RECIPIENT_DISCONNECTED, "the recipient disconnected before acknowledging");
+  StopReceiving();
   broker_.router.Remove(id_);
   watchdog_.cancel();
   if (was_identified) {
@@ -289,12 +298,6 @@ void Session::BeginDrain() {
   asio::post(stream_.strand(), [self = shared_from_this()] { self->draining_ = true; });
 }
 
-void Session::AbortDeliveries(v1::Reason reason, std::string detail) {
-  asio::post(stream_.strand(), [self = shared_from_this(), reason, detail = std::move(detail)] {
-    self->ResolveDeliveries(reason, detail);
-  });
-}
-
 void Session::Shutdown(v1::Reason reason, std::string message) {
   asio::post(stream_.strand(), [self = shared_from_this(), reason, message = std::move(message)] {
     if (self->stream_.closing()) return;
@@ -309,7 +312,7 @@ void Session::Shutdown(v1::Reason reason, std::string message) {
 void Session::SendPublishAck(std::string encoded) {
   asio::post(stream_.strand(), [self = shared_from_this(), encoded = std::move(encoded)]() mutable {
     if (self->in_flight_publishes_ > 0) --self->in_flight_publishes_;
-    if (self->stream_.closed()) return;
+    if (self->stream_.closed() || encoded.empty()) return;
     if (!self->stream_.SendEncoded(std::move(encoded)).ok()) {
       spdlog::warn("{}: outgoing queue full (peer not reading), closing", self->tag_);
       self->stream_.Abort();
@@ -326,12 +329,14 @@ void Session::Dispatch(v1::Frame& frame) {
     case v1::Frame::kHello: HandleHello(frame.hello()); break;
     case v1::Frame::kPublish: HandlePublish(*frame.mutable_publish()); break;
     case v1::Frame::kDeliveryAck: HandleDeliveryAck(frame.delivery_ack()); break;
+    case v1::Frame::kRecall: HandleRecall(frame.recall()); break;
     case v1::Frame::kPing: HandlePing(frame.ping()); break;
     case v1::Frame::kPong: HandlePong(frame.pong()); break;
     case v1::Frame::kError: HandleError(frame.error()); break;
     case v1::Frame::kWelcome:
     case v1::Frame::kPublishAck:
     case v1::Frame::kDeliver:
+    case v1::Frame::kRecallAck:
       broker_.stats.protocol_errors++;
       SendError(0, v1::REASON_PROTOCOL_ERROR, "this frame type is sent by the broker, not to it", false);
       break;

@@ -10,6 +10,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <google/protobuf/util/time_util.h>
 #include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
@@ -100,8 +101,13 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   SessionInfo info;
   Clock::duration idle_limit = std::chrono::seconds(100);
 
-  // Strand only.
-  std::map<uint64_t, PublishHandler> pending;
+  // Strand only. A request waiting for its answer: a publish or a recall.
+  struct Pending {
+    PublishHandler publish;
+    RecallHandler recall;
+  };
+  std::map<uint64_t, Pending> pending;
+  void Fail(Pending& p, const Status& status, const std::string& code);
   bool running = false;
   Status end_reason;
 
@@ -256,22 +262,53 @@ void Client::Impl::HandleFrame(v1::Frame& f) {
       PublishResult r;
       r.message_id = ack.message_id();
       r.checkpoint = FromProto(ack.checkpoint());
+      r.duplicate = ack.duplicate();
       Witness(r.checkpoint);
       for (const auto& o : ack.outcomes()) {
         r.outcomes.push_back({o.recipient(), proto::OutcomeName(o.outcome()),
                               o.reason() == v1::REASON_UNSPECIFIED ? "" : proto::ReasonName(o.reason()), o.detail()});
       }
-      auto done = std::move(it->second);
+      auto done = std::move(it->second.publish);
+      pending.erase(it);
+      if (done) done(std::move(r));
+      return;
+    }
+    case v1::Frame::kRecallAck: {
+      const v1::RecallAck& ack = f.recall_ack();
+      auto it = pending.find(ack.request_id());
+      if (it == pending.end()) return;
+      RecallResult r;
+      r.withdrawn.assign(ack.withdrawn().begin(), ack.withdrawn().end());
+      r.notified.assign(ack.notified().begin(), ack.notified().end());
+      auto done = std::move(it->second.recall);
       pending.erase(it);
       if (done) done(std::move(r));
       return;
     }
     case v1::Frame::kDeliver: {
+      v1::Deliver& del = *f.mutable_deliver();
       Delivery d;
-      d.delivery_id = f.deliver().delivery_id();
-      d.attempt = f.deliver().attempt();
-      d.message = std::shared_ptr<const v1::Message>(f.mutable_deliver()->release_message());
-      if (!d.message) d.message = std::make_shared<v1::Message>();
+      d.delivery_id = del.delivery_id();
+      d.attempt = del.attempt();
+      if (del.has_recall()) {
+        d.kind = Delivery::Kind::kRecallNotice;
+        d.recall.message_id = del.recall().message_id();
+        d.recall.sender = del.recall().sender();
+        d.recall.reason = del.recall().reason();
+        d.recall.recalled_at_ms = google::protobuf::util::TimeUtil::TimestampToMilliseconds(del.recall().recalled_at());
+      } else if (del.has_report()) {
+        const v1::DeliveryReport& rep = del.report();
+        d.kind = Delivery::Kind::kReport;
+        d.report.message_id = rep.message_id();
+        d.report.recipient = rep.recipient();
+        d.report.outcome = proto::OutcomeName(rep.outcome());
+        d.report.reason = rep.reason() == v1::REASON_UNSPECIFIED ? "" : proto::ReasonName(rep.reason());
+        d.report.detail = rep.detail();
+        d.report.time_ms = google::protobuf::util::TimeUtil::TimestampToMilliseconds(rep.time());
+      } else {
+        d.message = std::shared_ptr<const v1::Message>(del.release_message());
+        if (!d.message) d.message = std::make_shared<v1::Message>();
+      }
       if (on_delivery) on_delivery(std::move(d));
       return;
     }
@@ -287,12 +324,9 @@ void Client::Impl::HandleFrame(v1::Frame& f) {
       if (e.request_id() != 0) {
         auto it = pending.find(e.request_id());
         if (it != pending.end()) {
-          PublishResult r;
-          r.status = StatusFromError(e);
-          r.error_code = proto::ReasonName(e.code());
-          auto done = std::move(it->second);
+          Pending p = std::move(it->second);
           pending.erase(it);
-          if (done) done(std::move(r));
+          Fail(p, StatusFromError(e), proto::ReasonName(e.code()));
         }
       }
       if (e.fatal()) {
@@ -329,14 +363,25 @@ asio::awaitable<void> Client::Impl::Watchdog() {
   }
 }
 
-void Client::Impl::FailAllPending(const Status& why) {
-  auto p = std::move(pending);
-  pending.clear();
-  for (auto& [id, done] : p) {
+void Client::Impl::Fail(Pending& p, const Status& status, const std::string& code) {
+  if (p.publish) {
     PublishResult r;
-    r.status = why;
-    if (done) done(std::move(r));
+    r.status = status;
+    r.error_code = code;
+    p.publish(std::move(r));
   }
+  if (p.recall) {
+    RecallResult r;
+    r.status = status;
+    r.error_code = code;
+    p.recall(std::move(r));
+  }
+}
+
+void Client::Impl::FailAllPending(const Status& why) {
+  auto all = std::move(pending);
+  pending.clear();
+  for (auto& [id, p] : all) Fail(p, why, "");
 }
 
 void Client::Impl::End(Status why) {
@@ -353,7 +398,8 @@ void Client::Impl::End(Status why) {
   }
   cv.notify_all();
   if (on_closed) on_closed(why);
-  work.reset();
+  // The I/O thread keeps running until Close(), so that requests made after
+  // the end are still answered (as failed) rather than never.
 }
 
 Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options, DeliveryHandler on_delivery,
@@ -407,6 +453,7 @@ void Client::Publish(const v1::Message& message, PublishHandler done) {
   v1::Frame f;
   auto* p = f.mutable_publish();
   p->set_request_id(rid);
+  p->set_want_reports(impl_->opts.want_reports);
   *p->mutable_message() = message;
   auto encoded = proto::EncodeFrame(f, impl_->info.max_frame_bytes ? impl_->info.max_frame_bytes
                                                                    : proto::kDefaultMaxFrameBytes);
@@ -417,9 +464,9 @@ void Client::Publish(const v1::Message& message, PublishHandler done) {
     } else if (impl->ended_flag || !impl->running) {
       r.status = Status::Unavailable("not connected to the broker");
     } else {
-      impl->pending.emplace(rid, std::move(done));
+      impl->pending[rid].publish = std::move(done);
       if (impl->stream->SendEncoded(std::move(encoded).value()).ok()) return;
-      done = std::move(impl->pending[rid]);
+      done = std::move(impl->pending[rid].publish);
       impl->pending.erase(rid);
       r.status = Status::Unavailable("too much data queued for the broker");
     }
@@ -434,13 +481,40 @@ PublishResult Client::Publish(const v1::Message& message) {
   return f.get();
 }
 
-void Client::Acknowledge(uint64_t delivery_id) {
-  asio::post(impl_->strand, [impl = impl_, delivery_id] {
+void Client::Acknowledge(uint64_t delivery_id, uint32_t attempt) {
+  asio::post(impl_->strand, [impl = impl_, delivery_id, attempt] {
     if (impl->ended_flag || !impl->stream) return;
     v1::Frame f;
     f.mutable_delivery_ack()->set_delivery_id(delivery_id);
+    f.mutable_delivery_ack()->set_attempt(attempt);
     impl->stream->Send(f);
   });
+}
+
+void Client::Recall(const std::string& message_id, const std::string& reason, RecallHandler done) {
+  const uint64_t rid = impl_->next_request_id++;
+  v1::Frame f;
+  auto* r = f.mutable_recall();
+  r->set_request_id(rid);
+  r->set_message_id(message_id);
+  r->set_reason(reason);
+  asio::post(impl_->strand, [impl = impl_, rid, f = std::move(f), done = std::move(done)]() mutable {
+    if (impl->ended_flag || !impl->running) {
+      RecallResult r;
+      r.status = Status::Unavailable("not connected to the broker");
+      if (done) done(std::move(r));
+      return;
+    }
+    impl->pending[rid].recall = std::move(done);
+    impl->stream->Send(f);
+  });
+}
+
+RecallResult Client::Recall(const std::string& message_id, const std::string& reason) {
+  std::promise<RecallResult> p;
+  auto f = p.get_future();
+  Recall(message_id, reason, [&p](RecallResult r) { p.set_value(std::move(r)); });
+  return f.get();
 }
 
 void Client::Close() {
@@ -454,6 +528,7 @@ void Client::Close() {
     std::unique_lock lock(impl_->mu);
     impl_->cv.wait_for(lock, std::chrono::seconds(5), [&] { return impl_->ended; });
   }
+  asio::post(impl_->strand, [impl = impl_] { impl->work.reset(); });
   // The writer sends close_notify; give it a moment, then force.
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
   while (!impl_->ioc.stopped() && std::chrono::steady_clock::now() < deadline) {

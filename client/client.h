@@ -48,13 +48,17 @@ struct ClientOptions {
   // log that shrank, or a different root for the same size, is an alarm
   // (witness_status()). Empty: no witness.
   std::string checkpoint_file;
+  // Ask for a delivery report on every recipient's copy of every message
+  // published on this connection (reports arrive as deliveries on the
+  // agency's receiving session).
+  bool want_reports = false;
 };
 
 // What the broker did for one recipient.
 struct RecipientOutcome {
   std::string recipient;
-  std::string outcome;  // "delivered", "queued" or "refused"
-  std::string reason;   // for refusals: "recipient_offline", "unknown_recipient", ...
+  std::string outcome;  // "queued" or "refused"
+  std::string reason;   // for refusals: "not_permitted", "unknown_recipient", ...
   std::string detail;   // human-readable
 };
 
@@ -68,15 +72,49 @@ struct PublishResult {
   std::vector<RecipientOutcome> outcomes;
   // The broker's signed audit checkpoint covering this publish's records.
   audit::Checkpoint checkpoint;
+  // The broker had this message already (same id and content): these are
+  // the original outcomes.
+  bool duplicate = false;
 
   // The broker answered and every recipient was delivered or queued.
   bool AllAccepted() const;
 };
 
+// The sender withdrew a message this agency received earlier.
+struct RecallNotice {
+  std::string message_id;
+  std::string sender;
+  std::string reason;
+  int64_t recalled_at_ms = 0;
+};
+
+// What became of one recipient's copy of a message this agency sent.
+struct DeliveryReport {
+  std::string message_id;
+  std::string recipient;
+  std::string outcome;  // "delivered", "expired", "refused", "recalled"
+  std::string reason;   // for refusals and expiry: "not_permitted", "expired", ...
+  std::string detail;
+  int64_t time_ms = 0;
+};
+
+// One delivery: a message, a recall notice or a delivery report. Each is
+// acknowledged with Acknowledge(delivery) once stored.
 struct Delivery {
+  enum class Kind { kMessage, kRecallNotice, kReport };
   uint64_t delivery_id = 0;
-  uint32_t attempt = 0;
-  std::shared_ptr<const v1::Message> message;
+  uint32_t attempt = 0;  // 1, then one more for each redelivery
+  Kind kind = Kind::kMessage;
+  std::shared_ptr<const v1::Message> message;  // kMessage
+  RecallNotice recall;                         // kRecallNotice
+  DeliveryReport report;                       // kReport
+};
+
+struct RecallResult {
+  Status status;
+  std::string error_code;
+  std::vector<std::string> withdrawn;  // copies removed before delivery
+  std::vector<std::string> notified;   // recipients who had it and get a recall notice
 };
 
 // What the broker said in its Welcome.
@@ -95,6 +133,7 @@ class Client {
  public:
   using DeliveryHandler = std::function<void(Delivery)>;
   using PublishHandler = std::function<void(PublishResult)>;
+  using RecallHandler = std::function<void(RecallResult)>;
   using ClosedHandler = std::function<void(const Status&)>;
 
   // Connects, completes the TLS handshake (verifying the broker's
@@ -115,8 +154,13 @@ class Client {
   // Blocking form of Publish.
   PublishResult Publish(const v1::Message& message);
 
-  // Tells the broker that delivery_id is safely stored.
-  void Acknowledge(uint64_t delivery_id);
+  // Tells the broker that the delivery is safely stored.
+  void Acknowledge(const Delivery& delivery) { Acknowledge(delivery.delivery_id, delivery.attempt); }
+  void Acknowledge(uint64_t delivery_id, uint32_t attempt);
+
+  // Withdraws a message this agency published; done is called once.
+  void Recall(const std::string& message_id, const std::string& reason, RecallHandler done);
+  RecallResult Recall(const std::string& message_id, const std::string& reason);
 
   // Flushes what is queued, closes TLS cleanly and stops the I/O thread.
   // Idempotent; blocks for at most a few seconds.

@@ -12,6 +12,7 @@
 
 #include "broker/config.h"
 #include "broker/detail/audit_events.h"
+#include "broker/detail/mailbox.h"
 #include "broker/store/store.h"
 #include "broker/detail/router.h"
 #include "common/detail/tls.h"
@@ -36,6 +37,7 @@ class BrokerState {
   boost::asio::io_context& ioc;
   const BrokerConfig config;
   Router router;
+  Mailboxes mailboxes{router};  // the durable queue, in memory; loaded once the store is open
   BrokerStats stats;
   // Publishes accepted and not yet answered, across all sessions; graceful
   // shutdown waits for it to reach zero.

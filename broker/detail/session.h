@@ -20,12 +20,12 @@
 #include "common/detail/frame_stream.h"
 #include "common/detail/tls.h"
 #include "common/tls.h"
+#include "broker/detail/mailbox.h"
 #include "proto/detail/pb.h"
 
 namespace liaison::broker {
 
 class BrokerState;
-class PendingPublish;
 
 // Text a client chose, made safe for one log line (control characters
 // replaced, cut at max bytes).
@@ -42,16 +42,13 @@ class Session : public std::enable_shared_from_this<Session> {
   void Start();
   uint64_t id() const { return id_; }
 
-  // Queues a message for delivery to this (receiving) session; the outcome
-  // goes to pending's recipient index.
-  void OfferDelivery(std::shared_ptr<PendingPublish> pending, size_t index,
-                     std::shared_ptr<const v1::Message> message);
-  // Sends an encoded PublishAck frame (from PendingPublish).
+  // New deliveries wait in the agency's mailbox: send what credit allows.
+  void Wake();
+  // Sends the encoded answer (PublishAck, RecallAck or Error) to a publish
+  // or recall this session made, once the store committed it.
   void SendPublishAck(std::string encoded);
   // Graceful shutdown, step 1: refuse new publishes.
   void BeginDrain();
-  // Step 2: resolve every delivery still waiting for an ack.
-  void AbortDeliveries(v1::Reason reason, std::string detail);
   // Step 3, or a take-over: send an Error with reason, flush, close.
   void Shutdown(v1::Reason reason, std::string message);
   // Close now, without flushing.
@@ -63,11 +60,16 @@ class Session : public std::enable_shared_from_this<Session> {
 
  private:
   enum class Phase { kHandshake, kAwaitHello, kReady, kClosed };
-  struct Delivery {
-    std::shared_ptr<PendingPublish> pending;
-    size_t index = 0;
-    std::shared_ptr<const v1::Message> message;
+  // A delivery sent and not yet acknowledged.
+  struct InFlight {
+    QueuedDelivery d;
     net::Clock::time_point sent_at{};
+    bool acking = false;  // its DeliveryAck is being committed
+    // Message copies: what the recipient received, for the audit record.
+    std::string body_hmac;
+    std::string obligations;
+    std::string rules;
+    std::string policy_version;
   };
 
   boost::asio::awaitable<void> Run();
@@ -82,16 +84,22 @@ class Session : public std::enable_shared_from_this<Session> {
   void HandleHello(const v1::Hello& hello);
   void HandlePublish(v1::Publish& publish);
   void HandleDeliveryAck(const v1::DeliveryAck& ack);
+  void HandleRecall(const v1::Recall& recall);
   void HandlePing(const v1::Ping& ping);
   void HandlePong(const v1::Pong& pong);
   void HandleError(const v1::Error& error);
 
   void Send(const v1::Frame& frame);
   void SendError(uint64_t request_id, v1::Reason code, const std::string& message, bool fatal);
-  void EnqueueDelivery(Delivery d);
   void PumpDeliveries();
-  void ResolveDeliveries(v1::Reason reason, const std::string& detail);
-  void RecordOutcome(const Delivery& d, v1::Outcome outcome, v1::Reason reason, std::string detail);
+  // Re-checks the policy and sends one delivery; false when it was settled
+  // without sending (refused now, or recalled).
+  bool SendDelivery(QueuedDelivery d);
+  void AckCommitted(int64_t id, const Status& s);
+  // Gives every unacknowledged delivery back to the mailbox.
+  void ReturnDeliveries();
+  // Ends receiving: releases the agency's receiver claim, returns deliveries.
+  void StopReceiving();
 
   BrokerState& broker_;
   const uint64_t id_;
@@ -113,9 +121,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   bool receiving_ = false;
   uint32_t credit_ = 0;
-  uint64_t next_delivery_id_ = 1;
-  std::map<uint64_t, Delivery> unacked_;   // by delivery id, oldest first
-  std::deque<Delivery> backlog_;           // waiting for credit
+  std::map<int64_t, InFlight> unacked_;   // by delivery id, oldest first
 
   uint64_t ping_nonce_ = 0;
   bool ping_outstanding_ = false;

@@ -22,9 +22,10 @@
 namespace liaison::broker {
 namespace {
 
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
 constexpr size_t kMaxRecordsPerCommit = 50'000;
 constexpr int64_t kCheckpointRowEveryMs = 1000;
+constexpr auto kTruncateWalEvery = std::chrono::seconds(5);
 
 // Migrations: index i brings the schema from version i to i + 1.
 const char* const kMigrations[] = {
@@ -56,6 +57,39 @@ CREATE INDEX audit_sender_time ON audit_log(sender, time_ms) WHERE sender <> '';
 CREATE INDEX audit_recipient_time ON audit_log(recipient, time_ms) WHERE recipient <> '';
 CREATE INDEX audit_time ON audit_log(time_ms);
 CREATE TABLE checkpoints(tree_size INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, text TEXT NOT NULL);
+)sql",
+    // 2: the durable queue.
+    R"sql(
+CREATE TABLE messages(
+  row INTEGER PRIMARY KEY,
+  sender TEXT NOT NULL,
+  message_id TEXT NOT NULL,
+  case_id TEXT NOT NULL,
+  message_type TEXT NOT NULL,
+  tlp INTEGER NOT NULL,
+  purpose TEXT NOT NULL,
+  agreement TEXT NOT NULL,
+  recipients TEXT NOT NULL,
+  received_ms INTEGER NOT NULL,
+  expires_ms INTEGER NOT NULL,
+  want_reports INTEGER NOT NULL,
+  publish_digest BLOB NOT NULL,
+  ack BLOB NOT NULL,
+  body BLOB,
+  recalled_ms INTEGER NOT NULL DEFAULT 0,
+  UNIQUE(sender, message_id));
+CREATE TABLE deliveries(
+  id INTEGER PRIMARY KEY,
+  recipient TEXT NOT NULL,
+  message_row INTEGER NOT NULL REFERENCES messages(row),
+  kind INTEGER NOT NULL,
+  state INTEGER NOT NULL,
+  attempts INTEGER NOT NULL,
+  named INTEGER NOT NULL,
+  payload BLOB);
+CREATE INDEX deliveries_pending ON deliveries(id) WHERE state = 0;
+CREATE INDEX deliveries_message ON deliveries(message_row, recipient);
+CREATE INDEX messages_message_id ON messages(message_id);
 )sql",
 };
 
@@ -141,6 +175,13 @@ struct Store::Impl {
   std::unique_ptr<audit::Signer> signer;
   std::string digest_key;
   Stmt insert, insert_checkpoint;
+  Stmt insert_message, find_duplicate, insert_delivery, finish_delivery, set_attempts, drop_body, mark_recalled;
+  // Reads (FindMessage, ...) on their own connection.
+  sqlite3* reader = nullptr;
+  mutable std::mutex reader_mu;
+  std::atomic<int64_t> next_message_row{1};
+  std::atomic<int64_t> next_delivery_id{1};
+  std::atomic<bool> bodies_dropped{false};  // since the last WAL truncation
 
   // Writer state (writer thread only, after Open).
   merkle::Tree tree;
@@ -148,21 +189,23 @@ struct Store::Impl {
   int64_t last_checkpoint_row_ms = 0;
 
   struct Item {
-    std::vector<audit::Record> records;
-    Done done;
+    Batch batch;
+    BatchDone done;
+    BatchResult result;
   };
   mutable std::mutex mu;
   std::condition_variable cv;
   std::deque<Item> queue;      // guarded by mu
   bool stopping = false;       // guarded by mu
   audit::Checkpoint latest;    // guarded by mu
-  Counters counters{0, 0, 0};  // guarded by mu
+  Counters counters{0, 0, 0, 0};  // guarded by mu
   std::thread writer;
   std::thread wal_checkpointer;
   std::mutex wal_mu;
   std::condition_variable wal_cv;
 
   ~Impl() {
+    if (reader) sqlite3_close_v2(reader);
     if (db) sqlite3_close_v2(db);
   }
 
@@ -171,7 +214,39 @@ struct Store::Impl {
   void WriterLoop();
   void WalLoop();
   Status Commit(std::vector<Item>& items, audit::Checkpoint* cp, merkle::Tree* tree_out, uint64_t* next_out);
+  Status WriteQueueChanges(Item& item);
+  Status InsertRecord(audit::Record& r, uint64_t seq, merkle::Tree* t);
+  Status PrepareStatements();
 };
+
+Status Store::Impl::PrepareStatements() {
+  struct {
+    Stmt* stmt;
+    const char* sql;
+  } const statements[] = {
+      {&insert,
+       "INSERT INTO audit_log(seq, time_ms, event, actor, cert_sha256, message_id, case_id, sender, recipient, "
+       "message_type, tlp, purpose, decision, rules, policy_version, obligations, body_hmac, detail, leaf, leaf_hash) "
+       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"},
+      {&insert_checkpoint, "INSERT OR REPLACE INTO checkpoints(tree_size, time_ms, text) VALUES (?,?,?)"},
+      {&insert_message,
+       "INSERT OR IGNORE INTO messages(row, sender, message_id, case_id, message_type, tlp, purpose, agreement, "
+       "recipients, received_ms, expires_ms, want_reports, publish_digest, ack, body) "
+       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"},
+      {&find_duplicate, "SELECT row, publish_digest, ack FROM messages WHERE sender = ? AND message_id = ?"},
+      {&insert_delivery,
+       "INSERT INTO deliveries(id, recipient, message_row, kind, state, attempts, named, payload) "
+       "VALUES (?,?,?,?,0,?,?,?)"},
+      {&finish_delivery, "UPDATE deliveries SET state = ?, payload = NULL WHERE id = ? AND state = 0"},
+      {&set_attempts, "UPDATE deliveries SET attempts = ? WHERE id = ?"},
+      {&drop_body, "UPDATE messages SET body = NULL WHERE row = ?"},
+      {&mark_recalled, "UPDATE messages SET recalled_ms = ? WHERE row = ?"},
+  };
+  for (const auto& [stmt, sql] : statements) {
+    if (Status s = stmt->Prepare(db, sql); !s.ok()) return s;
+  }
+  return Status::Ok();
+}
 
 Status Store::Impl::Migrate() {
   sqlite3_stmt* s = nullptr;
@@ -195,7 +270,7 @@ Status Store::Impl::Migrate() {
     if (Status c = Exec(db, "COMMIT"); !c.ok()) return c;
     spdlog::info("store: schema migrated to version {}", v + 1);
   }
-  static_assert(kSchemaVersion == 1);
+  static_assert(kSchemaVersion == std::size(kMigrations));
   return Status::Ok();
 }
 
@@ -230,6 +305,100 @@ Status Store::Impl::LoadTree() {
   return Status::Ok();
 }
 
+Status Store::Impl::InsertRecord(audit::Record& r, uint64_t seq, merkle::Tree* t) {
+  r.seq = seq;
+  const std::string leaf = audit::EncodeLeaf(r);
+  const merkle::Hash h = merkle::LeafHash(leaf);
+  t->Append(h);
+  insert.Int(1, static_cast<int64_t>(r.seq));
+  insert.Int(2, r.time_ms);
+  int i = 3;
+  for (const std::string* f : {&r.event, &r.actor, &r.cert_sha256, &r.message_id, &r.case_id, &r.sender,
+                               &r.recipient, &r.message_type}) {
+    insert.Text(i++, *f);
+  }
+  insert.Int(i++, r.tlp);
+  for (const std::string* f : {&r.purpose, &r.decision, &r.rules, &r.policy_version, &r.obligations, &r.body_hmac,
+                               &r.detail}) {
+    insert.Text(i++, *f);
+  }
+  insert.Blob(i++, leaf.data(), leaf.size());
+  insert.Blob(i++, h.data(), h.size());
+  return insert.Run("insert audit record");
+}
+
+// The queue changes of one batch. A new message whose (sender, message id)
+// is already stored marks the batch a duplicate instead: then nothing of it
+// is written.
+Status Store::Impl::WriteQueueChanges(Item& item) {
+  Batch& b = item.batch;
+  if (b.new_message) {
+    const StoredMessage& m = *b.new_message;
+    insert_message.Int(1, m.row);
+    int i = 2;
+    for (const std::string* f : {&m.sender, &m.message_id, &m.case_id, &m.message_type}) insert_message.Text(i++, *f);
+    insert_message.Int(i++, m.tlp);
+    for (const std::string* f : {&m.purpose, &m.agreement, &m.recipients}) insert_message.Text(i++, *f);
+    insert_message.Int(i++, m.received_ms);
+    insert_message.Int(i++, m.expires_ms);
+    insert_message.Int(i++, m.want_reports ? 1 : 0);
+    insert_message.Blob(i++, m.publish_digest.data(), m.publish_digest.size());
+    insert_message.Blob(i++, m.ack.data(), m.ack.size());
+    insert_message.Blob(i++, m.body.data(), m.body.size());
+    if (Status s = insert_message.Run("insert message"); !s.ok()) return s;
+    if (sqlite3_changes(db) == 0) {
+      // INSERT OR IGNORE skipped it: the sender used this id before.
+      find_duplicate.Text(1, m.sender);
+      find_duplicate.Text(2, m.message_id);
+      sqlite3_stmt* q = find_duplicate.get();
+      item.result.duplicate = true;
+      if (sqlite3_step(q) == SQLITE_ROW) {
+        StoredMessage& o = item.result.original;
+        o.row = sqlite3_column_int64(q, 0);
+        o.sender = m.sender;
+        o.message_id = m.message_id;
+        o.publish_digest.assign(static_cast<const char*>(sqlite3_column_blob(q, 1)), sqlite3_column_bytes(q, 1));
+        o.ack.assign(static_cast<const char*>(sqlite3_column_blob(q, 2)), sqlite3_column_bytes(q, 2));
+      }
+      return find_duplicate.Run("find duplicate");
+    }
+  }
+  for (const StoredDelivery& d : b.new_deliveries) {
+    insert_delivery.Int(1, d.id);
+    insert_delivery.Text(2, d.recipient);
+    insert_delivery.Int(3, d.message_row);
+    insert_delivery.Int(4, static_cast<int>(d.kind));
+    insert_delivery.Int(5, d.attempts);
+    insert_delivery.Int(6, d.named ? 1 : 0);
+    if (d.payload.empty()) {
+      sqlite3_bind_null(insert_delivery.get(), 7);
+    } else {
+      insert_delivery.Blob(7, d.payload.data(), d.payload.size());
+    }
+    if (Status s = insert_delivery.Run("insert delivery"); !s.ok()) return s;
+  }
+  for (const auto& [id, state] : b.finished) {
+    finish_delivery.Int(1, static_cast<int>(state));
+    finish_delivery.Int(2, id);
+    if (Status s = finish_delivery.Run("finish delivery"); !s.ok()) return s;
+  }
+  for (const auto& [id, n] : b.attempts) {
+    set_attempts.Int(1, n);
+    set_attempts.Int(2, id);
+    if (Status s = set_attempts.Run("count attempt"); !s.ok()) return s;
+  }
+  for (int64_t row : b.drop_bodies) {
+    drop_body.Int(1, row);
+    if (Status s = drop_body.Run("drop body"); !s.ok()) return s;
+  }
+  if (b.recalled_row != 0) {
+    mark_recalled.Int(1, NowMs());
+    mark_recalled.Int(2, b.recalled_row);
+    if (Status s = mark_recalled.Run("mark recalled"); !s.ok()) return s;
+  }
+  return Status::Ok();
+}
+
 Status Store::Impl::Commit(std::vector<Item>& items, audit::Checkpoint* cp, merkle::Tree* tree_out,
                            uint64_t* next_out) {
   merkle::Tree t = tree;
@@ -237,29 +406,14 @@ Status Store::Impl::Commit(std::vector<Item>& items, audit::Checkpoint* cp, merk
   if (Status s = Exec(db, "BEGIN IMMEDIATE"); !s.ok()) return s;
   auto fail = [&](Status s) {
     Exec(db, "ROLLBACK");
+    for (auto& item : items) item.result = BatchResult{};
     return s;
   };
   for (auto& item : items) {
-    for (auto& r : item.records) {
-      r.seq = seq++;
-      const std::string leaf = audit::EncodeLeaf(r);
-      const merkle::Hash h = merkle::LeafHash(leaf);
-      t.Append(h);
-      insert.Int(1, static_cast<int64_t>(r.seq));
-      insert.Int(2, r.time_ms);
-      int i = 3;
-      for (const std::string* f : {&r.event, &r.actor, &r.cert_sha256, &r.message_id, &r.case_id, &r.sender,
-                                   &r.recipient, &r.message_type}) {
-        insert.Text(i++, *f);
-      }
-      insert.Int(i++, r.tlp);
-      for (const std::string* f : {&r.purpose, &r.decision, &r.rules, &r.policy_version, &r.obligations,
-                                   &r.body_hmac, &r.detail}) {
-        insert.Text(i++, *f);
-      }
-      insert.Blob(i++, leaf.data(), leaf.size());
-      insert.Blob(i++, h.data(), h.size());
-      if (Status s = insert.Run("insert audit record"); !s.ok()) return fail(s);
+    if (Status s = WriteQueueChanges(item); !s.ok()) return fail(s);
+    if (item.result.duplicate) continue;
+    for (auto& r : item.batch.records) {
+      if (Status s = InsertRecord(r, seq++, &t); !s.ok()) return fail(s);
     }
   }
   const int64_t now = NowMs();
@@ -286,8 +440,9 @@ void Store::Impl::WriterLoop() {
       cv.wait(lock, [&] { return !queue.empty() || stopping; });
       if (queue.empty() && stopping) return;
       size_t records = 0;
-      while (!queue.empty() && (items.empty() || records + queue.front().records.size() <= kMaxRecordsPerCommit)) {
-        records += queue.front().records.size();
+      while (!queue.empty() &&
+             (items.empty() || records + queue.front().batch.records.size() <= kMaxRecordsPerCommit)) {
+        records += queue.front().batch.records.size() + 1;
         items.push_back(std::move(queue.front()));
         queue.pop_front();
       }
@@ -296,14 +451,19 @@ void Store::Impl::WriterLoop() {
     merkle::Tree new_tree;
     uint64_t new_next = 0;
     Status s = Commit(items, &cp, &new_tree, &new_next);
-    size_t n = 0;
-    for (const auto& it : items) n += it.records.size();
+    size_t n = 0, dropped = 0;
+    for (const auto& it : items) {
+      if (it.result.duplicate) continue;
+      n += it.batch.records.size();
+      dropped += it.batch.drop_bodies.size();
+    }
     {
       std::lock_guard lock(mu);
       if (s.ok()) {
         latest = cp;
         counters.commits++;
         counters.records += n;
+        counters.bodies_dropped += dropped;
       } else {
         counters.failed_commits++;
       }
@@ -311,9 +471,10 @@ void Store::Impl::WriterLoop() {
     if (s.ok()) {
       tree = std::move(new_tree);
       next_seq = new_next;
+      if (dropped > 0) bodies_dropped = true;
       wal_cv.notify_one();
     } else {
-      spdlog::error("store: commit of {} audit record(s) failed, nothing of it is kept: {}", n, s.message());
+      spdlog::error("store: commit of {} change(s) failed, nothing of it is kept: {}", items.size(), s.message());
     }
     audit::Checkpoint current;
     {
@@ -321,7 +482,7 @@ void Store::Impl::WriterLoop() {
       current = latest;
     }
     for (auto& it : items) {
-      if (it.done) it.done(s, current);
+      if (it.done) it.done(s, current, it.result);
     }
   }
 }
@@ -336,12 +497,29 @@ void Store::Impl::WalLoop() {
     return;
   }
   sqlite3_busy_timeout(conn, 100);
+  // A connection that has not read the database yet does not know it is in
+  // WAL mode, and its checkpoints would do nothing.
+  Exec(conn, "SELECT COUNT(*) FROM sqlite_master");
+  auto last_truncate = std::chrono::steady_clock::now();
   for (;;) {
     {
       std::unique_lock lock(wal_mu);
       wal_cv.wait_for(lock, std::chrono::milliseconds(500));
       std::lock_guard l2(mu);
       if (stopping && queue.empty()) break;
+    }
+    // Bodies were deleted: their bytes must not stay in the WAL (DESIGN.md).
+    // A TRUNCATE checkpoint copies the WAL into the database (where secure
+    // deletion zeroed them) and empties the WAL file; it may have to wait for
+    // a quiet moment, so it is tried at most every few seconds.
+    const auto now = std::chrono::steady_clock::now();
+    if (bodies_dropped && now - last_truncate > kTruncateWalEvery) {
+      last_truncate = now;
+      bodies_dropped = false;
+      if (sqlite3_wal_checkpoint_v2(conn, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr) != SQLITE_OK) {
+        bodies_dropped = true;  // busy: again on a later round
+      }
+      continue;
     }
     int log = 0, done = 0;
     sqlite3_wal_checkpoint_v2(conn, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
@@ -388,18 +566,21 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
   auto key = LoadOrCreateDigestKey(options.digest_key);
   if (!key.ok()) return key.status().Annotate("body digest key");
   impl->digest_key = std::move(key).value();
-  if (Status s = impl->insert.Prepare(db,
-                                      "INSERT INTO audit_log(seq, time_ms, event, actor, cert_sha256, message_id, "
-                                      "case_id, sender, recipient, message_type, tlp, purpose, decision, rules, "
-                                      "policy_version, obligations, body_hmac, detail, leaf, leaf_hash) VALUES "
-                                      "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
-      !s.ok()) {
-    return s;
+  if (Status s = impl->PrepareStatements(); !s.ok()) return s;
+  if (sqlite3_open_v2(options.path.c_str(), &impl->reader, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) !=
+      SQLITE_OK) {
+    return SqlError(impl->reader, "cannot open store " + options.path + " for reading");
   }
-  if (Status s = impl->insert_checkpoint.Prepare(
-          db, "INSERT OR REPLACE INTO checkpoints(tree_size, time_ms, text) VALUES (?,?,?)");
-      !s.ok()) {
-    return s;
+  sqlite3_busy_timeout(impl->reader, 5000);
+  {
+    sqlite3_stmt* q = nullptr;
+    sqlite3_prepare_v2(db, "SELECT (SELECT COALESCE(MAX(row), 0) FROM messages), (SELECT COALESCE(MAX(id), 0) FROM deliveries)",
+                       -1, &q, nullptr);
+    if (sqlite3_step(q) == SQLITE_ROW) {
+      impl->next_message_row = sqlite3_column_int64(q, 0) + 1;
+      impl->next_delivery_id = sqlite3_column_int64(q, 1) + 1;
+    }
+    sqlite3_finalize(q);
   }
   impl->latest = impl->signer->Sign(options.origin, impl->tree.size(), impl->tree.Root(), NowMs());
   Impl* raw = impl.get();
@@ -432,14 +613,26 @@ Store::~Store() {
 }
 
 void Store::Append(std::vector<audit::Record> records, Done done) {
+  Batch b;
+  b.records = std::move(records);
+  BatchDone wrapped;
+  if (done) {
+    wrapped = [done = std::move(done)](const Status& s, const audit::Checkpoint& cp, const BatchResult&) {
+      done(s, cp);
+    };
+  }
+  Commit(std::move(b), std::move(wrapped));
+}
+
+void Store::Commit(Batch batch, BatchDone done) {
   bool closing = false;
   {
     std::lock_guard lock(impl_->mu);
     closing = impl_->stopping;
-    if (!closing) impl_->queue.push_back({std::move(records), std::move(done)});
+    if (!closing) impl_->queue.push_back({std::move(batch), std::move(done), {}});
   }
   if (closing) {
-    if (done) done(Status::Unavailable("the store is closing"), audit::Checkpoint{});
+    if (done) done(Status::Unavailable("the store is closing"), audit::Checkpoint{}, BatchResult{});
     return;
   }
   impl_->cv.notify_one();
@@ -456,6 +649,146 @@ Result<audit::Checkpoint> Store::AppendSync(std::vector<audit::Record> records) 
     }
   });
   return f.get();
+}
+
+Result<BatchResult> Store::CommitSync(Batch batch) {
+  std::promise<Result<BatchResult>> p;
+  auto f = p.get_future();
+  Commit(std::move(batch), [&p](const Status& s, const audit::Checkpoint&, const BatchResult& r) {
+    if (s.ok()) {
+      p.set_value(r);
+    } else {
+      p.set_value(s);
+    }
+  });
+  return f.get();
+}
+
+int64_t Store::NextMessageRow() { return impl_->next_message_row++; }
+int64_t Store::NextDeliveryId() { return impl_->next_delivery_id++; }
+
+namespace {
+
+std::string ColumnBlob(sqlite3_stmt* q, int i) {
+  const void* p = sqlite3_column_blob(q, i);
+  return p ? std::string(static_cast<const char*>(p), sqlite3_column_bytes(q, i)) : std::string();
+}
+
+std::string ColumnText(sqlite3_stmt* q, int i) {
+  const unsigned char* p = sqlite3_column_text(q, i);
+  return p ? std::string(reinterpret_cast<const char*>(p), sqlite3_column_bytes(q, i)) : std::string();
+}
+
+constexpr const char* kMessageColumns =
+    "m.row, m.sender, m.message_id, m.case_id, m.message_type, m.tlp, m.purpose, m.agreement, m.recipients, "
+    "m.received_ms, m.expires_ms, m.want_reports, m.publish_digest, m.ack, m.recalled_ms";
+
+// Reads kMessageColumns starting at column first.
+StoredMessage ReadMessage(sqlite3_stmt* q, int first) {
+  StoredMessage m;
+  int i = first;
+  m.row = sqlite3_column_int64(q, i++);
+  m.sender = ColumnText(q, i++);
+  m.message_id = ColumnText(q, i++);
+  m.case_id = ColumnText(q, i++);
+  m.message_type = ColumnText(q, i++);
+  m.tlp = sqlite3_column_int(q, i++);
+  m.purpose = ColumnText(q, i++);
+  m.agreement = ColumnText(q, i++);
+  m.recipients = ColumnText(q, i++);
+  m.received_ms = sqlite3_column_int64(q, i++);
+  m.expires_ms = sqlite3_column_int64(q, i++);
+  m.want_reports = sqlite3_column_int(q, i++) != 0;
+  m.publish_digest = ColumnBlob(q, i++);
+  m.ack = ColumnBlob(q, i++);
+  m.recalled_ms = sqlite3_column_int64(q, i++);
+  return m;
+}
+
+}  // namespace
+
+Status Store::LoadPending(const std::function<void(StoredDelivery, const StoredMessage&)>& each) const {
+  std::lock_guard lock(impl_->reader_mu);
+  sqlite3* db = impl_->reader;
+  const std::string sql = std::string("SELECT d.id, d.recipient, d.kind, d.attempts, d.named, d.payload, ") +
+                          kMessageColumns +
+                          ", m.body FROM deliveries d JOIN messages m ON m.row = d.message_row "
+                          "WHERE d.state = 0 ORDER BY d.id";
+  sqlite3_stmt* q = nullptr;
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &q, nullptr) != SQLITE_OK) return SqlError(db, "load pending");
+  StoredMessage m;
+  int rc;
+  while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+    StoredDelivery d;
+    d.id = sqlite3_column_int64(q, 0);
+    d.recipient = ColumnText(q, 1);
+    d.kind = static_cast<DeliveryKind>(sqlite3_column_int(q, 2));
+    d.attempts = static_cast<uint32_t>(sqlite3_column_int64(q, 3));
+    d.named = sqlite3_column_int(q, 4) != 0;
+    d.payload = ColumnBlob(q, 5);
+    if (m.row != sqlite3_column_int64(q, 6)) {
+      m = ReadMessage(q, 6);
+      m.body = ColumnBlob(q, 21);
+    }
+    each(std::move(d), m);
+  }
+  sqlite3_finalize(q);
+  if (rc != SQLITE_DONE) return SqlError(db, "load pending");
+  return Status::Ok();
+}
+
+Result<std::optional<StoredMessage>> Store::FindMessage(std::string_view sender, std::string_view message_id) const {
+  std::lock_guard lock(impl_->reader_mu);
+  sqlite3* db = impl_->reader;
+  const std::string sql = std::string("SELECT ") + kMessageColumns + " FROM messages m WHERE m.sender = ? AND m.message_id = ?";
+  sqlite3_stmt* q = nullptr;
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &q, nullptr) != SQLITE_OK) return SqlError(db, "find message");
+  sqlite3_bind_text(q, 1, sender.data(), static_cast<int>(sender.size()), SQLITE_STATIC);
+  sqlite3_bind_text(q, 2, message_id.data(), static_cast<int>(message_id.size()), SQLITE_STATIC);
+  std::optional<StoredMessage> out;
+  const int rc = sqlite3_step(q);
+  if (rc == SQLITE_ROW) out = ReadMessage(q, 0);
+  sqlite3_finalize(q);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db, "find message");
+  return out;
+}
+
+Result<std::optional<StoredMessage>> Store::FindDelivered(std::string_view recipient,
+                                                           std::string_view message_id) const {
+  std::lock_guard lock(impl_->reader_mu);
+  sqlite3* db = impl_->reader;
+  const std::string sql = std::string("SELECT ") + kMessageColumns +
+                          " FROM messages m JOIN deliveries d ON d.message_row = m.row "
+                          "WHERE m.message_id = ? AND d.recipient = ? AND d.kind = 1 AND d.state = 1 LIMIT 1";
+  sqlite3_stmt* q = nullptr;
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &q, nullptr) != SQLITE_OK) return SqlError(db, "find delivered");
+  sqlite3_bind_text(q, 1, message_id.data(), static_cast<int>(message_id.size()), SQLITE_STATIC);
+  sqlite3_bind_text(q, 2, recipient.data(), static_cast<int>(recipient.size()), SQLITE_STATIC);
+  std::optional<StoredMessage> out;
+  const int rc = sqlite3_step(q);
+  if (rc == SQLITE_ROW) out = ReadMessage(q, 0);
+  sqlite3_finalize(q);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db, "find delivered");
+  return out;
+}
+
+Result<std::vector<std::string>> Store::DeliveredRecipients(int64_t row) const {
+  std::lock_guard lock(impl_->reader_mu);
+  sqlite3* db = impl_->reader;
+  sqlite3_stmt* q = nullptr;
+  if (sqlite3_prepare_v2(db,
+                         "SELECT recipient FROM deliveries WHERE message_row = ? AND kind = 1 AND state = 1 "
+                         "ORDER BY id",
+                         -1, &q, nullptr) != SQLITE_OK) {
+    return SqlError(db, "delivered recipients");
+  }
+  sqlite3_bind_int64(q, 1, row);
+  std::vector<std::string> out;
+  int rc;
+  while ((rc = sqlite3_step(q)) == SQLITE_ROW) out.push_back(ColumnText(q, 0));
+  sqlite3_finalize(q);
+  if (rc != SQLITE_DONE) return SqlError(db, "delivered recipients");
+  return out;
 }
 
 audit::Checkpoint Store::latest() const {

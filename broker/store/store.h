@@ -8,13 +8,22 @@
 // WAL checkpoints run on a background thread so the writer never waits
 // for them.
 //
+// It also keeps the durable message queue (DESIGN.md, Delivery guarantees):
+// messages (routing metadata kept for ever, for idempotency, recalls and
+// forwarding checks; the body only until its last copy is finished) and
+// deliveries (one per recipient copy, recall notice or delivery report).
+// Queue changes ride in the same transaction as the audit records that
+// describe them (Commit with a Batch).
+//
 // Thread-safety: all public methods may be called from any thread. done()
-// runs on the writer thread and must not block.
+// runs on the writer thread and must not block. Reads (FindMessage, ...)
+// use their own connection and never wait for the writer.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,6 +34,54 @@
 
 namespace liaison::broker {
 
+enum class DeliveryKind : int { kMessage = 1, kRecallNotice = 2, kReport = 3 };
+enum class DeliveryState : int { kPending = 0, kDelivered = 1, kExpired = 2, kRecalled = 3, kRefused = 4 };
+
+// A row of the messages table.
+struct StoredMessage {
+  int64_t row = 0;  // from NextMessageRow()
+  std::string sender, message_id, case_id, message_type, purpose, agreement;
+  int tlp = 0;
+  std::string recipients;      // the recipients it was queued for, comma-separated
+  int64_t received_ms = 0;
+  int64_t expires_ms = 0;      // the earlier of its expiry and the broker's retention
+  bool want_reports = false;
+  std::string publish_digest;  // SHA-256 of the message as published (idempotency)
+  std::string ack;             // the serialized PublishAck it was answered with
+  std::string body;            // the stamped message; empty once dropped
+  int64_t recalled_ms = 0;     // 0 unless recalled
+};
+
+// A row of the deliveries table: one recipient's copy of a message, or a
+// recall notice or delivery report (payload) about it.
+struct StoredDelivery {
+  int64_t id = 0;  // from NextDeliveryId(); the wire's delivery id; delivery order
+  std::string recipient;
+  int64_t message_row = 0;
+  DeliveryKind kind = DeliveryKind::kMessage;
+  uint32_t attempts = 0;
+  bool named = true;    // the recipient was named in the envelope (not reached through a group)
+  std::string payload;  // notices and reports: the serialized RecallNotice / DeliveryReport
+};
+
+// One transaction's worth of changes. If new_message names a (sender,
+// message_id) already stored, nothing of the batch is written and done
+// learns the original (BatchResult::duplicate).
+struct Batch {
+  std::vector<audit::Record> records;
+  std::optional<StoredMessage> new_message;
+  std::vector<StoredDelivery> new_deliveries;
+  std::vector<std::pair<int64_t, DeliveryState>> finished;  // deliveries leaving the pending state
+  std::vector<std::pair<int64_t, uint32_t>> attempts;       // delivery id, attempts so far
+  std::vector<int64_t> drop_bodies;                         // message rows whose body is no longer needed
+  int64_t recalled_row = 0;                                 // mark this message recalled
+};
+
+struct BatchResult {
+  bool duplicate = false;
+  StoredMessage original;  // when duplicate: the stored row (without body)
+};
+
 class Store {
  public:
   struct Options {
@@ -34,6 +91,7 @@ class Store {
     std::string digest_key;    // 32-byte HMAC key for body digests (created 0600 if absent)
   };
   using Done = std::function<void(const Status&, const audit::Checkpoint&)>;
+  using BatchDone = std::function<void(const Status&, const audit::Checkpoint&, const BatchResult&)>;
 
   static Result<std::unique_ptr<Store>> Open(const Options& options);
   // Commits what is queued, stops the writer, checkpoints the WAL.
@@ -46,6 +104,24 @@ class Store {
   void Append(std::vector<audit::Record> records, Done done);
   // Appends and waits (for tests and tools).
   Result<audit::Checkpoint> AppendSync(std::vector<audit::Record> records);
+  // Queues a batch of queue changes and their audit records, committed
+  // with whatever else is queued; done runs after the commit or failure.
+  void Commit(Batch batch, BatchDone done);
+  Result<BatchResult> CommitSync(Batch batch);
+
+  // Ids for new rows, unique for the life of the store (gaps are fine).
+  int64_t NextMessageRow();
+  int64_t NextDeliveryId();
+
+  // Every pending delivery, in delivery order, with its message (body
+  // included), for rebuilding the in-memory queue at start.
+  Status LoadPending(const std::function<void(StoredDelivery, const StoredMessage&)>& each) const;
+  // The message sender published as message_id (without body), if any.
+  Result<std::optional<StoredMessage>> FindMessage(std::string_view sender, std::string_view message_id) const;
+  // The message sent to recipient as message_id, whatever its sender.
+  Result<std::optional<StoredMessage>> FindDelivered(std::string_view recipient, std::string_view message_id) const;
+  // Recipients whose copy of message row was delivered (acknowledged).
+  Result<std::vector<std::string>> DeliveredRecipients(int64_t row) const;
 
   // The newest signed checkpoint (tree size 0 before the first record).
   audit::Checkpoint latest() const;
@@ -54,7 +130,7 @@ class Store {
   const std::string& public_key_pem() const;
 
   struct Counters {
-    uint64_t commits, records, failed_commits;
+    uint64_t commits, records, failed_commits, bodies_dropped;
   };
   Counters counters() const;
 

@@ -38,6 +38,47 @@ struct Inbox {
   Status why;
 };
 
+// A recall notice or a delivery report: one JSON line (stdout, or with
+// --out the file beside the message); a recall notice also moves the
+// recalled message's file into <out>/recalled/.
+Status HandleNotice(const CommonOptions& common, const ReceiveOptions& o, const client::Delivery& d) {
+  std::string line, text;
+  if (d.kind == client::Delivery::Kind::kRecallNotice) {
+    const client::RecallNotice& n = d.recall;
+    line = "{\"recall\":{\"messageId\":" + JsonString(n.message_id) + ",\"sender\":" + JsonString(n.sender) +
+           ",\"reason\":" + JsonString(n.reason) + ",\"recalledAtMs\":" + std::to_string(n.recalled_at_ms) + "}}";
+    text = "recall notice: " + n.sender + " recalled " + n.message_id + " (" + n.reason + ")";
+    if (!o.out_dir.empty()) {
+      const std::string name = n.sender + "_" + n.message_id;
+      std::error_code ec;
+      std::filesystem::create_directories(o.out_dir + "/recalled", ec);
+      if (ec) return Status::IoError("cannot create " + o.out_dir + "/recalled: " + ec.message());
+      if (std::filesystem::exists(o.out_dir + "/" + name + ".json")) {
+        std::filesystem::rename(o.out_dir + "/" + name + ".json", o.out_dir + "/recalled/" + name + ".json", ec);
+        if (ec) return Status::IoError("cannot move " + name + ".json to recalled/: " + ec.message());
+      }
+      if (Status s = WriteFileAtomic(o.out_dir + "/recalled/" + name + ".recall.json", line + "\n", 0600); !s.ok()) {
+        return s;
+      }
+      text += " -> " + o.out_dir + "/recalled/";
+    }
+  } else {
+    const client::DeliveryReport& r = d.report;
+    line = "{\"report\":{\"messageId\":" + JsonString(r.message_id) + ",\"recipient\":" + JsonString(r.recipient) +
+           ",\"outcome\":" + JsonString(r.outcome) + ",\"reason\":" + JsonString(r.reason) +
+           ",\"detail\":" + JsonString(r.detail) + ",\"timeMs\":" + std::to_string(r.time_ms) + "}}";
+    text = "delivery report: " + r.message_id + " -> " + r.recipient + ": " + r.outcome +
+           (r.reason.empty() ? "" : " (" + r.reason + ")");
+  }
+  if (common.json || o.out_dir.empty()) {
+    std::printf("%s\n", line.c_str());
+  } else {
+    std::printf("%s\n", text.c_str());
+  }
+  if (std::fflush(stdout) != 0) return Status::IoError("cannot write to stdout");
+  return Status::Ok();
+}
+
 int RunReceive(const CommonOptions& common, const ReceiveOptions& o) {
   if (!o.out_dir.empty()) {
     std::error_code ec;
@@ -99,6 +140,15 @@ int RunReceive(const CommonOptions& common, const ReceiveOptions& o) {
       d = std::move(inbox->queue.front());
       inbox->queue.pop_front();
     }
+    if (d.kind != client::Delivery::Kind::kMessage) {
+      if (Status s = HandleNotice(common, o, d); !s.ok()) {
+        std::fprintf(stderr, "liaison receive: %s; not acknowledged\n", s.message().c_str());
+        rc = kExitUsage;
+        break;
+      }
+      (*client)->Acknowledge(d);
+      continue;
+    }
     const v1::Envelope& env = d.message->envelope();
     auto json = proto::ToJson(*d.message, o.pretty || !o.out_dir.empty());
     if (!json.ok()) {
@@ -133,7 +183,7 @@ int RunReceive(const CommonOptions& common, const ReceiveOptions& o) {
       }
       std::fflush(stdout);
     }
-    (*client)->Acknowledge(d.delivery_id);
+    (*client)->Acknowledge(d);
     ++received;
   }
   (*client)->Close();

@@ -19,9 +19,9 @@ TEST_CASE("an incident report travels from police to school", "[exchange]") {
   REQUIRE(r.status.ok());
   REQUIRE(r.outcomes.size() == 1);
   CHECK(r.outcomes[0].recipient == "school");
-  CHECK(r.outcomes[0].outcome == "delivered");
+  CHECK(r.outcomes[0].outcome == "queued");
   CHECK(r.message_id == m.envelope().message_id());
-  REQUIRE(school.count() == 1);
+  REQUIRE(school.WaitCount(1));
   const v1::Message& got = *school.got[0].message;
   CHECK(got.envelope().sender() == "police");
   CHECK(got.envelope().has_received_at());
@@ -48,14 +48,14 @@ TEST_CASE("a case referral reaches several recipients, the others are refused wi
   REQUIRE(r.status.ok());
   std::map<std::string, std::pair<std::string, std::string>> by;
   for (const auto& o : r.outcomes) by[o.recipient] = {o.outcome, o.reason};
-  CHECK(by["school"].first == "delivered");
-  CHECK(by["social"].first == "delivered");
-  CHECK(by["health"] == std::make_pair(std::string("refused"), std::string("recipient_offline")));
+  CHECK(by["school"].first == "queued");
+  CHECK(by["social"].first == "queued");
+  CHECK(by["health"].first == "queued");  // offline: it waits in the queue
   CHECK(by["nobody"] == std::make_pair(std::string("refused"), std::string("unknown_recipient")));
   CHECK(by["group:network"] == std::make_pair(std::string("refused"), std::string("unknown_recipient")));
   CHECK_FALSE(r.AllAccepted());
-  CHECK(school.count() == 1);
-  CHECK(social.count() == 1);
+  REQUIRE(school.WaitCount(1));
+  REQUIRE(social.WaitCount(1));
   CHECK(school.got[0].message->case_referral().person().date_of_birth() == "2010-04-01");
 }
 
@@ -71,7 +71,7 @@ TEST_CASE("an invalid message is rejected as a whole with the reason", "[exchang
   m.mutable_envelope()->set_message_id("0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c1d");
   auto r2 = police->Publish(m);
   CHECK(r2.status.ok());
-  CHECK(r2.outcomes.at(0).reason == "recipient_offline");
+  CHECK(r2.outcomes.at(0).outcome == "queued");
 }
 
 TEST_CASE("many publishes are pipelined and matched to their acks", "[exchange]") {
@@ -95,7 +95,7 @@ TEST_CASE("many publishes are pipelined and matched to their acks", "[exchange]"
     return results.size() == kCount;
   }));
   for (const auto& id : ids) CHECK(results[id].AllAccepted());
-  CHECK(school.count() == kCount);
+  REQUIRE(school.WaitCount(kCount));
   // Deliveries arrive in publish order from one sender.
   std::lock_guard lock(school.mu);
   for (int i = 0; i < kCount; ++i) CHECK(school.got[i].message->envelope().message_id() == ids[i]);
@@ -104,12 +104,12 @@ TEST_CASE("many publishes are pipelined and matched to their acks", "[exchange]"
 TEST_CASE("the credit window bounds unacknowledged deliveries", "[exchange]") {
   TestBroker broker;
   std::mutex mu;
-  std::vector<uint64_t> pending;
+  std::vector<client::Delivery> pending;
   auto o = Options(broker.port(), "school", true);
   o.credit = 3;
   auto school = client::Client::Connect(o, [&](client::Delivery d) {
     std::lock_guard lock(mu);
-    pending.push_back(d.delivery_id);
+    pending.push_back(d);
   });
   REQUIRE(school.ok());
   CHECK((*school)->session().credit == 3);
@@ -130,12 +130,12 @@ TEST_CASE("the credit window bounds unacknowledged deliveries", "[exchange]") {
     CHECK(pending.size() == 3);  // no more than the window without acks
   }
   for (int round = 0; round < 10; ++round) {
-    std::vector<uint64_t> batch;
+    std::vector<client::Delivery> batch;
     {
       std::lock_guard lock(mu);
       batch.swap(pending);
     }
-    for (auto id : batch) (*school)->Acknowledge(id);
+    for (const auto& d : batch) (*school)->Acknowledge(d);
     if (acked == 10) break;
     WaitFor([&] {
       std::lock_guard lock(mu);
@@ -145,34 +145,48 @@ TEST_CASE("the credit window bounds unacknowledged deliveries", "[exchange]") {
   CHECK(WaitFor([&] { return acked == 10; }));
 }
 
-TEST_CASE("a delivery that is never acknowledged times out and the sender is told", "[exchange]") {
+TEST_CASE("a delivery that is never acknowledged ends the session and is delivered again on the next",
+          "[exchange][queue]") {
   broker::Limits l;
   l.delivery_timeout = std::chrono::milliseconds(300);
   TestBroker broker(l);
-  Receiver school(broker.port(), "school", /*ack=*/false);
   auto police = Connect(broker.port(), "police");
-  auto r = police->Publish(IncidentReport({"school"}));
-  REQUIRE(r.status.ok());
-  CHECK(r.outcomes.at(0).reason == "delivery_timeout");
-  CHECK(school.count() == 1);
-  // A late ack is harmless: the session stays up.
-  school.client->Acknowledge(school.got[0].delivery_id);
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  CHECK(school.client->connected());
+  {
+    Receiver school(broker.port(), "school", /*ack=*/false);
+    auto r = police->Publish(IncidentReport({"school"}));
+    REQUIRE(r.status.ok());
+    CHECK(r.outcomes.at(0).outcome == "queued");
+    REQUIRE(school.WaitCount(1));
+    CHECK(school.got[0].attempt == 1);
+    // Unacknowledged past the deadline: the broker closes the session.
+    CHECK(WaitFor([&] { return !school.client->connected(); }));
+  }
+  Receiver again(broker.port(), "school");
+  REQUIRE(again.WaitCount(1));
+  CHECK(again.got[0].attempt == 2);
+  CHECK(again.got[0].delivery_id != 0);
 }
 
-TEST_CASE("a receiver that disconnects before acknowledging resolves the publish", "[exchange]") {
+TEST_CASE("a receiver that disconnects before acknowledging gets the message again", "[exchange][queue]") {
   TestBroker broker;
   auto school = std::make_unique<Receiver>(broker.port(), "school", false);
   auto police = Connect(broker.port(), "police");
-  std::atomic<bool> done{false};
-  client::PublishResult result;
-  police->Publish(IncidentReport({"school"}), [&](client::PublishResult r) {
-    result = std::move(r);
-    done = true;
-  });
-  REQUIRE(WaitFor([&] { return school->count() == 1; }));
+  v1::Message m = IncidentReport({"school"});
+  auto r = police->Publish(m);
+  CHECK(r.AllAccepted());
+  REQUIRE(school->WaitCount(1));
+  const uint64_t first_id = school->got[0].delivery_id;
   school->client->Close();
-  REQUIRE(WaitFor([&] { return done.load(); }));
-  CHECK(result.outcomes.at(0).reason == "recipient_disconnected");
+  school.reset();
+  Receiver again(broker.port(), "school");
+  REQUIRE(again.WaitCount(1));
+  CHECK(again.got[0].delivery_id == first_id);
+  CHECK(again.got[0].attempt == 2);
+  CHECK(again.got[0].message->envelope().message_id() == m.envelope().message_id());
+  // Acknowledged now: a third session gets nothing more.
+  REQUIRE(WaitFor([&] { return broker.server().counters().deliveries_acked == 1; }));
+  again.client->Close();
+  Receiver third(broker.port(), "school");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(third.count() == 0);
 }

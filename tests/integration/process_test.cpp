@@ -240,7 +240,7 @@ TEST_CASE("liaison send and receive exchange a message through the real broker",
   INFO(out << err);
   CHECK(rc == 0);
   CHECK(out.find("\"ok\":true") != std::string::npos);
-  CHECK(out.find("\"outcome\":\"delivered\"") != std::string::npos);
+  CHECK(out.find("\"outcome\":\"queued\"") != std::string::npos);
   CHECK(receiver.Wait() == 0);
   std::smatch m;
   REQUIRE(std::regex_search(out, m, std::regex("\"messageId\":\"([0-9a-f-]{36})\"")));
@@ -249,9 +249,13 @@ TEST_CASE("liaison send and receive exchange a message through the real broker",
   CHECK(stored.find("\"sender\": \"police\"") != std::string::npos);
   CHECK(stored.find("Abusive leaflets") != std::string::npos);
 
-  // Stdin and an offline recipient: exit 1 and the reason.
-  CHECK(Run(broker.Cli("police", {"send", "--to", "health", "-"}), dir.path(), &out, &err, dir.File("incident.json")) == 1);
-  CHECK(out.find("REFUSED  recipient_offline") != std::string::npos);
+  // Stdin and an offline recipient: queued for it (exit 0).
+  CHECK(Run(broker.Cli("police", {"send", "--to", "health", "-"}), dir.path(), &out, &err, dir.File("incident.json")) == 0);
+  CHECK(out.find("health") != std::string::npos);
+  CHECK(out.find("queued") != std::string::npos);
+  // A recipient the policy does not permit: exit 1 and the reason.
+  CHECK(Run(broker.Cli("police", {"send", "--to", "nobody", "-"}), dir.path(), &out, &err, dir.File("incident.json")) == 1);
+  CHECK(out.find("REFUSED  unknown_recipient") != std::string::npos);
 }
 
 TEST_CASE("liaison send reports bad input and bad certificates with distinct exit codes", "[process]") {

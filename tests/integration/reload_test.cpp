@@ -52,7 +52,7 @@ TEST_CASE("a reload with an invalid policy keeps everything as it was", "[reload
   CHECK(r.status().message().find("policy.yaml:2") != std::string::npos);
   // The old policy still decides: it still knows agency social.
   auto police = Connect(broker.port(), "police");
-  CHECK(police->Publish(IncidentReport({"social"})).outcomes.at(0).reason == "recipient_offline");
+  CHECK(police->Publish(IncidentReport({"social"})).outcomes.at(0).outcome == "queued");
   CHECK_FALSE(school.closed);
 }
 

@@ -117,10 +117,22 @@ TestBroker::TestBroker(broker::Limits limits, int threads, const std::string& po
       !s.ok()) {
     throw std::runtime_error(s.ToString());
   }
-  auto server = broker::Server::Create(std::move(c));
+  config_ = std::move(c);
+  Start();
+}
+
+void TestBroker::Start() {
+  auto server = broker::Server::Create(config_);
   if (!server.ok()) throw std::runtime_error("broker: " + server.status().ToString());
   server_ = std::move(server).value();
+  stopped_ = false;
   thread_ = std::thread([this] { (void)server_->Run(false); });
+}
+
+void TestBroker::Restart() {
+  Stop();
+  server_.reset();
+  Start();
 }
 
 void TestBroker::Stop() {
@@ -172,17 +184,53 @@ v1::Message IncidentReport(const std::vector<std::string>& recipients) {
   return m;
 }
 
-Receiver::Receiver(uint16_t port, const std::string& agency, bool ack) {
-  client = Connect(port, agency, true, [this, ack](client::Delivery d) {
+Receiver::Receiver(uint16_t port, const std::string& agency, bool ack, uint32_t credit) {
+  // Queued deliveries may arrive before Connect returns: those are
+  // acknowledged once the client is known.
+  auto early = std::make_shared<std::vector<client::Delivery>>();
+  auto o = Options(port, agency, true);
+  o.credit = credit;
+  auto c = client::Client::Connect(o, [this, ack, early](client::Delivery d) {
     std::lock_guard lock(mu);
-    got.push_back(d);
-    if (ack) client->Acknowledge(d.delivery_id);
+    (d.kind == client::Delivery::Kind::kMessage ? got : notices).push_back(d);
+    if (!ack) return;
+    if (client) {
+      client->Acknowledge(d);
+    } else {
+      early->push_back(d);
+    }
   });
+  if (!c.ok()) throw std::runtime_error("receiver " + agency + " cannot connect: " + c.status().message());
+  std::lock_guard lock(mu);
+  client = std::move(c).value();
+  for (const auto& d : *early) client->Acknowledge(d);
 }
 
 size_t Receiver::count() {
   std::lock_guard lock(mu);
   return got.size();
+}
+
+bool Receiver::WaitCount(size_t n, std::chrono::milliseconds timeout) {
+  return WaitFor([&] { return count() >= n; }, timeout);
+}
+
+std::vector<client::DeliveryReport> Receiver::Reports() {
+  std::lock_guard lock(mu);
+  std::vector<client::DeliveryReport> out;
+  for (const auto& d : notices) {
+    if (d.kind == client::Delivery::Kind::kReport) out.push_back(d.report);
+  }
+  return out;
+}
+
+std::vector<client::RecallNotice> Receiver::Recalls() {
+  std::lock_guard lock(mu);
+  std::vector<client::RecallNotice> out;
+  for (const auto& d : notices) {
+    if (d.kind == client::Delivery::Kind::kRecallNotice) out.push_back(d.recall);
+  }
+  return out;
 }
 
 bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds timeout) {

@@ -46,10 +46,16 @@ class TestBroker {
   broker::Server& server() { return *server_; }
   // Requests a graceful stop and waits until Run() returns.
   void Stop();
+  // Stops (if running) and starts a new broker on the same files, policy
+  // and keys (on a new port).
+  void Restart();
   const std::string& dir() const { return dir_.path(); }
 
  private:
+  void Start();
+
   TempDir dir_;
+  broker::BrokerConfig config_;
   std::unique_ptr<broker::Server> server_;
   std::thread thread_;
   bool stopped_ = false;
@@ -66,12 +72,19 @@ v1::Message IncidentReport(const std::vector<std::string>& recipients);
 
 // A receiving client that records every delivery and, with ack, acknowledges
 // it at once. Thread-safe through mu.
+// A receiving session that keeps what it gets (messages in got, recall
+// notices and delivery reports apart) and, with ack, acknowledges each.
 struct Receiver {
-  Receiver(uint16_t port, const std::string& agency, bool ack = true);
+  Receiver(uint16_t port, const std::string& agency, bool ack = true, uint32_t credit = 0);
   size_t count();
+  // Waits until at least n messages arrived; false after timeout.
+  bool WaitCount(size_t n, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  std::vector<client::DeliveryReport> Reports();
+  std::vector<client::RecallNotice> Recalls();
   std::mutex mu;
   std::vector<client::Delivery> got;
-  std::unique_ptr<client::Client> client;
+  std::vector<client::Delivery> notices;  // recall notices and reports
+  std::unique_ptr<client::Client> client;  // guarded by mu until connected
 };
 
 // Polls cond every 5 ms until it holds or timeout passes.

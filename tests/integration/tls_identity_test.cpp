@@ -107,7 +107,7 @@ TEST_CASE("a spoofed sender is refused and nothing is delivered", "[identity]") 
   school = Connect(broker.port(), "school", true, [&](client::Delivery d) {
     std::lock_guard lock(mu);
     senders.push_back(d.message->envelope().sender());
-    school->Acknowledge(d.delivery_id);
+    school->Acknowledge(d);
   });
   auto police = Connect(broker.port(), "police");
   v1::Message m = IncidentReport({"school"});
@@ -119,6 +119,11 @@ TEST_CASE("a spoofed sender is refused and nothing is delivered", "[identity]") 
   // about the sender alone.
   m.mutable_envelope()->set_sender("police");
   CHECK(police->Publish(m).AllAccepted());
+  REQUIRE(WaitFor([&] {
+    std::lock_guard lock(mu);
+    return !senders.empty();
+  }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
   std::lock_guard lock(mu);
   CHECK(senders == std::vector<std::string>{"police"});
 }
@@ -146,7 +151,7 @@ TEST_CASE("the stamped sender is the certificate's agency", "[identity]") {
   {
     std::lock_guard lock(mu);
     CHECK(got[0].message->envelope().sender() == "police");
-    school->Acknowledge(got[0].delivery_id);
+    school->Acknowledge(got[0]);
   }
   REQUIRE(WaitFor([&] { return done.load(); }));
   CHECK(result.AllAccepted());

@@ -240,7 +240,8 @@ TEST_CASE("every Frame kind exists in the oneof", "[proto][schema]") {
       {"publish", v1::Frame::kPublish}, {"publish_ack", v1::Frame::kPublishAck},
       {"deliver", v1::Frame::kDeliver}, {"delivery_ack", v1::Frame::kDeliveryAck},
       {"ping", v1::Frame::kPing},       {"pong", v1::Frame::kPong},
-      {"error", v1::Frame::kError},
+      {"error", v1::Frame::kError},     {"recall", v1::Frame::kRecall},
+      {"recall_ack", v1::Frame::kRecallAck},
   };
   const Descriptor* d = v1::Frame::descriptor();
   const auto* oneof = d->FindOneofByName("kind");

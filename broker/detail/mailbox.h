@@ -1,0 +1,156 @@
+// The in-memory view of the durable queue (internal; DESIGN.md, Delivery
+// guarantees). Per recipient agency, the deliveries waiting to be sent, in
+// delivery order. It is rebuilt from the store at start, and changed only
+// after the store has committed the change it mirrors (QueueChange).
+//
+// A delivery taken by a receiving session is in flight: the session holds
+// it until the recipient acknowledges it, or gives it back (Return) when
+// the session ends, so it is sent again, with its attempt count, on the
+// agency's next session.
+//
+// Thread-safety: Mailboxes is thread-safe (one mutex, never held while
+// calling into a session or the store). QueuedMessage's mutable fields are
+// guarded by that same mutex.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "broker/store/store.h"
+#include "policy/policy.h"
+#include "proto/detail/pb.h"
+
+namespace liaison::broker {
+
+class BrokerState;
+class Router;
+
+// A message with copies still to deliver, shared by those copies.
+struct QueuedMessage {
+  int64_t row = 0;
+  std::string sender;
+  std::string message_id;
+  int64_t expires_ms = 0;
+  bool want_reports = false;
+  std::shared_ptr<const v1::Message> body;  // as stamped at publish; null once dropped
+  // Guarded by the Mailboxes mutex.
+  int unfinished = 0;                // copies pending or in flight
+  bool recalled = false;
+  std::set<std::string> notified;    // recipients already sent a recall notice
+};
+
+struct QueuedDelivery {
+  int64_t id = 0;
+  std::string recipient;
+  DeliveryKind kind = DeliveryKind::kMessage;
+  uint32_t attempts = 0;
+  bool named = true;
+  std::shared_ptr<QueuedMessage> message;          // the message (copies) or the one it concerns
+  std::shared_ptr<const std::string> payload;      // notices and reports
+};
+
+class Mailboxes {
+ public:
+  explicit Mailboxes(Router& router) : router_(router) {}
+
+  // Rebuilds the queue from the store's pending deliveries.
+  Status Load(const Store& store);
+
+  // Adds committed deliveries (a new message's copies count toward its
+  // unfinished copies) and wakes each recipient's receiving session.
+  void Add(std::vector<QueuedDelivery> deliveries);
+  // Gives in-flight deliveries back, in delivery order, ahead of the rest.
+  void Return(std::vector<QueuedDelivery> deliveries);
+  // Up to n of agency's deliveries, removed from its queue.
+  std::vector<QueuedDelivery> Take(std::string_view agency, size_t n);
+
+  // One copy of m is finished; true when it was the last (its body can go).
+  bool FinishCopy(QueuedMessage& m);
+  // Undoes FinishCopy after a failed commit.
+  void UnfinishCopy(const std::shared_ptr<QueuedMessage>& m);
+
+  // The sender's message, while copies of it are unfinished.
+  std::shared_ptr<QueuedMessage> Find(std::string_view sender, std::string_view message_id) const;
+  // Marks m recalled; removes and returns its copies still waiting (the
+  // in-flight ones are settled by their sessions).
+  std::vector<QueuedDelivery> Recall(QueuedMessage& m);
+  bool IsRecalled(const QueuedMessage& m) const;
+  // True the first time it is called for (m, recipient).
+  bool MarkNotified(QueuedMessage& m, const std::string& recipient);
+  void UnmarkNotified(QueuedMessage& m, const std::string& recipient);
+
+  // Removes and returns waiting copies whose message expired by now_ms.
+  std::vector<QueuedDelivery> TakeExpired(int64_t now_ms);
+
+  size_t waiting(std::string_view agency) const;
+  size_t waiting_total() const;
+
+ private:
+  void WakeReceivers(const std::set<std::string>& agencies);
+  void InsertSorted(std::deque<QueuedDelivery>& q, QueuedDelivery d);
+
+  Router& router_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::deque<QueuedDelivery>, std::less<>> queues_;  // guarded by mu_
+  // Messages with unfinished copies, by (sender, message id).
+  std::map<std::pair<std::string, std::string>, std::weak_ptr<QueuedMessage>, std::less<>> messages_;  // mu_
+  size_t total_ = 0;  // guarded by mu_
+};
+
+// One change to the queue: its store batch (with the audit records that
+// describe it) and what Mailboxes learns once the batch is durable. On
+// failure, copies it finished are given back to their queues.
+class QueueChange {
+ public:
+  explicit QueueChange(BrokerState& broker) : broker_(broker) {}
+
+  Batch batch;
+
+  // A copy (or notice or report) leaves the queue in state. For message
+  // copies: the sender gets a report when it asked for reports or
+  // always_report is set, and the body is dropped after the last copy.
+  void Finish(const QueuedDelivery& d, DeliveryState state, v1::Outcome outcome, v1::Reason reason,
+              const std::string& detail, bool always_report);
+  // Queues a new delivery for recipient (a notice or a report) about m.
+  void AddDelivery(const std::shared_ptr<QueuedMessage>& m, const std::string& recipient, DeliveryKind kind,
+                   std::string payload);
+  // A recall notice for recipient, unless one was already issued.
+  void AddRecallNotice(const std::shared_ptr<QueuedMessage>& m, const std::string& recipient,
+                       const std::string& reason);
+
+  // Commits; then (on the writer thread) updates Mailboxes and calls then.
+  void Submit(std::function<void(const Status&, const audit::Checkpoint&)> then = nullptr);
+
+ private:
+  BrokerState& broker_;
+  std::vector<QueuedDelivery> added_;
+  std::vector<QueuedDelivery> finished_;
+  std::vector<std::pair<std::shared_ptr<QueuedMessage>, std::string>> notified_;
+};
+
+// The routing metadata of the message forwarder received (or sent) as
+// original_id, for the policy's forwarding check; none when unknown.
+std::optional<policy::OriginalMessage> LookupOriginal(const Store& store, const std::string& forwarder,
+                                                      const std::string& original_id);
+
+// An audit record about recipient's copy of m (message fields filled in).
+audit::Record CopyRecord(std::string event, const QueuedMessage& m, const std::string& recipient);
+
+// Expires every waiting copy whose message expired by now_ms (audited; the
+// sender gets a report).
+void ExpireDue(BrokerState& broker, int64_t now_ms);
+
+// A report about one recipient's copy, serialized.
+std::string MakeReport(const QueuedMessage& m, const std::string& recipient, v1::Outcome outcome, v1::Reason reason,
+                       const std::string& detail);
+
+}  // namespace liaison::broker

@@ -1,0 +1,114 @@
+// Recall: the sender withdraws a message. Copies still waiting are removed
+// (audited as recalled, reported to the sender if it asked for reports);
+// recipients who already acknowledged it get a recall notice (their daemon
+// moves it aside). Copies in flight at that moment are settled by their
+// session: acknowledged ones get a notice, returned ones are withdrawn.
+// A second recall of the same message changes nothing and says so.
+#include <spdlog/spdlog.h>
+
+#include "broker/detail/broker_state.h"
+#include "broker/detail/session.h"
+#include "proto/frame_codec.h"
+
+namespace liaison::broker {
+
+void Session::HandleRecall(const v1::Recall& recall) {
+  const uint64_t rid = recall.request_id();
+  if (recall.message_id().empty() || recall.message_id().size() > 128) {
+    SendError(rid, v1::REASON_INVALID_MESSAGE, "Recall needs the message id (at most 128 bytes)", false);
+    return;
+  }
+  if (recall.reason().size() > 1000) {
+    SendError(rid, v1::REASON_INVALID_MESSAGE, "the recall reason is longer than 1000 bytes", false);
+    return;
+  }
+  if (draining_ || broker_.draining) {
+    SendError(rid, v1::REASON_SHUTTING_DOWN, "the broker is shutting down; recall again after it restarts", false);
+    return;
+  }
+  auto stored = broker_.store->FindMessage(agency_, recall.message_id());
+  if (!stored.ok()) {
+    SendError(rid, v1::REASON_STORE_FAILURE, "the broker cannot read its store: " + stored.status().message(), false);
+    return;
+  }
+  // The queue may hold a message the reader's snapshot does not show yet
+  // (just committed): the in-memory queue is asked first.
+  std::shared_ptr<QueuedMessage> m = broker_.mailboxes.Find(agency_, recall.message_id());
+  if (!m && !stored->has_value()) {
+    SendError(rid, v1::REASON_UNKNOWN_MESSAGE,
+              "this agency published no message with id '" + Printable(recall.message_id(), 128) + "'", false);
+    return;
+  }
+  const bool already = stored->has_value() && (*stored)->recalled_ms != 0;
+  if (!m) {
+    const StoredMessage& s = **stored;
+    m = std::make_shared<QueuedMessage>();
+    m->row = s.row;
+    m->sender = s.sender;
+    m->message_id = s.message_id;
+    m->expires_ms = s.expires_ms;
+    m->want_reports = s.want_reports;
+    m->recalled = true;
+  }
+  const std::string reason = recall.reason().empty() ? "recalled by the sender" : Printable(recall.reason(), 1000);
+  std::vector<QueuedDelivery> withdrawn = broker_.mailboxes.Recall(*m);
+  auto delivered = broker_.store->DeliveredRecipients(m->row);
+  if (!delivered.ok()) {
+    broker_.mailboxes.Return(std::move(withdrawn));
+    SendError(rid, v1::REASON_STORE_FAILURE, "the broker cannot read its store: " + delivered.status().message(),
+              false);
+    return;
+  }
+
+  QueueChange c(broker_);
+  v1::Frame f;
+  auto* ack = f.mutable_recall_ack();
+  ack->set_request_id(rid);
+  ack->set_message_id(recall.message_id());
+  for (const auto& d : withdrawn) {
+    audit::Record r = CopyRecord("recalled", *m, d.recipient);
+    r.actor = agency_;
+    r.cert_sha256 = identity_.cert_sha256;
+    r.decision = "recalled";
+    r.detail = "withdrawn before delivery: " + reason;
+    c.batch.records.push_back(std::move(r));
+    c.Finish(d, DeliveryState::kRecalled, v1::OUTCOME_RECALLED, v1::REASON_RECALLED, reason, false);
+    ack->add_withdrawn(d.recipient);
+  }
+  for (const auto& recipient : *delivered) {
+    const size_t before = c.batch.new_deliveries.size();
+    c.AddRecallNotice(m, recipient, reason);
+    if (c.batch.new_deliveries.size() == before) continue;  // told already
+    audit::Record r = CopyRecord("recalled", *m, recipient);
+    r.actor = agency_;
+    r.cert_sha256 = identity_.cert_sha256;
+    r.decision = "recall_notice";
+    r.detail = "already delivered; a recall notice is queued: " + reason;
+    c.batch.records.push_back(std::move(r));
+    ack->add_notified(recipient);
+  }
+  if (!already) c.batch.recalled_row = m->row;
+  spdlog::info("{}: recalled {}: {} copies withdrawn, {} recipients notified{}", tag_,
+               Printable(recall.message_id(), 128), ack->withdrawn_size(), ack->notified_size(),
+               already ? " (recalled before)" : "");
+  ++in_flight_publishes_;
+  broker_.in_flight_publishes++;
+  BrokerState& broker = broker_;
+  c.Submit([&broker, self = shared_from_this(), f = std::move(f), rid](const Status& s,
+                                                                       const audit::Checkpoint&) mutable {
+    v1::Frame out;
+    if (s.ok()) {
+      out = std::move(f);
+    } else {
+      auto* e = out.mutable_error();
+      e->set_request_id(rid);
+      e->set_code(v1::REASON_STORE_FAILURE);
+      e->set_message("the recall could not be recorded, so nothing was withdrawn; recall again: " + s.message());
+    }
+    auto encoded = proto::EncodeFrame(out);
+    broker.in_flight_publishes--;
+    self->SendPublishAck(encoded.ok() ? std::move(encoded).value() : std::string());
+  });
+}
+
+}  // namespace liaison::broker

@@ -1,0 +1,296 @@
+#include "broker/detail/mailbox.h"
+
+#include <google/protobuf/util/time_util.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "broker/detail/broker_state.h"
+#include "broker/detail/router.h"
+#include "broker/detail/session.h"
+#include "proto/names.h"
+
+namespace liaison::broker {
+
+Status Mailboxes::Load(const Store& store) {
+  std::map<int64_t, std::shared_ptr<QueuedMessage>> by_row;
+  std::vector<QueuedDelivery> all;
+  Status parse_error = Status::Ok();
+  Status s = store.LoadPending([&](StoredDelivery d, const StoredMessage& m) {
+    auto& qm = by_row[m.row];
+    if (!qm) {
+      qm = std::make_shared<QueuedMessage>();
+      qm->row = m.row;
+      qm->sender = m.sender;
+      qm->message_id = m.message_id;
+      qm->expires_ms = m.expires_ms;
+      qm->want_reports = m.want_reports;
+      qm->recalled = m.recalled_ms != 0;
+      if (!m.body.empty()) {
+        auto body = std::make_shared<v1::Message>();
+        if (!body->ParseFromString(m.body)) {
+          parse_error = Status::Corruption("stored message " + std::to_string(m.row) + " does not parse");
+        }
+        qm->body = std::move(body);
+      }
+    }
+    QueuedDelivery q;
+    q.id = d.id;
+    q.recipient = std::move(d.recipient);
+    q.kind = d.kind;
+    q.attempts = d.attempts;
+    q.named = d.named;
+    q.message = qm;
+    if (!d.payload.empty()) q.payload = std::make_shared<const std::string>(std::move(d.payload));
+    all.push_back(std::move(q));
+  });
+  if (!s.ok()) return s;
+  if (!parse_error.ok()) return parse_error;
+  std::lock_guard lock(mu_);
+  for (auto& q : all) {
+    if (q.kind == DeliveryKind::kMessage) {
+      if (!q.message->body) return Status::Corruption("pending delivery " + std::to_string(q.id) + " has no body");
+      q.message->unfinished++;
+      messages_[{q.message->sender, q.message->message_id}] = q.message;
+    }
+    queues_[q.recipient].push_back(std::move(q));
+    ++total_;
+  }
+  return Status::Ok();
+}
+
+void Mailboxes::InsertSorted(std::deque<QueuedDelivery>& q, QueuedDelivery d) {
+  if (q.empty() || q.back().id < d.id) {
+    q.push_back(std::move(d));
+    return;
+  }
+  auto it = std::upper_bound(q.begin(), q.end(), d.id, [](int64_t id, const QueuedDelivery& e) { return id < e.id; });
+  q.insert(it, std::move(d));
+}
+
+void Mailboxes::Add(std::vector<QueuedDelivery> deliveries) {
+  std::set<std::string> touched;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& d : deliveries) {
+      if (d.kind == DeliveryKind::kMessage) {
+        d.message->unfinished++;
+        messages_[{d.message->sender, d.message->message_id}] = d.message;
+      }
+      touched.insert(d.recipient);
+      auto& q = queues_[d.recipient];  // before d is moved from
+      InsertSorted(q, std::move(d));
+      ++total_;
+    }
+  }
+  WakeReceivers(touched);
+}
+
+void Mailboxes::Return(std::vector<QueuedDelivery> deliveries) {
+  std::set<std::string> touched;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& d : deliveries) {
+      touched.insert(d.recipient);
+      auto& q = queues_[d.recipient];  // before d is moved from
+      InsertSorted(q, std::move(d));
+      ++total_;
+    }
+  }
+  WakeReceivers(touched);
+}
+
+std::vector<QueuedDelivery> Mailboxes::Take(std::string_view agency, size_t n) {
+  std::vector<QueuedDelivery> out;
+  std::lock_guard lock(mu_);
+  auto it = queues_.find(agency);
+  if (it == queues_.end()) return out;
+  auto& q = it->second;
+  while (!q.empty() && out.size() < n) {
+    out.push_back(std::move(q.front()));
+    q.pop_front();
+    --total_;
+  }
+  if (q.empty()) queues_.erase(it);
+  return out;
+}
+
+bool Mailboxes::FinishCopy(QueuedMessage& m) {
+  std::lock_guard lock(mu_);
+  if (--m.unfinished > 0) return false;
+  messages_.erase({m.sender, m.message_id});
+  return true;
+}
+
+void Mailboxes::UnfinishCopy(const std::shared_ptr<QueuedMessage>& m) {
+  std::lock_guard lock(mu_);
+  if (m->unfinished++ == 0) messages_[{m->sender, m->message_id}] = m;
+}
+
+std::shared_ptr<QueuedMessage> Mailboxes::Find(std::string_view sender, std::string_view message_id) const {
+  std::lock_guard lock(mu_);
+  auto it = messages_.find(std::pair<std::string, std::string>(sender, message_id));
+  return it == messages_.end() ? nullptr : it->second.lock();
+}
+
+std::vector<QueuedDelivery> Mailboxes::Recall(QueuedMessage& m) {
+  std::vector<QueuedDelivery> out;
+  std::lock_guard lock(mu_);
+  m.recalled = true;
+  for (auto it = queues_.begin(); it != queues_.end();) {
+    auto& q = it->second;
+    for (auto d = q.begin(); d != q.end();) {
+      if (d->kind == DeliveryKind::kMessage && d->message.get() == &m) {
+        out.push_back(std::move(*d));
+        d = q.erase(d);
+        --total_;
+      } else {
+        ++d;
+      }
+    }
+    it = q.empty() ? queues_.erase(it) : std::next(it);
+  }
+  return out;
+}
+
+bool Mailboxes::IsRecalled(const QueuedMessage& m) const {
+  std::lock_guard lock(mu_);
+  return m.recalled;
+}
+
+bool Mailboxes::MarkNotified(QueuedMessage& m, const std::string& recipient) {
+  std::lock_guard lock(mu_);
+  return m.notified.insert(recipient).second;
+}
+
+void Mailboxes::UnmarkNotified(QueuedMessage& m, const std::string& recipient) {
+  std::lock_guard lock(mu_);
+  m.notified.erase(recipient);
+}
+
+std::vector<QueuedDelivery> Mailboxes::TakeExpired(int64_t now_ms) {
+  std::vector<QueuedDelivery> out;
+  std::lock_guard lock(mu_);
+  for (auto it = queues_.begin(); it != queues_.end();) {
+    auto& q = it->second;
+    for (auto d = q.begin(); d != q.end();) {
+      if (d->kind == DeliveryKind::kMessage && d->message->expires_ms <= now_ms) {
+        out.push_back(std::move(*d));
+        d = q.erase(d);
+        --total_;
+      } else {
+        ++d;
+      }
+    }
+    it = q.empty() ? queues_.erase(it) : std::next(it);
+  }
+  return out;
+}
+
+size_t Mailboxes::waiting(std::string_view agency) const {
+  std::lock_guard lock(mu_);
+  auto it = queues_.find(agency);
+  return it == queues_.end() ? 0 : it->second.size();
+}
+
+size_t Mailboxes::waiting_total() const {
+  std::lock_guard lock(mu_);
+  return total_;
+}
+
+void Mailboxes::WakeReceivers(const std::set<std::string>& agencies) {
+  for (const auto& agency : agencies) {
+    if (auto session = router_.Receiver(agency)) session->Wake();
+  }
+}
+
+audit::Record CopyRecord(std::string event, const QueuedMessage& m, const std::string& recipient) {
+  audit::Record r = MakeRecord(std::move(event));
+  r.message_id = m.message_id;
+  r.sender = m.sender;
+  r.recipient = recipient;
+  if (m.body) {
+    const v1::Envelope& env = m.body->envelope();
+    r.case_id = env.case_id();
+    r.message_type = proto::MessageTypeName(*m.body);
+    r.tlp = env.tlp();
+    r.purpose = env.purpose();
+  }
+  return r;
+}
+
+std::string MakeReport(const QueuedMessage& m, const std::string& recipient, v1::Outcome outcome, v1::Reason reason,
+                       const std::string& detail) {
+  v1::DeliveryReport r;
+  r.set_message_id(m.message_id);
+  r.set_recipient(recipient);
+  r.set_outcome(outcome);
+  r.set_reason(reason);
+  r.set_detail(detail);
+  *r.mutable_time() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  return r.SerializeAsString();
+}
+
+void QueueChange::Finish(const QueuedDelivery& d, DeliveryState state, v1::Outcome outcome, v1::Reason reason,
+                         const std::string& detail, bool always_report) {
+  batch.finished.emplace_back(d.id, state);
+  finished_.push_back(d);
+  if (d.kind != DeliveryKind::kMessage) return;
+  QueuedMessage& m = *d.message;
+  if (broker_.mailboxes.FinishCopy(m)) batch.drop_bodies.push_back(m.row);
+  if (m.want_reports || always_report) {
+    AddDelivery(d.message, m.sender, DeliveryKind::kReport, MakeReport(m, d.recipient, outcome, reason, detail));
+  }
+}
+
+void QueueChange::AddDelivery(const std::shared_ptr<QueuedMessage>& m, const std::string& recipient,
+                              DeliveryKind kind, std::string payload) {
+  StoredDelivery row;
+  row.id = broker_.store->NextDeliveryId();
+  row.recipient = recipient;
+  row.message_row = m->row;
+  row.kind = kind;
+  row.payload = payload;
+  batch.new_deliveries.push_back(std::move(row));
+  QueuedDelivery q;
+  q.id = batch.new_deliveries.back().id;
+  q.recipient = recipient;
+  q.kind = kind;
+  q.message = m;
+  q.payload = std::make_shared<const std::string>(std::move(payload));
+  added_.push_back(std::move(q));
+}
+
+void QueueChange::AddRecallNotice(const std::shared_ptr<QueuedMessage>& m, const std::string& recipient,
+                                  const std::string& reason) {
+  if (!broker_.mailboxes.MarkNotified(*m, recipient)) return;
+  notified_.emplace_back(m, recipient);
+  v1::RecallNotice n;
+  n.set_message_id(m->message_id);
+  n.set_sender(m->sender);
+  n.set_reason(reason);
+  *n.mutable_recalled_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  AddDelivery(m, recipient, DeliveryKind::kRecallNotice, n.SerializeAsString());
+}
+
+void QueueChange::Submit(std::function<void(const Status&, const audit::Checkpoint&)> then) {
+  BrokerState& broker = broker_;
+  broker_.store->Commit(std::move(batch), [&broker, added = std::move(added_), finished = std::move(finished_),
+                                           notified = std::move(notified_), then = std::move(then)](
+                                              const Status& s, const audit::Checkpoint& cp, const BatchResult&) mutable {
+    if (s.ok()) {
+      if (!added.empty()) broker.mailboxes.Add(std::move(added));
+    } else {
+      // Nothing of it is stored: the copies are still pending there, so
+      // they wait again here too.
+      for (auto& d : finished) {
+        if (d.kind == DeliveryKind::kMessage) broker.mailboxes.UnfinishCopy(d.message);
+      }
+      for (auto& [m, recipient] : notified) broker.mailboxes.UnmarkNotified(*m, recipient);
+      broker.mailboxes.Return(std::move(finished));
+    }
+    if (then) then(s, cp);
+  });
+}
+
+}  // namespace liaison::broker
