@@ -242,6 +242,9 @@ Result<std::unique_ptr<Server>> Server::Create(BrokerConfig config) {
   auto store = Store::Open(so);
   if (!store.ok()) return store.status().Annotate("store");
   impl->state.store = std::move(store).value();
+  auto reader = AuditReader::Open(so.path);
+  if (!reader.ok()) return reader.status().Annotate("audit reader");
+  impl->state.audit_reader = std::move(reader).value();
   auto tls = tls::MakeServerContext(c.tls);
   if (!tls.ok()) return tls.status().Annotate("TLS configuration");
   impl->state.set_tls_context(std::move(tls).value());
