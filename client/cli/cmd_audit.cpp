@@ -342,14 +342,18 @@ int RunVerify(const CommonOptions& common, const AuditOptions& o) {
   Status s = audit::VerifyAuditLog(v, &report);
   const std::string root = audit::Hex(std::string_view(reinterpret_cast<const char*>(report.root.data()), 32));
   if (common.json) {
-    std::printf("{\"ok\":%s,\"records\":%llu,\"checkpoints\":%llu,\"root\":\"%s\",\"first_bad_seq\":%llu,"
-                "\"error\":%s}\n",
+    std::printf("{\"ok\":%s,\"records\":%llu,\"hash_only\":%llu,\"checkpoints\":%llu,\"root\":\"%s\","
+                "\"first_bad_seq\":%llu,\"error\":%s}\n",
                 s.ok() ? "true" : "false", static_cast<unsigned long long>(report.records),
+                static_cast<unsigned long long>(report.hash_only),
                 static_cast<unsigned long long>(report.checkpoints_verified), root.c_str(),
                 static_cast<unsigned long long>(report.first_bad_seq), JsonString(s.ok() ? "" : s.message()).c_str());
   } else if (s.ok()) {
-    std::printf("OK: %llu record(s), %llu signed checkpoint(s) verified; root %s\n",
-                static_cast<unsigned long long>(report.records),
+    const std::string scoped =
+        report.hash_only ? " (" + std::to_string(report.hash_only) + " outside the export's audit scope, by hash only)"
+                         : std::string();
+    std::printf("OK: %llu record(s)%s, %llu signed checkpoint(s) verified; root %s\n",
+                static_cast<unsigned long long>(report.records), scoped.c_str(),
                 static_cast<unsigned long long>(report.checkpoints_verified), root.c_str());
   } else {
     std::fprintf(stderr, "FAILED: %s\n", s.message().c_str());

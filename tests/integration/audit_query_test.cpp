@@ -348,7 +348,7 @@ TEST_CASE("consistency proofs from the broker verify, and fail when altered", "[
   }
 }
 
-TEST_CASE("a witness checks each newer checkpoint with a consistency proof; a forked log raises the alarm",
+TEST_CASE("a witness checks each newer checkpoint with a consistency proof, and a forked log raises the alarm",
           "[audit][witness]") {
   Network net;
   TempDir dir;

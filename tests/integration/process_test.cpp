@@ -90,9 +90,9 @@ int Run(const std::vector<std::string>& argv, const std::string& dir, std::strin
 // The real liaison-broker on a free port, with a config and policy in dir.
 class BrokerProcess {
  public:
-  explicit BrokerProcess(const TempDir& dir) {
+  explicit BrokerProcess(const TempDir& dir, const std::string& policy = "") {
     const std::string& pki = PkiDir();
-    REQUIRE(WriteFileAtomic(dir.File("policy.yaml"), PolicyYaml(DefaultAgencies())).ok());
+    REQUIRE(WriteFileAtomic(dir.File("policy.yaml"), policy.empty() ? PolicyYaml(DefaultAgencies()) : policy).ok());
     const std::string config = "name: process-test\nlisten: 127.0.0.1:0\nthreads: 2\npolicy: policy.yaml\n"
                                "admin_socket: admin.sock\n"
                                "tls:\n  certificate: " + pki + "/broker.crt\n  private_key: " + pki +
@@ -318,4 +318,66 @@ TEST_CASE("the admin socket and SIGHUP reload the policy, a bad policy is reject
   broker.process().Signal(SIGHUP);
   CHECK(WaitFor([&] { return broker.process().err().find("reloaded: policy") != std::string::npos; }));
   CHECK(WaitFor([&] { return broker.process().err().find("1 session(s) re-checked") != std::string::npos; }));
+}
+
+TEST_CASE("liaison audit query, export --remote and verify as an auditor", "[process][audit]") {
+  TempDir dir;
+  std::string policy = PolicyYaml(DefaultAgencies());
+  const std::string entry = "  - id: a01\n    name: Agency a01\n    sector: social_work\n";
+  policy.insert(policy.find(entry) + entry.size(), "    roles: [auditor]\n    audit_scope: [police, school]\n");
+  BrokerProcess broker(dir, policy);
+  REQUIRE(WriteFileAtomic(dir.File("incident.json"), kIncident).ok());
+  std::string out, err;
+  REQUIRE(Run(broker.Cli("police", {"send", "--to", "school,nobody", dir.File("incident.json")}), dir.path(), &out,
+              &err) == 1);
+  REQUIRE(Run(broker.Cli("social", {"send", "--to", "health", dir.File("incident.json")}), dir.path(), &out, &err) == 1);
+
+  // A table by default; only what the scope allows.
+  int rc = Run(broker.Cli("a01", {"audit", "query", "--case", "CASE-7"}), dir.path(), &out, &err);
+  INFO(out << err);
+  CHECK(rc == 0);
+  CHECK(out.rfind("seq", 0) == 0);
+  CHECK(out.find("refused:unknown_recipient") != std::string::npos);
+  CHECK(out.find("social") == std::string::npos);  // social -> health is outside a01's scope
+
+  // --json: one object per line; --limit and --all page through.
+  rc = Run(broker.Cli("a01", {"--json", "audit", "query", "--event", "decision", "--limit", "1", "--all"}), dir.path(),
+           &out, &err);
+  CHECK(rc == 0);
+  size_t lines = 0;
+  for (size_t at = 0; (at = out.find("{\"seq\":", at)) != std::string::npos; ++at) ++lines;
+  CHECK(lines == 2);  // police -> school, police -> nobody
+  rc = Run(broker.Cli("a01", {"--json", "audit", "query", "--event", "decision", "--limit", "1"}), dir.path(), &out,
+           &err);
+  CHECK(rc == 0);
+  CHECK(err.find("more records: --page-token") != std::string::npos);
+
+  // --csv with a header; times as RFC 3339.
+  rc = Run(broker.Cli("a01", {"audit", "query", "--csv", "--from", "2020-01-01T00:00:00Z", "--to", "2099-01-01",
+                              "--agency", "school"}),
+           dir.path(), &out, &err);
+  CHECK(rc == 0);
+  CHECK(out.rfind("seq,time,time_ms,event,", 0) == 0);
+  CHECK(out.find(",school,") != std::string::npos);
+
+  // Bad input: exit 2; a non-auditor: exit 4.
+  CHECK(Run(broker.Cli("a01", {"audit", "query", "--from", "yesterday"}), dir.path(), &out, &err) == 2);
+  CHECK(Run(broker.Cli("a01", {"audit", "query", "--limit", "5000"}), dir.path(), &out, &err) == 2);
+  CHECK(Run(broker.Cli("police", {"audit", "query"}), dir.path(), &out, &err) == 4);
+  CHECK(err.find("not_auditor") != std::string::npos);
+
+  // The scoped export verifies with the broker's public key.
+  rc = Run(broker.Cli("a01", {"audit", "export", "--remote", "--out", dir.File("scoped.db")}), dir.path(), &out, &err);
+  INFO(out << err);
+  REQUIRE(rc == 0);
+  CHECK(out.find("outside your audit scope as leaf hash only") != std::string::npos);
+  rc = Run({LIAISON_CLI_BIN, "audit", "verify", "--db", dir.File("scoped.db"), "--pubkey",
+            dir.File("keys/audit-signing.key.pub")},
+           dir.path(), &out, &err);
+  CHECK(rc == 0);
+  CHECK(out.find("OK: ") != std::string::npos);
+  CHECK(out.find("by hash only") != std::string::npos);
+  CHECK(Slurp(dir.File("scoped.db")).find("Abusive leaflets") == std::string::npos);
+  CHECK(Run(broker.Cli("police", {"audit", "export", "--remote", "--out", dir.File("p.db")}), dir.path(), &out, &err) ==
+        4);
 }
