@@ -261,6 +261,9 @@ Result<std::unique_ptr<Server>> Server::Create(BrokerConfig config) {
   if (size_t n = impl->state.mailboxes.waiting_total(); n > 0) {
     spdlog::info("store: {} deliveries waiting for their recipients", n);
   }
+  auto reader = AuditReader::Open(so.path);
+  if (!reader.ok()) return reader.status().Annotate("audit reader");
+  impl->state.audit_reader = std::move(reader).value();
   auto tls = tls::MakeServerContext(c.tls);
   if (!tls.ok()) return tls.status().Annotate("TLS configuration");
   impl->state.set_tls_context(std::move(tls).value());

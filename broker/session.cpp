@@ -333,10 +333,14 @@ void Session::Dispatch(v1::Frame& frame) {
     case v1::Frame::kPing: HandlePing(frame.ping()); break;
     case v1::Frame::kPong: HandlePong(frame.pong()); break;
     case v1::Frame::kError: HandleError(frame.error()); break;
+    case v1::Frame::kAuditQuery: HandleAuditQuery(frame.audit_query()); break;
+    case v1::Frame::kConsistencyProofRequest: HandleConsistencyProofRequest(frame.consistency_proof_request()); break;
     case v1::Frame::kWelcome:
     case v1::Frame::kPublishAck:
     case v1::Frame::kDeliver:
     case v1::Frame::kRecallAck:
+    case v1::Frame::kAuditQueryResult:
+    case v1::Frame::kConsistencyProof:
       broker_.stats.protocol_errors++;
       SendError(0, v1::REASON_PROTOCOL_ERROR, "this frame type is sent by the broker, not to it", false);
       break;

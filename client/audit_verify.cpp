@@ -99,11 +99,19 @@ Status VerifyAuditLog(const VerifyOptions& o, VerifyReport* report) {
     return Status::Ok();
   };
 
-  if (sqlite3_prepare_v2(db,
-                         "SELECT seq, time_ms, event, actor, cert_sha256, message_id, case_id, sender, recipient, "
-                         "message_type, tlp, purpose, decision, rules, policy_version, obligations, body_hmac, "
-                         "detail, leaf, leaf_hash FROM audit_log ORDER BY rowid",
-                         -1, &s, nullptr) != SQLITE_OK) {
+  // An auditor's scoped export (client/audit_export.h) marks the records
+  // outside its scope hash_only; a full export has no such column.
+  bool has_hash_only = false;
+  if (sqlite3_prepare_v2(db, "SELECT hash_only FROM audit_log LIMIT 0", -1, &s, nullptr) == SQLITE_OK) {
+    has_hash_only = true;
+  }
+  sqlite3_finalize(s);
+  const std::string select = std::string(
+                                 "SELECT seq, time_ms, event, actor, cert_sha256, message_id, case_id, sender, "
+                                 "recipient, message_type, tlp, purpose, decision, rules, policy_version, "
+                                 "obligations, body_hmac, detail, leaf, leaf_hash, ") +
+                             (has_hash_only ? "hash_only" : "0") + " FROM audit_log ORDER BY rowid";
+  if (sqlite3_prepare_v2(db, select.c_str(), -1, &s, nullptr) != SQLITE_OK) {
     return Status::Corruption("the export has no audit_log table");
   }
   merkle::Tree tree;
@@ -136,6 +144,26 @@ Status VerifyAuditLog(const VerifyOptions& o, VerifyReport* report) {
     }
     merkle::Hash stored;
     std::memcpy(stored.data(), sqlite3_column_blob(s, 19), 32);
+    if (sqlite3_column_int(s, 20) != 0) {
+      // Outside the auditor's scope: only its hash is known, and nothing
+      // else may be claimed for it (it could not be checked).
+      bool empty = leaf.empty() && sqlite3_column_int64(s, 1) == 0 && sqlite3_column_int64(s, 10) == 0;
+      for (int c = 2; c <= 17 && empty; ++c) empty = c == 10 || sqlite3_column_bytes(s, c) == 0;
+      if (!empty) {
+        result = bad("marked hash-only but carries other columns (they cannot be verified)");
+        break;
+      }
+      report->hash_only++;
+      tree.Append(stored);
+      ++expected;
+      if (Status st = check_root(tree.size(), tree.Root()); !st.ok()) {
+        report->first_bad_seq = seq;
+        result = st;
+        break;
+      }
+      if (o.progress && tree.size() % o.progress_every == 0) o.progress(tree.size(), total);
+      continue;
+    }
     const merkle::Hash h = merkle::LeafHash(leaf);
     if (h != stored) {
       result = bad("leaf bytes do not match their hash (the record was altered)");

@@ -1,5 +1,7 @@
 // Offline verification of an audit export (or a store): every record's leaf
-// bytes against its columns and its stored hash, a gapless sequence, the
+// bytes against its columns and its stored hash (records an auditor's
+// scoped export holds as hash only count by their stored hash, and must
+// carry nothing else), a gapless sequence, the
 // RFC 6962 root at every checkpoint, every checkpoint's signature, and
 // consistency with checkpoints saved earlier by auditors or agencies.
 // Read-only. Not thread-safe (one verification per call).
@@ -27,6 +29,7 @@ struct VerifyOptions {
 
 struct VerifyReport {
   uint64_t records = 0;
+  uint64_t hash_only = 0;  // of records: outside an auditor's scope, checked by their hash alone
   uint64_t checkpoints_verified = 0;
   merkle::Hash root{};
   uint64_t first_bad_seq = 0;  // 0 when none

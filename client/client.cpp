@@ -62,7 +62,9 @@ Status StatusFromError(const v1::Error& e) {
   switch (e.code()) {
     case v1::REASON_PERMISSION_DENIED:
     case v1::REASON_RECEIVER_ACTIVE:
-    case v1::REASON_SENDER_MISMATCH: return Status::PermissionDenied(text);
+    case v1::REASON_SENDER_MISMATCH:
+    case v1::REASON_NOT_AUDITOR: return Status::PermissionDenied(text);
+    case v1::REASON_INVALID_AUDIT_REQUEST:
     case v1::REASON_INVALID_MESSAGE:
     case v1::REASON_UNSUPPORTED_VERSION: return Status::InvalidArgument(text);
     case v1::REASON_PROTOCOL_ERROR:
@@ -111,10 +113,25 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   bool running = false;
   Status end_reason;
 
-  // The witness (strand only, except witness_alarm under mu).
+  // Requests other than Publish (audit queries, consistency proofs), by
+  // request id; called with the answer, or with the Error's status and
+  // code, or with Unavailable when the connection ended. Strand only.
+  using RequestHandler = std::function<void(const Status&, const std::string& error_code, v1::Frame* answer)>;
+  std::map<uint64_t, RequestHandler> requests;
+  void SendRequest(v1::Frame& frame, uint64_t rid, RequestHandler handler);
+
+  // The witness (strand only, except witness_alarm and witness_busy under mu).
+  bool witness_loaded = false;
   std::optional<audit::Checkpoint> witnessed;
-  Status witness_alarm;  // guarded by mu
+  std::optional<audit::Checkpoint> witness_checking;  // awaiting its consistency proof
+  std::optional<audit::Checkpoint> witness_next;      // the newest that arrived meanwhile
+  Status witness_alarm;      // guarded by mu
+  bool witness_busy = false; // guarded by mu
   void Witness(const audit::Checkpoint& cp);
+  void WitnessProof(const Status& s, const std::string& error_code, v1::Frame* answer);
+  void Keep(const audit::Checkpoint& cp);
+  void Alarm(const std::string& what);
+  void SetWitnessBusy(bool busy);
 
   std::atomic<uint64_t> next_request_id{1};
   std::atomic<bool> ended_flag{false};
@@ -131,39 +148,134 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   void FailAllPending(const Status& why);
 };
 
+void Client::Impl::Alarm(const std::string& what) {
+  std::lock_guard lock(mu);
+  if (witness_alarm.ok()) witness_alarm = Status::Corruption("AUDIT ALARM: " + what);
+}
+
+void Client::Impl::SetWitnessBusy(bool busy) {
+  {
+    std::lock_guard lock(mu);
+    witness_busy = busy;
+  }
+  cv.notify_all();
+}
+
+void Client::Impl::Keep(const audit::Checkpoint& cp) {
+  witnessed = cp;
+  (void)WriteFileAtomic(opts.checkpoint_file, audit::FormatCheckpoint(cp), 0600);
+}
+
 // Compares a checkpoint from the broker with the newest one this agency
-// has kept; keeps the newer. Without a consistency proof from the broker
-// (not in this protocol version) it catches a log that shrank or whose
-// root changed at the same size.
+// has kept. A log that shrank, or another root at the same size, is an
+// alarm at once; a larger log must come with a consistency proof from the
+// kept checkpoint (asked for here, checked in WitnessProof) before it is
+// kept. One proof at a time: checkpoints arriving meanwhile wait, the
+// newest only.
 void Client::Impl::Witness(const audit::Checkpoint& cp) {
   if (opts.checkpoint_file.empty() || cp.origin.empty()) return;
-  if (!witnessed) {
+  if (!witness_loaded) {
+    witness_loaded = true;
     auto text = ReadFile(opts.checkpoint_file, 64 * 1024);
     if (text.ok()) {
       auto saved = audit::ParseCheckpoint(*text);
       if (saved.ok()) witnessed = *saved;
     }
   }
-  std::string alarm;
-  if (witnessed) {
-    if (cp.origin != witnessed->origin || cp.key_id != witnessed->key_id) {
-      alarm = "the broker's checkpoint names another log or key (" + cp.origin + " " + cp.key_id + ") than the one witnessed (" +
-              witnessed->origin + " " + witnessed->key_id + ")";
-    } else if (cp.tree_size < witnessed->tree_size) {
-      alarm = "the audit log shrank from " + std::to_string(witnessed->tree_size) + " to " +
-              std::to_string(cp.tree_size) + " records";
-    } else if (cp.tree_size == witnessed->tree_size && cp.root != witnessed->root) {
-      alarm = "the audit log's root changed at " + std::to_string(cp.tree_size) + " records";
-    }
-  }
-  if (!alarm.empty()) {
+  {
     std::lock_guard lock(mu);
-    if (witness_alarm.ok()) witness_alarm = Status::Corruption("AUDIT ALARM: " + alarm);
+    if (!witness_alarm.ok()) return;  // raised once; the witness stays where it was
+  }
+  if (witness_checking) {
+    if (!witness_next || cp.tree_size > witness_next->tree_size) witness_next = cp;
     return;
   }
-  if (witnessed && cp.tree_size <= witnessed->tree_size) return;
-  witnessed = cp;
-  (void)WriteFileAtomic(opts.checkpoint_file, audit::FormatCheckpoint(cp), 0600);
+  if (!witnessed || witnessed->tree_size == 0) {
+    if (witnessed && (cp.origin != witnessed->origin || cp.key_id != witnessed->key_id)) {
+      return Alarm("the broker's checkpoint names another log or key (" + cp.origin + " " + cp.key_id +
+                   ") than the one witnessed (" + witnessed->origin + " " + witnessed->key_id + ")");
+    }
+    return Keep(cp);  // the first checkpoint seen (every log extends the empty one)
+  }
+  if (cp.origin != witnessed->origin || cp.key_id != witnessed->key_id) {
+    return Alarm("the broker's checkpoint names another log or key (" + cp.origin + " " + cp.key_id +
+                 ") than the one witnessed (" + witnessed->origin + " " + witnessed->key_id + ")");
+  }
+  if (cp.tree_size < witnessed->tree_size) {
+    return Alarm("the audit log shrank from " + std::to_string(witnessed->tree_size) + " to " +
+                 std::to_string(cp.tree_size) + " records");
+  }
+  if (cp.tree_size == witnessed->tree_size) {
+    if (cp.root != witnessed->root) {
+      Alarm("the audit log's root changed at " + std::to_string(cp.tree_size) + " records");
+    }
+    return;
+  }
+  witness_checking = cp;
+  SetWitnessBusy(true);
+  v1::Frame f;
+  const uint64_t rid = next_request_id++;
+  auto* r = f.mutable_consistency_proof_request();
+  r->set_request_id(rid);
+  r->set_old_size(witnessed->tree_size);
+  r->set_new_size(cp.tree_size);
+  SendRequest(f, rid, [this](const Status& s, const std::string& code, v1::Frame* answer) {
+    WitnessProof(s, code, answer);
+  });
+}
+
+void Client::Impl::WitnessProof(const Status& s, const std::string& error_code, v1::Frame* answer) {
+  const audit::Checkpoint cp = *witness_checking;
+  witness_checking.reset();
+  const uint64_t m = witnessed->tree_size, n = cp.tree_size;
+  const std::string what = "the broker's audit log of " + std::to_string(n) + " records ";
+  if (!s.ok()) {
+    // A lost connection or a busy broker proves nothing either way: the
+    // witness stays where it was and asks again next time. Any other
+    // refusal to prove is itself an alarm.
+    if (!error_code.empty() && error_code != "audit_busy") {
+      Alarm(what + "came without a consistency proof from the " + std::to_string(m) +
+            " records witnessed (the broker answered: " + s.message() + ")");
+    }
+  } else {
+    const v1::ConsistencyProof& p = answer->consistency_proof();
+    std::vector<merkle::Hash> path;
+    bool well_formed = p.old_size() == m && p.new_size() == n;
+    for (const auto& h : p.path()) {
+      if (h.size() != 32) {
+        well_formed = false;
+        break;
+      }
+      merkle::Hash hash;
+      std::copy(h.begin(), h.end(), hash.begin());
+      path.push_back(hash);
+    }
+    if (!well_formed || !merkle::VerifyConsistency(m, n, witnessed->root, cp.root, path)) {
+      Alarm(what + "does not extend the log of " + std::to_string(m) +
+            " records this agency witnessed (the consistency proof fails): the log was rewritten or forked");
+    } else {
+      Keep(cp);
+    }
+  }
+  if (witness_next) {
+    const audit::Checkpoint next = *witness_next;
+    witness_next.reset();
+    Witness(next);
+  }
+  if (!witness_checking) SetWitnessBusy(false);
+}
+
+void Client::Impl::SendRequest(v1::Frame& frame, uint64_t rid, RequestHandler handler) {
+  if (ended_flag || !running || !stream) {
+    handler(Status::Unavailable("not connected to the broker"), "", nullptr);
+    return;
+  }
+  requests.emplace(rid, std::move(handler));
+  if (Status s = stream->Send(frame); !s.ok()) {
+    auto h = std::move(requests[rid]);
+    requests.erase(rid);
+    h(Status::Unavailable("cannot send to the broker: " + s.message()), "", nullptr);
+  }
 }
 
 asio::awaitable<Status> Client::Impl::DoConnect() {
@@ -229,9 +341,9 @@ asio::awaitable<Status> Client::Impl::DoConnect() {
   info.max_frame_bytes = w.max_frame_bytes();
   info.max_recipients = w.max_recipients();
   info.checkpoint = FromProto(w.checkpoint());
-  Witness(info.checkpoint);
   if (w.idle_timeout_ms() > 0) idle_limit = std::chrono::milliseconds(w.idle_timeout_ms()) + std::chrono::seconds(10);
   running = true;
+  Witness(info.checkpoint);
   co_return Status::Ok();
 }
 
@@ -319,9 +431,24 @@ void Client::Impl::HandleFrame(v1::Frame& f) {
       return;
     }
     case v1::Frame::kPong: return;
+    case v1::Frame::kAuditQueryResult:
+    case v1::Frame::kConsistencyProof: {
+      const uint64_t rid = f.has_audit_query_result() ? f.audit_query_result().request_id()
+                                                      : f.consistency_proof().request_id();
+      auto it = requests.find(rid);
+      if (it == requests.end()) return;
+      auto handler = std::move(it->second);
+      requests.erase(it);
+      handler(Status::Ok(), "", &f);
+      return;
+    }
     case v1::Frame::kError: {
       const v1::Error& e = f.error();
-      if (e.request_id() != 0) {
+      if (auto it = requests.find(e.request_id()); e.request_id() != 0 && it != requests.end()) {
+        auto handler = std::move(it->second);
+        requests.erase(it);
+        handler(StatusFromError(e), proto::ReasonName(e.code()), nullptr);
+      } else if (e.request_id() != 0) {
         auto it = pending.find(e.request_id());
         if (it != pending.end()) {
           Pending p = std::move(it->second);
@@ -379,6 +506,9 @@ void Client::Impl::Fail(Pending& p, const Status& status, const std::string& cod
 }
 
 void Client::Impl::FailAllPending(const Status& why) {
+  auto reqs = std::move(requests);
+  requests.clear();
+  for (auto& [id, handler] : reqs) handler(why, "", nullptr);
   auto all = std::move(pending);
   pending.clear();
   for (auto& [id, p] : all) Fail(p, why, "");
@@ -481,6 +611,104 @@ PublishResult Client::Publish(const v1::Message& message) {
   return f.get();
 }
 
+AuditPage Client::QueryAudit(const AuditQuery& q) {
+  auto answer = std::make_shared<std::promise<AuditPage>>();
+  auto fut = answer->get_future();
+  asio::post(impl_->strand, [impl = impl_, q, answer] {
+    const uint64_t rid = impl->next_request_id++;
+    v1::Frame f;
+    auto* a = f.mutable_audit_query();
+    a->set_request_id(rid);
+    a->set_from_ms(q.from_ms);
+    a->set_to_ms(q.to_ms);
+    a->set_agency(q.agency);
+    a->set_case_id(q.case_id);
+    a->set_message_id(q.message_id);
+    a->set_event(q.event);
+    a->set_decision(q.decision);
+    a->set_page_size(q.page_size);
+    a->set_page_token(q.page_token);
+    a->set_export_mode(q.export_mode);
+    a->set_until_tree_size(q.until_tree_size);
+    impl->SendRequest(f, rid, [answer](const Status& s, const std::string& code, v1::Frame* frame) {
+      AuditPage page;
+      if (!s.ok()) {
+        page.status = s;
+        page.error_code = code;
+      } else if (!frame->has_audit_query_result()) {
+        page.status = Status::ProtocolError("the broker answered an audit query with another frame");
+      } else {
+        const v1::AuditQueryResult& r = frame->audit_query_result();
+        page.next_page_token = r.next_page_token();
+        page.checkpoint = FromProto(r.checkpoint());
+        page.stored_checkpoints.assign(r.stored_checkpoints().begin(), r.stored_checkpoints().end());
+        for (const auto& row : r.rows()) {
+          AuditRow out;
+          audit::Record& rec = out.record;
+          rec.seq = row.seq();
+          out.hash_only = row.hash_only();
+          if (row.leaf_hash().size() != out.leaf_hash.size()) {
+            page.status = Status::ProtocolError("audit row " + std::to_string(row.seq()) + " has a malformed leaf hash");
+            break;
+          }
+          std::copy(row.leaf_hash().begin(), row.leaf_hash().end(), out.leaf_hash.begin());
+          out.leaf = row.leaf();
+          rec.time_ms = row.time_ms();
+          rec.event = row.event();
+          rec.actor = row.actor();
+          rec.cert_sha256 = row.cert_sha256();
+          rec.message_id = row.message_id();
+          rec.case_id = row.case_id();
+          rec.sender = row.sender();
+          rec.recipient = row.recipient();
+          rec.message_type = row.message_type();
+          rec.tlp = row.tlp();
+          rec.purpose = row.purpose();
+          rec.decision = row.decision();
+          rec.rules = row.rules();
+          rec.policy_version = row.policy_version();
+          rec.obligations = row.obligations();
+          rec.body_hmac = row.body_hmac();
+          rec.detail = row.detail();
+          page.rows.push_back(std::move(out));
+        }
+        if (!page.status.ok()) page.rows.clear();
+      }
+      answer->set_value(std::move(page));
+    });
+  });
+  return fut.get();
+}
+
+Result<std::vector<merkle::Hash>> Client::ConsistencyProof(uint64_t old_size, uint64_t new_size) {
+  auto answer = std::make_shared<std::promise<Result<std::vector<merkle::Hash>>>>();
+  auto fut = answer->get_future();
+  asio::post(impl_->strand, [impl = impl_, old_size, new_size, answer] {
+    const uint64_t rid = impl->next_request_id++;
+    v1::Frame f;
+    auto* r = f.mutable_consistency_proof_request();
+    r->set_request_id(rid);
+    r->set_old_size(old_size);
+    r->set_new_size(new_size);
+    impl->SendRequest(f, rid, [answer, old_size, new_size](const Status& s, const std::string&, v1::Frame* frame) {
+      if (!s.ok()) return answer->set_value(s);
+      if (!frame->has_consistency_proof() || frame->consistency_proof().old_size() != old_size ||
+          frame->consistency_proof().new_size() != new_size) {
+        return answer->set_value(Status::ProtocolError("the broker answered with another proof than asked for"));
+      }
+      std::vector<merkle::Hash> path;
+      for (const auto& h : frame->consistency_proof().path()) {
+        if (h.size() != 32) return answer->set_value(Status::ProtocolError("malformed hash in a consistency proof"));
+        merkle::Hash hash;
+        std::copy(h.begin(), h.end(), hash.begin());
+        path.push_back(hash);
+      }
+      answer->set_value(std::move(path));
+    });
+  });
+  return fut.get();
+}
+
 void Client::Acknowledge(uint64_t delivery_id, uint32_t attempt) {
   asio::post(impl_->strand, [impl = impl_, delivery_id, attempt] {
     if (impl->ended_flag || !impl->stream) return;
@@ -522,6 +750,11 @@ void Client::Close() {
   if (std::this_thread::get_id() == impl_->thread.get_id()) {
     asio::post(impl_->strand, [impl = impl_] { impl->End(Status::Ok()); });
     return;
+  }
+  {
+    // A consistency proof in flight decides the witness: let it arrive.
+    std::unique_lock lock(impl_->mu);
+    impl_->cv.wait_for(lock, std::chrono::seconds(5), [&] { return !impl_->witness_busy || impl_->ended; });
   }
   asio::post(impl_->strand, [impl = impl_] { impl->End(Status::Ok()); });
   {

@@ -18,7 +18,9 @@
 #include <string>
 #include <vector>
 
+#include "common/audit_record.h"
 #include "common/checkpoint.h"
+#include "common/merkle.h"
 #include "common/status.h"
 #include "common/tls.h"
 
@@ -46,7 +48,10 @@ struct ClientOptions {
   // Witness file: the newest audit checkpoint this agency has seen, kept
   // across runs. Every checkpoint the broker sends is compared with it: a
   // log that shrank, or a different root for the same size, is an alarm
-  // (witness_status()). Empty: no witness.
+  // (witness_status()); for a larger log the client asks the broker for an
+  // RFC 6962 consistency proof from the witnessed checkpoint and raises the
+  // alarm when it does not verify. The file is only advanced to a
+  // checkpoint whose proof verified. Empty: no witness.
   std::string checkpoint_file;
   // Ask for a delivery report on every recipient's copy of every message
   // published on this connection (reports arrive as deliveries on the
@@ -79,6 +84,44 @@ struct PublishResult {
   // The broker answered and every recipient was delivered or queued.
   bool AllAccepted() const;
 };
+
+// An auditor's query of the broker's audit log (docs/auditing.md, section
+// 5). Filters left at their default do not filter.
+struct AuditQuery {
+  int64_t from_ms = 0;     // time_ms >= from_ms (0: none)
+  int64_t to_ms = 0;       // time_ms < to_ms (0: none)
+  std::string agency;      // as sender or recipient
+  std::string case_id;
+  std::string message_id;
+  std::string event;
+  std::string decision;
+  uint32_t page_size = 0;  // 0: the broker's default (100); at most 1000
+  uint64_t page_token = 0; // next_page_token of the previous page; 0: from the start
+  // Export mode: every record up to until_tree_size (0 on the first page:
+  // the broker's newest checkpoint, returned in AuditPage::checkpoint),
+  // those outside the auditor's scope as leaf hash only. No filters.
+  bool export_mode = false;
+  uint64_t until_tree_size = 0;
+};
+
+struct AuditRow {
+  audit::Record record;  // only seq is set when hash_only
+  merkle::Hash leaf_hash{};
+  std::string leaf;      // canonical leaf bytes (export mode, in scope)
+  bool hash_only = false;
+};
+
+struct AuditPage {
+  // Not OK when the broker refused the query (error_code names its reason,
+  // e.g. "not_auditor") or the connection failed.
+  Status status;
+  std::string error_code;
+  std::vector<AuditRow> rows;
+  uint64_t next_page_token = 0;  // 0: no further page
+  audit::Checkpoint checkpoint;  // the broker's newest when the query ran
+  std::vector<std::string> stored_checkpoints;  // export mode: text form
+};
+
 
 // The sender withdrew a message this agency received earlier.
 struct RecallNotice {
@@ -162,14 +205,25 @@ class Client {
   void Recall(const std::string& message_id, const std::string& reason, RecallHandler done);
   RecallResult Recall(const std::string& message_id, const std::string& reason);
 
-  // Flushes what is queued, closes TLS cleanly and stops the I/O thread.
-  // Idempotent; blocks for at most a few seconds.
+  // One page of an audit query (agencies with the auditor role only).
+  // Blocking; thread-safe.
+  AuditPage QueryAudit(const AuditQuery& query);
+
+  // The broker's RFC 6962 consistency proof between two sizes of its audit
+  // log (0 < old_size <= new_size <= its size). Blocking. Errors:
+  // InvalidArgument (sizes the broker refused), Unavailable.
+  Result<std::vector<merkle::Hash>> ConsistencyProof(uint64_t old_size, uint64_t new_size);
+
+  // Waits (up to a few seconds) for a witness consistency check in
+  // progress, flushes what is queued, closes TLS cleanly and stops the I/O
+  // thread. Idempotent; blocks for at most a few seconds more.
   void Close();
   // Blocks until the connection has ended; returns why (OK after Close()).
   Status Wait();
   bool connected() const;
-  // Not OK once a checkpoint from the broker contradicted the witness file:
-  // the audit log was rewritten or truncated. Thread-safe.
+  // Not OK once a checkpoint from the broker contradicted the witness file
+  // (the audit log was rewritten or truncated) or a consistency proof from
+  // the witnessed checkpoint to a newer one did not verify. Thread-safe.
   Status witness_status() const;
 
  private:

@@ -35,6 +35,14 @@ inline void ToProto(const audit::Checkpoint& c, v1::Checkpoint* out) {
   out->set_signature(c.signature);
 }
 
+// The wire reason for an audit reader's error (the one mapping of its
+// errors to reason codes).
+inline v1::Reason AuditReason(const Status& s) {
+  if (s.IsInvalidArgument()) return v1::REASON_INVALID_AUDIT_REQUEST;
+  if (s.IsUnavailable()) return v1::REASON_AUDIT_BUSY;
+  return v1::REASON_AUDIT_UNAVAILABLE;
+}
+
 // Thread-safe.
 class RefusalTally {
  public:

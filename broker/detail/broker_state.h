@@ -13,6 +13,7 @@
 #include "broker/config.h"
 #include "broker/detail/audit_events.h"
 #include "broker/detail/mailbox.h"
+#include "broker/store/audit_reader.h"
 #include "broker/store/store.h"
 #include "broker/detail/router.h"
 #include "common/detail/tls.h"
@@ -46,6 +47,7 @@ class BrokerState {
   std::atomic<bool> draining{false};
   std::unique_ptr<policy::PseudonymKeyStore> keys;  // thread-safe
   std::unique_ptr<Store> store;                     // thread-safe; the audit log
+  std::unique_ptr<AuditReader> audit_reader;        // thread-safe; read-only, for audit requests
   RefusalTally refusals;
 
   std::shared_ptr<const policy::Policy> policy() const {

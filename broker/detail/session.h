@@ -88,6 +88,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void HandlePing(const v1::Ping& ping);
   void HandlePong(const v1::Pong& pong);
   void HandleError(const v1::Error& error);
+  void HandleAuditQuery(const v1::AuditQuery& query);
+  void HandleConsistencyProofRequest(const v1::ConsistencyProofRequest& request);
 
   void Send(const v1::Frame& frame);
   void SendError(uint64_t request_id, v1::Reason code, const std::string& message, bool fatal);

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "common/files.h"
+#include "tests/integration/process_support.h"
 #include "tests/integration/test_support.h"
 
 extern char** environ;
@@ -23,112 +24,6 @@ using namespace liaison;
 using namespace liaison::test;
 
 namespace {
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// A child process with stdin from a file (or /dev/null) and stdout/stderr to files.
-class Process {
- public:
-  Process(const std::vector<std::string>& argv, const std::string& dir, const std::string& name,
-          const std::string& stdin_file = "/dev/null")
-      : out_(dir + "/" + name + ".out"), err_(dir + "/" + name + ".err") {
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, stdin_file.c_str(), O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&fa, 2, err_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    if (posix_spawn(&pid_, args[0], &fa, nullptr, args.data(), environ) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&fa);
-  }
-  ~Process() {
-    if (pid_ > 0 && !exited_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-  }
-  // Exit code, or -1 on timeout, 128+signal when killed.
-  int Wait(std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      int status = 0;
-      const pid_t r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        exited_ = true;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return -1;
-  }
-  void Signal(int sig) { ::kill(pid_, sig); }
-  std::string out() const { return Slurp(out_); }
-  std::string err() const { return Slurp(err_); }
-
- private:
-  pid_t pid_ = -1;
-  bool exited_ = false;
-  std::string out_, err_;
-};
-
-int Run(const std::vector<std::string>& argv, const std::string& dir, std::string* out, std::string* err,
-        const std::string& stdin_file = "/dev/null") {
-  Process p(argv, dir, "run", stdin_file);
-  const int rc = p.Wait();
-  if (out) *out = p.out();
-  if (err) *err = p.err();
-  return rc;
-}
-
-// The real liaison-broker on a free port, with a config and policy in dir.
-class BrokerProcess {
- public:
-  explicit BrokerProcess(const TempDir& dir) {
-    const std::string& pki = PkiDir();
-    REQUIRE(WriteFileAtomic(dir.File("policy.yaml"), PolicyYaml(DefaultAgencies())).ok());
-    const std::string config = "name: process-test\nlisten: 127.0.0.1:0\nthreads: 2\npolicy: policy.yaml\n"
-                               "admin_socket: admin.sock\n"
-                               "tls:\n  certificate: " + pki + "/broker.crt\n  private_key: " + pki +
-                               "/broker.key\n  ca_bundle: " + pki + "/ca.crt\n  crl: " + pki + "/ca.crl\n";
-    REQUIRE(WriteFileAtomic(dir.File("broker.yaml"), config).ok());
-    proc_ = std::make_unique<Process>(std::vector<std::string>{LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml")},
-                                      dir.path(), "broker");
-    const std::regex listening("listening on 127\\.0\\.0\\.1:([0-9]+)");
-    const bool started = WaitFor([&] {
-      std::smatch m;
-      const std::string log = proc_->err();
-      if (!std::regex_search(log, m, listening)) return false;
-      port_ = static_cast<uint16_t>(std::stoi(m[1]));
-      return true;
-    });
-    INFO(proc_->err());
-    REQUIRE(started);
-  }
-  uint16_t port() const { return port_; }
-  Process& process() { return *proc_; }
-  std::vector<std::string> Cli(const std::string& agency, std::vector<std::string> rest) const {
-    const std::string& pki = PkiDir();
-    std::vector<std::string> argv = {LIAISON_CLI_BIN,
-                                     "--broker", "127.0.0.1:" + std::to_string(port_),
-                                     "--server-name", "localhost",
-                                     "--cert", pki + "/" + agency + ".crt",
-                                     "--key", pki + "/" + agency + ".key",
-                                     "--ca", pki + "/ca.crt"};
-    argv.insert(argv.end(), rest.begin(), rest.end());
-    return argv;
-  }
-
- private:
-  std::unique_ptr<Process> proc_;
-  uint16_t port_ = 0;
-};
 
 const char* kIncident = R"({
   "envelope": {"tlp": "TLP_AMBER", "purpose": "safeguarding", "caseId": "CASE-7"},
@@ -322,4 +217,73 @@ TEST_CASE("the admin socket and SIGHUP reload the policy, a bad policy is reject
   broker.process().Signal(SIGHUP);
   CHECK(WaitFor([&] { return broker.process().err().find("reloaded: policy") != std::string::npos; }));
   CHECK(WaitFor([&] { return broker.process().err().find("1 session(s) re-checked") != std::string::npos; }));
+}
+
+TEST_CASE("liaison audit query, export --remote and verify as an auditor", "[process][audit]") {
+  TempDir dir;
+  std::string policy = PolicyYaml(DefaultAgencies());
+  const std::string entry = "  - id: a01\n    name: Agency a01\n    sector: social_work\n";
+  policy.insert(policy.find(entry) + entry.size(), "    roles: [auditor]\n    audit_scope: [police, school]\n");
+  BrokerProcess broker(dir, policy);
+  REQUIRE(WriteFileAtomic(dir.File("incident.json"), kIncident).ok());
+  std::string out, err;
+  REQUIRE(Run(broker.Cli("police", {"send", "--to", "school,nobody", dir.File("incident.json")}), dir.path(), &out,
+              &err) == 1);
+  REQUIRE(Run(broker.Cli("social", {"send", "--to", "health", dir.File("incident.json")}), dir.path(), &out, &err) == 0);
+
+  // A table by default; only what the scope allows.
+  int rc = Run(broker.Cli("a01", {"audit", "query", "--case", "CASE-7"}), dir.path(), &out, &err);
+  INFO(out << err);
+  CHECK(rc == 0);
+  CHECK(out.rfind("seq", 0) == 0);
+  CHECK(out.find("refused:unknown_recipient") != std::string::npos);
+  CHECK(out.find("social") == std::string::npos);  // social -> health is outside a01's scope
+
+  // --json: one object per line; --limit and --all page through.
+  auto lines_of = [](const std::string& text) {
+    size_t n = 0;
+    for (size_t at = 0; (at = text.find("{\"seq\":", at)) != std::string::npos; ++at) ++n;
+    return n;
+  };
+  rc = Run(broker.Cli("a01", {"--json", "audit", "query", "--event", "queued", "--limit", "1", "--all"}), dir.path(),
+           &out, &err);
+  CHECK(rc == 0);
+  CHECK(lines_of(out) == 1);  // police -> school
+  rc = Run(broker.Cli("a01", {"--json", "audit", "query", "--event", "decision", "--limit", "1", "--all"}), dir.path(),
+           &out, &err);
+  CHECK(rc == 0);
+  CHECK(lines_of(out) == 1);  // police -> nobody, refused
+  rc = Run(broker.Cli("a01", {"--json", "audit", "query", "--limit", "1"}), dir.path(), &out, &err);
+  CHECK(rc == 0);
+  CHECK(lines_of(out) == 1);
+  CHECK(err.find("more records: --page-token") != std::string::npos);
+
+  // --csv with a header; times as RFC 3339.
+  rc = Run(broker.Cli("a01", {"audit", "query", "--csv", "--from", "2020-01-01T00:00:00Z", "--to", "2099-01-01",
+                              "--agency", "school"}),
+           dir.path(), &out, &err);
+  CHECK(rc == 0);
+  CHECK(out.rfind("seq,time,time_ms,event,", 0) == 0);
+  CHECK(out.find(",school,") != std::string::npos);
+
+  // Bad input: exit 2; a non-auditor: exit 4.
+  CHECK(Run(broker.Cli("a01", {"audit", "query", "--from", "yesterday"}), dir.path(), &out, &err) == 2);
+  CHECK(Run(broker.Cli("a01", {"audit", "query", "--limit", "5000"}), dir.path(), &out, &err) == 2);
+  CHECK(Run(broker.Cli("police", {"audit", "query"}), dir.path(), &out, &err) == 4);
+  CHECK(err.find("not_auditor") != std::string::npos);
+
+  // The scoped export verifies with the broker's public key.
+  rc = Run(broker.Cli("a01", {"audit", "export", "--remote", "--out", dir.File("scoped.db")}), dir.path(), &out, &err);
+  INFO(out << err);
+  REQUIRE(rc == 0);
+  CHECK(out.find("outside your audit scope as leaf hash only") != std::string::npos);
+  rc = Run({LIAISON_CLI_BIN, "audit", "verify", "--db", dir.File("scoped.db"), "--pubkey",
+            dir.File("keys/audit-signing.key.pub")},
+           dir.path(), &out, &err);
+  CHECK(rc == 0);
+  CHECK(out.find("OK: ") != std::string::npos);
+  CHECK(out.find("by hash only") != std::string::npos);
+  CHECK(Slurp(dir.File("scoped.db")).find("Abusive leaflets") == std::string::npos);
+  CHECK(Run(broker.Cli("police", {"audit", "export", "--remote", "--out", dir.File("p.db")}), dir.path(), &out, &err) ==
+        4);
 }

@@ -242,6 +242,11 @@ TEST_CASE("every Frame kind exists in the oneof", "[proto][schema]") {
       {"ping", v1::Frame::kPing},       {"pong", v1::Frame::kPong},
       {"error", v1::Frame::kError},     {"recall", v1::Frame::kRecall},
       {"recall_ack", v1::Frame::kRecallAck},
+      // The audit frames (20-29).
+      {"audit_query", v1::Frame::kAuditQuery},
+      {"audit_query_result", v1::Frame::kAuditQueryResult},
+      {"consistency_proof_request", v1::Frame::kConsistencyProofRequest},
+      {"consistency_proof", v1::Frame::kConsistencyProof},
   };
   const Descriptor* d = v1::Frame::descriptor();
   const auto* oneof = d->FindOneofByName("kind");

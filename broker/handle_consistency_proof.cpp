@@ -1,0 +1,47 @@
+// ConsistencyProofRequest: an RFC 6962 consistency proof between two sizes
+// of the audit log, so that an agency holding an older checkpoint can check
+// that the newer one extends it (agencies are the log's witnesses). Any
+// agency may ask: a proof holds node hashes only, no record content. The
+// proof is computed on the audit reader's threads from the stored leaf
+// hashes (O(n) reads for a log of n records).
+#include <boost/asio/post.hpp>
+#include <spdlog/spdlog.h>
+
+#include "broker/detail/broker_state.h"
+#include "broker/detail/session.h"
+#include "broker/detail/audit_events.h"
+
+namespace liaison::broker {
+
+void Session::HandleConsistencyProofRequest(const v1::ConsistencyProofRequest& request) {
+  const uint64_t rid = request.request_id();
+  const uint64_t m = request.old_size(), n = request.new_size();
+  const uint64_t size = broker_.store->latest().tree_size;
+  if (m == 0 || m > n || n > size) {
+    SendError(rid, v1::REASON_INVALID_AUDIT_REQUEST,
+              "a consistency proof needs 0 < old_size <= new_size <= " + std::to_string(size) + " (the log's size); got " +
+                  std::to_string(m) + " and " + std::to_string(n),
+              false);
+    return;
+  }
+  auto self = shared_from_this();
+  broker_.audit_reader->ConsistencyProof(m, n, [self, rid, m, n](Result<std::vector<merkle::Hash>> proof) {
+    v1::Frame f;
+    if (!proof.ok()) {
+      spdlog::error("{}: consistency proof {} -> {} failed: {}", self->tag_, m, n, proof.status().message());
+      auto* e = f.mutable_error();
+      e->set_request_id(rid);
+      e->set_code(AuditReason(proof.status()));
+      e->set_message(proof.status().message());
+    } else {
+      auto* p = f.mutable_consistency_proof();
+      p->set_request_id(rid);
+      p->set_old_size(m);
+      p->set_new_size(n);
+      for (const auto& h : *proof) p->add_path(std::string(reinterpret_cast<const char*>(h.data()), h.size()));
+    }
+    boost::asio::post(self->stream_.strand(), [self, f = std::move(f)] { self->Send(f); });
+  });
+}
+
+}  // namespace liaison::broker

@@ -1,0 +1,303 @@
+#include "broker/store/audit_reader.h"
+
+#include <sqlite3.h>
+
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <thread>
+
+namespace liaison::broker {
+namespace {
+
+// Jobs waiting for a worker; beyond this, requests are refused as busy.
+constexpr size_t kMaxQueuedJobs = 256;
+
+constexpr const char* kColumns =
+    "seq, time_ms, event, actor, cert_sha256, message_id, case_id, sender, recipient, message_type, tlp, purpose, "
+    "decision, rules, policy_version, obligations, body_hmac, detail, leaf, leaf_hash";
+
+// In scope: the record names an agency of the scope as sender, recipient or
+// actor, or names no agency at all. The one definition of an auditor's scope
+// over records (docs/auditing.md, section 5).
+constexpr const char* kInScope =
+    "(sender IN (SELECT value FROM json_each(:scope)) OR recipient IN (SELECT value FROM json_each(:scope)) OR "
+    "actor IN (SELECT value FROM json_each(:scope)) OR (sender = '' AND recipient = '' AND actor = ''))";
+
+Status SqlError(sqlite3* db, const std::string& what) {
+  return Status::IoError(what + ": " + (db ? sqlite3_errmsg(db) : "no database"));
+}
+
+std::string Column(sqlite3_stmt* s, int i) {
+  const unsigned char* t = sqlite3_column_text(s, i);
+  return t ? std::string(reinterpret_cast<const char*>(t), static_cast<size_t>(sqlite3_column_bytes(s, i)))
+           : std::string();
+}
+
+std::string JsonArray(const std::vector<std::string>& items) {
+  std::string out = "[";
+  for (const auto& item : items) {
+    if (out.size() > 1) out += ',';
+    out += '"';
+    for (char c : item) {
+      if (c == '"' || c == '\\') out += '\\';
+      if (static_cast<unsigned char>(c) >= 0x20) out += c;
+    }
+    out += '"';
+  }
+  return out + "]";
+}
+
+// A statement finalized on scope exit, with binding by parameter name
+// (names absent from the SQL are skipped).
+class Query {
+ public:
+  Query(sqlite3* db, const std::string& sql) : db_(db) {
+    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &s_, nullptr) != SQLITE_OK) s_ = nullptr;
+  }
+  ~Query() { sqlite3_finalize(s_); }
+  bool ok() const { return s_ != nullptr; }
+  sqlite3_stmt* get() { return s_; }
+  void Text(const char* name, const std::string& v) {
+    if (int i = sqlite3_bind_parameter_index(s_, name); i > 0) {
+      sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    }
+  }
+  void Int(const char* name, int64_t v) {
+    if (int i = sqlite3_bind_parameter_index(s_, name); i > 0) sqlite3_bind_int64(s_, i, v);
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* s_ = nullptr;
+};
+
+Result<AuditPage> RunPage(sqlite3* db, const AuditPageRequest& r) {
+  const AuditFilter& f = r.filter;
+  if (r.limit == 0 || r.limit > AuditReader::kMaxPageSize) {
+    return Status::InvalidArgument("page size must be 1 to " + std::to_string(AuditReader::kMaxPageSize));
+  }
+  const std::string select = std::string("SELECT ") + kColumns + ", " + kInScope + " AS in_scope FROM audit_log";
+  std::string where = " WHERE seq > :after";
+  if (r.export_mode) {
+    if (f.from_ms || f.to_ms || !f.agency.empty() || !f.case_id.empty() || !f.message_id.empty() ||
+        !f.event.empty() || !f.decision.empty()) {
+      return Status::InvalidArgument("an export takes no filters");
+    }
+    where += " AND seq <= :until";
+  } else {
+    where += std::string(" AND ") + kInScope;
+    if (f.from_ms) where += " AND time_ms >= :from";
+    if (f.to_ms) where += " AND time_ms < :to";
+    // The explicit "<> ''" lets SQLite use the partial indexes.
+    if (!f.case_id.empty()) where += " AND case_id = :case AND case_id <> ''";
+    if (!f.message_id.empty()) where += " AND message_id = :message AND message_id <> ''";
+    if (!f.event.empty()) where += " AND event = :event";
+    if (!f.decision.empty()) where += " AND decision = :decision";
+  }
+  std::string sql = select + where;
+  if (!r.export_mode && !f.agency.empty()) {
+    // As sender, or as recipient: two walks in seq order over the
+    // (sender) and (recipient) indexes (schema 2), merged, so a page costs
+    // its rows and not every record of the agency.
+    sql += " AND sender = :agency AND sender <> '' UNION ALL " + select + where +
+           " AND recipient = :agency AND recipient <> '' AND sender <> :agency";
+  }
+  sql += " ORDER BY seq LIMIT :n";
+  Query q(db, sql);
+  if (!q.ok()) return SqlError(db, "audit query");
+  q.Text(":scope", JsonArray(r.scope));
+  q.Int(":after", static_cast<int64_t>(r.after_seq));
+  q.Int(":until", static_cast<int64_t>(r.until_seq));
+  q.Int(":from", f.from_ms);
+  q.Int(":to", f.to_ms);
+  q.Text(":agency", f.agency);
+  q.Text(":case", f.case_id);
+  q.Text(":message", f.message_id);
+  q.Text(":event", f.event);
+  q.Text(":decision", f.decision);
+  q.Int(":n", static_cast<int64_t>(r.limit) + 1);  // one more: is there a next page?
+
+  AuditPage page;
+  uint64_t expected = r.after_seq + 1;
+  int rc;
+  while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) {
+    sqlite3_stmt* s = q.get();
+    if (page.rows.size() == r.limit) {
+      page.more = true;
+      break;
+    }
+    AuditRow row;
+    audit::Record& rec = row.record;
+    rec.seq = static_cast<uint64_t>(sqlite3_column_int64(s, 0));
+    if (r.export_mode && rec.seq != expected) {
+      return Status::Corruption("the audit log has no record " + std::to_string(expected));
+    }
+    ++expected;
+    if (sqlite3_column_bytes(s, 19) != 32) {
+      return Status::Corruption("audit record " + std::to_string(rec.seq) + " has a malformed leaf hash");
+    }
+    std::memcpy(row.leaf_hash.data(), sqlite3_column_blob(s, 19), 32);
+    const bool in_scope = sqlite3_column_int(s, 20) != 0;
+    if (!in_scope) {
+      row.hash_only = true;  // export mode only: queries select in-scope rows alone
+      page.rows.push_back(std::move(row));
+      continue;
+    }
+    rec.time_ms = sqlite3_column_int64(s, 1);
+    int i = 2;
+    for (std::string* c : {&rec.event, &rec.actor, &rec.cert_sha256, &rec.message_id, &rec.case_id, &rec.sender,
+                           &rec.recipient, &rec.message_type}) {
+      *c = Column(s, i++);
+    }
+    rec.tlp = sqlite3_column_int(s, i++);
+    for (std::string* c : {&rec.purpose, &rec.decision, &rec.rules, &rec.policy_version, &rec.obligations,
+                           &rec.body_hmac, &rec.detail}) {
+      *c = Column(s, i++);
+    }
+    if (r.export_mode) {
+      row.leaf.assign(static_cast<const char*>(sqlite3_column_blob(s, 18)),
+                      static_cast<size_t>(sqlite3_column_bytes(s, 18)));
+    }
+    page.rows.push_back(std::move(row));
+  }
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db, "audit query");
+  if (r.export_mode && !page.rows.empty()) {
+    Query c(db, "SELECT text FROM checkpoints WHERE tree_size > :after AND tree_size <= :last ORDER BY tree_size");
+    if (!c.ok()) return SqlError(db, "checkpoints");
+    c.Int(":after", static_cast<int64_t>(r.after_seq));
+    c.Int(":last", static_cast<int64_t>(page.rows.back().record.seq));
+    while ((rc = sqlite3_step(c.get())) == SQLITE_ROW) page.stored_checkpoints.push_back(Column(c.get(), 0));
+    if (rc != SQLITE_DONE) return SqlError(db, "checkpoints");
+  }
+  return page;
+}
+
+Result<std::vector<merkle::Hash>> RunProof(sqlite3* db, uint64_t m, uint64_t n) {
+  if (m == 0 || m > n) {
+    return Status::InvalidArgument("a consistency proof needs 0 < old size <= new size (got " + std::to_string(m) +
+                                   " and " + std::to_string(n) + ")");
+  }
+  Query q(db, "SELECT seq, leaf_hash FROM audit_log WHERE seq <= :n ORDER BY seq");
+  if (!q.ok()) return SqlError(db, "leaf hashes");
+  q.Int(":n", static_cast<int64_t>(n));
+  std::vector<merkle::Hash> leaves;
+  leaves.reserve(n);
+  int rc;
+  while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) {
+    if (static_cast<uint64_t>(sqlite3_column_int64(q.get(), 0)) != leaves.size() + 1 ||
+        sqlite3_column_bytes(q.get(), 1) != 32) {
+      return Status::Corruption("the audit log is not gapless at record " + std::to_string(leaves.size() + 1));
+    }
+    merkle::Hash h;
+    std::memcpy(h.data(), sqlite3_column_blob(q.get(), 1), 32);
+    leaves.push_back(h);
+  }
+  if (rc != SQLITE_DONE) return SqlError(db, "leaf hashes");
+  if (leaves.size() != n) {
+    return Status::InvalidArgument("the audit log has " + std::to_string(leaves.size()) + " records, fewer than " +
+                                   std::to_string(n));
+  }
+  return merkle::ConsistencyProof(leaves, m, n);
+}
+
+}  // namespace
+
+struct AuditReader::Impl {
+  using Job = std::function<void(sqlite3*)>;
+  std::vector<sqlite3*> connections;
+  std::vector<std::thread> workers;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Job> jobs;   // guarded by mu
+  bool stopping = false;  // guarded by mu
+
+  ~Impl() {
+    {
+      std::lock_guard lock(mu);
+      stopping = true;
+      jobs.clear();
+    }
+    cv.notify_all();
+    for (auto& w : workers) w.join();
+    for (sqlite3* c : connections) sqlite3_close_v2(c);
+  }
+
+  bool Submit(Job job) {
+    {
+      std::lock_guard lock(mu);
+      if (stopping || jobs.size() >= kMaxQueuedJobs) return false;
+      jobs.push_back(std::move(job));
+    }
+    cv.notify_one();
+    return true;
+  }
+
+  void Work(sqlite3* db) {
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return stopping || !jobs.empty(); });
+        if (stopping) return;
+        job = std::move(jobs.front());
+        jobs.pop_front();
+      }
+      job(db);
+    }
+  }
+};
+
+Result<std::unique_ptr<AuditReader>> AuditReader::Open(const std::string& path, int workers) {
+  auto impl = std::make_unique<Impl>();
+  for (int i = 0; i < std::max(1, workers); ++i) {
+    sqlite3* db = nullptr;
+    if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
+      Status s = SqlError(db, "cannot open " + path + " for reading");
+      sqlite3_close_v2(db);
+      return s;
+    }
+    impl->connections.push_back(db);
+    sqlite3_busy_timeout(db, 2000);
+    // Fails early on a database without the audit log.
+    Query probe(db, "SELECT 1 FROM audit_log LIMIT 1");
+    if (!probe.ok()) return SqlError(db, path + " has no readable audit log");
+  }
+  Impl* raw = impl.get();
+  for (sqlite3* db : impl->connections) impl->workers.emplace_back([raw, db] { raw->Work(db); });
+  return std::unique_ptr<AuditReader>(new AuditReader(std::move(impl)));
+}
+
+AuditReader::AuditReader(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+AuditReader::~AuditReader() = default;
+
+void AuditReader::QueryPage(AuditPageRequest request, PageDone done) {
+  auto shared = std::make_shared<PageDone>(std::move(done));
+  const bool queued = impl_->Submit([request = std::move(request), shared](sqlite3* db) { (*shared)(RunPage(db, request)); });
+  if (!queued) (*shared)(Status::Unavailable("the audit reader is busy; try again shortly"));
+}
+
+void AuditReader::ConsistencyProof(uint64_t old_size, uint64_t new_size, ProofDone done) {
+  auto shared = std::make_shared<ProofDone>(std::move(done));
+  const bool queued =
+      impl_->Submit([old_size, new_size, shared](sqlite3* db) { (*shared)(RunProof(db, old_size, new_size)); });
+  if (!queued) (*shared)(Status::Unavailable("the audit reader is busy; try again shortly"));
+}
+
+Result<AuditPage> AuditReader::QueryPageSync(const AuditPageRequest& request) {
+  std::promise<Result<AuditPage>> p;
+  auto f = p.get_future();
+  QueryPage(request, [&p](Result<AuditPage> r) { p.set_value(std::move(r)); });
+  return f.get();
+}
+
+Result<std::vector<merkle::Hash>> AuditReader::ConsistencyProofSync(uint64_t old_size, uint64_t new_size) {
+  std::promise<Result<std::vector<merkle::Hash>>> p;
+  auto f = p.get_future();
+  ConsistencyProof(old_size, new_size, [&p](Result<std::vector<merkle::Hash>> r) { p.set_value(std::move(r)); });
+  return f.get();
+}
+
+}  // namespace liaison::broker
