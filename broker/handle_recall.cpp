@@ -75,6 +75,9 @@ void Session::HandleRecall(const v1::Recall& recall) {
     c.Finish(d, DeliveryState::kRecalled, v1::OUTCOME_RECALLED, v1::REASON_RECALLED, reason, false);
     ack->add_withdrawn(d.recipient);
   }
+  // Recalled before: its notices went out then (and copies in flight at
+  // that moment were settled by their sessions).
+  if (already) delivered->clear();
   for (const auto& recipient : *delivered) {
     const size_t before = c.batch.new_deliveries.size();
     c.AddRecallNotice(m, recipient, reason);

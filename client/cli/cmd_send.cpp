@@ -27,6 +27,7 @@ struct SendOptions {
   std::string tlp, purpose, case_id, agreement, in_reply_to, message_id;
   int64_t expires_in = 0;
   int timeout_s = 60;
+  bool reports = false;
 };
 
 Result<std::string> ReadInput(const std::string& file) {
@@ -92,6 +93,7 @@ int RunSend(const CommonOptions& common, const SendOptions& o) {
   auto options = ConnectionOrReport(common);
   if (!options) return kExitUsage;
   options->client_name = "liaison-cli/0.1 send";
+  options->want_reports = o.reports;
   auto client = client::Client::Connect(*options);
   if (!client.ok()) return ReportConnectError(client.status());
   auto answer = std::make_shared<std::promise<client::PublishResult>>();
@@ -122,7 +124,8 @@ int RunSend(const CommonOptions& common, const SendOptions& o) {
   const bool ok = r.AllAccepted();
   if (common.json) {
     std::string out = "{\"messageId\":" + JsonString(r.message_id) + ",\"sender\":" + JsonString(agency) +
-                      ",\"ok\":" + (ok ? "true" : "false") + ",\"outcomes\":[";
+                      ",\"ok\":" + (ok ? "true" : "false") + ",\"duplicate\":" + (r.duplicate ? "true" : "false") +
+                      ",\"outcomes\":[";
     for (size_t i = 0; i < r.outcomes.size(); ++i) {
       const auto& oc = r.outcomes[i];
       out += (i ? "," : "") + std::string("{\"recipient\":") + JsonString(oc.recipient) +
@@ -131,8 +134,9 @@ int RunSend(const CommonOptions& common, const SendOptions& o) {
     }
     std::printf("%s]}\n", out.c_str());
   } else {
-    std::printf("message %s from %s (%s, TLP:%s)\n", r.message_id.c_str(), agency.c_str(),
-                proto::MessageTypeName(msg).c_str(), proto::TlpName(env->tlp()).c_str());
+    std::printf("message %s from %s (%s, TLP:%s)%s\n", r.message_id.c_str(), agency.c_str(),
+                proto::MessageTypeName(msg).c_str(), proto::TlpName(env->tlp()).c_str(),
+                r.duplicate ? " -- already sent before; these are the original outcomes" : "");
     for (const auto& oc : r.outcomes) {
       if (oc.outcome == "refused") {
         std::printf("  %-24s REFUSED  %s: %s\n", oc.recipient.c_str(), oc.reason.c_str(), oc.detail.c_str());
@@ -164,6 +168,9 @@ void RegisterSend(CLI::App& app, CommonOptions& common, int* exit_code) {
   cmd->add_option("--in-reply-to", o->in_reply_to, "message id this message answers");
   cmd->add_option("--message-id", o->message_id, "message id (UUID; default: a new UUIDv7)");
   cmd->add_option("--expires-in", o->expires_in, "seconds until the message expires")->check(CLI::Range(1, 315360000));
+  cmd->add_flag("--reports", o->reports,
+                "ask for a delivery report per recipient (delivered, expired, refused, recalled); they arrive "
+                "with this agency's deliveries (liaison receive)");
   cmd->add_option("--timeout", o->timeout_s, "seconds to wait for the broker's answer (exit 3 after)")
       ->check(CLI::Range(1, 86400))
       ->capture_default_str();

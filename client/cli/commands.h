@@ -29,6 +29,7 @@ struct CommonOptions {
 
 void RegisterSend(CLI::App& app, CommonOptions& common, int* exit_code);
 void RegisterReceive(CLI::App& app, CommonOptions& common, int* exit_code);
+void RegisterRecall(CLI::App& app, CommonOptions& common, int* exit_code);
 void RegisterAudit(CLI::App& app, CommonOptions& common, int* exit_code);
 // Local policy tools (check, explain, test, matrix); no broker connection.
 void RegisterPolicy(CLI::App& app, CommonOptions& common, int* exit_code);

@@ -70,6 +70,7 @@ int main(int argc, char** argv) {
   int exit_code = kExitOk;
   RegisterSend(app, common, &exit_code);
   RegisterReceive(app, common, &exit_code);
+  RegisterRecall(app, common, &exit_code);
   RegisterAudit(app, common, &exit_code);
   RegisterPolicy(app, common, &exit_code);
   try {

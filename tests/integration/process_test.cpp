@@ -44,6 +44,7 @@ TEST_CASE("every command answers --help", "[process]") {
       {LIAISON_CLI_BIN, "--help"},
       {LIAISON_CLI_BIN, "send", "--help"},
       {LIAISON_CLI_BIN, "receive", "--help"},
+      {LIAISON_CLI_BIN, "recall", "--help"},
   };
   for (const auto& argv : commands) {
     std::string out;
@@ -148,6 +149,19 @@ TEST_CASE("liaison send and receive exchange a message through the real broker",
   CHECK(Run(broker.Cli("police", {"send", "--to", "health", "-"}), dir.path(), &out, &err, dir.File("incident.json")) == 0);
   CHECK(out.find("health") != std::string::npos);
   CHECK(out.find("queued") != std::string::npos);
+  // Sent again under the same id: the original outcome, marked as such.
+  const std::string id = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c42";
+  CHECK(Run(broker.Cli("police", {"send", "--to", "health", "--message-id", id, dir.File("incident.json")}),
+            dir.path(), &out, &err) == 0);
+  CHECK(Run(broker.Cli("police", {"--json", "send", "--to", "health", "--message-id", id, dir.File("incident.json")}),
+            dir.path(), &out, &err) == 0);
+  CHECK(out.find("\"duplicate\":true") != std::string::npos);
+  // health never connected: the recall withdraws its copy.
+  CHECK(Run(broker.Cli("police", {"--json", "recall", id, "--reason", "wrong recipient"}), dir.path(), &out, &err) ==
+        0);
+  CHECK(out.find("\"withdrawn\":[\"health\"]") != std::string::npos);
+  CHECK(Run(broker.Cli("social", {"recall", id}), dir.path(), &out, &err) == 4);  // not social's message
+  CHECK(err.find("unknown_message") != std::string::npos);
   // A recipient the policy does not permit: exit 1 and the reason.
   CHECK(Run(broker.Cli("police", {"send", "--to", "nobody", "-"}), dir.path(), &out, &err, dir.File("incident.json")) == 1);
   CHECK(out.find("REFUSED  unknown_recipient") != std::string::npos);
