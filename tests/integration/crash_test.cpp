@@ -10,7 +10,12 @@
 // scripts/crash-soak.sh run many trials.
 #include <catch2/catch.hpp>
 
+#include <sys/mount.h>
+
 #include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -18,6 +23,7 @@
 #include <set>
 #include <thread>
 
+#include "common/uuid.h"
 #include "tests/integration/process_support.h"
 #include "tests/integration/test_support.h"
 
@@ -170,4 +176,75 @@ TEST_CASE("kill -9 of the broker while agencies publish loses no acknowledged me
     const uint64_t dups = RunTrial(s, per_sender, /*kills=*/3);
     std::printf("crash trial seed %u: ok, %llu wire duplicate(s)\n", s, static_cast<unsigned long long>(dups));
   }
+}
+
+// Disk full: a small tmpfs under the store. Publishes that cannot be stored
+// are refused (store_failure), nothing acknowledged is lost, and the broker
+// recovers by itself when space returns.
+TEST_CASE("a full disk refuses publishes clearly, loses nothing, and recovers without a restart",
+          "[process][diskfull]") {
+  TempDir dir;
+  const std::string data = dir.File("data");
+  REQUIRE(::mkdir(data.c_str(), 0700) == 0);
+  if (::mount("tmpfs", data.c_str(), "tmpfs", 0, "size=6m,mode=0700") != 0) {
+    WARN("cannot mount a tmpfs here (" << std::strerror(errno) << "): the disk-full test did not run");
+    return;
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{data};
+  auto broker = std::make_unique<BrokerProcess>(dir);
+  auto police = Connect(broker->port(), "police");
+  std::vector<std::string> queued;
+  for (int i = 0; i < 20; ++i) {
+    v1::Message m = IncidentReport({"school"});
+    auto r = police->Publish(m);
+    REQUIRE(r.AllAccepted());
+    queued.push_back(r.message_id);
+  }
+  // Fill the disk.
+  {
+    std::ofstream filler(data + "/filler", std::ios::binary);
+    const std::string block(64 * 1024, 'x');
+    while (filler.write(block.data(), block.size())) {
+    }
+  }
+  int refused = 0, accepted_while_full = 0;
+  v1::Message big = IncidentReport({"school"});
+  big.mutable_incident_report()->set_description(std::string(20000, 'y'));
+  for (int i = 0; i < 50 && refused == 0; ++i) {
+    big.mutable_envelope()->set_message_id(NewUuid());
+    auto r = police->Publish(big);
+    REQUIRE(r.status.ok());
+    if (r.AllAccepted()) {
+      queued.push_back(r.message_id);
+      accepted_while_full++;
+    } else {
+      CHECK(r.outcomes.at(0).reason == "store_failure");
+      CHECK(r.outcomes.at(0).detail.find("could not store") != std::string::npos);
+      refused++;
+    }
+  }
+  CHECK(refused > 0);
+  INFO(broker->process().err());
+  CHECK(broker->process().err().find("failed, nothing of it is kept") != std::string::npos);
+  // Space returns: the same broker process accepts again.
+  REQUIRE(std::remove((data + "/filler").c_str()) == 0);
+  for (int i = 0; i < 5; ++i) {
+    v1::Message m = IncidentReport({"school"});
+    auto r = police->Publish(m);
+    CHECK(r.AllAccepted());
+    if (r.AllAccepted()) queued.push_back(r.message_id);
+  }
+  // Everything acknowledged arrives, once.
+  Receiver school(broker->port(), "school");
+  REQUIRE(school.WaitCount(queued.size(), std::chrono::seconds(30)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::lock_guard lock(school.mu);
+  std::set<std::string> got;
+  for (const auto& d : school.got) got.insert(d.message->envelope().message_id());
+  CHECK(got == std::set<std::string>(queued.begin(), queued.end()));
+  CHECK(school.got.size() == queued.size());
+  INFO(accepted_while_full << " accepted before the disk filled");
 }
