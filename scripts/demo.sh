@@ -54,14 +54,13 @@ as() {  # as AGENCY liaison-args...
     --cert "$PKI/$agency.crt" --key "$PKI/$agency.key" --ca "$PKI/ca.crt" "$@"
 }
 
-step "6. Social services and the school start receiving"
-mkdir -p "$DEMO/inbox-social"
-as school receive --out "$DEMO/inbox-school" --count 1 --wait 30 &
-SCHOOL_PID=$!
+step "6. Social services start receiving (the school's server is offline for now)"
+mkdir -p "$DEMO/inbox-social" "$DEMO/inbox-school"
+rm -f "$DEMO"/inbox-social/*.json "$DEMO"/inbox-school/*.json
 as social receive --out "$DEMO/inbox-social" --count 1 --wait 30 &
 SOCIAL_PID=$!
 for _ in $(seq 50); do
-  [ "$(grep -c "ready to receive" "$DEMO/broker.log")" -ge 2 ] && break
+  [ "$(grep -c "ready to receive" "$DEMO/broker.log")" -ge 1 ] && break
   sleep 0.1
 done
 
@@ -69,13 +68,17 @@ step "7. The police send an incident report to social services, the school and t
 echo "The policy (docs/examples/policy.yaml) permits social services the full report, the school"
 echo "a redacted copy (no criminal or special-category data, names pseudonymised), and the"
 echo "youth NGO nothing: no rule lets incident reports reach civil society."
+echo "'queued' means stored durably for that agency (it survives a crash of the broker)."
 echo "\$ liaison send --to social,school,youth-ngo --purpose safeguarding docs/examples/incident-report.json"
 set +e
 as police send --to social,school,youth-ngo --purpose safeguarding docs/examples/incident-report.json
 rc=$?
 set -e
 echo "(exit code $rc: at least one recipient was refused)"
-wait $SCHOOL_PID $SOCIAL_PID
+wait $SOCIAL_PID
+
+step "7b. The school comes online later and gets the copy that waited for it"
+as school receive --out "$DEMO/inbox-school" --count 1 --wait 30
 
 step "8. What each agency received (written to disk before it was acknowledged)"
 echo "-- social services (full report):"
@@ -90,6 +93,12 @@ set +e
 sed 's/"tlp"/"sender": "social", "tlp"/' docs/examples/incident-report.json | as police send --to school --purpose safeguarding -
 echo "(exit code $?)"
 set -e
+
+step "9b. A message sent by mistake is recalled before the recipient collects it"
+ID=$(as police --json send --to health --purpose safeguarding docs/examples/incident-report.json | sed -n 's/.*"messageId":"\([0-9a-f-]*\)".*/\1/p')
+echo "sent $ID to health (offline); now:"
+echo "\$ liaison recall $ID --reason 'sent to the wrong agency'"
+as police recall "$ID" --reason "sent to the wrong agency"
 
 step "10. Stopping the broker (SIGTERM: finish in-flight work, then close)"
 kill -TERM $BROKER_PID
@@ -106,7 +115,7 @@ sqlite3 -header -column "$DEMO/audit-export.db" \
   "SELECT seq, datetime(time_ms / 1000, 'unixepoch') AS time, event, sender, recipient, message_type AS type,
           purpose, decision, rules, substr(obligations, 1, 40) AS obligations
    FROM audit_log
-   WHERE message_id IN (SELECT message_id FROM audit_log WHERE message_id <> '' ORDER BY seq DESC LIMIT 6)
+   WHERE message_id IN (SELECT message_id FROM audit_log WHERE message_id <> '' ORDER BY seq DESC LIMIT 10)
    ORDER BY seq"
 echo "\$ liaison audit verify --db $DEMO/audit-export.db --pubkey $BUILD/keys/audit-signing.key.pub"
 "$CLI" audit verify --db "$DEMO/audit-export.db" --pubkey "$BUILD/keys/audit-signing.key.pub"
