@@ -33,6 +33,15 @@ struct Limits {
   // Bytes queued for a peer that is not reading before it is disconnected.
   uint64_t max_queued_bytes = 32 * 1024 * 1024;
   uint32_t max_connections = 20000;
+  // TLS handshakes in progress from one source address (the costliest thing
+  // an unauthenticated peer can make the broker do).
+  uint32_t max_handshakes_per_source = 64;
+  // Identified connections of one agency at once.
+  uint32_t max_connections_per_agency = 256;
+  // Publishes per second per agency (all its sessions), with bursts of up
+  // to publish_burst_per_agency; 0: unlimited.
+  uint32_t publish_rate_per_agency = 1000;
+  uint32_t publish_burst_per_agency = 5000;
   Millis handshake_timeout{10'000};  // TCP accept to Hello
   Millis idle_timeout{90'000};       // nothing received for this long: close
   Millis ping_interval{30'000};      // nothing received for this long: ping

@@ -73,6 +73,13 @@ void Session::HandlePublish(v1::Publish& publish) {
               "more than " + std::to_string(l.max_in_flight_publishes) + " publishes await acknowledgement", false);
     return;
   }
+  if (!broker_.admission.TakePublish(agency_)) {
+    SendError(rid, v1::REASON_RATE_LIMITED,
+              "agency '" + agency_ + "' publishes faster than this broker allows (" +
+                  std::to_string(l.publish_rate_per_agency) + " per second); slow down and publish again",
+              false);
+    return;
+  }
   if (!publish.has_message()) {
     SendError(rid, v1::REASON_INVALID_MESSAGE, "Publish carries no message", false);
     return;

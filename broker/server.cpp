@@ -89,6 +89,12 @@ asio::awaitable<void> Server::Impl::Accept() {
       socket.close(ignored);
       continue;
     }
+    const std::string address = remote.address().to_string();
+    if (!state.admission.BeginHandshake(address)) {
+      state.refusals.Count(address, "too_many_handshakes");
+      socket.close(ignored);
+      continue;
+    }
     socket.set_option(tcp::no_delay(true), ignored);
     state.stats.connections_accepted++;
     auto tls = state.tls_context();

@@ -89,6 +89,7 @@ asio::awaitable<void> Session::Run() {
   asio::co_spawn(stream_.strand(), Watchdog(), asio::detached);
 
   auto [ec] = co_await stream_.tls().async_handshake(asio::ssl::stream_base::server, kUseTuple);
+  broker_.admission.EndHandshake(PeerAddress());
   if (ec) {
     broker_.stats.handshakes_failed++;
     const std::string why = HandshakeFailure(stream_.tls().native_handle(), ec);
@@ -121,6 +122,16 @@ asio::awaitable<void> Session::Run() {
     Finish();
     co_return;
   }
+  if (!broker_.admission.AddSession((*agency)->id)) {
+    broker_.refusals.Count(PeerAddress(), "too_many_connections: " + (*agency)->id);
+    spdlog::warn("{}: refused: agency '{}' already has {} connections (limits.max_connections_per_agency)", tag_,
+                 (*agency)->id, broker_.config.limits.max_connections_per_agency);
+    SendError(0, v1::REASON_TOO_MANY_CONNECTIONS,
+              "agency '" + (*agency)->id + "' already has the most connections this broker allows", true);
+    Finish();
+    co_return;
+  }
+  agency_counted_ = true;
   agency_ = (*agency)->id;
   tag_ = "session " + std::to_string(id_) + " " + agency_ + "@" + peer_;
   phase_ = Phase::kAwaitHello;
@@ -257,6 +268,8 @@ void Session::Finish() {
   phase_ = Phase::kClosed;
   stream_.CloseGracefully();
   StopReceiving();
+  if (agency_counted_) broker_.admission.RemoveSession(agency_);
+  agency_counted_ = false;
   broker_.router.Remove(id_);
   watchdog_.cancel();
   if (was_identified) {

@@ -11,6 +11,7 @@
 #include <mutex>
 
 #include "broker/config.h"
+#include "broker/detail/admission.h"
 #include "broker/detail/audit_events.h"
 #include "broker/detail/mailbox.h"
 #include "broker/store/audit_reader.h"
@@ -39,6 +40,7 @@ class BrokerState {
   const BrokerConfig config;
   Router router;
   Mailboxes mailboxes{router};  // the durable queue, in memory; loaded once the store is open
+  Admission admission{config.limits};  // per source and per agency limits
   BrokerStats stats;
   // Publishes accepted and not yet answered, across all sessions; graceful
   // shutdown waits for it to reach zero.

@@ -118,6 +118,7 @@ class Session : public std::enable_shared_from_this<Session> {
   X509* peer_cert_ = nullptr;          // owned (up-referenced), for Revalidate
   STACK_OF_X509* peer_chain_ = nullptr;
 
+  bool agency_counted_ = false;  // counted in Admission's sessions of agency_
   bool draining_ = false;
   uint32_t in_flight_publishes_ = 0;
 

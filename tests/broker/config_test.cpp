@@ -280,7 +280,12 @@ TEST_CASE("BrokerConfig::Load reads every setting", "[broker][config]") {
                                      "  ping_interval_ms: 99\n"
                                      "  write_timeout_ms: 51\n"
                                      "  delivery_timeout_ms: 52\n"
-                                     "  shutdown_grace_ms: 0\n");
+                                     "  shutdown_grace_ms: 0\n"
+                                     "  max_retention_s: 13\n"
+                                     "  max_handshakes_per_source: 14\n"
+                                     "  max_connections_per_agency: 15\n"
+                                     "  publish_rate_per_agency: 0\n"
+                                     "  publish_burst_per_agency: 17\n");
   Diagnostics diags;
   auto c = BrokerConfig::Load(path, &diags);
   INFO(Errors(diags));
@@ -307,6 +312,11 @@ TEST_CASE("BrokerConfig::Load reads every setting", "[broker][config]") {
   CHECK(c->limits.write_timeout == milliseconds(51));
   CHECK(c->limits.delivery_timeout == milliseconds(52));
   CHECK(c->limits.shutdown_grace == milliseconds(0));
+  CHECK(c->limits.max_retention == milliseconds(13'000));
+  CHECK(c->limits.max_handshakes_per_source == 14);
+  CHECK(c->limits.max_connections_per_agency == 15);
+  CHECK(c->limits.publish_rate_per_agency == 0);
+  CHECK(c->limits.publish_burst_per_agency == 17);
 }
 
 TEST_CASE("the example broker configuration loads", "[broker][config]") {

@@ -227,3 +227,67 @@ TEST_CASE("a receiver that never reads is disconnected, everyone else keeps goin
   CHECK(health.got.size() == 200);
   CHECK(got == ids);
 }
+
+TEST_CASE("an agency that publishes too fast is rate limited, and the others' messages still flow", "[abuse][limits]") {
+  broker::Limits l;
+  l.publish_rate_per_agency = 20;
+  l.publish_burst_per_agency = 20;
+  TestBroker broker(l);
+  Receiver school(broker.port(), "school");
+  auto police = Connect(broker.port(), "police");
+  auto social = Connect(broker.port(), "social");
+  std::atomic<int> answered{0}, limited{0}, queued{0};
+  for (int i = 0; i < 200; ++i) {
+    police->Publish(IncidentReport({"school"}), [&](client::PublishResult r) {
+      if (r.error_code == "rate_limited") limited++;
+      if (r.AllAccepted()) queued++;
+      answered++;
+    });
+  }
+  // Meanwhile another agency is not slowed down.
+  for (int i = 0; i < 10; ++i) CHECK(social->Publish(IncidentReport({"school"})).AllAccepted());
+  REQUIRE(WaitFor([&] { return answered == 200; }));
+  CHECK(limited > 100);
+  CHECK(queued >= 20);
+  CHECK(limited + queued == 200);
+  REQUIRE(school.WaitCount(static_cast<size_t>(queued + 10)));
+  // The bucket refills: after a pause police may publish again.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(police->Publish(IncidentReport({"school"})).AllAccepted());
+}
+
+TEST_CASE("an agency may hold only so many connections", "[abuse][limits]") {
+  broker::Limits l;
+  l.max_connections_per_agency = 2;
+  TestBroker broker(l);
+  auto a = Connect(broker.port(), "police");
+  auto b = Connect(broker.port(), "police");
+  auto c = client::Client::Connect(Options(broker.port(), "police"));
+  REQUIRE_FALSE(c.ok());
+  CHECK(c.status().message().find("too_many_connections") != std::string::npos);
+  auto school = Connect(broker.port(), "school");  // other agencies are not affected
+  CHECK(school->connected());
+  // A connection that ends frees its place.
+  a->Close();
+  CHECK(WaitFor([&] { return client::Client::Connect(Options(broker.port(), "police")).ok(); }));
+}
+
+TEST_CASE("one source address may hold only so many TLS handshakes at once", "[abuse][limits]") {
+  broker::Limits l;
+  l.max_handshakes_per_source = 2;
+  l.handshake_timeout = std::chrono::milliseconds(1500);
+  TestBroker broker(l);
+  // Two silent TCP clients occupy the handshake slots of 127.0.0.1.
+  RawClient s1, s2, s3;
+  REQUIRE(s1.Connect(broker.port(), {}).ok());
+  REQUIRE(s2.Connect(broker.port(), {}).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // A third is closed at once, before any TLS work.
+  REQUIRE(s3.Connect(broker.port(), {}).ok());
+  CHECK(s3.WaitClosed(std::chrono::milliseconds(500)));
+  CHECK_FALSE(s1.WaitClosed(std::chrono::milliseconds(10)));
+  // Once the silent ones hit the handshake deadline, agencies connect again.
+  CHECK(s1.WaitClosed(std::chrono::seconds(5)));
+  CHECK(s2.WaitClosed(std::chrono::seconds(5)));
+  CHECK(WaitFor([&] { return client::Client::Connect(Options(broker.port(), "police")).ok(); }));
+}

@@ -211,7 +211,9 @@ TEST_CASE("the broker records every event, acknowledges with a covering checkpoi
   // The ack's checkpoint is signed by the broker and covers this publish.
   const std::string pem = *ReadFile(dir + "/keys/audit-signing.key.pub", 1 << 16);
   CHECK(audit::VerifyCheckpoint(r.checkpoint, pem).ok());
-  CHECK(r.checkpoint.tree_size > school->session().checkpoint.tree_size + 3);
+  // At least: police's connection_accepted and the two queued records (school
+  // and health); school's delivered record may or may not be in yet.
+  CHECK(r.checkpoint.tree_size >= school->session().checkpoint.tree_size + 3);
   // A spoofed sender and a refused connection are recorded too.
   m.mutable_envelope()->set_sender("social");
   m.mutable_envelope()->set_message_id("0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c99");
