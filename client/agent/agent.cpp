@@ -78,8 +78,8 @@ bool SafeKey(const std::string& sender, const std::string& message_id) {
 std::string SafeFilePart(const std::string& s) {
   std::string out;
   for (char c : s) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-                    c == '_' || c == '.';
+    const bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
     out += ok ? c : '_';
   }
   return out.empty() || out[0] == '.' ? "_" + out : out;
@@ -223,8 +223,8 @@ void Agent::TryConnect(Clock::time_point now) {
   if (!c.ok()) {
     const Millis delay = NextBackoff();
     next_connect_ = now + delay;
-    spdlog::warn("cannot connect to the broker at {}:{}: {}; retrying in {} ms", o.host, o.port,
-                 c.status().message(), delay.count());
+    spdlog::warn("cannot connect to the broker at {}:{}: {}; retrying in {} ms", o.host, o.port, c.status().message(),
+                 delay.count());
     return;
   }
   client_ = std::move(c).value();
@@ -233,8 +233,8 @@ void Agent::TryConnect(Clock::time_point now) {
   last_activity_ = connected_at_;
   ever_connected_ = true;
   const client::SessionInfo& s = client_->session();
-  spdlog::info("connected to broker '{}' at {}:{} as agency {} (session {}), receiving with credit {}",
-               s.broker_name, o.host, o.port, s.agency_id, s.session_id, s.credit);
+  spdlog::info("connected to broker '{}' at {}:{} as agency {} (session {}), receiving with credit {}", s.broker_name,
+               o.host, o.port, s.agency_id, s.session_id, s.credit);
 }
 
 void Agent::Disconnect(const std::string& why, bool error) {
@@ -403,8 +403,8 @@ Status Agent::HandleResults(std::vector<Event*>& results) {
     std::string dir, result;
     if (!r.status.ok()) {
       const std::string& code = r.error_code;
-      const bool permanent = code == "invalid_message" || code == "sender_mismatch" ||
-                             code == "duplicate_message_id" || (code.empty() && r.status.IsInvalidArgument());
+      const bool permanent = code == "invalid_message" || code == "sender_mismatch" || code == "duplicate_message_id" ||
+                             (code.empty() && r.status.IsInvalidArgument());
       if (!permanent) {
         // Unknown outcome or a passing refusal: the same bytes go again,
         // under the same id (the broker answers a repeat with the original
@@ -455,7 +455,9 @@ Status Agent::HandleResults(std::vector<Event*>& results) {
     for (auto& r : rows) pending_.emplace(r.id, r);  // unknown outcome: publish again
     return s;
   }
-  return ApplySettled(rows);
+  Status moved = ApplySettled(rows);
+  if (!moved.ok()) unmoved_.insert(unmoved_.end(), rows.begin(), rows.end());
+  return moved;
 }
 
 // ---- inbox -------------------------------------------------------------
@@ -471,9 +473,10 @@ Status Agent::FlushMessages(std::vector<Event*>& group, std::vector<const Event*
     const std::string& sender = env.sender();
     const std::string& id = env.message_id();
     if (!SafeKey(sender, id)) {
-      spdlog::error("inbox: a delivery from the broker names sender '{}' and message id '{}', which cannot be a "
-                    "file name; not acknowledged",
-                    sender.substr(0, 64), id.substr(0, 64));
+      spdlog::error(
+          "inbox: a delivery from the broker names sender '{}' and message id '{}', which cannot be a "
+          "file name; not acknowledged",
+          sender.substr(0, 64), id.substr(0, 64));
       continue;
     }
     StateDb::InboxKey key{sender, id, sender + "_" + id + ".json"};
@@ -556,8 +559,8 @@ Status Agent::HandleReport(const client::DeliveryReport& r) {
     base = (*where)->second;
   }
   const std::string path = dir + "/" + base + ".report." + SafeFilePart(r.recipient) + ".json";
-  const std::string line = "{\"report\":{\"messageId\":" + Json(r.message_id) + ",\"recipient\":" +
-                           Json(r.recipient) + ",\"outcome\":" + Json(r.outcome) + ",\"reason\":" + Json(r.reason) +
+  const std::string line = "{\"report\":{\"messageId\":" + Json(r.message_id) + ",\"recipient\":" + Json(r.recipient) +
+                           ",\"outcome\":" + Json(r.outcome) + ",\"reason\":" + Json(r.reason) +
                            ",\"detail\":" + Json(r.detail) + ",\"timeMs\":" + std::to_string(r.time_ms) + "}}\n";
   if (Status s = WriteFileAtomic(path, line, 0640); !s.ok()) return s;
   spdlog::info("report: {} -> {}: {}{}", r.message_id, r.recipient, r.outcome,
@@ -585,7 +588,8 @@ Status Agent::HandleEvents(std::deque<Event>& events) {
       const std::string& m = e.why.message();
       closed_error = m.find("taken_over") != std::string::npos;
       closed_why = closed_error ? "another session of this agency took over receiving (is a second liaison-agent "
-                                  "running for this agency?): " + m
+                                  "running for this agency?): " +
+                                      m
                                 : "connection to the broker lost: " + (e.why.ok() ? std::string("closed") : m);
       continue;
     }
@@ -650,6 +654,14 @@ Status Agent::Run(const RunOptions& options) {
       }
       idle_scan = pending_.size() == before;
       next_scan = now + config_.poll_interval;
+      if (!unmoved_.empty()) {
+        std::vector<OutboxRow> rows = std::move(unmoved_);
+        unmoved_.clear();
+        if (Status s = ApplySettled(rows); !s.ok()) {
+          spdlog::error("outbox: {}", s.message());
+          unmoved_ = std::move(rows);
+        }
+      }
     }
     if (client_) PublishPending(now);
 
@@ -678,8 +690,8 @@ Status Agent::Run(const RunOptions& options) {
     }
     now = Clock::now();
     if (options.once) {
-      const bool done = client_ && ever_connected_ && pending_.empty() && in_flight_.empty() && idle_scan &&
-                        now - last_activity_ >= options.idle && (!hooks_ || hooks_->Idle());
+      const bool done = client_ && ever_connected_ && pending_.empty() && in_flight_.empty() && unmoved_.empty() &&
+                        idle_scan && now - last_activity_ >= options.idle && (!hooks_ || hooks_->Idle());
       if (done) break;
       if (now >= deadline) {
         result = Status::Unavailable(ever_connected_ ? "not finished within the time allowed"

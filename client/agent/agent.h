@@ -120,6 +120,7 @@ class Agent {
   std::map<int64_t, OutboxRow> pending_;  // claimed, not settled, by row id
   std::set<int64_t> in_flight_;           // published on the current connection, unanswered
   std::map<int64_t, std::chrono::steady_clock::time_point> retry_at_;
+  std::vector<OutboxRow> unmoved_;  // settled, but the move failed (disk): tried again
   std::set<std::string> skipped_logged_;
   Status alarm_;
   std::mt19937_64 rng_;

@@ -38,8 +38,7 @@ std::optional<AgentConfig> AgentConfig::Load(const std::string& path, Diagnostic
   return LoadText(*text, path, diags);
 }
 
-std::optional<AgentConfig> AgentConfig::LoadText(const std::string& text, const std::string& path,
-                                                 Diagnostics* diags) {
+std::optional<AgentConfig> AgentConfig::LoadText(const std::string& text, const std::string& path, Diagnostics* diags) {
   const size_t before = diags->size();
   auto root = yaml::Parse(text, path, diags);
   if (!root) return std::nullopt;
@@ -94,15 +93,14 @@ std::optional<AgentConfig> AgentConfig::LoadText(const std::string& text, const 
       auto [it, fresh] = seen.emplace(norm, key);
       if (!fresh) {
         r.Error(m[key] ? m[key] : m, std::string("'") + key + "' is the same directory as '" + it->second + "' (" +
-                                          norm + "); each directory must have its own");
+                                         norm + "); each directory must have its own");
       }
     }
   }
 
   if (const YAML::Node& h = m["hook"]; h) {
     HookConfig hook;
-    if (r.ExpectMap(h, "'hook'",
-                    {"command", "max_attempts", "initial_backoff_ms", "max_backoff_ms", "timeout_ms"})) {
+    if (r.ExpectMap(h, "'hook'", {"command", "max_attempts", "initial_backoff_ms", "max_backoff_ms", "timeout_ms"})) {
       if (auto cmd = r.StringList(h, "command", true)) {
         if (cmd->empty() || (*cmd)[0].empty()) {
           r.Error(h["command"], "'command' must name a program");
@@ -186,16 +184,18 @@ void CheckAgentFiles(const AgentConfig& c, Diagnostics* diags) {
     if (::access(at.c_str(), W_OK | X_OK) != 0) {
       FileError(diags, c.path,
                 std::string(d.key) + " " + d.path + ": " + at +
-                    (at == std::filesystem::absolute(d.path).lexically_normal().string() ? " is not writable"
-                                                                                        : " is not writable, so it cannot be created"));
+                    (at == std::filesystem::absolute(d.path).lexically_normal().string()
+                         ? " is not writable"
+                         : " is not writable, so it cannot be created"));
       continue;
     }
     devices[d.key] = st.st_dev;
   }
   auto same_fs = [&](const char* a, const char* b) {
     if (devices.count(a) && devices.count(b) && devices[a] != devices[b]) {
-      FileError(diags, c.path,
-                std::string("'") + b + "' must be on the same file system as '" + a + "' (files are renamed between them)");
+      FileError(
+          diags, c.path,
+          std::string("'") + b + "' must be on the same file system as '" + a + "' (files are renamed between them)");
     }
   };
   same_fs("outbox", "sent");

@@ -22,10 +22,10 @@ using Millis = std::chrono::milliseconds;
 struct HookConfig {
   // argv; the message file's path is appended as the last argument.
   std::vector<std::string> command;
-  int max_attempts = 5;             // runs in all, the first included
-  Millis initial_backoff{1'000};    // before the second run; doubles each time
+  int max_attempts = 5;           // runs in all, the first included
+  Millis initial_backoff{1'000};  // before the second run; doubles each time
   Millis max_backoff{300'000};
-  Millis timeout{60'000};           // a run taking longer is killed and counts as failed
+  Millis timeout{60'000};  // a run taking longer is killed and counts as failed
 };
 
 struct AgentConfig {

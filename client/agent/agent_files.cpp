@@ -14,7 +14,9 @@
 namespace liaison::agent {
 namespace {
 
-Status Errno(const std::string& what) { return Status::IoError(what + ": " + std::strerror(errno)); }
+Status Errno(const std::string& what) {
+  return Status::IoError(what + ": " + std::strerror(errno));
+}
 
 bool EndsWith(const std::string& s, const char* suffix) {
   const size_t n = std::strlen(suffix);
@@ -89,8 +91,7 @@ Result<int> LockFile(const std::string& path) {
     const int saved = errno;
     ::close(fd);
     if (saved == EWOULDBLOCK) {
-      return Status::Unavailable("another liaison-agent is running with this state directory (" + path +
-                                 " is locked)");
+      return Status::Unavailable("another liaison-agent is running with this state directory (" + path + " is locked)");
     }
     errno = saved;
     return Errno("cannot lock " + path);

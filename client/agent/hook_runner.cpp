@@ -33,7 +33,9 @@ bool IsOurVariable(const char* entry) {
 
 HookRunner::HookRunner(StateDb& db, HookConfig config) : db_(db), config_(std::move(config)) {}
 
-HookRunner::~HookRunner() { Stop(); }
+HookRunner::~HookRunner() {
+  Stop();
+}
 
 void HookRunner::Start() {
   {

@@ -52,9 +52,9 @@ class HookRunner {
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;
-  bool stop_ = false;       // guarded by mu_
-  bool notified_ = false;   // guarded by mu_
-  bool busy_ = false;       // guarded by mu_: running, or about to look for work
+  bool stop_ = false;      // guarded by mu_
+  bool notified_ = false;  // guarded by mu_
+  bool busy_ = false;      // guarded by mu_: running, or about to look for work
   std::atomic<int64_t> succeeded_{0};
   std::atomic<int64_t> failed_runs_{0};
 };

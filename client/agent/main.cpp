@@ -1,10 +1,9 @@
 // liaison-agent: the agency daemon. See docs/agent.md.
-#include <CLI/CLI.hpp>
-#include <spdlog/spdlog.h>
-
 #include <pthread.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <thread>
 
@@ -46,8 +45,8 @@ int ReportDiagnostics(const liaison::Diagnostics& diags, const std::string& path
     for (size_t i = 0; i < diags.size(); ++i) {
       const auto& d = diags[i];
       out += (i ? "," : "") + std::string("{\"file\":") + Json(d.file) + ",\"line\":" + std::to_string(d.line) +
-             ",\"column\":" + std::to_string(d.column) + ",\"severity\":" +
-             (d.severity == liaison::Diagnostic::Severity::kError ? "\"error\"" : "\"warning\"") +
+             ",\"column\":" + std::to_string(d.column) +
+             ",\"severity\":" + (d.severity == liaison::Diagnostic::Severity::kError ? "\"error\"" : "\"warning\"") +
              ",\"message\":" + Json(d.message) + "}";
     }
     std::printf("%s]}\n", out.c_str());
@@ -68,9 +67,10 @@ int ReportDiagnostics(const liaison::Diagnostics& diags, const std::string& path
 
 int main(int argc, char** argv) {
   using namespace liaison;
-  CLI::App app{"liaison-agent: the agency daemon of a Liaison network. Sends the message files dropped into the "
-               "outbox, writes received messages into the inbox, files recall notices and delivery reports "
-               "(docs/agent.md)"};
+  CLI::App app{
+      "liaison-agent: the agency daemon of a Liaison network. Sends the message files dropped into the "
+      "outbox, writes received messages into the inbox, files recall notices and delivery reports "
+      "(docs/agent.md)"};
   std::string config_path, log_level;
   bool check_only = false, json = false, once = false;
   int idle_ms = 1000, timeout_s = 120;
@@ -144,21 +144,23 @@ int main(int argc, char** argv) {
   ro.timeout = std::chrono::seconds(timeout_s);
   const Status s = a->Run(ro);
   const agent::AgentStats st = a->stats();
-  spdlog::info("stopped: {} sent, {} failed, {} received, {} duplicate(s) dropped, {} recall(s), {} report(s), "
-               "{} outbox file(s) still to send",
-               st.sent, st.failed, st.received, st.duplicates, st.recalls, st.reports, st.pending);
+  spdlog::info(
+      "stopped: {} sent, {} failed, {} received, {} duplicate(s) dropped, {} recall(s), {} report(s), "
+      "{} outbox file(s) still to send",
+      st.sent, st.failed, st.received, st.duplicates, st.recalls, st.reports, st.pending);
   int rc = kExitOk;
   if (!s.ok()) {
     spdlog::error("{}", s.message());
     rc = s.IsCorruption() ? kExitAuditAlarm : s.IsUnavailable() ? kExitUnfinished : kExitLocal;
   }
   if (json && once) {
-    std::printf("{\"ok\":%s,\"sent\":%lld,\"failed\":%lld,\"received\":%lld,\"duplicates\":%lld,\"recalls\":%lld,"
-                "\"reports\":%lld,\"pending\":%lld,\"error\":%s}\n",
-                s.ok() ? "true" : "false", static_cast<long long>(st.sent), static_cast<long long>(st.failed),
-                static_cast<long long>(st.received), static_cast<long long>(st.duplicates),
-                static_cast<long long>(st.recalls), static_cast<long long>(st.reports),
-                static_cast<long long>(st.pending), Json(s.ok() ? "" : s.message()).c_str());
+    std::printf(
+        "{\"ok\":%s,\"sent\":%lld,\"failed\":%lld,\"received\":%lld,\"duplicates\":%lld,\"recalls\":%lld,"
+        "\"reports\":%lld,\"pending\":%lld,\"error\":%s}\n",
+        s.ok() ? "true" : "false", static_cast<long long>(st.sent), static_cast<long long>(st.failed),
+        static_cast<long long>(st.received), static_cast<long long>(st.duplicates), static_cast<long long>(st.recalls),
+        static_cast<long long>(st.reports), static_cast<long long>(st.pending),
+        Json(s.ok() ? "" : s.message()).c_str());
     std::fflush(stdout);
   }
   agent->reset();

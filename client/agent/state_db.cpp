@@ -85,7 +85,8 @@ Result<std::unique_ptr<StateDb>> StateDb::Open(const std::string& path) {
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr) !=
       SQLITE_OK) {
-    Status s = Status::IoError("cannot open state database " + path + ": " + (db ? sqlite3_errmsg(db) : "out of memory"));
+    Status s =
+        Status::IoError("cannot open state database " + path + ": " + (db ? sqlite3_errmsg(db) : "out of memory"));
     sqlite3_close(db);
     return s;
   }
@@ -94,16 +95,20 @@ Result<std::unique_ptr<StateDb>> StateDb::Open(const std::string& path) {
   // FULL: a commit is on disk (WAL fsynced) when it returns, which every
   // guarantee in docs/agent.md relies on. secure_delete: bodies of sent
   // messages are overwritten when dropped, not left in free pages.
-  for (const char* sql : {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA secure_delete = ON",
-                          kSchema}) {
+  for (const char* sql :
+       {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA secure_delete = ON", kSchema}) {
     if (Status s = out->Exec(sql); !s.ok()) return s.Annotate("state database " + path);
   }
   return out;
 }
 
-StateDb::~StateDb() { sqlite3_close(db_); }
+StateDb::~StateDb() {
+  sqlite3_close(db_);
+}
 
-Status StateDb::Error(const char* what) { return Status::IoError(std::string(what) + ": " + sqlite3_errmsg(db_)); }
+Status StateDb::Error(const char* what) {
+  return Status::IoError(std::string(what) + ": " + sqlite3_errmsg(db_));
+}
 
 Status StateDb::Exec(const char* sql) {
   char* err = nullptr;

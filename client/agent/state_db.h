@@ -32,13 +32,13 @@ namespace liaison::agent {
 struct OutboxRow {
   enum class State { kPending, kSettled, kDone };
   int64_t id = 0;
-  std::string name;        // file name in the outbox
+  std::string name;  // file name in the outbox
   std::string message_id;
-  std::string body;        // serialized liaison.v1.Message, exactly as published (empty once done)
+  std::string body;  // serialized liaison.v1.Message, exactly as published (empty once done)
   State state = State::kPending;
-  std::string dir;         // settled: "sent" or "failed"
-  std::string dest;        // file name in sent/ or failed/
-  std::string result;      // settled: the JSON written beside the file
+  std::string dir;     // settled: "sent" or "failed"
+  std::string dest;    // file name in sent/ or failed/
+  std::string result;  // settled: the JSON written beside the file
 };
 
 struct HookRow {

@@ -1,8 +1,8 @@
 // The agent's configuration: table-driven, text in, expected error and
 // position out (client/agent/agent_config.h).
-#include <catch2/catch.hpp>
-
 #include "client/agent/agent_config.h"
+
+#include <catch2/catch.hpp>
 
 using namespace liaison;
 using namespace liaison::agent;
@@ -18,7 +18,9 @@ const std::string kBase =
     "inbox: spool/inbox\n"               // 6
     "state_dir: /var/lib/agent\n";       // 7
 
-std::string Errors(const Diagnostics& d) { return FormatDiagnostics(d); }
+std::string Errors(const Diagnostics& d) {
+  return FormatDiagnostics(d);
+}
 
 }  // namespace
 

@@ -2,9 +2,8 @@
 // receives, at moments chosen by fixed seeds; after a restart every message
 // is in sent/ (sender) and in the inbox (recipient) exactly once, under one
 // message id (docs/agent.md, "Crash guarantees").
-#include <catch2/catch.hpp>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <map>
 #include <random>
 #include <set>
@@ -20,7 +19,9 @@ namespace {
 constexpr int kMessages = 200;
 using Ms = std::chrono::milliseconds;
 
-size_t Count(const std::string& dir, const std::string& suffix) { return NamesEnding(dir, suffix).size(); }
+size_t Count(const std::string& dir, const std::string& suffix) {
+  return NamesEnding(dir, suffix).size();
+}
 
 double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
@@ -148,8 +149,10 @@ TEST_CASE("kill -9 while sending: every outbox file ends in sent/ once, under on
     std::fprintf(stderr, "agent kill -9 while sending, seed %llu: acks on disk at each kill:%s; %.2f s\n",
                  static_cast<unsigned long long>(seed), kills.c_str(), Seconds(started));
   }
-  std::fprintf(stderr, "agent kill -9 while sending: %d kill(s) mid-stream, %d file(s) re-sent and answered "
-               "as duplicates\n", mid_stream_kills, repeated);
+  std::fprintf(stderr,
+               "agent kill -9 while sending: %d kill(s) mid-stream, %d file(s) re-sent and answered "
+               "as duplicates\n",
+               mid_stream_kills, repeated);
   // The kills must have hit while there was work in progress.
   CHECK(mid_stream_kills >= 3);
 }

@@ -150,12 +150,19 @@ struct AgentDirs {
     const std::string& pki = PkiDir();
     const std::string text = "broker: 127.0.0.1:" + std::to_string(port) +
                              "\nserver_name: localhost\n"
-                             "certificate: " + pki + "/" + agency + ".crt\n"
-                             "private_key: " + pki + "/" + agency + ".key\n"
-                             "ca_bundle: " + pki + "/ca.crt\n"
+                             "certificate: " +
+                             pki + "/" + agency +
+                             ".crt\n"
+                             "private_key: " +
+                             pki + "/" + agency +
+                             ".key\n"
+                             "ca_bundle: " +
+                             pki +
+                             "/ca.crt\n"
                              "outbox: outbox\ninbox: inbox\nstate_dir: state\n"
                              "poll_interval_ms: 50\n"
-                             "reconnect:\n  initial_delay_ms: 50\n  max_delay_ms: 400\n" + extra;
+                             "reconnect:\n  initial_delay_ms: 50\n  max_delay_ms: 400\n" +
+                             extra;
     if (!WriteFileAtomic(config(), text).ok()) throw std::runtime_error("cannot write " + config());
     std::filesystem::create_directories(outbox());
   }
@@ -182,7 +189,8 @@ inline std::string MessageJson(const std::string& recipients, const std::string&
          "\"recipients\": " + recipients +
          ", \"tlp\": \"TLP_AMBER\", \"purpose\": \"safeguarding\", \"caseId\": \"CASE-7\"},\n"
          "  \"incidentReport\": {\"incidentType\": \"INCIDENT_HATE_SPEECH\", \"biasMotivations\": [\"BIAS_ANTI_ROMA\"],"
-         " \"description\": \"" + description + "\", \"severity\": \"SEVERITY_MEDIUM\"}\n}\n";
+         " \"description\": \"" +
+         description + "\", \"severity\": \"SEVERITY_MEDIUM\"}\n}\n";
 }
 
 }  // namespace liaison::test

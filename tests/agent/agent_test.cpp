@@ -1,7 +1,6 @@
 // liaison-agent as agencies run it: the real binary against an in-process
 // broker over real TLS, with real files (docs/agent.md).
 #include <catch2/catch.hpp>
-
 #include <set>
 
 #include "client/client.h"
@@ -27,7 +26,8 @@ int RunOnce(const AgentDirs& d, std::string* out = nullptr, const std::string& n
 
 std::set<std::string> AckIds(const AgentDirs& d) {
   std::set<std::string> ids;
-  for (const auto& n : NamesEnding(d.sent(), ".ack.json")) ids.insert(JsonField(Slurp(d.sent() + "/" + n), "messageId"));
+  for (const auto& n : NamesEnding(d.sent(), ".ack.json"))
+    ids.insert(JsonField(Slurp(d.sent() + "/" + n), "messageId"));
   return ids;
 }
 
@@ -75,8 +75,9 @@ TEST_CASE("liaison-agent answers --help and checks its configuration", "[agent][
     INFO(p.err());
     CHECK(p.err().find(d.config() + ":13:9: error: 'credit' must be a whole number") != std::string::npos);
   }
-  REQUIRE(WriteFileAtomic(d.config(), Slurp(d.config()).substr(0, Slurp(d.config()).find("credit:"))  +
-                                          "hook:\n  command: [missing-hook]\n").ok());
+  REQUIRE(WriteFileAtomic(d.config(), Slurp(d.config()).substr(0, Slurp(d.config()).find("credit:")) +
+                                          "hook:\n  command: [missing-hook]\n")
+              .ok());
   {
     ChildProcess p(AgentArgs(d, {"--check-config", "--json"}), dir.path(), "check-json");
     CHECK(p.Wait() == 1);
@@ -86,7 +87,7 @@ TEST_CASE("liaison-agent answers --help and checks its configuration", "[agent][
   }
 }
 
-TEST_CASE("agent outbox: each file is sent once and moved to sent/ with its ack; other files are left alone",
+TEST_CASE("agent outbox: each file is sent once and moved to sent/ with its ack, other files stay",
           "[agent][outbox]") {
   TestBroker broker;
   Receiver school(broker.port(), "school");
@@ -259,7 +260,7 @@ TEST_CASE("agent inbox: written before the acknowledgement, duplicates dropped, 
   }
 }
 
-TEST_CASE("agent: delivery reports beside the sent file; SIGTERM stops it cleanly", "[agent][reports]") {
+TEST_CASE("agent: delivery reports beside the sent file, and SIGTERM stops it cleanly", "[agent][reports]") {
   TestBroker broker;
   Receiver school(broker.port(), "school");
   TempDir dir;
