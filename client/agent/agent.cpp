@@ -576,12 +576,15 @@ Status Agent::HandleEvents(std::deque<Event>& events) {
   bool closed = false;
   std::string closed_why;
   bool closed_error = false;
-  Status status;
+  // Answers to publishes first: they arrived before any report about the
+  // same message, so the ack file is written before the report beside it.
   for (Event& e : events) {
-    if (e.kind == Event::Kind::kPublished) {
-      results.push_back(&e);
-      continue;
-    }
+    if (e.kind == Event::Kind::kPublished) results.push_back(&e);
+  }
+  Status status = HandleResults(results);
+  for (Event& e : events) {
+    if (!status.ok()) break;
+    if (e.kind == Event::Kind::kPublished) continue;
     if (e.kind == Event::Kind::kClosed) {
       if (e.generation != generation_ || !client_) continue;
       closed = true;
@@ -619,8 +622,6 @@ Status Agent::HandleEvents(std::deque<Event>& events) {
       if (e->generation == generation_) client_->Acknowledge(e->delivery);
     }
   }
-  Status results_status = HandleResults(results);
-  if (status.ok()) status = results_status;
   if (closed) Disconnect(closed_why, closed_error);
   return status;
 }
