@@ -1,0 +1,734 @@
+#include "client/agent/agent.h"
+
+#include <google/protobuf/util/time_util.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "client/agent/agent_files.h"
+#include "common/files.h"
+#include "common/uuid.h"
+#include "proto/detail/pb.h"
+#include "proto/message_json.h"
+#include "proto/validate.h"
+
+namespace liaison::agent {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr size_t kMaxMessageFileBytes = 4 * 1024 * 1024;
+constexpr size_t kMaxClaimsPerScan = 256;
+constexpr const char* kStagingName = ".liaison-incoming";
+// A connection that lasted this long resets the reconnect backoff.
+constexpr auto kStableConnection = std::chrono::seconds(10);
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string Json(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string OutcomesJson(const std::vector<client::RecipientOutcome>& outcomes) {
+  std::string out = "[";
+  for (size_t i = 0; i < outcomes.size(); ++i) {
+    const auto& o = outcomes[i];
+    out += (i ? "," : "") + std::string("{\"recipient\":") + Json(o.recipient) + ",\"outcome\":" + Json(o.outcome) +
+           ",\"reason\":" + Json(o.reason) + ",\"detail\":" + Json(o.detail) + "}";
+  }
+  return out + "]";
+}
+
+std::string ErrorJson(const std::string& file, const std::string& message_id, const std::string& code,
+                      const std::string& message, const std::vector<client::RecipientOutcome>& outcomes = {}) {
+  return "{\"file\":" + Json(file) + ",\"messageId\":" + Json(message_id) + ",\"error\":" + Json(code) +
+         ",\"message\":" + Json(message) + ",\"outcomes\":" + OutcomesJson(outcomes) +
+         ",\"timeMs\":" + std::to_string(NowMs()) + "}\n";
+}
+
+// Sender ids and message ids come from the broker; they become file names,
+// so they are checked rather than trusted.
+bool SafeKey(const std::string& sender, const std::string& message_id) {
+  if (!proto::IsValidAgencyId(sender)) return false;
+  auto id = NormalizeUuid(message_id);
+  return id.ok() && *id == message_id;
+}
+
+std::string SafeFilePart(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    const bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
+    out += ok ? c : '_';
+  }
+  return out.empty() || out[0] == '.' ? "_" + out : out;
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+Agent::Agent(AgentConfig config) : config_(std::move(config)), rng_(std::random_device{}()) {
+  staging_ = config_.inbox + "/" + kStagingName;
+}
+
+Agent::~Agent() {
+  if (client_) client_->Close();
+  if (hooks_) hooks_->Stop();
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
+Result<std::unique_ptr<Agent>> Agent::Open(AgentConfig config) {
+  std::unique_ptr<Agent> a(new Agent(std::move(config)));
+  const AgentConfig& c = a->config_;
+  if (Status s = EnsureDirectory(c.state_dir, 0700); !s.ok()) return s;
+  auto lock = LockFile(c.state_dir + "/agent.lock");
+  if (!lock.ok()) return lock.status();
+  a->lock_fd_ = *lock;
+  const std::string* dirs[] = {&c.outbox, &c.sent, &c.failed, &c.inbox, &c.recalled, &a->staging_};
+  for (const std::string* dir : dirs) {
+    if (Status s = EnsureDirectory(*dir, 0750); !s.ok()) return s;
+  }
+  auto db = StateDb::Open(c.state_dir + "/state.db");
+  if (!db.ok()) return db.status();
+  a->db_ = std::move(db).value();
+  if (Status s = a->Recover(); !s.ok()) return s.Annotate("finishing what the last run left");
+  if (c.hook) a->hooks_ = std::make_unique<HookRunner>(*a->db_, *c.hook);
+  return a;
+}
+
+// Completes every step a crash interrupted. Each is repeatable: a file
+// already moved is not moved again, a staged message already in the inbox
+// is not written again.
+Status Agent::Recover() {
+  auto active = db_->ActiveOutbox();
+  if (!active.ok()) return active.status();
+  std::vector<OutboxRow> settled;
+  for (auto& r : *active) {
+    if (r.state == OutboxRow::State::kSettled) {
+      settled.push_back(std::move(r));
+    } else {
+      pending_.emplace(r.id, std::move(r));
+    }
+  }
+  if (!settled.empty()) {
+    spdlog::info("moving {} file(s) the last run had sent but not yet moved", settled.size());
+    if (Status s = ApplySettled(settled); !s.ok()) return s;
+  }
+  if (!pending_.empty()) {
+    spdlog::info("{} outbox file(s) recorded but not yet acknowledged by the broker: sending again under their ids",
+                 pending_.size());
+  }
+  auto staged = db_->StagedInbox();
+  if (!staged.ok()) return staged.status();
+  if (!staged->empty()) {
+    for (const auto& k : *staged) {
+      // Still in staging: the rename into the inbox did not happen yet.
+      if (FileExists(staging_ + "/" + k.name)) {
+        if (Status s = RenameFile(staging_ + "/" + k.name, config_.inbox + "/" + k.name); !s.ok()) return s;
+      }
+    }
+    if (Status s = SyncDirectory(config_.inbox); !s.ok()) return s;
+    if (Status s = SyncDirectory(staging_); !s.ok()) return s;
+    if (Status s = db_->FinishInbox(*staged, config_.hook.has_value(), config_.inbox, NowMs()); !s.ok()) return s;
+    spdlog::info("moved {} message(s) the last run had written but not yet placed into the inbox", staged->size());
+  }
+  // What is left in staging was written but never recorded: its delivery
+  // was not acknowledged, so the broker delivers it again.
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(staging_, ec)) {
+    std::filesystem::remove(e.path(), ec);
+  }
+  return Status::Ok();
+}
+
+void Agent::Push(Event e) {
+  std::lock_guard lock(mu_);
+  events_.push_back(std::move(e));
+  cv_.notify_one();
+}
+
+void Agent::Stop() {
+  std::lock_guard lock(mu_);
+  stop_ = true;
+  cv_.notify_all();
+}
+
+AgentStats Agent::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+// ---- connection --------------------------------------------------------
+
+Millis Agent::NextBackoff() {
+  Millis d = config_.reconnect_initial;
+  for (int i = 0; i < backoff_attempt_ && d < config_.reconnect_max; ++i) d *= 2;
+  d = std::min(d, config_.reconnect_max);
+  if (backoff_attempt_ < 30) ++backoff_attempt_;
+  // "Equal jitter": between half and all of the delay, so that agencies
+  // cut off together do not all come back in the same millisecond.
+  std::uniform_int_distribution<int64_t> jitter(d.count() / 2, d.count());
+  return Millis(jitter(rng_));
+}
+
+void Agent::TryConnect(Clock::time_point now) {
+  client::ClientOptions o = config_.connection;
+  o.receive = true;
+  o.take_over = true;  // replaces the session of a predecessor that crashed
+  o.credit = config_.credit;
+  o.want_reports = config_.want_reports;
+  o.client_name = "liaison-agent/0.1";
+  o.connect_timeout = std::chrono::seconds(5);
+  const uint64_t gen = ++generation_;
+  auto c = client::Client::Connect(
+      o,
+      [this, gen](client::Delivery d) {
+        Event e;
+        e.kind = Event::Kind::kDelivery;
+        e.generation = gen;
+        e.delivery = std::move(d);
+        Push(std::move(e));
+      },
+      [this, gen](const Status& why) {
+        Event e;
+        e.kind = Event::Kind::kClosed;
+        e.generation = gen;
+        e.why = why;
+        Push(std::move(e));
+      });
+  if (!c.ok()) {
+    const Millis delay = NextBackoff();
+    next_connect_ = now + delay;
+    spdlog::warn("cannot connect to the broker at {}:{}: {}; retrying in {} ms", o.host, o.port, c.status().message(),
+                 delay.count());
+    return;
+  }
+  client_ = std::move(c).value();
+  in_flight_.clear();
+  connected_at_ = Clock::now();
+  last_activity_ = connected_at_;
+  ever_connected_ = true;
+  const client::SessionInfo& s = client_->session();
+  spdlog::info("connected to broker '{}' at {}:{} as agency {} (session {}), receiving with credit {}", s.broker_name,
+               o.host, o.port, s.agency_id, s.session_id, s.credit);
+}
+
+void Agent::Disconnect(const std::string& why, bool error) {
+  if (!client_) return;
+  client_->Close();
+  client_.reset();
+  in_flight_.clear();
+  const auto now = Clock::now();
+  if (now - connected_at_ >= kStableConnection) backoff_attempt_ = 0;
+  const Millis delay = NextBackoff();
+  next_connect_ = now + delay;
+  if (error) {
+    spdlog::error("{}; reconnecting in {} ms", why, delay.count());
+  } else {
+    spdlog::warn("{}; reconnecting in {} ms", why, delay.count());
+  }
+}
+
+// ---- outbox ------------------------------------------------------------
+
+std::string Agent::DestName(const std::string& name, const std::string& unique) {
+  if (!FileExists(config_.sent + "/" + name) && !FileExists(config_.failed + "/" + name)) return name;
+  // An earlier file of the same name is in sent/ or failed/: keep both.
+  const auto dot = name.rfind('.');
+  return name.substr(0, dot) + "." + unique + name.substr(dot);
+}
+
+void Agent::FailFile(const std::string& name, const std::string& code, const std::string& message) {
+  spdlog::warn("outbox: {} not sent: {}", name, message);
+  const std::string dest = DestName(name, NewUuid());
+  // The reason first, then the move: a crash in between leaves the file in
+  // the outbox, where it fails again the same way.
+  Status s = WriteFileAtomic(config_.failed + "/" + dest + ".error.json", ErrorJson(name, "", code, message), 0640);
+  if (s.ok()) s = RenameFile(config_.outbox + "/" + name, config_.failed + "/" + dest);
+  if (s.ok()) s = SyncDirectory(config_.failed);
+  if (s.ok()) s = SyncDirectory(config_.outbox);
+  if (!s.ok()) {
+    spdlog::error("outbox: cannot move {} to failed/: {}", name, s.message());
+    return;
+  }
+  std::lock_guard lock(mu_);
+  ++stats_.failed;
+}
+
+Status Agent::ScanOutbox() {
+  auto names = ListOutbox(config_.outbox);
+  if (!names.ok()) return names.status();
+  std::set<std::string> active;
+  for (const auto& [id, r] : pending_) active.insert(r.name);
+  std::vector<OutboxRow> claims;
+  for (const std::string& name : *names) {
+    if (active.count(name)) continue;
+    if (claims.size() >= kMaxClaimsPerScan) break;  // the rest at the next scan
+    auto data = ReadFile(config_.outbox + "/" + name, kMaxMessageFileBytes);
+    if (!data.ok()) {
+      if (!FileExists(config_.outbox + "/" + name)) continue;  // moved away meanwhile
+      FailFile(name, "unreadable", data.status().message());
+      continue;
+    }
+    v1::Message msg;
+    const bool json = EndsWith(name, ".json");
+    Status parsed = json ? proto::FromJson(*data, &msg) : proto::FromBinary(*data, &msg);
+    if (!parsed.ok()) {
+      FailFile(name, "invalid_file",
+               std::string("not a valid liaison.v1.Message in ") + (json ? "JSON" : "binary protobuf") + ": " +
+                   parsed.message());
+      continue;
+    }
+    v1::Envelope* env = msg.mutable_envelope();
+    if (env->message_id().empty()) env->set_message_id(NewUuid());
+    if (!env->has_created_at()) *env->mutable_created_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
+    if (Status s = proto::ValidateForPublish(&msg, proto::MessageLimits{}, std::chrono::system_clock::now()); !s.ok()) {
+      FailFile(name, "invalid_message", "invalid message: " + s.message());
+      continue;
+    }
+    OutboxRow r;
+    r.name = name;
+    r.message_id = env->message_id();
+    r.body = msg.SerializeAsString();
+    r.dest = DestName(name, r.message_id);
+    claims.push_back(std::move(r));
+  }
+  if (claims.empty()) return Status::Ok();
+  // The id is on disk before the first send: after a crash the file is
+  // sent again under this id, never under a new one.
+  if (Status s = db_->Claim(&claims); !s.ok()) return s;
+  for (auto& r : claims) {
+    spdlog::info("outbox: {} is message {}", r.name, r.message_id);
+    pending_.emplace(r.id, std::move(r));
+  }
+  return Status::Ok();
+}
+
+void Agent::PublishPending(Clock::time_point now) {
+  for (auto& [id, row] : pending_) {
+    if (in_flight_.size() >= config_.max_in_flight) return;
+    if (in_flight_.count(id)) continue;
+    if (auto it = retry_at_.find(id); it != retry_at_.end()) {
+      if (it->second > now) continue;
+      retry_at_.erase(it);
+    }
+    v1::Message msg;
+    if (!msg.ParseFromString(row.body)) {
+      // Only a damaged database gets here; the file is still in the outbox.
+      spdlog::error("outbox: the recorded body of {} ({}) does not parse; not sending it", row.name, row.message_id);
+      retry_at_[id] = Clock::time_point::max();
+      continue;
+    }
+    in_flight_.insert(id);
+    const uint64_t gen = generation_;
+    const int64_t row_id = id;
+    client_->Publish(msg, [this, gen, row_id](client::PublishResult r) {
+      Event e;
+      e.kind = Event::Kind::kPublished;
+      e.generation = gen;
+      e.row = row_id;
+      e.result = std::move(r);
+      Push(std::move(e));
+    });
+  }
+}
+
+// Writes the outcome beside the destination and moves the file there;
+// then forgets the body. Repeatable after a crash at any point.
+Status Agent::ApplySettled(const std::vector<OutboxRow>& rows) {
+  std::vector<int64_t> done;
+  int64_t sent = 0, failed = 0;
+  for (const auto& r : rows) {
+    const std::string& dir = r.dir == "failed" ? config_.failed : config_.sent;
+    const std::string side = dir + "/" + r.dest + (r.dir == "failed" ? ".error.json" : ".ack.json");
+    if (Status s = WriteFileAtomic(side, r.result, 0640); !s.ok()) return s;
+    const std::string dest = dir + "/" + r.dest;
+    if (!FileExists(dest)) {
+      if (FileExists(config_.outbox + "/" + r.name)) {
+        if (Status s = RenameFile(config_.outbox + "/" + r.name, dest); !s.ok()) return s;
+      } else {
+        spdlog::warn("outbox: {} ({}) was removed from the outbox before it could be moved to {}/", r.name,
+                     r.message_id, r.dir);
+      }
+    }
+    (r.dir == "failed" ? failed : sent)++;
+    done.push_back(r.id);
+  }
+  const std::string* dirs[] = {&config_.outbox, &config_.sent, &config_.failed};
+  for (const std::string* d : dirs) {
+    if (Status s = SyncDirectory(*d); !s.ok()) return s;
+  }
+  if (Status s = db_->Finish(done); !s.ok()) return s;
+  std::lock_guard lock(mu_);
+  stats_.sent += sent;
+  stats_.failed += failed;
+  return Status::Ok();
+}
+
+Status Agent::HandleResults(std::vector<Event*>& results) {
+  std::vector<StateDb::Settlement> settle;
+  std::vector<OutboxRow> rows;
+  const auto now = Clock::now();
+  for (Event* e : results) {
+    if (e->generation == generation_) in_flight_.erase(e->row);
+    auto it = pending_.find(e->row);
+    if (it == pending_.end()) continue;  // settled by an earlier answer
+    OutboxRow& row = it->second;
+    const client::PublishResult& r = e->result;
+    last_activity_ = now;
+    std::string dir, result;
+    if (!r.status.ok()) {
+      const std::string& code = r.error_code;
+      const bool permanent = code == "invalid_message" || code == "sender_mismatch" || code == "duplicate_message_id" ||
+                             (code.empty() && r.status.IsInvalidArgument());
+      if (!permanent) {
+        // Unknown outcome or a passing refusal: the same bytes go again,
+        // under the same id (the broker answers a repeat with the original
+        // outcome).
+        if (!code.empty()) {
+          spdlog::warn("outbox: {} ({}) not accepted for now: {}; trying again", row.name, row.message_id,
+                       r.status.message());
+          retry_at_[row.id] = now + std::chrono::seconds(2);
+        }
+        continue;
+      }
+      std::string why = r.status.message();
+      if (code == "duplicate_message_id") {
+        why = "this agency already sent a different message with id " + row.message_id + ": " + why;
+      }
+      spdlog::warn("outbox: {} ({}) refused by the broker: {}", row.name, row.message_id, why);
+      dir = "failed";
+      result = ErrorJson(row.name, row.message_id, code.empty() ? "invalid_message" : code, why);
+    } else {
+      bool all_refused = !r.outcomes.empty();
+      for (const auto& o : r.outcomes) all_refused &= o.outcome == "refused";
+      if (all_refused) {
+        spdlog::warn("outbox: {} ({}) refused for every recipient", row.name, row.message_id);
+        dir = "failed";
+        result = ErrorJson(row.name, row.message_id, "refused", "the broker refused the message for every recipient",
+                           r.outcomes);
+      } else {
+        spdlog::info("outbox: {} ({}) {} -> sent/{}", row.name, row.message_id,
+                     r.duplicate ? "was already accepted before a restart" : "accepted", row.dest);
+        dir = "sent";
+        result = "{\"file\":" + Json(row.name) + ",\"messageId\":" + Json(row.message_id) +
+                 ",\"duplicate\":" + (r.duplicate ? "true" : "false") + ",\"outcomes\":" + OutcomesJson(r.outcomes) +
+                 ",\"checkpointTreeSize\":" + std::to_string(r.checkpoint.tree_size) +
+                 ",\"ackedAtMs\":" + std::to_string(NowMs()) + "}\n";
+      }
+    }
+    settle.push_back({row.id, dir, result});
+    row.dir = dir;
+    row.result = result;
+    rows.push_back(row);
+    pending_.erase(it);
+    retry_at_.erase(e->row);
+  }
+  if (settle.empty()) return Status::Ok();
+  // The outcome is on disk before the move: a crash after this line
+  // finishes the move at the next start without asking the broker again.
+  if (Status s = db_->Settle(settle); !s.ok()) {
+    for (auto& r : rows) pending_.emplace(r.id, r);  // unknown outcome: publish again
+    return s;
+  }
+  Status moved = ApplySettled(rows);
+  if (!moved.ok()) unmoved_.insert(unmoved_.end(), rows.begin(), rows.end());
+  return moved;
+}
+
+// ---- inbox -------------------------------------------------------------
+
+Status Agent::FlushMessages(std::vector<Event*>& group, std::vector<const Event*>* acks) {
+  if (group.empty()) return Status::Ok();
+  std::vector<StateDb::InboxKey> fresh;
+  std::set<std::pair<std::string, std::string>> seen;
+  int64_t duplicates = 0;
+  std::vector<const Event*> group_acks;
+  for (Event* e : group) {
+    const v1::Envelope& env = e->delivery.message->envelope();
+    const std::string& sender = env.sender();
+    const std::string& id = env.message_id();
+    if (!SafeKey(sender, id)) {
+      spdlog::error(
+          "inbox: a delivery from the broker names sender '{}' and message id '{}', which cannot be a "
+          "file name; not acknowledged",
+          sender.substr(0, 64), id.substr(0, 64));
+      continue;
+    }
+    StateDb::InboxKey key{sender, id, sender + "_" + id + ".json"};
+    auto state = db_->Inbox(sender, id);
+    if (!state.ok()) return state.status();
+    if (*state == StateDb::InboxState::kDone || !seen.insert({sender, id}).second) {
+      spdlog::info("inbox: {} from {} is already in the inbox (delivery attempt {}): dropped", id, sender,
+                   e->delivery.attempt);
+      ++duplicates;
+      group_acks.push_back(e);
+      continue;
+    }
+    if (*state == StateDb::InboxState::kNone) {
+      auto json = proto::ToJson(*e->delivery.message, true);
+      if (!json.ok()) return json.status();
+      // "Finish the file being written": this write is never interrupted
+      // by a shutdown request, only by a crash (then it is repeated).
+      if (Status s = WriteFileAtomic(staging_ + "/" + key.name, *json + "\n", 0640); !s.ok()) return s;
+    }
+    fresh.push_back(std::move(key));
+    group_acks.push_back(e);
+  }
+  if (!fresh.empty()) {
+    // Recorded as staged before the rename: after a crash the staging
+    // directory says whether the rename happened (the file is gone from it),
+    // so the inbox never gets a message twice, even if the agency has
+    // already taken the first copy away.
+    if (Status s = db_->Stage(fresh); !s.ok()) return s;
+    for (const auto& k : fresh) {
+      if (FileExists(staging_ + "/" + k.name)) {
+        if (Status s = RenameFile(staging_ + "/" + k.name, config_.inbox + "/" + k.name); !s.ok()) return s;
+      }
+    }
+    if (Status s = SyncDirectory(config_.inbox); !s.ok()) return s;
+    if (Status s = SyncDirectory(staging_); !s.ok()) return s;
+    if (Status s = db_->FinishInbox(fresh, hooks_ != nullptr, config_.inbox, NowMs()); !s.ok()) return s;
+    for (const auto& k : fresh) spdlog::info("inbox: {} from {} -> {}", k.message_id, k.sender, k.name);
+    if (hooks_) hooks_->Notify();
+  }
+  acks->insert(acks->end(), group_acks.begin(), group_acks.end());
+  group.clear();
+  std::lock_guard lock(mu_);
+  stats_.received += static_cast<int64_t>(fresh.size());
+  stats_.duplicates += duplicates;
+  return Status::Ok();
+}
+
+Status Agent::HandleRecall(const client::RecallNotice& n) {
+  if (!SafeKey(n.sender, n.message_id)) {
+    return Status::ProtocolError("a recall notice names sender '" + n.sender.substr(0, 64) + "' and message id '" +
+                                 n.message_id.substr(0, 64) + "'");
+  }
+  const std::string base = n.sender + "_" + n.message_id;
+  const std::string line = "{\"recall\":{\"messageId\":" + Json(n.message_id) + ",\"sender\":" + Json(n.sender) +
+                           ",\"reason\":" + Json(n.reason) + ",\"recalledAtMs\":" + std::to_string(n.recalled_at_ms) +
+                           "}}\n";
+  // The notice first: a crash before the move leaves the message in the
+  // inbox and the notice unacknowledged; it comes again and the move follows.
+  if (Status s = WriteFileAtomic(config_.recalled + "/" + base + ".recall.json", line, 0640); !s.ok()) return s;
+  const std::string from = config_.inbox + "/" + base + ".json";
+  const bool present = FileExists(from);
+  if (present) {
+    if (Status s = RenameFile(from, config_.recalled + "/" + base + ".json"); !s.ok()) return s;
+    if (Status s = SyncDirectory(config_.inbox); !s.ok()) return s;
+    if (Status s = SyncDirectory(config_.recalled); !s.ok()) return s;
+  }
+  spdlog::warn("inbox: {} recalled {} ({}): {}", n.sender, n.message_id, n.reason,
+               present ? "moved to recalled/" : "no longer in the inbox; the notice is in recalled/");
+  std::lock_guard lock(mu_);
+  ++stats_.recalls;
+  return Status::Ok();
+}
+
+Status Agent::HandleReport(const client::DeliveryReport& r) {
+  auto where = db_->FindSent(r.message_id);
+  if (!where.ok()) return where.status();
+  std::string dir = config_.sent, base = SafeFilePart(r.message_id);
+  if (where->has_value()) {
+    dir = (*where)->first == "failed" ? config_.failed : config_.sent;
+    base = (*where)->second;
+  }
+  const std::string path = dir + "/" + base + ".report." + SafeFilePart(r.recipient) + ".json";
+  const std::string line = "{\"report\":{\"messageId\":" + Json(r.message_id) + ",\"recipient\":" + Json(r.recipient) +
+                           ",\"outcome\":" + Json(r.outcome) + ",\"reason\":" + Json(r.reason) +
+                           ",\"detail\":" + Json(r.detail) + ",\"timeMs\":" + std::to_string(r.time_ms) + "}}\n";
+  if (Status s = WriteFileAtomic(path, line, 0640); !s.ok()) return s;
+  spdlog::info("report: {} -> {}: {}{}", r.message_id, r.recipient, r.outcome,
+               r.reason.empty() ? "" : " (" + r.reason + ")");
+  std::lock_guard lock(mu_);
+  ++stats_.reports;
+  return Status::Ok();
+}
+
+Status Agent::HandleEvents(std::deque<Event>& events) {
+  std::vector<Event*> results, group;
+  std::vector<const Event*> acks;
+  bool closed = false;
+  std::string closed_why;
+  bool closed_error = false;
+  // Answers to publishes first: they arrived before any report about the
+  // same message, so the ack file is written before the report beside it.
+  for (Event& e : events) {
+    if (e.kind == Event::Kind::kPublished) results.push_back(&e);
+  }
+  Status status = HandleResults(results);
+  for (Event& e : events) {
+    if (!status.ok()) break;
+    if (e.kind == Event::Kind::kPublished) continue;
+    if (e.kind == Event::Kind::kClosed) {
+      if (e.generation != generation_ || !client_) continue;
+      closed = true;
+      const std::string& m = e.why.message();
+      closed_error = m.find("taken_over") != std::string::npos;
+      closed_why = closed_error ? "another session of this agency took over receiving (is a second liaison-agent "
+                                  "running for this agency?): " +
+                                      m
+                                : "connection to the broker lost: " + (e.why.ok() ? std::string("closed") : m);
+      continue;
+    }
+    last_activity_ = Clock::now();
+    if (e.delivery.kind == client::Delivery::Kind::kMessage) {
+      group.push_back(&e);
+      continue;
+    }
+    // Notices in their place in the stream: messages before them first.
+    if (status = FlushMessages(group, &acks); !status.ok()) break;
+    status = e.delivery.kind == client::Delivery::Kind::kRecallNotice ? HandleRecall(e.delivery.recall)
+                                                                      : HandleReport(e.delivery.report);
+    if (status.IsProtocolError()) {
+      spdlog::error("{}; not acknowledged", status.message());
+      status = Status::Ok();
+      continue;
+    }
+    if (!status.ok()) break;
+    acks.push_back(&e);
+  }
+  if (status.ok()) status = FlushMessages(group, &acks);
+  // Acknowledged only now, after everything above is durable; deliveries
+  // of an earlier connection are not acknowledged (their ids belong to it):
+  // the broker delivers them again and they are recognised as duplicates.
+  if (client_) {
+    for (const Event* e : acks) {
+      if (e->generation == generation_) client_->Acknowledge(e->delivery);
+    }
+  }
+  if (closed) Disconnect(closed_why, closed_error);
+  return status;
+}
+
+// ---- the loop ----------------------------------------------------------
+
+Status Agent::Run(const RunOptions& options) {
+  if (hooks_) hooks_->Start();
+  const auto start = Clock::now();
+  const auto deadline = start + options.timeout;
+  next_connect_ = start;
+  auto next_scan = start;
+  Status result;
+  bool idle_scan = false;  // the last scan found nothing new
+  for (;;) {
+    {
+      std::lock_guard lock(mu_);
+      if (stop_) break;
+    }
+    auto now = Clock::now();
+    if (!client_ && now >= next_connect_) TryConnect(now);
+    now = Clock::now();
+    if (now >= next_scan) {
+      const size_t before = pending_.size();
+      if (Status s = ScanOutbox(); !s.ok()) {
+        spdlog::error("outbox: {}", s.message());
+        if (options.once) {
+          result = s;
+          break;
+        }
+      }
+      idle_scan = pending_.size() == before;
+      next_scan = now + config_.poll_interval;
+      if (!unmoved_.empty()) {
+        std::vector<OutboxRow> rows = std::move(unmoved_);
+        unmoved_.clear();
+        if (Status s = ApplySettled(rows); !s.ok()) {
+          spdlog::error("outbox: {}", s.message());
+          unmoved_ = std::move(rows);
+        }
+      }
+    }
+    if (client_) PublishPending(now);
+
+    std::deque<Event> events;
+    {
+      std::lock_guard lock(mu_);
+      events.swap(events_);
+    }
+    if (!events.empty()) {
+      if (Status s = HandleEvents(events); !s.ok()) {
+        spdlog::error("local failure: {}", s.message());
+        if (options.once) {
+          result = s;
+          break;
+        }
+        // Nothing unsafe was acknowledged; start over on a new connection
+        // (after the backoff), by which time the disk may have room again.
+        Disconnect("stopped receiving after a local failure", true);
+      }
+    }
+    if (client_ && alarm_.ok()) {
+      if (Status w = client_->witness_status(); !w.ok()) {
+        alarm_ = w;
+        spdlog::critical("{}", w.message());
+      }
+    }
+    now = Clock::now();
+    if (options.once) {
+      const bool done = client_ && ever_connected_ && pending_.empty() && in_flight_.empty() && unmoved_.empty() &&
+                        idle_scan && now - last_activity_ >= options.idle && (!hooks_ || hooks_->Idle());
+      if (done) break;
+      if (now >= deadline) {
+        result = Status::Unavailable(ever_connected_ ? "not finished within the time allowed"
+                                                     : "the broker could not be reached within the time allowed");
+        break;
+      }
+    }
+    auto wake = std::min(next_scan, now + Millis(200));
+    if (!client_) wake = std::min(wake, next_connect_);
+    std::unique_lock lock(mu_);
+    cv_.wait_until(lock, wake, [&] { return stop_ || !events_.empty(); });
+  }
+  if (client_) {
+    client_->Close();
+    client_.reset();
+  }
+  if (hooks_) hooks_->Stop();
+  // What arrived after the last round: answers to publishes are kept (a
+  // settled outcome need not be asked again); deliveries are not
+  // acknowledged any more and come again next time.
+  {
+    std::deque<Event> events;
+    {
+      std::lock_guard lock(mu_);
+      events.swap(events_);
+    }
+    std::vector<Event*> results;
+    for (Event& e : events) {
+      if (e.kind == Event::Kind::kPublished) results.push_back(&e);
+    }
+    if (Status s = HandleResults(results); !s.ok() && result.ok()) result = s;
+  }
+  std::lock_guard lock(mu_);
+  stats_.pending = static_cast<int64_t>(pending_.size());
+  if (result.ok() && !alarm_.ok()) result = alarm_;
+  return result;
+}
+
+}  // namespace liaison::agent

@@ -1,0 +1,102 @@
+#include "client/agent/agent_files.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+namespace liaison::agent {
+namespace {
+
+Status Errno(const std::string& what) {
+  return Status::IoError(what + ": " + std::strerror(errno));
+}
+
+bool EndsWith(const std::string& s, const char* suffix) {
+  const size_t n = std::strlen(suffix);
+  return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
+}
+
+}  // namespace
+
+Status EnsureDirectory(const std::string& dir, unsigned mode) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(dir, ec)) return Status::Ok();
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Status::IoError("cannot create directory " + dir + ": " + ec.message());
+  if (::chmod(dir.c_str(), mode) != 0) return Errno("cannot chmod " + dir);
+  const auto parent = std::filesystem::path(dir).lexically_normal().parent_path();
+  return SyncDirectory(parent.empty() ? "." : parent.string());
+}
+
+Status SyncDirectory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Errno("cannot open directory " + dir);
+  const int rc = ::fsync(fd);
+  const int saved = errno;
+  ::close(fd);
+  errno = saved;
+  if (rc != 0) return Errno("cannot fsync directory " + dir);
+  return Status::Ok();
+}
+
+Status RenameFile(const std::string& from, const std::string& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0) return Errno("cannot move " + from + " to " + to);
+  return Status::Ok();
+}
+
+bool FileExists(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+bool IsOutboxMessageName(const std::string& name) {
+  if (name.empty() || name[0] == '.') return false;
+  if (EndsWith(name, ".tmp") || EndsWith(name, "~")) return false;
+  return (EndsWith(name, ".json") && name.size() > 5) || (EndsWith(name, ".pb") && name.size() > 3);
+}
+
+Result<std::vector<std::string>> ListOutbox(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return Errno("cannot read directory " + dir);
+  std::vector<std::string> out;
+  errno = 0;
+  while (dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (!IsOutboxMessageName(name)) continue;
+    struct stat st {};
+    if (::lstat((dir + "/" + name).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    out.push_back(name);
+  }
+  const int saved = errno;
+  ::closedir(d);
+  if (saved != 0) {
+    errno = saved;
+    return Errno("cannot read directory " + dir);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+Result<int> LockFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return Errno("cannot open lock file " + path);
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int saved = errno;
+    ::close(fd);
+    if (saved == EWOULDBLOCK) {
+      return Status::Unavailable("another liaison-agent is running with this state directory (" + path + " is locked)");
+    }
+    errno = saved;
+    return Errno("cannot lock " + path);
+  }
+  return fd;
+}
+
+}  // namespace liaison::agent

@@ -1,0 +1,33 @@
+// File-system steps of the agency daemon that common/files.h does not
+// have: directory fsync, rename, listing the outbox, the lock file.
+// Errors are values. Stateless; thread-safe.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace liaison::agent {
+
+// Makes the directory (and its parents) if missing, with mode for new ones.
+Status EnsureDirectory(const std::string& dir, unsigned mode = 0750);
+// Makes a rename or a new file in dir durable.
+Status SyncDirectory(const std::string& dir);
+// rename(2); the caller syncs both directories.
+Status RenameFile(const std::string& from, const std::string& to);
+bool FileExists(const std::string& path);
+
+// Whether a name in the outbox is a message file to send: ends in .json or
+// .pb, and is not hidden (".name") or temporary ("name.tmp", "name~"), so
+// writers can create a file under such a name and rename it into place.
+bool IsOutboxMessageName(const std::string& name);
+// The outbox's message files (regular files only), sorted by name.
+Result<std::vector<std::string>> ListOutbox(const std::string& dir);
+
+// An exclusive lock on path (created if missing), held until the process
+// exits: a second agent on the same state directory is refused. Returns
+// the open descriptor.
+Result<int> LockFile(const std::string& path);
+
+}  // namespace liaison::agent

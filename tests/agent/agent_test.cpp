@@ -1,0 +1,370 @@
+// liaison-agent as agencies run it: the real binary against an in-process
+// broker over real TLS, with real files (docs/agent.md).
+#include <catch2/catch.hpp>
+#include <set>
+
+#include "client/client.h"
+#include "tests/agent/agent_harness.h"
+
+using namespace liaison;
+using namespace liaison::test;
+
+namespace {
+
+const std::vector<std::string> kOnce = {"--once", "--idle", "300", "--json"};
+
+// Runs the agent with --once; returns its exit code (stdout in *out).
+int RunOnce(const AgentDirs& d, std::string* out = nullptr, const std::string& name = "once",
+            std::string* err = nullptr) {
+  ChildProcess p(AgentArgs(d, kOnce), d.root, name);
+  const int rc = p.Wait();
+  if (out) *out = p.out();
+  if (err) *err = p.err();
+  if (rc != 0) UNSCOPED_INFO(p.err());
+  return rc;
+}
+
+std::set<std::string> AckIds(const AgentDirs& d) {
+  std::set<std::string> ids;
+  for (const auto& n : NamesEnding(d.sent(), ".ack.json"))
+    ids.insert(JsonField(Slurp(d.sent() + "/" + n), "messageId"));
+  return ids;
+}
+
+std::set<std::string> ReceivedIds(Receiver& r) {
+  std::lock_guard lock(r.mu);
+  std::set<std::string> ids;
+  for (const auto& d : r.got) ids.insert(d.message->envelope().message_id());
+  return ids;
+}
+
+std::unique_ptr<client::Client> Publisher(uint16_t port, const std::string& agency, bool want_reports = false) {
+  auto o = Options(port, agency);
+  o.want_reports = want_reports;
+  auto c = client::Client::Connect(o);
+  REQUIRE(c.ok());
+  return std::move(c).value();
+}
+
+}  // namespace
+
+TEST_CASE("liaison-agent answers --help and checks its configuration", "[agent][process]") {
+  TempDir dir;
+  std::string out;
+  {
+    ChildProcess p({LIAISON_AGENT_BIN, "--help"}, dir.path(), "help");
+    CHECK(p.Wait() == 0);
+    CHECK(p.out().find("--once") != std::string::npos);
+    CHECK(p.out().find("Exit codes") != std::string::npos);
+  }
+  {
+    ChildProcess p({LIAISON_AGENT_BIN, "--config"}, dir.path(), "usage");
+    CHECK(p.Wait() == 2);
+  }
+  AgentDirs d(dir.path(), "police");
+  d.WriteConfig("police", 7443);
+  {
+    ChildProcess p(AgentArgs(d, {"--check-config"}), dir.path(), "check-ok");
+    CHECK(p.Wait() == 0);
+    CHECK(p.out().find("configuration OK") != std::string::npos);
+  }
+  REQUIRE(WriteFileAtomic(d.config(), Slurp(d.config()) + "credit: none\nhook:\n  command: [missing-hook]\n").ok());
+  {
+    ChildProcess p(AgentArgs(d, {"--check-config"}), dir.path(), "check-bad");
+    CHECK(p.Wait() == 1);
+    INFO(p.err());
+    CHECK(p.err().find(d.config() + ":13:9: error: 'credit' must be a whole number") != std::string::npos);
+  }
+  REQUIRE(WriteFileAtomic(d.config(), Slurp(d.config()).substr(0, Slurp(d.config()).find("credit:")) +
+                                          "hook:\n  command: [missing-hook]\n")
+              .ok());
+  {
+    ChildProcess p(AgentArgs(d, {"--check-config", "--json"}), dir.path(), "check-json");
+    CHECK(p.Wait() == 1);
+    INFO(p.out());
+    CHECK(p.out().find("\"ok\":false") != std::string::npos);
+    CHECK(p.out().find("missing-hook is not an executable file") != std::string::npos);
+  }
+}
+
+TEST_CASE("agent outbox: each file is sent once and moved to sent/ with its ack, other files stay",
+          "[agent][outbox]") {
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", broker.port());
+  const std::string given_id = "0190a000-0000-7000-8000-0000000000b1";
+  police.Drop("a.json", MessageJson("[\"school\"]", "first"));
+  police.Drop("b.json", MessageJson("[\"school\"]", "second", given_id));
+  v1::Message binary = IncidentReport({"school"});
+  binary.mutable_envelope()->clear_message_id();
+  police.Drop("c.pb", binary.SerializeAsString());
+  // Not message files: a writer's temp files and anything else.
+  for (const char* name : {".d.json", "e.json.tmp", "f.json~", "notes.txt"}) {
+    std::ofstream(police.outbox() + "/" + name) << "{";
+  }
+
+  std::string out;
+  REQUIRE(RunOnce(police, &out) == 0);
+  INFO(out);
+  CHECK(out.find("\"sent\":3") != std::string::npos);
+  CHECK(Names(police.outbox()) == std::vector<std::string>{"e.json.tmp", "f.json~", "notes.txt"});
+  CHECK(Names(police.outbox(), true).size() == 4);
+  CHECK(NamesEnding(police.sent(), ".ack.json") ==
+        std::vector<std::string>{"a.json.ack.json", "b.json.ack.json", "c.pb.ack.json"});
+  for (const char* f : {"a.json", "b.json", "c.pb"}) CHECK(FileExists(police.sent() + "/" + f));
+  CHECK(Names(police.failed()).empty());
+  const std::string ack_b = Slurp(police.sent() + "/b.json.ack.json");
+  CHECK(JsonField(ack_b, "messageId") == given_id);
+  CHECK(ack_b.find("\"outcome\":\"queued\"") != std::string::npos);
+  CHECK(ack_b.find("\"duplicate\":false") != std::string::npos);
+
+  REQUIRE(school.WaitCount(3));
+  CHECK(ReceivedIds(school) == AckIds(police));
+  CHECK(AckIds(police).size() == 3);
+
+  // A second run finds nothing to send, and the same name used again later
+  // is a new message, kept beside the first.
+  REQUIRE(RunOnce(police, &out, "again") == 0);
+  CHECK(out.find("\"sent\":0") != std::string::npos);
+  police.Drop("a.json", MessageJson("[\"school\"]", "first, again"));
+  REQUIRE(RunOnce(police, &out, "third") == 0);
+  CHECK(out.find("\"sent\":1") != std::string::npos);
+  REQUIRE(school.WaitCount(4));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(school.count() == 4);
+  CHECK(AckIds(police).size() == 4);
+  CHECK(Names(police.outbox()).size() == 3);
+}
+
+TEST_CASE("agent outbox: files the broker cannot take go to failed/ with the reason", "[agent][outbox]") {
+  TestBroker broker;
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", broker.port());
+  // The same id as a message this agency already sent, with other content.
+  v1::Message earlier = IncidentReport({"school"});
+  auto pub = Publisher(broker.port(), "police");
+  REQUIRE(pub->Publish(earlier).AllAccepted());
+  pub->Close();
+
+  police.Drop("broken.json", "{ \"envelope\": ");
+  police.Drop("garbage.pb", std::string("\xff\xff\xff\x01 not protobuf", 17));
+  police.Drop("no-recipients.json", MessageJson("[]", "nobody to send to"));
+  police.Drop("unknown.json", MessageJson("[\"nobody\", \"nothing\"]", "to agencies that do not exist"));
+  police.Drop("conflict.json", MessageJson("[\"school\"]", "other content", earlier.envelope().message_id()));
+
+  std::string out;
+  REQUIRE(RunOnce(police, &out) == 0);
+  INFO(out);
+  CHECK(out.find("\"failed\":5") != std::string::npos);
+  CHECK(Names(police.outbox()).empty());
+  CHECK(Names(police.sent()).empty());
+  auto reason = [&](const std::string& name) { return Slurp(police.failed() + "/" + name + ".error.json"); };
+  for (const char* f : {"broken.json", "garbage.pb", "no-recipients.json", "unknown.json", "conflict.json"}) {
+    CHECK(FileExists(police.failed() + "/" + f));
+  }
+  CHECK(JsonField(reason("broken.json"), "error") == "invalid_file");
+  CHECK(reason("broken.json").find("not a valid liaison.v1.Message in JSON") != std::string::npos);
+  CHECK(JsonField(reason("garbage.pb"), "error") == "invalid_file");
+  CHECK(JsonField(reason("no-recipients.json"), "error") == "invalid_message");
+  CHECK(reason("no-recipients.json").find("recipients") != std::string::npos);
+  CHECK(JsonField(reason("unknown.json"), "error") == "refused");
+  CHECK(reason("unknown.json").find("\"reason\":\"unknown_recipient\"") != std::string::npos);
+  CHECK(JsonField(reason("conflict.json"), "error") == "duplicate_message_id");
+  CHECK(JsonField(reason("conflict.json"), "messageId") == earlier.envelope().message_id());
+}
+
+TEST_CASE("agent inbox: written before the acknowledgement, duplicates dropped, recalls filed", "[agent][inbox]") {
+  TestBroker broker;
+  TempDir dir;
+  AgentDirs school(dir.path(), "school");
+  school.WriteConfig("school", broker.port());
+  Receiver police_rx(broker.port(), "police");
+  auto pub = Publisher(broker.port(), "police", /*want_reports=*/true);
+  v1::Message m1 = IncidentReport({"school"});
+  v1::Message m2 = IncidentReport({"school"});
+  m2.mutable_incident_report()->set_description("Second report.");
+  REQUIRE(pub->Publish(m1).AllAccepted());
+  REQUIRE(pub->Publish(m2).AllAccepted());
+  auto file = [&](const v1::Message& m) { return school.inbox() + "/police_" + m.envelope().message_id() + ".json"; };
+
+  SECTION("written before acknowledged") {
+    ChildProcess agent(AgentArgs(school), school.root, "daemon");
+    // When the sender hears "delivered", the file is already in the inbox.
+    for (const v1::Message* m : {&m1, &m2}) {
+      const std::string id = m->envelope().message_id();
+      REQUIRE(WaitFor([&] {
+        for (const auto& r : police_rx.Reports()) {
+          if (r.message_id == id && r.outcome == "delivered") return true;
+        }
+        return false;
+      }));
+      CHECK(FileExists(file(*m)));
+    }
+    CHECK(Slurp(file(m2)).find("Second report.") != std::string::npos);
+    CHECK(JsonField(Slurp(file(m1)), "sender") == "police");
+    CHECK(Names(school.inbox()).size() == 2);
+    agent.Signal(SIGTERM);
+    CHECK(agent.Wait() == 0);
+  }
+
+  SECTION("duplicates are dropped but acknowledged, even after the agency took the file") {
+    REQUIRE(RunOnce(school) == 0);
+    REQUIRE(FileExists(file(m1)));
+    std::filesystem::remove(file(m1));  // the agency processed it
+    // Another broker (say, restored from a backup) delivers m1 again.
+    TestBroker other;
+    Receiver police_rx2(other.port(), "police");
+    auto pub2 = Publisher(other.port(), "police", true);
+    REQUIRE(pub2->Publish(m1).AllAccepted());
+    school.WriteConfig("school", other.port());
+    std::string out, err;
+    // The other broker's audit log is not the one this agency witnessed:
+    // the agent says so (and exits 6), after doing its work.
+    CHECK(RunOnce(school, &out, "dup", &err) == 6);
+    INFO(out);
+    CHECK(err.find("AUDIT ALARM: the broker's checkpoint names another log or key") != std::string::npos);
+    CHECK(out.find("\"received\":0") != std::string::npos);
+    CHECK(out.find("\"duplicates\":1") != std::string::npos);
+    CHECK_FALSE(FileExists(file(m1)));
+    CHECK(Names(school.inbox()).size() == 1);  // m2
+    // Acknowledged: the sender hears "delivered".
+    CHECK(WaitFor([&] {
+      auto reports = police_rx2.Reports();
+      return !reports.empty() && reports[0].outcome == "delivered";
+    }));
+  }
+
+  SECTION("a recall moves the message to recalled/ with the notice beside it") {
+    REQUIRE(RunOnce(school) == 0);
+    REQUIRE(FileExists(file(m1)));
+    std::filesystem::remove(file(m2));  // already taken by the agency
+    const auto r1 = pub->Recall(m1.envelope().message_id(), "sent to the wrong agency");
+    REQUIRE(r1.status.ok());
+    CHECK(r1.notified == std::vector<std::string>{"school"});
+    REQUIRE(pub->Recall(m2.envelope().message_id(), "withdrawn").status.ok());
+    std::string out;
+    REQUIRE(RunOnce(school, &out, "recall") == 0);
+    INFO(out);
+    CHECK(out.find("\"recalls\":2") != std::string::npos);
+    const std::string base1 = "police_" + m1.envelope().message_id();
+    const std::string base2 = "police_" + m2.envelope().message_id();
+    CHECK(Names(school.inbox()).empty());
+    std::vector<std::string> expected = {base1 + ".json", base1 + ".recall.json", base2 + ".recall.json"};
+    std::sort(expected.begin(), expected.end());
+    CHECK(Names(school.recalled()) == expected);
+    CHECK(JsonField(Slurp(school.recalled() + "/" + base1 + ".recall.json"), "reason") == "sent to the wrong agency");
+    CHECK(Slurp(school.recalled() + "/" + base1 + ".json").find("Graffiti") != std::string::npos);
+  }
+}
+
+TEST_CASE("agent: delivery reports beside the sent file, and SIGTERM stops it cleanly", "[agent][reports]") {
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", broker.port());
+  ChildProcess agent(AgentArgs(police), police.root, "daemon");
+  police.Drop("r.json", MessageJson("[\"school\", \"social\"]", "reported"));
+  const std::string report = police.sent() + "/r.json.report.school.json";
+  REQUIRE(WaitFor([&] { return FileExists(report); }));
+  // The broker's answer came before the report: its file is already there.
+  REQUIRE(FileExists(police.sent() + "/r.json.ack.json"));
+  CHECK(JsonField(Slurp(report), "outcome") == "delivered");
+  CHECK(JsonField(Slurp(report), "messageId") == JsonField(Slurp(police.sent() + "/r.json.ack.json"), "messageId"));
+  CHECK_FALSE(FileExists(police.sent() + "/r.json.report.social.json"));  // social is not receiving
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+  CHECK(agent.err().find("SIGTERM") != std::string::npos);
+  CHECK(agent.err().find("1 sent") != std::string::npos);
+}
+
+TEST_CASE("agent hook: runs with the message's path, retried until it succeeds, never blocks receiving",
+          "[agent][hook]") {
+  TestBroker broker;
+  TempDir dir;
+  AgentDirs school(dir.path(), "school");
+  // Fails twice per message, then succeeds; slow enough that a hook run
+  // holding up receiving would show.
+  const std::string script = school.root + "/hook.sh";
+  REQUIRE(WriteFileAtomic(script,
+                          "#!/bin/sh\n"
+                          "d=$(dirname \"$0\")\n"
+                          "echo x >> \"$d/count.$LIAISON_MESSAGE_ID\"\n"
+                          "n=$(wc -l < \"$d/count.$LIAISON_MESSAGE_ID\")\n"
+                          "echo \"$1 $LIAISON_SENDER $LIAISON_MESSAGE_ID $n $#\" >> \"$d/hook.log\"\n"
+                          "sleep 0.2\n"
+                          "[ \"$n\" -ge 3 ]\n",
+                          0755)
+              .ok());
+  school.WriteConfig("school", broker.port(),
+                     "hook:\n  command: [hook.sh]\n  max_attempts: 4\n  initial_backoff_ms: 50\n"
+                     "  max_backoff_ms: 100\n  timeout_ms: 5000\n");
+  ChildProcess agent(AgentArgs(school), school.root, "daemon");
+  auto pub = Publisher(broker.port(), "police");
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    v1::Message m = IncidentReport({"school"});
+    ids.push_back(m.envelope().message_id());
+    REQUIRE(pub->Publish(m).AllAccepted());
+  }
+  const std::string log = school.root + "/hook.log";
+  auto lines = [&] {
+    std::vector<std::string> out;
+    std::istringstream in(Slurp(log));
+    for (std::string l; std::getline(in, l);) out.push_back(l);
+    return out;
+  };
+  REQUIRE(WaitFor([&] { return Names(school.inbox()).size() == 3; }));
+  CHECK(lines().size() < 9);  // receiving did not wait for the hooks
+  REQUIRE(WaitFor([&] { return lines().size() >= 9; }, std::chrono::seconds(20)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  const auto all = lines();
+  CHECK(all.size() == 9);  // 3 runs each, none after success
+  for (const auto& id : ids) {
+    const std::string path = school.inbox() + "/police_" + id + ".json";
+    for (int n = 1; n <= 3; ++n) {
+      const std::string expected = path + " police " + id + " " + std::to_string(n) + " 1";
+      CHECK(std::count(all.begin(), all.end(), expected) == 1);
+    }
+  }
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+  CHECK(agent.err().find("failed (run 1 of 4): exit status 1") != std::string::npos);
+}
+
+TEST_CASE("agent hook: gives up after max_attempts", "[agent][hook]") {
+  TestBroker broker;
+  TempDir dir;
+  AgentDirs social(dir.path(), "social");
+  const std::string script = social.root + "/hook.sh";
+  REQUIRE(WriteFileAtomic(script, "#!/bin/sh\necho \"$1\" >> \"$(dirname \"$0\")/hook.log\"\nexit 7\n", 0755).ok());
+  social.WriteConfig("social", broker.port(),
+                     "hook:\n  command: [hook.sh]\n  max_attempts: 2\n  initial_backoff_ms: 20\n"
+                     "  max_backoff_ms: 20\n");
+  ChildProcess agent(AgentArgs(social), social.root, "daemon");
+  auto pub = Publisher(broker.port(), "police");
+  REQUIRE(pub->Publish(IncidentReport({"social"})).AllAccepted());
+  REQUIRE(WaitFor([&] { return agent.err().find("giving up") != std::string::npos; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const std::string runs = Slurp(social.root + "/hook.log");
+  CHECK(std::count(runs.begin(), runs.end(), '\n') == 2);
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+}
+
+TEST_CASE("agent: a second agent on the same state directory is refused", "[agent][process]") {
+  TestBroker broker;
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", broker.port());
+  ChildProcess first(AgentArgs(police), police.root, "first");
+  REQUIRE(WaitFor([&] { return first.err().find("connected to broker") != std::string::npos; }));
+  ChildProcess second(AgentArgs(police), police.root, "second");
+  CHECK(second.Wait() == 4);
+  CHECK(second.err().find("another liaison-agent is running") != std::string::npos);
+  first.Signal(SIGTERM);
+  CHECK(first.Wait(std::chrono::seconds(10)) == 0);
+}
