@@ -9,5 +9,6 @@ namespace liaison::bench {
 // Exit codes: 0 measured; 1 the benchmark could not run (e.g. the
 // generated input was refused).
 void RegisterPolicy(CLI::App& app, int* exit_code);
+void RegisterAudit(CLI::App& app, int* exit_code);
 
 }  // namespace liaison::bench

@@ -1,0 +1,244 @@
+// liaison-bench audit: the audit log's three figures (issue #4).
+//   append_per_s  durable records per second through the store's group
+//                 commit (WAL, synchronous=FULL), appended the way the broker
+//                 appends them: many callers at once, a few records each;
+//   verify_per_s  records per second of `liaison audit verify`'s full
+//                 recompute (leaf bytes -> columns, leaf hashes, RFC 6962
+//                 root, every signed checkpoint) over an export of the log;
+//   query_ms      median time to the first page of 100 rows, by case id and
+//                 by agency and time range, through the broker's audit
+//                 reader (the code path of a remote `liaison audit query`).
+// The log it builds has --records records (default 10,000,000).
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "broker/store/audit_reader.h"
+#include "broker/store/store.h"
+#include "client/audit_verify.h"
+#include "common/files.h"
+#include "tests/bench/bench.h"
+
+namespace liaison::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct AuditOptions {
+  uint64_t records = 10'000'000;
+  int agencies = 25;
+  uint64_t cases = 200'000;
+  int queries = 200;
+  std::string dir;  // default: a new directory under /tmp (removed after)
+  bool keep = false;
+};
+
+double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+int RunAudit(const AuditOptions& o) {
+  spdlog::set_level(spdlog::level::warn);
+  std::string dir = o.dir;
+  if (dir.empty()) {
+    char tmpl[] = "/tmp/liaison-bench-audit-XXXXXX";
+    if (!mkdtemp(tmpl)) {
+      std::fprintf(stderr, "liaison-bench audit: cannot create a temporary directory\n");
+      return 1;
+    }
+    dir = tmpl;
+  }
+  broker::Store::Options so;
+  so.path = dir + "/data/liaison.db";
+  so.origin = "liaison/bench";
+  so.signing_key = dir + "/audit-signing.key";
+  so.digest_key = dir + "/body-digest.key";
+  std::vector<std::string> agencies;
+  for (int i = 0; i < o.agencies; ++i) agencies.push_back("agency-" + std::to_string(i));
+  const int64_t t0_ms = 1'800'000'000'000;  // the log's first record time
+  // The log spans a year of a city network's history.
+  const int64_t year_ms = 365LL * 86'400'000;
+  const int64_t step_ms = std::max<int64_t>(1, year_ms / static_cast<int64_t>(std::max<uint64_t>(o.records, 1)));
+  // A realistic record: a queued decision with rules, obligations, digest.
+  auto make = [&](uint64_t i, std::mt19937_64& rng) {
+    audit::Record r;
+    r.time_ms = t0_ms + static_cast<int64_t>(i) * step_ms;
+    r.event = (i % 2 == 0) ? "queued" : "delivered";
+    const std::string& sender = agencies[rng() % agencies.size()];
+    const std::string& recipient = agencies[rng() % agencies.size()];
+    r.actor = (i % 2 == 0) ? sender : recipient;
+    r.cert_sha256 = std::string(64, 'c');
+    char id[64];
+    std::snprintf(id, sizeof id, "01a2%04x-%04x-7%03x-8%03x-%012llx", static_cast<unsigned>(i >> 48 & 0xffff),
+                  static_cast<unsigned>(i >> 32 & 0xffff), static_cast<unsigned>(i >> 20 & 0xfff),
+                  static_cast<unsigned>(i >> 8 & 0xfff), static_cast<unsigned long long>(i / 2));
+    r.message_id = id;
+    r.case_id = "CASE-" + std::to_string(rng() % o.cases);
+    r.sender = sender;
+    r.recipient = recipient;
+    r.message_type = "incident_report";
+    r.tlp = 2;
+    r.purpose = "safeguarding";
+    r.decision = (i % 2 == 0) ? "permit" : "delivered";
+    r.rules = "incidents-to-schools";
+    r.policy_version = std::string(64, 'a');
+    r.obligations = "redacted:incident_report.offender_details;pseudonymised:incident_report.victims (key v1)";
+    r.body_hmac = std::string(64, 'b');
+    r.detail = "agreement=core-partners-share";
+    return r;
+  };
+
+  // 1. Append.
+  double append_s = 0;
+  {
+    auto store = broker::Store::Open(so);
+    if (!store.ok()) {
+      std::fprintf(stderr, "liaison-bench audit: %s\n", store.status().ToString().c_str());
+      return 1;
+    }
+    constexpr int kPerAppend = 2;       // a publish to two recipients
+    constexpr int kOutstanding = 20000;  // callers waiting for their commit
+    std::mutex mu;
+    std::condition_variable cv;
+    int outstanding = 0;
+    std::atomic<uint64_t> failed{0};
+    std::mt19937_64 rng(42);
+    const auto start = Clock::now();
+    for (uint64_t i = 0; i < o.records; i += kPerAppend) {
+      std::vector<audit::Record> batch;
+      for (uint64_t k = i; k < std::min(o.records, i + kPerAppend); ++k) batch.push_back(make(k, rng));
+      {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return outstanding < kOutstanding; });
+        ++outstanding;
+      }
+      (*store)->Append(std::move(batch), [&](const Status& s, const audit::Checkpoint&) {
+        if (!s.ok()) failed++;
+        std::lock_guard lock(mu);
+        --outstanding;
+        cv.notify_one();
+      });
+      if (i % 1'000'000 == 0 && i > 0) std::fprintf(stderr, "  appended %llu\n", static_cast<unsigned long long>(i));
+    }
+    {
+      std::unique_lock lock(mu);
+      cv.wait(lock, [&] { return outstanding == 0; });
+    }
+    append_s = Seconds(start, Clock::now());
+    const auto c = (*store)->counters();
+    std::fprintf(stderr, "append: %llu records in %.1f s, %llu commits (%.0f records per commit), %llu failed\n",
+                 static_cast<unsigned long long>(c.records), append_s, static_cast<unsigned long long>(c.commits),
+                 c.commits ? static_cast<double>(c.records) / c.commits : 0.0,
+                 static_cast<unsigned long long>(failed.load()));
+  }
+
+  // 2. Query, through the broker's audit reader.
+  std::vector<double> by_case, by_agency;
+  {
+    auto reader = broker::AuditReader::Open(so.path, 1);
+    if (!reader.ok()) {
+      std::fprintf(stderr, "liaison-bench audit: %s\n", reader.status().ToString().c_str());
+      return 1;
+    }
+    std::mt19937_64 rng(7);
+    for (int q = 0; q < o.queries; ++q) {
+      broker::AuditPageRequest a;
+      a.scope = agencies;
+      a.limit = 100;
+      a.filter.case_id = "CASE-" + std::to_string(rng() % o.cases);
+      auto t = Clock::now();
+      auto page = (*reader)->QueryPageSync(a);
+      by_case.push_back(Seconds(t, Clock::now()) * 1000);
+      if (!page.ok()) {
+        std::fprintf(stderr, "liaison-bench audit: query: %s\n", page.status().ToString().c_str());
+        return 1;
+      }
+      broker::AuditPageRequest b;
+      b.scope = agencies;
+      b.limit = 100;
+      b.filter.agency = agencies[rng() % agencies.size()];
+      // A day of history somewhere in the log.
+      const int64_t from = t0_ms + static_cast<int64_t>(rng() % static_cast<uint64_t>(year_ms - 86'400'000));
+      b.filter.from_ms = from;
+      b.filter.to_ms = from + 86'400'000;
+      t = Clock::now();
+      page = (*reader)->QueryPageSync(b);
+      by_agency.push_back(Seconds(t, Clock::now()) * 1000);
+      if (!page.ok()) {
+        std::fprintf(stderr, "liaison-bench audit: query: %s\n", page.status().ToString().c_str());
+        return 1;
+      }
+    }
+  }
+
+  // 3. Export and verify.
+  const std::string out = dir + "/export.db";
+  auto t = Clock::now();
+  if (Status s = broker::Store::ExportAudit(so.path, out); !s.ok()) {
+    std::fprintf(stderr, "liaison-bench audit: export: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  const double export_s = Seconds(t, Clock::now());
+  audit::VerifyOptions v;
+  v.db_path = out;
+  v.public_key_pem = *ReadFile(so.signing_key + ".pub", 1 << 16);
+  audit::VerifyReport report;
+  t = Clock::now();
+  Status vs = audit::VerifyAuditLog(v, &report);
+  const double verify_s = Seconds(t, Clock::now());
+  if (!vs.ok()) {
+    std::fprintf(stderr, "liaison-bench audit: verify failed: %s\n", vs.ToString().c_str());
+    return 1;
+  }
+  const auto size = std::filesystem::file_size(so.path);
+  std::printf(
+      "{\"bench\":\"audit\",\"records\":%llu,\"append_per_s\":%.0f,\"verify_per_s\":%.0f,\"query_ms\":%.3f,"
+      "\"query_case_ms\":%.3f,\"query_agency_time_ms\":%.3f,\"query_case_p99_ms\":%.3f,"
+      "\"query_agency_time_p99_ms\":%.3f,\"export_s\":%.1f,\"store_bytes\":%llu,\"checkpoints_verified\":%llu}\n",
+      static_cast<unsigned long long>(o.records), o.records / append_s, report.records / verify_s,
+      std::max(Median(by_case), Median(by_agency)), Median(by_case), Median(by_agency),
+      [&] {
+        auto v2 = by_case;
+        std::sort(v2.begin(), v2.end());
+        return v2.empty() ? 0.0 : v2[v2.size() * 99 / 100];
+      }(),
+      [&] {
+        auto v2 = by_agency;
+        std::sort(v2.begin(), v2.end());
+        return v2.empty() ? 0.0 : v2[v2.size() * 99 / 100];
+      }(),
+      export_s, static_cast<unsigned long long>(size),
+      static_cast<unsigned long long>(report.checkpoints_verified));
+  std::fflush(stdout);
+  if (!o.keep && o.dir.empty()) std::filesystem::remove_all(dir);
+  return 0;
+}
+
+}  // namespace
+
+void RegisterAudit(CLI::App& app, int* exit_code) {
+  auto o = std::make_shared<AuditOptions>();
+  CLI::App* cmd = app.add_subcommand("audit", "audit log: durable appends/s, full verification/s, query latency");
+  cmd->add_option("--records", o->records, "records in the log it builds")->capture_default_str();
+  cmd->add_option("--agencies", o->agencies, "agencies in the records")->capture_default_str();
+  cmd->add_option("--cases", o->cases, "distinct case ids")->capture_default_str();
+  cmd->add_option("--queries", o->queries, "queries of each kind")->capture_default_str();
+  cmd->add_option("--dir", o->dir, "directory for the store (default: a temporary one, removed after)");
+  cmd->add_flag("--keep", o->keep, "keep the temporary directory");
+  cmd->callback([o, exit_code] { *exit_code = RunAudit(*o); });
+}
+
+}  // namespace liaison::bench
