@@ -36,7 +36,9 @@ struct ClientOptions {
   // Name the broker's certificate must carry (DNS name or IP address);
   // defaults to host.
   std::string server_name;
-  TlsFiles tls;  // certificate, private_key, ca_bundle (crls unused)
+  // certificate, private_key, ca_bundle, and crls: CRLs of the CA, so a
+  // revoked broker certificate is refused (optional).
+  TlsFiles tls;
   // Receive this agency's deliveries on this connection.
   bool receive = false;
   // With receive: replace the agency's current receiving session.

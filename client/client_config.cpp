@@ -21,7 +21,7 @@ std::optional<ClientOptions> ResolveConnection(const ConnectionFlags& flags, Dia
     if (!root) return std::nullopt;
     yaml::Reader r(config, diags);
     if (r.ExpectMap(*root, "the client configuration",
-                    {"broker", "server_name", "certificate", "private_key", "ca_bundle"})) {
+                    {"broker", "server_name", "certificate", "private_key", "ca_bundle", "crl"})) {
       if (auto v = r.String(*root, "broker")) {
         broker = *v;
         if (!ParseHostPort(broker, &o.host, &o.port)) {
@@ -32,6 +32,9 @@ std::optional<ClientOptions> ResolveConnection(const ConnectionFlags& flags, Dia
       if (auto v = r.String(*root, "certificate")) o.tls.certificate = ResolveRelativeTo(config, *v);
       if (auto v = r.String(*root, "private_key")) o.tls.private_key = ResolveRelativeTo(config, *v);
       if (auto v = r.String(*root, "ca_bundle")) o.tls.ca_bundle = ResolveRelativeTo(config, *v);
+      if (auto v = r.StringList(*root, "crl")) {
+        for (const auto& crl : *v) o.tls.crls.push_back(ResolveRelativeTo(config, crl));
+      }
     }
   }
   auto flag_error = [&](const std::string& m) { diags->push_back({Diagnostic::Severity::kError, "command line", 0, 0, m}); };
@@ -43,6 +46,7 @@ std::optional<ClientOptions> ResolveConnection(const ConnectionFlags& flags, Dia
   if (!flags.cert.empty()) o.tls.certificate = flags.cert;
   if (!flags.key.empty()) o.tls.private_key = flags.key;
   if (!flags.ca.empty()) o.tls.ca_bundle = flags.ca;
+  if (!flags.crls.empty()) o.tls.crls = flags.crls;
   if (broker.empty()) flag_error("no broker address: give --broker HOST:PORT or 'broker:' in a --config file");
   if (o.tls.certificate.empty()) flag_error("no client certificate: give --cert FILE or 'certificate:' in --config");
   if (o.tls.private_key.empty()) flag_error("no private key: give --key FILE or 'private_key:' in --config");

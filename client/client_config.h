@@ -4,6 +4,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "client/client.h"
 #include "common/diagnostic.h"
@@ -16,6 +17,7 @@ struct ConnectionFlags {
   std::string broker;       // --broker HOST:PORT
   std::string server_name;  // --server-name
   std::string cert, key, ca;
+  std::vector<std::string> crls;  // --crl FILE (repeatable): revoked broker certificates
 };
 
 // Reads the file a config file path names (if any), applies flags, and

@@ -87,6 +87,26 @@ Status CommonSetup(SSL_CTX* ctx, const TlsFiles& files, const char* side) {
   return Status::Ok();
 }
 
+// The CRLs of files into store, and CRL checking of the peer's certificate
+// (the leaf; its issuer's CRL must be among them).
+Status LoadCrls(X509_STORE* store, const TlsFiles& files) {
+  for (const auto& path : files.crls) {
+    FILE* f = std::fopen(path.c_str(), "r");
+    if (!f) return Status::InvalidArgument("cannot open CRL " + path);
+    int loaded = 0;
+    while (X509_CRL* crl = PEM_read_X509_CRL(f, nullptr, nullptr, nullptr)) {
+      X509_STORE_add_crl(store, crl);
+      X509_CRL_free(crl);
+      ++loaded;
+    }
+    std::fclose(f);
+    ERR_clear_error();  // the loop ends on a "no start line" error
+    if (loaded == 0) return Status::InvalidArgument("no PEM CRL found in " + path);
+  }
+  if (!files.crls.empty()) X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
+  return Status::Ok();
+}
+
 }  // namespace
 
 std::string OpenSslErrors() {
@@ -111,20 +131,7 @@ Result<std::shared_ptr<Context>> MakeServerContext(const TlsFiles& files) {
   SSL_CTX_set_verify_depth(c, 8);
   X509_STORE* store = SSL_CTX_get_cert_store(c);
   X509_STORE_set_purpose(store, X509_PURPOSE_SSL_CLIENT);
-  for (const auto& path : files.crls) {
-    FILE* f = std::fopen(path.c_str(), "r");
-    if (!f) return Status::InvalidArgument("cannot open CRL " + path);
-    int loaded = 0;
-    while (X509_CRL* crl = PEM_read_X509_CRL(f, nullptr, nullptr, nullptr)) {
-      X509_STORE_add_crl(store, crl);
-      X509_CRL_free(crl);
-      ++loaded;
-    }
-    std::fclose(f);
-    ERR_clear_error();  // the loop ends on a "no start line" error
-    if (loaded == 0) return Status::InvalidArgument("no PEM CRL found in " + path);
-  }
-  if (!files.crls.empty()) X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
+  if (Status st = LoadCrls(store, files); !st.ok()) return st;
   // Session ids would allow resumption; keep them off entirely.
   SSL_CTX_set_session_id_context(c, reinterpret_cast<const unsigned char*>("liaison"), 7);
   return ctx;
@@ -135,7 +142,9 @@ Result<std::shared_ptr<Context>> MakeClientContext(const TlsFiles& files) {
   SSL_CTX* c = ctx->native_handle();
   if (Status s = CommonSetup(c, files, "client"); !s.ok()) return s;
   SSL_CTX_set_verify(c, SSL_VERIFY_PEER, nullptr);
-  X509_STORE_set_purpose(SSL_CTX_get_cert_store(c), X509_PURPOSE_SSL_SERVER);
+  X509_STORE* store = SSL_CTX_get_cert_store(c);
+  X509_STORE_set_purpose(store, X509_PURPOSE_SSL_SERVER);
+  if (Status st = LoadCrls(store, files); !st.ok()) return st;  // a revoked broker certificate is refused
   return ctx;
 }
 

@@ -46,7 +46,7 @@ std::optional<AgentConfig> AgentConfig::LoadText(const std::string& text, const 
   AgentConfig c;
   c.path = path;
   if (!r.ExpectMap(*root, "the agent configuration",
-                   {"broker", "server_name", "certificate", "private_key", "ca_bundle", "outbox", "sent", "failed",
+                   {"broker", "server_name", "certificate", "private_key", "ca_bundle", "crl", "outbox", "sent", "failed",
                     "inbox", "recalled", "state_dir", "hook", "credit", "want_reports", "max_in_flight",
                     "poll_interval_ms", "reconnect", "log_level"})) {
     return std::nullopt;
@@ -65,6 +65,9 @@ std::optional<AgentConfig> AgentConfig::LoadText(const std::string& text, const 
   c.connection.tls.certificate = file("certificate", true);
   c.connection.tls.private_key = file("private_key", true);
   c.connection.tls.ca_bundle = file("ca_bundle", true);
+  if (auto v = r.StringList(m, "crl")) {
+    for (const auto& crl : *v) c.connection.tls.crls.push_back(ResolveRelativeTo(path, crl));
+  }
 
   c.outbox = file("outbox", true);
   c.inbox = file("inbox", true);

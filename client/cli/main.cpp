@@ -62,6 +62,7 @@ int main(int argc, char** argv) {
   app.add_option("--cert", c.cert, "this agency's client certificate (PEM)");
   app.add_option("--key", c.key, "its private key (PEM, mode 0600)");
   app.add_option("--ca", c.ca, "CA bundle that issued the broker certificate (PEM)");
+  app.add_option("--crl", c.crls, "CRL of that CA (PEM; repeatable): refuse a revoked broker certificate");
   app.add_flag("--json", common.json, "machine-readable output (JSON)");
   app.add_option("--witness", common.checkpoint_file,
                  "keep the newest audit checkpoint in FILE and raise an alarm (exit 6) if the broker's log "

@@ -2,6 +2,8 @@
 // the certificate only, and TLS is 1.3 with a client certificate or nothing.
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
+
 #include "tests/integration/test_support.h"
 
 using namespace liaison;
@@ -155,4 +157,28 @@ TEST_CASE("the stamped sender is the certificate's agency", "[identity]") {
   }
   REQUIRE(WaitFor([&] { return done.load(); }));
   CHECK(result.AllAccepted());
+}
+
+TEST_CASE("a client with the CA's CRL refuses a revoked broker certificate", "[identity][crl]") {
+  TempDir dir;
+  const std::string pki = dir.File("pki");
+  REQUIRE(std::system(("bash " LIAISON_SOURCE_DIR "/certs/dev-pki.sh " + pki + " police school >/dev/null").c_str()) == 0);
+  TestBroker broker({}, 2, PolicyYaml({"police", "school"}), pki);
+  auto o = Options(broker.port(), "police", false, pki);
+  o.tls.crls = {pki + "/ca.crl"};
+  {
+    auto ok = client::Client::Connect(o);  // not revoked yet
+    REQUIRE(ok.ok());
+  }
+  const std::string env = "LIAISON_PKI_DB=" + pki + "/ca-db LIAISON_CA_CRT=" + pki + "/ca.crt LIAISON_CA_KEY=" + pki +
+                          "/ca.key SAN=DNS:unused.invalid ";
+  const std::string cnf = " -config " LIAISON_SOURCE_DIR "/certs/openssl.cnf";
+  REQUIRE(std::system((env + "openssl ca" + cnf + " -revoke " + pki + "/broker.crt 2>/dev/null").c_str()) == 0);
+  REQUIRE(std::system((env + "openssl ca" + cnf + " -gencrl -crldays 30 -out " + pki + "/ca.crl 2>/dev/null").c_str()) == 0);
+  auto refused = client::Client::Connect(o);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.status().message().find("revoked") != std::string::npos);
+  // Without the CRL the same client would not know.
+  o.tls.crls.clear();
+  CHECK(client::Client::Connect(o).ok());
 }
