@@ -204,8 +204,8 @@ bool Session::SendDelivery(QueuedDelivery d) {
   inflight.d = std::move(d);
   unacked_.emplace(id, std::move(inflight));
   if (wire) {
-    SendEncoded(proto::EncodeDeliverFrame(static_cast<uint64_t>(id), attempt, *wire,
-                                          broker_.config.limits.max_frame_bytes));
+    SendEncoded(
+        proto::EncodeDeliverFrame(static_cast<uint64_t>(id), attempt, *wire, broker_.config.limits.max_frame_bytes));
   } else {
     Send(f);
   }

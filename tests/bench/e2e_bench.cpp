@@ -24,13 +24,12 @@
 // store, hashing, ...) by the sampled function and library; fsync and
 // fdatasync calls are counted with perf's syscall tracepoints.
 #include <fcntl.h>
+#include <google/protobuf/util/time_util.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <google/protobuf/util/time_util.h>
 
 #include <algorithm>
 #include <atomic>
@@ -74,12 +73,12 @@ struct Options {
   double timeout = 120;    // per phase
   int redacted = 1;        // receivers whose rule carries a redaction/pseudonymisation obligation
   int broker_threads = 2;
-  std::string broker;      // liaison-broker binary
-  std::string pki;         // existing dev PKI (certs/dev-pki.sh) with a01..; default: make one
-  std::string pki_script;  // certs/dev-pki.sh
+  std::string broker;            // liaison-broker binary
+  std::string pki;               // existing dev PKI (certs/dev-pki.sh) with a01..; default: make one
+  std::string pki_script;        // certs/dev-pki.sh
   std::string profile = "auto";  // perf | none | auto (perf if it works)
   int perf_freq = 499;
-  bool keep = false;       // keep the temporary directory
+  bool keep = false;  // keep the temporary directory
   bool skip_latency = false;
   bool skip_throughput = false;
 };
@@ -174,8 +173,9 @@ class Child {
   int status_ = -1;
 };
 
-int RunQuiet(const std::vector<std::string>& argv, const std::string& log) {
-  Child c(argv, log, log + ".err");
+// Runs argv to completion (at most 5 minutes), stdout and stderr to files.
+int RunQuiet(const std::vector<std::string>& argv, const std::string& out, const std::string& err) {
+  Child c(argv, out, err);
   if (c.pid() <= 0) return -1;
   c.Wait(std::chrono::minutes(5));
   return c.Stop(SIGKILL, std::chrono::seconds(1));
@@ -334,10 +334,10 @@ struct Receiver {
   int expect_pub = 0;
   bool redacted_rule = false;
   std::mutex mu;
-  uint32_t run = 0;                // the phase's run id
+  uint32_t run = 0;  // the phase's run id
   long expect_n = 0;
-  std::vector<uint8_t> seen;       // per seq
-  std::vector<int64_t> lat_ns;     // per seq
+  std::vector<uint8_t> seen;    // per seq
+  std::vector<int64_t> lat_ns;  // per seq
   long unique = 0, dups = 0, foreign = 0, stale = 0, bad = 0, redacted = 0, unredacted = 0;
   int64_t last_rx_ns = 0;
   std::unique_ptr<client::Client> client;
@@ -352,8 +352,8 @@ struct Publisher {
   long inflight = 0, low_water = 0;
   long sent = 0, acked = 0, nacked = 0;
   int64_t done_ns = 0;
-  std::vector<int64_t> ack_ns;                     // per seq: publish -> PublishAck
-  std::unique_ptr<std::atomic<int64_t>[]> sched;   // per seq: scheduled (or actual) send time
+  std::vector<int64_t> ack_ns;                    // per seq: publish -> PublishAck
+  std::unique_ptr<std::atomic<int64_t>[]> sched;  // per seq: scheduled (or actual) send time
   std::string first_error;
 };
 
@@ -396,7 +396,8 @@ void OnDelivery(World* w, Receiver* r, client::Delivery d) {
       r->seen[static_cast<size_t>(seq)] = 1;
       r->unique++;
       r->last_rx_ns = t;
-      const int64_t s = w->pubs[static_cast<size_t>(pub)]->sched[static_cast<size_t>(seq)].load(std::memory_order_acquire);
+      const int64_t s =
+          w->pubs[static_cast<size_t>(pub)]->sched[static_cast<size_t>(seq)].load(std::memory_order_acquire);
       if (s > 0) r->lat_ns[static_cast<size_t>(seq)] = t - s;
       if (env.redacted_paths_size() > 0 || env.pseudonymised_paths_size() > 0) {
         r->redacted++;
@@ -552,19 +553,21 @@ double Percentile(std::vector<int64_t>& v, double p) {
 // Stages of the broker's CPU, from perf samples: the sampled function and
 // library, and for kernel samples the system call they happened in.
 const std::vector<std::string>& StageNames() {
-  static const std::vector<std::string> k = {"tls",     "protobuf", "policy_redaction", "store", "hashing",
-                                             "network_kernel", "alloc_libc", "sched_sync", "other"};
+  static const std::vector<std::string> k = {
+      "tls", "protobuf", "policy_redaction", "store", "hashing", "network_kernel", "alloc_libc", "sched_sync", "other"};
   return k;
 }
 
-bool Has(const std::string& s, const char* needle) { return s.find(needle) != std::string::npos; }
+bool Has(const std::string& s, const char* needle) {
+  return s.find(needle) != std::string::npos;
+}
 
 std::string KernelStage(const std::string& syscall) {
-  static const std::vector<std::string> store = {"fsync", "fdatasync", "pwrite64", "pread64", "fcntl", "fstat",
-                                                 "newfstat", "newfstatat", "openat", "unlink", "ftruncate", "lseek",
-                                                 "mmap", "munmap", "statx", "access"};
-  static const std::vector<std::string> net = {"sendmsg", "recvmsg", "sendto", "recvfrom", "write", "read",
-                                               "writev",  "readv",   "accept4", "shutdown"};
+  static const std::vector<std::string> store = {"fsync",    "fdatasync",  "pwrite64", "pread64", "fcntl",     "fstat",
+                                                 "newfstat", "newfstatat", "openat",   "unlink",  "ftruncate", "lseek",
+                                                 "mmap",     "munmap",     "statx",    "access"};
+  static const std::vector<std::string> net = {"sendmsg", "recvmsg", "sendto", "recvfrom", "write",
+                                               "read",    "writev",  "readv",  "accept4",  "shutdown"};
   for (const auto& s : store) {
     if (syscall == s) return "store";
   }
@@ -578,8 +581,8 @@ std::string KernelStage(const std::string& syscall) {
 // decides): libc, the broker's own glue, OpenSSL internals without symbols.
 std::string FrameStage(const std::string& sym, const std::string& dso) {
   if (Has(dso, "libsqlite3") || Has(sym, "sqlite3")) return "store";
-  if (Has(sym, "liaison::merkle") || Has(sym, "7liaison6merkle") || Has(sym, "BodyDigest") ||
-      Has(sym, "LeafHash") || Has(sym, "audit::Signer"))
+  if (Has(sym, "liaison::merkle") || Has(sym, "7liaison6merkle") || Has(sym, "BodyDigest") || Has(sym, "LeafHash") ||
+      Has(sym, "audit::Signer"))
     return "hashing";
   if (Has(dso, "libprotobuf") || Has(sym, "google::protobuf") || Has(sym, "6google8protobuf") ||
       Has(sym, "liaison::v1::") || Has(sym, "7liaison2v1"))
@@ -680,7 +683,7 @@ Profile ParsePerfScript(const std::string& path) {
 }
 
 bool PerfWorks() {
-  const int rc = RunQuiet({"perf", "stat", "-e", "cpu-clock", "true"}, "/dev/null");
+  const int rc = RunQuiet({"perf", "stat", "-e", "cpu-clock", "true"}, "/dev/null", "/dev/null");
   return rc == 0;
 }
 
@@ -713,8 +716,8 @@ std::string PolicyText(const Options& o) {
   static const char* kPubSectors[] = {"law_enforcement", "social_work", "health", "law_enforcement"};
   static const char* kRcvSectors[] = {"social_work", "health", "law_enforcement", "local_government"};
   for (int i = 1; i <= o.publishers; ++i) {
-    y += "  - id: " + Agency(i) + "\n    name: Benchmark publisher " + std::to_string(i) + "\n    sector: " +
-         kPubSectors[(i - 1) % 4] + "\n";
+    y += "  - id: " + Agency(i) + "\n    name: Benchmark publisher " + std::to_string(i) +
+         "\n    sector: " + kPubSectors[(i - 1) % 4] + "\n";
   }
   for (int i = 1; i <= o.publishers; ++i) {
     const bool school = i <= o.redacted;
@@ -755,8 +758,9 @@ std::string PolicyText(const Options& o) {
 std::string BrokerYaml(const Options& o, const std::string& pki) {
   return "name: bench-e2e\nlisten: 127.0.0.1:0\nthreads: " + std::to_string(o.broker_threads) +
          "\nlog_level: info\npolicy: policy.yaml\nadmin_socket: admin.sock\n"
-         "tls:\n  certificate: " + pki + "/broker.crt\n  private_key: " + pki + "/broker.key\n  ca_bundle: " + pki +
-         "/ca.crt\n  crl: " + pki + "/ca.crl\n";
+         "tls:\n  certificate: " +
+         pki + "/broker.crt\n  private_key: " + pki + "/broker.key\n  ca_bundle: " + pki + "/ca.crt\n  crl: " + pki +
+         "/ca.crl\n";
 }
 
 std::string FindBroker(const Options& o) {
@@ -817,7 +821,7 @@ int RunE2e(const Options& o) {
     pki = dir + "/pki";
     std::vector<std::string> argv = {"bash", o.pki_script, pki};
     for (int i = 1; i <= 2 * o.publishers; ++i) argv.push_back(Agency(i));
-    if (RunQuiet(argv, dir + "/pki.log") != 0) {
+    if (RunQuiet(argv, dir + "/pki.log", dir + "/pki.log.err") != 0) {
       std::fprintf(stderr, "e2e: %s failed:\n%s%s\n", o.pki_script.c_str(), Slurp(dir + "/pki.log").c_str(),
                    Slurp(dir + "/pki.log.err").c_str());
       return 1;
@@ -930,8 +934,8 @@ int RunE2e(const Options& o) {
     if (use_perf) {
       perf_rec = std::make_unique<Child>(
           std::vector<std::string>{"perf", "record", "-e", "cpu-clock", "-F", std::to_string(o.perf_freq),
-                                   "--call-graph", "dwarf,8192",
-                                   "-p", std::to_string(broker->pid()), "-o", dir + "/perf.data"},
+                                   "--call-graph", "dwarf,8192", "-p", std::to_string(broker->pid()), "-o",
+                                   dir + "/perf.data"},
           dir + "/perf-record.out", dir + "/perf-record.err");
       perf_sync = std::make_unique<Child>(
           std::vector<std::string>{"perf", "stat", "-x,", "-e", "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync",
@@ -975,15 +979,16 @@ int RunE2e(const Options& o) {
                  "machine %.0f%% (of one core); broker %.1f CPU s = %.1f us/msg; fsyncs %ld\n",
                  rate, e2e_s, ack_rate, t.unique, ph.expected, t.dups, t.foreign, t.nacked,
                  t.first_error.empty() ? "" : " first: ", t.first_error.c_str(), ack_p50, ack_p99, c.broker_pct,
-                 c.client_pct, c.machine_pct, c.broker_s, t.unique > 0 ? c.broker_s / static_cast<double>(t.unique) * 1e6 : 0,
-                 fsyncs);
-    json << ",\"msgs_per_s\":" << Fmt(rate, 0) << ",\"e2e_s\":" << Fmt(e2e_s) << ",\"ack_msgs_per_s\":"
-         << Fmt(ack_rate, 0) << ",\"received\":" << t.unique << ",\"tput_lost\":" << lost << ",\"tput_dups\":" << t.dups
-         << ",\"foreign\":" << t.foreign << ",\"refused\":" << t.nacked << ",\"redacted_received\":" << t.redacted
+                 c.client_pct, c.machine_pct, c.broker_s,
+                 t.unique > 0 ? c.broker_s / static_cast<double>(t.unique) * 1e6 : 0, fsyncs);
+    json << ",\"msgs_per_s\":" << Fmt(rate, 0) << ",\"e2e_s\":" << Fmt(e2e_s)
+         << ",\"ack_msgs_per_s\":" << Fmt(ack_rate, 0) << ",\"received\":" << t.unique << ",\"tput_lost\":" << lost
+         << ",\"tput_dups\":" << t.dups << ",\"foreign\":" << t.foreign << ",\"refused\":" << t.nacked
+         << ",\"redacted_received\":" << t.redacted
          << ",\"redaction_errors\":" << (t.unredacted_on_redacted_rule + t.redacted_on_plain_rule)
          << ",\"ack_p50_ms\":" << Fmt(ack_p50) << ",\"ack_p99_ms\":" << Fmt(ack_p99)
-         << ",\"broker_cpu_s\":" << Fmt(c.broker_s, 2) << ",\"broker_cpu_us_per_msg\":"
-         << Fmt(t.unique > 0 ? c.broker_s / static_cast<double>(t.unique) * 1e6 : 0, 1)
+         << ",\"broker_cpu_s\":" << Fmt(c.broker_s, 2)
+         << ",\"broker_cpu_us_per_msg\":" << Fmt(t.unique > 0 ? c.broker_s / static_cast<double>(t.unique) * 1e6 : 0, 1)
          << ",\"broker_cpu_pct\":" << Fmt(c.broker_pct, 0) << ",\"client_cpu_pct\":" << Fmt(c.client_pct, 0)
          << ",\"machine_cpu_pct\":" << Fmt(c.machine_pct, 0) << ",\"fsyncs\":" << fsyncs;
     if (fsyncs > 0 && t.unique > 0) {
@@ -991,17 +996,16 @@ int RunE2e(const Options& o) {
     }
     // The CPU breakdown of the broker during this phase.
     if (use_perf) {
-      const int rc = RunQuiet({"sh", "-c",
-                               "perf script -i '" + dir + "/perf.data' -F ip,sym,dso > '" + dir + "/perf.txt' 2> '" +
-                                   dir + "/perf-script.err'"},
-                              "/dev/null");
+      const int rc = RunQuiet({"perf", "script", "-i", dir + "/perf.data", "-F", "ip,sym,dso"}, dir + "/perf.txt",
+                              dir + "/perf-script.err");
       Profile prof = rc == 0 ? ParsePerfScript(dir + "/perf.txt") : Profile{};
       if (rc != 0) prof.error = "perf script failed";
       if (prof.ok) {
-        json << ",\"cpu\":{\"method\":\"perf cpu-clock " << o.perf_freq << " Hz, dwarf call chains\",\"samples\":"
-             << prof.samples;
-        std::fprintf(stderr, "e2e: broker CPU by stage (%ld perf samples; kernel by system call, else nearest marking frame):\n",
-                     prof.samples);
+        json << ",\"cpu\":{\"method\":\"perf cpu-clock " << o.perf_freq
+             << " Hz, dwarf call chains\",\"samples\":" << prof.samples;
+        std::fprintf(
+            stderr, "e2e: broker CPU by stage (%ld perf samples; kernel by system call, else nearest marking frame):\n",
+            prof.samples);
         for (const auto& s : StageNames()) {
           const double f = static_cast<double>(prof.stage[s]) / static_cast<double>(prof.samples);
           json << ",\"" << s << "\":" << Fmt(f);
@@ -1127,8 +1131,12 @@ void RegisterE2e(CLI::App& app, int* exit_code) {
   sub->add_option("--window", o->window, "unacknowledged publishes per publisher; receivers' credit")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));
-  sub->add_option("--rate", o->rate, "latency phase: msgs/s in total")->capture_default_str()->check(CLI::PositiveNumber);
-  sub->add_option("--duration", o->duration, "latency phase: seconds")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--rate", o->rate, "latency phase: msgs/s in total")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--duration", o->duration, "latency phase: seconds")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   sub->add_option("--warmup", o->warmup, "latency phase: first seconds not counted")->capture_default_str();
   sub->add_option("--timeout", o->timeout, "longest wait per phase, seconds")->capture_default_str();
   sub->add_option("--redacted", o->redacted, "receivers whose messages are redacted and pseudonymised")
