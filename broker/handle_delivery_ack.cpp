@@ -18,6 +18,7 @@
 #include "broker/detail/broker_state.h"
 #include "broker/detail/session.h"
 #include "policy/redact.h"
+#include "proto/frame_codec.h"
 #include "proto/names.h"
 
 namespace liaison::broker {
@@ -92,6 +93,7 @@ bool Session::SendDelivery(QueuedDelivery d) {
   auto* del = f.mutable_deliver();
   del->set_delivery_id(static_cast<uint64_t>(d.id));
   InFlight inflight;
+  std::shared_ptr<const std::string> wire;  // the message, serialized, when it goes out unchanged
   if (d.kind == DeliveryKind::kMessage) {
     const QueuedMessage& m = *d.message;
     if (broker_.mailboxes.IsRecalled(m)) {
@@ -150,7 +152,11 @@ bool Session::SendDelivery(QueuedDelivery d) {
     }
     const auto obligations = policy->SharedObligationsOf(decision);
     const std::string& agreement = policy->agreements()[decision.agreement].id;
-    if (obligations->empty()) {
+    if (obligations->empty() && m.wire) {
+      // The recipient gets the message as stored: its bytes go into the
+      // frame as they are (no copy of the message, no re-serialization).
+      wire = m.wire;
+    } else if (obligations->empty()) {
       *del->mutable_message() = msg;
     } else {
       v1::Message* copy = del->mutable_message();
@@ -182,7 +188,7 @@ bool Session::SendDelivery(QueuedDelivery d) {
                                 " (key v" + std::to_string(key->version) + ")";
       }
     }
-    inflight.body_hmac = broker_.store->BodyDigest(del->message().SerializeAsString());
+    inflight.body_hmac = broker_.store->BodyDigest(wire ? *wire : del->message().SerializeAsString());
     inflight.rules = rules;
     inflight.policy_version = policy->version();
   } else if (d.kind == DeliveryKind::kRecallNotice) {
@@ -194,9 +200,15 @@ bool Session::SendDelivery(QueuedDelivery d) {
   del->set_attempt(d.attempts);
   inflight.sent_at = net::Clock::now();
   const int64_t id = d.id;
+  const uint32_t attempt = d.attempts;
   inflight.d = std::move(d);
   unacked_.emplace(id, std::move(inflight));
-  Send(f);
+  if (wire) {
+    SendEncoded(
+        proto::EncodeDeliverFrame(static_cast<uint64_t>(id), attempt, *wire, broker_.config.limits.max_frame_bytes));
+  } else {
+    Send(f);
+  }
   return true;
 }
 

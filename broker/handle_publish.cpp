@@ -265,7 +265,11 @@ void Session::HandlePublish(v1::Publish& publish) {
   stored.want_reports = queued->want_reports;
   stored.publish_digest = digest;
   stored.ack = ack.SerializeAsString();
-  if (!copies.empty()) stored.body = message->SerializeAsString();
+  if (!copies.empty()) {
+    auto wire = std::make_shared<const std::string>(message->SerializeAsString());
+    stored.body = *wire;
+    queued->wire = std::move(wire);
+  }
   batch.new_message = std::move(stored);
 
   ++in_flight_publishes_;

@@ -32,6 +32,7 @@ Status Mailboxes::Load(const Store& store) {
           parse_error = Status::Corruption("stored message " + std::to_string(m.row) + " does not parse");
         }
         qm->body = std::move(body);
+        qm->wire = std::make_shared<const std::string>(m.body);
       }
     }
     QueuedDelivery q;

@@ -13,6 +13,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "broker/detail/broker_state.h"
+#include "proto/frame_codec.h"
 
 namespace liaison::broker {
 
@@ -231,7 +232,12 @@ void Session::CheckDeadlines() {
 
 void Session::Send(const v1::Frame& frame) {
   if (stream_.closed()) return;
-  Status s = stream_.Send(frame);
+  SendEncoded(proto::EncodeFrame(frame, broker_.config.limits.max_frame_bytes));
+}
+
+void Session::SendEncoded(Result<std::string> encoded) {
+  if (stream_.closed()) return;
+  Status s = encoded.ok() ? stream_.SendEncoded(std::move(encoded).value()) : encoded.status();
   if (s.IsUnavailable()) {
     spdlog::warn("{}: outgoing queue over {} bytes (peer not reading), closing", tag_,
                  broker_.config.limits.max_queued_bytes);

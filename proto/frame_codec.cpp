@@ -1,6 +1,7 @@
 #include "proto/frame_codec.h"
 
 #include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/wire_format_lite.h>
 
 #include <algorithm>
 
@@ -33,6 +34,70 @@ Result<std::string> EncodeFrame(const v1::Frame& frame, uint32_t max_frame_bytes
   if (!frame.SerializeToArray(out.data() + kFrameHeaderBytes, static_cast<int>(n))) {
     return Status::Internal("frame serialization failed");
   }
+  return out;
+}
+
+namespace {
+
+void PutVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7F) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+size_t VarintSize(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+
+uint32_t Tag(int field, google::protobuf::internal::WireFormatLite::WireType type) {
+  return google::protobuf::internal::WireFormatLite::MakeTag(field, type);
+}
+
+}  // namespace
+
+Result<std::string> EncodeDeliverFrame(uint64_t delivery_id, uint32_t attempt, std::string_view message,
+                                       uint32_t max_frame_bytes) {
+  using WFL = google::protobuf::internal::WireFormatLite;
+  const uint32_t id_tag = Tag(v1::Deliver::kDeliveryIdFieldNumber, WFL::WIRETYPE_VARINT);
+  const uint32_t attempt_tag = Tag(v1::Deliver::kAttemptFieldNumber, WFL::WIRETYPE_VARINT);
+  const uint32_t message_tag = Tag(v1::Deliver::kMessageFieldNumber, WFL::WIRETYPE_LENGTH_DELIMITED);
+  const uint32_t deliver_tag = Tag(v1::Frame::kDeliverFieldNumber, WFL::WIRETYPE_LENGTH_DELIMITED);
+  // Fields in number order, defaults omitted, as SerializeToArray writes them.
+  size_t inner = 0;
+  if (delivery_id != 0) inner += VarintSize(id_tag) + VarintSize(delivery_id);
+  if (attempt != 0) inner += VarintSize(attempt_tag) + VarintSize(attempt);
+  inner += VarintSize(message_tag) + VarintSize(message.size()) + message.size();
+  const size_t n = VarintSize(deliver_tag) + VarintSize(inner) + inner;
+  if (n > max_frame_bytes) {
+    return Status::InvalidArgument("frame of " + std::to_string(n) + " bytes exceeds the maximum of " +
+                                   std::to_string(max_frame_bytes) + " bytes");
+  }
+  std::string out;
+  out.reserve(kFrameHeaderBytes + n);
+  out.push_back(static_cast<char>((n >> 24) & 0xFF));
+  out.push_back(static_cast<char>((n >> 16) & 0xFF));
+  out.push_back(static_cast<char>((n >> 8) & 0xFF));
+  out.push_back(static_cast<char>(n & 0xFF));
+  PutVarint(&out, deliver_tag);
+  PutVarint(&out, inner);
+  if (delivery_id != 0) {
+    PutVarint(&out, id_tag);
+    PutVarint(&out, delivery_id);
+  }
+  if (attempt != 0) {
+    PutVarint(&out, attempt_tag);
+    PutVarint(&out, attempt);
+  }
+  PutVarint(&out, message_tag);
+  PutVarint(&out, message.size());
+  out.append(message);
   return out;
 }
 

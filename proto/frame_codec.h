@@ -33,6 +33,14 @@ Result<uint32_t> DecodeFrameLength(const uint8_t header[kFrameHeaderBytes], uint
 // max_frame_bytes.
 Result<std::string> EncodeFrame(const v1::Frame& frame, uint32_t max_frame_bytes = kDefaultMaxFrameBytes);
 
+// A Deliver frame carrying a message that is already serialized, with its
+// length prefix: the same bytes a parser reads as EncodeFrame(Frame{deliver:
+// {delivery_id, attempt, message}}) would give, without parsing, copying or
+// re-serializing the message. Fails only if the frame exceeds
+// max_frame_bytes.
+Result<std::string> EncodeDeliverFrame(uint64_t delivery_id, uint32_t attempt, std::string_view message,
+                                       uint32_t max_frame_bytes = kDefaultMaxFrameBytes);
+
 // Parses a frame body (without the header) with the nesting limit; unknown
 // fields are dropped so they never travel further.
 Status ParseFrame(std::string_view body, v1::Frame* frame);

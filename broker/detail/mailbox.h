@@ -42,6 +42,9 @@ struct QueuedMessage {
   int64_t expires_ms = 0;
   bool want_reports = false;
   std::shared_ptr<const v1::Message> body;  // as stamped at publish; null once dropped
+  // body serialized (the bytes the store holds): copies delivered without
+  // redaction go out as these bytes, unparsed and uncopied. Null: unknown.
+  std::shared_ptr<const std::string> wire;
   // Guarded by the Mailboxes mutex.
   int unfinished = 0;                // copies pending or in flight
   bool recalled = false;

@@ -1,6 +1,7 @@
 // liaison-bench: performance benchmarks for Liaison (docs/benchmarks.md).
 //   liaison-bench policy [--agencies N --groups N --rules N --decisions N --seed N]
 //   liaison-bench audit [--records N --agencies N --cases N --queries N]
+//   liaison-bench e2e [--publishers 4 --messages 50000 --size 1024 --window 256 --rate 2000 --duration 10]
 #include "tests/bench/bench.h"
 
 int main(int argc, char** argv) {
@@ -9,6 +10,7 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   liaison::bench::RegisterPolicy(app, &exit_code);
   liaison::bench::RegisterAudit(app, &exit_code);
+  liaison::bench::RegisterE2e(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -181,6 +181,42 @@ TEST_CASE("EncodeFrame refuses empty and oversized frames", "[proto][frame_codec
   CHECK_THAT(r.status().message(), Catch::Contains("exceeds the maximum"));
 }
 
+TEST_CASE("EncodeDeliverFrame writes exactly what EncodeFrame writes for the same Deliver", "[proto][frame_codec]") {
+  // delivery ids and attempts whose varints take 1, 2, 5 and 10 bytes, and
+  // messages whose lengths take 1 to 3 bytes.
+  const std::vector<std::pair<uint64_t, uint32_t>> ids = {
+      {1, 1}, {127, 2}, {128, 300}, {0xFFFFFFFFull, 0xFFFFFFFFu}, {0xFFFFFFFFFFFFFFFFull, 7}};
+  for (const std::string& text : {std::string("x"), std::string(200, 'r'), std::string(70000, 'z')}) {
+    const v1::Frame publish = PublishFrame(9, text);
+    const std::string message = publish.publish().message().SerializeAsString();
+    for (const auto& [id, attempt] : ids) {
+      v1::Frame f;
+      f.mutable_deliver()->set_delivery_id(id);
+      f.mutable_deliver()->set_attempt(attempt);
+      *f.mutable_deliver()->mutable_message() = publish.publish().message();
+      auto raw = liaison::proto::EncodeDeliverFrame(id, attempt, message);
+      REQUIRE(raw.ok());
+      CHECK(*raw == Encode(f));
+      v1::Frame back;
+      REQUIRE(ParseFrame(std::string_view(*raw).substr(kFrameHeaderBytes), &back).ok());
+      CHECK(back.deliver().delivery_id() == id);
+      CHECK(back.deliver().attempt() == attempt);
+      CHECK(back.deliver().message().SerializeAsString() == message);
+    }
+  }
+  // The same size limit as EncodeFrame.
+  v1::Frame f;
+  f.mutable_deliver()->set_delivery_id(5);
+  f.mutable_deliver()->set_attempt(1);
+  *f.mutable_deliver()->mutable_message() = PublishFrame(1, std::string(2000, 'y')).publish().message();
+  const std::string message = f.deliver().message().SerializeAsString();
+  const uint32_t size = static_cast<uint32_t>(f.ByteSizeLong());
+  CHECK(liaison::proto::EncodeDeliverFrame(5, 1, message, size).ok());
+  auto r = liaison::proto::EncodeDeliverFrame(5, 1, message, size - 1);
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(r.status().message(), Catch::Contains("exceeds the maximum"));
+}
+
 TEST_CASE("FrameDecoder reassembles frames fed byte by byte", "[proto][frame_codec]") {
   std::vector<v1::Frame> frames = {PingFrame(1), PublishFrame(2, "first"), PingFrame(3),
                                    PublishFrame(4, std::string(3000, 'z'))};
