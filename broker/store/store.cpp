@@ -22,7 +22,7 @@
 namespace liaison::broker {
 namespace {
 
-constexpr int kSchemaVersion = 3;
+constexpr int kSchemaVersion = 4;
 constexpr size_t kMaxRecordsPerCommit = 50'000;
 constexpr int64_t kCheckpointRowEveryMs = 1000;
 constexpr auto kTruncateWalEvery = std::chrono::seconds(5);
@@ -101,6 +101,13 @@ CREATE INDEX messages_message_id ON messages(message_id);
     R"sql(
 CREATE INDEX audit_sender_seq ON audit_log(sender) WHERE sender <> '';
 CREATE INDEX audit_recipient_seq ON audit_log(recipient) WHERE recipient <> '';
+)sql",
+    // 4: the (sender, time) and (recipient, time) indexes of schema 1 serve
+    // no query that the (sender) and (recipient) seq indexes do not, and
+    // every record paid for them.
+    R"sql(
+DROP INDEX audit_sender_time;
+DROP INDEX audit_recipient_time;
 )sql",
 };
 
