@@ -8,6 +8,7 @@
 
 #include "client/agent/agent_files.h"
 #include "common/files.h"
+#include "common/json_string.h"
 #include "common/uuid.h"
 #include "proto/detail/pb.h"
 #include "proto/message_json.h"
@@ -28,42 +29,20 @@ int64_t NowMs() {
       .count();
 }
 
-std::string Json(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  return out + "\"";
-}
-
 std::string OutcomesJson(const std::vector<client::RecipientOutcome>& outcomes) {
   std::string out = "[";
   for (size_t i = 0; i < outcomes.size(); ++i) {
     const auto& o = outcomes[i];
-    out += (i ? "," : "") + std::string("{\"recipient\":") + Json(o.recipient) + ",\"outcome\":" + Json(o.outcome) +
-           ",\"reason\":" + Json(o.reason) + ",\"detail\":" + Json(o.detail) + "}";
+    out += (i ? "," : "") + std::string("{\"recipient\":") + JsonString(o.recipient) + ",\"outcome\":" + JsonString(o.outcome) +
+           ",\"reason\":" + JsonString(o.reason) + ",\"detail\":" + JsonString(o.detail) + "}";
   }
   return out + "]";
 }
 
 std::string ErrorJson(const std::string& file, const std::string& message_id, const std::string& code,
                       const std::string& message, const std::vector<client::RecipientOutcome>& outcomes = {}) {
-  return "{\"file\":" + Json(file) + ",\"messageId\":" + Json(message_id) + ",\"error\":" + Json(code) +
-         ",\"message\":" + Json(message) + ",\"outcomes\":" + OutcomesJson(outcomes) +
+  return "{\"file\":" + JsonString(file) + ",\"messageId\":" + JsonString(message_id) + ",\"error\":" + JsonString(code) +
+         ",\"message\":" + JsonString(message) + ",\"outcomes\":" + OutcomesJson(outcomes) +
          ",\"timeMs\":" + std::to_string(NowMs()) + "}\n";
 }
 
@@ -435,7 +414,7 @@ Status Agent::HandleResults(std::vector<Event*>& results) {
         spdlog::info("outbox: {} ({}) {} -> sent/{}", row.name, row.message_id,
                      r.duplicate ? "was already accepted before a restart" : "accepted", row.dest);
         dir = "sent";
-        result = "{\"file\":" + Json(row.name) + ",\"messageId\":" + Json(row.message_id) +
+        result = "{\"file\":" + JsonString(row.name) + ",\"messageId\":" + JsonString(row.message_id) +
                  ",\"duplicate\":" + (r.duplicate ? "true" : "false") + ",\"outcomes\":" + OutcomesJson(r.outcomes) +
                  ",\"checkpointTreeSize\":" + std::to_string(r.checkpoint.tree_size) +
                  ",\"ackedAtMs\":" + std::to_string(NowMs()) + "}\n";
@@ -530,8 +509,8 @@ Status Agent::HandleRecall(const client::RecallNotice& n) {
                                  n.message_id.substr(0, 64) + "'");
   }
   const std::string base = n.sender + "_" + n.message_id;
-  const std::string line = "{\"recall\":{\"messageId\":" + Json(n.message_id) + ",\"sender\":" + Json(n.sender) +
-                           ",\"reason\":" + Json(n.reason) + ",\"recalledAtMs\":" + std::to_string(n.recalled_at_ms) +
+  const std::string line = "{\"recall\":{\"messageId\":" + JsonString(n.message_id) + ",\"sender\":" + JsonString(n.sender) +
+                           ",\"reason\":" + JsonString(n.reason) + ",\"recalledAtMs\":" + std::to_string(n.recalled_at_ms) +
                            "}}\n";
   // The notice first: a crash before the move leaves the message in the
   // inbox and the notice unacknowledged; it comes again and the move follows.
@@ -559,9 +538,9 @@ Status Agent::HandleReport(const client::DeliveryReport& r) {
     base = (*where)->second;
   }
   const std::string path = dir + "/" + base + ".report." + SafeFilePart(r.recipient) + ".json";
-  const std::string line = "{\"report\":{\"messageId\":" + Json(r.message_id) + ",\"recipient\":" + Json(r.recipient) +
-                           ",\"outcome\":" + Json(r.outcome) + ",\"reason\":" + Json(r.reason) +
-                           ",\"detail\":" + Json(r.detail) + ",\"timeMs\":" + std::to_string(r.time_ms) + "}}\n";
+  const std::string line = "{\"report\":{\"messageId\":" + JsonString(r.message_id) + ",\"recipient\":" + JsonString(r.recipient) +
+                           ",\"outcome\":" + JsonString(r.outcome) + ",\"reason\":" + JsonString(r.reason) +
+                           ",\"detail\":" + JsonString(r.detail) + ",\"timeMs\":" + std::to_string(r.time_ms) + "}}\n";
   if (Status s = WriteFileAtomic(path, line, 0640); !s.ok()) return s;
   spdlog::info("report: {} -> {}: {}{}", r.message_id, r.recipient, r.outcome,
                r.reason.empty() ? "" : " (" + r.reason + ")");

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "client/client_config.h"
+#include "common/json_string.h"
 
 namespace liaison::cli {
 
@@ -33,9 +34,6 @@ void RegisterRecall(CLI::App& app, CommonOptions& common, int* exit_code);
 void RegisterAudit(CLI::App& app, CommonOptions& common, int* exit_code);
 // Local policy tools (check, explain, test, matrix); no broker connection.
 void RegisterPolicy(CLI::App& app, CommonOptions& common, int* exit_code);
-
-// s as a JSON string literal, quotes and escapes included.
-std::string JsonString(const std::string& s);
 
 // Resolves connection settings, printing every problem; nothing on error.
 std::optional<client::ClientOptions> ConnectionOrReport(const CommonOptions& common);

@@ -20,28 +20,6 @@ int CheckWitness(const client::Client& c, int rc) {
   return kExitAuditAlarm;
 }
 
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      case '\r': out += "\\r"; break;
-      default:
-        if (c < 0x20) {
-          char b[8];
-          std::snprintf(b, sizeof b, "\\u%04x", c);
-          out += b;
-        } else {
-          out.push_back(static_cast<char>(c));
-        }
-    }
-  }
-  return out + "\"";
-}
-
 int ReportConnectError(const Status& s) {
   std::fprintf(stderr, "liaison: %s\n", s.message().c_str());
   return s.IsInvalidArgument() ? kExitUsage : kExitConnection;

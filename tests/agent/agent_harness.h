@@ -19,18 +19,12 @@
 #include <vector>
 
 #include "common/files.h"
+#include "tests/integration/process_support.h"
 #include "tests/integration/test_support.h"
 
 extern char** environ;
 
 namespace liaison::test {
-
-inline std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 inline bool FileExists(const std::string& path) {
   std::error_code ec;

@@ -1,0 +1,12 @@
+// A string as a JSON string literal (quoted, with escapes), for the
+// one-line JSON that the command-line tools print.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace liaison {
+
+std::string JsonString(std::string_view s);
+
+}  // namespace liaison
