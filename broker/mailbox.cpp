@@ -134,14 +134,12 @@ std::shared_ptr<QueuedMessage> Mailboxes::Find(std::string_view sender, std::str
   return it == messages_.end() ? nullptr : it->second.lock();
 }
 
-std::vector<QueuedDelivery> Mailboxes::Recall(QueuedMessage& m) {
+std::vector<QueuedDelivery> Mailboxes::TakeWaitingCopies(const std::function<bool(const QueuedMessage&)>& which) {
   std::vector<QueuedDelivery> out;
-  std::lock_guard lock(mu_);
-  m.recalled = true;
   for (auto it = queues_.begin(); it != queues_.end();) {
     auto& q = it->second;
     for (auto d = q.begin(); d != q.end();) {
-      if (d->kind == DeliveryKind::kMessage && d->message.get() == &m) {
+      if (d->kind == DeliveryKind::kMessage && which(*d->message)) {
         out.push_back(std::move(*d));
         d = q.erase(d);
         --total_;
@@ -152,6 +150,12 @@ std::vector<QueuedDelivery> Mailboxes::Recall(QueuedMessage& m) {
     it = q.empty() ? queues_.erase(it) : std::next(it);
   }
   return out;
+}
+
+std::vector<QueuedDelivery> Mailboxes::Recall(QueuedMessage& m) {
+  std::lock_guard lock(mu_);
+  m.recalled = true;
+  return TakeWaitingCopies([&m](const QueuedMessage& x) { return &x == &m; });
 }
 
 bool Mailboxes::IsRecalled(const QueuedMessage& m) const {
@@ -170,22 +174,8 @@ void Mailboxes::UnmarkNotified(QueuedMessage& m, const std::string& recipient) {
 }
 
 std::vector<QueuedDelivery> Mailboxes::TakeExpired(int64_t now_ms) {
-  std::vector<QueuedDelivery> out;
   std::lock_guard lock(mu_);
-  for (auto it = queues_.begin(); it != queues_.end();) {
-    auto& q = it->second;
-    for (auto d = q.begin(); d != q.end();) {
-      if (d->kind == DeliveryKind::kMessage && d->message->expires_ms <= now_ms) {
-        out.push_back(std::move(*d));
-        d = q.erase(d);
-        --total_;
-      } else {
-        ++d;
-      }
-    }
-    it = q.empty() ? queues_.erase(it) : std::next(it);
-  }
-  return out;
+  return TakeWaitingCopies([now_ms](const QueuedMessage& m) { return m.expires_ms <= now_ms; });
 }
 
 size_t Mailboxes::waiting(std::string_view agency) const {

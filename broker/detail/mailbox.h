@@ -99,6 +99,9 @@ class Mailboxes {
 
  private:
   void WakeReceivers(const std::set<std::string>& agencies);
+  // Removes and returns the waiting message copies whose message matches;
+  // the caller holds mu_.
+  std::vector<QueuedDelivery> TakeWaitingCopies(const std::function<bool(const QueuedMessage&)>& which);
   void InsertSorted(std::deque<QueuedDelivery>& q, QueuedDelivery d);
 
   Router& router_;

@@ -69,59 +69,11 @@ inline std::string JsonField(const std::string& json, const std::string& key) {
   return json.substr(at + 1, end - at - 1);
 }
 
-// A child process: argv[0] is the program; stdout and stderr go to files
-// in dir (appended, so restarts keep the earlier logs).
-class ChildProcess {
- public:
+// The agent as a child process; its stderr is appended, so restarts keep
+// the earlier logs.
+struct ChildProcess : Process {
   ChildProcess(const std::vector<std::string>& argv, const std::string& dir, const std::string& name)
-      : out_(dir + "/" + name + ".out"), err_(dir + "/" + name + ".err") {
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&fa, 2, err_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    if (posix_spawn(&pid_, args[0], &fa, nullptr, args.data(), environ) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&fa);
-  }
-  ~ChildProcess() {
-    if (pid_ > 0 && !exited_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-  }
-  ChildProcess(const ChildProcess&) = delete;
-  ChildProcess& operator=(const ChildProcess&) = delete;
-
-  bool started() const { return pid_ > 0; }
-  // Exit code, 128+signal when killed, -1 on timeout.
-  int Wait(std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        exited_ = true;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    return -1;
-  }
-  void Signal(int sig) { ::kill(pid_, sig); }
-  // SIGKILL and reap.
-  void Kill() {
-    Signal(SIGKILL);
-    Wait();
-  }
-  std::string out() const { return Slurp(out_); }
-  std::string err() const { return Slurp(err_); }
-
- private:
-  pid_t pid_ = -1;
-  bool exited_ = false;
-  std::string out_, err_;
+      : Process(argv, dir, name, "/dev/null", /*append_err=*/true) {}
 };
 
 // An agency's agent in dir/<agency>/: config file agent.yaml and the

@@ -36,14 +36,17 @@ inline std::string Slurp(const std::string& path) {
 // A child process with stdin from a file (or /dev/null) and stdout/stderr to files.
 class Process {
  public:
+  // append_err: stderr is appended to, so a restarted program keeps its
+  // earlier log in the same file.
   Process(const std::vector<std::string>& argv, const std::string& dir, const std::string& name,
-          const std::string& stdin_file = "/dev/null")
+          const std::string& stdin_file = "/dev/null", bool append_err = false)
       : out_(dir + "/" + name + ".out"), err_(dir + "/" + name + ".err") {
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 0, stdin_file.c_str(), O_RDONLY, 0);
     posix_spawn_file_actions_addopen(&fa, 1, out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&fa, 2, err_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, 2, err_.c_str(), O_WRONLY | O_CREAT | (append_err ? O_APPEND : O_TRUNC),
+                                     0644);
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
@@ -56,8 +59,12 @@ class Process {
       ::waitpid(pid_, nullptr, 0);
     }
   }
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  bool started() const { return pid_ > 0; }
   // Exit code, or -1 on timeout, 128+signal when killed.
-  int Wait(std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  int Wait(std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (std::chrono::steady_clock::now() < deadline) {
       int status = 0;
@@ -71,6 +78,11 @@ class Process {
     return -1;
   }
   void Signal(int sig) { ::kill(pid_, sig); }
+  // SIGKILL and reap.
+  void Kill() {
+    Signal(SIGKILL);
+    Wait();
+  }
   std::string out() const { return Slurp(out_); }
   std::string err() const { return Slurp(err_); }
 
