@@ -7,10 +7,10 @@
 // idempotent on (sender, message id). Rule ids and reasons stay in the
 // audit log; the sender learns only a reason code.
 #include <google/protobuf/util/time_util.h>
-#include <openssl/sha.h>
 #include <spdlog/spdlog.h>
 
 #include "broker/detail/broker_state.h"
+#include "common/sha256.h"
 #include "proto/frame_codec.h"
 #include "broker/detail/session.h"
 #include "policy/redact.h"
@@ -109,11 +109,10 @@ void Session::HandlePublish(v1::Publish& publish) {
     return;
   }
   // Idempotency: the message as the client sent it, before stamping.
-  std::string digest(SHA256_DIGEST_LENGTH, '\0');
+  std::string digest;
   {
-    const std::string sent = message->SerializeAsString();
-    SHA256(reinterpret_cast<const unsigned char*>(sent.data()), sent.size(),
-           reinterpret_cast<unsigned char*>(digest.data()));
+    const crypto::Digest d = crypto::Sha256(message->SerializeAsString());
+    digest.assign(d.begin(), d.end());
   }
   env->set_sender(agency_);
   *env->mutable_received_at() = google::protobuf::util::TimeUtil::GetCurrentTime();

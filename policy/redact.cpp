@@ -1,7 +1,5 @@
 #include "policy/redact.h"
 
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <unicase.h>
 #include <unictype.h>
 #include <uninorm.h>
@@ -12,10 +10,12 @@
 #include <google/protobuf/timestamp.pb.h>
 
 #include <cstdlib>
+#include <memory>
 #include <new>
 #include <set>
 #include <stdexcept>
 
+#include "common/sha256.h"
 #include "proto/detail/pb.h"
 
 namespace liaison::policy {
@@ -242,21 +242,19 @@ std::vector<std::pair<std::string, int>> LeafPaths(std::string_view message_type
 
 std::string Pseudonym(const PseudonymKey& key, std::string_view value) {
   const std::string normal = Normalise(value);
-  unsigned char mac[EVP_MAX_MD_SIZE];
-  unsigned int mac_len = 0;
-  const unsigned char* ok =
-      HMAC(EVP_sha256(), key.key.data(), static_cast<int>(key.key.size()),
-           reinterpret_cast<const unsigned char*>(normal.data()), normal.size(), mac, &mac_len);
-  // HMAC-SHA256 fails only when OpenSSL itself is broken: truly unexpected,
-  // and the value must never pass through in clear.
-  if (ok == nullptr || mac_len < kPseudonymBytes) throw std::runtime_error("HMAC-SHA256 failed");
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out = "ps:v" + std::to_string(key.version) + ":";
-  for (size_t i = 0; i < kPseudonymBytes; ++i) {
-    out.push_back(kHex[mac[i] >> 4]);
-    out.push_back(kHex[mac[i] & 0x0f]);
+  // The keyed state is built once per key and thread: a copy of a message
+  // pseudonymises many fields under the same key.
+  thread_local std::string cached_key;
+  thread_local std::unique_ptr<crypto::HmacSha256> mac;
+  if (!mac || cached_key != key.key) {
+    mac = std::make_unique<crypto::HmacSha256>(key.key);
+    cached_key = key.key;
   }
-  return out;
+  // HMAC-SHA256 fails only when OpenSSL itself is broken: Mac() throws then,
+  // and the value never passes through in clear.
+  const crypto::Digest d = mac->Mac(normal);
+  static_assert(kPseudonymBytes <= std::tuple_size_v<crypto::Digest>);
+  return "ps:v" + std::to_string(key.version) + ":" + crypto::Hex(d.data(), kPseudonymBytes);
 }
 
 std::string Normalise(std::string_view value) {

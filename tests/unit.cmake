@@ -18,3 +18,4 @@ target_sources(unit_tests PRIVATE
   policy/pseudonym_keys_test.cpp)
 target_sources(unit_tests PRIVATE policy/evaluate_test.cpp)
 target_sources(unit_tests PRIVATE common/audit_record_test.cpp)
+target_sources(unit_tests PRIVATE common/sha256_test.cpp)

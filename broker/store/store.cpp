@@ -1,6 +1,5 @@
 #include "broker/store/store.h"
 
-#include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 #include <sqlite3.h>
@@ -19,6 +18,7 @@
 
 #include "common/files.h"
 #include "common/merkle.h"
+#include "common/sha256.h"
 
 namespace liaison::broker {
 namespace {
@@ -199,6 +199,7 @@ struct Store::Impl {
   sqlite3* db = nullptr;
   std::unique_ptr<audit::Signer> signer;
   std::string digest_key;
+  std::unique_ptr<crypto::HmacSha256> body_mac;  // keyed with digest_key
   Stmt insert, insert_checkpoint;
   Stmt insert_message, find_duplicate, insert_delivery, finish_delivery, set_attempts, drop_body, mark_recalled;
   // Reads (FindMessage, ...) on their own connection.
@@ -595,6 +596,7 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
   auto key = LoadOrCreateDigestKey(options.digest_key);
   if (!key.ok()) return key.status().Annotate("body digest key");
   impl->digest_key = std::move(key).value();
+  impl->body_mac = std::make_unique<crypto::HmacSha256>(impl->digest_key);
   if (Status s = impl->PrepareStatements(); !s.ok()) return s;
   if (sqlite3_open_v2(options.path.c_str(), &impl->reader, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) !=
       SQLITE_OK) {
@@ -840,11 +842,8 @@ Store::Counters Store::counters() const {
 const std::string& Store::public_key_pem() const { return impl_->signer->public_key_pem(); }
 
 std::string Store::BodyDigest(std::string_view body) const {
-  unsigned char md[32];
-  unsigned int len = 0;
-  HMAC(EVP_sha256(), impl_->digest_key.data(), static_cast<int>(impl_->digest_key.size()),
-       reinterpret_cast<const unsigned char*>(body.data()), body.size(), md, &len);
-  return audit::Hex(std::string_view(reinterpret_cast<const char*>(md), len));
+  const crypto::Digest d = impl_->body_mac->Mac(body);
+  return crypto::Hex(d.data(), d.size());
 }
 
 Status Store::ExportAudit(const std::string& db_path, const std::string& out_path) {
