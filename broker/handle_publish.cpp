@@ -84,7 +84,14 @@ void Session::HandlePublish(v1::Publish& publish) {
     SendError(rid, v1::REASON_INVALID_MESSAGE, "Publish carries no message", false);
     return;
   }
-  auto message = std::shared_ptr<v1::Message>(publish.release_message());
+  std::shared_ptr<v1::Message> message;
+  if (frame_arena_ != nullptr && publish.GetArena() == frame_arena_.get()) {
+    // The message stays in the frame's arena, which it keeps alive (an
+    // aliasing shared_ptr): no copy out of the arena.
+    message = std::shared_ptr<v1::Message>(frame_arena_, publish.unsafe_arena_release_message());
+  } else {
+    message.reset(publish.release_message());
+  }
   proto::MessageLimits ml;
   ml.max_recipients = l.max_recipients;
   if (Status s = proto::ValidateForPublish(message.get(), ml, std::chrono::system_clock::now()); !s.ok()) {

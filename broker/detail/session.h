@@ -122,6 +122,8 @@ class Session : public std::enable_shared_from_this<Session> {
   bool agency_counted_ = false;  // counted in Admission's sessions of agency_
   bool draining_ = false;
   uint32_t in_flight_publishes_ = 0;
+  // The arena of the frame being dispatched (set only during Dispatch).
+  std::shared_ptr<google::protobuf::Arena> frame_arena_;
 
   bool receiving_ = false;
   uint32_t credit_ = 0;
