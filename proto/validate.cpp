@@ -54,44 +54,48 @@ Status CheckFields(const google::protobuf::Message& msg, const MessageLimits& li
   std::vector<const FieldDescriptor*> fields;
   r->ListFields(msg, &fields);
   for (const FieldDescriptor* f : fields) {
-    const std::string path = prefix.empty() ? f->name() : prefix + "." + f->name();
+    // Paths are spelled out only for an error message or a sub-message's
+    // prefix: building one per field was a good part of this walk's cost.
+    const auto path = [&] { return prefix.empty() ? f->name() : prefix + "." + f->name(); };
     const int n = f->is_repeated() ? r->FieldSize(msg, f) : 1;
     if (f->is_repeated() && static_cast<size_t>(n) > limits.max_repeated) {
-      return Status::InvalidArgument(path + " has " + std::to_string(n) + " elements (maximum " +
+      return Status::InvalidArgument(path() + " has " + std::to_string(n) + " elements (maximum " +
                                      std::to_string(limits.max_repeated) + ")");
     }
     for (int i = 0; i < n; ++i) {
-      const std::string ipath = f->is_repeated() ? path + "[" + std::to_string(i) + "]" : path;
+      const auto ipath = [&] { return f->is_repeated() ? path() + "[" + std::to_string(i) + "]" : path(); };
       switch (f->cpp_type()) {
         case FieldDescriptor::CPPTYPE_STRING: {
           std::string scratch;
           const std::string& v = f->is_repeated() ? r->GetRepeatedStringReference(msg, f, i, &scratch)
                                                   : r->GetStringReference(msg, f, &scratch);
           if (v.size() > limits.max_string_bytes) {
-            return Status::InvalidArgument(ipath + " is longer than " +
+            return Status::InvalidArgument(ipath() + " is longer than " +
                                            std::to_string(limits.max_string_bytes) + " bytes");
           }
           if (f->name() == "date_of_birth" && !v.empty() && !ValidDate(v)) {
-            return Status::InvalidArgument(ipath + " is not a date YYYY-MM-DD: '" + v + "'");
+            return Status::InvalidArgument(ipath() + " is not a date YYYY-MM-DD: '" + v + "'");
           }
           break;
         }
         case FieldDescriptor::CPPTYPE_ENUM: {
           const int v = f->is_repeated() ? r->GetRepeatedEnumValue(msg, f, i) : r->GetEnumValue(msg, f);
           if (f->enum_type()->FindValueByNumber(v) == nullptr) {
-            return Status::InvalidArgument(ipath + " has unknown value " + std::to_string(v));
+            return Status::InvalidArgument(ipath() + " has unknown value " + std::to_string(v));
           }
           if (f->is_repeated() && v == 0) {
-            return Status::InvalidArgument(ipath + " is " + f->enum_type()->value(0)->name());
+            return Status::InvalidArgument(ipath() + " is " + f->enum_type()->value(0)->name());
           }
           break;
         }
         case FieldDescriptor::CPPTYPE_DOUBLE: {
           const double v = f->is_repeated() ? r->GetRepeatedDouble(msg, f, i) : r->GetDouble(msg, f);
-          if (!(v == v) || v > 1e300 || v < -1e300) return Status::InvalidArgument(ipath + " is not a finite number");
+          if (!(v == v) || v > 1e300 || v < -1e300) {
+            return Status::InvalidArgument(ipath() + " is not a finite number");
+          }
           if ((f->name() == "latitude" && (v < -90 || v > 90)) ||
               (f->name() == "longitude" && (v < -180 || v > 180))) {
-            return Status::InvalidArgument(ipath + " is out of range");
+            return Status::InvalidArgument(ipath() + " is out of range");
           }
           break;
         }
@@ -99,11 +103,11 @@ Status CheckFields(const google::protobuf::Message& msg, const MessageLimits& li
           const auto& sub = f->is_repeated() ? r->GetRepeatedMessage(msg, f, i) : r->GetMessage(msg, f);
           if (sub.GetDescriptor() == google::protobuf::Timestamp::descriptor()) {
             if (!ValidTimestamp(static_cast<const google::protobuf::Timestamp&>(sub))) {
-              return Status::InvalidArgument(ipath + " is not a valid time");
+              return Status::InvalidArgument(ipath() + " is not a valid time");
             }
             break;
           }
-          if (Status s = CheckFields(sub, limits, ipath); !s.ok()) return s;
+          if (Status s = CheckFields(sub, limits, ipath()); !s.ok()) return s;
           break;
         }
         default:
