@@ -6,7 +6,11 @@
 #include <google/protobuf/util/time_util.h>
 #include <sqlite3.h>
 
+#include <atomic>
+#include <map>
+#include <random>
 #include <set>
+#include <thread>
 
 #include "common/files.h"
 #include "common/uuid.h"
@@ -237,4 +241,151 @@ TEST_CASE("a sender that asks for reports learns of every delivery", "[queue][re
     CHECK(rep.outcome == "delivered");
     CHECK(rep.time_ms > 0);
   }
+}
+
+namespace {
+
+// How many `delivered` records the audit log holds per message id.
+std::map<std::string, int> DeliveredCounts(const std::string& dir) {
+  std::map<std::string, int> out;
+  sqlite3* db = nullptr;
+  sqlite3_open_v2((dir + "/data/liaison.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
+  sqlite3_stmt* st = nullptr;
+  sqlite3_prepare_v2(db, "SELECT message_id, COUNT(*) FROM audit_log WHERE event = 'delivered' GROUP BY message_id",
+                     -1, &st, nullptr);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    out[reinterpret_cast<const char*>(sqlite3_column_text(st, 0))] = sqlite3_column_int(st, 1);
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a reconnect storm loses nothing, records each delivery once and leaks no connection slot",
+          "[queue][storm]") {
+  broker::Limits l;
+  l.max_connections_per_agency = 4;
+  TestBroker broker(l);
+  std::mutex mu;
+  std::set<std::string> published;                 // the sender saw `queued`
+  std::map<std::string, uint32_t> highest_attempt;  // message id -> highest attempt delivered so far
+  int attempt_not_increasing = 0;                   // a redelivery must carry a higher attempt
+  auto saw = [&](const std::string& id, uint32_t attempt) {
+    std::lock_guard lock(mu);
+    auto [it, fresh] = highest_attempt.emplace(id, attempt);
+    if (!fresh) {
+      if (attempt <= it->second) attempt_not_increasing++;
+      it->second = std::max(it->second, attempt);
+    }
+  };
+  std::atomic<bool> stop{false};
+  std::atomic<int> receiver_sessions{0}, refused_connects{0};
+  std::vector<std::thread> threads;
+  // Two publishers connect, publish a few messages and hang up, over and over.
+  for (int p = 0; p < 2; ++p) {
+    threads.emplace_back([&] {
+      while (!stop) {
+        auto c = client::Client::Connect(Options(broker.port(), "police"));
+        if (!c.ok()) {  // e.g. too_many_connections while the storm rages
+          refused_connects++;
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          continue;
+        }
+        for (int i = 0; i < 5; ++i) {
+          v1::Message m = IncidentReport({"school"});
+          auto r = (*c)->Publish(m);
+          if (r.status.ok() && r.AllAccepted()) {
+            std::lock_guard lock(mu);
+            published.insert(m.envelope().message_id());
+          }
+        }
+        (*c)->Close();
+      }
+    });
+  }
+  // Four receivers for the same agency take each other's receiving session
+  // over, read a few deliveries, acknowledge some, and drop the connection
+  // without a TLS close.
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(1234 + t);
+      while (!stop) {
+        RawClient raw;
+        RawClient::Options o;
+        o.tls = AgencyTls("school");
+        if (!raw.Connect(broker.port(), o).ok() || !raw.SendHello(/*receive=*/true, /*credit=*/16)) {
+          refused_connects++;
+          continue;
+        }
+        receiver_sessions++;
+        const int reads = static_cast<int>(rng() % 24);
+        for (int i = 0; i < reads; ++i) {
+          auto f = raw.ReadFrame(std::chrono::milliseconds(30));
+          if (!f) break;
+          if (!f->has_deliver() || !f->deliver().has_message()) continue;
+          saw(f->deliver().message().envelope().message_id(), f->deliver().attempt());
+          if (rng() % 2 == 0) {
+            v1::Frame ack;
+            ack.mutable_delivery_ack()->set_delivery_id(f->deliver().delivery_id());
+            ack.mutable_delivery_ack()->set_attempt(f->deliver().attempt());
+            raw.SendFrame(ack);
+          }
+        }
+        raw.Close();  // abrupt: no close_notify, unacknowledged deliveries in flight
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  stop = true;
+  for (auto& th : threads) th.join();
+  INFO(published.size() << " published, " << receiver_sessions << " receiving sessions, " << refused_connects
+                        << " refused connects");
+  REQUIRE(published.size() >= 50);
+  REQUIRE(receiver_sessions >= 20);
+
+  // A calm receiver collects what the storm left; nothing acknowledged to the
+  // publishers is missing.
+  Receiver school(broker.port(), "school", true, 64);
+  auto all_arrived = [&] {
+    std::set<std::string> have;
+    {
+      std::lock_guard lock(mu);
+      for (const auto& [id, a] : highest_attempt) have.insert(id);
+    }
+    std::lock_guard lock(school.mu);
+    for (const auto& d : school.got) have.insert(d.message->envelope().message_id());
+    return std::includes(have.begin(), have.end(), published.begin(), published.end());
+  };
+  CHECK(WaitFor(all_arrived, std::chrono::seconds(20)));
+  {
+    std::lock_guard lock(school.mu);
+    for (const auto& d : school.got) saw(d.message->envelope().message_id(), d.attempt);
+  }
+  CHECK(attempt_not_increasing == 0);
+  // Exactly one `delivered` record per message: an acknowledgement that was
+  // committed settles the copy for good, one lost with its connection is
+  // redelivered.
+  std::map<std::string, int> delivered;
+  CHECK(WaitFor(
+      [&] {
+        delivered = DeliveredCounts(broker.dir());
+        size_t n = 0;
+        for (const auto& id : published) n += delivered.count(id);
+        return n == published.size();
+      },
+      std::chrono::seconds(20)));
+  int twice = 0;
+  for (const auto& [id, n] : delivered) twice += n > 1;
+  CHECK(twice == 0);
+  // Every connection slot came back: an agency can again hold its maximum.
+  std::vector<std::unique_ptr<client::Client>> held;
+  CHECK(WaitFor(
+      [&] {
+        auto c = client::Client::Connect(Options(broker.port(), "police"));
+        if (c.ok()) held.push_back(std::move(c).value());
+        return held.size() == l.max_connections_per_agency;
+      },
+      std::chrono::seconds(10)));
 }
