@@ -4,7 +4,8 @@
 // carry nothing else), a gapless sequence, the
 // RFC 6962 root at every checkpoint, every checkpoint's signature, and
 // consistency with checkpoints saved earlier by auditors or agencies.
-// Read-only. Not thread-safe (one verification per call).
+// Read-only. One verification per call; each call reads the file on a
+// second thread of its own while the calling thread checks what it read.
 #pragma once
 
 #include <cstdint>
@@ -22,9 +23,14 @@ struct VerifyOptions {
   std::string db_path;
   std::string public_key_pem;
   std::vector<Checkpoint> saved;  // checkpoints kept by auditors or agencies
-  // Called every `progress_every` records with (done, total).
+  // Called every `progress_every` records with (done, total), on the
+  // calling thread.
   std::function<void(uint64_t, uint64_t)> progress;
   uint64_t progress_every = 1'000'000;
+  // Also run SQLite's PRAGMA quick_check over the whole file first (its
+  // free pages and any other tables too); the audit data is checked in
+  // full either way.
+  bool quick_check = false;
 };
 
 struct VerifyReport {
@@ -56,5 +62,35 @@ std::string FormatInclusionProof(const InclusionProof& p);
 Result<InclusionProof> ParseInclusionProof(std::string_view text);
 // Checks the checkpoint's signature and the path; returns the record.
 Result<Record> VerifyInclusionProof(const InclusionProof& p, const std::string& public_key_pem);
+
+// An RFC 6962 consistency proof between two signed checkpoints of one log:
+// that the log of the new checkpoint extends the log of the old one (no
+// record of the old log was changed, removed or reordered), shown without
+// the records. With the broker's public key, that is all a verifier needs.
+struct ConsistencyProof {
+  Checkpoint old_checkpoint;
+  Checkpoint new_checkpoint;
+  std::vector<merkle::Hash> path;  // RFC 9162 section 2.1.4
+};
+
+// The checkpoint of tree size `size` stored in an export (or a store); its
+// newest when size is 0.
+Result<Checkpoint> StoredCheckpoint(const std::string& db_path, uint64_t size);
+// Builds the proof from an export (or a store) from `old_checkpoint` to
+// `new_checkpoint`. Both must commit to the export's records: Corruption
+// if one does not (that is itself evidence), InvalidArgument if the sizes
+// are not ordered or the export is too short.
+Result<ConsistencyProof> ProveConsistency(const std::string& db_path, const Checkpoint& old_checkpoint,
+                                          const Checkpoint& new_checkpoint);
+std::string FormatConsistencyProof(const ConsistencyProof& p);
+Result<ConsistencyProof> ParseConsistencyProof(std::string_view text);
+// Checks both signatures, that both are of the same log, that the old is
+// not larger nor dated later than the new, and the proof (RFC 9162 section
+// 2.1.4.2). PermissionDenied for a bad signature, Corruption otherwise.
+Status VerifyConsistencyProof(const ConsistencyProof& p, const std::string& public_key_pem);
+
+// Which kind of proof a proof file holds, from its first line.
+enum class ProofKind { kInclusion, kConsistency, kUnknown };
+ProofKind KindOfProof(std::string_view text);
 
 }  // namespace liaison::audit

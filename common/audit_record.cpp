@@ -23,13 +23,13 @@ class Reader {
     in_.remove_prefix(8);
     return true;
   }
-  bool String(std::string* s) {
+  bool String(std::string_view* s) {
     if (in_.size() < 4) return false;
     uint32_t n = 0;
     for (int i = 0; i < 4; ++i) n = (n << 8) | static_cast<uint8_t>(in_[i]);
     in_.remove_prefix(4);
     if (in_.size() < n) return false;
-    s->assign(in_.substr(0, n));
+    *s = in_.substr(0, n);
     in_.remove_prefix(n);
     return true;
   }
@@ -56,24 +56,43 @@ std::string EncodeLeaf(const Record& r) {
   return out;
 }
 
-Result<Record> DecodeLeaf(std::string_view leaf) {
+bool DecodeLeafView(std::string_view leaf, RecordView* r, const char** why) {
   if (leaf.empty() || static_cast<uint8_t>(leaf[0]) != kLeafVersion) {
-    return Status::Corruption("not a version-1 audit leaf");
+    *why = "not a version-1 audit leaf";
+    return false;
   }
   Reader in(leaf.substr(1));
-  Record r;
   uint64_t time = 0, tlp = 0;
-  bool ok = in.U64(&r.seq) && in.U64(&time) && in.U64(&tlp);
+  bool ok = in.U64(&r->seq) && in.U64(&time) && in.U64(&tlp);
+  for (int i = 0; i < RecordView::kStrings && ok; ++i) ok = in.String(&r->strings[i]);
+  if (!ok || !in.empty()) {
+    *why = "audit leaf is truncated or has trailing bytes";
+    return false;
+  }
+  // Leaves are canonical: a value that would not encode back the same is bad.
+  if (tlp > 0x7fffffff) {
+    *why = "audit leaf has an out-of-range TLP value";
+    return false;
+  }
+  r->time_ms = static_cast<int64_t>(time);
+  r->tlp = static_cast<int>(tlp);
+  return true;
+}
+
+Result<Record> DecodeLeaf(std::string_view leaf) {
+  RecordView v;
+  const char* why = nullptr;
+  if (!DecodeLeafView(leaf, &v, &why)) return Status::Corruption(why);
+  Record r;
+  r.seq = v.seq;
+  r.time_ms = v.time_ms;
+  r.tlp = v.tlp;
+  int i = 0;
   for (std::string* s : {&r.event, &r.actor, &r.cert_sha256, &r.message_id, &r.case_id, &r.sender, &r.recipient,
                          &r.message_type, &r.purpose, &r.decision, &r.rules, &r.policy_version, &r.obligations,
                          &r.body_hmac, &r.detail}) {
-    ok = ok && in.String(s);
+    s->assign(v.strings[i++]);
   }
-  if (!ok || !in.empty()) return Status::Corruption("audit leaf is truncated or has trailing bytes");
-  // Leaves are canonical: a value that would not encode back the same is bad.
-  if (tlp > 0x7fffffff) return Status::Corruption("audit leaf has an out-of-range TLP value");
-  r.time_ms = static_cast<int64_t>(time);
-  r.tlp = static_cast<int>(tlp);
   return r;
 }
 

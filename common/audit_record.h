@@ -38,9 +38,26 @@ struct Record {
 
 inline constexpr uint8_t kLeafVersion = 1;
 
+// The fields of leaf bytes without copying them: the strings point into the
+// leaf and are valid as long as it is. For the verifier, which decodes every
+// record of a log and only compares (docs/auditing.md, section 3.2).
+struct RecordView {
+  // The 15 strings in leaf order (see EncodeLeaf): event, actor,
+  // cert_sha256, message_id, case_id, sender, recipient, message_type,
+  // purpose, decision, rules, policy_version, obligations, body_hmac, detail.
+  static constexpr int kStrings = 15;
+  uint64_t seq = 0;
+  int64_t time_ms = 0;
+  int tlp = 0;
+  std::string_view strings[kStrings];
+};
+
 // The canonical leaf bytes.
 std::string EncodeLeaf(const Record& r);
 // Parses leaf bytes; Corruption if they are not a version-1 leaf.
 Result<Record> DecodeLeaf(std::string_view leaf);
+// The same checks as DecodeLeaf, without allocating; false (and *why set to
+// the reason) if the bytes are not a version-1 leaf.
+bool DecodeLeafView(std::string_view leaf, RecordView* out, const char** why);
 
 }  // namespace liaison::audit

@@ -3,35 +3,78 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <new>
+#include <stdexcept>
 #include <string>
 
 namespace liaison::merkle {
 
 namespace {
-Hash Sha256(const void* data, size_t n) {
-  Hash h;
-  EVP_Digest(data, n, h.data(), nullptr, EVP_sha256(), nullptr);
-  return h;
+
+// SHA-256 is most of the cost of verifying a log (a leaf hash per record and
+// about one node hash per record). EVP_sha256() with EVP_Digest fetches the
+// algorithm from the provider store on every call, which in OpenSSL 3 costs
+// more than hashing a record; so the algorithm is fetched once and each
+// thread keeps one context that it re-initialises.
+const EVP_MD* Sha256Md() {
+  static EVP_MD* const md = [] {
+    EVP_MD* m = EVP_MD_fetch(nullptr, "SHA2-256", nullptr);
+    if (!m) throw std::runtime_error("OpenSSL has no SHA-256");  // truly unexpected
+    return m;
+  }();
+  return md;
 }
+
+class Sha256 {
+ public:
+  Sha256() : ctx_(EVP_MD_CTX_new()) {
+    if (!ctx_) throw std::bad_alloc();
+  }
+  ~Sha256() { EVP_MD_CTX_free(ctx_); }
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+
+  // SHA-256(prefix || a || b)
+  Hash Digest(uint8_t prefix, const void* a, size_t an, const void* b = nullptr, size_t bn = 0) {
+    Hash h;
+    unsigned int len = 0;
+    if (EVP_DigestInit_ex2(ctx_, Sha256Md(), nullptr) != 1 || EVP_DigestUpdate(ctx_, &prefix, 1) != 1 ||
+        (an && EVP_DigestUpdate(ctx_, a, an) != 1) || (bn && EVP_DigestUpdate(ctx_, b, bn) != 1) ||
+        EVP_DigestFinal_ex(ctx_, h.data(), &len) != 1) {
+      throw std::runtime_error("SHA-256 failed");  // truly unexpected
+    }
+    return h;
+  }
+
+ private:
+  EVP_MD_CTX* ctx_;
+};
+
+Sha256& ThreadSha256() {
+  thread_local Sha256 sha;
+  return sha;
+}
+
 }  // namespace
 
-Hash LeafHash(std::string_view leaf) {
-  std::string buf;
-  buf.reserve(leaf.size() + 1);
-  buf.push_back('\0');
-  buf.append(leaf);
-  return Sha256(buf.data(), buf.size());
-}
+Hash LeafHash(std::string_view leaf) { return ThreadSha256().Digest(0x00, leaf.data(), leaf.size()); }
 
 Hash NodeHash(const Hash& left, const Hash& right) {
-  uint8_t buf[65];
-  buf[0] = 0x01;
-  std::copy(left.begin(), left.end(), buf + 1);
-  std::copy(right.begin(), right.end(), buf + 33);
-  return Sha256(buf, sizeof buf);
+  // One 65-byte input hashes in two SHA-256 blocks whichever way it is fed.
+  uint8_t buf[64];
+  std::copy(left.begin(), left.end(), buf);
+  std::copy(right.begin(), right.end(), buf + 32);
+  return ThreadSha256().Digest(0x01, buf, sizeof buf);
 }
 
-Hash EmptyRoot() { return Sha256("", 0); }
+Hash EmptyRoot() {
+  static const Hash empty = [] {
+    Hash h;
+    EVP_Digest("", 0, h.data(), nullptr, Sha256Md(), nullptr);
+    return h;
+  }();
+  return empty;
+}
 
 void Tree::Append(const Hash& leaf_hash) {
   frontier_.push_back({0, leaf_hash});

@@ -1,6 +1,7 @@
 // RFC 6962 Merkle tree hashing over audit records: leaf hashes, an
 // incrementally maintained tree (O(log n) state), and the root. Used by the
-// broker's store and by the offline verifier alike. Not thread-safe.
+// broker's store and by the offline verifier alike. The hash functions are
+// thread-safe (each thread hashes with its own context); a Tree is not.
 #pragma once
 
 #include <array>

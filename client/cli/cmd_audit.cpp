@@ -1,6 +1,6 @@
 // liaison audit: the auditor's tools. query (remote, auditors only), verify
-// and verify-proof (offline, read-only), prove, checkpoint, consistency, and
-// export (a local administrator's copy of the whole audit log, or an
+// and verify-proof (offline, read-only), prove (inclusion and consistency
+// proofs), checkpoint, and export (a local administrator's copy of the whole audit log, or an
 // auditor's scoped copy fetched over mutual TLS).
 #include <cstdio>
 #include <ctime>
@@ -26,8 +26,10 @@ struct AuditOptions {
   uint32_t limit = 100;
   uint64_t page_token = 0;
   bool all = false, csv = false;
-  // consistency
-  std::string old_checkpoint, new_checkpoint;
+  bool quick_check = false;
+  // prove: a consistency proof instead of an inclusion proof
+  uint64_t from_size = 0, to_size = 0;
+  std::string from_checkpoint;
 };
 
 // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
@@ -332,6 +334,7 @@ int RunVerify(const CommonOptions& common, const AuditOptions& o) {
     }
     v.saved.push_back(*cp);
   }
+  v.quick_check = o.quick_check;
   if (!common.json) {
     v.progress = [](uint64_t done, uint64_t total) {
       std::fprintf(stderr, "  %llu of %llu records verified\n", static_cast<unsigned long long>(done),
@@ -383,23 +386,15 @@ int RunCheckpoint(const CommonOptions& common, const AuditOptions& o) {
   return kExitOk;
 }
 
-int RunProve(const AuditOptions& o) {
-  audit::Checkpoint against;
-  if (!o.checkpoints.empty()) {
-    auto text = ReadFile(o.checkpoints.front(), 64 * 1024);
-    auto cp = text.ok() ? audit::ParseCheckpoint(*text) : Result<audit::Checkpoint>(text.status());
-    if (!cp.ok()) {
-      std::fprintf(stderr, "liaison audit prove: %s\n", cp.status().message().c_str());
-      return kExitUsage;
-    }
-    against = *cp;
-  }
-  auto p = audit::ProveInclusion(o.db, o.seq, against);
-  if (!p.ok()) {
-    std::fprintf(stderr, "liaison audit prove: %s\n", p.status().message().c_str());
-    return p.status().IsCorruption() ? kExitRefused : kExitUsage;
-  }
-  const std::string text = audit::FormatInclusionProof(*p);
+Result<audit::Checkpoint> ReadCheckpointFile(const std::string& path) {
+  auto text = ReadFile(path, 64 * 1024);
+  if (!text.ok()) return text.status();
+  auto cp = audit::ParseCheckpoint(*text);
+  if (!cp.ok()) return cp.status().Annotate(path);
+  return cp;
+}
+
+int WriteProof(const AuditOptions& o, const std::string& text) {
   if (!o.out.empty()) {
     if (Status s = WriteFileAtomic(o.out, text, 0644); !s.ok()) {
       std::fprintf(stderr, "liaison audit prove: %s\n", s.message().c_str());
@@ -411,6 +406,57 @@ int RunProve(const AuditOptions& o) {
   return kExitOk;
 }
 
+// A consistency proof from the old checkpoint (--from-size: the export's;
+// --from-checkpoint: a saved one) to the new one (--to-size: the export's;
+// --checkpoint: a saved one; by default the export's newest).
+int RunProveConsistency(const AuditOptions& o) {
+  auto fail = [](const Status& s) {
+    std::fprintf(stderr, "liaison audit prove: %s\n", s.message().c_str());
+    return s.IsCorruption() ? kExitRefused : kExitUsage;
+  };
+  if (!o.from_checkpoint.empty() && o.from_size) {
+    return fail(Status::InvalidArgument("give either --from-size or --from-checkpoint"));
+  }
+  if (!o.checkpoints.empty() && o.to_size) return fail(Status::InvalidArgument("give either --to-size or --checkpoint"));
+  if (o.checkpoints.size() > 1) return fail(Status::InvalidArgument("give one --checkpoint (the new one)"));
+  auto old_cp = o.from_size ? audit::StoredCheckpoint(o.db, o.from_size) : ReadCheckpointFile(o.from_checkpoint);
+  if (!old_cp.ok()) return fail(old_cp.status().IsCorruption() ? old_cp.status() : old_cp.status().Annotate("--from"));
+  auto new_cp = o.checkpoints.empty() ? audit::StoredCheckpoint(o.db, o.to_size) : ReadCheckpointFile(o.checkpoints[0]);
+  if (!new_cp.ok()) return fail(new_cp.status());
+  auto p = audit::ProveConsistency(o.db, *old_cp, *new_cp);
+  if (!p.ok()) return fail(p.status());
+  return WriteProof(o, audit::FormatConsistencyProof(*p));
+}
+
+int RunProve(const AuditOptions& o) {
+  const bool consistency = o.from_size || !o.from_checkpoint.empty();
+  if (consistency == (o.seq != 0)) {
+    std::fprintf(stderr, "liaison audit prove: give --seq (an inclusion proof of one record), or --from-size or "
+                         "--from-checkpoint (a consistency proof between two checkpoints)\n");
+    return kExitUsage;
+  }
+  if (consistency) return RunProveConsistency(o);
+  if (o.to_size) {
+    std::fprintf(stderr, "liaison audit prove: --to-size is for consistency proofs; use --checkpoint with --seq\n");
+    return kExitUsage;
+  }
+  audit::Checkpoint against;
+  if (!o.checkpoints.empty()) {
+    auto cp = ReadCheckpointFile(o.checkpoints.front());
+    if (!cp.ok()) {
+      std::fprintf(stderr, "liaison audit prove: %s\n", cp.status().message().c_str());
+      return kExitUsage;
+    }
+    against = *cp;
+  }
+  auto p = audit::ProveInclusion(o.db, o.seq, against);
+  if (!p.ok()) {
+    std::fprintf(stderr, "liaison audit prove: %s\n", p.status().message().c_str());
+    return p.status().IsCorruption() ? kExitRefused : kExitUsage;
+  }
+  return WriteProof(o, audit::FormatInclusionProof(*p));
+}
+
 int RunVerifyProof(const CommonOptions& common, const AuditOptions& o) {
   auto pem = ReadFile(o.pubkey, 64 * 1024);
   auto text = ReadFile(o.proof, 1 << 20);
@@ -419,20 +465,70 @@ int RunVerifyProof(const CommonOptions& common, const AuditOptions& o) {
                  (!pem.ok() ? pem.status() : text.status()).message().c_str());
     return kExitUsage;
   }
+  // Checkpoints the verifier holds itself: the proof must be about them.
+  std::vector<audit::Checkpoint> held;
+  for (const auto& path : o.checkpoints) {
+    auto cp = ReadCheckpointFile(path);
+    if (!cp.ok()) {
+      std::fprintf(stderr, "liaison audit verify-proof: %s\n", cp.status().message().c_str());
+      return kExitUsage;
+    }
+    held.push_back(*cp);
+  }
+  auto refuse = [&common](const Status& s) {
+    if (common.json) {
+      std::printf("{\"ok\":false,\"error\":%s}\n", JsonString(s.message()).c_str());
+    } else {
+      std::fprintf(stderr, "FAILED: %s\n", s.message().c_str());
+    }
+    return kExitRefused;
+  };
+  // Each held checkpoint must be one the proof is about (same log, size and root).
+  auto check_held = [&held](const std::vector<const audit::Checkpoint*>& in_proof) {
+    for (size_t i = 0; i < held.size(); ++i) {
+      bool found = false;
+      for (const audit::Checkpoint* c : in_proof) {
+        found = found || (c->origin == held[i].origin && c->tree_size == held[i].tree_size && c->root == held[i].root);
+      }
+      if (!found) {
+        return Status::Corruption("the proof is not about your checkpoint #" + std::to_string(i + 1) + " (tree size " +
+                                  std::to_string(held[i].tree_size) + ", root " + HashHex(held[i].root) + ")");
+      }
+    }
+    return Status::Ok();
+  };
+  if (audit::KindOfProof(*text) == audit::ProofKind::kConsistency) {
+    auto p = audit::ParseConsistencyProof(*text);
+    if (!p.ok()) {
+      std::fprintf(stderr, "liaison audit verify-proof: %s\n", p.status().message().c_str());
+      return kExitUsage;
+    }
+    Status s = audit::VerifyConsistencyProof(*p, *pem);
+    if (s.ok()) s = check_held({&p->old_checkpoint, &p->new_checkpoint});
+    if (!s.ok()) return refuse(s);
+    const audit::Checkpoint& a = p->old_checkpoint;
+    const audit::Checkpoint& b = p->new_checkpoint;
+    if (common.json) {
+      std::printf("{\"ok\":true,\"kind\":\"consistency\",\"origin\":%s,\"old_size\":%llu,\"old_root\":\"%s\","
+                  "\"new_size\":%llu,\"new_root\":\"%s\",\"key_id\":%s}\n",
+                  JsonString(a.origin).c_str(), static_cast<unsigned long long>(a.tree_size), HashHex(a.root).c_str(),
+                  static_cast<unsigned long long>(b.tree_size), HashHex(b.root).c_str(), JsonString(b.key_id).c_str());
+    } else {
+      std::printf("OK: the log of %llu records extends the log of %llu records (%s), both checkpoints signed by key %s\n"
+                  "  old root %s\n  new root %s\n",
+                  static_cast<unsigned long long>(b.tree_size), static_cast<unsigned long long>(a.tree_size),
+                  a.origin.c_str(), b.key_id.c_str(), HashHex(a.root).c_str(), HashHex(b.root).c_str());
+    }
+    return kExitOk;
+  }
   auto p = audit::ParseInclusionProof(*text);
   if (!p.ok()) {
     std::fprintf(stderr, "liaison audit verify-proof: %s\n", p.status().message().c_str());
     return kExitUsage;
   }
   auto r = audit::VerifyInclusionProof(*p, *pem);
-  if (!r.ok()) {
-    if (common.json) {
-      std::printf("{\"ok\":false,\"error\":%s}\n", JsonString(r.status().message()).c_str());
-    } else {
-      std::fprintf(stderr, "FAILED: %s\n", r.status().message().c_str());
-    }
-    return kExitRefused;
-  }
+  if (!r.ok()) return refuse(r.status());
+  if (Status s = check_held({&p->checkpoint}); !s.ok()) return refuse(s);
   if (common.json) {
     std::printf("{\"ok\":true,\"seq\":%llu,\"tree_size\":%llu,\"event\":%s,\"sender\":%s,\"recipient\":%s,"
                 "\"message_id\":%s,\"decision\":%s}\n",
@@ -478,19 +574,37 @@ void RegisterAudit(CLI::App& app, CommonOptions& common, int* exit_code) {
   verify->add_option("--checkpoint", o->checkpoints,
                      "checkpoints saved earlier (by you or by an agency) that the log must be consistent with")
       ->check(CLI::ExistingFile);
+  verify->add_flag("--quick-check", o->quick_check,
+                   "also run SQLite's structural check over the whole file (free pages, other tables); slower");
   verify->callback([&common, o, exit_code] { *exit_code = RunVerify(common, *o); });
   CLI::App* prove = audit->add_subcommand(
-      "prove", "an RFC 6962 inclusion proof of one record against a signed checkpoint, from an export");
+      "prove", "an RFC 6962 inclusion proof of one record against a signed checkpoint, or a consistency proof "
+               "between two signed checkpoints, from an export");
   prove->add_option("--db", o->db, "audit export (SQLite)")->required()->check(CLI::ExistingFile);
-  prove->add_option("--seq", o->seq, "the record's sequence number")->required()->check(CLI::Range(uint64_t{1}, UINT64_MAX));
-  prove->add_option("--checkpoint", o->checkpoints, "prove against this saved checkpoint (default: the newest in the export)")
+  prove->add_option("--seq", o->seq, "an inclusion proof of this record (its sequence number)")
+      ->check(CLI::Range(uint64_t{1}, UINT64_MAX));
+  prove->add_option("--from-size", o->from_size,
+                    "a consistency proof from the export's checkpoint of this tree size")
+      ->check(CLI::Range(uint64_t{1}, UINT64_MAX));
+  prove->add_option("--from-checkpoint", o->from_checkpoint,
+                    "a consistency proof from this saved checkpoint (e.g. an agency's witness file)")
+      ->check(CLI::ExistingFile);
+  prove->add_option("--to-size", o->to_size,
+                    "consistency proof: to the export's checkpoint of this tree size (default: the newest)")
+      ->check(CLI::Range(uint64_t{1}, UINT64_MAX));
+  prove->add_option("--checkpoint", o->checkpoints,
+                    "prove against this saved checkpoint (consistency proof: the new one; default: the newest in "
+                    "the export)")
       ->check(CLI::ExistingFile);
   prove->add_option("--out", o->out, "write the proof here (default: stdout)");
   prove->callback([o, exit_code] { *exit_code = RunProve(*o); });
   CLI::App* vp = audit->add_subcommand(
-      "verify-proof", "check an inclusion proof from the proof and the broker's public key alone");
+      "verify-proof", "check an inclusion or consistency proof from the proof and the broker's public key alone");
   vp->add_option("--proof", o->proof, "proof file from 'liaison audit prove'")->required()->check(CLI::ExistingFile);
   vp->add_option("--pubkey", o->pubkey, "the broker's audit public key (PEM)")->required()->check(CLI::ExistingFile);
+  vp->add_option("--checkpoint", o->checkpoints,
+                 "a checkpoint you hold (e.g. your witness file) that the proof must be about; repeatable")
+      ->check(CLI::ExistingFile);
   vp->callback([&common, o, exit_code] { *exit_code = RunVerifyProof(common, *o); });
   CLI::App* cp = audit->add_subcommand("checkpoint", "fetch the broker's newest signed audit checkpoint and save it");
   cp->add_option("--out", o->out, "file to save it in (the text form that verify --checkpoint reads)");

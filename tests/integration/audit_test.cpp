@@ -6,6 +6,7 @@
 #include <sqlite3.h>
 #include <sys/stat.h>
 
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -13,6 +14,7 @@
 #include "broker/store/store.h"
 #include "client/audit_verify.h"
 #include "common/files.h"
+#include "tests/common/audit_export_builder.h"
 #include "tests/integration/test_support.h"
 
 using namespace liaison;
@@ -363,4 +365,309 @@ TEST_CASE("an inclusion proof verifies from the proof and the public key alone, 
   REQUIRE(p.ok());
   CHECK_FALSE(audit::VerifyInclusionProof(*p, (*signer)->public_key_pem()).ok());
   CHECK_FALSE(audit::ProveInclusion(f.export_path, 201, f.latest).ok());
+}
+
+// The verifier reads on one thread and checks on another, in batches of a
+// few hundred rows from a pool that goes round many times on a log this
+// size: whatever thread sees a problem first, the first bad record in log
+// order is the one named, with its own seq.
+TEST_CASE("a large log verifies, and the first bad record is named wherever the batches fall",
+          "[audit][verify][tamper]") {
+  TempDir dir;
+  auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
+  REQUIRE(signer.ok());
+  const std::string pem = (*signer)->public_key_pem();
+  const uint64_t n = 12000;
+  const std::string clean = dir.File("clean.db");
+  const auto built = BuildExport(clean, n, **signer, {0, 1, 511, 512, 513, 4096, 5000, 11999, n});
+  audit::VerifyReport report;
+  Status s = Verify(clean, pem, {}, &report);
+  INFO(s.ToString());
+  REQUIRE(s.ok());
+  CHECK(report.records == n);
+  CHECK(report.root == merkle::RootOf(built.leaves));
+  CHECK(report.checkpoints_verified == 9);
+  CHECK(report.first_bad_seq == 0);
+
+  struct Case {
+    const char* name;
+    std::string sql;
+    std::string expect;
+    uint64_t bad_seq;
+  };
+  const std::vector<Case> cases = {
+      {"two bad records: the earlier is named",
+       "UPDATE audit_log SET recipient = 'health' WHERE seq = 9000;"
+       "UPDATE audit_log SET leaf = substr(leaf, 1, 40) || X'FF' || substr(leaf, 42) WHERE seq = 700",
+       "record 700: leaf bytes do not match", 700},
+      {"a bad record long after the pool wrapped round", "UPDATE audit_log SET detail = 'x' WHERE seq = 11000",
+       "record 11000: its columns differ", 11000},
+      {"the last record of a batch", "UPDATE audit_log SET tlp = 5 WHERE seq = 512", "record 512: its columns differ",
+       512},
+      {"the first record of a batch", "UPDATE audit_log SET time_ms = 1 WHERE seq = 513",
+       "record 513: its columns differ", 513},
+      {"the very last record", "UPDATE audit_log SET leaf_hash = X'00' WHERE seq = 12000",
+       "record 12000: malformed leaf hash", 12000},
+      {"a missing record before an altered one",
+       "DELETE FROM audit_log WHERE seq = 3000; UPDATE audit_log SET actor = 'x' WHERE seq = 8000",
+       "record 3000: missing", 3000},
+      {"an altered record before a missing one",
+       "UPDATE audit_log SET actor = 'x' WHERE seq = 2999; DELETE FROM audit_log WHERE seq = 3000",
+       "record 2999: its columns differ", 2999},
+      {"a leaf with bytes appended", "UPDATE audit_log SET leaf = leaf || X'00' WHERE seq = 4500",
+       "record 4500: leaf bytes do not match their hash", 4500},
+  };
+  for (const auto& c : cases) {
+    SECTION(c.name) {
+      const std::string path = dir.File("tampered.db");
+      BuildExport(path, n, **signer, {0, 1, 511, 512, 513, 4096, 5000, 11999, n});
+      Sql(path, c.sql);
+      Status st = Verify(path, pem, {}, &report);
+      INFO(st.ToString());
+      REQUIRE_FALSE(st.ok());
+      CHECK(st.message().find(c.expect) != std::string::npos);
+      CHECK(report.first_bad_seq == c.bad_seq);
+      CHECK(report.records == c.bad_seq - 1);  // the records before the first bad one
+    }
+  }
+}
+
+TEST_CASE("a record whose leaf and hash were both replaced is caught by the next checkpoint's root",
+          "[audit][verify][tamper]") {
+  TempDir dir;
+  auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
+  REQUIRE(signer.ok());
+  const std::string path = dir.File("export.db");
+  BuildExport(path, 3000, **signer, {1000, 2000, 3000});
+  // A consistent record (columns, leaf and hash agree) that is not the one signed.
+  audit::Record forged = BuiltRecord(1500);
+  forged.recipient = "health";
+  const std::string leaf = audit::EncodeLeaf(forged);
+  const merkle::Hash h = merkle::LeafHash(leaf);
+  Sql(path, "UPDATE audit_log SET recipient = 'health', leaf = X'" + audit::Hex(leaf) + "', leaf_hash = X'" +
+                audit::Hex(std::string_view(reinterpret_cast<const char*>(h.data()), 32)) + "' WHERE seq = 1500");
+  audit::VerifyReport report;
+  Status s = Verify(path, (*signer)->public_key_pem(), {}, &report);
+  INFO(s.ToString());
+  REQUIRE_FALSE(s.ok());
+  CHECK(s.message().find("checkpoint in the export at tree size 2000: its root") != std::string::npos);
+  CHECK(report.first_bad_seq == 2000);
+}
+
+TEST_CASE("a damaged database file fails verification without SQLite's quick_check, and with it",
+          "[audit][verify][tamper]") {
+  TempDir dir;
+  auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
+  REQUIRE(signer.ok());
+  const std::string path = dir.File("export.db");
+  BuildExport(path, 5000, **signer, {5000});
+  REQUIRE(Verify(path, (*signer)->public_key_pem()).ok());
+  // Overwrite pages in the middle of the file, among audit_log's pages:
+  // once with garbage (SQLite finds the page malformed as it reads it), once
+  // with zeros.
+  for (char fill : {'\xA5', '\0'}) {
+    const std::string copy = dir.File(std::string("damaged-") + (fill ? "garbage" : "zeros") + ".db");
+    std::filesystem::copy_file(path, copy);
+    {
+      std::fstream f(copy, std::ios::in | std::ios::out | std::ios::binary);
+      const auto size = std::filesystem::file_size(copy);
+      f.seekp(static_cast<std::streamoff>(size / 2 / 4096 * 4096));
+      const std::string page(2 * 4096, fill);
+      f.write(page.data(), static_cast<std::streamsize>(page.size()));
+    }
+    for (bool quick_check : {false, true}) {
+      audit::VerifyOptions o;
+      o.db_path = copy;
+      o.public_key_pem = (*signer)->public_key_pem();
+      o.quick_check = quick_check;
+      audit::VerifyReport report;
+      Status s = audit::VerifyAuditLog(o, &report);
+      INFO((fill ? "garbage" : "zeros") << " quick_check=" << quick_check << ": " << s.ToString());
+      CHECK_FALSE(s.ok());
+      CHECK(report.records < 5000);
+    }
+  }
+  // Not a database at all.
+  REQUIRE(WriteFileAtomic(dir.File("not.db"), std::string(8192, 'x')).ok());
+  Status s = Verify(dir.File("not.db"), (*signer)->public_key_pem());
+  CHECK(s.message().find("not a readable SQLite database") != std::string::npos);
+}
+
+TEST_CASE("a scoped export's hash-only records verify across batches, and must carry nothing else",
+          "[audit][verify][tamper]") {
+  TempDir dir;
+  auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
+  REQUIRE(signer.ok());
+  std::set<uint64_t> hidden;
+  for (uint64_t seq = 3; seq <= 2000; seq += 7) hidden.insert(seq);
+  const std::string path = dir.File("scoped.db");
+  const auto built = BuildExport(path, 2000, **signer, {600, 2000}, hidden);
+  audit::VerifyReport report;
+  Status s = Verify(path, (*signer)->public_key_pem(), {}, &report);
+  INFO(s.ToString());
+  REQUIRE(s.ok());
+  CHECK(report.hash_only == hidden.size());
+  CHECK(report.root == merkle::RootOf(built.leaves));
+  Sql(path, "UPDATE audit_log SET sender = 'police' WHERE seq = 1074");  // 1074 = 3 + 153 * 7
+  s = Verify(path, (*signer)->public_key_pem(), {}, &report);
+  CHECK(s.message().find("record 1074: marked hash-only but carries other columns") != std::string::npos);
+  CHECK(report.first_bad_seq == 1074);
+}
+
+// Consistency proofs (RFC 6962 / RFC 9162 section 2.1.4) between two signed
+// checkpoints, from an export.
+TEST_CASE("a consistency proof verifies from the two checkpoints, the proof and the public key alone",
+          "[audit][proof][consistency]") {
+  TempDir dir;
+  auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
+  REQUIRE(signer.ok());
+  const std::string pem = (*signer)->public_key_pem();
+  const std::string path = dir.File("export.db");
+  const std::set<uint64_t> sizes = {1, 2, 3, 7, 8, 64, 100, 513, 1000, 1024, 1999};
+  BuildExport(path, 1999, **signer, sizes);
+  for (uint64_t m : sizes) {
+    for (uint64_t n : sizes) {
+      if (n < m) continue;
+      auto old_cp = audit::StoredCheckpoint(path, m);
+      auto new_cp = audit::StoredCheckpoint(path, n);
+      REQUIRE(old_cp.ok());
+      REQUIRE(new_cp.ok());
+      auto p = audit::ProveConsistency(path, *old_cp, *new_cp);
+      INFO(m << " -> " << n << ": " << p.status().ToString());
+      REQUIRE(p.ok());
+      const std::string text = audit::FormatConsistencyProof(*p);
+      CHECK(audit::KindOfProof(text) == audit::ProofKind::kConsistency);
+      auto parsed = audit::ParseConsistencyProof(text);
+      REQUIRE(parsed.ok());
+      Status s = audit::VerifyConsistencyProof(*parsed, pem);
+      INFO(s.ToString());
+      CHECK(s.ok());
+      // Any hash of the proof altered: it no longer verifies.
+      for (size_t i = 0; i < parsed->path.size(); ++i) {
+        auto bad = *parsed;
+        bad.path[i][i % 32] ^= 0x40;
+        CHECK(audit::VerifyConsistencyProof(bad, pem).message().find("does not extend") != std::string::npos);
+      }
+      // A hash more or fewer.
+      if (m != n) {
+        auto shorter = *parsed;
+        shorter.path.pop_back();
+        CHECK_FALSE(audit::VerifyConsistencyProof(shorter, pem).ok());
+      }
+      auto longer = *parsed;
+      longer.path.push_back(merkle::EmptyRoot());
+      CHECK_FALSE(audit::VerifyConsistencyProof(longer, pem).ok());
+    }
+  }
+  // The default new checkpoint: the export's newest.
+  auto newest = audit::StoredCheckpoint(path, 0);
+  REQUIRE(newest.ok());
+  CHECK(newest->tree_size == 1999);
+  CHECK(audit::StoredCheckpoint(path, 5).status().IsNotFound());
+}
+
+TEST_CASE("a consistency proof fails for altered checkpoints, swapped checkpoints, a wrong key and a rewritten log",
+          "[audit][proof][consistency][tamper]") {
+  TempDir dir;
+  auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
+  REQUIRE(signer.ok());
+  const std::string pem = (*signer)->public_key_pem();
+  const std::string path = dir.File("export.db");
+  BuildExport(path, 1000, **signer, {300, 1000});
+  const auto old_cp = *audit::StoredCheckpoint(path, 300);
+  const auto new_cp = *audit::StoredCheckpoint(path, 1000);
+  const auto proof = *audit::ProveConsistency(path, old_cp, new_cp);
+  REQUIRE(audit::VerifyConsistencyProof(proof, pem).ok());
+
+  auto fails = [&](const audit::ConsistencyProof& p, const std::string& expect) {
+    Status s = audit::VerifyConsistencyProof(p, pem);
+    INFO(s.ToString());
+    CHECK_FALSE(s.ok());
+    CHECK(s.message().find(expect) != std::string::npos);
+  };
+  {
+    auto p = proof;
+    p.old_checkpoint.root[3] ^= 1;
+    fails(p, "the old checkpoint (tree size 300): checkpoint signature does not verify");
+  }
+  {
+    auto p = proof;
+    p.old_checkpoint.tree_size = 301;
+    fails(p, "the old checkpoint (tree size 301): checkpoint signature does not verify");
+  }
+  {
+    auto p = proof;
+    p.old_checkpoint.signature[0] ^= 1;
+    fails(p, "the old checkpoint (tree size 300): checkpoint signature does not verify");
+  }
+  {
+    auto p = proof;
+    p.new_checkpoint.root[0] ^= 1;
+    fails(p, "the new checkpoint (tree size 1000): checkpoint signature does not verify");
+  }
+  {
+    auto p = proof;
+    p.new_checkpoint.tree_size = 999;
+    fails(p, "the new checkpoint (tree size 999): checkpoint signature does not verify");
+  }
+  {
+    auto p = proof;
+    p.new_checkpoint.signature[63] ^= 1;
+    fails(p, "the new checkpoint (tree size 1000): checkpoint signature does not verify");
+  }
+  {
+    auto p = proof;
+    std::swap(p.old_checkpoint, p.new_checkpoint);
+    fails(p, "old and new are swapped");
+  }
+  {
+    TempDir other;
+    auto wrong = audit::Signer::LoadOrCreate(other.File("k.pem"));
+    REQUIRE(wrong.ok());
+    Status s = audit::VerifyConsistencyProof(proof, (*wrong)->public_key_pem());
+    CHECK(s.IsPermissionDenied());
+    CHECK(s.message().find("not by this public key") != std::string::npos);
+  }
+  // The broker rewrote its log and signed the new root with its own key:
+  // the signatures verify, the proof from the witnessed checkpoint cannot.
+  {
+    auto p = proof;
+    merkle::Hash rewritten = new_cp.root;
+    rewritten[5] ^= 1;
+    p.new_checkpoint = (*signer)->Sign(new_cp.origin, new_cp.tree_size, rewritten, new_cp.time_ms);
+    fails(p, "the log of 1000 records does not extend the log of 300 records");
+  }
+  // Same size, another root: a fork.
+  {
+    auto p = proof;
+    merkle::Hash other_root = old_cp.root;
+    other_root[0] ^= 1;
+    p.new_checkpoint = (*signer)->Sign(old_cp.origin, old_cp.tree_size, other_root, old_cp.time_ms + 1);
+    p.path.clear();
+    fails(p, "their roots differ");
+  }
+  // The newer checkpoint dated before the older one.
+  {
+    auto p = proof;
+    p.new_checkpoint = (*signer)->Sign(new_cp.origin, new_cp.tree_size, new_cp.root, old_cp.time_ms - 1);
+    fails(p, "an older checkpoint presented as newer");
+  }
+  // Another log's checkpoint.
+  {
+    auto p = proof;
+    p.new_checkpoint = (*signer)->Sign("liaison/other", new_cp.tree_size, new_cp.root, new_cp.time_ms);
+    fails(p, "different logs");
+  }
+  // The text form: a damaged file is refused as such.
+  const std::string text = audit::FormatConsistencyProof(proof);
+  CHECK(audit::ParseConsistencyProof(text.substr(0, text.size() / 2)).status().IsInvalidArgument());
+  CHECK(audit::KindOfProof("liaison-inclusion-proof v1\n") == audit::ProofKind::kInclusion);
+  CHECK(audit::KindOfProof("hello\n") == audit::ProofKind::kUnknown);
+
+  // Proving from an export that no longer matches a checkpoint is refused.
+  CHECK(audit::ProveConsistency(path, new_cp, old_cp).status().IsInvalidArgument());
+  Sql(path, "UPDATE audit_log SET leaf_hash = X'" + std::string(64, '0') + "' WHERE seq = 10");
+  auto p = audit::ProveConsistency(path, old_cp, new_cp);
+  CHECK(p.status().IsCorruption());
+  CHECK(p.status().message().find("old checkpoint's root") != std::string::npos);
 }

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "common/files.h"
+#include "tests/common/audit_export_builder.h"
 #include "tests/integration/process_support.h"
 #include "tests/integration/test_support.h"
 
@@ -300,4 +301,79 @@ TEST_CASE("liaison audit query, export --remote and verify as an auditor", "[pro
   CHECK(Slurp(dir.File("scoped.db")).find("Abusive leaflets") == std::string::npos);
   CHECK(Run(broker.Cli("police", {"audit", "export", "--remote", "--out", dir.File("p.db")}), dir.path(), &out, &err) ==
         4);
+}
+
+TEST_CASE("liaison audit prove and verify-proof: consistency proofs between two checkpoints, text and --json",
+          "[process][audit][proof][consistency]") {
+  TempDir dir;
+  auto signer = audit::Signer::LoadOrCreate(dir.File("audit-signing.key"));
+  REQUIRE(signer.ok());
+  const std::string pub = dir.File("audit-signing.key.pub");
+  const std::string db = dir.File("export.db");
+  const auto built = BuildExport(db, 3000, **signer, {1000, 2000, 3000});
+  std::string out, err;
+  auto cli = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), LIAISON_CLI_BIN);
+    return Run(args, dir.path(), &out, &err);
+  };
+  CHECK(cli({"audit", "verify", "--db", db, "--pubkey", pub, "--quick-check"}) == 0);
+  CHECK(out.find("OK: 3000 record(s), 3 signed checkpoint(s) verified") != std::string::npos);
+
+  // From the export's checkpoint of 1000 records to its newest.
+  REQUIRE(cli({"audit", "prove", "--db", db, "--from-size", "1000", "--out", dir.File("c.proof")}) == 0);
+  REQUIRE(cli({"audit", "verify-proof", "--proof", dir.File("c.proof"), "--pubkey", pub}) == 0);
+  CHECK(out.find("OK: the log of 3000 records extends the log of 1000 records (liaison/test)") != std::string::npos);
+  REQUIRE(cli({"--json", "audit", "verify-proof", "--proof", dir.File("c.proof"), "--pubkey", pub}) == 0);
+  CHECK(out.find("{\"ok\":true,\"kind\":\"consistency\",\"origin\":\"liaison/test\",\"old_size\":1000,") == 0);
+  CHECK(out.find("\"new_size\":3000,") != std::string::npos);
+
+  // From a checkpoint an agency kept to the export's checkpoint of 2000
+  // records; the agency checks that the proof starts at its checkpoint.
+  const std::string held = dir.File("police.checkpoint");
+  REQUIRE(WriteFileAtomic(held, audit::FormatCheckpoint(built.checkpoints[0])).ok());
+  REQUIRE(cli({"audit", "prove", "--db", db, "--from-checkpoint", held, "--to-size", "2000", "--out",
+               dir.File("d.proof")}) == 0);
+  CHECK(cli({"audit", "verify-proof", "--proof", dir.File("d.proof"), "--pubkey", pub, "--checkpoint", held}) == 0);
+  CHECK(out.find("extends the log of 1000 records") != std::string::npos);
+  const std::string other = dir.File("other.checkpoint");
+  REQUIRE(WriteFileAtomic(other, audit::FormatCheckpoint(built.checkpoints[2])).ok());
+  CHECK(cli({"audit", "verify-proof", "--proof", dir.File("d.proof"), "--pubkey", pub, "--checkpoint", other}) == 1);
+  CHECK(err.find("FAILED: the proof is not about your checkpoint #1 (tree size 3000") != std::string::npos);
+
+  // An altered proof hash: exit 1, in words and in JSON.
+  std::string text = *ReadFile(dir.File("c.proof"), 1 << 20);
+  const size_t at = text.find("path ") + 5;
+  text[at] = text[at] == 'A' ? 'B' : 'A';
+  REQUIRE(WriteFileAtomic(dir.File("bad.proof"), text).ok());
+  CHECK(cli({"audit", "verify-proof", "--proof", dir.File("bad.proof"), "--pubkey", pub}) == 1);
+  CHECK(err.find("FAILED: the log of 3000 records does not extend the log of 1000 records") != std::string::npos);
+  CHECK(cli({"--json", "audit", "verify-proof", "--proof", dir.File("bad.proof"), "--pubkey", pub}) == 1);
+  CHECK(out.find("{\"ok\":false,\"error\":\"the log of 3000 records does not extend") == 0);
+  // Another broker's key: exit 1.
+  TempDir other_dir;
+  auto wrong = audit::Signer::LoadOrCreate(other_dir.File("k.pem"));
+  REQUIRE(wrong.ok());
+  CHECK(cli({"audit", "verify-proof", "--proof", dir.File("c.proof"), "--pubkey", other_dir.File("k.pem.pub")}) == 1);
+  CHECK(err.find("the old checkpoint (tree size 1000): checkpoint signed by key") != std::string::npos);
+
+  // Usage: exit 2.
+  REQUIRE(WriteFileAtomic(dir.File("junk.proof"), "hello\n").ok());
+  CHECK(cli({"audit", "verify-proof", "--proof", dir.File("junk.proof"), "--pubkey", pub}) == 2);
+  CHECK(cli({"audit", "prove", "--db", db, "--seq", "5", "--from-size", "1000"}) == 2);
+  CHECK(cli({"audit", "prove", "--db", db}) == 2);
+  CHECK(cli({"audit", "prove", "--db", db, "--from-size", "5"}) == 2);
+  CHECK(err.find("no checkpoint of tree size 5") != std::string::npos);
+  CHECK(cli({"audit", "prove", "--db", db, "--from-size", "3000", "--to-size", "1000"}) == 2);
+  // An export that no longer matches the checkpoint it is asked to prove from: exit 1.
+  {
+    sqlite3* h = nullptr;
+    REQUIRE(sqlite3_open(db.c_str(), &h) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(h, "UPDATE audit_log SET leaf_hash = zeroblob(32) WHERE seq = 7", nullptr, nullptr,
+                         nullptr) == SQLITE_OK);
+    sqlite3_close(h);
+  }
+  CHECK(cli({"audit", "prove", "--db", db, "--from-size", "1000"}) == 1);
+  CHECK(err.find("do not have the old checkpoint's root") != std::string::npos);
+  CHECK(cli({"audit", "verify", "--db", db, "--pubkey", pub}) == 1);
+  CHECK(err.find("FAILED: record 7: leaf bytes do not match their hash") != std::string::npos);
 }
