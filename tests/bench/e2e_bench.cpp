@@ -23,6 +23,9 @@
 // and its CPU is split into stages (TLS, protobuf, policy and redaction,
 // store, hashing, ...) by the sampled function and library; fsync and
 // fdatasync calls are counted with perf's syscall tracepoints.
+//
+// The broker, its PKI and configuration, and the workload are the harness
+// shared with flood and connections (harness.h).
 #include <signal.h>
 
 #include <algorithm>
