@@ -1,14 +1,17 @@
 # liaison-bench: performance benchmarks (docs/benchmarks.md). Built always,
 # not only with the tests, so a release build can be measured; one
-# executable with a subcommand per benchmark (policy, e2e, later audit,
-# flood, connections).
+# executable with a subcommand per benchmark (policy, audit, e2e, flood,
+# connections).
 add_executable(liaison-bench
   ${CMAKE_CURRENT_LIST_DIR}/liaison_bench.cpp
   ${CMAKE_CURRENT_LIST_DIR}/policy_bench.cpp
   ${CMAKE_CURRENT_LIST_DIR}/audit_bench.cpp
-  ${CMAKE_CURRENT_LIST_DIR}/e2e_bench.cpp)
+  ${CMAKE_CURRENT_LIST_DIR}/harness.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/e2e_bench.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/flood_bench.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/connections_bench.cpp)
 target_link_libraries(liaison-bench PRIVATE liaison_policy liaison_store liaison_client CLI11::CLI11 yaml-cpp)
-# e2e starts the real broker and makes a dev PKI with certs/dev-pki.sh.
+# e2e, flood and connections start the real broker and makes a dev PKI with certs/dev-pki.sh.
 target_compile_definitions(liaison-bench PRIVATE
   LIAISON_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
   LIAISON_BROKER_BIN="$<TARGET_FILE:liaison-broker>")
@@ -27,4 +30,16 @@ if(LIAISON_BUILD_TESTS)
     COMMAND ${CMAKE_COMMAND} -DBENCH=$<TARGET_FILE:liaison-bench> -DPKI=${CMAKE_BINARY_DIR}/test-pki
             -P ${CMAKE_CURRENT_LIST_DIR}/check_e2e_smoke.cmake)
   set_tests_properties(bench_e2e_smoke PROPERTIES TIMEOUT 120 FIXTURES_REQUIRED test_pki)
+  # The latency workload alone and beside an agency flooding at 10x a low
+  # rate limit: nothing of the others lost or refused, every flood publish
+  # answered, some of them rate_limited.
+  add_test(NAME bench_flood_smoke
+    COMMAND ${CMAKE_COMMAND} -DBENCH=$<TARGET_FILE:liaison-bench> -DPKI=${CMAKE_BINARY_DIR}/test-pki
+            -P ${CMAKE_CURRENT_LIST_DIR}/check_flood_smoke.cmake)
+  set_tests_properties(bench_flood_smoke PROPERTIES TIMEOUT 120 FIXTURES_REQUIRED test_pki)
+  # 300 idle authenticated sessions: all open and still open at the end.
+  add_test(NAME bench_connections_smoke
+    COMMAND ${CMAKE_COMMAND} -DBENCH=$<TARGET_FILE:liaison-bench> -DPKI=${CMAKE_BINARY_DIR}/test-pki
+            -P ${CMAKE_CURRENT_LIST_DIR}/check_connections_smoke.cmake)
+  set_tests_properties(bench_connections_smoke PROPERTIES TIMEOUT 120 FIXTURES_REQUIRED test_pki)
 endif()

@@ -2,6 +2,8 @@
 //   liaison-bench policy [--agencies N --groups N --rules N --decisions N --seed N]
 //   liaison-bench audit [--records N --agencies N --cases N --queries N]
 //   liaison-bench e2e [--publishers 4 --messages 50000 --size 1024 --window 256 --rate 2000 --duration 10]
+//   liaison-bench flood [--publishers 4 --rate 2000 --duration 10 --flood-factor 10 --rate-limit 1000]
+//   liaison-bench connections [--sessions 10000 --agencies 20]
 #include "tests/bench/bench.h"
 
 int main(int argc, char** argv) {
@@ -11,6 +13,8 @@ int main(int argc, char** argv) {
   liaison::bench::RegisterPolicy(app, &exit_code);
   liaison::bench::RegisterAudit(app, &exit_code);
   liaison::bench::RegisterE2e(app, &exit_code);
+  liaison::bench::RegisterFlood(app, &exit_code);
+  liaison::bench::RegisterConnections(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
