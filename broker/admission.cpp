@@ -56,4 +56,20 @@ bool Admission::TakePublish(const std::string& agency, Clock::time_point now) {
   return true;
 }
 
+std::shared_ptr<void> Admission::BeginAuditRequest(const std::string& agency) {
+  {
+    std::lock_guard lock(mu_);
+    uint32_t& n = audit_requests_[agency];
+    if (n >= limits_.max_audit_requests_per_agency) return nullptr;
+    ++n;
+  }
+  // The Admission outlives every session and request (BrokerState owns it
+  // and is destroyed after the audit reader has stopped).
+  return std::shared_ptr<void>(static_cast<void*>(this), [this, agency](void*) {
+    std::lock_guard lock(mu_);
+    auto it = audit_requests_.find(agency);
+    if (it != audit_requests_.end() && --it->second == 0) audit_requests_.erase(it);
+  });
+}
+
 }  // namespace liaison::broker

@@ -79,7 +79,8 @@ std::optional<BrokerConfig> BrokerConfig::LoadText(const std::string& text, cons
                    "max_in_flight_publishes", "max_queued_bytes", "max_connections", "handshake_timeout_ms",
                    "idle_timeout_ms", "ping_interval_ms", "write_timeout_ms", "delivery_timeout_ms",
                    "shutdown_grace_ms", "refusal_audit_interval_ms", "max_retention_s", "max_handshakes_per_source",
-                   "max_connections_per_agency", "publish_rate_per_agency", "publish_burst_per_agency"})) {
+                   "max_connections_per_agency", "publish_rate_per_agency", "publish_burst_per_agency",
+                   "max_audit_requests_per_agency"})) {
     Limits& l = c.limits;
     auto u32 = [&](const char* key, uint32_t* out, int64_t min, int64_t max) {
       if (auto v = r.Int(limits, key, min, max)) *out = static_cast<uint32_t>(*v);
@@ -98,6 +99,7 @@ std::optional<BrokerConfig> BrokerConfig::LoadText(const std::string& text, cons
     u32("max_connections_per_agency", &l.max_connections_per_agency, 1, 1000000);
     u32("publish_rate_per_agency", &l.publish_rate_per_agency, 0, 10000000);
     u32("publish_burst_per_agency", &l.publish_burst_per_agency, 1, 10000000);
+    u32("max_audit_requests_per_agency", &l.max_audit_requests_per_agency, 1, 1024);
     if (auto v = r.Int(limits, "max_queued_bytes", 64 * 1024, int64_t{1} << 34)) l.max_queued_bytes = static_cast<uint64_t>(*v);
     ms("handshake_timeout_ms", &l.handshake_timeout, 50, 600'000);
     ms("idle_timeout_ms", &l.idle_timeout, 100, 86'400'000);

@@ -42,6 +42,11 @@ struct Limits {
   // to publish_burst_per_agency; 0: unlimited.
   uint32_t publish_rate_per_agency = 1000;
   uint32_t publish_burst_per_agency = 5000;
+  // Audit queries and consistency proofs of one agency (all its sessions)
+  // being worked on at once; more are refused with audit_busy. A proof
+  // reads the whole log, so without this one agency could keep the audit
+  // reader busy for everyone else.
+  uint32_t max_audit_requests_per_agency = 4;
   Millis handshake_timeout{10'000};  // TCP accept to Hello
   Millis idle_timeout{90'000};       // nothing received for this long: close
   Millis ping_interval{30'000};      // nothing received for this long: ping

@@ -165,8 +165,18 @@ void Session::HandleAuditQuery(const v1::AuditQuery& query) {
                                ? broker_.config.limits.max_frame_bytes - kResultOverhead
                                : broker_.config.limits.max_frame_bytes / 2;
 
+  // Counted until its answer is ready (fail, which every callback below
+  // holds, holds the token).
+  auto slot = broker_.admission.BeginAuditRequest(agency_);
+  if (!slot) {
+    SendError(rid, v1::REASON_AUDIT_BUSY,
+              "agency '" + agency_ + "' already has " + std::to_string(broker_.config.limits.max_audit_requests_per_agency) +
+                  " audit requests in progress; send another when one has been answered",
+              false);
+    return;
+  }
   auto self = shared_from_this();
-  auto fail = [self, rid](v1::Reason code, std::string message) {
+  auto fail = [self, rid, slot](v1::Reason code, std::string message) {
     boost::asio::post(self->stream_.strand(), [self, rid, code, message = std::move(message)] {
       self->SendError(rid, code, message, false);
     });

@@ -19,3 +19,4 @@ target_sources(unit_tests PRIVATE
 target_sources(unit_tests PRIVATE policy/evaluate_test.cpp)
 target_sources(unit_tests PRIVATE common/audit_record_test.cpp)
 target_sources(unit_tests PRIVATE common/sha256_test.cpp)
+target_sources(unit_tests PRIVATE broker/admission_test.cpp)

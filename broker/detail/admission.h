@@ -1,13 +1,16 @@
 // What one source address or one agency may take of the broker (internal):
 // TLS handshakes in progress per source address, identified connections per
-// agency, and publishes per second per agency (a token bucket shared by the
-// agency's sessions). A flooding agency is refused with rate_limited; the
-// others' messages still flow. Thread-safe (one mutex, held briefly).
+// agency, publishes per second per agency (a token bucket shared by the
+// agency's sessions), and audit requests (queries, consistency proofs) in
+// progress per agency. A flooding agency is refused with rate_limited or
+// audit_busy; the others' messages and audit requests still flow.
+// Thread-safe (one mutex, held briefly).
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 
@@ -33,6 +36,13 @@ class Admission {
   // One publish by agency at now: false when its bucket is empty.
   bool TakePublish(const std::string& agency, Clock::time_point now = Clock::now());
 
+  // An audit request of agency begins: null (nothing counted) when the
+  // agency already has max_audit_requests_per_agency in progress. The
+  // request ends when the last copy of the returned token is destroyed, so
+  // a token held by the request's callbacks ends it however it finishes,
+  // even after its session has gone (its work still occupies the reader).
+  std::shared_ptr<void> BeginAuditRequest(const std::string& agency);
+
  private:
   struct Bucket {
     double tokens = 0;
@@ -43,6 +53,7 @@ class Admission {
   std::map<std::string, uint32_t> handshakes_;  // guarded by mu_
   std::map<std::string, uint32_t> sessions_;    // guarded by mu_
   std::map<std::string, Bucket> buckets_;       // guarded by mu_
+  std::map<std::string, uint32_t> audit_requests_;  // guarded by mu_
 };
 
 }  // namespace liaison::broker

@@ -285,7 +285,8 @@ TEST_CASE("BrokerConfig::Load reads every setting", "[broker][config]") {
                                      "  max_handshakes_per_source: 14\n"
                                      "  max_connections_per_agency: 15\n"
                                      "  publish_rate_per_agency: 0\n"
-                                     "  publish_burst_per_agency: 17\n");
+                                     "  publish_burst_per_agency: 17\n"
+                                     "  max_audit_requests_per_agency: 3\n");
   Diagnostics diags;
   auto c = BrokerConfig::Load(path, &diags);
   INFO(Errors(diags));
@@ -317,6 +318,7 @@ TEST_CASE("BrokerConfig::Load reads every setting", "[broker][config]") {
   CHECK(c->limits.max_connections_per_agency == 15);
   CHECK(c->limits.publish_rate_per_agency == 0);
   CHECK(c->limits.publish_burst_per_agency == 17);
+  CHECK(c->limits.max_audit_requests_per_agency == 3);
 }
 
 TEST_CASE("the example broker configuration loads", "[broker][config]") {

@@ -7,6 +7,7 @@
 #include <random>
 
 #include "common/uuid.h"
+#include "proto/frame_codec.h"
 #include "tests/integration/test_support.h"
 
 using namespace liaison;
@@ -290,4 +291,52 @@ TEST_CASE("one source address may hold only so many TLS handshakes at once", "[a
   CHECK(s1.WaitClosed(std::chrono::seconds(5)));
   CHECK(s2.WaitClosed(std::chrono::seconds(5)));
   CHECK(WaitFor([&] { return client::Client::Connect(Options(broker.port(), "police")).ok(); }));
+}
+
+TEST_CASE("an agency may have only so many audit requests in progress; the rest get audit_busy", "[abuse][limits]") {
+  broker::Limits l;
+  l.max_audit_requests_per_agency = 1;
+  TestBroker broker(l);
+  auto police = Connect(broker.port(), "police");
+  REQUIRE(police->Publish(IncidentReport({"school"})).status.ok());  // the log has records now
+  auto raw = Authenticated(broker.port(), "social");
+  REQUIRE(raw->SendHello());
+  REQUIRE(raw->ReadFrame().has_value());  // Welcome
+  // Many consistency proof requests in one write: while the first is being
+  // worked on, the others are refused at once instead of queueing.
+  constexpr int kRequests = 40;
+  std::string burst;
+  for (int i = 1; i <= kRequests; ++i) {
+    v1::Frame f;
+    f.mutable_consistency_proof_request()->set_request_id(i);
+    f.mutable_consistency_proof_request()->set_old_size(1);
+    f.mutable_consistency_proof_request()->set_new_size(2);
+    burst += proto::EncodeFrame(f, 1 << 20).value();
+  }
+  REQUIRE(raw->SendBytes(burst));
+  int proofs = 0, busy = 0, other = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    auto f = raw->ReadFrame();
+    REQUIRE(f.has_value());
+    if (f->has_consistency_proof()) {
+      proofs++;
+    } else if (f->has_error() && f->error().code() == v1::REASON_AUDIT_BUSY) {
+      busy++;
+      CHECK_FALSE(f->error().fatal());
+    } else {
+      other++;
+    }
+  }
+  CHECK(proofs >= 1);
+  CHECK(busy >= 1);
+  CHECK(other == 0);
+  // The slot comes back once the answer is out.
+  v1::Frame again;
+  again.mutable_consistency_proof_request()->set_request_id(100);
+  again.mutable_consistency_proof_request()->set_old_size(1);
+  again.mutable_consistency_proof_request()->set_new_size(2);
+  REQUIRE(raw->SendFrame(again));
+  auto answer = raw->ReadFrame();
+  REQUIRE(answer.has_value());
+  CHECK(answer->has_consistency_proof());
 }
