@@ -293,7 +293,7 @@ TEST_CASE("one source address may hold only so many TLS handshakes at once", "[a
   CHECK(WaitFor([&] { return client::Client::Connect(Options(broker.port(), "police")).ok(); }));
 }
 
-TEST_CASE("an agency may have only so many audit requests in progress; the rest get audit_busy", "[abuse][limits]") {
+TEST_CASE("an agency may have only so many audit requests in progress, the rest get audit_busy", "[abuse][limits]") {
   broker::Limits l;
   l.max_audit_requests_per_agency = 1;
   TestBroker broker(l);
