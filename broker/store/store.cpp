@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -23,7 +24,7 @@
 namespace liaison::broker {
 namespace {
 
-constexpr int kSchemaVersion = 4;
+constexpr int kSchemaVersion = 5;
 constexpr size_t kMaxRecordsPerCommit = 50'000;
 constexpr int64_t kCheckpointRowEveryMs = 1000;
 constexpr auto kTruncateWalEvery = std::chrono::seconds(5);
@@ -115,6 +116,19 @@ CREATE INDEX audit_recipient_seq ON audit_log(recipient) WHERE recipient <> '';
     R"sql(
 DROP INDEX audit_sender_time;
 DROP INDEX audit_recipient_time;
+)sql",
+    // 5: record time is monotonic in seq from now on (InsertRecord clamps
+    // it), so the reader turns a time range into a seq range by binary
+    // search and the time index has no more use. Records written before
+    // were stamped when made, not when committed: their time may run
+    // backwards by up to time_disorder_ms (measured here, once), and the
+    // reader widens its search by that much (broker/store/audit_reader.cpp).
+    R"sql(
+CREATE TABLE audit_info(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO audit_info(key, value)
+  SELECT 'time_disorder_ms', COALESCE(MAX(running_max - time_ms), 0)
+  FROM (SELECT time_ms, MAX(time_ms) OVER (ORDER BY seq) AS running_max FROM audit_log);
+DROP INDEX audit_time;
 )sql",
 };
 
@@ -212,6 +226,7 @@ struct Store::Impl {
   // Writer state (writer thread only, after Open).
   merkle::Tree tree;
   uint64_t next_seq = 1;
+  int64_t last_time_ms = 0;  // of the newest record: times never go back (InsertRecord)
   int64_t last_checkpoint_row_ms = 0;
 
   struct Item {
@@ -241,7 +256,7 @@ struct Store::Impl {
   void WalLoop();
   Status Commit(std::vector<Item>& items, audit::Checkpoint* cp, merkle::Tree* tree_out, uint64_t* next_out);
   Status WriteQueueChanges(Item& item);
-  Status InsertRecord(audit::Record& r, uint64_t seq, merkle::Tree* t);
+  Status InsertRecord(audit::Record& r, uint64_t seq, int64_t* last_time_ms, merkle::Tree* t);
   Status PrepareStatements();
 };
 
@@ -328,11 +343,19 @@ Status Store::Impl::LoadTree() {
   }
   sqlite3_finalize(s);
   next_seq = max_seq + 1;
+  sqlite3_prepare_v2(db, "SELECT time_ms FROM audit_log ORDER BY seq DESC LIMIT 1", -1, &s, nullptr);
+  if (sqlite3_step(s) == SQLITE_ROW) last_time_ms = sqlite3_column_int64(s, 0);
+  sqlite3_finalize(s);
   return Status::Ok();
 }
 
-Status Store::Impl::InsertRecord(audit::Record& r, uint64_t seq, merkle::Tree* t) {
+Status Store::Impl::InsertRecord(audit::Record& r, uint64_t seq, int64_t* last_time_ms, merkle::Tree* t) {
   r.seq = seq;
+  // Time never runs backwards in seq order: records are made on many threads
+  // and reach the writer in any order (and the clock may be stepped back),
+  // but the reader finds a time range by binary search over seq.
+  r.time_ms = std::max(r.time_ms, *last_time_ms);
+  *last_time_ms = r.time_ms;
   const std::string leaf = audit::EncodeLeaf(r);
   const merkle::Hash h = merkle::LeafHash(leaf);
   t->Append(h);
@@ -429,6 +452,7 @@ Status Store::Impl::Commit(std::vector<Item>& items, audit::Checkpoint* cp, merk
                            uint64_t* next_out) {
   merkle::Tree t = tree;
   uint64_t seq = next_seq;
+  int64_t last_time = last_time_ms;
   if (Status s = Exec(db, "BEGIN IMMEDIATE"); !s.ok()) return s;
   auto fail = [&](Status s) {
     Exec(db, "ROLLBACK");
@@ -439,7 +463,7 @@ Status Store::Impl::Commit(std::vector<Item>& items, audit::Checkpoint* cp, merk
     if (Status s = WriteQueueChanges(item); !s.ok()) return fail(s);
     if (item.result.duplicate) continue;
     for (auto& r : item.batch.records) {
-      if (Status s = InsertRecord(r, seq++, &t); !s.ok()) return fail(s);
+      if (Status s = InsertRecord(r, seq++, &last_time, &t); !s.ok()) return fail(s);
     }
   }
   const int64_t now = NowMs();
@@ -455,6 +479,7 @@ Status Store::Impl::Commit(std::vector<Item>& items, audit::Checkpoint* cp, merk
   if (now - last_checkpoint_row_ms >= kCheckpointRowEveryMs) last_checkpoint_row_ms = now;
   *tree_out = std::move(t);
   *next_out = seq;
+  last_time_ms = last_time;
   return Status::Ok();
 }
 

@@ -1,0 +1,235 @@
+// The audit log in the store and its reader: record time monotonic in seq,
+// time ranges found by binary search (also over logs written before that,
+// whose time may run backwards a little), and the schema migration of a
+// store written by an older broker.
+#include <catch2/catch.hpp>
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <random>
+
+#include "broker/store/audit_reader.h"
+#include "broker/store/store.h"
+#include "client/audit_verify.h"
+#include "common/merkle.h"
+#include "tests/temp_dir.h"
+
+using namespace liaison;
+using liaison::test::TempDir;
+
+namespace {
+
+const std::vector<std::string> kAgencies = {"police", "school", "social", "health"};
+
+broker::Store::Options StoreOptions(const TempDir& dir) {
+  broker::Store::Options o;
+  o.path = dir.File("data/liaison.db");
+  o.origin = "liaison/test";
+  o.signing_key = dir.File("audit-signing.key");
+  o.digest_key = dir.File("body-digest.key");
+  return o;
+}
+
+audit::Record Event(std::mt19937_64& rng, int64_t time_ms) {
+  audit::Record r;
+  r.time_ms = time_ms;
+  r.event = rng() % 3 ? "queued" : "delivered";
+  r.sender = kAgencies[rng() % kAgencies.size()];
+  r.recipient = kAgencies[rng() % kAgencies.size()];
+  r.actor = r.sender;
+  r.cert_sha256 = std::string(64, 'c');
+  r.message_id = "0190a5c4-8d2e-7b3a-9c1d-" + std::to_string(100000000000 + rng() % 1000);
+  r.case_id = "CASE-" + std::to_string(rng() % 20);
+  r.message_type = "incident_report";
+  r.tlp = 3;
+  r.purpose = "safeguarding";
+  r.decision = r.event == "queued" ? "permit" : "delivered";
+  r.rules = "rule-" + std::to_string(rng() % 5);
+  r.policy_version = std::string(64, 'a');
+  r.obligations = "redacted:incident_report.persons";
+  r.body_hmac = std::string(64, 'b');
+  r.detail = "agreement=core";
+  return r;
+}
+
+// Every row of a query, page after page.
+std::vector<broker::AuditRow> All(broker::AuditReader& reader, broker::AuditPageRequest q) {
+  q.scope = kAgencies;
+  std::vector<broker::AuditRow> rows;
+  for (;;) {
+    auto page = reader.QueryPageSync(q);
+    INFO(page.status().ToString());
+    REQUIRE(page.ok());
+    rows.insert(rows.end(), page->rows.begin(), page->rows.end());
+    if (!page->more) break;
+    q.after_seq = page->rows.back().record.seq;
+  }
+  return rows;
+}
+
+// Random time ranges (and agencies), each answered by the reader exactly as
+// a filter over every record says.
+void CheckTimeQueries(broker::AuditReader& reader, const std::vector<audit::Record>& log, uint32_t page_size) {
+  REQUIRE(!log.empty());
+  std::mt19937_64 rng(11);
+  const int64_t first = log.front().time_ms - 50, span = log.back().time_ms - first + 100;
+  for (int i = 0; i < 60; ++i) {
+    broker::AuditPageRequest q;
+    q.limit = page_size;
+    const int64_t a = first + static_cast<int64_t>(rng() % static_cast<uint64_t>(span));
+    const int64_t b = a + 1 + static_cast<int64_t>(rng() % static_cast<uint64_t>(span / 4));
+    if (i % 4 != 1) q.filter.from_ms = a;
+    if (i % 4 != 2) q.filter.to_ms = b;
+    if (i % 3 == 0) q.filter.agency = kAgencies[rng() % kAgencies.size()];
+    std::vector<uint64_t> expected, got;
+    for (const auto& r : log) {
+      if (q.filter.from_ms && r.time_ms < q.filter.from_ms) continue;
+      if (q.filter.to_ms && r.time_ms >= q.filter.to_ms) continue;
+      if (!q.filter.agency.empty() && r.sender != q.filter.agency && r.recipient != q.filter.agency) continue;
+      expected.push_back(r.seq);
+    }
+    for (const auto& row : All(reader, q)) got.push_back(row.record.seq);
+    INFO("from " << q.filter.from_ms << " to " << q.filter.to_ms << " agency " << q.filter.agency);
+    CHECK(got == expected);
+  }
+}
+
+// The schema of a store as brokers before schema 5 left it (migrations 1 to
+// 4, as shipped): every field a column, and again in the leaf.
+constexpr const char* kSchema4 = R"sql(
+CREATE TABLE audit_log(
+  seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, event TEXT NOT NULL, actor TEXT NOT NULL,
+  cert_sha256 TEXT NOT NULL, message_id TEXT NOT NULL, case_id TEXT NOT NULL, sender TEXT NOT NULL,
+  recipient TEXT NOT NULL, message_type TEXT NOT NULL, tlp INTEGER NOT NULL, purpose TEXT NOT NULL,
+  decision TEXT NOT NULL, rules TEXT NOT NULL, policy_version TEXT NOT NULL, obligations TEXT NOT NULL,
+  body_hmac TEXT NOT NULL, detail TEXT NOT NULL, leaf BLOB NOT NULL, leaf_hash BLOB NOT NULL);
+CREATE INDEX audit_case ON audit_log(case_id, seq) WHERE case_id <> '';
+CREATE INDEX audit_message ON audit_log(message_id) WHERE message_id <> '';
+CREATE INDEX audit_time ON audit_log(time_ms);
+CREATE TABLE checkpoints(tree_size INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, text TEXT NOT NULL);
+CREATE TABLE messages(
+  row INTEGER PRIMARY KEY, sender TEXT NOT NULL, message_id TEXT NOT NULL, case_id TEXT NOT NULL,
+  message_type TEXT NOT NULL, tlp INTEGER NOT NULL, purpose TEXT NOT NULL, agreement TEXT NOT NULL,
+  recipients TEXT NOT NULL, received_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
+  want_reports INTEGER NOT NULL, publish_digest BLOB NOT NULL, ack BLOB NOT NULL, body BLOB,
+  recalled_ms INTEGER NOT NULL DEFAULT 0, UNIQUE(sender, message_id));
+CREATE TABLE deliveries(
+  id INTEGER PRIMARY KEY, recipient TEXT NOT NULL, message_row INTEGER NOT NULL REFERENCES messages(row),
+  kind INTEGER NOT NULL, state INTEGER NOT NULL, attempts INTEGER NOT NULL, named INTEGER NOT NULL, payload BLOB);
+CREATE INDEX deliveries_pending ON deliveries(id) WHERE state = 0;
+CREATE INDEX deliveries_message ON deliveries(message_row, recipient);
+CREATE INDEX messages_message_id ON messages(message_id);
+CREATE INDEX audit_sender_seq ON audit_log(sender) WHERE sender <> '';
+CREATE INDEX audit_recipient_seq ON audit_log(recipient) WHERE recipient <> '';
+PRAGMA user_version = 4;
+)sql";
+
+// Writes records into a new schema-4 store at path, as an older broker
+// would have (its signing key made beside it); returns them with their seq.
+std::vector<audit::Record> WriteSchema4Store(const TempDir& dir, std::vector<audit::Record> records) {
+  const auto o = StoreOptions(dir);
+  std::filesystem::create_directories(dir.File("data"));
+  REQUIRE(audit::Signer::LoadOrCreate(o.signing_key).ok());
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(o.path.c_str(), &db) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(db, "PRAGMA journal_mode = WAL", nullptr, nullptr, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(db, kSchema4, nullptr, nullptr, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_stmt* s = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "INSERT INTO audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", -1, &s,
+                             nullptr) == SQLITE_OK);
+  uint64_t seq = 0;
+  for (auto& r : records) {
+    r.seq = ++seq;
+    const std::string leaf = audit::EncodeLeaf(r);
+    const merkle::Hash h = merkle::LeafHash(leaf);
+    sqlite3_bind_int64(s, 1, static_cast<int64_t>(r.seq));
+    sqlite3_bind_int64(s, 2, r.time_ms);
+    int i = 3;
+    for (const std::string* f : {&r.event, &r.actor, &r.cert_sha256, &r.message_id, &r.case_id, &r.sender,
+                                 &r.recipient, &r.message_type}) {
+      sqlite3_bind_text(s, i++, f->c_str(), -1, SQLITE_TRANSIENT);
+    }
+    sqlite3_bind_int(s, i++, r.tlp);
+    for (const std::string* f : {&r.purpose, &r.decision, &r.rules, &r.policy_version, &r.obligations, &r.body_hmac,
+                                 &r.detail}) {
+      sqlite3_bind_text(s, i++, f->c_str(), -1, SQLITE_TRANSIENT);
+    }
+    sqlite3_bind_blob(s, i++, leaf.data(), static_cast<int>(leaf.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_blob(s, i++, h.data(), 32, SQLITE_TRANSIENT);
+    REQUIRE(sqlite3_step(s) == SQLITE_DONE);
+    sqlite3_reset(s);
+  }
+  sqlite3_finalize(s);
+  REQUIRE(sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(db);
+  return records;
+}
+
+merkle::Hash RootOf(const std::vector<audit::Record>& log) {
+  std::vector<merkle::Hash> leaves;
+  for (const auto& r : log) leaves.push_back(merkle::LeafHash(audit::EncodeLeaf(r)));
+  return merkle::RootOf(leaves);
+}
+
+}  // namespace
+
+TEST_CASE("record time never runs backwards in seq order, also across a restart", "[audit][time]") {
+  TempDir dir;
+  std::mt19937_64 rng(3);
+  std::vector<int64_t> given;
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    REQUIRE(store.ok());
+    for (int i = 0; i < 300; ++i) {
+      // Mostly forward, sometimes a second back (records made on other
+      // threads, a clock stepped back).
+      const int64_t t = 1764400000000 + i * 10 - (i % 7 == 3 ? 1000 : 0);
+      given.push_back(t);
+      REQUIRE((*store)->AppendSync({Event(rng, t)}).ok());
+    }
+  }
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    REQUIRE(store.ok());
+    given.push_back(1);  // a clock far behind, after a restart
+    REQUIRE((*store)->AppendSync({Event(rng, 1)}).ok());
+  }
+  auto reader = broker::AuditReader::Open(StoreOptions(dir).path, 1);
+  REQUIRE(reader.ok());
+  const auto rows = All(**reader, broker::AuditPageRequest{});
+  REQUIRE(rows.size() == given.size());
+  int64_t running = 0;
+  std::vector<audit::Record> log;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    running = std::max(running, given[i]);
+    CHECK(rows[i].record.time_ms == running);
+    log.push_back(rows[i].record);
+  }
+  CheckTimeQueries(**reader, log, 7);
+  CheckTimeQueries(**reader, log, 1000);
+}
+
+TEST_CASE("time ranges are exact on a log written before schema 5, whose time runs back a little", "[audit][time]") {
+  TempDir dir;
+  std::mt19937_64 rng(5);
+  std::vector<audit::Record> records;
+  for (int i = 0; i < 2000; ++i) {
+    // Stamped when made, committed in another order: up to 3 s back.
+    records.push_back(Event(rng, 1764400000000 + i * 100 - static_cast<int64_t>(rng() % 3000)));
+  }
+  records = WriteSchema4Store(dir, std::move(records));
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    INFO(store.status().ToString());
+    REQUIRE(store.ok());
+    CHECK((*store)->latest().tree_size == records.size());
+    CHECK((*store)->latest().root == RootOf(records));
+  }
+  auto reader = broker::AuditReader::Open(StoreOptions(dir).path, 1);
+  REQUIRE(reader.ok());
+  CheckTimeQueries(**reader, records, 13);
+  CheckTimeQueries(**reader, records, 1000);
+}
