@@ -20,9 +20,9 @@ namespace {
 // Jobs waiting for a worker; beyond this, requests are refused as busy.
 constexpr size_t kMaxQueuedJobs = 256;
 
+// The columns the store keeps (schema 5); every other field is in the leaf.
 constexpr const char* kColumns =
-    "seq, time_ms, event, actor, cert_sha256, message_id, case_id, sender, recipient, message_type, tlp, purpose, "
-    "decision, rules, policy_version, obligations, body_hmac, detail, leaf, leaf_hash";
+    "seq, time_ms, event, actor, message_id, case_id, sender, recipient, decision, leaf, leaf_hash";
 
 // In scope: the record names an agency of the scope as sender, recipient or
 // actor, or names no agency at all. The one definition of an auditor's scope
@@ -205,31 +205,36 @@ Result<AuditPage> RunPage(sqlite3* db, const AuditPageRequest& r) {
       return Status::Corruption("the audit log has no record " + std::to_string(expected));
     }
     ++expected;
-    if (sqlite3_column_bytes(s, 19) != 32) {
+    if (sqlite3_column_bytes(s, 10) != 32) {
       return Status::Corruption("audit record " + std::to_string(rec.seq) + " has a malformed leaf hash");
     }
-    std::memcpy(row.leaf_hash.data(), sqlite3_column_blob(s, 19), 32);
-    const bool in_scope = sqlite3_column_int(s, 20) != 0;
+    std::memcpy(row.leaf_hash.data(), sqlite3_column_blob(s, 10), 32);
+    const bool in_scope = sqlite3_column_int(s, 11) != 0;
     if (!in_scope) {
       row.hash_only = true;  // export mode only: queries select in-scope rows alone
       page.rows.push_back(std::move(row));
       continue;
     }
-    rec.time_ms = sqlite3_column_int64(s, 1);
+    // The record is its leaf; the columns beside it only serve the query,
+    // and must say the same (or the store was altered).
+    const std::string_view leaf(static_cast<const char*>(sqlite3_column_blob(s, 9)),
+                                static_cast<size_t>(sqlite3_column_bytes(s, 9)));
+    auto decoded = audit::DecodeLeaf(leaf);
+    if (!decoded.ok()) {
+      return Status::Corruption("audit record " + std::to_string(rec.seq) + ": " + decoded.status().message());
+    }
+    bool same = decoded->seq == rec.seq && decoded->time_ms == sqlite3_column_int64(s, 1);
     int i = 2;
-    for (std::string* c : {&rec.event, &rec.actor, &rec.cert_sha256, &rec.message_id, &rec.case_id, &rec.sender,
-                           &rec.recipient, &rec.message_type}) {
-      *c = Column(s, i++);
+    for (const std::string* c : {&decoded->event, &decoded->actor, &decoded->message_id, &decoded->case_id,
+                                 &decoded->sender, &decoded->recipient, &decoded->decision}) {
+      same = same && Column(s, i++) == *c;
     }
-    rec.tlp = sqlite3_column_int(s, i++);
-    for (std::string* c : {&rec.purpose, &rec.decision, &rec.rules, &rec.policy_version, &rec.obligations,
-                           &rec.body_hmac, &rec.detail}) {
-      *c = Column(s, i++);
+    if (!same) {
+      return Status::Corruption("audit record " + std::to_string(rec.seq) +
+                                ": its columns differ from its leaf bytes (the store was altered)");
     }
-    if (r.export_mode) {
-      row.leaf.assign(static_cast<const char*>(sqlite3_column_blob(s, 18)),
-                      static_cast<size_t>(sqlite3_column_bytes(s, 18)));
-    }
+    rec = std::move(decoded).value();
+    if (r.export_mode) row.leaf.assign(leaf);
     page.rows.push_back(std::move(row));
   }
   if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db, "audit query");

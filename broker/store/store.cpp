@@ -123,12 +123,39 @@ DROP INDEX audit_recipient_time;
     // were stamped when made, not when committed: their time may run
     // backwards by up to time_disorder_ms (measured here, once), and the
     // reader widens its search by that much (broker/store/audit_reader.cpp).
+    //
+    // And every field was stored twice, as a column and in the leaf. Only
+    // what queries filter on stays a column (and time_ms, which the seq
+    // range search reads); the rest is read from the leaf, which is what
+    // is signed anyway. Rebuilding the table (rather than DROP COLUMN)
+    // leaves it without the dead space of the old rows; the leaves and
+    // their hashes are copied unchanged, so the Merkle tree is the same.
     R"sql(
 CREATE TABLE audit_info(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT INTO audit_info(key, value)
   SELECT 'time_disorder_ms', COALESCE(MAX(running_max - time_ms), 0)
   FROM (SELECT time_ms, MAX(time_ms) OVER (ORDER BY seq) AS running_max FROM audit_log);
-DROP INDEX audit_time;
+CREATE TABLE audit_log_v5(
+  seq INTEGER PRIMARY KEY,
+  time_ms INTEGER NOT NULL,
+  event TEXT NOT NULL,
+  actor TEXT NOT NULL,
+  message_id TEXT NOT NULL,
+  case_id TEXT NOT NULL,
+  sender TEXT NOT NULL,
+  recipient TEXT NOT NULL,
+  decision TEXT NOT NULL,
+  leaf BLOB NOT NULL,
+  leaf_hash BLOB NOT NULL);
+INSERT INTO audit_log_v5(seq, time_ms, event, actor, message_id, case_id, sender, recipient, decision, leaf, leaf_hash)
+  SELECT seq, time_ms, event, actor, message_id, case_id, sender, recipient, decision, leaf, leaf_hash
+  FROM audit_log ORDER BY seq;
+DROP TABLE audit_log;
+ALTER TABLE audit_log_v5 RENAME TO audit_log;
+CREATE INDEX audit_case ON audit_log(case_id, seq) WHERE case_id <> '';
+CREATE INDEX audit_message ON audit_log(message_id) WHERE message_id <> '';
+CREATE INDEX audit_sender_seq ON audit_log(sender) WHERE sender <> '';
+CREATE INDEX audit_recipient_seq ON audit_log(recipient) WHERE recipient <> '';
 )sql",
 };
 
@@ -266,9 +293,8 @@ Status Store::Impl::PrepareStatements() {
     const char* sql;
   } const statements[] = {
       {&insert,
-       "INSERT INTO audit_log(seq, time_ms, event, actor, cert_sha256, message_id, case_id, sender, recipient, "
-       "message_type, tlp, purpose, decision, rules, policy_version, obligations, body_hmac, detail, leaf, leaf_hash) "
-       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"},
+       "INSERT INTO audit_log(seq, time_ms, event, actor, message_id, case_id, sender, recipient, decision, leaf, "
+       "leaf_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)"},
       {&insert_checkpoint, "INSERT OR REPLACE INTO checkpoints(tree_size, time_ms, text) VALUES (?,?,?)"},
       {&insert_message,
        "INSERT OR IGNORE INTO messages(row, sender, message_id, case_id, message_type, tlp, purpose, agreement, "
@@ -362,13 +388,7 @@ Status Store::Impl::InsertRecord(audit::Record& r, uint64_t seq, int64_t* last_t
   insert.Int(1, static_cast<int64_t>(r.seq));
   insert.Int(2, r.time_ms);
   int i = 3;
-  for (const std::string* f : {&r.event, &r.actor, &r.cert_sha256, &r.message_id, &r.case_id, &r.sender,
-                               &r.recipient, &r.message_type}) {
-    insert.Text(i++, *f);
-  }
-  insert.Int(i++, r.tlp);
-  for (const std::string* f : {&r.purpose, &r.decision, &r.rules, &r.policy_version, &r.obligations, &r.body_hmac,
-                               &r.detail}) {
+  for (const std::string* f : {&r.event, &r.actor, &r.message_id, &r.case_id, &r.sender, &r.recipient, &r.decision}) {
     insert.Text(i++, *f);
   }
   insert.Blob(i++, leaf.data(), leaf.size());
@@ -872,13 +892,95 @@ std::string Store::BodyDigest(std::string_view body) const {
   return audit::Hex(std::string_view(reinterpret_cast<const char*>(md), len));
 }
 
+namespace {
+
+// The export's audit_log: every field a column, as the store held it before
+// schema 5 and in exactly the shape that export had (it was made with
+// CREATE TABLE AS SELECT), which `liaison audit verify` and auditors'
+// queries read.
+constexpr const char* kExportSchema =
+    "CREATE TABLE audit_log(seq INT,time_ms INT,event TEXT,actor TEXT,cert_sha256 TEXT,message_id TEXT,case_id TEXT,"
+    "sender TEXT,recipient TEXT,message_type TEXT,tlp INT,purpose TEXT,decision TEXT,rules TEXT,policy_version TEXT,"
+    "obligations TEXT,body_hmac TEXT,detail TEXT,leaf,leaf_hash)";
+
+// Copies the store's records into the export, in seq order. The fields
+// that are columns in the store are copied from there (so the verifier still
+// checks them against the leaf); the others are decoded from the leaf. A
+// leaf that does not decode is copied as it is, with those fields empty:
+// judging it is the verifier's job.
+Status CopyRecords(sqlite3* db) {
+  sqlite3_stmt* in = nullptr;
+  sqlite3_stmt* out = nullptr;
+  struct Finalizer {
+    sqlite3_stmt** a;
+    sqlite3_stmt** b;
+    ~Finalizer() {
+      sqlite3_finalize(*a);
+      sqlite3_finalize(*b);
+    }
+  } finalizer{&in, &out};
+  if (sqlite3_prepare_v2(db,
+                         "SELECT seq, time_ms, event, actor, message_id, case_id, sender, recipient, decision, leaf, "
+                         "leaf_hash FROM store.audit_log ORDER BY seq",
+                         -1, &in, nullptr) != SQLITE_OK ||
+      sqlite3_prepare_v2(db, "INSERT INTO main.audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", -1, &out,
+                         nullptr) != SQLITE_OK) {
+    return SqlError(db, "export");
+  }
+  auto text = [&](int i, std::string_view v) {
+    sqlite3_bind_text(out, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+  };
+  int rc;
+  while ((rc = sqlite3_step(in)) == SQLITE_ROW) {
+    const std::string_view leaf(static_cast<const char*>(sqlite3_column_blob(in, 9)),
+                                static_cast<size_t>(sqlite3_column_bytes(in, 9)));
+    audit::Record r;
+    if (auto decoded = audit::DecodeLeaf(leaf); decoded.ok()) r = std::move(decoded).value();
+    sqlite3_bind_int64(out, 1, sqlite3_column_int64(in, 0));
+    sqlite3_bind_int64(out, 2, sqlite3_column_int64(in, 1));
+    // The store's columns: bound straight from the reading statement.
+    auto column = [&](int to, int from) {
+      const unsigned char* t = sqlite3_column_text(in, from);
+      text(to, std::string_view(t ? reinterpret_cast<const char*>(t) : "",
+                                static_cast<size_t>(sqlite3_column_bytes(in, from))));
+    };
+    column(3, 2);   // event
+    column(4, 3);   // actor
+    text(5, r.cert_sha256);
+    column(6, 4);   // message_id
+    column(7, 5);   // case_id
+    column(8, 6);   // sender
+    column(9, 7);   // recipient
+    text(10, r.message_type);
+    sqlite3_bind_int64(out, 11, r.tlp);
+    text(12, r.purpose);
+    column(13, 8);  // decision
+    text(14, r.rules);
+    text(15, r.policy_version);
+    text(16, r.obligations);
+    text(17, r.body_hmac);
+    text(18, r.detail);
+    // An empty blob, not NULL, when there is no leaf (a NULL pointer would bind NULL).
+    sqlite3_bind_blob(out, 19, leaf.empty() ? "" : leaf.data(), static_cast<int>(leaf.size()), SQLITE_STATIC);
+    sqlite3_bind_blob(out, 20, sqlite3_column_blob(in, 10), sqlite3_column_bytes(in, 10), SQLITE_STATIC);
+    const int w = sqlite3_step(out);
+    sqlite3_reset(out);
+    if (w != SQLITE_DONE) return SqlError(db, "export");
+  }
+  if (rc != SQLITE_DONE) return SqlError(db, "export: reading the store");
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status Store::ExportAudit(const std::string& db_path, const std::string& out_path) {
   if (std::filesystem::exists(out_path)) return Status::InvalidArgument(out_path + " already exists");
   if (!std::filesystem::exists(db_path)) return Status::NotFound(db_path + " does not exist");
   if (db_path.find('\'') != std::string::npos || db_path.find('?') != std::string::npos) {
     return Status::InvalidArgument("the store path must not contain quotes or '?'");
   }
-  // The export is the main database; the store is attached read-only.
+  // The export is the main database; the store is attached read-only, and
+  // one transaction reads it from one snapshot.
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(out_path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, nullptr) !=
       SQLITE_OK) {
@@ -887,12 +989,13 @@ Status Store::ExportAudit(const std::string& db_path, const std::string& out_pat
     return s;
   }
   sqlite3_busy_timeout(db, 5000);
-  const std::string sql = "ATTACH DATABASE 'file:" + db_path + "?mode=ro' AS store;"
-                          "BEGIN;"
-                          "CREATE TABLE audit_log AS SELECT * FROM store.audit_log ORDER BY seq;"
-                          "CREATE TABLE checkpoints AS SELECT * FROM store.checkpoints ORDER BY tree_size;"
-                          "COMMIT; DETACH DATABASE store;";
-  Status s = Exec(db, sql.c_str());
+  const std::string attach = "ATTACH DATABASE 'file:" + db_path + "?mode=ro' AS store";
+  Status s = Exec(db, attach.c_str());
+  if (s.ok()) s = Exec(db, "BEGIN");
+  if (s.ok()) s = Exec(db, kExportSchema);
+  if (s.ok()) s = CopyRecords(db);
+  if (s.ok()) s = Exec(db, "CREATE TABLE checkpoints AS SELECT * FROM store.checkpoints ORDER BY tree_size");
+  if (s.ok()) s = Exec(db, "COMMIT");
   sqlite3_close_v2(db);
   if (!s.ok()) std::filesystem::remove(out_path);
   return s;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <random>
 
 #include "broker/store/audit_reader.h"
@@ -232,4 +233,171 @@ TEST_CASE("time ranges are exact on a log written before schema 5, whose time ru
   REQUIRE(reader.ok());
   CheckTimeQueries(**reader, records, 13);
   CheckTimeQueries(**reader, records, 1000);
+}
+
+TEST_CASE("migration 5 narrows a store written by an older broker: same tree, same export, every query", "[audit][migration]") {
+  TempDir dir;
+  std::mt19937_64 rng(9);
+  std::vector<audit::Record> records;
+  for (int i = 0; i < 500; ++i) records.push_back(Event(rng, 1764400000000 + i * 1000));
+  records = WriteSchema4Store(dir, std::move(records));
+  const std::string db_path = StoreOptions(dir).path;
+  std::string pem;
+  audit::Checkpoint migrated;
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    INFO(store.status().ToString());
+    REQUIRE(store.ok());
+    migrated = (*store)->latest();
+    pem = (*store)->public_key_pem();
+  }
+  CHECK(migrated.tree_size == records.size());
+  CHECK(migrated.root == RootOf(records));
+
+  // The fields that are not filtered on are no longer columns.
+  std::vector<std::string> columns;
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    sqlite3_stmt* s = nullptr;
+    sqlite3_prepare_v2(db, "SELECT name FROM pragma_table_info('audit_log') ORDER BY cid", -1, &s, nullptr);
+    while (sqlite3_step(s) == SQLITE_ROW) columns.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)));
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+  }
+  CHECK(columns == std::vector<std::string>{"seq", "time_ms", "event", "actor", "message_id", "case_id", "sender",
+                                            "recipient", "decision", "leaf", "leaf_hash"});
+
+  // The export has every field as a column, as before, and verifies.
+  const std::string out = dir.File("export.db");
+  REQUIRE(broker::Store::ExportAudit(db_path, out).ok());
+  audit::VerifyOptions vo;
+  vo.db_path = out;
+  vo.public_key_pem = pem;
+  vo.saved = {migrated};
+  audit::VerifyReport report;
+  Status v = audit::VerifyAuditLog(vo, &report);
+  INFO(v.ToString());
+  CHECK(v.ok());
+  CHECK(report.records == records.size());
+  CHECK(report.hash_only == 0);
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2(out.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    sqlite3_stmt* s = nullptr;
+    sqlite3_prepare_v2(db, "SELECT sql FROM sqlite_master WHERE name = 'audit_log'", -1, &s, nullptr);
+    REQUIRE(sqlite3_step(s) == SQLITE_ROW);
+    // The shape exports always had (CREATE TABLE AS SELECT of the old table).
+    CHECK(std::string(reinterpret_cast<const char*>(sqlite3_column_text(s, 0))) ==
+          "CREATE TABLE audit_log(seq INT,time_ms INT,event TEXT,actor TEXT,cert_sha256 TEXT,message_id TEXT,"
+          "case_id TEXT,sender TEXT,recipient TEXT,message_type TEXT,tlp INT,purpose TEXT,decision TEXT,rules TEXT,"
+          "policy_version TEXT,obligations TEXT,body_hmac TEXT,detail TEXT,leaf,leaf_hash)");
+    sqlite3_finalize(s);
+    sqlite3_prepare_v2(db, "SELECT seq, cert_sha256, message_type, tlp, purpose, rules, policy_version, obligations, "
+                           "body_hmac, detail FROM audit_log ORDER BY seq", -1, &s, nullptr);
+    size_t n = 0;
+    while (sqlite3_step(s) == SQLITE_ROW) {
+      const audit::Record& r = records.at(n++);
+      auto text = [&](int i) { return std::string(reinterpret_cast<const char*>(sqlite3_column_text(s, i))); };
+      CHECK(static_cast<uint64_t>(sqlite3_column_int64(s, 0)) == r.seq);
+      CHECK(text(1) == r.cert_sha256);
+      CHECK(text(2) == r.message_type);
+      CHECK(sqlite3_column_int(s, 3) == r.tlp);
+      CHECK(text(4) == r.purpose);
+      CHECK(text(5) == r.rules);
+      CHECK(text(6) == r.policy_version);
+      CHECK(text(7) == r.obligations);
+      CHECK(text(8) == r.body_hmac);
+      CHECK(text(9) == r.detail);
+    }
+    CHECK(n == records.size());
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+  }
+
+  // Every filter of the auditors' query still filters, and rows carry
+  // every field (decoded from the leaf).
+  auto reader = broker::AuditReader::Open(db_path, 1);
+  REQUIRE(reader.ok());
+  const auto all = All(**reader, broker::AuditPageRequest{});
+  REQUIRE(all.size() == records.size());
+  for (size_t i = 0; i < all.size(); ++i) {
+    CHECK(all[i].record == records[i]);
+    CHECK(all[i].leaf_hash == merkle::LeafHash(audit::EncodeLeaf(records[i])));
+  }
+  struct Filter {
+    const char* name;
+    std::function<void(broker::AuditFilter&)> set;
+    std::function<bool(const audit::Record&)> match;
+  };
+  const audit::Record& some = records[123];
+  const std::vector<Filter> filters = {
+      {"case", [&](auto& f) { f.case_id = some.case_id; }, [&](auto& r) { return r.case_id == some.case_id; }},
+      {"message", [&](auto& f) { f.message_id = some.message_id; }, [&](auto& r) { return r.message_id == some.message_id; }},
+      {"event", [](auto& f) { f.event = "delivered"; }, [](auto& r) { return r.event == "delivered"; }},
+      {"decision", [](auto& f) { f.decision = "permit"; }, [](auto& r) { return r.decision == "permit"; }},
+      {"agency", [](auto& f) { f.agency = "health"; }, [](auto& r) { return r.sender == "health" || r.recipient == "health"; }},
+      {"agency and time", [&](auto& f) { f.agency = "school"; f.from_ms = records[100].time_ms; f.to_ms = records[300].time_ms; },
+       [&](auto& r) { return (r.sender == "school" || r.recipient == "school") && r.time_ms >= records[100].time_ms &&
+                             r.time_ms < records[300].time_ms; }},
+  };
+  for (const auto& f : filters) {
+    INFO(f.name);
+    broker::AuditPageRequest q;
+    q.limit = 17;
+    f.set(q.filter);
+    std::vector<uint64_t> got, expected;
+    for (const auto& row : All(**reader, q)) got.push_back(row.record.seq);
+    for (const auto& r : records) {
+      if (f.match(r)) expected.push_back(r.seq);
+    }
+    CHECK(!expected.empty());
+    CHECK(got == expected);
+  }
+  // Scope: an auditor of police alone sees nothing of health -> school.
+  broker::AuditPageRequest scoped;
+  scoped.scope = {"police"};
+  auto page = (*reader)->QueryPageSync(scoped);
+  REQUIRE(page.ok());
+  for (const auto& row : page->rows) {
+    CHECK((row.record.sender == "police" || row.record.recipient == "police" || row.record.actor == "police"));
+  }
+}
+
+TEST_CASE("a query column altered in the store is found: the reader refuses the row, the export fails to verify",
+          "[audit][tamper]") {
+  TempDir dir;
+  std::mt19937_64 rng(2);
+  std::string pem;
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    REQUIRE(store.ok());
+    for (int i = 0; i < 20; ++i) REQUIRE((*store)->AppendSync({Event(rng, 1764400000000 + i)}).ok());
+    pem = (*store)->public_key_pem();
+  }
+  const std::string db_path = StoreOptions(dir).path;
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(db_path.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "UPDATE audit_log SET sender = 'nobody-else' WHERE seq = 7", nullptr, nullptr, nullptr) ==
+            SQLITE_OK);
+    sqlite3_close(db);
+  }
+  auto reader = broker::AuditReader::Open(db_path, 1);
+  REQUIRE(reader.ok());
+  broker::AuditPageRequest q;
+  q.scope = kAgencies;
+  q.scope.push_back("nobody-else");
+  auto page = (*reader)->QueryPageSync(q);
+  REQUIRE_FALSE(page.ok());
+  CHECK(page.status().message().find("record 7") != std::string::npos);
+  const std::string out = dir.File("export.db");
+  REQUIRE(broker::Store::ExportAudit(db_path, out).ok());
+  audit::VerifyOptions vo;
+  vo.db_path = out;
+  vo.public_key_pem = pem;
+  audit::VerifyReport report;
+  Status v = audit::VerifyAuditLog(vo, &report);
+  CHECK_FALSE(v.ok());
+  CHECK(report.first_bad_seq == 7);
 }
