@@ -141,8 +141,12 @@ Result<AuditPage> RunPage(sqlite3* db, const AuditPageRequest& r) {
   ReadTransaction snapshot(db);
   if (!snapshot.ok()) return SqlError(db, "audit query");
   SeqRange range{r.after_seq, 0};
+  if (!r.export_mode) {
+    // Pruned records (a prefix of the log) have nothing left to match.
+    range.after = std::max<uint64_t>(range.after, audit_seq::Info(db, "pruned_through").value_or(0));
+  }
   if (!r.export_mode && (f.from_ms > 0 || f.to_ms > 0)) {
-    auto found = TimeToSeqRange(db, f, r.after_seq);
+    auto found = TimeToSeqRange(db, f, range.after);
     if (!found.ok()) return found.status();
     range = *found;
   }
@@ -219,6 +223,13 @@ Result<AuditPage> RunPage(sqlite3* db, const AuditPageRequest& r) {
     // and must say the same (or the store was altered).
     const std::string_view leaf(static_cast<const char*>(sqlite3_column_blob(s, 9)),
                                 static_cast<size_t>(sqlite3_column_bytes(s, 9)));
+    if (leaf.empty()) {
+      // Pruned (retention): its hash in an export, never a query result.
+      if (!r.export_mode) continue;
+      row.hash_only = true;
+      page.rows.push_back(std::move(row));
+      continue;
+    }
     auto decoded = audit::DecodeLeaf(leaf);
     if (!decoded.ok()) {
       return Status::Corruption("audit record " + std::to_string(rec.seq) + ": " + decoded.status().message());

@@ -17,8 +17,10 @@
 #include <future>
 #include <mutex>
 #include <cstring>
+#include <ctime>
 #include <thread>
 
+#include "broker/store/audit_seq.h"
 #include "common/files.h"
 #include "common/merkle.h"
 
@@ -28,6 +30,9 @@ namespace {
 constexpr int kSchemaVersion = 5;
 constexpr size_t kMaxRecordsPerCommit = 50'000;
 constexpr int64_t kCheckpointRowEveryMs = 1000;
+// Records pruned in one transaction: pruning a year of a busy log must not
+// hold up publishes for long.
+constexpr uint64_t kPruneChunk = 20'000;
 constexpr auto kTruncateWalEvery = std::chrono::seconds(5);
 // The checkpointer is woken early once the WAL holds this many frames
 // (SQLite's own auto-checkpoint threshold); otherwise it runs on its timer.
@@ -273,7 +278,7 @@ struct Store::Impl {
   sqlite3* db = nullptr;
   std::unique_ptr<audit::Signer> signer;
   std::string digest_key;
-  Stmt insert, insert_checkpoint;
+  Stmt insert, insert_checkpoint, prune_rows, set_info;
   Stmt insert_message, find_duplicate, insert_delivery, finish_delivery, set_attempts, drop_body, mark_recalled;
   // Reads (FindMessage, ...) on their own connection.
   sqlite3* reader = nullptr;
@@ -288,12 +293,22 @@ struct Store::Impl {
   merkle::Tree tree;
   uint64_t next_seq = 1;
   int64_t last_time_ms = 0;  // of the newest record: times never go back (InsertRecord)
+  uint64_t pruned_through = 0;    // records 1..pruned_through are pruned (audit_info)
+  int64_t time_disorder_ms = 0;   // audit_info: how far records before schema 5 run back in time
+
+  struct PruneJob {
+    int64_t before_ms = 0;
+    std::string why;
+    Pruned pruned;
+    bool more = false;  // the last chunk left records to prune
+  };
   int64_t last_checkpoint_row_ms = 0;
 
   struct Item {
     Batch batch;
     BatchDone done;
     BatchResult result;
+    std::shared_ptr<PruneJob> prune;  // a PruneAudit (its batch is empty)
   };
   mutable std::mutex mu;
   std::condition_variable cv;
@@ -318,6 +333,7 @@ struct Store::Impl {
   Status Commit(std::vector<Item>& items, audit::Checkpoint* cp, merkle::Tree* tree_out, uint64_t* next_out);
   Status WriteQueueChanges(Item& item);
   Status InsertRecord(audit::Record& r, uint64_t seq, int64_t* last_time_ms, merkle::Tree* t);
+  Status PruneChunk(Item& item, uint64_t next_seq, uint64_t* pruned);
   Status PrepareStatements();
 };
 
@@ -330,6 +346,12 @@ Status Store::Impl::PrepareStatements() {
        "INSERT INTO audit_log(seq, time_ms, event, actor, message_id, case_id, sender, recipient, decision, leaf, "
        "leaf_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)"},
       {&insert_checkpoint, "INSERT OR REPLACE INTO checkpoints(tree_size, time_ms, text) VALUES (?,?,?)"},
+      // A pruned record keeps its seq and leaf hash, and nothing else (time
+      // 0 too: the export's hash-only rows carry nothing but the hash).
+      {&prune_rows,
+       "UPDATE audit_log SET time_ms = 0, event = '', actor = '', message_id = '', case_id = '', sender = '', "
+       "recipient = '', decision = '', leaf = X'' WHERE seq > ? AND seq <= ?"},
+      {&set_info, "INSERT OR REPLACE INTO audit_info(key, value) VALUES (?, ?)"},
       {&insert_message,
        "INSERT OR IGNORE INTO messages(row, sender, message_id, case_id, message_type, tlp, purpose, agreement, "
        "recipients, received_ms, expires_ms, want_reports, publish_digest, ack, body) "
@@ -406,6 +428,8 @@ Status Store::Impl::LoadTree() {
   sqlite3_prepare_v2(db, "SELECT time_ms FROM audit_log ORDER BY seq DESC LIMIT 1", -1, &s, nullptr);
   if (sqlite3_step(s) == SQLITE_ROW) last_time_ms = sqlite3_column_int64(s, 0);
   sqlite3_finalize(s);
+  pruned_through = static_cast<uint64_t>(audit_seq::Info(db, "pruned_through").value_or(0));
+  time_disorder_ms = audit_seq::Info(db, "time_disorder_ms").value_or(0);
   return Status::Ok();
 }
 
@@ -428,6 +452,56 @@ Status Store::Impl::InsertRecord(audit::Record& r, uint64_t seq, int64_t* last_t
   insert.Blob(i++, leaf.data(), leaf.size());
   insert.Blob(i++, h.data(), h.size());
   return insert.Run("insert audit record");
+}
+
+namespace {
+
+std::string Rfc3339(int64_t ms) {
+  const time_t t = static_cast<time_t>(ms / 1000);
+  struct tm tm {};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+const std::string kPrunedThrough = "pruned_through";  // bound SQLITE_STATIC: must outlive the statement
+
+}  // namespace
+
+// One chunk of a PruneAudit, in the commit's transaction: the records made
+// before before_ms, from the first not yet pruned, at most kPruneChunk of
+// them, and the audit_pruned record that says so (added to the item's
+// batch, so it is inserted like any other).
+Status Store::Impl::PruneChunk(Item& item, uint64_t next, uint64_t* pruned) {
+  PruneJob& job = *item.prune;
+  job.more = false;
+  // Every record before the seq found for before_ms - disorder was made
+  // before before_ms (audit_seq.h): never prunes a newer record, at worst
+  // leaves a few older ones of a log written before schema 5.
+  auto end = audit_seq::FirstAtOrAfter(db, next - 1, job.before_ms - time_disorder_ms);
+  if (!end.ok()) return end.status();
+  const uint64_t target = *end - 1;
+  if (target <= *pruned) return Status::Ok();
+  const uint64_t last = std::min(target, *pruned + kPruneChunk);
+  prune_rows.Int(1, static_cast<int64_t>(*pruned));
+  prune_rows.Int(2, static_cast<int64_t>(last));
+  if (Status s = prune_rows.Run("prune audit records"); !s.ok()) return s;
+  set_info.Text(1, kPrunedThrough);
+  set_info.Int(2, static_cast<int64_t>(last));
+  if (Status s = set_info.Run("record pruning"); !s.ok()) return s;
+  audit::Record r;
+  r.time_ms = NowMs();
+  r.event = "audit_pruned";
+  r.detail = "records " + std::to_string(*pruned + 1) + " to " + std::to_string(last) + " pruned (made before " +
+             Rfc3339(job.before_ms) + (job.why.empty() ? "" : "; " + job.why) +
+             "): their fields are removed, their seq and leaf hash kept";
+  item.batch.records.push_back(std::move(r));
+  if (job.pruned.first == 0) job.pruned.first = *pruned + 1;
+  job.pruned.last = last;
+  job.more = last < target;
+  *pruned = last;
+  return Status::Ok();
 }
 
 // The queue changes of one batch. A new message whose (sender, message id)
@@ -507,6 +581,7 @@ Status Store::Impl::Commit(std::vector<Item>& items, audit::Checkpoint* cp, merk
   merkle::Tree t = tree;
   uint64_t seq = next_seq;
   int64_t last_time = last_time_ms;
+  uint64_t pruned = pruned_through;
   if (Status s = Exec(db, "BEGIN IMMEDIATE"); !s.ok()) return s;
   auto fail = [&](Status s) {
     Exec(db, "ROLLBACK");
@@ -514,6 +589,9 @@ Status Store::Impl::Commit(std::vector<Item>& items, audit::Checkpoint* cp, merk
     return s;
   };
   for (auto& item : items) {
+    if (item.prune) {
+      if (Status s = PruneChunk(item, seq, &pruned); !s.ok()) return fail(s);
+    }
     if (Status s = WriteQueueChanges(item); !s.ok()) return fail(s);
     if (item.result.duplicate) continue;
     for (auto& r : item.batch.records) {
@@ -534,6 +612,7 @@ Status Store::Impl::Commit(std::vector<Item>& items, audit::Checkpoint* cp, merk
   *tree_out = std::move(t);
   *next_out = seq;
   last_time_ms = last_time;
+  pruned_through = pruned;
   return Status::Ok();
 }
 
@@ -574,10 +653,13 @@ void Store::Impl::WriterLoop() {
         counters.failed_commits++;
       }
     }
+    bool pruning = false;
+    for (const auto& it : items) pruning = pruning || (it.prune && it.prune->pruned.last != 0);
     if (s.ok()) {
       tree = std::move(new_tree);
       next_seq = new_next;
-      if (dropped > 0) bodies_dropped = true;
+      // Pruned leaves, like dropped bodies, must not stay in the WAL.
+      if (dropped > 0 || pruning) bodies_dropped = true;
       if (wal_frames.load(std::memory_order_relaxed) >= kWakeCheckpointerFrames) wal_cv.notify_one();
     } else {
       spdlog::error("store: commit of {} change(s) failed, nothing of it is kept: {}", items.size(), s.message());
@@ -587,8 +669,21 @@ void Store::Impl::WriterLoop() {
       std::lock_guard lock(mu);
       current = latest;
     }
+    std::vector<Item> again;  // prunes with more to do: their next chunk in a later commit
     for (auto& it : items) {
+      if (s.ok() && it.prune && it.prune->more) {
+        std::lock_guard lock(mu);
+        if (!stopping) {  // when closing, the rest is left for the next prune
+          it.batch.records.clear();
+          again.push_back(std::move(it));
+          continue;
+        }
+      }
       if (it.done) it.done(s, current, it.result);
+    }
+    if (!again.empty()) {
+      std::lock_guard lock(mu);
+      for (auto& it : again) queue.push_back(std::move(it));
     }
   }
 }
@@ -744,7 +839,7 @@ void Store::Commit(Batch batch, BatchDone done) {
   {
     std::lock_guard lock(impl_->mu);
     closing = impl_->stopping;
-    if (!closing) impl_->queue.push_back({std::move(batch), std::move(done), {}});
+    if (!closing) impl_->queue.push_back({std::move(batch), std::move(done), {}, nullptr});
   }
   if (closing) {
     if (done) done(Status::Unavailable("the store is closing"), audit::Checkpoint{}, BatchResult{});
@@ -772,6 +867,39 @@ Result<BatchResult> Store::CommitSync(Batch batch) {
   Commit(std::move(batch), [&p](const Status& s, const audit::Checkpoint&, const BatchResult& r) {
     if (s.ok()) {
       p.set_value(r);
+    } else {
+      p.set_value(s);
+    }
+  });
+  return f.get();
+}
+
+void Store::PruneAudit(int64_t before_ms, std::string why, PruneDone done) {
+  auto job = std::make_shared<Impl::PruneJob>();
+  job->before_ms = before_ms;
+  job->why = std::move(why);
+  BatchDone wrapped = [job, done = std::move(done)](const Status& s, const audit::Checkpoint&, const BatchResult&) {
+    if (done) done(s, s.ok() ? job->pruned : Pruned{});
+  };
+  bool closing = false;
+  {
+    std::lock_guard lock(impl_->mu);
+    closing = impl_->stopping;
+    if (!closing) impl_->queue.push_back({Batch{}, std::move(wrapped), {}, job});
+  }
+  if (closing) {
+    wrapped(Status::Unavailable("the store is closing"), audit::Checkpoint{}, BatchResult{});
+    return;
+  }
+  impl_->cv.notify_one();
+}
+
+Result<Store::Pruned> Store::PruneAuditSync(int64_t before_ms, std::string why) {
+  std::promise<Result<Pruned>> p;
+  auto f = p.get_future();
+  PruneAudit(before_ms, std::move(why), [&p](const Status& s, const Pruned& pruned) {
+    if (s.ok()) {
+      p.set_value(pruned);
     } else {
       p.set_value(s);
     }
@@ -935,14 +1063,15 @@ namespace {
 constexpr const char* kExportSchema =
     "CREATE TABLE audit_log(seq INT,time_ms INT,event TEXT,actor TEXT,cert_sha256 TEXT,message_id TEXT,case_id TEXT,"
     "sender TEXT,recipient TEXT,message_type TEXT,tlp INT,purpose TEXT,decision TEXT,rules TEXT,policy_version TEXT,"
-    "obligations TEXT,body_hmac TEXT,detail TEXT,leaf,leaf_hash)";
+    "obligations TEXT,body_hmac TEXT,detail TEXT,leaf,leaf_hash";
+constexpr const char* kHashOnlyColumn = ",hash_only INTEGER NOT NULL DEFAULT 0)";
 
 // Copies the store's records into the export, in seq order. The fields
 // that are columns in the store are copied from there (so the verifier still
 // checks them against the leaf); the others are decoded from the leaf. A
 // leaf that does not decode is copied as it is, with those fields empty:
 // judging it is the verifier's job.
-Status CopyRecords(sqlite3* db) {
+Status CopyRecords(sqlite3* db, bool with_hash_only) {
   sqlite3_stmt* in = nullptr;
   sqlite3_stmt* out = nullptr;
   struct Finalizer {
@@ -957,8 +1086,10 @@ Status CopyRecords(sqlite3* db) {
                          "SELECT seq, time_ms, event, actor, message_id, case_id, sender, recipient, decision, leaf, "
                          "leaf_hash FROM store.audit_log ORDER BY seq",
                          -1, &in, nullptr) != SQLITE_OK ||
-      sqlite3_prepare_v2(db, "INSERT INTO main.audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", -1, &out,
-                         nullptr) != SQLITE_OK) {
+      sqlite3_prepare_v2(db,
+                         with_hash_only ? "INSERT INTO main.audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                                        : "INSERT INTO main.audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                         -1, &out, nullptr) != SQLITE_OK) {
     return SqlError(db, "export");
   }
   auto text = [&](int i, std::string_view v) {
@@ -997,6 +1128,8 @@ Status CopyRecords(sqlite3* db) {
     // An empty blob, not NULL, when there is no leaf (a NULL pointer would bind NULL).
     sqlite3_bind_blob(out, 19, leaf.empty() ? "" : leaf.data(), static_cast<int>(leaf.size()), SQLITE_STATIC);
     sqlite3_bind_blob(out, 20, sqlite3_column_blob(in, 10), sqlite3_column_bytes(in, 10), SQLITE_STATIC);
+    // A pruned record (no leaf): its hash alone, as in a scoped export.
+    if (with_hash_only) sqlite3_bind_int(out, 21, leaf.empty() ? 1 : 0);
     const int w = sqlite3_step(out);
     sqlite3_reset(out);
     if (w != SQLITE_DONE) return SqlError(db, "export");
@@ -1026,8 +1159,21 @@ Status Store::ExportAudit(const std::string& db_path, const std::string& out_pat
   const std::string attach = "ATTACH DATABASE 'file:" + db_path + "?mode=ro' AS store";
   Status s = Exec(db, attach.c_str());
   if (s.ok()) s = Exec(db, "BEGIN");
-  if (s.ok()) s = Exec(db, kExportSchema);
-  if (s.ok()) s = CopyRecords(db);
+  // A log with pruned records exports them as hash-only rows: the export then
+  // has the hash_only column of an auditor's scoped export (and only then,
+  // so the export of an unpruned log keeps its shape).
+  bool pruned = false;
+  if (s.ok()) {
+    sqlite3_stmt* q = nullptr;
+    if (sqlite3_prepare_v2(db, "SELECT value FROM store.audit_info WHERE key = 'pruned_through'", -1, &q, nullptr) ==
+            SQLITE_OK &&
+        sqlite3_step(q) == SQLITE_ROW) {
+      pruned = sqlite3_column_int64(q, 0) > 0;
+    }
+    sqlite3_finalize(q);
+  }
+  if (s.ok()) s = Exec(db, (std::string(kExportSchema) + (pruned ? kHashOnlyColumn : ")")).c_str());
+  if (s.ok()) s = CopyRecords(db, pruned);
   if (s.ok()) s = Exec(db, "CREATE TABLE checkpoints AS SELECT * FROM store.checkpoints ORDER BY tree_size");
   if (s.ok()) s = Exec(db, "COMMIT");
   sqlite3_close_v2(db);

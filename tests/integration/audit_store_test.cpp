@@ -401,3 +401,167 @@ TEST_CASE("a query column altered in the store is found: the reader refuses the 
   CHECK_FALSE(v.ok());
   CHECK(report.first_bad_seq == 7);
 }
+
+TEST_CASE("pruning keeps seq and leaf hash: exports verify, earlier proofs verify, queries skip pruned records",
+          "[audit][retention]") {
+  TempDir dir;
+  std::mt19937_64 rng(4);
+  const int64_t day = 86'400'000, base = 1764400000000;
+  std::vector<audit::Record> old_records;
+  audit::Checkpoint before;
+  std::string pem;
+  const std::string db_path = StoreOptions(dir).path;
+  const std::string export_before = dir.File("before.db");
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    REQUIRE(store.ok());
+    for (int i = 0; i < 500; i += 10) {
+      std::vector<audit::Record> batch;
+      // 300 records of ten days ago, then 200 of today.
+      for (int k = i; k < i + 10; ++k) batch.push_back(Event(rng, k < 300 ? base + k : base + 10 * day + k));
+      if (i < 300) old_records.insert(old_records.end(), batch.begin(), batch.end());
+      REQUIRE((*store)->AppendSync(std::move(batch)).ok());
+    }
+    before = (*store)->latest();
+    pem = (*store)->public_key_pem();
+  }
+  REQUIRE(broker::Store::ExportAudit(db_path, export_before).ok());
+  auto proof = audit::ProveInclusion(export_before, 42, before);  // a record about to be pruned
+  REQUIRE(proof.ok());
+  const std::string proof_text = audit::FormatInclusionProof(*proof);
+
+  audit::Checkpoint after;
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    REQUIRE(store.ok());
+    auto pruned = (*store)->PruneAuditSync(base + 5 * day, "retention test");
+    INFO(pruned.status().ToString());
+    REQUIRE(pruned.ok());
+    CHECK(pruned->first == 1);
+    CHECK(pruned->last == 300);
+    auto again = (*store)->PruneAuditSync(base + 5 * day, "retention test");
+    REQUIRE(again.ok());
+    CHECK(again->last == 0);  // nothing more, and no record of nothing
+    after = (*store)->latest();
+  }
+  CHECK(after.tree_size == 501);  // the pruning was recorded
+
+  // The pruned rows keep seq and leaf hash, and nothing else.
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    sqlite3_stmt* s = nullptr;
+    sqlite3_prepare_v2(db,
+                       "SELECT COUNT(*), SUM(length(leaf) > 0 OR time_ms <> 0 OR event <> '' OR actor <> '' OR "
+                       "case_id <> '' OR message_id <> '' OR sender <> '' OR recipient <> '' OR decision <> ''), "
+                       "SUM(length(leaf_hash) = 32) FROM audit_log WHERE seq <= 300",
+                       -1, &s, nullptr);
+    REQUIRE(sqlite3_step(s) == SQLITE_ROW);
+    CHECK(sqlite3_column_int(s, 0) == 300);
+    CHECK(sqlite3_column_int(s, 1) == 0);
+    CHECK(sqlite3_column_int(s, 2) == 300);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+  }
+
+  // Queries never return a pruned record, whatever the filter.
+  auto reader = broker::AuditReader::Open(db_path, 1);
+  REQUIRE(reader.ok());
+  const auto all = All(**reader, broker::AuditPageRequest{});
+  REQUIRE(all.size() == 201);
+  CHECK(all.front().record.seq == 301);
+  CHECK(all.back().record.event == "audit_pruned");
+  CHECK(all.back().record.detail.find("records 1 to 300 pruned") != std::string::npos);
+  for (const auto& set : std::vector<std::function<void(broker::AuditFilter&)>>{
+           [&](auto& f) { f.from_ms = base; f.to_ms = base + day; },
+           [&](auto& f) { f.case_id = old_records[41].case_id; },
+           [&](auto& f) { f.message_id = old_records[41].message_id; },
+           [&](auto& f) { f.agency = old_records[41].sender; },
+           [&](auto& f) { f.event = old_records[41].event; },
+       }) {
+    broker::AuditPageRequest q;
+    set(q.filter);
+    for (const auto& row : All(**reader, q)) CHECK(row.record.seq > 300);
+  }
+  // Over the wire (an auditor's export): pruned records are hashes only.
+  broker::AuditPageRequest e;
+  e.export_mode = true;
+  e.until_seq = 501;
+  e.limit = 1000;
+  e.scope = kAgencies;
+  auto page = (*reader)->QueryPageSync(e);
+  REQUIRE(page.ok());
+  REQUIRE(page->rows.size() == 501);
+  for (const auto& row : page->rows) CHECK(row.hash_only == (row.record.seq <= 300));
+  // The log still proves that it extends the one of before.
+  auto consistency = (*reader)->ConsistencyProofSync(before.tree_size, after.tree_size);
+  REQUIRE(consistency.ok());
+  CHECK(merkle::VerifyConsistency(before.tree_size, after.tree_size, before.root, after.root, *consistency));
+
+  // An export after pruning verifies, against checkpoints from before and after.
+  const std::string export_after = dir.File("after.db");
+  REQUIRE(broker::Store::ExportAudit(db_path, export_after).ok());
+  audit::VerifyOptions vo;
+  vo.db_path = export_after;
+  vo.public_key_pem = pem;
+  vo.saved = {before, after};
+  audit::VerifyReport report;
+  Status v = audit::VerifyAuditLog(vo, &report);
+  INFO(v.ToString());
+  CHECK(v.ok());
+  CHECK(report.records == 501);
+  CHECK(report.hash_only == 300);
+  CHECK(report.root == after.root);
+  // Nothing of a pruned record is left in it.
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2(export_after.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    sqlite3_stmt* s = nullptr;
+    sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM audit_log WHERE hash_only = 1 AND seq <= 300 AND length(leaf) = 0",
+                       -1, &s, nullptr);
+    REQUIRE(sqlite3_step(s) == SQLITE_ROW);
+    CHECK(sqlite3_column_int(s, 0) == 300);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+  }
+
+  // The inclusion proof made before pruning still verifies; and a record
+  // kept in full can still be proved from the new export.
+  auto parsed = audit::ParseInclusionProof(proof_text);
+  REQUIRE(parsed.ok());
+  auto proved = audit::VerifyInclusionProof(*parsed, pem);
+  REQUIRE(proved.ok());
+  CHECK(proved->seq == 42);
+  CHECK(proved->case_id == old_records[41].case_id);
+  CHECK(proved->message_id == old_records[41].message_id);
+  auto kept = audit::ProveInclusion(export_after, 400, after);
+  REQUIRE(kept.ok());
+  CHECK(audit::VerifyInclusionProof(*kept, pem).ok());
+}
+
+TEST_CASE("a large prune goes in chunks, each one recorded", "[audit][retention]") {
+  TempDir dir;
+  std::mt19937_64 rng(8);
+  const int64_t base = 1764400000000;
+  auto store = broker::Store::Open(StoreOptions(dir));
+  REQUIRE(store.ok());
+  for (int i = 0; i < 45'000; i += 1000) {
+    std::vector<audit::Record> batch;
+    for (int k = i; k < i + 1000; ++k) batch.push_back(Event(rng, base + k));
+    REQUIRE((*store)->AppendSync(std::move(batch)).ok());
+  }
+  auto pruned = (*store)->PruneAuditSync(base + 44'000, "");
+  REQUIRE(pruned.ok());
+  CHECK(pruned->first == 1);
+  CHECK(pruned->last == 44'000);
+  CHECK((*store)->latest().tree_size == 45'003);  // three chunks of at most 20,000
+  auto reader = broker::AuditReader::Open(StoreOptions(dir).path, 1);
+  REQUIRE(reader.ok());
+  broker::AuditPageRequest q;
+  q.filter.event = "audit_pruned";
+  const auto records = All(**reader, q);
+  REQUIRE(records.size() == 3);
+  CHECK(records[0].record.detail.find("records 1 to 20000 pruned") != std::string::npos);
+  CHECK(records[1].record.detail.find("records 20001 to 40000 pruned") != std::string::npos);
+  CHECK(records[2].record.detail.find("records 40001 to 44000 pruned") != std::string::npos);
+}
