@@ -233,7 +233,7 @@ TEST_CASE("the admin socket and SIGHUP reload the policy, a bad policy is reject
   CHECK(WaitFor([&] { return broker.process().err().find("1 session(s) re-checked") != std::string::npos; }));
 }
 
-TEST_CASE("--admin prune-audit applies audit.retention_days, and says when none is set", "[process][audit]") {
+TEST_CASE("the admin command prune-audit applies audit.retention_days, and says when none is set", "[process][audit]") {
   std::string out, err;
   {
     TempDir dir;
