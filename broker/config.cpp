@@ -31,7 +31,8 @@ std::optional<BrokerConfig> BrokerConfig::LoadText(const std::string& text, cons
   BrokerConfig c;
   c.path = path;
   if (!r.ExpectMap(*root, "the broker configuration",
-                   {"name", "listen", "threads", "log_level", "policy", "keys_dir", "data_dir", "admin_socket", "tls", "limits"})) {
+                   {"name", "listen", "threads", "log_level", "policy", "keys_dir", "data_dir", "admin_socket", "tls", "limits",
+                    "audit"})) {
     return std::nullopt;
   }
   if (auto v = r.String(*root, "name")) c.name = *v;
@@ -116,6 +117,12 @@ std::optional<BrokerConfig> BrokerConfig::LoadText(const std::string& text, cons
     if (l.max_queued_bytes < uint64_t{l.max_frame_bytes} + 4) {
       r.Error(limits, "'max_queued_bytes' must hold at least one frame of 'max_frame_bytes'");
     }
+  }
+  const YAML::Node audit = (*root)["audit"];
+  if (audit.IsDefined() && !audit.IsNull() && r.ExpectMap(audit, "'audit'", {"retention_days"})) {
+    // Up to 100 years; at least a day, so that a slip cannot prune the
+    // records of what is happening now.
+    if (auto v = r.Int(audit, "retention_days", 1, 36'600)) c.audit.retention_days = static_cast<uint32_t>(*v);
   }
   for (size_t i = before; i < diags->size(); ++i) {
     if ((*diags)[i].severity == Diagnostic::Severity::kError) return std::nullopt;

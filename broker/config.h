@@ -58,6 +58,13 @@ struct Limits {
   Millis refusal_audit_interval{60'000};
 };
 
+// The audit log's retention (docs/auditing.md, section 6): records older
+// than retention_days lose their fields and keep their leaf hash (pruning),
+// so the Merkle tree and every checkpoint and proof stay verifiable.
+struct AuditSettings {
+  uint32_t retention_days = 0;  // 0: keep every record in full for ever
+};
+
 struct BrokerConfig {
   std::string path;                 // the file it was loaded from
   std::string name = "liaison";     // shown to clients in Welcome
@@ -76,6 +83,7 @@ struct BrokerConfig {
   int threads = 0;                  // 0: one per core
   std::string log_level = "info";
   Limits limits;
+  AuditSettings audit;
 
   // Parses and validates path. Relative paths in the file are relative to
   // the file's directory. Returns nothing when there are errors (in diags).

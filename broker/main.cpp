@@ -61,11 +61,12 @@ int main(int argc, char** argv) {
   std::string admin;
   app.add_option("--admin", admin,
                  "send a command to the running broker through its admin_socket and exit: reload (policy, CA "
-                 "bundle, CRLs, certificate), status, or 'rotate-key AGREEMENT' (a new pseudonym key version)")
+                 "bundle, CRLs, certificate), status, 'rotate-key AGREEMENT' (a new pseudonym key version), or prune-audit "
+                 "(prune audit records older than audit.retention_days now)")
       ->check([](const std::string& v) {
-        if (v == "reload" || v == "status") return std::string();
+        if (v == "reload" || v == "status" || v == "prune-audit") return std::string();
         if (v.rfind("rotate-key ", 0) == 0 && v.size() > 11) return std::string();
-        return std::string("expected reload, status or 'rotate-key AGREEMENT'");
+        return std::string("expected reload, status, 'rotate-key AGREEMENT' or prune-audit");
       });
   app.set_version_flag("--version", "liaison-broker 0.1.0");
   try {

@@ -63,8 +63,10 @@ struct Server::Impl {
   asio::awaitable<void> WaitUntil(std::function<bool()> done, std::chrono::milliseconds limit);
   asio::awaitable<void> FlushRefusals();
   asio::awaitable<void> ExpireLoop();
+  asio::awaitable<void> PruneLoop();
   asio::steady_timer refusal_timer{ioc};
   asio::steady_timer expiry_timer{ioc};
+  asio::steady_timer prune_timer{ioc};
 };
 
 asio::awaitable<void> Server::Impl::Accept() {
@@ -158,8 +160,21 @@ asio::awaitable<void> Server::Impl::ServeAdmin(Server* server, asio::local::stre
     } else {
       answer = "error " + key.status().message();
     }
+  } else if (command == "prune-audit") {
+    spdlog::info("admin socket: audit pruning requested");
+    // A large prune takes a while (in chunks, through the store's writer).
+    auto done = std::make_shared<std::promise<Result<std::string>>>();
+    auto fut = done->get_future();
+    std::thread([server, done] { done->set_value(server->PruneAudit()); }).detach();
+    asio::steady_timer t(ioc);
+    while (fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+      t.expires_after(std::chrono::milliseconds(10));
+      co_await t.async_wait(kUseTuple);
+    }
+    Result<std::string> r = fut.get();
+    answer = r.ok() ? "ok " + *r : "error " + r.status().message();
   } else {
-    answer = "error unknown command (reload, status, rotate-key AGREEMENT)";
+    answer = "error unknown command (reload, status, rotate-key AGREEMENT, prune-audit)";
   }
   for (char& ch : answer) {
     if (ch == '\n') ch = ' ';
@@ -187,6 +202,31 @@ asio::awaitable<void> Server::Impl::ExpireLoop() {
     ExpireDue(state, std::chrono::duration_cast<std::chrono::milliseconds>(
                          std::chrono::system_clock::now().time_since_epoch())
                          .count());
+  }
+}
+
+// Applies audit.retention_days once an hour (and soon after the start), so
+// records are pruned within an hour of falling out of retention.
+asio::awaitable<void> Server::Impl::PruneLoop() {
+  const uint32_t days = state.config.audit.retention_days;
+  if (days == 0) co_return;
+  auto wait = std::chrono::seconds(10);
+  while (!stopping) {
+    prune_timer.expires_after(wait);
+    co_await prune_timer.async_wait(kUseTuple);
+    if (stopping) break;
+    wait = std::chrono::hours(1);
+    const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
+    state.store->PruneAudit(now - int64_t{days} * 86'400'000, "audit.retention_days " + std::to_string(days),
+                            [](const Status& s, const Store::Pruned& p) {
+                              if (!s.ok()) {
+                                spdlog::error("audit retention: pruning failed: {}", s.message());
+                              } else if (p.last != 0) {
+                                spdlog::info("audit retention: records {} to {} pruned", p.first, p.last);
+                              }
+                            });
   }
 }
 
@@ -223,6 +263,7 @@ asio::awaitable<void> Server::Impl::Drain() {
   signals.cancel(ignored);
   refusal_timer.cancel();
   expiry_timer.cancel();
+  prune_timer.cancel();
   auto records = state.refusals.Drain();
   audit::Record stop = MakeRecord("broker_stop");
   stop.detail = std::to_string(state.stats.connections_accepted.load()) + " connection(s), " +
@@ -327,6 +368,7 @@ Status Server::Run(bool handle_signals) {
   if (s.admin.is_open()) asio::co_spawn(s.ioc, s.AcceptAdmin(this), asio::detached);
   asio::co_spawn(s.ioc, s.FlushRefusals(), asio::detached);
   asio::co_spawn(s.ioc, s.ExpireLoop(), asio::detached);
+  asio::co_spawn(s.ioc, s.PruneLoop(), asio::detached);
   if (handle_signals) {
     WaitForSignal();
   } else {
@@ -363,6 +405,22 @@ void Server::RequestStop() {
     if (impl_->stopping.exchange(true)) return;
     asio::co_spawn(impl_->ioc, impl_->Drain(), asio::detached);
   });
+}
+
+Result<std::string> Server::PruneAudit() {
+  const uint32_t days = impl_->state.config.audit.retention_days;
+  if (days == 0) {
+    return Status::InvalidArgument("the configuration sets no audit.retention_days: every record is kept");
+  }
+  const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  auto pruned = impl_->state.store->PruneAuditSync(now - int64_t{days} * 86'400'000,
+                                                   "audit.retention_days " + std::to_string(days));
+  if (!pruned.ok()) return pruned.status();
+  if (pruned->last == 0) return std::string("no audit records older than " + std::to_string(days) + " day(s) to prune");
+  return "audit records " + std::to_string(pruned->first) + " to " + std::to_string(pruned->last) +
+         " pruned (older than " + std::to_string(days) + " day(s); their leaf hashes are kept)";
 }
 
 Result<std::string> Server::Reload() {

@@ -39,6 +39,13 @@ class Server {
   // SIGHUP and the admin socket's "reload" call it. Returns a summary.
   Result<std::string> Reload();
 
+  // Audit retention (audit.retention_days): prunes the audit records older
+  // than that (Store::PruneAudit; each chunk is itself recorded). The broker
+  // does this once an hour by itself; the admin socket's "prune-audit" runs
+  // it now. Blocks until done; InvalidArgument when no retention is
+  // configured. Returns a summary.
+  Result<std::string> PruneAudit();
+
   struct Counters {
     uint64_t connections_accepted, handshakes_failed, identities_refused, publishes, deliveries_acked,
         protocol_errors;

@@ -1,16 +1,22 @@
 #include "common/audit_record.h"
 
+#include <cstring>
+
 namespace liaison::audit {
 namespace {
 
-void PutU64(std::string* out, uint64_t v) {
-  for (int i = 7; i >= 0; --i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+// Big-endian, into a buffer already sized for it (EncodeLeaf is on the
+// store writer's path for every record: one allocation, no growth).
+char* PutU64(char* out, uint64_t v) {
+  for (int i = 7; i >= 0; --i) *out++ = static_cast<char>((v >> (8 * i)) & 0xFF);
+  return out;
 }
 
-void PutString(std::string* out, std::string_view s) {
+char* PutString(char* out, std::string_view s) {
   const uint32_t n = static_cast<uint32_t>(s.size());
-  for (int i = 3; i >= 0; --i) out->push_back(static_cast<char>((n >> (8 * i)) & 0xFF));
-  out->append(s);
+  for (int i = 3; i >= 0; --i) *out++ = static_cast<char>((n >> (8 * i)) & 0xFF);
+  if (n > 0) std::memcpy(out, s.data(), n);
+  return out + n;
 }
 
 class Reader {
@@ -42,17 +48,18 @@ class Reader {
 }  // namespace
 
 std::string EncodeLeaf(const Record& r) {
-  std::string out;
-  out.reserve(256);
-  out.push_back(static_cast<char>(kLeafVersion));
-  PutU64(&out, r.seq);
-  PutU64(&out, static_cast<uint64_t>(r.time_ms));
-  PutU64(&out, static_cast<uint64_t>(r.tlp));
-  for (const std::string* s : {&r.event, &r.actor, &r.cert_sha256, &r.message_id, &r.case_id, &r.sender,
-                               &r.recipient, &r.message_type, &r.purpose, &r.decision, &r.rules, &r.policy_version,
-                               &r.obligations, &r.body_hmac, &r.detail}) {
-    PutString(&out, *s);
-  }
+  const std::string* const strings[] = {&r.event,        &r.actor,    &r.cert_sha256, &r.message_id, &r.case_id,
+                                        &r.sender,       &r.recipient, &r.message_type, &r.purpose,  &r.decision,
+                                        &r.rules,        &r.policy_version, &r.obligations, &r.body_hmac, &r.detail};
+  size_t size = 1 + 3 * 8;
+  for (const std::string* s : strings) size += 4 + s->size();
+  std::string out(size, '\0');
+  char* p = out.data();
+  *p++ = static_cast<char>(kLeafVersion);
+  p = PutU64(p, r.seq);
+  p = PutU64(p, static_cast<uint64_t>(r.time_ms));
+  p = PutU64(p, static_cast<uint64_t>(r.tlp));
+  for (const std::string* s : strings) p = PutString(p, *s);
   return out;
 }
 

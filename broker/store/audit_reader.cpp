@@ -2,12 +2,17 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <future>
+#include <limits>
+#include <optional>
 #include <mutex>
 #include <thread>
+
+#include "broker/store/audit_seq.h"
 
 namespace liaison::broker {
 namespace {
@@ -15,9 +20,9 @@ namespace {
 // Jobs waiting for a worker; beyond this, requests are refused as busy.
 constexpr size_t kMaxQueuedJobs = 256;
 
+// The columns the store keeps (schema 5); every other field is in the leaf.
 constexpr const char* kColumns =
-    "seq, time_ms, event, actor, cert_sha256, message_id, case_id, sender, recipient, message_type, tlp, purpose, "
-    "decision, rules, policy_version, obligations, body_hmac, detail, leaf, leaf_hash";
+    "seq, time_ms, event, actor, message_id, case_id, sender, recipient, decision, leaf, leaf_hash";
 
 // In scope: the record names an agency of the scope as sender, recipient or
 // actor, or names no agency at all. The one definition of an auditor's scope
@@ -74,13 +79,80 @@ class Query {
   sqlite3_stmt* s_ = nullptr;
 };
 
+// One read transaction: the steps of a page (the seq range of a time
+// filter, then the rows) see the same snapshot of the log.
+class ReadTransaction {
+ public:
+  explicit ReadTransaction(sqlite3* db) : db_(db) { ok_ = sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr) == SQLITE_OK; }
+  ~ReadTransaction() {
+    if (ok_) sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  sqlite3* db_;
+  bool ok_ = false;
+};
+
+// The records a time filter [from_ms, to_ms) can match lie in the seq range
+// (after, before): found by binary search over seq, a few dozen rowid
+// lookups, so a time range costs its page and not the log before it. Exact
+// when time is monotonic in seq, as the store makes it since schema 5.
+// Older records may run back in time by up to time_disorder_ms (measured
+// by migration 5): for any two records s < s', time(s) <= time(s') +
+// disorder. So searching for from - disorder finds a seq before which no
+// record can be at or after from, and searching for to + disorder one from
+// which every record is at or after to. The rows are still filtered by
+// time exactly; the range only saves reading the rest.
+struct SeqRange {
+  uint64_t after = 0;   // seq > after
+  uint64_t before = 0;  // seq < before; 0: no upper bound
+};
+
+Result<SeqRange> TimeToSeqRange(sqlite3* db, const AuditFilter& f, uint64_t after) {
+  SeqRange range{after, 0};
+  const std::optional<int64_t> disorder = audit_seq::Info(db, "time_disorder_ms");
+  if (!disorder) return range;  // a store before schema 5: no bounds, the filter alone
+  Query last(db, "SELECT COALESCE(MAX(seq), 0) FROM audit_log");
+  if (!last.ok() || sqlite3_step(last.get()) != SQLITE_ROW) return SqlError(db, "audit log size");
+  const uint64_t max_seq = static_cast<uint64_t>(sqlite3_column_int64(last.get(), 0));
+  auto first_at_or_after = [&](int64_t x) { return audit_seq::FirstAtOrAfter(db, max_seq, x); };
+  // Saturating, so that extreme filters cannot overflow.
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  if (f.from_ms > 0) {
+    auto first = first_at_or_after(f.from_ms - *disorder);
+    if (!first.ok()) return first.status();
+    range.after = std::max(range.after, *first - 1);
+  }
+  if (f.to_ms > 0) {
+    auto end = first_at_or_after(f.to_ms > kMax - *disorder ? kMax : f.to_ms + *disorder);
+    if (!end.ok()) return end.status();
+    // Past the end: no bound, so records committed meanwhile are not cut off.
+    if (*end <= max_seq) range.before = *end;
+  }
+  return range;
+}
+
 Result<AuditPage> RunPage(sqlite3* db, const AuditPageRequest& r) {
   const AuditFilter& f = r.filter;
   if (r.limit == 0 || r.limit > AuditReader::kMaxPageSize) {
     return Status::InvalidArgument("page size must be 1 to " + std::to_string(AuditReader::kMaxPageSize));
   }
+  ReadTransaction snapshot(db);
+  if (!snapshot.ok()) return SqlError(db, "audit query");
+  SeqRange range{r.after_seq, 0};
+  if (!r.export_mode) {
+    // Pruned records (a prefix of the log) have nothing left to match.
+    range.after = std::max<uint64_t>(range.after, audit_seq::Info(db, "pruned_through").value_or(0));
+  }
+  if (!r.export_mode && (f.from_ms > 0 || f.to_ms > 0)) {
+    auto found = TimeToSeqRange(db, f, range.after);
+    if (!found.ok()) return found.status();
+    range = *found;
+  }
   const std::string select = std::string("SELECT ") + kColumns + ", " + kInScope + " AS in_scope FROM audit_log";
   std::string where = " WHERE seq > :after";
+  if (range.before > 0) where += " AND seq < :before";
   if (r.export_mode) {
     if (f.from_ms || f.to_ms || !f.agency.empty() || !f.case_id.empty() || !f.message_id.empty() ||
         !f.event.empty() || !f.decision.empty()) {
@@ -109,7 +181,8 @@ Result<AuditPage> RunPage(sqlite3* db, const AuditPageRequest& r) {
   Query q(db, sql);
   if (!q.ok()) return SqlError(db, "audit query");
   q.Text(":scope", JsonArray(r.scope));
-  q.Int(":after", static_cast<int64_t>(r.after_seq));
+  q.Int(":after", static_cast<int64_t>(range.after));
+  q.Int(":before", static_cast<int64_t>(range.before));
   q.Int(":until", static_cast<int64_t>(r.until_seq));
   q.Int(":from", f.from_ms);
   q.Int(":to", f.to_ms);
@@ -136,31 +209,43 @@ Result<AuditPage> RunPage(sqlite3* db, const AuditPageRequest& r) {
       return Status::Corruption("the audit log has no record " + std::to_string(expected));
     }
     ++expected;
-    if (sqlite3_column_bytes(s, 19) != 32) {
+    if (sqlite3_column_bytes(s, 10) != 32) {
       return Status::Corruption("audit record " + std::to_string(rec.seq) + " has a malformed leaf hash");
     }
-    std::memcpy(row.leaf_hash.data(), sqlite3_column_blob(s, 19), 32);
-    const bool in_scope = sqlite3_column_int(s, 20) != 0;
+    std::memcpy(row.leaf_hash.data(), sqlite3_column_blob(s, 10), 32);
+    const bool in_scope = sqlite3_column_int(s, 11) != 0;
     if (!in_scope) {
       row.hash_only = true;  // export mode only: queries select in-scope rows alone
       page.rows.push_back(std::move(row));
       continue;
     }
-    rec.time_ms = sqlite3_column_int64(s, 1);
+    // The record is its leaf; the columns beside it only serve the query,
+    // and must say the same (or the store was altered).
+    const std::string_view leaf(static_cast<const char*>(sqlite3_column_blob(s, 9)),
+                                static_cast<size_t>(sqlite3_column_bytes(s, 9)));
+    if (leaf.empty()) {
+      // Pruned (retention): its hash in an export, never a query result.
+      if (!r.export_mode) continue;
+      row.hash_only = true;
+      page.rows.push_back(std::move(row));
+      continue;
+    }
+    auto decoded = audit::DecodeLeaf(leaf);
+    if (!decoded.ok()) {
+      return Status::Corruption("audit record " + std::to_string(rec.seq) + ": " + decoded.status().message());
+    }
+    bool same = decoded->seq == rec.seq && decoded->time_ms == sqlite3_column_int64(s, 1);
     int i = 2;
-    for (std::string* c : {&rec.event, &rec.actor, &rec.cert_sha256, &rec.message_id, &rec.case_id, &rec.sender,
-                           &rec.recipient, &rec.message_type}) {
-      *c = Column(s, i++);
+    for (const std::string* c : {&decoded->event, &decoded->actor, &decoded->message_id, &decoded->case_id,
+                                 &decoded->sender, &decoded->recipient, &decoded->decision}) {
+      same = same && Column(s, i++) == *c;
     }
-    rec.tlp = sqlite3_column_int(s, i++);
-    for (std::string* c : {&rec.purpose, &rec.decision, &rec.rules, &rec.policy_version, &rec.obligations,
-                           &rec.body_hmac, &rec.detail}) {
-      *c = Column(s, i++);
+    if (!same) {
+      return Status::Corruption("audit record " + std::to_string(rec.seq) +
+                                ": its columns differ from its leaf bytes (the store was altered)");
     }
-    if (r.export_mode) {
-      row.leaf.assign(static_cast<const char*>(sqlite3_column_blob(s, 18)),
-                      static_cast<size_t>(sqlite3_column_bytes(s, 18)));
-    }
+    rec = std::move(decoded).value();
+    if (r.export_mode) row.leaf.assign(leaf);
     page.rows.push_back(std::move(row));
   }
   if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db, "audit query");

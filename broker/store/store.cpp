@@ -1,11 +1,13 @@
 #include "broker/store/store.h"
 
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 #include <sqlite3.h>
 #include <pthread.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -14,8 +16,10 @@
 #include <future>
 #include <mutex>
 #include <cstring>
+#include <ctime>
 #include <thread>
 
+#include "broker/store/audit_seq.h"
 #include "common/files.h"
 #include "common/merkle.h"
 #include "common/sha256.h"
@@ -23,9 +27,12 @@
 namespace liaison::broker {
 namespace {
 
-constexpr int kSchemaVersion = 4;
+constexpr int kSchemaVersion = 5;
 constexpr size_t kMaxRecordsPerCommit = 50'000;
 constexpr int64_t kCheckpointRowEveryMs = 1000;
+// Records pruned in one transaction: pruning a year of a busy log must not
+// hold up publishes for long.
+constexpr uint64_t kPruneChunk = 20'000;
 constexpr auto kTruncateWalEvery = std::chrono::seconds(5);
 // The checkpointer is woken early once the WAL holds this many frames
 // (SQLite's own auto-checkpoint threshold); otherwise it runs on its timer.
@@ -116,6 +123,46 @@ CREATE INDEX audit_recipient_seq ON audit_log(recipient) WHERE recipient <> '';
 DROP INDEX audit_sender_time;
 DROP INDEX audit_recipient_time;
 )sql",
+    // 5: record time is monotonic in seq from now on (InsertRecord clamps
+    // it), so the reader turns a time range into a seq range by binary
+    // search and the time index has no more use. Records written before
+    // were stamped when made, not when committed: their time may run
+    // backwards by up to time_disorder_ms (measured here, once), and the
+    // reader widens its search by that much (broker/store/audit_reader.cpp).
+    //
+    // And every field was stored twice, as a column and in the leaf. Only
+    // what queries filter on stays a column (and time_ms, which the seq
+    // range search reads); the rest is read from the leaf, which is what
+    // is signed anyway. Rebuilding the table (rather than DROP COLUMN)
+    // leaves it without the dead space of the old rows; the leaves and
+    // their hashes are copied unchanged, so the Merkle tree is the same.
+    R"sql(
+CREATE TABLE audit_info(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO audit_info(key, value)
+  SELECT 'time_disorder_ms', COALESCE(MAX(running_max - time_ms), 0)
+  FROM (SELECT time_ms, MAX(time_ms) OVER (ORDER BY seq) AS running_max FROM audit_log);
+CREATE TABLE audit_log_v5(
+  seq INTEGER PRIMARY KEY,
+  time_ms INTEGER NOT NULL,
+  event TEXT NOT NULL,
+  actor TEXT NOT NULL,
+  message_id TEXT NOT NULL,
+  case_id TEXT NOT NULL,
+  sender TEXT NOT NULL,
+  recipient TEXT NOT NULL,
+  decision TEXT NOT NULL,
+  leaf BLOB NOT NULL,
+  leaf_hash BLOB NOT NULL);
+INSERT INTO audit_log_v5(seq, time_ms, event, actor, message_id, case_id, sender, recipient, decision, leaf, leaf_hash)
+  SELECT seq, time_ms, event, actor, message_id, case_id, sender, recipient, decision, leaf, leaf_hash
+  FROM audit_log ORDER BY seq;
+DROP TABLE audit_log;
+ALTER TABLE audit_log_v5 RENAME TO audit_log;
+CREATE INDEX audit_case ON audit_log(case_id, seq) WHERE case_id <> '';
+CREATE INDEX audit_message ON audit_log(message_id) WHERE message_id <> '';
+CREATE INDEX audit_sender_seq ON audit_log(sender) WHERE sender <> '';
+CREATE INDEX audit_recipient_seq ON audit_log(recipient) WHERE recipient <> '';
+)sql",
 };
 
 int64_t NowMs() {
@@ -192,6 +239,38 @@ Result<std::string> LoadOrCreateDigestKey(const std::string& path) {
   return key;
 }
 
+// The RFC 6962 leaf hash, SHA-256(0x00 || leaf), exactly as merkle::LeafHash
+// computes it, for the writer's every record: with the digest fetched once
+// and one context reused. Per call, OpenSSL 3 otherwise looks SHA-256 up
+// again (locks and a name lookup) and allocates a context, and LeafHash
+// copies the leaf behind its prefix byte. Writer thread only.
+class LeafHasher {
+ public:
+  LeafHasher() : md_(EVP_MD_fetch(nullptr, "SHA256", nullptr)), ctx_(EVP_MD_CTX_new()) {}
+  ~LeafHasher() {
+    EVP_MD_CTX_free(ctx_);
+    EVP_MD_free(md_);
+  }
+  LeafHasher(const LeafHasher&) = delete;
+  LeafHasher& operator=(const LeafHasher&) = delete;
+
+  merkle::Hash operator()(std::string_view leaf) {
+    static constexpr unsigned char kLeafPrefix = 0x00;
+    merkle::Hash h;
+    unsigned int n = 0;
+    if (md_ == nullptr || ctx_ == nullptr || EVP_DigestInit_ex2(ctx_, md_, nullptr) != 1 ||
+        EVP_DigestUpdate(ctx_, &kLeafPrefix, 1) != 1 || EVP_DigestUpdate(ctx_, leaf.data(), leaf.size()) != 1 ||
+        EVP_DigestFinal_ex(ctx_, h.data(), &n) != 1 || n != h.size()) {
+      return merkle::LeafHash(leaf);  // the slow way, never a wrong hash
+    }
+    return h;
+  }
+
+ private:
+  EVP_MD* md_;
+  EVP_MD_CTX* ctx_;
+};
+
 }  // namespace
 
 struct Store::Impl {
@@ -200,7 +279,7 @@ struct Store::Impl {
   std::unique_ptr<audit::Signer> signer;
   std::string digest_key;
   std::unique_ptr<crypto::HmacSha256> body_mac;  // keyed with digest_key
-  Stmt insert, insert_checkpoint;
+  Stmt insert, insert_checkpoint, prune_rows, set_info;
   Stmt insert_message, find_duplicate, insert_delivery, finish_delivery, set_attempts, drop_body, mark_recalled;
   // Reads (FindMessage, ...) on their own connection.
   sqlite3* reader = nullptr;
@@ -211,14 +290,26 @@ struct Store::Impl {
   std::atomic<int> wal_frames{0};           // frames in the WAL after the last commit (sqlite3_wal_hook)
 
   // Writer state (writer thread only, after Open).
+  LeafHasher leaf_hash;
   merkle::Tree tree;
   uint64_t next_seq = 1;
+  int64_t last_time_ms = 0;  // of the newest record: times never go back (InsertRecord)
+  uint64_t pruned_through = 0;    // records 1..pruned_through are pruned (audit_info)
+  int64_t time_disorder_ms = 0;   // audit_info: how far records before schema 5 run back in time
+
+  struct PruneJob {
+    int64_t before_ms = 0;
+    std::string why;
+    Pruned pruned;
+    bool more = false;  // the last chunk left records to prune
+  };
   int64_t last_checkpoint_row_ms = 0;
 
   struct Item {
     Batch batch;
     BatchDone done;
     BatchResult result;
+    std::shared_ptr<PruneJob> prune;  // a PruneAudit (its batch is empty)
   };
   mutable std::mutex mu;
   std::condition_variable cv;
@@ -242,7 +333,8 @@ struct Store::Impl {
   void WalLoop();
   Status Commit(std::vector<Item>& items, audit::Checkpoint* cp, merkle::Tree* tree_out, uint64_t* next_out);
   Status WriteQueueChanges(Item& item);
-  Status InsertRecord(audit::Record& r, uint64_t seq, merkle::Tree* t);
+  Status InsertRecord(audit::Record& r, uint64_t seq, int64_t* last_time_ms, merkle::Tree* t);
+  Status PruneChunk(Item& item, uint64_t next_seq, uint64_t* pruned);
   Status PrepareStatements();
 };
 
@@ -252,10 +344,15 @@ Status Store::Impl::PrepareStatements() {
     const char* sql;
   } const statements[] = {
       {&insert,
-       "INSERT INTO audit_log(seq, time_ms, event, actor, cert_sha256, message_id, case_id, sender, recipient, "
-       "message_type, tlp, purpose, decision, rules, policy_version, obligations, body_hmac, detail, leaf, leaf_hash) "
-       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"},
+       "INSERT INTO audit_log(seq, time_ms, event, actor, message_id, case_id, sender, recipient, decision, leaf, "
+       "leaf_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)"},
       {&insert_checkpoint, "INSERT OR REPLACE INTO checkpoints(tree_size, time_ms, text) VALUES (?,?,?)"},
+      // A pruned record keeps its seq and leaf hash, and nothing else (time
+      // 0 too: the export's hash-only rows carry nothing but the hash).
+      {&prune_rows,
+       "UPDATE audit_log SET time_ms = 0, event = '', actor = '', message_id = '', case_id = '', sender = '', "
+       "recipient = '', decision = '', leaf = X'' WHERE seq > ? AND seq <= ?"},
+      {&set_info, "INSERT OR REPLACE INTO audit_info(key, value) VALUES (?, ?)"},
       {&insert_message,
        "INSERT OR IGNORE INTO messages(row, sender, message_id, case_id, message_type, tlp, purpose, agreement, "
        "recipients, received_ms, expires_ms, want_reports, publish_digest, ack, body) "
@@ -329,29 +426,83 @@ Status Store::Impl::LoadTree() {
   }
   sqlite3_finalize(s);
   next_seq = max_seq + 1;
+  sqlite3_prepare_v2(db, "SELECT time_ms FROM audit_log ORDER BY seq DESC LIMIT 1", -1, &s, nullptr);
+  if (sqlite3_step(s) == SQLITE_ROW) last_time_ms = sqlite3_column_int64(s, 0);
+  sqlite3_finalize(s);
+  pruned_through = static_cast<uint64_t>(audit_seq::Info(db, "pruned_through").value_or(0));
+  time_disorder_ms = audit_seq::Info(db, "time_disorder_ms").value_or(0);
   return Status::Ok();
 }
 
-Status Store::Impl::InsertRecord(audit::Record& r, uint64_t seq, merkle::Tree* t) {
+Status Store::Impl::InsertRecord(audit::Record& r, uint64_t seq, int64_t* last_time_ms, merkle::Tree* t) {
   r.seq = seq;
+  // Time never runs backwards in seq order: records are made on many threads
+  // and reach the writer in any order (and the clock may be stepped back),
+  // but the reader finds a time range by binary search over seq.
+  r.time_ms = std::max(r.time_ms, *last_time_ms);
+  *last_time_ms = r.time_ms;
   const std::string leaf = audit::EncodeLeaf(r);
-  const merkle::Hash h = merkle::LeafHash(leaf);
+  const merkle::Hash h = leaf_hash(leaf);
   t->Append(h);
   insert.Int(1, static_cast<int64_t>(r.seq));
   insert.Int(2, r.time_ms);
   int i = 3;
-  for (const std::string* f : {&r.event, &r.actor, &r.cert_sha256, &r.message_id, &r.case_id, &r.sender,
-                               &r.recipient, &r.message_type}) {
-    insert.Text(i++, *f);
-  }
-  insert.Int(i++, r.tlp);
-  for (const std::string* f : {&r.purpose, &r.decision, &r.rules, &r.policy_version, &r.obligations, &r.body_hmac,
-                               &r.detail}) {
+  for (const std::string* f : {&r.event, &r.actor, &r.message_id, &r.case_id, &r.sender, &r.recipient, &r.decision}) {
     insert.Text(i++, *f);
   }
   insert.Blob(i++, leaf.data(), leaf.size());
   insert.Blob(i++, h.data(), h.size());
   return insert.Run("insert audit record");
+}
+
+namespace {
+
+std::string Rfc3339(int64_t ms) {
+  const time_t t = static_cast<time_t>(ms / 1000);
+  struct tm tm {};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+const std::string kPrunedThrough = "pruned_through";  // bound SQLITE_STATIC: must outlive the statement
+
+}  // namespace
+
+// One chunk of a PruneAudit, in the commit's transaction: the records made
+// before before_ms, from the first not yet pruned, at most kPruneChunk of
+// them, and the audit_pruned record that says so (added to the item's
+// batch, so it is inserted like any other).
+Status Store::Impl::PruneChunk(Item& item, uint64_t next, uint64_t* pruned) {
+  PruneJob& job = *item.prune;
+  job.more = false;
+  // Every record before the seq found for before_ms - disorder was made
+  // before before_ms (audit_seq.h): never prunes a newer record, at worst
+  // leaves a few older ones of a log written before schema 5.
+  auto end = audit_seq::FirstAtOrAfter(db, next - 1, job.before_ms - time_disorder_ms);
+  if (!end.ok()) return end.status();
+  const uint64_t target = *end - 1;
+  if (target <= *pruned) return Status::Ok();
+  const uint64_t last = std::min(target, *pruned + kPruneChunk);
+  prune_rows.Int(1, static_cast<int64_t>(*pruned));
+  prune_rows.Int(2, static_cast<int64_t>(last));
+  if (Status s = prune_rows.Run("prune audit records"); !s.ok()) return s;
+  set_info.Text(1, kPrunedThrough);
+  set_info.Int(2, static_cast<int64_t>(last));
+  if (Status s = set_info.Run("record pruning"); !s.ok()) return s;
+  audit::Record r;
+  r.time_ms = NowMs();
+  r.event = "audit_pruned";
+  r.detail = "records " + std::to_string(*pruned + 1) + " to " + std::to_string(last) + " pruned (made before " +
+             Rfc3339(job.before_ms) + (job.why.empty() ? "" : "; " + job.why) +
+             "): their fields are removed, their seq and leaf hash kept";
+  item.batch.records.push_back(std::move(r));
+  if (job.pruned.first == 0) job.pruned.first = *pruned + 1;
+  job.pruned.last = last;
+  job.more = last < target;
+  *pruned = last;
+  return Status::Ok();
 }
 
 // The queue changes of one batch. A new message whose (sender, message id)
@@ -430,6 +581,8 @@ Status Store::Impl::Commit(std::vector<Item>& items, audit::Checkpoint* cp, merk
                            uint64_t* next_out) {
   merkle::Tree t = tree;
   uint64_t seq = next_seq;
+  int64_t last_time = last_time_ms;
+  uint64_t pruned = pruned_through;
   if (Status s = Exec(db, "BEGIN IMMEDIATE"); !s.ok()) return s;
   auto fail = [&](Status s) {
     Exec(db, "ROLLBACK");
@@ -437,10 +590,13 @@ Status Store::Impl::Commit(std::vector<Item>& items, audit::Checkpoint* cp, merk
     return s;
   };
   for (auto& item : items) {
+    if (item.prune) {
+      if (Status s = PruneChunk(item, seq, &pruned); !s.ok()) return fail(s);
+    }
     if (Status s = WriteQueueChanges(item); !s.ok()) return fail(s);
     if (item.result.duplicate) continue;
     for (auto& r : item.batch.records) {
-      if (Status s = InsertRecord(r, seq++, &t); !s.ok()) return fail(s);
+      if (Status s = InsertRecord(r, seq++, &last_time, &t); !s.ok()) return fail(s);
     }
   }
   const int64_t now = NowMs();
@@ -456,6 +612,8 @@ Status Store::Impl::Commit(std::vector<Item>& items, audit::Checkpoint* cp, merk
   if (now - last_checkpoint_row_ms >= kCheckpointRowEveryMs) last_checkpoint_row_ms = now;
   *tree_out = std::move(t);
   *next_out = seq;
+  last_time_ms = last_time;
+  pruned_through = pruned;
   return Status::Ok();
 }
 
@@ -496,10 +654,13 @@ void Store::Impl::WriterLoop() {
         counters.failed_commits++;
       }
     }
+    bool pruning = false;
+    for (const auto& it : items) pruning = pruning || (it.prune && it.prune->pruned.last != 0);
     if (s.ok()) {
       tree = std::move(new_tree);
       next_seq = new_next;
-      if (dropped > 0) bodies_dropped = true;
+      // Pruned leaves, like dropped bodies, must not stay in the WAL.
+      if (dropped > 0 || pruning) bodies_dropped = true;
       if (wal_frames.load(std::memory_order_relaxed) >= kWakeCheckpointerFrames) wal_cv.notify_one();
     } else {
       spdlog::error("store: commit of {} change(s) failed, nothing of it is kept: {}", items.size(), s.message());
@@ -509,8 +670,21 @@ void Store::Impl::WriterLoop() {
       std::lock_guard lock(mu);
       current = latest;
     }
+    std::vector<Item> again;  // prunes with more to do: their next chunk in a later commit
     for (auto& it : items) {
+      if (s.ok() && it.prune && it.prune->more) {
+        std::lock_guard lock(mu);
+        if (!stopping) {  // when closing, the rest is left for the next prune
+          it.batch.records.clear();
+          again.push_back(std::move(it));
+          continue;
+        }
+      }
       if (it.done) it.done(s, current, it.result);
+    }
+    if (!again.empty()) {
+      std::lock_guard lock(mu);
+      for (auto& it : again) queue.push_back(std::move(it));
     }
   }
 }
@@ -667,7 +841,7 @@ void Store::Commit(Batch batch, BatchDone done) {
   {
     std::lock_guard lock(impl_->mu);
     closing = impl_->stopping;
-    if (!closing) impl_->queue.push_back({std::move(batch), std::move(done), {}});
+    if (!closing) impl_->queue.push_back({std::move(batch), std::move(done), {}, nullptr});
   }
   if (closing) {
     if (done) done(Status::Unavailable("the store is closing"), audit::Checkpoint{}, BatchResult{});
@@ -695,6 +869,39 @@ Result<BatchResult> Store::CommitSync(Batch batch) {
   Commit(std::move(batch), [&p](const Status& s, const audit::Checkpoint&, const BatchResult& r) {
     if (s.ok()) {
       p.set_value(r);
+    } else {
+      p.set_value(s);
+    }
+  });
+  return f.get();
+}
+
+void Store::PruneAudit(int64_t before_ms, std::string why, PruneDone done) {
+  auto job = std::make_shared<Impl::PruneJob>();
+  job->before_ms = before_ms;
+  job->why = std::move(why);
+  BatchDone wrapped = [job, done = std::move(done)](const Status& s, const audit::Checkpoint&, const BatchResult&) {
+    if (done) done(s, s.ok() ? job->pruned : Pruned{});
+  };
+  bool closing = false;
+  {
+    std::lock_guard lock(impl_->mu);
+    closing = impl_->stopping;
+    if (!closing) impl_->queue.push_back({Batch{}, std::move(wrapped), {}, job});
+  }
+  if (closing) {
+    wrapped(Status::Unavailable("the store is closing"), audit::Checkpoint{}, BatchResult{});
+    return;
+  }
+  impl_->cv.notify_one();
+}
+
+Result<Store::Pruned> Store::PruneAuditSync(int64_t before_ms, std::string why) {
+  std::promise<Result<Pruned>> p;
+  auto f = p.get_future();
+  PruneAudit(before_ms, std::move(why), [&p](const Status& s, const Pruned& pruned) {
+    if (s.ok()) {
+      p.set_value(pruned);
     } else {
       p.set_value(s);
     }
@@ -846,13 +1053,100 @@ std::string Store::BodyDigest(std::string_view body) const {
   return crypto::Hex(d.data(), d.size());
 }
 
+namespace {
+
+// The export's audit_log: every field a column, as the store held it before
+// schema 5 and in exactly the shape that export had (it was made with
+// CREATE TABLE AS SELECT), which `liaison audit verify` and auditors'
+// queries read.
+constexpr const char* kExportSchema =
+    "CREATE TABLE audit_log(seq INT,time_ms INT,event TEXT,actor TEXT,cert_sha256 TEXT,message_id TEXT,case_id TEXT,"
+    "sender TEXT,recipient TEXT,message_type TEXT,tlp INT,purpose TEXT,decision TEXT,rules TEXT,policy_version TEXT,"
+    "obligations TEXT,body_hmac TEXT,detail TEXT,leaf,leaf_hash";
+constexpr const char* kHashOnlyColumn = ",hash_only INTEGER NOT NULL DEFAULT 0)";
+
+// Copies the store's records into the export, in seq order. The fields
+// that are columns in the store are copied from there (so the verifier still
+// checks them against the leaf); the others are decoded from the leaf. A
+// leaf that does not decode is copied as it is, with those fields empty:
+// judging it is the verifier's job.
+Status CopyRecords(sqlite3* db, bool with_hash_only) {
+  sqlite3_stmt* in = nullptr;
+  sqlite3_stmt* out = nullptr;
+  struct Finalizer {
+    sqlite3_stmt** a;
+    sqlite3_stmt** b;
+    ~Finalizer() {
+      sqlite3_finalize(*a);
+      sqlite3_finalize(*b);
+    }
+  } finalizer{&in, &out};
+  if (sqlite3_prepare_v2(db,
+                         "SELECT seq, time_ms, event, actor, message_id, case_id, sender, recipient, decision, leaf, "
+                         "leaf_hash FROM store.audit_log ORDER BY seq",
+                         -1, &in, nullptr) != SQLITE_OK ||
+      sqlite3_prepare_v2(db,
+                         with_hash_only ? "INSERT INTO main.audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                                        : "INSERT INTO main.audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                         -1, &out, nullptr) != SQLITE_OK) {
+    return SqlError(db, "export");
+  }
+  auto text = [&](int i, std::string_view v) {
+    sqlite3_bind_text(out, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+  };
+  int rc;
+  while ((rc = sqlite3_step(in)) == SQLITE_ROW) {
+    const std::string_view leaf(static_cast<const char*>(sqlite3_column_blob(in, 9)),
+                                static_cast<size_t>(sqlite3_column_bytes(in, 9)));
+    audit::Record r;
+    if (auto decoded = audit::DecodeLeaf(leaf); decoded.ok()) r = std::move(decoded).value();
+    sqlite3_bind_int64(out, 1, sqlite3_column_int64(in, 0));
+    sqlite3_bind_int64(out, 2, sqlite3_column_int64(in, 1));
+    // The store's columns: bound straight from the reading statement.
+    auto column = [&](int to, int from) {
+      const unsigned char* t = sqlite3_column_text(in, from);
+      text(to, std::string_view(t ? reinterpret_cast<const char*>(t) : "",
+                                static_cast<size_t>(sqlite3_column_bytes(in, from))));
+    };
+    column(3, 2);   // event
+    column(4, 3);   // actor
+    text(5, r.cert_sha256);
+    column(6, 4);   // message_id
+    column(7, 5);   // case_id
+    column(8, 6);   // sender
+    column(9, 7);   // recipient
+    text(10, r.message_type);
+    sqlite3_bind_int64(out, 11, r.tlp);
+    text(12, r.purpose);
+    column(13, 8);  // decision
+    text(14, r.rules);
+    text(15, r.policy_version);
+    text(16, r.obligations);
+    text(17, r.body_hmac);
+    text(18, r.detail);
+    // An empty blob, not NULL, when there is no leaf (a NULL pointer would bind NULL).
+    sqlite3_bind_blob(out, 19, leaf.empty() ? "" : leaf.data(), static_cast<int>(leaf.size()), SQLITE_STATIC);
+    sqlite3_bind_blob(out, 20, sqlite3_column_blob(in, 10), sqlite3_column_bytes(in, 10), SQLITE_STATIC);
+    // A pruned record (no leaf): its hash alone, as in a scoped export.
+    if (with_hash_only) sqlite3_bind_int(out, 21, leaf.empty() ? 1 : 0);
+    const int w = sqlite3_step(out);
+    sqlite3_reset(out);
+    if (w != SQLITE_DONE) return SqlError(db, "export");
+  }
+  if (rc != SQLITE_DONE) return SqlError(db, "export: reading the store");
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status Store::ExportAudit(const std::string& db_path, const std::string& out_path) {
   if (std::filesystem::exists(out_path)) return Status::InvalidArgument(out_path + " already exists");
   if (!std::filesystem::exists(db_path)) return Status::NotFound(db_path + " does not exist");
   if (db_path.find('\'') != std::string::npos || db_path.find('?') != std::string::npos) {
     return Status::InvalidArgument("the store path must not contain quotes or '?'");
   }
-  // The export is the main database; the store is attached read-only.
+  // The export is the main database; the store is attached read-only, and
+  // one transaction reads it from one snapshot.
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(out_path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, nullptr) !=
       SQLITE_OK) {
@@ -861,12 +1155,26 @@ Status Store::ExportAudit(const std::string& db_path, const std::string& out_pat
     return s;
   }
   sqlite3_busy_timeout(db, 5000);
-  const std::string sql = "ATTACH DATABASE 'file:" + db_path + "?mode=ro' AS store;"
-                          "BEGIN;"
-                          "CREATE TABLE audit_log AS SELECT * FROM store.audit_log ORDER BY seq;"
-                          "CREATE TABLE checkpoints AS SELECT * FROM store.checkpoints ORDER BY tree_size;"
-                          "COMMIT; DETACH DATABASE store;";
-  Status s = Exec(db, sql.c_str());
+  const std::string attach = "ATTACH DATABASE 'file:" + db_path + "?mode=ro' AS store";
+  Status s = Exec(db, attach.c_str());
+  if (s.ok()) s = Exec(db, "BEGIN");
+  // A log with pruned records exports them as hash-only rows: the export then
+  // has the hash_only column of an auditor's scoped export (and only then,
+  // so the export of an unpruned log keeps its shape).
+  bool pruned = false;
+  if (s.ok()) {
+    sqlite3_stmt* q = nullptr;
+    if (sqlite3_prepare_v2(db, "SELECT value FROM store.audit_info WHERE key = 'pruned_through'", -1, &q, nullptr) ==
+            SQLITE_OK &&
+        sqlite3_step(q) == SQLITE_ROW) {
+      pruned = sqlite3_column_int64(q, 0) > 0;
+    }
+    sqlite3_finalize(q);
+  }
+  if (s.ok()) s = Exec(db, (std::string(kExportSchema) + (pruned ? kHashOnlyColumn : ")")).c_str());
+  if (s.ok()) s = CopyRecords(db, pruned);
+  if (s.ok()) s = Exec(db, "CREATE TABLE checkpoints AS SELECT * FROM store.checkpoints ORDER BY tree_size");
+  if (s.ok()) s = Exec(db, "COMMIT");
   sqlite3_close_v2(db);
   if (!s.ok()) std::filesystem::remove(out_path);
   return s;

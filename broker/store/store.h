@@ -134,8 +134,25 @@ class Store {
   };
   Counters counters() const;
 
+  // Audit retention (docs/auditing.md, section 6): records made before
+  // before_ms lose every field (the leaf and the columns) but keep their seq
+  // and leaf hash, so the Merkle tree, every checkpoint and every proof made
+  // earlier stay verifiable. Goes through the writer like any commit, in
+  // chunks of a bounded number of records (so other commits are not held up
+  // for long); each chunk is one transaction with an audit_pruned record
+  // saying which records it pruned (why goes into its detail). done gets
+  // the records pruned by this call (first = last = 0: none).
+  struct Pruned {
+    uint64_t first = 0, last = 0;
+  };
+  using PruneDone = std::function<void(const Status&, const Pruned&)>;
+  void PruneAudit(int64_t before_ms, std::string why, PruneDone done);
+  Result<Pruned> PruneAuditSync(int64_t before_ms, std::string why);
+
   // Copies the audit log and its checkpoints, and nothing else of the
   // store, into a new SQLite file (for auditors and `liaison audit verify`).
+  // Every field is a column there (decoded from the leaves); pruned records
+  // are hash-only rows, in the shape of an auditor's scoped export.
   static Status ExportAudit(const std::string& db_path, const std::string& out_path);
 
   struct Impl;

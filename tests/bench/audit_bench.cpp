@@ -17,10 +17,13 @@
 #include <condition_variable>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <random>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "broker/store/audit_reader.h"
 #include "broker/store/store.h"
@@ -43,6 +46,34 @@ struct AuditOptions {
 };
 
 double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+// CPU seconds (user + system) spent so far by this process's thread named
+// name (the store names its writer "store-writer"); -1 if there is none.
+// The writer's CPU per record is what limits appends on a loaded machine,
+// and unlike wall time it hardly depends on what else runs.
+double ThreadCpuSeconds(const std::string& name) {
+  std::error_code ec;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task", ec)) {
+    // /proc files have no size: read them as streams.
+    std::string comm;
+    std::getline(std::ifstream(task.path() / "comm"), comm);
+    if (comm != name) continue;
+    std::string stat_line;
+    std::getline(std::ifstream(task.path() / "stat"), stat_line);
+    const std::string* stat = &stat_line;
+    // Fields 14 and 15 (utime, stime, in clock ticks) follow the ")" that
+    // ends the thread's name.
+    const size_t close = stat->rfind(')');
+    if (close == std::string::npos) return -1;
+    unsigned long long utime = 0, stime = 0;
+    if (std::sscanf(stat->c_str() + close + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+                    &stime) != 2) {
+      return -1;
+    }
+    return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+  }
+  return -1;
+}
 
 double Median(std::vector<double> v) {
   if (v.empty()) return 0;
@@ -102,7 +133,7 @@ int RunAudit(const AuditOptions& o) {
   };
 
   // 1. Append.
-  double append_s = 0;
+  double append_s = 0, writer_cpu_s = -1;
   {
     auto store = broker::Store::Open(so);
     if (!store.ok()) {
@@ -138,6 +169,7 @@ int RunAudit(const AuditOptions& o) {
       cv.wait(lock, [&] { return outstanding == 0; });
     }
     append_s = Seconds(start, Clock::now());
+    writer_cpu_s = ThreadCpuSeconds("store-writer");
     const auto c = (*store)->counters();
     std::fprintf(stderr, "append: %llu records in %.1f s, %llu commits (%.0f records per commit), %llu failed\n",
                  static_cast<unsigned long long>(c.records), append_s, static_cast<unsigned long long>(c.commits),
@@ -207,7 +239,8 @@ int RunAudit(const AuditOptions& o) {
   std::printf(
       "{\"bench\":\"audit\",\"records\":%llu,\"append_per_s\":%.0f,\"verify_per_s\":%.0f,\"query_ms\":%.3f,"
       "\"query_case_ms\":%.3f,\"query_agency_time_ms\":%.3f,\"query_case_p99_ms\":%.3f,"
-      "\"query_agency_time_p99_ms\":%.3f,\"export_s\":%.1f,\"store_bytes\":%llu,\"checkpoints_verified\":%llu}\n",
+      "\"query_agency_time_p99_ms\":%.3f,\"export_s\":%.1f,\"store_bytes\":%llu,\"checkpoints_verified\":%llu,"
+      "\"writer_cpu_us_per_record\":%.2f}\n",
       static_cast<unsigned long long>(o.records), o.records / append_s, report.records / verify_s,
       std::max(Median(by_case), Median(by_agency)), Median(by_case), Median(by_agency),
       [&] {
@@ -221,7 +254,8 @@ int RunAudit(const AuditOptions& o) {
         return v2.empty() ? 0.0 : v2[v2.size() * 99 / 100];
       }(),
       export_s, static_cast<unsigned long long>(size),
-      static_cast<unsigned long long>(report.checkpoints_verified));
+      static_cast<unsigned long long>(report.checkpoints_verified),
+      writer_cpu_s < 0 ? -1.0 : writer_cpu_s * 1e6 / static_cast<double>(std::max<uint64_t>(o.records, 1)));
   std::fflush(stdout);
   if (!o.keep && o.dir.empty()) std::filesystem::remove_all(dir);
   return 0;

@@ -120,6 +120,12 @@ TEST_CASE("BrokerConfig::Load reports each error with its position", "[broker][c
       {"max_queued_bytes below one frame",
        kMinimal + "limits:\n  max_frame_bytes: 1048576\n  max_queued_bytes: 1048579\n", 8, 3,
        "'max_queued_bytes' must hold at least one frame"},
+      {"audit not a map", kMinimal + "audit: 30\n", 7, 8, "'audit' must be a map"},
+      {"unknown key under audit", kMinimal + "audit:\n  retention: 30\n", 8, 3, "unknown key 'retention' in 'audit'"},
+      {"audit retention_days 0", kMinimal + "audit:\n  retention_days: 0\n", 8, 19,
+       "'retention_days' must be between 1 and 36600, not 0"},
+      {"audit retention_days in words", kMinimal + "audit:\n  retention_days: 1y\n", 8, 19,
+       "'retention_days' must be a whole number"},
       {"YAML syntax error (bad indentation)", kMinimal + "threads: 1\n  log_level: info\n", 8, 0, "YAML syntax"},
       {"YAML syntax error (unclosed flow sequence)", kMinimal + "limits: [1, 2\nthreads: 1\n", 8, 0, "YAML syntax"},
       {"YAML syntax error (tab indentation)", kMinimal + "limits:\n\tmax_credit: 5\n", 8, 0, "YAML syntax"},
@@ -250,6 +256,7 @@ TEST_CASE("BrokerConfig::Load resolves relative paths and applies defaults", "[b
   CHECK(c->limits.write_timeout == d.write_timeout);
   CHECK(c->limits.delivery_timeout == d.delivery_timeout);
   CHECK(c->limits.shutdown_grace == d.shutdown_grace);
+  CHECK(c->audit.retention_days == 0);  // keep every record for ever
   CHECK(d.max_frame_bytes == 4u * 1024 * 1024);  // the documented default
 }
 
@@ -286,7 +293,9 @@ TEST_CASE("BrokerConfig::Load reads every setting", "[broker][config]") {
                                      "  max_connections_per_agency: 15\n"
                                      "  publish_rate_per_agency: 0\n"
                                      "  publish_burst_per_agency: 17\n"
-                                     "  max_audit_requests_per_agency: 3\n");
+                                     "  max_audit_requests_per_agency: 3\n"
+                                     "audit:\n"
+                                     "  retention_days: 400\n");
   Diagnostics diags;
   auto c = BrokerConfig::Load(path, &diags);
   INFO(Errors(diags));
@@ -319,6 +328,7 @@ TEST_CASE("BrokerConfig::Load reads every setting", "[broker][config]") {
   CHECK(c->limits.publish_rate_per_agency == 0);
   CHECK(c->limits.publish_burst_per_agency == 17);
   CHECK(c->limits.max_audit_requests_per_agency == 3);
+  CHECK(c->audit.retention_days == 400);
 }
 
 TEST_CASE("the example broker configuration loads", "[broker][config]") {

@@ -101,16 +101,18 @@ inline int Run(const std::vector<std::string>& argv, const std::string& dir, std
   return rc;
 }
 
-// The real liaison-broker on a free port, with a config and policy in dir.
+// The real liaison-broker on a free port, with a config and policy in dir
+// (extra_config: more top-level YAML for the config file).
 class BrokerProcess {
  public:
-  explicit BrokerProcess(const TempDir& dir, const std::string& policy = "") {
+  explicit BrokerProcess(const TempDir& dir, const std::string& policy = "", const std::string& extra_config = "") {
     const std::string& pki = PkiDir();
     REQUIRE(WriteFileAtomic(dir.File("policy.yaml"), policy.empty() ? PolicyYaml(DefaultAgencies()) : policy).ok());
     const std::string config = "name: process-test\nlisten: 127.0.0.1:0\nthreads: 2\npolicy: policy.yaml\n"
                                "admin_socket: admin.sock\n"
                                "tls:\n  certificate: " + pki + "/broker.crt\n  private_key: " + pki +
-                               "/broker.key\n  ca_bundle: " + pki + "/ca.crt\n  crl: " + pki + "/ca.crl\n";
+                               "/broker.key\n  ca_bundle: " + pki + "/ca.crt\n  crl: " + pki + "/ca.crl\n" +
+                               extra_config;
     REQUIRE(WriteFileAtomic(dir.File("broker.yaml"), config).ok());
     proc_ = std::make_unique<Process>(std::vector<std::string>{LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml")},
                                       dir.path(), "broker");

@@ -234,6 +234,24 @@ TEST_CASE("the admin socket and SIGHUP reload the policy, a bad policy is reject
   CHECK(WaitFor([&] { return broker.process().err().find("1 session(s) re-checked") != std::string::npos; }));
 }
 
+TEST_CASE("the admin command prune-audit applies audit.retention_days, and says when none is set", "[process][audit]") {
+  std::string out, err;
+  {
+    TempDir dir;
+    BrokerProcess broker(dir);
+    CHECK(Run({LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml"), "--admin", "prune-audit"}, dir.path(), &out,
+              &err) == 1);
+    CHECK(out.find("error the configuration sets no audit.retention_days") != std::string::npos);
+  }
+  TempDir dir;
+  BrokerProcess broker(dir, "", "audit:\n  retention_days: 1\n");
+  CHECK(Run({LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml"), "--admin", "prune-audit"}, dir.path(), &out,
+            &err) == 0);
+  // Every record is from today: nothing is old enough, and nothing is pruned.
+  CHECK(out.find("ok no audit records older than 1 day(s) to prune") != std::string::npos);
+  CHECK(broker.process().err().find("audit pruning requested") != std::string::npos);
+}
+
 TEST_CASE("liaison audit query, export --remote and verify as an auditor", "[process][audit]") {
   TempDir dir;
   std::string policy = PolicyYaml(DefaultAgencies());

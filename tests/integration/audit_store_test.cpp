@@ -1,0 +1,567 @@
+// The audit log in the store and its reader: record time monotonic in seq,
+// time ranges found by binary search (also over logs written before that,
+// whose time may run backwards a little), and the schema migration of a
+// store written by an older broker.
+#include <catch2/catch.hpp>
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <functional>
+#include <random>
+
+#include "broker/store/audit_reader.h"
+#include "broker/store/store.h"
+#include "client/audit_verify.h"
+#include "common/merkle.h"
+#include "tests/temp_dir.h"
+
+using namespace liaison;
+using liaison::test::TempDir;
+
+namespace {
+
+const std::vector<std::string> kAgencies = {"police", "school", "social", "health"};
+
+broker::Store::Options StoreOptions(const TempDir& dir) {
+  broker::Store::Options o;
+  o.path = dir.File("data/liaison.db");
+  o.origin = "liaison/test";
+  o.signing_key = dir.File("audit-signing.key");
+  o.digest_key = dir.File("body-digest.key");
+  return o;
+}
+
+audit::Record Event(std::mt19937_64& rng, int64_t time_ms) {
+  audit::Record r;
+  r.time_ms = time_ms;
+  r.event = rng() % 3 ? "queued" : "delivered";
+  r.sender = kAgencies[rng() % kAgencies.size()];
+  r.recipient = kAgencies[rng() % kAgencies.size()];
+  r.actor = r.sender;
+  r.cert_sha256 = std::string(64, 'c');
+  r.message_id = "0190a5c4-8d2e-7b3a-9c1d-" + std::to_string(100000000000 + rng() % 1000);
+  r.case_id = "CASE-" + std::to_string(rng() % 20);
+  r.message_type = "incident_report";
+  r.tlp = 3;
+  r.purpose = "safeguarding";
+  r.decision = r.event == "queued" ? "permit" : "delivered";
+  r.rules = "rule-" + std::to_string(rng() % 5);
+  r.policy_version = std::string(64, 'a');
+  r.obligations = "redacted:incident_report.persons";
+  r.body_hmac = std::string(64, 'b');
+  r.detail = "agreement=core";
+  return r;
+}
+
+// Every row of a query, page after page.
+std::vector<broker::AuditRow> All(broker::AuditReader& reader, broker::AuditPageRequest q) {
+  q.scope = kAgencies;
+  std::vector<broker::AuditRow> rows;
+  for (;;) {
+    auto page = reader.QueryPageSync(q);
+    INFO(page.status().ToString());
+    REQUIRE(page.ok());
+    rows.insert(rows.end(), page->rows.begin(), page->rows.end());
+    if (!page->more) break;
+    q.after_seq = page->rows.back().record.seq;
+  }
+  return rows;
+}
+
+// Random time ranges (and agencies), each answered by the reader exactly as
+// a filter over every record says.
+void CheckTimeQueries(broker::AuditReader& reader, const std::vector<audit::Record>& log, uint32_t page_size) {
+  REQUIRE(!log.empty());
+  std::mt19937_64 rng(11);
+  const int64_t first = log.front().time_ms - 50, span = log.back().time_ms - first + 100;
+  for (int i = 0; i < 60; ++i) {
+    broker::AuditPageRequest q;
+    q.limit = page_size;
+    const int64_t a = first + static_cast<int64_t>(rng() % static_cast<uint64_t>(span));
+    const int64_t b = a + 1 + static_cast<int64_t>(rng() % static_cast<uint64_t>(span / 4));
+    if (i % 4 != 1) q.filter.from_ms = a;
+    if (i % 4 != 2) q.filter.to_ms = b;
+    if (i % 3 == 0) q.filter.agency = kAgencies[rng() % kAgencies.size()];
+    std::vector<uint64_t> expected, got;
+    for (const auto& r : log) {
+      if (q.filter.from_ms && r.time_ms < q.filter.from_ms) continue;
+      if (q.filter.to_ms && r.time_ms >= q.filter.to_ms) continue;
+      if (!q.filter.agency.empty() && r.sender != q.filter.agency && r.recipient != q.filter.agency) continue;
+      expected.push_back(r.seq);
+    }
+    for (const auto& row : All(reader, q)) got.push_back(row.record.seq);
+    INFO("from " << q.filter.from_ms << " to " << q.filter.to_ms << " agency " << q.filter.agency);
+    CHECK(got == expected);
+  }
+}
+
+// The schema of a store as brokers before schema 5 left it (migrations 1 to
+// 4, as shipped): every field a column, and again in the leaf.
+constexpr const char* kSchema4 = R"sql(
+CREATE TABLE audit_log(
+  seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, event TEXT NOT NULL, actor TEXT NOT NULL,
+  cert_sha256 TEXT NOT NULL, message_id TEXT NOT NULL, case_id TEXT NOT NULL, sender TEXT NOT NULL,
+  recipient TEXT NOT NULL, message_type TEXT NOT NULL, tlp INTEGER NOT NULL, purpose TEXT NOT NULL,
+  decision TEXT NOT NULL, rules TEXT NOT NULL, policy_version TEXT NOT NULL, obligations TEXT NOT NULL,
+  body_hmac TEXT NOT NULL, detail TEXT NOT NULL, leaf BLOB NOT NULL, leaf_hash BLOB NOT NULL);
+CREATE INDEX audit_case ON audit_log(case_id, seq) WHERE case_id <> '';
+CREATE INDEX audit_message ON audit_log(message_id) WHERE message_id <> '';
+CREATE INDEX audit_time ON audit_log(time_ms);
+CREATE TABLE checkpoints(tree_size INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, text TEXT NOT NULL);
+CREATE TABLE messages(
+  row INTEGER PRIMARY KEY, sender TEXT NOT NULL, message_id TEXT NOT NULL, case_id TEXT NOT NULL,
+  message_type TEXT NOT NULL, tlp INTEGER NOT NULL, purpose TEXT NOT NULL, agreement TEXT NOT NULL,
+  recipients TEXT NOT NULL, received_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
+  want_reports INTEGER NOT NULL, publish_digest BLOB NOT NULL, ack BLOB NOT NULL, body BLOB,
+  recalled_ms INTEGER NOT NULL DEFAULT 0, UNIQUE(sender, message_id));
+CREATE TABLE deliveries(
+  id INTEGER PRIMARY KEY, recipient TEXT NOT NULL, message_row INTEGER NOT NULL REFERENCES messages(row),
+  kind INTEGER NOT NULL, state INTEGER NOT NULL, attempts INTEGER NOT NULL, named INTEGER NOT NULL, payload BLOB);
+CREATE INDEX deliveries_pending ON deliveries(id) WHERE state = 0;
+CREATE INDEX deliveries_message ON deliveries(message_row, recipient);
+CREATE INDEX messages_message_id ON messages(message_id);
+CREATE INDEX audit_sender_seq ON audit_log(sender) WHERE sender <> '';
+CREATE INDEX audit_recipient_seq ON audit_log(recipient) WHERE recipient <> '';
+PRAGMA user_version = 4;
+)sql";
+
+// Writes records into a new schema-4 store at path, as an older broker
+// would have (its signing key made beside it); returns them with their seq.
+std::vector<audit::Record> WriteSchema4Store(const TempDir& dir, std::vector<audit::Record> records) {
+  const auto o = StoreOptions(dir);
+  std::filesystem::create_directories(dir.File("data"));
+  REQUIRE(audit::Signer::LoadOrCreate(o.signing_key).ok());
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(o.path.c_str(), &db) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(db, "PRAGMA journal_mode = WAL", nullptr, nullptr, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(db, kSchema4, nullptr, nullptr, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_stmt* s = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "INSERT INTO audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", -1, &s,
+                             nullptr) == SQLITE_OK);
+  uint64_t seq = 0;
+  for (auto& r : records) {
+    r.seq = ++seq;
+    const std::string leaf = audit::EncodeLeaf(r);
+    const merkle::Hash h = merkle::LeafHash(leaf);
+    sqlite3_bind_int64(s, 1, static_cast<int64_t>(r.seq));
+    sqlite3_bind_int64(s, 2, r.time_ms);
+    int i = 3;
+    for (const std::string* f : {&r.event, &r.actor, &r.cert_sha256, &r.message_id, &r.case_id, &r.sender,
+                                 &r.recipient, &r.message_type}) {
+      sqlite3_bind_text(s, i++, f->c_str(), -1, SQLITE_TRANSIENT);
+    }
+    sqlite3_bind_int(s, i++, r.tlp);
+    for (const std::string* f : {&r.purpose, &r.decision, &r.rules, &r.policy_version, &r.obligations, &r.body_hmac,
+                                 &r.detail}) {
+      sqlite3_bind_text(s, i++, f->c_str(), -1, SQLITE_TRANSIENT);
+    }
+    sqlite3_bind_blob(s, i++, leaf.data(), static_cast<int>(leaf.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_blob(s, i++, h.data(), 32, SQLITE_TRANSIENT);
+    REQUIRE(sqlite3_step(s) == SQLITE_DONE);
+    sqlite3_reset(s);
+  }
+  sqlite3_finalize(s);
+  REQUIRE(sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(db);
+  return records;
+}
+
+merkle::Hash RootOf(const std::vector<audit::Record>& log) {
+  std::vector<merkle::Hash> leaves;
+  for (const auto& r : log) leaves.push_back(merkle::LeafHash(audit::EncodeLeaf(r)));
+  return merkle::RootOf(leaves);
+}
+
+}  // namespace
+
+TEST_CASE("record time never runs backwards in seq order, also across a restart", "[audit][time]") {
+  TempDir dir;
+  std::mt19937_64 rng(3);
+  std::vector<int64_t> given;
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    REQUIRE(store.ok());
+    for (int i = 0; i < 300; ++i) {
+      // Mostly forward, sometimes a second back (records made on other
+      // threads, a clock stepped back).
+      const int64_t t = 1764400000000 + i * 10 - (i % 7 == 3 ? 1000 : 0);
+      given.push_back(t);
+      REQUIRE((*store)->AppendSync({Event(rng, t)}).ok());
+    }
+  }
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    REQUIRE(store.ok());
+    given.push_back(1);  // a clock far behind, after a restart
+    REQUIRE((*store)->AppendSync({Event(rng, 1)}).ok());
+  }
+  auto reader = broker::AuditReader::Open(StoreOptions(dir).path, 1);
+  REQUIRE(reader.ok());
+  const auto rows = All(**reader, broker::AuditPageRequest{});
+  REQUIRE(rows.size() == given.size());
+  int64_t running = 0;
+  std::vector<audit::Record> log;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    running = std::max(running, given[i]);
+    CHECK(rows[i].record.time_ms == running);
+    log.push_back(rows[i].record);
+  }
+  CheckTimeQueries(**reader, log, 7);
+  CheckTimeQueries(**reader, log, 1000);
+}
+
+TEST_CASE("time ranges are exact on a log written before schema 5, whose time runs back a little", "[audit][time]") {
+  TempDir dir;
+  std::mt19937_64 rng(5);
+  std::vector<audit::Record> records;
+  for (int i = 0; i < 2000; ++i) {
+    // Stamped when made, committed in another order: up to 3 s back.
+    records.push_back(Event(rng, 1764400000000 + i * 100 - static_cast<int64_t>(rng() % 3000)));
+  }
+  records = WriteSchema4Store(dir, std::move(records));
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    INFO(store.status().ToString());
+    REQUIRE(store.ok());
+    CHECK((*store)->latest().tree_size == records.size());
+    CHECK((*store)->latest().root == RootOf(records));
+  }
+  auto reader = broker::AuditReader::Open(StoreOptions(dir).path, 1);
+  REQUIRE(reader.ok());
+  CheckTimeQueries(**reader, records, 13);
+  CheckTimeQueries(**reader, records, 1000);
+}
+
+TEST_CASE("migration 5 narrows a store written by an older broker: same tree, same export, every query", "[audit][migration]") {
+  TempDir dir;
+  std::mt19937_64 rng(9);
+  std::vector<audit::Record> records;
+  for (int i = 0; i < 500; ++i) records.push_back(Event(rng, 1764400000000 + i * 1000));
+  records = WriteSchema4Store(dir, std::move(records));
+  const std::string db_path = StoreOptions(dir).path;
+  std::string pem;
+  audit::Checkpoint migrated;
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    INFO(store.status().ToString());
+    REQUIRE(store.ok());
+    migrated = (*store)->latest();
+    pem = (*store)->public_key_pem();
+  }
+  CHECK(migrated.tree_size == records.size());
+  CHECK(migrated.root == RootOf(records));
+
+  // The fields that are not filtered on are no longer columns.
+  std::vector<std::string> columns;
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    sqlite3_stmt* s = nullptr;
+    sqlite3_prepare_v2(db, "SELECT name FROM pragma_table_info('audit_log') ORDER BY cid", -1, &s, nullptr);
+    while (sqlite3_step(s) == SQLITE_ROW) columns.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)));
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+  }
+  CHECK(columns == std::vector<std::string>{"seq", "time_ms", "event", "actor", "message_id", "case_id", "sender",
+                                            "recipient", "decision", "leaf", "leaf_hash"});
+
+  // The export has every field as a column, as before, and verifies.
+  const std::string out = dir.File("export.db");
+  REQUIRE(broker::Store::ExportAudit(db_path, out).ok());
+  audit::VerifyOptions vo;
+  vo.db_path = out;
+  vo.public_key_pem = pem;
+  vo.saved = {migrated};
+  audit::VerifyReport report;
+  Status v = audit::VerifyAuditLog(vo, &report);
+  INFO(v.ToString());
+  CHECK(v.ok());
+  CHECK(report.records == records.size());
+  CHECK(report.hash_only == 0);
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2(out.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    sqlite3_stmt* s = nullptr;
+    sqlite3_prepare_v2(db, "SELECT sql FROM sqlite_master WHERE name = 'audit_log'", -1, &s, nullptr);
+    REQUIRE(sqlite3_step(s) == SQLITE_ROW);
+    // The shape exports always had (CREATE TABLE AS SELECT of the old table).
+    CHECK(std::string(reinterpret_cast<const char*>(sqlite3_column_text(s, 0))) ==
+          "CREATE TABLE audit_log(seq INT,time_ms INT,event TEXT,actor TEXT,cert_sha256 TEXT,message_id TEXT,"
+          "case_id TEXT,sender TEXT,recipient TEXT,message_type TEXT,tlp INT,purpose TEXT,decision TEXT,rules TEXT,"
+          "policy_version TEXT,obligations TEXT,body_hmac TEXT,detail TEXT,leaf,leaf_hash)");
+    sqlite3_finalize(s);
+    sqlite3_prepare_v2(db, "SELECT seq, cert_sha256, message_type, tlp, purpose, rules, policy_version, obligations, "
+                           "body_hmac, detail FROM audit_log ORDER BY seq", -1, &s, nullptr);
+    size_t n = 0;
+    while (sqlite3_step(s) == SQLITE_ROW) {
+      const audit::Record& r = records.at(n++);
+      auto text = [&](int i) { return std::string(reinterpret_cast<const char*>(sqlite3_column_text(s, i))); };
+      CHECK(static_cast<uint64_t>(sqlite3_column_int64(s, 0)) == r.seq);
+      CHECK(text(1) == r.cert_sha256);
+      CHECK(text(2) == r.message_type);
+      CHECK(sqlite3_column_int(s, 3) == r.tlp);
+      CHECK(text(4) == r.purpose);
+      CHECK(text(5) == r.rules);
+      CHECK(text(6) == r.policy_version);
+      CHECK(text(7) == r.obligations);
+      CHECK(text(8) == r.body_hmac);
+      CHECK(text(9) == r.detail);
+    }
+    CHECK(n == records.size());
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+  }
+
+  // Every filter of the auditors' query still filters, and rows carry
+  // every field (decoded from the leaf).
+  auto reader = broker::AuditReader::Open(db_path, 1);
+  REQUIRE(reader.ok());
+  const auto all = All(**reader, broker::AuditPageRequest{});
+  REQUIRE(all.size() == records.size());
+  for (size_t i = 0; i < all.size(); ++i) {
+    CHECK(all[i].record == records[i]);
+    CHECK(all[i].leaf_hash == merkle::LeafHash(audit::EncodeLeaf(records[i])));
+  }
+  struct Filter {
+    const char* name;
+    std::function<void(broker::AuditFilter&)> set;
+    std::function<bool(const audit::Record&)> match;
+  };
+  const audit::Record& some = records[123];
+  const std::vector<Filter> filters = {
+      {"case", [&](auto& f) { f.case_id = some.case_id; }, [&](auto& r) { return r.case_id == some.case_id; }},
+      {"message", [&](auto& f) { f.message_id = some.message_id; }, [&](auto& r) { return r.message_id == some.message_id; }},
+      {"event", [](auto& f) { f.event = "delivered"; }, [](auto& r) { return r.event == "delivered"; }},
+      {"decision", [](auto& f) { f.decision = "permit"; }, [](auto& r) { return r.decision == "permit"; }},
+      {"agency", [](auto& f) { f.agency = "health"; }, [](auto& r) { return r.sender == "health" || r.recipient == "health"; }},
+      {"agency and time", [&](auto& f) { f.agency = "school"; f.from_ms = records[100].time_ms; f.to_ms = records[300].time_ms; },
+       [&](auto& r) { return (r.sender == "school" || r.recipient == "school") && r.time_ms >= records[100].time_ms &&
+                             r.time_ms < records[300].time_ms; }},
+  };
+  for (const auto& f : filters) {
+    INFO(f.name);
+    broker::AuditPageRequest q;
+    q.limit = 17;
+    f.set(q.filter);
+    std::vector<uint64_t> got, expected;
+    for (const auto& row : All(**reader, q)) got.push_back(row.record.seq);
+    for (const auto& r : records) {
+      if (f.match(r)) expected.push_back(r.seq);
+    }
+    CHECK(!expected.empty());
+    CHECK(got == expected);
+  }
+  // Scope: an auditor of police alone sees nothing of health -> school.
+  broker::AuditPageRequest scoped;
+  scoped.scope = {"police"};
+  auto page = (*reader)->QueryPageSync(scoped);
+  REQUIRE(page.ok());
+  for (const auto& row : page->rows) {
+    CHECK((row.record.sender == "police" || row.record.recipient == "police" || row.record.actor == "police"));
+  }
+}
+
+TEST_CASE("a query column altered in the store is found: the reader refuses the row, the export fails to verify",
+          "[audit][tamper]") {
+  TempDir dir;
+  std::mt19937_64 rng(2);
+  std::string pem;
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    REQUIRE(store.ok());
+    for (int i = 0; i < 20; ++i) REQUIRE((*store)->AppendSync({Event(rng, 1764400000000 + i)}).ok());
+    pem = (*store)->public_key_pem();
+  }
+  const std::string db_path = StoreOptions(dir).path;
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(db_path.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "UPDATE audit_log SET sender = 'nobody-else' WHERE seq = 7", nullptr, nullptr, nullptr) ==
+            SQLITE_OK);
+    sqlite3_close(db);
+  }
+  auto reader = broker::AuditReader::Open(db_path, 1);
+  REQUIRE(reader.ok());
+  broker::AuditPageRequest q;
+  q.scope = kAgencies;
+  q.scope.push_back("nobody-else");
+  auto page = (*reader)->QueryPageSync(q);
+  REQUIRE_FALSE(page.ok());
+  CHECK(page.status().message().find("record 7") != std::string::npos);
+  const std::string out = dir.File("export.db");
+  REQUIRE(broker::Store::ExportAudit(db_path, out).ok());
+  audit::VerifyOptions vo;
+  vo.db_path = out;
+  vo.public_key_pem = pem;
+  audit::VerifyReport report;
+  Status v = audit::VerifyAuditLog(vo, &report);
+  CHECK_FALSE(v.ok());
+  CHECK(report.first_bad_seq == 7);
+}
+
+TEST_CASE("pruning keeps seq and leaf hash: exports verify, earlier proofs verify, queries skip pruned records",
+          "[audit][retention]") {
+  TempDir dir;
+  std::mt19937_64 rng(4);
+  const int64_t day = 86'400'000, base = 1764400000000;
+  std::vector<audit::Record> old_records;
+  audit::Checkpoint before;
+  std::string pem;
+  const std::string db_path = StoreOptions(dir).path;
+  const std::string export_before = dir.File("before.db");
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    REQUIRE(store.ok());
+    for (int i = 0; i < 500; i += 10) {
+      std::vector<audit::Record> batch;
+      // 300 records of ten days ago, then 200 of today.
+      for (int k = i; k < i + 10; ++k) batch.push_back(Event(rng, k < 300 ? base + k : base + 10 * day + k));
+      if (i < 300) old_records.insert(old_records.end(), batch.begin(), batch.end());
+      REQUIRE((*store)->AppendSync(std::move(batch)).ok());
+    }
+    before = (*store)->latest();
+    pem = (*store)->public_key_pem();
+  }
+  REQUIRE(broker::Store::ExportAudit(db_path, export_before).ok());
+  auto proof = audit::ProveInclusion(export_before, 42, before);  // a record about to be pruned
+  REQUIRE(proof.ok());
+  const std::string proof_text = audit::FormatInclusionProof(*proof);
+
+  audit::Checkpoint after;
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    REQUIRE(store.ok());
+    auto pruned = (*store)->PruneAuditSync(base + 5 * day, "retention test");
+    INFO(pruned.status().ToString());
+    REQUIRE(pruned.ok());
+    CHECK(pruned->first == 1);
+    CHECK(pruned->last == 300);
+    auto again = (*store)->PruneAuditSync(base + 5 * day, "retention test");
+    REQUIRE(again.ok());
+    CHECK(again->last == 0);  // nothing more, and no record of nothing
+    after = (*store)->latest();
+  }
+  CHECK(after.tree_size == 501);  // the pruning was recorded
+
+  // The pruned rows keep seq and leaf hash, and nothing else.
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    sqlite3_stmt* s = nullptr;
+    sqlite3_prepare_v2(db,
+                       "SELECT COUNT(*), SUM(length(leaf) > 0 OR time_ms <> 0 OR event <> '' OR actor <> '' OR "
+                       "case_id <> '' OR message_id <> '' OR sender <> '' OR recipient <> '' OR decision <> ''), "
+                       "SUM(length(leaf_hash) = 32) FROM audit_log WHERE seq <= 300",
+                       -1, &s, nullptr);
+    REQUIRE(sqlite3_step(s) == SQLITE_ROW);
+    CHECK(sqlite3_column_int(s, 0) == 300);
+    CHECK(sqlite3_column_int(s, 1) == 0);
+    CHECK(sqlite3_column_int(s, 2) == 300);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+  }
+
+  // Queries never return a pruned record, whatever the filter.
+  auto reader = broker::AuditReader::Open(db_path, 1);
+  REQUIRE(reader.ok());
+  const auto all = All(**reader, broker::AuditPageRequest{});
+  REQUIRE(all.size() == 201);
+  CHECK(all.front().record.seq == 301);
+  CHECK(all.back().record.event == "audit_pruned");
+  CHECK(all.back().record.detail.find("records 1 to 300 pruned") != std::string::npos);
+  for (const auto& set : std::vector<std::function<void(broker::AuditFilter&)>>{
+           [&](auto& f) { f.from_ms = base; f.to_ms = base + day; },
+           [&](auto& f) { f.case_id = old_records[41].case_id; },
+           [&](auto& f) { f.message_id = old_records[41].message_id; },
+           [&](auto& f) { f.agency = old_records[41].sender; },
+           [&](auto& f) { f.event = old_records[41].event; },
+       }) {
+    broker::AuditPageRequest q;
+    set(q.filter);
+    for (const auto& row : All(**reader, q)) CHECK(row.record.seq > 300);
+  }
+  // Over the wire (an auditor's export): pruned records are hashes only.
+  broker::AuditPageRequest e;
+  e.export_mode = true;
+  e.until_seq = 501;
+  e.limit = 1000;
+  e.scope = kAgencies;
+  auto page = (*reader)->QueryPageSync(e);
+  REQUIRE(page.ok());
+  REQUIRE(page->rows.size() == 501);
+  for (const auto& row : page->rows) CHECK(row.hash_only == (row.record.seq <= 300));
+  // The log still proves that it extends the one of before.
+  auto consistency = (*reader)->ConsistencyProofSync(before.tree_size, after.tree_size);
+  REQUIRE(consistency.ok());
+  CHECK(merkle::VerifyConsistency(before.tree_size, after.tree_size, before.root, after.root, *consistency));
+
+  // An export after pruning verifies, against checkpoints from before and after.
+  const std::string export_after = dir.File("after.db");
+  REQUIRE(broker::Store::ExportAudit(db_path, export_after).ok());
+  audit::VerifyOptions vo;
+  vo.db_path = export_after;
+  vo.public_key_pem = pem;
+  vo.saved = {before, after};
+  audit::VerifyReport report;
+  Status v = audit::VerifyAuditLog(vo, &report);
+  INFO(v.ToString());
+  CHECK(v.ok());
+  CHECK(report.records == 501);
+  CHECK(report.hash_only == 300);
+  CHECK(report.root == after.root);
+  // Nothing of a pruned record is left in it.
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2(export_after.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    sqlite3_stmt* s = nullptr;
+    sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM audit_log WHERE hash_only = 1 AND seq <= 300 AND length(leaf) = 0",
+                       -1, &s, nullptr);
+    REQUIRE(sqlite3_step(s) == SQLITE_ROW);
+    CHECK(sqlite3_column_int(s, 0) == 300);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+  }
+
+  // The inclusion proof made before pruning still verifies; and a record
+  // kept in full can still be proved from the new export.
+  auto parsed = audit::ParseInclusionProof(proof_text);
+  REQUIRE(parsed.ok());
+  auto proved = audit::VerifyInclusionProof(*parsed, pem);
+  REQUIRE(proved.ok());
+  CHECK(proved->seq == 42);
+  CHECK(proved->case_id == old_records[41].case_id);
+  CHECK(proved->message_id == old_records[41].message_id);
+  auto kept = audit::ProveInclusion(export_after, 400, after);
+  REQUIRE(kept.ok());
+  CHECK(audit::VerifyInclusionProof(*kept, pem).ok());
+}
+
+TEST_CASE("a large prune goes in chunks, each one recorded", "[audit][retention]") {
+  TempDir dir;
+  std::mt19937_64 rng(8);
+  const int64_t base = 1764400000000;
+  auto store = broker::Store::Open(StoreOptions(dir));
+  REQUIRE(store.ok());
+  for (int i = 0; i < 45'000; i += 1000) {
+    std::vector<audit::Record> batch;
+    for (int k = i; k < i + 1000; ++k) batch.push_back(Event(rng, base + k));
+    REQUIRE((*store)->AppendSync(std::move(batch)).ok());
+  }
+  auto pruned = (*store)->PruneAuditSync(base + 44'000, "");
+  REQUIRE(pruned.ok());
+  CHECK(pruned->first == 1);
+  CHECK(pruned->last == 44'000);
+  CHECK((*store)->latest().tree_size == 45'003);  // three chunks of at most 20,000
+  auto reader = broker::AuditReader::Open(StoreOptions(dir).path, 1);
+  REQUIRE(reader.ok());
+  broker::AuditPageRequest q;
+  q.filter.event = "audit_pruned";
+  const auto records = All(**reader, q);
+  REQUIRE(records.size() == 3);
+  CHECK(records[0].record.detail.find("records 1 to 20000 pruned") != std::string::npos);
+  CHECK(records[1].record.detail.find("records 20001 to 40000 pruned") != std::string::npos);
+  CHECK(records[2].record.detail.find("records 40001 to 44000 pruned") != std::string::npos);
+}
