@@ -1,76 +1,30 @@
 #include "common/merkle.h"
 
-#include <openssl/evp.h>
-
 #include <algorithm>
-#include <new>
-#include <stdexcept>
 #include <string>
+
+#include "common/sha256.h"
 
 namespace liaison::merkle {
 
-namespace {
-
 // SHA-256 is most of the cost of verifying a log (a leaf hash per record and
-// about one node hash per record). EVP_sha256() with EVP_Digest fetches the
-// algorithm from the provider store on every call, which in OpenSSL 3 costs
-// more than hashing a record; so the algorithm is fetched once and each
-// thread keeps one context that it re-initialises.
-const EVP_MD* Sha256Md() {
-  static EVP_MD* const md = [] {
-    EVP_MD* m = EVP_MD_fetch(nullptr, "SHA2-256", nullptr);
-    if (!m) throw std::runtime_error("OpenSSL has no SHA-256");  // truly unexpected
-    return m;
-  }();
-  return md;
-}
-
-class Sha256 {
- public:
-  Sha256() : ctx_(EVP_MD_CTX_new()) {
-    if (!ctx_) throw std::bad_alloc();
-  }
-  ~Sha256() { EVP_MD_CTX_free(ctx_); }
-  Sha256(const Sha256&) = delete;
-  Sha256& operator=(const Sha256&) = delete;
-
-  // SHA-256(prefix || a || b)
-  Hash Digest(uint8_t prefix, const void* a, size_t an, const void* b = nullptr, size_t bn = 0) {
-    Hash h;
-    unsigned int len = 0;
-    if (EVP_DigestInit_ex2(ctx_, Sha256Md(), nullptr) != 1 || EVP_DigestUpdate(ctx_, &prefix, 1) != 1 ||
-        (an && EVP_DigestUpdate(ctx_, a, an) != 1) || (bn && EVP_DigestUpdate(ctx_, b, bn) != 1) ||
-        EVP_DigestFinal_ex(ctx_, h.data(), &len) != 1) {
-      throw std::runtime_error("SHA-256 failed");  // truly unexpected
-    }
-    return h;
-  }
-
- private:
-  EVP_MD_CTX* ctx_;
-};
-
-Sha256& ThreadSha256() {
-  thread_local Sha256 sha;
-  return sha;
-}
-
-}  // namespace
-
-Hash LeafHash(std::string_view leaf) { return ThreadSha256().Digest(0x00, leaf.data(), leaf.size()); }
+// about one node hash per record): crypto::Sha256 fetches the algorithm once
+// and reuses a context per thread (OpenSSL 3's one-shot calls look it up
+// again each time, which costs more than hashing a record).
+Hash LeafHash(std::string_view leaf) { return crypto::Sha256(0x00, leaf); }
 
 Hash NodeHash(const Hash& left, const Hash& right) {
   // One 65-byte input hashes in two SHA-256 blocks whichever way it is fed.
   uint8_t buf[64];
   std::copy(left.begin(), left.end(), buf);
   std::copy(right.begin(), right.end(), buf + 32);
-  return ThreadSha256().Digest(0x01, buf, sizeof buf);
+  return crypto::Sha256(0x01, std::string_view(reinterpret_cast<const char*>(buf), sizeof buf));
 }
 
 Hash EmptyRoot() {
   static const Hash empty = [] {
     Hash h;
-    EVP_Digest("", 0, h.data(), nullptr, Sha256Md(), nullptr);
+    h = crypto::Sha256(std::string_view());
     return h;
   }();
   return empty;

@@ -53,6 +53,14 @@ Digest Sha256(std::string_view data) {
   return Finish(c);
 }
 
+Digest Sha256(uint8_t prefix, std::string_view data) {
+  EVP_MD_CTX* c = Scratch();
+  Check(EVP_DigestInit_ex(c, Md(), nullptr));
+  Check(EVP_DigestUpdate(c, &prefix, 1));
+  Check(EVP_DigestUpdate(c, data.data(), data.size()));
+  return Finish(c);
+}
+
 HmacSha256::HmacSha256(std::string_view key) : inner_(EVP_MD_CTX_new()), outer_(EVP_MD_CTX_new()) {
   if (inner_ == nullptr || outer_ == nullptr) {
     EVP_MD_CTX_free(inner_);

@@ -21,6 +21,9 @@ namespace liaison::crypto {
 using Digest = std::array<uint8_t, 32>;
 
 Digest Sha256(std::string_view data);
+// SHA-256 of one prefix byte followed by data (RFC 6962 leaf and node
+// hashes), without copying data behind the prefix.
+Digest Sha256(uint8_t prefix, std::string_view data);
 
 class HmacSha256 {
  public:

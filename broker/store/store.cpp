@@ -239,37 +239,6 @@ Result<std::string> LoadOrCreateDigestKey(const std::string& path) {
   return key;
 }
 
-// The RFC 6962 leaf hash, SHA-256(0x00 || leaf), exactly as merkle::LeafHash
-// computes it, for the writer's every record: with the digest fetched once
-// and one context reused. Per call, OpenSSL 3 otherwise looks SHA-256 up
-// again (locks and a name lookup) and allocates a context, and LeafHash
-// copies the leaf behind its prefix byte. Writer thread only.
-class LeafHasher {
- public:
-  LeafHasher() : md_(EVP_MD_fetch(nullptr, "SHA256", nullptr)), ctx_(EVP_MD_CTX_new()) {}
-  ~LeafHasher() {
-    EVP_MD_CTX_free(ctx_);
-    EVP_MD_free(md_);
-  }
-  LeafHasher(const LeafHasher&) = delete;
-  LeafHasher& operator=(const LeafHasher&) = delete;
-
-  merkle::Hash operator()(std::string_view leaf) {
-    static constexpr unsigned char kLeafPrefix = 0x00;
-    merkle::Hash h;
-    unsigned int n = 0;
-    if (md_ == nullptr || ctx_ == nullptr || EVP_DigestInit_ex2(ctx_, md_, nullptr) != 1 ||
-        EVP_DigestUpdate(ctx_, &kLeafPrefix, 1) != 1 || EVP_DigestUpdate(ctx_, leaf.data(), leaf.size()) != 1 ||
-        EVP_DigestFinal_ex(ctx_, h.data(), &n) != 1 || n != h.size()) {
-      return merkle::LeafHash(leaf);  // the slow way, never a wrong hash
-    }
-    return h;
-  }
-
- private:
-  EVP_MD* md_;
-  EVP_MD_CTX* ctx_;
-};
 
 }  // namespace
 
@@ -290,7 +259,6 @@ struct Store::Impl {
   std::atomic<int> wal_frames{0};           // frames in the WAL after the last commit (sqlite3_wal_hook)
 
   // Writer state (writer thread only, after Open).
-  LeafHasher leaf_hash;
   merkle::Tree tree;
   uint64_t next_seq = 1;
   int64_t last_time_ms = 0;  // of the newest record: times never go back (InsertRecord)
@@ -442,7 +410,7 @@ Status Store::Impl::InsertRecord(audit::Record& r, uint64_t seq, int64_t* last_t
   r.time_ms = std::max(r.time_ms, *last_time_ms);
   *last_time_ms = r.time_ms;
   const std::string leaf = audit::EncodeLeaf(r);
-  const merkle::Hash h = leaf_hash(leaf);
+  const merkle::Hash h = merkle::LeafHash(leaf);
   t->Append(h);
   insert.Int(1, static_cast<int64_t>(r.seq));
   insert.Int(2, r.time_ms);
