@@ -32,11 +32,38 @@ void Check(int ok) {
   if (ok != 1) throw std::runtime_error("SHA-256 failed");
 }
 
-EVP_MD_CTX* Scratch() {
-  thread_local std::unique_ptr<EVP_MD_CTX, CtxFree> ctx(EVP_MD_CTX_new());
-  if (!ctx) throw std::runtime_error("out of memory for a SHA-256 context");
-  return ctx.get();
-}
+// Each thread reuses one context. Code that runs after the thread's
+// thread_locals are destroyed (exit handlers run after the main thread's)
+// gets a context of its own per call instead; the flag, trivially
+// destructible, stays readable then.
+thread_local bool scratch_destroyed = false;
+
+struct ScratchHolder {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  ~ScratchHolder() {
+    EVP_MD_CTX_free(ctx);
+    scratch_destroyed = true;
+  }
+};
+
+class Scratch {
+ public:
+  Scratch() {
+    if (!scratch_destroyed) {
+      thread_local ScratchHolder holder;
+      ctx_ = holder.ctx;
+    } else {
+      owned_.reset(EVP_MD_CTX_new());
+      ctx_ = owned_.get();
+    }
+    if (ctx_ == nullptr) throw std::runtime_error("out of memory for a SHA-256 context");
+  }
+  EVP_MD_CTX* get() const { return ctx_; }
+
+ private:
+  EVP_MD_CTX* ctx_ = nullptr;
+  std::unique_ptr<EVP_MD_CTX, CtxFree> owned_;
+};
 
 Digest Finish(EVP_MD_CTX* c) {
   Digest d;
@@ -47,14 +74,16 @@ Digest Finish(EVP_MD_CTX* c) {
 }  // namespace
 
 Digest Sha256(std::string_view data) {
-  EVP_MD_CTX* c = Scratch();
+  Scratch scratch;
+  EVP_MD_CTX* c = scratch.get();
   Check(EVP_DigestInit_ex(c, Md(), nullptr));
   Check(EVP_DigestUpdate(c, data.data(), data.size()));
   return Finish(c);
 }
 
 Digest Sha256(uint8_t prefix, std::string_view data) {
-  EVP_MD_CTX* c = Scratch();
+  Scratch scratch;
+  EVP_MD_CTX* c = scratch.get();
   Check(EVP_DigestInit_ex(c, Md(), nullptr));
   Check(EVP_DigestUpdate(c, &prefix, 1));
   Check(EVP_DigestUpdate(c, data.data(), data.size()));
@@ -91,7 +120,8 @@ HmacSha256::~HmacSha256() {
 }
 
 Digest HmacSha256::Mac(std::string_view data) const {
-  EVP_MD_CTX* c = Scratch();
+  Scratch scratch;
+  EVP_MD_CTX* c = scratch.get();
   Check(EVP_MD_CTX_copy_ex(c, inner_));
   Check(EVP_DigestUpdate(c, data.data(), data.size()));
   const Digest inner = Finish(c);

@@ -69,5 +69,29 @@ TEST_CASE("HmacSha256 gives the same MACs from several threads at once", "[sha25
   for (int w : wrong) CHECK(w == 0);
 }
 
+// Set by a thread_local destructor that runs after the thread's hashing
+// context is gone (thread_locals are destroyed in reverse order of
+// construction; exit handlers likewise run after the main thread's).
+std::string hashed_late;
+
+struct HashesWhenDestroyed {
+  ~HashesWhenDestroyed() {
+    hashed_late = HexOf(Sha256("abc")) + " " + HexOf(HmacSha256("Jefe").Mac("what do ya want for nothing?"));
+  }
+};
+
+TEST_CASE("Sha256 and HmacSha256 still work after the thread's own context is destroyed", "[sha256]") {
+  hashed_late.clear();
+  std::thread t([] {
+    thread_local HashesWhenDestroyed late;  // constructed first, destroyed last
+    (void)&late;
+    CHECK(HexOf(Sha256("")) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  });
+  t.join();
+  CHECK(hashed_late ==
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad "
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+}
+
 }  // namespace
 }  // namespace liaison::crypto
