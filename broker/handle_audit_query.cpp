@@ -116,6 +116,17 @@ void RowToProto(const AuditRow& row, v1::AuditRow* out) {
 
 }  // namespace
 
+std::shared_ptr<void> Session::BeginAuditRequest(uint64_t rid) {
+  auto slot = broker_.admission.BeginAuditRequest(agency_);
+  if (!slot) {
+    SendError(rid, v1::REASON_AUDIT_BUSY,
+              "agency '" + agency_ + "' already has " + std::to_string(broker_.config.limits.max_audit_requests_per_agency) +
+                  " audit requests in progress; send another when one has been answered",
+              false);
+  }
+  return slot;
+}
+
 void Session::HandleAuditQuery(const v1::AuditQuery& query) {
   const uint64_t rid = query.request_id();
   const auto policy = broker_.policy();
@@ -167,14 +178,8 @@ void Session::HandleAuditQuery(const v1::AuditQuery& query) {
 
   // Counted until its answer is ready (fail, which every callback below
   // holds, holds the token).
-  auto slot = broker_.admission.BeginAuditRequest(agency_);
-  if (!slot) {
-    SendError(rid, v1::REASON_AUDIT_BUSY,
-              "agency '" + agency_ + "' already has " + std::to_string(broker_.config.limits.max_audit_requests_per_agency) +
-                  " audit requests in progress; send another when one has been answered",
-              false);
-    return;
-  }
+  auto slot = BeginAuditRequest(rid);
+  if (!slot) return;
   auto self = shared_from_this();
   auto fail = [self, rid, slot](v1::Reason code, std::string message) {
     boost::asio::post(self->stream_.strand(), [self, rid, code, message = std::move(message)] {

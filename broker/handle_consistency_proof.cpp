@@ -25,14 +25,8 @@ void Session::HandleConsistencyProofRequest(const v1::ConsistencyProofRequest& r
     return;
   }
   // Counted until the proof is ready (the callback holds the token).
-  auto slot = broker_.admission.BeginAuditRequest(agency_);
-  if (!slot) {
-    SendError(rid, v1::REASON_AUDIT_BUSY,
-              "agency '" + agency_ + "' already has " + std::to_string(broker_.config.limits.max_audit_requests_per_agency) +
-                  " audit requests in progress; send another when one has been answered",
-              false);
-    return;
-  }
+  auto slot = BeginAuditRequest(rid);
+  if (!slot) return;
   auto self = shared_from_this();
   broker_.audit_reader->ConsistencyProof(m, n, [self, rid, m, n, slot](Result<std::vector<merkle::Hash>> proof) {
     v1::Frame f;

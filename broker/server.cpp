@@ -39,6 +39,21 @@ std::shared_ptr<const policy::Policy> LoadPolicy(const BrokerConfig& config, Dia
   return policy::Policy::LoadFile(config.policy_path, diags);
 }
 
+// Runs a blocking admin command on a thread of its own and waits for it
+// without holding an I/O thread; its result as the admin socket's answer.
+asio::awaitable<std::string> OffIoThreads(asio::io_context& ioc, std::function<Result<std::string>()> work) {
+  auto done = std::make_shared<std::promise<Result<std::string>>>();
+  auto fut = done->get_future();
+  std::thread([work = std::move(work), done] { done->set_value(work()); }).detach();
+  asio::steady_timer t(ioc);
+  while (fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+    t.expires_after(std::chrono::milliseconds(10));
+    co_await t.async_wait(kUseTuple);
+  }
+  Result<std::string> r = fut.get();
+  co_return r.ok() ? "ok " + *r : "error " + r.status().message();
+}
+
 }  // namespace
 
 struct Server::Impl {
@@ -128,16 +143,7 @@ asio::awaitable<void> Server::Impl::ServeAdmin(Server* server, asio::local::stre
   if (command == "reload") {
     spdlog::info("admin socket: reload requested");
     // Loading files blocks; keep the I/O threads free while it runs.
-    auto done = std::make_shared<std::promise<Result<std::string>>>();
-    auto fut = done->get_future();
-    std::thread([server, done] { done->set_value(server->Reload()); }).detach();
-    asio::steady_timer t(ioc);
-    while (fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
-      t.expires_after(std::chrono::milliseconds(10));
-      co_await t.async_wait(kUseTuple);
-    }
-    Result<std::string> r = fut.get();
-    answer = r.ok() ? "ok " + *r : "error " + r.status().message();
+    answer = co_await OffIoThreads(ioc, [server] { return server->Reload(); });
   } else if (command == "status") {
     const auto c = server->counters();
     answer = "ok {\"sessions\":" + std::to_string(c.sessions) + ",\"connections_accepted\":" +
@@ -163,16 +169,7 @@ asio::awaitable<void> Server::Impl::ServeAdmin(Server* server, asio::local::stre
   } else if (command == "prune-audit") {
     spdlog::info("admin socket: audit pruning requested");
     // A large prune takes a while (in chunks, through the store's writer).
-    auto done = std::make_shared<std::promise<Result<std::string>>>();
-    auto fut = done->get_future();
-    std::thread([server, done] { done->set_value(server->PruneAudit()); }).detach();
-    asio::steady_timer t(ioc);
-    while (fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
-      t.expires_after(std::chrono::milliseconds(10));
-      co_await t.async_wait(kUseTuple);
-    }
-    Result<std::string> r = fut.get();
-    answer = r.ok() ? "ok " + *r : "error " + r.status().message();
+    answer = co_await OffIoThreads(ioc, [server] { return server->PruneAudit(); });
   } else {
     answer = "error unknown command (reload, status, rotate-key AGREEMENT, prune-audit)";
   }

@@ -73,6 +73,28 @@ void AppendPath(std::string* out, const std::vector<merkle::Hash>& path) {
   }
 }
 
+// Takes the next line (without its newline) off the front of text.
+bool NextLine(std::string_view* text, std::string_view* line) {
+  const size_t nl = text->find('\n');
+  if (nl == std::string_view::npos) return false;
+  *line = text->substr(0, nl);
+  text->remove_prefix(nl + 1);
+  return true;
+}
+
+// Reads the "path BASE64" lines that AppendPath wrote; line is left at the
+// first line after them.
+Status ReadPath(std::string_view* text, std::string_view* line, std::vector<merkle::Hash>* path) {
+  while (NextLine(text, line) && line->substr(0, 5) == "path ") {
+    auto h = FromBase64(line->substr(5));
+    if (!h.ok() || h->size() != 32) return Status::InvalidArgument("proof: bad path hash");
+    merkle::Hash hash;
+    std::copy(h->begin(), h->end(), hash.begin());
+    path->push_back(hash);
+  }
+  return Status::Ok();
+}
+
 // Verification is split over two threads (docs/auditing.md, section 3.2): a
 // reader steps SQLite through audit_log and copies each row's bytes into a
 // batch; the calling thread checks the batches in log order (hashes, leaf
@@ -483,28 +505,15 @@ std::string FormatInclusionProof(const InclusionProof& p) {
 
 Result<InclusionProof> ParseInclusionProof(std::string_view text) {
   InclusionProof p;
-  auto next_line = [&](std::string_view* line) {
-    const size_t nl = text.find('\n');
-    if (nl == std::string_view::npos) return false;
-    *line = text.substr(0, nl);
-    text.remove_prefix(nl + 1);
-    return true;
-  };
   std::string_view line;
-  if (!next_line(&line) || line != kInclusionHeader) return Status::InvalidArgument("not an inclusion proof");
-  if (!next_line(&line) || line.substr(0, 4) != "seq ") return Status::InvalidArgument("proof: no seq line");
+  if (!NextLine(&text, &line) || line != kInclusionHeader) return Status::InvalidArgument("not an inclusion proof");
+  if (!NextLine(&text, &line) || line.substr(0, 4) != "seq ") return Status::InvalidArgument("proof: no seq line");
   p.seq = std::strtoull(std::string(line.substr(4)).c_str(), nullptr, 10);
-  if (!next_line(&line) || line.substr(0, 5) != "leaf ") return Status::InvalidArgument("proof: no leaf line");
+  if (!NextLine(&text, &line) || line.substr(0, 5) != "leaf ") return Status::InvalidArgument("proof: no leaf line");
   auto leaf = FromBase64(line.substr(5));
   if (!leaf.ok()) return Status::InvalidArgument("proof: bad leaf");
   p.leaf = *leaf;
-  while (next_line(&line) && line.substr(0, 5) == "path ") {
-    auto h = FromBase64(line.substr(5));
-    if (!h.ok() || h->size() != 32) return Status::InvalidArgument("proof: bad path hash");
-    merkle::Hash hash;
-    std::copy(h->begin(), h->end(), hash.begin());
-    p.path.push_back(hash);
-  }
+  if (Status st = ReadPath(&text, &line, &p.path); !st.ok()) return st;
   if (line != "checkpoint") return Status::InvalidArgument("proof: no checkpoint");
   auto cp = ParseCheckpoint(text);
   if (!cp.ok()) return cp.status();
@@ -602,22 +611,9 @@ std::string FormatConsistencyProof(const ConsistencyProof& p) {
 
 Result<ConsistencyProof> ParseConsistencyProof(std::string_view text) {
   ConsistencyProof p;
-  auto next_line = [&](std::string_view* line) {
-    const size_t nl = text.find('\n');
-    if (nl == std::string_view::npos) return false;
-    *line = text.substr(0, nl);
-    text.remove_prefix(nl + 1);
-    return true;
-  };
   std::string_view line;
-  if (!next_line(&line) || line != kConsistencyHeader) return Status::InvalidArgument("not a consistency proof");
-  while (next_line(&line) && line.substr(0, 5) == "path ") {
-    auto h = FromBase64(line.substr(5));
-    if (!h.ok() || h->size() != 32) return Status::InvalidArgument("proof: bad path hash");
-    merkle::Hash hash;
-    std::copy(h->begin(), h->end(), hash.begin());
-    p.path.push_back(hash);
-  }
+  if (!NextLine(&text, &line) || line != kConsistencyHeader) return Status::InvalidArgument("not a consistency proof");
+  if (Status st = ReadPath(&text, &line, &p.path); !st.ok()) return st;
   if (line != "old checkpoint") return Status::InvalidArgument("proof: no old checkpoint");
   // A checkpoint is exactly six lines (common/checkpoint.h).
   size_t end = 0;
@@ -630,7 +626,7 @@ Result<ConsistencyProof> ParseConsistencyProof(std::string_view text) {
   if (!old_cp.ok()) return old_cp.status().Annotate("proof: the old checkpoint");
   p.old_checkpoint = *old_cp;
   text.remove_prefix(end);
-  if (!next_line(&line) || line != "new checkpoint") return Status::InvalidArgument("proof: no new checkpoint");
+  if (!NextLine(&text, &line) || line != "new checkpoint") return Status::InvalidArgument("proof: no new checkpoint");
   auto new_cp = ParseCheckpoint(text);
   if (!new_cp.ok()) return new_cp.status().Annotate("proof: the new checkpoint");
   p.new_checkpoint = *new_cp;

@@ -81,6 +81,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Frame handlers (one file each: handle_hello.cpp, handle_publish.cpp, ...).
   void Dispatch(v1::Frame& frame);
+  // A slot for an audit query or proof of this agency, counted until the
+  // returned token's last copy is gone; null after answering audit_busy.
+  std::shared_ptr<void> BeginAuditRequest(uint64_t rid);
   void HandleHello(const v1::Hello& hello);
   void HandlePublish(v1::Publish& publish);
   void HandleDeliveryAck(const v1::DeliveryAck& ack);

@@ -1,0 +1,27 @@
+# Shared by the check_*_smoke.cmake scripts: runs `${BENCH} ARGS...`, fails
+# unless it exits 0 and its last stdout line is JSON, and sets a variable of
+# the same name for each of KEYS from that line (failing if one is missing).
+# Usage: run_bench_line(ARGS <arg>... KEYS <key>...)
+function(run_bench_line)
+  cmake_parse_arguments(RUN "" "" "ARGS;KEYS" ${ARGN})
+  execute_process(COMMAND ${BENCH} ${RUN_ARGS} OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
+  message(STATUS "stderr:\n${err}")
+  string(STRIP "${out}" out)
+  string(REGEX REPLACE ".*\n" "" line "${out}")  # the last line
+  message(STATUS "line: ${line}")
+  list(GET RUN_ARGS 0 command)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "liaison-bench ${command} exited with ${rc}")
+  endif()
+  string(JSON bench ERROR_VARIABLE jerr GET "${line}" bench)
+  if(jerr)
+    message(FATAL_ERROR "the line is not JSON: ${jerr}")
+  endif()
+  foreach(key ${RUN_KEYS})
+    string(JSON value ERROR_VARIABLE jerr GET "${line}" ${key})
+    if(jerr)
+      message(FATAL_ERROR "no ${key} in the line: ${jerr}")
+    endif()
+    set(${key} ${value} PARENT_SCOPE)
+  endforeach()
+endfunction()
