@@ -115,7 +115,7 @@ asio::awaitable<void> Server::Impl::Accept() {
     socket.set_option(tcp::no_delay(true), ignored);
     state.stats.connections_accepted++;
     auto tls = state.tls_context();
-    net::TlsStream stream(std::move(socket), *tls);
+    net::TlsStream stream(std::move(socket), tls->native_handle());
     const uint64_t id = state.next_session_id++;
     std::make_shared<Session>(state, std::move(tls), std::move(stream), id, std::move(peer))->Start();
   }

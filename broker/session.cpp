@@ -89,7 +89,7 @@ asio::awaitable<void> Session::Run() {
   auto self = shared_from_this();
   asio::co_spawn(stream_.strand(), Watchdog(), asio::detached);
 
-  auto [ec] = co_await stream_.tls().async_handshake(asio::ssl::stream_base::server, kUseTuple);
+  const net::ErrorCode ec = co_await stream_.tls().Handshake(net::TlsStream::Role::kServer);
   broker_.admission.EndHandshake(PeerAddress());
   if (ec) {
     broker_.stats.handshakes_failed++;

@@ -11,7 +11,6 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <google/protobuf/util/time_util.h>
-#include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
@@ -282,26 +281,25 @@ asio::awaitable<Status> Client::Impl::DoConnect() {
   tcp::resolver resolver(strand);
   auto [rec, endpoints] = co_await resolver.async_resolve(opts.host, std::to_string(opts.port), kUseTuple);
   if (rec) co_return Status::Unavailable("cannot resolve " + opts.host + ": " + rec.message());
-  net::TlsStream tls_stream(net::Socket(strand), *ctx);
-  auto [cec, ep] = co_await asio::async_connect(tls_stream.lowest_layer(), endpoints, kUseTuple);
+  net::TlsStream tls_stream(net::Socket(strand), ctx->native_handle());
+  auto [cec, ep] = co_await asio::async_connect(tls_stream.socket(), endpoints, kUseTuple);
   if (cec) {
     co_return Status::Unavailable("cannot connect to " + opts.host + ":" + std::to_string(opts.port) + ": " +
                                   cec.message());
   }
   boost::system::error_code ignored;
-  tls_stream.lowest_layer().set_option(tcp::no_delay(true), ignored);
+  tls_stream.socket().set_option(tcp::no_delay(true), ignored);
   const std::string& name = opts.server_name.empty() ? opts.host : opts.server_name;
-  boost::system::error_code addr_ec;
-  asio::ip::make_address(name, addr_ec);
-  if (addr_ec) SSL_set_tlsext_host_name(tls_stream.native_handle(), name.c_str());  // SNI for DNS names only
-  tls_stream.set_verify_callback(asio::ssl::host_name_verification(name));
+  if (!tls_stream.SetExpectedServerName(name)) {
+    co_return Status::InvalidArgument("cannot check the broker certificate against the name '" + name + "'");
+  }
   stream = std::make_unique<net::FrameStream>(std::move(tls_stream), kMaxIncomingFrameBytes, kMaxQueuedBytes);
 
-  auto [hec] = co_await stream->tls().async_handshake(asio::ssl::stream_base::client, kUseTuple);
+  const net::ErrorCode hec = co_await stream->tls().Handshake(net::TlsStream::Role::kClient);
   if (hec) {
     const long verify = SSL_get_verify_result(stream->tls().native_handle());
     std::string why = hec.message();
-    if (verify == X509_V_ERR_UNSPECIFIED || verify == X509_V_ERR_HOSTNAME_MISMATCH) {
+    if (verify == X509_V_ERR_HOSTNAME_MISMATCH || verify == X509_V_ERR_IP_ADDRESS_MISMATCH) {
       why = "the broker certificate is not valid for the name '" + name + "' (use --server-name)";
     } else if (verify != X509_V_OK) {
       why = std::string("broker certificate refused: ") + X509_verify_cert_error_string(verify);

@@ -1,9 +1,7 @@
 #include "common/detail/frame_stream.h"
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/read.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/write.hpp>
 
 #include "proto/detail/pb.h"
 #include "proto/frame_codec.h"
@@ -26,12 +24,14 @@ FrameStream::FrameStream(TlsStream stream, uint32_t max_frame_bytes, size_t max_
 
 asio::awaitable<Status> FrameStream::ReadFrame(v1::Frame* frame) {
   uint8_t header[proto::kFrameHeaderBytes];
-  auto [ec, n] = co_await asio::async_read(stream_, asio::buffer(header), kUseTuple);
+  size_t n = 0;
+  ErrorCode ec = co_await stream_.ReadExactly(header, sizeof header, &n);
   if (ec) co_return Status::Unavailable(ec == asio::error::eof ? "connection closed by peer" : ec.message());
   auto len = proto::DecodeFrameLength(header, max_frame_bytes_);
   if (!len.ok()) co_return len.status();
   body_.resize(*len);
-  auto [ec2, n2] = co_await asio::async_read(stream_, asio::buffer(body_), kUseTuple);
+  size_t n2 = 0;
+  ErrorCode ec2 = co_await stream_.ReadExactly(body_.data(), body_.size(), &n2);
   if (ec2) co_return Status::Unavailable("connection lost mid-frame: " + ec2.message());
   last_read_ = Clock::now();
   bytes_read_ += n + n2;
@@ -66,9 +66,7 @@ void FrameStream::Abort() {
   if (closed_) return;
   closed_ = true;
   closing_ = true;
-  boost::system::error_code ignored;
-  stream_.lowest_layer().shutdown(tcp::socket::shutdown_both, ignored);
-  stream_.lowest_layer().close(ignored);
+  stream_.Close();
   wake_.cancel();
 }
 
@@ -98,7 +96,8 @@ asio::awaitable<void> FrameStream::WriteLoop() {
     }
     writing_ = true;
     write_started_ = Clock::now();
-    auto [ec, n] = co_await asio::async_write(stream_, asio::buffer(out_), kUseTuple);
+    size_t n = 0;
+    ErrorCode ec = co_await stream_.WriteAll(out_.data(), out_.size(), &n);
     writing_ = false;
     bytes_written_ += n;
     if (ec) {
@@ -112,7 +111,7 @@ asio::awaitable<void> FrameStream::WriteLoop() {
     // peer that never answers).
     writing_ = true;
     write_started_ = Clock::now();
-    co_await stream_.async_shutdown(kUseTuple);
+    co_await stream_.Shutdown();
     writing_ = false;
     Abort();
   }

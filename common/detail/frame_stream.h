@@ -4,15 +4,11 @@
 //
 // Threading: every member must be called on the stream's strand (the
 // executor its socket was created with); one ReadFrame and one WriteLoop may
-// be outstanding at the same time, which Asio's SSL stream allows.
+// be outstanding at the same time, which TlsStream allows.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -20,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "common/detail/tls_stream.h"
 #include "common/status.h"
 
 namespace liaison::v1 {
@@ -28,11 +25,6 @@ class Frame;
 
 namespace liaison::net {
 
-namespace asio = boost::asio;
-using tcp = asio::ip::tcp;
-using Strand = asio::strand<asio::io_context::executor_type>;
-using Socket = asio::basic_stream_socket<tcp, Strand>;
-using TlsStream = asio::ssl::stream<Socket>;
 using Clock = std::chrono::steady_clock;
 
 class FrameStream {
