@@ -79,9 +79,15 @@ int RunSend(const CommonOptions& common, const SendOptions& o) {
   if (!o.agreement.empty()) env->set_sharing_agreement(o.agreement);
   if (!o.in_reply_to.empty()) env->set_in_reply_to(o.in_reply_to);
   if (!o.message_id.empty()) env->set_message_id(o.message_id);
-  if (env->message_id().empty()) env->set_message_id(NewUuid());
   const auto now = google::protobuf::util::TimeUtil::GetCurrentTime();
-  if (!env->has_created_at()) *env->mutable_created_at() = now;
+  if (env->message_id().empty()) {
+    env->set_message_id(NewUuid());
+    // Only a message this command names may get the time stamped on it: a
+    // message whose id the user gives may be a repeat, which must carry the
+    // same bytes as the first send or the broker refuses it as a different
+    // message under a used id (duplicate_message_id).
+    if (!env->has_created_at()) *env->mutable_created_at() = now;
+  }
   if (o.expires_in > 0) {
     *env->mutable_expires_at() = now + google::protobuf::util::TimeUtil::SecondsToDuration(o.expires_in);
   }
