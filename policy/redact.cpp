@@ -16,6 +16,7 @@
 #include <stdexcept>
 
 #include "common/sha256.h"
+#include "proto/detail/field_plan.h"
 #include "proto/detail/pb.h"
 
 namespace liaison::policy {
@@ -50,75 +51,83 @@ const FieldDescriptor* BodyField(std::string_view name) {
   return nullptr;
 }
 
-// Does one of paths name path or one of its ancestors?
-bool Covers(const std::set<std::string>& paths, const std::string& path) {
-  if (paths.empty()) return false;
-  for (size_t dot = path.find('.'); dot != std::string::npos; dot = path.find('.', dot + 1)) {
-    if (paths.count(path.substr(0, dot)) != 0) return true;
+// Does one of paths name path or one of its ancestors? (The sets are small:
+// the paths one rule names.)
+bool Covers(const std::set<std::string>& paths, std::string_view path) {
+  for (const std::string& p : paths) {
+    if (path.size() >= p.size() && path.compare(0, p.size(), p) == 0 &&
+        (path.size() == p.size() || path[p.size()] == '.')) {
+      return true;
+    }
   }
-  return paths.count(path) != 0;
+  return false;
 }
 
-bool IsSet(const google::protobuf::Message& m, const FieldDescriptor* f) {
+bool IsSet(const google::protobuf::Message& m, const proto::FieldPlan& p) {
   const Reflection* r = m.GetReflection();
-  return f->is_repeated() ? r->FieldSize(m, f) > 0 : r->HasField(m, f);
+  return p.repeated ? r->FieldSize(m, p.field) > 0 : r->HasField(m, p.field);
 }
 
 class Redactor {
  public:
   Redactor(const Obligations& o, const PseudonymKey* key) : o_(o), key_(key) {}
 
-  // Applies the obligations to every field of m; path names m.
-  void Apply(google::protobuf::Message* m, const std::string& path, bool pseudonymise_all) {
-    const Descriptor* d = m->GetDescriptor();
+  // Applies the obligations to every field of m; path names m (and is
+  // extended and restored in place while the walk goes down).
+  void Apply(google::protobuf::Message* m, std::string* path, bool pseudonymise_all) {
     const Reflection* r = m->GetReflection();
-    for (int i = 0; i < d->field_count(); ++i) {
-      const FieldDescriptor* f = d->field(i);
-      if (!IsSet(*m, f)) continue;
-      const std::string field_path = path + "." + f->name();
-      const bool leaf = IsLeaf(f);
-      const int category = leaf ? CategoryOf(f) : -1;
-
-      if (Covers(o_.redact_paths, field_path) ||
-          (leaf && o_.redact_categories.count(category) != 0)) {
-        r->ClearField(m, f);
-        redacted_.insert(field_path);
-        continue;
-      }
-      const bool pseudonymise = pseudonymise_all || Covers(o_.pseudonymise_paths, field_path) ||
-                                (leaf && o_.pseudonymise_categories.count(category) != 0);
-      if (!leaf) {
-        if (f->is_repeated()) {
-          const int n = r->FieldSize(*m, f);
-          for (int j = 0; j < n; ++j) {
-            Apply(r->MutableRepeatedMessage(m, f, j), field_path, pseudonymise);
-          }
-        } else {
-          Apply(r->MutableMessage(m, f), field_path, pseudonymise);
-        }
-        continue;
-      }
-      if (!pseudonymise) continue;
-      if (f->type() != FieldDescriptor::TYPE_STRING) {
-        // A pseudonym of an enum or a number would be a lookup table away
-        // from its value (few distinct values); remove it instead.
-        r->ClearField(m, f);
-        redacted_.insert(field_path);
-        continue;
-      }
-      if (f->is_repeated()) {
-        const int n = r->FieldSize(*m, f);
-        for (int j = 0; j < n; ++j) {
-          const std::string value = r->GetRepeatedString(*m, f, j);
-          if (!value.empty()) r->SetRepeatedString(m, f, j, Pseudonym(*key_, value));
-        }
-      } else {
-        r->SetString(m, f, Pseudonym(*key_, r->GetString(*m, f)));
-      }
-      pseudonymised_.insert(field_path);
+    for (const proto::FieldPlan& p : proto::PlanOf(m->GetDescriptor()).fields) {
+      if (!IsSet(*m, p)) continue;
+      const FieldDescriptor* f = p.field;
+      const size_t parent_size = path->size();
+      path->append(".").append(f->name());
+      ApplyField(m, r, p, *path, pseudonymise_all);
+      path->resize(parent_size);
     }
   }
 
+ private:
+  void ApplyField(google::protobuf::Message* m, const Reflection* r, const proto::FieldPlan& p,
+                  std::string& field_path, bool pseudonymise_all) {
+    const FieldDescriptor* f = p.field;
+    const bool leaf = p.kind != proto::FieldKind::kMessage;
+    if (Covers(o_.redact_paths, field_path) || (leaf && o_.redact_categories.count(p.category) != 0)) {
+      r->ClearField(m, f);
+      redacted_.insert(field_path);
+      return;
+    }
+    const bool pseudonymise = pseudonymise_all || Covers(o_.pseudonymise_paths, field_path) ||
+                              (leaf && o_.pseudonymise_categories.count(p.category) != 0);
+    if (!leaf) {
+      if (p.repeated) {
+        const int n = r->FieldSize(*m, f);
+        for (int j = 0; j < n; ++j) Apply(r->MutableRepeatedMessage(m, f, j), &field_path, pseudonymise);
+      } else {
+        Apply(r->MutableMessage(m, f), &field_path, pseudonymise);
+      }
+      return;
+    }
+    if (!pseudonymise) return;
+    if (f->type() != FieldDescriptor::TYPE_STRING) {
+      // A pseudonym of an enum or a number would be a lookup table away
+      // from its value (few distinct values); remove it instead.
+      r->ClearField(m, f);
+      redacted_.insert(field_path);
+      return;
+    }
+    if (p.repeated) {
+      const int n = r->FieldSize(*m, f);
+      for (int j = 0; j < n; ++j) {
+        const std::string value = r->GetRepeatedString(*m, f, j);
+        if (!value.empty()) r->SetRepeatedString(m, f, j, Pseudonym(*key_, value));
+      }
+    } else {
+      r->SetString(m, f, Pseudonym(*key_, r->GetString(*m, f)));
+    }
+    pseudonymised_.insert(field_path);
+  }
+
+ public:
   RedactionReport Report() const {
     return RedactionReport{{redacted_.begin(), redacted_.end()},
                            {pseudonymised_.begin(), pseudonymised_.end()}};
@@ -202,11 +211,12 @@ Result<RedactionReport> ApplyObligations(v1::Message* message, const Obligations
                             std::to_string(kKeyBytes) + " bytes");
   }
   v1::Message work(*message);
-  work.DiscardUnknownFields();
+  proto::DiscardUnknownFields(&work);
   Redactor redactor(o, key);
-  const auto* oneof = v1::Message::descriptor()->FindOneofByName("body");
+  static const auto* oneof = v1::Message::descriptor()->FindOneofByName("body");
   if (const FieldDescriptor* body = work.GetReflection()->GetOneofFieldDescriptor(work, oneof)) {
-    redactor.Apply(work.GetReflection()->MutableMessage(&work, body), body->name(), false);
+    std::string path = body->name();
+    redactor.Apply(work.GetReflection()->MutableMessage(&work, body), &path, false);
   }
   message->Swap(&work);
   return redactor.Report();

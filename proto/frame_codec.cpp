@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "proto/detail/field_plan.h"
 #include "proto/detail/pb.h"
 
 namespace liaison::proto {
@@ -109,7 +110,7 @@ Status ParseFrame(std::string_view body, v1::Frame* frame) {
   if (!frame->MergePartialFromCodedStream(&in) || !in.ConsumedEntireMessage()) {
     return Status::ProtocolError("frame does not parse as liaison.v1.Frame");
   }
-  frame->DiscardUnknownFields();
+  DiscardUnknownFields(frame);
   return Status::Ok();
 }
 

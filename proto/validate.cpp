@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common/uuid.h"
+#include "proto/detail/field_plan.h"
 #include "proto/detail/pb.h"
 
 namespace liaison::proto {
@@ -47,70 +48,79 @@ bool ValidDate(const std::string& s) {
   return !(m == 2 && d == 29 && !leap);
 }
 
-// Walks a body through reflection: string sizes, known enum values, dates,
-// timestamps and repeated counts, with the path of the first bad field.
+// Walks a body through reflection, following the body type's plan: string
+// sizes, known enum values, dates, coordinates, timestamps and repeated
+// counts, with the path of the first bad field. Fields are visited in field
+// number order and unset ones skipped, as Reflection::ListFields lists them.
 Status CheckFields(const google::protobuf::Message& msg, const MessageLimits& limits, const std::string& prefix) {
   const Reflection* r = msg.GetReflection();
-  std::vector<const FieldDescriptor*> fields;
-  r->ListFields(msg, &fields);
-  for (const FieldDescriptor* f : fields) {
+  for (const FieldPlan& p : PlanOf(msg.GetDescriptor()).fields) {
+    if (p.kind == FieldKind::kOther) continue;
+    const FieldDescriptor* f = p.field;
     // Paths are spelled out only for an error message or a sub-message's
     // prefix: building one per field was a good part of this walk's cost.
     const auto path = [&] { return prefix.empty() ? f->name() : prefix + "." + f->name(); };
-    const int n = f->is_repeated() ? r->FieldSize(msg, f) : 1;
-    if (f->is_repeated() && static_cast<size_t>(n) > limits.max_repeated) {
-      return Status::InvalidArgument(path() + " has " + std::to_string(n) + " elements (maximum " +
-                                     std::to_string(limits.max_repeated) + ")");
+    int n = 1;
+    if (p.repeated) {
+      n = r->FieldSize(msg, f);
+      if (static_cast<size_t>(n) > limits.max_repeated) {
+        return Status::InvalidArgument(path() + " has " + std::to_string(n) + " elements (maximum " +
+                                       std::to_string(limits.max_repeated) + ")");
+      }
+    } else if ((p.kind == FieldKind::kMessage || p.kind == FieldKind::kTimestamp) && !r->HasField(msg, f)) {
+      continue;
     }
     for (int i = 0; i < n; ++i) {
-      const auto ipath = [&] { return f->is_repeated() ? path() + "[" + std::to_string(i) + "]" : path(); };
-      switch (f->cpp_type()) {
-        case FieldDescriptor::CPPTYPE_STRING: {
+      const auto ipath = [&] { return p.repeated ? path() + "[" + std::to_string(i) + "]" : path(); };
+      switch (p.kind) {
+        case FieldKind::kString: {
           std::string scratch;
-          const std::string& v = f->is_repeated() ? r->GetRepeatedStringReference(msg, f, i, &scratch)
-                                                  : r->GetStringReference(msg, f, &scratch);
+          const std::string& v = p.repeated ? r->GetRepeatedStringReference(msg, f, i, &scratch)
+                                            : r->GetStringReference(msg, f, &scratch);
           if (v.size() > limits.max_string_bytes) {
             return Status::InvalidArgument(ipath() + " is longer than " +
                                            std::to_string(limits.max_string_bytes) + " bytes");
           }
-          if (f->name() == "date_of_birth" && !v.empty() && !ValidDate(v)) {
+          if (p.rule == FieldRule::kDateOfBirth && !v.empty() && !ValidDate(v)) {
             return Status::InvalidArgument(ipath() + " is not a date YYYY-MM-DD: '" + v + "'");
           }
           break;
         }
-        case FieldDescriptor::CPPTYPE_ENUM: {
-          const int v = f->is_repeated() ? r->GetRepeatedEnumValue(msg, f, i) : r->GetEnumValue(msg, f);
+        case FieldKind::kEnum: {
+          const int v = p.repeated ? r->GetRepeatedEnumValue(msg, f, i) : r->GetEnumValue(msg, f);
+          if (v == 0 && !p.repeated) break;  // the default: unset, and always a value
           if (f->enum_type()->FindValueByNumber(v) == nullptr) {
             return Status::InvalidArgument(ipath() + " has unknown value " + std::to_string(v));
           }
-          if (f->is_repeated() && v == 0) {
+          if (p.repeated && v == 0) {
             return Status::InvalidArgument(ipath() + " is " + f->enum_type()->value(0)->name());
           }
           break;
         }
-        case FieldDescriptor::CPPTYPE_DOUBLE: {
-          const double v = f->is_repeated() ? r->GetRepeatedDouble(msg, f, i) : r->GetDouble(msg, f);
+        case FieldKind::kDouble: {
+          const double v = p.repeated ? r->GetRepeatedDouble(msg, f, i) : r->GetDouble(msg, f);
           if (!(v == v) || v > 1e300 || v < -1e300) {
             return Status::InvalidArgument(ipath() + " is not a finite number");
           }
-          if ((f->name() == "latitude" && (v < -90 || v > 90)) ||
-              (f->name() == "longitude" && (v < -180 || v > 180))) {
+          if ((p.rule == FieldRule::kLatitude && (v < -90 || v > 90)) ||
+              (p.rule == FieldRule::kLongitude && (v < -180 || v > 180))) {
             return Status::InvalidArgument(ipath() + " is out of range");
           }
           break;
         }
-        case FieldDescriptor::CPPTYPE_MESSAGE: {
-          const auto& sub = f->is_repeated() ? r->GetRepeatedMessage(msg, f, i) : r->GetMessage(msg, f);
-          if (sub.GetDescriptor() == google::protobuf::Timestamp::descriptor()) {
-            if (!ValidTimestamp(static_cast<const google::protobuf::Timestamp&>(sub))) {
-              return Status::InvalidArgument(ipath() + " is not a valid time");
-            }
-            break;
+        case FieldKind::kTimestamp: {
+          const auto& t = p.repeated ? r->GetRepeatedMessage(msg, f, i) : r->GetMessage(msg, f);
+          if (!ValidTimestamp(static_cast<const google::protobuf::Timestamp&>(t))) {
+            return Status::InvalidArgument(ipath() + " is not a valid time");
           }
+          break;
+        }
+        case FieldKind::kMessage: {
+          const auto& sub = p.repeated ? r->GetRepeatedMessage(msg, f, i) : r->GetMessage(msg, f);
           if (Status s = CheckFields(sub, limits, ipath()); !s.ok()) return s;
           break;
         }
-        default:
+        case FieldKind::kOther:
           break;
       }
     }
