@@ -9,6 +9,7 @@
 #include <google/protobuf/message.h>
 #include <google/protobuf/timestamp.pb.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <new>
@@ -269,6 +270,13 @@ std::string Pseudonym(const PseudonymKey& key, std::string_view value) {
 
 std::string Normalise(std::string_view value) {
   if (value.empty()) return {};
+  // ASCII (most names, ids and addresses): case folding is lower-casing
+  // A-Z, NFC changes nothing and the White_Space characters are the six
+  // ASCII ones, which is exactly what NormaliseBytes does, without
+  // libunistring's conversions.
+  if (std::all_of(value.begin(), value.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; })) {
+    return NormaliseBytes(value);
+  }
   const auto* s = reinterpret_cast<const uint8_t*>(value.data());
   if (u8_check(s, value.size()) != nullptr) return NormaliseBytes(value);
   size_t len = 0;
