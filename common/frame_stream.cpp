@@ -1,6 +1,7 @@
 #include "common/detail/frame_stream.h"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include "proto/detail/pb.h"
@@ -26,7 +27,11 @@ asio::awaitable<Status> FrameStream::ReadFrame(v1::Frame* frame) {
   uint8_t header[proto::kFrameHeaderBytes];
   size_t n = 0;
   ErrorCode ec = co_await stream_.ReadExactly(header, sizeof header, &n);
-  if (ec) co_return Status::Unavailable(ec == asio::error::eof ? "connection closed by peer" : ec.message());
+  if (ec == asio::error::eof) co_return Status::Unavailable("connection closed by peer");
+  if (ec == asio::ssl::error::stream_truncated) {
+    co_return Status::Unavailable("connection closed by peer (without TLS close_notify)");
+  }
+  if (ec) co_return Status::Unavailable(ec.message());
   auto len = proto::DecodeFrameLength(header, max_frame_bytes_);
   if (!len.ok()) co_return len.status();
   body_.resize(*len);

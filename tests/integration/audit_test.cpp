@@ -671,3 +671,77 @@ TEST_CASE("a consistency proof fails for altered checkpoints, swapped checkpoint
   CHECK(p.status().IsCorruption());
   CHECK(p.status().message().find("old checkpoint's root") != std::string::npos);
 }
+
+TEST_CASE("every decision names the policy version that made it, and every load, reload and rejected reload is recorded",
+          "[audit][reload]") {
+  auto broker = std::make_unique<TestBroker>();
+  const std::string dir = broker->dir();
+  auto police = Connect(broker->port(), "police");
+  REQUIRE(police->Publish(IncidentReport({"school"})).AllAccepted());  // the first policy
+  std::vector<std::string> without_social;
+  for (const auto& a : DefaultAgencies()) {
+    if (a != "social") without_social.push_back(a);
+  }
+  REQUIRE(WriteFileAtomic(dir + "/policy.yaml", PolicyYaml(without_social)).ok());
+  REQUIRE(broker->server().Reload().ok());
+  auto second = police->Publish(IncidentReport({"school", "social"}));  // social is no agency any more
+  REQUIRE(second.status.ok());
+  REQUIRE(WriteFileAtomic(dir + "/policy.yaml", "version: 1\nagencies: [{id: police}]\n").ok());
+  REQUIRE_FALSE(broker->server().Reload().ok());  // rejected: the second policy stays
+  REQUIRE(police->Publish(IncidentReport({"school"})).AllAccepted());
+  police->Close();
+  broker->Stop();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the broker_stop record commits
+  const std::string out = dir + "-versions.db";
+  REQUIRE(broker::Store::ExportAudit(dir + "/data/liaison.db", out).ok());
+  broker.reset();
+
+  struct Row {
+    std::string event, decision, recipient, version;
+  };
+  std::vector<Row> rows;
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(out.c_str(), &db) == SQLITE_OK);
+    sqlite3_stmt* st = nullptr;
+    sqlite3_prepare_v2(db, "SELECT event, decision, recipient, policy_version FROM audit_log ORDER BY seq", -1, &st,
+                       nullptr);
+    auto text = [&](int i) {
+      const auto* p = sqlite3_column_text(st, i);
+      return p ? std::string(reinterpret_cast<const char*>(p)) : std::string();
+    };
+    while (sqlite3_step(st) == SQLITE_ROW) rows.push_back({text(0), text(1), text(2), text(3)});
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+  }
+  std::remove(out.c_str());
+  std::vector<std::string> loaded, rejected;
+  std::string current;
+  int decisions = 0;
+  for (const Row& r : rows) {
+    INFO(r.event << " " << r.decision << " " << r.recipient << " policy " << r.version);
+    if (r.event == "policy_loaded") {
+      CHECK_FALSE(r.version.empty());
+      loaded.push_back(r.version);
+      current = r.version;
+    } else if (r.event == "policy_rejected") {
+      rejected.push_back(r.version);
+      CHECK(r.version == current);  // the policy that stays in force
+    } else if (r.event == "queued" || r.event == "decision") {
+      CHECK(r.version == current);  // made under the policy loaded last
+      ++decisions;
+    }
+  }
+  REQUIRE(loaded.size() == 2);  // at start and at the reload
+  CHECK(loaded[0] != loaded[1]);
+  CHECK(rejected.size() == 1);
+  CHECK(decisions == 4);  // school, school, social (refused: unknown recipient), school
+  bool social_refused = false;
+  for (const Row& r : rows) {
+    if (r.recipient == "social" && r.decision == "refused:unknown_recipient") {
+      social_refused = true;
+      CHECK(r.version == loaded[1]);
+    }
+  }
+  CHECK(social_refused);
+}
