@@ -28,48 +28,40 @@ bool WouldBlock(const ErrorCode& ec) {
 struct TlsStreamBio {
   static TlsStream* Of(BIO* b) { return static_cast<TlsStream*>(BIO_get_data(b)); }
 
-  static int Write(BIO* b, const char* data, size_t size, size_t* written) {
+  // One non-blocking call of the socket for OpenSSL: 1 and the bytes moved,
+  // or 0 with the retry flag set when the socket would block, or 0 with the
+  // error kept for ErrorFor (end of stream is OpenSSL's to see, not an error).
+  template <class SocketCall>
+  static int Transfer(BIO* b, bool writing, size_t* done, SocketCall call) {
     BIO_clear_retry_flags(b);
-    *written = 0;
+    *done = 0;
     TlsStream* s = Of(b);
     if (!s->socket_.is_open()) {
       s->io_error_ = asio::error::bad_descriptor;
       return 0;
     }
     ErrorCode ec;
-    const size_t n = s->socket_.write_some(asio::buffer(data, size), ec);
+    const size_t n = call(s->socket_, ec);
     if (!ec) {
-      *written = n;
+      *done = n;
       return 1;
     }
     if (WouldBlock(ec)) {
-      BIO_set_retry_write(b);
-    } else {
+      writing ? BIO_set_retry_write(b) : BIO_set_retry_read(b);
+    } else if (writing || ec != asio::error::eof) {
       s->io_error_ = ec;
     }
     return 0;
   }
 
+  static int Write(BIO* b, const char* data, size_t size, size_t* written) {
+    return Transfer(b, true, written,
+                    [&](Socket& socket, ErrorCode& ec) { return socket.write_some(asio::buffer(data, size), ec); });
+  }
+
   static int Read(BIO* b, char* data, size_t size, size_t* read) {
-    BIO_clear_retry_flags(b);
-    *read = 0;
-    TlsStream* s = Of(b);
-    if (!s->socket_.is_open()) {
-      s->io_error_ = asio::error::bad_descriptor;
-      return 0;
-    }
-    ErrorCode ec;
-    const size_t n = s->socket_.read_some(asio::buffer(data, size), ec);
-    if (!ec) {
-      *read = n;
-      return 1;
-    }
-    if (WouldBlock(ec)) {
-      BIO_set_retry_read(b);
-    } else if (ec != asio::error::eof) {
-      s->io_error_ = ec;
-    }
-    return 0;
+    return Transfer(b, false, read,
+                    [&](Socket& socket, ErrorCode& ec) { return socket.read_some(asio::buffer(data, size), ec); });
   }
 
   static long Ctrl(BIO*, int cmd, long, void*) {

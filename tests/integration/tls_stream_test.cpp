@@ -82,6 +82,13 @@ struct Pair {
     ioc.restart();
     return {fs.get(), fc.get()};
   }
+
+  // Both handshakes, which must succeed.
+  void Connect() {
+    auto [se, ce] = Handshake();
+    REQUIRE_FALSE(se);
+    REQUIRE_FALSE(ce);
+  }
 };
 
 asio::awaitable<ErrorCode> WriteString(TlsStream& s, const std::string& data, size_t* n) {
@@ -93,13 +100,23 @@ asio::awaitable<ErrorCode> ReadString(TlsStream& s, std::string* out, size_t siz
   co_return co_await s.ReadExactly(out->data(), size, n);
 }
 
+// Starts a read of 10 bytes on s; *end gets how it ended.
+void SpawnRead(TlsStream& s, std::optional<ErrorCode>* end) {
+  asio::co_spawn(
+      s.get_executor(),
+      [&s, end]() -> asio::awaitable<void> {
+        std::string buf;
+        size_t n = 0;
+        *end = co_await ReadString(s, &buf, 10, &n);
+      },
+      asio::detached);
+}
+
 }  // namespace
 
 TEST_CASE("TlsStream: mutual TLS 1.3 handshake with the expected server name", "[tls_stream]") {
   Pair p;
-  auto [se, ce] = p.Handshake();
-  REQUIRE_FALSE(se);
-  REQUIRE_FALSE(ce);
+  p.Connect();
   CHECK(SSL_version(p.client->native_handle()) == TLS1_3_VERSION);
   CHECK(SSL_get0_peer_certificate(p.server->native_handle()) != nullptr);  // the client's certificate
 }
@@ -125,9 +142,7 @@ TEST_CASE("TlsStream: the client refuses a server certificate without the expect
 
 TEST_CASE("TlsStream: many megabytes both ways at once, through full socket buffers", "[tls_stream]") {
   Pair p;
-  auto [se, ce] = p.Handshake();
-  REQUIRE_FALSE(se);
-  REQUIRE_FALSE(ce);
+  p.Connect();
   // Each side writes 8 MiB in one WriteAll while reading the other's 8 MiB
   // in 1,000-byte pieces: both writers block on full socket buffers
   // (WANT_WRITE) while their own reader is outstanding on the same SSL.
@@ -161,9 +176,7 @@ TEST_CASE("TlsStream: many megabytes both ways at once, through full socket buff
 
 TEST_CASE("TlsStream: Shutdown delivers everything, then both ends see a clean end", "[tls_stream]") {
   Pair p;
-  auto [se, ce] = p.Handshake();
-  REQUIRE_FALSE(se);
-  REQUIRE_FALSE(ce);
+  p.Connect();
   const std::string data = Pattern(3 << 20, 3);
   std::optional<ErrorCode> server_shutdown;
   std::string got;
@@ -204,9 +217,7 @@ TEST_CASE("TlsStream: Shutdown delivers everything, then both ends see a clean e
 TEST_CASE("TlsStream: Shutdown with no reader discards what the peer still sends and waits for its end",
           "[tls_stream]") {
   Pair p;
-  auto [se, ce] = p.Handshake();
-  REQUIRE_FALSE(se);
-  REQUIRE_FALSE(ce);
+  p.Connect();
   // The client keeps sending 2 MiB that the server never reads; the server
   // shuts down meanwhile. Its Shutdown must drain the data (or the client's
   // writes would block for ever) and return when the client closes.
@@ -241,19 +252,10 @@ TEST_CASE("TlsStream: Shutdown with no reader discards what the peer still sends
 TEST_CASE("TlsStream: Close ends an outstanding read at once, and a vanished peer is a truncation", "[tls_stream]") {
   SECTION("Close") {
     Pair p;
-    auto [se, ce] = p.Handshake();
-    REQUIRE_FALSE(se);
-    REQUIRE_FALSE(ce);
+    p.Connect();
     std::optional<ErrorCode> read_end;
     asio::steady_timer timer(p.server->get_executor());
-    asio::co_spawn(
-        p.server->get_executor(),
-        [&]() -> asio::awaitable<void> {
-          std::string buf;
-          size_t n = 0;
-          read_end = co_await ReadString(*p.server, &buf, 10, &n);
-        },
-        asio::detached);
+    SpawnRead(*p.server, &read_end);
     asio::co_spawn(
         p.server->get_executor(),
         [&]() -> asio::awaitable<void> {
@@ -274,18 +276,9 @@ TEST_CASE("TlsStream: Close ends an outstanding read at once, and a vanished pee
   }
   SECTION("the peer closes TCP without close_notify") {
     Pair p;
-    auto [se, ce] = p.Handshake();
-    REQUIRE_FALSE(se);
-    REQUIRE_FALSE(ce);
+    p.Connect();
     std::optional<ErrorCode> read_end;
-    asio::co_spawn(
-        p.server->get_executor(),
-        [&]() -> asio::awaitable<void> {
-          std::string buf;
-          size_t n = 0;
-          read_end = co_await ReadString(*p.server, &buf, 10, &n);
-        },
-        asio::detached);
+    SpawnRead(*p.server, &read_end);
     p.client->Close();
     p.ioc.run();
     REQUIRE(read_end);
