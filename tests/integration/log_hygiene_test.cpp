@@ -5,10 +5,11 @@
 // broker running the example city policy serves real agencies over TLS.
 #include <catch2/catch.hpp>
 
-#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
+#include <mutex>
 #include <sstream>
 
 #include "common/files.h"
@@ -20,15 +21,34 @@ using namespace liaison::test;
 
 namespace {
 
-// Adds a sink to the default logger and sets it to trace; undone on
-// destruction. Read text() only when nothing logs any more.
+// A sink that keeps every formatted line; text() may be read while others
+// log (under the sink's own mutex).
+class KeepSink : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  std::string text() {
+    std::lock_guard lock(mutex_);
+    return text_;
+  }
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    spdlog::memory_buf_t formatted;
+    formatter_->format(msg, formatted);
+    text_.append(formatted.data(), formatted.size());
+  }
+  void flush_() override {}
+
+ private:
+  std::string text_;
+};
+
+// Adds a KeepSink to the default logger and sets it to trace; undone on
+// destruction.
 class LogCapture {
  public:
-  LogCapture()
-      : logger_(spdlog::default_logger()),
-        sink_(std::make_shared<spdlog::sinks::ostream_sink_mt>(stream_)),
-        level_(logger_->level()) {
+  LogCapture() : logger_(spdlog::default_logger()), sink_(std::make_shared<KeepSink>()) {
     PkiDir();  // its first call sets the tests' log level; trace must come after
+    level_ = logger_->level();
     logger_->sinks().push_back(sink_);
     logger_->set_level(spdlog::level::trace);
   }
@@ -37,16 +57,12 @@ class LogCapture {
     sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
     logger_->set_level(level_);
   }
-  std::string text() {
-    logger_->flush();
-    return stream_.str();
-  }
+  std::string text() { return sink_->text(); }
 
  private:
-  std::ostringstream stream_;
   std::shared_ptr<spdlog::logger> logger_;
-  std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink_;
-  spdlog::level::level_enum level_;
+  std::shared_ptr<KeepSink> sink_;
+  spdlog::level::level_enum level_ = spdlog::level::info;
 };
 
 std::string Base64Lines(const std::string& pem) {
