@@ -52,6 +52,10 @@ class ReadOnlyDb {
     return Status::Ok();
   }
   sqlite3* get() const { return db_; }
+  void Close() {
+    sqlite3_close_v2(db_);
+    db_ = nullptr;
+  }
 
  private:
   sqlite3* db_ = nullptr;
@@ -157,10 +161,10 @@ constexpr int kLeafHashColumn = kLeafColumn + 1;
 constexpr int kHashOnlyColumn = kLeafHashColumn + 1;
 
 // Rows per chunk: small enough that the two threads end within a few
-// milliseconds of each other, large enough that starting a chunk (a b-tree
+// milliseconds of each other (a chunk takes about 4 ms), large enough that starting a chunk (a b-tree
 // descent, a few small vectors) costs nothing per row. A power of two: in
 // an export, whose rowids are its seqs, a chunk is then one perfect subtree.
-constexpr int64_t kChunkRows = int64_t{1} << 14;
+constexpr int64_t kChunkRows = int64_t{1} << 12;
 // Rowids far beyond the rows (only in a doctored file) widen the chunks
 // instead of multiplying them.
 constexpr int64_t kMaxChunks = int64_t{1} << 16;
@@ -267,6 +271,25 @@ std::string_view ColumnBytes(sqlite3_stmt* s, int i) {
   return n > 0 ? std::string_view(static_cast<const char*>(p), static_cast<size_t>(n)) : std::string_view();
 }
 
+// Whether a and b hold the same bytes. Inline: most fields are a few dozen
+// bytes, and a call to memcmp for each of a record's 15 fields cost more
+// than comparing them.
+inline bool SameBytes(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  const char* p = a.data();
+  const char* q = b.data();
+  size_t n = a.size();
+  for (; n >= 8; n -= 8, p += 8, q += 8) {
+    uint64_t x, y;
+    std::memcpy(&x, p, 8);
+    std::memcpy(&y, q, 8);
+    if (x != y) return false;
+  }
+  unsigned diff = 0;
+  for (; n > 0; --n) diff |= static_cast<unsigned char>(*p++ ^ *q++);
+  return diff == 0;
+}
+
 // Checks one chunk's rows with s (the SELECT over a rowid range); stops at
 // the first problem, or when a chunk before this one has failed. `tick` is
 // called every kTickRows rows.
@@ -275,6 +298,9 @@ void CheckChunk(sqlite3* db, sqlite3_stmt* s, Shared* shared, size_t index, cons
   sqlite3_reset(s);
   sqlite3_bind_int64(s, 1, c.first_rowid);
   sqlite3_bind_int64(s, 2, c.last_rowid);
+  // Counted here and stored at the end: the chunks lie side by side, and the
+  // other thread writes to the next one.
+  uint64_t rows = 0, hash_only = 0;
   Pieces pieces;
   uint64_t expected = 0;
   auto next_size = shared->sizes.cend();
@@ -324,7 +350,7 @@ void CheckChunk(sqlite3* db, sqlite3_stmt* s, Shared* shared, size_t index, cons
         bad(seq, "marked hash-only but carries other columns (they cannot be verified)");
         break;
       }
-      c.hash_only++;
+      hash_only++;
     } else {
       if (LeafHash(leaf) != leaf_hash) {
         bad(seq, "leaf bytes do not match their hash (the record was altered)");
@@ -337,7 +363,7 @@ void CheckChunk(sqlite3* db, sqlite3_stmt* s, Shared* shared, size_t index, cons
         break;
       }
       bool same = v.seq == seq && v.time_ms == time_ms && v.tlp == tlp;
-      for (int i = 0; i < RecordView::kStrings && same; ++i) same = v.strings[i] == ColumnBytes(s, kFirstString + i);
+      for (int i = 0; i < RecordView::kStrings && same; ++i) same = SameBytes(v.strings[i], ColumnBytes(s, kFirstString + i));
       if (!same) {
         bad(seq, "its columns differ from its signed leaf bytes (the record was altered)");
         break;
@@ -345,12 +371,12 @@ void CheckChunk(sqlite3* db, sqlite3_stmt* s, Shared* shared, size_t index, cons
     }
     pieces.Append(leaf_hash);
     ++expected;
-    ++c.rows;
+    ++rows;
     if (next_size != shared->sizes.cend() && *next_size == seq) {
-      c.at_checkpoints.push_back({seq, c.hash_only, pieces.all()});
+      c.at_checkpoints.push_back({seq, hash_only, pieces.all()});
       ++next_size;
     }
-    if (c.rows % kTickRows == 0) {
+    if (rows % kTickRows == 0) {
       shared->rows_checked.fetch_add(kTickRows, std::memory_order_relaxed);
       tick();
       if (shared->first_failed.load(std::memory_order_relaxed) < index ||
@@ -359,7 +385,9 @@ void CheckChunk(sqlite3* db, sqlite3_stmt* s, Shared* shared, size_t index, cons
       }
     }
   }
-  shared->rows_checked.fetch_add(c.rows % kTickRows, std::memory_order_relaxed);
+  shared->rows_checked.fetch_add(rows % kTickRows, std::memory_order_relaxed);
+  c.rows = rows;
+  c.hash_only = hash_only;
   c.pieces = pieces.all();
   c.checked = true;
 }
@@ -545,6 +573,11 @@ Status VerifyAuditLog(const VerifyOptions& o, VerifyReport* report) {
         helper_error = std::current_exception();
         shared.stop = true;
       }
+      // Closing unmaps the part of the file this thread read: done here, it
+      // overlaps with the caller's last chunks.
+      sqlite3_finalize(helper->s);
+      helper->s = nullptr;
+      helper->db.Close();
       std::lock_guard lock(helper_mu);
       helper_done = true;
       helper_cv.notify_all();
