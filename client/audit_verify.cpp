@@ -434,6 +434,10 @@ Status VerifyAuditLog(const VerifyOptions& o, VerifyReport* report) {
     return Status::Corruption(std::string("not a readable SQLite database: ") + sqlite3_errmsg(db));
   }
   sqlite3_finalize(s);
+  // Map the file instead of copying every page into SQLite's cache (capped
+  // by SQLite's own limit, 2 GB by default; the rest is read as usual);
+  // before quick_check, which then reads the mapped pages too.
+  sqlite3_exec(db, "PRAGMA mmap_size = 1099511627776", nullptr, nullptr, nullptr);
   // The full structural check of the file is optional: every page that
   // holds audit data is read below, SQLite reports a damaged one
   // (SQLITE_CORRUPT) as it reads it, and every byte of every record is
@@ -450,9 +454,6 @@ Status VerifyAuditLog(const VerifyOptions& o, VerifyReport* report) {
       return Status::Corruption(std::string("the database file fails its integrity check: ") + sqlite3_errmsg(db));
     }
   }
-  // Map the file instead of copying every page into SQLite's cache (capped
-  // by SQLite's own limit, 2 GB by default; the rest is read as usual).
-  sqlite3_exec(db, "PRAGMA mmap_size = 1099511627776", nullptr, nullptr, nullptr);
 
   // Every checkpoint to check, by tree size: the export's own and the saved ones.
   std::multimap<uint64_t, std::pair<Checkpoint, std::string>> checkpoints;  // size -> (checkpoint, where)

@@ -523,15 +523,21 @@ TEST_CASE("a damaged database file fails verification without SQLite's quick_che
       f.write(page.data(), static_cast<std::streamsize>(page.size()));
     }
     for (bool quick_check : {false, true}) {
-      audit::VerifyOptions o;
-      o.db_path = copy;
-      o.public_key_pem = (*signer)->public_key_pem();
-      o.quick_check = quick_check;
-      audit::VerifyReport report;
-      Status s = audit::VerifyAuditLog(o, &report);
-      INFO((fill ? "garbage" : "zeros") << " quick_check=" << quick_check << ": " << s.ToString());
-      CHECK_FALSE(s.ok());
-      CHECK(report.records < 5000);
+      // 0: one chunk; 500: ten, so that the damage is in one of the
+      // second thread's chunks or the caller's.
+      for (uint64_t chunk : {0, 500, 64}) {
+        audit::VerifyOptions o;
+        o.db_path = copy;
+        o.public_key_pem = (*signer)->public_key_pem();
+        o.quick_check = quick_check;
+        o.rows_per_chunk = chunk;
+        audit::VerifyReport report;
+        Status s = audit::VerifyAuditLog(o, &report);
+        INFO((fill ? "garbage" : "zeros") << " quick_check=" << quick_check << " rows per chunk " << chunk << ": "
+                                          << s.ToString());
+        CHECK_FALSE(s.ok());
+        CHECK(report.records < 5000);
+      }
     }
   }
   // Not a database at all.
