@@ -140,7 +140,7 @@ merkle::Hash NodeHash(const merkle::Hash& left, const merkle::Hash& right) {
 // Verification (docs/auditing.md, section 3.2) cuts the log into chunks of
 // consecutive rowids. Two threads, the caller's and one more, each with its
 // own read-only connection, take chunks in turn and check every row of a
-// chunk where SQLite holds it (nothing is copied): its sequence within the
+// chunk where SQLite holds it (no copy of our own): its sequence within the
 // chunk, the leaf hash, the decoded leaf against the columns. A chunk keeps
 // its leaves as the perfect subtrees of the log's tree that they form
 // (Pieces), so no thread holds the log leaf by leaf. The calling thread then
@@ -161,9 +161,10 @@ constexpr int kLeafHashColumn = kLeafColumn + 1;
 constexpr int kHashOnlyColumn = kLeafHashColumn + 1;
 
 // Rows per chunk: small enough that the two threads end within a few
-// milliseconds of each other (a chunk takes about 4 ms), large enough that starting a chunk (a b-tree
-// descent, a few small vectors) costs nothing per row. A power of two: in
-// an export, whose rowids are its seqs, a chunk is then one perfect subtree.
+// milliseconds of each other (a chunk takes about 8 ms), large enough that
+// starting a chunk (a b-tree descent, a few small vectors) costs nothing per
+// row. A power of two: in an export, whose rowids are its seqs, a chunk is
+// then one perfect subtree.
 constexpr int64_t kChunkRows = int64_t{1} << 12;
 // Rowids far beyond the rows (only in a doctored file) widen the chunks
 // instead of multiplying them.
@@ -233,31 +234,31 @@ struct Chunk {
   int64_t first_rowid = 0;
   int64_t last_rowid = 0;
 
-  bool checked = false;      // false: skipped or abandoned (a chunk before it failed)
-  bool has_rows = false;     // first_seq is the seq of its first row
+  bool checked = false;   // false: skipped or abandoned (a chunk before it failed)
+  bool has_rows = false;  // first_seq is the seq of its first row
   uint64_t first_seq = 0;
-  uint64_t rows = 0;         // the rows that passed, from the first one on
-  uint64_t hash_only = 0;    // of them
-  std::vector<Piece> pieces; // their leaf hashes
-  struct AtCheckpoint {      // the state after the row that ends a checkpoint's tree
+  uint64_t rows = 0;          // the rows that passed, from the first one on
+  uint64_t hash_only = 0;     // of them
+  std::vector<Piece> pieces;  // their leaf hashes
+  struct AtCheckpoint {       // the state after the row that ends a checkpoint's tree
     uint64_t size;
     uint64_t hash_only;
     std::vector<Piece> pieces;
   };
   std::vector<AtCheckpoint> at_checkpoints;
   enum class Problem { kNone, kRecord, kUnreadable } problem = Problem::kNone;
-  uint64_t bad_seq = 0;      // kRecord: the record named
-  std::string why;           // kRecord: the whole message; kUnreadable: SQLite's
+  uint64_t bad_seq = 0;  // kRecord: the record named
+  std::string why;       // kRecord: the whole message; kUnreadable: SQLite's
 };
 
 // What the threads share while they check chunks.
 struct Shared {
   std::vector<Chunk> chunks;
-  std::vector<uint64_t> sizes;                     // tree sizes with a checkpoint, ascending
-  std::atomic<size_t> next{0};                     // the next chunk to take
-  std::atomic<size_t> first_failed{SIZE_MAX};      // the first chunk known to have a problem
-  std::atomic<uint64_t> rows_checked{0};           // for progress only
-  std::atomic<bool> stop{false};                   // the caller gave up (a bad signature, an exception)
+  std::vector<uint64_t> sizes;                 // tree sizes with a checkpoint, ascending
+  std::atomic<size_t> next{0};                 // the next chunk to take
+  std::atomic<size_t> first_failed{SIZE_MAX};  // the first chunk known to have a problem
+  std::atomic<uint64_t> rows_checked{0};       // for progress only
+  std::atomic<bool> stop{false};               // the caller gave up (a bad signature, an exception)
 };
 
 // The bytes of a column as SQLite holds them: blob access hands out the
@@ -363,7 +364,8 @@ void CheckChunk(sqlite3* db, sqlite3_stmt* s, Shared* shared, size_t index, cons
         break;
       }
       bool same = v.seq == seq && v.time_ms == time_ms && v.tlp == tlp;
-      for (int i = 0; i < RecordView::kStrings && same; ++i) same = SameBytes(v.strings[i], ColumnBytes(s, kFirstString + i));
+      for (int i = 0; i < RecordView::kStrings && same; ++i)
+        same = SameBytes(v.strings[i], ColumnBytes(s, kFirstString + i));
       if (!same) {
         bad(seq, "its columns differ from its signed leaf bytes (the record was altered)");
         break;
@@ -521,10 +523,10 @@ Status VerifyAuditLog(const VerifyOptions& o, VerifyReport* report) {
 
   // Chunks of per_chunk rowids; the first and the last are open-ended, so
   // that together they hold every row whatever its rowid.
-  const int64_t rows_per_chunk =
-      o.rows_per_chunk > 0 && o.rows_per_chunk < uint64_t{1} << 62 ? static_cast<int64_t>(o.rows_per_chunk) : kChunkRows;
-  const int64_t per_chunk =
-      std::max(rows_per_chunk, max_rowid / kMaxChunks + (max_rowid % kMaxChunks != 0 ? 1 : 0));
+  const int64_t rows_per_chunk = o.rows_per_chunk > 0 && o.rows_per_chunk < uint64_t{1} << 62
+                                     ? static_cast<int64_t>(o.rows_per_chunk)
+                                     : kChunkRows;
+  const int64_t per_chunk = std::max(rows_per_chunk, max_rowid / kMaxChunks + (max_rowid % kMaxChunks != 0 ? 1 : 0));
   const int64_t n_chunks = std::max<int64_t>(1, max_rowid / per_chunk + (max_rowid % per_chunk != 0 ? 1 : 0));
   shared.chunks.resize(static_cast<size_t>(n_chunks));
   for (int64_t i = 0; i < n_chunks; ++i) {
@@ -550,11 +552,11 @@ Status VerifyAuditLog(const VerifyOptions& o, VerifyReport* report) {
     if (mode != "wal") {
       helper = std::make_unique<Helper>();
       sqlite3_stmt* h = nullptr;
-      bool ok = helper->db.Open(o.db_path).ok() &&
-                sqlite3_exec(helper->db.get(), "BEGIN", nullptr, nullptr, nullptr) == SQLITE_OK &&
-                sqlite3_prepare_v2(helper->db.get(), "SELECT max(rowid) FROM audit_log", -1, &h, nullptr) ==
-                    SQLITE_OK &&
-                sqlite3_step(h) == SQLITE_ROW && sqlite3_column_int64(h, 0) == max_rowid;
+      bool ok =
+          helper->db.Open(o.db_path).ok() &&
+          sqlite3_exec(helper->db.get(), "BEGIN", nullptr, nullptr, nullptr) == SQLITE_OK &&
+          sqlite3_prepare_v2(helper->db.get(), "SELECT max(rowid) FROM audit_log", -1, &h, nullptr) == SQLITE_OK &&
+          sqlite3_step(h) == SQLITE_ROW && sqlite3_column_int64(h, 0) == max_rowid;
       sqlite3_finalize(h);
       ok = ok && sqlite3_prepare_v2(helper->db.get(), select.c_str(), -1, &helper->s, nullptr) == SQLITE_OK;
       if (!ok) helper.reset();  // one thread then: slower, not weaker

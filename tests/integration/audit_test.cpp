@@ -1,12 +1,11 @@
 // The audit log: records committed with their state changes, a gapless
 // sequence under concurrent load, signed checkpoints in acknowledgements,
 // and an offline verifier that finds and locates every kind of tampering.
-#include <catch2/catch.hpp>
-
 #include <sqlite3.h>
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cstddef>
 #include <filesystem>
 #include <fstream>
@@ -533,8 +532,8 @@ TEST_CASE("a damaged database file fails verification without SQLite's quick_che
         o.rows_per_chunk = chunk;
         audit::VerifyReport report;
         Status s = audit::VerifyAuditLog(o, &report);
-        INFO((fill ? "garbage" : "zeros") << " quick_check=" << quick_check << " rows per chunk " << chunk << ": "
-                                          << s.ToString());
+        INFO((fill ? "garbage" : "zeros")
+             << " quick_check=" << quick_check << " rows per chunk " << chunk << ": " << s.ToString());
         CHECK_FALSE(s.ok());
         CHECK(report.records < 5000);
       }
@@ -574,13 +573,12 @@ TEST_CASE("a scoped export's hash-only records verify across batches, and must c
     INFO("rows per chunk " << chunk << ": " << s.ToString());
     CHECK(s.message().find("record 1074: marked hash-only but carries other columns") != std::string::npos);
     CHECK(report.first_bad_seq == 1074);
-    CHECK(report.hash_only == static_cast<uint64_t>(std::count_if(hidden.begin(), hidden.end(),
-                                                                  [](uint64_t seq) { return seq < 1074; })));
+    CHECK(report.hash_only ==
+          static_cast<uint64_t>(std::count_if(hidden.begin(), hidden.end(), [](uint64_t seq) { return seq < 1074; })));
   }
 }
 
-TEST_CASE("the log cut into chunks has the same root at every size, wherever the chunks fall",
-          "[audit][verify]") {
+TEST_CASE("the log cut into chunks has the same root at every size, wherever the chunks fall", "[audit][verify]") {
   TempDir dir;
   auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
   REQUIRE(signer.ok());
@@ -620,8 +618,8 @@ TEST_CASE("a wrong root at any tree size is found, wherever the chunks fall", "[
     REQUIRE(wrong.tree_size == k);
     wrong.root[k % 32] ^= 1;
     wrong = (*signer)->Sign(wrong.origin, wrong.tree_size, wrong.root, wrong.time_ms);
-    Sql(path, "UPDATE checkpoints SET text = '" + audit::FormatCheckpoint(wrong) + "' WHERE tree_size = " +
-                  std::to_string(k));
+    Sql(path, "UPDATE checkpoints SET text = '" + audit::FormatCheckpoint(wrong) +
+                  "' WHERE tree_size = " + std::to_string(k));
     for (uint64_t chunk : {1, 3, 4, 7, 16, 0}) {
       audit::VerifyReport report;
       Status s = VerifyInChunks(path, pem, chunk, &report);
@@ -638,8 +636,7 @@ TEST_CASE("a wrong root at any tree size is found, wherever the chunks fall", "[
   }
 }
 
-TEST_CASE("rowids that are not the seqs: the log still verifies, and is checked in rowid order",
-          "[audit][verify]") {
+TEST_CASE("rowids that are not the seqs: the log still verifies, and is checked in rowid order", "[audit][verify]") {
   TempDir dir;
   auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
   REQUIRE(signer.ok());
@@ -653,7 +650,8 @@ TEST_CASE("rowids that are not the seqs: the log still verifies, and is checked 
       {"spread out", "UPDATE audit_log SET rowid = -rowid; UPDATE audit_log SET rowid = -rowid * 3 + 5"},
       {"all negative", "UPDATE audit_log SET rowid = rowid - 1000000"},
       {"the second half far away", "UPDATE audit_log SET rowid = rowid + 4611686018427387904 WHERE seq > 50"},
-      {"a gap", "UPDATE audit_log SET rowid = -rowid WHERE seq > 30; UPDATE audit_log SET rowid = 17 - rowid WHERE rowid < 0"},
+      {"a gap",
+       "UPDATE audit_log SET rowid = -rowid WHERE seq > 30; UPDATE audit_log SET rowid = 17 - rowid WHERE rowid < 0"},
   };
   for (const auto& c : cases) {
     SECTION(c.name) {
@@ -669,8 +667,9 @@ TEST_CASE("rowids that are not the seqs: the log still verifies, and is checked 
         CHECK(report.root == merkle::RootOf(built.leaves));
       }
       // Rowid order is the order checked: two records swapped by rowid.
-      Sql(path, "UPDATE audit_log SET seq = -1 WHERE seq = 60; UPDATE audit_log SET seq = 60 WHERE seq = 61;"
-                "UPDATE audit_log SET seq = 61 WHERE seq = -1");
+      Sql(path,
+          "UPDATE audit_log SET seq = -1 WHERE seq = 60; UPDATE audit_log SET seq = 60 WHERE seq = 61;"
+          "UPDATE audit_log SET seq = 61 WHERE seq = -1");
       for (uint64_t chunk : {1, 4, 7, 0}) {
         audit::VerifyReport report;
         Status s = VerifyInChunks(path, pem, chunk, &report);
