@@ -4,8 +4,10 @@
 // carry nothing else), a gapless sequence, the
 // RFC 6962 root at every checkpoint, every checkpoint's signature, and
 // consistency with checkpoints saved earlier by auditors or agencies.
-// Read-only. One verification per call; each call reads the file on a
-// second thread of its own while the calling thread checks what it read.
+// Read-only. One verification per call; each call checks the log on the
+// calling thread and on one more thread of its own, each reading its own
+// part of the file with its own SQLite connection; what they find is joined
+// in log order, so the first bad record is the one reported.
 #pragma once
 
 #include <cstdint>
@@ -24,13 +26,17 @@ struct VerifyOptions {
   std::string public_key_pem;
   std::vector<Checkpoint> saved;  // checkpoints kept by auditors or agencies
   // Called every `progress_every` records with (done, total), on the
-  // calling thread.
+  // calling thread; done counts the records checked so far by both threads
+  // (in any order: a problem may still be found before them).
   std::function<void(uint64_t, uint64_t)> progress;
   uint64_t progress_every = 1'000'000;
   // Also run SQLite's PRAGMA quick_check over the whole file first (its
   // free pages and any other tables too); the audit data is checked in
   // full either way.
   bool quick_check = false;
+  // Records per chunk of work handed to a thread (0: the default, 16384).
+  // Tests set small ones so that a small log is cut into many chunks.
+  uint64_t rows_per_chunk = 0;
 };
 
 struct VerifyReport {

@@ -1,11 +1,12 @@
 // The audit log: records committed with their state changes, a gapless
 // sequence under concurrent load, signed checkpoints in acknowledgements,
 // and an offline verifier that finds and locates every kind of tampering.
-#include <catch2/catch.hpp>
-
 #include <sqlite3.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cstddef>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -65,6 +66,21 @@ Status Verify(const std::string& db, const std::string& pem, std::vector<audit::
   Status s = audit::VerifyAuditLog(o, &report);
   if (report_out) *report_out = report;
   return s;
+}
+
+// Verifies with the log cut into chunks of rows_per_chunk records (0: the
+// verifier's default), so that small logs are checked by both threads.
+Status VerifyInChunks(const std::string& db, const std::string& pem, uint64_t rows_per_chunk,
+                      audit::VerifyReport* report) {
+  audit::VerifyOptions o;
+  o.db_path = db;
+  o.public_key_pem = pem;
+  o.rows_per_chunk = rows_per_chunk;
+  return audit::VerifyAuditLog(o, report);
+}
+
+std::vector<merkle::Hash> FirstLeaves(const std::vector<merkle::Hash>& leaves, uint64_t n) {
+  return std::vector<merkle::Hash>(leaves.begin(), leaves.begin() + static_cast<std::ptrdiff_t>(n));
 }
 
 // A store with n records written by four threads at once, exported.
@@ -381,13 +397,18 @@ TEST_CASE("a large log verifies, and the first bad record is named wherever the 
   const std::string clean = dir.File("clean.db");
   const auto built = BuildExport(clean, n, **signer, {0, 1, 511, 512, 513, 4096, 5000, 11999, n});
   audit::VerifyReport report;
-  Status s = Verify(clean, pem, {}, &report);
-  INFO(s.ToString());
-  REQUIRE(s.ok());
-  CHECK(report.records == n);
-  CHECK(report.root == merkle::RootOf(built.leaves));
-  CHECK(report.checkpoints_verified == 9);
-  CHECK(report.first_bad_seq == 0);
+  // 0: the default chunks (one, for this log); then many, aligned with the
+  // tree's subtrees or not.
+  const std::vector<uint64_t> chunkings = {0, 1000, 1024, 777};
+  for (uint64_t chunk : chunkings) {
+    Status s = VerifyInChunks(clean, pem, chunk, &report);
+    INFO("rows per chunk " << chunk << ": " << s.ToString());
+    REQUIRE(s.ok());
+    CHECK(report.records == n);
+    CHECK(report.root == merkle::RootOf(built.leaves));
+    CHECK(report.checkpoints_verified == 9);
+    CHECK(report.first_bad_seq == 0);
+  }
 
   struct Case {
     const char* name;
@@ -416,18 +437,40 @@ TEST_CASE("a large log verifies, and the first bad record is named wherever the 
        "record 2999: its columns differ", 2999},
       {"a leaf with bytes appended", "UPDATE audit_log SET leaf = leaf || X'00' WHERE seq = 4500",
        "record 4500: leaf bytes do not match their hash", 4500},
+      // Where chunks of 1000 meet: the last row of one, the first of the next.
+      {"the last record of a chunk missing", "DELETE FROM audit_log WHERE seq = 1000",
+       "record 1000: missing or out of order (record 1001 stands in its place)", 1000},
+      {"the first record of a chunk missing", "DELETE FROM audit_log WHERE seq = 1001",
+       "record 1001: missing or out of order (record 1002 stands in its place)", 1001},
+      {"records swapped across chunks",
+       "UPDATE audit_log SET seq = -1 WHERE seq = 1000; UPDATE audit_log SET seq = 1000 WHERE seq = 1001;"
+       "UPDATE audit_log SET seq = 1001 WHERE seq = -1",
+       "record 1000: missing or out of order (record 1001 stands in its place)", 1000},
+      {"a record duplicated at the start of a chunk", "UPDATE audit_log SET seq = 2000 WHERE seq = 2001",
+       "record 2001: record 2000 stands in its place (records reordered or duplicated)", 2001},
+      {"the first record of a chunk altered", "UPDATE audit_log SET purpose = 'x' WHERE seq = 3001",
+       "record 3001: its columns differ", 3001},
+      {"bad records in both halves and in the last chunk: the earliest is named",
+       "UPDATE audit_log SET actor = 'x' WHERE seq = 11990; UPDATE audit_log SET actor = 'x' WHERE seq = 7001;"
+       "UPDATE audit_log SET actor = 'x' WHERE seq = 5999",
+       "record 5999: its columns differ", 5999},
+      {"a bad record in the second half only", "UPDATE audit_log SET leaf_hash = X'00' WHERE seq = 6001",
+       "record 6001: malformed leaf hash", 6001},
   };
   for (const auto& c : cases) {
     SECTION(c.name) {
       const std::string path = dir.File("tampered.db");
       BuildExport(path, n, **signer, {0, 1, 511, 512, 513, 4096, 5000, 11999, n});
       Sql(path, c.sql);
-      Status st = Verify(path, pem, {}, &report);
-      INFO(st.ToString());
-      REQUIRE_FALSE(st.ok());
-      CHECK(st.message().find(c.expect) != std::string::npos);
-      CHECK(report.first_bad_seq == c.bad_seq);
-      CHECK(report.records == c.bad_seq - 1);  // the records before the first bad one
+      for (uint64_t chunk : chunkings) {
+        Status st = VerifyInChunks(path, pem, chunk, &report);
+        INFO("rows per chunk " << chunk << ": " << st.ToString());
+        REQUIRE_FALSE(st.ok());
+        CHECK(st.message().find(c.expect) != std::string::npos);
+        CHECK(report.first_bad_seq == c.bad_seq);
+        CHECK(report.records == c.bad_seq - 1);  // the records before the first bad one
+        CHECK(report.root == merkle::RootOf(FirstLeaves(built.leaves, c.bad_seq - 1)));
+      }
     }
   }
 }
@@ -446,12 +489,15 @@ TEST_CASE("a record whose leaf and hash were both replaced is caught by the next
   const merkle::Hash h = merkle::LeafHash(leaf);
   Sql(path, "UPDATE audit_log SET recipient = 'health', leaf = X'" + audit::Hex(leaf) + "', leaf_hash = X'" +
                 audit::Hex(std::string_view(reinterpret_cast<const char*>(h.data()), 32)) + "' WHERE seq = 1500");
-  audit::VerifyReport report;
-  Status s = Verify(path, (*signer)->public_key_pem(), {}, &report);
-  INFO(s.ToString());
-  REQUIRE_FALSE(s.ok());
-  CHECK(s.message().find("checkpoint in the export at tree size 2000: its root") != std::string::npos);
-  CHECK(report.first_bad_seq == 2000);
+  for (uint64_t chunk : {0, 1000, 700, 1501}) {
+    audit::VerifyReport report;
+    Status s = VerifyInChunks(path, (*signer)->public_key_pem(), chunk, &report);
+    INFO("rows per chunk " << chunk << ": " << s.ToString());
+    REQUIRE_FALSE(s.ok());
+    CHECK(s.message().find("checkpoint in the export at tree size 2000: its root") != std::string::npos);
+    CHECK(report.first_bad_seq == 2000);
+    CHECK(report.records == 2000);
+  }
 }
 
 TEST_CASE("a damaged database file fails verification without SQLite's quick_check, and with it",
@@ -476,15 +522,21 @@ TEST_CASE("a damaged database file fails verification without SQLite's quick_che
       f.write(page.data(), static_cast<std::streamsize>(page.size()));
     }
     for (bool quick_check : {false, true}) {
-      audit::VerifyOptions o;
-      o.db_path = copy;
-      o.public_key_pem = (*signer)->public_key_pem();
-      o.quick_check = quick_check;
-      audit::VerifyReport report;
-      Status s = audit::VerifyAuditLog(o, &report);
-      INFO((fill ? "garbage" : "zeros") << " quick_check=" << quick_check << ": " << s.ToString());
-      CHECK_FALSE(s.ok());
-      CHECK(report.records < 5000);
+      // 0: one chunk; 500: ten, so that the damage is in one of the
+      // second thread's chunks or the caller's.
+      for (uint64_t chunk : {0, 500, 64}) {
+        audit::VerifyOptions o;
+        o.db_path = copy;
+        o.public_key_pem = (*signer)->public_key_pem();
+        o.quick_check = quick_check;
+        o.rows_per_chunk = chunk;
+        audit::VerifyReport report;
+        Status s = audit::VerifyAuditLog(o, &report);
+        INFO((fill ? "garbage" : "zeros")
+             << " quick_check=" << quick_check << " rows per chunk " << chunk << ": " << s.ToString());
+        CHECK_FALSE(s.ok());
+        CHECK(report.records < 5000);
+      }
     }
   }
   // Not a database at all.
@@ -508,10 +560,146 @@ TEST_CASE("a scoped export's hash-only records verify across batches, and must c
   REQUIRE(s.ok());
   CHECK(report.hash_only == hidden.size());
   CHECK(report.root == merkle::RootOf(built.leaves));
+  for (uint64_t chunk : {100, 128, 333}) {
+    s = VerifyInChunks(path, (*signer)->public_key_pem(), chunk, &report);
+    INFO("rows per chunk " << chunk << ": " << s.ToString());
+    REQUIRE(s.ok());
+    CHECK(report.hash_only == hidden.size());
+    CHECK(report.root == merkle::RootOf(built.leaves));
+  }
   Sql(path, "UPDATE audit_log SET sender = 'police' WHERE seq = 1074");  // 1074 = 3 + 153 * 7
-  s = Verify(path, (*signer)->public_key_pem(), {}, &report);
-  CHECK(s.message().find("record 1074: marked hash-only but carries other columns") != std::string::npos);
-  CHECK(report.first_bad_seq == 1074);
+  for (uint64_t chunk : {0, 100, 333}) {
+    s = VerifyInChunks(path, (*signer)->public_key_pem(), chunk, &report);
+    INFO("rows per chunk " << chunk << ": " << s.ToString());
+    CHECK(s.message().find("record 1074: marked hash-only but carries other columns") != std::string::npos);
+    CHECK(report.first_bad_seq == 1074);
+    CHECK(report.hash_only ==
+          static_cast<uint64_t>(std::count_if(hidden.begin(), hidden.end(), [](uint64_t seq) { return seq < 1074; })));
+  }
+}
+
+TEST_CASE("the log cut into chunks has the same root at every size, wherever the chunks fall", "[audit][verify]") {
+  TempDir dir;
+  auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
+  REQUIRE(signer.ok());
+  const std::string pem = (*signer)->public_key_pem();
+  // Sizes around powers of two and chunk sizes, with a checkpoint at every
+  // tree size, so the root is checked after every record.
+  for (uint64_t n : {0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 65, 100}) {
+    std::set<uint64_t> sizes;
+    for (uint64_t i = 0; i <= n; ++i) sizes.insert(i);
+    const std::string path = dir.File("log-" + std::to_string(n) + ".db");
+    const auto built = BuildExport(path, n, **signer, sizes);
+    for (uint64_t chunk : {1, 2, 3, 4, 5, 7, 8, 16, 0}) {
+      audit::VerifyReport report;
+      Status s = VerifyInChunks(path, pem, chunk, &report);
+      INFO(n << " records, rows per chunk " << chunk << ": " << s.ToString());
+      REQUIRE(s.ok());
+      CHECK(report.records == n);
+      CHECK(report.root == merkle::RootOf(built.leaves));
+      CHECK(report.checkpoints_verified == n + 1);
+    }
+  }
+}
+
+TEST_CASE("a wrong root at any tree size is found, wherever the chunks fall", "[audit][verify][tamper]") {
+  TempDir dir;
+  auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
+  REQUIRE(signer.ok());
+  const std::string pem = (*signer)->public_key_pem();
+  const uint64_t n = 33;
+  std::set<uint64_t> sizes;
+  for (uint64_t i = 1; i <= n; ++i) sizes.insert(i);
+  const std::string path = dir.File("export.db");
+  const auto built = BuildExport(path, n, **signer, sizes);
+  for (uint64_t k = 1; k <= n; ++k) {
+    // A correctly signed checkpoint of size k whose root is not the log's.
+    audit::Checkpoint wrong = built.checkpoints[k - 1];
+    REQUIRE(wrong.tree_size == k);
+    wrong.root[k % 32] ^= 1;
+    wrong = (*signer)->Sign(wrong.origin, wrong.tree_size, wrong.root, wrong.time_ms);
+    Sql(path, "UPDATE checkpoints SET text = '" + audit::FormatCheckpoint(wrong) +
+                  "' WHERE tree_size = " + std::to_string(k));
+    for (uint64_t chunk : {1, 3, 4, 7, 16, 0}) {
+      audit::VerifyReport report;
+      Status s = VerifyInChunks(path, pem, chunk, &report);
+      INFO("size " << k << ", rows per chunk " << chunk << ": " << s.ToString());
+      REQUIRE_FALSE(s.ok());
+      CHECK(s.message().find("checkpoint in the export at tree size " + std::to_string(k) + ": its root") !=
+            std::string::npos);
+      CHECK(report.first_bad_seq == k);
+      CHECK(report.records == k);
+      CHECK(report.root == merkle::RootOf(FirstLeaves(built.leaves, k)));
+    }
+    Sql(path, "UPDATE checkpoints SET text = '" + audit::FormatCheckpoint(built.checkpoints[k - 1]) +
+                  "' WHERE tree_size = " + std::to_string(k));
+  }
+}
+
+TEST_CASE("rowids that are not the seqs: the log still verifies, and is checked in rowid order", "[audit][verify]") {
+  TempDir dir;
+  auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
+  REQUIRE(signer.ok());
+  const std::string pem = (*signer)->public_key_pem();
+  const uint64_t n = 100;
+  struct Case {
+    const char* name;
+    std::string sql;
+  };
+  const std::vector<Case> cases = {
+      {"spread out", "UPDATE audit_log SET rowid = -rowid; UPDATE audit_log SET rowid = -rowid * 3 + 5"},
+      {"all negative", "UPDATE audit_log SET rowid = rowid - 1000000"},
+      {"the second half far away", "UPDATE audit_log SET rowid = rowid + 4611686018427387904 WHERE seq > 50"},
+      {"a gap",
+       "UPDATE audit_log SET rowid = -rowid WHERE seq > 30; UPDATE audit_log SET rowid = 17 - rowid WHERE rowid < 0"},
+  };
+  for (const auto& c : cases) {
+    SECTION(c.name) {
+      const std::string path = dir.File("export.db");
+      const auto built = BuildExport(path, n, **signer, {1, 16, 17, 50, 51, 64, 99, n});
+      Sql(path, c.sql);
+      for (uint64_t chunk : {1, 4, 7, 16, 0}) {
+        audit::VerifyReport report;
+        Status s = VerifyInChunks(path, pem, chunk, &report);
+        INFO("rows per chunk " << chunk << ": " << s.ToString());
+        REQUIRE(s.ok());
+        CHECK(report.records == n);
+        CHECK(report.root == merkle::RootOf(built.leaves));
+      }
+      // Rowid order is the order checked: two records swapped by rowid.
+      Sql(path,
+          "UPDATE audit_log SET seq = -1 WHERE seq = 60; UPDATE audit_log SET seq = 60 WHERE seq = 61;"
+          "UPDATE audit_log SET seq = 61 WHERE seq = -1");
+      for (uint64_t chunk : {1, 4, 7, 0}) {
+        audit::VerifyReport report;
+        Status s = VerifyInChunks(path, pem, chunk, &report);
+        INFO("rows per chunk " << chunk << ": " << s.ToString());
+        CHECK(s.message().find("record 60: missing or out of order (record 61 stands in its place)") !=
+              std::string::npos);
+        CHECK(report.first_bad_seq == 60);
+      }
+    }
+  }
+}
+
+TEST_CASE("an export in WAL mode is verified by one thread, as thoroughly", "[audit][verify][tamper]") {
+  TempDir dir;
+  auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
+  REQUIRE(signer.ok());
+  const std::string pem = (*signer)->public_key_pem();
+  const std::string path = dir.File("export.db");
+  const auto built = BuildExport(path, 3000, **signer, {1000, 3000});
+  Sql(path, "PRAGMA journal_mode = WAL");
+  audit::VerifyReport report;
+  Status s = VerifyInChunks(path, pem, 100, &report);
+  INFO(s.ToString());
+  REQUIRE(s.ok());
+  CHECK(report.records == 3000);
+  CHECK(report.root == merkle::RootOf(built.leaves));
+  Sql(path, "UPDATE audit_log SET detail = 'x' WHERE seq = 2500; UPDATE audit_log SET detail = 'x' WHERE seq = 250");
+  s = VerifyInChunks(path, pem, 100, &report);
+  CHECK(s.message().find("record 250: its columns differ") != std::string::npos);
+  CHECK(report.first_bad_seq == 250);
 }
 
 // Consistency proofs (RFC 6962 / RFC 9162 section 2.1.4) between two signed
