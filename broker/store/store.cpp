@@ -19,6 +19,7 @@
 #include <ctime>
 #include <thread>
 
+#include "broker/store/audit_indexer.h"
 #include "broker/store/audit_seq.h"
 #include "common/files.h"
 #include "common/merkle.h"
@@ -27,7 +28,7 @@
 namespace liaison::broker {
 namespace {
 
-constexpr int kSchemaVersion = 5;
+constexpr int kSchemaVersion = 6;
 constexpr size_t kMaxRecordsPerCommit = 50'000;
 constexpr int64_t kCheckpointRowEveryMs = 1000;
 // Records pruned in one transaction: pruning a year of a busy log must not
@@ -163,6 +164,20 @@ CREATE INDEX audit_message ON audit_log(message_id) WHERE message_id <> '';
 CREATE INDEX audit_sender_seq ON audit_log(sender) WHERE sender <> '';
 CREATE INDEX audit_recipient_seq ON audit_log(recipient) WHERE recipient <> '';
 )sql",
+    // 6: a write-optimised audit log. Every record inserted into four
+    // indexes (case id, message id, sender, recipient), two of them at
+    // random places in B-trees that grow with the log: at 10,000,000
+    // records those inserts were most of the writer's time, and slower
+    // the larger the log. The log is now appended with no index at all;
+    // the indexes live in a file derived from the log, kept by a background
+    // thread up to a watermark (broker/store/audit_index.h), built from the
+    // log at the first start of this version.
+    R"sql(
+DROP INDEX IF EXISTS audit_case;
+DROP INDEX IF EXISTS audit_message;
+DROP INDEX IF EXISTS audit_sender_seq;
+DROP INDEX IF EXISTS audit_recipient_seq;
+)sql",
 };
 
 int64_t NowMs() {
@@ -287,6 +302,18 @@ struct Store::Impl {
   Counters counters{0, 0, 0, 0};  // guarded by mu
   std::thread writer;
   std::thread wal_checkpointer;
+  // Committed items waiting for their done() (DoneLoop).
+  struct Completed {
+    std::vector<Item> items;
+    Status status;
+    audit::Checkpoint checkpoint;
+  };
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  std::deque<Completed> completed;  // guarded by done_mu
+  bool done_stopping = false;       // guarded by done_mu
+  std::thread done_thread;
+  std::unique_ptr<AuditIndexer> indexer;
   std::mutex wal_mu;
   std::condition_variable wal_cv;
 
@@ -298,6 +325,7 @@ struct Store::Impl {
   Status Migrate();
   Status LoadTree();
   void WriterLoop();
+  void DoneLoop();
   void WalLoop();
   Status Commit(std::vector<Item>& items, audit::Checkpoint* cp, merkle::Tree* tree_out, uint64_t* next_out);
   Status WriteQueueChanges(Item& item);
@@ -627,6 +655,7 @@ void Store::Impl::WriterLoop() {
     if (s.ok()) {
       tree = std::move(new_tree);
       next_seq = new_next;
+      indexer->Committed(next_seq - 1);
       // Pruned leaves, like dropped bodies, must not stay in the WAL.
       if (dropped > 0 || pruning) bodies_dropped = true;
       if (wal_frames.load(std::memory_order_relaxed) >= kWakeCheckpointerFrames) wal_cv.notify_one();
@@ -639,6 +668,8 @@ void Store::Impl::WriterLoop() {
       current = latest;
     }
     std::vector<Item> again;  // prunes with more to do: their next chunk in a later commit
+    std::vector<Item> finished;
+    finished.reserve(items.size());
     for (auto& it : items) {
       if (s.ok() && it.prune && it.prune->more) {
         std::lock_guard lock(mu);
@@ -648,11 +679,36 @@ void Store::Impl::WriterLoop() {
           continue;
         }
       }
-      if (it.done) it.done(s, current, it.result);
+      finished.push_back(std::move(it));
     }
     if (!again.empty()) {
       std::lock_guard lock(mu);
       for (auto& it : again) queue.push_back(std::move(it));
+    }
+    // The callers' done() (a PublishAck to encode, deliveries to hand to the
+    // router) and the freeing of their batches run on the completion
+    // thread, in commit order, while this thread commits the next batch.
+    {
+      std::lock_guard lock(done_mu);
+      completed.push_back({std::move(finished), s, std::move(current)});
+    }
+    done_cv.notify_one();
+  }
+}
+
+void Store::Impl::DoneLoop() {
+  pthread_setname_np(pthread_self(), "store-done");
+  for (;;) {
+    Completed c;
+    {
+      std::unique_lock lock(done_mu);
+      done_cv.wait(lock, [&] { return !completed.empty() || done_stopping; });
+      if (completed.empty()) return;
+      c = std::move(completed.front());
+      completed.pop_front();
+    }
+    for (auto& it : c.items) {
+      if (it.done) it.done(c.status, c.checkpoint, it.result);
     }
   }
 }
@@ -756,6 +812,9 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
     sqlite3_finalize(q);
   }
   impl->latest = impl->signer->Sign(options.origin, impl->tree.size(), impl->tree.Root(), NowMs());
+  auto indexer = AuditIndexer::Open(options.path, !options.pause_audit_index);
+  if (!indexer.ok()) return indexer.status().Annotate(options.path);
+  impl->indexer = std::move(indexer).value();
   Impl* raw = impl.get();
   sqlite3_wal_hook(
       db,
@@ -764,6 +823,7 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
         return SQLITE_OK;
       },
       raw);
+  impl->done_thread = std::thread([raw] { raw->DoneLoop(); });
   impl->writer = std::thread([raw] { raw->WriterLoop(); });
   impl->wal_checkpointer = std::thread([raw] { raw->WalLoop(); });
   spdlog::info("store {}: {} audit record(s), signing key {}", options.path, impl->tree.size(), impl->signer->key_id());
@@ -779,6 +839,12 @@ Store::~Store() {
   }
   impl_->cv.notify_all();
   impl_->writer.join();
+  {
+    std::lock_guard lock(impl_->done_mu);
+    impl_->done_stopping = true;
+  }
+  impl_->done_cv.notify_all();
+  impl_->done_thread.join();  // every done() has run
   // A final checkpoint row for the whole log.
   impl_->last_checkpoint_row_ms = 0;
   if (impl_->tree.size() > 0) {
@@ -788,6 +854,7 @@ Store::~Store() {
     uint64_t next = 0;
     if (impl_->Commit(none, &cp, &t, &next).ok()) impl_->latest = cp;
   }
+  impl_->indexer.reset();  // finishes the index first when little is left
   impl_->wal_cv.notify_all();
   impl_->wal_checkpointer.join();
 }
@@ -1008,6 +1075,8 @@ audit::Checkpoint Store::latest() const {
   std::lock_guard lock(impl_->mu);
   return impl_->latest;
 }
+
+uint64_t Store::audit_indexed_through() const { return impl_->indexer->indexed_through(); }
 
 Store::Counters Store::counters() const {
   std::lock_guard lock(impl_->mu);
