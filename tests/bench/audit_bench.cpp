@@ -133,7 +133,8 @@ int RunAudit(const AuditOptions& o) {
   };
 
   // 1. Append.
-  double append_s = 0, writer_cpu_s = -1;
+  double append_s = 0, writer_cpu_s = -1, indexer_cpu_s = -1, close_s = 0;
+  uint64_t index_lag = 0;  // records not yet in the derived audit index when the last append was durable
   {
     auto store = broker::Store::Open(so);
     if (!store.ok()) {
@@ -170,11 +171,17 @@ int RunAudit(const AuditOptions& o) {
     }
     append_s = Seconds(start, Clock::now());
     writer_cpu_s = ThreadCpuSeconds("store-writer");
+    indexer_cpu_s = ThreadCpuSeconds("store-indexer");
+    index_lag = (*store)->latest().tree_size - (*store)->audit_indexed_through();
     const auto c = (*store)->counters();
     std::fprintf(stderr, "append: %llu records in %.1f s, %llu commits (%.0f records per commit), %llu failed\n",
                  static_cast<unsigned long long>(c.records), append_s, static_cast<unsigned long long>(c.commits),
                  c.commits ? static_cast<double>(c.records) / c.commits : 0.0,
                  static_cast<unsigned long long>(failed.load()));
+    // Closing indexes what is left when that is little (an orderly stop).
+    const auto close_start = Clock::now();
+    store->reset();
+    close_s = Seconds(close_start, Clock::now());
   }
 
   // 2. Query, through the broker's audit reader.
@@ -240,7 +247,8 @@ int RunAudit(const AuditOptions& o) {
       "{\"bench\":\"audit\",\"records\":%llu,\"append_per_s\":%.0f,\"verify_per_s\":%.0f,\"query_ms\":%.3f,"
       "\"query_case_ms\":%.3f,\"query_agency_time_ms\":%.3f,\"query_case_p99_ms\":%.3f,"
       "\"query_agency_time_p99_ms\":%.3f,\"export_s\":%.1f,\"store_bytes\":%llu,\"checkpoints_verified\":%llu,"
-      "\"writer_cpu_us_per_record\":%.2f}\n",
+      "\"writer_cpu_us_per_record\":%.2f,\"indexer_cpu_us_per_record\":%.2f,\"index_lag_records\":%llu,"
+      "\"close_s\":%.2f}\n",
       static_cast<unsigned long long>(o.records), o.records / append_s, report.records / verify_s,
       std::max(Median(by_case), Median(by_agency)), Median(by_case), Median(by_agency),
       [&] {
@@ -255,7 +263,9 @@ int RunAudit(const AuditOptions& o) {
       }(),
       export_s, static_cast<unsigned long long>(size),
       static_cast<unsigned long long>(report.checkpoints_verified),
-      writer_cpu_s < 0 ? -1.0 : writer_cpu_s * 1e6 / static_cast<double>(std::max<uint64_t>(o.records, 1)));
+      writer_cpu_s < 0 ? -1.0 : writer_cpu_s * 1e6 / static_cast<double>(std::max<uint64_t>(o.records, 1)),
+      indexer_cpu_s < 0 ? -1.0 : indexer_cpu_s * 1e6 / static_cast<double>(std::max<uint64_t>(o.records, 1)),
+      static_cast<unsigned long long>(index_lag), close_s);
   std::fflush(stdout);
   if (!o.keep && o.dir.empty()) std::filesystem::remove_all(dir);
   return 0;
