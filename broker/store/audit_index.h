@@ -27,8 +27,8 @@
 
 namespace liaison::broker::audit_index {
 
-// 65,536 records a bucket: 153 buckets at 10,000,000 records.
-constexpr int kBucketBits = 16;
+// 16,384 records a bucket: 611 buckets at 10,000,000 records.
+constexpr int kBucketBits = 14;
 
 inline std::string PathFor(const std::string& store_path) { return store_path + "-audit-index"; }
 

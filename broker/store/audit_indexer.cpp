@@ -28,7 +28,7 @@ constexpr uint64_t kChunk = 50'000;
 // cost more than the inserts themselves when commits are small. Queries scan
 // what waits (a few milliseconds' worth at most).
 constexpr uint64_t kIndexAtRecords = 4096;
-constexpr auto kIndexDelay = std::chrono::milliseconds(100);
+constexpr auto kIndexDelay = std::chrono::milliseconds(250);
 // At a stop, what is left is indexed first when it is at most this much
 // (about a second of work); more is left for the next start.
 constexpr uint64_t kCatchUpOnStop = 300'000;
