@@ -43,6 +43,7 @@ struct AuditOptions {
   int queries = 200;
   std::string dir;  // default: a new directory under /tmp (removed after)
   bool keep = false;
+  bool verify = true;  // export and verify (an export is about as large as the store)
 };
 
 double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
@@ -225,22 +226,25 @@ int RunAudit(const AuditOptions& o) {
 
   // 3. Export and verify.
   const std::string out = dir + "/export.db";
-  auto t = Clock::now();
-  if (Status s = broker::Store::ExportAudit(so.path, out); !s.ok()) {
-    std::fprintf(stderr, "liaison-bench audit: export: %s\n", s.ToString().c_str());
-    return 1;
-  }
-  const double export_s = Seconds(t, Clock::now());
-  audit::VerifyOptions v;
-  v.db_path = out;
-  v.public_key_pem = *ReadFile(so.signing_key + ".pub", 1 << 16);
+  double export_s = 0, verify_s = 0;
   audit::VerifyReport report;
-  t = Clock::now();
-  Status vs = audit::VerifyAuditLog(v, &report);
-  const double verify_s = Seconds(t, Clock::now());
-  if (!vs.ok()) {
-    std::fprintf(stderr, "liaison-bench audit: verify failed: %s\n", vs.ToString().c_str());
-    return 1;
+  if (o.verify) {
+    auto t = Clock::now();
+    if (Status s = broker::Store::ExportAudit(so.path, out); !s.ok()) {
+      std::fprintf(stderr, "liaison-bench audit: export: %s\n", s.ToString().c_str());
+      return 1;
+    }
+    export_s = Seconds(t, Clock::now());
+    audit::VerifyOptions v;
+    v.db_path = out;
+    v.public_key_pem = *ReadFile(so.signing_key + ".pub", 1 << 16);
+    t = Clock::now();
+    Status vs = audit::VerifyAuditLog(v, &report);
+    verify_s = Seconds(t, Clock::now());
+    if (!vs.ok()) {
+      std::fprintf(stderr, "liaison-bench audit: verify failed: %s\n", vs.ToString().c_str());
+      return 1;
+    }
   }
   const auto size = std::filesystem::file_size(so.path);
   std::printf(
@@ -249,7 +253,7 @@ int RunAudit(const AuditOptions& o) {
       "\"query_agency_time_p99_ms\":%.3f,\"export_s\":%.1f,\"store_bytes\":%llu,\"checkpoints_verified\":%llu,"
       "\"writer_cpu_us_per_record\":%.2f,\"indexer_cpu_us_per_record\":%.2f,\"index_lag_records\":%llu,"
       "\"close_s\":%.2f}\n",
-      static_cast<unsigned long long>(o.records), o.records / append_s, report.records / verify_s,
+      static_cast<unsigned long long>(o.records), o.records / append_s, verify_s > 0 ? report.records / verify_s : 0.0,
       std::max(Median(by_case), Median(by_agency)), Median(by_case), Median(by_agency),
       [&] {
         auto v2 = by_case;
@@ -282,6 +286,7 @@ void RegisterAudit(CLI::App& app, int* exit_code) {
   cmd->add_option("--queries", o->queries, "queries of each kind")->capture_default_str();
   cmd->add_option("--dir", o->dir, "directory for the store (default: a temporary one, removed after)");
   cmd->add_flag("--keep", o->keep, "keep the temporary directory");
+  cmd->add_flag("!--no-verify", o->verify, "skip the export and verification (verify_per_s 0)");
   cmd->callback([o, exit_code] { *exit_code = RunAudit(*o); });
 }
 
