@@ -12,6 +12,7 @@
 #include <optional>
 #include <mutex>
 #include <thread>
+#include <unordered_set>
 
 #include "broker/store/audit_index.h"
 #include "broker/store/audit_seq.h"
@@ -220,7 +221,7 @@ Result<AuditPage> RunPage(sqlite3* db, bool indexed_file, const AuditPageRequest
   }
   // The conditions on a record's columns (unqualified: only audit_log has
   // these names).
-  std::string filters = std::string(" AND ") + kInScope;
+  std::string filters;  // all but the scope (kInScope), which is added below
   if (f.from_ms) filters += " AND time_ms >= :from";
   if (f.to_ms) filters += " AND time_ms < :to";
   // The explicit "<> ''" lets SQLite use the partial indexes of a store
@@ -229,6 +230,20 @@ Result<AuditPage> RunPage(sqlite3* db, bool indexed_file, const AuditPageRequest
   if (!f.message_id.empty()) filters += " AND message_id = :message AND message_id <> ''";
   if (!f.event.empty()) filters += " AND event = :event";
   if (!f.decision.empty()) filters += " AND decision = :decision";
+  const std::string scoped_filters = std::string(" AND ") + kInScope + filters;
+  // The scope, for rows read one at a time (below): as kInScope says, in
+  // C++, since SQLite would parse the scope's JSON again for every row.
+  const std::unordered_set<std::string_view> scope(r.scope.begin(), r.scope.end());
+  auto in_scope_of = [&](sqlite3_stmt* s) {
+    auto column = [&](int i) {
+      const unsigned char* t = sqlite3_column_text(s, i);
+      return std::string_view(t ? reinterpret_cast<const char*>(t) : "", static_cast<size_t>(sqlite3_column_bytes(s, i)));
+    };
+    const std::string_view actor = column(3), sender = column(6), recipient = column(7);
+    return scope.count(sender) > 0 || scope.count(recipient) > 0 || scope.count(actor) > 0 ||
+           (sender.empty() && recipient.empty() && actor.empty());
+  };
+  bool scope_in_cpp = false;  // consume() checks the scope itself
   auto bind = [&](Query& q) {
     q.Text(":scope", JsonArray(r.scope));
     q.Int(":before", static_cast<int64_t>(range.before));
@@ -249,6 +264,7 @@ Result<AuditPage> RunPage(sqlite3* db, bool indexed_file, const AuditPageRequest
   auto consume = [&](sqlite3_stmt* s) -> Status {
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+      if (scope_in_cpp && !in_scope_of(s)) continue;  // not a row of this query
       if (page.rows.size() == r.limit) {
         page.more = true;
         full = true;
@@ -320,14 +336,15 @@ Result<AuditPage> RunPage(sqlite3* db, bool indexed_file, const AuditPageRequest
                     "ORDER BY seq LIMIT :n");
     std::string agency;
     if (!f.agency.empty()) agency = " AND (sender = :agency OR recipient = :agency)";
-    Query row(db, std::string("SELECT ") + kColumns + ", " + kInScope + " AS in_scope FROM audit_log WHERE seq = :seq" +
-                      filters + agency);
+    Query row(db, std::string("SELECT ") + kColumns + ", 1 AS in_scope FROM audit_log WHERE seq = :seq" + filters +
+                      agency);
     if (!probe.ok() || !row.ok()) return SqlError(db, "audit query");
     bind(row);
     probe.Int(":key", *key);
     probe.Int(":last", static_cast<int64_t>(last));
     probe.Int(":n", kProbe);
     std::vector<int64_t> candidates;
+    scope_in_cpp = true;
     for (int64_t b = audit_index::Bucket(range.after + 1); !full && last > range.after && b <= audit_index::Bucket(last);
          ++b) {
       int64_t after = static_cast<int64_t>(range.after);
@@ -349,6 +366,7 @@ Result<AuditPage> RunPage(sqlite3* db, bool indexed_file, const AuditPageRequest
       }
     }
     scan_after = std::max(scan_after, indexed);
+    scope_in_cpp = false;
   }
   if (!full) {
     const std::string select = std::string("SELECT ") + kColumns + ", " + kInScope + " AS in_scope FROM audit_log";
@@ -357,7 +375,7 @@ Result<AuditPage> RunPage(sqlite3* db, bool indexed_file, const AuditPageRequest
     if (r.export_mode) {
       where += " AND seq <= :until";
     } else {
-      where += filters;
+      where += scoped_filters;
     }
     std::string sql = select + where;
     if (!r.export_mode && !f.agency.empty()) {
