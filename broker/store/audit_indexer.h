@@ -26,7 +26,8 @@ namespace liaison::broker {
 class AuditIndexer {
  public:
   // Opens or creates the index of the store at store_path (which must exist
-  // and have schema 6), checks it against the log, and starts indexing.
+  // and have schema 6), checks it against the log, and starts indexing
+  // (unless !start: tests, Store::Options::pause_audit_index).
   static Result<std::unique_ptr<AuditIndexer>> Open(const std::string& store_path, bool start = true);
   // Stops the thread. When little is left to index (at most about a second
   // of work) it finishes first, so an orderly stop leaves a complete index;
