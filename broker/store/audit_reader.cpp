@@ -233,7 +233,16 @@ Result<AuditPage> RunPage(sqlite3* db, bool indexed_file, const AuditPageRequest
   const std::string scoped_filters = std::string(" AND ") + kInScope + filters;
   // The scope, for rows read one at a time (below): as kInScope says, in
   // C++, since SQLite would parse the scope's JSON again for every row.
-  const std::unordered_set<std::string_view> scope(r.scope.begin(), r.scope.end());
+  // (The same names as JsonArray passes to SQLite, control characters left out.)
+  std::vector<std::string> scope_names;
+  for (const auto& name : r.scope) {
+    std::string clean;
+    for (char c : name) {
+      if (static_cast<unsigned char>(c) >= 0x20) clean += c;
+    }
+    scope_names.push_back(std::move(clean));
+  }
+  const std::unordered_set<std::string_view> scope(scope_names.begin(), scope_names.end());
   auto in_scope_of = [&](sqlite3_stmt* s) {
     auto column = [&](int i) {
       const unsigned char* t = sqlite3_column_text(s, i);
