@@ -3,7 +3,10 @@
 // reader"). It never goes through the store's single writer: it opens
 // read-only SQLite connections of its own (WAL lets them read while the
 // writer commits), one per worker thread, so a long query never blocks a
-// session strand or the writer.
+// session strand or the writer. Lookups by case, message and agency go
+// through the derived audit index beside the store (audit_index.h), which
+// each connection attaches once it exists; the records above its watermark
+// are scanned, so no answer depends on how far the index has got.
 //
 // Thread-safety: all public methods may be called from any thread. The
 // asynchronous forms run on the reader's workers and call done there; done

@@ -6,7 +6,9 @@
 // done() runs only after its records are durable; if a commit fails, none
 // of it is kept (the in-memory tree included) and done() gets the error.
 // WAL checkpoints run on a background thread so the writer never waits
-// for them.
+// for them. The audit log has no secondary index: the indexes that queries
+// use are kept by another background thread, in a file of their own that
+// is derived from the log (broker/store/audit_index.h).
 //
 // It also keeps the durable message queue (DESIGN.md, Delivery guarantees):
 // messages (routing metadata kept for ever, for idempotency, recalls and
@@ -16,7 +18,8 @@
 // describe them (Commit with a Batch).
 //
 // Thread-safety: all public methods may be called from any thread. done()
-// runs on the writer thread and must not block. Reads (FindMessage, ...)
+// runs on the store's completion thread, in commit order (while the writer
+// commits the next batch), and must not block. Reads (FindMessage, ...)
 // use their own connection and never wait for the writer.
 #pragma once
 
@@ -89,6 +92,9 @@ class Store {
     std::string origin;        // names this log in checkpoints, e.g. "liaison/city-prevention-network"
     std::string signing_key;   // Ed25519 PEM (created 0600 if absent; public half at <path>.pub)
     std::string digest_key;    // 32-byte HMAC key for body digests (created 0600 if absent)
+    // Tests: leave the derived audit index (audit_index.h) where it is, so
+    // that queries find the newer records by scanning them.
+    bool pause_audit_index = false;
   };
   using Done = std::function<void(const Status&, const audit::Checkpoint&)>;
   using BatchDone = std::function<void(const Status&, const audit::Checkpoint&, const BatchResult&)>;
@@ -128,6 +134,10 @@ class Store {
   // HMAC-SHA256 (hex) of a body under the body-digest key.
   std::string BodyDigest(std::string_view body) const;
   const std::string& public_key_pem() const;
+
+  // Records 1..N are in the derived audit index that queries by case,
+  // message and agency use (the rest is scanned).
+  uint64_t audit_indexed_through() const;
 
   struct Counters {
     uint64_t commits, records, failed_commits, bodies_dropped;

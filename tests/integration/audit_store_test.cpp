@@ -4,12 +4,17 @@
 // store written by an older broker.
 #include <catch2/catch.hpp>
 
+#include <signal.h>
 #include <sqlite3.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <functional>
 #include <random>
+#include <thread>
 
 #include "broker/store/audit_reader.h"
 #include "broker/store/store.h"
@@ -564,4 +569,421 @@ TEST_CASE("a large prune goes in chunks, each one recorded", "[audit][retention]
   CHECK(records[0].record.detail.find("records 1 to 20000 pruned") != std::string::npos);
   CHECK(records[1].record.detail.find("records 20001 to 40000 pruned") != std::string::npos);
   CHECK(records[2].record.detail.find("records 40001 to 44000 pruned") != std::string::npos);
+}
+
+// ---------------------------------------------------------------------------
+// Schema 6: the audit log has no index; queries by case, message and agency
+// go through the derived index (broker/store/audit_index.h) up to its
+// watermark and scan the records above it.
+
+namespace {
+
+bool Matches(const audit::Record& r, const broker::AuditFilter& f) {
+  if (f.from_ms && r.time_ms < f.from_ms) return false;
+  if (f.to_ms && r.time_ms >= f.to_ms) return false;
+  if (!f.agency.empty() && r.sender != f.agency && r.recipient != f.agency) return false;
+  if (!f.case_id.empty() && r.case_id != f.case_id) return false;
+  if (!f.message_id.empty() && r.message_id != f.message_id) return false;
+  if (!f.event.empty() && r.event != f.event) return false;
+  if (!f.decision.empty() && r.decision != f.decision) return false;
+  return true;
+}
+
+// Records with a few rare values (a case every 9,973 records, one around
+// the first bucket boundary at 65,536), so that lookups cross buckets with
+// few matches.
+std::vector<audit::Record> IndexTestRecords(std::mt19937_64& rng, uint64_t first_seq, size_t n) {
+  std::vector<audit::Record> out;
+  for (size_t i = 0; i < n; ++i) {
+    const uint64_t seq = first_seq + i;
+    audit::Record r = Event(rng, 1764400000000 + static_cast<int64_t>(seq) * 10);
+    if (seq % 9973 == 0) r.case_id = "RARE";
+    if (seq > 65530 && seq < 65545) r.case_id = "EDGE";
+    if (seq % 5000 == 17) r.recipient = "rare-agency";
+    if (seq % 11 == 0) r.case_id.clear();
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::vector<audit::Record> AppendAll(broker::Store& store, std::vector<audit::Record> records) {
+  std::vector<audit::Record> out;
+  for (size_t i = 0; i < records.size(); i += 1000) {
+    std::vector<audit::Record> batch(records.begin() + static_cast<long>(i),
+                                     records.begin() + static_cast<long>(std::min(records.size(), i + 1000)));
+    const uint64_t first = store.latest().tree_size + 1;
+    REQUIRE(store.AppendSync(batch).ok());
+    for (size_t k = 0; k < batch.size(); ++k) {
+      batch[k].seq = first + k;
+      out.push_back(std::move(batch[k]));
+    }
+  }
+  return out;
+}
+
+// Every filter that the index serves (and combinations with the ones it
+// does not), at several page sizes, against a filter over every record.
+void CheckIndexedQueries(broker::AuditReader& reader, const std::vector<audit::Record>& log) {
+  REQUIRE(!log.empty());
+  const int64_t t_mid = log[log.size() / 2].time_ms, t_end = log.back().time_ms;
+  std::vector<broker::AuditFilter> filters;
+  auto add = [&](std::function<void(broker::AuditFilter&)> set) {
+    broker::AuditFilter f;
+    set(f);
+    filters.push_back(f);
+  };
+  add([](auto& f) { f.case_id = "RARE"; });
+  add([](auto& f) { f.case_id = "EDGE"; });
+  add([](auto& f) { f.case_id = "CASE-3"; });
+  add([](auto& f) { f.case_id = "no-such-case"; });
+  add([&](auto& f) { f.case_id = "CASE-7"; f.event = "delivered"; f.from_ms = t_mid; });
+  add([&](auto& f) { f.message_id = log[5].message_id; });
+  add([&](auto& f) { f.message_id = log.back().message_id; f.case_id = log.back().case_id; });
+  add([](auto& f) { f.agency = "rare-agency"; });
+  add([](auto& f) { f.agency = "health"; });
+  add([&](auto& f) { f.agency = "school"; f.from_ms = t_mid - 30'000; f.to_ms = t_mid + 20'000; });
+  add([&](auto& f) { f.agency = "police"; f.decision = "permit"; f.to_ms = t_end - 1000; });
+  add([&](auto& f) { f.agency = "social"; f.case_id = "CASE-1"; });
+  for (const auto& f : filters) {
+    std::vector<uint64_t> expected;
+    for (const auto& r : log) {
+      if (Matches(r, f)) expected.push_back(r.seq);
+    }
+    for (uint32_t page : {1u, 7u, 100u, 1000u}) {
+      if (page == 1 && expected.size() > 200) continue;
+      broker::AuditPageRequest q;
+      q.filter = f;
+      q.limit = page;
+      const auto rows = All(reader, q);
+      std::vector<uint64_t> got;
+      for (const auto& row : rows) {
+        got.push_back(row.record.seq);
+        CHECK(row.record == log.at(row.record.seq - 1));
+      }
+      INFO("case " << f.case_id << " message " << f.message_id << " agency " << f.agency << " event " << f.event
+                   << " from " << f.from_ms << " to " << f.to_ms << " page " << page);
+      CHECK(got == expected);
+    }
+  }
+  // Scope still applies to rows found through the index, and paging with
+  // it stays gapless (records out of scope neither show nor count).
+  for (const auto& f : filters) {
+    std::vector<uint64_t> expected;
+    for (const auto& r : log) {
+      const bool in_scope = r.sender == "police" || r.recipient == "police" || r.actor == "police";
+      if (in_scope && Matches(r, f)) expected.push_back(r.seq);
+    }
+    for (uint32_t page_size : {1u, 7u, 1000u}) {
+      if (page_size == 1 && expected.size() > 200) continue;
+      broker::AuditPageRequest q;
+      q.filter = f;
+      q.limit = page_size;
+      q.scope = {"police"};
+      std::vector<uint64_t> got;
+      for (bool promised = false;;) {
+        auto page = reader.QueryPageSync(q);
+        REQUIRE(page.ok());
+        CHECK((!promised || !page->rows.empty()));  // "more" was true: there were more
+        for (const auto& row : page->rows) got.push_back(row.record.seq);
+        promised = page->more;
+        if (!page->more) break;
+        REQUIRE(!page->rows.empty());
+        q.after_seq = page->rows.back().record.seq;
+      }
+      INFO("scoped: case " << f.case_id << " message " << f.message_id << " agency " << f.agency << " page "
+                           << page_size);
+      CHECK(got == expected);
+    }
+  }
+  broker::AuditPageRequest q;
+  q.filter.agency = "rare-agency";
+  q.scope = {"police"};
+  q.limit = 1000;
+  auto page = reader.QueryPageSync(q);
+  REQUIRE(page.ok());
+  for (const auto& row : page->rows) {
+    CHECK((row.record.sender == "police" || row.record.recipient == "police" || row.record.actor == "police"));
+  }
+}
+
+bool WaitForIndex(broker::Store& store, uint64_t through) {
+  for (int i = 0; i < 600 && store.audit_indexed_through() < through; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return store.audit_indexed_through() == through;
+}
+
+uint64_t UserVersion(const std::string& path) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* s = nullptr;
+  sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, nullptr);
+  uint64_t v = sqlite3_step(s) == SQLITE_ROW ? static_cast<uint64_t>(sqlite3_column_int64(s, 0)) : 0;
+  sqlite3_finalize(s);
+  sqlite3_close(db);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("queries are exact across the audit index's watermark and its buckets", "[audit][index]") {
+  TempDir dir;
+  std::mt19937_64 rng(21);
+  std::vector<audit::Record> log;
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    REQUIRE(store.ok());
+    log = AppendAll(**store, IndexTestRecords(rng, 1, 40'000));
+  }  // an orderly stop leaves the index complete
+  auto o = StoreOptions(dir);
+  o.pause_audit_index = true;
+  {
+    auto store = broker::Store::Open(o);
+    REQUIRE(store.ok());
+    CHECK((*store)->audit_indexed_through() == 40'000);
+    // Across the first bucket boundary (65,536), none of it indexed.
+    auto more = AppendAll(**store, IndexTestRecords(rng, 40'001, 30'000));
+    log.insert(log.end(), more.begin(), more.end());
+    CHECK((*store)->audit_indexed_through() == 40'000);
+    auto reader = broker::AuditReader::Open(o.path, 1);
+    REQUIRE(reader.ok());
+    CheckIndexedQueries(**reader, log);  // 40,000 through the index, 30,000 scanned
+  }
+  // The index catches up at the next start; the same reader (attached to
+  // it) sees the watermark move.
+  auto reader = broker::AuditReader::Open(o.path, 1);
+  REQUIRE(reader.ok());
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    REQUIRE(store.ok());
+    REQUIRE(WaitForIndex(**store, 70'000));
+    CheckIndexedQueries(**reader, log);
+    // New records go through the index as they are committed.
+    auto more = AppendAll(**store, IndexTestRecords(rng, 70'001, 2'000));
+    log.insert(log.end(), more.begin(), more.end());
+    CheckIndexedQueries(**reader, log);
+    REQUIRE(WaitForIndex(**store, 72'000));
+    CheckIndexedQueries(**reader, log);
+  }
+}
+
+TEST_CASE("an audit index that does not match the log is rebuilt: damaged, or of a truncated log", "[audit][index]") {
+  TempDir dir;
+  std::mt19937_64 rng(22);
+  const auto o = StoreOptions(dir);
+  std::vector<audit::Record> log;
+  {
+    auto store = broker::Store::Open(o);
+    REQUIRE(store.ok());
+    log = AppendAll(**store, IndexTestRecords(rng, 1, 3'000));
+  }
+  // Garbage in place of the index file.
+  const std::string index_path = o.path + "-audit-index";
+  REQUIRE(std::filesystem::exists(index_path));
+  dir.Write("data/liaison.db-audit-index", std::string(10000, 'x'));
+  {
+    auto store = broker::Store::Open(o);
+    INFO(store.status().ToString());
+    REQUIRE(store.ok());
+    REQUIRE(WaitForIndex(**store, 3'000));
+  }
+  {
+    auto reader = broker::AuditReader::Open(o.path, 1);
+    REQUIRE(reader.ok());
+    CheckIndexedQueries(**reader, log);
+  }
+  // The log loses its newest records (a restore from an older backup) and
+  // grows again with other ones: the index of the old records must not
+  // answer for the new ones.
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(o.path.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "DELETE FROM audit_log WHERE seq > 2000", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  log.resize(2000);
+  std::mt19937_64 other(99);
+  {
+    auto store = broker::Store::Open(o);
+    REQUIRE(store.ok());
+    auto more = AppendAll(**store, IndexTestRecords(other, 2'001, 1'500));
+    log.insert(log.end(), more.begin(), more.end());
+    REQUIRE(WaitForIndex(**store, 3'500));
+  }
+  auto reader = broker::AuditReader::Open(o.path, 1);
+  REQUIRE(reader.ok());
+  CheckIndexedQueries(**reader, log);
+}
+
+TEST_CASE("the audit index catches up after the broker's process is killed with kill -9", "[audit][index][crash]") {
+  TempDir dir;
+  const auto o = StoreOptions(dir);
+  int progress[2];
+  REQUIRE(pipe(progress) == 0);
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    // The child appends until it is killed; it reports each durable batch.
+    close(progress[0]);
+    auto store = broker::Store::Open(o);
+    if (!store.ok()) _exit(1);
+    std::mt19937_64 rng(static_cast<uint64_t>(getpid()));
+    for (uint64_t seq = 1;; seq += 500) {
+      if (!(*store)->AppendSync(IndexTestRecords(rng, seq, 500)).ok()) _exit(2);
+      const char c = 'x';
+      if (write(progress[1], &c, 1) != 1) _exit(3);
+    }
+  }
+  close(progress[1]);
+  char c;
+  for (int batches = 0; batches < 60; ++batches) REQUIRE(read(progress[0], &c, 1) == 1);
+  REQUIRE(kill(child, SIGKILL) == 0);
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  CHECK(WIFSIGNALED(status));
+  close(progress[0]);
+
+  auto store = broker::Store::Open(o);
+  REQUIRE(store.ok());
+  const uint64_t size = (*store)->latest().tree_size;
+  CHECK(size >= 30'000);
+  REQUIRE(WaitForIndex(**store, size));
+  auto reader = broker::AuditReader::Open(o.path, 1);
+  REQUIRE(reader.ok());
+  const auto all = All(**reader, broker::AuditPageRequest{});
+  REQUIRE(all.size() == size);
+  std::vector<audit::Record> log;
+  for (const auto& row : all) log.push_back(row.record);
+  CheckIndexedQueries(**reader, log);
+}
+
+// The schema of a store as brokers of schema 5 left it.
+constexpr const char* kSchema5 = R"sql(
+CREATE TABLE checkpoints(tree_size INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, text TEXT NOT NULL);
+CREATE TABLE messages(
+  row INTEGER PRIMARY KEY, sender TEXT NOT NULL, message_id TEXT NOT NULL, case_id TEXT NOT NULL,
+  message_type TEXT NOT NULL, tlp INTEGER NOT NULL, purpose TEXT NOT NULL, agreement TEXT NOT NULL,
+  recipients TEXT NOT NULL, received_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
+  want_reports INTEGER NOT NULL, publish_digest BLOB NOT NULL, ack BLOB NOT NULL, body BLOB,
+  recalled_ms INTEGER NOT NULL DEFAULT 0, UNIQUE(sender, message_id));
+CREATE TABLE deliveries(
+  id INTEGER PRIMARY KEY, recipient TEXT NOT NULL, message_row INTEGER NOT NULL REFERENCES messages(row),
+  kind INTEGER NOT NULL, state INTEGER NOT NULL, attempts INTEGER NOT NULL, named INTEGER NOT NULL, payload BLOB);
+CREATE INDEX deliveries_pending ON deliveries(id) WHERE state = 0;
+CREATE INDEX deliveries_message ON deliveries(message_row, recipient);
+CREATE INDEX messages_message_id ON messages(message_id);
+CREATE TABLE audit_info(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO audit_info(key, value) VALUES ('time_disorder_ms', 0);
+CREATE TABLE audit_log(
+  seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, event TEXT NOT NULL, actor TEXT NOT NULL,
+  message_id TEXT NOT NULL, case_id TEXT NOT NULL, sender TEXT NOT NULL, recipient TEXT NOT NULL,
+  decision TEXT NOT NULL, leaf BLOB NOT NULL, leaf_hash BLOB NOT NULL);
+CREATE INDEX audit_case ON audit_log(case_id, seq) WHERE case_id <> '';
+CREATE INDEX audit_message ON audit_log(message_id) WHERE message_id <> '';
+CREATE INDEX audit_sender_seq ON audit_log(sender) WHERE sender <> '';
+CREATE INDEX audit_recipient_seq ON audit_log(recipient) WHERE recipient <> '';
+PRAGMA user_version = 5;
+)sql";
+
+TEST_CASE("migration 6 upgrades a schema-5 store: no index on the log, the derived index built, same tree, it verifies",
+          "[audit][migration]") {
+  TempDir dir;
+  const auto o = StoreOptions(dir);
+  std::filesystem::create_directories(dir.File("data"));
+  auto signer = audit::Signer::LoadOrCreate(o.signing_key);
+  REQUIRE(signer.ok());
+  std::mt19937_64 rng(23);
+  std::vector<audit::Record> log = IndexTestRecords(rng, 1, 5'000);
+  audit::Checkpoint old_checkpoint;
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(o.path.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "PRAGMA journal_mode = WAL", nullptr, nullptr, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, kSchema5, nullptr, nullptr, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_stmt* s = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db, "INSERT INTO audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?)", -1, &s, nullptr) ==
+            SQLITE_OK);
+    merkle::Tree tree;
+    uint64_t seq = 0;
+    for (auto& r : log) {
+      r.seq = ++seq;
+      const std::string leaf = audit::EncodeLeaf(r);
+      const merkle::Hash h = merkle::LeafHash(leaf);
+      tree.Append(h);
+      sqlite3_bind_int64(s, 1, static_cast<int64_t>(r.seq));
+      sqlite3_bind_int64(s, 2, r.time_ms);
+      int i = 3;
+      for (const std::string* f : {&r.event, &r.actor, &r.message_id, &r.case_id, &r.sender, &r.recipient, &r.decision}) {
+        sqlite3_bind_text(s, i++, f->c_str(), -1, SQLITE_TRANSIENT);
+      }
+      sqlite3_bind_blob(s, i++, leaf.data(), static_cast<int>(leaf.size()), SQLITE_TRANSIENT);
+      sqlite3_bind_blob(s, i++, h.data(), 32, SQLITE_TRANSIENT);
+      REQUIRE(sqlite3_step(s) == SQLITE_DONE);
+      sqlite3_reset(s);
+    }
+    sqlite3_finalize(s);
+    old_checkpoint = (*signer)->Sign(o.origin, tree.size(), tree.Root(), 1764400000000);
+    const std::string text = audit::FormatCheckpoint(old_checkpoint);
+    REQUIRE(sqlite3_prepare_v2(db, "INSERT INTO checkpoints VALUES (?, 1764400000000, ?)", -1, &s, nullptr) == SQLITE_OK);
+    sqlite3_bind_int64(s, 1, static_cast<int64_t>(tree.size()));
+    sqlite3_bind_text(s, 2, text.c_str(), -1, SQLITE_TRANSIENT);
+    REQUIRE(sqlite3_step(s) == SQLITE_DONE);
+    sqlite3_finalize(s);
+    // A message waiting for one of its two recipients, with its body.
+    REQUIRE(sqlite3_exec(db,
+                         "INSERT INTO messages VALUES (1, 'police', '0190a5c4-8d2e-7b3a-9c1d-000000000001', 'CASE-1', "
+                         "'incident_report', 3, 'safeguarding', 'core', 'school,social', 1764400000000, "
+                         "1764500000000, 1, X'0102', X'0304', X'B0D1B0D1', 0);"
+                         "INSERT INTO deliveries VALUES (1, 'school', 1, 1, 1, 1, 1, NULL);"
+                         "INSERT INTO deliveries VALUES (2, 'social', 1, 1, 0, 0, 1, NULL);"
+                         "COMMIT",
+                         nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  REQUIRE(UserVersion(o.path) == 5);
+  std::string pem;
+  {
+    auto store = broker::Store::Open(o);
+    INFO(store.status().ToString());
+    REQUIRE(store.ok());
+    CHECK((*store)->latest().tree_size == log.size());
+    CHECK((*store)->latest().root == old_checkpoint.root);
+    REQUIRE(WaitForIndex(**store, log.size()));
+    std::vector<std::pair<int64_t, std::string>> pending;
+    REQUIRE((*store)->LoadPending([&](broker::StoredDelivery d, const broker::StoredMessage& m) {
+      pending.emplace_back(d.id, m.body);
+    }).ok());
+    CHECK(pending == std::vector<std::pair<int64_t, std::string>>{{2, "\xB0\xD1\xB0\xD1"}});
+    // Still appends after the old records, in the same tree.
+    auto more = AppendAll(**store, IndexTestRecords(rng, log.size() + 1, 100));
+    log.insert(log.end(), more.begin(), more.end());
+    pem = (*store)->public_key_pem();
+  }
+  CHECK(UserVersion(o.path) == 6);
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2(o.path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    sqlite3_stmt* s = nullptr;
+    sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_log'", -1, &s,
+                       nullptr);
+    REQUIRE(sqlite3_step(s) == SQLITE_ROW);
+    CHECK(sqlite3_column_int(s, 0) == 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+  }
+  const std::string out = dir.File("export.db");
+  REQUIRE(broker::Store::ExportAudit(o.path, out).ok());
+  audit::VerifyOptions vo;
+  vo.db_path = out;
+  vo.public_key_pem = pem;
+  vo.saved = {old_checkpoint};
+  audit::VerifyReport report;
+  Status v = audit::VerifyAuditLog(vo, &report);
+  INFO(v.ToString());
+  CHECK(v.ok());
+  CHECK(report.records == log.size());
+  auto reader = broker::AuditReader::Open(o.path, 1);
+  REQUIRE(reader.ok());
+  CheckIndexedQueries(**reader, log);
 }

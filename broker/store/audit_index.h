@@ -1,0 +1,63 @@
+// Internal to broker/store: the derived audit index (schema 6), shared by
+// its writer (audit_indexer.cpp) and the audit reader.
+//
+// The store's audit_log has no secondary index, so a commit only appends
+// rows at the end of one B-tree. Queries by case id, message id and agency
+// use this index instead: a separate SQLite file beside the store
+// (`liaison.db-audit-index`), kept by a background thread up to a watermark
+// (indexed_through) and rebuilt from the log whenever it does not match it.
+// It holds nothing that is not in the log: one row (bucket, key, seq) per
+// case id, message id, sender and recipient of each record, where key is a
+// 64-bit hash of the value (with what it is, so a case id and an agency of
+// the same name differ) and bucket is seq >> kBucketBits. Ordering by
+// bucket first keeps the rows of new records in the newest bucket, a small
+// part of the B-tree that stays in the cache, instead of at a random place
+// in a B-tree that grows with the log (what made appends slower as the log
+// grew). A lookup seeks (bucket, key, seq > after) in each bucket in turn.
+//
+// A key is only a candidate: the reader checks every row against the
+// filter's real values, so a hash collision costs a row lookup and never
+// changes a result. Records above the watermark are found by scanning
+// them; the indexer is normally at most one commit behind.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace liaison::broker::audit_index {
+
+// 65,536 records a bucket: 153 buckets at 10,000,000 records (each lookup
+// seeks every bucket of its seq range: at 16,384 records a bucket, a lookup
+// of a rare case id took 3 ms at 3,000,000 records).
+constexpr int kBucketBits = 16;
+
+inline std::string PathFor(const std::string& store_path) { return store_path + "-audit-index"; }
+
+enum class Field : char { kCase = 'c', kMessage = 'm', kAgency = 'a' };
+
+// FNV-1a, 64 bits, over the field's tag and the value. Not a defence
+// against chosen collisions, and it need not be: see above.
+inline int64_t Key(Field field, std::string_view value) {
+  uint64_t h = 14695981039346656037ull;
+  auto mix = [&h](unsigned char c) {
+    h ^= c;
+    h *= 1099511628211ull;
+  };
+  mix(static_cast<unsigned char>(field));
+  for (char c : value) mix(static_cast<unsigned char>(c));
+  return static_cast<int64_t>(h);
+}
+
+inline int64_t Bucket(uint64_t seq) { return static_cast<int64_t>(seq >> kBucketBits); }
+
+// ix_meta: 'indexed_through' (records 1..N are indexed), 'through_hash'
+// (the leaf hash of record N, so an index that belongs to another log, or
+// to a log that was restored or truncated, is recognised and rebuilt).
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS ix_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ix(bucket INTEGER NOT NULL, k INTEGER NOT NULL, seq INTEGER NOT NULL,
+                              PRIMARY KEY(bucket, k, seq)) WITHOUT ROWID;
+)sql";
+
+}  // namespace liaison::broker::audit_index

@@ -1,0 +1,350 @@
+#include "broker/store/audit_indexer.h"
+
+#include <pthread.h>
+#include <spdlog/spdlog.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "broker/store/audit_index.h"
+
+namespace liaison::broker {
+namespace {
+
+// Records indexed in one transaction of the index.
+constexpr uint64_t kChunk = 50'000;
+// The thread indexes once this many records wait, or once the oldest of them
+// has waited kIndexDelay: one index transaction per commit of the store
+// cost more than the inserts themselves when commits are small. Queries scan
+// what waits (a few milliseconds' worth at most).
+constexpr uint64_t kIndexAtRecords = 4096;
+constexpr auto kIndexDelay = std::chrono::milliseconds(250);
+// At a stop, what is left is indexed first when it is at most this much
+// (about a second of work); more is left for the next start.
+constexpr uint64_t kCatchUpOnStop = 300'000;
+// The index connection's page cache: the newest bucket and the upper levels
+// of the B-tree (64 MiB at most; used only as pages are touched).
+constexpr const char* kIndexCacheSize = "PRAGMA cache_size = -65536";
+// Rows per INSERT statement: one statement's fixed cost (starting and
+// halting the VM, opening the cursor) was a quarter of the indexer's time
+// with one row each.
+constexpr int kRowsPerInsert = 64;
+
+Status SqlError(sqlite3* db, const std::string& what) {
+  return Status::IoError("audit index: " + what + ": " + (db ? sqlite3_errmsg(db) : "no database"));
+}
+
+Status Exec(sqlite3* db, const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string m = err ? err : "unknown";
+    sqlite3_free(err);
+    return Status::IoError("audit index: " + m);
+  }
+  return Status::Ok();
+}
+
+void RemoveIndexFiles(const std::string& path) {
+  std::error_code ec;
+  for (const char* suffix : {"", "-wal", "-shm", "-journal"}) std::filesystem::remove(path + suffix, ec);
+}
+
+}  // namespace
+
+struct AuditIndexer::Impl {
+  std::string store_path, index_path;
+  sqlite3* log = nullptr;  // the store, read-only
+  sqlite3* ix = nullptr;   // the index
+  sqlite3_stmt* read_records = nullptr;
+  sqlite3_stmt* insert = nullptr;       // one row
+  sqlite3_stmt* insert_many = nullptr;  // kRowsPerInsert rows
+  sqlite3_stmt* set_meta = nullptr;
+  std::mutex work_mu;  // one indexing pass at a time
+  std::atomic<uint64_t> committed{0};
+  std::atomic<uint64_t> indexed{0};
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stopping = false;  // guarded by mu
+  std::thread thread;
+
+  ~Impl() {
+    sqlite3_finalize(read_records);
+    sqlite3_finalize(insert);
+    sqlite3_finalize(insert_many);
+    sqlite3_finalize(set_meta);
+    if (ix) sqlite3_close_v2(ix);
+    if (log) sqlite3_close_v2(log);
+  }
+
+  Status OpenIndex();
+  Status CheckAgainstLog();
+  Status IndexChunk(uint64_t to);
+  Status CatchUp();
+  void Loop();
+};
+
+Status AuditIndexer::Impl::OpenIndex() {
+  const mode_t old_mask = ::umask(0077);
+  const int rc = sqlite3_open_v2(index_path.c_str(), &ix, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                                 nullptr);
+  ::umask(old_mask);
+  if (rc != SQLITE_OK) return SqlError(ix, "cannot open " + index_path);
+  sqlite3_busy_timeout(ix, 5000);
+  // NORMAL: no fsync at commit; WAL still keeps every commit atomic, and a
+  // commit lost to a power cut is indexed again from the log.
+  for (const char* sql : {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", kIndexCacheSize, audit_index::kSchema}) {
+    if (Status s = Exec(ix, sql); !s.ok()) return s;
+  }
+  std::string many = "INSERT OR IGNORE INTO ix(bucket, k, seq) VALUES (?,?,?)";
+  for (int i = 1; i < kRowsPerInsert; ++i) many += ",(?,?,?)";
+  if (sqlite3_prepare_v3(ix, "INSERT OR IGNORE INTO ix(bucket, k, seq) VALUES (?,?,?)", -1, SQLITE_PREPARE_PERSISTENT,
+                         &insert, nullptr) != SQLITE_OK ||
+      sqlite3_prepare_v3(ix, many.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &insert_many, nullptr) != SQLITE_OK ||
+      sqlite3_prepare_v3(ix, "INSERT OR REPLACE INTO ix_meta(key, value) VALUES (?,?)", -1, SQLITE_PREPARE_PERSISTENT,
+                         &set_meta, nullptr) != SQLITE_OK) {
+    return SqlError(ix, "prepare");
+  }
+  return Status::Ok();
+}
+
+// The watermark must name a record of this log, with the leaf hash it had
+// when it was indexed; otherwise the index is of another log (a restored or
+// truncated store) and is emptied, to be rebuilt.
+Status AuditIndexer::Impl::CheckAgainstLog() {
+  uint64_t max_seq = 0;
+  {
+    sqlite3_stmt* q = nullptr;
+    if (sqlite3_prepare_v2(log, "SELECT COALESCE(MAX(seq), 0) FROM audit_log", -1, &q, nullptr) != SQLITE_OK) {
+      sqlite3_finalize(q);
+      return SqlError(log, "log size");
+    }
+    if (sqlite3_step(q) == SQLITE_ROW) max_seq = static_cast<uint64_t>(sqlite3_column_int64(q, 0));
+    sqlite3_finalize(q);
+  }
+  uint64_t through = 0;
+  std::string through_hash;
+  {
+    sqlite3_stmt* q = nullptr;
+    if (sqlite3_prepare_v2(ix, "SELECT key, value FROM ix_meta", -1, &q, nullptr) != SQLITE_OK) {
+      sqlite3_finalize(q);
+      return SqlError(ix, "watermark");
+    }
+    while (sqlite3_step(q) == SQLITE_ROW) {
+      const std::string key = reinterpret_cast<const char*>(sqlite3_column_text(q, 0));
+      if (key == "indexed_through") through = static_cast<uint64_t>(sqlite3_column_int64(q, 1));
+      if (key == "through_hash" && sqlite3_column_type(q, 1) == SQLITE_BLOB) {
+        through_hash.assign(static_cast<const char*>(sqlite3_column_blob(q, 1)), sqlite3_column_bytes(q, 1));
+      }
+    }
+    sqlite3_finalize(q);
+  }
+  bool matches = through <= max_seq;
+  if (matches && through > 0) {
+    sqlite3_stmt* q = nullptr;
+    sqlite3_prepare_v2(log, "SELECT leaf_hash FROM audit_log WHERE seq = ?", -1, &q, nullptr);
+    sqlite3_bind_int64(q, 1, static_cast<int64_t>(through));
+    matches = sqlite3_step(q) == SQLITE_ROW && sqlite3_column_bytes(q, 0) == static_cast<int>(through_hash.size()) &&
+              std::memcmp(sqlite3_column_blob(q, 0), through_hash.data(), through_hash.size()) == 0;
+    sqlite3_finalize(q);
+  }
+  if (!matches) {
+    spdlog::warn("store: the audit index {} does not match the audit log (indexed through {}, the log has {}); "
+                 "rebuilding it",
+                 index_path, through, max_seq);
+    if (Status s = Exec(ix, "BEGIN IMMEDIATE; DELETE FROM ix; DELETE FROM ix_meta; COMMIT"); !s.ok()) {
+      Exec(ix, "ROLLBACK");
+      return s;
+    }
+    through = 0;
+  }
+  indexed = through;
+  committed = max_seq;
+  return Status::Ok();
+}
+
+// Indexes records (indexed, to] in one transaction of the index.
+Status AuditIndexer::Impl::IndexChunk(uint64_t to) {
+  const uint64_t from = indexed.load();
+  if (to <= from) return Status::Ok();
+  std::vector<std::tuple<int64_t, int64_t, int64_t>> rows;  // bucket, key, seq
+  rows.reserve(static_cast<size_t>(to - from) * 4);
+  std::string last_hash;
+  uint64_t expected = from + 1;
+  sqlite3_bind_int64(read_records, 1, static_cast<int64_t>(from));
+  sqlite3_bind_int64(read_records, 2, static_cast<int64_t>(to));
+  int rc;
+  auto add = [&](audit_index::Field field, int column, int64_t bucket, int64_t seq) {
+    const int n = sqlite3_column_bytes(read_records, column);
+    if (n == 0) return;
+    const char* p = reinterpret_cast<const char*>(sqlite3_column_text(read_records, column));
+    rows.emplace_back(bucket, audit_index::Key(field, std::string_view(p, static_cast<size_t>(n))), seq);
+  };
+  while ((rc = sqlite3_step(read_records)) == SQLITE_ROW) {
+    const int64_t seq = sqlite3_column_int64(read_records, 0);
+    if (static_cast<uint64_t>(seq) != expected) break;
+    ++expected;
+    const int64_t bucket = audit_index::Bucket(static_cast<uint64_t>(seq));
+    add(audit_index::Field::kMessage, 1, bucket, seq);
+    add(audit_index::Field::kCase, 2, bucket, seq);
+    add(audit_index::Field::kAgency, 3, bucket, seq);
+    add(audit_index::Field::kAgency, 4, bucket, seq);
+    if (static_cast<uint64_t>(seq) == to) {
+      last_hash.assign(static_cast<const char*>(sqlite3_column_blob(read_records, 5)),
+                       sqlite3_column_bytes(read_records, 5));
+    }
+  }
+  sqlite3_reset(read_records);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(log, "reading the log");
+  if (expected != to + 1) {
+    return Status::Corruption("audit index: the audit log has no record " + std::to_string(expected));
+  }
+  // In key order, the inserts walk the newest bucket once, front to back.
+  std::sort(rows.begin(), rows.end());
+  rows.erase(std::unique(rows.begin(), rows.end()), rows.end());  // sender = recipient
+  if (Status s = Exec(ix, "BEGIN IMMEDIATE"); !s.ok()) return s;
+  auto fail = [&](Status s) {
+    Exec(ix, "ROLLBACK");
+    return s;
+  };
+  size_t i = 0;
+  while (i < rows.size()) {
+    const bool many = rows.size() - i >= static_cast<size_t>(kRowsPerInsert);
+    sqlite3_stmt* q = many ? insert_many : insert;
+    const int n = many ? kRowsPerInsert : 1;
+    for (int r = 0; r < n; ++r, ++i) {
+      const auto& [bucket, key, seq] = rows[i];
+      sqlite3_bind_int64(q, 3 * r + 1, bucket);
+      sqlite3_bind_int64(q, 3 * r + 2, key);
+      sqlite3_bind_int64(q, 3 * r + 3, seq);
+    }
+    const int w = sqlite3_step(q);
+    sqlite3_reset(q);
+    if (w != SQLITE_DONE) return fail(SqlError(ix, "insert"));
+  }
+  sqlite3_bind_text(set_meta, 1, "indexed_through", -1, SQLITE_STATIC);
+  sqlite3_bind_int64(set_meta, 2, static_cast<int64_t>(to));
+  int w = sqlite3_step(set_meta);
+  sqlite3_reset(set_meta);
+  if (w != SQLITE_DONE) return fail(SqlError(ix, "watermark"));
+  sqlite3_bind_text(set_meta, 1, "through_hash", -1, SQLITE_STATIC);
+  sqlite3_bind_blob(set_meta, 2, last_hash.data(), static_cast<int>(last_hash.size()), SQLITE_STATIC);
+  w = sqlite3_step(set_meta);
+  sqlite3_reset(set_meta);
+  if (w != SQLITE_DONE) return fail(SqlError(ix, "watermark"));
+  if (Status s = Exec(ix, "COMMIT"); !s.ok()) return fail(s);
+  indexed = to;
+  return Status::Ok();
+}
+
+Status AuditIndexer::Impl::CatchUp() {
+  std::lock_guard lock(work_mu);
+  for (;;) {
+    const uint64_t target = committed.load();
+    const uint64_t from = indexed.load();
+    if (from >= target) return Status::Ok();
+    if (Status s = IndexChunk(std::min(target, from + kChunk)); !s.ok()) return s;
+  }
+}
+
+void AuditIndexer::Impl::Loop() {
+  pthread_setname_np(pthread_self(), "store-indexer");
+  bool failing = false;
+  for (;;) {
+    {
+      std::unique_lock lock(mu);
+      auto pending = [&] { return committed.load() - indexed.load(); };
+      cv.wait_for(lock, std::chrono::milliseconds(failing ? 1000 : 500), [&] { return stopping || (!failing && pending() > 0); });
+      if (stopping) break;
+      if (failing || pending() == 0) {
+        failing = false;  // retry after the pause
+      } else if (pending() < kIndexAtRecords) {
+        // Let a few commits gather.
+        cv.wait_for(lock, kIndexDelay, [&] { return stopping || pending() >= kIndexAtRecords; });
+        if (stopping) break;
+      }
+    }
+    // One chunk at a time, so that a stop is noticed between chunks.
+    Status s;
+    {
+      std::lock_guard lock(work_mu);
+      const uint64_t from = indexed.load();
+      s = IndexChunk(std::min(committed.load(), from + kChunk));
+    }
+    if (!s.ok() && !failing) spdlog::error("store: {} (queries scan the records not yet indexed)", s.message());
+    failing = !s.ok();
+  }
+  if (committed.load() - indexed.load() <= kCatchUpOnStop) {
+    if (Status s = CatchUp(); !s.ok()) spdlog::error("store: {}", s.message());
+  }
+}
+
+Result<std::unique_ptr<AuditIndexer>> AuditIndexer::Open(const std::string& store_path, bool start) {
+  auto impl = std::make_unique<Impl>();
+  impl->store_path = store_path;
+  impl->index_path = audit_index::PathFor(store_path);
+  if (sqlite3_open_v2(store_path.c_str(), &impl->log, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) !=
+      SQLITE_OK) {
+    return SqlError(impl->log, "cannot open " + store_path);
+  }
+  sqlite3_busy_timeout(impl->log, 5000);
+  if (sqlite3_prepare_v3(impl->log,
+                         "SELECT seq, message_id, case_id, sender, recipient, leaf_hash FROM audit_log "
+                         "WHERE seq > ? AND seq <= ? ORDER BY seq",
+                         -1, SQLITE_PREPARE_PERSISTENT, &impl->read_records, nullptr) != SQLITE_OK) {
+    return SqlError(impl->log, "prepare");
+  }
+  Status s = impl->OpenIndex();
+  if (s.ok()) s = impl->CheckAgainstLog();
+  if (!s.ok()) {
+    // An index that cannot be read is only a cache: start a new one.
+    spdlog::warn("store: the audit index {} cannot be used ({}); rebuilding it", impl->index_path, s.message());
+    sqlite3_finalize(impl->insert);
+    sqlite3_finalize(impl->insert_many);
+    sqlite3_finalize(impl->set_meta);
+    impl->insert = impl->insert_many = impl->set_meta = nullptr;
+    sqlite3_close_v2(impl->ix);
+    impl->ix = nullptr;
+    RemoveIndexFiles(impl->index_path);
+    s = impl->OpenIndex();
+    if (s.ok()) s = impl->CheckAgainstLog();
+    if (!s.ok()) return s;
+  }
+  Impl* raw = impl.get();
+  if (start) impl->thread = std::thread([raw] { raw->Loop(); });
+  return std::unique_ptr<AuditIndexer>(new AuditIndexer(std::move(impl)));
+}
+
+AuditIndexer::AuditIndexer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+AuditIndexer::~AuditIndexer() {
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->stopping = true;
+  }
+  impl_->cv.notify_all();
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+void AuditIndexer::Committed(uint64_t seq) {
+  {
+    std::lock_guard lock(impl_->mu);  // so the thread cannot miss the wake-up
+    impl_->committed = seq;
+  }
+  impl_->cv.notify_one();
+}
+
+uint64_t AuditIndexer::indexed_through() const { return impl_->indexed.load(); }
+
+Status AuditIndexer::CatchUp() { return impl_->CatchUp(); }
+
+}  // namespace liaison::broker
