@@ -650,7 +650,10 @@ void CheckIndexedQueries(broker::AuditReader& reader, const std::vector<audit::R
       if (Matches(r, f)) expected.push_back(r.seq);
     }
     for (uint32_t page : {1u, 7u, 100u, 1000u}) {
-      if (page == 1 && expected.size() > 200) continue;
+      // Small pages through large results would repeat the same scans of the
+      // unindexed tail thousands of times (minutes under the sanitizers):
+      // the small result sets page across the watermark and the buckets.
+      if ((page == 1 && expected.size() > 200) || (page == 7 && expected.size() > 400)) continue;
       broker::AuditPageRequest q;
       q.filter = f;
       q.limit = page;
@@ -674,7 +677,7 @@ void CheckIndexedQueries(broker::AuditReader& reader, const std::vector<audit::R
       if (in_scope && Matches(r, f)) expected.push_back(r.seq);
     }
     for (uint32_t page_size : {1u, 7u, 1000u}) {
-      if (page_size == 1 && expected.size() > 200) continue;
+      if ((page_size == 1 && expected.size() > 200) || (page_size == 7 && expected.size() > 400)) continue;
       broker::AuditPageRequest q;
       q.filter = f;
       q.limit = page_size;
