@@ -231,10 +231,6 @@ void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
   f.acking = true;
   const QueuedDelivery& d = f.d;
   QueueChange c(broker_);
-  // Settling a delivery needs no fsync of its own: if a crash takes it back,
-  // the copy is delivered again (at least once on the wire; the agency drops
-  // the duplicate), and any later durable commit makes it durable too.
-  c.batch.durable = false;
   if (d.kind == DeliveryKind::kMessage) {
     audit::Record r = CopyRecord("delivered", *d.message, agency_);
     r.actor = agency_;

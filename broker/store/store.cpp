@@ -34,9 +34,6 @@ constexpr size_t kMaxRecordsPerCommit = 50'000;
 // with one row each, was about a third of the inserts' time).
 constexpr int kAuditRowsPerInsert = 16;
 constexpr int64_t kCheckpointRowEveryMs = 1000;
-// Commits that need no fsync (Batch::durable false) become durable with the
-// next durable commit, or after this long with one of their own.
-constexpr int64_t kSyncAfterMs = 200;
 // Records pruned in one transaction: pruning a year of a busy log must not
 // hold up publishes for long.
 constexpr uint64_t kPruneChunk = 20'000;
@@ -312,8 +309,6 @@ struct Store::Impl {
     bool more = false;  // the last chunk left records to prune
   };
   int64_t last_checkpoint_row_ms = 0;
-  bool synchronous_full = true;  // the connection's PRAGMA synchronous (FULL or NORMAL)
-  int64_t unsynced_since_ms = 0;  // the first commit not yet synced, or 0
 
   struct Item {
     Batch batch;
@@ -356,9 +351,7 @@ struct Store::Impl {
   void WriterLoop();
   void DoneLoop();
   void WalLoop();
-  // durable in: make it durable even if no item needs it; out: whether it was
-  // (then *cp is a new signed checkpoint).
-  Status Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tree_out, uint64_t* next_out, bool* durable);
+  Status Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tree_out, uint64_t* next_out);
   Status WriteQueueChanges(Item& item);
   Status InsertRecord(audit::Record& r, uint64_t seq, int64_t* last_time_ms, merkle::Tree* t);
   Status FlushRecords();
@@ -634,22 +627,11 @@ Status Store::Impl::WriteQueueChanges(Item& item) {
 }
 
 Status Store::Impl::Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tree_out,
-                           uint64_t* next_out, bool* durable) {
+                           uint64_t* next_out) {
   merkle::Tree t = tree;
   uint64_t seq = next_seq;
   int64_t last_time = last_time_ms;
   uint64_t pruned = pruned_through;
-  const int64_t started = NowMs();
-  // Durable (synchronous=FULL: the WAL is fsynced at COMMIT, with every
-  // earlier commit in it) when any item needs it, when asked, or when an
-  // earlier commit has waited kSyncAfterMs for its fsync.
-  bool sync = *durable || (unsynced_since_ms != 0 && started - unsynced_since_ms >= kSyncAfterMs);
-  for (const auto& item : items) sync = sync || item.batch.durable || item.prune != nullptr;
-  *durable = sync;
-  if (sync != synchronous_full) {
-    if (Status s = Exec(db, sync ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL"); !s.ok()) return s;
-    synchronous_full = sync;
-  }
   if (Status s = Exec(db, "BEGIN IMMEDIATE"); !s.ok()) return s;
   auto fail = [&](Status s) {
     pending_rows.clear();
@@ -670,13 +652,8 @@ Status Store::Impl::Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tr
   }
   if (Status s = FlushRecords(); !s.ok()) return fail(s);
   const int64_t now = NowMs();
-  // A checkpoint only for a durable commit: a witness must never hold a
-  // signed checkpoint of records that a crash could still take back. A
-  // commit with nothing else to write (a sync on its own) writes the row,
-  // so that there is something to fsync.
-  const bool checkpoint_row = sync && (now - last_checkpoint_row_ms >= kCheckpointRowEveryMs || items.empty());
-  if (sync) *cp = signer->Sign(options.origin, t.size(), t.Root(), now);
-  if (checkpoint_row) {
+  *cp = signer->Sign(options.origin, t.size(), t.Root(), now);
+  if (now - last_checkpoint_row_ms >= kCheckpointRowEveryMs) {
     insert_checkpoint.Int(1, static_cast<int64_t>(cp->tree_size));
     insert_checkpoint.Int(2, now);
     const std::string text = audit::FormatCheckpoint(*cp);
@@ -684,12 +661,7 @@ Status Store::Impl::Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tr
     if (Status s = insert_checkpoint.Run("insert checkpoint"); !s.ok()) return fail(s);
   }
   if (Status s = Exec(db, "COMMIT"); !s.ok()) return fail(s);
-  if (checkpoint_row) last_checkpoint_row_ms = now;
-  if (sync) {
-    unsynced_since_ms = 0;
-  } else if (unsynced_since_ms == 0) {
-    unsynced_since_ms = started;
-  }
+  if (now - last_checkpoint_row_ms >= kCheckpointRowEveryMs) last_checkpoint_row_ms = now;
   *tree_out = std::move(t);
   *next_out = seq;
   last_time_ms = last_time;
@@ -701,19 +673,10 @@ void Store::Impl::WriterLoop() {
   pthread_setname_np(pthread_self(), "store-writer");
   for (;;) {
     Items items;
-    bool sync = false;
     {
       std::unique_lock lock(mu);
-      if (unsynced_since_ms == 0) {
-        cv.wait(lock, [&] { return !queue.empty() || stopping; });
-      } else {
-        // Commits wait for their fsync: at most kSyncAfterMs.
-        const auto deadline = std::chrono::steady_clock::now() +
-                              std::chrono::milliseconds(std::max<int64_t>(0, unsynced_since_ms + kSyncAfterMs - NowMs()));
-        cv.wait_until(lock, deadline, [&] { return !queue.empty() || stopping; });
-        sync = queue.empty();  // nothing came: a sync of its own (also before stopping)
-      }
-      if (queue.empty() && stopping && !sync) return;
+      cv.wait(lock, [&] { return !queue.empty() || stopping; });
+      if (queue.empty() && stopping) return;
       if (queued_records <= kMaxRecordsPerCommit) {
         // All of it: the items change hands without being moved one by one.
         items.swap(queue);
@@ -732,8 +695,7 @@ void Store::Impl::WriterLoop() {
     audit::Checkpoint cp;
     merkle::Tree new_tree;
     uint64_t new_next = 0;
-    bool durable = sync;
-    Status s = Commit(items, &cp, &new_tree, &new_next, &durable);
+    Status s = Commit(items, &cp, &new_tree, &new_next);
     size_t n = 0, dropped = 0;
     for (const auto& it : items) {
       if (it.result.duplicate) continue;
@@ -743,7 +705,7 @@ void Store::Impl::WriterLoop() {
     {
       std::lock_guard lock(mu);
       if (s.ok()) {
-        if (durable) latest = cp;
+        latest = cp;
         counters.commits++;
         counters.records += n;
         counters.bodies_dropped += dropped;
@@ -962,8 +924,7 @@ Store::~Store() {
     audit::Checkpoint cp;
     merkle::Tree t;
     uint64_t next = 0;
-    bool durable = true;
-    if (impl_->Commit(none, &cp, &t, &next, &durable).ok()) impl_->latest = cp;
+    if (impl_->Commit(none, &cp, &t, &next).ok()) impl_->latest = cp;
   }
   impl_->indexer.reset();  // finishes the index first when little is left
   impl_->wal_cv.notify_all();

@@ -78,12 +78,6 @@ struct Batch {
   std::vector<std::pair<int64_t, uint32_t>> attempts;       // delivery id, attempts so far
   std::vector<int64_t> drop_bodies;                         // message rows whose body is no longer needed
   int64_t recalled_row = 0;                                 // mark this message recalled
-  // false: done() need not wait for an fsync. For changes that a crash may
-  // take back without breaking a promise (a DeliveryAck: delivery is at
-  // least once, and the copy is sent again). Such a commit is made durable
-  // by the next durable one (the WAL is synced as a whole) or within
-  // kSyncAfterMs; a checkpoint is signed only for durable commits.
-  bool durable = true;
 };
 
 struct BatchResult {

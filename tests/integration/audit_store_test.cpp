@@ -13,14 +13,12 @@
 #include <chrono>
 #include <filesystem>
 #include <functional>
-#include <future>
 #include <random>
 #include <thread>
 
 #include "broker/store/audit_reader.h"
 #include "broker/store/store.h"
 #include "client/audit_verify.h"
-#include "common/files.h"
 #include "common/merkle.h"
 #include "tests/temp_dir.h"
 
@@ -991,57 +989,4 @@ TEST_CASE("migration 6 upgrades a schema-5 store: no index on the log, the deriv
   auto reader = broker::AuditReader::Open(o.path, 1);
   REQUIRE(reader.ok());
   CheckIndexedQueries(**reader, log);
-}
-
-TEST_CASE("a commit that needs no fsync is signed only once durable: by the next durable commit or within 200 ms",
-          "[audit][store]") {
-  TempDir dir;
-  std::mt19937_64 rng(5);
-  auto opened = broker::Store::Open(StoreOptions(dir));
-  REQUIRE(opened.ok());
-  broker::Store& store = **opened;
-  REQUIRE(store.AppendSync({Event(rng, 1000)}).ok());
-  const uint64_t durable_size = store.latest().tree_size;
-  auto commit = [&](bool durable) {
-    broker::Batch b;
-    b.records = {Event(rng, 2000), Event(rng, 2001)};
-    b.durable = durable;
-    std::promise<std::pair<Status, audit::Checkpoint>> done;
-    auto f = done.get_future();
-    store.Commit(std::move(b), [&](const Status& s, const audit::Checkpoint& cp, const broker::BatchResult&) {
-      done.set_value({s, cp});
-    });
-    return f.get();
-  };
-  // Not durable yet: done() gets the last durable checkpoint, which does not
-  // cover these records; no witness can hold a checkpoint a crash could undo.
-  auto [s1, cp1] = commit(false);
-  REQUIRE(s1.ok());
-  CHECK(cp1.tree_size == durable_size);
-  // Within 200 ms (here: 3 s for a loaded machine) a sync of its own signs it.
-  const auto start = std::chrono::steady_clock::now();
-  while (store.latest().tree_size < durable_size + 2 &&
-         std::chrono::steady_clock::now() - start < std::chrono::seconds(3)) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  CHECK(store.latest().tree_size == durable_size + 2);
-  // A durable commit right after one that is not: its checkpoint covers both.
-  auto [s2, cp2] = commit(false);
-  auto [s3, cp3] = commit(true);
-  REQUIRE(s2.ok());
-  REQUIRE(s3.ok());
-  CHECK(cp3.tree_size == durable_size + 6);
-  CHECK(store.latest().tree_size == durable_size + 6);
-  // Every signed checkpoint and record verifies.
-  opened->reset();
-  const std::string out = dir.File("export.db");
-  REQUIRE(broker::Store::ExportAudit(StoreOptions(dir).path, out).ok());
-  audit::VerifyOptions vo;
-  vo.db_path = out;
-  vo.public_key_pem = *ReadFile(StoreOptions(dir).signing_key + ".pub", 1 << 16);
-  audit::VerifyReport report;
-  Status v = audit::VerifyAuditLog(vo, &report);
-  INFO(v.ToString());
-  CHECK(v.ok());
-  CHECK(report.records == durable_size + 6);
 }
