@@ -1,9 +1,5 @@
 #include "client/audit_verify.h"
 
-// The verifier hashes with OpenSSL's low-level SHA-256 functions (below,
-// LeafHash and NodeHash), which OpenSSL 3 marks deprecated but keeps.
-#define OPENSSL_SUPPRESS_DEPRECATED
-#include <openssl/sha.h>
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -108,35 +104,6 @@ Status ReadPath(std::string_view* text, std::string_view* line, std::vector<merk
   return Status::Ok();
 }
 
-// RFC 6962 leaf and node hashes: the digests of merkle::LeafHash and
-// merkle::NodeHash (the tests compare roots with merkle::RootOf), without the
-// EVP layer. In OpenSSL 3.0 every EVP_DigestInit_ex frees and allocates the
-// provider's context; for the verifier, two hashes per record, that was a
-// fifth of the hashing time. These functions cannot fail.
-merkle::Hash LeafHash(std::string_view leaf) {
-  SHA256_CTX c;
-  SHA256_Init(&c);
-  const unsigned char prefix = 0x00;
-  SHA256_Update(&c, &prefix, 1);
-  SHA256_Update(&c, leaf.data(), leaf.size());
-  merkle::Hash h;
-  SHA256_Final(h.data(), &c);
-  return h;
-}
-
-merkle::Hash NodeHash(const merkle::Hash& left, const merkle::Hash& right) {
-  unsigned char in[65];
-  in[0] = 0x01;
-  std::memcpy(in + 1, left.data(), 32);
-  std::memcpy(in + 33, right.data(), 32);
-  SHA256_CTX c;
-  SHA256_Init(&c);
-  SHA256_Update(&c, in, sizeof in);
-  merkle::Hash h;
-  SHA256_Final(h.data(), &c);
-  return h;
-}
-
 // Verification (docs/auditing.md, section 3.2) cuts the log into chunks of
 // consecutive rowids. Two threads, the caller's and one more, each with its
 // own read-only connection, take chunks in turn and check every row of a
@@ -201,7 +168,7 @@ class Pieces {
       Piece& left = pieces_[pieces_.size() - 2];
       const Piece& right = pieces_.back();
       if (left.height != right.height || (left.pos & ((uint64_t{2} << left.height) - 1)) != 0) break;
-      left.hash = NodeHash(left.hash, right.hash);
+      left.hash = merkle::NodeHash(left.hash, right.hash);
       left.height++;
       pieces_.pop_back();
     }
@@ -210,7 +177,7 @@ class Pieces {
   merkle::Hash Root() const {
     if (pieces_.empty()) return merkle::EmptyRoot();
     merkle::Hash root = pieces_.back().hash;
-    for (size_t i = pieces_.size() - 1; i-- > 0;) root = NodeHash(pieces_[i].hash, root);
+    for (size_t i = pieces_.size() - 1; i-- > 0;) root = merkle::NodeHash(pieces_[i].hash, root);
     return root;
   }
 
@@ -353,7 +320,7 @@ void CheckChunk(sqlite3* db, sqlite3_stmt* s, Shared* shared, size_t index, cons
       }
       hash_only++;
     } else {
-      if (LeafHash(leaf) != leaf_hash) {
+      if (merkle::LeafHash(leaf) != leaf_hash) {
         bad(seq, "leaf bytes do not match their hash (the record was altered)");
         break;
       }

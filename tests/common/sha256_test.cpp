@@ -69,9 +69,10 @@ TEST_CASE("HmacSha256 gives the same MACs from several threads at once", "[sha25
   for (int w : wrong) CHECK(w == 0);
 }
 
-// Set by a thread_local destructor that runs after the thread's hashing
-// context is gone (thread_locals are destroyed in reverse order of
-// construction; exit handlers likewise run after the main thread's).
+// Set by a thread_local destructor that runs after the thread's other
+// thread_locals are gone (thread_locals are destroyed in reverse order of
+// construction; exit handlers likewise run after the main thread's): hashing
+// must not depend on any of them.
 std::string hashed_late;
 
 struct HashesWhenDestroyed {
