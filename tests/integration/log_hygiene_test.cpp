@@ -5,7 +5,7 @@
 // broker running the example city policy serves real agencies over TLS.
 #include <catch2/catch.hpp>
 
-#include <spdlog/sinks/base_sink.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
@@ -21,32 +21,12 @@ using namespace liaison::test;
 
 namespace {
 
-// A sink that keeps every formatted line; text() may be read while others
-// log (under the sink's own mutex).
-class KeepSink : public spdlog::sinks::base_sink<std::mutex> {
- public:
-  std::string text() {
-    std::lock_guard lock(mutex_);
-    return text_;
-  }
-
- protected:
-  void sink_it_(const spdlog::details::log_msg& msg) override {
-    spdlog::memory_buf_t formatted;
-    formatter_->format(msg, formatted);
-    text_.append(formatted.data(), formatted.size());
-  }
-  void flush_() override {}
-
- private:
-  std::string text_;
-};
-
-// Adds a KeepSink to the default logger and sets it to trace; undone on
-// destruction.
+// Adds a sink that keeps every formatted line (spdlog's ring buffer, far
+// larger than these tests log; read under its own mutex, also while others
+// log) to the default logger and sets it to trace; undone on destruction.
 class LogCapture {
  public:
-  LogCapture() : logger_(spdlog::default_logger()), sink_(std::make_shared<KeepSink>()) {
+  LogCapture() : logger_(spdlog::default_logger()), sink_(std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(1 << 20)) {
     PkiDir();  // its first call sets the tests' log level; trace must come after
     level_ = logger_->level();
     logger_->sinks().push_back(sink_);
@@ -57,11 +37,15 @@ class LogCapture {
     sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
     logger_->set_level(level_);
   }
-  std::string text() { return sink_->text(); }
+  std::string text() {
+    std::string out;
+    for (const std::string& line : sink_->last_formatted()) out += line;
+    return out;
+  }
 
  private:
   std::shared_ptr<spdlog::logger> logger_;
-  std::shared_ptr<KeepSink> sink_;
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_;
   spdlog::level::level_enum level_ = spdlog::level::info;
 };
 
