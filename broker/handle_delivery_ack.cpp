@@ -32,8 +32,11 @@ void Session::PumpDeliveries() {
   // (large messages times a large credit would otherwise overflow
   // max_queued_bytes and cut the session). Acks resume the pump.
   const uint64_t byte_budget = broker_.config.limits.max_queued_bytes / 2;
-  while (receiving_ && !stream_.closing() && unacked_.size() < credit_ && stream_.queued_bytes() < byte_budget) {
-    auto batch = broker_.mailboxes.Take(agency_, credit_ - unacked_.size());
+  // Credit counts the deliveries the recipient has not acknowledged; those
+  // it has acknowledged are only waiting for their commit here.
+  while (receiving_ && !stream_.closing() && unacked_.size() - acking_ < credit_ &&
+         stream_.queued_bytes() < byte_budget) {
+    auto batch = broker_.mailboxes.Take(agency_, credit_ - (unacked_.size() - acking_));
     if (batch.empty()) return;
     std::vector<QueuedDelivery> give_back;
     for (auto& d : batch) {
@@ -229,6 +232,7 @@ void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
   InFlight& f = it->second;
   if (f.acking) return;  // a repeated ack
   f.acking = true;
+  acking_++;
   const QueuedDelivery& d = f.d;
   QueueChange c(broker_);
   if (d.kind == DeliveryKind::kMessage) {
@@ -255,15 +259,20 @@ void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
     }
     c.Finish(d, DeliveryState::kDelivered, v1::OUTCOME_DELIVERED, v1::REASON_UNSPECIFIED, "", false);
   }
+  // Nobody waits for this commit (a crash before it only means the copy is
+  // delivered again, and the recipient drops it by message id), so it may
+  // share the next publish's commit; the credit is given back now.
+  c.batch.lazy = true;
   c.Submit([self = shared_from_this(), id = it->first](const Status& s, const audit::Checkpoint&) {
     boost::asio::post(self->stream_.strand(), [self, id, s] { self->AckCommitted(id, s); });
   });
+  PumpDeliveries();
 }
 
 void Session::AckCommitted(int64_t id, const Status& s) {
   // On failure QueueChange gave the delivery back to the mailbox: it will be
   // sent again. Either way it is no longer in flight here.
-  unacked_.erase(id);
+  if (unacked_.erase(id) != 0) acking_--;
   if (s.ok()) {
     broker_.stats.deliveries_acked++;
   } else {

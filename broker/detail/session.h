@@ -131,6 +131,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool receiving_ = false;
   uint32_t credit_ = 0;
   std::map<int64_t, InFlight> unacked_;   // by delivery id, oldest first
+  size_t acking_ = 0;                     // of them, acknowledged and waiting for their commit
 
   uint64_t ping_nonce_ = 0;
   bool ping_outstanding_ = false;

@@ -23,6 +23,7 @@
 // use their own connection and never wait for the writer.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -78,6 +79,12 @@ struct Batch {
   std::vector<std::pair<int64_t, uint32_t>> attempts;       // delivery id, attempts so far
   std::vector<int64_t> drop_bodies;                         // message rows whose body is no longer needed
   int64_t recalled_row = 0;                                 // mark this message recalled
+  // Nobody is waiting for this batch to be durable (a DeliveryAck: the
+  // recipient has its copy, and a crash before the commit only means the
+  // copy is delivered again). The writer lets it wait up to a couple of
+  // milliseconds for a batch that someone does wait for, so that the two
+  // share one commit, one fsync and one signature.
+  bool lazy = false;
 };
 
 struct BatchResult {
@@ -95,6 +102,8 @@ class Store {
     // Tests: leave the derived audit index (audit_index.h) where it is, so
     // that queries find the newer records by scanning them.
     bool pause_audit_index = false;
+    // How long a lazy batch (Batch::lazy) waits for one that is not.
+    std::chrono::microseconds lazy_linger{2000};
   };
   using Done = std::function<void(const Status&, const audit::Checkpoint&)>;
   using BatchDone = std::function<void(const Status&, const audit::Checkpoint&, const BatchResult&)>;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <functional>
@@ -989,4 +990,51 @@ TEST_CASE("migration 6 upgrades a schema-5 store: no index on the log, the deriv
   auto reader = broker::AuditReader::Open(o.path, 1);
   REQUIRE(reader.ok());
   CheckIndexedQueries(**reader, log);
+}
+
+TEST_CASE("a lazy batch waits for the next commit that someone waits for, and shares it", "[store][commit]") {
+  TempDir dir;
+  auto o = StoreOptions(dir);
+  o.lazy_linger = std::chrono::seconds(30);  // long enough that only company or closing commits it
+  std::mt19937_64 rng(7);
+  std::atomic<int> lazy_done{0};
+  {
+    auto store = broker::Store::Open(o);
+    REQUIRE(store.ok());
+    REQUIRE((*store)->AppendSync({Event(rng, 1'800'000'000'000)}).ok());
+    const auto before = (*store)->counters();
+
+    broker::Batch lazy;
+    lazy.records.push_back(Event(rng, 1'800'000'000'001));
+    lazy.lazy = true;
+    (*store)->Commit(std::move(lazy), [&](const Status& s, const audit::Checkpoint& cp, const broker::BatchResult&) {
+      CHECK(s.ok());
+      CHECK(cp.tree_size == 3);  // signed with the batch it rode with
+      lazy_done++;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    CHECK(lazy_done == 0);
+    CHECK((*store)->counters().commits == before.commits);
+
+    auto cp = (*store)->AppendSync({Event(rng, 1'800'000'000'002)});
+    REQUIRE(cp.ok());
+    CHECK(cp->tree_size == 3);
+    // done() runs on the completion thread in commit order: the lazy one first.
+    CHECK(lazy_done == 1);
+    CHECK((*store)->counters().commits == before.commits + 1);
+    CHECK((*store)->counters().records == before.records + 2);
+
+    // Closing commits a lazy batch that is still waiting.
+    broker::Batch last;
+    last.records.push_back(Event(rng, 1'800'000'000'003));
+    last.lazy = true;
+    (*store)->Commit(std::move(last), [&](const Status& s, const audit::Checkpoint&, const broker::BatchResult&) {
+      CHECK(s.ok());
+      lazy_done++;
+    });
+  }
+  CHECK(lazy_done == 2);
+  auto store = broker::Store::Open(o);
+  REQUIRE(store.ok());
+  CHECK((*store)->latest().tree_size == 4);
 }

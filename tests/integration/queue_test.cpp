@@ -389,3 +389,48 @@ TEST_CASE("a reconnect storm loses nothing, records each delivery once and leaks
       },
       std::chrono::seconds(10)));
 }
+
+TEST_CASE("credit bounds the deliveries a recipient has not acknowledged, and each acknowledgement frees one",
+          "[queue][credit]") {
+  TestBroker broker;
+  auto police = Connect(broker.port(), "police");
+  for (int i = 0; i < 10; ++i) REQUIRE(police->Publish(IncidentReport({"school"})).AllAccepted());
+  RawClient raw;
+  RawClient::Options o;
+  o.tls = AgencyTls("school");
+  REQUIRE(raw.Connect(broker.port(), o).ok());
+  REQUIRE(raw.SendHello(/*receive=*/true, /*credit=*/3));
+  std::vector<v1::Deliver> got;
+  // Reads frames for `wait`; keeps the deliveries.
+  auto read_for = [&](std::chrono::milliseconds wait) {
+    const auto until = std::chrono::steady_clock::now() + wait;
+    while (std::chrono::steady_clock::now() < until) {
+      auto f = raw.ReadFrame(std::chrono::milliseconds(50));
+      if (f && f->has_deliver()) got.push_back(f->deliver());
+    }
+  };
+  read_for(std::chrono::milliseconds(500));
+  REQUIRE(got.size() == 3);  // no more than the credit, however long it waits
+  auto ack = [&](const v1::Deliver& d) {
+    v1::Frame a;
+    a.mutable_delivery_ack()->set_delivery_id(d.delivery_id());
+    a.mutable_delivery_ack()->set_attempt(d.attempt());
+    REQUIRE(raw.SendFrame(a));
+  };
+  ack(got[0]);
+  read_for(std::chrono::milliseconds(500));
+  CHECK(got.size() == 4);  // one acknowledged: one more, and only one
+  ack(got[1]);
+  ack(got[2]);
+  ack(got[3]);
+  read_for(std::chrono::milliseconds(500));
+  CHECK(got.size() == 7);
+  for (size_t i = 4; i < got.size(); ++i) ack(got[i]);
+  read_for(std::chrono::milliseconds(500));
+  REQUIRE(got.size() == 10);
+  for (size_t i = 7; i < got.size(); ++i) ack(got[i]);
+  std::set<uint64_t> ids;
+  for (const auto& d : got) ids.insert(d.delivery_id());
+  CHECK(ids.size() == 10);
+  raw.Close();
+}
