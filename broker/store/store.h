@@ -104,6 +104,9 @@ class Store {
     bool pause_audit_index = false;
     // How long a lazy batch (Batch::lazy) waits for one that is not.
     std::chrono::microseconds lazy_linger{2000};
+    // Deleted bodies leave the WAL file when the writer is next quiet for a
+    // moment, and within this time in any case (DESIGN.md allows 60 s).
+    std::chrono::milliseconds wal_purge_within{30000};
   };
   using Done = std::function<void(const Status&, const audit::Checkpoint&)>;
   using BatchDone = std::function<void(const Status&, const audit::Checkpoint&, const BatchResult&)>;

@@ -20,6 +20,7 @@
 #include "broker/store/audit_reader.h"
 #include "broker/store/store.h"
 #include "client/audit_verify.h"
+#include "common/files.h"
 #include "common/merkle.h"
 #include "tests/temp_dir.h"
 
@@ -889,7 +890,8 @@ CREATE INDEX audit_recipient_seq ON audit_log(recipient) WHERE recipient <> '';
 PRAGMA user_version = 5;
 )sql";
 
-TEST_CASE("migration 6 upgrades a schema-5 store: no index on the log, the derived index built, same tree, it verifies",
+TEST_CASE("migrations 6 and 7 upgrade a schema-5 store: no index on the log, the derived index built, same tree, it "
+          "verifies, with one index on message ids and the queue intact",
           "[audit][migration]") {
   TempDir dir;
   const auto o = StoreOptions(dir);
@@ -959,21 +961,49 @@ TEST_CASE("migration 6 upgrades a schema-5 store: no index on the log, the deriv
       pending.emplace_back(d.id, m.body);
     }).ok());
     CHECK(pending == std::vector<std::pair<int64_t, std::string>>{{2, "\xB0\xD1\xB0\xD1"}});
+    // Migration 7 rebuilt the messages table: its rows and lookups are intact.
+    auto found = (*store)->FindMessage("police", "0190a5c4-8d2e-7b3a-9c1d-000000000001");
+    REQUIRE(found.ok());
+    REQUIRE(found->has_value());
+    CHECK((*found)->row == 1);
+    CHECK((*found)->recipients == "school,social");
+    CHECK((*found)->publish_digest == "\x01\x02");
+    auto delivered = (*store)->FindDelivered("school", "0190a5c4-8d2e-7b3a-9c1d-000000000001");
+    REQUIRE(delivered.ok());
+    CHECK(delivered->has_value());
+    auto other_sender = (*store)->FindMessage("social", "0190a5c4-8d2e-7b3a-9c1d-000000000001");
+    REQUIRE(other_sender.ok());
+    CHECK_FALSE(other_sender->has_value());
     // Still appends after the old records, in the same tree.
     auto more = AppendAll(**store, IndexTestRecords(rng, log.size() + 1, 100));
     log.insert(log.end(), more.begin(), more.end());
     pem = (*store)->public_key_pem();
   }
-  CHECK(UserVersion(o.path) == 6);
+  CHECK(UserVersion(o.path) == 7);
   {
     sqlite3* db = nullptr;
-    REQUIRE(sqlite3_open_v2(o.path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_open_v2(o.path.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);
     sqlite3_stmt* s = nullptr;
     sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_log'", -1, &s,
                        nullptr);
     REQUIRE(sqlite3_step(s) == SQLITE_ROW);
     CHECK(sqlite3_column_int(s, 0) == 0);
     sqlite3_finalize(s);
+    sqlite3_prepare_v2(db, "SELECT group_concat(name) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages'",
+                       -1, &s, nullptr);
+    REQUIRE(sqlite3_step(s) == SQLITE_ROW);
+    CHECK(std::string(reinterpret_cast<const char*>(sqlite3_column_text(s, 0))) == "messages_id_sender");
+    sqlite3_finalize(s);
+    // The deliveries still refer to the rebuilt table, and the index is unique.
+    REQUIRE(sqlite3_exec(db, "PRAGMA foreign_keys = ON", nullptr, nullptr, nullptr) == SQLITE_OK);
+    CHECK(sqlite3_exec(db, "INSERT INTO deliveries VALUES (3, 'school', 99, 1, 0, 0, 1, NULL)", nullptr, nullptr,
+                       nullptr) != SQLITE_OK);
+    CHECK(sqlite3_exec(db,
+                       "INSERT INTO messages(row, sender, message_id, case_id, message_type, tlp, purpose, agreement, "
+                       "recipients, received_ms, expires_ms, want_reports, publish_digest, ack) SELECT 2, sender, "
+                       "message_id, case_id, message_type, tlp, purpose, agreement, recipients, received_ms, "
+                       "expires_ms, want_reports, publish_digest, ack FROM messages WHERE row = 1",
+                       nullptr, nullptr, nullptr) != SQLITE_OK);
     sqlite3_close(db);
   }
   const std::string out = dir.File("export.db");
@@ -1037,4 +1067,85 @@ TEST_CASE("a lazy batch waits for the next commit that someone waits for, and sh
   auto store = broker::Store::Open(o);
   REQUIRE(store.ok());
   CHECK((*store)->latest().tree_size == 4);
+}
+
+TEST_CASE("under load that never pauses, the WAL is reused at a bounded size and a deleted body leaves it in time",
+          "[store][wal]") {
+  TempDir dir;
+  auto o = StoreOptions(dir);
+  o.wal_purge_within = std::chrono::seconds(2);
+  auto store = broker::Store::Open(o);
+  REQUIRE(store.ok());
+  const std::string marker = "Unique-wal-body-5c1e9b0d that must leave the WAL";
+  broker::Batch publish;
+  broker::StoredMessage m;
+  m.row = (*store)->NextMessageRow();
+  m.sender = "police";
+  m.message_id = "0190a5c4-8d2e-7b3a-9c1d-00000000abcd";
+  m.recipients = "school";
+  m.publish_digest = std::string(32, 'd');
+  m.ack = "ack";
+  m.body = marker + std::string(2000, 'x');
+  publish.new_message = m;
+  broker::StoredDelivery d;
+  d.id = (*store)->NextDeliveryId();
+  d.recipient = "school";
+  d.message_row = m.row;
+  publish.new_deliveries.push_back(d);
+  std::mt19937_64 rng(11);
+  publish.records.push_back(Event(rng, 1'800'000'000'000));
+  REQUIRE((*store)->CommitSync(std::move(publish)).ok());
+
+  // A writer that never pauses for long: a small commit every few hundred
+  // microseconds, from another thread.
+  std::atomic<bool> stop{false};
+  std::thread load([&] {
+    std::mt19937_64 r(12);
+    int64_t t = 1'800'000'000'001;
+    while (!stop) {
+      (*store)->Append({Event(r, t++)}, nullptr);
+      std::this_thread::sleep_for(std::chrono::microseconds(300));
+    }
+  });
+  auto file_bytes = [&](const std::string& path) {
+    auto b = ReadFile(path, 1 << 30);
+    return b.ok() ? *b : std::string();
+  };
+  const std::string wal = o.path + "-wal";
+  // The body is on disk (in the WAL, or already copied into the database).
+  CHECK((file_bytes(o.path) + file_bytes(wal)).find(marker) != std::string::npos);
+  broker::Batch done;
+  done.finished.emplace_back(d.id, broker::DeliveryState::kDelivered);
+  done.drop_bodies.push_back(m.row);
+  done.records.push_back(Event(rng, 1'800'000'000'000));
+  REQUIRE((*store)->CommitSync(std::move(done)).ok());
+  const auto dropped = std::chrono::steady_clock::now();
+
+  uintmax_t largest_wal = 0;
+  bool gone = false;
+  while (std::chrono::steady_clock::now() - dropped < std::chrono::seconds(10)) {
+    std::error_code ec;
+    largest_wal = std::max<uintmax_t>(largest_wal, std::filesystem::file_size(wal, ec));
+    if (file_bytes(o.path).find(marker) == std::string::npos && file_bytes(wal).find(marker) == std::string::npos) {
+      gone = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const double gone_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - dropped).count();
+  // Keep loading a little longer: the WAL must stay bounded (it starts over
+  // instead of growing) while commits never pause.
+  for (int i = 0; i < 40; ++i) {
+    std::error_code ec;
+    largest_wal = std::max<uintmax_t>(largest_wal, std::filesystem::file_size(wal, ec));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  stop = true;
+  load.join();
+  const auto commits = (*store)->counters().commits;
+  INFO("body gone after " << gone_s << " s; largest WAL " << largest_wal << " bytes; " << commits << " commits");
+  CHECK(gone);
+  CHECK(gone_s < 2.0 + 3.0);  // wal_purge_within, and a few rounds of the checkpointer
+  CHECK(commits > 2000);      // the load really did not pause
+  CHECK(largest_wal < 24u << 20);  // journal_size_limit (16 MiB) plus a few commits
 }
