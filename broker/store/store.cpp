@@ -72,6 +72,9 @@ constexpr auto kTruncateWalEvery = std::chrono::seconds(1);
 // millisecond, so the recipients' acknowledgements ride with the publishes'
 // commits instead of paying a commit each; on an idle broker an
 // acknowledgement is durable within that time.
+// Commits of at most this many batches run their done()s on the writer
+// when the completion thread has nothing to do (Store::Impl::WriterLoop).
+constexpr size_t kDoneHereItems = 16;
 // Lazy records that are committed without waiting any longer.
 constexpr size_t kLazyFlushRecords = 512;
 // The writer's page cache (SQLite's default is 2 MiB). Every record inserts
@@ -403,6 +406,7 @@ struct Store::Impl {
   std::condition_variable done_cv;
   std::deque<Completed> completed;  // guarded by done_mu
   bool done_stopping = false;       // guarded by done_mu
+  bool done_running = false;        // guarded by done_mu: the thread is running a completion's done()s
   std::thread done_thread;
   std::unique_ptr<AuditIndexer> indexer;
   std::mutex wal_mu;
@@ -845,11 +849,22 @@ void Store::Impl::WriterLoop() {
     // The callers' done() (a PublishAck to encode, deliveries to hand to the
     // router) and the freeing of their batches run on the completion
     // thread, in commit order, while this thread commits the next batch.
+    // A small commit with nothing ahead of it there is finished here: the
+    // work is a few microseconds, and handing it over would cost a wake-up
+    // and a trip through the scheduler (at low rates, every commit).
+    bool here = false;
     {
       std::lock_guard lock(done_mu);
-      completed.push_back({std::move(items), s, std::move(current)});
+      here = items.size() <= kDoneHereItems && completed.empty() && !done_running;
+      if (!here) completed.push_back({std::move(items), s, std::move(current)});
     }
-    done_cv.notify_one();
+    if (here) {
+      for (auto& it : items) {
+        if (it.done) it.done(s, current, it.result);
+      }
+    } else {
+      done_cv.notify_one();
+    }
   }
 }
 
@@ -859,10 +874,12 @@ void Store::Impl::DoneLoop() {
     Completed c;
     {
       std::unique_lock lock(done_mu);
+      done_running = false;
       done_cv.wait(lock, [&] { return !completed.empty() || done_stopping; });
       if (completed.empty()) return;
       c = std::move(completed.front());
       completed.pop_front();
+      done_running = true;
     }
     for (auto& it : c.items) {
       if (it.done) it.done(c.status, c.checkpoint, it.result);

@@ -18,8 +18,10 @@
 // describe them (Commit with a Batch).
 //
 // Thread-safety: all public methods may be called from any thread. done()
-// runs on the store's completion thread, in commit order (while the writer
-// commits the next batch), and must not block. Reads (FindMessage, ...)
+// runs in commit order on the store's completion thread (while the writer
+// commits the next batch) or, for a small commit when that thread is idle,
+// on the writer itself; it must not block, and must not wait for the store
+// (CommitSync, AppendSync) or the writer would wait for itself. Reads (FindMessage, ...)
 // use their own connection and never wait for the writer.
 #pragma once
 
