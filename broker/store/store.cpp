@@ -56,6 +56,10 @@ constexpr int kWakeCheckpointerFrames = 256;
 // WAL file is cut back to this size when it starts over (SQLite's
 // journal_size_limit), so it is reused rather than grown and truncated.
 constexpr int kRestartWalFrames = 2048;
+// The writer's own copy holds up commits while it runs (and syncs the
+// database file), so it waits until the checkpointer has left at most this
+// many frames (or the WAL has grown to twice kRestartWalFrames).
+constexpr int kRestartCopyFrames = 64;
 constexpr const char* kWalSizeLimit = "PRAGMA journal_size_limit = 16777216";
 // Deleted bodies must leave the WAL file too (DESIGN.md). A frame written
 // before the WAL started over lies beyond the new frames until they
@@ -810,11 +814,16 @@ void Store::Impl::WriterLoop() {
       const int uncopied = frames >= backfilled ? frames - backfilled : frames;  // less: the WAL started over
       if (uncopied >= kWakeCheckpointerFrames) wal_cv.notify_one();
       if (frames >= kRestartWalFrames && uncopied > 0) {
-        // PASSIVE never waits: if the checkpointer is running, the next
-        // commit tries again.
-        int log = 0, done = 0;
-        if (sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &done) == SQLITE_OK && done >= 0) {
-          wal_backfilled.store(done, std::memory_order_relaxed);
+        if (uncopied <= kRestartCopyFrames || frames >= 2 * kRestartWalFrames) {
+          // PASSIVE never waits: if the checkpointer is running, the next
+          // commit tries again.
+          int log = 0, done = 0;
+          if (sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &done) == SQLITE_OK &&
+              done >= 0) {
+            wal_backfilled.store(done, std::memory_order_relaxed);
+          }
+        } else {
+          wal_cv.notify_one();  // the checkpointer copies most of it first
         }
       }
       last_commit_ns.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
