@@ -244,20 +244,30 @@ v1::Message IncidentTemplate(int size) {
   return m;
 }
 
-// Message ids carry (run, publisher, sequence): RRRRRRRR-PPPP-4000-8000-SSSSSSSSSSSS.
+// Message ids are UUIDv7, as Liaison's own clients make them (common/uuid.h:
+// time-ordered, so the broker's index of message ids is appended to at its
+// end), with (run, publisher, sequence) in the random bits:
+// TTTTTTTT-TTTT-7RRR-8RRR-PPPPSSSSSSSS (T: Unix milliseconds; R: the run's
+// low 24 bits).
 std::string MessageId(uint32_t run, int pub, long seq) {
+  const auto ms = static_cast<unsigned long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                      std::chrono::system_clock::now().time_since_epoch())
+                                                      .count()) &
+                  0xffffffffffffull;
   char b[64];
-  std::snprintf(b, sizeof b, "%08x-%04x-4000-8000-%012llx", run, static_cast<unsigned>(pub) & 0xffffu,
-                static_cast<unsigned long long>(seq) & 0xffffffffffffull);
+  std::snprintf(b, sizeof b, "%08llx-%04llx-7%03x-8%03x-%04x%08llx", ms >> 16, ms & 0xffff, (run >> 12) & 0xfffu,
+                run & 0xfffu, static_cast<unsigned>(pub) & 0xffffu,
+                static_cast<unsigned long long>(seq) & 0xffffffffull);
   return b;
 }
 
 bool ParseMessageId(const std::string& id, uint32_t* run, int* pub, long* seq) {
-  if (id.size() != 36) return false;
+  if (id.size() != 36 || id[14] != '7' || id[19] != '8') return false;
   char* end = nullptr;
-  *run = static_cast<uint32_t>(std::strtoul(id.substr(0, 8).c_str(), &end, 16));
-  *pub = static_cast<int>(std::strtol(id.substr(9, 4).c_str(), &end, 16));
-  *seq = static_cast<long>(std::strtoll(id.substr(24, 12).c_str(), &end, 16));
+  *run = static_cast<uint32_t>(std::strtoul(id.substr(15, 3).c_str(), &end, 16) << 12 |
+                               std::strtoul(id.substr(20, 3).c_str(), &end, 16));
+  *pub = static_cast<int>(std::strtol(id.substr(24, 4).c_str(), &end, 16));
+  *seq = static_cast<long>(std::strtoll(id.substr(28, 8).c_str(), &end, 16));
   return true;
 }
 
@@ -527,6 +537,7 @@ void PublisherLoop(World* w, Publisher* p, const Phase* ph, int64_t t0, int64_t 
 }
 
 void StartPhase(World& w, Phase& ph, uint32_t run, long per_pub) {
+  run &= kRunMask;  // what a message id carries
   ph.run = run;
   ph.per_pub = per_pub;
   ph.expected = per_pub * w.o.publishers;

@@ -97,7 +97,10 @@ struct CpuMeter {
 // A realistic incident report from the police (about 1 KiB serialized),
 // padded or trimmed to size bytes through its description.
 v1::Message IncidentTemplate(int size);
-// Message ids carry (run, publisher, sequence): RRRRRRRR-PPPP-4000-8000-SSSSSSSSSSSS.
+// Message ids are UUIDv7 (time-ordered, like those of Liaison's clients)
+// carrying (run, publisher, sequence): TTTTTTTT-TTTT-7RRR-8RRR-PPPPSSSSSSSS,
+// of the run its low 24 bits (kRunMask).
+constexpr uint32_t kRunMask = 0xffffff;
 std::string MessageId(uint32_t run, int pub, long seq);
 bool ParseMessageId(const std::string& id, uint32_t* run, int* pub, long* seq);
 
