@@ -123,10 +123,10 @@ Status ReadPath(std::string_view* text, std::string_view* line, std::vector<merk
 // (RecordView::strings), so that string i is column kFirstString + i, then
 // leaf (in an export of an earlier version; NULL otherwise), leaf_hash and
 // hash_only (0 when the export has no such column).
-constexpr const char* kFieldColumns[] = {"seq",       "time_ms",    "tlp",       "event",          "actor",
-                                         "cert_sha256", "message_id", "case_id", "sender",         "recipient",
-                                         "message_type", "purpose",  "decision",  "rules",          "policy_version",
-                                         "obligations", "body_hmac", "detail"};
+constexpr const char* kFieldColumns[] = {"seq",          "time_ms",    "tlp",      "event",  "actor",
+                                         "cert_sha256",  "message_id", "case_id",  "sender", "recipient",
+                                         "message_type", "purpose",    "decision", "rules",  "policy_version",
+                                         "obligations",  "body_hmac",  "detail"};
 constexpr int kFirstString = 3;
 constexpr int kLeafColumn = kFirstString + RecordView::kStrings;
 constexpr int kLeafHashColumn = kLeafColumn + 1;
@@ -311,8 +311,7 @@ struct RowProblem {
   std::string Message() const {
     if (column < 0) return why;
     return std::string("its column ") + kFieldColumns[column] + " holds " + TypeName(type) + ", not " +
-           (column < kFirstString ? "an INTEGER" : "TEXT") +
-           " as an export writes it (the record was altered)";
+           (column < kFirstString ? "an INTEGER" : "TEXT") + " as an export writes it (the record was altered)";
   }
 };
 
@@ -433,8 +432,8 @@ void CheckChunk(sqlite3* db, sqlite3_stmt* s, bool has_leaf, Shared* shared, siz
     if (sqlite3_column_int64(s, kHashOnlyColumn) != 0) {
       // Outside the auditor's scope: only its hash is known, and nothing
       // else may be claimed for it (it could not be checked).
-      bool empty = ColumnBytes(s, kLeafColumn).empty() && sqlite3_column_int64(s, 1) == 0 &&
-                   sqlite3_column_int64(s, 2) == 0;
+      bool empty =
+          ColumnBytes(s, kLeafColumn).empty() && sqlite3_column_int64(s, 1) == 0 && sqlite3_column_int64(s, 2) == 0;
       for (int i = 0; i < RecordView::kStrings && empty; ++i) empty = ColumnBytes(s, kFirstString + i).empty();
       if (!empty) {
         bad(seq, "marked hash-only but carries other columns (they cannot be verified)");
@@ -460,8 +459,8 @@ void CheckChunk(sqlite3* db, sqlite3_stmt* s, bool has_leaf, Shared* shared, siz
         if (!DecodeLeafView(stored_leaf, &v, &why)) {
           bad(seq, why);
         } else {
-          bad(seq, encoded ? "its columns differ from its signed leaf bytes (the record was altered)"
-                           : problem.Message());
+          bad(seq,
+              encoded ? "its columns differ from its signed leaf bytes (the record was altered)" : problem.Message());
         }
         break;
       }
@@ -809,7 +808,8 @@ Result<std::string> LeafOfRow(sqlite3* db, int64_t rowid, uint64_t seq, const me
   if (export_columns) {
     if (Status st = ExportTextIsUtf8(db); !st.ok()) return st;
   }
-  if (!export_columns && !shape.has_leaf) return Status::Corruption("the export's audit_log has neither its columns nor leaves");
+  if (!export_columns && !shape.has_leaf)
+    return Status::Corruption("the export's audit_log has neither its columns nor leaves");
   const std::string sql = (export_columns ? RowSelect(shape) : "SELECT leaf FROM audit_log") + " WHERE rowid = ?";
   if (sqlite3_prepare_v2(db, sql.c_str(), -1, &s, nullptr) != SQLITE_OK) {
     return Status::Corruption(std::string("the export's audit_log cannot be read: ") + sqlite3_errmsg(db));
@@ -826,7 +826,8 @@ Result<std::string> LeafOfRow(sqlite3* db, int64_t rowid, uint64_t seq, const me
   if (!export_columns) {
     leaf = std::string(ColumnBytes(s, 0));
   } else if (sqlite3_column_int64(s, kHashOnlyColumn) != 0) {
-    return Status::InvalidArgument(record + " is held by its leaf hash only in this export (outside the audit scope, "
+    return Status::InvalidArgument(record +
+                                   " is held by its leaf hash only in this export (outside the audit scope, "
                                    "or pruned): it cannot be proved from it");
   } else {
     if (const int type = sqlite3_column_type(s, 0); type != SQLITE_INTEGER) {
@@ -890,7 +891,8 @@ Result<InclusionProof> ProveInclusion(const std::string& db_path, uint64_t seq, 
   }
   if (merkle::RootOf(leaves) != p.checkpoint.root) return Status::Corruption("the export does not match the checkpoint");
   if (!found) {
-    return Status::Corruption("record " + std::to_string(seq) + " is not in its place in the export (run 'liaison "
+    return Status::Corruption("record " + std::to_string(seq) +
+                              " is not in its place in the export (run 'liaison "
                               "audit verify')");
   }
   // The record's leaf, encoded from its columns (as verify does).

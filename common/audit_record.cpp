@@ -68,8 +68,8 @@ void WriteLeaf(char* p, uint64_t seq, int64_t time_ms, int64_t tlp,
 
 std::string EncodeLeaf(const Record& r) {
   const std::string_view strings[RecordView::kStrings] = {
-      r.event,     r.actor, r.cert_sha256,    r.message_id,  r.case_id,   r.sender, r.recipient, r.message_type,
-      r.purpose, r.decision, r.rules, r.policy_version, r.obligations, r.body_hmac, r.detail};
+      r.event,   r.actor,    r.cert_sha256, r.message_id,     r.case_id,     r.sender,    r.recipient, r.message_type,
+      r.purpose, r.decision, r.rules,       r.policy_version, r.obligations, r.body_hmac, r.detail};
   std::string out(LeafSize(strings), '\0');
   WriteLeaf(out.data(), r.seq, r.time_ms, r.tlp, strings);
   return out;

@@ -318,8 +318,7 @@ TEST_CASE("an auditor's export holds its scope in full and the rest as hashes, a
   Status rehashed = tampered(
       "UPDATE audit_log SET leaf_hash = zeroblob(32) WHERE seq = (SELECT MIN(seq) FROM audit_log WHERE hash_only = 1)");
   CHECK(rehashed.IsCorruption());
-  Status hidden = tampered(
-      "UPDATE audit_log SET hash_only = 1, event = '', actor = '', sender = '' WHERE seq = 1");
+  Status hidden = tampered("UPDATE audit_log SET hash_only = 1, event = '', actor = '', sender = '' WHERE seq = 1");
   CHECK_FALSE(hidden.ok());  // only a row with every column empty may be hash-only
 }
 

@@ -91,8 +91,7 @@ std::vector<std::string> ColumnsOf(const std::string& db_path, const std::string
   sqlite3* db = nullptr;
   REQUIRE(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
   sqlite3_stmt* s = nullptr;
-  sqlite3_prepare_v2(db, ("SELECT name FROM pragma_table_info('" + table + "') ORDER BY cid").c_str(), -1, &s,
-                     nullptr);
+  sqlite3_prepare_v2(db, ("SELECT name FROM pragma_table_info('" + table + "') ORDER BY cid").c_str(), -1, &s, nullptr);
   while (sqlite3_step(s) == SQLITE_ROW) columns.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)));
   sqlite3_finalize(s);
   sqlite3_close(db);
@@ -175,7 +174,8 @@ TEST_CASE("tampering is detected and located", "[audit][tamper]") {
   };
   const std::vector<Case> cases = {
       // (The export holds no leaf bytes: a flipped byte is in a column.)
-      {"a flipped byte in a column", std::string("UPDATE audit_log SET message_id = ") + FlipByte20("message_id") + " WHERE seq = 42",
+      {"a flipped byte in a column",
+       std::string("UPDATE audit_log SET message_id = ") + FlipByte20("message_id") + " WHERE seq = 42",
        "record 42: its columns do not match its leaf hash (the record was altered)", 42},
       {"an altered column", "UPDATE audit_log SET recipient = 'health' WHERE seq = 17",
        "record 17: its columns do not match its leaf hash (the record was altered)", 17},
@@ -451,8 +451,9 @@ TEST_CASE("a large log verifies, and the first bad record is named wherever the 
   };
   const std::string kColumnsNew = ": its columns do not match its leaf hash (the record was altered)";
   const std::string kColumnsOld = ": its columns differ from its signed leaf bytes (the record was altered)";
-  auto columns = [&](uint64_t seq) { return std::make_pair("record " + std::to_string(seq) + kColumnsNew,
-                                                           "record " + std::to_string(seq) + kColumnsOld); };
+  auto columns = [&](uint64_t seq) {
+    return std::make_pair("record " + std::to_string(seq) + kColumnsNew, "record " + std::to_string(seq) + kColumnsOld);
+  };
   auto altered = [&](const char* name, const std::string& sql, uint64_t seq) {
     auto [new_text, old_text] = columns(seq);
     return Case{name, sql, new_text, old_text, seq};
@@ -466,7 +467,8 @@ TEST_CASE("a large log verifies, and the first bad record is named wherever the 
   const std::vector<Case> cases = {
       altered("two bad records: the earlier is named",
               "UPDATE audit_log SET recipient = 'health' WHERE seq = 9000;"
-              "UPDATE audit_log SET message_id = " + FlipByte20("message_id") + " WHERE seq = 700",
+              "UPDATE audit_log SET message_id = " +
+                  FlipByte20("message_id") + " WHERE seq = 700",
               700),
       old_only("two bad records, the earlier a flipped byte in a leaf",
                "UPDATE audit_log SET recipient = 'health' WHERE seq = 9000;"
@@ -530,9 +532,10 @@ TEST_CASE("a large log verifies, and the first bad record is named wherever the 
   }
 }
 
-TEST_CASE("a record whose columns and hash (and leaf, in an old export) were replaced consistently is caught by the "
-          "next checkpoint's root",
-          "[audit][verify][tamper]") {
+TEST_CASE(
+    "a record whose columns and hash (and leaf, in an old export) were replaced consistently is caught by the "
+    "next checkpoint's root",
+    "[audit][verify][tamper]") {
   TempDir dir;
   auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
   REQUIRE(signer.ok());
@@ -541,7 +544,8 @@ TEST_CASE("a record whose columns and hash (and leaf, in an old export) were rep
   forged.recipient = "health";
   const std::string leaf = audit::EncodeLeaf(forged);
   const merkle::Hash h = merkle::LeafHash(leaf);
-  const std::string hash = "leaf_hash = X'" + audit::Hex(std::string_view(reinterpret_cast<const char*>(h.data()), 32)) + "'";
+  const std::string hash =
+      "leaf_hash = X'" + audit::Hex(std::string_view(reinterpret_cast<const char*>(h.data()), 32)) + "'";
   for (bool with_leaf : {false, true}) {
     const std::string path = dir.File(with_leaf ? "old-export.db" : "export.db");
     BuildOptions shape;
@@ -995,9 +999,10 @@ TEST_CASE("every decision names the policy version that made it, and every load,
   CHECK(social_refused);
 }
 
-TEST_CASE("an export of an earlier version (with leaf bytes) verifies, proves, and a leaf that differs from its "
-          "columns is found",
-          "[audit][verify][tamper]") {
+TEST_CASE(
+    "an export of an earlier version (with leaf bytes) verifies, proves, and a leaf that differs from its "
+    "columns is found",
+    "[audit][verify][tamper]") {
   TempDir dir;
   auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
   REQUIRE(signer.ok());
