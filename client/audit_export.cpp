@@ -9,7 +9,9 @@ namespace {
 
 constexpr uint32_t kExportPageSize = 1000;
 
-// The shape of a local export (broker::Store::ExportAudit), plus hash_only.
+// The shape of a local export (broker::Store::ExportAudit), plus hash_only:
+// every field once, as a column; no leaf bytes (the verifier encodes them
+// from the columns).
 constexpr const char* kSchema = R"sql(
 CREATE TABLE audit_log(
   seq INTEGER PRIMARY KEY,
@@ -30,7 +32,6 @@ CREATE TABLE audit_log(
   obligations TEXT NOT NULL,
   body_hmac TEXT NOT NULL,
   detail TEXT NOT NULL,
-  leaf BLOB NOT NULL,
   leaf_hash BLOB NOT NULL,
   hash_only INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE checkpoints(tree_size INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, text TEXT NOT NULL);
@@ -59,8 +60,8 @@ class Writer {
     if (sqlite3_prepare_v2(db_,
                            "INSERT INTO audit_log(seq, time_ms, event, actor, cert_sha256, message_id, case_id, sender, "
                            "recipient, message_type, tlp, purpose, decision, rules, policy_version, obligations, "
-                           "body_hmac, detail, leaf, leaf_hash, hash_only) VALUES "
-                           "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                           "body_hmac, detail, leaf_hash, hash_only) VALUES "
+                           "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                            -1, &row_, nullptr) != SQLITE_OK ||
         sqlite3_prepare_v2(db_, "INSERT OR IGNORE INTO checkpoints(tree_size, time_ms, text) VALUES (?,?,?)", -1, &cp_,
                            nullptr) != SQLITE_OK) {
@@ -83,7 +84,6 @@ class Writer {
                                  &r.detail}) {
       sqlite3_bind_text(row_, i++, f->data(), static_cast<int>(f->size()), SQLITE_STATIC);
     }
-    sqlite3_bind_blob(row_, i++, row.leaf.data(), static_cast<int>(row.leaf.size()), SQLITE_STATIC);
     sqlite3_bind_blob(row_, i++, row.leaf_hash.data(), static_cast<int>(row.leaf_hash.size()), SQLITE_STATIC);
     sqlite3_bind_int(row_, i++, row.hash_only ? 1 : 0);
     const int rc = sqlite3_step(row_);

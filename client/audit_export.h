@@ -2,8 +2,10 @@
 // log page by page (AuditQuery in export mode) written into a new SQLite
 // file of the same shape as a local export (`audit_log` and `checkpoints`
 // tables), plus a `hash_only` column. Records in the auditor's scope are
-// carried in full, with their leaf bytes; every other record is its leaf
-// hash only (other columns empty, hash_only = 1), so `liaison audit verify`
+// carried in full, every field a column with the record's leaf hash (the
+// leaf bytes the broker sends are their encoding and are not stored:
+// `liaison audit verify` encodes the columns again); every other record is
+// its leaf hash only (other columns empty, hash_only = 1), so the verifier
 // still checks the whole tree and every checkpoint. No message bodies: the
 // broker's audit log has none.
 //

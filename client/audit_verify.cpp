@@ -108,7 +108,9 @@ Status ReadPath(std::string_view* text, std::string_view* line, std::vector<merk
 // consecutive rowids. Two threads, the caller's and one more, each with its
 // own read-only connection, take chunks in turn and check every row of a
 // chunk where SQLite holds it (no copy of our own): its sequence within the
-// chunk, the leaf hash, the decoded leaf against the columns. A chunk keeps
+// chunk, the types of its columns, and the hash of the canonical leaf
+// encoded from them against the stored leaf hash (and, in an export of an
+// earlier version, the stored leaf bytes against that encoding). A chunk keeps
 // its leaves as the perfect subtrees of the log's tree that they form
 // (Pieces), so no thread holds the log leaf by leaf. The calling thread then
 // joins the chunks in log order: each must start where the one before ended,
@@ -117,15 +119,48 @@ Status ReadPath(std::string_view* text, std::string_view* line, std::vector<merk
 // found after it. A chunk stops at its first problem; the chunks after it
 // are skipped.
 //
-// The SELECT: the 15 strings in leaf order (RecordView::strings), so that
-// string i is column kFirstString + i, then leaf, leaf_hash and hash_only.
-constexpr const char* kRowColumns =
-    "SELECT seq, time_ms, tlp, event, actor, cert_sha256, message_id, case_id, sender, recipient, message_type, "
-    "purpose, decision, rules, policy_version, obligations, body_hmac, detail, leaf, leaf_hash, ";
+// The SELECT: seq, time_ms, tlp, the 15 strings in leaf order
+// (RecordView::strings), so that string i is column kFirstString + i, then
+// leaf (in an export of an earlier version; NULL otherwise), leaf_hash and
+// hash_only (0 when the export has no such column).
+constexpr const char* kFieldColumns[] = {"seq",          "time_ms",    "tlp",      "event",  "actor",
+                                         "cert_sha256",  "message_id", "case_id",  "sender", "recipient",
+                                         "message_type", "purpose",    "decision", "rules",  "policy_version",
+                                         "obligations",  "body_hmac",  "detail"};
 constexpr int kFirstString = 3;
 constexpr int kLeafColumn = kFirstString + RecordView::kStrings;
 constexpr int kLeafHashColumn = kLeafColumn + 1;
 constexpr int kHashOnlyColumn = kLeafHashColumn + 1;
+static_assert(sizeof(kFieldColumns) / sizeof(kFieldColumns[0]) == kLeafColumn);
+
+// What an export's audit_log holds besides the fields: a leaf column
+// (exports of earlier versions) and a hash_only column (an auditor's scoped
+// export, or a local export of a pruned log).
+struct ExportShape {
+  bool has_leaf = false;
+  bool has_hash_only = false;
+};
+
+ExportShape ShapeOf(sqlite3* db) {
+  ExportShape shape;
+  sqlite3_stmt* s = nullptr;
+  shape.has_leaf = sqlite3_prepare_v2(db, "SELECT leaf FROM audit_log LIMIT 0", -1, &s, nullptr) == SQLITE_OK;
+  sqlite3_finalize(s);
+  s = nullptr;
+  shape.has_hash_only = sqlite3_prepare_v2(db, "SELECT hash_only FROM audit_log LIMIT 0", -1, &s, nullptr) == SQLITE_OK;
+  sqlite3_finalize(s);
+  return shape;
+}
+
+// The SELECT of a row's columns (see kFieldColumns), up to FROM.
+std::string RowSelect(const ExportShape& shape) {
+  std::string sql = "SELECT ";
+  for (const char* c : kFieldColumns) sql += std::string(c) + ", ";
+  sql += shape.has_leaf ? "leaf, " : "NULL, ";
+  sql += "leaf_hash, ";
+  sql += shape.has_hash_only ? "hash_only" : "0";
+  return sql + " FROM audit_log";
+}
 
 // Rows per chunk: small enough that the two threads end within a few
 // milliseconds of each other (a chunk takes about 8 ms), large enough that
@@ -258,11 +293,94 @@ inline bool SameBytes(std::string_view a, std::string_view b) {
   return diff == 0;
 }
 
+const char* TypeName(int type) {
+  switch (type) {
+    case SQLITE_INTEGER: return "an INTEGER";
+    case SQLITE_FLOAT: return "a REAL";
+    case SQLITE_TEXT: return "TEXT";
+    case SQLITE_BLOB: return "a BLOB";
+    default: return "NULL";
+  }
+}
+
+// A problem with one row, as the verifier reports it after "record N: ".
+struct RowProblem {
+  const char* why = nullptr;  // a fixed message, or
+  int column = -1;            // a column of the wrong type (kFieldColumns index)
+  int type = 0;               // ... and the type it has
+  std::string Message() const {
+    if (column < 0) return why;
+    return std::string("its column ") + kFieldColumns[column] + " holds " + TypeName(type) + ", not " +
+           (column < kFirstString ? "an INTEGER" : "TEXT") + " as an export writes it (the record was altered)";
+  }
+};
+
+// The canonical leaf of a row's columns (a row of RowSelect), written into
+// *buffer and returned in *leaf. The columns must have exactly the types an
+// export writes, integers as INTEGER and strings as TEXT: a value of another
+// type can have the same bytes (the text '3' and the integer 3, a BLOB and
+// the TEXT of its bytes), and a record that hashes right must be exactly
+// what an auditor reads from the export, nothing that merely converts to it.
+// The leaf holds a string's bytes as SQLite stores them, so the file must
+// store text as UTF-8 (checked once per file, ExportTextIsUtf8). seq is
+// the row's, read by the caller, who checks its type before reading it
+// (SQLite leaves a column's type undefined once it has converted the value).
+bool RowLeaf(sqlite3_stmt* s, uint64_t seq, std::string* buffer, std::string_view* leaf, RowProblem* problem) {
+  RecordView v;
+  for (int i = 1; i < kFirstString; ++i) {
+    const int type = sqlite3_column_type(s, i);
+    if (type != SQLITE_INTEGER) {
+      *problem = RowProblem{nullptr, i, type};
+      return false;
+    }
+  }
+  v.seq = seq;
+  v.time_ms = sqlite3_column_int64(s, 1);
+  v.tlp = sqlite3_column_int64(s, 2);
+  for (int i = 0; i < RecordView::kStrings; ++i) {
+    sqlite3_value* value = sqlite3_column_value(s, kFirstString + i);
+    const int type = sqlite3_value_type(value);
+    if (type != SQLITE_TEXT) {
+      *problem = RowProblem{nullptr, kFirstString + i, type};
+      return false;
+    }
+    const void* p = sqlite3_value_blob(value);
+    const int n = sqlite3_value_bytes(value);
+    v.strings[i] = n > 0 ? std::string_view(static_cast<const char*>(p), static_cast<size_t>(n)) : std::string_view();
+  }
+  const char* why = nullptr;
+  if (!EncodeLeafView(v, buffer, leaf, &why)) {
+    *problem = RowProblem{why};
+    return false;
+  }
+  return true;
+}
+
+// Whether the file stores text as UTF-8, as exports are written (the
+// leaf's strings are UTF-8 bytes; in a UTF-16 file, SQLite would hand out
+// other bytes than an auditor's queries read).
+Status ExportTextIsUtf8(sqlite3* db) {
+  sqlite3_stmt* s = nullptr;
+  std::string encoding;
+  if (sqlite3_prepare_v2(db, "PRAGMA encoding", -1, &s, nullptr) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW) {
+    encoding = Column(s, 0);
+  }
+  sqlite3_finalize(s);
+  if (encoding != "UTF-8") {
+    return Status::Corruption("the export stores its text as " + (encoding.empty() ? "unknown" : encoding) +
+                              ", not UTF-8 as exports are written");
+  }
+  return Status::Ok();
+}
+
 // Checks one chunk's rows with s (the SELECT over a rowid range); stops at
 // the first problem, or when a chunk before this one has failed. `tick` is
 // called every kTickRows rows.
-void CheckChunk(sqlite3* db, sqlite3_stmt* s, Shared* shared, size_t index, const std::function<void()>& tick) {
+void CheckChunk(sqlite3* db, sqlite3_stmt* s, bool has_leaf, Shared* shared, size_t index,
+                const std::function<void()>& tick) {
   Chunk& c = shared->chunks[index];
+  // The leaf encoded from a row's columns; reused, so no allocation per row.
+  std::string buffer;
   sqlite3_reset(s);
   sqlite3_bind_int64(s, 1, c.first_rowid);
   sqlite3_bind_int64(s, 2, c.last_rowid);
@@ -286,6 +404,7 @@ void CheckChunk(sqlite3* db, sqlite3_stmt* s, Shared* shared, size_t index, cons
       }
       break;
     }
+    const int seq_type = sqlite3_column_type(s, 0);
     const uint64_t seq = static_cast<uint64_t>(sqlite3_column_int64(s, 0));
     if (!c.has_rows) {
       c.has_rows = true;
@@ -299,6 +418,10 @@ void CheckChunk(sqlite3* db, sqlite3_stmt* s, Shared* shared, size_t index, cons
       c.why = OutOfOrder(expected, seq);
       break;
     }
+    if (seq_type != SQLITE_INTEGER) {
+      bad(seq, RowProblem{nullptr, 0, seq_type}.Message());
+      break;
+    }
     const std::string_view stored = ColumnBytes(s, kLeafHashColumn);
     if (stored.size() != 32) {
       bad(seq, "malformed leaf hash");
@@ -306,35 +429,50 @@ void CheckChunk(sqlite3* db, sqlite3_stmt* s, Shared* shared, size_t index, cons
     }
     merkle::Hash leaf_hash;
     std::memcpy(leaf_hash.data(), stored.data(), 32);
-    const int64_t time_ms = sqlite3_column_int64(s, 1);
-    const int64_t tlp = sqlite3_column_int64(s, 2);
-    const std::string_view leaf = ColumnBytes(s, kLeafColumn);
     if (sqlite3_column_int64(s, kHashOnlyColumn) != 0) {
       // Outside the auditor's scope: only its hash is known, and nothing
       // else may be claimed for it (it could not be checked).
-      bool empty = leaf.empty() && time_ms == 0 && tlp == 0;
+      bool empty =
+          ColumnBytes(s, kLeafColumn).empty() && sqlite3_column_int64(s, 1) == 0 && sqlite3_column_int64(s, 2) == 0;
       for (int i = 0; i < RecordView::kStrings && empty; ++i) empty = ColumnBytes(s, kFirstString + i).empty();
       if (!empty) {
         bad(seq, "marked hash-only but carries other columns (they cannot be verified)");
         break;
       }
       hash_only++;
-    } else {
-      if (merkle::LeafHash(leaf) != leaf_hash) {
+    } else if (has_leaf) {
+      // An export of an earlier version: the leaf bytes it stored must be
+      // signed (their hash) and be exactly the encoding of the columns.
+      // (Stored bytes that equal an encoding are a canonical leaf; they are
+      // decoded only to say what is wrong with them when they do not.)
+      const std::string_view stored_leaf = ColumnBytes(s, kLeafColumn);
+      if (merkle::LeafHash(stored_leaf) != leaf_hash) {
         bad(seq, "leaf bytes do not match their hash (the record was altered)");
         break;
       }
-      RecordView v;
-      const char* why = nullptr;
-      if (!DecodeLeafView(leaf, &v, &why)) {
-        bad(seq, why);
+      std::string_view leaf;
+      RowProblem problem;
+      const bool encoded = RowLeaf(s, seq, &buffer, &leaf, &problem);
+      if (!encoded || !SameBytes(leaf, stored_leaf)) {
+        RecordView v;
+        const char* why = nullptr;
+        if (!DecodeLeafView(stored_leaf, &v, &why)) {
+          bad(seq, why);
+        } else {
+          bad(seq,
+              encoded ? "its columns differ from its signed leaf bytes (the record was altered)" : problem.Message());
+        }
         break;
       }
-      bool same = v.seq == seq && v.time_ms == time_ms && v.tlp == tlp;
-      for (int i = 0; i < RecordView::kStrings && same; ++i)
-        same = SameBytes(v.strings[i], ColumnBytes(s, kFirstString + i));
-      if (!same) {
-        bad(seq, "its columns differ from its signed leaf bytes (the record was altered)");
+    } else {
+      std::string_view leaf;
+      RowProblem problem;
+      if (!RowLeaf(s, seq, &buffer, &leaf, &problem)) {
+        bad(seq, problem.Message());
+        break;
+      }
+      if (merkle::LeafHash(leaf) != leaf_hash) {
+        bad(seq, "its columns do not match its leaf hash (the record was altered)");
         break;
       }
     }
@@ -362,12 +500,12 @@ void CheckChunk(sqlite3* db, sqlite3_stmt* s, Shared* shared, size_t index, cons
 }
 
 // Takes chunks until none are left (or an earlier one failed).
-void CheckChunks(sqlite3* db, sqlite3_stmt* s, Shared* shared, const std::function<void()>& tick) {
+void CheckChunks(sqlite3* db, sqlite3_stmt* s, bool has_leaf, Shared* shared, const std::function<void()>& tick) {
   for (;;) {
     if (shared->stop.load(std::memory_order_relaxed)) return;
     const size_t i = shared->next.fetch_add(1);
     if (i >= shared->chunks.size() || i > shared->first_failed.load()) return;
-    CheckChunk(db, s, shared, i, tick);
+    CheckChunk(db, s, has_leaf, shared, i, tick);
     if (shared->chunks[i].checked && shared->chunks[i].problem != Chunk::Problem::kNone) {
       size_t failed = shared->first_failed.load();
       while (i < failed && !shared->first_failed.compare_exchange_weak(failed, i)) {
@@ -471,14 +609,12 @@ Status VerifyAuditLog(const VerifyOptions& o, VerifyReport* report) {
   const uint64_t total = static_cast<uint64_t>(std::max<int64_t>(max_rowid, 0));
 
   // An auditor's scoped export (client/audit_export.h) marks the records
-  // outside its scope hash_only; a full export has no such column.
-  bool has_hash_only = false;
-  if (sqlite3_prepare_v2(db, "SELECT hash_only FROM audit_log LIMIT 0", -1, &s, nullptr) == SQLITE_OK) {
-    has_hash_only = true;
-  }
-  sqlite3_finalize(s);
-  const std::string select = std::string(kRowColumns) + (has_hash_only ? "hash_only" : "0") +
-                             " FROM audit_log WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid";
+  // outside its scope hash_only; a full export has no such column unless the
+  // log was pruned. Exports of earlier versions also hold each record's leaf
+  // bytes.
+  const ExportShape shape = ShapeOf(db);
+  if (Status st = ExportTextIsUtf8(db); !st.ok()) return st;
+  const std::string select = RowSelect(shape) + " WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid";
   if (sqlite3_prepare_v2(db, select.c_str(), -1, &s, nullptr) != SQLITE_OK) {
     return Status::Corruption("the export has no audit_log table");
   }
@@ -540,7 +676,7 @@ Status VerifyAuditLog(const VerifyOptions& o, VerifyReport* report) {
   if (helper) {
     helper_thread = std::thread([&] {
       try {
-        CheckChunks(helper->db.get(), helper->s, &shared, [] {});
+        CheckChunks(helper->db.get(), helper->s, shape.has_leaf, &shared, [] {});
       } catch (...) {  // out of memory: truly unexpected; rethrown on the caller's thread
         helper_error = std::current_exception();
         shared.stop = true;
@@ -584,7 +720,7 @@ Status VerifyAuditLog(const VerifyOptions& o, VerifyReport* report) {
     const uint64_t checked = shared.rows_checked.load(std::memory_order_relaxed);
     for (; next_progress <= checked; next_progress += o.progress_every) o.progress(next_progress, total);
   };
-  CheckChunks(db, rows, &shared, progress);
+  CheckChunks(db, rows, shape.has_leaf, &shared, progress);
   if (helper) {
     std::unique_lock lock(helper_mu);
     while (!helper_cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return helper_done; })) {
@@ -655,6 +791,67 @@ Status VerifyAuditLog(const VerifyOptions& o, VerifyReport* report) {
   return Status::Ok();
 }
 
+namespace {
+
+// The canonical leaf of the record at rowid (record seq) of an export,
+// encoded from its columns with verify's checks, and checked against its
+// leaf hash. A broker's store (its audit_log keeps most fields in the leaf
+// only) gives its stored leaf bytes.
+Result<std::string> LeafOfRow(sqlite3* db, int64_t rowid, uint64_t seq, const merkle::Hash& leaf_hash) {
+  const std::string record = "record " + std::to_string(seq);
+  sqlite3_stmt* s = nullptr;
+  const ExportShape shape = ShapeOf(db);
+  const bool export_columns =
+      sqlite3_prepare_v2(db, "SELECT cert_sha256 FROM audit_log LIMIT 0", -1, &s, nullptr) == SQLITE_OK;
+  sqlite3_finalize(s);
+  s = nullptr;
+  if (export_columns) {
+    if (Status st = ExportTextIsUtf8(db); !st.ok()) return st;
+  }
+  if (!export_columns && !shape.has_leaf)
+    return Status::Corruption("the export's audit_log has neither its columns nor leaves");
+  const std::string sql = (export_columns ? RowSelect(shape) : "SELECT leaf FROM audit_log") + " WHERE rowid = ?";
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &s, nullptr) != SQLITE_OK) {
+    return Status::Corruption(std::string("the export's audit_log cannot be read: ") + sqlite3_errmsg(db));
+  }
+  struct Finalizer {
+    sqlite3_stmt* s;
+    ~Finalizer() { sqlite3_finalize(s); }
+  } finalizer{s};
+  sqlite3_bind_int64(s, 1, rowid);
+  if (sqlite3_step(s) != SQLITE_ROW) {
+    return Status::Corruption(record + ": cannot be read (" + sqlite3_errmsg(db) + ")");
+  }
+  std::string leaf;
+  if (!export_columns) {
+    leaf = std::string(ColumnBytes(s, 0));
+  } else if (sqlite3_column_int64(s, kHashOnlyColumn) != 0) {
+    return Status::InvalidArgument(record +
+                                   " is held by its leaf hash only in this export (outside the audit scope, "
+                                   "or pruned): it cannot be proved from it");
+  } else {
+    if (const int type = sqlite3_column_type(s, 0); type != SQLITE_INTEGER) {
+      return Status::Corruption(record + ": " + RowProblem{nullptr, 0, type}.Message());
+    }
+    std::string buffer;
+    std::string_view encoded;
+    RowProblem problem;
+    if (!RowLeaf(s, seq, &buffer, &encoded, &problem)) return Status::Corruption(record + ": " + problem.Message());
+    if (shape.has_leaf && !SameBytes(encoded, ColumnBytes(s, kLeafColumn))) {
+      return Status::Corruption(record + ": its columns differ from its signed leaf bytes (the record was altered)");
+    }
+    leaf = std::string(encoded);
+  }
+  if (merkle::LeafHash(leaf) != leaf_hash) {
+    return Status::Corruption(record + ": " +
+                              (export_columns ? "its columns do not match its leaf hash (the record was altered)"
+                                              : "leaf bytes do not match their hash (the record was altered)"));
+  }
+  return leaf;
+}
+
+}  // namespace
+
 Result<InclusionProof> ProveInclusion(const std::string& db_path, uint64_t seq, const Checkpoint& against) {
   ReadOnlyDb rodb;
   if (Status st = rodb.Open(db_path); !st.ok()) return st;
@@ -673,15 +870,18 @@ Result<InclusionProof> ProveInclusion(const std::string& db_path, uint64_t seq, 
                                    std::to_string(p.checkpoint.tree_size) + ")");
   }
   std::vector<merkle::Hash> leaves;
-  sqlite3_prepare_v2(db, "SELECT seq, leaf, leaf_hash FROM audit_log WHERE seq <= ? ORDER BY seq", -1, &s, nullptr);
+  int64_t rowid = 0;
+  bool found = false;  // the row of record seq, at position seq - 1
+  sqlite3_prepare_v2(db, "SELECT seq, leaf_hash, rowid FROM audit_log WHERE seq <= ? ORDER BY seq", -1, &s, nullptr);
   sqlite3_bind_int64(s, 1, static_cast<int64_t>(p.checkpoint.tree_size));
   while (sqlite3_step(s) == SQLITE_ROW) {
     merkle::Hash h;
-    if (sqlite3_column_bytes(s, 2) != 32) break;
-    std::memcpy(h.data(), sqlite3_column_blob(s, 2), 32);
+    if (sqlite3_column_bytes(s, 1) != 32) break;
+    std::memcpy(h.data(), sqlite3_column_blob(s, 1), 32);
     leaves.push_back(h);
-    if (static_cast<uint64_t>(sqlite3_column_int64(s, 0)) == seq) {
-      p.leaf.assign(static_cast<const char*>(sqlite3_column_blob(s, 1)), static_cast<size_t>(sqlite3_column_bytes(s, 1)));
+    if (static_cast<uint64_t>(sqlite3_column_int64(s, 0)) == seq && leaves.size() == seq) {
+      rowid = sqlite3_column_int64(s, 2);
+      found = true;
     }
   }
   sqlite3_finalize(s);
@@ -690,6 +890,15 @@ Result<InclusionProof> ProveInclusion(const std::string& db_path, uint64_t seq, 
                               std::to_string(p.checkpoint.tree_size));
   }
   if (merkle::RootOf(leaves) != p.checkpoint.root) return Status::Corruption("the export does not match the checkpoint");
+  if (!found) {
+    return Status::Corruption("record " + std::to_string(seq) +
+                              " is not in its place in the export (run 'liaison "
+                              "audit verify')");
+  }
+  // The record's leaf, encoded from its columns (as verify does).
+  auto leaf = LeafOfRow(db, rowid, seq, leaves[seq - 1]);
+  if (!leaf.ok()) return leaf.status();
+  p.leaf = std::move(leaf).value();
   p.path = merkle::InclusionProof(leaves, seq - 1, p.checkpoint.tree_size);
   return p;
 }

@@ -1,9 +1,11 @@
-// Offline verification of an audit export (or a store): every record's leaf
-// bytes against its columns and its stored hash (records an auditor's
-// scoped export holds as hash only count by their stored hash, and must
-// carry nothing else), a gapless sequence, the
-// RFC 6962 root at every checkpoint, every checkpoint's signature, and
-// consistency with checkpoints saved earlier by auditors or agencies.
+// Offline verification of an audit export: every record's canonical leaf,
+// encoded from its columns (which must have the types an export writes),
+// against its stored leaf hash, and, in exports of earlier versions that
+// also hold the leaf bytes, those bytes against the encoding (records an
+// auditor's scoped export holds as hash only count by their stored hash,
+// and must carry nothing else); a gapless sequence, the RFC 6962 root at
+// every checkpoint, every checkpoint's signature, and consistency with
+// checkpoints saved earlier by auditors or agencies.
 // Read-only. One verification per call; each call checks the log on the
 // calling thread and on one more thread of its own, each reading its own
 // part of the file with its own SQLite connection; what they find is joined
@@ -62,7 +64,10 @@ struct InclusionProof {
 };
 
 // Builds the proof of record seq from an export (or a store), against
-// `against` or, when it has no origin, the export's newest checkpoint.
+// `against` or, when it has no origin, the export's newest checkpoint. The
+// leaf is encoded from the record's columns, as verify does (a store's is
+// its stored leaf), and must match the record's leaf hash: Corruption if it
+// does not; InvalidArgument if the export holds the record by hash only.
 Result<InclusionProof> ProveInclusion(const std::string& db_path, uint64_t seq, const Checkpoint& against);
 std::string FormatInclusionProof(const InclusionProof& p);
 Result<InclusionProof> ParseInclusionProof(std::string_view text);

@@ -1,12 +1,14 @@
 #include "common/audit_record.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace liaison::audit {
 namespace {
 
 // Big-endian, into a buffer already sized for it (EncodeLeaf is on the
-// store writer's path for every record: one allocation, no growth).
+// store writer's path for every record: one allocation, no growth;
+// EncodeLeafView on the verifier's, into a buffer it reuses).
 char* PutU64(char* out, uint64_t v) {
   for (int i = 7; i >= 0; --i) *out++ = static_cast<char>((v >> (8 * i)) & 0xFF);
   return out;
@@ -45,22 +47,52 @@ class Reader {
   std::string_view in_;
 };
 
+// The size of the leaf of these strings.
+size_t LeafSize(const std::string_view (&strings)[RecordView::kStrings]) {
+  size_t size = 1 + 3 * 8;
+  for (std::string_view s : strings) size += 4 + s.size();
+  return size;
+}
+
+// The leaf, into p (LeafSize bytes of room).
+void WriteLeaf(char* p, uint64_t seq, int64_t time_ms, int64_t tlp,
+               const std::string_view (&strings)[RecordView::kStrings]) {
+  *p++ = static_cast<char>(kLeafVersion);
+  p = PutU64(p, seq);
+  p = PutU64(p, static_cast<uint64_t>(time_ms));
+  p = PutU64(p, static_cast<uint64_t>(tlp));
+  for (std::string_view s : strings) p = PutString(p, s);
+}
+
 }  // namespace
 
 std::string EncodeLeaf(const Record& r) {
-  const std::string* const strings[] = {&r.event,        &r.actor,    &r.cert_sha256, &r.message_id, &r.case_id,
-                                        &r.sender,       &r.recipient, &r.message_type, &r.purpose,  &r.decision,
-                                        &r.rules,        &r.policy_version, &r.obligations, &r.body_hmac, &r.detail};
-  size_t size = 1 + 3 * 8;
-  for (const std::string* s : strings) size += 4 + s->size();
-  std::string out(size, '\0');
-  char* p = out.data();
-  *p++ = static_cast<char>(kLeafVersion);
-  p = PutU64(p, r.seq);
-  p = PutU64(p, static_cast<uint64_t>(r.time_ms));
-  p = PutU64(p, static_cast<uint64_t>(r.tlp));
-  for (const std::string* s : strings) p = PutString(p, *s);
+  const std::string_view strings[RecordView::kStrings] = {
+      r.event,   r.actor,    r.cert_sha256, r.message_id,     r.case_id,     r.sender,    r.recipient, r.message_type,
+      r.purpose, r.decision, r.rules,       r.policy_version, r.obligations, r.body_hmac, r.detail};
+  std::string out(LeafSize(strings), '\0');
+  WriteLeaf(out.data(), r.seq, r.time_ms, r.tlp, strings);
   return out;
+}
+
+bool EncodeLeafView(const RecordView& v, std::string* buffer, std::string_view* leaf, const char** why) {
+  // What DecodeLeafView refuses is never encoded: the encoding stays
+  // canonical, so fields that hash right are the fields that were signed.
+  if (v.tlp < 0 || v.tlp > 0x7fffffff) {
+    *why = "audit record has an out-of-range TLP value";
+    return false;
+  }
+  for (std::string_view s : v.strings) {
+    if (s.size() > 0xffffffffu) {
+      *why = "audit record has a field too long for a leaf";
+      return false;
+    }
+  }
+  const size_t size = LeafSize(v.strings);
+  if (buffer->size() < size) buffer->resize(std::max(size, 2 * buffer->size()));
+  WriteLeaf(buffer->data(), v.seq, v.time_ms, v.tlp, v.strings);
+  *leaf = std::string_view(buffer->data(), size);
+  return true;
 }
 
 bool DecodeLeafView(std::string_view leaf, RecordView* r, const char** why) {
@@ -82,7 +114,7 @@ bool DecodeLeafView(std::string_view leaf, RecordView* r, const char** why) {
     return false;
   }
   r->time_ms = static_cast<int64_t>(time);
-  r->tlp = static_cast<int>(tlp);
+  r->tlp = static_cast<int64_t>(tlp);
   return true;
 }
 
@@ -93,7 +125,7 @@ Result<Record> DecodeLeaf(std::string_view leaf) {
   Record r;
   r.seq = v.seq;
   r.time_ms = v.time_ms;
-  r.tlp = v.tlp;
+  r.tlp = static_cast<int>(v.tlp);  // in range: checked by DecodeLeafView
   int i = 0;
   for (std::string* s : {&r.event, &r.actor, &r.cert_sha256, &r.message_id, &r.case_id, &r.sender, &r.recipient,
                          &r.message_type, &r.purpose, &r.decision, &r.rules, &r.policy_version, &r.obligations,

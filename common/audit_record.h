@@ -1,8 +1,10 @@
 // An audit record and its canonical leaf bytes (version 1): a fixed,
-// length-prefixed encoding that is stored exactly as hashed, so a verifier
-// recomputes the Merkle tree from the stored bytes and checks that the
-// queryable columns say the same. Metadata only: never a message body.
-// Plain value type.
+// length-prefixed encoding. The broker's store keeps the bytes exactly as
+// hashed; an export keeps the fields as columns only, and a verifier
+// encodes them again and checks the hash. The encoding is canonical both
+// ways: bytes that decode encode back to themselves, and fields that encode
+// decode back to themselves, so a hash that matches means exactly the
+// signed fields. Metadata only: never a message body. Plain value type.
 #pragma once
 
 #include <cstdint>
@@ -38,9 +40,11 @@ struct Record {
 
 inline constexpr uint8_t kLeafVersion = 1;
 
-// The fields of leaf bytes without copying them: the strings point into the
-// leaf and are valid as long as it is. For the verifier, which decodes every
-// record of a log and only compares (docs/auditing.md, section 3.2).
+// A record's fields without owning them: the strings point into leaf bytes
+// (DecodeLeafView) or into wherever the caller holds them (a verifier's
+// SQLite row, for EncodeLeafView), and are valid as long as those are. For
+// the verifier, which encodes every record of a log (docs/auditing.md,
+// section 3.2).
 struct RecordView {
   // The 15 strings in leaf order (see EncodeLeaf): event, actor,
   // cert_sha256, message_id, case_id, sender, recipient, message_type,
@@ -48,7 +52,7 @@ struct RecordView {
   static constexpr int kStrings = 15;
   uint64_t seq = 0;
   int64_t time_ms = 0;
-  int tlp = 0;
+  int64_t tlp = 0;  // 0 to 2^31 - 1 in a leaf; wider here so that a column's value is checked, not cut
   std::string_view strings[kStrings];
 };
 
@@ -59,5 +63,12 @@ Result<Record> DecodeLeaf(std::string_view leaf);
 // The same checks as DecodeLeaf, without allocating; false (and *why set to
 // the reason) if the bytes are not a version-1 leaf.
 bool DecodeLeafView(std::string_view leaf, RecordView* out, const char** why);
+// The canonical leaf bytes of v, written into *buffer (which only grows, so
+// a caller that encodes many records reuses it and allocates a few times in
+// all) and returned as a view into it, valid until *buffer changes. False
+// (and *why set) if no leaf holds these fields, i.e. DecodeLeafView would
+// refuse their encoding: a TLP outside [0, 2^31 - 1], a string of 2^32
+// bytes or more.
+bool EncodeLeafView(const RecordView& v, std::string* buffer, std::string_view* leaf, const char** why);
 
 }  // namespace liaison::audit

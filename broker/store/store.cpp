@@ -1305,21 +1305,26 @@ std::string Store::BodyDigest(std::string_view body) const {
 
 namespace {
 
-// The export's audit_log: every field a column, as the store held it before
-// schema 5 and in exactly the shape that export had (it was made with
-// CREATE TABLE AS SELECT), which `liaison audit verify` and auditors'
-// queries read.
+// The export's audit_log: every field a column, in the shape exports had
+// since the store's schema 4 (made with CREATE TABLE AS SELECT then), which
+// `liaison audit verify` and auditors' queries read, and the leaf hash;
+// integers are INTEGER and strings TEXT (the verifier insists). Each field
+// is held once: the leaf bytes are not, since they are the canonical
+// encoding of the columns (common/audit_record.h), and the verifier encodes
+// them again. Exports up to this version also held a `leaf` column, which
+// made them twice the store's size (docs/auditing.md, section 3.1).
 constexpr const char* kExportSchema =
     "CREATE TABLE audit_log(seq INT,time_ms INT,event TEXT,actor TEXT,cert_sha256 TEXT,message_id TEXT,case_id TEXT,"
     "sender TEXT,recipient TEXT,message_type TEXT,tlp INT,purpose TEXT,decision TEXT,rules TEXT,policy_version TEXT,"
-    "obligations TEXT,body_hmac TEXT,detail TEXT,leaf,leaf_hash";
+    "obligations TEXT,body_hmac TEXT,detail TEXT,leaf_hash";
 constexpr const char* kHashOnlyColumn = ",hash_only INTEGER NOT NULL DEFAULT 0)";
 
 // Copies the store's records into the export, in seq order. The fields
-// that are columns in the store are copied from there (so the verifier still
-// checks them against the leaf); the others are decoded from the leaf. A
-// leaf that does not decode is copied as it is, with those fields empty:
-// judging it is the verifier's job.
+// that are columns in the store are copied from there, the others decoded
+// from the leaf, so the verifier, hashing the encoding of the export's
+// columns, also checks the store's columns against the leaf that was
+// signed. A leaf that does not decode leaves those fields empty (its record
+// then fails to verify): judging it is the verifier's job.
 Status CopyRecords(sqlite3* db, bool with_hash_only) {
   sqlite3_stmt* in = nullptr;
   sqlite3_stmt* out = nullptr;
@@ -1336,8 +1341,8 @@ Status CopyRecords(sqlite3* db, bool with_hash_only) {
                          "leaf_hash FROM store.audit_log ORDER BY seq",
                          -1, &in, nullptr) != SQLITE_OK ||
       sqlite3_prepare_v2(db,
-                         with_hash_only ? "INSERT INTO main.audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                                        : "INSERT INTO main.audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                         with_hash_only ? "INSERT INTO main.audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                                        : "INSERT INTO main.audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                          -1, &out, nullptr) != SQLITE_OK) {
     return SqlError(db, "export");
   }
@@ -1374,11 +1379,9 @@ Status CopyRecords(sqlite3* db, bool with_hash_only) {
     text(16, r.obligations);
     text(17, r.body_hmac);
     text(18, r.detail);
-    // An empty blob, not NULL, when there is no leaf (a NULL pointer would bind NULL).
-    sqlite3_bind_blob(out, 19, leaf.empty() ? "" : leaf.data(), static_cast<int>(leaf.size()), SQLITE_STATIC);
-    sqlite3_bind_blob(out, 20, sqlite3_column_blob(in, 10), sqlite3_column_bytes(in, 10), SQLITE_STATIC);
+    sqlite3_bind_blob(out, 19, sqlite3_column_blob(in, 10), sqlite3_column_bytes(in, 10), SQLITE_STATIC);
     // A pruned record (no leaf): its hash alone, as in a scoped export.
-    if (with_hash_only) sqlite3_bind_int(out, 21, leaf.empty() ? 1 : 0);
+    if (with_hash_only) sqlite3_bind_int(out, 20, leaf.empty() ? 1 : 0);
     const int w = sqlite3_step(out);
     sqlite3_reset(out);
     if (w != SQLITE_DONE) return SqlError(db, "export");

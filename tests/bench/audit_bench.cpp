@@ -3,8 +3,14 @@
 //                 commit (WAL, synchronous=FULL), appended the way the broker
 //                 appends them: many callers at once, a few records each;
 //   verify_per_s  records per second of `liaison audit verify`'s full
-//                 recompute (leaf bytes -> columns, leaf hashes, RFC 6962
-//                 root, every signed checkpoint) over an export of the log;
+//                 recompute (every record against its leaf hash, the RFC 6962
+//                 root, every signed checkpoint) over an export of the log,
+//                 just written and so mostly in the page cache (warm);
+//   verify_cold_per_s  the same, run again after the export's pages were
+//                 dropped from the page cache (fdatasync, then
+//                 posix_fadvise DONTNEED): what an auditor sees on an export
+//                 that was not just written, bounded by the disk;
+//   export_bytes  the size of the export file;
 //   query_ms      median time to the first page of 100 rows, by case id and
 //                 by agency and time range, through the broker's audit
 //                 reader (the code path of a remote `liaison audit query`).
@@ -23,6 +29,8 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "broker/store/audit_reader.h"
@@ -74,6 +82,37 @@ double ThreadCpuSeconds(const std::string& name) {
     return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
   }
   return -1;
+}
+
+// Drops a file's pages from the page cache (the kernel may keep pages that
+// are mapped or locked by someone). Root could write /proc/sys/vm/drop_caches
+// instead, but that is for the whole machine and not always writable;
+// fadvise acts on this file alone. Dirty pages are written first, since
+// DONTNEED leaves them in the cache. Returns the share of the file's pages
+// still resident afterwards (by mincore), or -1 if that cannot be told.
+double EvictFromPageCache(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ::fdatasync(fd);
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  double resident = -1;
+  const off_t size = ::lseek(fd, 0, SEEK_END);
+  if (size > 0) {
+    void* map = ::mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_SHARED, fd, 0);
+    if (map != MAP_FAILED) {
+      const long page = ::sysconf(_SC_PAGESIZE);
+      const size_t pages = (static_cast<size_t>(size) + static_cast<size_t>(page) - 1) / static_cast<size_t>(page);
+      std::vector<unsigned char> in_core(pages);
+      if (::mincore(map, static_cast<size_t>(size), in_core.data()) == 0) {
+        size_t n = 0;
+        for (unsigned char c : in_core) n += c & 1;
+        resident = static_cast<double>(n) / static_cast<double>(pages);
+      }
+      ::munmap(map, static_cast<size_t>(size));
+    }
+  }
+  ::close(fd);
+  return resident;
 }
 
 double Median(std::vector<double> v) {
@@ -226,7 +265,8 @@ int RunAudit(const AuditOptions& o) {
 
   // 3. Export and verify.
   const std::string out = dir + "/export.db";
-  double export_s = 0, verify_s = 0;
+  double export_s = 0, verify_s = 0, verify_cold_s = 0, resident_after_evict = -1;
+  uint64_t export_bytes = 0;
   audit::VerifyReport report;
   if (o.verify) {
     auto t = Clock::now();
@@ -235,6 +275,7 @@ int RunAudit(const AuditOptions& o) {
       return 1;
     }
     export_s = Seconds(t, Clock::now());
+    export_bytes = std::filesystem::file_size(out);
     audit::VerifyOptions v;
     v.db_path = out;
     v.public_key_pem = *ReadFile(so.signing_key + ".pub", 1 << 16);
@@ -245,6 +286,21 @@ int RunAudit(const AuditOptions& o) {
       std::fprintf(stderr, "liaison-bench audit: verify failed: %s\n", vs.ToString().c_str());
       return 1;
     }
+    // Again, from the disk.
+    resident_after_evict = EvictFromPageCache(out);
+    audit::VerifyReport cold;
+    t = Clock::now();
+    vs = audit::VerifyAuditLog(v, &cold);
+    verify_cold_s = Seconds(t, Clock::now());
+    if (!vs.ok() || cold.records != report.records) {
+      std::fprintf(stderr, "liaison-bench audit: cold verify failed: %s\n", vs.ToString().c_str());
+      return 1;
+    }
+    std::fprintf(stderr,
+                 "verify: %llu records, export %.2f GB; warm %.2f s, cold %.2f s (%.1f %% of the export's pages "
+                 "still cached after eviction)\n",
+                 static_cast<unsigned long long>(report.records), static_cast<double>(export_bytes) / 1e9, verify_s,
+                 verify_cold_s, resident_after_evict * 100);
   }
   const auto size = std::filesystem::file_size(so.path);
   std::printf(
@@ -252,7 +308,7 @@ int RunAudit(const AuditOptions& o) {
       "\"query_case_ms\":%.3f,\"query_agency_time_ms\":%.3f,\"query_case_p99_ms\":%.3f,"
       "\"query_agency_time_p99_ms\":%.3f,\"export_s\":%.1f,\"store_bytes\":%llu,\"checkpoints_verified\":%llu,"
       "\"writer_cpu_us_per_record\":%.2f,\"indexer_cpu_us_per_record\":%.2f,\"index_lag_records\":%llu,"
-      "\"close_s\":%.2f}\n",
+      "\"close_s\":%.2f,\"verify_cold_per_s\":%.0f,\"export_bytes\":%llu}\n",
       static_cast<unsigned long long>(o.records), o.records / append_s, verify_s > 0 ? report.records / verify_s : 0.0,
       std::max(Median(by_case), Median(by_agency)), Median(by_case), Median(by_agency),
       [&] {
@@ -269,7 +325,8 @@ int RunAudit(const AuditOptions& o) {
       static_cast<unsigned long long>(report.checkpoints_verified),
       writer_cpu_s < 0 ? -1.0 : writer_cpu_s * 1e6 / static_cast<double>(std::max<uint64_t>(o.records, 1)),
       indexer_cpu_s < 0 ? -1.0 : indexer_cpu_s * 1e6 / static_cast<double>(std::max<uint64_t>(o.records, 1)),
-      static_cast<unsigned long long>(index_lag), close_s);
+      static_cast<unsigned long long>(index_lag), close_s, verify_cold_s > 0 ? report.records / verify_cold_s : 0.0,
+      static_cast<unsigned long long>(export_bytes));
   std::fflush(stdout);
   if (!o.keep && o.dir.empty()) std::filesystem::remove_all(dir);
   return 0;

@@ -1,12 +1,14 @@
 // Builds an audit export directly (the shape `liaison audit export` writes:
-// `audit_log` in seq order without indexes, `checkpoints`), with records and
-// signed checkpoints at chosen tree sizes, for tests that need logs larger
-// than a store can commit quickly, or checkpoints at exact sizes. Header-only;
-// tests only.
+// `audit_log` in seq order without indexes, every field a column, no leaf
+// bytes; `checkpoints`), with records and signed checkpoints at chosen tree
+// sizes, for tests that need logs larger than a store can commit quickly,
+// or checkpoints at exact sizes; or in the shape of earlier versions, with
+// each record's leaf bytes in a `leaf` column too. Header-only; tests only.
 #pragma once
 
 #include <sqlite3.h>
 
+#include <functional>
 #include <set>
 #include <string>
 #include <vector>
@@ -38,6 +40,14 @@ inline audit::Record BuiltRecord(uint64_t seq) {
   return r;
 }
 
+struct BuildOptions {
+  // The shape of exports of earlier versions: a `leaf` column after detail.
+  bool with_leaf = false;
+  // Changes a record before it is encoded and written (its leaf hash is of
+  // the changed record).
+  std::function<void(audit::Record&)> edit;
+};
+
 struct BuiltExport {
   std::vector<merkle::Hash> leaves;        // leaf hashes, index seq - 1
   std::vector<audit::Checkpoint> checkpoints;  // in size order
@@ -48,7 +58,8 @@ struct BuiltExport {
 // as an auditor's scoped export writes records outside its scope (then the
 // table has a hash_only column).
 inline BuiltExport BuildExport(const std::string& path, uint64_t n, const audit::Signer& signer,
-                               const std::set<uint64_t>& sizes, const std::set<uint64_t>& hash_only = {}) {
+                               const std::set<uint64_t>& sizes, const std::set<uint64_t>& hash_only = {},
+                               const BuildOptions& options = {}) {
   BuiltExport out;
   sqlite3* db = nullptr;
   sqlite3_open(path.c_str(), &db);
@@ -56,14 +67,16 @@ inline BuiltExport BuildExport(const std::string& path, uint64_t n, const audit:
   const std::string schema =
       "CREATE TABLE audit_log(seq INT, time_ms INT, event TEXT, actor TEXT, cert_sha256 TEXT, message_id TEXT,"
       " case_id TEXT, sender TEXT, recipient TEXT, message_type TEXT, tlp INT, purpose TEXT, decision TEXT,"
-      " rules TEXT, policy_version TEXT, obligations TEXT, body_hmac TEXT, detail TEXT, leaf BLOB, leaf_hash BLOB" +
-      hash_only_column + ");CREATE TABLE checkpoints(tree_size INT, time_ms INT, text TEXT);BEGIN;";
+      " rules TEXT, policy_version TEXT, obligations TEXT, body_hmac TEXT, detail TEXT," +
+      std::string(options.with_leaf ? " leaf BLOB," : "") + " leaf_hash BLOB" + hash_only_column +
+      ");CREATE TABLE checkpoints(tree_size INT, time_ms INT, text TEXT);BEGIN;";
   sqlite3_exec(db, schema.c_str(), nullptr, nullptr, nullptr);
+  std::string insert = "INSERT INTO audit_log VALUES(?";
+  const int columns = 19 + (options.with_leaf ? 1 : 0) + (hash_only.empty() ? 0 : 1);
+  for (int i = 1; i < columns; ++i) insert += ",?";
+  insert += ")";
   sqlite3_stmt* row = nullptr;
-  sqlite3_prepare_v2(db,
-                     hash_only.empty() ? "INSERT INTO audit_log VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                                       : "INSERT INTO audit_log VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                     -1, &row, nullptr);
+  sqlite3_prepare_v2(db, insert.c_str(), -1, &row, nullptr);
   sqlite3_stmt* cp = nullptr;
   sqlite3_prepare_v2(db, "INSERT INTO checkpoints VALUES(?,?,?)", -1, &cp, nullptr);
   merkle::Tree tree;
@@ -80,6 +93,7 @@ inline BuiltExport BuildExport(const std::string& path, uint64_t n, const audit:
   if (sizes.count(0)) checkpoint_at(0);
   for (uint64_t seq = 1; seq <= n; ++seq) {
     audit::Record r = BuiltRecord(seq);
+    if (options.edit) options.edit(r);
     const std::string leaf = audit::EncodeLeaf(r);
     const merkle::Hash h = merkle::LeafHash(leaf);
     const bool hidden = hash_only.count(seq) > 0;
@@ -96,8 +110,10 @@ inline BuiltExport BuildExport(const std::string& path, uint64_t n, const audit:
                                  &r.detail}) {
       sqlite3_bind_text(row, i++, f->data(), static_cast<int>(f->size()), SQLITE_TRANSIENT);
     }
-    const std::string stored_leaf = hidden ? std::string() : leaf;
-    sqlite3_bind_blob(row, i++, stored_leaf.data(), static_cast<int>(stored_leaf.size()), SQLITE_TRANSIENT);
+    if (options.with_leaf) {
+      const std::string stored_leaf = hidden ? std::string() : leaf;
+      sqlite3_bind_blob(row, i++, stored_leaf.data(), static_cast<int>(stored_leaf.size()), SQLITE_TRANSIENT);
+    }
     sqlite3_bind_blob(row, i++, h.data(), 32, SQLITE_TRANSIENT);
     if (!hash_only.empty()) sqlite3_bind_int(row, i++, hidden ? 1 : 0);
     sqlite3_step(row);

@@ -36,6 +36,41 @@ TEST_CASE("audit leaves round-trip and are canonical", "[audit][leaf]") {
   CHECK_FALSE(audit::DecodeLeaf(v2).ok());
 }
 
+TEST_CASE("a record encoded from its fields (as the verifier does from an export's columns) is its leaf",
+          "[audit][leaf]") {
+  audit::Record r;
+  r.seq = 7;
+  r.time_ms = -5;  // any int64 is a time
+  r.event = "queued";
+  r.case_id = "NS-2026-0142";
+  r.tlp = 0x7fffffff;
+  r.detail = std::string("nul \0 inside", 13);
+  const std::string leaf = audit::EncodeLeaf(r);
+  audit::RecordView v;
+  const char* why = nullptr;
+  REQUIRE(audit::DecodeLeafView(leaf, &v, &why));
+  std::string buffer;
+  std::string_view encoded;
+  REQUIRE(audit::EncodeLeafView(v, &buffer, &encoded, &why));
+  CHECK(encoded == leaf);
+  // The buffer is reused: a shorter record after a longer one is exact.
+  audit::Record shorter;
+  shorter.seq = 8;
+  const std::string short_leaf = audit::EncodeLeaf(shorter);
+  REQUIRE(audit::DecodeLeafView(short_leaf, &v, &why));
+  REQUIRE(audit::EncodeLeafView(v, &buffer, &encoded, &why));
+  CHECK(encoded == short_leaf);
+  CHECK(buffer.size() >= leaf.size());
+  // Fields that no leaf holds are refused, as DecodeLeafView refuses their bytes.
+  for (int64_t tlp : {int64_t{-1}, int64_t{0x80000000}, INT64_MIN, INT64_MAX}) {
+    INFO(tlp);
+    v.tlp = tlp;
+    why = nullptr;
+    CHECK_FALSE(audit::EncodeLeafView(v, &buffer, &encoded, &why));
+    CHECK(why != nullptr);
+  }
+}
+
 TEST_CASE("regression (fuzz): a TLP value that an int cannot hold is refused", "[audit][leaf]") {
   std::ifstream in(LIAISON_UNIT_SOURCE_DIR "/tests/fuzz/corpus/audit/regression-tlp-out-of-range", std::ios::binary);
   std::stringstream ss;

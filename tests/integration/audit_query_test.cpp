@@ -288,7 +288,12 @@ TEST_CASE("an auditor's export holds its scope in full and the rest as hashes, a
   };
   // Nothing of social -> health or of youth-ngo in the clear.
   CHECK(count("SELECT COUNT(*) FROM audit_log WHERE sender IN ('social', 'youth-ngo') OR recipient = 'health'") == 0);
-  CHECK(count("SELECT COUNT(*) FROM audit_log WHERE hash_only = 1 AND (event <> '' OR length(leaf) > 0)") == 0);
+  // Hash-only rows carry nothing else; no row carries leaf bytes (every field is a column).
+  CHECK(count("SELECT COUNT(*) FROM audit_log WHERE hash_only = 1 AND (time_ms <> 0 OR tlp <> 0 OR "
+              "(event || actor || cert_sha256 || message_id || case_id || sender || recipient || message_type || "
+              "purpose || decision || rules || policy_version || obligations || body_hmac || detail) <> '')") == 0);
+  CHECK(count("SELECT COUNT(*) FROM pragma_table_info('audit_log') WHERE name = 'leaf'") == 0);
+  CHECK(count("SELECT COUNT(*) FROM pragma_table_info('audit_log')") == 20);  // 18 fields, leaf_hash, hash_only
   CHECK(count("SELECT COUNT(*) FROM audit_log WHERE hash_only = 0 AND sender = 'police' AND event = 'queued'") == 2);
   CHECK(count("SELECT MAX(seq) FROM audit_log") == static_cast<int64_t>(report.records));
   // No body bytes, ever.
@@ -313,8 +318,7 @@ TEST_CASE("an auditor's export holds its scope in full and the rest as hashes, a
   Status rehashed = tampered(
       "UPDATE audit_log SET leaf_hash = zeroblob(32) WHERE seq = (SELECT MIN(seq) FROM audit_log WHERE hash_only = 1)");
   CHECK(rehashed.IsCorruption());
-  Status hidden = tampered(
-      "UPDATE audit_log SET hash_only = 1, leaf = X'', event = '', actor = '', sender = '' WHERE seq = 1");
+  Status hidden = tampered("UPDATE audit_log SET hash_only = 1, event = '', actor = '', sender = '' WHERE seq = 1");
   CHECK_FALSE(hidden.ok());  // only a row with every column empty may be hash-only
 }
 

@@ -275,7 +275,7 @@ TEST_CASE("migration 5 narrows a store written by an older broker: same tree, sa
   CHECK(columns == std::vector<std::string>{"seq", "time_ms", "event", "actor", "message_id", "case_id", "sender",
                                             "recipient", "decision", "leaf", "leaf_hash"});
 
-  // The export has every field as a column, as before, and verifies.
+  // The export has every field as a column, as before (and no leaf bytes), and verifies.
   const std::string out = dir.File("export.db");
   REQUIRE(broker::Store::ExportAudit(db_path, out).ok());
   audit::VerifyOptions vo;
@@ -294,11 +294,12 @@ TEST_CASE("migration 5 narrows a store written by an older broker: same tree, sa
     sqlite3_stmt* s = nullptr;
     sqlite3_prepare_v2(db, "SELECT sql FROM sqlite_master WHERE name = 'audit_log'", -1, &s, nullptr);
     REQUIRE(sqlite3_step(s) == SQLITE_ROW);
-    // The shape exports always had (CREATE TABLE AS SELECT of the old table).
+    // The shape exports always had (CREATE TABLE AS SELECT of the old
+    // table), without the leaf bytes: every field once.
     CHECK(std::string(reinterpret_cast<const char*>(sqlite3_column_text(s, 0))) ==
           "CREATE TABLE audit_log(seq INT,time_ms INT,event TEXT,actor TEXT,cert_sha256 TEXT,message_id TEXT,"
           "case_id TEXT,sender TEXT,recipient TEXT,message_type TEXT,tlp INT,purpose TEXT,decision TEXT,rules TEXT,"
-          "policy_version TEXT,obligations TEXT,body_hmac TEXT,detail TEXT,leaf,leaf_hash)");
+          "policy_version TEXT,obligations TEXT,body_hmac TEXT,detail TEXT,leaf_hash)");
     sqlite3_finalize(s);
     sqlite3_prepare_v2(db, "SELECT seq, cert_sha256, message_type, tlp, purpose, rules, policy_version, obligations, "
                            "body_hmac, detail FROM audit_log ORDER BY seq", -1, &s, nullptr);
@@ -524,7 +525,13 @@ TEST_CASE("pruning keeps seq and leaf hash: exports verify, earlier proofs verif
     sqlite3* db = nullptr;
     REQUIRE(sqlite3_open_v2(export_after.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
     sqlite3_stmt* s = nullptr;
-    sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM audit_log WHERE hash_only = 1 AND seq <= 300 AND length(leaf) = 0",
+    // (An export holds no leaf bytes at all: every field is a column.)
+    REQUIRE(sqlite3_prepare_v2(db, "SELECT leaf FROM audit_log", -1, &s, nullptr) != SQLITE_OK);
+    sqlite3_prepare_v2(db,
+                       "SELECT COUNT(*) FROM audit_log WHERE hash_only = 1 AND seq <= 300 AND time_ms = 0 AND tlp = 0 "
+                       "AND (event || actor || cert_sha256 || message_id || case_id || sender || recipient || "
+                       "message_type || purpose || decision || rules || policy_version || obligations || body_hmac || "
+                       "detail) = ''",
                        -1, &s, nullptr);
     REQUIRE(sqlite3_step(s) == SQLITE_ROW);
     CHECK(sqlite3_column_int(s, 0) == 300);
@@ -544,6 +551,10 @@ TEST_CASE("pruning keeps seq and leaf hash: exports verify, earlier proofs verif
   auto kept = audit::ProveInclusion(export_after, 400, after);
   REQUIRE(kept.ok());
   CHECK(audit::VerifyInclusionProof(*kept, pem).ok());
+  // A pruned record cannot be proved any more: nothing of it is left.
+  auto gone = audit::ProveInclusion(export_after, 42, after);
+  CHECK(gone.status().IsInvalidArgument());
+  CHECK(gone.status().message().find("record 42 is held by its leaf hash only") != std::string::npos);
 }
 
 TEST_CASE("a large prune goes in chunks, each one recorded", "[audit][retention]") {

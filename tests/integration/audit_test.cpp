@@ -79,6 +79,25 @@ Status VerifyInChunks(const std::string& db, const std::string& pem, uint64_t ro
   return audit::VerifyAuditLog(o, report);
 }
 
+// SQL for a column's text with its 20th byte replaced by 0xFF (still TEXT).
+std::string FlipByte20(const std::string& column) {
+  return "CAST(substr(CAST(" + column + " AS BLOB), 1, 19) || X'FF' || substr(CAST(" + column +
+         " AS BLOB), 21) AS TEXT)";
+}
+
+// The names of a table's columns, in order.
+std::vector<std::string> ColumnsOf(const std::string& db_path, const std::string& table) {
+  std::vector<std::string> columns;
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* s = nullptr;
+  sqlite3_prepare_v2(db, ("SELECT name FROM pragma_table_info('" + table + "') ORDER BY cid").c_str(), -1, &s, nullptr);
+  while (sqlite3_step(s) == SQLITE_ROW) columns.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)));
+  sqlite3_finalize(s);
+  sqlite3_close(db);
+  return columns;
+}
+
 std::vector<merkle::Hash> FirstLeaves(const std::vector<merkle::Hash>& leaves, uint64_t n) {
   return std::vector<merkle::Hash>(leaves.begin(), leaves.begin() + static_cast<std::ptrdiff_t>(n));
 }
@@ -154,9 +173,12 @@ TEST_CASE("tampering is detected and located", "[audit][tamper]") {
     uint64_t bad_seq;
   };
   const std::vector<Case> cases = {
-      {"a flipped byte in a leaf", "UPDATE audit_log SET leaf = substr(leaf, 1, 40) || X'FF' || substr(leaf, 42) WHERE seq = 42",
-       "record 42", 42},
-      {"an altered column", "UPDATE audit_log SET recipient = 'health' WHERE seq = 17", "record 17: its columns differ", 17},
+      // (The export holds no leaf bytes: a flipped byte is in a column.)
+      {"a flipped byte in a column",
+       std::string("UPDATE audit_log SET message_id = ") + FlipByte20("message_id") + " WHERE seq = 42",
+       "record 42: its columns do not match its leaf hash (the record was altered)", 42},
+      {"an altered column", "UPDATE audit_log SET recipient = 'health' WHERE seq = 17",
+       "record 17: its columns do not match its leaf hash (the record was altered)", 17},
       {"a deleted record", "DELETE FROM audit_log WHERE seq = 100", "record 100: missing", 100},
       {"reordered records",
        "UPDATE audit_log SET seq = -1 WHERE seq = 50; UPDATE audit_log SET seq = 50 WHERE seq = 51;"
@@ -165,7 +187,7 @@ TEST_CASE("tampering is detected and located", "[audit][tamper]") {
       {"an inserted record",
        "UPDATE audit_log SET seq = seq + 1 WHERE seq >= 150;"
        "INSERT INTO audit_log SELECT 150, time_ms, event, actor, cert_sha256, message_id, case_id, sender, recipient,"
-       " message_type, tlp, purpose, decision, rules, policy_version, obligations, body_hmac, detail, leaf, leaf_hash"
+       " message_type, tlp, purpose, decision, rules, policy_version, obligations, body_hmac, detail, leaf_hash"
        " FROM audit_log WHERE seq = 149",
        "record 150", 150},
       {"a truncated log", "DELETE FROM audit_log WHERE seq > 190", "truncated", 0},
@@ -288,6 +310,11 @@ TEST_CASE("the broker records every event, acknowledges with a covering checkpoi
   bool refused = false;
   for (const auto& e : events) refused = refused || e.rfind("connection_refused:no_agency", 0) == 0;
   CHECK(refused);
+  // The export holds every field once, as a column, and no leaf bytes.
+  CHECK(ColumnsOf(out, "audit_log") ==
+        std::vector<std::string>{"seq", "time_ms", "event", "actor", "cert_sha256", "message_id", "case_id", "sender",
+                                 "recipient", "message_type", "tlp", "purpose", "decision", "rules", "policy_version",
+                                 "obligations", "body_hmac", "detail", "leaf_hash"});
   // Neither the export nor the store (with its WAL) holds the body: it was
   // deleted after the last acknowledgement.
   CHECK(ReadFile(out, 1 << 30)->find("Unique-body-text-7f3a9c") == std::string::npos);
@@ -410,93 +437,131 @@ TEST_CASE("a large log verifies, and the first bad record is named wherever the 
     CHECK(report.first_bad_seq == 0);
   }
 
+  // Each case on an export as written now (every field a column, no leaf
+  // bytes) and on one of an earlier version (with a leaf column): what each
+  // says about a record whose columns were altered differs (expect_new,
+  // expect_old); cases on the leaf bytes themselves are for the old shape
+  // only (expect_new empty).
   struct Case {
     const char* name;
     std::string sql;
-    std::string expect;
+    std::string expect_new;
+    std::string expect_old;
     uint64_t bad_seq;
   };
+  const std::string kColumnsNew = ": its columns do not match its leaf hash (the record was altered)";
+  const std::string kColumnsOld = ": its columns differ from its signed leaf bytes (the record was altered)";
+  auto columns = [&](uint64_t seq) {
+    return std::make_pair("record " + std::to_string(seq) + kColumnsNew, "record " + std::to_string(seq) + kColumnsOld);
+  };
+  auto altered = [&](const char* name, const std::string& sql, uint64_t seq) {
+    auto [new_text, old_text] = columns(seq);
+    return Case{name, sql, new_text, old_text, seq};
+  };
+  auto same = [](const char* name, const std::string& sql, const std::string& expect, uint64_t seq) {
+    return Case{name, sql, expect, expect, seq};
+  };
+  auto old_only = [](const char* name, const std::string& sql, const std::string& expect, uint64_t seq) {
+    return Case{name, sql, "", expect, seq};
+  };
   const std::vector<Case> cases = {
-      {"two bad records: the earlier is named",
-       "UPDATE audit_log SET recipient = 'health' WHERE seq = 9000;"
-       "UPDATE audit_log SET leaf = substr(leaf, 1, 40) || X'FF' || substr(leaf, 42) WHERE seq = 700",
-       "record 700: leaf bytes do not match", 700},
-      {"a bad record long after the pool wrapped round", "UPDATE audit_log SET detail = 'x' WHERE seq = 11000",
-       "record 11000: its columns differ", 11000},
-      {"the last record of a batch", "UPDATE audit_log SET tlp = 5 WHERE seq = 512", "record 512: its columns differ",
-       512},
-      {"the first record of a batch", "UPDATE audit_log SET time_ms = 1 WHERE seq = 513",
-       "record 513: its columns differ", 513},
-      {"the very last record", "UPDATE audit_log SET leaf_hash = X'00' WHERE seq = 12000",
-       "record 12000: malformed leaf hash", 12000},
-      {"a missing record before an altered one",
-       "DELETE FROM audit_log WHERE seq = 3000; UPDATE audit_log SET actor = 'x' WHERE seq = 8000",
-       "record 3000: missing", 3000},
-      {"an altered record before a missing one",
-       "UPDATE audit_log SET actor = 'x' WHERE seq = 2999; DELETE FROM audit_log WHERE seq = 3000",
-       "record 2999: its columns differ", 2999},
-      {"a leaf with bytes appended", "UPDATE audit_log SET leaf = leaf || X'00' WHERE seq = 4500",
-       "record 4500: leaf bytes do not match their hash", 4500},
+      altered("two bad records: the earlier is named",
+              "UPDATE audit_log SET recipient = 'health' WHERE seq = 9000;"
+              "UPDATE audit_log SET message_id = " +
+                  FlipByte20("message_id") + " WHERE seq = 700",
+              700),
+      old_only("two bad records, the earlier a flipped byte in a leaf",
+               "UPDATE audit_log SET recipient = 'health' WHERE seq = 9000;"
+               "UPDATE audit_log SET leaf = substr(leaf, 1, 40) || X'FF' || substr(leaf, 42) WHERE seq = 700",
+               "record 700: leaf bytes do not match", 700),
+      altered("a bad record long after the pool wrapped round", "UPDATE audit_log SET detail = 'x' WHERE seq = 11000",
+              11000),
+      altered("the last record of a batch", "UPDATE audit_log SET tlp = 5 WHERE seq = 512", 512),
+      altered("the first record of a batch", "UPDATE audit_log SET time_ms = 1 WHERE seq = 513", 513),
+      same("the very last record", "UPDATE audit_log SET leaf_hash = X'00' WHERE seq = 12000",
+           "record 12000: malformed leaf hash", 12000),
+      same("a missing record before an altered one",
+           "DELETE FROM audit_log WHERE seq = 3000; UPDATE audit_log SET actor = 'x' WHERE seq = 8000",
+           "record 3000: missing", 3000),
+      altered("an altered record before a missing one",
+              "UPDATE audit_log SET actor = 'x' WHERE seq = 2999; DELETE FROM audit_log WHERE seq = 3000", 2999),
+      altered("a column with a byte appended", "UPDATE audit_log SET case_id = case_id || ' ' WHERE seq = 4500", 4500),
+      old_only("a leaf with bytes appended", "UPDATE audit_log SET leaf = leaf || X'00' WHERE seq = 4500",
+               "record 4500: leaf bytes do not match their hash", 4500),
       // Where chunks of 1000 meet: the last row of one, the first of the next.
-      {"the last record of a chunk missing", "DELETE FROM audit_log WHERE seq = 1000",
-       "record 1000: missing or out of order (record 1001 stands in its place)", 1000},
-      {"the first record of a chunk missing", "DELETE FROM audit_log WHERE seq = 1001",
-       "record 1001: missing or out of order (record 1002 stands in its place)", 1001},
-      {"records swapped across chunks",
-       "UPDATE audit_log SET seq = -1 WHERE seq = 1000; UPDATE audit_log SET seq = 1000 WHERE seq = 1001;"
-       "UPDATE audit_log SET seq = 1001 WHERE seq = -1",
-       "record 1000: missing or out of order (record 1001 stands in its place)", 1000},
-      {"a record duplicated at the start of a chunk", "UPDATE audit_log SET seq = 2000 WHERE seq = 2001",
-       "record 2001: record 2000 stands in its place (records reordered or duplicated)", 2001},
-      {"the first record of a chunk altered", "UPDATE audit_log SET purpose = 'x' WHERE seq = 3001",
-       "record 3001: its columns differ", 3001},
-      {"bad records in both halves and in the last chunk: the earliest is named",
-       "UPDATE audit_log SET actor = 'x' WHERE seq = 11990; UPDATE audit_log SET actor = 'x' WHERE seq = 7001;"
-       "UPDATE audit_log SET actor = 'x' WHERE seq = 5999",
-       "record 5999: its columns differ", 5999},
-      {"a bad record in the second half only", "UPDATE audit_log SET leaf_hash = X'00' WHERE seq = 6001",
-       "record 6001: malformed leaf hash", 6001},
+      same("the last record of a chunk missing", "DELETE FROM audit_log WHERE seq = 1000",
+           "record 1000: missing or out of order (record 1001 stands in its place)", 1000),
+      same("the first record of a chunk missing", "DELETE FROM audit_log WHERE seq = 1001",
+           "record 1001: missing or out of order (record 1002 stands in its place)", 1001),
+      same("records swapped across chunks",
+           "UPDATE audit_log SET seq = -1 WHERE seq = 1000; UPDATE audit_log SET seq = 1000 WHERE seq = 1001;"
+           "UPDATE audit_log SET seq = 1001 WHERE seq = -1",
+           "record 1000: missing or out of order (record 1001 stands in its place)", 1000),
+      same("a record duplicated at the start of a chunk", "UPDATE audit_log SET seq = 2000 WHERE seq = 2001",
+           "record 2001: record 2000 stands in its place (records reordered or duplicated)", 2001),
+      altered("the first record of a chunk altered", "UPDATE audit_log SET purpose = 'x' WHERE seq = 3001", 3001),
+      altered("bad records in both halves and in the last chunk: the earliest is named",
+              "UPDATE audit_log SET actor = 'x' WHERE seq = 11990; UPDATE audit_log SET actor = 'x' WHERE seq = 7001;"
+              "UPDATE audit_log SET actor = 'x' WHERE seq = 5999",
+              5999),
+      same("a bad record in the second half only", "UPDATE audit_log SET leaf_hash = X'00' WHERE seq = 6001",
+           "record 6001: malformed leaf hash", 6001),
   };
   for (const auto& c : cases) {
     SECTION(c.name) {
-      const std::string path = dir.File("tampered.db");
-      BuildExport(path, n, **signer, {0, 1, 511, 512, 513, 4096, 5000, 11999, n});
-      Sql(path, c.sql);
-      for (uint64_t chunk : chunkings) {
-        Status st = VerifyInChunks(path, pem, chunk, &report);
-        INFO("rows per chunk " << chunk << ": " << st.ToString());
-        REQUIRE_FALSE(st.ok());
-        CHECK(st.message().find(c.expect) != std::string::npos);
-        CHECK(report.first_bad_seq == c.bad_seq);
-        CHECK(report.records == c.bad_seq - 1);  // the records before the first bad one
-        CHECK(report.root == merkle::RootOf(FirstLeaves(built.leaves, c.bad_seq - 1)));
+      for (bool with_leaf : {false, true}) {
+        const std::string& expect = with_leaf ? c.expect_old : c.expect_new;
+        if (expect.empty()) continue;
+        const std::string path = dir.File(with_leaf ? "tampered-old.db" : "tampered.db");
+        BuildOptions shape;
+        shape.with_leaf = with_leaf;
+        const auto again = BuildExport(path, n, **signer, {0, 1, 511, 512, 513, 4096, 5000, 11999, n}, {}, shape);
+        REQUIRE(again.leaves == built.leaves);  // the same log in either shape
+        Sql(path, c.sql);
+        for (uint64_t chunk : chunkings) {
+          Status st = VerifyInChunks(path, pem, chunk, &report);
+          INFO((with_leaf ? "with" : "without") << " leaf bytes, rows per chunk " << chunk << ": " << st.ToString());
+          REQUIRE_FALSE(st.ok());
+          CHECK(st.message().find(expect) != std::string::npos);
+          CHECK(report.first_bad_seq == c.bad_seq);
+          CHECK(report.records == c.bad_seq - 1);  // the records before the first bad one
+          CHECK(report.root == merkle::RootOf(FirstLeaves(built.leaves, c.bad_seq - 1)));
+        }
       }
     }
   }
 }
 
-TEST_CASE("a record whose leaf and hash were both replaced is caught by the next checkpoint's root",
-          "[audit][verify][tamper]") {
+TEST_CASE(
+    "a record whose columns and hash (and leaf, in an old export) were replaced consistently is caught by the "
+    "next checkpoint's root",
+    "[audit][verify][tamper]") {
   TempDir dir;
   auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
   REQUIRE(signer.ok());
-  const std::string path = dir.File("export.db");
-  BuildExport(path, 3000, **signer, {1000, 2000, 3000});
   // A consistent record (columns, leaf and hash agree) that is not the one signed.
   audit::Record forged = BuiltRecord(1500);
   forged.recipient = "health";
   const std::string leaf = audit::EncodeLeaf(forged);
   const merkle::Hash h = merkle::LeafHash(leaf);
-  Sql(path, "UPDATE audit_log SET recipient = 'health', leaf = X'" + audit::Hex(leaf) + "', leaf_hash = X'" +
-                audit::Hex(std::string_view(reinterpret_cast<const char*>(h.data()), 32)) + "' WHERE seq = 1500");
-  for (uint64_t chunk : {0, 1000, 700, 1501}) {
-    audit::VerifyReport report;
-    Status s = VerifyInChunks(path, (*signer)->public_key_pem(), chunk, &report);
-    INFO("rows per chunk " << chunk << ": " << s.ToString());
-    REQUIRE_FALSE(s.ok());
-    CHECK(s.message().find("checkpoint in the export at tree size 2000: its root") != std::string::npos);
-    CHECK(report.first_bad_seq == 2000);
-    CHECK(report.records == 2000);
+  const std::string hash =
+      "leaf_hash = X'" + audit::Hex(std::string_view(reinterpret_cast<const char*>(h.data()), 32)) + "'";
+  for (bool with_leaf : {false, true}) {
+    const std::string path = dir.File(with_leaf ? "old-export.db" : "export.db");
+    BuildOptions shape;
+    shape.with_leaf = with_leaf;
+    BuildExport(path, 3000, **signer, {1000, 2000, 3000}, {}, shape);
+    Sql(path, "UPDATE audit_log SET recipient = 'health', " + hash +
+                  (with_leaf ? ", leaf = X'" + audit::Hex(leaf) + "'" : std::string()) + " WHERE seq = 1500");
+    for (uint64_t chunk : {0, 1000, 700, 1501}) {
+      audit::VerifyReport report;
+      Status s = VerifyInChunks(path, (*signer)->public_key_pem(), chunk, &report);
+      INFO((with_leaf ? "with" : "without") << " leaf bytes, rows per chunk " << chunk << ": " << s.ToString());
+      REQUIRE_FALSE(s.ok());
+      CHECK(s.message().find("checkpoint in the export at tree size 2000: its root") != std::string::npos);
+      CHECK(report.first_bad_seq == 2000);
+      CHECK(report.records == 2000);
+    }
   }
 }
 
@@ -698,7 +763,7 @@ TEST_CASE("an export in WAL mode is verified by one thread, as thoroughly", "[au
   CHECK(report.root == merkle::RootOf(built.leaves));
   Sql(path, "UPDATE audit_log SET detail = 'x' WHERE seq = 2500; UPDATE audit_log SET detail = 'x' WHERE seq = 250");
   s = VerifyInChunks(path, pem, 100, &report);
-  CHECK(s.message().find("record 250: its columns differ") != std::string::npos);
+  CHECK(s.message().find("record 250: its columns do not match its leaf hash") != std::string::npos);
   CHECK(report.first_bad_seq == 250);
 }
 
@@ -932,4 +997,201 @@ TEST_CASE("every decision names the policy version that made it, and every load,
     }
   }
   CHECK(social_refused);
+}
+
+TEST_CASE(
+    "an export of an earlier version (with leaf bytes) verifies, proves, and a leaf that differs from its "
+    "columns is found",
+    "[audit][verify][tamper]") {
+  TempDir dir;
+  auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
+  REQUIRE(signer.ok());
+  const std::string pem = (*signer)->public_key_pem();
+  const uint64_t n = 3000;
+  BuildOptions old_shape;
+  old_shape.with_leaf = true;
+  const std::string path = dir.File("old.db");
+  const auto built = BuildExport(path, n, **signer, {1000, n}, {}, old_shape);
+  const auto old_columns = ColumnsOf(path, "audit_log");
+  REQUIRE(std::count(old_columns.begin(), old_columns.end(), "leaf") == 1);
+  for (uint64_t chunk : {0, 100, 777}) {
+    audit::VerifyReport report;
+    Status s = VerifyInChunks(path, pem, chunk, &report);
+    INFO("rows per chunk " << chunk << ": " << s.ToString());
+    REQUIRE(s.ok());
+    CHECK(report.records == n);
+    CHECK(report.root == merkle::RootOf(built.leaves));
+  }
+  auto proof = audit::ProveInclusion(path, 1234, built.checkpoints.back());
+  REQUIRE(proof.ok());
+  CHECK(proof->leaf == audit::EncodeLeaf(BuiltRecord(1234)));
+  CHECK(audit::VerifyInclusionProof(*proof, pem).ok());
+
+  // The stored leaf (and its hash, so that they agree) replaced by another
+  // record's, the columns left as they were; and the other way round, a
+  // column changed under its leaf. Either way the leaf is not the columns.
+  audit::Record other = BuiltRecord(1500);
+  other.recipient = "health";
+  const std::string leaf = audit::EncodeLeaf(other);
+  const merkle::Hash h = merkle::LeafHash(leaf);
+  const std::string other_leaf = "leaf = X'" + audit::Hex(leaf) + "', leaf_hash = X'" +
+                                 audit::Hex(std::string_view(reinterpret_cast<const char*>(h.data()), 32)) + "'";
+  for (const std::string& sql : {"UPDATE audit_log SET " + other_leaf + " WHERE seq = 1500",
+                                 std::string("UPDATE audit_log SET recipient = 'health' WHERE seq = 1500")}) {
+    const std::string copy = dir.File("tampered-" + std::to_string(sql.size()) + ".db");
+    std::filesystem::copy_file(path, copy);
+    Sql(copy, sql);
+    for (uint64_t chunk : {0, 100, 777}) {
+      audit::VerifyReport report;
+      Status s = VerifyInChunks(copy, pem, chunk, &report);
+      INFO(sql << ", rows per chunk " << chunk << ": " << s.ToString());
+      REQUIRE_FALSE(s.ok());
+      CHECK(s.message() == "record 1500: its columns differ from its signed leaf bytes (the record was altered)");
+      CHECK(report.first_bad_seq == 1500);
+      CHECK(report.records == 1499);
+    }
+    // prove refuses it too (the replaced hash no longer has the
+    // checkpoint's root; the changed column is not its leaf), rather than
+    // prove leaf bytes that are not what an auditor reads.
+    auto p = audit::ProveInclusion(copy, 1500, audit::Checkpoint{});
+    CHECK(p.status().IsCorruption());
+    if (sql.find("leaf =") == std::string::npos) {
+      CHECK(p.status().message() ==
+            "record 1500: its columns differ from its signed leaf bytes (the record was altered)");
+    }
+  }
+}
+
+// A value of another type can have the same bytes as the signed field: the
+// BLOB of a text's bytes, the integer 4242 and the text '4242', the text
+// '3' and the integer 3, an empty text and NULL. Its leaf would hash right;
+// the verifier refuses it because an export writes strings as TEXT and
+// integers as INTEGER, so that what hashes right is exactly what an auditor
+// reads.
+TEST_CASE("a column of another type than an export writes is found, even with the same bytes",
+          "[audit][verify][tamper]") {
+  TempDir dir;
+  auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
+  REQUIRE(signer.ok());
+  const std::string pem = (*signer)->public_key_pem();
+  const uint64_t n = 300;
+  BuildOptions numeric;  // record 42's case id is all digits
+  numeric.edit = [](audit::Record& r) {
+    if (r.seq == 42) r.case_id = "4242";
+  };
+  // The export's table rebuilt without declared types (as anyone who edits
+  // the file can), so that SQLite keeps whatever type a value is given.
+  const std::string untyped =
+      "CREATE TABLE t(seq, time_ms, event, actor, cert_sha256, message_id, case_id, sender, recipient, message_type,"
+      " tlp, purpose, decision, rules, policy_version, obligations, body_hmac, detail, leaf_hash);"
+      "INSERT INTO t SELECT * FROM audit_log ORDER BY rowid; DROP TABLE audit_log; ALTER TABLE t RENAME TO audit_log;";
+  struct Case {
+    const char* name;
+    std::string sql;
+    std::string expect;
+    uint64_t bad_seq;
+  };
+  const std::vector<Case> cases = {
+      {"case_id as a BLOB of its bytes", "UPDATE audit_log SET case_id = CAST(case_id AS BLOB) WHERE seq = 42",
+       "record 42: its column case_id holds a BLOB, not TEXT as an export writes it (the record was altered)", 42},
+      {"an empty detail as NULL", "UPDATE audit_log SET detail = NULL WHERE seq = 43",
+       "record 43: its column detail holds NULL, not TEXT", 43},
+      {"case_id as an INTEGER", untyped + "UPDATE audit_log SET case_id = 4242 WHERE seq = 42",
+       "record 42: its column case_id holds an INTEGER, not TEXT", 42},
+      {"tlp as TEXT", untyped + "UPDATE audit_log SET tlp = CAST(tlp AS TEXT) WHERE seq = 44",
+       "record 44: its column tlp holds TEXT, not an INTEGER", 44},
+      {"time_ms as a REAL", untyped + "UPDATE audit_log SET time_ms = CAST(time_ms AS REAL) WHERE seq = 45",
+       "record 45: its column time_ms holds a REAL, not an INTEGER", 45},
+      {"seq as TEXT", untyped + "UPDATE audit_log SET seq = CAST(seq AS TEXT) WHERE seq = 46",
+       "record 46: its column seq holds TEXT, not an INTEGER", 46},
+      {"tlp out of the range of a leaf", "UPDATE audit_log SET tlp = -1 WHERE seq = 47",
+       "record 47: audit record has an out-of-range TLP value", 47},
+  };
+  const std::string clean = dir.File("clean.db");
+  const auto built = BuildExport(clean, n, **signer, {100, n}, {}, numeric);
+  REQUIRE(Verify(clean, pem).ok());
+  {
+    // The untyped table alone changes nothing: every value kept its type.
+    const std::string copy = dir.File("untyped.db");
+    std::filesystem::copy_file(clean, copy);
+    Sql(copy, untyped);
+    Status s = Verify(copy, pem);
+    INFO(s.ToString());
+    CHECK(s.ok());
+  }
+  for (const auto& c : cases) {
+    SECTION(c.name) {
+      const std::string path = dir.File("tampered.db");
+      std::filesystem::copy_file(clean, path);
+      Sql(path, c.sql);
+      for (uint64_t chunk : {0, 7, 64}) {
+        audit::VerifyReport report;
+        Status s = VerifyInChunks(path, pem, chunk, &report);
+        INFO("rows per chunk " << chunk << ": " << s.ToString());
+        REQUIRE_FALSE(s.ok());
+        CHECK(s.message().find(c.expect) != std::string::npos);
+        CHECK(report.first_bad_seq == c.bad_seq);
+        CHECK(report.records == c.bad_seq - 1);
+        CHECK(report.root == merkle::RootOf(FirstLeaves(built.leaves, c.bad_seq - 1)));
+      }
+      // prove encodes the same way and refuses the record too.
+      CHECK_FALSE(audit::ProveInclusion(path, c.bad_seq, built.checkpoints.back()).ok());
+    }
+  }
+  SECTION("in an export of an earlier version too") {
+    BuildOptions old_shape = numeric;
+    old_shape.with_leaf = true;
+    const std::string path = dir.File("old.db");
+    BuildExport(path, n, **signer, {100, n}, {}, old_shape);
+    Sql(path, "UPDATE audit_log SET case_id = CAST(case_id AS BLOB) WHERE seq = 42");
+    audit::VerifyReport report;
+    Status s = Verify(path, pem, {}, &report);
+    CHECK(s.message().find("record 42: its column case_id holds a BLOB, not TEXT") != std::string::npos);
+    CHECK(report.first_bad_seq == 42);
+  }
+}
+
+TEST_CASE("an export whose text is stored as UTF-16 is refused", "[audit][verify][tamper]") {
+  TempDir dir;
+  auto signer = audit::Signer::LoadOrCreate(dir.File("k.pem"));
+  REQUIRE(signer.ok());
+  const std::string src = dir.File("export.db");
+  const auto built = BuildExport(src, 50, **signer, {50});
+  // The same rows, value by value (types kept), into a UTF-16 file: SQLite
+  // would hand the verifier other bytes for the same text.
+  const std::string dst = dir.File("utf16.db");
+  sqlite3* in = nullptr;
+  sqlite3* out = nullptr;
+  REQUIRE(sqlite3_open(src.c_str(), &in) == SQLITE_OK);
+  REQUIRE(sqlite3_open(dst.c_str(), &out) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(out, "PRAGMA encoding = 'UTF-16le'", nullptr, nullptr, nullptr) == SQLITE_OK);
+  for (const char* table : {"audit_log", "checkpoints"}) {
+    sqlite3_stmt* schema = nullptr;
+    sqlite3_prepare_v2(in, ("SELECT sql FROM sqlite_schema WHERE name = '" + std::string(table) + "'").c_str(), -1,
+                       &schema, nullptr);
+    REQUIRE(sqlite3_step(schema) == SQLITE_ROW);
+    REQUIRE(sqlite3_exec(out, reinterpret_cast<const char*>(sqlite3_column_text(schema, 0)), nullptr, nullptr,
+                         nullptr) == SQLITE_OK);
+    sqlite3_finalize(schema);
+    sqlite3_stmt* read = nullptr;
+    sqlite3_prepare_v2(in, ("SELECT * FROM " + std::string(table)).c_str(), -1, &read, nullptr);
+    const int columns = sqlite3_column_count(read);
+    std::string insert = "INSERT INTO " + std::string(table) + " VALUES(?";
+    for (int i = 1; i < columns; ++i) insert += ",?";
+    sqlite3_stmt* write = nullptr;
+    REQUIRE(sqlite3_prepare_v2(out, (insert + ")").c_str(), -1, &write, nullptr) == SQLITE_OK);
+    while (sqlite3_step(read) == SQLITE_ROW) {
+      for (int i = 0; i < columns; ++i) sqlite3_bind_value(write, i + 1, sqlite3_column_value(read, i));
+      REQUIRE(sqlite3_step(write) == SQLITE_DONE);
+      sqlite3_reset(write);
+    }
+    sqlite3_finalize(read);
+    sqlite3_finalize(write);
+  }
+  sqlite3_close(in);
+  sqlite3_close(out);
+  Status s = Verify(dst, (*signer)->public_key_pem());
+  INFO(s.ToString());
+  CHECK(s.message().find("the export stores its text as UTF-16le, not UTF-8") != std::string::npos);
+  CHECK(Verify(src, (*signer)->public_key_pem()).ok());
 }

@@ -406,5 +406,5 @@ TEST_CASE("liaison audit prove and verify-proof: consistency proofs between two 
   CHECK(cli({"audit", "prove", "--db", db, "--from-size", "1000"}) == 1);
   CHECK(err.find("do not have the old checkpoint's root") != std::string::npos);
   CHECK(cli({"audit", "verify", "--db", db, "--pubkey", pub}) == 1);
-  CHECK(err.find("FAILED: record 7: leaf bytes do not match their hash") != std::string::npos);
+  CHECK(err.find("FAILED: record 7: its columns do not match its leaf hash") != std::string::npos);
 }
