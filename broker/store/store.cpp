@@ -58,7 +58,10 @@ constexpr int kWakeCheckpointerFrames = 256;
 constexpr int kRestartWalFrames = 2048;
 // The writer's own copy holds up commits while it runs (and syncs the
 // database file), so it waits until the checkpointer has left at most this
-// many frames (or the WAL has grown to twice kRestartWalFrames).
+// many frames. Commits of thousands of frames each (an audit log appended
+// as fast as it goes) never leave so few: there the WAL grows as before,
+// until the writer pauses or the 30-second TRUNCATE (copying thousands of
+// frames on the writer after every commit halved the append rate).
 constexpr int kRestartCopyFrames = 64;
 constexpr const char* kWalSizeLimit = "PRAGMA journal_size_limit = 16777216";
 // Deleted bodies must leave the WAL file too (DESIGN.md). A frame written
@@ -814,7 +817,7 @@ void Store::Impl::WriterLoop() {
       const int uncopied = frames >= backfilled ? frames - backfilled : frames;  // less: the WAL started over
       if (uncopied >= kWakeCheckpointerFrames) wal_cv.notify_one();
       if (frames >= kRestartWalFrames && uncopied > 0) {
-        if (uncopied <= kRestartCopyFrames || frames >= 2 * kRestartWalFrames) {
+        if (uncopied <= kRestartCopyFrames) {
           // PASSIVE never waits: if the checkpointer is running, the next
           // commit tries again.
           int log = 0, done = 0;
