@@ -1,6 +1,9 @@
 #include "client/audit_verify.h"
 
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -261,7 +264,37 @@ struct Shared {
   std::atomic<size_t> first_failed{SIZE_MAX};  // the first chunk known to have a problem
   std::atomic<uint64_t> rows_checked{0};       // for progress only
   std::atomic<bool> stop{false};               // the caller gave up (a bad signature, an exception)
+  // Read-ahead (Prefetch): the file, its size, and the chunks' span of rowids.
+  int fd = -1;
+  uint64_t file_bytes = 0;
+  int64_t max_rowid = 0;
 };
+
+// Chunks ahead of the one a thread takes whose pages are asked for. The
+// two threads read every other chunk of about 2.4 MB in 4 KB pages, which
+// the kernel's read-ahead does not recognise as one sequential read: a cold
+// export read at about 260 MB/s, against 550-830 MB/s for the file read
+// front to back (measured).
+constexpr size_t kPrefetchChunks = 16;
+
+// Asks the kernel to start reading the pages of chunk i (it does not wait
+// for them). The export's rows are inserted in rowid order, so a chunk's
+// pages lie about where its share of the rowids puts them; a few chunks'
+// worth of slack on each side covers the b-tree's interior pages and any
+// unevenness. A hint only: wrong guesses cost reads, never correctness.
+void Prefetch(const Shared& shared, size_t i) {
+  if (shared.fd < 0 || i >= shared.chunks.size() || shared.max_rowid <= 0) return;
+  const double per_rowid = static_cast<double>(shared.file_bytes) / static_cast<double>(shared.max_rowid);
+  const Chunk& c = shared.chunks[i];
+  const int64_t first = std::max<int64_t>(c.first_rowid, 1);
+  const int64_t last = std::min<int64_t>(c.last_rowid, shared.max_rowid);
+  if (last < first) return;
+  const double slack = static_cast<double>(last - first + 1) * per_rowid;
+  const double from = std::max(0.0, static_cast<double>(first - 1) * per_rowid - slack);
+  const double to = std::min(static_cast<double>(shared.file_bytes), static_cast<double>(last) * per_rowid + slack);
+  if (to <= from) return;
+  ::posix_fadvise(shared.fd, static_cast<off_t>(from), static_cast<off_t>(to - from), POSIX_FADV_WILLNEED);
+}
 
 // The bytes of a column as SQLite holds them: blob access hands out the
 // stored bytes of a TEXT value as they are (no conversion, no terminator),
@@ -505,6 +538,7 @@ void CheckChunks(sqlite3* db, sqlite3_stmt* s, bool has_leaf, Shared* shared, co
     if (shared->stop.load(std::memory_order_relaxed)) return;
     const size_t i = shared->next.fetch_add(1);
     if (i >= shared->chunks.size() || i > shared->first_failed.load()) return;
+    Prefetch(*shared, i + kPrefetchChunks);
     CheckChunk(db, s, has_leaf, shared, i, tick);
     if (shared->chunks[i].checked && shared->chunks[i].problem != Chunk::Problem::kNone) {
       size_t failed = shared->first_failed.load();
@@ -636,6 +670,20 @@ Status VerifyAuditLog(const VerifyOptions& o, VerifyReport* report) {
     Chunk& c = shared.chunks[static_cast<size_t>(i)];
     c.first_rowid = i == 0 ? INT64_MIN : i * per_chunk + 1;
     c.last_rowid = i == n_chunks - 1 ? INT64_MAX : (i + 1) * per_chunk;
+  }
+  // Read-ahead on a descriptor of our own (hints about the file's pages,
+  // which SQLite's reads then find in the page cache).
+  struct Fd {
+    int fd;
+    ~Fd() {
+      if (fd >= 0) ::close(fd);
+    }
+  } prefetch_fd{::open(o.db_path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (struct stat st; prefetch_fd.fd >= 0 && ::fstat(prefetch_fd.fd, &st) == 0 && st.st_size > 0) {
+    shared.fd = prefetch_fd.fd;
+    shared.file_bytes = static_cast<uint64_t>(st.st_size);
+    shared.max_rowid = max_rowid;
+    for (size_t i = 0; i < kPrefetchChunks; ++i) Prefetch(shared, i);
   }
 
   // The second thread reads with a connection of its own. It must see the
