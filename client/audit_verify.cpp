@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "common/audit_record.h"
@@ -300,12 +301,12 @@ void Prefetch(const Shared& shared, size_t i) {
 // stored bytes of a TEXT value as they are (no conversion, no terminator),
 // valid until the next step; through the value, the connection's error
 // state is not touched twice per column.
-std::string_view ColumnBytes(sqlite3_stmt* s, int i) {
-  sqlite3_value* v = sqlite3_column_value(s, i);
+std::string_view ValueBytes(sqlite3_value* v) {
   const void* p = sqlite3_value_blob(v);
   const int n = sqlite3_value_bytes(v);
   return n > 0 ? std::string_view(static_cast<const char*>(p), static_cast<size_t>(n)) : std::string_view();
 }
+std::string_view ColumnBytes(sqlite3_stmt* s, int i) { return ValueBytes(sqlite3_column_value(s, i)); }
 
 // Whether a and b hold the same bytes. Inline: most fields are a few dozen
 // bytes, and a call to memcmp for each of a record's 15 fields cost more
@@ -377,9 +378,7 @@ bool RowLeaf(sqlite3_stmt* s, uint64_t seq, std::string* buffer, std::string_vie
       *problem = RowProblem{nullptr, kFirstString + i, type};
       return false;
     }
-    const void* p = sqlite3_value_blob(value);
-    const int n = sqlite3_value_bytes(value);
-    v.strings[i] = n > 0 ? std::string_view(static_cast<const char*>(p), static_cast<size_t>(n)) : std::string_view();
+    v.strings[i] = ValueBytes(value);
   }
   const char* why = nullptr;
   if (!EncodeLeafView(v, buffer, leaf, &why)) {
@@ -404,6 +403,45 @@ Status ExportTextIsUtf8(sqlite3* db) {
                               ", not UTF-8 as exports are written");
   }
   return Status::Ok();
+}
+
+// What CheckRow found in a row.
+struct RowCheck {
+  std::optional<std::string> problem;  // after "record N: "
+  bool hash_only = false;              // only its hash is known (outside an auditor's scope)
+};
+
+// Checks the row s is on (record seq, whose stored leaf hash is leaf_hash):
+// that its columns are signed. buffer is the encoding's, reused.
+RowCheck CheckRow(sqlite3_stmt* s, uint64_t seq, bool has_leaf, const merkle::Hash& leaf_hash, std::string* buffer) {
+  if (sqlite3_column_int64(s, kHashOnlyColumn) != 0) {
+    // Outside the auditor's scope: only its hash is known, and nothing
+    // else may be claimed for it (it could not be checked).
+    bool empty =
+        ColumnBytes(s, kLeafColumn).empty() && sqlite3_column_int64(s, 1) == 0 && sqlite3_column_int64(s, 2) == 0;
+    for (int i = 0; i < RecordView::kStrings && empty; ++i) empty = ColumnBytes(s, kFirstString + i).empty();
+    if (!empty) return {"marked hash-only but carries other columns (they cannot be verified)"};
+    return {std::nullopt, true};
+  }
+  std::string_view leaf;
+  RowProblem problem;
+  if (has_leaf) {
+    // An export of an earlier version: the leaf bytes it stored must be
+    // signed (their hash) and be exactly the encoding of the columns.
+    // (Stored bytes that equal an encoding are a canonical leaf; they are
+    // decoded only to say what is wrong with them when they do not.)
+    const std::string_view stored_leaf = ColumnBytes(s, kLeafColumn);
+    if (merkle::LeafHash(stored_leaf) != leaf_hash) return {"leaf bytes do not match their hash (the record was altered)"};
+    const bool encoded = RowLeaf(s, seq, buffer, &leaf, &problem);
+    if (encoded && SameBytes(leaf, stored_leaf)) return {};
+    RecordView v;
+    const char* why = nullptr;
+    if (!DecodeLeafView(stored_leaf, &v, &why)) return {why};
+    return {encoded ? "its columns differ from its signed leaf bytes (the record was altered)" : problem.Message()};
+  }
+  if (!RowLeaf(s, seq, buffer, &leaf, &problem)) return {problem.Message()};
+  if (merkle::LeafHash(leaf) != leaf_hash) return {"its columns do not match its leaf hash (the record was altered)"};
+  return {};
 }
 
 // Checks one chunk's rows with s (the SELECT over a rowid range); stops at
@@ -462,53 +500,12 @@ void CheckChunk(sqlite3* db, sqlite3_stmt* s, bool has_leaf, Shared* shared, siz
     }
     merkle::Hash leaf_hash;
     std::memcpy(leaf_hash.data(), stored.data(), 32);
-    if (sqlite3_column_int64(s, kHashOnlyColumn) != 0) {
-      // Outside the auditor's scope: only its hash is known, and nothing
-      // else may be claimed for it (it could not be checked).
-      bool empty =
-          ColumnBytes(s, kLeafColumn).empty() && sqlite3_column_int64(s, 1) == 0 && sqlite3_column_int64(s, 2) == 0;
-      for (int i = 0; i < RecordView::kStrings && empty; ++i) empty = ColumnBytes(s, kFirstString + i).empty();
-      if (!empty) {
-        bad(seq, "marked hash-only but carries other columns (they cannot be verified)");
-        break;
-      }
-      hash_only++;
-    } else if (has_leaf) {
-      // An export of an earlier version: the leaf bytes it stored must be
-      // signed (their hash) and be exactly the encoding of the columns.
-      // (Stored bytes that equal an encoding are a canonical leaf; they are
-      // decoded only to say what is wrong with them when they do not.)
-      const std::string_view stored_leaf = ColumnBytes(s, kLeafColumn);
-      if (merkle::LeafHash(stored_leaf) != leaf_hash) {
-        bad(seq, "leaf bytes do not match their hash (the record was altered)");
-        break;
-      }
-      std::string_view leaf;
-      RowProblem problem;
-      const bool encoded = RowLeaf(s, seq, &buffer, &leaf, &problem);
-      if (!encoded || !SameBytes(leaf, stored_leaf)) {
-        RecordView v;
-        const char* why = nullptr;
-        if (!DecodeLeafView(stored_leaf, &v, &why)) {
-          bad(seq, why);
-        } else {
-          bad(seq,
-              encoded ? "its columns differ from its signed leaf bytes (the record was altered)" : problem.Message());
-        }
-        break;
-      }
-    } else {
-      std::string_view leaf;
-      RowProblem problem;
-      if (!RowLeaf(s, seq, &buffer, &leaf, &problem)) {
-        bad(seq, problem.Message());
-        break;
-      }
-      if (merkle::LeafHash(leaf) != leaf_hash) {
-        bad(seq, "its columns do not match its leaf hash (the record was altered)");
-        break;
-      }
+    const RowCheck check = CheckRow(s, seq, has_leaf, leaf_hash, &buffer);
+    if (check.problem) {
+      bad(seq, *check.problem);
+      break;
     }
+    if (check.hash_only) hash_only++;
     pieces.Append(leaf_hash);
     ++expected;
     ++rows;

@@ -78,12 +78,12 @@ constexpr auto kTruncateWalEvery = std::chrono::seconds(1);
 // company. At a steady 2,000 messages/s a publish arrives every half
 // millisecond, so the recipients' acknowledgements ride with the publishes'
 // commits instead of paying a commit each; on an idle broker an
-// acknowledgement is durable within that time.
+// acknowledgement is durable within that time. This many lazy records are
+// committed without waiting any longer.
+constexpr size_t kLazyFlushRecords = 512;
 // Commits of at most this many batches run their done()s on the writer
 // when the completion thread has nothing to do (Store::Impl::WriterLoop).
 constexpr size_t kDoneHereItems = 16;
-// Lazy records that are committed without waiting any longer.
-constexpr size_t kLazyFlushRecords = 512;
 // The writer's page cache (SQLite's default is 2 MiB). Every record inserts
 // into indexes keyed by case and message id, whose pages are spread over the
 // whole file; with the default cache most of those inserts read a page back
@@ -395,9 +395,22 @@ struct Store::Impl {
   mutable std::mutex mu;
   std::condition_variable cv;
   using Items = std::deque<Item>;
-  Items queue;                 // guarded by mu
+  Items queue;                 // guarded by mu; changed only by Push and Pop
   size_t queued_records = 0;   // guarded by mu: records in queue, plus one an item
   size_t queued_urgent = 0;    // guarded by mu: items in queue that are not lazy
+  // Add an item to the queue, take one off its front (with mu held).
+  void Push(Item item) {
+    queued_records += item.batch.records.size() + 1;
+    if (!item.batch.lazy) queued_urgent++;
+    queue.push_back(std::move(item));
+  }
+  Item Pop() {
+    Item item = std::move(queue.front());
+    queue.pop_front();
+    queued_records -= item.batch.records.size() + 1;
+    if (!item.batch.lazy) queued_urgent--;
+    return item;
+  }
   bool stopping = false;       // guarded by mu
   audit::Checkpoint latest;    // guarded by mu
   Counters counters{0, 0, 0, 0};  // guarded by mu
@@ -770,10 +783,7 @@ void Store::Impl::WriterLoop() {
         while (!queue.empty() &&
                (items.empty() || records + queue.front().batch.records.size() <= kMaxRecordsPerCommit)) {
           records += queue.front().batch.records.size() + 1;
-          queued_records -= queue.front().batch.records.size() + 1;
-          if (!queue.front().batch.lazy) queued_urgent--;
-          items.push_back(std::move(queue.front()));
-          queue.pop_front();
+          items.push_back(Pop());
         }
       }
     }
@@ -852,11 +862,7 @@ void Store::Impl::WriterLoop() {
     }
     if (!again.empty()) {
       std::lock_guard lock(mu);
-      for (auto& it : again) {
-        queued_records += 1;
-        queued_urgent++;
-        queue.push_back(std::move(it));
-      }
+      for (auto& it : again) Push(std::move(it));
     }
     // The callers' done() (a PublishAck to encode, deliveries to hand to the
     // router) and the freeing of their batches run on the completion
@@ -1084,11 +1090,7 @@ void Store::Commit(Batch batch, BatchDone done) {
   {
     std::lock_guard lock(impl_->mu);
     closing = impl_->stopping;
-    if (!closing) {
-      impl_->queued_records += batch.records.size() + 1;
-      if (!batch.lazy) impl_->queued_urgent++;
-      impl_->queue.push_back({std::move(batch), std::move(done), {}, nullptr});
-    }
+    if (!closing) impl_->Push({std::move(batch), std::move(done), {}, nullptr});
   }
   if (closing) {
     if (done) done(Status::Unavailable("the store is closing"), audit::Checkpoint{}, BatchResult{});
@@ -1134,11 +1136,7 @@ void Store::PruneAudit(int64_t before_ms, std::string why, PruneDone done) {
   {
     std::lock_guard lock(impl_->mu);
     closing = impl_->stopping;
-    if (!closing) {
-      impl_->queued_records += 1;
-      impl_->queued_urgent++;
-      impl_->queue.push_back({Batch{}, std::move(wrapped), {}, job});
-    }
+    if (!closing) impl_->Push({Batch{}, std::move(wrapped), {}, job});
   }
   if (closing) {
     wrapped(Status::Unavailable("the store is closing"), audit::Checkpoint{}, BatchResult{});
