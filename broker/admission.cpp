@@ -56,7 +56,7 @@ bool Admission::TakePublish(const std::string& agency, Clock::time_point now) {
   return true;
 }
 
-std::shared_ptr<void> Admission::BeginAuditRequest(const std::string& agency) {
+std::shared_ptr<Admission::AuditSlot> Admission::BeginAuditRequest(const std::string& agency) {
   {
     std::lock_guard lock(mu_);
     uint32_t& n = audit_requests_[agency];
@@ -65,11 +65,14 @@ std::shared_ptr<void> Admission::BeginAuditRequest(const std::string& agency) {
   }
   // The Admission outlives every session and request (BrokerState owns it
   // and is destroyed after the audit reader has stopped).
-  return std::shared_ptr<void>(static_cast<void*>(this), [this, agency](void*) {
-    std::lock_guard lock(mu_);
-    auto it = audit_requests_.find(agency);
-    if (it != audit_requests_.end() && --it->second == 0) audit_requests_.erase(it);
-  });
+  return std::make_shared<AuditSlot>(this, agency);
+}
+
+void Admission::AuditSlot::Release() {
+  if (released_.exchange(true)) return;
+  std::lock_guard lock(admission_->mu_);
+  auto it = admission_->audit_requests_.find(agency_);
+  if (it != admission_->audit_requests_.end() && --it->second == 0) admission_->audit_requests_.erase(it);
 }
 
 }  // namespace liaison::broker

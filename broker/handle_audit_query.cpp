@@ -116,7 +116,7 @@ void RowToProto(const AuditRow& row, v1::AuditRow* out) {
 
 }  // namespace
 
-std::shared_ptr<void> Session::BeginAuditRequest(uint64_t rid) {
+std::shared_ptr<Admission::AuditSlot> Session::BeginAuditRequest(uint64_t rid) {
   auto slot = broker_.admission.BeginAuditRequest(agency_);
   if (!slot) {
     SendError(rid, v1::REASON_AUDIT_BUSY,
@@ -182,12 +182,13 @@ void Session::HandleAuditQuery(const v1::AuditQuery& query) {
   if (!slot) return;
   auto self = shared_from_this();
   auto fail = [self, rid, slot](v1::Reason code, std::string message) {
+    slot->Release();  // answered: the agency may ask again once it has the answer
     boost::asio::post(self->stream_.strand(), [self, rid, code, message = std::move(message)] {
       self->SendError(rid, code, message, false);
     });
   };
   broker_.store->Append(
-      {std::move(r)}, [self, fail, rid, refusal, why, request = std::move(request), latest, max_bytes](
+      {std::move(r)}, [self, fail, slot, rid, refusal, why, request = std::move(request), latest, max_bytes](
                           const Status& s, const audit::Checkpoint&) mutable {
         // The writer's thread: hand on at once.
         if (refusal != v1::REASON_UNSPECIFIED) return fail(refusal, why);
@@ -196,7 +197,7 @@ void Session::HandleAuditQuery(const v1::AuditQuery& query) {
                       "the query could not be recorded in the audit log, so it was not run: " + s.message());
         }
         self->broker_.audit_reader->QueryPage(
-            std::move(request), [self, fail, rid, latest, max_bytes](Result<AuditPage> page) {
+            std::move(request), [self, fail, slot, rid, latest, max_bytes](Result<AuditPage> page) {
               if (!page.ok()) {
                 spdlog::error("{}: audit query failed: {}", self->tag_, page.status().message());
                 return fail(AuditReason(page.status()), page.status().message());
@@ -227,6 +228,7 @@ void Session::HandleAuditQuery(const v1::AuditQuery& query) {
               // than the log held. On an export's first page its size is
               // the export's end (until_tree_size).
               ToProto(latest, res->mutable_checkpoint());
+              slot->Release();
               boost::asio::post(self->stream_.strand(), [self, f = std::move(f)] { self->Send(f); });
             });
       });

@@ -24,7 +24,7 @@ void Session::HandleConsistencyProofRequest(const v1::ConsistencyProofRequest& r
               false);
     return;
   }
-  // Counted until the proof is ready (the callback holds the token).
+  // Counted until the proof is ready.
   auto slot = BeginAuditRequest(rid);
   if (!slot) return;
   auto self = shared_from_this();
@@ -43,6 +43,9 @@ void Session::HandleConsistencyProofRequest(const v1::ConsistencyProofRequest& r
       p->set_new_size(n);
       for (const auto& h : *proof) p->add_path(std::string(reinterpret_cast<const char*>(h.data()), h.size()));
     }
+    // The slot is given back before the answer leaves (the callback that
+    // holds it may be destroyed only after the agency has asked again).
+    slot->Release();
     boost::asio::post(self->stream_.strand(), [self, f = std::move(f)] { self->Send(f); });
   });
 }

@@ -7,6 +7,7 @@
 // Thread-safe (one mutex, held briefly).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -38,10 +39,25 @@ class Admission {
 
   // An audit request of agency begins: null (nothing counted) when the
   // agency already has max_audit_requests_per_agency in progress. The
-  // request ends when the last copy of the returned token is destroyed, so
-  // a token held by the request's callbacks ends it however it finishes,
-  // even after its session has gone (its work still occupies the reader).
-  std::shared_ptr<void> BeginAuditRequest(const std::string& agency);
+  // request ends when its answer is ready (AuditSlot::Release, before the
+  // answer is sent, so that the agency may ask again as soon as it has it)
+  // or, however else it finishes, when the last copy of the returned token
+  // is destroyed, even after its session has gone (its work still occupies
+  // the reader).
+  class AuditSlot {
+   public:
+    AuditSlot(Admission* admission, std::string agency) : admission_(admission), agency_(std::move(agency)) {}
+    ~AuditSlot() { Release(); }
+    AuditSlot(const AuditSlot&) = delete;
+    AuditSlot& operator=(const AuditSlot&) = delete;
+    void Release();
+
+   private:
+    Admission* admission_;
+    std::string agency_;
+    std::atomic<bool> released_{false};
+  };
+  std::shared_ptr<AuditSlot> BeginAuditRequest(const std::string& agency);
 
  private:
   struct Bucket {

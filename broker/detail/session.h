@@ -20,6 +20,7 @@
 #include "common/detail/frame_stream.h"
 #include "common/detail/tls.h"
 #include "common/tls.h"
+#include "broker/detail/admission.h"
 #include "broker/detail/mailbox.h"
 #include "proto/detail/pb.h"
 
@@ -82,8 +83,9 @@ class Session : public std::enable_shared_from_this<Session> {
   // Frame handlers (one file each: handle_hello.cpp, handle_publish.cpp, ...).
   void Dispatch(v1::Frame& frame);
   // A slot for an audit query or proof of this agency, counted until the
-  // returned token's last copy is gone; null after answering audit_busy.
-  std::shared_ptr<void> BeginAuditRequest(uint64_t rid);
+  // answer is ready (Release) or the returned token's last copy is gone;
+  // null after answering audit_busy.
+  std::shared_ptr<Admission::AuditSlot> BeginAuditRequest(uint64_t rid);
   void HandleHello(const v1::Hello& hello);
   void HandlePublish(v1::Publish& publish);
   void HandleDeliveryAck(const v1::DeliveryAck& ack);

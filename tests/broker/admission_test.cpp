@@ -34,5 +34,26 @@ TEST_CASE("Admission counts an agency's audit requests until their last token is
   CHECK(again2);
 }
 
+TEST_CASE("Admission: an audit request released when answered is no longer counted, whoever still holds its token",
+          "[admission]") {
+  Limits l;
+  l.max_audit_requests_per_agency = 1;
+  Admission a(l);
+  auto slot = a.BeginAuditRequest("auditor");
+  REQUIRE(slot);
+  std::vector<std::shared_ptr<Admission::AuditSlot>> callbacks{slot, slot};
+  CHECK_FALSE(a.BeginAuditRequest("auditor"));
+  slot->Release();  // the answer is ready; callbacks still hold the token
+  auto next = a.BeginAuditRequest("auditor");
+  CHECK(next);
+  // Releasing again, or the last copy going, does not count it off twice.
+  callbacks.front()->Release();
+  slot.reset();
+  callbacks.clear();
+  CHECK_FALSE(a.BeginAuditRequest("auditor"));  // `next` is still in progress
+  next.reset();
+  CHECK(a.BeginAuditRequest("auditor"));
+}
+
 }  // namespace
 }  // namespace liaison::broker
