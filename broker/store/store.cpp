@@ -369,6 +369,13 @@ struct Store::Impl {
   std::atomic<bool> bodies_dropped{false};  // since the last WAL truncation
   std::atomic<int> wal_frames{0};           // frames in the WAL after the last commit (sqlite3_wal_hook)
   std::atomic<int> wal_backfilled{0};       // of them, copied into the database by the last checkpoint
+  // Frames the last checkpoint has not copied. (The WAL's frame count only
+  // falls when SQLite starts the WAL over, so it says nothing by itself.)
+  int UncopiedFrames() const {
+    const int frames = wal_frames.load(std::memory_order_relaxed);
+    const int backfilled = wal_backfilled.load(std::memory_order_relaxed);
+    return frames >= backfilled ? frames - backfilled : frames;  // less: the WAL started over
+  }
   std::atomic<int64_t> last_commit_ns{0};   // steady clock
 
   // Writer state (writer thread only, after Open).
@@ -816,15 +823,12 @@ void Store::Impl::WriterLoop() {
       indexer->Committed(next_seq - 1);
       // Pruned leaves, like dropped bodies, must not stay in the WAL.
       if (dropped > 0 || pruning) bodies_dropped = true;
-      // The WAL's frame count only falls when SQLite starts the WAL over,
-      // which a busy writer rarely lets it do: what counts is how many
-      // frames the last checkpoint has not copied yet. (Counting all of
-      // them woke the checkpointer after every commit once the WAL had
-      // grown: at 2,000 messages/s, 580 checkpoints and as many more
-      // fdatasyncs a second.)
+      // What counts is how many frames the last checkpoint has not copied
+      // yet. (Counting all of them woke the checkpointer after every commit
+      // once the WAL had grown: at 2,000 messages/s, 580 checkpoints and as
+      // many more fdatasyncs a second.)
       const int frames = wal_frames.load(std::memory_order_relaxed);
-      const int backfilled = wal_backfilled.load(std::memory_order_relaxed);
-      const int uncopied = frames >= backfilled ? frames - backfilled : frames;  // less: the WAL started over
+      const int uncopied = UncopiedFrames();
       if (uncopied >= kWakeCheckpointerFrames) wal_cv.notify_one();
       if (frames >= kRestartWalFrames && uncopied > 0) {
         if (uncopied <= kRestartCopyFrames) {

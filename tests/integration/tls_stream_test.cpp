@@ -100,6 +100,20 @@ asio::awaitable<ErrorCode> ReadString(TlsStream& s, std::string* out, size_t siz
   co_return co_await s.ReadExactly(out->data(), size, n);
 }
 
+// How the next read of s ends (when nothing more is expected: its end).
+asio::awaitable<ErrorCode> ReadEnd(TlsStream& s) {
+  std::string more;
+  size_t n = 0;
+  co_return co_await ReadString(s, &more, 1, &n);
+}
+
+// Shuts s down (close_notify, then the peer's end) and closes it.
+asio::awaitable<ErrorCode> ShutdownAndClose(TlsStream& s) {
+  const ErrorCode ec = co_await s.Shutdown();
+  s.Close();
+  co_return ec;
+}
+
 // Starts a read of 10 bytes on s; *end gets how it ended.
 void SpawnRead(TlsStream& s, std::optional<ErrorCode>* end) {
   asio::co_spawn(
@@ -188,8 +202,7 @@ TEST_CASE("TlsStream: Shutdown delivers everything, then both ends see a clean e
         size_t n = 0;
         ErrorCode ec = co_await p.server->WriteAll(data.data(), data.size(), &n);
         REQUIRE_FALSE(ec);
-        server_shutdown = co_await p.server->Shutdown();  // returns once the client has closed too
-        p.server->Close();
+        server_shutdown = co_await ShutdownAndClose(*p.server);  // returns once the client has closed too
       },
       asio::detached);
   asio::co_spawn(
@@ -198,10 +211,8 @@ TEST_CASE("TlsStream: Shutdown delivers everything, then both ends see a clean e
         size_t n = 0;
         ErrorCode ec = co_await ReadString(*p.client, &got, data.size(), &n);
         REQUIRE_FALSE(ec);
-        std::string more;
-        client_end = co_await ReadString(*p.client, &more, 1, &n);
-        client_shutdown = co_await p.client->Shutdown();
-        p.client->Close();
+        client_end = co_await ReadEnd(*p.client);
+        client_shutdown = co_await ShutdownAndClose(*p.client);
       },
       asio::detached);
   p.ioc.run();
@@ -226,20 +237,15 @@ TEST_CASE("TlsStream: Shutdown with no reader discards what the peer still sends
   std::optional<ErrorCode> client_end;
   asio::co_spawn(
       p.server->get_executor(),
-      [&]() -> asio::awaitable<void> {
-        server_shutdown = co_await p.server->Shutdown();
-        p.server->Close();
-      },
+      [&]() -> asio::awaitable<void> { server_shutdown = co_await ShutdownAndClose(*p.server); },
       asio::detached);
   asio::co_spawn(
       p.client->get_executor(),
       [&]() -> asio::awaitable<void> {
         size_t n = 0;
         co_await p.client->WriteAll(data.data(), data.size(), &n);
-        std::string more;
-        client_end = co_await ReadString(*p.client, &more, 1, &n);
-        co_await p.client->Shutdown();
-        p.client->Close();
+        client_end = co_await ReadEnd(*p.client);
+        co_await ShutdownAndClose(*p.client);
       },
       asio::detached);
   p.ioc.run();
