@@ -20,3 +20,5 @@ target_sources(unit_tests PRIVATE policy/evaluate_test.cpp)
 target_sources(unit_tests PRIVATE common/audit_record_test.cpp)
 target_sources(unit_tests PRIVATE common/sha256_test.cpp)
 target_sources(unit_tests PRIVATE broker/admission_test.cpp)
+# The store's commit log (broker/store/commit_log.h).
+target_sources(unit_tests PRIVATE broker/commit_log_test.cpp)

@@ -1,0 +1,499 @@
+#include "broker/store/commit_log.h"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+#endif
+
+namespace liaison::broker {
+
+// ---------------------------------------------------------------------------
+// CRC-32C
+
+namespace crc32c {
+namespace {
+
+struct Table {
+  uint32_t v[256];
+  constexpr Table() : v() {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;  // reflected Castagnoli
+      v[i] = c;
+    }
+  }
+};
+constexpr Table kTable;
+
+}  // namespace
+
+uint32_t ExtendPortable(uint32_t crc, const char* data, size_t n) {
+  const auto* p = reinterpret_cast<const uint8_t*>(data);
+  uint32_t l = ~crc;
+  for (size_t i = 0; i < n; ++i) l = kTable.v[(l ^ p[i]) & 0xff] ^ (l >> 8);
+  return ~l;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) uint32_t ExtendHardware(uint32_t crc, const char* data, size_t n) {
+  const auto* p = reinterpret_cast<const uint8_t*>(data);
+  uint64_t l = ~crc;
+  for (; n > 0 && (reinterpret_cast<uintptr_t>(p) & 7) != 0; --n) l = _mm_crc32_u8(static_cast<uint32_t>(l), *p++);
+  for (; n >= 8; n -= 8, p += 8) {
+    uint64_t word;
+    std::memcpy(&word, p, 8);
+    l = _mm_crc32_u64(l, word);
+  }
+  for (; n > 0; --n) l = _mm_crc32_u8(static_cast<uint32_t>(l), *p++);
+  return ~static_cast<uint32_t>(l);
+}
+
+bool HardwareAvailable() {
+  static const bool available = __builtin_cpu_supports("sse4.2");
+  return available;
+}
+#else
+uint32_t ExtendHardware(uint32_t crc, const char* data, size_t n) {
+  return ExtendPortable(crc, data, n);
+}
+bool HardwareAvailable() {
+  return false;
+}
+#endif
+
+uint32_t Extend(uint32_t crc, const char* data, size_t n) {
+  return HardwareAvailable() ? ExtendHardware(crc, data, n) : ExtendPortable(crc, data, n);
+}
+
+}  // namespace crc32c
+
+// ---------------------------------------------------------------------------
+// Entry format and file helpers
+
+namespace {
+
+constexpr size_t kHeaderBytes = 16;
+constexpr uint64_t kMaxPayloadBytes = uint64_t{1} << 30;
+constexpr size_t kCounterDigits = 20;
+// A buffer grown past this by one large entry is given back after it.
+constexpr size_t kKeptBufferBytes = 4u << 20;
+
+void PutFixed32(char* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<char>(v >> (8 * i));
+}
+void PutFixed64(char* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>(v >> (8 * i));
+}
+uint32_t GetFixed32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= uint32_t{static_cast<uint8_t>(p[i])} << (8 * i);
+  return v;
+}
+uint64_t GetFixed64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= uint64_t{static_cast<uint8_t>(p[i])} << (8 * i);
+  return v;
+}
+
+// The CRC covers lsn, then length, then payload: header bytes 8..15, 0..3.
+uint32_t EntryCrc(const char* header, std::string_view payload) {
+  uint32_t crc = crc32c::Extend(0, header + 8, 8);
+  crc = crc32c::Extend(crc, header, 4);
+  return crc32c::Extend(crc, payload.data(), payload.size());
+}
+
+Status Io(const std::string& path, std::string_view what, int err) {
+  std::string m = "commit log " + path + ": " + std::string(what);
+  if (err != 0) m += std::string(": ") + std::strerror(err);
+  return Status::IoError(m);
+}
+
+std::string SegmentPath(const std::string& prefix, uint64_t counter) {
+  std::string digits = std::to_string(counter);
+  return prefix + "." + std::string(kCounterDigits - digits.size(), '0') + digits;
+}
+
+// The counter of a file name prefix_name + "." + 20 digits, or nothing.
+std::optional<uint64_t> ParseCounter(const std::string& name, const std::string& base) {
+  if (name.size() != base.size() + 1 + kCounterDigits || name.compare(0, base.size(), base) != 0 ||
+      name[base.size()] != '.') {
+    return std::nullopt;
+  }
+  uint64_t counter = 0;
+  for (size_t i = base.size() + 1; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return std::nullopt;
+    const uint64_t digit = static_cast<uint64_t>(name[i] - '0');
+    if (counter > (UINT64_MAX - digit) / 10) return std::nullopt;
+    counter = counter * 10 + digit;
+  }
+  return counter;
+}
+
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+Status SyncDir(const std::string& dir) {
+  Fd d{::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
+  if (d.fd < 0) return Io(dir, "cannot open directory", errno);
+  if (::fsync(d.fd) != 0) return Io(dir, "cannot fsync directory", errno);
+  return Status::Ok();
+}
+
+Status PreadAll(int fd, char* buf, size_t n, uint64_t offset, const std::string& path) {
+  while (n > 0) {
+    const ssize_t r = ::pread(fd, buf, n, static_cast<off_t>(offset));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return Io(path, "cannot read at offset " + std::to_string(offset), errno);
+    if (r == 0) return Io(path, "file shrank while being read at offset " + std::to_string(offset), 0);
+    buf += r;
+    n -= static_cast<size_t>(r);
+    offset += static_cast<uint64_t>(r);
+  }
+  return Status::Ok();
+}
+
+// One entry as read at Open. kInvalid carries what was wrong with it.
+struct EntryRead {
+  enum Kind { kEnd, kEntry, kInvalid } kind = kEnd;
+  uint64_t lsn = 0;
+  uint64_t bytes = 0;  // header + payload
+  std::string reason;
+};
+
+// Reads the entry at offset of a segment of size bytes; its payload goes to
+// *payload. The length is checked against the limit and the file's size
+// before anything is allocated for it.
+Result<EntryRead> ReadEntry(int fd, uint64_t size, uint64_t offset, const std::string& path, std::string* payload) {
+  const uint64_t left = size - offset;
+  if (left == 0) return EntryRead{};
+  char header[kHeaderBytes] = {};
+  const size_t header_bytes = static_cast<size_t>(std::min<uint64_t>(left, kHeaderBytes));
+  if (Status s = PreadAll(fd, header, header_bytes, offset, path); !s.ok()) return s;
+  if (header_bytes < kHeaderBytes) {
+    if (std::all_of(header, header + header_bytes, [](char c) { return c == 0; })) return EntryRead{};
+    return EntryRead{EntryRead::kInvalid, 0, 0, "header cut short at the end of the file"};
+  }
+  const uint64_t length = GetFixed32(header);
+  const uint64_t lsn = GetFixed64(header + 8);
+  if (length == 0) return EntryRead{};
+  if (length > kMaxPayloadBytes) {
+    return EntryRead{EntryRead::kInvalid, lsn, 0, "length " + std::to_string(length) + " over the 1 GiB limit"};
+  }
+  if (length > left - kHeaderBytes) {
+    return EntryRead{
+        EntryRead::kInvalid, lsn, 0,
+        "length " + std::to_string(length) + " past the end of the file (" + std::to_string(size) + " bytes)"};
+  }
+  payload->resize(static_cast<size_t>(length));
+  if (Status s = PreadAll(fd, payload->data(), payload->size(), offset + kHeaderBytes, path); !s.ok()) return s;
+  if (EntryCrc(header, *payload) != GetFixed32(header + 4)) {
+    return EntryRead{EntryRead::kInvalid, lsn, 0, "bad CRC (lsn field " + std::to_string(lsn) + ")"};
+  }
+  return EntryRead{EntryRead::kEntry, lsn, kHeaderBytes + length, {}};
+}
+
+std::string Where(const std::string& path, uint64_t offset) {
+  return "commit log " + path + " at offset " + std::to_string(offset);
+}
+
+// What Open learnt of one segment.
+struct SegmentScan {
+  uint64_t first_lsn = 0;
+  uint64_t last_lsn = 0;
+  uint64_t bytes = 0;
+};
+
+// Reads the segments at Open, in counter order, replaying entries and
+// telling a torn tail from corruption (see the header for the rules).
+class Recovery {
+ public:
+  Recovery(uint64_t after_lsn, const CommitLog::Replay& replay) : after_lsn_(after_lsn), replay_(replay) {}
+
+  Result<SegmentScan> Read(const std::string& path) {
+    Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+    if (f.fd < 0) return Io(path, "cannot open", errno);
+    struct stat st {};
+    if (::fstat(f.fd, &st) != 0) return Io(path, "cannot stat", errno);
+    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    SegmentScan scan;
+    for (uint64_t offset = 0;;) {
+      Result<EntryRead> r = ReadEntry(f.fd, size, offset, path, &payload_);
+      if (!r.ok()) return r.status();
+      EntryRead& e = r.value();
+      if (e.kind == EntryRead::kEntry && offset == 0) {
+        if (Status s = CheckFirst(path, e.lsn); !s.ok()) return s;
+      } else if (e.kind == EntryRead::kEntry && e.lsn != prev_ + 1) {
+        e = EntryRead{EntryRead::kInvalid, e.lsn, 0,
+                      "lsn " + std::to_string(e.lsn) + " where " + std::to_string(prev_ + 1) + " was expected"};
+      }
+      if (e.kind == EntryRead::kEnd) break;
+      if (e.kind == EntryRead::kInvalid) {
+        if (!invalid_) invalid_ = Invalid{path, offset, e.reason};
+        break;
+      }
+      if (e.lsn > after_lsn_ && replay_) {
+        if (Status s = replay_(e.lsn, payload_); !s.ok()) return s;
+      }
+      if (scan.first_lsn == 0) scan.first_lsn = e.lsn;
+      scan.last_lsn = e.lsn;
+      scan.bytes += e.bytes;
+      prev_ = e.lsn;
+      offset += e.bytes;
+    }
+    return scan;
+  }
+
+  // The lsn the next Append gets; warns of a torn tail left unresolved.
+  uint64_t Finish() const {
+    if (invalid_) {
+      spdlog::warn("commit log: torn tail in {} at offset {} ({}); replay stops at lsn {}", invalid_->path,
+                   invalid_->offset, invalid_->reason, prev_);
+    }
+    return std::max(prev_, after_lsn_) + 1;
+  }
+
+ private:
+  struct Invalid {
+    std::string path;
+    uint64_t offset = 0;
+    std::string reason;
+  };
+
+  // A segment's first entry may skip lsns only if SQLite holds them. Its
+  // being valid also decides what an earlier invalid entry was.
+  Status CheckFirst(const std::string& path, uint64_t lsn) {
+    const uint64_t needed = std::max(prev_, after_lsn_) + 1;
+    if (lsn <= prev_ || lsn > needed) {
+      const std::string lsns = "lsn " + std::to_string(lsn) + " follows lsn " + std::to_string(prev_) + " (after_lsn " +
+                               std::to_string(after_lsn_) + ")";
+      if (invalid_) {
+        return Status::Corruption(Where(invalid_->path, invalid_->offset) + ": " + invalid_->reason + ", but " +
+                                  Where(path, 0) + " holds a valid entry after it (" + lsns +
+                                  "): acknowledged entries are lost; restore the store from a backup");
+      }
+      return Status::Corruption(Where(path, 0) + ": " + lsns +
+                                ": acknowledged entries are missing; restore the store from a backup");
+    }
+    if (invalid_) {
+      spdlog::warn(
+          "commit log: invalid entry in {} at offset {} ({}) skipped: {} goes on with lsn {}, so it was a torn "
+          "tail of an earlier run or held only entries SQLite has",
+          invalid_->path, invalid_->offset, invalid_->reason, path, lsn);
+      invalid_.reset();
+    } else if (prev_ > 0 && lsn > prev_ + 1) {
+      spdlog::warn("commit log: lsns {} to {} missing before {} (SQLite holds them, after_lsn {})", prev_ + 1, lsn - 1,
+                   path, after_lsn_);
+    }
+    return Status::Ok();
+  }
+
+  const uint64_t after_lsn_;
+  const CommitLog::Replay& replay_;
+  uint64_t prev_ = 0;               // the last valid lsn read
+  std::optional<Invalid> invalid_;  // the first invalid entry not yet explained
+  std::string payload_;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// CommitLog
+
+CommitLog::CommitLog(const Options& options) : options_(options) {
+  dir_ = std::filesystem::path(options_.prefix).parent_path().string();
+  if (dir_.empty()) dir_ = ".";
+}
+
+CommitLog::~CommitLog() {
+  CloseCurrent();
+}
+
+Result<std::unique_ptr<CommitLog>> CommitLog::Open(const Options& options, uint64_t after_lsn, const Replay& replay) {
+  if (options.prefix.empty() || options.prefix.back() == '/') {
+    return Status::InvalidArgument("commit log: the prefix must name files, not a directory");
+  }
+  std::unique_ptr<CommitLog> log(new CommitLog(options));
+  if (Status s = log->Recover(after_lsn, replay); !s.ok()) return s;
+  if (Status s = log->StartSegment(); !s.ok()) return s;
+  return log;
+}
+
+// Lists the segments, then reads them in counter order. Runs before any
+// other thread can see the log.
+Status CommitLog::Recover(uint64_t after_lsn, const Replay& replay) {
+  const std::string base = std::filesystem::path(options_.prefix).filename().string();
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::optional<uint64_t> counter = ParseCounter(it->path().filename().string(), base);
+    std::error_code type_ec;  // a name that cannot be examined is not a segment we wrote
+    if (counter && it->is_regular_file(type_ec)) {
+      segments_.push_back(Segment{*counter, SegmentPath(options_.prefix, *counter)});
+    }
+  }
+  if (ec) return Io(dir_, "cannot list directory", ec.value());
+  std::sort(segments_.begin(), segments_.end(),
+            [](const Segment& a, const Segment& b) { return a.counter < b.counter; });
+
+  Recovery recovery(after_lsn, replay);
+  for (Segment& seg : segments_) {
+    Result<SegmentScan> scan = recovery.Read(seg.path);
+    if (!scan.ok()) return scan.status();
+    seg.first_lsn = scan->first_lsn;
+    seg.last_lsn = scan->last_lsn;
+    seg.bytes = scan->bytes;
+    bytes_ += scan->bytes;
+  }
+  next_lsn_ = recovery.Finish();
+  return Status::Ok();
+}
+
+// Creates the next segment and makes it current. The directory is synced
+// before any entry in it can be acknowledged, so the file survives power
+// loss. On failure the current segment stays current.
+Status CommitLog::StartSegment() {
+  const uint64_t counter = segments_.empty() ? 1 : segments_.back().counter + 1;
+  Segment seg{counter, SegmentPath(options_.prefix, counter)};
+  const int fd = ::open(seg.path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return Io(seg.path, "cannot create", errno);
+  if (Status s = SyncDir(dir_); !s.ok()) {
+    ::close(fd);
+    ::unlink(seg.path.c_str());
+    return s;
+  }
+  CloseCurrent();
+  fd_ = fd;
+  offset_ = 0;
+  allocated_ = 0;
+  segments_.push_back(std::move(seg));
+  return Status::Ok();
+}
+
+// Gives back the preallocated zeros past the last entry (an idle, stalled
+// log would otherwise keep preallocate_bytes per segment) and closes.
+void CommitLog::CloseCurrent() {
+  if (fd_ < 0) return;
+  if (allocated_ > offset_) (void)::ftruncate(fd_, static_cast<off_t>(offset_));
+  ::close(fd_);
+  fd_ = -1;
+}
+
+Status CommitLog::FailAppend(std::string_view what, int err) {
+  const std::string at = " at offset " + std::to_string(offset_) + " (lsn " + std::to_string(next_lsn_) + ")";
+  const Status s = Io(segments_.back().path, std::string(what) + at, err);
+  (void)::ftruncate(fd_, static_cast<off_t>(offset_));
+  allocated_ = offset_;
+  return s;
+}
+
+Result<uint64_t> CommitLog::Append(std::string_view payload) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (payload.empty()) return Status::InvalidArgument("commit log: an entry cannot be empty");
+  if (payload.size() > kMaxPayloadBytes) return Status::InvalidArgument("commit log: an entry is limited to 1 GiB");
+  const uint64_t bytes = kHeaderBytes + payload.size();
+  const bool rotate = offset_ > 0 && (offset_ + bytes > options_.segment_bytes ||
+                                      std::chrono::steady_clock::now() - first_append_ >= options_.segment_age);
+  if (rotate) {
+    if (Status s = StartSegment(); !s.ok()) return s;
+  }
+  if (options_.preallocate_bytes > 0 && offset_ + bytes > allocated_) {
+    const uint64_t step = options_.preallocate_bytes;
+    const uint64_t target = (offset_ + bytes + step - 1) / step * step;
+    const int err = ::posix_fallocate(fd_, static_cast<off_t>(offset_), static_cast<off_t>(target - offset_));
+    if (err != 0) return FailAppend("cannot preallocate", err);
+    allocated_ = target;
+  }
+  if (Status s = WriteEntry(payload); !s.ok()) return s;
+
+  const uint64_t lsn = next_lsn_++;
+  Segment& seg = segments_.back();
+  if (seg.first_lsn == 0) {
+    seg.first_lsn = lsn;
+    first_append_ = std::chrono::steady_clock::now();
+  }
+  seg.last_lsn = lsn;
+  seg.bytes += bytes;
+  bytes_ += bytes;
+  offset_ += bytes;
+  return lsn;
+}
+
+// Writes entry next_lsn_ at offset_ and syncs it.
+Status CommitLog::WriteEntry(std::string_view payload) {
+  const size_t bytes = kHeaderBytes + payload.size();
+  if (buffer_.size() < bytes) buffer_.resize(bytes);
+  char* header = buffer_.data();
+  PutFixed32(header, static_cast<uint32_t>(payload.size()));
+  PutFixed64(header + 8, next_lsn_);
+  PutFixed32(header + 4, EntryCrc(header, payload));
+  std::memcpy(header + kHeaderBytes, payload.data(), payload.size());
+  // One pwrite in practice; a short count is continued so that the error
+  // that cut it short (ENOSPC, EFBIG) is what gets reported.
+  for (size_t done = 0; done < bytes;) {
+    const ssize_t n = ::pwrite(fd_, buffer_.data() + done, bytes - done, static_cast<off_t>(offset_ + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return FailAppend("cannot write", errno);
+    if (n == 0) return FailAppend("short write", 0);
+    done += static_cast<size_t>(n);
+  }
+  if (::fdatasync(fd_) != 0) return FailAppend("cannot fdatasync", errno);
+  if (buffer_.size() > kKeptBufferBytes) buffer_ = std::string();
+  return Status::Ok();
+}
+
+Status CommitLog::Release(uint64_t lsn) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (lsn >= next_lsn_) {
+    return Status::InvalidArgument("commit log: release of lsn " + std::to_string(lsn) + " beyond the last appended, " +
+                                   std::to_string(next_lsn_ - 1));
+  }
+  Status rotated;
+  if (lsn == next_lsn_ - 1 && segments_.back().first_lsn != 0) rotated = StartSegment();
+  // Oldest first and stopping at the first one still needed, so the
+  // segments on disk always hold consecutive lsns.
+  bool deleted = false;
+  while (segments_.size() > 1 && segments_.front().last_lsn <= lsn) {
+    const Segment& seg = segments_.front();
+    if (::unlink(seg.path.c_str()) != 0 && errno != ENOENT) {
+      rotated = Io(seg.path, "cannot delete", errno);
+      break;
+    }
+    bytes_ -= seg.bytes;
+    segments_.pop_front();
+    deleted = true;
+  }
+  if (deleted) {
+    if (Status s = SyncDir(dir_); !s.ok()) spdlog::warn("{} (released segments were deleted)", s.message());
+  }
+  return rotated;
+}
+
+uint64_t CommitLog::last_lsn() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return next_lsn_ - 1;
+}
+
+uint64_t CommitLog::bytes_on_disk() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return bytes_;
+}
+
+size_t CommitLog::segments() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return segments_.size();
+}
+
+}  // namespace liaison::broker

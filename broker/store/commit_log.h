@@ -1,0 +1,141 @@
+// The store's commit log: a write-ahead log of its own in front of SQLite.
+//
+// Why: a publish is acknowledged once its group commit is durable. Syncing
+// one sequential append is much cheaper than a SQLite commit, so the store's
+// writer appends one entry per group commit here, fdatasyncs it, and only
+// then acknowledges. An entry in the log after fdatasync IS the acknowledged
+// state; SQLite is applied behind it by a separate applier thread, which
+// calls Release once what it applied is durable in SQLite. After a crash the
+// store opens the log with the last lsn SQLite holds (after_lsn) and
+// re-applies the rest from the replay callback.
+//
+// Files: prefix + "." + a 20-digit zero-padded decimal counter ("segments",
+// e.g. liaison.db-log.00000000000000000001), mode 0600. Each Open starts a
+// new segment and never appends after a tail it read, so a torn tail is never
+// written over. A segment is preallocated ahead (posix_fallocate) so that a
+// full disk fails the allocation rather than an entry half-way.
+//
+// Entry: a 16-byte header, then the payload. Header, all little-endian:
+// u32 payload length, u32 CRC-32C over (the 8 lsn bytes, the 4 length bytes,
+// the payload), u64 lsn. lsns are consecutive from 1. A length of 0 ends the
+// written part of a segment (preallocated space is zeros); lengths over
+// 1 GiB are invalid.
+//
+// Torn tail or corruption: an invalid entry (bad CRC, length past the end of
+// the file, lsn out of sequence) is a torn tail, an append cut short by a
+// crash and never acknowledged, when no later segment holds a valid entry:
+// Open logs a warning and stops there (whatever follows it in its segment is
+// ignored). A later segment whose first entry goes on from the last valid
+// lsn was started by an Open that already took it for a torn tail, and is
+// read on. Any other valid entry after an invalid one, or a gap in the lsns,
+// is Corruption: acknowledged entries are lost, and the operator must
+// restore from a backup. (Lost or missing lsns that SQLite already holds,
+// <= after_lsn, lose nothing and are only warned about.)
+//
+// Release and deletion: message bodies must leave the disk within 60 s of
+// being released, but only whole segments are deleted. So segments rotate by
+// size and by age (segment_age after their first entry), and a Release of
+// everything appended starts a new segment so the current one can go too.
+// Deleting is unlink + fsync of the directory; Open never deletes.
+//
+// Thread-safety: Append, Release and the accessors may be called from any
+// thread (one internal mutex; Append holds it across pwrite + fdatasync).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+
+namespace liaison::broker {
+
+class CommitLog {
+ public:
+  struct Options {
+    // Segment files are prefix + "." + 20-digit zero-padded decimal counter,
+    // e.g. /data/liaison.db-log.00000000000000000001
+    std::string prefix;
+    // Start a new segment before an append that would take the current one
+    // past this (an entry larger than this gets a segment of its own) ...
+    uint64_t segment_bytes = 16u << 20;
+    // ... or when the current segment's first entry is older than this (so
+    // released entries leave the disk soon even at a low rate).
+    std::chrono::milliseconds segment_age{10000};
+    // posix_fallocate the current segment ahead in steps of this, so a full
+    // disk fails the allocation before any entry is half written.
+    uint64_t preallocate_bytes = 4u << 20;
+  };
+  // Called for each valid entry with lsn > after_lsn, in lsn order, during Open. A non-OK status stops Open and is
+  // returned.
+  using Replay = std::function<Status(uint64_t lsn, std::string_view payload)>;
+  // Opens (creating the directory entry if needed) the log with this prefix: reads every existing segment in counter
+  // order and calls replay for each entry whose lsn > after_lsn. Entries with lsn <= after_lsn are skipped (already
+  // applied). Then starts a NEW empty segment for appends (never appends after a tail it read), and deletes nothing
+  // yet. next lsn for Append = max(after_lsn, last valid lsn read) + 1.
+  static Result<std::unique_ptr<CommitLog>> Open(const Options& options, uint64_t after_lsn, const Replay& replay);
+  ~CommitLog();  // closes the file; deletes nothing
+  CommitLog(const CommitLog&) = delete;
+  CommitLog& operator=(const CommitLog&) = delete;
+  // Appends one entry (one pwrite, then one fdatasync) and returns its lsn (consecutive: 1, 2, 3, ...). On any failure
+  // (ENOSPC from fallocate/pwrite/fdatasync, EIO, short write) returns IoError with errno text naming the file, the lsn
+  // is NOT consumed, and the file is cut back (ftruncate to the entry's start offset, best effort) so the next Append
+  // overwrites the same place. An empty payload (it would read as the end of the segment) or one over 1 GiB is
+  // InvalidArgument.
+  Result<uint64_t> Append(std::string_view payload);
+  // Every entry with lsn <= lsn has been applied and made durable elsewhere: deletes every segment whose entries are
+  // all <= lsn. If that includes every entry appended so far and the current segment holds any entry, starts a new
+  // segment first so the old one can be deleted too (nothing released stays on disk). Thread-safe with Append (one
+  // internal mutex; Append holds it across its pwrite+fdatasync, that is fine). An lsn past last_lsn() is
+  // InvalidArgument. Each call that rotates creates a file and syncs the directory twice: call it in batches.
+  Status Release(uint64_t lsn);
+  uint64_t last_lsn() const;       // the last lsn appended (or replayed); 0 if none
+  uint64_t bytes_on_disk() const;  // bytes of entries in all segments not yet deleted (for logs/tests)
+  size_t segments() const;         // segment files currently on disk
+
+ private:
+  struct Segment {
+    uint64_t counter = 0;
+    std::string path;
+    uint64_t first_lsn = 0;  // 0: no valid entry
+    uint64_t last_lsn = 0;
+    uint64_t bytes = 0;  // of valid entries, headers included
+  };
+
+  explicit CommitLog(const Options& options);
+  Status Recover(uint64_t after_lsn, const Replay& replay);
+  Status StartSegment();
+  void CloseCurrent();
+  Status WriteEntry(std::string_view payload);
+  Status FailAppend(std::string_view what, int err);  // cuts the file back to offset_
+
+  const Options options_;
+  std::string dir_;
+  mutable std::mutex mu_;         // guards everything below (Open's Recover runs before it is shared)
+  std::deque<Segment> segments_;  // in counter order; the last one is current when fd_ >= 0
+  int fd_ = -1;                   // the current segment, open for appends
+  uint64_t offset_ = 0;           // where the next entry goes in the current segment
+  uint64_t allocated_ = 0;        // the current segment is preallocated up to here
+  std::chrono::steady_clock::time_point first_append_;  // of the current segment's first entry
+  uint64_t next_lsn_ = 1;
+  uint64_t bytes_ = 0;  // sum of segments_[i].bytes
+  std::string buffer_;  // one entry, reused across appends
+};
+
+// CRC-32C (Castagnoli), as used in the entry header. Extend continues a CRC
+// (start from 0); it uses SSE4.2 when the CPU has it. The two explicit paths
+// are here for tests; ExtendHardware requires HardwareAvailable().
+namespace crc32c {
+uint32_t Extend(uint32_t crc, const char* data, size_t n);
+uint32_t ExtendPortable(uint32_t crc, const char* data, size_t n);
+uint32_t ExtendHardware(uint32_t crc, const char* data, size_t n);
+bool HardwareAvailable();
+}  // namespace crc32c
+
+}  // namespace liaison::broker

@@ -1,0 +1,621 @@
+// Unit tests for broker/store/commit_log.h, each in a private temporary
+// directory: replay, torn tails against corruption, rotation and release,
+// the entry length limit, a failing disk (RLIMIT_FSIZE), and CRC-32C.
+#include "broker/store/commit_log.h"
+
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "tests/temp_dir.h"
+
+namespace liaison::broker {
+namespace {
+
+using test::TempDir;
+using Entries = std::vector<std::pair<uint64_t, std::string>>;
+
+constexpr uint64_t kHeader = 16;
+
+CommitLog::Options LogOptions(const TempDir& dir) {
+  CommitLog::Options o;
+  o.prefix = dir / "liaison.db-log";
+  o.preallocate_bytes = 4096;
+  return o;
+}
+
+// Opens the log, collecting what it replays into *out.
+Result<std::unique_ptr<CommitLog>> OpenLog(const CommitLog::Options& o, uint64_t after_lsn, Entries* out) {
+  out->clear();
+  return CommitLog::Open(o, after_lsn, [out](uint64_t lsn, std::string_view payload) {
+    out->emplace_back(lsn, std::string(payload));
+    return Status::Ok();
+  });
+}
+
+std::unique_ptr<CommitLog> MustOpen(const CommitLog::Options& o, uint64_t after_lsn, Entries* out) {
+  auto log = OpenLog(o, after_lsn, out);
+  INFO(log.status().ToString());
+  REQUIRE(log.ok());
+  return std::move(log).value();
+}
+
+std::string Payload(uint64_t i) {
+  return "entry " + std::to_string(i) + std::string(i % 7, '.');
+}
+
+// Appends Payload(first..last), checking the lsns given.
+void AppendRange(CommitLog& log, uint64_t first, uint64_t last) {
+  for (uint64_t i = first; i <= last; ++i) {
+    auto lsn = log.Append(Payload(i));
+    INFO(lsn.status().ToString());
+    REQUIRE(lsn.ok());
+    REQUIRE(*lsn == i);
+  }
+}
+
+Entries Expected(uint64_t first, uint64_t last) {
+  Entries e;
+  for (uint64_t i = first; i <= last; ++i) e.emplace_back(i, Payload(i));
+  return e;
+}
+
+// The segment files on disk, in counter order.
+std::vector<std::string> SegmentFiles(const TempDir& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+    const std::string name = e.path().filename().string();
+    const std::string base = "liaison.db-log.";
+    if (name.rfind(base, 0) == 0 && name.size() == base.size() + 20 &&
+        name.find_first_not_of("0123456789", base.size()) == std::string::npos) {
+      out.push_back(e.path().string());
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void WriteAll(const std::string& path, const std::string& data) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << data;
+  REQUIRE(out.good());
+}
+
+void FlipByte(const std::string& path, uint64_t offset) {
+  std::string data = ReadAll(path);
+  REQUIRE(offset < data.size());
+  data[offset] = static_cast<char>(data[offset] ^ 0x40);
+  WriteAll(path, data);
+}
+
+// Offset of the k-th entry (0-based) of a segment holding Payload(first...).
+uint64_t EntryOffset(uint64_t first, uint64_t k) {
+  uint64_t off = 0;
+  for (uint64_t i = first; i < first + k; ++i) off += kHeader + Payload(i).size();
+  return off;
+}
+
+std::string Header(uint32_t length, uint32_t crc, uint64_t lsn) {
+  std::string h(kHeader, '\0');
+  for (int i = 0; i < 4; ++i) h[i] = static_cast<char>(length >> (8 * i));
+  for (int i = 0; i < 4; ++i) h[4 + i] = static_cast<char>(crc >> (8 * i));
+  for (int i = 0; i < 8; ++i) h[8 + i] = static_cast<char>(lsn >> (8 * i));
+  return h;
+}
+
+// ---------------------------------------------------------------------------
+
+TEST_CASE("commit log: CRC-32C gives the standard check value on both paths", "[commit_log]") {
+  const std::string check = "123456789";
+  CHECK(crc32c::ExtendPortable(0, check.data(), check.size()) == 0xE3069283u);
+  CHECK(crc32c::Extend(0, check.data(), check.size()) == 0xE3069283u);
+  // Extending in pieces is the same as one go.
+  CHECK(crc32c::ExtendPortable(crc32c::ExtendPortable(0, check.data(), 4), check.data() + 4, 5) == 0xE3069283u);
+  if (!crc32c::HardwareAvailable()) {
+    WARN("no SSE4.2 on this CPU: the hardware path is not tested");
+    return;
+  }
+  CHECK(crc32c::ExtendHardware(0, check.data(), check.size()) == 0xE3069283u);
+  CHECK(crc32c::ExtendHardware(crc32c::ExtendHardware(0, check.data(), 4), check.data() + 4, 5) == 0xE3069283u);
+}
+
+TEST_CASE("commit log: CRC-32C hardware and portable paths agree on random buffers of odd lengths", "[commit_log]") {
+  if (!crc32c::HardwareAvailable()) {
+    WARN("no SSE4.2 on this CPU: the hardware path is not tested");
+    return;
+  }
+  std::mt19937_64 rng(42);
+  std::string buf(4096 + 8, '\0');
+  for (char& c : buf) c = static_cast<char>(rng());
+  for (int round = 0; round < 500; ++round) {
+    const size_t start = rng() % 8;  // every alignment
+    const size_t length = (rng() % 2048) | 1;
+    const uint32_t seed = round % 2 ? static_cast<uint32_t>(rng()) : 0;
+    INFO("start " << start << " length " << length);
+    REQUIRE(crc32c::ExtendHardware(seed, buf.data() + start, length) ==
+            crc32c::ExtendPortable(seed, buf.data() + start, length));
+  }
+}
+
+TEST_CASE("commit log: appends are replayed in order with their lsns after a reopen", "[commit_log]") {
+  TempDir dir;
+  const auto o = LogOptions(dir);
+  Entries replayed;
+  {
+    auto log = MustOpen(o, 0, &replayed);
+    CHECK(replayed.empty());
+    CHECK(log->last_lsn() == 0);
+    CHECK(SegmentFiles(dir) == std::vector<std::string>{o.prefix + ".00000000000000000001"});
+    AppendRange(*log, 1, 20);
+    CHECK(log->last_lsn() == 20);
+    CHECK(log->bytes_on_disk() == EntryOffset(1, 20));
+  }
+  {
+    auto log = MustOpen(o, 0, &replayed);
+    CHECK(replayed == Expected(1, 20));
+    CHECK(log->last_lsn() == 20);
+    CHECK(log->segments() == 2);  // a new one for appends, nothing deleted
+    AppendRange(*log, 21, 22);
+  }
+  auto log = MustOpen(o, 0, &replayed);
+  CHECK(replayed == Expected(1, 22));
+  CHECK(SegmentFiles(dir).size() == 3);
+  CHECK(SegmentFiles(dir).back() == o.prefix + ".00000000000000000003");
+}
+
+TEST_CASE("commit log: empty entries and releases beyond the last lsn are refused", "[commit_log]") {
+  TempDir dir;
+  Entries replayed;
+  auto log = MustOpen(LogOptions(dir), 0, &replayed);
+  CHECK(log->Append("").status().IsInvalidArgument());
+  AppendRange(*log, 1, 1);
+  CHECK(log->Release(2).IsInvalidArgument());
+  CHECK(log->Release(1).ok());
+}
+
+TEST_CASE("commit log: entries up to after_lsn are skipped", "[commit_log]") {
+  TempDir dir;
+  const auto o = LogOptions(dir);
+  Entries replayed;
+  AppendRange(*MustOpen(o, 0, &replayed), 1, 10);
+
+  auto log = MustOpen(o, 5, &replayed);
+  CHECK(replayed == Expected(6, 10));
+  CHECK(log->last_lsn() == 10);
+  log.reset();
+
+  log = MustOpen(o, 10, &replayed);
+  CHECK(replayed.empty());
+  CHECK(log->last_lsn() == 10);
+  log.reset();
+
+  // SQLite ahead of the log (entries released and deleted, say): appends go on from after_lsn.
+  log = MustOpen(o, 15, &replayed);
+  CHECK(replayed.empty());
+  CHECK(log->last_lsn() == 15);
+  AppendRange(*log, 16, 16);
+}
+
+TEST_CASE("commit log: a replay error stops Open and is returned", "[commit_log]") {
+  TempDir dir;
+  const auto o = LogOptions(dir);
+  Entries replayed;
+  AppendRange(*MustOpen(o, 0, &replayed), 1, 5);
+  int calls = 0;
+  auto log = CommitLog::Open(o, 0, [&](uint64_t lsn, std::string_view) {
+    ++calls;
+    return lsn == 3 ? Status::Internal("apply failed") : Status::Ok();
+  });
+  REQUIRE_FALSE(log.ok());
+  CHECK(log.status().message() == "apply failed");
+  CHECK(calls == 3);
+  CHECK(SegmentFiles(dir).size() == 1);  // no segment started
+}
+
+TEST_CASE("commit log: a last entry cut short is a torn tail and appends continue after it", "[commit_log]") {
+  TempDir dir;
+  const auto o = LogOptions(dir);
+  Entries replayed;
+  AppendRange(*MustOpen(o, 0, &replayed), 1, 5);
+  const std::string seg = SegmentFiles(dir).at(0);
+  const uint64_t fifth = EntryOffset(1, 4);
+  uint64_t cut = 0;
+  SECTION("in the payload") {
+    cut = fifth + kHeader + 3;
+  }
+  SECTION("in the header") {
+    cut = fifth + 10;
+  }
+  std::filesystem::resize_file(seg, cut);
+
+  {
+    auto log = MustOpen(o, 0, &replayed);
+    CHECK(replayed == Expected(1, 4));
+    CHECK(log->last_lsn() == 4);
+    auto lsn = log->Append("new five");
+    REQUIRE(lsn.ok());
+    CHECK(*lsn == 5);
+  }
+  CHECK(std::filesystem::file_size(seg) == cut);  // never written over
+  auto log = MustOpen(o, 0, &replayed);
+  Entries want = Expected(1, 4);
+  want.emplace_back(5, "new five");
+  CHECK(replayed == want);
+  CHECK(log->last_lsn() == 5);
+}
+
+TEST_CASE("commit log: a flipped byte in the last entry's payload is a torn tail", "[commit_log]") {
+  TempDir dir;
+  const auto o = LogOptions(dir);
+  Entries replayed;
+  AppendRange(*MustOpen(o, 0, &replayed), 1, 5);
+  FlipByte(SegmentFiles(dir).at(0), EntryOffset(1, 4) + kHeader + 2);
+  {
+    auto log = MustOpen(o, 0, &replayed);
+    CHECK(replayed == Expected(1, 4));
+    REQUIRE(log->Append("new five").ok());
+  }
+  auto log = MustOpen(o, 0, &replayed);
+  CHECK(replayed.size() == 5);
+  CHECK(replayed.back() == std::make_pair(uint64_t{5}, std::string("new five")));
+}
+
+TEST_CASE("commit log: entries after a bad one in the same last segment are not replayed", "[commit_log]") {
+  TempDir dir;
+  const auto o = LogOptions(dir);
+  Entries replayed;
+  AppendRange(*MustOpen(o, 0, &replayed), 1, 5);
+  FlipByte(SegmentFiles(dir).at(0), EntryOffset(1, 2) + kHeader);  // entry 3 of 5
+  auto log = MustOpen(o, 0, &replayed);
+  CHECK(replayed == Expected(1, 2));
+  CHECK(log->last_lsn() == 2);
+}
+
+TEST_CASE("commit log: a damaged entry in an earlier segment followed by valid segments is Corruption",
+          "[commit_log]") {
+  TempDir dir;
+  const auto o = LogOptions(dir);
+  Entries replayed;
+  AppendRange(*MustOpen(o, 0, &replayed), 1, 3);
+  AppendRange(*MustOpen(o, 0, &replayed), 4, 5);
+  const std::string first = SegmentFiles(dir).at(0);
+  uint64_t damaged = 0;
+  SECTION("a middle entry") {
+    damaged = EntryOffset(1, 1);
+  }
+  SECTION("the segment's last entry") {
+    damaged = EntryOffset(1, 2);
+  }
+  FlipByte(first, damaged + kHeader);
+
+  auto log = OpenLog(o, 0, &replayed);
+  REQUIRE_FALSE(log.ok());
+  CHECK(log.status().IsCorruption());
+  CHECK_THAT(log.status().message(), Catch::Contains(first + " at offset " + std::to_string(damaged)));
+  CHECK_THAT(log.status().message(), Catch::Contains("backup"));
+  CHECK(SegmentFiles(dir).size() == 2);  // nothing started, nothing deleted
+
+  // The same damage in entries SQLite already holds loses nothing.
+  auto applied = MustOpen(o, 3, &replayed);
+  CHECK(replayed == Expected(4, 5));
+}
+
+TEST_CASE("commit log: a gap in lsns is Corruption", "[commit_log]") {
+  TempDir dir;
+  const auto o = LogOptions(dir);
+  Entries replayed;
+  // Each Open starts a segment: [1, 2] [3, 4] [5, 6].
+  AppendRange(*MustOpen(o, 0, &replayed), 1, 2);
+  AppendRange(*MustOpen(o, 0, &replayed), 3, 4);
+  AppendRange(*MustOpen(o, 0, &replayed), 5, 6);
+  auto files = SegmentFiles(dir);
+  REQUIRE(files.size() == 3);
+
+  SECTION("a segment missing in the middle") {
+    std::filesystem::remove(files[1]);
+    auto log = OpenLog(o, 0, &replayed);
+    REQUIRE_FALSE(log.ok());
+    CHECK(log.status().IsCorruption());
+    CHECK_THAT(log.status().message(), Catch::Contains(files[2]));
+    CHECK_THAT(log.status().message(), Catch::Contains("lsn 5 follows lsn 2"));
+    // Not if SQLite holds the missing entries.
+    auto applied = MustOpen(o, 4, &replayed);
+    CHECK(replayed == Expected(5, 6));
+  }
+  SECTION("the first entry beyond after_lsn + 1") {
+    std::filesystem::remove(files[0]);
+    auto log = OpenLog(o, 1, &replayed);
+    REQUIRE_FALSE(log.ok());
+    CHECK(log.status().IsCorruption());
+    CHECK_THAT(log.status().message(), Catch::Contains("lsn 3 follows lsn 0"));
+    auto applied = MustOpen(o, 2, &replayed);
+    CHECK(replayed == Expected(3, 6));
+  }
+}
+
+TEST_CASE("commit log: segments rotate by size and Release deletes exactly the fully released ones", "[commit_log]") {
+  TempDir dir;
+  auto o = LogOptions(dir);
+  o.segment_bytes = 4 * (kHeader + 200);
+  Entries replayed;
+  auto log = MustOpen(o, 0, &replayed);
+  for (uint64_t i = 1; i <= 10; ++i) REQUIRE(*log->Append(std::string(200, 'a' + static_cast<char>(i))) == i);
+  // [1..4] [5..8] [9..10]
+  CHECK(log->segments() == 3);
+  CHECK(SegmentFiles(dir).size() == 3);
+  CHECK(log->bytes_on_disk() == 10 * (kHeader + 200));
+  const auto files = SegmentFiles(dir);
+
+  REQUIRE(log->Release(3).ok());
+  CHECK(SegmentFiles(dir) == files);
+  REQUIRE(log->Release(5).ok());
+  CHECK(SegmentFiles(dir) == std::vector<std::string>(files.begin() + 1, files.end()));
+  CHECK(log->segments() == 2);
+  CHECK(log->bytes_on_disk() == 6 * (kHeader + 200));
+  REQUIRE(log->Release(7).ok());
+  CHECK(log->segments() == 2);
+  REQUIRE(log->Release(8).ok());
+  CHECK(SegmentFiles(dir) == std::vector<std::string>{files[2]});
+  CHECK(log->segments() == 1);
+  CHECK(log->bytes_on_disk() == 2 * (kHeader + 200));
+  log.reset();
+
+  log = MustOpen(o, 8, &replayed);
+  REQUIRE(replayed.size() == 2);
+  CHECK(replayed[0].first == 9);
+  CHECK(replayed[1] == std::make_pair(uint64_t{10}, std::string(200, 'a' + 10)));
+}
+
+TEST_CASE("commit log: releasing everything leaves one empty segment and no released payload on disk", "[commit_log]") {
+  TempDir dir;
+  auto o = LogOptions(dir);
+  o.segment_bytes = 1000;
+  const std::string marker = "SECRET-BODY-7f3a";
+  Entries replayed;
+  AppendRange(*MustOpen(o, 0, &replayed), 1, 2);  // a segment from an earlier run
+  auto log = MustOpen(o, 0, &replayed);
+  for (uint64_t i = 3; i <= 12; ++i) REQUIRE(*log->Append(marker + std::string(100, 'x') + std::to_string(i)) == i);
+  REQUIRE(log->segments() > 2);
+  auto marker_files = [&] {
+    int n = 0;
+    for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+      if (ReadAll(e.path().string()).find(marker) != std::string::npos) ++n;
+    }
+    return n;
+  };
+  REQUIRE(marker_files() > 1);
+
+  REQUIRE(log->Release(12).ok());
+  CHECK(log->segments() == 1);
+  CHECK(SegmentFiles(dir).size() == 1);
+  CHECK(log->bytes_on_disk() == 0);
+  CHECK(marker_files() == 0);
+  CHECK(std::filesystem::file_size(SegmentFiles(dir).at(0)) == 0);
+
+  // Releasing again changes nothing; appends go on.
+  REQUIRE(log->Release(12).ok());
+  CHECK(SegmentFiles(dir).size() == 1);
+  REQUIRE(*log->Append("after") == 13);
+  log.reset();
+  log = MustOpen(o, 12, &replayed);
+  CHECK(replayed == Entries{{13, "after"}});
+}
+
+TEST_CASE("commit log: segments rotate by age", "[commit_log]") {
+  TempDir dir;
+  auto o = LogOptions(dir);
+  o.segment_age = std::chrono::milliseconds(500);  // long enough for two appends on a loaded machine
+  Entries replayed;
+  auto log = MustOpen(o, 0, &replayed);
+  AppendRange(*log, 1, 2);
+  CHECK(log->segments() == 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  AppendRange(*log, 3, 3);
+  CHECK(log->segments() == 2);
+  AppendRange(*log, 4, 4);
+  CHECK(log->segments() == 2);
+  REQUIRE(log->Release(2).ok());  // the old segment can go though 3 and 4 cannot
+  CHECK(log->segments() == 1);
+  CHECK(log->bytes_on_disk() == EntryOffset(3, 2));
+}
+
+TEST_CASE("commit log: an entry larger than segment_bytes gets a segment of its own", "[commit_log]") {
+  TempDir dir;
+  auto o = LogOptions(dir);
+  o.segment_bytes = 256;
+  const std::string big(1000, 'B');
+  Entries replayed;
+  {
+    auto log = MustOpen(o, 0, &replayed);
+    REQUIRE(*log->Append(big) == 1);  // into the empty current segment
+    CHECK(log->segments() == 1);
+    REQUIRE(*log->Append("small") == 2);
+    CHECK(log->segments() == 2);
+    REQUIRE(*log->Append(big) == 3);
+    CHECK(log->segments() == 3);
+    REQUIRE(*log->Append("small") == 4);
+    CHECK(log->segments() == 4);
+  }
+  const auto files = SegmentFiles(dir);
+  REQUIRE(files.size() == 4);
+  CHECK(std::filesystem::file_size(files[0]) == kHeader + big.size());  // preallocation given back
+  CHECK(std::filesystem::file_size(files[2]) == kHeader + big.size());
+  MustOpen(o, 0, &replayed);
+  CHECK(replayed == Entries{{1, big}, {2, "small"}, {3, big}, {4, "small"}});
+}
+
+TEST_CASE("commit log: lengths over 1 GiB in a header are rejected without allocating", "[commit_log]") {
+  TempDir dir;
+  const auto o = LogOptions(dir);
+  const std::string seg = o.prefix + ".00000000000000000001";
+  uint64_t length = 0;
+  SECTION("over the limit") {
+    length = (uint64_t{1} << 30) + 1;
+  }
+  SECTION("past the end of the file") {
+    length = 1000;
+  }
+  // A sparse file long enough for the entry, with a valid CRC over its
+  // zeros: only the length checks can refuse it.
+  const std::string unsigned_header = Header(static_cast<uint32_t>(length), 0, 1);
+  uint32_t crc = crc32c::Extend(0, unsigned_header.data() + 8, 8);  // lsn, then length
+  crc = crc32c::Extend(crc, unsigned_header.data(), 4);
+  const std::string zeros(1 << 20, '\0');
+  for (uint64_t left = length; left > 0;) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(left, zeros.size()));
+    crc = crc32c::Extend(crc, zeros.data(), n);
+    left -= n;
+  }
+  WriteAll(seg, Header(static_cast<uint32_t>(length), crc, 1));
+  std::filesystem::resize_file(seg, kHeader + (length == 1000 ? 999 : length));
+
+  Entries replayed;
+  auto log = MustOpen(o, 0, &replayed);
+  CHECK(replayed.empty());
+  CHECK(log->last_lsn() == 0);
+  CHECK(log->bytes_on_disk() == 0);
+  REQUIRE(*log->Append("one") == 1);
+}
+
+// Makes writes past a file size fail with EFBIG, as a full disk would with
+// ENOSPC, until destroyed.
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(rlim_t bytes) {
+    ::getrlimit(RLIMIT_FSIZE, &old_);
+    old_handler_ = ::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit l = old_;
+    l.rlim_cur = bytes;
+    ok_ = ::setrlimit(RLIMIT_FSIZE, &l) == 0;
+  }
+  ~FileSizeLimit() {
+    ::setrlimit(RLIMIT_FSIZE, &old_);
+    ::signal(SIGXFSZ, old_handler_);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  struct rlimit old_ {};
+  sighandler_t old_handler_;
+  bool ok_ = false;
+};
+
+TEST_CASE("commit log: a failed append consumes no lsn and the next append takes its place", "[commit_log]") {
+  TempDir dir;
+  auto o = LogOptions(dir);
+  uint64_t limit = 0;
+  std::string what;
+  SECTION("the write fails") {
+    o.preallocate_bytes = 0;
+    limit = 100;
+    what = "cannot write";
+  }
+  SECTION("the preallocation fails") {
+    o.preallocate_bytes = 4096;
+    limit = 4096;
+    what = "cannot preallocate";
+  }
+  const std::string big(5000, 'Z');
+  Entries replayed;
+  auto log = MustOpen(o, 0, &replayed);
+  REQUIRE(*log->Append("a") == 1);
+  const std::string seg = SegmentFiles(dir).back();
+  const uint64_t size_before = std::filesystem::file_size(seg);
+
+  Result<uint64_t> failed = Status::Internal("not run");
+  Result<uint64_t> fits = Status::Internal("not run");
+  {
+    // Nothing in here may write to a file (not even a failing CHECK's report).
+    FileSizeLimit fsize(limit);
+    REQUIRE(fsize.ok());
+    failed = log->Append(big);
+    fits = log->Append("b");
+  }
+  REQUIRE_FALSE(failed.ok());
+  CHECK(failed.status().IsIoError());
+  CHECK_THAT(failed.status().message(), Catch::Contains(seg));
+  CHECK_THAT(failed.status().message(), Catch::Contains(what));
+  CHECK_THAT(failed.status().message(), Catch::Contains("File too large"));
+  CHECK_THAT(failed.status().message(), Catch::Contains("(lsn 2)"));
+  INFO(fits.status().ToString());
+  REQUIRE(fits.ok());
+  CHECK(*fits == 2);
+  CHECK(std::filesystem::file_size(seg) == std::max<uint64_t>(size_before, 2 * kHeader + 2));
+  CHECK(log->last_lsn() == 2);
+  CHECK(log->bytes_on_disk() == 2 * kHeader + 2);
+
+  REQUIRE(*log->Append(big) == 3);
+  log.reset();
+  MustOpen(o, 0, &replayed);
+  CHECK(replayed == Entries{{1, "a"}, {2, "b"}, {3, big}});
+}
+
+TEST_CASE("commit log: Open ignores files that only look like segments and deletes nothing", "[commit_log]") {
+  TempDir dir;
+  const auto o = LogOptions(dir);
+  const std::vector<std::string> others = {
+      dir.Write("liaison.db-log.tmp", "junk"),
+      dir.Write("liaison.db-log.123", "junk"),
+      dir.Write("liaison.db-log.0000000000000000000a", "junk"),
+      dir.Write("liaison.db-log.000000000000000000001", "junk"),  // 21 digits
+      dir.Write("other.00000000000000000001", "junk"),
+  };
+  Entries replayed;
+  auto log = MustOpen(o, 0, &replayed);
+  CHECK(replayed.empty());
+  AppendRange(*log, 1, 3);
+  REQUIRE(log->Release(3).ok());
+  log.reset();
+  for (const auto& f : others) CHECK(ReadAll(f) == "junk");
+  CHECK(SegmentFiles(dir).size() == 1);
+}
+
+TEST_CASE("commit log: Release from another thread while appending", "[commit_log]") {
+  TempDir dir;
+  auto o = LogOptions(dir);
+  o.segment_bytes = 512;
+  Entries replayed;
+  auto log = MustOpen(o, 0, &replayed);
+  std::atomic<bool> done{false};
+  std::string release_error;  // Catch2 assertions are for the test's own thread
+  std::thread releaser([&] {
+    while (!done && release_error.empty()) {
+      if (Status s = log->Release(log->last_lsn()); !s.ok()) release_error = s.ToString();
+    }
+  });
+  uint64_t appended = 0;
+  for (uint64_t i = 1; i <= 200; ++i) {
+    auto lsn = log->Append(Payload(i));
+    if (!lsn.ok() || *lsn != i) break;
+    appended = i;
+  }
+  done = true;
+  releaser.join();
+  CHECK(release_error.empty());
+  REQUIRE(appended == 200);
+  REQUIRE(log->Release(200).ok());
+  CHECK(log->segments() == 1);
+  CHECK(SegmentFiles(dir).size() == 1);
+  log.reset();
+  MustOpen(o, 200, &replayed);
+  CHECK(replayed.empty());
+}
+
+}  // namespace
+}  // namespace liaison::broker
