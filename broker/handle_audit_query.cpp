@@ -187,51 +187,57 @@ void Session::HandleAuditQuery(const v1::AuditQuery& query) {
       self->SendError(rid, code, message, false);
     });
   };
-  broker_.store->Append(
-      {std::move(r)}, [self, fail, slot, rid, refusal, why, request = std::move(request), latest, max_bytes](
-                          const Status& s, const audit::Checkpoint&) mutable {
-        // The writer's thread: hand on at once.
-        if (refusal != v1::REASON_UNSPECIFIED) return fail(refusal, why);
-        if (!s.ok()) {
-          return fail(v1::REASON_AUDIT_UNAVAILABLE,
-                      "the query could not be recorded in the audit log, so it was not run: " + s.message());
-        }
-        self->broker_.audit_reader->QueryPage(
-            std::move(request), [self, fail, slot, rid, latest, max_bytes](Result<AuditPage> page) {
-              if (!page.ok()) {
-                spdlog::error("{}: audit query failed: {}", self->tag_, page.status().message());
-                return fail(AuditReason(page.status()), page.status().message());
-              }
-              v1::Frame f;
-              auto* res = f.mutable_audit_query_result();
-              res->set_request_id(rid);
-              size_t bytes = 0;
-              uint64_t last = 0;
-              bool cut = false;
-              for (const auto& row : page->rows) {
-                v1::AuditRow out;
-                RowToProto(row, &out);
-                bytes += out.ByteSizeLong() + 8;
-                if (bytes > max_bytes && last != 0) {
-                  cut = true;
-                  break;
+  broker_.store->Append({std::move(r)}, [self, fail, slot, rid, refusal, why, request = std::move(request), latest,
+                                         max_bytes](const Status& s, const audit::Checkpoint&) mutable {
+    // The writer's thread: hand on at once.
+    if (refusal != v1::REASON_UNSPECIFIED) return fail(refusal, why);
+    if (!s.ok()) {
+      return fail(v1::REASON_AUDIT_UNAVAILABLE,
+                  "the query could not be recorded in the audit log, so it was not run: " + s.message());
+    }
+    // The reader reads the database, which trails the commit log.
+    self->broker_.store->WhenApplied(
+        [self, fail, slot, rid, request = std::move(request), latest, max_bytes](const Status& applied) mutable {
+          if (!applied.ok()) {
+            return fail(v1::REASON_AUDIT_UNAVAILABLE, "the audit log cannot be read now: " + applied.message());
+          }
+          self->broker_.audit_reader->QueryPage(
+              std::move(request), [self, fail, slot, rid, latest, max_bytes](Result<AuditPage> page) {
+                if (!page.ok()) {
+                  spdlog::error("{}: audit query failed: {}", self->tag_, page.status().message());
+                  return fail(AuditReason(page.status()), page.status().message());
                 }
-                *res->add_rows() = std::move(out);
-                last = row.record.seq;
-              }
-              for (const auto& text : page->stored_checkpoints) {
-                auto parsed = audit::ParseCheckpoint(text);
-                if (parsed.ok() && parsed->tree_size <= last) res->add_stored_checkpoints(text);
-              }
-              res->set_next_page_token(cut || page->more ? last : 0);
-              // Taken before the rows were read, so it never covers more
-              // than the log held. On an export's first page its size is
-              // the export's end (until_tree_size).
-              ToProto(latest, res->mutable_checkpoint());
-              slot->Release();
-              boost::asio::post(self->stream_.strand(), [self, f = std::move(f)] { self->Send(f); });
-            });
-      });
+                v1::Frame f;
+                auto* res = f.mutable_audit_query_result();
+                res->set_request_id(rid);
+                size_t bytes = 0;
+                uint64_t last = 0;
+                bool cut = false;
+                for (const auto& row : page->rows) {
+                  v1::AuditRow out;
+                  RowToProto(row, &out);
+                  bytes += out.ByteSizeLong() + 8;
+                  if (bytes > max_bytes && last != 0) {
+                    cut = true;
+                    break;
+                  }
+                  *res->add_rows() = std::move(out);
+                  last = row.record.seq;
+                }
+                for (const auto& text : page->stored_checkpoints) {
+                  auto parsed = audit::ParseCheckpoint(text);
+                  if (parsed.ok() && parsed->tree_size <= last) res->add_stored_checkpoints(text);
+                }
+                res->set_next_page_token(cut || page->more ? last : 0);
+                // Taken before the rows were read, so it never covers more
+                // than the log held. On an export's first page its size is
+                // the export's end (until_tree_size).
+                ToProto(latest, res->mutable_checkpoint());
+                slot->Release();
+                boost::asio::post(self->stream_.strand(), [self, f = std::move(f)] { self->Send(f); });
+              });
+        });
+  });
 }
 
 }  // namespace liaison::broker

@@ -4,12 +4,13 @@
 // agency may ask: a proof holds node hashes only, no record content. The
 // proof is computed on the audit reader's threads from the stored leaf
 // hashes (O(n) reads for a log of n records).
-#include <boost/asio/post.hpp>
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/post.hpp>
+
+#include "broker/detail/audit_events.h"
 #include "broker/detail/broker_state.h"
 #include "broker/detail/session.h"
-#include "broker/detail/audit_events.h"
 
 namespace liaison::broker {
 
@@ -19,8 +20,8 @@ void Session::HandleConsistencyProofRequest(const v1::ConsistencyProofRequest& r
   const uint64_t size = broker_.store->latest().tree_size;
   if (m == 0 || m > n || n > size) {
     SendError(rid, v1::REASON_INVALID_AUDIT_REQUEST,
-              "a consistency proof needs 0 < old_size <= new_size <= " + std::to_string(size) + " (the log's size); got " +
-                  std::to_string(m) + " and " + std::to_string(n),
+              "a consistency proof needs 0 < old_size <= new_size <= " + std::to_string(size) +
+                  " (the log's size); got " + std::to_string(m) + " and " + std::to_string(n),
               false);
     return;
   }
@@ -28,25 +29,37 @@ void Session::HandleConsistencyProofRequest(const v1::ConsistencyProofRequest& r
   auto slot = BeginAuditRequest(rid);
   if (!slot) return;
   auto self = shared_from_this();
-  broker_.audit_reader->ConsistencyProof(m, n, [self, rid, m, n, slot](Result<std::vector<merkle::Hash>> proof) {
-    v1::Frame f;
-    if (!proof.ok()) {
-      spdlog::error("{}: consistency proof {} -> {} failed: {}", self->tag_, m, n, proof.status().message());
-      auto* e = f.mutable_error();
-      e->set_request_id(rid);
-      e->set_code(AuditReason(proof.status()));
-      e->set_message(proof.status().message());
-    } else {
-      auto* p = f.mutable_consistency_proof();
-      p->set_request_id(rid);
-      p->set_old_size(m);
-      p->set_new_size(n);
-      for (const auto& h : *proof) p->add_path(std::string(reinterpret_cast<const char*>(h.data()), h.size()));
+  // The proof is computed from the database, which trails the commit log.
+  broker_.store->WhenApplied([self, rid, m, n, slot](const Status& applied) {
+    if (!applied.ok()) {
+      slot->Release();
+      boost::asio::post(self->stream_.strand(), [self, rid, applied] {
+        self->SendError(rid, v1::REASON_AUDIT_UNAVAILABLE, "the audit log cannot be read now: " + applied.message(),
+                        false);
+      });
+      return;
     }
-    // The slot is given back before the answer leaves (the callback that
-    // holds it may be destroyed only after the agency has asked again).
-    slot->Release();
-    boost::asio::post(self->stream_.strand(), [self, f = std::move(f)] { self->Send(f); });
+    self->broker_.audit_reader->ConsistencyProof(
+        m, n, [self, rid, m, n, slot](Result<std::vector<merkle::Hash>> proof) {
+          v1::Frame f;
+          if (!proof.ok()) {
+            spdlog::error("{}: consistency proof {} -> {} failed: {}", self->tag_, m, n, proof.status().message());
+            auto* e = f.mutable_error();
+            e->set_request_id(rid);
+            e->set_code(AuditReason(proof.status()));
+            e->set_message(proof.status().message());
+          } else {
+            auto* p = f.mutable_consistency_proof();
+            p->set_request_id(rid);
+            p->set_old_size(m);
+            p->set_new_size(n);
+            for (const auto& h : *proof) p->add_path(std::string(reinterpret_cast<const char*>(h.data()), h.size()));
+          }
+          // The slot is given back before the answer leaves (the callback that
+          // holds it may be destroyed only after the agency has asked again).
+          slot->Release();
+          boost::asio::post(self->stream_.strand(), [self, f = std::move(f)] { self->Send(f); });
+        });
   });
 }
 

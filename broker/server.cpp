@@ -458,6 +458,8 @@ Result<std::string> Server::Reload() {
   return summary;
 }
 
+Status Server::SyncStore() { return impl_->state.store->Sync(); }
+
 Server::Counters Server::counters() const {
   const auto& st = impl_->state.stats;
   return Counters{st.connections_accepted.load(), st.handshakes_failed.load(), st.identities_refused.load(),

@@ -46,6 +46,10 @@ class Server {
   // configured. Returns a summary.
   Result<std::string> PruneAudit();
 
+  // Writes every commit so far into the store's database, which trails its
+  // commit log (Store::Sync), for tools and tests that read the file.
+  Status SyncStore();
+
   struct Counters {
     uint64_t connections_accepted, handshakes_failed, identities_refused, publishes, deliveries_acked,
         protocol_errors;

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <filesystem>
 #include <optional>
+#include <string>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
@@ -412,9 +414,16 @@ Result<uint64_t> CommitLog::Append(std::string_view payload) {
   if (options_.preallocate_bytes > 0 && offset_ + bytes > allocated_) {
     const uint64_t step = options_.preallocate_bytes;
     const uint64_t target = (offset_ + bytes + step - 1) / step * step;
-    const int err = ::posix_fallocate(fd_, static_cast<off_t>(offset_), static_cast<off_t>(target - offset_));
+    int err = ::posix_fallocate(fd_, static_cast<off_t>(offset_), static_cast<off_t>(target - offset_));
+    uint64_t got = target;
+    if (err == ENOSPC) {
+      // A disk nearly full (or a small one): this entry's own space is
+      // enough, the step ahead is only an optimisation.
+      got = offset_ + bytes;
+      err = ::posix_fallocate(fd_, static_cast<off_t>(offset_), static_cast<off_t>(bytes));
+    }
     if (err != 0) return FailAppend("cannot preallocate", err);
-    allocated_ = target;
+    allocated_ = got;
   }
   if (Status s = WriteEntry(payload); !s.ok()) return s;
 
@@ -454,28 +463,35 @@ Status CommitLog::WriteEntry(std::string_view payload) {
   return Status::Ok();
 }
 
-Status CommitLog::Release(uint64_t lsn) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (lsn >= next_lsn_) {
-    return Status::InvalidArgument("commit log: release of lsn " + std::to_string(lsn) + " beyond the last appended, " +
-                                   std::to_string(next_lsn_ - 1));
-  }
+Status CommitLog::Release(uint64_t lsn, bool rotate_current) {
+  std::vector<std::string> doomed;
   Status rotated;
-  if (lsn == next_lsn_ - 1 && segments_.back().first_lsn != 0) rotated = StartSegment();
-  // Oldest first and stopping at the first one still needed, so the
-  // segments on disk always hold consecutive lsns.
-  bool deleted = false;
-  while (segments_.size() > 1 && segments_.front().last_lsn <= lsn) {
-    const Segment& seg = segments_.front();
-    if (::unlink(seg.path.c_str()) != 0 && errno != ENOENT) {
-      rotated = Io(seg.path, "cannot delete", errno);
-      break;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (lsn >= next_lsn_) {
+      return Status::InvalidArgument("commit log: release of lsn " + std::to_string(lsn) +
+                                     " beyond the last appended, " + std::to_string(next_lsn_ - 1));
     }
-    bytes_ -= seg.bytes;
-    segments_.pop_front();
-    deleted = true;
+    if (rotate_current && lsn == next_lsn_ - 1 && segments_.back().first_lsn != 0) rotated = StartSegment();
+    // Oldest first and stopping at the first one still needed, so the
+    // segments on disk always hold consecutive lsns.
+    while (segments_.size() > 1 && segments_.front().last_lsn <= lsn) {
+      doomed.push_back(segments_.front().path);
+      bytes_ -= segments_.front().bytes;
+      segments_.pop_front();
+    }
   }
-  if (deleted) {
+  // Deleting, and syncing the directory, take milliseconds: not while
+  // Append waits for the lock. (A segment that fails to go holds only
+  // released entries, which the next Open skips.)
+  for (const auto& path : doomed) {
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      const Status s = Io(path, "cannot delete", errno);
+      spdlog::warn("{} (its entries were released; the next start skips them)", s.message());
+      if (rotated.ok()) rotated = s;
+    }
+  }
+  if (!doomed.empty()) {
     if (Status s = SyncDir(dir_); !s.ok()) spdlog::warn("{} (released segments were deleted)", s.message());
   }
   return rotated;

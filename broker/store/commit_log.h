@@ -94,7 +94,9 @@ class CommitLog {
   // segment first so the old one can be deleted too (nothing released stays on disk). Thread-safe with Append (one
   // internal mutex; Append holds it across its pwrite+fdatasync, that is fine). An lsn past last_lsn() is
   // InvalidArgument. Each call that rotates creates a file and syncs the directory twice: call it in batches.
-  Status Release(uint64_t lsn);
+  // rotate_current false leaves the current segment alone (a caller that
+  // releases often, under load: segments then go by size and age).
+  Status Release(uint64_t lsn, bool rotate_current = true);
   uint64_t last_lsn() const;       // the last lsn appended (or replayed); 0 if none
   uint64_t bytes_on_disk() const;  // bytes of entries in all segments not yet deleted (for logs/tests)
   size_t segments() const;         // segment files currently on disk

@@ -16,11 +16,14 @@
 #include <future>
 #include <mutex>
 #include <optional>
+#include <unordered_map>
 #include <cstring>
 #include <ctime>
 #include <thread>
 
 #include "broker/store/audit_indexer.h"
+#include "broker/store/commit_log.h"
+#include "broker/store/log_group.h"
 #include "broker/store/audit_seq.h"
 #include "common/files.h"
 #include "common/merkle.h"
@@ -29,7 +32,7 @@
 namespace liaison::broker {
 namespace {
 
-constexpr int kSchemaVersion = 7;
+constexpr int kSchemaVersion = 8;
 constexpr size_t kMaxRecordsPerCommit = 50'000;
 // Audit rows per INSERT statement (a statement's fixed cost, paid per row
 // with one row each, was about a third of the inserts' time).
@@ -90,6 +93,21 @@ constexpr size_t kDoneHereItems = 16;
 // from the OS first. 256 MiB holds the hot index pages of a log of tens of
 // millions of records; memory is only used as pages are touched.
 constexpr const char* kWriterCacheSize = "PRAGMA cache_size = -262144";
+// The commit log (commit_log.h; docs/broker.md, "The commit log"): a commit
+// is durable once its group is in the log; the applier writes groups into
+// SQLite behind it, every Options::apply_delay, or at once when this many
+// records wait,
+constexpr size_t kApplyNowRecords = 50'000;
+// and the writer refuses commits while this much is logged but not applied
+// (the database cannot be written: a full disk, an I/O error), rather than
+// hold ever more of it in memory.
+constexpr size_t kMaxUnappliedBytes = 256u << 20;
+// The applier lets the log release its current segment (commit_log.h)
+// once no group has come for this long.
+constexpr auto kQuietForRelease = std::chrono::milliseconds(100);
+// After a failed apply, the applier tries again this much later.
+constexpr auto kApplyRetry = std::chrono::milliseconds(100);
+constexpr const char* kLogApplied = "log_applied";  // store_info: the last commit log entry in the database
 
 // Migrations: index i brings the schema from version i to i + 1.
 const char* const kMigrations[] = {
@@ -255,6 +273,11 @@ DROP TABLE messages;
 ALTER TABLE messages_v7 RENAME TO messages;
 CREATE UNIQUE INDEX messages_id_sender ON messages(message_id, sender);
 )sql",
+    // 8: the commit log's watermark (store_info 'log_applied': entries up to
+    // it are in the database), committed with the rows it covers.
+    R"sql(
+CREATE TABLE store_info(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+)sql",
 };
 
 int64_t NowMs() {
@@ -332,6 +355,18 @@ Result<std::string> LoadOrCreateDigestKey(const std::string& path) {
 }
 
 
+// A value of the store_info table (schema 8); 0 if absent.
+int64_t StoreInfo(sqlite3* db, const char* key) {
+  sqlite3_stmt* q = nullptr;
+  int64_t v = 0;
+  if (sqlite3_prepare_v2(db, "SELECT value FROM store_info WHERE key = ?", -1, &q, nullptr) == SQLITE_OK) {
+    sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
+    if (sqlite3_step(q) == SQLITE_ROW) v = sqlite3_column_int64(q, 0);
+  }
+  sqlite3_finalize(q);
+  return v;
+}
+
 // A busy handler that retries every 200 us for up to max_ms, where SQLite's
 // own (sqlite3_busy_timeout) sleeps up to 100 ms between tries: after the
 // WAL checkpointer's TRUNCATE released the lock, the writer slept on for
@@ -347,20 +382,18 @@ int RetrySoon(void*, int attempts) {
 
 struct Store::Impl {
   Options options;
-  sqlite3* db = nullptr;
+  sqlite3* db = nullptr;  // the applier's (and Open's): every write to the database
   std::unique_ptr<audit::Signer> signer;
   std::string digest_key;
   std::unique_ptr<crypto::HmacSha256> body_mac;  // keyed with digest_key
-  Stmt insert, insert_many, insert_checkpoint, prune_rows, set_info;
-  // Audit rows encoded but not yet inserted: they go in kAuditRowsPerInsert
-  // at a time (writer thread only).
-  struct PendingRow {
-    const audit::Record* record;
-    std::string leaf;
-    merkle::Hash hash;
-  };
-  std::vector<PendingRow> pending_rows;
-  Stmt insert_message, find_duplicate, insert_delivery, finish_delivery, set_attempts, drop_body, mark_recalled;
+  Stmt insert, insert_many, insert_checkpoint, prune_rows, set_info, set_store_info;
+  // Audit rows not yet inserted: they go in kAuditRowsPerInsert at a time
+  // (applier only).
+  std::vector<const LoggedRecord*> pending_rows;
+  Stmt insert_message, insert_delivery, finish_delivery, set_attempts, drop_body, mark_recalled;
+  // The writer's reads (duplicates, pruning) on a connection of its own.
+  sqlite3* wdb = nullptr;
+  Stmt find_duplicate;
   // Reads (FindMessage, ...) on their own connection.
   sqlite3* reader = nullptr;
   mutable std::mutex reader_mu;
@@ -376,12 +409,14 @@ struct Store::Impl {
     const int backfilled = wal_backfilled.load(std::memory_order_relaxed);
     return frames >= backfilled ? frames - backfilled : frames;  // less: the WAL started over
   }
-  std::atomic<int64_t> last_commit_ns{0};   // steady clock
+  std::atomic<int64_t> last_commit_ns{0};   // steady clock: the applier's last commit to the database
 
   // Writer state (writer thread only, after Open).
+  std::unique_ptr<CommitLog> log;
+  std::string log_buffer;  // a group's encoding (reused)
   merkle::Tree tree;
   uint64_t next_seq = 1;
-  int64_t last_time_ms = 0;  // of the newest record: times never go back (InsertRecord)
+  int64_t last_time_ms = 0;  // of the newest record: times never go back (LogRecord)
   uint64_t pruned_through = 0;    // records 1..pruned_through are pruned (audit_info)
   int64_t time_disorder_ms = 0;   // audit_info: how far records before schema 5 run back in time
 
@@ -438,9 +473,48 @@ struct Store::Impl {
   std::unique_ptr<AuditIndexer> indexer;
   std::mutex wal_mu;
   std::condition_variable wal_cv;
+  bool wal_stopping = false;  // guarded by wal_mu
+
+  // Messages logged but not yet in the database, by sender and message id
+  // (Key): the writer finds duplicates here first, then in the database.
+  // The applier removes them only after its commit, so a message is always
+  // in one or the other.
+  struct Original {
+    int64_t row = 0;
+    std::string publish_digest, ack;
+  };
+  static std::string Key(std::string_view sender, std::string_view message_id) {
+    std::string k;
+    k.reserve(sender.size() + 1 + message_id.size());
+    k.append(sender).push_back('\0');
+    k.append(message_id);
+    return k;
+  }
+  std::mutex unapplied_mu;
+  std::unordered_map<std::string, Original> unapplied_ids;  // guarded by unapplied_mu
+
+  // Groups logged and waiting for the applier.
+  std::mutex apply_mu;
+  std::condition_variable apply_cv;    // wakes the applier
+  std::condition_variable applied_cv;  // wakes WaitApplied
+  std::deque<LogGroup> to_apply;       // guarded by apply_mu
+  size_t to_apply_records = 0;         // guarded by apply_mu
+  size_t unapplied_bytes = 0;          // guarded by apply_mu: logged, not yet applied (to_apply and the applier's hands)
+  std::chrono::steady_clock::time_point oldest_to_apply;  // guarded by apply_mu
+  uint64_t written_lsn = 0;            // guarded by apply_mu: the last group logged
+  uint64_t applied_lsn = 0;            // guarded by apply_mu: the last group in the database
+  uint64_t apply_failures = 0;         // guarded by apply_mu
+  Status apply_error;                  // guarded by apply_mu: the last failure, until an apply succeeds
+  bool apply_now = false;              // guarded by apply_mu: someone waits (WaitApplied, WhenApplied)
+  bool apply_stopping = false;         // guarded by apply_mu
+  bool applier_gone = false;           // guarded by apply_mu
+  std::vector<std::pair<uint64_t, std::function<void(const Status&)>>> apply_waiters;  // guarded by apply_mu
+  std::thread applier;
+  bool log_released = true;  // applier only: the log let go of everything applied, its current segment too
 
   ~Impl() {
     if (reader) sqlite3_close_v2(reader);
+    if (wdb) sqlite3_close_v2(wdb);
     if (db) sqlite3_close_v2(db);
   }
 
@@ -449,12 +523,21 @@ struct Store::Impl {
   void WriterLoop();
   void DoneLoop();
   void WalLoop();
-  Status Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tree_out, uint64_t* next_out);
-  Status WriteQueueChanges(Item& item);
-  Status InsertRecord(audit::Record& r, uint64_t seq, int64_t* last_time_ms, merkle::Tree* t);
+  void ApplyLoop();
+  Status Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tree_out, uint64_t* next_out, size_t* records,
+                size_t* dropped);
+  Status CheckDuplicate(Item& item, std::vector<std::string>* added);
+  void Forget(const std::vector<std::string>& keys);
+  void LogRecord(audit::Record& r, uint64_t seq, int64_t* last_time_ms, merkle::Tree* t, LogGroup* g);
+  Status Apply(std::deque<LogGroup>& groups, size_t* dropped);
+  Status WriteQueueChanges(std::deque<LogGroup>& groups, size_t* dropped);
   Status FlushRecords();
-  Status PruneChunk(Item& item, uint64_t next_seq, uint64_t* pruned);
+  Status PruneChunk(Item& item, uint64_t next_seq, uint64_t* pruned, LogGroup* g);
   Status PrepareStatements();
+  Status OpenLog();
+  void ReleaseLog(uint64_t lsn, bool rotate_current);
+  Status WaitApplied();
+  void WhenApplied(std::function<void(const Status&)> then);
 };
 
 Status Store::Impl::PrepareStatements() {
@@ -472,14 +555,14 @@ Status Store::Impl::PrepareStatements() {
        "UPDATE audit_log SET time_ms = 0, event = '', actor = '', message_id = '', case_id = '', sender = '', "
        "recipient = '', decision = '', leaf = X'' WHERE seq > ? AND seq <= ?"},
       {&set_info, "INSERT OR REPLACE INTO audit_info(key, value) VALUES (?, ?)"},
+      {&set_store_info, "INSERT OR REPLACE INTO store_info(key, value) VALUES (?, ?)"},
       {&insert_message,
-       "INSERT OR IGNORE INTO messages(row, sender, message_id, case_id, message_type, tlp, purpose, agreement, "
-       "recipients, received_ms, expires_ms, want_reports, publish_digest, ack, body) "
-       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"},
-      {&find_duplicate, "SELECT row, publish_digest, ack FROM messages WHERE sender = ? AND message_id = ?"},
+       "INSERT INTO messages(row, sender, message_id, case_id, message_type, tlp, purpose, agreement, "
+       "recipients, received_ms, expires_ms, want_reports, publish_digest, ack, body, recalled_ms) "
+       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"},
       {&insert_delivery,
        "INSERT INTO deliveries(id, recipient, message_row, kind, state, attempts, named, payload) "
-       "VALUES (?,?,?,?,0,?,?,?)"},
+       "VALUES (?,?,?,?,?,?,?,?)"},
       {&finish_delivery, "UPDATE deliveries SET state = ?, payload = NULL WHERE id = ? AND state = 0"},
       {&set_attempts, "UPDATE deliveries SET attempts = ? WHERE id = ?"},
       {&drop_body, "UPDATE messages SET body = NULL WHERE row = ?"},
@@ -558,24 +641,25 @@ Status Store::Impl::LoadTree() {
   return Status::Ok();
 }
 
-Status Store::Impl::InsertRecord(audit::Record& r, uint64_t seq, int64_t* last_time_ms, merkle::Tree* t) {
+// Gives a record its seq and time, encodes its leaf and adds it to the tree
+// and the group (writer).
+void Store::Impl::LogRecord(audit::Record& r, uint64_t seq, int64_t* last_time_ms, merkle::Tree* t, LogGroup* g) {
   r.seq = seq;
   // Time never runs backwards in seq order: records are made on many threads
   // and reach the writer in any order (and the clock may be stepped back),
   // but the reader finds a time range by binary search over seq.
   r.time_ms = std::max(r.time_ms, *last_time_ms);
   *last_time_ms = r.time_ms;
-  std::string leaf = audit::EncodeLeaf(r);
-  const merkle::Hash h = merkle::LeafHash(leaf);
-  t->Append(h);
-  pending_rows.push_back({&r, std::move(leaf), h});
-  if (pending_rows.size() == static_cast<size_t>(kAuditRowsPerInsert)) return FlushRecords();
-  return Status::Ok();
+  LoggedRecord lr;
+  lr.leaf = audit::EncodeLeaf(r);
+  lr.hash = merkle::LeafHash(lr.leaf);
+  t->Append(lr.hash);
+  lr.record = std::move(r);
+  g->records.push_back(std::move(lr));
 }
 
 // Inserts the pending audit rows: one statement for a full set, else one
-// each. Before anything reads audit_log in the transaction (pruning), and
-// before the commit.
+// each (applier).
 Status Store::Impl::FlushRecords() {
   const bool many = pending_rows.size() == static_cast<size_t>(kAuditRowsPerInsert);
   Status status;
@@ -584,8 +668,8 @@ Status Store::Impl::FlushRecords() {
     Stmt& stmt = many ? insert_many : insert;
     const size_t n = many ? pending_rows.size() : 1;
     for (size_t k = 0; k < n; ++k, ++i) {
-      const PendingRow& p = pending_rows[i];
-      const audit::Record& r = *p.record;
+      const LoggedRecord& p = *pending_rows[i];
+      const audit::Record& r = p.record;
       const int base = static_cast<int>(11 * k);
       stmt.Int(base + 1, static_cast<int64_t>(r.seq));
       stmt.Int(base + 2, r.time_ms);
@@ -613,31 +697,31 @@ std::string Rfc3339(int64_t ms) {
   return buf;
 }
 
-const std::string kPrunedThrough = "pruned_through";  // bound SQLITE_STATIC: must outlive the statement
+// Bound SQLITE_STATIC: they must outlive the statements.
+const std::string kPrunedThrough = "pruned_through";
+const std::string kLogAppliedKey = kLogApplied;
 
 }  // namespace
 
-// One chunk of a PruneAudit, in the commit's transaction: the records made
-// before before_ms, from the first not yet pruned, at most kPruneChunk of
-// them, and the audit_pruned record that says so (added to the item's
-// batch, so it is inserted like any other).
-Status Store::Impl::PruneChunk(Item& item, uint64_t next, uint64_t* pruned) {
+// One chunk of a PruneAudit: the records made before before_ms, from the
+// first not yet pruned, at most kPruneChunk of them, and the audit_pruned
+// record that says so (added to the item's batch, so it is logged like any
+// other). The range is found in the database, so everything logged before
+// this commit is applied first; records of this same commit are not
+// candidates (they are being made now).
+Status Store::Impl::PruneChunk(Item& item, uint64_t next, uint64_t* pruned, LogGroup* g) {
   PruneJob& job = *item.prune;
   job.more = false;
+  if (Status s = WaitApplied(); !s.ok()) return s.Annotate("pruning");
   // Every record before the seq found for before_ms - disorder was made
   // before before_ms (audit_seq.h): never prunes a newer record, at worst
   // leaves a few older ones of a log written before schema 5.
-  auto end = audit_seq::FirstAtOrAfter(db, next - 1, job.before_ms - time_disorder_ms);
+  auto end = audit_seq::FirstAtOrAfter(wdb, next - 1, job.before_ms - time_disorder_ms);
   if (!end.ok()) return end.status();
   const uint64_t target = *end - 1;
   if (target <= *pruned) return Status::Ok();
   const uint64_t last = std::min(target, *pruned + kPruneChunk);
-  prune_rows.Int(1, static_cast<int64_t>(*pruned));
-  prune_rows.Int(2, static_cast<int64_t>(last));
-  if (Status s = prune_rows.Run("prune audit records"); !s.ok()) return s;
-  set_info.Text(1, kPrunedThrough);
-  set_info.Int(2, static_cast<int64_t>(last));
-  if (Status s = set_info.Run("record pruning"); !s.ok()) return s;
+  g->prunes.push_back({*pruned, last});
   audit::Record r;
   r.time_ms = NowMs();
   r.event = "audit_pruned";
@@ -652,118 +736,128 @@ Status Store::Impl::PruneChunk(Item& item, uint64_t next, uint64_t* pruned) {
   return Status::Ok();
 }
 
-// The queue changes of one batch. A new message whose (sender, message id)
-// is already stored marks the batch a duplicate instead: then nothing of it
-// is written.
-Status Store::Impl::WriteQueueChanges(Item& item) {
-  Batch& b = item.batch;
-  if (b.new_message) {
-    const StoredMessage& m = *b.new_message;
-    insert_message.Int(1, m.row);
-    int i = 2;
-    for (const std::string* f : {&m.sender, &m.message_id, &m.case_id, &m.message_type}) insert_message.Text(i++, *f);
-    insert_message.Int(i++, m.tlp);
-    for (const std::string* f : {&m.purpose, &m.agreement, &m.recipients}) insert_message.Text(i++, *f);
-    insert_message.Int(i++, m.received_ms);
-    insert_message.Int(i++, m.expires_ms);
-    insert_message.Int(i++, m.want_reports ? 1 : 0);
-    insert_message.Blob(i++, m.publish_digest.data(), m.publish_digest.size());
-    insert_message.Blob(i++, m.ack.data(), m.ack.size());
-    insert_message.Blob(i++, m.body.data(), m.body.size());
-    if (Status s = insert_message.Run("insert message"); !s.ok()) return s;
-    if (sqlite3_changes(db) == 0) {
-      // INSERT OR IGNORE skipped it: the sender used this id before.
-      find_duplicate.Text(1, m.sender);
-      find_duplicate.Text(2, m.message_id);
-      sqlite3_stmt* q = find_duplicate.get();
-      item.result.duplicate = true;
-      if (sqlite3_step(q) == SQLITE_ROW) {
-        StoredMessage& o = item.result.original;
-        o.row = sqlite3_column_int64(q, 0);
-        o.sender = m.sender;
-        o.message_id = m.message_id;
-        o.publish_digest.assign(static_cast<const char*>(sqlite3_column_blob(q, 1)), sqlite3_column_bytes(q, 1));
-        o.ack.assign(static_cast<const char*>(sqlite3_column_blob(q, 2)), sqlite3_column_bytes(q, 2));
-      }
-      return find_duplicate.Run("find duplicate");
+// A new message whose (sender, message id) was used before marks the
+// batch a duplicate (item.result): then nothing of it is logged. Looks in
+// the messages logged but not applied, then in the database; a new id is
+// added to the former (and to *added, to forget it if the commit fails).
+Status Store::Impl::CheckDuplicate(Item& item, std::vector<std::string>* added) {
+  const StoredMessage& m = *item.batch.new_message;
+  std::string key = Key(m.sender, m.message_id);
+  auto duplicate = [&](const Original& o) {
+    item.result.duplicate = true;
+    StoredMessage& out = item.result.original;
+    out.row = o.row;
+    out.sender = m.sender;
+    out.message_id = m.message_id;
+    out.publish_digest = o.publish_digest;
+    out.ack = o.ack;
+  };
+  {
+    std::lock_guard lock(unapplied_mu);
+    if (auto it = unapplied_ids.find(key); it != unapplied_ids.end()) {
+      duplicate(it->second);
+      return Status::Ok();
     }
   }
-  for (const StoredDelivery& d : b.new_deliveries) {
-    insert_delivery.Int(1, d.id);
-    insert_delivery.Text(2, d.recipient);
-    insert_delivery.Int(3, d.message_row);
-    insert_delivery.Int(4, static_cast<int>(d.kind));
-    insert_delivery.Int(5, d.attempts);
-    insert_delivery.Int(6, d.named ? 1 : 0);
-    if (d.payload.empty()) {
-      sqlite3_bind_null(insert_delivery.get(), 7);
-    } else {
-      insert_delivery.Blob(7, d.payload.data(), d.payload.size());
-    }
-    if (Status s = insert_delivery.Run("insert delivery"); !s.ok()) return s;
+  // Not among the unapplied: if it was ever logged, the applier's commit
+  // that took it out of there is already visible to this read.
+  find_duplicate.Text(1, m.sender);
+  find_duplicate.Text(2, m.message_id);
+  sqlite3_stmt* q = find_duplicate.get();
+  const int rc = sqlite3_step(q);
+  if (rc == SQLITE_ROW) {
+    Original o;
+    o.row = sqlite3_column_int64(q, 0);
+    o.publish_digest.assign(static_cast<const char*>(sqlite3_column_blob(q, 1)), sqlite3_column_bytes(q, 1));
+    o.ack.assign(static_cast<const char*>(sqlite3_column_blob(q, 2)), sqlite3_column_bytes(q, 2));
+    duplicate(o);
   }
-  for (const auto& [id, state] : b.finished) {
-    finish_delivery.Int(1, static_cast<int>(state));
-    finish_delivery.Int(2, id);
-    if (Status s = finish_delivery.Run("finish delivery"); !s.ok()) return s;
-  }
-  for (const auto& [id, n] : b.attempts) {
-    set_attempts.Int(1, n);
-    set_attempts.Int(2, id);
-    if (Status s = set_attempts.Run("count attempt"); !s.ok()) return s;
-  }
-  for (int64_t row : b.drop_bodies) {
-    drop_body.Int(1, row);
-    if (Status s = drop_body.Run("drop body"); !s.ok()) return s;
-  }
-  if (b.recalled_row != 0) {
-    mark_recalled.Int(1, NowMs());
-    mark_recalled.Int(2, b.recalled_row);
-    if (Status s = mark_recalled.Run("mark recalled"); !s.ok()) return s;
-  }
+  sqlite3_reset(q);
+  sqlite3_clear_bindings(q);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(wdb, "find duplicate");
+  if (rc == SQLITE_ROW) return Status::Ok();
+  std::lock_guard lock(unapplied_mu);
+  unapplied_ids.emplace(key, Original{m.row, m.publish_digest, m.ack});
+  added->push_back(std::move(key));
   return Status::Ok();
 }
 
-Status Store::Impl::Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tree_out,
-                           uint64_t* next_out) {
+void Store::Impl::Forget(const std::vector<std::string>& keys) {
+  if (keys.empty()) return;
+  std::lock_guard lock(unapplied_mu);
+  for (const auto& k : keys) unapplied_ids.erase(k);
+}
+
+// Makes one group of the items (seqs, leaves, the tree, duplicates, the
+// signed checkpoint), logs it (one append, one fdatasync) and hands it to
+// the applier. If logging fails, nothing of it is kept: the in-memory tree
+// and seq are the caller's to replace only on success.
+Status Store::Impl::Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tree_out, uint64_t* next_out,
+                           size_t* records_out, size_t* dropped_out) {
   merkle::Tree t = tree;
   uint64_t seq = next_seq;
   int64_t last_time = last_time_ms;
   uint64_t pruned = pruned_through;
-  if (Status s = Exec(db, "BEGIN IMMEDIATE"); !s.ok()) return s;
+  LogGroup g;
+  std::vector<std::string> added;
   auto fail = [&](Status s) {
-    pending_rows.clear();
-    Exec(db, "ROLLBACK");
+    Forget(added);
     for (auto& item : items) item.result = BatchResult{};
     return s;
   };
+  {
+    std::lock_guard lock(apply_mu);
+    if (unapplied_bytes > kMaxUnappliedBytes) {
+      return fail(Status::IoError("the store's database cannot be written (" + std::to_string(unapplied_bytes >> 20) +
+                                  " MiB are in the commit log and not in the database): " + apply_error.message()));
+    }
+  }
+  const int64_t now = NowMs();
+  size_t records = 0, dropped = 0;
   for (auto& item : items) {
     if (item.prune) {
-      if (Status s = FlushRecords(); !s.ok()) return fail(s);  // pruning reads the log
-      if (Status s = PruneChunk(item, seq, &pruned); !s.ok()) return fail(s);
+      if (Status s = PruneChunk(item, next_seq, &pruned, &g); !s.ok()) return fail(s);
     }
-    if (Status s = WriteQueueChanges(item); !s.ok()) return fail(s);
-    if (item.result.duplicate) continue;
-    for (auto& r : item.batch.records) {
-      if (Status s = InsertRecord(r, seq++, &last_time, &t); !s.ok()) return fail(s);
+    if (item.batch.new_message) {
+      if (Status s = CheckDuplicate(item, &added); !s.ok()) return fail(s);
+      if (item.result.duplicate) continue;
     }
+    for (auto& r : item.batch.records) LogRecord(r, seq++, &last_time, &t, &g);
+    records += item.batch.records.size();
+    dropped += item.batch.drop_bodies.size();
+    if (item.batch.recalled_row != 0) g.recalls.emplace_back(item.batch.recalled_row, now);
+    item.batch.records.clear();
+    g.batches.push_back(std::move(item.batch));
+    item.batch = Batch{};
   }
-  if (Status s = FlushRecords(); !s.ok()) return fail(s);
-  const int64_t now = NowMs();
   *cp = signer->Sign(options.origin, t.size(), t.Root(), now);
   if (now - last_checkpoint_row_ms >= kCheckpointRowEveryMs) {
-    insert_checkpoint.Int(1, static_cast<int64_t>(cp->tree_size));
-    insert_checkpoint.Int(2, now);
-    const std::string text = audit::FormatCheckpoint(*cp);
-    insert_checkpoint.Text(3, text);
-    if (Status s = insert_checkpoint.Run("insert checkpoint"); !s.ok()) return fail(s);
+    g.checkpoint_row = LogGroup::CheckpointRow{cp->tree_size, now, audit::FormatCheckpoint(*cp)};
   }
-  if (Status s = Exec(db, "COMMIT"); !s.ok()) return fail(s);
-  if (now - last_checkpoint_row_ms >= kCheckpointRowEveryMs) last_checkpoint_row_ms = now;
+  log_buffer.clear();
+  EncodeLogGroup(g, &log_buffer);
+  auto lsn = log->Append(log_buffer);
+  if (!lsn.ok()) return fail(lsn.status());
+  g.lsn = *lsn;
+  if (g.checkpoint_row) last_checkpoint_row_ms = now;
   *tree_out = std::move(t);
   *next_out = seq;
+  *records_out = records;
+  *dropped_out = dropped;
   last_time_ms = last_time;
   pruned_through = pruned;
+  {
+    std::lock_guard lock(apply_mu);
+    if (to_apply.empty()) oldest_to_apply = std::chrono::steady_clock::now();
+    to_apply_records += g.records.size() + g.batches.size();
+    unapplied_bytes += log_buffer.size();
+    g.bytes = log_buffer.size();
+    written_lsn = g.lsn;
+    to_apply.push_back(std::move(g));
+    // The applier sleeps until the oldest group is due; it needs waking
+    // only for the first group, or when enough have gathered.
+    if (to_apply.size() == 1 || to_apply_records >= kApplyNowRecords) apply_cv.notify_one();
+  }
   return Status::Ok();
 }
 
@@ -797,13 +891,8 @@ void Store::Impl::WriterLoop() {
     audit::Checkpoint cp;
     merkle::Tree new_tree;
     uint64_t new_next = 0;
-    Status s = Commit(items, &cp, &new_tree, &new_next);
     size_t n = 0, dropped = 0;
-    for (const auto& it : items) {
-      if (it.result.duplicate) continue;
-      n += it.batch.records.size();
-      dropped += it.batch.drop_bodies.size();
-    }
+    Status s = Commit(items, &cp, &new_tree, &new_next, &n, &dropped);
     {
       std::lock_guard lock(mu);
       if (s.ok()) {
@@ -815,35 +904,9 @@ void Store::Impl::WriterLoop() {
         counters.failed_commits++;
       }
     }
-    bool pruning = false;
-    for (const auto& it : items) pruning = pruning || (it.prune && it.prune->pruned.last != 0);
     if (s.ok()) {
       tree = std::move(new_tree);
       next_seq = new_next;
-      indexer->Committed(next_seq - 1);
-      // Pruned leaves, like dropped bodies, must not stay in the WAL.
-      if (dropped > 0 || pruning) bodies_dropped = true;
-      // What counts is how many frames the last checkpoint has not copied
-      // yet. (Counting all of them woke the checkpointer after every commit
-      // once the WAL had grown: at 2,000 messages/s, 580 checkpoints and as
-      // many more fdatasyncs a second.)
-      const int frames = wal_frames.load(std::memory_order_relaxed);
-      const int uncopied = UncopiedFrames();
-      if (uncopied >= kWakeCheckpointerFrames) wal_cv.notify_one();
-      if (frames >= kRestartWalFrames && uncopied > 0) {
-        if (uncopied <= kRestartCopyFrames) {
-          // PASSIVE never waits: if the checkpointer is running, the next
-          // commit tries again.
-          int log = 0, done = 0;
-          if (sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &done) == SQLITE_OK &&
-              done >= 0) {
-            wal_backfilled.store(done, std::memory_order_relaxed);
-          }
-        } else {
-          wal_cv.notify_one();  // the checkpointer copies most of it first
-        }
-      }
-      last_commit_ns.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
     } else {
       spdlog::error("store: commit of {} change(s) failed, nothing of it is kept: {}", items.size(), s.message());
     }
@@ -857,7 +920,7 @@ void Store::Impl::WriterLoop() {
       if (s.ok() && it.prune && it.prune->more) {
         std::lock_guard lock(mu);
         if (!stopping) {  // when closing, the rest is left for the next prune
-          it.batch.records.clear();
+          it.batch = Batch{};
           again.push_back(std::move(it));
           it.done = nullptr;  // its done() runs after its last chunk
           continue;
@@ -888,6 +951,367 @@ void Store::Impl::WriterLoop() {
       done_cv.notify_one();
     }
   }
+}
+
+// The queue changes of groups, netted (Apply): new messages and deliveries
+// take the later changes to themselves before they are inserted; only
+// changes to rows applied earlier are written as updates. *dropped counts
+// bodies deleted from the database (not those that never reached it).
+Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, size_t* dropped) {
+  std::unordered_map<int64_t, StoredMessage*> messages;
+  struct New {
+    StoredDelivery* d;
+    DeliveryState state;
+  };
+  std::unordered_map<int64_t, New> deliveries;
+  std::vector<StoredMessage*> message_order;
+  std::vector<int64_t> delivery_order;
+  std::vector<std::pair<int64_t, DeliveryState>> finished;
+  std::vector<std::pair<int64_t, uint32_t>> attempts;
+  std::vector<int64_t> drops;
+  std::vector<std::pair<int64_t, int64_t>> recalls;
+  for (auto& g : groups) {
+    for (auto& b : g.batches) {
+      if (b.new_message) {
+        messages[b.new_message->row] = &*b.new_message;
+        message_order.push_back(&*b.new_message);
+      }
+      for (auto& d : b.new_deliveries) {
+        deliveries[d.id] = {&d, DeliveryState::kPending};
+        delivery_order.push_back(d.id);
+      }
+      for (const auto& [id, state] : b.finished) {
+        auto it = deliveries.find(id);
+        if (it == deliveries.end()) {
+          finished.emplace_back(id, state);
+        } else if (it->second.state == DeliveryState::kPending) {  // the first to finish it counts, as in SQL
+          it->second.state = state;
+          it->second.d->payload.clear();
+        }
+      }
+      for (const auto& [id, n] : b.attempts) {
+        auto it = deliveries.find(id);
+        if (it == deliveries.end()) {
+          attempts.emplace_back(id, n);
+        } else {
+          it->second.d->attempts = n;
+        }
+      }
+      for (int64_t row : b.drop_bodies) {
+        auto it = messages.find(row);
+        if (it == messages.end()) {
+          drops.push_back(row);
+        } else {
+          it->second->body.clear();
+        }
+      }
+    }
+    for (const auto& [row, ms] : g.recalls) {
+      auto it = messages.find(row);
+      if (it == messages.end()) {
+        recalls.emplace_back(row, ms);
+      } else {
+        it->second->recalled_ms = ms;
+      }
+    }
+  }
+  for (const StoredMessage* mp : message_order) {
+    const StoredMessage& m = *mp;
+    insert_message.Int(1, m.row);
+    int i = 2;
+    for (const std::string* f : {&m.sender, &m.message_id, &m.case_id, &m.message_type}) insert_message.Text(i++, *f);
+    insert_message.Int(i++, m.tlp);
+    for (const std::string* f : {&m.purpose, &m.agreement, &m.recipients}) insert_message.Text(i++, *f);
+    insert_message.Int(i++, m.received_ms);
+    insert_message.Int(i++, m.expires_ms);
+    insert_message.Int(i++, m.want_reports ? 1 : 0);
+    insert_message.Blob(i++, m.publish_digest.data(), m.publish_digest.size());
+    insert_message.Blob(i++, m.ack.data(), m.ack.size());
+    if (m.body.empty()) {  // dropped before it was applied
+      sqlite3_bind_null(insert_message.get(), i++);
+    } else {
+      insert_message.Blob(i++, m.body.data(), m.body.size());
+    }
+    insert_message.Int(i++, m.recalled_ms);
+    if (Status s = insert_message.Run("insert message"); !s.ok()) return s;
+  }
+  for (int64_t id : delivery_order) {
+    const New& n = deliveries[id];
+    const StoredDelivery& d = *n.d;
+    insert_delivery.Int(1, d.id);
+    insert_delivery.Text(2, d.recipient);
+    insert_delivery.Int(3, d.message_row);
+    insert_delivery.Int(4, static_cast<int>(d.kind));
+    insert_delivery.Int(5, static_cast<int>(n.state));
+    insert_delivery.Int(6, d.attempts);
+    insert_delivery.Int(7, d.named ? 1 : 0);
+    if (d.payload.empty()) {
+      sqlite3_bind_null(insert_delivery.get(), 8);
+    } else {
+      insert_delivery.Blob(8, d.payload.data(), d.payload.size());
+    }
+    if (Status s = insert_delivery.Run("insert delivery"); !s.ok()) return s;
+  }
+  for (const auto& [id, state] : finished) {
+    finish_delivery.Int(1, static_cast<int>(state));
+    finish_delivery.Int(2, id);
+    if (Status s = finish_delivery.Run("finish delivery"); !s.ok()) return s;
+  }
+  for (const auto& [id, n] : attempts) {
+    set_attempts.Int(1, n);
+    set_attempts.Int(2, id);
+    if (Status s = set_attempts.Run("count attempt"); !s.ok()) return s;
+  }
+  for (int64_t row : drops) {
+    drop_body.Int(1, row);
+    if (Status s = drop_body.Run("drop body"); !s.ok()) return s;
+  }
+  *dropped += drops.size();
+  for (const auto& [row, ms] : recalls) {
+    mark_recalled.Int(1, ms);
+    mark_recalled.Int(2, row);
+    if (Status s = mark_recalled.Run("mark recalled"); !s.ok()) return s;
+  }
+  return Status::Ok();
+}
+
+// Writes groups into the database in one transaction, with the commit
+// log's watermark. What a later group undoes to an earlier one in the same
+// transaction is never written (a body dropped, a delivery finished, a
+// count of attempts): at a steady rate most messages are delivered and
+// acknowledged before their group is applied, so their bodies never reach
+// the database at all.
+Status Store::Impl::Apply(std::deque<LogGroup>& groups, size_t* dropped) {
+  if (groups.empty()) return Status::Ok();
+  if (Status s = Exec(db, "BEGIN IMMEDIATE"); !s.ok()) return s;
+  Status s = WriteQueueChanges(groups, dropped);
+  for (auto& g : groups) {
+    if (!s.ok()) break;
+    for (const auto& p : g.prunes) {
+      if (Status f = FlushRecords(); !f.ok()) {
+        s = f;
+        break;
+      }
+      prune_rows.Int(1, static_cast<int64_t>(p.after));
+      prune_rows.Int(2, static_cast<int64_t>(p.through));
+      s = prune_rows.Run("prune audit records");
+      if (s.ok()) {
+        set_info.Text(1, kPrunedThrough);
+        set_info.Int(2, static_cast<int64_t>(p.through));
+        s = set_info.Run("record pruning");
+      }
+      if (!s.ok()) break;
+      (*dropped)++;  // pruned fields, like dropped bodies, must leave the WAL
+    }
+    for (const auto& r : g.records) {
+      if (!s.ok()) break;
+      pending_rows.push_back(&r);
+      if (pending_rows.size() == static_cast<size_t>(kAuditRowsPerInsert)) s = FlushRecords();
+    }
+    if (s.ok() && g.checkpoint_row) {
+      if (Status f = FlushRecords(); !f.ok()) {
+        s = f;
+        break;
+      }
+      insert_checkpoint.Int(1, static_cast<int64_t>(g.checkpoint_row->tree_size));
+      insert_checkpoint.Int(2, g.checkpoint_row->time_ms);
+      insert_checkpoint.Text(3, g.checkpoint_row->text);
+      s = insert_checkpoint.Run("insert checkpoint");
+    }
+  }
+  if (s.ok()) s = FlushRecords();
+  if (s.ok()) {
+    set_store_info.Text(1, kLogAppliedKey);
+    set_store_info.Int(2, static_cast<int64_t>(groups.back().lsn));
+    s = set_store_info.Run("record the commit log's watermark");
+  }
+  if (s.ok()) s = Exec(db, "COMMIT");
+  if (!s.ok()) {
+    pending_rows.clear();
+    Exec(db, "ROLLBACK");
+  }
+  return s;
+}
+
+// The applier: writes logged groups into the database (Apply) once the
+// oldest has waited Options::apply_delay, when many have gathered, or when
+// someone waits for them; then lets the log release them and the audit
+// indexer index their records, and keeps the WAL short (what the writer
+// did after each commit before the commit log).
+void Store::Impl::ApplyLoop() {
+  pthread_setname_np(pthread_self(), "store-apply");
+  int failures_while_stopping = 0;
+  for (;;) {
+    std::deque<LogGroup> groups;
+    {
+      std::unique_lock lock(apply_mu);
+      for (;;) {
+        if (to_apply.empty()) {
+          if (apply_stopping) {
+            applier_gone = true;
+            applied_cv.notify_all();
+            lock.unlock();
+            if (applied_lsn > 0) ReleaseLog(applied_lsn, true);
+            return;
+          }
+          apply_now = false;
+          if (!log_released) {
+            // Quiet for a moment: the log lets go of its current segment
+            // too, so that nothing applied stays on disk while the broker
+            // idles. (Under load segments go by size and age; starting
+            // one costs a file and a directory sync, not worth paying
+            // after every apply.)
+            if (!apply_cv.wait_for(lock, kQuietForRelease, [&] { return !to_apply.empty() || apply_stopping; })) {
+              const uint64_t lsn = applied_lsn;
+              lock.unlock();
+              ReleaseLog(lsn, true);
+              lock.lock();
+              log_released = true;
+            }
+            continue;
+          }
+          apply_cv.wait(lock);
+          continue;
+        }
+        if (apply_now || apply_stopping || to_apply_records >= kApplyNowRecords) break;
+        const auto due = oldest_to_apply + options.apply_delay;
+        if (std::chrono::steady_clock::now() >= due) break;
+        apply_cv.wait_until(lock, due);
+      }
+      groups.swap(to_apply);
+      to_apply_records = 0;
+      apply_now = false;
+    }
+    size_t dropped = 0;
+    const Status s = Apply(groups, &dropped);
+    if (!s.ok()) {
+      std::vector<std::function<void(const Status&)>> failed;
+      {
+        std::lock_guard lock(apply_mu);
+        if (apply_error.ok()) {
+          spdlog::error("store: {} commit(s) could not be written into the database (they are safe in the commit "
+                        "log; retrying every {} ms): {}",
+                        groups.size(), kApplyRetry.count(), s.message());
+        }
+        apply_error = s;
+        apply_failures++;
+        for (auto it = groups.rbegin(); it != groups.rend(); ++it) {
+          to_apply_records += it->records.size() + it->batches.size();
+          to_apply.push_front(std::move(*it));
+        }
+        for (auto& w : apply_waiters) failed.push_back(std::move(w.second));
+        apply_waiters.clear();
+        if (apply_stopping && ++failures_while_stopping >= 3) {
+          spdlog::error("store: stopping with {} commit(s) not in the database; they are applied from the commit "
+                        "log at the next start",
+                        to_apply.size());
+          to_apply.clear();
+          applier_gone = true;
+          applied_cv.notify_all();
+          return;
+        }
+      }
+      applied_cv.notify_all();
+      for (auto& f : failed) f(s);
+      std::unique_lock lock(apply_mu);
+      apply_cv.wait_for(lock, kApplyRetry, [&] { return apply_stopping; });
+      continue;
+    }
+    const uint64_t lsn = groups.back().lsn;
+    uint64_t last_seq = 0;
+    for (const auto& g : groups) {
+      if (!g.records.empty()) last_seq = g.records.back().record.seq;
+    }
+    {
+      std::lock_guard lock(unapplied_mu);
+      for (const auto& g : groups) {
+        for (const auto& b : g.batches) {
+          if (b.new_message) unapplied_ids.erase(Key(b.new_message->sender, b.new_message->message_id));
+        }
+      }
+    }
+    std::vector<std::function<void(const Status&)>> ready;
+    {
+      std::lock_guard lock(apply_mu);
+      if (!apply_error.ok()) spdlog::info("store: the database can be written again; the commit log is applied");
+      apply_error = Status::Ok();
+      applied_lsn = lsn;
+      for (const auto& g : groups) unapplied_bytes -= g.bytes;
+      auto keep = apply_waiters.begin();
+      for (auto& w : apply_waiters) {
+        if (w.first <= lsn) {
+          ready.push_back(std::move(w.second));
+        } else {
+          *keep++ = std::move(w);
+        }
+      }
+      apply_waiters.erase(keep, apply_waiters.end());
+    }
+    applied_cv.notify_all();
+    for (auto& f : ready) f(Status::Ok());
+    groups.clear();  // frees the bodies
+    ReleaseLog(lsn, false);
+    log_released = false;
+    if (last_seq != 0 && indexer) indexer->Committed(last_seq);
+    // Deleted bodies and pruned fields must not stay in the WAL.
+    if (dropped > 0) bodies_dropped = true;
+    // What counts is how many frames the last checkpoint has not copied
+    // yet. (Counting all of them woke the checkpointer after every commit
+    // once the WAL had grown.)
+    const int frames = wal_frames.load(std::memory_order_relaxed);
+    const int uncopied = UncopiedFrames();
+    if (uncopied >= kWakeCheckpointerFrames) wal_cv.notify_one();
+    if (frames >= kRestartWalFrames && uncopied > 0) {
+      if (uncopied <= kRestartCopyFrames) {
+        // PASSIVE never waits: if the checkpointer is running, the next
+        // apply tries again.
+        int log_frames = 0, done = 0;
+        if (sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log_frames, &done) == SQLITE_OK &&
+            done >= 0) {
+          wal_backfilled.store(done, std::memory_order_relaxed);
+        }
+      } else {
+        wal_cv.notify_one();  // the checkpointer copies most of it first
+      }
+    }
+    last_commit_ns.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+  }
+}
+
+void Store::Impl::ReleaseLog(uint64_t lsn, bool rotate_current) {
+  if (Status s = log->Release(lsn, rotate_current); !s.ok()) spdlog::warn("store: commit log: {}", s.message());
+}
+
+// Waits until every group logged so far is in the database (or applying
+// fails meanwhile).
+Status Store::Impl::WaitApplied() {
+  std::unique_lock lock(apply_mu);
+  const uint64_t target = written_lsn;
+  if (applied_lsn >= target) return Status::Ok();
+  const uint64_t failures = apply_failures;
+  apply_now = true;
+  apply_cv.notify_one();
+  applied_cv.wait(lock, [&] { return applied_lsn >= target || apply_failures != failures || applier_gone; });
+  if (applied_lsn >= target) return Status::Ok();
+  if (!apply_error.ok()) return apply_error;
+  return Status::Unavailable("the store is closing");
+}
+
+void Store::Impl::WhenApplied(std::function<void(const Status&)> then) {
+  Status s;
+  {
+    std::lock_guard lock(apply_mu);
+    if (applied_lsn < written_lsn) {
+      if (!applier_gone) {
+        apply_waiters.emplace_back(written_lsn, std::move(then));
+        apply_now = true;
+        apply_cv.notify_one();
+        return;
+      }
+      s = Status::Unavailable("the store is closing");
+    }
+  }
+  then(s);
 }
 
 void Store::Impl::DoneLoop() {
@@ -931,8 +1355,7 @@ void Store::Impl::WalLoop() {
     {
       std::unique_lock lock(wal_mu);
       wal_cv.wait_for(lock, std::chrono::milliseconds(100));
-      std::lock_guard l2(mu);
-      if (stopping && queue.empty()) break;
+      if (wal_stopping) break;
     }
     const auto now = std::chrono::steady_clock::now();
     if (bodies_dropped.exchange(false) && !purge_since) purge_since = now;
@@ -969,6 +1392,39 @@ void Store::Impl::WalLoop() {
   sqlite3_close_v2(conn);
 }
 
+// Opens the commit log and applies what it holds beyond the database's
+// watermark (the commits of the last run that the applier had not written
+// when the broker stopped or crashed), in one transaction; then the log
+// releases everything (Open).
+Status Store::Impl::OpenLog() {
+  const uint64_t applied = static_cast<uint64_t>(StoreInfo(db, kLogApplied));
+  std::deque<LogGroup> replayed;
+  CommitLog::Options lo;
+  lo.prefix = options.path + "-log";
+  // A segment goes once it is released, and is released (at the latest)
+  // at the first apply after it is closed: bodies leave the log within
+  // wal_purge_within, as they leave the WAL.
+  lo.segment_age = std::min<std::chrono::milliseconds>(lo.segment_age, options.wal_purge_within / 2);
+  auto opened = CommitLog::Open(lo, applied, [&](uint64_t lsn, std::string_view payload) -> Status {
+    auto g = DecodeLogGroup(payload);
+    if (!g.ok()) return g.status().Annotate(lo.prefix + ": entry " + std::to_string(lsn));
+    g->lsn = lsn;
+    replayed.push_back(std::move(g).value());
+    return Status::Ok();
+  });
+  if (!opened.ok()) return opened.status().Annotate("commit log");
+  log = std::move(opened).value();
+  if (!replayed.empty()) {
+    size_t records = 0, dropped = 0;
+    for (const auto& g : replayed) records += g.records.size();
+    if (Status s = Apply(replayed, &dropped); !s.ok()) return s.Annotate("applying the commit log");
+    spdlog::info("store: {} commit(s) with {} audit record(s) applied from the commit log", replayed.size(), records);
+  }
+  applied_lsn = written_lsn = std::max(applied, log->last_lsn());
+  if (applied_lsn > 0) ReleaseLog(applied_lsn, true);
+  return Status::Ok();
+}
+
 Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
@@ -996,6 +1452,8 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
   // own procedure for altering a table); they are on from then on.
   if (Status s = impl->Migrate(); !s.ok()) return s.Annotate(options.path);
   if (Status s = Exec(db, "PRAGMA foreign_keys = ON"); !s.ok()) return s.Annotate(options.path);
+  if (Status s = impl->PrepareStatements(); !s.ok()) return s;
+  if (Status s = impl->OpenLog(); !s.ok()) return s.Annotate(options.path);
   if (Status s = impl->LoadTree(); !s.ok()) return s.Annotate(options.path);
   // A log with records and no signing key is a restore gone wrong: a new key
   // would make every earlier checkpoint unverifiable against it.
@@ -1011,12 +1469,21 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
   if (!key.ok()) return key.status().Annotate("body digest key");
   impl->digest_key = std::move(key).value();
   impl->body_mac = std::make_unique<crypto::HmacSha256>(impl->digest_key);
-  if (Status s = impl->PrepareStatements(); !s.ok()) return s;
   if (sqlite3_open_v2(options.path.c_str(), &impl->reader, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) !=
       SQLITE_OK) {
     return SqlError(impl->reader, "cannot open store " + options.path + " for reading");
   }
   sqlite3_busy_timeout(impl->reader, 5000);
+  if (sqlite3_open_v2(options.path.c_str(), &impl->wdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) !=
+      SQLITE_OK) {
+    return SqlError(impl->wdb, "cannot open store " + options.path + " for reading");
+  }
+  sqlite3_busy_timeout(impl->wdb, 5000);
+  if (Status s = impl->find_duplicate.Prepare(
+          impl->wdb, "SELECT row, publish_digest, ack FROM messages WHERE sender = ? AND message_id = ?");
+      !s.ok()) {
+    return s;
+  }
   {
     sqlite3_stmt* q = nullptr;
     sqlite3_prepare_v2(db, "SELECT (SELECT COALESCE(MAX(row), 0) FROM messages), (SELECT COALESCE(MAX(id), 0) FROM deliveries)",
@@ -1040,6 +1507,7 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
       },
       raw);
   impl->done_thread = std::thread([raw] { raw->DoneLoop(); });
+  impl->applier = std::thread([raw] { raw->ApplyLoop(); });
   impl->writer = std::thread([raw] { raw->WriterLoop(); });
   impl->wal_checkpointer = std::thread([raw] { raw->WalLoop(); });
   spdlog::info("store {}: {} audit record(s), signing key {}", options.path, impl->tree.size(), impl->signer->key_id());
@@ -1070,9 +1538,22 @@ Store::~Store() {
     audit::Checkpoint cp;
     merkle::Tree t;
     uint64_t next = 0;
-    if (impl_->Commit(none, &cp, &t, &next).ok()) impl_->latest = cp;
+    size_t records = 0, dropped = 0;
+    if (impl_->Commit(none, &cp, &t, &next, &records, &dropped).ok()) impl_->latest = cp;
   }
+  // The applier writes what is left into the database, and the log lets
+  // it go.
+  {
+    std::lock_guard lock(impl_->apply_mu);
+    impl_->apply_stopping = true;
+  }
+  impl_->apply_cv.notify_all();
+  impl_->applier.join();
   impl_->indexer.reset();  // finishes the index first when little is left
+  {
+    std::lock_guard lock(impl_->wal_mu);
+    impl_->wal_stopping = true;
+  }
   impl_->wal_cv.notify_all();
   impl_->wal_checkpointer.join();
 }
@@ -1206,6 +1687,7 @@ StoredMessage ReadMessage(sqlite3_stmt* q, int first) {
 }  // namespace
 
 Status Store::LoadPending(const std::function<void(StoredDelivery, const StoredMessage&)>& each) const {
+  if (Status s = impl_->WaitApplied(); !s.ok()) return s;
   std::lock_guard lock(impl_->reader_mu);
   sqlite3* db = impl_->reader;
   const std::string sql = std::string("SELECT d.id, d.recipient, d.kind, d.attempts, d.named, d.payload, ") +
@@ -1236,6 +1718,7 @@ Status Store::LoadPending(const std::function<void(StoredDelivery, const StoredM
 }
 
 Result<std::optional<StoredMessage>> Store::FindMessage(std::string_view sender, std::string_view message_id) const {
+  if (Status s = impl_->WaitApplied(); !s.ok()) return s;
   std::lock_guard lock(impl_->reader_mu);
   sqlite3* db = impl_->reader;
   const std::string sql = std::string("SELECT ") + kMessageColumns + " FROM messages m WHERE m.sender = ? AND m.message_id = ?";
@@ -1253,6 +1736,7 @@ Result<std::optional<StoredMessage>> Store::FindMessage(std::string_view sender,
 
 Result<std::optional<StoredMessage>> Store::FindDelivered(std::string_view recipient,
                                                            std::string_view message_id) const {
+  if (Status s = impl_->WaitApplied(); !s.ok()) return s;
   std::lock_guard lock(impl_->reader_mu);
   sqlite3* db = impl_->reader;
   const std::string sql = std::string("SELECT ") + kMessageColumns +
@@ -1271,6 +1755,7 @@ Result<std::optional<StoredMessage>> Store::FindDelivered(std::string_view recip
 }
 
 Result<std::vector<std::string>> Store::DeliveredRecipients(int64_t row) const {
+  if (Status s = impl_->WaitApplied(); !s.ok()) return s;
   std::lock_guard lock(impl_->reader_mu);
   sqlite3* db = impl_->reader;
   sqlite3_stmt* q = nullptr;
@@ -1288,6 +1773,10 @@ Result<std::vector<std::string>> Store::DeliveredRecipients(int64_t row) const {
   if (rc != SQLITE_DONE) return SqlError(db, "delivered recipients");
   return out;
 }
+
+Status Store::Sync() { return impl_->WaitApplied(); }
+
+void Store::WhenApplied(std::function<void(const Status&)> then) { impl_->WhenApplied(std::move(then)); }
 
 audit::Checkpoint Store::latest() const {
   std::lock_guard lock(impl_->mu);

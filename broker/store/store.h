@@ -1,7 +1,7 @@
 // The broker's SQLite store, and its single writer (DESIGN.md: one module
 // owns the store). It keeps the tamper-evident audit log: every record is
 // appended through Append(), many callers' records share one transaction
-// and one fsync (group commit, WAL, synchronous=FULL), and after each commit
+// and one fsync (group commit), and after each commit
 // the RFC 6962 tree over all records is signed as a checkpoint. A caller's
 // done() runs only after its records are durable; if a commit fails, none
 // of it is kept (the in-memory tree included) and done() gets the error.
@@ -17,12 +17,20 @@
 // Queue changes ride in the same transaction as the audit records that
 // describe them (Commit with a Batch).
 //
+// Commits go to a commit log of the store's own first (commit_log.h): a
+// commit is durable, and done() runs, once its group is in the log (one
+// append, one fdatasync); an applier thread writes groups into SQLite
+// behind it (Options::apply_delay), netting out what later commits undo,
+// and after a crash the next Open applies what the log holds beyond the
+// database's watermark. The reads below wait for the applier first.
+//
 // Thread-safety: all public methods may be called from any thread. done()
 // runs in commit order on the store's completion thread (while the writer
 // commits the next batch) or, for a small commit when that thread is idle,
 // on the writer itself; it must not block, and must not wait for the store
-// (CommitSync, AppendSync) or the writer would wait for itself. Reads (FindMessage, ...)
-// use their own connection and never wait for the writer.
+// (CommitSync, AppendSync, Sync, the reads) or the writer would wait for
+// itself. Reads (FindMessage, ...) use their own connection; they wait for
+// the applier, never for the writer.
 #pragma once
 
 #include <chrono>
@@ -107,8 +115,14 @@ class Store {
     // How long a lazy batch (Batch::lazy) waits for one that is not.
     std::chrono::microseconds lazy_linger{2000};
     // Deleted bodies leave the WAL file when the writer is next quiet for a
-    // moment, and within this time in any case (DESIGN.md allows 60 s).
+    // moment, and within this time in any case (DESIGN.md allows 60 s); the
+    // commit log's segments are closed within half of it.
     std::chrono::milliseconds wal_purge_within{30000};
+    // A commit is durable once it is in the commit log; the applier writes
+    // it into the database this much later (or sooner: Sync, the reads
+    // below), so that what a later commit undoes (a body acknowledged, a
+    // delivery finished) is mostly never written there at all.
+    std::chrono::milliseconds apply_delay{200};
   };
   using Done = std::function<void(const Status&, const audit::Checkpoint&)>;
   using BatchDone = std::function<void(const Status&, const audit::Checkpoint&, const BatchResult&)>;
@@ -128,6 +142,14 @@ class Store {
   // with whatever else is queued; done runs after the commit or failure.
   void Commit(Batch batch, BatchDone done);
   Result<BatchResult> CommitSync(Batch batch);
+
+  // The database (what the reads below, the audit reader and the audit
+  // index see) trails the commit log by up to Options::apply_delay. Sync
+  // writes every commit made so far into it and waits; WhenApplied runs
+  // then() once that is done (on the applier's thread, or at once on the
+  // caller's), without waiting. Both report a failure to write it.
+  Status Sync();
+  void WhenApplied(std::function<void(const Status&)> then);
 
   // Ids for new rows, unique for the life of the store (gaps are fine).
   int64_t NextMessageRow();

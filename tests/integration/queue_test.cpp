@@ -22,7 +22,9 @@ using namespace liaison::test;
 namespace {
 
 // Events of the broker's audit log, as "event:decision", in order.
-std::vector<std::string> AuditEvents(const std::string& dir, const std::string& message_id) {
+std::vector<std::string> AuditEvents(TestBroker& broker, const std::string& message_id) {
+  REQUIRE(broker.server().SyncStore().ok());  // the database trails the commit log
+  const std::string dir = broker.dir();
   std::vector<std::string> out;
   sqlite3* db = nullptr;
   sqlite3_open_v2((dir + "/data/liaison.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
@@ -152,7 +154,7 @@ TEST_CASE("the policy decides again at delivery: a share no longer permitted is 
   CHECK(report.outcome == "refused");
   CHECK(report.reason == "not_permitted");
   CHECK(school.count() == 0);
-  const auto events = AuditEvents(broker.dir(), m.envelope().message_id());
+  const auto events = AuditEvents(broker, m.envelope().message_id());
   CHECK(Has(events, "queued:permit:school"));
   CHECK(Has(events, "not_delivered:deny:school"));
 }
@@ -198,7 +200,7 @@ TEST_CASE("recall withdraws waiting copies and sends a notice to recipients who 
   // Another agency cannot recall police's message.
   auto social = Connect(broker.port(), "social");
   CHECK(social->Recall(m.envelope().message_id(), "").error_code == "unknown_message");
-  const auto events = AuditEvents(broker.dir(), m.envelope().message_id());
+  const auto events = AuditEvents(broker, m.envelope().message_id());
   CHECK(Has(events, "recalled:recalled:health"));
   CHECK(Has(events, "recalled:recall_notice:school"));
   CHECK(Has(events, "recall_notice_delivered:delivered:school"));
@@ -223,7 +225,7 @@ TEST_CASE("a message that expires before its recipient connects is not delivered
   Receiver school(broker.port(), "school");
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK(school.count() == 0);
-  CHECK(Has(AuditEvents(broker.dir(), m.envelope().message_id()), "expired:expired:school"));
+  CHECK(Has(AuditEvents(broker, m.envelope().message_id()), "expired:expired:school"));
 }
 
 TEST_CASE("a sender that asks for reports learns of every delivery", "[queue][reports]") {
