@@ -1,0 +1,368 @@
+// The store with its commit log (broker/store/commit_log.h, store.h): a
+// commit is durable once logged, the database is applied behind it with
+// what later commits undo netted out, and after kill -9 the next Open applies
+// what the log holds. Real files; the crash is a real child process killed
+// with SIGKILL.
+#include <signal.h>
+#include <sqlite3.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <string>
+#include <thread>
+
+#include "broker/store/log_group.h"
+#include "broker/store/store.h"
+#include "common/audit_record.h"
+#include "common/files.h"
+#include "common/merkle.h"
+#include "tests/temp_dir.h"
+
+using namespace liaison;
+using liaison::test::TempDir;
+
+namespace {
+
+broker::Store::Options Options(const TempDir& dir) {
+  broker::Store::Options o;
+  o.path = dir.File("data/liaison.db");
+  o.origin = "liaison/test";
+  o.signing_key = dir.File("audit-signing.key");
+  o.digest_key = dir.File("body-digest.key");
+  return o;
+}
+
+audit::Record Record(const std::string& event, const std::string& message_id) {
+  audit::Record r;
+  r.time_ms = 1'800'000'000'000;
+  r.event = event;
+  r.actor = "police";
+  r.sender = "police";
+  r.recipient = "school";
+  r.message_id = message_id;
+  r.case_id = "CASE-1";
+  r.decision = "permit";
+  return r;
+}
+
+// A publish of message_id with body to school: the message, one delivery,
+// one record.
+broker::Batch Publish(broker::Store& store, const std::string& message_id, const std::string& body,
+                      int64_t* delivery_id = nullptr) {
+  broker::Batch b;
+  broker::StoredMessage m;
+  m.row = store.NextMessageRow();
+  m.sender = "police";
+  m.message_id = message_id;
+  m.case_id = "CASE-1";
+  m.recipients = "school";
+  m.publish_digest = std::string(32, 'd') + message_id;
+  m.ack = "ack of " + message_id;
+  m.body = body;
+  broker::StoredDelivery d;
+  d.id = store.NextDeliveryId();
+  d.recipient = "school";
+  d.message_row = m.row;
+  if (delivery_id) *delivery_id = d.id;
+  b.new_message = m;
+  b.new_deliveries.push_back(d);
+  b.records.push_back(Record("queued", message_id));
+  return b;
+}
+
+// The delivery acknowledged: finished, body dropped, recorded.
+broker::Batch Acknowledged(int64_t delivery_id, int64_t row, const std::string& message_id) {
+  broker::Batch b;
+  b.finished.emplace_back(delivery_id, broker::DeliveryState::kDelivered);
+  b.drop_bodies.push_back(row);
+  b.records.push_back(Record("delivered", message_id));
+  return b;
+}
+
+std::string FileBytes(const std::string& path) {
+  auto b = ReadFile(path, 1 << 30);
+  return b.ok() ? *b : std::string();
+}
+
+// The database, its WAL and every commit log segment.
+std::string StoredBytes(const broker::Store::Options& o) {
+  std::string all = FileBytes(o.path) + FileBytes(o.path + "-wal");
+  const std::string log_prefix = std::filesystem::path(o.path).filename().string() + "-log.";
+  for (const auto& e : std::filesystem::directory_iterator(std::filesystem::path(o.path).parent_path())) {
+    if (e.path().filename().string().rfind(log_prefix, 0) == 0) all += FileBytes(e.path().string());
+  }
+  return all;
+}
+
+bool LogHolds(const broker::Store::Options& o, const std::string& marker) {
+  const std::string log_prefix = std::filesystem::path(o.path).filename().string() + "-log.";
+  for (const auto& e : std::filesystem::directory_iterator(std::filesystem::path(o.path).parent_path())) {
+    if (e.path().filename().string().rfind(log_prefix, 0) == 0 &&
+        FileBytes(e.path().string()).find(marker) != std::string::npos) {
+      return true;
+    }
+  }
+  return false;
+}
+
+int64_t Count(const std::string& db_path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* q = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &q, nullptr) == SQLITE_OK);
+  int64_t v = -1;
+  if (sqlite3_step(q) == SQLITE_ROW) v = sqlite3_column_int64(q, 0);
+  sqlite3_finalize(q);
+  sqlite3_close(db);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("a message acknowledged before its group is applied never writes its body into the database",
+          "[store][commit_log]") {
+  TempDir dir;
+  auto o = Options(dir);
+  o.apply_delay = std::chrono::seconds(60);  // nothing is applied unless asked
+  auto store = broker::Store::Open(o);
+  REQUIRE(store.ok());
+  const std::string marker = "Netted-body-7d41c2 that must never reach the database";
+  int64_t delivery = 0;
+  auto publish = Publish(**store, "0190a5c4-8d2e-7b3a-9c1d-000000000001", marker + std::string(3000, 'x'), &delivery);
+  const int64_t row = publish.new_message->row;
+  REQUIRE((*store)->CommitSync(std::move(publish)).ok());
+  // Durable: in the commit log, not yet in the database.
+  CHECK(LogHolds(o, marker));
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM messages") == 0);
+  REQUIRE((*store)->CommitSync(Acknowledged(delivery, row, "0190a5c4-8d2e-7b3a-9c1d-000000000001")).ok());
+  REQUIRE((*store)->Sync().ok());
+  // Applied together: the message with no body, the delivery finished, both
+  // records; the body was never written to the database or its WAL.
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM messages WHERE body IS NULL") == 1);
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM deliveries WHERE state = 1 AND payload IS NULL") == 1);
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 2);
+  CHECK(Count(o.path, "SELECT value FROM store_info WHERE key = 'log_applied'") == 2);
+  CHECK((FileBytes(o.path) + FileBytes(o.path + "-wal")).find(marker) == std::string::npos);
+  // The log lets go of it once nothing more comes (commit_log.h).
+  bool gone = false;
+  for (int i = 0; i < 100 && !gone; ++i) {
+    gone = StoredBytes(o).find(marker) == std::string::npos;
+    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK(gone);
+  // The message is still known: a duplicate gets the original outcome.
+  auto again = (*store)->CommitSync(Publish(**store, "0190a5c4-8d2e-7b3a-9c1d-000000000001", "other"));
+  REQUIRE(again.ok());
+  CHECK(again->duplicate);
+  CHECK(again->original.ack == "ack of 0190a5c4-8d2e-7b3a-9c1d-000000000001");
+}
+
+TEST_CASE("a duplicate is found whether its first copy is applied or only logged", "[store][commit_log]") {
+  TempDir dir;
+  auto o = Options(dir);
+  o.apply_delay = std::chrono::seconds(60);
+  auto store = broker::Store::Open(o);
+  REQUIRE(store.ok());
+  // Two copies in one commit, and one more while the first is only logged.
+  std::promise<broker::BatchResult> first, second;
+  (*store)->Commit(Publish(**store, "0190a5c4-8d2e-7b3a-9c1d-0000000000a1", "one"),
+                   [&](const Status& s, const audit::Checkpoint&, const broker::BatchResult& r) {
+                     REQUIRE(s.ok());
+                     first.set_value(r);
+                   });
+  (*store)->Commit(Publish(**store, "0190a5c4-8d2e-7b3a-9c1d-0000000000a1", "two"),
+                   [&](const Status& s, const audit::Checkpoint&, const broker::BatchResult& r) {
+                     REQUIRE(s.ok());
+                     second.set_value(r);
+                   });
+  CHECK_FALSE(first.get_future().get().duplicate);
+  CHECK(second.get_future().get().duplicate);
+  auto logged = (*store)->CommitSync(Publish(**store, "0190a5c4-8d2e-7b3a-9c1d-0000000000a1", "three"));
+  REQUIRE(logged.ok());
+  CHECK(logged->duplicate);
+  REQUIRE((*store)->Sync().ok());
+  auto applied = (*store)->CommitSync(Publish(**store, "0190a5c4-8d2e-7b3a-9c1d-0000000000a1", "four"));
+  REQUIRE(applied.ok());
+  CHECK(applied->duplicate);
+  CHECK(applied->original.ack == "ack of 0190a5c4-8d2e-7b3a-9c1d-0000000000a1");
+  REQUIRE((*store)->Sync().ok());
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM messages") == 1);
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 1);
+}
+
+TEST_CASE("WhenApplied runs once what was committed before it is in the database", "[store][commit_log]") {
+  TempDir dir;
+  auto o = Options(dir);
+  o.apply_delay = std::chrono::seconds(60);
+  auto store = broker::Store::Open(o);
+  REQUIRE(store.ok());
+  REQUIRE((*store)->AppendSync({Record("policy_loaded", "")}).ok());
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 0);
+  std::promise<int64_t> seen;
+  (*store)->WhenApplied([&](const Status& s) {
+    REQUIRE(s.ok());
+    seen.set_value(Count(o.path, "SELECT COUNT(*) FROM audit_log"));
+  });
+  auto f = seen.get_future();
+  REQUIRE(f.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+  CHECK(f.get() == 1);
+  // Nothing waiting: it runs at once.
+  bool ran = false;
+  (*store)->WhenApplied([&](const Status& s) { ran = s.ok(); });
+  CHECK(ran);
+}
+
+TEST_CASE("after kill -9, the next Open applies the commit log: the same tree, queue and duplicates",
+          "[store][commit_log][crash]") {
+  TempDir dir;
+  auto o = Options(dir);
+  o.apply_delay = std::chrono::seconds(60);  // the child applies nothing
+  int pipe_fds[2];
+  REQUIRE(::pipe(pipe_fds) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::close(pipe_fds[0]);
+    auto store = broker::Store::Open(o);
+    if (!store.ok()) ::_exit(2);
+    for (int i = 0; i < 50; ++i) {
+      char id[64];
+      std::snprintf(id, sizeof id, "0190a5c4-8d2e-7b3a-9c1d-%012d", i);
+      int64_t delivery = 0;
+      auto publish = Publish(**store, id, "body " + std::to_string(i), &delivery);
+      const int64_t row = publish.new_message->row;
+      if (!(*store)->CommitSync(std::move(publish)).ok()) ::_exit(3);
+      // Every other one is acknowledged too.
+      if (i % 2 == 1 && !(*store)->CommitSync(Acknowledged(delivery, row, id)).ok()) ::_exit(4);
+    }
+    const audit::Checkpoint cp = (*store)->latest();
+    const std::string line = std::to_string(cp.tree_size) + " " + audit::Hex(std::string(
+                                                                       reinterpret_cast<const char*>(cp.root.data()),
+                                                                       cp.root.size())) + "\n";
+    if (::write(pipe_fds[1], line.data(), line.size()) != static_cast<ssize_t>(line.size())) ::_exit(5);
+    ::pause();
+    ::_exit(0);
+  }
+  ::close(pipe_fds[1]);
+  std::string reported;
+  char buf[256];
+  ssize_t n;
+  while (reported.find('\n') == std::string::npos && (n = ::read(pipe_fds[0], buf, sizeof buf)) > 0) {
+    reported.append(buf, static_cast<size_t>(n));
+  }
+  ::close(pipe_fds[0]);
+  ::kill(child, SIGKILL);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  REQUIRE(WIFSIGNALED(status));
+  REQUIRE(reported.find('\n') != std::string::npos);
+  // Nothing of it reached the database.
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 0);
+  // (Torn appends at the log's end are commit_log_test's: exact offsets.)
+
+  o.apply_delay = std::chrono::milliseconds(200);
+  auto store = broker::Store::Open(o);
+  REQUIRE(store.ok());
+  const audit::Checkpoint cp = (*store)->latest();
+  CHECK(std::to_string(cp.tree_size) + " " +
+            audit::Hex(std::string(reinterpret_cast<const char*>(cp.root.data()), cp.root.size())) + "\n" ==
+        reported);
+  CHECK(cp.tree_size == 75);  // 50 queued, 25 delivered
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 75);
+  std::vector<std::string> pending;
+  REQUIRE((*store)
+              ->LoadPending([&](broker::StoredDelivery, const broker::StoredMessage& m) {
+                pending.push_back(m.message_id);
+                CHECK(m.body.rfind("body ", 0) == 0);
+              })
+              .ok());
+  CHECK(pending.size() == 25);
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM messages WHERE body IS NULL") == 25);
+  auto again = (*store)->CommitSync(Publish(**store, "0190a5c4-8d2e-7b3a-9c1d-000000000007", "body 7"));
+  REQUIRE(again.ok());
+  CHECK(again->duplicate);
+  // New commits go on from there, and survive an orderly restart.
+  REQUIRE((*store)->AppendSync({Record("policy_loaded", "")}).ok());
+  store->reset();
+  auto reopened = broker::Store::Open(o);
+  REQUIRE(reopened.ok());
+  CHECK((*reopened)->latest().tree_size == 76);
+}
+
+TEST_CASE("a logged group encodes and decodes to itself, and a damaged one is refused", "[store][commit_log]") {
+  broker::LogGroup g;
+  audit::Record r = Record("queued", "0190a5c4-8d2e-7b3a-9c1d-000000000001");
+  r.seq = 7;
+  broker::LoggedRecord lr;
+  lr.leaf = audit::EncodeLeaf(r);
+  lr.hash = merkle::LeafHash(lr.leaf);
+  lr.record = r;
+  g.records.push_back(lr);
+  broker::Batch b;
+  broker::StoredMessage m;
+  m.row = 3;
+  m.sender = "police";
+  m.message_id = "0190a5c4-8d2e-7b3a-9c1d-000000000001";
+  m.tlp = 2;
+  m.body = std::string("\0body\xff", 6);
+  m.want_reports = true;
+  b.new_message = m;
+  broker::StoredDelivery d;
+  d.id = 9;
+  d.recipient = "school";
+  d.message_row = 3;
+  d.kind = broker::DeliveryKind::kReport;
+  d.attempts = 2;
+  d.named = false;
+  d.payload = "report";
+  b.new_deliveries.push_back(d);
+  b.finished.emplace_back(4, broker::DeliveryState::kExpired);
+  b.attempts.emplace_back(5, 3u);
+  b.drop_bodies.push_back(1);
+  g.batches.push_back(b);
+  g.recalls.emplace_back(2, 1'800'000'000'123);
+  g.prunes.push_back({10, 20});
+  g.checkpoint_row = broker::LogGroup::CheckpointRow{7, 1'800'000'000'000, "checkpoint text"};
+  std::string bytes;
+  broker::EncodeLogGroup(g, &bytes);
+  auto back = broker::DecodeLogGroup(bytes);
+  REQUIRE(back.ok());
+  REQUIRE(back->records.size() == 1);
+  CHECK(back->records[0].record == r);
+  CHECK(back->records[0].leaf == lr.leaf);
+  CHECK(back->records[0].hash == lr.hash);
+  REQUIRE(back->batches.size() == 1);
+  const broker::Batch& bb = back->batches[0];
+  REQUIRE(bb.new_message);
+  CHECK(bb.new_message->body == m.body);
+  CHECK(bb.new_message->tlp == 2);
+  CHECK(bb.new_message->want_reports);
+  REQUIRE(bb.new_deliveries.size() == 1);
+  CHECK(bb.new_deliveries[0].kind == broker::DeliveryKind::kReport);
+  CHECK(bb.new_deliveries[0].attempts == 2);
+  CHECK_FALSE(bb.new_deliveries[0].named);
+  CHECK(bb.new_deliveries[0].payload == "report");
+  CHECK(bb.finished == b.finished);
+  CHECK(bb.attempts == b.attempts);
+  CHECK(bb.drop_bodies == b.drop_bodies);
+  CHECK(back->recalls == g.recalls);
+  REQUIRE(back->prunes.size() == 1);
+  CHECK(back->prunes[0].through == 20);
+  REQUIRE(back->checkpoint_row);
+  CHECK(back->checkpoint_row->text == "checkpoint text");
+  // Every cut short is refused, and so are bytes left over.
+  for (size_t cut = 0; cut < bytes.size(); ++cut) {
+    INFO("cut at " << cut);
+    CHECK(broker::DecodeLogGroup(std::string_view(bytes).substr(0, cut)).status().IsCorruption());
+  }
+  CHECK(broker::DecodeLogGroup(bytes + "x").status().IsCorruption());
+  // A count no entry could hold is refused without allocating for it.
+  std::string huge = bytes;
+  huge[1] = huge[2] = huge[3] = huge[4] = '\xff';
+  CHECK(broker::DecodeLogGroup(huge).status().IsCorruption());
+}
