@@ -6,6 +6,7 @@
 #include <sqlite3.h>
 #include <pthread.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include <algorithm>
 #include <atomic>
@@ -105,8 +106,10 @@ constexpr size_t kMaxUnappliedBytes = 256u << 20;
 // The applier lets the log release its current segment (commit_log.h)
 // once no group has come for this long.
 constexpr auto kQuietForRelease = std::chrono::milliseconds(100);
-// After a failed apply, the applier tries again this much later.
+// After a failed apply, the applier tries again this much later, doubling
+// up to kApplyRetryMax while it keeps failing.
 constexpr auto kApplyRetry = std::chrono::milliseconds(100);
+constexpr auto kApplyRetryMax = std::chrono::milliseconds(3200);
 constexpr const char* kLogApplied = "log_applied";  // store_info: the last commit log entry in the database
 
 // Migrations: index i brings the schema from version i to i + 1.
@@ -1015,6 +1018,22 @@ Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, size_t* drop
       }
     }
   }
+  // A transaction that cannot fit takes all the space there is before it
+  // fails (SQLite writes its WAL as it goes), and the commit log needs some
+  // to go on taking commits, acknowledgements in particular: those make
+  // the next try smaller (their bodies are netted out). So a transaction
+  // that plainly does not fit is not started.
+  uint64_t need = 64u << 10;
+  for (const StoredMessage* m : message_order) need += 3 * (m->body.size() + m->ack.size() + m->recipients.size() + 256);
+  for (int64_t id : delivery_order) need += 3 * (deliveries[id].d->payload.size() + 128);
+  for (const auto& g : groups) {
+    for (const auto& r : g.records) need += 3 * r.leaf.size();
+  }
+  struct statvfs fs {};
+  if (::statvfs(options.path.c_str(), &fs) == 0 && static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize < need) {
+    return Status::IoError("not enough space for the database: about " + std::to_string(need >> 10) + " KiB needed, " +
+                           std::to_string((static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize) >> 10) + " KiB free");
+  }
   for (const StoredMessage* mp : message_order) {
     const StoredMessage& m = *mp;
     insert_message.Int(1, m.row);
@@ -1141,6 +1160,7 @@ Status Store::Impl::Apply(std::deque<LogGroup>& groups, size_t* dropped) {
 void Store::Impl::ApplyLoop() {
   pthread_setname_np(pthread_self(), "store-apply");
   int failures_while_stopping = 0;
+  int failures_in_a_row = 0;
   for (;;) {
     std::deque<LogGroup> groups;
     {
@@ -1190,7 +1210,7 @@ void Store::Impl::ApplyLoop() {
         std::lock_guard lock(apply_mu);
         if (apply_error.ok()) {
           spdlog::error("store: {} commit(s) could not be written into the database (they are safe in the commit "
-                        "log; retrying every {} ms): {}",
+                        "log; retrying from {} ms on): {}",
                         groups.size(), kApplyRetry.count(), s.message());
         }
         apply_error = s;
@@ -1213,10 +1233,21 @@ void Store::Impl::ApplyLoop() {
       }
       applied_cv.notify_all();
       for (auto& f : failed) f(s);
+      // A transaction that failed for want of space leaves the WAL as long
+      // as it got; that space is what the commit log needs to go on taking
+      // commits (acknowledgements, whose bodies then need not be written at
+      // all). So the WAL is cut back to what was committed,
+      sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
+      wal_backfilled.store(0, std::memory_order_relaxed);
+      // and the applier tries again less and less often (each try takes the
+      // space again while it runs).
+      const auto retry = std::min<std::chrono::milliseconds>(kApplyRetry * (1 << std::min(failures_in_a_row++, 5)),
+                                                             kApplyRetryMax);
       std::unique_lock lock(apply_mu);
-      apply_cv.wait_for(lock, kApplyRetry, [&] { return apply_stopping; });
+      apply_cv.wait_for(lock, retry, [&] { return apply_stopping; });
       continue;
     }
+    failures_in_a_row = 0;
     const uint64_t lsn = groups.back().lsn;
     uint64_t last_seq = 0;
     for (const auto& g : groups) {
