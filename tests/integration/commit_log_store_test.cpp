@@ -169,19 +169,21 @@ TEST_CASE("a duplicate is found whether its first copy is applied or only logged
   auto store = broker::Store::Open(o);
   REQUIRE(store.ok());
   // Two copies in one commit, and one more while the first is only logged.
-  std::promise<broker::BatchResult> first, second;
-  (*store)->Commit(Publish(**store, "0190a5c4-8d2e-7b3a-9c1d-0000000000a1", "one"),
-                   [&](const Status& s, const audit::Checkpoint&, const broker::BatchResult& r) {
-                     REQUIRE(s.ok());
-                     first.set_value(r);
-                   });
-  (*store)->Commit(Publish(**store, "0190a5c4-8d2e-7b3a-9c1d-0000000000a1", "two"),
-                   [&](const Status& s, const audit::Checkpoint&, const broker::BatchResult& r) {
-                     REQUIRE(s.ok());
-                     second.set_value(r);
-                   });
-  CHECK_FALSE(first.get_future().get().duplicate);
-  CHECK(second.get_future().get().duplicate);
+  // (Checked on this thread: Catch's assertions are not thread-safe.)
+  std::promise<Result<broker::BatchResult>> first, second;
+  auto to = [](std::promise<Result<broker::BatchResult>>& p) {
+    return [&p](const Status& s, const audit::Checkpoint&, const broker::BatchResult& r) {
+      p.set_value(s.ok() ? Result<broker::BatchResult>(r) : Result<broker::BatchResult>(s));
+    };
+  };
+  (*store)->Commit(Publish(**store, "0190a5c4-8d2e-7b3a-9c1d-0000000000a1", "one"), to(first));
+  (*store)->Commit(Publish(**store, "0190a5c4-8d2e-7b3a-9c1d-0000000000a1", "two"), to(second));
+  auto r1 = first.get_future().get();
+  auto r2 = second.get_future().get();
+  REQUIRE(r1.ok());
+  REQUIRE(r2.ok());
+  CHECK_FALSE(r1->duplicate);
+  CHECK(r2->duplicate);
   auto logged = (*store)->CommitSync(Publish(**store, "0190a5c4-8d2e-7b3a-9c1d-0000000000a1", "three"));
   REQUIRE(logged.ok());
   CHECK(logged->duplicate);
@@ -203,14 +205,28 @@ TEST_CASE("WhenApplied runs once what was committed before it is in the database
   REQUIRE(store.ok());
   REQUIRE((*store)->AppendSync({Record("policy_loaded", "")}).ok());
   CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 0);
-  std::promise<int64_t> seen;
+  // What the database held when then() ran, read there (Count's own
+  // assertions run on this thread: Catch's are not thread-safe).
+  std::promise<std::pair<bool, int64_t>> seen;
   (*store)->WhenApplied([&](const Status& s) {
-    REQUIRE(s.ok());
-    seen.set_value(Count(o.path, "SELECT COUNT(*) FROM audit_log"));
+    sqlite3* db = nullptr;
+    int64_t n = -1;
+    if (sqlite3_open_v2(o.path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+      sqlite3_stmt* q = nullptr;
+      if (sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM audit_log", -1, &q, nullptr) == SQLITE_OK &&
+          sqlite3_step(q) == SQLITE_ROW) {
+        n = sqlite3_column_int64(q, 0);
+      }
+      sqlite3_finalize(q);
+    }
+    sqlite3_close(db);
+    seen.set_value({s.ok(), n});
   });
   auto f = seen.get_future();
   REQUIRE(f.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
-  CHECK(f.get() == 1);
+  const auto [ok, n] = f.get();
+  CHECK(ok);
+  CHECK(n == 1);
   // Nothing waiting: it runs at once.
   bool ran = false;
   (*store)->WhenApplied([&](const Status& s) { ran = s.ok(); });
