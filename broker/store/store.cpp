@@ -817,6 +817,12 @@ Status Store::Impl::Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tr
   }
   const int64_t now = NowMs();
   size_t records = 0, dropped = 0;
+  {
+    size_t n = 0;
+    for (const auto& item : items) n += item.batch.records.size() + (item.prune ? 1 : 0);
+    g.records.reserve(n);  // a record moved is fifteen strings moved
+    g.batches.reserve(items.size());
+  }
   for (auto& item : items) {
     if (item.prune) {
       if (Status s = PruneChunk(item, next_seq, &pruned, &g); !s.ok()) return fail(s);
