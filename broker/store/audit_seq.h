@@ -19,10 +19,12 @@
 
 namespace liaison::broker::audit_seq {
 
-// A value of the audit_info table (schema 5), if the store has it.
-inline std::optional<int64_t> Info(sqlite3* db, const char* key) {
+// A value of the audit_info table (schema 5), or of another key/value
+// table of the store's (store_info, schema 8), if the store has it.
+inline std::optional<int64_t> Info(sqlite3* db, const char* key, const char* table = "audit_info") {
   sqlite3_stmt* q = nullptr;
-  if (sqlite3_prepare_v2(db, "SELECT value FROM audit_info WHERE key = ?", -1, &q, nullptr) != SQLITE_OK) {
+  const std::string sql = std::string("SELECT value FROM ") + table + " WHERE key = ?";
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &q, nullptr) != SQLITE_OK) {
     sqlite3_finalize(q);
     return std::nullopt;
   }

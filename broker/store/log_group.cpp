@@ -11,16 +11,8 @@ class Writer {
  public:
   explicit Writer(std::string* out) : out_(out) {}
   void U8(uint8_t v) { out_->push_back(static_cast<char>(v)); }
-  void U32(uint32_t v) {
-    char b[4];
-    for (int i = 0; i < 4; ++i) b[i] = static_cast<char>(v >> (8 * i));
-    out_->append(b, 4);
-  }
-  void U64(uint64_t v) {
-    char b[8];
-    for (int i = 0; i < 8; ++i) b[i] = static_cast<char>(v >> (8 * i));
-    out_->append(b, 8);
-  }
+  void U32(uint32_t v) { Fixed(v); }
+  void U64(uint64_t v) { Fixed(v); }
   void I64(int64_t v) { U64(static_cast<uint64_t>(v)); }
   void Bytes(std::string_view s) {
     U32(static_cast<uint32_t>(s.size()));
@@ -28,6 +20,12 @@ class Writer {
   }
 
  private:
+  template <typename T>
+  void Fixed(T v) {  // little-endian
+    char b[sizeof(T)];
+    for (size_t i = 0; i < sizeof(T); ++i) b[i] = static_cast<char>(v >> (8 * i));
+    out_->append(b, sizeof(T));
+  }
   std::string* out_;
 };
 
@@ -45,20 +43,8 @@ class Reader {
     in_.remove_prefix(1);
     return v;
   }
-  uint32_t U32() {
-    if (!Need(4)) return 0;
-    uint32_t v = 0;
-    for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(static_cast<uint8_t>(in_[i])) << (8 * i);
-    in_.remove_prefix(4);
-    return v;
-  }
-  uint64_t U64() {
-    if (!Need(8)) return 0;
-    uint64_t v = 0;
-    for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(in_[i])) << (8 * i);
-    in_.remove_prefix(8);
-    return v;
-  }
+  uint32_t U32() { return Fixed<uint32_t>(); }
+  uint64_t U64() { return Fixed<uint64_t>(); }
   int64_t I64() { return static_cast<int64_t>(U64()); }
   std::string_view Bytes() {
     const uint32_t n = U32();
@@ -80,6 +66,14 @@ class Reader {
   }
 
  private:
+  template <typename T>
+  T Fixed() {  // little-endian
+    if (!Need(sizeof(T))) return 0;
+    T v = 0;
+    for (size_t i = 0; i < sizeof(T); ++i) v |= static_cast<T>(static_cast<uint8_t>(in_[i])) << (8 * i);
+    in_.remove_prefix(sizeof(T));
+    return v;
+  }
   bool Need(size_t n) {
     if (failed_ || in_.size() < n) {
       failed_ = true;

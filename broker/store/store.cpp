@@ -322,6 +322,13 @@ class Stmt {
   void Text(int i, const std::string& v) { sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC); }
   void Blob(int i, const void* p, size_t n) { sqlite3_bind_blob(s_, i, p, static_cast<int>(n), SQLITE_STATIC); }
   void Int(int i, int64_t v) { sqlite3_bind_int64(s_, i, v); }
+  // Binds integers to the parameters in order, and runs.
+  template <typename... V>
+  Status RunWith(const char* what, V... values) {
+    int i = 1;
+    (Int(i++, static_cast<int64_t>(values)), ...);
+    return Run(what);
+  }
   Status Run(const char* what) {
     const int rc = sqlite3_step(s_);
     sqlite3_reset(s_);
@@ -423,17 +430,8 @@ class SignerThread {
   std::thread thread_;  // last: starts once the rest is ready
 };
 
-// A value of the store_info table (schema 8); 0 if absent.
-int64_t StoreInfo(sqlite3* db, const char* key) {
-  sqlite3_stmt* q = nullptr;
-  int64_t v = 0;
-  if (sqlite3_prepare_v2(db, "SELECT value FROM store_info WHERE key = ?", -1, &q, nullptr) == SQLITE_OK) {
-    sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
-    if (sqlite3_step(q) == SQLITE_ROW) v = sqlite3_column_int64(q, 0);
-  }
-  sqlite3_finalize(q);
-  return v;
-}
+// What a logged group counts for against kApplyNowRecords.
+size_t Weight(const LogGroup& g) { return g.records.size() + g.batches.size(); }
 
 // A busy handler that retries every 200 us for up to max_ms, where SQLite's
 // own (sqlite3_busy_timeout) sleeps up to 100 ms between tries: after the
@@ -580,6 +578,7 @@ struct Store::Impl {
   std::vector<std::pair<uint64_t, std::function<void(const Status&)>>> apply_waiters;  // guarded by apply_mu
   std::thread applier;
   bool log_released = true;  // applier only: the log let go of everything applied, its current segment too
+  int failures_while_stopping = 0;  // applier only
 
   ~Impl() {
     if (reader) sqlite3_close_v2(reader);
@@ -593,12 +592,16 @@ struct Store::Impl {
   void DoneLoop();
   void WalLoop();
   void ApplyLoop();
+  bool TakeGroups(std::deque<LogGroup>* groups);
+  bool ApplyFailed(std::deque<LogGroup>& groups, const Status& s, int failures);
+  void Applied(std::deque<LogGroup>& groups, size_t dropped);
   Status Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tree_out, uint64_t* next_out, size_t* records,
                 size_t* dropped);
   Status CheckDuplicate(Item& item, std::vector<std::string>* added);
   void Forget(const std::vector<std::string>& keys);
   void LogRecord(audit::Record& r, uint64_t seq, int64_t* last_time_ms, merkle::Tree* t, LogGroup* g);
   Status Apply(std::deque<LogGroup>& groups, size_t* dropped);
+  Status WriteGroups(std::deque<LogGroup>& groups, size_t* dropped);
   Status WriteQueueChanges(std::deque<LogGroup>& groups, size_t* dropped);
   Status FlushRecords();
   Status PruneChunk(Item& item, uint64_t next_seq, uint64_t* pruned, LogGroup* g);
@@ -930,7 +933,7 @@ Status Store::Impl::Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tr
   {
     std::lock_guard lock(apply_mu);
     if (to_apply.empty()) oldest_to_apply = std::chrono::steady_clock::now();
-    to_apply_records += g.records.size() + g.batches.size();
+    to_apply_records += Weight(g);
     unapplied_bytes += log_buffer.size();
     g.bytes = log_buffer.size();
     written_lsn = g.lsn;
@@ -1150,24 +1153,17 @@ Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, size_t* drop
     if (Status s = insert_delivery.Run("insert delivery"); !s.ok()) return s;
   }
   for (const auto& [id, state] : finished) {
-    finish_delivery.Int(1, static_cast<int>(state));
-    finish_delivery.Int(2, id);
-    if (Status s = finish_delivery.Run("finish delivery"); !s.ok()) return s;
+    if (Status s = finish_delivery.RunWith("finish delivery", static_cast<int>(state), id); !s.ok()) return s;
   }
   for (const auto& [id, n] : attempts) {
-    set_attempts.Int(1, n);
-    set_attempts.Int(2, id);
-    if (Status s = set_attempts.Run("count attempt"); !s.ok()) return s;
+    if (Status s = set_attempts.RunWith("count attempt", n, id); !s.ok()) return s;
   }
   for (int64_t row : drops) {
-    drop_body.Int(1, row);
-    if (Status s = drop_body.Run("drop body"); !s.ok()) return s;
+    if (Status s = drop_body.RunWith("drop body", row); !s.ok()) return s;
   }
   *dropped += drops.size();
   for (const auto& [row, ms] : recalls) {
-    mark_recalled.Int(1, ms);
-    mark_recalled.Int(2, row);
-    if (Status s = mark_recalled.Run("mark recalled"); !s.ok()) return s;
+    if (Status s = mark_recalled.RunWith("mark recalled", ms, row); !s.ok()) return s;
   }
   return Status::Ok();
 }
@@ -1181,53 +1177,47 @@ Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, size_t* drop
 Status Store::Impl::Apply(std::deque<LogGroup>& groups, size_t* dropped) {
   if (groups.empty()) return Status::Ok();
   if (Status s = Exec(db, "BEGIN IMMEDIATE"); !s.ok()) return s;
-  Status s = WriteQueueChanges(groups, dropped);
-  for (auto& g : groups) {
-    if (!s.ok()) break;
-    for (const auto& p : g.prunes) {
-      if (Status f = FlushRecords(); !f.ok()) {
-        s = f;
-        break;
-      }
-      prune_rows.Int(1, static_cast<int64_t>(p.after));
-      prune_rows.Int(2, static_cast<int64_t>(p.through));
-      s = prune_rows.Run("prune audit records");
-      if (s.ok()) {
-        set_info.Text(1, kPrunedThrough);
-        set_info.Int(2, static_cast<int64_t>(p.through));
-        s = set_info.Run("record pruning");
-      }
-      if (!s.ok()) break;
-      (*dropped)++;  // pruned fields, like dropped bodies, must leave the WAL
-    }
-    for (const auto& r : g.records) {
-      if (!s.ok()) break;
-      pending_rows.push_back(&r);
-      if (pending_rows.size() == static_cast<size_t>(kAuditRowsPerInsert)) s = FlushRecords();
-    }
-    if (s.ok() && g.checkpoint_row) {
-      if (Status f = FlushRecords(); !f.ok()) {
-        s = f;
-        break;
-      }
-      insert_checkpoint.Int(1, static_cast<int64_t>(g.checkpoint_row->tree_size));
-      insert_checkpoint.Int(2, g.checkpoint_row->time_ms);
-      insert_checkpoint.Text(3, g.checkpoint_row->text);
-      s = insert_checkpoint.Run("insert checkpoint");
-    }
-  }
-  if (s.ok()) s = FlushRecords();
-  if (s.ok()) {
-    set_store_info.Text(1, kLogAppliedKey);
-    set_store_info.Int(2, static_cast<int64_t>(groups.back().lsn));
-    s = set_store_info.Run("record the commit log's watermark");
-  }
+  Status s = WriteGroups(groups, dropped);
   if (s.ok()) s = Exec(db, "COMMIT");
   if (!s.ok()) {
     pending_rows.clear();
     Exec(db, "ROLLBACK");
   }
   return s;
+}
+
+// Apply's transaction: the queue changes, the records, then pruning (which
+// only reaches records applied before its group was logged: PruneChunk
+// waits for that) and checkpoint rows, and the watermark.
+Status Store::Impl::WriteGroups(std::deque<LogGroup>& groups, size_t* dropped) {
+  if (Status s = WriteQueueChanges(groups, dropped); !s.ok()) return s;
+  for (const auto& g : groups) {
+    for (const auto& r : g.records) {
+      pending_rows.push_back(&r);
+      if (pending_rows.size() == static_cast<size_t>(kAuditRowsPerInsert)) {
+        if (Status s = FlushRecords(); !s.ok()) return s;
+      }
+    }
+  }
+  if (Status s = FlushRecords(); !s.ok()) return s;
+  for (const auto& g : groups) {
+    for (const auto& p : g.prunes) {
+      if (Status s = prune_rows.RunWith("prune audit records", p.after, p.through); !s.ok()) return s;
+      set_info.Text(1, kPrunedThrough);
+      set_info.Int(2, static_cast<int64_t>(p.through));
+      if (Status s = set_info.Run("record pruning"); !s.ok()) return s;
+      (*dropped)++;  // pruned fields, like dropped bodies, must leave the WAL
+    }
+    if (g.checkpoint_row) {
+      insert_checkpoint.Int(1, static_cast<int64_t>(g.checkpoint_row->tree_size));
+      insert_checkpoint.Int(2, g.checkpoint_row->time_ms);
+      insert_checkpoint.Text(3, g.checkpoint_row->text);
+      if (Status s = insert_checkpoint.Run("insert checkpoint"); !s.ok()) return s;
+    }
+  }
+  set_store_info.Text(1, kLogAppliedKey);
+  set_store_info.Int(2, static_cast<int64_t>(groups.back().lsn));
+  return set_store_info.Run("record the commit log's watermark");
 }
 
 // The applier: writes logged groups into the database (Apply) once the
@@ -1237,154 +1227,177 @@ Status Store::Impl::Apply(std::deque<LogGroup>& groups, size_t* dropped) {
 // did after each commit before the commit log).
 void Store::Impl::ApplyLoop() {
   pthread_setname_np(pthread_self(), "store-apply");
-  int failures_while_stopping = 0;
-  int failures_in_a_row = 0;
-  for (;;) {
-    std::deque<LogGroup> groups;
-    {
-      std::unique_lock lock(apply_mu);
-      for (;;) {
-        if (to_apply.empty()) {
-          if (apply_stopping) {
-            applier_gone = true;
-            applied_cv.notify_all();
-            lock.unlock();
-            if (applied_lsn > 0) ReleaseLog(applied_lsn, true);
-            return;
-          }
-          apply_now = false;
-          if (!log_released) {
-            // Quiet for a moment: the log lets go of its current segment
-            // too, so that nothing applied stays on disk while the broker
-            // idles. (Under load segments go by size and age; starting
-            // one costs a file and a directory sync, not worth paying
-            // after every apply.)
-            if (!apply_cv.wait_for(lock, kQuietForRelease, [&] { return !to_apply.empty() || apply_stopping; })) {
-              const uint64_t lsn = applied_lsn;
-              lock.unlock();
-              ReleaseLog(lsn, true);
-              lock.lock();
-              log_released = true;
-            }
-            continue;
-          }
-          apply_cv.wait(lock);
-          continue;
-        }
-        if (apply_now || apply_stopping || to_apply_records >= kApplyNowRecords) break;
-        const auto due = oldest_to_apply + options.apply_delay;
-        if (std::chrono::steady_clock::now() >= due) break;
-        apply_cv.wait_until(lock, due);
-      }
-      groups.swap(to_apply);
-      to_apply_records = 0;
-      apply_now = false;
-    }
+  int failures = 0;  // in a row
+  std::deque<LogGroup> groups;
+  while (TakeGroups(&groups)) {
     size_t dropped = 0;
-    const Status s = Apply(groups, &dropped);
-    if (!s.ok()) {
-      std::vector<std::function<void(const Status&)>> failed;
-      {
-        std::lock_guard lock(apply_mu);
-        if (apply_error.ok()) {
-          spdlog::error("store: {} commit(s) could not be written into the database (they are safe in the commit "
-                        "log; retrying from {} ms on): {}",
-                        groups.size(), kApplyRetry.count(), s.message());
-        }
-        apply_error = s;
-        apply_failures++;
-        for (auto it = groups.rbegin(); it != groups.rend(); ++it) {
-          to_apply_records += it->records.size() + it->batches.size();
-          to_apply.push_front(std::move(*it));
-        }
-        for (auto& w : apply_waiters) failed.push_back(std::move(w.second));
-        apply_waiters.clear();
-        if (apply_stopping && ++failures_while_stopping >= 3) {
-          spdlog::error("store: stopping with {} commit(s) not in the database; they are applied from the commit "
-                        "log at the next start",
-                        to_apply.size());
-          to_apply.clear();
-          applier_gone = true;
-          applied_cv.notify_all();
-          return;
-        }
-      }
-      applied_cv.notify_all();
-      for (auto& f : failed) f(s);
-      // A transaction that failed for want of space leaves the WAL as long
-      // as it got; that space is what the commit log needs to go on taking
-      // commits (acknowledgements, whose bodies then need not be written at
-      // all). So the WAL is cut back to what was committed,
-      sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
-      wal_backfilled.store(0, std::memory_order_relaxed);
-      // and the applier tries again less and less often (each try takes the
-      // space again while it runs).
-      const auto retry = std::min<std::chrono::milliseconds>(kApplyRetry * (1 << std::min(failures_in_a_row++, 5)),
-                                                             kApplyRetryMax);
-      std::unique_lock lock(apply_mu);
-      apply_cv.wait_for(lock, retry, [&] { return apply_stopping; });
+    if (const Status s = Apply(groups, &dropped); !s.ok()) {
+      if (!ApplyFailed(groups, s, failures++)) return;
       continue;
     }
-    failures_in_a_row = 0;
-    const uint64_t lsn = groups.back().lsn;
-    uint64_t last_seq = 0;
-    for (const auto& g : groups) {
-      if (!g.records.empty()) last_seq = g.records.back().record.seq;
-    }
-    {
-      std::lock_guard lock(unapplied_mu);
-      for (const auto& g : groups) {
-        for (const auto& b : g.batches) {
-          if (b.new_message) unapplied_ids.erase(Key(b.new_message->sender, b.new_message->message_id));
-        }
-      }
-    }
-    std::vector<std::function<void(const Status&)>> ready;
-    {
-      std::lock_guard lock(apply_mu);
-      if (!apply_error.ok()) spdlog::info("store: the database can be written again; the commit log is applied");
-      apply_error = Status::Ok();
-      applied_lsn = lsn;
-      for (const auto& g : groups) unapplied_bytes -= g.bytes;
-      auto keep = apply_waiters.begin();
-      for (auto& w : apply_waiters) {
-        if (w.first <= lsn) {
-          ready.push_back(std::move(w.second));
-        } else {
-          *keep++ = std::move(w);
-        }
-      }
-      apply_waiters.erase(keep, apply_waiters.end());
-    }
-    applied_cv.notify_all();
-    for (auto& f : ready) f(Status::Ok());
-    groups.clear();  // frees the bodies
-    ReleaseLog(lsn, false);
-    log_released = false;
-    if (last_seq != 0 && indexer) indexer->Committed(last_seq);
-    // Deleted bodies and pruned fields must not stay in the WAL.
-    if (dropped > 0) bodies_dropped = true;
-    // What counts is how many frames the last checkpoint has not copied
-    // yet. (Counting all of them woke the checkpointer after every commit
-    // once the WAL had grown.)
-    const int frames = wal_frames.load(std::memory_order_relaxed);
-    const int uncopied = UncopiedFrames();
-    if (uncopied >= kWakeCheckpointerFrames) wal_cv.notify_one();
-    if (frames >= kRestartWalFrames && uncopied > 0) {
-      if (uncopied <= kRestartCopyFrames) {
-        // PASSIVE never waits: if the checkpointer is running, the next
-        // apply tries again.
-        int log_frames = 0, done = 0;
-        if (sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log_frames, &done) == SQLITE_OK &&
-            done >= 0) {
-          wal_backfilled.store(done, std::memory_order_relaxed);
-        }
-      } else {
-        wal_cv.notify_one();  // the checkpointer copies most of it first
-      }
-    }
-    last_commit_ns.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+    failures = 0;
+    Applied(groups, dropped);
   }
+}
+
+// Waits until the oldest logged group is due (or someone waits for the
+// database, or many have gathered) and takes them all. False once stopping
+// and nothing is left: the applier then ends.
+bool Store::Impl::TakeGroups(std::deque<LogGroup>* groups) {
+  std::unique_lock lock(apply_mu);
+  for (;;) {
+    if (!to_apply.empty()) {
+      const auto due = oldest_to_apply + options.apply_delay;
+      if (apply_now || apply_stopping || to_apply_records >= kApplyNowRecords ||
+          std::chrono::steady_clock::now() >= due) {
+        break;
+      }
+      apply_cv.wait_until(lock, due);
+      continue;
+    }
+    if (apply_stopping) {
+      applier_gone = true;
+      applied_cv.notify_all();
+      const uint64_t lsn = applied_lsn;
+      lock.unlock();
+      if (lsn > 0) ReleaseLog(lsn, true);
+      return false;
+    }
+    apply_now = false;
+    if (log_released) {
+      apply_cv.wait(lock);
+      continue;
+    }
+    // Quiet for a moment: the log lets go of its current segment too, so
+    // that nothing applied stays on disk while the broker idles. (Under
+    // load segments go by size and age; starting one costs a file and a
+    // directory sync, not worth paying after every apply.)
+    if (!apply_cv.wait_for(lock, kQuietForRelease, [&] { return !to_apply.empty() || apply_stopping; })) {
+      const uint64_t lsn = applied_lsn;
+      lock.unlock();
+      ReleaseLog(lsn, true);
+      lock.lock();
+      log_released = true;
+    }
+  }
+  groups->clear();
+  groups->swap(to_apply);
+  to_apply_records = 0;
+  apply_now = false;
+  return true;
+}
+
+// Puts the groups back to be tried again later, tells those waiting for
+// the database, and gives back the space the failed transaction took;
+// failures counts those before this one in a row. False when stopping and
+// it keeps failing: what is left is applied from the commit log at the
+// next start.
+bool Store::Impl::ApplyFailed(std::deque<LogGroup>& groups, const Status& s, int failures) {
+  std::vector<std::function<void(const Status&)>> failed;
+  {
+    std::lock_guard lock(apply_mu);
+    if (apply_error.ok()) {
+      spdlog::error("store: {} commit(s) could not be written into the database (they are safe in the commit "
+                    "log; retrying from {} ms on): {}",
+                    groups.size(), kApplyRetry.count(), s.message());
+    }
+    apply_error = s;
+    apply_failures++;
+    for (auto it = groups.rbegin(); it != groups.rend(); ++it) {
+      to_apply_records += Weight(*it);
+      to_apply.push_front(std::move(*it));
+    }
+    groups.clear();
+    for (auto& w : apply_waiters) failed.push_back(std::move(w.second));
+    apply_waiters.clear();
+    if (apply_stopping && ++failures_while_stopping >= 3) {
+      spdlog::error("store: stopping with {} commit(s) not in the database; they are applied from the commit "
+                    "log at the next start",
+                    to_apply.size());
+      to_apply.clear();
+      applier_gone = true;
+      applied_cv.notify_all();
+      return false;
+    }
+  }
+  applied_cv.notify_all();
+  for (auto& f : failed) f(s);
+  // A transaction that failed for want of space leaves the WAL as long as
+  // it got; that space is what the commit log needs to go on taking commits
+  // (acknowledgements, whose bodies then need not be written at all). So
+  // the WAL is cut back to what was committed,
+  sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
+  wal_backfilled.store(0, std::memory_order_relaxed);
+  // and the applier tries again less and less often (each try takes the
+  // space again while it runs).
+  const auto retry = std::min<std::chrono::milliseconds>(kApplyRetry * (1 << std::min(failures, 5)), kApplyRetryMax);
+  std::unique_lock lock(apply_mu);
+  apply_cv.wait_for(lock, retry, [&] { return apply_stopping; });
+  return true;
+}
+
+// After a successful apply: the messages leave the unapplied set, those
+// waiting for the database go on, the log releases the groups, the indexer
+// learns of their records, and the WAL is kept short.
+void Store::Impl::Applied(std::deque<LogGroup>& groups, size_t dropped) {
+  const uint64_t lsn = groups.back().lsn;
+  uint64_t last_seq = 0;
+  for (const auto& g : groups) {
+    if (!g.records.empty()) last_seq = g.records.back().record.seq;
+  }
+  {
+    std::lock_guard lock(unapplied_mu);
+    for (const auto& g : groups) {
+      for (const auto& b : g.batches) {
+        if (b.new_message) unapplied_ids.erase(Key(b.new_message->sender, b.new_message->message_id));
+      }
+    }
+  }
+  std::vector<std::function<void(const Status&)>> ready;
+  {
+    std::lock_guard lock(apply_mu);
+    if (!apply_error.ok()) spdlog::info("store: the database can be written again; the commit log is applied");
+    apply_error = Status::Ok();
+    applied_lsn = lsn;
+    for (const auto& g : groups) unapplied_bytes -= g.bytes;
+    auto keep = apply_waiters.begin();
+    for (auto& w : apply_waiters) {
+      if (w.first <= lsn) {
+        ready.push_back(std::move(w.second));
+      } else {
+        *keep++ = std::move(w);
+      }
+    }
+    apply_waiters.erase(keep, apply_waiters.end());
+  }
+  applied_cv.notify_all();
+  for (auto& f : ready) f(Status::Ok());
+  groups.clear();  // frees the bodies
+  ReleaseLog(lsn, false);
+  log_released = false;
+  if (last_seq != 0 && indexer) indexer->Committed(last_seq);
+  // Deleted bodies and pruned fields must not stay in the WAL.
+  if (dropped > 0) bodies_dropped = true;
+  // What counts is how many frames the last checkpoint has not copied yet.
+  // (Counting all of them woke the checkpointer after every commit once the
+  // WAL had grown.)
+  const int frames = wal_frames.load(std::memory_order_relaxed);
+  const int uncopied = UncopiedFrames();
+  if (uncopied >= kWakeCheckpointerFrames) wal_cv.notify_one();
+  if (frames >= kRestartWalFrames && uncopied > 0) {
+    if (uncopied <= kRestartCopyFrames) {
+      // PASSIVE never waits: if the checkpointer is running, the next
+      // apply tries again.
+      int log_frames = 0, done = 0;
+      if (sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log_frames, &done) == SQLITE_OK &&
+          done >= 0) {
+        wal_backfilled.store(done, std::memory_order_relaxed);
+      }
+    } else {
+      wal_cv.notify_one();  // the checkpointer copies most of it first
+    }
+  }
+  last_commit_ns.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
 }
 
 void Store::Impl::ReleaseLog(uint64_t lsn, bool rotate_current) {
@@ -1506,7 +1519,7 @@ void Store::Impl::WalLoop() {
 // when the broker stopped or crashed), in one transaction; then the log
 // releases everything (Open).
 Status Store::Impl::OpenLog() {
-  const uint64_t applied = static_cast<uint64_t>(StoreInfo(db, kLogApplied));
+  const uint64_t applied = static_cast<uint64_t>(audit_seq::Info(db, kLogApplied, "store_info").value_or(0));
   std::deque<LogGroup> replayed;
   CommitLog::Options lo;
   lo.prefix = options.path + "-log";

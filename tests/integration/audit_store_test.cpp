@@ -22,23 +22,17 @@
 #include "client/audit_verify.h"
 #include "common/files.h"
 #include "common/merkle.h"
+#include "tests/integration/test_support.h"
 #include "tests/temp_dir.h"
 
 using namespace liaison;
+using liaison::test::StoreFileBytes;
+using liaison::test::StoreOptions;
 using liaison::test::TempDir;
 
 namespace {
 
 const std::vector<std::string> kAgencies = {"police", "school", "social", "health"};
-
-broker::Store::Options StoreOptions(const TempDir& dir) {
-  broker::Store::Options o;
-  o.path = dir.File("data/liaison.db");
-  o.origin = "liaison/test";
-  o.signing_key = dir.File("audit-signing.key");
-  o.digest_key = dir.File("body-digest.key");
-  return o;
-}
 
 audit::Record Event(std::mt19937_64& rng, int64_t time_ms) {
   audit::Record r;
@@ -1126,17 +1120,6 @@ TEST_CASE("under load that never pauses, the WAL is reused at a bounded size and
     return b.ok() ? *b : std::string();
   };
   const std::string wal = o.path + "-wal";
-  // Everything the store keeps on disk: the database, its WAL and the
-  // commit log's segments.
-  auto stored_bytes = [&] {
-    std::string all = file_bytes(o.path) + file_bytes(wal);
-    for (const auto& e : std::filesystem::directory_iterator(std::filesystem::path(o.path).parent_path())) {
-      if (e.path().filename().string().rfind(std::filesystem::path(o.path).filename().string() + "-log.", 0) == 0) {
-        all += file_bytes(e.path().string());
-      }
-    }
-    return all;
-  };
   // The recipient is slow: the message is applied to the database before
   // its delivery is finished, so its body is written there (in the WAL, or
   // already copied into the database), not only into the commit log.
@@ -1154,7 +1137,7 @@ TEST_CASE("under load that never pauses, the WAL is reused at a bounded size and
   while (std::chrono::steady_clock::now() - dropped < std::chrono::seconds(10)) {
     std::error_code ec;
     largest_wal = std::max<uintmax_t>(largest_wal, std::filesystem::file_size(wal, ec));
-    if (stored_bytes().find(marker) == std::string::npos) {
+    if (StoreFileBytes(o.path).find(marker) == std::string::npos) {
       gone = true;
       break;
     }

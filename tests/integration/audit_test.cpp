@@ -23,15 +23,6 @@ using namespace liaison::test;
 
 namespace {
 
-broker::Store::Options StoreOptions(const TempDir& dir) {
-  broker::Store::Options o;
-  o.path = dir.File("data/liaison.db");
-  o.origin = "liaison/test";
-  o.signing_key = dir.File("audit-signing.key");
-  o.digest_key = dir.File("body-digest.key");
-  return o;
-}
-
 audit::Record Event(int i) {
   audit::Record r;
   r.time_ms = 1764400000000 + i;

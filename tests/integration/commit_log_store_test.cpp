@@ -21,21 +21,16 @@
 #include "common/audit_record.h"
 #include "common/files.h"
 #include "common/merkle.h"
+#include "tests/integration/test_support.h"
 #include "tests/temp_dir.h"
 
 using namespace liaison;
+using liaison::test::StoreFileBytes;
+using liaison::test::StoreLogBytes;
+using liaison::test::StoreOptions;
 using liaison::test::TempDir;
 
 namespace {
-
-broker::Store::Options Options(const TempDir& dir) {
-  broker::Store::Options o;
-  o.path = dir.File("data/liaison.db");
-  o.origin = "liaison/test";
-  o.signing_key = dir.File("audit-signing.key");
-  o.digest_key = dir.File("body-digest.key");
-  return o;
-}
 
 audit::Record Record(const std::string& event, const std::string& message_id) {
   audit::Record r;
@@ -89,36 +84,25 @@ std::string FileBytes(const std::string& path) {
   return b.ok() ? *b : std::string();
 }
 
-// The database, its WAL and every commit log segment.
-std::string StoredBytes(const broker::Store::Options& o) {
-  std::string all = FileBytes(o.path) + FileBytes(o.path + "-wal");
-  const std::string log_prefix = std::filesystem::path(o.path).filename().string() + "-log.";
-  for (const auto& e : std::filesystem::directory_iterator(std::filesystem::path(o.path).parent_path())) {
-    if (e.path().filename().string().rfind(log_prefix, 0) == 0) all += FileBytes(e.path().string());
-  }
-  return all;
-}
-
-bool LogHolds(const broker::Store::Options& o, const std::string& marker) {
-  const std::string log_prefix = std::filesystem::path(o.path).filename().string() + "-log.";
-  for (const auto& e : std::filesystem::directory_iterator(std::filesystem::path(o.path).parent_path())) {
-    if (e.path().filename().string().rfind(log_prefix, 0) == 0 &&
-        FileBytes(e.path().string()).find(marker) != std::string::npos) {
-      return true;
+// One integer a query returns, read on any thread (no assertions); -1 if
+// it returns none or the database cannot be read.
+int64_t QueryInt(const std::string& db_path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  int64_t v = -1;
+  if (sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+    sqlite3_stmt* q = nullptr;
+    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &q, nullptr) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW) {
+      v = sqlite3_column_int64(q, 0);
     }
+    sqlite3_finalize(q);
   }
-  return false;
+  sqlite3_close(db);
+  return v;
 }
 
 int64_t Count(const std::string& db_path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  REQUIRE(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
-  sqlite3_stmt* q = nullptr;
-  REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &q, nullptr) == SQLITE_OK);
-  int64_t v = -1;
-  if (sqlite3_step(q) == SQLITE_ROW) v = sqlite3_column_int64(q, 0);
-  sqlite3_finalize(q);
-  sqlite3_close(db);
+  const int64_t v = QueryInt(db_path, sql);
+  REQUIRE(v >= 0);
   return v;
 }
 
@@ -127,7 +111,7 @@ int64_t Count(const std::string& db_path, const std::string& sql) {
 TEST_CASE("a message acknowledged before its group is applied never writes its body into the database",
           "[store][commit_log]") {
   TempDir dir;
-  auto o = Options(dir);
+  auto o = StoreOptions(dir);
   o.apply_delay = std::chrono::seconds(60);  // nothing is applied unless asked
   auto store = broker::Store::Open(o);
   REQUIRE(store.ok());
@@ -137,7 +121,7 @@ TEST_CASE("a message acknowledged before its group is applied never writes its b
   const int64_t row = publish.new_message->row;
   REQUIRE((*store)->CommitSync(std::move(publish)).ok());
   // Durable: in the commit log, not yet in the database.
-  CHECK(LogHolds(o, marker));
+  CHECK(StoreLogBytes(o.path).find(marker) != std::string::npos);
   CHECK(Count(o.path, "SELECT COUNT(*) FROM messages") == 0);
   REQUIRE((*store)->CommitSync(Acknowledged(delivery, row, "0190a5c4-8d2e-7b3a-9c1d-000000000001")).ok());
   REQUIRE((*store)->Sync().ok());
@@ -151,7 +135,7 @@ TEST_CASE("a message acknowledged before its group is applied never writes its b
   // The log lets go of it once nothing more comes (commit_log.h).
   bool gone = false;
   for (int i = 0; i < 100 && !gone; ++i) {
-    gone = StoredBytes(o).find(marker) == std::string::npos;
+    gone = StoreFileBytes(o.path).find(marker) == std::string::npos;
     if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   CHECK(gone);
@@ -164,7 +148,7 @@ TEST_CASE("a message acknowledged before its group is applied never writes its b
 
 TEST_CASE("a duplicate is found whether its first copy is applied or only logged", "[store][commit_log]") {
   TempDir dir;
-  auto o = Options(dir);
+  auto o = StoreOptions(dir);
   o.apply_delay = std::chrono::seconds(60);
   auto store = broker::Store::Open(o);
   REQUIRE(store.ok());
@@ -199,28 +183,17 @@ TEST_CASE("a duplicate is found whether its first copy is applied or only logged
 
 TEST_CASE("WhenApplied runs once what was committed before it is in the database", "[store][commit_log]") {
   TempDir dir;
-  auto o = Options(dir);
+  auto o = StoreOptions(dir);
   o.apply_delay = std::chrono::seconds(60);
   auto store = broker::Store::Open(o);
   REQUIRE(store.ok());
   REQUIRE((*store)->AppendSync({Record("policy_loaded", "")}).ok());
   CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 0);
-  // What the database held when then() ran, read there (Count's own
-  // assertions run on this thread: Catch's are not thread-safe).
+  // What the database held when then() ran, read there (QueryInt: Catch's
+  // assertions are not thread-safe).
   std::promise<std::pair<bool, int64_t>> seen;
   (*store)->WhenApplied([&](const Status& s) {
-    sqlite3* db = nullptr;
-    int64_t n = -1;
-    if (sqlite3_open_v2(o.path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
-      sqlite3_stmt* q = nullptr;
-      if (sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM audit_log", -1, &q, nullptr) == SQLITE_OK &&
-          sqlite3_step(q) == SQLITE_ROW) {
-        n = sqlite3_column_int64(q, 0);
-      }
-      sqlite3_finalize(q);
-    }
-    sqlite3_close(db);
-    seen.set_value({s.ok(), n});
+    seen.set_value({s.ok(), QueryInt(o.path, "SELECT COUNT(*) FROM audit_log")});
   });
   auto f = seen.get_future();
   REQUIRE(f.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
@@ -236,7 +209,7 @@ TEST_CASE("WhenApplied runs once what was committed before it is in the database
 TEST_CASE("after kill -9, the next Open applies the commit log: the same tree, queue and duplicates",
           "[store][commit_log][crash]") {
   TempDir dir;
-  auto o = Options(dir);
+  auto o = StoreOptions(dir);
   o.apply_delay = std::chrono::seconds(60);  // the child applies nothing
   int pipe_fds[2];
   REQUIRE(::pipe(pipe_fds) == 0);

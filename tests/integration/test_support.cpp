@@ -365,4 +365,36 @@ bool RawClient::WaitClosed(std::chrono::milliseconds timeout) {
   return false;
 }
 
+broker::Store::Options StoreOptions(const TempDir& dir) {
+  broker::Store::Options o;
+  o.path = dir.File("data/liaison.db");
+  o.origin = "liaison/test";
+  o.signing_key = dir.File("audit-signing.key");
+  o.digest_key = dir.File("body-digest.key");
+  return o;
+}
+
+namespace {
+
+std::string FileBytes(const std::string& path) {
+  auto b = ReadFile(path, 1 << 30);
+  return b.ok() ? *b : std::string();
+}
+
+}  // namespace
+
+std::string StoreLogBytes(const std::string& db_path) {
+  const std::filesystem::path db(db_path);
+  const std::string prefix = db.filename().string() + "-log.";
+  std::string all;
+  for (const auto& e : std::filesystem::directory_iterator(db.parent_path())) {
+    if (e.path().filename().string().rfind(prefix, 0) == 0) all += FileBytes(e.path().string());
+  }
+  return all;
+}
+
+std::string StoreFileBytes(const std::string& db_path) {
+  return FileBytes(db_path) + FileBytes(db_path + "-wal") + StoreLogBytes(db_path);
+}
+
 }  // namespace liaison::test

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "broker/server.h"
+#include "broker/store/store.h"
 #include "client/client.h"
 #include "proto/detail/pb.h"
 #include "tests/temp_dir.h"
@@ -89,6 +90,14 @@ struct Receiver {
 
 // Polls cond every 5 ms until it holds or timeout passes.
 bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+// A store of its own in dir: data/liaison.db, with its keys beside it.
+broker::Store::Options StoreOptions(const TempDir& dir);
+// The bytes of the store's commit log segments (db_path-log.*), and of
+// everything the store keeps on disk for db_path: the database, its WAL
+// and those segments. For tests that look for a body's bytes.
+std::string StoreLogBytes(const std::string& db_path);
+std::string StoreFileBytes(const std::string& db_path);
 
 // A blocking TLS (or plain TCP) client built directly on OpenSSL, for
 // tests that misbehave on purpose.
