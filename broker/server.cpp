@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -63,6 +64,9 @@ struct Server::Impl {
   }
 
   asio::io_context ioc;
+  // The listeners, the signal set and the timers are used from this strand
+  // only: Drain closes and cancels them while the pool's threads run.
+  asio::strand<asio::io_context::executor_type> control{asio::make_strand(ioc)};
   BrokerState state;
   tcp::acceptor acceptor;
   asio::local::stream_protocol::acceptor admin;
@@ -359,13 +363,13 @@ uint16_t Server::port() const { return impl_->port; }
 
 Status Server::Run(bool handle_signals) {
   Impl& s = *impl_;
-  asio::co_spawn(s.ioc, s.Accept(), [](std::exception_ptr e) {
+  asio::co_spawn(s.control, s.Accept(), [](std::exception_ptr e) {
     if (e) spdlog::critical("listener stopped unexpectedly");
   });
-  if (s.admin.is_open()) asio::co_spawn(s.ioc, s.AcceptAdmin(this), asio::detached);
-  asio::co_spawn(s.ioc, s.FlushRefusals(), asio::detached);
-  asio::co_spawn(s.ioc, s.ExpireLoop(), asio::detached);
-  asio::co_spawn(s.ioc, s.PruneLoop(), asio::detached);
+  if (s.admin.is_open()) asio::co_spawn(s.control, s.AcceptAdmin(this), asio::detached);
+  asio::co_spawn(s.control, s.FlushRefusals(), asio::detached);
+  asio::co_spawn(s.control, s.ExpireLoop(), asio::detached);
+  asio::co_spawn(s.control, s.PruneLoop(), asio::detached);
   if (handle_signals) {
     WaitForSignal();
   } else {
@@ -384,7 +388,7 @@ Status Server::Run(bool handle_signals) {
 }
 
 void Server::WaitForSignal() {
-  impl_->signals.async_wait([this](const boost::system::error_code& ec, int signo) {
+  impl_->signals.async_wait(asio::bind_executor(impl_->control, [this](const boost::system::error_code& ec, int signo) {
     if (ec) return;
     if (signo == SIGHUP) {
       spdlog::info("received SIGHUP: reloading");
@@ -394,13 +398,13 @@ void Server::WaitForSignal() {
     }
     spdlog::info("received {}", signo == SIGTERM ? "SIGTERM" : "SIGINT");
     RequestStop();
-  });
+  }));
 }
 
 void Server::RequestStop() {
-  asio::post(impl_->ioc, [this] {
+  asio::post(impl_->control, [this] {
     if (impl_->stopping.exchange(true)) return;
-    asio::co_spawn(impl_->ioc, impl_->Drain(), asio::detached);
+    asio::co_spawn(impl_->control, impl_->Drain(), asio::detached);
   });
 }
 
