@@ -22,3 +22,5 @@ target_sources(unit_tests PRIVATE common/sha256_test.cpp)
 target_sources(unit_tests PRIVATE broker/admission_test.cpp)
 # The store's commit log (broker/store/commit_log.h).
 target_sources(unit_tests PRIVATE broker/commit_log_test.cpp)
+# The store's filter of message ids (broker/store/id_filter.h).
+target_sources(unit_tests PRIVATE broker/id_filter_test.cpp)

@@ -24,6 +24,7 @@
 
 #include "broker/store/audit_indexer.h"
 #include "broker/store/commit_log.h"
+#include "broker/store/id_filter.h"
 #include "broker/store/log_group.h"
 #include "broker/store/audit_seq.h"
 #include "common/files.h"
@@ -522,7 +523,7 @@ struct Store::Impl {
   }
   bool stopping = false;       // guarded by mu
   audit::Checkpoint latest;    // guarded by mu
-  Counters counters{0, 0, 0, 0};  // guarded by mu
+  Counters counters{0, 0, 0, 0, 0};  // guarded by mu
   std::thread writer;
   std::thread wal_checkpointer;
   // Committed items waiting for their done() (DoneLoop).
@@ -559,6 +560,10 @@ struct Store::Impl {
   }
   std::mutex unapplied_mu;
   std::unordered_map<std::string, Original> unapplied_ids;  // guarded by unapplied_mu
+  // Every key ever accepted (Open loads the database's): a key it has never
+  // seen needs no database lookup. The writer's only, after Open.
+  IdFilter seen_ids;
+  Status LoadSeenIds();
 
   // Groups logged and waiting for the applier.
   std::mutex apply_mu;
@@ -824,6 +829,16 @@ Status Store::Impl::CheckDuplicate(Item& item, std::vector<std::string>* added) 
     out.publish_digest = o.publish_digest;
     out.ack = o.ack;
   };
+  // A new id: remembered as unapplied until the applier's commit, and in
+  // seen_ids for good (a failed commit forgets the former; the latter then
+  // only answers "maybe" once too often).
+  auto accept = [&]() {
+    seen_ids.Add(key);
+    std::lock_guard lock(unapplied_mu);
+    unapplied_ids.emplace(key, Original{m.row, m.publish_digest, m.ack});
+    added->push_back(std::move(key));
+    return Status::Ok();
+  };
   {
     std::lock_guard lock(unapplied_mu);
     if (auto it = unapplied_ids.find(key); it != unapplied_ids.end()) {
@@ -831,8 +846,14 @@ Status Store::Impl::CheckDuplicate(Item& item, std::vector<std::string>* added) 
       return Status::Ok();
     }
   }
-  // Not among the unapplied: if it was ever logged, the applier's commit
-  // that took it out of there is already visible to this read.
+  // Not among the unapplied: if it was ever logged, it went through here
+  // and into seen_ids, and the applier's commit that took it out of the
+  // unapplied is already visible to this read.
+  if (!seen_ids.MayContain(key)) return accept();
+  {
+    std::lock_guard lock(mu);
+    counters.duplicate_lookups++;
+  }
   find_duplicate.Text(1, m.sender);
   find_duplicate.Text(2, m.message_id);
   sqlite3_stmt* q = find_duplicate.get();
@@ -848,9 +869,43 @@ Status Store::Impl::CheckDuplicate(Item& item, std::vector<std::string>* added) 
   sqlite3_clear_bindings(q);
   if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(wdb, "find duplicate");
   if (rc == SQLITE_ROW) return Status::Ok();
-  std::lock_guard lock(unapplied_mu);
-  unapplied_ids.emplace(key, Original{m.row, m.publish_digest, m.ack});
-  added->push_back(std::move(key));
+  return accept();
+}
+
+// Fills seen_ids with every (sender, message id) in the database (at Open,
+// after the commit log is applied). Reads the messages_id_sender index only.
+Status Store::Impl::LoadSeenIds() {
+  const auto start = std::chrono::steady_clock::now();
+  int64_t rows = 0;
+  {
+    sqlite3_stmt* q = nullptr;
+    if (sqlite3_prepare_v2(wdb, "SELECT COUNT(*) FROM messages", -1, &q, nullptr) == SQLITE_OK &&
+        sqlite3_step(q) == SQLITE_ROW) {
+      rows = sqlite3_column_int64(q, 0);
+    }
+    sqlite3_finalize(q);
+  }
+  // Room for the rows there are and as many again before a second layer.
+  seen_ids = IdFilter(static_cast<size_t>(rows) * 2);
+  sqlite3_stmt* q = nullptr;
+  if (sqlite3_prepare_v2(wdb, "SELECT sender, message_id FROM messages INDEXED BY messages_id_sender", -1, &q,
+                         nullptr) != SQLITE_OK) {
+    sqlite3_finalize(q);
+    return SqlError(wdb, "reading the message ids");
+  }
+  int rc;
+  while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+    auto text = [&](int column) {
+      return std::string_view(reinterpret_cast<const char*>(sqlite3_column_text(q, column)),
+                              static_cast<size_t>(sqlite3_column_bytes(q, column)));
+    };
+    seen_ids.Add(Key(text(0), text(1)));
+  }
+  sqlite3_finalize(q);
+  if (rc != SQLITE_DONE) return SqlError(wdb, "reading the message ids");
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+  if (ms >= 1000) spdlog::info("store: {} message ids loaded in {} ms", seen_ids.size(), ms);
   return Status::Ok();
 }
 
@@ -1616,6 +1671,7 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
     }
     sqlite3_finalize(q);
   }
+  if (Status s = impl->LoadSeenIds(); !s.ok()) return s.Annotate(options.path);
   impl->latest = impl->signer->Sign(options.origin, impl->tree.size(), impl->tree.Root(), NowMs());
   impl->sign_thread = std::make_unique<SignerThread>(impl->signer.get(), options.origin);
   auto indexer = AuditIndexer::Open(options.path, !options.pause_audit_index);

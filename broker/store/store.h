@@ -177,6 +177,9 @@ class Store {
 
   struct Counters {
     uint64_t commits, records, failed_commits, bodies_dropped;
+    // New messages whose (sender, message id) had to be looked up in the
+    // database: the in-memory filter of ids (id_filter.h) said "maybe".
+    uint64_t duplicate_lookups;
   };
   Counters counters() const;
 

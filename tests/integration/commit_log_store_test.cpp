@@ -10,6 +10,7 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -179,6 +180,48 @@ TEST_CASE("a duplicate is found whether its first copy is applied or only logged
   REQUIRE((*store)->Sync().ok());
   CHECK(Count(o.path, "SELECT COUNT(*) FROM messages") == 1);
   CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 1);
+}
+
+TEST_CASE("a new message id is not looked up in the database, and a used one is, also after a restart",
+          "[store][commit_log]") {
+  TempDir dir;
+  auto o = StoreOptions(dir);
+  auto id = [](int i) {
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "0190a5c4-8d2e-7b3a-9c1d-%012d", i);
+    return std::string(buf);
+  };
+  {
+    auto store = broker::Store::Open(o);
+    REQUIRE(store.ok());
+    for (int i = 0; i < 200; ++i) {
+      auto r = (*store)->CommitSync(Publish(**store, id(i), "body " + std::to_string(i)));
+      REQUIRE(r.ok());
+      CHECK_FALSE(r->duplicate);
+    }
+    CHECK((*store)->counters().duplicate_lookups == 0);
+    REQUIRE((*store)->Sync().ok());
+    auto again = (*store)->CommitSync(Publish(**store, id(5), "body 5"));
+    REQUIRE(again.ok());
+    CHECK(again->duplicate);
+    CHECK(again->original.ack == "ack of " + id(5));
+    CHECK((*store)->counters().duplicate_lookups == 1);
+  }
+  // Reopened: the filter is filled from the database.
+  auto store = broker::Store::Open(o);
+  REQUIRE(store.ok());
+  for (int i : {0, 7, 199}) {
+    auto r = (*store)->CommitSync(Publish(**store, id(i), "body"));
+    REQUIRE(r.ok());
+    CHECK(r->duplicate);
+  }
+  CHECK((*store)->counters().duplicate_lookups == 3);
+  auto fresh = (*store)->CommitSync(Publish(**store, id(200), "body 200"));
+  REQUIRE(fresh.ok());
+  CHECK_FALSE(fresh->duplicate);
+  CHECK((*store)->counters().duplicate_lookups == 3);
+  REQUIRE((*store)->Sync().ok());
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM messages") == 201);
 }
 
 TEST_CASE("WhenApplied runs once what was committed before it is in the database", "[store][commit_log]") {
