@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config openssl
   libboost1.81-dev libssl-dev libprotobuf-dev protobuf-compiler libsqlite3-dev sqlite3
-  libyaml-cpp-dev libcli11-dev libspdlog-dev libfmt-dev libunistring-dev libjemalloc-dev catch2 sslscan
+  libyaml-cpp-dev libcli11-dev libspdlog-dev libfmt-dev libunistring-dev libjemalloc-dev libsodium-dev catch2 sslscan
 )
 
 missing=()

@@ -24,3 +24,5 @@ target_sources(unit_tests PRIVATE broker/admission_test.cpp)
 target_sources(unit_tests PRIVATE broker/commit_log_test.cpp)
 # The store's filter of message ids (broker/store/id_filter.h).
 target_sources(unit_tests PRIVATE broker/id_filter_test.cpp)
+# Checkpoint signing (common/checkpoint.h).
+target_sources(unit_tests PRIVATE common/checkpoint_test.cpp)
