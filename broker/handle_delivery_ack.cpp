@@ -74,9 +74,9 @@ std::vector<std::string> Split(const std::string& s) {
 }  // namespace
 
 std::optional<policy::OriginalMessage> LookupOriginal(const Store& store, const std::string& forwarder,
-                                                      const std::string& original_id) {
-  auto found = store.FindDelivered(forwarder, original_id);
-  if (!found.ok() || !found->has_value()) found = store.FindMessage(forwarder, original_id);
+                                                      const std::string& original_id, Store::Wait wait) {
+  auto found = store.FindDelivered(forwarder, original_id, wait);
+  if (!found.ok() || !found->has_value()) found = store.FindMessage(forwarder, original_id, wait);
   if (!found.ok()) {
     spdlog::error("store: cannot look up forwarded message {}: {}", original_id, found.status().message());
     return std::nullopt;
@@ -126,7 +126,9 @@ bool Session::SendDelivery(QueuedDelivery d) {
     q.is_forward = !env.forwarded_from().empty();
     std::optional<policy::OriginalMessage> original;
     if (q.is_forward) {
-      original = LookupOriginal(*broker_.store, m.sender, env.forwarded_from());
+      // Found at publish; looked up again only for a message queued before
+      // a restart (blocking this thread until the applier has run: rare).
+      original = m.original_looked_up ? m.original : LookupOriginal(*broker_.store, m.sender, env.forwarded_from());
       if (original) q.original = &*original;
     }
     if (msg.has_case_referral()) {

@@ -163,10 +163,49 @@ asio::awaitable<void> Session::Run() {
       break;
     }
     frame_arena_ = std::move(arena);
+    store_wait_ = Store::Wait::kForApplier;
+    store_applied_ = Status::Ok();
+    if (NeedsAppliedStore(frame)) {
+      // The next frame is read only after this one is handled, so waiting
+      // here keeps the session's order; other sessions go on meanwhile.
+      store_applied_ = co_await AwaitApplied();
+      store_wait_ = Store::Wait::kNo;
+    }
     Dispatch(frame);
     frame_arena_.reset();
   }
   Finish();
+}
+
+bool Session::NeedsAppliedStore(const v1::Frame& frame) {
+  switch (frame.kind_case()) {
+    case v1::Frame::kRecall: return true;
+    case v1::Frame::kPublish: return !frame.publish().message().envelope().forwarded_from().empty();
+    default: return false;
+  }
+}
+
+asio::awaitable<Status> Session::AwaitApplied() {
+  // WhenApplied calls back on the applier's thread (or here, at once); the
+  // answer is handed to the session's strand, where a timer that never
+  // expires by itself wakes this coroutine.
+  struct Waiter {
+    explicit Waiter(const asio::strand<asio::io_context::executor_type>& strand)
+        : timer(strand, asio::steady_timer::time_point::max()) {}
+    asio::steady_timer timer;
+    Status status;
+    bool done = false;
+  };
+  auto w = std::make_shared<Waiter>(stream_.strand());
+  broker_.store->WhenApplied([w, strand = stream_.strand()](const Status& s) {
+    asio::post(strand, [w, s] {
+      w->status = s;
+      w->done = true;
+      w->timer.cancel();
+    });
+  });
+  while (!w->done) co_await w->timer.async_wait(kUseTuple);
+  co_return w->status;
 }
 
 // The writer holds the session alive until its last operation (the TLS

@@ -45,6 +45,11 @@ struct QueuedMessage {
   // body serialized (the bytes the store holds): copies delivered without
   // redaction go out as these bytes, unparsed and uncopied. Null: unknown.
   std::shared_ptr<const std::string> wire;
+  // A forward: the original's routing metadata as the publish found it (it
+  // does not change; none: not found), for the check at delivery.
+  // original_looked_up is false after a restart.
+  bool original_looked_up = false;
+  std::optional<policy::OriginalMessage> original;
   // Guarded by the Mailboxes mutex.
   int unfinished = 0;                // copies pending or in flight
   bool recalled = false;
@@ -146,7 +151,8 @@ class QueueChange {
 // The routing metadata of the message forwarder received (or sent) as
 // original_id, for the policy's forwarding check; none when unknown.
 std::optional<policy::OriginalMessage> LookupOriginal(const Store& store, const std::string& forwarder,
-                                                      const std::string& original_id);
+                                                      const std::string& original_id,
+                                                      Store::Wait wait = Store::Wait::kForApplier);
 
 // An audit record about recipient's copy of m (message fields filled in).
 audit::Record CopyRecord(std::string event, const QueuedMessage& m, const std::string& recipient);

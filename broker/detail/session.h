@@ -74,6 +74,11 @@ class Session : public std::enable_shared_from_this<Session> {
   };
 
   boost::asio::awaitable<void> Run();
+  // Frames whose handler reads the database (a recall, a forward) wait for
+  // the store's applier first, here, without blocking the I/O thread; the
+  // status says whether it could write the database.
+  static bool NeedsAppliedStore(const v1::Frame& frame);
+  boost::asio::awaitable<Status> AwaitApplied();
   boost::asio::awaitable<void> Writer();
   boost::asio::awaitable<void> Watchdog();
   void CheckDeadlines();
@@ -129,6 +134,12 @@ class Session : public std::enable_shared_from_this<Session> {
   uint32_t in_flight_publishes_ = 0;
   // The arena of the frame being dispatched (set only during Dispatch).
   std::shared_ptr<google::protobuf::Arena> frame_arena_;
+  // How the frame being dispatched reads the store: kNo when Run has waited
+  // (without blocking) for the applier first (NeedsAppliedStore), and then
+  // whether the database could be written (if not, the handler answers
+  // store_failure instead of reading it).
+  Store::Wait store_wait_ = Store::Wait::kForApplier;
+  Status store_applied_;
 
   bool receiving_ = false;
   uint32_t credit_ = 0;

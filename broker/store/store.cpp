@@ -1897,8 +1897,11 @@ Status Store::LoadPending(const std::function<void(StoredDelivery, const StoredM
   return Status::Ok();
 }
 
-Result<std::optional<StoredMessage>> Store::FindMessage(std::string_view sender, std::string_view message_id) const {
-  if (Status s = impl_->WaitApplied(); !s.ok()) return s;
+Result<std::optional<StoredMessage>> Store::FindMessage(std::string_view sender, std::string_view message_id,
+                                                        Wait wait) const {
+  if (wait == Wait::kForApplier) {
+    if (Status s = impl_->WaitApplied(); !s.ok()) return s;
+  }
   std::lock_guard lock(impl_->reader_mu);
   sqlite3* db = impl_->reader;
   const std::string sql = std::string("SELECT ") + kMessageColumns + " FROM messages m WHERE m.sender = ? AND m.message_id = ?";
@@ -1914,9 +1917,11 @@ Result<std::optional<StoredMessage>> Store::FindMessage(std::string_view sender,
   return out;
 }
 
-Result<std::optional<StoredMessage>> Store::FindDelivered(std::string_view recipient,
-                                                           std::string_view message_id) const {
-  if (Status s = impl_->WaitApplied(); !s.ok()) return s;
+Result<std::optional<StoredMessage>> Store::FindDelivered(std::string_view recipient, std::string_view message_id,
+                                                           Wait wait) const {
+  if (wait == Wait::kForApplier) {
+    if (Status s = impl_->WaitApplied(); !s.ok()) return s;
+  }
   std::lock_guard lock(impl_->reader_mu);
   sqlite3* db = impl_->reader;
   const std::string sql = std::string("SELECT ") + kMessageColumns +
@@ -1934,8 +1939,10 @@ Result<std::optional<StoredMessage>> Store::FindDelivered(std::string_view recip
   return out;
 }
 
-Result<std::vector<std::string>> Store::DeliveredRecipients(int64_t row) const {
-  if (Status s = impl_->WaitApplied(); !s.ok()) return s;
+Result<std::vector<std::string>> Store::DeliveredRecipients(int64_t row, Wait wait) const {
+  if (wait == Wait::kForApplier) {
+    if (Status s = impl_->WaitApplied(); !s.ok()) return s;
+  }
   std::lock_guard lock(impl_->reader_mu);
   sqlite3* db = impl_->reader;
   sqlite3_stmt* q = nullptr;

@@ -158,12 +158,20 @@ class Store {
   // Every pending delivery, in delivery order, with its message (body
   // included), for rebuilding the in-memory queue at start.
   Status LoadPending(const std::function<void(StoredDelivery, const StoredMessage&)>& each) const;
+  // How the reads below see the commits not yet applied: kForApplier waits
+  // (blocking) until the applier has written everything committed so far;
+  // kNo reads the database as it is, for a caller that has just waited with
+  // WhenApplied for what it needs. The broker's sessions do the latter, so
+  // that an I/O thread never blocks on the applier.
+  enum class Wait { kForApplier, kNo };
   // The message sender published as message_id (without body), if any.
-  Result<std::optional<StoredMessage>> FindMessage(std::string_view sender, std::string_view message_id) const;
+  Result<std::optional<StoredMessage>> FindMessage(std::string_view sender, std::string_view message_id,
+                                                   Wait wait = Wait::kForApplier) const;
   // The message sent to recipient as message_id, whatever its sender.
-  Result<std::optional<StoredMessage>> FindDelivered(std::string_view recipient, std::string_view message_id) const;
+  Result<std::optional<StoredMessage>> FindDelivered(std::string_view recipient, std::string_view message_id,
+                                                     Wait wait = Wait::kForApplier) const;
   // Recipients whose copy of message row was delivered (acknowledged).
-  Result<std::vector<std::string>> DeliveredRecipients(int64_t row) const;
+  Result<std::vector<std::string>> DeliveredRecipients(int64_t row, Wait wait = Wait::kForApplier) const;
 
   // The newest signed checkpoint (tree size 0 before the first record).
   audit::Checkpoint latest() const;

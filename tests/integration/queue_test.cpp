@@ -7,6 +7,7 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <future>
 #include <map>
 #include <random>
 #include <set>
@@ -33,6 +34,24 @@ std::vector<std::string> AuditEvents(TestBroker& broker, const std::string& mess
                      -1, &st, nullptr);
   sqlite3_bind_text(st, 1, message_id.c_str(), -1, SQLITE_TRANSIENT);
   while (sqlite3_step(st) == SQLITE_ROW) out.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)));
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return out;
+}
+
+// The detail of each audit record about message_id (the policy's reason
+// for a refusal), in order.
+std::vector<std::string> AuditDetails(TestBroker& broker, const std::string& message_id) {
+  REQUIRE(broker.server().SyncStore().ok());
+  std::vector<std::string> out;
+  sqlite3* db = nullptr;
+  sqlite3_open_v2((broker.dir() + "/data/liaison.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
+  sqlite3_stmt* st = nullptr;
+  sqlite3_prepare_v2(db, "SELECT leaf FROM audit_log WHERE message_id = ? ORDER BY seq", -1, &st, nullptr);
+  sqlite3_bind_text(st, 1, message_id.c_str(), -1, SQLITE_TRANSIENT);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    out.emplace_back(static_cast<const char*>(sqlite3_column_blob(st, 0)), sqlite3_column_bytes(st, 0));
+  }
   sqlite3_finalize(st);
   sqlite3_close(db);
   return out;
@@ -435,4 +454,111 @@ TEST_CASE("credit bounds the deliveries a recipient has not acknowledged, and ea
   for (const auto& d : got) ids.insert(d.delivery_id());
   CHECK(ids.size() == 10);
   raw.Close();
+}
+
+TEST_CASE("a recall and a forward wait for the database without holding up other agencies",
+          "[queue][recall][forward]") {
+  // One I/O thread: a handler that blocked it would stall every session.
+  TestBroker broker({}, 1);
+  Receiver school_inbox(broker.port(), "school");
+  auto police = Connect(broker.port(), "police");
+  auto school = Connect(broker.port(), "school");
+  auto social = Connect(broker.port(), "social");
+  v1::Message original = IncidentReport({"school"});
+  original.mutable_envelope()->set_tlp(v1::TLP_GREEN);  // shareable onwards
+  REQUIRE(police->Publish(original).AllAccepted());
+  REQUIRE(school_inbox.WaitCount(1));
+  // school has it once its acknowledgement is committed.
+  REQUIRE(WaitFor([&] { return Has(AuditEvents(broker, original.envelope().message_id()), "delivered:delivered:school"); }));
+  v1::Message waiting = IncidentReport({"health"});  // health is offline
+  REQUIRE(police->Publish(waiting).AllAccepted());
+
+  // Another process holds SQLite's write lock (as a backup tool or a stuck
+  // disk might): the broker's applier cannot write what is committed next.
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2((broker.dir() + "/data/liaison.db").c_str(), &db, SQLITE_OPEN_READWRITE, nullptr) ==
+          SQLITE_OK);
+  REQUIRE(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
+  REQUIRE(police->Publish(IncidentReport({"school"})).AllAccepted());  // in the commit log only
+
+  // police recalls, school forwards the original to social: both read the
+  // database, so both wait for the applier.
+  std::promise<client::RecallResult> recalled;
+  police->Recall(waiting.envelope().message_id(), "sent to the wrong agency",
+                 [&](client::RecallResult r) { recalled.set_value(std::move(r)); });
+  v1::Message forward = IncidentReport({"social"});
+  forward.mutable_envelope()->set_tlp(v1::TLP_GREEN);
+  forward.mutable_envelope()->set_forwarded_from(original.envelope().message_id());
+  std::promise<client::PublishResult> forwarded;
+  school->Publish(forward, [&](client::PublishResult r) { forwarded.set_value(std::move(r)); });
+  auto recall_result = recalled.get_future();
+  auto forward_result = forwarded.get_future();
+
+  // Meanwhile social, on the same I/O thread, is answered.
+  CHECK(social->Publish(IncidentReport({"school"})).AllAccepted());
+  CHECK(recall_result.wait_for(std::chrono::milliseconds(300)) == std::future_status::timeout);
+  CHECK(forward_result.wait_for(std::chrono::milliseconds(0)) == std::future_status::timeout);
+
+  // The lock goes: the applier writes, and both are answered in full.
+  REQUIRE(sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(db);
+  REQUIRE(recall_result.wait_for(std::chrono::seconds(20)) == std::future_status::ready);
+  const auto r = recall_result.get();
+  REQUIRE(r.status.ok());
+  CHECK(r.withdrawn == std::vector<std::string>{"health"});
+  REQUIRE(forward_result.wait_for(std::chrono::seconds(20)) == std::future_status::ready);
+  const auto f = forward_result.get();
+  INFO(f.status.ToString() << " " << (f.outcomes.empty() ? "" : f.outcomes[0].reason));
+  CHECK(f.AllAccepted());
+}
+
+TEST_CASE("a forward is checked against its original at publish and again at delivery", "[queue][forward]") {
+  TestBroker broker;
+  Receiver school_inbox(broker.port(), "school");
+  auto police = Connect(broker.port(), "police");
+  auto school = Connect(broker.port(), "school");
+  v1::Message original = IncidentReport({"school"});  // AMBER: only its audience may have it
+  REQUIRE(police->Publish(original).AllAccepted());
+  REQUIRE(school_inbox.WaitCount(1));
+  // school has it once its acknowledgement is committed.
+  REQUIRE(WaitFor([&] { return Has(AuditEvents(broker, original.envelope().message_id()), "delivered:delivered:school"); }));
+
+  // To an agency outside the original's audience: refused.
+  v1::Message wider = IncidentReport({"social"});
+  wider.mutable_envelope()->set_forwarded_from(original.envelope().message_id());
+  auto refused = school->Publish(wider);
+  REQUIRE(refused.status.ok());
+  REQUIRE(refused.outcomes.size() == 1);
+  CHECK(refused.outcomes[0].outcome == "refused");
+  CHECK(refused.outcomes[0].reason == "not_permitted");
+  // The audit record says why (its leaf holds the policy's reason).
+  auto audited = AuditDetails(broker, wider.envelope().message_id());
+  REQUIRE(audited.size() == 1);
+  CHECK(audited[0].find("wider audience than its original's TLP allows") != std::string::npos);
+  // A forward of a message this broker never saw: refused.
+  v1::Message unknown = IncidentReport({"school"});
+  unknown.mutable_envelope()->set_forwarded_from(NewUuid());
+  auto u = police->Publish(unknown);
+  REQUIRE(u.outcomes.size() == 1);
+  CHECK(u.outcomes[0].reason == "not_permitted");
+  audited = AuditDetails(broker, unknown.envelope().message_id());
+  REQUIRE(audited.size() == 1);
+  CHECK(audited[0].find("original is unknown to this broker") != std::string::npos);
+  // Back to the original's sender (in its audience): queued for police,
+  // offline, and delivered when it connects (checked again at delivery).
+  v1::Message back = IncidentReport({"police"});
+  back.mutable_envelope()->set_forwarded_from(original.envelope().message_id());
+  REQUIRE(school->Publish(back).AllAccepted());
+  auto police_inbox = std::make_unique<Receiver>(broker.port(), "police");
+  REQUIRE(police_inbox->WaitCount(1));
+  // Queued before a restart: the check at delivery looks the original up.
+  police_inbox.reset();
+  v1::Message again = IncidentReport({"police"});
+  again.mutable_envelope()->set_forwarded_from(original.envelope().message_id());
+  REQUIRE(school->Publish(again).AllAccepted());
+  school.reset();
+  police.reset();
+  broker.Restart();
+  Receiver after(broker.port(), "police");
+  REQUIRE(after.WaitCount(1));
 }
