@@ -576,7 +576,16 @@ Result<std::vector<std::string>> Store::DeliveredRecipients(int64_t row, Wait wa
   return out;
 }
 
-Status Store::Sync() { return impl_->WaitApplied(); }
+Status Store::Sync() {
+  {
+    // First what is queued to the writer now is committed (or failed),
+    // then everything committed is applied.
+    std::unique_lock lock(impl_->mu);
+    const uint64_t target = impl_->pushed_items;
+    impl_->written_cv.wait(lock, [&] { return impl_->finished_items >= target || impl_->writer_gone; });
+  }
+  return impl_->WaitApplied();
+}
 
 void Store::WhenApplied(std::function<void(const Status&)> then) { impl_->WhenApplied(std::move(then)); }
 

@@ -145,9 +145,11 @@ class Store {
 
   // The database (what the reads below, the audit reader and the audit
   // index see) trails the commit log by up to Options::apply_delay. Sync
-  // writes every commit made so far into it and waits; WhenApplied runs
-  // then() once that is done (on the applier's thread, or at once on the
-  // caller's), without waiting. Both report a failure to write it.
+  // waits until what was queued before it (Append, Commit) is committed,
+  // then writes every commit into the database and waits; WhenApplied runs
+  // then() once the commits made so far are in it (on the applier's
+  // thread, or at once on the caller's), without waiting. Both report a
+  // failure to write it.
   Status Sync();
   void WhenApplied(std::function<void(const Status&)> then);
 

@@ -233,8 +233,15 @@ struct Store::Impl {
   Items queue;                 // guarded by mu; changed only by Push and Pop
   size_t queued_records = 0;   // guarded by mu: records in queue, plus one an item
   size_t queued_urgent = 0;    // guarded by mu: items in queue that are not lazy
+  // Items ever pushed, and of them committed (or failed) by the writer:
+  // Sync waits for the count pushed before it (written_cv).
+  uint64_t pushed_items = 0;     // guarded by mu
+  uint64_t finished_items = 0;   // guarded by mu
+  bool writer_gone = false;      // guarded by mu
+  std::condition_variable written_cv;
   // Add an item to the queue, take one off its front (with mu held).
   void Push(Item item) {
+    pushed_items++;
     queued_records += item.batch.records.size() + 1;
     if (!item.batch.lazy) queued_urgent++;
     queue.push_back(std::move(item));

@@ -282,7 +282,11 @@ void Store::Impl::WriterLoop() {
     {
       std::unique_lock lock(mu);
       cv.wait(lock, [&] { return !queue.empty() || stopping; });
-      if (queue.empty() && stopping) return;
+      if (queue.empty() && stopping) {
+        writer_gone = true;
+        written_cv.notify_all();
+        return;
+      }
       // Only lazy batches: they wait a little for one that is not.
       if (queued_urgent == 0 && !stopping) {
         cv.wait_for(lock, options.lazy_linger,
@@ -341,10 +345,12 @@ void Store::Impl::WriterLoop() {
         }
       }
     }
-    if (!again.empty()) {
+    {
       std::lock_guard lock(mu);
       for (auto& it : again) Push(std::move(it));
+      finished_items += items.size();
     }
+    written_cv.notify_all();
     // The callers' done() (a PublishAck to encode, deliveries to hand to the
     // router) and the freeing of their batches run on the completion
     // thread, in commit order, while this thread commits the next batch.

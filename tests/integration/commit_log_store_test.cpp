@@ -224,6 +224,19 @@ TEST_CASE("a new message id is not looked up in the database, and a used one is,
   CHECK(Count(o.path, "SELECT COUNT(*) FROM messages") == 201);
 }
 
+TEST_CASE("Sync covers what is still queued to the writer", "[store][commit_log]") {
+  TempDir dir;
+  auto o = StoreOptions(dir);
+  o.apply_delay = std::chrono::seconds(60);
+  auto store = broker::Store::Open(o);
+  REQUIRE(store.ok());
+  // Queued without waiting, many commits' worth (each Append is its own
+  // batch; the writer takes them a group at a time).
+  for (int i = 0; i < 2000; ++i) (*store)->Append({Record("policy_loaded", ""), Record("policy_loaded", "")}, nullptr);
+  REQUIRE((*store)->Sync().ok());
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 4000);
+}
+
 TEST_CASE("WhenApplied runs once what was committed before it is in the database", "[store][commit_log]") {
   TempDir dir;
   auto o = StoreOptions(dir);
