@@ -107,13 +107,20 @@ int64_t Count(const std::string& db_path, const std::string& sql) {
   return v;
 }
 
+// Options for a store in dir whose applier runs only when asked (Sync,
+// WhenApplied, the reads): what is committed stays in the commit log.
+broker::Store::Options Unapplied(const TempDir& dir) {
+  auto o = StoreOptions(dir);
+  o.apply_delay = std::chrono::seconds(60);
+  return o;
+}
+
 }  // namespace
 
 TEST_CASE("a message acknowledged before its group is applied never writes its body into the database",
           "[store][commit_log]") {
   TempDir dir;
-  auto o = StoreOptions(dir);
-  o.apply_delay = std::chrono::seconds(60);  // nothing is applied unless asked
+  auto o = Unapplied(dir);  // nothing is applied unless asked
   auto store = broker::Store::Open(o);
   REQUIRE(store.ok());
   const std::string marker = "Netted-body-7d41c2 that must never reach the database";
@@ -149,8 +156,7 @@ TEST_CASE("a message acknowledged before its group is applied never writes its b
 
 TEST_CASE("a duplicate is found whether its first copy is applied or only logged", "[store][commit_log]") {
   TempDir dir;
-  auto o = StoreOptions(dir);
-  o.apply_delay = std::chrono::seconds(60);
+  auto o = Unapplied(dir);
   auto store = broker::Store::Open(o);
   REQUIRE(store.ok());
   // Two copies in one commit, and one more while the first is only logged.
@@ -226,8 +232,7 @@ TEST_CASE("a new message id is not looked up in the database, and a used one is,
 
 TEST_CASE("Sync covers what is still queued to the writer", "[store][commit_log]") {
   TempDir dir;
-  auto o = StoreOptions(dir);
-  o.apply_delay = std::chrono::seconds(60);
+  auto o = Unapplied(dir);
   auto store = broker::Store::Open(o);
   REQUIRE(store.ok());
   // Queued without waiting, many commits' worth (each Append is its own
@@ -239,8 +244,7 @@ TEST_CASE("Sync covers what is still queued to the writer", "[store][commit_log]
 
 TEST_CASE("WhenApplied runs once what was committed before it is in the database", "[store][commit_log]") {
   TempDir dir;
-  auto o = StoreOptions(dir);
-  o.apply_delay = std::chrono::seconds(60);
+  auto o = Unapplied(dir);
   auto store = broker::Store::Open(o);
   REQUIRE(store.ok());
   REQUIRE((*store)->AppendSync({Record("policy_loaded", "")}).ok());
