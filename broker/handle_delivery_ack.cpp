@@ -128,7 +128,7 @@ bool Session::SendDelivery(QueuedDelivery d) {
     if (q.is_forward) {
       // Found at publish; looked up again only for a message queued before
       // a restart (blocking this thread until the applier has run: rare).
-      original = m.original_looked_up ? m.original : LookupOriginal(*broker_.store, m.sender, env.forwarded_from());
+      original = m.original ? m.original : LookupOriginal(*broker_.store, m.sender, env.forwarded_from());
       if (original) q.original = &*original;
     }
     if (msg.has_case_referral()) {

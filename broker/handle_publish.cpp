@@ -151,7 +151,7 @@ void Session::HandlePublish(v1::Publish& publish) {
   q.is_forward = !env->forwarded_from().empty();
   std::optional<policy::OriginalMessage> original;
   if (q.is_forward) {
-    // Run waited for the applier before dispatching this frame (store_wait_).
+    // Run waited for the applier before dispatching this frame.
     if (!store_applied_.ok()) {
       SendError(rid, v1::REASON_STORE_FAILURE,
                 "the broker cannot write its store to check the forwarded message, publish again later: " +
@@ -159,7 +159,7 @@ void Session::HandlePublish(v1::Publish& publish) {
                 false);
       return;
     }
-    original = LookupOriginal(*broker_.store, agency_, env->forwarded_from(), store_wait_);
+    original = LookupOriginal(*broker_.store, agency_, env->forwarded_from(), Store::Wait::kNo);
     if (original) q.original = &*original;
   }
   if (message->has_case_referral()) {
@@ -180,7 +180,6 @@ void Session::HandlePublish(v1::Publish& publish) {
         queued->expires_ms, google::protobuf::util::TimeUtil::TimestampToMilliseconds(env->expires_at()));
   }
   queued->want_reports = publish.want_reports();
-  queued->original_looked_up = q.is_forward;
   queued->original = original;
   queued->body = message;
 

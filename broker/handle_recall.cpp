@@ -26,13 +26,13 @@ void Session::HandleRecall(const v1::Recall& recall) {
     SendError(rid, v1::REASON_SHUTTING_DOWN, "the broker is shutting down; recall again after it restarts", false);
     return;
   }
-  // Run waited for the applier before dispatching this frame (store_wait_).
+  // Run waited for the applier before dispatching this frame.
   if (!store_applied_.ok()) {
     SendError(rid, v1::REASON_STORE_FAILURE,
               "the broker cannot write its store, recall again later: " + store_applied_.message(), false);
     return;
   }
-  auto stored = broker_.store->FindMessage(agency_, recall.message_id(), store_wait_);
+  auto stored = broker_.store->FindMessage(agency_, recall.message_id(), Store::Wait::kNo);
   if (!stored.ok()) {
     SendError(rid, v1::REASON_STORE_FAILURE, "the broker cannot read its store: " + stored.status().message(), false);
     return;
@@ -58,7 +58,7 @@ void Session::HandleRecall(const v1::Recall& recall) {
   }
   const std::string reason = recall.reason().empty() ? "recalled by the sender" : Printable(recall.reason(), 1000);
   std::vector<QueuedDelivery> withdrawn = broker_.mailboxes.Recall(*m);
-  auto delivered = broker_.store->DeliveredRecipients(m->row, store_wait_);
+  auto delivered = broker_.store->DeliveredRecipients(m->row, Store::Wait::kNo);
   if (!delivered.ok()) {
     broker_.mailboxes.Return(std::move(withdrawn));
     SendError(rid, v1::REASON_STORE_FAILURE, "the broker cannot read its store: " + delivered.status().message(),

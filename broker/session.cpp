@@ -163,13 +163,10 @@ asio::awaitable<void> Session::Run() {
       break;
     }
     frame_arena_ = std::move(arena);
-    store_wait_ = Store::Wait::kForApplier;
-    store_applied_ = Status::Ok();
     if (NeedsAppliedStore(frame)) {
       // The next frame is read only after this one is handled, so waiting
       // here keeps the session's order; other sessions go on meanwhile.
       store_applied_ = co_await AwaitApplied();
-      store_wait_ = Store::Wait::kNo;
     }
     Dispatch(frame);
     frame_arena_.reset();

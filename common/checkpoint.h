@@ -49,8 +49,7 @@ class Signer {
 
  private:
   Signer() = default;
-  void* pkey_ = nullptr;  // EVP_PKEY*
-  // The same key for libsodium (seed, then public key): it signs.
+  // The key for libsodium (seed, then public key): it signs.
   unsigned char sodium_key_[64] = {};
   std::string public_pem_;
   std::string key_id_;

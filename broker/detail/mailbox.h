@@ -46,9 +46,8 @@ struct QueuedMessage {
   // redaction go out as these bytes, unparsed and uncopied. Null: unknown.
   std::shared_ptr<const std::string> wire;
   // A forward: the original's routing metadata as the publish found it (it
-  // does not change; none: not found), for the check at delivery.
-  // original_looked_up is false after a restart.
-  bool original_looked_up = false;
+  // does not change), for the check at delivery. A forward is queued only
+  // with its original found, so none means: queued before a restart.
   std::optional<policy::OriginalMessage> original;
   // Guarded by the Mailboxes mutex.
   int unfinished = 0;                // copies pending or in flight

@@ -134,11 +134,9 @@ class Session : public std::enable_shared_from_this<Session> {
   uint32_t in_flight_publishes_ = 0;
   // The arena of the frame being dispatched (set only during Dispatch).
   std::shared_ptr<google::protobuf::Arena> frame_arena_;
-  // How the frame being dispatched reads the store: kNo when Run has waited
-  // (without blocking) for the applier first (NeedsAppliedStore), and then
-  // whether the database could be written (if not, the handler answers
-  // store_failure instead of reading it).
-  Store::Wait store_wait_ = Store::Wait::kForApplier;
+  // For a frame that NeedsAppliedStore: whether the database could be
+  // written when Run waited for the applier (if not, the handler answers
+  // store_failure instead of reading it). Its reads then need not wait.
   Status store_applied_;
 
   bool receiving_ = false;

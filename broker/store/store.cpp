@@ -514,9 +514,7 @@ Status Store::LoadPending(const std::function<void(StoredDelivery, const StoredM
 
 Result<std::optional<StoredMessage>> Store::FindMessage(std::string_view sender, std::string_view message_id,
                                                         Wait wait) const {
-  if (wait == Wait::kForApplier) {
-    if (Status s = impl_->WaitApplied(); !s.ok()) return s;
-  }
+  if (Status s = impl_->WaitApplied(wait); !s.ok()) return s;
   std::lock_guard lock(impl_->reader_mu);
   sqlite3* db = impl_->reader;
   const std::string sql = std::string("SELECT ") + kMessageColumns + " FROM messages m WHERE m.sender = ? AND m.message_id = ?";
@@ -534,9 +532,7 @@ Result<std::optional<StoredMessage>> Store::FindMessage(std::string_view sender,
 
 Result<std::optional<StoredMessage>> Store::FindDelivered(std::string_view recipient, std::string_view message_id,
                                                            Wait wait) const {
-  if (wait == Wait::kForApplier) {
-    if (Status s = impl_->WaitApplied(); !s.ok()) return s;
-  }
+  if (Status s = impl_->WaitApplied(wait); !s.ok()) return s;
   std::lock_guard lock(impl_->reader_mu);
   sqlite3* db = impl_->reader;
   const std::string sql = std::string("SELECT ") + kMessageColumns +
@@ -555,9 +551,7 @@ Result<std::optional<StoredMessage>> Store::FindDelivered(std::string_view recip
 }
 
 Result<std::vector<std::string>> Store::DeliveredRecipients(int64_t row, Wait wait) const {
-  if (wait == Wait::kForApplier) {
-    if (Status s = impl_->WaitApplied(); !s.ok()) return s;
-  }
+  if (Status s = impl_->WaitApplied(wait); !s.ok()) return s;
   std::lock_guard lock(impl_->reader_mu);
   sqlite3* db = impl_->reader;
   sqlite3_stmt* q = nullptr;

@@ -346,6 +346,8 @@ struct Store::Impl {
   Status OpenLog();
   void ReleaseLog(uint64_t lsn, bool rotate_current);
   Status WaitApplied();
+  // The reads' Store::Wait: kNo does not wait.
+  Status WaitApplied(Store::Wait wait) { return wait == Store::Wait::kForApplier ? WaitApplied() : Status::Ok(); }
   void WhenApplied(std::function<void(const Status&)> then);
 };
 

@@ -148,20 +148,13 @@ Status Store::Impl::CheckDuplicate(Item& item, std::vector<std::string>* added) 
 }
 
 // Fills seen_ids with every (sender, message id) in the database (at Open,
-// after the commit log is applied). Reads the messages_id_sender index only.
+// after the commit log is applied and next_message_row read). Reads the
+// messages_id_sender index only.
 Status Store::Impl::LoadSeenIds() {
   const auto start = std::chrono::steady_clock::now();
-  int64_t rows = 0;
-  {
-    sqlite3_stmt* q = nullptr;
-    if (sqlite3_prepare_v2(wdb, "SELECT COUNT(*) FROM messages", -1, &q, nullptr) == SQLITE_OK &&
-        sqlite3_step(q) == SQLITE_ROW) {
-      rows = sqlite3_column_int64(q, 0);
-    }
-    sqlite3_finalize(q);
-  }
-  // Room for the rows there are and as many again before a second layer.
-  seen_ids = IdFilter(static_cast<size_t>(rows) * 2);
+  // Room for the rows there are (at most the highest row id, which Open
+  // has read) and as many again before a second layer.
+  seen_ids = IdFilter(static_cast<size_t>(next_message_row - 1) * 2);
   sqlite3_stmt* q = nullptr;
   if (sqlite3_prepare_v2(wdb, "SELECT sender, message_id FROM messages INDEXED BY messages_id_sender", -1, &q,
                          nullptr) != SQLITE_OK) {

@@ -13,5 +13,5 @@ endforeach()
 # TLS: TestBroker from the integration tests' support code, and the dev PKI
 # script, which it runs at start.
 target_sources(fuzz_session PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/integration/test_support.cpp)
-target_link_libraries(fuzz_session PRIVATE liaison_client)
+target_link_libraries(fuzz_session PRIVATE liaison_client SQLite::SQLite3)
 target_compile_definitions(fuzz_session PRIVATE LIAISON_SOURCE_DIR="${CMAKE_SOURCE_DIR}")

@@ -28,6 +28,7 @@
 using namespace liaison;
 using liaison::test::StoreFileBytes;
 using liaison::test::StoreLogBytes;
+using liaison::test::QueryInt;
 using liaison::test::StoreOptions;
 using liaison::test::TempDir;
 
@@ -83,22 +84,6 @@ broker::Batch Acknowledged(int64_t delivery_id, int64_t row, const std::string& 
 std::string FileBytes(const std::string& path) {
   auto b = ReadFile(path, 1 << 30);
   return b.ok() ? *b : std::string();
-}
-
-// One integer a query returns, read on any thread (no assertions); -1 if
-// it returns none or the database cannot be read.
-int64_t QueryInt(const std::string& db_path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  int64_t v = -1;
-  if (sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
-    sqlite3_stmt* q = nullptr;
-    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &q, nullptr) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW) {
-      v = sqlite3_column_int64(q, 0);
-    }
-    sqlite3_finalize(q);
-  }
-  sqlite3_close(db);
-  return v;
 }
 
 int64_t Count(const std::string& db_path, const std::string& sql) {

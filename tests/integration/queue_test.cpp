@@ -22,39 +22,29 @@ using namespace liaison::test;
 
 namespace {
 
-// Events of the broker's audit log, as "event:decision", in order.
-std::vector<std::string> AuditEvents(TestBroker& broker, const std::string& message_id) {
+// One value per audit record about message_id, in order: expr (SQL over
+// audit_log's columns), as bytes.
+std::vector<std::string> AuditColumn(TestBroker& broker, const std::string& message_id, const std::string& expr) {
   REQUIRE(broker.server().SyncStore().ok());  // the database trails the commit log
-  const std::string dir = broker.dir();
   std::vector<std::string> out;
   sqlite3* db = nullptr;
-  sqlite3_open_v2((dir + "/data/liaison.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
+  sqlite3_open_v2((broker.dir() + "/data/liaison.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
   sqlite3_stmt* st = nullptr;
-  sqlite3_prepare_v2(db, "SELECT event || ':' || decision || ':' || recipient FROM audit_log WHERE message_id = ? ORDER BY seq",
-                     -1, &st, nullptr);
+  sqlite3_prepare_v2(db, ("SELECT " + expr + " FROM audit_log WHERE message_id = ? ORDER BY seq").c_str(), -1, &st,
+                     nullptr);
   sqlite3_bind_text(st, 1, message_id.c_str(), -1, SQLITE_TRANSIENT);
-  while (sqlite3_step(st) == SQLITE_ROW) out.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)));
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    const char* p = static_cast<const char*>(sqlite3_column_blob(st, 0));
+    out.emplace_back(p ? p : "", static_cast<size_t>(sqlite3_column_bytes(st, 0)));
+  }
   sqlite3_finalize(st);
   sqlite3_close(db);
   return out;
 }
 
-// The detail of each audit record about message_id (the policy's reason
-// for a refusal), in order.
-std::vector<std::string> AuditDetails(TestBroker& broker, const std::string& message_id) {
-  REQUIRE(broker.server().SyncStore().ok());
-  std::vector<std::string> out;
-  sqlite3* db = nullptr;
-  sqlite3_open_v2((broker.dir() + "/data/liaison.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
-  sqlite3_stmt* st = nullptr;
-  sqlite3_prepare_v2(db, "SELECT leaf FROM audit_log WHERE message_id = ? ORDER BY seq", -1, &st, nullptr);
-  sqlite3_bind_text(st, 1, message_id.c_str(), -1, SQLITE_TRANSIENT);
-  while (sqlite3_step(st) == SQLITE_ROW) {
-    out.emplace_back(static_cast<const char*>(sqlite3_column_blob(st, 0)), sqlite3_column_bytes(st, 0));
-  }
-  sqlite3_finalize(st);
-  sqlite3_close(db);
-  return out;
+// Events of the broker's audit log, as "event:decision:recipient", in order.
+std::vector<std::string> AuditEvents(TestBroker& broker, const std::string& message_id) {
+  return AuditColumn(broker, message_id, "event || ':' || decision || ':' || recipient");
 }
 
 bool Has(const std::vector<std::string>& events, const std::string& e) {
@@ -532,7 +522,7 @@ TEST_CASE("a forward is checked against its original at publish and again at del
   CHECK(refused.outcomes[0].outcome == "refused");
   CHECK(refused.outcomes[0].reason == "not_permitted");
   // The audit record says why (its leaf holds the policy's reason).
-  auto audited = AuditDetails(broker, wider.envelope().message_id());
+  auto audited = AuditColumn(broker, wider.envelope().message_id(), "leaf");
   REQUIRE(audited.size() == 1);
   CHECK(audited[0].find("wider audience than its original's TLP allows") != std::string::npos);
   // A forward of a message this broker never saw: refused.
@@ -541,7 +531,7 @@ TEST_CASE("a forward is checked against its original at publish and again at del
   auto u = police->Publish(unknown);
   REQUIRE(u.outcomes.size() == 1);
   CHECK(u.outcomes[0].reason == "not_permitted");
-  audited = AuditDetails(broker, unknown.envelope().message_id());
+  audited = AuditColumn(broker, unknown.envelope().message_id(), "leaf");
   REQUIRE(audited.size() == 1);
   CHECK(audited[0].find("original is unknown to this broker") != std::string::npos);
   // Back to the original's sender (in its audience): queued for police,

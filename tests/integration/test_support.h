@@ -98,6 +98,9 @@ broker::Store::Options StoreOptions(const TempDir& dir);
 // and those segments. For tests that look for a body's bytes.
 std::string StoreLogBytes(const std::string& db_path);
 std::string StoreFileBytes(const std::string& db_path);
+// One integer a query of the SQLite file db_path returns, read on any
+// thread (no assertions); -1 if it returns none or the file cannot be read.
+int64_t QueryInt(const std::string& db_path, const std::string& sql);
 
 // A blocking TLS (or plain TCP) client built directly on OpenSSL, for
 // tests that misbehave on purpose.
