@@ -68,6 +68,7 @@ struct Options {
   std::string profile = "auto";  // perf | none | auto (perf if it works)
   int perf_freq = 499;
   bool keep = false;  // keep the temporary directory
+  std::string trace;  // latency phase: per-message CSV
   bool skip_latency = false;
   bool skip_throughput = false;
 };
@@ -421,6 +422,9 @@ int RunE2e(const Options& o) {
     if (perf_sync) perf_sync->Stop(SIGINT, std::chrono::seconds(10));
     const Totals t = Collect(w);
     const LatencyStats ls = SummariseLatency(w, per_pub_rate, o.warmup);
+    if (!o.trace.empty()) {
+      if (Status s = WriteLatencyTrace(w, o.trace); !s.ok()) std::fprintf(stderr, "e2e: %s\n", s.ToString().c_str());
+    }
     const size_t measured = ls.measured;
     const double mx = ls.max, p50 = ls.p50, p90 = ls.p90, p99 = ls.p99, p999 = ls.p999;
     const double ap50 = ls.ack_p50, ap99 = ls.ack_p99;
@@ -498,6 +502,8 @@ void RegisterE2e(CLI::App& app, int* exit_code) {
       ->capture_default_str()
       ->check(CLI::IsMember({"perf", "none", "auto"}));
   sub->add_option("--perf-freq", o->perf_freq, "perf sampling frequency, Hz")->capture_default_str();
+  sub->add_option("--trace", o->trace,
+                  "latency phase: write each message's scheduled send time and latencies to this CSV file");
   sub->add_flag("--keep", o->keep, "keep the temporary directory (broker log, database, perf data)");
   sub->add_flag("--no-latency", o->skip_latency, "skip the latency phase");
   sub->add_flag("--no-throughput", o->skip_throughput, "skip the throughput phase");

@@ -11,7 +11,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -688,6 +690,35 @@ LatencyStats SummariseLatency(World& w, double per_pub_rate, double warmup) {
   s.ack_p50 = Percentile(al, 0.5) / 1e6;
   s.ack_p99 = Percentile(al, 0.99) / 1e6;
   return s;
+}
+
+Status WriteLatencyTrace(World& w, const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  if (!f) return Status::IoError("cannot write " + path + ": " + std::strerror(errno));
+  std::fprintf(f, "publisher,seq,sched_ms,sched_ns,ack_ms,e2e_ms\n");
+  int64_t first = 0;
+  for (auto& p : w.pubs) {
+    for (size_t s = 0; s < p->ack_ns.size(); ++s) {
+      const int64_t t = p->sched[s].load(std::memory_order_acquire);
+      if (t > 0 && (first == 0 || t < first)) first = t;
+    }
+  }
+  for (auto& r : w.rcv) {
+    Publisher& p = *w.pubs[static_cast<size_t>(r->expect_pub)];
+    std::scoped_lock g(r->mu, p.mu);
+    for (long s = 0; s < r->expect_n && s < static_cast<long>(p.ack_ns.size()); ++s) {
+      const auto i = static_cast<size_t>(s);
+      const int64_t t = p.sched[i].load(std::memory_order_acquire);
+      if (t <= 0) continue;
+      std::fprintf(f, "%d,%ld,%.3f,%ld,", r->expect_pub, s, static_cast<double>(t - first) / 1e6, static_cast<long>(t));
+      if (p.ack_ns[i] >= 0) std::fprintf(f, "%.3f", static_cast<double>(p.ack_ns[i]) / 1e6);
+      std::fputc(',', f);
+      if (r->lat_ns[i] >= 0) std::fprintf(f, "%.3f", static_cast<double>(r->lat_ns[i]) / 1e6);
+      std::fputc('\n', f);
+    }
+  }
+  if (std::fclose(f) != 0) return Status::IoError("cannot write " + path + ": " + std::strerror(errno));
+  return Status::Ok();
 }
 
 }  // namespace liaison::bench
