@@ -2,7 +2,9 @@
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <pthread.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -89,6 +91,8 @@ constexpr uint64_t kMaxPayloadBytes = uint64_t{1} << 30;
 constexpr size_t kCounterDigits = 20;
 // A buffer grown past this by one large entry is given back after it.
 constexpr size_t kKeptBufferBytes = 4u << 20;
+// The spare's zeros are written (and written out) this much at a time.
+constexpr size_t kSpareStepBytes = 256u << 10;
 
 void PutFixed32(char* p, uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = static_cast<char>(v >> (8 * i));
@@ -315,12 +319,22 @@ class Recovery {
 // ---------------------------------------------------------------------------
 // CommitLog
 
-CommitLog::CommitLog(const Options& options) : options_(options) {
+CommitLog::CommitLog(const Options& options) : options_(options), spare_path_(options.prefix + ".spare") {
   dir_ = std::filesystem::path(options_.prefix).parent_path().string();
   if (dir_.empty()) dir_ = ".";
 }
 
 CommitLog::~CommitLog() {
+  {
+    std::lock_guard<std::mutex> lock(prep_mu_);
+    prep_stopping_ = true;
+  }
+  prep_cv_.notify_all();
+  if (prep_thread_.joinable()) prep_thread_.join();
+  if (spare_fd_ >= 0) {
+    ::close(spare_fd_);
+    ::unlink(spare_path_.c_str());
+  }
   CloseCurrent();
 }
 
@@ -329,6 +343,10 @@ Result<std::unique_ptr<CommitLog>> CommitLog::Open(const Options& options, uint6
     return Status::InvalidArgument("commit log: the prefix must name files, not a directory");
   }
   std::unique_ptr<CommitLog> log(new CommitLog(options));
+  // A spare left behind holds only zeros (or fewer of them than it should).
+  if (::unlink(log->spare_path_.c_str()) != 0 && errno != ENOENT) {
+    return Io(log->spare_path_, "cannot remove the spare segment left behind", errno);
+  }
   if (Status s = log->Recover(after_lsn, replay); !s.ok()) return s;
   if (Status s = log->StartSegment(); !s.ok()) return s;
   return log;
@@ -363,14 +381,23 @@ Status CommitLog::Recover(uint64_t after_lsn, const Replay& replay) {
   return Status::Ok();
 }
 
-// Creates the next segment and makes it current. The directory is synced
-// before any entry in it can be acknowledged, so the file survives power
-// loss. On failure the current segment stays current.
+// Creates the next segment, from the spare if one is ready, and makes it
+// current. The directory is synced before any entry in it can be
+// acknowledged, so the file (or the spare's new name) survives power loss.
+// On failure the current segment stays current.
 Status CommitLog::StartSegment() {
   const uint64_t counter = segments_.empty() ? 1 : segments_.back().counter + 1;
   Segment seg{counter, SegmentPath(options_.prefix, counter)};
-  const int fd = ::open(seg.path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) return Io(seg.path, "cannot create", errno);
+  uint64_t allocated = 0;
+  int fd = TakeSpare(seg.path);
+  if (fd >= 0) {
+    allocated = options_.segment_bytes;
+    spares_used_++;
+  } else {
+    fd = ::open(seg.path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return Io(seg.path, "cannot create", errno);
+    segments_preallocated_++;
+  }
   if (Status s = SyncDir(dir_); !s.ok()) {
     ::close(fd);
     ::unlink(seg.path.c_str());
@@ -379,9 +406,114 @@ Status CommitLog::StartSegment() {
   CloseCurrent();
   fd_ = fd;
   offset_ = 0;
-  allocated_ = 0;
+  allocated_ = allocated;
+  spare_asked_ = false;
   segments_.push_back(std::move(seg));
   return Status::Ok();
+}
+
+void CommitLog::WantSpare() {
+  spare_asked_ = true;
+  {
+    std::lock_guard<std::mutex> lock(prep_mu_);
+    if (spare_fd_ >= 0 || prep_stopping_) return;
+    spare_wanted_ = true;
+    if (!prep_thread_.joinable()) prep_thread_ = std::thread([this] { SpareLoop(); });
+  }
+  prep_cv_.notify_all();
+}
+
+int CommitLog::TakeSpare(const std::string& path) {
+  std::lock_guard<std::mutex> lock(prep_mu_);
+  if (spare_fd_ < 0) return -1;
+  const int fd = spare_fd_;
+  spare_fd_ = -1;
+  if (::rename(spare_path_.c_str(), path.c_str()) != 0) {
+    spdlog::warn("{} (a new segment is made instead)", Io(spare_path_, "cannot rename the spare segment", errno).message());
+    ::close(fd);
+    ::unlink(spare_path_.c_str());
+    return -1;
+  }
+  return fd;
+}
+
+void CommitLog::SpareLoop() {
+  pthread_setname_np(pthread_self(), "store-logspare");
+  std::unique_lock<std::mutex> lock(prep_mu_);
+  for (;;) {
+    prep_cv_.wait(lock, [&] { return prep_stopping_ || (spare_wanted_ && spare_fd_ < 0); });
+    if (prep_stopping_) return;
+    if (std::chrono::steady_clock::now() < spare_retry_) {
+      prep_cv_.wait_until(lock, spare_retry_, [&] { return prep_stopping_; });
+      continue;
+    }
+    spare_wanted_ = false;
+    lock.unlock();
+    const Status s = MakeSpare();
+    lock.lock();
+    if (!s.ok()) {
+      // Appends go on without a spare (preallocating as before); the next
+      // segment's first use asks again, but not before a little while.
+      spdlog::debug("commit log: no spare segment: {}", s.message());
+      spare_retry_ = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    }
+  }
+}
+
+// Writes segment_bytes of zeros to the spare's file and syncs them, if the
+// filesystem can spare them (spare thread, prep_mu_ not held).
+Status CommitLog::MakeSpare() {
+  struct statvfs fs {};
+  if (::statvfs(dir_.c_str(), &fs) != 0) return Io(dir_, "cannot read the free space", errno);
+  const uint64_t free = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+  if (free < options_.segment_bytes + options_.spare_min_free_bytes) {
+    return Status::IoError("only " + std::to_string(free >> 20) + " MiB free in " + dir_);
+  }
+  const int fd = ::open(spare_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return Io(spare_path_, "cannot create", errno);
+  // In steps, each written out before the next (sync_file_range): the log's
+  // own syncs then never wait behind megabytes of zeros.
+  static const std::string zeros(kSpareStepBytes, '\0');
+  int err = 0;
+  for (uint64_t at = 0; at < options_.segment_bytes && err == 0;) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(zeros.size(), options_.segment_bytes - at));
+    const ssize_t w = ::pwrite(fd, zeros.data(), n, static_cast<off_t>(at));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      err = w < 0 ? errno : ENOSPC;
+      break;
+    }
+    if (::sync_file_range(fd, static_cast<off_t>(at), w,
+                          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) != 0) {
+      err = errno;
+    }
+    at += static_cast<uint64_t>(w);
+  }
+  if (err == 0 && ::fdatasync(fd) != 0) err = errno;
+  std::lock_guard<std::mutex> lock(prep_mu_);
+  if (err != 0 || prep_stopping_) {
+    ::close(fd);
+    ::unlink(spare_path_.c_str());
+    return err != 0 ? Io(spare_path_, "cannot write", err) : Status::Ok();
+  }
+  spare_fd_ = fd;
+  prep_cv_.notify_all();
+  return Status::Ok();
+}
+
+bool CommitLog::WaitForSpare(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(prep_mu_);
+  return prep_cv_.wait_for(lock, timeout, [&] { return spare_fd_ >= 0; });
+}
+
+uint64_t CommitLog::spares_used() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return spares_used_;
+}
+
+uint64_t CommitLog::segments_preallocated() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return segments_preallocated_;
 }
 
 // Gives back the preallocated zeros past the last entry (an idle, stalled
@@ -437,6 +569,7 @@ Result<uint64_t> CommitLog::Append(std::string_view payload) {
   seg.bytes += bytes;
   bytes_ += bytes;
   offset_ += bytes;
+  if (options_.prepare_spare && !spare_asked_ && offset_ > options_.preallocate_bytes) WantSpare();
   return lsn;
 }
 

@@ -36,13 +36,26 @@
 // being released, but only whole segments are deleted. So segments rotate by
 // size and by age (segment_age after their first entry), and a Release of
 // everything appended starts a new segment so the current one can go too.
-// Deleting is unlink + fsync of the directory; Open never deletes.
+// Deleting is unlink + fsync of the directory; Open never deletes a segment.
+//
+// The spare: an fdatasync after writing into space that posix_fallocate
+// reserved also commits the filesystem's journal (ext4 records that the
+// blocks now hold data), one more write and flush per append. So once the
+// log is busy (its current segment holds more than preallocate_bytes), a
+// thread of its own writes the next segment ahead, segment_bytes of zeros
+// synced to disk, as prefix + ".spare"; a new segment is that file renamed,
+// and appends into it overwrite zeros. The spare is made only while the
+// filesystem keeps spare_min_free_bytes free besides it; without one, a new
+// segment is preallocated as before. Open removes a spare left behind (it
+// only ever holds zeros).
 //
 // Thread-safety: Append, Release and the accessors may be called from any
 // thread (one internal mutex; Append holds it across pwrite + fdatasync).
+// The spare's thread shares only the spare with them (a mutex of its own).
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -51,6 +64,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "common/status.h"
 
@@ -71,6 +85,10 @@ class CommitLog {
     // posix_fallocate the current segment ahead in steps of this, so a full
     // disk fails the allocation before any entry is half written.
     uint64_t preallocate_bytes = 4u << 20;
+    // Prepare the next segment ahead (see "The spare" above) ...
+    bool prepare_spare = true;
+    // ... only while this much stays free besides it.
+    uint64_t spare_min_free_bytes = 256u << 20;
   };
   // Called for each valid entry with lsn > after_lsn, in lsn order, during Open. A non-OK status stops Open and is
   // returned.
@@ -100,6 +118,11 @@ class CommitLog {
   uint64_t last_lsn() const;       // the last lsn appended (or replayed); 0 if none
   uint64_t bytes_on_disk() const;  // bytes of entries in all segments not yet deleted (for logs/tests)
   size_t segments() const;         // segment files currently on disk
+  // Segments started from a spare, and started without one (for tests).
+  uint64_t spares_used() const;
+  uint64_t segments_preallocated() const;
+  // Waits up to timeout for a spare to be ready; false if none is (for tests).
+  bool WaitForSpare(std::chrono::milliseconds timeout);
 
  private:
   struct Segment {
@@ -112,6 +135,12 @@ class CommitLog {
 
   explicit CommitLog(const Options& options);
   Status Recover(uint64_t after_lsn, const Replay& replay);
+  // The spare (prep_mu_): asked for by Append, made by SpareLoop, taken by
+  // StartSegment.
+  void WantSpare();
+  int TakeSpare(const std::string& path);  // the spare's fd, renamed to path; -1 if none is ready
+  void SpareLoop();
+  Status MakeSpare();
   Status StartSegment();
   void CloseCurrent();
   Status WriteEntry(std::string_view payload);
@@ -128,6 +157,17 @@ class CommitLog {
   uint64_t next_lsn_ = 1;
   uint64_t bytes_ = 0;  // sum of segments_[i].bytes
   std::string buffer_;  // one entry, reused across appends
+  uint64_t spares_used_ = 0, segments_preallocated_ = 0;
+  bool spare_asked_ = false;  // for the current segment
+
+  const std::string spare_path_;  // prefix + ".spare"
+  std::mutex prep_mu_;            // guards the spare's state below; taken after mu_, never before it
+  std::condition_variable prep_cv_;
+  int spare_fd_ = -1;             // a spare ready: segment_bytes of synced zeros
+  bool spare_wanted_ = false;
+  bool prep_stopping_ = false;
+  std::chrono::steady_clock::time_point spare_retry_{};  // after a failure, not before then
+  std::thread prep_thread_;       // started by the first WantSpare
 };
 
 // CRC-32C (Castagnoli), as used in the entry header. Extend continues a CRC

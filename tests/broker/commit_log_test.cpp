@@ -1,9 +1,14 @@
 // Unit tests for broker/store/commit_log.h, each in a private temporary
 // directory: replay, torn tails against corruption, rotation and release,
-// the entry length limit, a failing disk (RLIMIT_FSIZE), and CRC-32C.
+// the entry length limit, a failing disk (RLIMIT_FSIZE), the spare segment
+// written ahead, and CRC-32C.
 #include "broker/store/commit_log.h"
 
+#include <fcntl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -615,6 +620,132 @@ TEST_CASE("commit log: Release from another thread while appending", "[commit_lo
   log.reset();
   MustOpen(o, 200, &replayed);
   CHECK(replayed.empty());
+}
+
+// The extents of a file that are allocated but not yet written (ext4 and
+// others mark what posix_fallocate reserved so; FIEMAP reports the flag):
+// -1 if the filesystem cannot say.
+int UnwrittenExtents(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  constexpr unsigned kMax = 64;
+  std::vector<char> buf(sizeof(fiemap) + kMax * sizeof(fiemap_extent));
+  auto* fm = reinterpret_cast<fiemap*>(buf.data());
+  fm->fm_start = 0;
+  fm->fm_length = FIEMAP_MAX_OFFSET;
+  fm->fm_flags = FIEMAP_FLAG_SYNC;
+  fm->fm_extent_count = kMax;
+  const int rc = ::ioctl(fd, FS_IOC_FIEMAP, fm);
+  ::close(fd);
+  if (rc != 0) return -1;
+  int n = 0;
+  for (unsigned i = 0; i < fm->fm_mapped_extents; ++i) {
+    if (fm->fm_extents[i].fe_flags & FIEMAP_EXTENT_UNWRITTEN) ++n;
+  }
+  return n;
+}
+
+TEST_CASE("commit log: a busy log's next segment is written ahead as zeros, and appends fill it", "[commit_log]") {
+  TempDir dir;
+  auto o = LogOptions(dir);
+  o.segment_bytes = 64 * 1024;
+  o.preallocate_bytes = 4096;
+  o.spare_min_free_bytes = 0;
+  const std::string spare = dir / "liaison.db-log.spare";
+  Entries replayed;
+  auto log = MustOpen(o, 0, &replayed);
+  const std::string entry(1000, 'e');
+  // Nothing is written ahead for a log that is barely used.
+  REQUIRE(*log->Append(entry) == 1);
+  CHECK_FALSE(log->WaitForSpare(std::chrono::milliseconds(200)));
+  CHECK_FALSE(std::filesystem::exists(spare));
+  // Past preallocate_bytes in the current segment, the spare is made.
+  uint64_t lsn = 1;
+  while (lsn < 5) lsn = *log->Append(entry);
+  REQUIRE(log->WaitForSpare(std::chrono::seconds(10)));
+  REQUIRE(std::filesystem::file_size(spare) == o.segment_bytes);
+  CHECK(ReadAll(spare) == std::string(o.segment_bytes, '\0'));
+  CHECK(UnwrittenExtents(spare) <= 0);  // written, not only reserved (0), or the filesystem cannot say (-1)
+  // The next segment is the spare, renamed: full size, zeros after the entries.
+  const size_t per_segment = o.segment_bytes / (kHeader + entry.size());
+  while (log->segments() < 2) lsn = *log->Append(entry);
+  CHECK(log->spares_used() == 1);
+  CHECK(log->segments_preallocated() == 1);  // the first segment only
+  CHECK_FALSE(std::filesystem::exists(spare));
+  const std::string current = SegmentFiles(dir).back();
+  CHECK(std::filesystem::file_size(current) == o.segment_bytes);
+  const std::string data = ReadAll(current);
+  CHECK(data.find_first_not_of('\0', kHeader + entry.size()) == std::string::npos);
+  if (const int unwritten = UnwrittenExtents(current); unwritten >= 0) CHECK(unwritten == 0);
+  // A copy taken now (as a crash would leave it) replays every entry: the
+  // zeros after the last one end the segment.
+  TempDir crashed;
+  for (const auto& f : SegmentFiles(dir)) {
+    std::filesystem::copy_file(f, crashed / std::filesystem::path(f).filename().string());
+  }
+  for (uint64_t i = 0; i < per_segment; ++i) lsn = *log->Append(entry);
+  log.reset();
+  auto o2 = o;
+  o2.prefix = crashed / "liaison.db-log";
+  MustOpen(o2, 0, &replayed);
+  CHECK(replayed.size() == per_segment + 1);
+  // Closing gives the zeros past the last entry back; every entry replays.
+  CHECK(std::filesystem::file_size(SegmentFiles(dir).back()) < o.segment_bytes);
+  MustOpen(o, 0, &replayed);
+  CHECK(replayed.size() == lsn);
+  for (const auto& [l, payload] : replayed) CHECK(payload == entry);
+}
+
+TEST_CASE("commit log: a spare left behind is removed at Open and never read as a segment", "[commit_log]") {
+  TempDir dir;
+  const auto o = LogOptions(dir);
+  Entries replayed;
+  AppendRange(*MustOpen(o, 0, &replayed), 1, 3);
+  // A spare holds zeros only; this one holds a valid segment's bytes, which
+  // must not be replayed either.
+  const std::string spare = dir / "liaison.db-log.spare";
+  std::filesystem::copy_file(SegmentFiles(dir).at(0), spare);
+  auto log = MustOpen(o, 3, &replayed);
+  CHECK(replayed.empty());
+  CHECK_FALSE(std::filesystem::exists(spare));
+  AppendRange(*log, 4, 4);
+}
+
+TEST_CASE("commit log: no spare is written while the filesystem is short of space", "[commit_log]") {
+  TempDir dir;
+  auto o = LogOptions(dir);
+  o.segment_bytes = 16 * 1024;
+  o.preallocate_bytes = 8192;
+  o.spare_min_free_bytes = uint64_t{1} << 60;
+  Entries replayed;
+  auto log = MustOpen(o, 0, &replayed);
+  const std::string entry(1000, 's');
+  uint64_t lsn = 0;
+  while (log->segments() < 3) lsn = *log->Append(entry);
+  CHECK_FALSE(log->WaitForSpare(std::chrono::milliseconds(200)));
+  CHECK(log->spares_used() == 0);
+  CHECK(log->segments_preallocated() == 3);
+  CHECK_FALSE(std::filesystem::exists(dir / "liaison.db-log.spare"));
+  // The current segment's space is reserved, not written, past its entries.
+  if (const int unwritten = UnwrittenExtents(SegmentFiles(dir).back()); unwritten >= 0) CHECK(unwritten > 0);
+  log.reset();
+  MustOpen(o, 0, &replayed);
+  CHECK(replayed.size() == lsn);
+}
+
+TEST_CASE("commit log: without prepare_spare nothing is written ahead", "[commit_log]") {
+  TempDir dir;
+  auto o = LogOptions(dir);
+  o.segment_bytes = 16 * 1024;
+  o.preallocate_bytes = 4096;
+  o.spare_min_free_bytes = 0;
+  o.prepare_spare = false;
+  Entries replayed;
+  auto log = MustOpen(o, 0, &replayed);
+  const std::string entry(1000, 'n');
+  while (log->segments() < 3) (void)*log->Append(entry);
+  CHECK_FALSE(log->WaitForSpare(std::chrono::milliseconds(200)));
+  CHECK(log->spares_used() == 0);
 }
 
 }  // namespace
