@@ -645,12 +645,18 @@ int UnwrittenExtents(const std::string& path) {
   return n;
 }
 
-TEST_CASE("commit log: a busy log's next segment is written ahead as zeros, and appends fill it", "[commit_log]") {
-  TempDir dir;
+// Small segments that ask for a spare after 4 KiB, whatever the free space.
+CommitLog::Options SpareOptions(const TempDir& dir, uint64_t segment_bytes) {
   auto o = LogOptions(dir);
-  o.segment_bytes = 64 * 1024;
+  o.segment_bytes = segment_bytes;
   o.preallocate_bytes = 4096;
   o.spare_min_free_bytes = 0;
+  return o;
+}
+
+TEST_CASE("commit log: a busy log's next segment is written ahead as zeros, and appends fill it", "[commit_log]") {
+  TempDir dir;
+  const auto o = SpareOptions(dir, 64 * 1024);
   const std::string spare = dir / "liaison.db-log.spare";
   Entries replayed;
   auto log = MustOpen(o, 0, &replayed);
@@ -713,9 +719,8 @@ TEST_CASE("commit log: a spare left behind is removed at Open and never read as 
 
 TEST_CASE("commit log: no spare is written while the filesystem is short of space", "[commit_log]") {
   TempDir dir;
-  auto o = LogOptions(dir);
-  o.segment_bytes = 16 * 1024;
-  o.preallocate_bytes = 8192;
+  auto o = SpareOptions(dir, 16 * 1024);
+  o.preallocate_bytes = 8192;  // more than a block: reserved space is left after the first entry
   o.spare_min_free_bytes = uint64_t{1} << 60;
   Entries replayed;
   auto log = MustOpen(o, 0, &replayed);
@@ -735,10 +740,7 @@ TEST_CASE("commit log: no spare is written while the filesystem is short of spac
 
 TEST_CASE("commit log: without prepare_spare nothing is written ahead", "[commit_log]") {
   TempDir dir;
-  auto o = LogOptions(dir);
-  o.segment_bytes = 16 * 1024;
-  o.preallocate_bytes = 4096;
-  o.spare_min_free_bytes = 0;
+  auto o = SpareOptions(dir, 16 * 1024);
   o.prepare_spare = false;
   Entries replayed;
   auto log = MustOpen(o, 0, &replayed);
