@@ -450,13 +450,23 @@ void CommitLog::SpareLoop() {
     spare_wanted_ = false;
     lock.unlock();
     const Status s = MakeSpare();
-    lock.lock();
-    if (!s.ok()) {
-      // Appends go on without a spare (preallocating as before); the next
-      // segment's first use asks again, but not before a little while.
-      spdlog::debug("commit log: no spare segment: {}", s.message());
-      spare_retry_ = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    // Appends go on without a spare (preallocating as before); the next
+    // segment's first use asks again, but not before a little while. Short
+    // of space is said once, when it starts and when it ends: it warns of
+    // a disk filling up.
+    const bool short_of_space = s.code() == Status::Code::kUnavailable;
+    if (short_of_space && !spare_short_) {
+      spdlog::warn("commit log: {}: segments are no longer written ahead (appends are slower); publishes are refused "
+                   "once the disk is full",
+                   s.message());
+    } else if (!s.ok() && !short_of_space) {
+      spdlog::warn("commit log: no spare segment: {}", s.message());
+    } else if (s.ok() && spare_short_) {
+      spdlog::info("commit log: {} has space again: segments are written ahead", dir_);
     }
+    spare_short_ = short_of_space;
+    lock.lock();
+    if (!s.ok()) spare_retry_ = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   }
 }
 
@@ -467,7 +477,7 @@ Status CommitLog::MakeSpare() {
   if (::statvfs(dir_.c_str(), &fs) != 0) return Io(dir_, "cannot read the free space", errno);
   const uint64_t free = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
   if (free < options_.segment_bytes + options_.spare_min_free_bytes) {
-    return Status::IoError("only " + std::to_string(free >> 20) + " MiB free in " + dir_);
+    return Status::Unavailable("only " + std::to_string(free >> 20) + " MiB free in " + dir_);
   }
   const int fd = ::open(spare_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return Io(spare_path_, "cannot create", errno);

@@ -140,7 +140,7 @@ class CommitLog {
   void WantSpare();
   int TakeSpare(const std::string& path);  // the spare's fd, renamed to path; -1 if none is ready
   void SpareLoop();
-  Status MakeSpare();
+  Status MakeSpare();  // Unavailable: too little space
   Status StartSegment();
   void CloseCurrent();
   Status WriteEntry(std::string_view payload);
@@ -167,6 +167,7 @@ class CommitLog {
   bool spare_wanted_ = false;
   bool prep_stopping_ = false;
   std::chrono::steady_clock::time_point spare_retry_{};  // after a failure, not before then
+  bool spare_short_ = false;      // the spare thread's: the last try found too little space
   std::thread prep_thread_;       // started by the first WantSpare
 };
 

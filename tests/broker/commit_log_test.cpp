@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "tests/log_capture.h"
 #include "tests/temp_dir.h"
 
 namespace liaison::broker {
@@ -723,11 +724,19 @@ TEST_CASE("commit log: no spare is written while the filesystem is short of spac
   o.preallocate_bytes = 8192;  // more than a block: reserved space is left after the first entry
   o.spare_min_free_bytes = uint64_t{1} << 60;
   Entries replayed;
+  test::LogCapture capture;
   auto log = MustOpen(o, 0, &replayed);
   const std::string entry(1000, 's');
   uint64_t lsn = 0;
   while (log->segments() < 3) lsn = *log->Append(entry);
   CHECK_FALSE(log->WaitForSpare(std::chrono::milliseconds(200)));
+  // The operator is told (a disk filling up), by the spare's thread.
+  const std::string warning = "MiB free in " + dir.path() + ": segments are no longer written ahead";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (capture.text().find(warning) == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK_THAT(capture.text(), Catch::Contains(warning));
   CHECK(log->spares_used() == 0);
   CHECK(log->segments_preallocated() == 3);
   CHECK_FALSE(std::filesystem::exists(dir / "liaison.db-log.spare"));

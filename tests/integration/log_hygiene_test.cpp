@@ -5,7 +5,6 @@
 // broker running the example city policy serves real agencies over TLS.
 #include <catch2/catch.hpp>
 
-#include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
@@ -15,39 +14,12 @@
 #include "common/files.h"
 #include "common/sha256.h"
 #include "tests/integration/test_support.h"
+#include "tests/log_capture.h"
 
 using namespace liaison;
 using namespace liaison::test;
 
 namespace {
-
-// Adds a sink that keeps every formatted line (spdlog's ring buffer, far
-// larger than these tests log; read under its own mutex, also while others
-// log) to the default logger and sets it to trace; undone on destruction.
-class LogCapture {
- public:
-  LogCapture() : logger_(spdlog::default_logger()), sink_(std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(1 << 20)) {
-    PkiDir();  // its first call sets the tests' log level; trace must come after
-    level_ = logger_->level();
-    logger_->sinks().push_back(sink_);
-    logger_->set_level(spdlog::level::trace);
-  }
-  ~LogCapture() {
-    auto& sinks = logger_->sinks();
-    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
-    logger_->set_level(level_);
-  }
-  std::string text() {
-    std::string out;
-    for (const std::string& line : sink_->last_formatted()) out += line;
-    return out;
-  }
-
- private:
-  std::shared_ptr<spdlog::logger> logger_;
-  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_;
-  spdlog::level::level_enum level_ = spdlog::level::info;
-};
 
 std::string Base64Lines(const std::string& pem) {
   // The body lines of a PEM file (64 base64 characters each).
@@ -68,6 +40,7 @@ TEST_CASE("no message body, pseudonym, key or certificate secret reaches the log
   const std::string bad_date = "DOB-MARKER-19";
   std::string pseudonym;
   std::vector<std::pair<std::string, std::string>> keys;  // path, bytes
+  PkiDir();  // its first call sets the tests' log level; trace must come after
   LogCapture capture;
   {
     TestBroker broker({}, 2, *ReadFile(LIAISON_SOURCE_DIR "/docs/examples/policy.yaml", 1 << 20));
@@ -139,6 +112,7 @@ TEST_CASE("no message body, pseudonym, key or certificate secret reaches the log
 }
 
 TEST_CASE("client text cannot forge or colour log lines", "[logs]") {
+  PkiDir();  // as above
   LogCapture capture;
   {
     TestBroker broker;
