@@ -450,6 +450,8 @@ void CommitLog::SpareLoop() {
     spare_wanted_ = false;
     lock.unlock();
     const Status s = MakeSpare();
+    lock.lock();
+    if (prep_stopping_) return;
     // Appends go on without a spare (preallocating as before); the next
     // segment's first use asks again, but not before a little while. Short
     // of space is said once, when it starts and when it ends: it warns of
@@ -465,13 +467,13 @@ void CommitLog::SpareLoop() {
       spdlog::info("commit log: {} has space again: segments are written ahead", dir_);
     }
     spare_short_ = short_of_space;
-    lock.lock();
     if (!s.ok()) spare_retry_ = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   }
 }
 
 // Writes segment_bytes of zeros to the spare's file and syncs them, if the
-// filesystem can spare them (spare thread, prep_mu_ not held).
+// filesystem can spare them (spare thread, prep_mu_ not held). Stops early,
+// with nothing kept, when the log closes.
 Status CommitLog::MakeSpare() {
   struct statvfs fs {};
   if (::statvfs(dir_.c_str(), &fs) != 0) return Io(dir_, "cannot read the free space", errno);
@@ -486,6 +488,10 @@ Status CommitLog::MakeSpare() {
   static const std::string zeros(kSpareStepBytes, '\0');
   int err = 0;
   for (uint64_t at = 0; at < options_.segment_bytes && err == 0;) {
+    {
+      std::lock_guard<std::mutex> lock(prep_mu_);  // closing: no need to finish
+      if (prep_stopping_) break;
+    }
     const size_t n = static_cast<size_t>(std::min<uint64_t>(zeros.size(), options_.segment_bytes - at));
     const ssize_t w = ::pwrite(fd, zeros.data(), n, static_cast<off_t>(at));
     if (w < 0 && errno == EINTR) continue;
@@ -504,7 +510,7 @@ Status CommitLog::MakeSpare() {
   if (err != 0 || prep_stopping_) {
     ::close(fd);
     ::unlink(spare_path_.c_str());
-    return err != 0 ? Io(spare_path_, "cannot write", err) : Status::Ok();
+    return err != 0 && !prep_stopping_ ? Io(spare_path_, "cannot write", err) : Status::Ok();
   }
   spare_fd_ = fd;
   prep_cv_.notify_all();
