@@ -28,7 +28,7 @@ if(LIAISON_BUILD_TESTS)
   # nothing may be lost. Not timed: no figure is checked.
   add_test(NAME bench_e2e_smoke
     COMMAND ${CMAKE_COMMAND} -DBENCH=$<TARGET_FILE:liaison-bench> -DPKI=${CMAKE_BINARY_DIR}/test-pki
-            -P ${CMAKE_CURRENT_LIST_DIR}/check_e2e_smoke.cmake)
+            -DTRACE=${CMAKE_BINARY_DIR}/bench-e2e-smoke-trace.csv -P ${CMAKE_CURRENT_LIST_DIR}/check_e2e_smoke.cmake)
   set_tests_properties(bench_e2e_smoke PROPERTIES TIMEOUT 120 FIXTURES_REQUIRED test_pki)
   # The latency workload alone and beside an agency flooding at 10x a low
   # rate limit: nothing of the others lost or refused, every flood publish

@@ -1,10 +1,11 @@
 # bench_e2e_smoke: runs `liaison-bench e2e` with a few hundred messages and
 # checks that its JSON line parses and that nothing was lost, duplicated or
-# refused. Usage: cmake -DBENCH=liaison-bench -DPKI=dir -P check_e2e_smoke.cmake
+# refused, and that --trace wrote a line per latency-phase message.
+# Usage: cmake -DBENCH=liaison-bench -DPKI=dir -DTRACE=file -P check_e2e_smoke.cmake
 include(${CMAKE_CURRENT_LIST_DIR}/bench_line.cmake)
 run_bench_line(
   ARGS e2e --pki ${PKI} --publishers 2 --messages 150 --window 32
-       --rate 200 --duration 1 --warmup 0.2 --timeout 30 --profile none
+       --rate 200 --duration 1 --warmup 0.2 --timeout 30 --profile none --trace ${TRACE}
   KEYS msgs_per_s p50_ms p99_ms p999_ms lost dups received redacted_received)
 if(NOT lost EQUAL 0 OR NOT dups EQUAL 0)
   message(FATAL_ERROR "lost ${lost}, dups ${dups}")
@@ -15,3 +16,20 @@ endif()
 if(redacted_received LESS 1)
   message(FATAL_ERROR "no receiver got a redacted copy")
 endif()
+# The trace: a header, then one line per message of the latency phase (200
+# msgs/s for 1 s), each with both latencies (nothing was lost).
+file(STRINGS ${TRACE} trace)
+list(LENGTH trace n)
+if(NOT n EQUAL 201)
+  message(FATAL_ERROR "the trace has ${n} lines, not a header and 200 messages")
+endif()
+list(GET trace 0 header)
+if(NOT header STREQUAL "publisher,seq,sched_ms,sched_ns,ack_ms,e2e_ms")
+  message(FATAL_ERROR "the trace's header is '${header}'")
+endif()
+list(REMOVE_AT trace 0)
+foreach(line ${trace})
+  if(NOT line MATCHES "^[0-9]+,[0-9]+,[0-9]+\\.[0-9]+,[0-9]+,[0-9]+\\.[0-9]+,[0-9]+\\.[0-9]+$")
+    message(FATAL_ERROR "a trace line is not publisher,seq,sched_ms,sched_ns,ack_ms,e2e_ms: '${line}'")
+  endif()
+endforeach()
