@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -21,9 +22,10 @@
 namespace liaison::broker {
 
 // Signs checkpoints on a thread of its own, so that a commit's signature
-// (about 60 us here) is made while its log append waits for the disk
-// instead of before it. One job at a time: Start, then Wait (which signs
-// itself a job the thread has not started).
+// (about 25 us in a loop, several times that on an idle machine) is made
+// while its log append waits for the disk instead of before it. One job at
+// a time: Start, then Wait (which signs itself a job the thread has not
+// started).
 class SignerThread {
  public:
   SignerThread(const audit::Signer* signer, std::string origin)
@@ -39,10 +41,7 @@ class SignerThread {
   void Start(uint64_t tree_size, const merkle::Hash& root, int64_t time_ms) {
     {
       std::lock_guard lock(mu_);
-      size_ = tree_size;
-      root_ = root;
-      time_ = time_ms;
-      pending_ = true;
+      pending_ = Job{tree_size, root, time_ms};
       ready_ = false;
     }
     cv_.notify_all();
@@ -53,12 +52,9 @@ class SignerThread {
   audit::Checkpoint Wait() {
     std::unique_lock lock(mu_);
     if (pending_) {
-      pending_ = false;
-      const uint64_t size = size_;
-      const merkle::Hash root = root_;
-      const int64_t time = time_;
+      const Job job = Take();
       lock.unlock();
-      return signer_->Sign(origin_, size, root, time);
+      return Sign(job);
     }
     cv_.wait(lock, [&] { return ready_; });
     ready_ = false;
@@ -66,18 +62,27 @@ class SignerThread {
   }
 
  private:
+  struct Job {
+    uint64_t tree_size;
+    merkle::Hash root;
+    int64_t time_ms;
+  };
+  Job Take() {  // mu_ held, a job pending
+    const Job job = *pending_;
+    pending_.reset();
+    return job;
+  }
+  audit::Checkpoint Sign(const Job& job) const { return signer_->Sign(origin_, job.tree_size, job.root, job.time_ms); }
+
   void Loop() {
     pthread_setname_np(pthread_self(), "store-sign");
     std::unique_lock lock(mu_);
     for (;;) {
       cv_.wait(lock, [&] { return pending_ || stopping_; });
       if (!pending_) return;
-      pending_ = false;
-      const uint64_t size = size_;
-      const merkle::Hash root = root_;
-      const int64_t time = time_;
+      const Job job = Take();
       lock.unlock();
-      audit::Checkpoint cp = signer_->Sign(origin_, size, root, time);
+      audit::Checkpoint cp = Sign(job);
       lock.lock();
       out_ = std::move(cp);
       ready_ = true;
@@ -89,11 +94,9 @@ class SignerThread {
   const std::string origin_;
   std::mutex mu_;
   std::condition_variable cv_;
-  bool pending_ = false, ready_ = false, stopping_ = false;  // guarded by mu_
-  uint64_t size_ = 0;
-  merkle::Hash root_{};
-  int64_t time_ = 0;
-  audit::Checkpoint out_;
+  std::optional<Job> pending_;                // guarded by mu_: started, not yet taken
+  bool ready_ = false, stopping_ = false;     // guarded by mu_
+  audit::Checkpoint out_;                     // guarded by mu_: the thread's last signature
   std::thread thread_;  // last: starts once the rest is ready
 };
 
