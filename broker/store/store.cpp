@@ -581,7 +581,7 @@ Status Store::Sync() {
   return impl_->WaitApplied();
 }
 
-void Store::WhenApplied(std::function<void(const Status&)> then) { impl_->WhenApplied(std::move(then)); }
+void Store::WhenApplied(std::function<void(const Status&)> then) { impl_->WhenLoggedApplied(std::move(then)); }
 
 audit::Checkpoint Store::latest() const {
   std::lock_guard lock(impl_->mu);

@@ -147,9 +147,10 @@ class Store {
   // index see) trails the commit log by up to Options::apply_delay. Sync
   // waits until what was queued before it (Append, Commit) is committed,
   // then writes every commit into the database and waits; WhenApplied runs
-  // then() once the commits made so far are in it (on the applier's
-  // thread, or at once on the caller's), without waiting. Both report a
-  // failure to write it.
+  // then() once what was queued before it (a lazy batch too) is committed
+  // and in the database (on the writer's or the applier's thread, or at
+  // once on the caller's), without waiting. Both report a failure to write
+  // it.
   Status Sync();
   void WhenApplied(std::function<void(const Status&)> then);
 

@@ -239,6 +239,10 @@ struct Store::Impl {
   uint64_t finished_items = 0;   // guarded by mu
   bool writer_gone = false;      // guarded by mu
   std::condition_variable written_cv;
+  // WhenApplied's callers waiting for the items pushed before them to be
+  // committed (then for the applier): the count of items, and then().
+  // While any waits, lazy batches do not linger.
+  std::vector<std::pair<uint64_t, std::function<void(const Status&)>>> written_waiters;  // guarded by mu
   // Add an item to the queue, take one off its front (with mu held).
   void Push(Item item) {
     pushed_items++;
@@ -349,6 +353,10 @@ struct Store::Impl {
   // The reads' Store::Wait: kNo does not wait.
   Status WaitApplied(Store::Wait wait) { return wait == Store::Wait::kForApplier ? WaitApplied() : Status::Ok(); }
   void WhenApplied(std::function<void(const Status&)> then);
+  // WhenApplied once what was pushed before it is committed.
+  void WhenLoggedApplied(std::function<void(const Status&)> then);
+  // After finished_items grew (with mu held): the written_waiters now due.
+  std::vector<std::function<void(const Status&)>> TakeWrittenWaiters();
 };
 
 }  // namespace liaison::broker

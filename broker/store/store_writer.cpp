@@ -268,6 +268,32 @@ Status Store::Impl::Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tr
   return Status::Ok();
 }
 
+std::vector<std::function<void(const Status&)>> Store::Impl::TakeWrittenWaiters() {
+  std::vector<std::function<void(const Status&)>> due;
+  auto keep = written_waiters.begin();
+  for (auto& w : written_waiters) {
+    if (w.first <= finished_items) {
+      due.push_back(std::move(w.second));
+    } else {
+      *keep++ = std::move(w);
+    }
+  }
+  written_waiters.erase(keep, written_waiters.end());
+  return due;
+}
+
+void Store::Impl::WhenLoggedApplied(std::function<void(const Status&)> then) {
+  {
+    std::lock_guard lock(mu);
+    if (finished_items < pushed_items && !writer_gone) {
+      written_waiters.emplace_back(pushed_items, std::move(then));
+      cv.notify_one();  // a lingering lazy batch goes now
+      return;
+    }
+  }
+  WhenApplied(std::move(then));
+}
+
 void Store::Impl::WriterLoop() {
   pthread_setname_np(pthread_self(), "store-writer");
   for (;;) {
@@ -277,13 +303,19 @@ void Store::Impl::WriterLoop() {
       cv.wait(lock, [&] { return !queue.empty() || stopping; });
       if (queue.empty() && stopping) {
         writer_gone = true;
+        auto waiters = std::move(written_waiters);
+        written_waiters.clear();
+        lock.unlock();
         written_cv.notify_all();
+        for (auto& w : waiters) w.second(Status::Unavailable("the store is closing"));
         return;
       }
-      // Only lazy batches: they wait a little for one that is not.
-      if (queued_urgent == 0 && !stopping) {
-        cv.wait_for(lock, options.lazy_linger,
-                    [&] { return queued_urgent > 0 || stopping || queued_records >= kLazyFlushRecords; });
+      // Only lazy batches: they wait a little for one that is not, unless
+      // someone waits for them (WhenApplied).
+      if (queued_urgent == 0 && !stopping && written_waiters.empty()) {
+        cv.wait_for(lock, options.lazy_linger, [&] {
+          return queued_urgent > 0 || stopping || queued_records >= kLazyFlushRecords || !written_waiters.empty();
+        });
       }
       if (queued_records <= kMaxRecordsPerCommit) {
         // All of it: the items change hands without being moved one by one.
@@ -338,12 +370,15 @@ void Store::Impl::WriterLoop() {
         }
       }
     }
+    std::vector<std::function<void(const Status&)>> due;
     {
       std::lock_guard lock(mu);
       for (auto& it : again) Push(std::move(it));
       finished_items += items.size();
+      if (!written_waiters.empty()) due = TakeWrittenWaiters();
     }
     written_cv.notify_all();
+    for (auto& then : due) WhenApplied(std::move(then));
     // The callers' done() (a PublishAck to encode, deliveries to hand to the
     // router) and the freeing of their batches run on the completion
     // thread, in commit order, while this thread commits the next batch.

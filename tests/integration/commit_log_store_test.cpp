@@ -251,6 +251,36 @@ TEST_CASE("WhenApplied runs once what was committed before it is in the database
   CHECK(ran);
 }
 
+TEST_CASE("WhenApplied covers what is still queued, a lingering lazy batch too", "[store][commit_log]") {
+  TempDir dir;
+  auto o = Unapplied(dir);
+  o.lazy_linger = std::chrono::seconds(30);  // a lazy batch alone would wait this long
+  auto store = broker::Store::Open(o);
+  REQUIRE(store.ok());
+  int64_t delivery = 0;
+  broker::Batch publish = Publish(**store, "m-1", "the body", &delivery);
+  const int64_t row = publish.new_message->row;
+  REQUIRE((*store)->CommitSync(std::move(publish)).ok());
+  // The acknowledgement is lazy and queued without waiting; WhenApplied
+  // right behind it must see it committed and applied, as a forward of
+  // the message just acknowledged needs (FindDelivered).
+  broker::Batch ack = Acknowledged(delivery, row, "m-1");
+  ack.lazy = true;
+  (*store)->Commit(std::move(ack), nullptr);
+  std::promise<std::pair<bool, int64_t>> seen;
+  (*store)->WhenApplied([&](const Status& s) {
+    seen.set_value({s.ok(), QueryInt(o.path, "SELECT COUNT(*) FROM deliveries WHERE state = 1")});
+  });
+  auto f = seen.get_future();
+  REQUIRE(f.wait_for(std::chrono::seconds(20)) == std::future_status::ready);  // not the 30 s linger
+  const auto [ok, delivered] = f.get();
+  CHECK(ok);
+  CHECK(delivered == 1);
+  auto found = (*store)->FindDelivered("school", "m-1", broker::Store::Wait::kNo);
+  REQUIRE(found.ok());
+  CHECK(found->has_value());
+}
+
 TEST_CASE("after kill -9, the next Open applies the commit log: the same tree, queue and duplicates",
           "[store][commit_log][crash]") {
   TempDir dir;

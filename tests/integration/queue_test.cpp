@@ -13,8 +13,10 @@
 #include <set>
 #include <thread>
 
+#include "common/audit_record.h"
 #include "common/files.h"
 #include "common/uuid.h"
+#include "proto/frame_codec.h"
 #include "tests/integration/test_support.h"
 
 using namespace liaison;
@@ -551,4 +553,75 @@ TEST_CASE("a forward is checked against its original at publish and again at del
   broker.Restart();
   Receiver after(broker.port(), "police");
   REQUIRE(after.WaitCount(1));
+}
+
+TEST_CASE("acknowledgements read together are each recorded, and a forward right behind them finds its original",
+          "[queue][forward][credit]") {
+  // The broker commits the DeliveryAcks it reads in one go together; a
+  // frame of another kind behind them must still find them committed.
+  TestBroker broker;
+  auto police = Connect(broker.port(), "police");
+  constexpr int kMessages = 20;
+  std::vector<std::string> ids;
+  for (int i = 0; i < kMessages; ++i) {
+    v1::Message m = IncidentReport({"school"});
+    m.mutable_envelope()->set_tlp(v1::TLP_GREEN);  // shareable onwards
+    ids.push_back(m.envelope().message_id());
+    REQUIRE(police->Publish(m).AllAccepted());
+  }
+  RawClient raw;
+  RawClient::Options o;
+  o.tls = AgencyTls("school");
+  REQUIRE(raw.Connect(broker.port(), o).ok());
+  REQUIRE(raw.SendHello(/*receive=*/true, /*credit=*/64));
+  std::vector<v1::Deliver> got;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (got.size() < kMessages && std::chrono::steady_clock::now() < until) {
+    auto f = raw.ReadFrame(std::chrono::milliseconds(100));
+    if (f && f->has_deliver()) got.push_back(f->deliver());
+  }
+  REQUIRE(got.size() == kMessages);
+
+  // Every acknowledgement and then the forward, in one TLS record.
+  std::string burst;
+  for (const auto& d : got) {
+    v1::Frame a;
+    a.mutable_delivery_ack()->set_delivery_id(d.delivery_id());
+    a.mutable_delivery_ack()->set_attempt(d.attempt());
+    burst += proto::EncodeFrame(a).value();
+  }
+  v1::Message forward = IncidentReport({"social"});
+  forward.mutable_envelope()->set_tlp(v1::TLP_GREEN);
+  forward.mutable_envelope()->set_forwarded_from(got.back().message().envelope().message_id());
+  v1::Frame p;
+  p.mutable_publish()->set_request_id(7);
+  *p.mutable_publish()->mutable_message() = forward;
+  burst += proto::EncodeFrame(p).value();
+  REQUIRE(raw.SendBytes(burst));
+
+  std::optional<v1::PublishAck> answer;
+  const auto answered_by = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!answer && std::chrono::steady_clock::now() < answered_by) {
+    auto f = raw.ReadFrame(std::chrono::milliseconds(100));
+    if (f && f->has_publish_ack()) answer = f->publish_ack();
+    if (f && f->has_error()) FAIL(f->error().message());
+  }
+  REQUIRE(answer);
+  CHECK(answer->request_id() == 7);
+  REQUIRE(answer->outcomes_size() == 1);
+  INFO(answer->outcomes(0).detail());
+  {
+    const auto leaf = AuditColumn(broker, forward.envelope().message_id(), "leaf");
+    auto decoded = leaf.empty() ? Result<audit::Record>(Status::NotFound("no record")) : audit::DecodeLeaf(leaf[0]);
+    INFO((decoded.ok() ? decoded->detail : decoded.status().ToString()));
+    CHECK(answer->outcomes(0).outcome() == v1::OUTCOME_QUEUED);
+  }
+
+  // Each acknowledgement has its own record, once; none is sent again.
+  for (const auto& id : ids) {
+    const auto events = AuditEvents(broker, id);
+    CHECK(std::count(events.begin(), events.end(), "delivered:delivered:school") == 1);
+  }
+  CHECK_FALSE(raw.ReadFrame(std::chrono::milliseconds(300)).has_value());
+  raw.Close();
 }
