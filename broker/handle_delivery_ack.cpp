@@ -22,9 +22,21 @@
 #include "proto/names.h"
 
 namespace liaison::broker {
+namespace {
+
+// DeliveryAcks read in one go share a commit, up to this many.
+constexpr size_t kMaxAcksPerCommit = 256;
+
+}  // namespace
 
 void Session::Wake() {
-  boost::asio::post(stream_.strand(), [self = shared_from_this()] { self->PumpDeliveries(); });
+  // The exchanges pair up: a Wake that finds one pending happened before
+  // that one's pump takes from the mailbox, so it sees what was added.
+  if (wake_posted_.exchange(true, std::memory_order_acq_rel)) return;
+  boost::asio::post(stream_.strand(), [self = shared_from_this()] {
+    self->wake_posted_.exchange(false, std::memory_order_acq_rel);
+    self->PumpDeliveries();
+  });
 }
 
 void Session::PumpDeliveries() {
@@ -236,7 +248,17 @@ void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
   f.acking = true;
   acking_++;
   const QueuedDelivery& d = f.d;
-  QueueChange c(broker_);
+  if (!acks_) {
+    acks_.emplace(broker_);
+    if (!ack_flush_posted_) {
+      ack_flush_posted_ = true;
+      boost::asio::post(stream_.strand(), [self = shared_from_this()] {
+        self->ack_flush_posted_ = false;
+        self->FlushAcks();
+      });
+    }
+  }
+  QueueChange& c = *acks_;
   if (d.kind == DeliveryKind::kMessage) {
     audit::Record r = CopyRecord("delivered", *d.message, agency_);
     r.actor = agency_;
@@ -261,25 +283,38 @@ void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
     }
     c.Finish(d, DeliveryState::kDelivered, v1::OUTCOME_DELIVERED, v1::REASON_UNSPECIFIED, "", false);
   }
-  // Nobody waits for this commit (a crash before it only means the copy is
-  // delivered again, and the recipient drops it by message id), so it may
-  // share the next publish's commit; the credit is given back now.
-  c.batch.lazy = true;
-  c.Submit([self = shared_from_this(), id = it->first](const Status& s, const audit::Checkpoint&) {
-    boost::asio::post(self->stream_.strand(), [self, id, s] { self->AckCommitted(id, s); });
-  });
+  ack_ids_.push_back(it->first);
+  // The credit is given back now; the commit follows (FlushAcks).
+  if (ack_ids_.size() >= kMaxAcksPerCommit) FlushAcks();
   PumpDeliveries();
 }
 
-void Session::AckCommitted(int64_t id, const Status& s) {
-  // On failure QueueChange gave the delivery back to the mailbox: it will be
-  // sent again. Either way it is no longer in flight here.
-  if (unacked_.erase(id) != 0) acking_--;
+void Session::FlushAcks() {
+  if (!acks_) return;
+  QueueChange c = std::move(*acks_);
+  acks_.reset();
+  // Nobody waits for this commit (a crash before it only means the copies
+  // are delivered again, and the recipient drops them by message id), so
+  // it may share the next publish's commit.
+  c.batch.lazy = true;
+  c.Submit([self = shared_from_this(), ids = std::move(ack_ids_)](const Status& s, const audit::Checkpoint&) mutable {
+    boost::asio::post(self->stream_.strand(),
+                      [self, ids = std::move(ids), s] { self->AckCommitted(ids, s); });
+  });
+  ack_ids_.clear();
+}
+
+void Session::AckCommitted(const std::vector<int64_t>& ids, const Status& s) {
+  // On failure QueueChange gave the deliveries back to the mailbox: they
+  // will be sent again. Either way they are no longer in flight here.
+  for (int64_t id : ids) {
+    if (unacked_.erase(id) != 0) acking_--;
+  }
   if (s.ok()) {
-    broker_.stats.deliveries_acked++;
+    broker_.stats.deliveries_acked += ids.size();
   } else {
-    spdlog::error("{}: acknowledgement of delivery {} could not be recorded; it will be delivered again: {}", tag_, id,
-                  s.message());
+    spdlog::error("{}: acknowledgement of {} deliver{} ({} to {}) could not be recorded; they will be delivered again: {}",
+                  tag_, ids.size(), ids.size() == 1 ? "y" : "ies", ids.front(), ids.back(), s.message());
   }
   PumpDeliveries();
 }

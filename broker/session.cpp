@@ -163,6 +163,7 @@ asio::awaitable<void> Session::Run() {
       break;
     }
     frame_arena_ = std::move(arena);
+    if (frame.kind_case() != v1::Frame::kDeliveryAck) FlushAcks();
     if (NeedsAppliedStore(frame)) {
       // The next frame is read only after this one is handled, so waiting
       // here keeps the session's order; other sessions go on meanwhile.
@@ -305,6 +306,7 @@ void Session::SendError(uint64_t request_id, v1::Reason code, const std::string&
 
 void Session::StopReceiving() {
   if (!receiving_) return;
+  FlushAcks();
   receiving_ = false;
   broker_.router.ReleaseReceiver(agency_, id_);
   ReturnDeliveries();
@@ -371,14 +373,30 @@ void Session::Shutdown(v1::Reason reason, std::string message) {
 }
 
 void Session::SendPublishAck(std::string encoded) {
-  asio::post(stream_.strand(), [self = shared_from_this(), encoded = std::move(encoded)]() mutable {
-    if (self->in_flight_publishes_ > 0) --self->in_flight_publishes_;
-    if (self->stream_.closed() || encoded.empty()) return;
-    if (!self->stream_.SendEncoded(std::move(encoded)).ok()) {
-      spdlog::warn("{}: outgoing queue full (peer not reading), closing", self->tag_);
-      self->stream_.Abort();
+  {
+    std::lock_guard lock(answers_mu_);
+    answers_.push_back(std::move(encoded));
+    if (answers_posted_) return;
+    answers_posted_ = true;
+  }
+  asio::post(stream_.strand(), [self = shared_from_this()] { self->FlushPublishAcks(); });
+}
+
+void Session::FlushPublishAcks() {
+  std::vector<std::string> answers;
+  {
+    std::lock_guard lock(answers_mu_);
+    answers.swap(answers_);
+    answers_posted_ = false;
+  }
+  for (auto& encoded : answers) {
+    if (in_flight_publishes_ > 0) --in_flight_publishes_;
+    if (stream_.closed() || encoded.empty()) continue;
+    if (!stream_.SendEncoded(std::move(encoded)).ok()) {
+      spdlog::warn("{}: outgoing queue full (peer not reading), closing", tag_);
+      stream_.Abort();
     }
-  });
+  }
 }
 
 void Session::Dispatch(v1::Frame& frame) {

@@ -11,11 +11,15 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "common/detail/frame_stream.h"
 #include "common/detail/tls.h"
@@ -44,9 +48,11 @@ class Session : public std::enable_shared_from_this<Session> {
   uint64_t id() const { return id_; }
 
   // New deliveries wait in the agency's mailbox: send what credit allows.
+  // Wakes that come while one is pending share it.
   void Wake();
   // Sends the encoded answer (PublishAck, RecallAck or Error) to a publish
-  // or recall this session made, once the store committed it.
+  // or recall this session made, once the store committed it. The answers
+  // of one commit reach the strand together (one post per session).
   void SendPublishAck(std::string encoded);
   // Graceful shutdown, step 1: refuse new publishes.
   void BeginDrain();
@@ -108,7 +114,13 @@ class Session : public std::enable_shared_from_this<Session> {
   // Re-checks the policy and sends one delivery; false when it was settled
   // without sending (refused now, or recalled).
   bool SendDelivery(QueuedDelivery d);
-  void AckCommitted(int64_t id, const Status& s);
+  // Submits the DeliveryAcks gathered since the last call as one commit.
+  // Run calls it before it handles any other frame (so that a later frame,
+  // a forward of what was just acknowledged say, finds the ack committed),
+  // and it runs when the reader waits for the socket.
+  void FlushAcks();
+  void AckCommitted(const std::vector<int64_t>& ids, const Status& s);
+  void FlushPublishAcks();
   // Gives every unacknowledged delivery back to the mailbox.
   void ReturnDeliveries();
   // Ends receiving: releases the agency's receiver claim, returns deliveries.
@@ -143,6 +155,16 @@ class Session : public std::enable_shared_from_this<Session> {
   uint32_t credit_ = 0;
   std::map<int64_t, InFlight> unacked_;   // by delivery id, oldest first
   size_t acking_ = 0;                     // of them, acknowledged and waiting for their commit
+  // DeliveryAcks read but not yet submitted (FlushAcks), and their ids.
+  std::optional<QueueChange> acks_;
+  std::vector<int64_t> ack_ids_;
+  bool ack_flush_posted_ = false;
+
+  // Touched from any thread.
+  std::atomic<bool> wake_posted_{false};
+  std::mutex answers_mu_;
+  std::vector<std::string> answers_;  // guarded by answers_mu_: SendPublishAck's, for FlushPublishAcks
+  bool answers_posted_ = false;       // guarded by answers_mu_
 
   uint64_t ping_nonce_ = 0;
   bool ping_outstanding_ = false;
