@@ -382,15 +382,7 @@ void Store::Impl::Applied(std::deque<LogGroup>& groups, size_t dropped) {
     apply_error = Status::Ok();
     applied_lsn = lsn;
     for (const auto& g : groups) unapplied_bytes -= g.bytes;
-    auto keep = apply_waiters.begin();
-    for (auto& w : apply_waiters) {
-      if (w.first <= lsn) {
-        ready.push_back(std::move(w.second));
-      } else {
-        *keep++ = std::move(w);
-      }
-    }
-    apply_waiters.erase(keep, apply_waiters.end());
+    ready = TakeDue(apply_waiters, lsn);
   }
   applied_cv.notify_all();
   for (auto& f : ready) f(Status::Ok());

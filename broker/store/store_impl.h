@@ -355,8 +355,23 @@ struct Store::Impl {
   void WhenApplied(std::function<void(const Status&)> then);
   // WhenApplied once what was pushed before it is committed.
   void WhenLoggedApplied(std::function<void(const Status&)> then);
-  // After finished_items grew (with mu held): the written_waiters now due.
-  std::vector<std::function<void(const Status&)>> TakeWrittenWaiters();
 };
+
+// Removes from waiters (a count to reach, and what to call then) those
+// whose count is reached, and returns what to call, in order.
+inline std::vector<std::function<void(const Status&)>> TakeDue(
+    std::vector<std::pair<uint64_t, std::function<void(const Status&)>>>& waiters, uint64_t reached) {
+  std::vector<std::function<void(const Status&)>> due;
+  auto keep = waiters.begin();
+  for (auto& w : waiters) {
+    if (w.first <= reached) {
+      due.push_back(std::move(w.second));
+    } else {
+      *keep++ = std::move(w);
+    }
+  }
+  waiters.erase(keep, waiters.end());
+  return due;
+}
 
 }  // namespace liaison::broker

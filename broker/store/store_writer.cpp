@@ -268,20 +268,6 @@ Status Store::Impl::Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tr
   return Status::Ok();
 }
 
-std::vector<std::function<void(const Status&)>> Store::Impl::TakeWrittenWaiters() {
-  std::vector<std::function<void(const Status&)>> due;
-  auto keep = written_waiters.begin();
-  for (auto& w : written_waiters) {
-    if (w.first <= finished_items) {
-      due.push_back(std::move(w.second));
-    } else {
-      *keep++ = std::move(w);
-    }
-  }
-  written_waiters.erase(keep, written_waiters.end());
-  return due;
-}
-
 void Store::Impl::WhenLoggedApplied(std::function<void(const Status&)> then) {
   {
     std::lock_guard lock(mu);
@@ -375,7 +361,7 @@ void Store::Impl::WriterLoop() {
       std::lock_guard lock(mu);
       for (auto& it : again) Push(std::move(it));
       finished_items += items.size();
-      if (!written_waiters.empty()) due = TakeWrittenWaiters();
+      if (!written_waiters.empty()) due = TakeDue(written_waiters, finished_items);
     }
     written_cv.notify_all();
     for (auto& then : due) WhenApplied(std::move(then));

@@ -53,6 +53,13 @@ bool Has(const std::vector<std::string>& events, const std::string& e) {
   return std::find(events.begin(), events.end(), e) != events.end();
 }
 
+// raw as agency's receiving session with this credit.
+bool ConnectReceiving(RawClient& raw, uint16_t port, const std::string& agency, uint32_t credit) {
+  RawClient::Options o;
+  o.tls = AgencyTls(agency);
+  return raw.Connect(port, o).ok() && raw.SendHello(/*receive=*/true, credit);
+}
+
 client::ClientOptions Reporting(uint16_t port, const std::string& agency) {
   auto o = Options(port, agency);
   o.want_reports = true;
@@ -326,9 +333,7 @@ TEST_CASE("a reconnect storm loses nothing, records each delivery once and leaks
       std::mt19937 rng(1234 + t);
       while (!stop) {
         RawClient raw;
-        RawClient::Options o;
-        o.tls = AgencyTls("school");
-        if (!raw.Connect(broker.port(), o).ok() || !raw.SendHello(/*receive=*/true, /*credit=*/16)) {
+        if (!ConnectReceiving(raw, broker.port(), "school", 16)) {
           refused_connects++;
           continue;
         }
@@ -409,10 +414,7 @@ TEST_CASE("credit bounds the deliveries a recipient has not acknowledged, and ea
   auto police = Connect(broker.port(), "police");
   for (int i = 0; i < 10; ++i) REQUIRE(police->Publish(IncidentReport({"school"})).AllAccepted());
   RawClient raw;
-  RawClient::Options o;
-  o.tls = AgencyTls("school");
-  REQUIRE(raw.Connect(broker.port(), o).ok());
-  REQUIRE(raw.SendHello(/*receive=*/true, /*credit=*/3));
+  REQUIRE(ConnectReceiving(raw, broker.port(), "school", 3));
   std::vector<v1::Deliver> got;
   // Reads frames for `wait`; keeps the deliveries.
   auto read_for = [&](std::chrono::milliseconds wait) {
@@ -570,10 +572,7 @@ TEST_CASE("acknowledgements read together are each recorded, and a forward right
     REQUIRE(police->Publish(m).AllAccepted());
   }
   RawClient raw;
-  RawClient::Options o;
-  o.tls = AgencyTls("school");
-  REQUIRE(raw.Connect(broker.port(), o).ok());
-  REQUIRE(raw.SendHello(/*receive=*/true, /*credit=*/64));
+  REQUIRE(ConnectReceiving(raw, broker.port(), "school", 64));
   std::vector<v1::Deliver> got;
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (got.size() < kMessages && std::chrono::steady_clock::now() < until) {
