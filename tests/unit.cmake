@@ -26,5 +26,3 @@ target_sources(unit_tests PRIVATE broker/commit_log_test.cpp)
 target_sources(unit_tests PRIVATE broker/id_filter_test.cpp)
 # Checkpoint signing (common/checkpoint.h).
 target_sources(unit_tests PRIVATE common/checkpoint_test.cpp)
-# The store's signer thread (broker/store/signer_thread.h).
-target_sources(unit_tests PRIVATE broker/signer_thread_test.cpp)

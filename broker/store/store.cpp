@@ -288,7 +288,6 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
   }
   if (Status s = impl->LoadSeenIds(); !s.ok()) return s.Annotate(options.path);
   impl->latest = impl->signer->Sign(options.origin, impl->tree.size(), impl->tree.Root(), NowMs());
-  impl->sign_thread = std::make_unique<SignerThread>(impl->signer.get(), options.origin);
   auto indexer = AuditIndexer::Open(options.path, !options.pause_audit_index);
   if (!indexer.ok()) return indexer.status().Annotate(options.path);
   impl->indexer = std::move(indexer).value();
@@ -335,7 +334,6 @@ Store::~Store() {
     size_t records = 0, dropped = 0;
     if (impl_->Commit(none, &cp, &t, &next, &records, &dropped).ok()) impl_->latest = cp;
   }
-  impl_->sign_thread.reset();
   // The applier writes what is left into the database, and the log lets
   // it go.
   {

@@ -39,7 +39,6 @@
 #include "broker/store/commit_log.h"
 #include "broker/store/id_filter.h"
 #include "broker/store/log_group.h"
-#include "broker/store/signer_thread.h"
 #include "broker/store/store.h"
 #include "common/checkpoint.h"
 #include "common/merkle.h"
@@ -205,7 +204,6 @@ struct Store::Impl {
 
   // Writer state (writer thread only, after Open).
   std::unique_ptr<CommitLog> log;
-  std::unique_ptr<SignerThread> sign_thread;
   std::string log_buffer;  // a group's encoding (reused)
   merkle::Tree tree;
   uint64_t next_seq = 1;

@@ -231,20 +231,21 @@ Status Store::Impl::Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tr
     g.batches.push_back(std::move(item.batch));
     item.batch = Batch{};
   }
-  // The signature is made while the append waits for the disk, except
-  // when this commit logs a checkpoint row (once a second), which holds it.
+  // A commit that logs a checkpoint row (once a second) signs before the
+  // append, since the row holds the signature; the others after it. (A
+  // thread that signed while the append waited for the disk cost more CPU
+  // than the signature at low rates, waking it for every commit, and saved
+  // no latency: docs/benchmarks.md, ninth session.)
   const bool row = now - last_checkpoint_row_ms >= kCheckpointRowEveryMs;
   if (row) {
     *cp = signer->Sign(options.origin, t.size(), t.Root(), now);
     g.checkpoint_row = LogGroup::CheckpointRow{cp->tree_size, now, audit::FormatCheckpoint(*cp)};
-  } else {
-    sign_thread->Start(t.size(), t.Root(), now);
   }
   log_buffer.clear();
   EncodeLogGroup(g, &log_buffer);
   auto lsn = log->Append(log_buffer);
-  if (!row) *cp = sign_thread->Wait();
   if (!lsn.ok()) return fail(lsn.status());
+  if (!row) *cp = signer->Sign(options.origin, t.size(), t.Root(), now);
   g.lsn = *lsn;
   if (g.checkpoint_row) last_checkpoint_row_ms = now;
   *tree_out = std::move(t);
