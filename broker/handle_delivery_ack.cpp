@@ -283,9 +283,8 @@ void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
     }
     c.Finish(d, DeliveryState::kDelivered, v1::OUTCOME_DELIVERED, v1::REASON_UNSPECIFIED, "", false);
   }
-  ack_ids_.push_back(it->first);
   // The credit is given back now; the commit follows (FlushAcks).
-  if (ack_ids_.size() >= kMaxAcksPerCommit) FlushAcks();
+  if (c.batch.finished.size() >= kMaxAcksPerCommit) FlushAcks();
   PumpDeliveries();
 }
 
@@ -293,15 +292,16 @@ void Session::FlushAcks() {
   if (!acks_) return;
   QueueChange c = std::move(*acks_);
   acks_.reset();
+  std::vector<int64_t> ids;
+  for (const auto& [id, state] : c.batch.finished) ids.push_back(id);
   // Nobody waits for this commit (a crash before it only means the copies
   // are delivered again, and the recipient drops them by message id), so
   // it may share the next publish's commit.
   c.batch.lazy = true;
-  c.Submit([self = shared_from_this(), ids = std::move(ack_ids_)](const Status& s, const audit::Checkpoint&) mutable {
+  c.Submit([self = shared_from_this(), ids = std::move(ids)](const Status& s, const audit::Checkpoint&) mutable {
     boost::asio::post(self->stream_.strand(),
                       [self, ids = std::move(ids), s] { self->AckCommitted(ids, s); });
   });
-  ack_ids_.clear();
 }
 
 void Session::AckCommitted(const std::vector<int64_t>& ids, const Status& s) {

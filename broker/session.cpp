@@ -376,8 +376,7 @@ void Session::SendPublishAck(std::string encoded) {
   {
     std::lock_guard lock(answers_mu_);
     answers_.push_back(std::move(encoded));
-    if (answers_posted_) return;
-    answers_posted_ = true;
+    if (answers_.size() > 1) return;  // a FlushPublishAcks is on its way
   }
   asio::post(stream_.strand(), [self = shared_from_this()] { self->FlushPublishAcks(); });
 }
@@ -387,7 +386,6 @@ void Session::FlushPublishAcks() {
   {
     std::lock_guard lock(answers_mu_);
     answers.swap(answers_);
-    answers_posted_ = false;
   }
   for (auto& encoded : answers) {
     if (in_flight_publishes_ > 0) --in_flight_publishes_;

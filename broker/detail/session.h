@@ -155,16 +155,17 @@ class Session : public std::enable_shared_from_this<Session> {
   uint32_t credit_ = 0;
   std::map<int64_t, InFlight> unacked_;   // by delivery id, oldest first
   size_t acking_ = 0;                     // of them, acknowledged and waiting for their commit
-  // DeliveryAcks read but not yet submitted (FlushAcks), and their ids.
+  // DeliveryAcks read but not yet submitted (FlushAcks): one finished
+  // delivery each.
   std::optional<QueueChange> acks_;
-  std::vector<int64_t> ack_ids_;
   bool ack_flush_posted_ = false;
 
   // Touched from any thread.
   std::atomic<bool> wake_posted_{false};
   std::mutex answers_mu_;
-  std::vector<std::string> answers_;  // guarded by answers_mu_: SendPublishAck's, for FlushPublishAcks
-  bool answers_posted_ = false;       // guarded by answers_mu_
+  // Guarded by answers_mu_: SendPublishAck's, for FlushPublishAcks (one is
+  // posted while this is not empty).
+  std::vector<std::string> answers_;
 
   uint64_t ping_nonce_ = 0;
   bool ping_outstanding_ = false;

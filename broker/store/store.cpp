@@ -569,14 +569,11 @@ Result<std::vector<std::string>> Store::DeliveredRecipients(int64_t row, Wait wa
 }
 
 Status Store::Sync() {
-  {
-    // First what is queued to the writer now is committed (or failed),
-    // then everything committed is applied.
-    std::unique_lock lock(impl_->mu);
-    const uint64_t target = impl_->pushed_items;
-    impl_->written_cv.wait(lock, [&] { return impl_->finished_items >= target || impl_->writer_gone; });
-  }
-  return impl_->WaitApplied();
+  // WhenApplied, waited for.
+  std::promise<Status> applied;
+  auto f = applied.get_future();
+  WhenApplied([&applied](const Status& s) { applied.set_value(s); });
+  return f.get();
 }
 
 void Store::WhenApplied(std::function<void(const Status&)> then) { impl_->WhenLoggedApplied(std::move(then)); }

@@ -232,11 +232,10 @@ struct Store::Impl {
   size_t queued_records = 0;   // guarded by mu: records in queue, plus one an item
   size_t queued_urgent = 0;    // guarded by mu: items in queue that are not lazy
   // Items ever pushed, and of them committed (or failed) by the writer:
-  // Sync waits for the count pushed before it (written_cv).
+  // WhenApplied (and so Sync) waits for the count pushed before it.
   uint64_t pushed_items = 0;     // guarded by mu
   uint64_t finished_items = 0;   // guarded by mu
   bool writer_gone = false;      // guarded by mu
-  std::condition_variable written_cv;
   // WhenApplied's callers waiting for the items pushed before them to be
   // committed (then for the applier): the count of items, and then().
   // While any waits, lazy batches do not linger.

@@ -293,7 +293,6 @@ void Store::Impl::WriterLoop() {
         auto waiters = std::move(written_waiters);
         written_waiters.clear();
         lock.unlock();
-        written_cv.notify_all();
         for (auto& w : waiters) w.second(Status::Unavailable("the store is closing"));
         return;
       }
@@ -362,9 +361,8 @@ void Store::Impl::WriterLoop() {
       std::lock_guard lock(mu);
       for (auto& it : again) Push(std::move(it));
       finished_items += items.size();
-      if (!written_waiters.empty()) due = TakeDue(written_waiters, finished_items);
+      due = TakeDue(written_waiters, finished_items);
     }
-    written_cv.notify_all();
     for (auto& then : due) WhenApplied(std::move(then));
     // The callers' done() (a PublishAck to encode, deliveries to hand to the
     // router) and the freeing of their batches run on the completion
