@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "proto/detail/pb.h"
+#include "proto/frame_codec.h"
 
 namespace liaison::proto {
 namespace {
@@ -18,11 +19,47 @@ using google::protobuf::Reflection;
 
 using PlanMap = std::unordered_map<const Descriptor*, std::unique_ptr<MessagePlan>>;
 
+// The wire type protobuf 3.21's generated parsers store f under; any other
+// goes to the unknown fields.
+unsigned char WireTypeOf(const FieldDescriptor* f) {
+  if (f->is_map()) return kAlwaysUnknown;  // entries parse by rules of their own
+  switch (f->type()) {
+    case FieldDescriptor::TYPE_INT32:
+    case FieldDescriptor::TYPE_INT64:
+    case FieldDescriptor::TYPE_UINT32:
+    case FieldDescriptor::TYPE_UINT64:
+    case FieldDescriptor::TYPE_SINT32:
+    case FieldDescriptor::TYPE_SINT64:
+    case FieldDescriptor::TYPE_BOOL:
+      return 0;
+    case FieldDescriptor::TYPE_ENUM:
+      // proto2's enums are closed: an unknown value is kept as unknown.
+      return f->file()->syntax() == google::protobuf::FileDescriptor::SYNTAX_PROTO3 ? 0 : kAlwaysUnknown;
+    case FieldDescriptor::TYPE_FIXED64:
+    case FieldDescriptor::TYPE_SFIXED64:
+    case FieldDescriptor::TYPE_DOUBLE:
+      return 1;
+    case FieldDescriptor::TYPE_FIXED32:
+    case FieldDescriptor::TYPE_SFIXED32:
+    case FieldDescriptor::TYPE_FLOAT:
+      return 5;
+    case FieldDescriptor::TYPE_STRING:
+    case FieldDescriptor::TYPE_BYTES:
+    case FieldDescriptor::TYPE_MESSAGE:
+      return 2;
+    case FieldDescriptor::TYPE_GROUP:
+      return kAlwaysUnknown;
+  }
+  return kAlwaysUnknown;
+}
+
 std::unique_ptr<MessagePlan> BuildPlan(const Descriptor* d) {
   auto plan = std::make_unique<MessagePlan>();
   for (int i = 0; i < d->field_count(); ++i) {
     const FieldDescriptor* f = d->field(i);
-    FieldPlan p{f, FieldKind::kOther, FieldRule::kNone, f->is_repeated(), f->options().GetExtension(v1::data_category)};
+    FieldPlan p{f,           FieldKind::kOther, FieldRule::kNone, f->is_repeated(),
+                f->options().GetExtension(v1::data_category),      f->number(),
+                WireTypeOf(f), f->is_packable()};
     switch (f->cpp_type()) {
       case FieldDescriptor::CPPTYPE_STRING:
         p.kind = FieldKind::kString;
@@ -59,18 +96,87 @@ void AddClosure(const Descriptor* d, PlanMap* plans) {
   }
 }
 
-// Every type a frame can contain, built once and then only read.
+// Every type a frame can contain, built once and then only read; each
+// message field points at its type's plan.
 const PlanMap& WirePlans() {
   static const PlanMap* plans = [] {
     auto* m = new PlanMap();
     AddClosure(v1::Frame::descriptor(), m);
     AddClosure(v1::Message::descriptor(), m);
+    for (auto& [d, plan] : *m) {
+      for (FieldPlan& p : plan->fields) {
+        if (const Descriptor* sub = p.field->message_type()) p.sub = m->at(sub).get();
+      }
+    }
     return m;
   }();
   return *plans;
 }
 
+bool ReadVarint(const uint8_t*& p, const uint8_t* end, uint64_t* v) {
+  uint64_t r = 0;
+  for (int shift = 0; shift < 64 && p < end; shift += 7) {
+    const uint8_t b = *p++;
+    r |= static_cast<uint64_t>(b & 0x7F) << shift;
+    if ((b & 0x80) == 0) {
+      *v = r;
+      return true;
+    }
+  }
+  return false;
+}
+
+bool MayHoldUnknown(const uint8_t* p, const uint8_t* end, const MessagePlan& plan, int depth) {
+  if (depth > kMaxNestingDepth) return true;
+  while (p < end) {
+    uint64_t tag = 0;
+    if (!ReadVarint(p, end, &tag) || tag > 0xFFFFFFFFu) return true;
+    const FieldPlan* f = plan.Find(static_cast<int>(tag >> 3));
+    const auto wire_type = static_cast<unsigned char>(tag & 7);
+    if (f == nullptr || (wire_type != f->wire_type && !(f->packable && wire_type == 2))) return true;
+    uint64_t n = 0;
+    switch (wire_type) {
+      case 0:
+        if (!ReadVarint(p, end, &n)) return true;
+        break;
+      case 1:
+        if (end - p < 8) return true;
+        p += 8;
+        break;
+      case 5:
+        if (end - p < 4) return true;
+        p += 4;
+        break;
+      case 2:
+        if (!ReadVarint(p, end, &n) || n > static_cast<uint64_t>(end - p)) return true;
+        if (f->field->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE &&
+            (f->sub == nullptr || MayHoldUnknown(p, p + n, *f->sub, depth + 1))) {
+          return true;
+        }
+        p += n;
+        break;
+      default:
+        return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace
+
+const FieldPlan* MessagePlan::Find(int number) const {
+  auto it = std::lower_bound(fields.begin(), fields.end(), number,
+                             [](const FieldPlan& p, int n) { return p.number < n; });
+  return it != fields.end() && it->number == number ? &*it : nullptr;
+}
+
+bool MayHoldUnknownFields(std::string_view wire, const Descriptor* d) {
+  const PlanMap& wire_plans = WirePlans();
+  auto it = wire_plans.find(d);
+  if (it == wire_plans.end()) return true;
+  const auto* p = reinterpret_cast<const uint8_t*>(wire.data());
+  return MayHoldUnknown(p, p + wire.size(), *it->second, 0);
+}
 
 const MessagePlan& PlanOf(const Descriptor* d) {
   const PlanMap& wire = WirePlans();
@@ -84,20 +190,26 @@ const MessagePlan& PlanOf(const Descriptor* d) {
   return *slot;
 }
 
-void DiscardUnknownFields(google::protobuf::Message* message) {
+namespace {
+
+void Discard(google::protobuf::Message* message, const MessagePlan& plan) {
   const Reflection* r = message->GetReflection();
   if (!r->GetUnknownFields(*message).empty()) r->MutableUnknownFields(message)->Clear();
-  const MessagePlan& plan = PlanOf(message->GetDescriptor());
   if (!plan.has_sub_messages) return;
   for (const FieldPlan& p : plan.fields) {
     if (p.kind != FieldKind::kMessage && p.kind != FieldKind::kTimestamp) continue;
+    auto each = [&p](google::protobuf::Message* sub) { Discard(sub, p.sub ? *p.sub : PlanOf(sub->GetDescriptor())); };
     if (p.repeated) {
       const int n = r->FieldSize(*message, p.field);
-      for (int i = 0; i < n; ++i) DiscardUnknownFields(r->MutableRepeatedMessage(message, p.field, i));
+      for (int i = 0; i < n; ++i) each(r->MutableRepeatedMessage(message, p.field, i));
     } else if (r->HasField(*message, p.field)) {
-      DiscardUnknownFields(r->MutableMessage(message, p.field));
+      each(r->MutableMessage(message, p.field));
     }
   }
 }
+
+}  // namespace
+
+void DiscardUnknownFields(google::protobuf::Message* message) { Discard(message, PlanOf(message->GetDescriptor())); }
 
 }  // namespace liaison::proto

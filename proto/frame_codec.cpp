@@ -102,6 +102,41 @@ Result<std::string> EncodeDeliverFrame(uint64_t delivery_id, uint32_t attempt, s
   return out;
 }
 
+Result<std::string> WithEnvelope(std::string_view message, const v1::Envelope& envelope) {
+  using WFL = google::protobuf::internal::WireFormatLite;
+  static_assert(v1::Message::kEnvelopeFieldNumber == 1, "the envelope is the first field written");
+  const uint32_t tag = Tag(v1::Message::kEnvelopeFieldNumber, WFL::WIRETYPE_LENGTH_DELIMITED);
+  // The old envelope field: its tag, its length, its bytes.
+  size_t at = 0;
+  uint64_t old_len = 0;
+  if (message.empty() || static_cast<uint8_t>(message[0]) != tag) {
+    return Status::InvalidArgument("the serialized message does not begin with its envelope");
+  }
+  at = 1;
+  for (int shift = 0;; shift += 7) {
+    if (at >= message.size() || shift > 28) {
+      return Status::InvalidArgument("the serialized message's envelope has a bad length");
+    }
+    const auto b = static_cast<uint8_t>(message[at++]);
+    old_len |= static_cast<uint64_t>(b & 0x7F) << shift;
+    if ((b & 0x80) == 0) break;
+  }
+  if (old_len > message.size() - at) {
+    return Status::InvalidArgument("the serialized message's envelope runs past its end");
+  }
+  const std::string_view rest = message.substr(at + old_len);
+  const size_t n = envelope.ByteSizeLong();
+  std::string out;
+  out.reserve(VarintSize(tag) + VarintSize(n) + n + rest.size());
+  PutVarint(&out, tag);
+  PutVarint(&out, n);
+  const size_t env_at = out.size();
+  out.resize(env_at + n);
+  envelope.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(out.data() + env_at));
+  out.append(rest);
+  return out;
+}
+
 Status ParseFrame(std::string_view body, v1::Frame* frame) {
   google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(body.data()),
                                             static_cast<int>(body.size()));
@@ -110,7 +145,9 @@ Status ParseFrame(std::string_view body, v1::Frame* frame) {
   if (!frame->MergePartialFromCodedStream(&in) || !in.ConsumedEntireMessage()) {
     return Status::ProtocolError("frame does not parse as liaison.v1.Frame");
   }
-  DiscardUnknownFields(frame);
+  // Unknown fields are rare: a walk over the bytes finds out whether there
+  // are any, and only then does the walk over the parsed objects drop them.
+  if (MayHoldUnknownFields(body, v1::Frame::descriptor())) DiscardUnknownFields(frame);
   return Status::Ok();
 }
 

@@ -15,8 +15,9 @@
 #include "common/status.h"
 
 namespace liaison::v1 {
+class Envelope;
 class Frame;
-}
+}  // namespace liaison::v1
 
 namespace liaison::proto {
 
@@ -40,6 +41,13 @@ Result<std::string> EncodeFrame(const v1::Frame& frame, uint32_t max_frame_bytes
 // max_frame_bytes.
 Result<std::string> EncodeDeliverFrame(uint64_t delivery_id, uint32_t attempt, std::string_view message,
                                        uint32_t max_frame_bytes = kDefaultMaxFrameBytes);
+
+// A serialized liaison.v1.Message with another envelope: message is the
+// serialization of a Message (SerializeAsString) whose envelope is set; the
+// result is what serializing it would give with envelope in its place,
+// without serializing the body again (the envelope is field 1, written
+// first). InvalidArgument when message does not begin with an envelope.
+Result<std::string> WithEnvelope(std::string_view message, const v1::Envelope& envelope);
 
 // Parses a frame body (without the header) with the nesting limit; unknown
 // fields are dropped so they never travel further.

@@ -52,9 +52,10 @@ bool ValidDate(const std::string& s) {
 // sizes, known enum values, dates, coordinates, timestamps and repeated
 // counts, with the path of the first bad field. Fields are visited in field
 // number order and unset ones skipped, as Reflection::ListFields lists them.
-Status CheckFields(const google::protobuf::Message& msg, const MessageLimits& limits, const std::string& prefix) {
+Status CheckFields(const google::protobuf::Message& msg, const MessagePlan& plan, const MessageLimits& limits,
+                   const std::string& prefix) {
   const Reflection* r = msg.GetReflection();
-  for (const FieldPlan& p : PlanOf(msg.GetDescriptor()).fields) {
+  for (const FieldPlan& p : plan.fields) {
     if (p.kind == FieldKind::kOther) continue;
     const FieldDescriptor* f = p.field;
     // Paths are spelled out only for an error message or a sub-message's
@@ -117,7 +118,9 @@ Status CheckFields(const google::protobuf::Message& msg, const MessageLimits& li
         }
         case FieldKind::kMessage: {
           const auto& sub = p.repeated ? r->GetRepeatedMessage(msg, f, i) : r->GetMessage(msg, f);
-          if (Status s = CheckFields(sub, limits, ipath()); !s.ok()) return s;
+          if (Status s = CheckFields(sub, p.sub ? *p.sub : PlanOf(sub.GetDescriptor()), limits, ipath()); !s.ok()) {
+            return s;
+          }
           break;
         }
         case FieldKind::kOther:
@@ -206,7 +209,8 @@ Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
 
   const google::protobuf::Reflection* r = message->GetReflection();
   const auto* body_field = r->GetOneofFieldDescriptor(*message, v1::Message::descriptor()->FindOneofByName("body"));
-  return CheckFields(r->GetMessage(*message, body_field), limits, body_field->name());
+  const google::protobuf::Message& body = r->GetMessage(*message, body_field);
+  return CheckFields(body, PlanOf(body.GetDescriptor()), limits, body_field->name());
 }
 
 }  // namespace liaison::proto

@@ -13,6 +13,7 @@
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/message.h>
 
+#include <string_view>
 #include <vector>
 
 namespace liaison::proto {
@@ -28,17 +29,31 @@ enum class FieldKind : unsigned char {
 
 enum class FieldRule : unsigned char { kNone, kDateOfBirth, kLatitude, kLongitude };
 
+struct MessagePlan;
+
+// The wire type protobuf's parser keeps a field under: one it stores
+// nowhere else (groups, maps, proto2's closed enums) is kAlwaysUnknown, so
+// that the scan below sends such a message down the slow path.
+constexpr unsigned char kAlwaysUnknown = 0xFF;
+
 struct FieldPlan {
   const google::protobuf::FieldDescriptor* field;
   FieldKind kind;
   FieldRule rule;  // a check that depends on the field's name
   bool repeated;
   int category;    // the (liaison.v1.data_category) option; 0 when unset
+  int number;      // field->number()
+  unsigned char wire_type;  // 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32, or kAlwaysUnknown
+  bool packable;            // repeated numeric: also accepted length-delimited (packed)
+  // kMessage and kTimestamp: the sub-message's plan (resolved for every type
+  // a frame can contain; null for a type outside the wire protocol).
+  const MessagePlan* sub = nullptr;
 };
 
 struct MessagePlan {
   std::vector<FieldPlan> fields;  // ascending field number, as ListFields
   bool has_sub_messages = false;  // any kTimestamp or kMessage field
+  const FieldPlan* Find(int number) const;
 };
 
 // The plan of a message type.
@@ -46,5 +61,15 @@ const MessagePlan& PlanOf(const google::protobuf::Descriptor* d);
 
 // Message::DiscardUnknownFields, visiting only the sub-messages that are set.
 void DiscardUnknownFields(google::protobuf::Message* message);
+
+// False only when wire, a serialized message of type d that protobuf has
+// parsed, holds no field the parser kept as unknown, at any depth: every
+// tag names a field of its message with the wire type the parser expects.
+// True (perhaps) otherwise: an unknown number, a known one under another
+// wire type, a group, a type outside the wire protocol, nesting deeper than
+// kMaxNestingDepth, or bytes it cannot follow. A walk over the bytes
+// without allocating, so that the usual message skips DiscardUnknownFields'
+// walk over the parsed objects.
+bool MayHoldUnknownFields(std::string_view wire, const google::protobuf::Descriptor* d);
 
 }  // namespace liaison::proto

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "proto/detail/field_plan.h"
 #include "proto/detail/pb.h"
 
 namespace {
@@ -559,4 +560,172 @@ TEST_CASE("ParseFrame drops unknown fields in every message type of every body, 
     REQUIRE(ParseFrame(marked.SerializeAsString(), &back).ok());
     CHECK(back.SerializeAsString() == known);
   }
+}
+
+namespace {
+
+using liaison::proto::MayHoldUnknownFields;
+
+// Whether m or any message under it holds unknown fields: protobuf's own
+// walk (ListFields over every field), independent of the field plans.
+bool AnyUnknown(const google::protobuf::Message& m) {
+  const auto* r = m.GetReflection();
+  if (!r->GetUnknownFields(m).empty()) return true;
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  r->ListFields(m, &fields);
+  for (const auto* f : fields) {
+    if (f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    if (f->is_repeated()) {
+      for (int i = 0; i < r->FieldSize(m, f); ++i) {
+        if (AnyUnknown(r->GetRepeatedMessage(m, f, i))) return true;
+      }
+    } else if (AnyUnknown(r->GetMessage(m, f))) {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string Varint(uint64_t v) {
+  std::string out;
+  while (v >= 0x80) {
+    out.push_back(static_cast<char>((v & 0x7F) | 0x80));
+    v >>= 7;
+  }
+  out.push_back(static_cast<char>(v));
+  return out;
+}
+
+std::string Field(int number, int wire_type, const std::string& payload) {
+  std::string out = Varint(static_cast<uint64_t>(number) << 3 | static_cast<uint64_t>(wire_type));
+  if (wire_type == 2) out += Varint(payload.size());
+  return out + payload;
+}
+
+// A Publish frame whose incident report carries extra (bytes of fields).
+std::string PublishWithReportExtra(const std::string& extra) {
+  const v1::Frame f = PublishFrame(42, "known");
+  const std::string report = f.publish().message().incident_report().SerializeAsString() + extra;
+  v1::Message message = f.publish().message();
+  message.clear_incident_report();
+  const std::string publish = Field(1, 0, Varint(42)) + Field(2, 2, message.SerializeAsString() + Field(10, 2, report));
+  return Field(3, 2, publish);
+}
+
+}  // namespace
+
+TEST_CASE("MayHoldUnknownFields clears every frame of the schema's own fields, and ParseFrame keeps them",
+          "[proto][frame_codec]") {
+  const auto* oneof = v1::Message::descriptor()->FindOneofByName("body");
+  for (int b = 0; b < oneof->field_count(); ++b) {
+    CAPTURE(oneof->field(b)->name());
+    v1::Frame frame;
+    auto* message = frame.mutable_publish()->mutable_message();
+    message->GetReflection()->MutableMessage(message, oneof->field(b));
+    FillMessages(&frame, 12);
+    const std::string wire = frame.SerializeAsString();
+    CHECK_FALSE(MayHoldUnknownFields(wire, v1::Frame::descriptor()));
+    v1::Frame back;
+    REQUIRE(ParseFrame(wire, &back).ok());
+    CHECK(back.SerializeAsString() == wire);
+  }
+  // Every kind of frame, as FillMessages sets them (one oneof member each).
+  const auto* kinds = v1::Frame::descriptor()->FindOneofByName("kind");
+  REQUIRE(kinds != nullptr);
+  for (int k = 0; k < kinds->field_count(); ++k) {
+    CAPTURE(kinds->field(k)->name());
+    v1::Frame frame;
+    frame.GetReflection()->MutableMessage(&frame, kinds->field(k));
+    FillMessages(&frame, 12);
+    CHECK_FALSE(MayHoldUnknownFields(frame.SerializeAsString(), v1::Frame::descriptor()));
+  }
+}
+
+TEST_CASE("A repeated enum parses packed and unpacked, and neither is taken for an unknown field",
+          "[proto][frame_codec]") {
+  // bias_motivations (IncidentReport field 5): appended unpacked (wire type
+  // 0) and packed (wire type 2), after the one PublishFrame sets.
+  const std::string unpacked = Field(5, 0, Varint(v1::BIAS_ANTISEMITIC));
+  const std::string packed = Field(5, 2, Varint(v1::BIAS_RACIST_XENOPHOBIC) + Varint(v1::BIAS_ANTISEMITIC));
+  for (const std::string& extra : {unpacked, packed, unpacked + packed}) {
+    const std::string wire = PublishWithReportExtra(extra);
+    CHECK_FALSE(MayHoldUnknownFields(wire, v1::Frame::descriptor()));
+    v1::Frame f;
+    REQUIRE(ParseFrame(wire, &f).ok());
+    CHECK(f.publish().message().incident_report().bias_motivations_size() > 1);
+    CHECK_FALSE(AnyUnknown(f));
+  }
+}
+
+TEST_CASE("What protobuf keeps as unknown is seen on the wire and dropped, at any depth", "[proto][frame_codec]") {
+  struct Case {
+    const char* what;
+    std::string wire;
+  };
+  const v1::Frame known = PublishFrame(42, "known");
+  const std::string base = known.SerializeAsString();
+  const std::vector<Case> cases = {
+      {"an unknown number at the top", base + Field(100, 0, Varint(1))},
+      {"an unknown number deep in the body", PublishWithReportExtra(Field(999, 2, "secret"))},
+      // A known number under another wire type: protobuf keeps it aside.
+      {"a varint field sent length-delimited", base + Field(3, 2, Field(1, 2, "xyz"))},
+      {"a string field sent as a varint", PublishWithReportExtra(Field(7, 0, Varint(7)))},
+      {"a message field sent as fixed64", PublishWithReportExtra(Field(4, 1, std::string(8, '\0')))},
+      {"a double sent as fixed32", PublishWithReportExtra(Field(4, 2, Field(6, 5, std::string(4, '\0'))))},
+      {"a Timestamp's seconds sent as fixed64", PublishWithReportExtra(Field(2, 2, Field(1, 1, std::string(8, '\0'))))},
+      {"an unknown number in a Timestamp", PublishWithReportExtra(Field(3, 2, Field(9, 0, Varint(1))))},
+      {"a group", PublishWithReportExtra("\x7b\x7c")},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.what);
+    CHECK(MayHoldUnknownFields(c.wire, v1::Frame::descriptor()));
+    v1::Frame with_unknown;
+    REQUIRE(with_unknown.ParseFromString(c.wire));
+    CHECK(AnyUnknown(with_unknown));  // the case really makes an unknown field
+    v1::Frame f;
+    REQUIRE(ParseFrame(c.wire, &f).ok());
+    CHECK_FALSE(AnyUnknown(f));
+    CHECK(f.publish().message().envelope().message_id() == known.publish().message().envelope().message_id());
+  }
+  // Bytes the walk cannot follow: it says "perhaps", never "none".
+  CHECK(MayHoldUnknownFields(std::string("\x1a\x7f", 2), v1::Frame::descriptor()));        // length past the end
+  CHECK(MayHoldUnknownFields(std::string("\x08\xff\xff", 3), v1::Frame::descriptor()));    // varint cut short
+  CHECK(MayHoldUnknownFields(std::string(1, '\x0f'), v1::Frame::descriptor()));            // wire type 7
+  CHECK(MayHoldUnknownFields("", google::protobuf::Timestamp::descriptor()) == false);    // in the wire closure
+  CHECK(MayHoldUnknownFields("", v1::Frame::descriptor()) == false);
+}
+
+TEST_CASE("WithEnvelope gives the bytes serializing the message with the new envelope gives", "[proto][frame_codec]") {
+  using liaison::proto::WithEnvelope;
+  const auto* oneof = v1::Message::descriptor()->FindOneofByName("body");
+  for (int b = 0; b < oneof->field_count(); ++b) {
+    CAPTURE(oneof->field(b)->name());
+    v1::Message m;
+    m.GetReflection()->MutableMessage(&m, oneof->field(b));
+    FillMessages(&m, 12);
+    m.mutable_envelope()->set_message_id("0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c1d");
+    m.mutable_envelope()->add_recipients("school");
+    const std::string before = m.SerializeAsString();
+    // Stamped as the broker stamps, and a new envelope far longer than the old
+    // one (its length takes more varint bytes).
+    m.mutable_envelope()->set_sender("police");
+    m.mutable_envelope()->mutable_received_at()->set_seconds(1700000000);
+    auto stamped = WithEnvelope(before, m.envelope());
+    REQUIRE(stamped.ok());
+    CHECK(*stamped == m.SerializeAsString());
+    m.mutable_envelope()->set_purpose(std::string(300, 'p'));
+    stamped = WithEnvelope(before, m.envelope());
+    REQUIRE(stamped.ok());
+    CHECK(*stamped == m.SerializeAsString());
+    v1::Message back;
+    REQUIRE(back.ParseFromString(*stamped));
+    CHECK(back.envelope().sender() == "police");
+  }
+  // A message that does not begin with an envelope: refused, not guessed at.
+  v1::Message no_envelope;
+  no_envelope.mutable_incident_report()->set_title("t");
+  CHECK_FALSE(WithEnvelope(no_envelope.SerializeAsString(), v1::Envelope()).ok());
+  CHECK_FALSE(WithEnvelope("", v1::Envelope()).ok());
+  CHECK_FALSE(WithEnvelope(std::string("\x0a\x05\x01", 3), v1::Envelope()).ok());    // runs past the end
+  CHECK_FALSE(WithEnvelope(std::string("\x0a\xff\xff\xff\xff\xff", 6), v1::Envelope()).ok());  // bad length
 }
