@@ -108,7 +108,7 @@ bool Session::SendDelivery(QueuedDelivery d) {
   auto* del = f.mutable_deliver();
   del->set_delivery_id(static_cast<uint64_t>(d.id));
   InFlight inflight;
-  std::shared_ptr<const std::string> wire;  // the message, serialized, when it goes out unchanged
+  std::shared_ptr<const std::string> wire;  // the message, serialized, as it goes out
   if (d.kind == DeliveryKind::kMessage) {
     const QueuedMessage& m = *d.message;
     if (broker_.mailboxes.IsRecalled(m)) {
@@ -205,7 +205,9 @@ bool Session::SendDelivery(QueuedDelivery d) {
                                 " (key v" + std::to_string(key->version) + ")";
       }
     }
-    inflight.body_hmac = broker_.store->BodyDigest(wire ? *wire : del->message().SerializeAsString());
+    // A copy made here (redacted) is serialized once: for its digest and the frame.
+    if (!wire) wire = std::make_shared<const std::string>(del->message().SerializeAsString());
+    inflight.body_hmac = broker_.store->BodyDigest(*wire);
     inflight.rules = rules;
     inflight.policy_version = policy->version();
   } else if (d.kind == DeliveryKind::kRecallNotice) {

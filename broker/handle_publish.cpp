@@ -116,15 +116,20 @@ void Session::HandlePublish(v1::Publish& publish) {
     return;
   }
   // Idempotency: the message as the client sent it, before stamping.
+  const std::string unstamped = message->SerializeAsString();
   std::string digest;
   {
-    const crypto::Digest d = crypto::Sha256(message->SerializeAsString());
+    const crypto::Digest d = crypto::Sha256(unstamped);
     digest.assign(d.begin(), d.end());
   }
   env->set_sender(agency_);
   *env->mutable_received_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  // The stamped message as it is stored and delivered: only the envelope
+  // changed, so only the envelope is serialized again.
+  auto stamped = proto::WithEnvelope(unstamped, *env);
+  if (!stamped.ok()) stamped = message->SerializeAsString();  // not reached: the envelope is set
   // Stamping made it larger: it must still fit every recipient's Deliver frame.
-  if (message->ByteSizeLong() + kDeliverOverhead > l.max_frame_bytes) {
+  if (stamped->size() + kDeliverOverhead > l.max_frame_bytes) {
     SendError(rid, v1::REASON_INVALID_MESSAGE,
               "the message is too large to deliver (limit " + std::to_string(l.max_frame_bytes) + " bytes per frame)",
               false);
@@ -281,9 +286,8 @@ void Session::HandlePublish(v1::Publish& publish) {
   stored.publish_digest = digest;
   stored.ack = ack.SerializeAsString();
   if (!copies.empty()) {
-    auto wire = std::make_shared<const std::string>(message->SerializeAsString());
-    stored.body = *wire;
-    queued->wire = std::move(wire);
+    stored.body = *stamped;
+    queued->wire = std::make_shared<const std::string>(std::move(stamped).value());
   }
   batch.new_message = std::move(stored);
 
