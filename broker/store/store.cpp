@@ -278,11 +278,16 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
   }
   {
     sqlite3_stmt* q = nullptr;
-    sqlite3_prepare_v2(db, "SELECT (SELECT COALESCE(MAX(row), 0) FROM messages), (SELECT COALESCE(MAX(id), 0) FROM deliveries)",
+    // Delivery ids: those with rows, and those only in a message's
+    // delivered column (store_info; schema 9).
+    sqlite3_prepare_v2(db,
+                       "SELECT (SELECT COALESCE(MAX(row), 0) FROM messages), (SELECT COALESCE(MAX(id), 0) FROM deliveries), "
+                       "(SELECT COALESCE(MAX(value), 0) FROM store_info WHERE key = ?)",
                        -1, &q, nullptr);
+    sqlite3_bind_text(q, 1, kLastDeliveryId, -1, SQLITE_STATIC);
     if (sqlite3_step(q) == SQLITE_ROW) {
       impl->next_message_row = sqlite3_column_int64(q, 0) + 1;
-      impl->next_delivery_id = sqlite3_column_int64(q, 1) + 1;
+      impl->next_delivery_id = std::max(sqlite3_column_int64(q, 1), sqlite3_column_int64(q, 2)) + 1;
     }
     sqlite3_finalize(q);
   }
@@ -533,9 +538,12 @@ Result<std::optional<StoredMessage>> Store::FindDelivered(std::string_view recip
   if (Status s = impl_->WaitApplied(wait); !s.ok()) return s;
   std::lock_guard lock(impl_->reader_mu);
   sqlite3* db = impl_->reader;
+  // Delivered: a finished row, or (acknowledged before the message was
+  // applied) a name in the message's delivered column.
   const std::string sql = std::string("SELECT ") + kMessageColumns +
-                          " FROM messages m JOIN deliveries d ON d.message_row = m.row "
-                          "WHERE m.message_id = ? AND d.recipient = ? AND d.kind = 1 AND d.state = 1 LIMIT 1";
+                          " FROM messages m WHERE m.message_id = ?1 AND "
+                          "(instr(',' || m.delivered || ',', ',' || ?2 || ',') > 0 OR EXISTS (SELECT 1 FROM deliveries d "
+                          "WHERE d.message_row = m.row AND d.recipient = ?2 AND d.kind = 1 AND d.state = 1)) LIMIT 1";
   sqlite3_stmt* q = nullptr;
   if (sqlite3_prepare_v2(db, sql.c_str(), -1, &q, nullptr) != SQLITE_OK) return SqlError(db, "find delivered");
   sqlite3_bind_text(q, 1, message_id.data(), static_cast<int>(message_id.size()), SQLITE_STATIC);
@@ -553,6 +561,24 @@ Result<std::vector<std::string>> Store::DeliveredRecipients(int64_t row, Wait wa
   std::lock_guard lock(impl_->reader_mu);
   sqlite3* db = impl_->reader;
   sqlite3_stmt* q = nullptr;
+  // Those acknowledged before the message was applied (its delivered
+  // column, in delivery id order), then the finished rows in id order.
+  std::vector<std::string> out;
+  if (sqlite3_prepare_v2(db, "SELECT delivered FROM messages WHERE row = ?", -1, &q, nullptr) != SQLITE_OK) {
+    return SqlError(db, "delivered recipients");
+  }
+  sqlite3_bind_int64(q, 1, row);
+  int rc = sqlite3_step(q);
+  if (rc == SQLITE_ROW) {
+    const std::string v = ColumnText(q, 0);
+    for (size_t at = 0; at < v.size();) {
+      const size_t comma = std::min(v.find(',', at), v.size());
+      out.push_back(v.substr(at, comma - at));
+      at = comma + 1;
+    }
+  }
+  sqlite3_finalize(q);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db, "delivered recipients");
   if (sqlite3_prepare_v2(db,
                          "SELECT recipient FROM deliveries WHERE message_row = ? AND kind = 1 AND state = 1 "
                          "ORDER BY id",
@@ -560,8 +586,6 @@ Result<std::vector<std::string>> Store::DeliveredRecipients(int64_t row, Wait wa
     return SqlError(db, "delivered recipients");
   }
   sqlite3_bind_int64(q, 1, row);
-  std::vector<std::string> out;
-  int rc;
   while ((rc = sqlite3_step(q)) == SQLITE_ROW) out.push_back(ColumnText(q, 0));
   sqlite3_finalize(q);
   if (rc != SQLITE_DONE) return SqlError(db, "delivered recipients");

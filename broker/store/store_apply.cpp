@@ -28,6 +28,8 @@ namespace {
 // Bound SQLITE_STATIC: they must outlive the statements.
 const std::string kPrunedThrough = "pruned_through";
 const std::string kLogAppliedKey = kLogApplied;
+const std::string kLastDeliveryIdKey = kLastDeliveryId;
+const std::string kNone;
 
 }  // namespace
 
@@ -68,6 +70,7 @@ Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, size_t* drop
   struct New {
     StoredDelivery* d;
     DeliveryState state;
+    bool folded = false;  // written as its recipient in the message's delivered column
   };
   std::unordered_map<int64_t, New> deliveries;
   std::vector<StoredMessage*> message_order;
@@ -132,6 +135,21 @@ Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, size_t* drop
   for (const auto& g : groups) {
     for (const auto& r : g.records) need += 3 * r.leaf.size();
   }
+  // A copy acknowledged before its message reached the database is only
+  // its recipient in the message's row (schema 9); agency ids hold no comma.
+  std::unordered_map<int64_t, std::string> delivered;  // message row -> recipients
+  int64_t last_delivery_id = 0;
+  for (int64_t id : delivery_order) {
+    New& n = deliveries[id];
+    last_delivery_id = std::max(last_delivery_id, id);
+    if (n.state == DeliveryState::kDelivered && n.d->kind == DeliveryKind::kMessage &&
+        messages.count(n.d->message_row) != 0 && n.d->recipient.find(',') == std::string::npos) {
+      std::string& to = delivered[n.d->message_row];
+      to += to.empty() ? "" : ",";
+      to += n.d->recipient;
+      n.folded = true;
+    }
+  }
   struct statvfs fs {};
   if (::statvfs(options.path.c_str(), &fs) == 0 && static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize < need) {
     return Status::IoError("not enough space for the database: about " + std::to_string(need >> 10) + " KiB needed, " +
@@ -155,10 +173,13 @@ Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, size_t* drop
       insert_message.Blob(i++, m.body.data(), m.body.size());
     }
     insert_message.Int(i++, m.recalled_ms);
+    const auto to = delivered.find(m.row);
+    insert_message.Text(i++, to == delivered.end() ? kNone : to->second);
     if (Status s = insert_message.Run("insert message"); !s.ok()) return s;
   }
   for (int64_t id : delivery_order) {
     const New& n = deliveries[id];
+    if (n.folded) continue;
     const StoredDelivery& d = *n.d;
     insert_delivery.Int(1, d.id);
     insert_delivery.Text(2, d.recipient);
@@ -173,6 +194,11 @@ Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, size_t* drop
       insert_delivery.Blob(8, d.payload.data(), d.payload.size());
     }
     if (Status s = insert_delivery.Run("insert delivery"); !s.ok()) return s;
+  }
+  if (last_delivery_id > 0) {
+    set_store_info.Text(1, kLastDeliveryIdKey);
+    set_store_info.Int(2, last_delivery_id);
+    if (Status s = set_store_info.Run("record the last delivery id"); !s.ok()) return s;
   }
   for (const auto& [id, state] : finished) {
     if (Status s = finish_delivery.RunWith("finish delivery", static_cast<int>(state), id); !s.ok()) return s;

@@ -124,6 +124,8 @@ constexpr auto kQuietForRelease = std::chrono::milliseconds(100);
 constexpr auto kApplyRetry = std::chrono::milliseconds(100);
 constexpr auto kApplyRetryMax = std::chrono::milliseconds(3200);
 constexpr const char* kLogApplied = "log_applied";  // store_info: the last commit log entry in the database
+// store_info: the highest delivery id applied, with a row or without (schema 9).
+constexpr const char* kLastDeliveryId = "last_delivery_id";
 
 // Defined in store.cpp.
 int64_t NowMs();

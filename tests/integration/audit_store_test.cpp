@@ -987,7 +987,11 @@ TEST_CASE("migrations 6 and 7 upgrade a schema-5 store: no index on the log, the
     log.insert(log.end(), more.begin(), more.end());
     pem = (*store)->public_key_pem();
   }
-  CHECK(UserVersion(o.path) == 8);  // and 8: the commit log's watermark (store_info)
+  // And 8: the commit log's watermark (store_info); 9: the messages'
+  // delivered column, empty for the rows before it (their copies have rows).
+  CHECK(UserVersion(o.path) == 9);
+  CHECK(liaison::test::QueryInt(o.path, "SELECT COUNT(*) FROM messages WHERE delivered = ''") ==
+        liaison::test::QueryInt(o.path, "SELECT COUNT(*) FROM messages"));
   {
     sqlite3* db = nullptr;
     REQUIRE(sqlite3_open_v2(o.path.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);

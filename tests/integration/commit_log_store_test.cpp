@@ -118,10 +118,12 @@ TEST_CASE("a message acknowledged before its group is applied never writes its b
   CHECK(Count(o.path, "SELECT COUNT(*) FROM messages") == 0);
   REQUIRE((*store)->CommitSync(Acknowledged(delivery, row, "0190a5c4-8d2e-7b3a-9c1d-000000000001")).ok());
   REQUIRE((*store)->Sync().ok());
-  // Applied together: the message with no body, the delivery finished, both
-  // records; the body was never written to the database or its WAL.
-  CHECK(Count(o.path, "SELECT COUNT(*) FROM messages WHERE body IS NULL") == 1);
-  CHECK(Count(o.path, "SELECT COUNT(*) FROM deliveries WHERE state = 1 AND payload IS NULL") == 1);
+  // Applied together: the message with no body, the delivery finished (its
+  // recipient in the message's delivered column, schema 9, and no row of
+  // its own), both records; the body was never written to the database or
+  // its WAL.
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM messages WHERE body IS NULL AND delivered = 'school'") == 1);
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM deliveries") == 0);
   CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 2);
   CHECK(Count(o.path, "SELECT value FROM store_info WHERE key = 'log_applied'") == 2);
   CHECK((FileBytes(o.path) + FileBytes(o.path + "-wal")).find(marker) == std::string::npos);
@@ -269,7 +271,7 @@ TEST_CASE("WhenApplied covers what is still queued, a lingering lazy batch too",
   (*store)->Commit(std::move(ack), nullptr);
   std::promise<std::pair<bool, int64_t>> seen;
   (*store)->WhenApplied([&](const Status& s) {
-    seen.set_value({s.ok(), QueryInt(o.path, "SELECT COUNT(*) FROM deliveries WHERE state = 1")});
+    seen.set_value({s.ok(), QueryInt(o.path, "SELECT COUNT(*) FROM messages WHERE delivered = 'school'")});
   });
   auto f = seen.get_future();
   REQUIRE(f.wait_for(std::chrono::seconds(20)) == std::future_status::ready);  // not the 30 s linger
@@ -429,4 +431,87 @@ TEST_CASE("a logged group encodes and decodes to itself, and a damaged one is re
   std::string huge = bytes;
   huge[1] = huge[2] = huge[3] = huge[4] = '\xff';
   CHECK(broker::DecodeLogGroup(huge).status().IsCorruption());
+}
+
+TEST_CASE("a copy acknowledged before its message is applied is no row of its own, and forwards, recalls and ids "
+          "still find it",
+          "[store][commit_log]") {
+  TempDir dir;
+  auto o = Unapplied(dir);
+  int64_t last_id = 0;
+  int64_t row = 0;
+  {
+    auto store = broker::Store::Open(o);
+    REQUIRE(store.ok());
+    // One message for two agencies; school acknowledges before the apply,
+    // youth after it.
+    int64_t to_school = 0;
+    broker::Batch publish = Publish(**store, "m-1", "the body", &to_school);
+    row = publish.new_message->row;
+    publish.new_message->recipients = "school,youth";
+    broker::StoredDelivery youth = publish.new_deliveries.front();
+    youth.id = (*store)->NextDeliveryId();
+    youth.recipient = "youth";
+    publish.new_deliveries.push_back(youth);
+    last_id = youth.id;
+    REQUIRE((*store)->CommitSync(std::move(publish)).ok());
+    broker::Batch school_ack;
+    school_ack.finished.emplace_back(to_school, broker::DeliveryState::kDelivered);
+    school_ack.records.push_back(Record("delivered", "m-1"));
+    REQUIRE((*store)->CommitSync(std::move(school_ack)).ok());
+    REQUIRE((*store)->Sync().ok());
+    CHECK(Count(o.path, "SELECT COUNT(*) FROM messages WHERE delivered = 'school'") == 1);
+    CHECK(Count(o.path, "SELECT COUNT(*) FROM deliveries") == 1);  // youth's, pending
+    CHECK(Count(o.path, "SELECT COUNT(*) FROM deliveries WHERE recipient = 'youth' AND state = 0") == 1);
+    auto found = (*store)->FindDelivered("school", "m-1", broker::Store::Wait::kNo);
+    REQUIRE(found.ok());
+    REQUIRE(found->has_value());
+    CHECK((*found)->row == row);
+    auto not_yet = (*store)->FindDelivered("youth", "m-1", broker::Store::Wait::kNo);
+    REQUIRE(not_yet.ok());
+    CHECK_FALSE(not_yet->has_value());
+    // A name that only contains another's is not it.
+    auto partial = (*store)->FindDelivered("schoo", "m-1", broker::Store::Wait::kNo);
+    REQUIRE(partial.ok());
+    CHECK_FALSE(partial->has_value());
+    auto recipients = (*store)->DeliveredRecipients(row, broker::Store::Wait::kNo);
+    REQUIRE(recipients.ok());
+    CHECK(*recipients == std::vector<std::string>{"school"});
+    // youth acknowledges after the apply: its row is finished.
+    broker::Batch youth_ack;
+    youth_ack.finished.emplace_back(youth.id, broker::DeliveryState::kDelivered);
+    youth_ack.records.push_back(Record("delivered", "m-1"));
+    REQUIRE((*store)->CommitSync(std::move(youth_ack)).ok());
+    REQUIRE((*store)->Sync().ok());
+    recipients = (*store)->DeliveredRecipients(row, broker::Store::Wait::kNo);
+    REQUIRE(recipients.ok());
+    CHECK(*recipients == std::vector<std::string>{"school", "youth"});
+    found = (*store)->FindDelivered("youth", "m-1", broker::Store::Wait::kNo);
+    REQUIRE(found.ok());
+    CHECK(found->has_value());
+  }
+  {
+    // The next start goes on after the highest delivery id, even one that
+    // only a delivered column remembers.
+    broker::Batch p;
+    {
+      auto store = broker::Store::Open(o);
+      REQUIRE(store.ok());
+      int64_t id = 0;
+      p = Publish(**store, "m-2", "another", &id);
+      const int64_t folded_only = id;
+      CHECK(folded_only > last_id);
+      REQUIRE((*store)->CommitSync(std::move(p)).ok());
+      broker::Batch ack;
+      ack.finished.emplace_back(folded_only, broker::DeliveryState::kDelivered);
+      ack.records.push_back(Record("delivered", "m-2"));
+      REQUIRE((*store)->CommitSync(std::move(ack)).ok());
+      REQUIRE((*store)->Sync().ok());
+      last_id = folded_only;
+    }
+    CHECK(Count(o.path, "SELECT COUNT(*) FROM deliveries WHERE id = " + std::to_string(last_id)) == 0);
+    auto store = broker::Store::Open(o);
+    REQUIRE(store.ok());
+    CHECK((*store)->NextDeliveryId() > last_id);
+  }
 }
