@@ -123,29 +123,28 @@ bool Session::SendDelivery(QueuedDelivery d) {
       c.Submit();
       return false;
     }
-    const v1::Message& msg = *m.body;
-    const v1::Envelope& env = msg.envelope();
+    const MessageFacts& facts = m.facts;
     const auto policy = broker_.policy();
-    const std::string type = proto::MessageTypeName(msg);
+    const std::string& type = facts.message_type;
     policy::Request q;
     q.sender = m.sender;
     q.recipient = agency_;
     q.message_type = type;
-    q.tlp = env.tlp();
-    q.purpose = env.purpose();
-    q.agreement = env.sharing_agreement();
+    q.tlp = facts.tlp;
+    q.purpose = facts.purpose;
+    q.agreement = facts.sharing_agreement;
     q.named_individually = d.named;
-    q.is_forward = !env.forwarded_from().empty();
+    q.is_forward = !facts.forwarded_from.empty();
     std::optional<policy::OriginalMessage> original;
     if (q.is_forward) {
       // Found at publish; looked up again only for a message queued before
       // a restart (blocking this thread until the applier has run: rare).
-      original = m.original ? m.original : LookupOriginal(*broker_.store, m.sender, env.forwarded_from());
+      original = m.original ? m.original : LookupOriginal(*broker_.store, m.sender, facts.forwarded_from);
       if (original) q.original = &*original;
     }
-    if (msg.has_case_referral()) {
-      q.consent_status = msg.case_referral().consent_status();
-      q.legal_basis = msg.case_referral().legal_basis();
+    if (facts.case_referral) {
+      q.consent_status = facts.consent_status;
+      q.legal_basis = facts.legal_basis;
     }
     const policy::Decision decision = policy->Evaluate(q);
     const std::string rules = Join(policy->RuleIds(decision));
@@ -169,15 +168,19 @@ bool Session::SendDelivery(QueuedDelivery d) {
     }
     const auto obligations = policy->SharedObligationsOf(decision);
     const std::string& agreement = policy->agreements()[decision.agreement].id;
-    if (obligations->empty() && m.wire) {
+    if (obligations->empty()) {
       // The recipient gets the message as stored: its bytes go into the
       // frame as they are (no copy of the message, no re-serialization).
       wire = m.wire;
-    } else if (obligations->empty()) {
-      *del->mutable_message() = msg;
     } else {
+      // A redacted copy: parsed from the stored bytes (they parsed at publish).
       v1::Message* copy = del->mutable_message();
-      *copy = msg;
+      if (!copy->ParseFromString(*m.wire)) {
+        spdlog::error("{}: {} from {}: the stored message does not parse, keeping it queued", tag_, m.message_id,
+                      m.sender);
+        broker_.mailboxes.Return({std::move(d)});
+        return false;
+      }
       Result<policy::PseudonymKey> key = Status::NotFound("no pseudonymisation asked");
       if (!obligations->pseudonymise_categories.empty() || !obligations->pseudonymise_paths.empty()) {
         key = broker_.keys->Current(agreement);

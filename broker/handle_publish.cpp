@@ -84,17 +84,11 @@ void Session::HandlePublish(v1::Publish& publish) {
     SendError(rid, v1::REASON_INVALID_MESSAGE, "Publish carries no message", false);
     return;
   }
-  std::shared_ptr<v1::Message> message;
-  if (frame_arena_ != nullptr && publish.GetArena() == frame_arena_.get()) {
-    // The message stays in the frame's arena, which it keeps alive (an
-    // aliasing shared_ptr): no copy out of the arena.
-    message = std::shared_ptr<v1::Message>(frame_arena_, publish.unsafe_arena_release_message());
-  } else {
-    message.reset(publish.release_message());
-  }
+  // In the frame's arena: what the queue keeps is taken out of it below.
+  v1::Message* message = publish.mutable_message();
   proto::MessageLimits ml;
   ml.max_recipients = l.max_recipients;
-  if (Status s = proto::ValidateForPublish(message.get(), ml, std::chrono::system_clock::now()); !s.ok()) {
+  if (Status s = proto::ValidateForPublish(message, ml, std::chrono::system_clock::now()); !s.ok()) {
     SendError(rid, v1::REASON_INVALID_MESSAGE, s.message(), false);
     return;
   }
@@ -186,7 +180,7 @@ void Session::HandlePublish(v1::Publish& publish) {
   }
   queued->want_reports = publish.want_reports();
   queued->original = original;
-  queued->body = message;
+  queued->facts = FactsOf(*message);
 
   v1::PublishAck ack;
   ack.set_message_id(env->message_id());

@@ -55,6 +55,12 @@ void Session::HandleRecall(const v1::Recall& recall) {
     m->expires_ms = s.expires_ms;
     m->want_reports = s.want_reports;
     m->recalled = true;
+    // For the records of the recall (the body may be gone; its routing
+    // metadata is kept).
+    m->facts.message_type = s.message_type;
+    m->facts.case_id = s.case_id;
+    m->facts.purpose = s.purpose;
+    m->facts.tlp = s.tlp;
   }
   const std::string reason = recall.reason().empty() ? "recalled by the sender" : Printable(recall.reason(), 1000);
   std::vector<QueuedDelivery> withdrawn = broker_.mailboxes.Recall(*m);

@@ -12,6 +12,23 @@
 
 namespace liaison::broker {
 
+MessageFacts FactsOf(const v1::Message& m) {
+  MessageFacts f;
+  const v1::Envelope& env = m.envelope();
+  f.message_type = proto::MessageTypeName(m);
+  f.case_id = env.case_id();
+  f.purpose = env.purpose();
+  f.sharing_agreement = env.sharing_agreement();
+  f.forwarded_from = env.forwarded_from();
+  f.tlp = env.tlp();
+  if (m.has_case_referral()) {
+    f.case_referral = true;
+    f.consent_status = m.case_referral().consent_status();
+    f.legal_basis = m.case_referral().legal_basis();
+  }
+  return f;
+}
+
 Status Mailboxes::Load(const Store& store) {
   std::map<int64_t, std::shared_ptr<QueuedMessage>> by_row;
   std::vector<QueuedDelivery> all;
@@ -27,11 +44,11 @@ Status Mailboxes::Load(const Store& store) {
       qm->want_reports = m.want_reports;
       qm->recalled = m.recalled_ms != 0;
       if (!m.body.empty()) {
-        auto body = std::make_shared<v1::Message>();
-        if (!body->ParseFromString(m.body)) {
+        v1::Message body;
+        if (!body.ParseFromString(m.body)) {
           parse_error = Status::Corruption("stored message " + std::to_string(m.row) + " does not parse");
         }
-        qm->body = std::move(body);
+        qm->facts = FactsOf(body);
         qm->wire = std::make_shared<const std::string>(m.body);
       }
     }
@@ -50,7 +67,7 @@ Status Mailboxes::Load(const Store& store) {
   std::lock_guard lock(mu_);
   for (auto& q : all) {
     if (q.kind == DeliveryKind::kMessage) {
-      if (!q.message->body) return Status::Corruption("pending delivery " + std::to_string(q.id) + " has no body");
+      if (!q.message->wire) return Status::Corruption("pending delivery " + std::to_string(q.id) + " has no body");
       q.message->unfinished++;
       messages_[{q.message->sender, q.message->message_id}] = q.message;
     }
@@ -200,13 +217,10 @@ audit::Record CopyRecord(std::string event, const QueuedMessage& m, const std::s
   r.message_id = m.message_id;
   r.sender = m.sender;
   r.recipient = recipient;
-  if (m.body) {
-    const v1::Envelope& env = m.body->envelope();
-    r.case_id = env.case_id();
-    r.message_type = proto::MessageTypeName(*m.body);
-    r.tlp = env.tlp();
-    r.purpose = env.purpose();
-  }
+  r.case_id = m.facts.case_id;
+  r.message_type = m.facts.message_type;
+  r.tlp = m.facts.tlp;
+  r.purpose = m.facts.purpose;
   return r;
 }
 

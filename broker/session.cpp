@@ -23,6 +23,9 @@ using net::Clock;
 namespace {
 constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 constexpr auto kCloseGrace = std::chrono::seconds(2);
+// The first block of a session's frame arena: a Publish of a few KiB fits.
+// Pages an idle session never parses into are never touched.
+constexpr size_t kFrameArenaBytes = 8192;
 }  // namespace
 
 // Newlines in client text could forge log lines.
@@ -144,12 +147,18 @@ asio::awaitable<void> Session::Run() {
   accepted.detail = "peer=" + peer_ + " session=" + std::to_string(id_);
   broker_.store->Append({std::move(accepted)}, nullptr);
 
+  // The session's frames are parsed into one arena, emptied after each is
+  // handled (nothing a handler keeps points into it: a published message is
+  // queued as its serialized bytes). Its first block is the session's own,
+  // so that a usual frame allocates nothing; Reset frees what grew beyond.
+  std::unique_ptr<char[]> first_block(new char[kFrameArenaBytes]);  // uninitialised: untouched until used
+  google::protobuf::ArenaOptions arena_options;
+  arena_options.initial_block = first_block.get();
+  arena_options.initial_block_size = kFrameArenaBytes;
+  google::protobuf::Arena arena(arena_options);
   while (phase_ != Phase::kClosed && !stream_.closing()) {
-    // Each frame is parsed into an arena of its own. A published message
-    // keeps that arena alive while it is queued (see HandlePublish), and
-    // freeing it is a few block frees instead of one per field.
-    auto arena = std::make_shared<google::protobuf::Arena>();
-    v1::Frame& frame = *google::protobuf::Arena::CreateMessage<v1::Frame>(arena.get());
+    arena.Reset();
+    v1::Frame& frame = *google::protobuf::Arena::CreateMessage<v1::Frame>(&arena);
     Status s = co_await stream_.ReadFrame(&frame);
     if (!s.ok()) {
       if (s.IsUnavailable()) {
@@ -162,7 +171,6 @@ asio::awaitable<void> Session::Run() {
       SendError(0, framing ? v1::REASON_FRAME_TOO_LARGE : v1::REASON_MALFORMED_FRAME, s.message(), true);
       break;
     }
-    frame_arena_ = std::move(arena);
     if (frame.kind_case() != v1::Frame::kDeliveryAck) FlushAcks();
     if (NeedsAppliedStore(frame)) {
       // The next frame is read only after this one is handled, so waiting
@@ -170,7 +178,6 @@ asio::awaitable<void> Session::Run() {
       store_applied_ = co_await AwaitApplied();
     }
     Dispatch(frame);
-    frame_arena_.reset();
   }
   Finish();
 }

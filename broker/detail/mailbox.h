@@ -34,6 +34,18 @@ namespace liaison::broker {
 class BrokerState;
 class Router;
 
+// What the re-check at delivery and the copies' audit records need from a
+// queued message, taken from it once (at publish, or when the queue is
+// loaded at start), so that the parsed message need not be kept.
+struct MessageFacts {
+  std::string message_type;  // proto::MessageTypeName
+  std::string case_id, purpose, sharing_agreement, forwarded_from;
+  int tlp = 0;
+  bool case_referral = false;
+  int consent_status = 0, legal_basis = 0;  // of a case referral
+};
+MessageFacts FactsOf(const v1::Message& m);
+
 // A message with copies still to deliver, shared by those copies.
 struct QueuedMessage {
   int64_t row = 0;
@@ -41,9 +53,10 @@ struct QueuedMessage {
   std::string message_id;
   int64_t expires_ms = 0;
   bool want_reports = false;
-  std::shared_ptr<const v1::Message> body;  // as stamped at publish; null once dropped
-  // body serialized (the bytes the store holds): copies delivered without
-  // redaction go out as these bytes, unparsed and uncopied. Null: unknown.
+  MessageFacts facts;
+  // The message as stamped at publish, serialized (the bytes the store
+  // holds): copies delivered without redaction go out as these bytes,
+  // unparsed and uncopied; a redacted copy is parsed from them.
   std::shared_ptr<const std::string> wire;
   // A forward: the original's routing metadata as the publish found it (it
   // does not change), for the check at delivery. A forward is queued only

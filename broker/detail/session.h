@@ -144,8 +144,6 @@ class Session : public std::enable_shared_from_this<Session> {
   bool agency_counted_ = false;  // counted in Admission's sessions of agency_
   bool draining_ = false;
   uint32_t in_flight_publishes_ = 0;
-  // The arena of the frame being dispatched (set only during Dispatch).
-  std::shared_ptr<google::protobuf::Arena> frame_arena_;
   // For a frame that NeedsAppliedStore: whether the database could be
   // written when Run waited for the applier (if not, the handler answers
   // store_failure instead of reading it). Its reads then need not wait.

@@ -224,6 +224,27 @@ TEST_CASE("recall withdraws waiting copies and sends a notice to recipients who 
   CHECK(Has(events, "recall_notice_delivered:delivered:school"));
 }
 
+TEST_CASE("the recall of a message every recipient has is recorded with the message's case", "[queue][recall]") {
+  TestBroker broker;
+  auto police = Connect(broker.port(), "police");
+  Receiver school(broker.port(), "school");
+  v1::Message m = IncidentReport({"school"});
+  m.mutable_envelope()->set_case_id("CASE-RECALL-7");
+  const std::string id = m.envelope().message_id();
+  REQUIRE(police->Publish(m).AllAccepted());
+  REQUIRE(school.WaitCount(1));
+  // Acknowledged and applied: the message has left the queue, and the
+  // recall finds it only in the store.
+  REQUIRE(WaitFor([&] { return Has(AuditEvents(broker, id), "delivered:delivered:school"); }));
+  auto r = police->Recall(id, "the wrong case");
+  REQUIRE(r.status.ok());
+  CHECK(r.notified == std::vector<std::string>{"school"});
+  REQUIRE(WaitFor([&] { return Has(AuditEvents(broker, id), "recalled:recall_notice:school"); }));
+  const auto rows = AuditColumn(broker, id, "event || ':' || recipient || ':' || case_id");
+  CHECK(Has(rows, "queued:school:CASE-RECALL-7"));
+  CHECK(Has(rows, "recalled:school:CASE-RECALL-7"));
+}
+
 TEST_CASE("a message that expires before its recipient connects is not delivered, and the sender is told",
           "[queue][expiry]") {
   TestBroker broker;
