@@ -269,10 +269,12 @@ void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
     r.actor = agency_;
     r.cert_sha256 = identity_.cert_sha256;
     r.decision = "delivered";
-    r.rules = f.rules;
-    r.policy_version = f.policy_version;
-    r.obligations = f.obligations;
-    r.body_hmac = f.body_hmac;
+    // The delivery's facts are needed only for this record (f.acking keeps
+    // a repeated ack from coming here again).
+    r.rules = std::move(f.rules);
+    r.policy_version = std::move(f.policy_version);
+    r.obligations = std::move(f.obligations);
+    r.body_hmac = std::move(f.body_hmac);
     r.detail = "attempt=" + std::to_string(d.attempts);
     c.batch.records.push_back(std::move(r));
     c.Finish(d, DeliveryState::kDelivered, v1::OUTCOME_DELIVERED, v1::REASON_UNSPECIFIED, "", false);

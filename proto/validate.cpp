@@ -3,7 +3,6 @@
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/reflection.h>
 
-#include <set>
 #include <string>
 
 #include "common/uuid.h"
@@ -170,16 +169,23 @@ Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
     return Status::InvalidArgument("envelope.recipients has " + std::to_string(env->recipients_size()) +
                                    " entries (maximum " + std::to_string(limits.max_recipients) + ")");
   }
-  std::set<std::string> seen;
-  google::protobuf::RepeatedPtrField<std::string> unique;
-  for (const std::string& r : env->recipients()) {
+  // Duplicates dropped, the first of each kept in place (the list is short:
+  // at most max_recipients).
+  auto* recipients = env->mutable_recipients();
+  int kept = 0;
+  for (int i = 0; i < recipients->size(); ++i) {
+    const std::string& r = recipients->Get(i);
     const std::string_view name = r.rfind("group:", 0) == 0 ? std::string_view(r).substr(6) : std::string_view(r);
     if (!IsValidAgencyId(name)) {
       return Status::InvalidArgument("envelope.recipients: '" + r + "' is not an agency id or group:<id>");
     }
-    if (seen.insert(r).second) *unique.Add() = r;
+    bool seen = false;
+    for (int j = 0; j < kept && !seen; ++j) seen = recipients->Get(j) == r;
+    if (seen) continue;
+    if (kept != i) recipients->Mutable(kept)->swap(*recipients->Mutable(i));
+    ++kept;
   }
-  env->mutable_recipients()->Swap(&unique);
+  recipients->DeleteSubrange(kept, recipients->size() - kept);
 
   if (env->case_id().size() > 128) return Status::InvalidArgument("envelope.caseId is longer than 128 bytes");
   for (char c : env->case_id()) {
@@ -208,7 +214,8 @@ Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
   }
 
   const google::protobuf::Reflection* r = message->GetReflection();
-  const auto* body_field = r->GetOneofFieldDescriptor(*message, v1::Message::descriptor()->FindOneofByName("body"));
+  static const google::protobuf::OneofDescriptor* const body_oneof = v1::Message::descriptor()->FindOneofByName("body");
+  const auto* body_field = r->GetOneofFieldDescriptor(*message, body_oneof);
   const google::protobuf::Message& body = r->GetMessage(*message, body_field);
   return CheckFields(body, PlanOf(body.GetDescriptor()), limits, body_field->name());
 }

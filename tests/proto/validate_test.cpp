@@ -619,3 +619,23 @@ TEST_CASE("MessageTypeName and MessageTypeNames", "[proto][names]") {
   empty.mutable_case_update();  // an empty body is still a body
   CHECK(MessageTypeName(empty) == "case_update");
 }
+
+TEST_CASE("ValidateForPublish drops repeated recipients and keeps the first of each in order", "[proto][validate]") {
+  v1::Message m = ValidIncidentReport();
+  auto* env = m.mutable_envelope();
+  env->clear_recipients();
+  for (const char* r : {"school", "social", "school", "group:youth-team", "social", "police", "group:youth-team",
+                        "school"}) {
+    env->add_recipients(r);
+  }
+  REQUIRE(liaison::proto::ValidateForPublish(&m, {}, kNow).ok());
+  const std::vector<std::string> got(m.envelope().recipients().begin(), m.envelope().recipients().end());
+  CHECK(got == std::vector<std::string>{"school", "social", "group:youth-team", "police"});
+  // No duplicates: the list is left as it was.
+  env->clear_recipients();
+  for (const char* r : {"social", "school"}) env->add_recipients(r);
+  REQUIRE(liaison::proto::ValidateForPublish(&m, {}, kNow).ok());
+  CHECK(m.envelope().recipients_size() == 2);
+  CHECK(m.envelope().recipients(0) == "social");
+  CHECK(m.envelope().recipients(1) == "school");
+}
