@@ -208,9 +208,16 @@ bool Session::SendDelivery(QueuedDelivery d) {
                                 " (key v" + std::to_string(key->version) + ")";
       }
     }
-    // A copy made here (redacted) is serialized once: for its digest and the frame.
-    if (!wire) wire = std::make_shared<const std::string>(del->message().SerializeAsString());
-    inflight.body_hmac = broker_.store->BodyDigest(*wire);
+    if (wire) {
+      // The same bytes for every recipient that gets them unredacted.
+      QueuedMessage& qm = *d.message;
+      std::call_once(qm.wire_digest_once, [&] { qm.wire_digest = broker_.store->BodyDigest(*qm.wire); });
+      inflight.body_hmac = qm.wire_digest;
+    } else {
+      // A copy redacted here is serialized once: for its digest and the frame.
+      wire = std::make_shared<const std::string>(del->message().SerializeAsString());
+      inflight.body_hmac = broker_.store->BodyDigest(*wire);
+    }
     inflight.rules = rules;
     inflight.policy_version = policy->version();
   } else if (d.kind == DeliveryKind::kRecallNotice) {

@@ -5,7 +5,9 @@
 #include <map>
 #include <mutex>
 
+#include "common/audit_record.h"
 #include "common/files.h"
+#include "common/sha256.h"
 #include "tests/integration/test_support.h"
 
 using namespace liaison;
@@ -146,4 +148,47 @@ TEST_CASE("groups fan out to their members, never back to the sender, and never 
   red.mutable_envelope()->add_recipients("social");
   auto r3 = police->Publish(red);
   CHECK(Outcomes(r3)["social"] == "queued");
+}
+
+TEST_CASE("each delivery's record holds the keyed digest of the bytes its recipient got, redacted or not",
+          "[policy-e2e]") {
+  TestBroker broker({}, 2, ExamplePolicy());
+  Receiver ngo(broker.port(), "youth-ngo");  // gets the redacted form
+  Receiver health(broker.port(), "health");
+  Receiver police(broker.port(), "police");
+  auto social = Connect(broker.port(), "social");
+  const v1::Message m = Referral({"youth-ngo", "health", "police"}, v1::CONSENT_GIVEN);
+  auto r = social->Publish(m);
+  REQUIRE(r.status.ok());
+  std::map<std::string, Receiver*> receivers = {{"youth-ngo", &ngo}, {"health", &health}, {"police", &police}};
+  std::map<std::string, std::string> got;  // recipient -> the message as delivered, serialized
+  for (auto& [agency, rx] : receivers) {
+    if (Outcomes(r)[agency] != "queued") continue;
+    REQUIRE(rx->WaitCount(1));
+    got[agency] = rx->got[0].message->SerializeAsString();
+  }
+  REQUIRE(got.size() >= 2);
+  REQUIRE(got.count("youth-ngo") == 1);
+  // The digest key is the broker's own (keys/body-digest.key, hex).
+  auto hex = ReadFile(broker.dir() + "/keys/body-digest.key", 1024);
+  REQUIRE(hex.ok());
+  std::string key(32, '\0');
+  for (size_t i = 0; i < 32; ++i) key[i] = static_cast<char>(std::stoi(hex->substr(2 * i, 2), nullptr, 16));
+  const crypto::HmacSha256 mac(key);
+  // The delivered records, once applied.
+  std::map<std::string, std::string> recorded;  // recipient -> body_hmac
+  REQUIRE(WaitFor([&] {
+    recorded.clear();
+    for (const auto& leaf : AuditColumn(broker, m.envelope().message_id(), "leaf")) {
+      auto rec = audit::DecodeLeaf(leaf);
+      if (rec.ok() && rec->event == "delivered") recorded[rec->recipient] = rec->body_hmac;
+    }
+    return recorded.size() == got.size();
+  }));
+  for (const auto& [agency, bytes] : got) {
+    CAPTURE(agency);
+    const crypto::Digest d = mac.Mac(bytes);
+    CHECK(recorded[agency] == crypto::Hex(d.data(), d.size()));
+  }
+  CHECK(recorded["youth-ngo"] != recorded["health"]);  // the redacted form is other bytes
 }

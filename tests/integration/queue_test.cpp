@@ -24,26 +24,6 @@ using namespace liaison::test;
 
 namespace {
 
-// One value per audit record about message_id, in order: expr (SQL over
-// audit_log's columns), as bytes.
-std::vector<std::string> AuditColumn(TestBroker& broker, const std::string& message_id, const std::string& expr) {
-  REQUIRE(broker.server().SyncStore().ok());  // the database trails the commit log
-  std::vector<std::string> out;
-  sqlite3* db = nullptr;
-  sqlite3_open_v2((broker.dir() + "/data/liaison.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
-  sqlite3_stmt* st = nullptr;
-  sqlite3_prepare_v2(db, ("SELECT " + expr + " FROM audit_log WHERE message_id = ? ORDER BY seq").c_str(), -1, &st,
-                     nullptr);
-  sqlite3_bind_text(st, 1, message_id.c_str(), -1, SQLITE_TRANSIENT);
-  while (sqlite3_step(st) == SQLITE_ROW) {
-    const char* p = static_cast<const char*>(sqlite3_column_blob(st, 0));
-    out.emplace_back(p ? p : "", static_cast<size_t>(sqlite3_column_bytes(st, 0)));
-  }
-  sqlite3_finalize(st);
-  sqlite3_close(db);
-  return out;
-}
-
 // Events of the broker's audit log, as "event:decision:recipient", in order.
 std::vector<std::string> AuditEvents(TestBroker& broker, const std::string& message_id) {
   return AuditColumn(broker, message_id, "event || ':' || decision || ':' || recipient");

@@ -412,4 +412,21 @@ int64_t QueryInt(const std::string& db_path, const std::string& sql) {
   return v;
 }
 
+std::vector<std::string> AuditColumn(TestBroker& broker, const std::string& message_id, const std::string& expr) {
+  if (!broker.server().SyncStore().ok()) return {};  // the database trails the commit log
+  std::vector<std::string> out;
+  sqlite3* db = nullptr;
+  sqlite3_open_v2((broker.dir() + "/data/liaison.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
+  sqlite3_stmt* st = nullptr;
+  sqlite3_prepare_v2(db, ("SELECT " + expr + " FROM audit_log WHERE message_id = ? ORDER BY seq").c_str(), -1, &st,
+                     nullptr);
+  sqlite3_bind_text(st, 1, message_id.c_str(), -1, SQLITE_TRANSIENT);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    const char* p = static_cast<const char*>(sqlite3_column_blob(st, 0));
+    out.emplace_back(p ? p : "", static_cast<size_t>(sqlite3_column_bytes(st, 0)));
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return out;
+}
 }  // namespace liaison::test
