@@ -7,35 +7,13 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <vector>
 
 #include <google/protobuf/stubs/logging.h>
 
 #include "proto/detail/pb.h"
 #include "proto/frame_codec.h"
 #include "proto/validate.h"
-
-namespace {
-
-bool AnyUnknown(const google::protobuf::Message& m) {
-  const auto* r = m.GetReflection();
-  if (!r->GetUnknownFields(m).empty()) return true;
-  std::vector<const google::protobuf::FieldDescriptor*> fields;
-  r->ListFields(m, &fields);
-  for (const auto* f : fields) {
-    if (f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) continue;
-    if (f->is_repeated()) {
-      for (int i = 0; i < r->FieldSize(m, f); ++i) {
-        if (AnyUnknown(r->GetRepeatedMessage(m, f, i))) return true;
-      }
-    } else if (AnyUnknown(r->GetMessage(m, f))) {
-      return true;
-    }
-  }
-  return false;
-}
-
-}  // namespace
+#include "tests/proto/any_unknown.h"
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   google::protobuf::SetLogHandler(nullptr);  // invalid UTF-8 is expected here
@@ -55,7 +33,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       auto next = decoder.Next();
       if (!next.ok() || !next->has_value()) break;
       if (!liaison::proto::ParseFrame(**next, &frame).ok()) continue;
-      if (AnyUnknown(frame)) __builtin_trap();
+      if (liaison::test::AnyUnknown(frame)) __builtin_trap();
       if (frame.has_publish() && frame.publish().has_message()) {
         (void)liaison::proto::ValidateForPublish(frame.mutable_publish()->mutable_message(),
                                                  liaison::proto::MessageLimits{}, std::chrono::system_clock::now());

@@ -72,12 +72,18 @@ broker::Batch Publish(broker::Store& store, const std::string& message_id, const
   return b;
 }
 
-// The delivery acknowledged: finished, body dropped, recorded.
-broker::Batch Acknowledged(int64_t delivery_id, int64_t row, const std::string& message_id) {
+// The delivery finished and recorded (the body stays: other copies wait).
+broker::Batch Delivered(int64_t delivery_id, const std::string& message_id) {
   broker::Batch b;
   b.finished.emplace_back(delivery_id, broker::DeliveryState::kDelivered);
-  b.drop_bodies.push_back(row);
   b.records.push_back(Record("delivered", message_id));
+  return b;
+}
+
+// The delivery acknowledged: finished, body dropped, recorded.
+broker::Batch Acknowledged(int64_t delivery_id, int64_t row, const std::string& message_id) {
+  broker::Batch b = Delivered(delivery_id, message_id);
+  b.drop_bodies.push_back(row);
   return b;
 }
 
@@ -455,10 +461,7 @@ TEST_CASE("a copy acknowledged before its message is applied is no row of its ow
     publish.new_deliveries.push_back(youth);
     last_id = youth.id;
     REQUIRE((*store)->CommitSync(std::move(publish)).ok());
-    broker::Batch school_ack;
-    school_ack.finished.emplace_back(to_school, broker::DeliveryState::kDelivered);
-    school_ack.records.push_back(Record("delivered", "m-1"));
-    REQUIRE((*store)->CommitSync(std::move(school_ack)).ok());
+    REQUIRE((*store)->CommitSync(Delivered(to_school, "m-1")).ok());
     REQUIRE((*store)->Sync().ok());
     CHECK(Count(o.path, "SELECT COUNT(*) FROM messages WHERE delivered = 'school'") == 1);
     CHECK(Count(o.path, "SELECT COUNT(*) FROM deliveries") == 1);  // youth's, pending
@@ -478,10 +481,7 @@ TEST_CASE("a copy acknowledged before its message is applied is no row of its ow
     REQUIRE(recipients.ok());
     CHECK(*recipients == std::vector<std::string>{"school"});
     // youth acknowledges after the apply: its row is finished.
-    broker::Batch youth_ack;
-    youth_ack.finished.emplace_back(youth.id, broker::DeliveryState::kDelivered);
-    youth_ack.records.push_back(Record("delivered", "m-1"));
-    REQUIRE((*store)->CommitSync(std::move(youth_ack)).ok());
+    REQUIRE((*store)->CommitSync(Delivered(youth.id, "m-1")).ok());
     REQUIRE((*store)->Sync().ok());
     recipients = (*store)->DeliveredRecipients(row, broker::Store::Wait::kNo);
     REQUIRE(recipients.ok());
@@ -493,19 +493,13 @@ TEST_CASE("a copy acknowledged before its message is applied is no row of its ow
   {
     // The next start goes on after the highest delivery id, even one that
     // only a delivered column remembers.
-    broker::Batch p;
     {
       auto store = broker::Store::Open(o);
       REQUIRE(store.ok());
-      int64_t id = 0;
-      p = Publish(**store, "m-2", "another", &id);
-      const int64_t folded_only = id;
+      int64_t folded_only = 0;
+      REQUIRE((*store)->CommitSync(Publish(**store, "m-2", "another", &folded_only)).ok());
       CHECK(folded_only > last_id);
-      REQUIRE((*store)->CommitSync(std::move(p)).ok());
-      broker::Batch ack;
-      ack.finished.emplace_back(folded_only, broker::DeliveryState::kDelivered);
-      ack.records.push_back(Record("delivered", "m-2"));
-      REQUIRE((*store)->CommitSync(std::move(ack)).ok());
+      REQUIRE((*store)->CommitSync(Delivered(folded_only, "m-2")).ok());
       REQUIRE((*store)->Sync().ok());
       last_id = folded_only;
     }

@@ -10,6 +10,7 @@
 
 #include "proto/detail/field_plan.h"
 #include "proto/detail/pb.h"
+#include "tests/proto/any_unknown.h"
 
 namespace {
 
@@ -565,26 +566,8 @@ TEST_CASE("ParseFrame drops unknown fields in every message type of every body, 
 namespace {
 
 using liaison::proto::MayHoldUnknownFields;
+using liaison::test::AnyUnknown;
 
-// Whether m or any message under it holds unknown fields: protobuf's own
-// walk (ListFields over every field), independent of the field plans.
-bool AnyUnknown(const google::protobuf::Message& m) {
-  const auto* r = m.GetReflection();
-  if (!r->GetUnknownFields(m).empty()) return true;
-  std::vector<const google::protobuf::FieldDescriptor*> fields;
-  r->ListFields(m, &fields);
-  for (const auto* f : fields) {
-    if (f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) continue;
-    if (f->is_repeated()) {
-      for (int i = 0; i < r->FieldSize(m, f); ++i) {
-        if (AnyUnknown(r->GetRepeatedMessage(m, f, i))) return true;
-      }
-    } else if (AnyUnknown(r->GetMessage(m, f))) {
-      return true;
-    }
-  }
-  return false;
-}
 
 std::string Varint(uint64_t v) {
   std::string out;
