@@ -84,6 +84,16 @@ Status CommonSetup(SSL_CTX* ctx, const TlsFiles& files, const char* side) {
   if (SSL_CTX_load_verify_locations(ctx, files.ca_bundle.c_str(), nullptr) != 1) {
     return Status::InvalidArgument("cannot load CA bundle " + files.ca_bundle + ": " + OpenSslErrors());
   }
+  // OpenSSL works out a certificate's extensions (key identifiers, usages)
+  // the first time a verification needs them and keeps them in the
+  // certificate. Two handshakes verifying against the same CA at once then
+  // race: one writes its key identifier while the other compares it (seen
+  // by ThreadSanitizer in a reconnect storm). Worked out here, once, before
+  // any handshake.
+  STACK_OF(X509_OBJECT)* trusted = X509_STORE_get0_objects(SSL_CTX_get_cert_store(ctx));
+  for (int i = 0; i < sk_X509_OBJECT_num(trusted); ++i) {
+    if (X509* ca = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(trusted, i))) X509_check_purpose(ca, -1, 0);
+  }
   return Status::Ok();
 }
 
