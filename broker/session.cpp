@@ -159,7 +159,6 @@ asio::awaitable<void> Session::Run() {
   arena_options.initial_block_size = kFrameArenaBytes;
   google::protobuf::Arena arena(arena_options);
   while (phase_ != Phase::kClosed && !stream_.closing()) {
-    arena.Reset();
     v1::Frame& frame = *google::protobuf::Arena::CreateMessage<v1::Frame>(&arena);
     Status s = co_await stream_.ReadFrame(&frame);
     if (!s.ok()) {
@@ -180,6 +179,7 @@ asio::awaitable<void> Session::Run() {
       store_applied_ = co_await AwaitApplied();
     }
     Dispatch(frame);
+    arena.Reset();  // now, not at the next frame: an idle session keeps no large frame
   }
   Finish();
 }
