@@ -19,7 +19,6 @@
 #include "broker/detail/session.h"
 #include "policy/redact.h"
 #include "proto/frame_codec.h"
-#include "proto/names.h"
 
 namespace liaison::broker {
 namespace {
@@ -70,19 +69,6 @@ std::string Join(const std::vector<std::string>& v) {
   return out;
 }
 
-std::vector<std::string> Split(const std::string& s) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= s.size()) {
-    const size_t comma = s.find(',', start);
-    const size_t end = comma == std::string::npos ? s.size() : comma;
-    if (end > start) out.push_back(s.substr(start, end - start));
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return out;
-}
-
 }  // namespace
 
 std::optional<policy::OriginalMessage> LookupOriginal(const Store& store, const std::string& forwarder,
@@ -97,7 +83,7 @@ std::optional<policy::OriginalMessage> LookupOriginal(const Store& store, const 
   const StoredMessage& m = **found;
   policy::OriginalMessage o;
   o.sender = m.sender;
-  o.recipients = Split(m.recipients);
+  o.recipients = SplitAgencies(m.recipients);
   o.tlp = m.tlp;
   o.agreement = m.agreement;
   return o;
@@ -110,7 +96,7 @@ bool Session::SendDelivery(QueuedDelivery d) {
   InFlight inflight;
   std::shared_ptr<const std::string> wire;  // the message, serialized, as it goes out
   if (d.kind == DeliveryKind::kMessage) {
-    const QueuedMessage& m = *d.message;
+    QueuedMessage& m = *d.message;
     if (broker_.mailboxes.IsRecalled(m)) {
       QueueChange c(broker_);
       audit::Record r = CopyRecord("recalled", m, agency_);
@@ -123,28 +109,17 @@ bool Session::SendDelivery(QueuedDelivery d) {
       c.Submit();
       return false;
     }
-    const MessageFacts& facts = m.facts;
     const auto policy = broker_.policy();
-    const std::string& type = facts.message_type;
-    policy::Request q;
-    q.sender = m.sender;
+    const std::string& type = m.facts.message_type;
+    policy::Request q = RequestFor(m.facts, m.sender);
     q.recipient = agency_;
-    q.message_type = type;
-    q.tlp = facts.tlp;
-    q.purpose = facts.purpose;
-    q.agreement = facts.sharing_agreement;
     q.named_individually = d.named;
-    q.is_forward = !facts.forwarded_from.empty();
     std::optional<policy::OriginalMessage> original;
     if (q.is_forward) {
       // Found at publish; looked up again only for a message queued before
       // a restart (blocking this thread until the applier has run: rare).
-      original = m.original ? m.original : LookupOriginal(*broker_.store, m.sender, facts.forwarded_from);
+      original = m.original ? m.original : LookupOriginal(*broker_.store, m.sender, m.facts.forwarded_from);
       if (original) q.original = &*original;
-    }
-    if (facts.case_referral) {
-      q.consent_status = facts.consent_status;
-      q.legal_basis = facts.legal_basis;
     }
     const policy::Decision decision = policy->Evaluate(q);
     const std::string rules = Join(policy->RuleIds(decision));
@@ -210,9 +185,8 @@ bool Session::SendDelivery(QueuedDelivery d) {
     }
     if (wire) {
       // The same bytes for every recipient that gets them unredacted.
-      QueuedMessage& qm = *d.message;
-      std::call_once(qm.wire_digest_once, [&] { qm.wire_digest = broker_.store->BodyDigest(*qm.wire); });
-      inflight.body_hmac = qm.wire_digest;
+      std::call_once(m.wire_digest_once, [&] { m.wire_digest = broker_.store->BodyDigest(*m.wire); });
+      inflight.body_hmac = m.wire_digest;
     } else {
       // A copy redacted here is serialized once: for its digest and the frame.
       wire = std::make_shared<const std::string>(del->message().SerializeAsString());

@@ -14,7 +14,6 @@
 #include "proto/frame_codec.h"
 #include "broker/detail/session.h"
 #include "policy/redact.h"
-#include "proto/names.h"
 #include "proto/validate.h"
 
 namespace liaison::broker {
@@ -140,14 +139,12 @@ void Session::HandlePublish(v1::Publish& publish) {
   }
   broker_.stats.publishes++;
 
-  policy::Request q;
-  q.sender = agency_;
-  const std::string type = proto::MessageTypeName(*message);
-  q.message_type = type;
-  q.tlp = env->tlp();
-  q.purpose = env->purpose();
-  q.agreement = env->sharing_agreement();
-  q.is_forward = !env->forwarded_from().empty();
+  // What the queue keeps of the message besides its bytes, and the policy
+  // question, asked from it here as at each delivery.
+  auto queued = std::make_shared<QueuedMessage>();
+  queued->facts = FactsOf(*message);
+  const std::string& type = queued->facts.message_type;
+  policy::Request q = RequestFor(queued->facts, agency_);
   std::optional<policy::OriginalMessage> original;
   if (q.is_forward) {
     // Run waited for the applier before dispatching this frame.
@@ -161,15 +158,10 @@ void Session::HandlePublish(v1::Publish& publish) {
     original = LookupOriginal(*broker_.store, agency_, env->forwarded_from(), Store::Wait::kNo);
     if (original) q.original = &*original;
   }
-  if (message->has_case_referral()) {
-    q.consent_status = message->case_referral().consent_status();
-    q.legal_basis = message->case_referral().legal_basis();
-  }
 
   const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                              std::chrono::system_clock::now().time_since_epoch())
                              .count();
-  auto queued = std::make_shared<QueuedMessage>();
   queued->row = broker_.store->NextMessageRow();
   queued->sender = agency_;
   queued->message_id = env->message_id();
@@ -180,7 +172,6 @@ void Session::HandlePublish(v1::Publish& publish) {
   }
   queued->want_reports = publish.want_reports();
   queued->original = original;
-  queued->facts = FactsOf(*message);
 
   v1::PublishAck ack;
   ack.set_message_id(env->message_id());

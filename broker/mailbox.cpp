@@ -22,11 +22,23 @@ MessageFacts FactsOf(const v1::Message& m) {
   f.forwarded_from = env.forwarded_from();
   f.tlp = env.tlp();
   if (m.has_case_referral()) {
-    f.case_referral = true;
     f.consent_status = m.case_referral().consent_status();
     f.legal_basis = m.case_referral().legal_basis();
   }
   return f;
+}
+
+policy::Request RequestFor(const MessageFacts& f, std::string_view sender) {
+  policy::Request q;
+  q.sender = sender;
+  q.message_type = f.message_type;
+  q.tlp = f.tlp;
+  q.purpose = f.purpose;
+  q.agreement = f.sharing_agreement;
+  q.is_forward = !f.forwarded_from.empty();
+  q.consent_status = f.consent_status;
+  q.legal_basis = f.legal_basis;
+  return q;
 }
 
 Status Mailboxes::Load(const Store& store) {

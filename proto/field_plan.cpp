@@ -1,6 +1,7 @@
 #include "proto/detail/field_plan.h"
 
 #include <google/protobuf/timestamp.pb.h>
+#include <google/protobuf/wire_format_lite.h>
 
 #include <algorithm>
 #include <memory>
@@ -8,6 +9,7 @@
 #include <unordered_map>
 
 #include "proto/detail/pb.h"
+#include "proto/detail/varint.h"
 #include "proto/frame_codec.h"
 
 namespace liaison::proto {
@@ -19,38 +21,17 @@ using google::protobuf::Reflection;
 
 using PlanMap = std::unordered_map<const Descriptor*, std::unique_ptr<MessagePlan>>;
 
-// The wire type protobuf 3.21's generated parsers store f under; any other
-// goes to the unknown fields.
+// The wire type protobuf's generated parsers store f under (its elements'
+// for a repeated field); any other goes to the unknown fields. A group's is
+// start-group, which the scan never follows.
 unsigned char WireTypeOf(const FieldDescriptor* f) {
+  using WFL = google::protobuf::internal::WireFormatLite;
   if (f->is_map()) return kAlwaysUnknown;  // entries parse by rules of their own
-  switch (f->type()) {
-    case FieldDescriptor::TYPE_INT32:
-    case FieldDescriptor::TYPE_INT64:
-    case FieldDescriptor::TYPE_UINT32:
-    case FieldDescriptor::TYPE_UINT64:
-    case FieldDescriptor::TYPE_SINT32:
-    case FieldDescriptor::TYPE_SINT64:
-    case FieldDescriptor::TYPE_BOOL:
-      return 0;
-    case FieldDescriptor::TYPE_ENUM:
-      // proto2's enums are closed: an unknown value is kept as unknown.
-      return f->file()->syntax() == google::protobuf::FileDescriptor::SYNTAX_PROTO3 ? 0 : kAlwaysUnknown;
-    case FieldDescriptor::TYPE_FIXED64:
-    case FieldDescriptor::TYPE_SFIXED64:
-    case FieldDescriptor::TYPE_DOUBLE:
-      return 1;
-    case FieldDescriptor::TYPE_FIXED32:
-    case FieldDescriptor::TYPE_SFIXED32:
-    case FieldDescriptor::TYPE_FLOAT:
-      return 5;
-    case FieldDescriptor::TYPE_STRING:
-    case FieldDescriptor::TYPE_BYTES:
-    case FieldDescriptor::TYPE_MESSAGE:
-      return 2;
-    case FieldDescriptor::TYPE_GROUP:
-      return kAlwaysUnknown;
+  // proto2's enums are closed: an unknown value is kept as unknown.
+  if (f->type() == FieldDescriptor::TYPE_ENUM && f->file()->syntax() != google::protobuf::FileDescriptor::SYNTAX_PROTO3) {
+    return kAlwaysUnknown;
   }
-  return kAlwaysUnknown;
+  return static_cast<unsigned char>(WFL::WireTypeForFieldType(static_cast<WFL::FieldType>(f->type())));
 }
 
 std::unique_ptr<MessagePlan> BuildPlan(const Descriptor* d) {
@@ -111,19 +92,6 @@ const PlanMap& WirePlans() {
     return m;
   }();
   return *plans;
-}
-
-bool ReadVarint(const uint8_t*& p, const uint8_t* end, uint64_t* v) {
-  uint64_t r = 0;
-  for (int shift = 0; shift < 64 && p < end; shift += 7) {
-    const uint8_t b = *p++;
-    r |= static_cast<uint64_t>(b & 0x7F) << shift;
-    if ((b & 0x80) == 0) {
-      *v = r;
-      return true;
-    }
-  }
-  return false;
 }
 
 bool MayHoldUnknown(const uint8_t* p, const uint8_t* end, const MessagePlan& plan, int depth) {

@@ -7,6 +7,7 @@
 
 #include "proto/detail/field_plan.h"
 #include "proto/detail/pb.h"
+#include "proto/detail/varint.h"
 
 namespace liaison::proto {
 
@@ -107,24 +108,19 @@ Result<std::string> WithEnvelope(std::string_view message, const v1::Envelope& e
   static_assert(v1::Message::kEnvelopeFieldNumber == 1, "the envelope is the first field written");
   const uint32_t tag = Tag(v1::Message::kEnvelopeFieldNumber, WFL::WIRETYPE_LENGTH_DELIMITED);
   // The old envelope field: its tag, its length, its bytes.
-  size_t at = 0;
-  uint64_t old_len = 0;
   if (message.empty() || static_cast<uint8_t>(message[0]) != tag) {
     return Status::InvalidArgument("the serialized message does not begin with its envelope");
   }
-  at = 1;
-  for (int shift = 0;; shift += 7) {
-    if (at >= message.size() || shift > 28) {
-      return Status::InvalidArgument("the serialized message's envelope has a bad length");
-    }
-    const auto b = static_cast<uint8_t>(message[at++]);
-    old_len |= static_cast<uint64_t>(b & 0x7F) << shift;
-    if ((b & 0x80) == 0) break;
+  const auto* p = reinterpret_cast<const uint8_t*>(message.data()) + 1;
+  const auto* end = reinterpret_cast<const uint8_t*>(message.data()) + message.size();
+  uint64_t old_len = 0;
+  if (!ReadVarint(p, end, &old_len)) {
+    return Status::InvalidArgument("the serialized message's envelope has a bad length");
   }
-  if (old_len > message.size() - at) {
+  if (old_len > static_cast<uint64_t>(end - p)) {
     return Status::InvalidArgument("the serialized message's envelope runs past its end");
   }
-  const std::string_view rest = message.substr(at + old_len);
+  const std::string_view rest(reinterpret_cast<const char*>(p + old_len), static_cast<size_t>(end - p - old_len));
   const size_t n = envelope.ByteSizeLong();
   std::string out;
   out.reserve(VarintSize(tag) + VarintSize(n) + n + rest.size());

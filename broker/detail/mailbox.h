@@ -41,10 +41,13 @@ struct MessageFacts {
   std::string message_type;  // proto::MessageTypeName
   std::string case_id, purpose, sharing_agreement, forwarded_from;
   int tlp = 0;
-  bool case_referral = false;
-  int consent_status = 0, legal_basis = 0;  // of a case referral
+  int consent_status = 0, legal_basis = 0;  // of a case referral; 0 for other messages
 };
 MessageFacts FactsOf(const v1::Message& m);
+// The policy question about the message from sender, the same at publish and
+// at each delivery (the caller adds the recipient, how it was named, and
+// the original of a forward). It views f, which must outlive it.
+policy::Request RequestFor(const MessageFacts& f, std::string_view sender);
 
 // A message with copies still to deliver, shared by those copies.
 struct QueuedMessage {

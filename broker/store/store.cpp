@@ -556,6 +556,19 @@ Result<std::optional<StoredMessage>> Store::FindDelivered(std::string_view recip
   return out;
 }
 
+std::vector<std::string> SplitAgencies(const std::string& list) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= list.size()) {
+    const size_t comma = list.find(',', start);
+    const size_t end = comma == std::string::npos ? list.size() : comma;
+    if (end > start) out.push_back(list.substr(start, end - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
 Result<std::vector<std::string>> Store::DeliveredRecipients(int64_t row, Wait wait) const {
   if (Status s = impl_->WaitApplied(wait); !s.ok()) return s;
   std::lock_guard lock(impl_->reader_mu);
@@ -569,14 +582,7 @@ Result<std::vector<std::string>> Store::DeliveredRecipients(int64_t row, Wait wa
   }
   sqlite3_bind_int64(q, 1, row);
   int rc = sqlite3_step(q);
-  if (rc == SQLITE_ROW) {
-    const std::string v = ColumnText(q, 0);
-    for (size_t at = 0; at < v.size();) {
-      const size_t comma = std::min(v.find(',', at), v.size());
-      out.push_back(v.substr(at, comma - at));
-      at = comma + 1;
-    }
-  }
+  if (rc == SQLITE_ROW) out = SplitAgencies(ColumnText(q, 0));
   sqlite3_finalize(q);
   if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db, "delivered recipients");
   if (sqlite3_prepare_v2(db,

@@ -66,6 +66,10 @@ struct StoredMessage {
   int64_t recalled_ms = 0;     // 0 unless recalled
 };
 
+// The agencies of a comma-separated column (messages.recipients,
+// messages.delivered), in order; empty names are skipped.
+std::vector<std::string> SplitAgencies(const std::string& list);
+
 // A row of the deliveries table: one recipient's copy of a message, or a
 // recall notice or delivery report (payload) about it.
 struct StoredDelivery {

@@ -410,6 +410,23 @@ TEST_CASE("ParseFrame refuses garbage bodies", "[proto][frame_codec]") {
 
 namespace {
 
+// A varint, and a field (tag, then for wire type 2 the length) by hand.
+std::string Varint(uint64_t v) {
+  std::string out;
+  while (v >= 0x80) {
+    out.push_back(static_cast<char>((v & 0x7F) | 0x80));
+    v >>= 7;
+  }
+  out.push_back(static_cast<char>(v));
+  return out;
+}
+
+std::string Field(int number, int wire_type, const std::string& payload) {
+  std::string out = Varint(static_cast<uint64_t>(number) << 3 | static_cast<uint64_t>(wire_type));
+  if (wire_type == 2) out += Varint(payload.size());
+  return out + payload;
+}
+
 // n nested groups of unknown field 15 (start tag 0x7B, end tag 0x7C).
 std::string NestedGroups(int n) {
   return std::string(static_cast<size_t>(n), '\x7b') + std::string(static_cast<size_t>(n), '\x7c');
@@ -424,18 +441,7 @@ std::string NestedPublish(int extra_groups) {
   f.mutable_publish()->mutable_message()->mutable_incident_report()->set_title("t");
   std::string inner = f.publish().message().incident_report().SerializeAsString() + NestedGroups(extra_groups);
   // Re-wrap by hand: Message.incident_report (field 10), Publish.message (2), Frame.publish (3).
-  auto wrap = [](int field, const std::string& payload) {
-    std::string out;
-    out.push_back(static_cast<char>((field << 3) | 2));
-    size_t n = payload.size();
-    while (n >= 0x80) {
-      out.push_back(static_cast<char>((n & 0x7F) | 0x80));
-      n >>= 7;
-    }
-    out.push_back(static_cast<char>(n));
-    return out + payload;
-  };
-  return wrap(3, wrap(2, wrap(10, inner)));
+  return Field(3, 2, Field(2, 2, Field(10, 2, inner)));
 }
 
 }  // namespace
@@ -568,22 +574,6 @@ namespace {
 using liaison::proto::MayHoldUnknownFields;
 using liaison::test::AnyUnknown;
 
-
-std::string Varint(uint64_t v) {
-  std::string out;
-  while (v >= 0x80) {
-    out.push_back(static_cast<char>((v & 0x7F) | 0x80));
-    v >>= 7;
-  }
-  out.push_back(static_cast<char>(v));
-  return out;
-}
-
-std::string Field(int number, int wire_type, const std::string& payload) {
-  std::string out = Varint(static_cast<uint64_t>(number) << 3 | static_cast<uint64_t>(wire_type));
-  if (wire_type == 2) out += Varint(payload.size());
-  return out + payload;
-}
 
 // A Publish frame whose incident report carries extra (bytes of fields).
 std::string PublishWithReportExtra(const std::string& extra) {
