@@ -6,14 +6,19 @@
 // use this index instead: a separate SQLite file beside the store
 // (`liaison.db-audit-index`), kept by a background thread up to a watermark
 // (indexed_through) and rebuilt from the log whenever it does not match it.
-// It holds nothing that is not in the log: one row (bucket, key, seq) per
-// case id, message id, sender and recipient of each record, where key is a
-// 64-bit hash of the value (with what it is, so a case id and an agency of
-// the same name differ) and bucket is seq >> kBucketBits. Ordering by
-// bucket first keeps the rows of new records in the newest bucket, a small
-// part of the B-tree that stays in the cache, instead of at a random place
-// in a B-tree that grows with the log (what made appends slower as the log
-// grew). A lookup seeks (bucket, key, seq > after) in each bucket in turn.
+// It holds nothing that is not in the log: for each case id, message id,
+// sender and recipient of the records, rows (bucket, key, word, bits):
+// key is a 64-bit hash of the value (with what it is, so a case id and an
+// agency of the same name differ), word is seq >> 6 and bits has bit
+// (seq & 63) set for each record of that word with that value, and bucket
+// is seq >> kBucketBits. An agency in most records costs one row per 64 of
+// them, not one per record (format 2: format 1 had a row per record and
+// value, about seven per message, and kept the indexer busier than the
+// audit log's own inserts). Ordering by bucket first keeps the rows of new
+// records in the newest bucket, a small part of the B-tree that stays in
+// the cache, instead of at a random place in a B-tree that grows with the
+// log (what made appends slower as the log grew). A lookup seeks
+// (bucket, key, word >= after's) in each bucket in turn.
 //
 // A key is only a candidate: the reader checks every row against the
 // filter's real values, so a hash collision costs a row lookup and never
@@ -51,13 +56,24 @@ inline int64_t Key(Field field, std::string_view value) {
 
 inline int64_t Bucket(uint64_t seq) { return static_cast<int64_t>(seq >> kBucketBits); }
 
-// ix_meta: 'indexed_through' (records 1..N are indexed), 'through_hash'
-// (the leaf hash of record N, so an index that belongs to another log, or
-// to a log that was restored or truncated, is recognised and rebuilt).
+// A row's word covers 64 records; bit (seq & 63) of its bits is the record
+// seq. (bits is a signed 64-bit integer to SQLite; bit 63 makes it negative.)
+constexpr int kWordBits = 6;
+inline int64_t Word(uint64_t seq) { return static_cast<int64_t>(seq >> kWordBits); }
+inline int64_t Bit(uint64_t seq) { return static_cast<int64_t>(uint64_t{1} << (seq & 63)); }
+
+// ix_meta 'format': the layout of ix2. An index file without it, or with
+// another, is removed and rebuilt from the log.
+constexpr int64_t kFormat = 2;
+
+// ix_meta: 'format' (kFormat), 'indexed_through' (records 1..N are
+// indexed), 'through_hash' (the leaf hash of record N, so an index that
+// belongs to another log, or to a log that was restored or truncated, is
+// recognised and rebuilt).
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS ix_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS ix(bucket INTEGER NOT NULL, k INTEGER NOT NULL, seq INTEGER NOT NULL,
-                              PRIMARY KEY(bucket, k, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ix2(bucket INTEGER NOT NULL, k INTEGER NOT NULL, word INTEGER NOT NULL,
+                               bits INTEGER NOT NULL, PRIMARY KEY(bucket, k, word)) WITHOUT ROWID;
 )sql";
 
 }  // namespace liaison::broker::audit_index

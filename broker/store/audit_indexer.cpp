@@ -105,10 +105,40 @@ Status AuditIndexer::Impl::OpenIndex() {
   for (const char* sql : {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", kIndexCacheSize, audit_index::kSchema}) {
     if (Status s = Exec(ix, sql); !s.ok()) return s;
   }
-  std::string many = "INSERT OR IGNORE INTO ix(bucket, k, seq) VALUES (?,?,?)";
-  for (int i = 1; i < kRowsPerInsert; ++i) many += ",(?,?,?)";
-  if (sqlite3_prepare_v3(ix, "INSERT OR IGNORE INTO ix(bucket, k, seq) VALUES (?,?,?)", -1, SQLITE_PREPARE_PERSISTENT,
-                         &insert, nullptr) != SQLITE_OK ||
+  // Format: a file of another one (format 1 had the table ix) is removed
+  // and rebuilt (Open); a new file is given this one.
+  {
+    sqlite3_stmt* q = nullptr;
+    if (sqlite3_prepare_v2(ix,
+                           "SELECT (SELECT value FROM ix_meta WHERE key = 'format'), "
+                           "(SELECT COUNT(*) FROM ix_meta), (SELECT COUNT(*) FROM sqlite_master WHERE name = 'ix')",
+                           -1, &q, nullptr) != SQLITE_OK ||
+        sqlite3_step(q) != SQLITE_ROW) {
+      sqlite3_finalize(q);
+      return SqlError(ix, "format");
+    }
+    const bool has_format = sqlite3_column_type(q, 0) == SQLITE_INTEGER;
+    const int64_t format = sqlite3_column_int64(q, 0);
+    const int64_t meta_rows = sqlite3_column_int64(q, 1), old_tables = sqlite3_column_int64(q, 2);
+    sqlite3_finalize(q);
+    if (old_tables > 0 || (has_format && format != audit_index::kFormat) || (!has_format && meta_rows > 0)) {
+      return Status::InvalidArgument("audit index: it is of format " + std::to_string(has_format ? format : 1) +
+                                     ", this broker's is " + std::to_string(audit_index::kFormat));
+    }
+    if (!has_format) {
+      const std::string sql =
+          "INSERT INTO ix_meta(key, value) VALUES ('format', " + std::to_string(audit_index::kFormat) + ")";
+      if (Status s = Exec(ix, sql.c_str()); !s.ok()) return s;
+    }
+  }
+  // Rows of a word already in the index (a word the previous chunk began)
+  // gain their new bits.
+  constexpr const char* kUpsert = " ON CONFLICT(bucket, k, word) DO UPDATE SET bits = bits | excluded.bits";
+  std::string one = std::string("INSERT INTO ix2(bucket, k, word, bits) VALUES (?,?,?,?)") + kUpsert;
+  std::string many = "INSERT INTO ix2(bucket, k, word, bits) VALUES (?,?,?,?)";
+  for (int i = 1; i < kRowsPerInsert; ++i) many += ",(?,?,?,?)";
+  many += kUpsert;
+  if (sqlite3_prepare_v3(ix, one.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &insert, nullptr) != SQLITE_OK ||
       sqlite3_prepare_v3(ix, many.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &insert_many, nullptr) != SQLITE_OK ||
       sqlite3_prepare_v3(ix, "INSERT OR REPLACE INTO ix_meta(key, value) VALUES (?,?)", -1, SQLITE_PREPARE_PERSISTENT,
                          &set_meta, nullptr) != SQLITE_OK) {
@@ -161,7 +191,7 @@ Status AuditIndexer::Impl::CheckAgainstLog() {
     spdlog::warn("store: the audit index {} does not match the audit log (indexed through {}, the log has {}); "
                  "rebuilding it",
                  index_path, through, max_seq);
-    if (Status s = Exec(ix, "BEGIN IMMEDIATE; DELETE FROM ix; DELETE FROM ix_meta; COMMIT"); !s.ok()) {
+    if (Status s = Exec(ix, "BEGIN IMMEDIATE; DELETE FROM ix2; DELETE FROM ix_meta WHERE key <> 'format'; COMMIT"); !s.ok()) {
       Exec(ix, "ROLLBACK");
       return s;
     }
@@ -176,8 +206,10 @@ Status AuditIndexer::Impl::CheckAgainstLog() {
 Status AuditIndexer::Impl::IndexChunk(uint64_t to) {
   const uint64_t from = indexed.load();
   if (to <= from) return Status::Ok();
-  std::vector<std::tuple<int64_t, int64_t, int64_t>> rows;  // bucket, key, seq
-  rows.reserve(static_cast<size_t>(to - from) * 4);
+  // (bucket, key, seq) for each value of each record, then one row per
+  // (bucket, key, word) with the bits of its records.
+  std::vector<std::tuple<int64_t, int64_t, int64_t>> entries;
+  entries.reserve(static_cast<size_t>(to - from) * 4);
   std::string last_hash;
   uint64_t expected = from + 1;
   sqlite3_bind_int64(read_records, 1, static_cast<int64_t>(from));
@@ -187,7 +219,7 @@ Status AuditIndexer::Impl::IndexChunk(uint64_t to) {
     const int n = sqlite3_column_bytes(read_records, column);
     if (n == 0) return;
     const char* p = reinterpret_cast<const char*>(sqlite3_column_text(read_records, column));
-    rows.emplace_back(bucket, audit_index::Key(field, std::string_view(p, static_cast<size_t>(n))), seq);
+    entries.emplace_back(bucket, audit_index::Key(field, std::string_view(p, static_cast<size_t>(n))), seq);
   };
   while ((rc = sqlite3_step(read_records)) == SQLITE_ROW) {
     const int64_t seq = sqlite3_column_int64(read_records, 0);
@@ -209,8 +241,20 @@ Status AuditIndexer::Impl::IndexChunk(uint64_t to) {
     return Status::Corruption("audit index: the audit log has no record " + std::to_string(expected));
   }
   // In key order, the inserts walk the newest bucket once, front to back.
-  std::sort(rows.begin(), rows.end());
-  rows.erase(std::unique(rows.begin(), rows.end()), rows.end());  // sender = recipient
+  std::sort(entries.begin(), entries.end());
+  struct Row {
+    int64_t bucket, key, word, bits;
+  };
+  std::vector<Row> rows;
+  for (const auto& [bucket, key, seq] : entries) {
+    const auto s = static_cast<uint64_t>(seq);
+    if (!rows.empty() && rows.back().key == key && rows.back().bucket == bucket &&
+        rows.back().word == audit_index::Word(s)) {
+      rows.back().bits |= audit_index::Bit(s);  // (sender = recipient sets the same bit twice)
+    } else {
+      rows.push_back({bucket, key, audit_index::Word(s), audit_index::Bit(s)});
+    }
+  }
   if (Status s = Exec(ix, "BEGIN IMMEDIATE"); !s.ok()) return s;
   auto fail = [&](Status s) {
     Exec(ix, "ROLLBACK");
@@ -222,10 +266,10 @@ Status AuditIndexer::Impl::IndexChunk(uint64_t to) {
     sqlite3_stmt* q = many ? insert_many : insert;
     const int n = many ? kRowsPerInsert : 1;
     for (int r = 0; r < n; ++r, ++i) {
-      const auto& [bucket, key, seq] = rows[i];
-      sqlite3_bind_int64(q, 3 * r + 1, bucket);
-      sqlite3_bind_int64(q, 3 * r + 2, key);
-      sqlite3_bind_int64(q, 3 * r + 3, seq);
+      sqlite3_bind_int64(q, 4 * r + 1, rows[i].bucket);
+      sqlite3_bind_int64(q, 4 * r + 2, rows[i].key);
+      sqlite3_bind_int64(q, 4 * r + 3, rows[i].word);
+      sqlite3_bind_int64(q, 4 * r + 4, rows[i].bits);
     }
     const int w = sqlite3_step(q);
     sqlite3_reset(q);

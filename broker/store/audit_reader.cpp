@@ -145,7 +145,7 @@ Result<SeqRange> TimeToSeqRange(sqlite3* db, const AuditFilter& f, uint64_t afte
   return range;
 }
 
-// The index's watermark (audit_index.h): records 1..N are in ix.ix. Read
+// The index's watermark (audit_index.h): records 1..N are in ix.ix2. Read
 // first in a page's transaction, so the log's snapshot, taken after it,
 // holds every record the index covers.
 uint64_t IndexedThrough(sqlite3* db) {
@@ -173,8 +173,10 @@ bool AttachIndex(sqlite3* db) {
   }
   bool usable = false;
   {
-    Query probe(db, "SELECT 1 FROM ix.ix_meta, ix.ix LIMIT 1");
-    usable = probe.ok();
+    // Of this format only (the broker rebuilds an index of another one).
+    Query probe(db, "SELECT value FROM ix.ix_meta, ix.ix2 WHERE key = 'format' LIMIT 1");
+    usable = probe.ok() && sqlite3_step(probe.get()) == SQLITE_ROW &&
+             sqlite3_column_int64(probe.get(), 0) == audit_index::kFormat;
   }
   if (!usable) {
     sqlite3_exec(db, "DETACH DATABASE ix", nullptr, nullptr, nullptr);
@@ -334,15 +336,15 @@ Result<AuditPage> RunPage(sqlite3* db, bool indexed_file, const AuditPageRequest
   uint64_t scan_after = range.after;  // the part of the log read by scanning, not through the index
   if (key && indexed > range.after) {
     // Records range.after+1 .. indexed (and < before): bucket by bucket, in
-    // seq order, the candidates from a seek to (bucket, key, seq > after) in
-    // the index, then each candidate's row, checked against every filter.
-    // (One statement joining the two cost about ten times as much a bucket,
-    // most of which hold no candidate.)
+    // seq order, the candidates from a seek to (bucket, key, word of
+    // after+1) in the index, then each candidate's row, checked against
+    // every filter. (One statement joining the two cost about ten times as
+    // much a bucket, most of which hold no candidate.)
     uint64_t last = indexed;
     if (range.before > 0) last = std::min<uint64_t>(last, range.before - 1);
-    constexpr int64_t kProbe = 256;  // candidates per seek
-    Query probe(db, "SELECT seq FROM ix.ix WHERE bucket = :bucket AND k = :key AND seq > :after AND seq <= :last "
-                    "ORDER BY seq LIMIT :n");
+    constexpr int64_t kProbe = 64;  // index rows (of up to 64 candidates each) per seek
+    Query probe(db, "SELECT word, bits FROM ix.ix2 WHERE bucket = :bucket AND k = :key AND word >= :from AND "
+                    "word <= :to ORDER BY word LIMIT :n");
     std::string agency;
     if (!f.agency.empty()) agency = " AND (sender = :agency OR recipient = :agency)";
     Query row(db, std::string("SELECT ") + kColumns + ", 1 AS in_scope FROM audit_log WHERE seq = :seq" + filters +
@@ -350,28 +352,38 @@ Result<AuditPage> RunPage(sqlite3* db, bool indexed_file, const AuditPageRequest
     if (!probe.ok() || !row.ok()) return SqlError(db, "audit query");
     bind(row);
     probe.Int(":key", *key);
-    probe.Int(":last", static_cast<int64_t>(last));
+    probe.Int(":to", audit_index::Word(last));
     probe.Int(":n", kProbe);
     std::vector<int64_t> candidates;
     scope_in_cpp = true;
     for (int64_t b = audit_index::Bucket(range.after + 1); !full && last > range.after && b <= audit_index::Bucket(last);
          ++b) {
-      int64_t after = static_cast<int64_t>(range.after);
+      int64_t from = audit_index::Word(range.after + 1);
       for (;;) {
         candidates.clear();
         sqlite3_reset(probe.get());  // before binding: a finished statement takes no bindings
         probe.Int(":bucket", b);
-        probe.Int(":after", after);
+        probe.Int(":from", from);
         int rc;
-        while ((rc = sqlite3_step(probe.get())) == SQLITE_ROW) candidates.push_back(sqlite3_column_int64(probe.get(), 0));
+        int64_t rows = 0, word = 0;
+        while ((rc = sqlite3_step(probe.get())) == SQLITE_ROW) {
+          ++rows;
+          word = sqlite3_column_int64(probe.get(), 0);
+          auto bits = static_cast<uint64_t>(sqlite3_column_int64(probe.get(), 1));
+          for (; bits != 0; bits &= bits - 1) {
+            const uint64_t seq = (static_cast<uint64_t>(word) << audit_index::kWordBits) +
+                                 static_cast<uint64_t>(__builtin_ctzll(bits));
+            if (seq > range.after && seq <= last) candidates.push_back(static_cast<int64_t>(seq));
+          }
+        }
         if (rc != SQLITE_DONE) return SqlError(db, "audit index");
         for (size_t c = 0; c < candidates.size() && !full; ++c) {
           sqlite3_reset(row.get());
           row.Int(":seq", candidates[c]);
           if (Status s = consume(row.get()); !s.ok()) return s;
         }
-        if (full || candidates.size() < static_cast<size_t>(kProbe)) break;
-        after = candidates.back();
+        if (full || rows < kProbe) break;
+        from = word + 1;
       }
     }
     scan_after = std::max(scan_after, indexed);

@@ -14,9 +14,11 @@
 #include <chrono>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <random>
 #include <thread>
 
+#include "broker/store/audit_index.h"
 #include "broker/store/audit_reader.h"
 #include "broker/store/store.h"
 #include "client/audit_verify.h"
@@ -822,6 +824,113 @@ TEST_CASE("an audit index that does not match the log is rebuilt: damaged, or of
     auto more = AppendAll(**store, IndexTestRecords(other, 2'001, 1'500));
     log.insert(log.end(), more.begin(), more.end());
     REQUIRE(WaitForIndex(**store, 3'500));
+  }
+  auto reader = broker::AuditReader::Open(o.path, 1);
+  REQUIRE(reader.ok());
+  CheckIndexedQueries(**reader, log);
+}
+
+namespace {
+
+// word -> bits of the index's rows for key, read from the index file.
+std::map<int64_t, uint64_t> IndexRows(const std::string& index_path, int64_t key) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(index_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* s = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "SELECT word, bits FROM ix2 WHERE k = ?", -1, &s, nullptr) == SQLITE_OK);
+  sqlite3_bind_int64(s, 1, key);
+  std::map<int64_t, uint64_t> rows;
+  while (sqlite3_step(s) == SQLITE_ROW) {
+    CHECK(rows.count(sqlite3_column_int64(s, 0)) == 0);
+    rows[sqlite3_column_int64(s, 0)] = static_cast<uint64_t>(sqlite3_column_int64(s, 1));
+  }
+  sqlite3_finalize(s);
+  sqlite3_close(db);
+  return rows;
+}
+
+}  // namespace
+
+TEST_CASE("the audit index holds one row per 64 records and value and rebuilds an index of format 1", "[audit][index]") {
+  TempDir dir;
+  std::mt19937_64 rng(23);
+  const auto o = StoreOptions(dir);
+  const std::string index_path = broker::audit_index::PathFor(o.path);
+  std::vector<audit::Record> log;
+  {
+    auto store = broker::Store::Open(o);
+    REQUIRE(store.ok());
+    // Indexed in (at least) two chunks, the first ending inside a word
+    // (1,000 = 15 * 64 + 40): that word's rows must gain the second
+    // chunk's bits, not lose the first's.
+    log = AppendAll(**store, IndexTestRecords(rng, 1, 1'000));
+    REQUIRE(WaitForIndex(**store, 1'000));
+    auto more = AppendAll(**store, IndexTestRecords(rng, 1'001, 4'000));
+    log.insert(log.end(), more.begin(), more.end());
+    REQUIRE(WaitForIndex(**store, 5'000));
+  }
+  // Each value's rows are exactly the words of its records, with their bits.
+  for (const std::string agency : {"police", "health", "rare-agency"}) {
+    std::map<int64_t, uint64_t> expected;
+    for (const auto& r : log) {
+      if (r.sender == agency || r.recipient == agency) expected[static_cast<int64_t>(r.seq >> 6)] |= 1ull << (r.seq & 63);
+    }
+    INFO(agency);
+    CHECK(!expected.empty());
+    CHECK(IndexRows(index_path, broker::audit_index::Key(broker::audit_index::Field::kAgency, agency)) == expected);
+  }
+  {
+    const std::string& message = log[1'010].message_id;
+    std::map<int64_t, uint64_t> expected;
+    for (const auto& r : log) {
+      if (r.message_id == message) expected[static_cast<int64_t>(r.seq >> 6)] |= 1ull << (r.seq & 63);
+    }
+    CHECK(IndexRows(index_path, broker::audit_index::Key(broker::audit_index::Field::kMessage, message)) == expected);
+  }
+  // An agency in most records costs a row per 64 of them.
+  const auto police = IndexRows(index_path, broker::audit_index::Key(broker::audit_index::Field::kAgency, "police"));
+  CHECK(police.size() <= 5'000 / 64 + 1);
+
+  // An index of format 1 (a row per record and value, in table ix), as the
+  // brokers before this one left it: a reader does not use it (it scans),
+  // and the store rebuilds it in this format.
+  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(index_path + suffix);
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(index_path.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db,
+                         "CREATE TABLE ix_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+                         "CREATE TABLE ix(bucket INTEGER NOT NULL, k INTEGER NOT NULL, seq INTEGER NOT NULL,"
+                         " PRIMARY KEY(bucket, k, seq)) WITHOUT ROWID;"
+                         "INSERT INTO ix_meta VALUES ('indexed_through', 5000);"
+                         "INSERT INTO ix VALUES (0, 1, 1);",
+                         nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  {
+    auto reader = broker::AuditReader::Open(o.path, 1);
+    REQUIRE(reader.ok());
+    CheckIndexedQueries(**reader, log);
+  }
+  {
+    auto store = broker::Store::Open(o);
+    REQUIRE(store.ok());
+    REQUIRE(WaitForIndex(**store, 5'000));
+  }
+  CHECK(IndexRows(index_path, broker::audit_index::Key(broker::audit_index::Field::kAgency, "police")) == police);
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2(index_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    sqlite3_stmt* s = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db,
+                               "SELECT (SELECT COUNT(*) FROM sqlite_master WHERE name = 'ix'), "
+                               "(SELECT value FROM ix_meta WHERE key = 'format')",
+                               -1, &s, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_step(s) == SQLITE_ROW);
+    CHECK(sqlite3_column_int64(s, 0) == 0);
+    CHECK(sqlite3_column_int64(s, 1) == broker::audit_index::kFormat);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
   }
   auto reader = broker::AuditReader::Open(o.path, 1);
   REQUIRE(reader.ok());
