@@ -155,27 +155,33 @@ Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, size_t* drop
     return Status::IoError("not enough space for the database: about " + std::to_string(need >> 10) + " KiB needed, " +
                            std::to_string((static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize) >> 10) + " KiB free");
   }
-  for (const StoredMessage* mp : message_order) {
-    const StoredMessage& m = *mp;
-    insert_message.Int(1, m.row);
-    int i = 2;
-    for (const std::string* f : {&m.sender, &m.message_id, &m.case_id, &m.message_type}) insert_message.Text(i++, *f);
-    insert_message.Int(i++, m.tlp);
-    for (const std::string* f : {&m.purpose, &m.agreement, &m.recipients}) insert_message.Text(i++, *f);
-    insert_message.Int(i++, m.received_ms);
-    insert_message.Int(i++, m.expires_ms);
-    insert_message.Int(i++, m.want_reports ? 1 : 0);
-    insert_message.Blob(i++, m.publish_digest.data(), m.publish_digest.size());
-    insert_message.Blob(i++, m.ack.data(), m.ack.size());
+  // Row k of a statement: its 17 parameters from 17 * k + 1 on.
+  auto bind_message = [&](Stmt& stmt, int k, const StoredMessage& m) {
+    int i = 17 * k + 1;
+    stmt.Int(i++, m.row);
+    for (const std::string* f : {&m.sender, &m.message_id, &m.case_id, &m.message_type}) stmt.Text(i++, *f);
+    stmt.Int(i++, m.tlp);
+    for (const std::string* f : {&m.purpose, &m.agreement, &m.recipients}) stmt.Text(i++, *f);
+    stmt.Int(i++, m.received_ms);
+    stmt.Int(i++, m.expires_ms);
+    stmt.Int(i++, m.want_reports ? 1 : 0);
+    stmt.Blob(i++, m.publish_digest.data(), m.publish_digest.size());
+    stmt.Blob(i++, m.ack.data(), m.ack.size());
     if (m.body.empty()) {  // dropped before it was applied
-      sqlite3_bind_null(insert_message.get(), i++);
+      sqlite3_bind_null(stmt.get(), i++);
     } else {
-      insert_message.Blob(i++, m.body.data(), m.body.size());
+      stmt.Blob(i++, m.body.data(), m.body.size());
     }
-    insert_message.Int(i++, m.recalled_ms);
+    stmt.Int(i++, m.recalled_ms);
     const auto to = delivered.find(m.row);
-    insert_message.Text(i++, to == delivered.end() ? kNone : to->second);
-    if (Status s = insert_message.Run("insert message"); !s.ok()) return s;
+    stmt.Text(i++, to == delivered.end() ? kNone : to->second);
+  };
+  for (size_t i = 0; i < message_order.size();) {
+    const bool many = message_order.size() - i >= static_cast<size_t>(kMessageRowsPerInsert);
+    Stmt& stmt = many ? insert_messages : insert_message;
+    const int n = many ? kMessageRowsPerInsert : 1;
+    for (int k = 0; k < n; ++k) bind_message(stmt, k, *message_order[i++]);
+    if (Status s = stmt.Run("insert message"); !s.ok()) return s;
   }
   for (int64_t id : delivery_order) {
     const New& n = deliveries[id];

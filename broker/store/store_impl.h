@@ -51,6 +51,8 @@ constexpr size_t kMaxRecordsPerCommit = 50'000;
 // Audit rows per INSERT statement (a statement's fixed cost, paid per row
 // with one row each, was about a third of the inserts' time).
 constexpr int kAuditRowsPerInsert = 16;
+// The same for the messages table (17 columns).
+constexpr int kMessageRowsPerInsert = 16;
 constexpr int64_t kCheckpointRowEveryMs = 1000;
 // Records pruned in one transaction: pruning a year of a busy log must not
 // hold up publishes for long.
@@ -183,7 +185,7 @@ struct Store::Impl {
   // Audit rows not yet inserted: they go in kAuditRowsPerInsert at a time
   // (applier only).
   std::vector<const LoggedRecord*> pending_rows;
-  Stmt insert_message, insert_delivery, finish_delivery, set_attempts, drop_body, mark_recalled;
+  Stmt insert_message, insert_messages /* kMessageRowsPerInsert rows */, insert_delivery, finish_delivery, set_attempts, drop_body, mark_recalled;
   // The writer's reads (duplicates, pruning) on a connection of its own.
   sqlite3* wdb = nullptr;
   Stmt find_duplicate;

@@ -14,6 +14,12 @@ namespace {
 
 constexpr int kSchemaVersion = 9;
 
+// One row; Impl::insert_messages repeats the VALUES kMessageRowsPerInsert times.
+constexpr const char* kInsertMessage =
+    "INSERT INTO messages(row, sender, message_id, case_id, message_type, tlp, purpose, agreement, "
+    "recipients, received_ms, expires_ms, want_reports, publish_digest, ack, body, recalled_ms, delivered) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+
 // Migrations: index i brings the schema from version i to i + 1.
 const char* const kMigrations[] = {
     R"sql(
@@ -212,10 +218,7 @@ Status Store::Impl::PrepareStatements() {
        "recipient = '', decision = '', leaf = X'' WHERE seq > ? AND seq <= ?"},
       {&set_info, "INSERT OR REPLACE INTO audit_info(key, value) VALUES (?, ?)"},
       {&set_store_info, "INSERT OR REPLACE INTO store_info(key, value) VALUES (?, ?)"},
-      {&insert_message,
-       "INSERT INTO messages(row, sender, message_id, case_id, message_type, tlp, purpose, agreement, "
-       "recipients, received_ms, expires_ms, want_reports, publish_digest, ack, body, recalled_ms, delivered) "
-       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"},
+      {&insert_message, kInsertMessage},
       {&insert_delivery,
        "INSERT INTO deliveries(id, recipient, message_row, kind, state, attempts, named, payload) "
        "VALUES (?,?,?,?,?,?,?,?)"},
@@ -232,7 +235,10 @@ Status Store::Impl::PrepareStatements() {
       "leaf_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)";
   for (int i = 1; i < kAuditRowsPerInsert; ++i) many += ",(?,?,?,?,?,?,?,?,?,?,?)";
   pending_rows.reserve(kAuditRowsPerInsert);
-  return insert_many.Prepare(db, many.c_str());
+  if (Status s = insert_many.Prepare(db, many.c_str()); !s.ok()) return s;
+  std::string messages = kInsertMessage;
+  for (int i = 1; i < kMessageRowsPerInsert; ++i) messages += ",(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+  return insert_messages.Prepare(db, messages.c_str());
 }
 
 Status Store::Impl::Migrate() {
