@@ -29,6 +29,8 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <tuple>
+#include <vector>
 
 namespace liaison::broker::audit_index {
 
@@ -61,6 +63,20 @@ inline int64_t Bucket(uint64_t seq) { return static_cast<int64_t>(seq >> kBucket
 constexpr int kWordBits = 6;
 inline int64_t Word(uint64_t seq) { return static_cast<int64_t>(seq >> kWordBits); }
 inline int64_t Bit(uint64_t seq) { return static_cast<int64_t>(uint64_t{1} << (seq & 63)); }
+
+// (bucket, key, seq): one value of one record, before the rows are formed.
+using Entry = std::tuple<int64_t, int64_t, int64_t>;
+
+// Appends the entries of record seq: its message id, case id, sender and
+// recipient, those that are not empty.
+inline void AddEntries(std::vector<Entry>* out, uint64_t seq, std::string_view message_id, std::string_view case_id,
+                       std::string_view sender, std::string_view recipient) {
+  const int64_t bucket = Bucket(seq), s = static_cast<int64_t>(seq);
+  if (!message_id.empty()) out->emplace_back(bucket, Key(Field::kMessage, message_id), s);
+  if (!case_id.empty()) out->emplace_back(bucket, Key(Field::kCase, case_id), s);
+  if (!sender.empty()) out->emplace_back(bucket, Key(Field::kAgency, sender), s);
+  if (!recipient.empty()) out->emplace_back(bucket, Key(Field::kAgency, recipient), s);
+}
 
 // ix_meta 'format': the layout of ix2. An index file without it, or with
 // another, is removed and rebuilt from the log.

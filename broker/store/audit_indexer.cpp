@@ -10,6 +10,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <mutex>
 #include <thread>
@@ -35,6 +36,9 @@ constexpr uint64_t kCatchUpOnStop = 300'000;
 // The index connection's page cache: the newest bucket and the upper levels
 // of the B-tree (64 MiB at most; used only as pages are touched).
 constexpr const char* kIndexCacheSize = "PRAGMA cache_size = -65536";
+// Entries handed over by the applier and not yet indexed, at most (about
+// 24 MiB; 4 a record). Past it they are dropped, and read from the log.
+constexpr size_t kMaxHandedEntries = size_t{1} << 20;
 // Rows per INSERT statement: one statement's fixed cost (starting and
 // halting the VM, opening the cursor) was a quarter of the indexer's time
 // with one row each.
@@ -75,6 +79,16 @@ struct AuditIndexer::Impl {
   std::mutex mu;
   std::condition_variable cv;
   bool stopping = false;  // guarded by mu
+  // Runs of records' entries from the applier (Committed), in seq order;
+  // guarded by mu.
+  struct Handed {
+    uint64_t first = 0, last = 0;
+    std::vector<audit_index::Entry> entries;
+    std::string last_hash;
+  };
+  std::deque<Handed> handed;
+  size_t handed_entries = 0;
+  bool keep_handed = false;  // the thread runs (set before it starts)
   std::thread thread;
 
   ~Impl() {
@@ -88,6 +102,8 @@ struct AuditIndexer::Impl {
 
   Status OpenIndex();
   Status CheckAgainstLog();
+  bool TakeHanded(uint64_t from, uint64_t* to, std::vector<audit_index::Entry>* entries, std::string* last_hash);
+  Status ReadEntries(uint64_t from, uint64_t to, std::vector<audit_index::Entry>* entries, std::string* last_hash);
   Status IndexChunk(uint64_t to);
   Status CatchUp();
   void Loop();
@@ -202,43 +218,75 @@ Status AuditIndexer::Impl::CheckAgainstLog() {
   return Status::Ok();
 }
 
-// Indexes records (indexed, to] in one transaction of the index.
-Status AuditIndexer::Impl::IndexChunk(uint64_t to) {
-  const uint64_t from = indexed.load();
-  if (to <= from) return Status::Ok();
-  // (bucket, key, seq) for each value of each record, then one row per
-  // (bucket, key, word) with the bits of its records.
-  std::vector<std::tuple<int64_t, int64_t, int64_t>> entries;
-  entries.reserve(static_cast<size_t>(to - from) * 4);
-  std::string last_hash;
+// The entries of records from+1.. as the applier handed them over, a whole
+// run at a time: *to becomes the last record taken (it may pass the *to
+// asked for, by part of one run). False if they do not begin at from+1.
+bool AuditIndexer::Impl::TakeHanded(uint64_t from, uint64_t* to, std::vector<audit_index::Entry>* entries,
+                                    std::string* last_hash) {
+  std::lock_guard lock(mu);
+  while (!handed.empty() && handed.front().last <= from) {
+    handed_entries -= handed.front().entries.size();
+    handed.pop_front();
+  }
+  if (handed.empty() || handed.front().first != from + 1) return false;
+  uint64_t next = from + 1;
+  while (!handed.empty() && handed.front().first == next && (next == from + 1 || handed.front().last <= *to)) {
+    Handed& h = handed.front();
+    handed_entries -= h.entries.size();
+    if (entries->empty()) {
+      entries->swap(h.entries);
+    } else {
+      entries->insert(entries->end(), h.entries.begin(), h.entries.end());
+    }
+    next = h.last + 1;
+    last_hash->swap(h.last_hash);
+    handed.pop_front();
+  }
+  *to = next - 1;
+  return true;
+}
+
+// The entries of records (from, to], read from the log.
+Status AuditIndexer::Impl::ReadEntries(uint64_t from, uint64_t to, std::vector<audit_index::Entry>* entries,
+                                       std::string* last_hash) {
+  entries->reserve(static_cast<size_t>(to - from) * 4);
   uint64_t expected = from + 1;
   sqlite3_bind_int64(read_records, 1, static_cast<int64_t>(from));
   sqlite3_bind_int64(read_records, 2, static_cast<int64_t>(to));
-  int rc;
-  auto add = [&](audit_index::Field field, int column, int64_t bucket, int64_t seq) {
-    const int n = sqlite3_column_bytes(read_records, column);
-    if (n == 0) return;
+  auto text = [&](int column) {
     const char* p = reinterpret_cast<const char*>(sqlite3_column_text(read_records, column));
-    entries.emplace_back(bucket, audit_index::Key(field, std::string_view(p, static_cast<size_t>(n))), seq);
+    return std::string_view(p ? p : "", static_cast<size_t>(sqlite3_column_bytes(read_records, column)));
   };
+  int rc;
   while ((rc = sqlite3_step(read_records)) == SQLITE_ROW) {
-    const int64_t seq = sqlite3_column_int64(read_records, 0);
-    if (static_cast<uint64_t>(seq) != expected) break;
+    const auto seq = static_cast<uint64_t>(sqlite3_column_int64(read_records, 0));
+    if (seq != expected) break;
     ++expected;
-    const int64_t bucket = audit_index::Bucket(static_cast<uint64_t>(seq));
-    add(audit_index::Field::kMessage, 1, bucket, seq);
-    add(audit_index::Field::kCase, 2, bucket, seq);
-    add(audit_index::Field::kAgency, 3, bucket, seq);
-    add(audit_index::Field::kAgency, 4, bucket, seq);
-    if (static_cast<uint64_t>(seq) == to) {
-      last_hash.assign(static_cast<const char*>(sqlite3_column_blob(read_records, 5)),
-                       sqlite3_column_bytes(read_records, 5));
+    audit_index::AddEntries(entries, seq, text(1), text(2), text(3), text(4));
+    if (seq == to) {
+      last_hash->assign(static_cast<const char*>(sqlite3_column_blob(read_records, 5)),
+                        sqlite3_column_bytes(read_records, 5));
     }
   }
   sqlite3_reset(read_records);
   if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(log, "reading the log");
   if (expected != to + 1) {
     return Status::Corruption("audit index: the audit log has no record " + std::to_string(expected));
+  }
+  return Status::Ok();
+}
+
+// Indexes records (indexed, to] in one transaction of the index (or up to
+// the end of a run the applier handed over).
+Status AuditIndexer::Impl::IndexChunk(uint64_t to) {
+  const uint64_t from = indexed.load();
+  if (to <= from) return Status::Ok();
+  // (bucket, key, seq) for each value of each record, then one row per
+  // (bucket, key, word) with the bits of its records.
+  std::vector<audit_index::Entry> entries;
+  std::string last_hash;
+  if (!TakeHanded(from, &to, &entries, &last_hash)) {
+    if (Status s = ReadEntries(from, to, &entries, &last_hash); !s.ok()) return s;
   }
   // In key order, the inserts walk the newest bucket once, front to back.
   std::sort(entries.begin(), entries.end());
@@ -364,7 +412,10 @@ Result<std::unique_ptr<AuditIndexer>> AuditIndexer::Open(const std::string& stor
     if (!s.ok()) return s;
   }
   Impl* raw = impl.get();
-  if (start) impl->thread = std::thread([raw] { raw->Loop(); });
+  if (start) {
+    impl->keep_handed = true;
+    impl->thread = std::thread([raw] { raw->Loop(); });
+  }
   return std::unique_ptr<AuditIndexer>(new AuditIndexer(std::move(impl)));
 }
 
@@ -379,11 +430,23 @@ AuditIndexer::~AuditIndexer() {
   if (impl_->thread.joinable()) impl_->thread.join();
 }
 
-void AuditIndexer::Committed(uint64_t seq) {
+void AuditIndexer::Committed(uint64_t seq) { Committed(seq + 1, seq, {}, {}); }
+
+void AuditIndexer::Committed(uint64_t first, uint64_t seq, std::vector<audit_index::Entry> entries,
+                             std::string last_hash) {
   uint64_t before = 0;
   {
     std::lock_guard lock(impl_->mu);  // so the thread cannot miss the wake-up
     before = impl_->committed.exchange(seq);
+    if (impl_->keep_handed && first <= seq) {
+      if (impl_->handed_entries + entries.size() > kMaxHandedEntries) {
+        impl_->handed.clear();  // read from the log instead
+        impl_->handed_entries = 0;
+      } else {
+        impl_->handed_entries += entries.size();
+        impl_->handed.push_back({first, seq, std::move(entries), std::move(last_hash)});
+      }
+    }
   }
   // The thread waits for the first record to index, then for
   // kIndexAtRecords of them (or kIndexDelay): only those two moments need a
@@ -391,9 +454,9 @@ void AuditIndexer::Committed(uint64_t seq) {
   // cost a futex call here and two context switches there, per commit. Its
   // waits check `committed` under the lock, so none is missed.
   const uint64_t indexed = impl_->indexed.load();
-  const bool first = before <= indexed;
+  const bool first_pending = before <= indexed;
   const bool enough = seq - indexed >= kIndexAtRecords && before - std::min(before, indexed) < kIndexAtRecords;
-  if (first || enough) impl_->cv.notify_one();
+  if (first_pending || enough) impl_->cv.notify_one();
 }
 
 uint64_t AuditIndexer::indexed_through() const { return impl_->indexed.load(); }

@@ -2,8 +2,11 @@
 // up to date with the store's audit log, on a thread of its own, so that
 // the store's writer appends records without updating any index.
 //
-// It reads committed records through its own read-only connection to the
-// store and writes only the index file, whose commits need no fsync
+// The applier hands it each applied run of records' index entries
+// (Committed), so it need not read them back; records it was not handed
+// (those of a start, a rebuild, or a run it had no room for) it reads
+// through its own read-only connection to the store. It writes only the
+// index file, whose commits need no fsync
 // (synchronous=NORMAL): the index can always be rebuilt from the log, and
 // the watermark is committed in the same transaction as the rows it
 // covers, so after a crash the index is consistent up to its watermark and
@@ -18,6 +21,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
+
+#include "broker/store/audit_index.h"
 
 #include "common/status.h"
 
@@ -36,8 +42,12 @@ class AuditIndexer {
   AuditIndexer(const AuditIndexer&) = delete;
   AuditIndexer& operator=(const AuditIndexer&) = delete;
 
-  // The log now holds records 1..seq (called by the writer after a commit).
+  // The log now holds records 1..seq (called by the applier after a
+  // transaction). Optionally with the entries of records first..seq
+  // (audit_index::AddEntries, in seq order) and the leaf hash of record
+  // seq, which the index then takes instead of reading those records.
   void Committed(uint64_t seq);
+  void Committed(uint64_t first, uint64_t seq, std::vector<audit_index::Entry> entries, std::string last_hash);
   // Records 1..N are in the index.
   uint64_t indexed_through() const;
   // Indexes everything committed so far, on the caller's thread (tests and

@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "broker/store/audit_index.h"
 #include "broker/store/audit_indexer.h"
 #include "broker/store/commit_log.h"
 #include "broker/store/log_group.h"
@@ -395,9 +396,26 @@ bool Store::Impl::ApplyFailed(std::deque<LogGroup>& groups, const Status& s, int
 // learns of their records, and the WAL is kept short.
 void Store::Impl::Applied(std::deque<LogGroup>& groups, size_t dropped) {
   const uint64_t lsn = groups.back().lsn;
-  uint64_t last_seq = 0;
-  for (const auto& g : groups) {
-    if (!g.records.empty()) last_seq = g.records.back().record.seq;
+  // The records' index entries go to the indexer from here, so that it need
+  // not read them back from the database.
+  uint64_t first_seq = 0, last_seq = 0;
+  std::vector<audit_index::Entry> entries;
+  std::string last_hash;
+  if (indexer) {
+    size_t n = 0;
+    for (const auto& g : groups) n += g.records.size();
+    entries.reserve(4 * n);
+    const LoggedRecord* last = nullptr;
+    for (const auto& g : groups) {
+      for (const LoggedRecord& lr : g.records) {
+        const audit::Record& r = lr.record;
+        if (first_seq == 0) first_seq = r.seq;
+        last_seq = r.seq;
+        last = &lr;
+        audit_index::AddEntries(&entries, r.seq, r.message_id, r.case_id, r.sender, r.recipient);
+      }
+    }
+    if (last) last_hash.assign(reinterpret_cast<const char*>(last->hash.data()), last->hash.size());
   }
   {
     std::lock_guard lock(unapplied_mu);
@@ -421,7 +439,7 @@ void Store::Impl::Applied(std::deque<LogGroup>& groups, size_t dropped) {
   groups.clear();  // frees the bodies
   ReleaseLog(lsn, false);
   log_released = false;
-  if (last_seq != 0 && indexer) indexer->Committed(last_seq);
+  if (last_seq != 0 && indexer) indexer->Committed(first_seq, last_seq, std::move(entries), std::move(last_hash));
   // Deleted bodies and pruned fields must not stay in the WAL.
   if (dropped > 0) bodies_dropped = true;
   // What counts is how many frames the last checkpoint has not copied yet.

@@ -885,7 +885,17 @@ TEST_CASE("the audit index holds one row per 64 records and value and rebuilds a
     for (const auto& r : log) {
       if (r.message_id == message) expected[static_cast<int64_t>(r.seq >> 6)] |= 1ull << (r.seq & 63);
     }
+    CHECK(!expected.empty());
     CHECK(IndexRows(index_path, broker::audit_index::Key(broker::audit_index::Field::kMessage, message)) == expected);
+  }
+  for (const std::string case_id : {"CASE-3", "CASE-7"}) {
+    std::map<int64_t, uint64_t> expected;
+    for (const auto& r : log) {
+      if (r.case_id == case_id) expected[static_cast<int64_t>(r.seq >> 6)] |= 1ull << (r.seq & 63);
+    }
+    INFO(case_id);
+    CHECK(!expected.empty());
+    CHECK(IndexRows(index_path, broker::audit_index::Key(broker::audit_index::Field::kCase, case_id)) == expected);
   }
   // An agency in most records costs a row per 64 of them.
   const auto police = IndexRows(index_path, broker::audit_index::Key(broker::audit_index::Field::kAgency, "police"));
