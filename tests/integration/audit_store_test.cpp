@@ -726,15 +726,36 @@ bool WaitForIndex(broker::Store& store, uint64_t through) {
   return store.audit_indexed_through() == through;
 }
 
-uint64_t UserVersion(const std::string& path) {
+// The first column of the first row of sql, read from the SQLite file at
+// path (0 if there is none).
+int64_t ValueOf(const std::string& path, const char* sql) {
   sqlite3* db = nullptr;
   REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
   sqlite3_stmt* s = nullptr;
-  sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, nullptr);
-  uint64_t v = sqlite3_step(s) == SQLITE_ROW ? static_cast<uint64_t>(sqlite3_column_int64(s, 0)) : 0;
+  REQUIRE(sqlite3_prepare_v2(db, sql, -1, &s, nullptr) == SQLITE_OK);
+  const int64_t v = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
   sqlite3_finalize(s);
   sqlite3_close(db);
   return v;
+}
+
+uint64_t UserVersion(const std::string& path) { return static_cast<uint64_t>(ValueOf(path, "PRAGMA user_version")); }
+
+// word -> bits of the audit index's rows for key, read from the index file.
+std::map<int64_t, uint64_t> IndexRows(const std::string& index_path, int64_t key) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(index_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* s = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "SELECT word, bits FROM ix2 WHERE k = ?", -1, &s, nullptr) == SQLITE_OK);
+  sqlite3_bind_int64(s, 1, key);
+  std::map<int64_t, uint64_t> rows;
+  while (sqlite3_step(s) == SQLITE_ROW) {
+    CHECK(rows.count(sqlite3_column_int64(s, 0)) == 0);
+    rows[sqlite3_column_int64(s, 0)] = static_cast<uint64_t>(sqlite3_column_int64(s, 1));
+  }
+  sqlite3_finalize(s);
+  sqlite3_close(db);
+  return rows;
 }
 
 }  // namespace
@@ -830,27 +851,6 @@ TEST_CASE("an audit index that does not match the log is rebuilt: damaged, or of
   CheckIndexedQueries(**reader, log);
 }
 
-namespace {
-
-// word -> bits of the index's rows for key, read from the index file.
-std::map<int64_t, uint64_t> IndexRows(const std::string& index_path, int64_t key) {
-  sqlite3* db = nullptr;
-  REQUIRE(sqlite3_open_v2(index_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
-  sqlite3_stmt* s = nullptr;
-  REQUIRE(sqlite3_prepare_v2(db, "SELECT word, bits FROM ix2 WHERE k = ?", -1, &s, nullptr) == SQLITE_OK);
-  sqlite3_bind_int64(s, 1, key);
-  std::map<int64_t, uint64_t> rows;
-  while (sqlite3_step(s) == SQLITE_ROW) {
-    CHECK(rows.count(sqlite3_column_int64(s, 0)) == 0);
-    rows[sqlite3_column_int64(s, 0)] = static_cast<uint64_t>(sqlite3_column_int64(s, 1));
-  }
-  sqlite3_finalize(s);
-  sqlite3_close(db);
-  return rows;
-}
-
-}  // namespace
-
 TEST_CASE("the audit index holds one row per 64 records and value and rebuilds an index of format 1", "[audit][index]") {
   TempDir dir;
   std::mt19937_64 rng(23);
@@ -870,35 +870,26 @@ TEST_CASE("the audit index holds one row per 64 records and value and rebuilds a
     REQUIRE(WaitForIndex(**store, 5'000));
   }
   // Each value's rows are exactly the words of its records, with their bits.
+  using broker::audit_index::Field;
+  auto check_rows = [&](Field field, const std::string& value, std::function<bool(const audit::Record&)> has) {
+    std::map<int64_t, uint64_t> expected;
+    for (const auto& r : log) {
+      if (has(r)) expected[static_cast<int64_t>(r.seq >> 6)] |= 1ull << (r.seq & 63);
+    }
+    INFO(value);
+    CHECK(!expected.empty());
+    CHECK(IndexRows(index_path, broker::audit_index::Key(field, value)) == expected);
+  };
   for (const std::string agency : {"police", "health", "rare-agency"}) {
-    std::map<int64_t, uint64_t> expected;
-    for (const auto& r : log) {
-      if (r.sender == agency || r.recipient == agency) expected[static_cast<int64_t>(r.seq >> 6)] |= 1ull << (r.seq & 63);
-    }
-    INFO(agency);
-    CHECK(!expected.empty());
-    CHECK(IndexRows(index_path, broker::audit_index::Key(broker::audit_index::Field::kAgency, agency)) == expected);
+    check_rows(Field::kAgency, agency, [&](const auto& r) { return r.sender == agency || r.recipient == agency; });
   }
-  {
-    const std::string& message = log[1'010].message_id;
-    std::map<int64_t, uint64_t> expected;
-    for (const auto& r : log) {
-      if (r.message_id == message) expected[static_cast<int64_t>(r.seq >> 6)] |= 1ull << (r.seq & 63);
-    }
-    CHECK(!expected.empty());
-    CHECK(IndexRows(index_path, broker::audit_index::Key(broker::audit_index::Field::kMessage, message)) == expected);
-  }
+  const std::string message = log[1'010].message_id;
+  check_rows(Field::kMessage, message, [&](const auto& r) { return r.message_id == message; });
   for (const std::string case_id : {"CASE-3", "CASE-7"}) {
-    std::map<int64_t, uint64_t> expected;
-    for (const auto& r : log) {
-      if (r.case_id == case_id) expected[static_cast<int64_t>(r.seq >> 6)] |= 1ull << (r.seq & 63);
-    }
-    INFO(case_id);
-    CHECK(!expected.empty());
-    CHECK(IndexRows(index_path, broker::audit_index::Key(broker::audit_index::Field::kCase, case_id)) == expected);
+    check_rows(Field::kCase, case_id, [&](const auto& r) { return r.case_id == case_id; });
   }
   // An agency in most records costs a row per 64 of them.
-  const auto police = IndexRows(index_path, broker::audit_index::Key(broker::audit_index::Field::kAgency, "police"));
+  const auto police = IndexRows(index_path, broker::audit_index::Key(Field::kAgency, "police"));
   CHECK(police.size() <= 5'000 / 64 + 1);
 
   // An index of format 1 (a row per record and value, in table ix), as the
@@ -927,21 +918,9 @@ TEST_CASE("the audit index holds one row per 64 records and value and rebuilds a
     REQUIRE(store.ok());
     REQUIRE(WaitForIndex(**store, 5'000));
   }
-  CHECK(IndexRows(index_path, broker::audit_index::Key(broker::audit_index::Field::kAgency, "police")) == police);
-  {
-    sqlite3* db = nullptr;
-    REQUIRE(sqlite3_open_v2(index_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
-    sqlite3_stmt* s = nullptr;
-    REQUIRE(sqlite3_prepare_v2(db,
-                               "SELECT (SELECT COUNT(*) FROM sqlite_master WHERE name = 'ix'), "
-                               "(SELECT value FROM ix_meta WHERE key = 'format')",
-                               -1, &s, nullptr) == SQLITE_OK);
-    REQUIRE(sqlite3_step(s) == SQLITE_ROW);
-    CHECK(sqlite3_column_int64(s, 0) == 0);
-    CHECK(sqlite3_column_int64(s, 1) == broker::audit_index::kFormat);
-    sqlite3_finalize(s);
-    sqlite3_close(db);
-  }
+  CHECK(IndexRows(index_path, broker::audit_index::Key(Field::kAgency, "police")) == police);
+  CHECK(ValueOf(index_path, "SELECT COUNT(*) FROM sqlite_master WHERE name = 'ix'") == 0);
+  CHECK(ValueOf(index_path, "SELECT value FROM ix_meta WHERE key = 'format'") == broker::audit_index::kFormat);
   auto reader = broker::AuditReader::Open(o.path, 1);
   REQUIRE(reader.ok());
   CheckIndexedQueries(**reader, log);
