@@ -207,7 +207,8 @@ Status AuditIndexer::Impl::CheckAgainstLog() {
     spdlog::warn("store: the audit index {} does not match the audit log (indexed through {}, the log has {}); "
                  "rebuilding it",
                  index_path, through, max_seq);
-    if (Status s = Exec(ix, "BEGIN IMMEDIATE; DELETE FROM ix2; DELETE FROM ix_meta WHERE key <> 'format'; COMMIT"); !s.ok()) {
+    if (Status s = Exec(ix, "BEGIN IMMEDIATE; DELETE FROM ix2; DELETE FROM ix_meta WHERE key <> 'format'; COMMIT");
+        !s.ok()) {
       Exec(ix, "ROLLBACK");
       return s;
     }
