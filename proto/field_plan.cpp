@@ -34,6 +34,9 @@ unsigned char WireTypeOf(const FieldDescriptor* f) {
   return static_cast<unsigned char>(WFL::WireTypeForFieldType(static_cast<WFL::FieldType>(f->type())));
 }
 
+// The largest field number MessagePlan::index_of covers.
+constexpr int kMaxIndexedNumber = 1024;
+
 std::unique_ptr<MessagePlan> BuildPlan(const Descriptor* d) {
   auto plan = std::make_unique<MessagePlan>();
   for (int i = 0; i < d->field_count(); ++i) {
@@ -66,6 +69,12 @@ std::unique_ptr<MessagePlan> BuildPlan(const Descriptor* d) {
   }
   std::sort(plan->fields.begin(), plan->fields.end(),
             [](const FieldPlan& a, const FieldPlan& b) { return a.field->number() < b.field->number(); });
+  if (!plan->fields.empty() && plan->fields.back().number <= kMaxIndexedNumber) {
+    plan->index_of.assign(static_cast<size_t>(plan->fields.back().number) + 1, -1);
+    for (size_t i = 0; i < plan->fields.size(); ++i) {
+      plan->index_of[static_cast<size_t>(plan->fields[i].number)] = static_cast<short>(i);
+    }
+  }
   return plan;
 }
 
@@ -133,6 +142,11 @@ bool MayHoldUnknown(const uint8_t* p, const uint8_t* end, const MessagePlan& pla
 }  // namespace
 
 const FieldPlan* MessagePlan::Find(int number) const {
+  if (!index_of.empty()) {
+    if (number < 0 || static_cast<size_t>(number) >= index_of.size()) return nullptr;
+    const short i = index_of[static_cast<size_t>(number)];
+    return i < 0 ? nullptr : &fields[static_cast<size_t>(i)];
+  }
   auto it = std::lower_bound(fields.begin(), fields.end(), number,
                              [](const FieldPlan& p, int n) { return p.number < n; });
   return it != fields.end() && it->number == number ? &*it : nullptr;

@@ -53,6 +53,9 @@ struct FieldPlan {
 struct MessagePlan {
   std::vector<FieldPlan> fields;  // ascending field number, as ListFields
   bool has_sub_messages = false;  // any kTimestamp or kMessage field
+  // fields' index by field number (-1: none), when the largest number is
+  // small (every liaison.v1 type's is): the byte scan looks up every tag.
+  std::vector<short> index_of;
   const FieldPlan* Find(int number) const;
 };
 
