@@ -78,16 +78,19 @@ inline void AddEntries(std::vector<Entry>* out, uint64_t seq, std::string_view m
   if (!recipient.empty()) out->emplace_back(bucket, Key(Field::kAgency, recipient), s);
 }
 
-// ix_meta 'format': the layout of ix2. An index file without it, or with
+// ix2_meta 'format': the layout of ix2. An index file without it, or with
 // another, is removed and rebuilt from the log.
 constexpr int64_t kFormat = 2;
 
-// ix_meta: 'format' (kFormat), 'indexed_through' (records 1..N are
+// ix2_meta: 'format' (kFormat), 'indexed_through' (records 1..N are
 // indexed), 'through_hash' (the leaf hash of record N, so an index that
 // belongs to another log, or to a log that was restored or truncated, is
-// recognised and rebuilt).
+// recognised and rebuilt). Format 1 had the tables ix_meta and ix: a broker
+// of that format, started on a file of this one, finds no watermark of its
+// own and indexes the log again from the start (it must not take this
+// format's watermark for one of its own table ix).
 constexpr const char* kSchema = R"sql(
-CREATE TABLE IF NOT EXISTS ix_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ix2_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ix2(bucket INTEGER NOT NULL, k INTEGER NOT NULL, word INTEGER NOT NULL,
                                bits INTEGER NOT NULL, PRIMARY KEY(bucket, k, word)) WITHOUT ROWID;
 )sql";

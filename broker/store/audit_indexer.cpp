@@ -37,7 +37,7 @@ constexpr uint64_t kCatchUpOnStop = 300'000;
 // of the B-tree (64 MiB at most; used only as pages are touched).
 constexpr const char* kIndexCacheSize = "PRAGMA cache_size = -65536";
 // Entries handed over by the applier and not yet indexed, at most (about
-// 24 MiB; 4 a record). Past it they are dropped, and read from the log.
+// 24 MiB; 4 a record). Runs past it are left out, and read from the log.
 constexpr size_t kMaxHandedEntries = size_t{1} << 20;
 // Rows per INSERT statement: one statement's fixed cost (starting and
 // halting the VM, opening the cursor) was a quarter of the indexer's time
@@ -121,13 +121,14 @@ Status AuditIndexer::Impl::OpenIndex() {
   for (const char* sql : {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", kIndexCacheSize, audit_index::kSchema}) {
     if (Status s = Exec(ix, sql); !s.ok()) return s;
   }
-  // Format: a file of another one (format 1 had the table ix) is removed
+  // Format: a file of another one (format 1 had the tables ix_meta and ix,
+  // which a broker of format 1 also adds to a file of this one) is removed
   // and rebuilt (Open); a new file is given this one.
   {
     sqlite3_stmt* q = nullptr;
     if (sqlite3_prepare_v2(ix,
-                           "SELECT (SELECT value FROM ix_meta WHERE key = 'format'), "
-                           "(SELECT COUNT(*) FROM ix_meta), (SELECT COUNT(*) FROM sqlite_master WHERE name = 'ix')",
+                           "SELECT (SELECT value FROM ix2_meta WHERE key = 'format'), (SELECT COUNT(*) FROM ix2_meta), "
+                           "(SELECT COUNT(*) FROM sqlite_master WHERE name IN ('ix', 'ix_meta'))",
                            -1, &q, nullptr) != SQLITE_OK ||
         sqlite3_step(q) != SQLITE_ROW) {
       sqlite3_finalize(q);
@@ -143,7 +144,7 @@ Status AuditIndexer::Impl::OpenIndex() {
     }
     if (!has_format) {
       const std::string sql =
-          "INSERT INTO ix_meta(key, value) VALUES ('format', " + std::to_string(audit_index::kFormat) + ")";
+          "INSERT INTO ix2_meta(key, value) VALUES ('format', " + std::to_string(audit_index::kFormat) + ")";
       if (Status s = Exec(ix, sql.c_str()); !s.ok()) return s;
     }
   }
@@ -156,7 +157,7 @@ Status AuditIndexer::Impl::OpenIndex() {
   many += kUpsert;
   if (sqlite3_prepare_v3(ix, one.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &insert, nullptr) != SQLITE_OK ||
       sqlite3_prepare_v3(ix, many.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &insert_many, nullptr) != SQLITE_OK ||
-      sqlite3_prepare_v3(ix, "INSERT OR REPLACE INTO ix_meta(key, value) VALUES (?,?)", -1, SQLITE_PREPARE_PERSISTENT,
+      sqlite3_prepare_v3(ix, "INSERT OR REPLACE INTO ix2_meta(key, value) VALUES (?,?)", -1, SQLITE_PREPARE_PERSISTENT,
                          &set_meta, nullptr) != SQLITE_OK) {
     return SqlError(ix, "prepare");
   }
@@ -181,7 +182,7 @@ Status AuditIndexer::Impl::CheckAgainstLog() {
   std::string through_hash;
   {
     sqlite3_stmt* q = nullptr;
-    if (sqlite3_prepare_v2(ix, "SELECT key, value FROM ix_meta", -1, &q, nullptr) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(ix, "SELECT key, value FROM ix2_meta", -1, &q, nullptr) != SQLITE_OK) {
       sqlite3_finalize(q);
       return SqlError(ix, "watermark");
     }
@@ -207,7 +208,7 @@ Status AuditIndexer::Impl::CheckAgainstLog() {
     spdlog::warn("store: the audit index {} does not match the audit log (indexed through {}, the log has {}); "
                  "rebuilding it",
                  index_path, through, max_seq);
-    if (Status s = Exec(ix, "BEGIN IMMEDIATE; DELETE FROM ix2; DELETE FROM ix_meta WHERE key <> 'format'; COMMIT");
+    if (Status s = Exec(ix, "BEGIN IMMEDIATE; DELETE FROM ix2; DELETE FROM ix2_meta WHERE key <> 'format'; COMMIT");
         !s.ok()) {
       Exec(ix, "ROLLBACK");
       return s;
@@ -439,14 +440,11 @@ void AuditIndexer::Committed(uint64_t first, uint64_t seq, std::vector<audit_ind
   {
     std::lock_guard lock(impl_->mu);  // so the thread cannot miss the wake-up
     before = impl_->committed.exchange(seq);
-    if (impl_->keep_handed && first <= seq) {
-      if (impl_->handed_entries + entries.size() > kMaxHandedEntries) {
-        impl_->handed.clear();  // read from the log instead
-        impl_->handed_entries = 0;
-      } else {
-        impl_->handed_entries += entries.size();
-        impl_->handed.push_back({first, seq, std::move(entries), std::move(last_hash)});
-      }
+    // Past the bound the new run is left out (read from the log when its
+    // turn comes); the runs kept are the ones the indexer takes next.
+    if (impl_->keep_handed && first <= seq && impl_->handed_entries + entries.size() <= kMaxHandedEntries) {
+      impl_->handed_entries += entries.size();
+      impl_->handed.push_back({first, seq, std::move(entries), std::move(last_hash)});
     }
   }
   // The thread waits for the first record to index, then for

@@ -149,7 +149,7 @@ Result<SeqRange> TimeToSeqRange(sqlite3* db, const AuditFilter& f, uint64_t afte
 // first in a page's transaction, so the log's snapshot, taken after it,
 // holds every record the index covers.
 uint64_t IndexedThrough(sqlite3* db) {
-  Query q(db, "SELECT value FROM ix.ix_meta WHERE key = 'indexed_through'");
+  Query q(db, "SELECT value FROM ix.ix2_meta WHERE key = 'indexed_through'");
   if (!q.ok() || sqlite3_step(q.get()) != SQLITE_ROW) return 0;
   return static_cast<uint64_t>(sqlite3_column_int64(q.get(), 0));
 }
@@ -174,9 +174,10 @@ bool AttachIndex(sqlite3* db) {
   bool usable = false;
   {
     // Of this format only (the broker rebuilds an index of another one).
-    Query probe(db, "SELECT value FROM ix.ix_meta, ix.ix2 WHERE key = 'format' LIMIT 1");
-    usable = probe.ok() && sqlite3_step(probe.get()) == SQLITE_ROW &&
-             sqlite3_column_int64(probe.get(), 0) == audit_index::kFormat;
+    Query rows(db, "SELECT 1 FROM ix.ix2 LIMIT 1");
+    Query format(db, "SELECT value FROM ix.ix2_meta WHERE key = 'format'");
+    usable = rows.ok() && format.ok() && sqlite3_step(format.get()) == SQLITE_ROW &&
+             sqlite3_column_int64(format.get(), 0) == audit_index::kFormat;
   }
   if (!usable) {
     sqlite3_exec(db, "DETACH DATABASE ix", nullptr, nullptr, nullptr);
