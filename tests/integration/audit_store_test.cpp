@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "broker/store/audit_index.h"
+#include "broker/store/audit_indexer.h"
 #include "broker/store/audit_reader.h"
 #include "broker/store/store.h"
 #include "client/audit_verify.h"
@@ -941,6 +942,86 @@ TEST_CASE("the audit index holds one row per 64 records and value and rebuilds a
   CHECK(IndexRows(index_path, broker::audit_index::Key(Field::kAgency, "police")) == police);
   CHECK(ValueOf(index_path, "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('ix', 'ix_meta')") == 0);
   CHECK(ValueOf(index_path, "SELECT value FROM ix2_meta WHERE key = 'format'") == broker::audit_index::kFormat);
+  auto reader = broker::AuditReader::Open(o.path, 1);
+  REQUIRE(reader.ok());
+  CheckIndexedQueries(**reader, log);
+}
+
+TEST_CASE("the audit indexer takes handed runs only from its watermark on and reads the others from the log",
+          "[audit][index]") {
+  TempDir dir;
+  std::mt19937_64 rng(24);
+  auto o = StoreOptions(dir);
+  o.pause_audit_index = true;
+  std::vector<audit::Record> log;
+  {
+    auto store = broker::Store::Open(o);
+    REQUIRE(store.ok());
+    log = AppendAll(**store, IndexTestRecords(rng, 1, 3'000));
+  }  // in the database, not indexed
+  const std::string index_path = broker::audit_index::PathFor(o.path);
+  REQUIRE(ValueOf(index_path, "SELECT COUNT(*) FROM ix2") == 0);
+  auto leaf_hash = [&](uint64_t seq) {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2(o.path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    sqlite3_stmt* q = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db, "SELECT leaf_hash FROM audit_log WHERE seq = ?", -1, &q, nullptr) == SQLITE_OK);
+    sqlite3_bind_int64(q, 1, static_cast<int64_t>(seq));
+    REQUIRE(sqlite3_step(q) == SQLITE_ROW);
+    std::string h(static_cast<const char*>(sqlite3_column_blob(q, 0)), sqlite3_column_bytes(q, 0));
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return h;
+  };
+  using broker::audit_index::Field;
+  // The entries of records first..last as the applier makes them, and one
+  // more for marked (a value no record has), to tell a run that was used.
+  auto run = [&](uint64_t first, uint64_t last, const std::string& marker, uint64_t marked) {
+    std::vector<broker::audit_index::Entry> entries;
+    for (uint64_t seq = first; seq <= last; ++seq) {
+      const audit::Record& r = log.at(seq - 1);
+      broker::audit_index::AddEntries(&entries, seq, r.message_id, r.case_id, r.sender, r.recipient);
+      if (seq == marked) broker::audit_index::AddEntries(&entries, seq, "", "", marker, "");
+    }
+    return entries;
+  };
+  auto indexer = broker::AuditIndexer::Open(o.path, true);
+  REQUIRE(indexer.ok());
+  auto wait_for = [&](uint64_t through) {
+    for (int i = 0; i < 600 && (*indexer)->indexed_through() < through; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return (*indexer)->indexed_through() == through;
+  };
+  // 1..1000 handed; 1001..1400 not; 1401..2000 handed, but the indexer's
+  // watermark is then 1000: read from the log, the run (marked) left out.
+  (*indexer)->Committed(1, 1'000, run(1, 1'000, "marker-a", 500), leaf_hash(1'000));
+  (*indexer)->Committed(1'401, 2'000, run(1'401, 2'000, "marker-b", 1'500), leaf_hash(2'000));
+  REQUIRE(wait_for(2'000));
+  // From the watermark on again: taken.
+  (*indexer)->Committed(2'001, 3'000, run(2'001, 3'000, "marker-c", 2'500), leaf_hash(3'000));
+  REQUIRE(wait_for(3'000));
+  indexer->reset();
+  auto bit = [](uint64_t seq) { return std::map<int64_t, uint64_t>{{static_cast<int64_t>(seq >> 6), 1ull << (seq & 63)}}; };
+  CHECK(IndexRows(index_path, broker::audit_index::Key(Field::kAgency, "marker-a")) == bit(500));
+  CHECK(IndexRows(index_path, broker::audit_index::Key(Field::kAgency, "marker-b")).empty());
+  CHECK(IndexRows(index_path, broker::audit_index::Key(Field::kAgency, "marker-c")) == bit(2'500));
+  // And every record is in the index exactly once, whichever way it came.
+  for (const std::string agency : {"police", "health", "school"}) {
+    std::map<int64_t, uint64_t> expected;
+    for (const auto& r : log) {
+      if (r.sender == agency || r.recipient == agency) expected[static_cast<int64_t>(r.seq >> 6)] |= 1ull << (r.seq & 63);
+    }
+    INFO(agency);
+    CHECK(IndexRows(index_path, broker::audit_index::Key(Field::kAgency, agency)) == expected);
+  }
+  CHECK(ValueOf(index_path, "SELECT value FROM ix2_meta WHERE key = 'indexed_through'") == 3'000);
+  // The watermark's hash is the log's: the store takes the index as it is.
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    REQUIRE(store.ok());
+    CHECK((*store)->audit_indexed_through() == 3'000);
+  }
   auto reader = broker::AuditReader::Open(o.path, 1);
   REQUIRE(reader.ok());
   CheckIndexedQueries(**reader, log);
