@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "broker/store/audit_index.h"
+#include "broker/store/many_rows.h"
 
 namespace liaison::broker {
 namespace {
@@ -39,9 +40,7 @@ constexpr const char* kIndexCacheSize = "PRAGMA cache_size = -65536";
 // Entries handed over by the applier and not yet indexed, at most (about
 // 24 MiB; 4 a record). Runs past it are left out, and read from the log.
 constexpr size_t kMaxHandedEntries = size_t{1} << 20;
-// Rows per INSERT statement: one statement's fixed cost (starting and
-// halting the VM, opening the cursor) was a quarter of the indexer's time
-// with one row each.
+// Rows per INSERT statement (many_rows.h).
 constexpr int kRowsPerInsert = 64;
 
 Status SqlError(sqlite3* db, const std::string& what) {
@@ -127,7 +126,7 @@ Status AuditIndexer::Impl::OpenIndex() {
   {
     sqlite3_stmt* q = nullptr;
     if (sqlite3_prepare_v2(ix,
-                           "SELECT (SELECT value FROM ix2_meta WHERE key = 'format'), (SELECT COUNT(*) FROM ix2_meta), "
+                           "SELECT (SELECT value FROM ix2_meta WHERE key = 'format'), "
                            "(SELECT COUNT(*) FROM sqlite_master WHERE name IN ('ix', 'ix_meta'))",
                            -1, &q, nullptr) != SQLITE_OK ||
         sqlite3_step(q) != SQLITE_ROW) {
@@ -136,9 +135,9 @@ Status AuditIndexer::Impl::OpenIndex() {
     }
     const bool has_format = sqlite3_column_type(q, 0) == SQLITE_INTEGER;
     const int64_t format = sqlite3_column_int64(q, 0);
-    const int64_t meta_rows = sqlite3_column_int64(q, 1), old_tables = sqlite3_column_int64(q, 2);
+    const int64_t old_tables = sqlite3_column_int64(q, 1);
     sqlite3_finalize(q);
-    if (old_tables > 0 || (has_format && format != audit_index::kFormat) || (!has_format && meta_rows > 0)) {
+    if (old_tables > 0 || (has_format && format != audit_index::kFormat)) {
       return Status::InvalidArgument("audit index: it is of format " + std::to_string(has_format ? format : 1) +
                                      ", this broker's is " + std::to_string(audit_index::kFormat));
     }
@@ -150,12 +149,11 @@ Status AuditIndexer::Impl::OpenIndex() {
   }
   // Rows of a word already in the index (a word the previous chunk began)
   // gain their new bits.
-  constexpr const char* kUpsert = " ON CONFLICT(bucket, k, word) DO UPDATE SET bits = bits | excluded.bits";
-  std::string one = std::string("INSERT INTO ix2(bucket, k, word, bits) VALUES (?,?,?,?)") + kUpsert;
-  std::string many = "INSERT INTO ix2(bucket, k, word, bits) VALUES (?,?,?,?)";
-  for (int i = 1; i < kRowsPerInsert; ++i) many += ",(?,?,?,?)";
-  many += kUpsert;
-  if (sqlite3_prepare_v3(ix, one.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &insert, nullptr) != SQLITE_OK ||
+  constexpr const char* kInsert =
+      "INSERT INTO ix2(bucket, k, word, bits) VALUES (?,?,?,?) "
+      "ON CONFLICT(bucket, k, word) DO UPDATE SET bits = bits | excluded.bits";
+  const std::string many = ManyRows(kInsert, kRowsPerInsert);
+  if (sqlite3_prepare_v3(ix, kInsert, -1, SQLITE_PREPARE_PERSISTENT, &insert, nullptr) != SQLITE_OK ||
       sqlite3_prepare_v3(ix, many.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &insert_many, nullptr) != SQLITE_OK ||
       sqlite3_prepare_v3(ix, "INSERT OR REPLACE INTO ix2_meta(key, value) VALUES (?,?)", -1, SQLITE_PREPARE_PERSISTENT,
                          &set_meta, nullptr) != SQLITE_OK) {
@@ -310,16 +308,15 @@ Status AuditIndexer::Impl::IndexChunk(uint64_t to) {
     Exec(ix, "ROLLBACK");
     return s;
   };
+  const int per_row = sqlite3_bind_parameter_count(insert);
   size_t i = 0;
   while (i < rows.size()) {
     const bool many = rows.size() - i >= static_cast<size_t>(kRowsPerInsert);
     sqlite3_stmt* q = many ? insert_many : insert;
     const int n = many ? kRowsPerInsert : 1;
     for (int r = 0; r < n; ++r, ++i) {
-      sqlite3_bind_int64(q, 4 * r + 1, rows[i].bucket);
-      sqlite3_bind_int64(q, 4 * r + 2, rows[i].key);
-      sqlite3_bind_int64(q, 4 * r + 3, rows[i].word);
-      sqlite3_bind_int64(q, 4 * r + 4, rows[i].bits);
+      int p = per_row * r;
+      for (int64_t v : {rows[i].bucket, rows[i].key, rows[i].word, rows[i].bits}) sqlite3_bind_int64(q, ++p, v);
     }
     const int w = sqlite3_step(q);
     sqlite3_reset(q);
@@ -431,8 +428,6 @@ AuditIndexer::~AuditIndexer() {
   impl_->cv.notify_all();
   if (impl_->thread.joinable()) impl_->thread.join();
 }
-
-void AuditIndexer::Committed(uint64_t seq) { Committed(seq + 1, seq, {}, {}); }
 
 void AuditIndexer::Committed(uint64_t first, uint64_t seq, std::vector<audit_index::Entry> entries,
                              std::string last_hash) {

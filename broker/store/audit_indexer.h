@@ -43,10 +43,9 @@ class AuditIndexer {
   AuditIndexer& operator=(const AuditIndexer&) = delete;
 
   // The log now holds records 1..seq (called by the applier after a
-  // transaction). Optionally with the entries of records first..seq
+  // transaction), with the entries of records first..seq
   // (audit_index::AddEntries, in seq order) and the leaf hash of record
   // seq, which the index then takes instead of reading those records.
-  void Committed(uint64_t seq);
   void Committed(uint64_t first, uint64_t seq, std::vector<audit_index::Entry> entries, std::string last_hash);
   // Records 1..N are in the index.
   uint64_t indexed_through() const;

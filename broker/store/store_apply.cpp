@@ -40,13 +40,14 @@ Status Store::Impl::FlushRecords() {
   const bool many = pending_rows.size() == static_cast<size_t>(kAuditRowsPerInsert);
   Status status;
   size_t i = 0;
+  const int per_row = insert.parameters();
   while (status.ok() && i < pending_rows.size()) {
     Stmt& stmt = many ? insert_many : insert;
     const size_t n = many ? pending_rows.size() : 1;
     for (size_t k = 0; k < n; ++k, ++i) {
       const LoggedRecord& p = *pending_rows[i];
       const audit::Record& r = p.record;
-      const int base = static_cast<int>(11 * k);
+      const int base = per_row * static_cast<int>(k);
       stmt.Int(base + 1, static_cast<int64_t>(r.seq));
       stmt.Int(base + 2, r.time_ms);
       int c = base + 3;
@@ -156,9 +157,10 @@ Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, size_t* drop
     return Status::IoError("not enough space for the database: about " + std::to_string(need >> 10) + " KiB needed, " +
                            std::to_string((static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize) >> 10) + " KiB free");
   }
-  // Row k of a statement: its 17 parameters from 17 * k + 1 on.
+  // Row k of a statement: its parameters after those of rows 0..k-1.
+  const int per_row = insert_message.parameters();
   auto bind_message = [&](Stmt& stmt, int k, const StoredMessage& m) {
-    int i = 17 * k + 1;
+    int i = per_row * k + 1;
     stmt.Int(i++, m.row);
     for (const std::string* f : {&m.sender, &m.message_id, &m.case_id, &m.message_type}) stmt.Text(i++, *f);
     stmt.Int(i++, m.tlp);

@@ -7,6 +7,7 @@
 #include <iterator>
 #include <string>
 
+#include "broker/store/many_rows.h"
 #include "broker/store/store_impl.h"
 
 namespace liaison::broker {
@@ -14,7 +15,11 @@ namespace {
 
 constexpr int kSchemaVersion = 9;
 
-// One row; Impl::insert_messages repeats the VALUES kMessageRowsPerInsert times.
+// One row each; insert_many and insert_messages are these for many rows
+// (ManyRows).
+constexpr const char* kInsertRecord =
+    "INSERT INTO audit_log(seq, time_ms, event, actor, message_id, case_id, sender, recipient, decision, leaf, "
+    "leaf_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)";
 constexpr const char* kInsertMessage =
     "INSERT INTO messages(row, sender, message_id, case_id, message_type, tlp, purpose, agreement, "
     "recipients, received_ms, expires_ms, want_reports, publish_digest, ack, body, recalled_ms, delivered) "
@@ -207,9 +212,7 @@ Status Store::Impl::PrepareStatements() {
     Stmt* stmt;
     const char* sql;
   } const statements[] = {
-      {&insert,
-       "INSERT INTO audit_log(seq, time_ms, event, actor, message_id, case_id, sender, recipient, decision, leaf, "
-       "leaf_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)"},
+      {&insert, kInsertRecord},
       {&insert_checkpoint, "INSERT OR REPLACE INTO checkpoints(tree_size, time_ms, text) VALUES (?,?,?)"},
       // A pruned record keeps its seq and leaf hash, and nothing else (time
       // 0 too: the export's hash-only rows carry nothing but the hash).
@@ -230,15 +233,9 @@ Status Store::Impl::PrepareStatements() {
   for (const auto& [stmt, sql] : statements) {
     if (Status s = stmt->Prepare(db, sql); !s.ok()) return s;
   }
-  std::string many =
-      "INSERT INTO audit_log(seq, time_ms, event, actor, message_id, case_id, sender, recipient, decision, leaf, "
-      "leaf_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)";
-  for (int i = 1; i < kAuditRowsPerInsert; ++i) many += ",(?,?,?,?,?,?,?,?,?,?,?)";
   pending_rows.reserve(kAuditRowsPerInsert);
-  if (Status s = insert_many.Prepare(db, many.c_str()); !s.ok()) return s;
-  std::string messages = kInsertMessage;
-  for (int i = 1; i < kMessageRowsPerInsert; ++i) messages += ",(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
-  return insert_messages.Prepare(db, messages.c_str());
+  if (Status s = insert_many.Prepare(db, ManyRows(kInsertRecord, kAuditRowsPerInsert).c_str()); !s.ok()) return s;
+  return insert_messages.Prepare(db, ManyRows(kInsertMessage, kMessageRowsPerInsert).c_str());
 }
 
 Status Store::Impl::Migrate() {

@@ -29,6 +29,7 @@
 #include "tests/temp_dir.h"
 
 using namespace liaison;
+using liaison::test::QueryInt;
 using liaison::test::StoreFileBytes;
 using liaison::test::StoreOptions;
 using liaison::test::TempDir;
@@ -727,20 +728,18 @@ bool WaitForIndex(broker::Store& store, uint64_t through) {
   return store.audit_indexed_through() == through;
 }
 
-// The first column of the first row of sql, read from the SQLite file at
-// path (0 if there is none).
-int64_t ValueOf(const std::string& path, const char* sql) {
-  sqlite3* db = nullptr;
-  REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
-  sqlite3_stmt* s = nullptr;
-  REQUIRE(sqlite3_prepare_v2(db, sql, -1, &s, nullptr) == SQLITE_OK);
-  const int64_t v = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
-  sqlite3_finalize(s);
-  sqlite3_close(db);
-  return v;
-}
+uint64_t UserVersion(const std::string& path) { return static_cast<uint64_t>(QueryInt(path, "PRAGMA user_version")); }
 
-uint64_t UserVersion(const std::string& path) { return static_cast<uint64_t>(ValueOf(path, "PRAGMA user_version")); }
+// word -> bits of records of log that has(): what the audit index should
+// hold for a value.
+std::map<int64_t, uint64_t> WordsOf(const std::vector<audit::Record>& log,
+                                    const std::function<bool(const audit::Record&)>& has) {
+  std::map<int64_t, uint64_t> words;
+  for (const auto& r : log) {
+    if (has(r)) words[static_cast<int64_t>(r.seq >> 6)] |= 1ull << (r.seq & 63);
+  }
+  return words;
+}
 
 // word -> bits of the audit index's rows for key, read from the index file.
 std::map<int64_t, uint64_t> IndexRows(const std::string& index_path, int64_t key) {
@@ -848,8 +847,8 @@ TEST_CASE("an audit index that does not match the log is rebuilt: damaged, or of
     REQUIRE(WaitForIndex(**store, 3'500));
   }
   // The rebuild kept the file's format: the next start keeps the index.
-  CHECK(ValueOf(index_path, "SELECT value FROM ix2_meta WHERE key = 'format'") == broker::audit_index::kFormat);
-  CHECK(ValueOf(index_path, "SELECT value FROM ix2_meta WHERE key = 'indexed_through'") == 3'500);
+  CHECK(QueryInt(index_path, "SELECT value FROM ix2_meta WHERE key = 'format'") == broker::audit_index::kFormat);
+  CHECK(QueryInt(index_path, "SELECT value FROM ix2_meta WHERE key = 'indexed_through'") == 3'500);
   auto reader = broker::AuditReader::Open(o.path, 1);
   REQUIRE(reader.ok());
   CheckIndexedQueries(**reader, log);
@@ -876,10 +875,7 @@ TEST_CASE("the audit index holds one row per 64 records and value and rebuilds a
   // Each value's rows are exactly the words of its records, with their bits.
   using broker::audit_index::Field;
   auto check_rows = [&](Field field, const std::string& value, std::function<bool(const audit::Record&)> has) {
-    std::map<int64_t, uint64_t> expected;
-    for (const auto& r : log) {
-      if (has(r)) expected[static_cast<int64_t>(r.seq >> 6)] |= 1ull << (r.seq & 63);
-    }
+    const auto expected = WordsOf(log, has);
     INFO(value);
     CHECK(!expected.empty());
     CHECK(IndexRows(index_path, broker::audit_index::Key(field, value)) == expected);
@@ -940,8 +936,8 @@ TEST_CASE("the audit index holds one row per 64 records and value and rebuilds a
     REQUIRE(WaitForIndex(**store, 5'000));
   }
   CHECK(IndexRows(index_path, broker::audit_index::Key(Field::kAgency, "police")) == police);
-  CHECK(ValueOf(index_path, "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('ix', 'ix_meta')") == 0);
-  CHECK(ValueOf(index_path, "SELECT value FROM ix2_meta WHERE key = 'format'") == broker::audit_index::kFormat);
+  CHECK(QueryInt(index_path, "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('ix', 'ix_meta')") == 0);
+  CHECK(QueryInt(index_path, "SELECT value FROM ix2_meta WHERE key = 'format'") == broker::audit_index::kFormat);
   auto reader = broker::AuditReader::Open(o.path, 1);
   REQUIRE(reader.ok());
   CheckIndexedQueries(**reader, log);
@@ -960,7 +956,7 @@ TEST_CASE("the audit indexer takes handed runs only from its watermark on and re
     log = AppendAll(**store, IndexTestRecords(rng, 1, 3'000));
   }  // in the database, not indexed
   const std::string index_path = broker::audit_index::PathFor(o.path);
-  REQUIRE(ValueOf(index_path, "SELECT COUNT(*) FROM ix2") == 0);
+  REQUIRE(QueryInt(index_path, "SELECT COUNT(*) FROM ix2") == 0);
   auto leaf_hash = [&](uint64_t seq) {
     sqlite3* db = nullptr;
     REQUIRE(sqlite3_open_v2(o.path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
@@ -1008,14 +1004,11 @@ TEST_CASE("the audit indexer takes handed runs only from its watermark on and re
   CHECK(IndexRows(index_path, broker::audit_index::Key(Field::kAgency, "marker-c")) == bit(2'500));
   // And every record is in the index exactly once, whichever way it came.
   for (const std::string agency : {"police", "health", "school"}) {
-    std::map<int64_t, uint64_t> expected;
-    for (const auto& r : log) {
-      if (r.sender == agency || r.recipient == agency) expected[static_cast<int64_t>(r.seq >> 6)] |= 1ull << (r.seq & 63);
-    }
     INFO(agency);
-    CHECK(IndexRows(index_path, broker::audit_index::Key(Field::kAgency, agency)) == expected);
+    CHECK(IndexRows(index_path, broker::audit_index::Key(Field::kAgency, agency)) ==
+          WordsOf(log, [&](const audit::Record& r) { return r.sender == agency || r.recipient == agency; }));
   }
-  CHECK(ValueOf(index_path, "SELECT value FROM ix2_meta WHERE key = 'indexed_through'") == 3'000);
+  CHECK(QueryInt(index_path, "SELECT value FROM ix2_meta WHERE key = 'indexed_through'") == 3'000);
   // The watermark's hash is the log's: the store takes the index as it is.
   {
     auto store = broker::Store::Open(StoreOptions(dir));

@@ -429,4 +429,5 @@ std::vector<std::string> AuditColumn(TestBroker& broker, const std::string& mess
   sqlite3_close(db);
   return out;
 }
+
 }  // namespace liaison::test

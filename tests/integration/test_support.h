@@ -88,12 +88,12 @@ struct Receiver {
   std::unique_ptr<client::Client> client;  // guarded by mu until connected
 };
 
-// Polls cond every 5 ms until it holds or timeout passes.
 // One value per audit record about message_id, in seq order: expr (SQL over
 // audit_log's columns), as bytes. Syncs the store first (the database
 // trails the commit log); nothing if it cannot.
 std::vector<std::string> AuditColumn(TestBroker& broker, const std::string& message_id, const std::string& expr);
 
+// Polls cond every 5 ms until it holds or timeout passes.
 bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
 // A store of its own in dir: data/liaison.db, with its keys beside it.
