@@ -271,8 +271,8 @@ void Session::HandlePublish(v1::Publish& publish) {
   stored.publish_digest = digest;
   stored.ack = ack.SerializeAsString();
   if (!copies.empty()) {
-    stored.body = *stamped;
     queued->wire = std::make_shared<const std::string>(std::move(stamped).value());
+    stored.body = queued->wire;  // the same bytes, not a copy
   }
   batch.new_message = std::move(stored);
 

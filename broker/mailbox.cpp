@@ -57,11 +57,11 @@ Status Mailboxes::Load(const Store& store) {
       qm->recalled = m.recalled_ms != 0;
       if (!m.body.empty()) {
         v1::Message body;
-        if (!body.ParseFromString(m.body)) {
+        if (!body.ParseFromString(m.body.str())) {
           parse_error = Status::Corruption("stored message " + std::to_string(m.row) + " does not parse");
         }
         qm->facts = FactsOf(body);
-        qm->wire = std::make_shared<const std::string>(m.body);
+        qm->wire = m.body.shared();
       }
     }
     QueuedDelivery q;

@@ -578,13 +578,11 @@ const SessionInfo& Client::session() const { return impl_->info; }
 
 void Client::Publish(const v1::Message& message, PublishHandler done) {
   const uint64_t rid = impl_->next_request_id++;
-  v1::Frame f;
-  auto* p = f.mutable_publish();
-  p->set_request_id(rid);
-  p->set_want_reports(impl_->opts.want_reports);
-  *p->mutable_message() = message;
-  auto encoded = proto::EncodeFrame(f, impl_->info.max_frame_bytes ? impl_->info.max_frame_bytes
-                                                                   : proto::kDefaultMaxFrameBytes);
+  // Serialized straight into the frame (copying the message into a Frame
+  // first was most of a publisher's own work).
+  auto encoded = proto::EncodePublishFrame(
+      rid, impl_->opts.want_reports, message,
+      impl_->info.max_frame_bytes ? impl_->info.max_frame_bytes : proto::kDefaultMaxFrameBytes);
   asio::post(impl_->strand, [impl = impl_, rid, encoded = std::move(encoded), done = std::move(done)]() mutable {
     PublishResult r;
     if (!encoded.ok()) {

@@ -22,23 +22,6 @@ Result<uint32_t> DecodeFrameLength(const uint8_t header[kFrameHeaderBytes], uint
   return n;
 }
 
-Result<std::string> EncodeFrame(const v1::Frame& frame, uint32_t max_frame_bytes) {
-  const size_t n = frame.ByteSizeLong();
-  if (n == 0 || n > max_frame_bytes) {
-    return Status::InvalidArgument("frame of " + std::to_string(n) + " bytes exceeds the maximum of " +
-                                   std::to_string(max_frame_bytes) + " bytes");
-  }
-  std::string out(kFrameHeaderBytes + n, '\0');
-  out[0] = static_cast<char>((n >> 24) & 0xFF);
-  out[1] = static_cast<char>((n >> 16) & 0xFF);
-  out[2] = static_cast<char>((n >> 8) & 0xFF);
-  out[3] = static_cast<char>(n & 0xFF);
-  if (!frame.SerializeToArray(out.data() + kFrameHeaderBytes, static_cast<int>(n))) {
-    return Status::Internal("frame serialization failed");
-  }
-  return out;
-}
-
 namespace {
 
 void PutVarint(std::string* out, uint64_t v) {
@@ -62,7 +45,34 @@ uint32_t Tag(int field, google::protobuf::internal::WireFormatLite::WireType typ
   return google::protobuf::internal::WireFormatLite::MakeTag(field, type);
 }
 
+// The length prefix of a frame of n bytes, in a string with room for them.
+std::string StartFrame(size_t n) {
+  std::string out;
+  out.reserve(kFrameHeaderBytes + n);
+  out.push_back(static_cast<char>((n >> 24) & 0xFF));
+  out.push_back(static_cast<char>((n >> 16) & 0xFF));
+  out.push_back(static_cast<char>((n >> 8) & 0xFF));
+  out.push_back(static_cast<char>(n & 0xFF));
+  return out;
+}
+
+Status TooLarge(size_t n, uint32_t max_frame_bytes) {
+  return Status::InvalidArgument("frame of " + std::to_string(n) + " bytes exceeds the maximum of " +
+                                 std::to_string(max_frame_bytes) + " bytes");
+}
+
 }  // namespace
+
+Result<std::string> EncodeFrame(const v1::Frame& frame, uint32_t max_frame_bytes) {
+  const size_t n = frame.ByteSizeLong();
+  if (n == 0 || n > max_frame_bytes) return TooLarge(n, max_frame_bytes);
+  std::string out = StartFrame(n);
+  out.resize(kFrameHeaderBytes + n);
+  if (!frame.SerializeToArray(out.data() + kFrameHeaderBytes, static_cast<int>(n))) {
+    return Status::Internal("frame serialization failed");
+  }
+  return out;
+}
 
 Result<std::string> EncodeDeliverFrame(uint64_t delivery_id, uint32_t attempt, std::string_view message,
                                        uint32_t max_frame_bytes) {
@@ -77,16 +87,8 @@ Result<std::string> EncodeDeliverFrame(uint64_t delivery_id, uint32_t attempt, s
   if (attempt != 0) inner += VarintSize(attempt_tag) + VarintSize(attempt);
   inner += VarintSize(message_tag) + VarintSize(message.size()) + message.size();
   const size_t n = VarintSize(deliver_tag) + VarintSize(inner) + inner;
-  if (n > max_frame_bytes) {
-    return Status::InvalidArgument("frame of " + std::to_string(n) + " bytes exceeds the maximum of " +
-                                   std::to_string(max_frame_bytes) + " bytes");
-  }
-  std::string out;
-  out.reserve(kFrameHeaderBytes + n);
-  out.push_back(static_cast<char>((n >> 24) & 0xFF));
-  out.push_back(static_cast<char>((n >> 16) & 0xFF));
-  out.push_back(static_cast<char>((n >> 8) & 0xFF));
-  out.push_back(static_cast<char>(n & 0xFF));
+  if (n > max_frame_bytes) return TooLarge(n, max_frame_bytes);
+  std::string out = StartFrame(n);
   PutVarint(&out, deliver_tag);
   PutVarint(&out, inner);
   if (delivery_id != 0) {
@@ -100,6 +102,38 @@ Result<std::string> EncodeDeliverFrame(uint64_t delivery_id, uint32_t attempt, s
   PutVarint(&out, message_tag);
   PutVarint(&out, message.size());
   out.append(message);
+  return out;
+}
+
+Result<std::string> EncodePublishFrame(uint64_t request_id, bool want_reports, const v1::Message& message,
+                                       uint32_t max_frame_bytes) {
+  using WFL = google::protobuf::internal::WireFormatLite;
+  const uint32_t id_tag = Tag(v1::Publish::kRequestIdFieldNumber, WFL::WIRETYPE_VARINT);
+  const uint32_t message_tag = Tag(v1::Publish::kMessageFieldNumber, WFL::WIRETYPE_LENGTH_DELIMITED);
+  const uint32_t reports_tag = Tag(v1::Publish::kWantReportsFieldNumber, WFL::WIRETYPE_VARINT);
+  const uint32_t publish_tag = Tag(v1::Frame::kPublishFieldNumber, WFL::WIRETYPE_LENGTH_DELIMITED);
+  const size_t body = message.ByteSizeLong();  // caches the sizes the serializer below uses
+  size_t inner = VarintSize(message_tag) + VarintSize(body) + body;
+  if (request_id != 0) inner += VarintSize(id_tag) + VarintSize(request_id);
+  if (want_reports) inner += VarintSize(reports_tag) + 1;
+  const size_t n = VarintSize(publish_tag) + VarintSize(inner) + inner;
+  if (n > max_frame_bytes) return TooLarge(n, max_frame_bytes);
+  std::string out = StartFrame(n);
+  PutVarint(&out, publish_tag);
+  PutVarint(&out, inner);
+  if (request_id != 0) {
+    PutVarint(&out, id_tag);
+    PutVarint(&out, request_id);
+  }
+  PutVarint(&out, message_tag);
+  PutVarint(&out, body);
+  const size_t at = out.size();
+  out.resize(at + body);
+  message.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(out.data() + at));
+  if (want_reports) {
+    PutVarint(&out, reports_tag);
+    out.push_back(1);
+  }
   return out;
 }
 

@@ -17,6 +17,7 @@
 namespace liaison::v1 {
 class Envelope;
 class Frame;
+class Message;
 }  // namespace liaison::v1
 
 namespace liaison::proto {
@@ -40,6 +41,13 @@ Result<std::string> EncodeFrame(const v1::Frame& frame, uint32_t max_frame_bytes
 // re-serializing the message. Fails only if the frame exceeds
 // max_frame_bytes.
 Result<std::string> EncodeDeliverFrame(uint64_t delivery_id, uint32_t attempt, std::string_view message,
+                                       uint32_t max_frame_bytes = kDefaultMaxFrameBytes);
+
+// A Publish frame, with its length prefix: the bytes EncodeFrame(Frame{publish:
+// {request_id, message, want_reports}}) gives, with the message serialized
+// straight into the frame instead of copied into one first. Fails only if
+// the frame exceeds max_frame_bytes.
+Result<std::string> EncodePublishFrame(uint64_t request_id, bool want_reports, const v1::Message& message,
                                        uint32_t max_frame_bytes = kDefaultMaxFrameBytes);
 
 // A serialized liaison.v1.Message with another envelope: message is the

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -89,8 +90,6 @@ namespace {
 constexpr size_t kHeaderBytes = 16;
 constexpr uint64_t kMaxPayloadBytes = uint64_t{1} << 30;
 constexpr size_t kCounterDigits = 20;
-// A buffer grown past this by one large entry is given back after it.
-constexpr size_t kKeptBufferBytes = 4u << 20;
 // The spare's zeros are written (and written out) this much at a time.
 constexpr size_t kSpareStepBytes = 256u << 10;
 
@@ -589,26 +588,29 @@ Result<uint64_t> CommitLog::Append(std::string_view payload) {
   return lsn;
 }
 
-// Writes entry next_lsn_ at offset_ and syncs it.
+// Writes entry next_lsn_ at offset_ and syncs it: the header and the
+// payload in one pwritev, without copying the payload.
 Status CommitLog::WriteEntry(std::string_view payload) {
-  const size_t bytes = kHeaderBytes + payload.size();
-  if (buffer_.size() < bytes) buffer_.resize(bytes);
-  char* header = buffer_.data();
+  char header[kHeaderBytes];
   PutFixed32(header, static_cast<uint32_t>(payload.size()));
   PutFixed64(header + 8, next_lsn_);
   PutFixed32(header + 4, EntryCrc(header, payload));
-  std::memcpy(header + kHeaderBytes, payload.data(), payload.size());
-  // One pwrite in practice; a short count is continued so that the error
+  const size_t bytes = kHeaderBytes + payload.size();
+  // One call in practice; a short count is continued so that the error
   // that cut it short (ENOSPC, EFBIG) is what gets reported.
   for (size_t done = 0; done < bytes;) {
-    const ssize_t n = ::pwrite(fd_, buffer_.data() + done, bytes - done, static_cast<off_t>(offset_ + done));
+    iovec iov[2];
+    int n_iov = 0;
+    if (done < kHeaderBytes) iov[n_iov++] = {header + done, kHeaderBytes - done};
+    const size_t from = done > kHeaderBytes ? done - kHeaderBytes : 0;
+    if (from < payload.size()) iov[n_iov++] = {const_cast<char*>(payload.data()) + from, payload.size() - from};
+    const ssize_t n = ::pwritev(fd_, iov, n_iov, static_cast<off_t>(offset_ + done));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return FailAppend("cannot write", errno);
     if (n == 0) return FailAppend("short write", 0);
     done += static_cast<size_t>(n);
   }
   if (::fdatasync(fd_) != 0) return FailAppend("cannot fdatasync", errno);
-  if (buffer_.size() > kKeptBufferBytes) buffer_ = std::string();
   return Status::Ok();
 }
 

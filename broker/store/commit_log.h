@@ -156,7 +156,6 @@ class CommitLog {
   std::chrono::steady_clock::time_point first_append_;  // of the current segment's first entry
   uint64_t next_lsn_ = 1;
   uint64_t bytes_ = 0;  // sum of segments_[i].bytes
-  std::string buffer_;  // one entry, reused across appends
   uint64_t spares_used_ = 0, segments_preallocated_ = 0;
   bool spare_asked_ = false;  // for the current segment
 

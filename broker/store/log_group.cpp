@@ -93,7 +93,7 @@ void EncodeMessage(const StoredMessage& m, Writer& w) {
   w.I64(m.received_ms);
   w.I64(m.expires_ms);
   w.U8(m.want_reports ? 1 : 0);
-  for (const std::string* f : {&m.publish_digest, &m.ack, &m.body}) w.Bytes(*f);
+  for (const std::string* f : {&m.publish_digest, &m.ack, &m.body.str()}) w.Bytes(*f);
   w.I64(m.recalled_ms);
 }
 
@@ -106,7 +106,8 @@ StoredMessage DecodeMessage(Reader& r) {
   m.received_ms = r.I64();
   m.expires_ms = r.I64();
   m.want_reports = r.U8() != 0;
-  for (std::string* f : {&m.publish_digest, &m.ack, &m.body}) *f = r.String();
+  for (std::string* f : {&m.publish_digest, &m.ack}) *f = r.String();
+  m.body = r.String();
   m.recalled_ms = r.I64();
   return m;
 }

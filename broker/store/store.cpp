@@ -556,6 +556,11 @@ Result<std::optional<StoredMessage>> Store::FindDelivered(std::string_view recip
   return out;
 }
 
+const std::string& SharedBytes::str() const {
+  static const std::string kEmpty;
+  return p_ ? *p_ : kEmpty;
+}
+
 std::vector<std::string> SplitAgencies(const std::string& list) {
   std::vector<std::string> out;
   size_t start = 0;

@@ -51,6 +51,27 @@ namespace liaison::broker {
 enum class DeliveryKind : int { kMessage = 1, kRecallNotice = 2, kReport = 3 };
 enum class DeliveryState : int { kPending = 0, kDelivered = 1, kExpired = 2, kRecalled = 3, kRefused = 4 };
 
+// Immutable bytes held by reference: a message body that the store's batch
+// and the delivery queue share instead of each keeping a copy. Empty when
+// it holds none.
+class SharedBytes {
+ public:
+  SharedBytes() = default;
+  SharedBytes(std::string bytes) : p_(std::make_shared<const std::string>(std::move(bytes))) {}  // NOLINT
+  SharedBytes(std::shared_ptr<const std::string> bytes) : p_(std::move(bytes)) {}              // NOLINT
+
+  const std::string& str() const;
+  const std::shared_ptr<const std::string>& shared() const { return p_; }
+  bool empty() const { return str().empty(); }
+  size_t size() const { return str().size(); }
+  const char* data() const { return str().data(); }
+  void clear() { p_.reset(); }
+  friend bool operator==(const SharedBytes& a, const SharedBytes& b) { return a.str() == b.str(); }
+
+ private:
+  std::shared_ptr<const std::string> p_;
+};
+
 // A row of the messages table.
 struct StoredMessage {
   int64_t row = 0;  // from NextMessageRow()
@@ -62,7 +83,7 @@ struct StoredMessage {
   bool want_reports = false;
   std::string publish_digest;  // SHA-256 of the message as published (idempotency)
   std::string ack;             // the serialized PublishAck it was answered with
-  std::string body;            // the stamped message; empty once dropped
+  SharedBytes body;            // the stamped message; empty once dropped
   int64_t recalled_ms = 0;     // 0 unless recalled
 };
 

@@ -11,6 +11,11 @@ add_executable(liaison-bench
   ${CMAKE_CURRENT_LIST_DIR}/flood_bench.cpp
   ${CMAKE_CURRENT_LIST_DIR}/connections_bench.cpp)
 target_link_libraries(liaison-bench PRIVATE liaison_policy liaison_store liaison_client CLI11::CLI11 yaml-cpp)
+# Its clients allocate as an agent's do (with glibc's malloc a fifth of
+# their CPU went to the allocator; docs/benchmarks.md, twelfth session).
+if(LIAISON_JEMALLOC_LIBRARY)
+  target_link_libraries(liaison-bench PRIVATE ${LIAISON_JEMALLOC_LIBRARY})
+endif()
 # e2e, flood and connections start the real broker and makes a dev PKI with certs/dev-pki.sh.
 target_compile_definitions(liaison-bench PRIVATE
   LIAISON_SOURCE_DIR="${CMAKE_SOURCE_DIR}"

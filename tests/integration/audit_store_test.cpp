@@ -1158,7 +1158,7 @@ TEST_CASE("migrations 6 and 7 upgrade a schema-5 store: no index on the log, the
     REQUIRE(WaitForIndex(**store, log.size()));
     std::vector<std::pair<int64_t, std::string>> pending;
     REQUIRE((*store)->LoadPending([&](broker::StoredDelivery d, const broker::StoredMessage& m) {
-      pending.emplace_back(d.id, m.body);
+      pending.emplace_back(d.id, m.body.str());
     }).ok());
     CHECK(pending == std::vector<std::pair<int64_t, std::string>>{{2, "\xB0\xD1\xB0\xD1"}});
     // Migration 7 rebuilt the messages table: its rows and lookups are intact.

@@ -350,7 +350,7 @@ TEST_CASE("after kill -9, the next Open applies the commit log: the same tree, q
   REQUIRE((*store)
               ->LoadPending([&](broker::StoredDelivery, const broker::StoredMessage& m) {
                 pending.push_back(m.message_id);
-                CHECK(m.body.rfind("body ", 0) == 0);
+                CHECK(m.body.str().rfind("body ", 0) == 0);
               })
               .ok());
   CHECK(pending.size() == 25);

@@ -219,6 +219,45 @@ TEST_CASE("EncodeDeliverFrame writes exactly what EncodeFrame writes for the sam
   CHECK_THAT(r.status().message(), Catch::Contains("exceeds the maximum"));
 }
 
+TEST_CASE("EncodePublishFrame writes exactly what EncodeFrame writes for the same Publish", "[proto][frame_codec]") {
+  // Request ids whose varints take 0 (the default, omitted), 1, 2, 5 and 10
+  // bytes, with and without reports, and messages whose lengths take 1 to 3
+  // bytes; an empty message is still written (the field is set).
+  const std::vector<uint64_t> ids = {0, 1, 127, 128, 0xFFFFFFFFull, 0xFFFFFFFFFFFFFFFFull};
+  std::vector<v1::Message> messages;
+  messages.emplace_back();
+  for (const std::string& text : {std::string("x"), std::string(200, 'r'), std::string(70000, 'z')}) {
+    messages.push_back(PublishFrame(9, text).publish().message());
+  }
+  for (const v1::Message& message : messages) {
+    for (uint64_t id : ids) {
+      for (bool reports : {false, true}) {
+        v1::Frame f;
+        f.mutable_publish()->set_request_id(id);
+        f.mutable_publish()->set_want_reports(reports);
+        *f.mutable_publish()->mutable_message() = message;
+        auto raw = liaison::proto::EncodePublishFrame(id, reports, message);
+        REQUIRE(raw.ok());
+        CHECK(*raw == Encode(f));
+        v1::Frame back;
+        REQUIRE(ParseFrame(std::string_view(*raw).substr(kFrameHeaderBytes), &back).ok());
+        CHECK(back.publish().request_id() == id);
+        CHECK(back.publish().want_reports() == reports);
+        CHECK(back.publish().has_message());
+        CHECK(back.publish().message().SerializeAsString() == message.SerializeAsString());
+      }
+    }
+  }
+  // The same size limit as EncodeFrame.
+  v1::Frame f = PublishFrame(5, std::string(2000, 'y'));
+  f.mutable_publish()->set_want_reports(true);
+  const uint32_t size = static_cast<uint32_t>(f.ByteSizeLong());
+  CHECK(liaison::proto::EncodePublishFrame(5, true, f.publish().message(), size).ok());
+  auto r = liaison::proto::EncodePublishFrame(5, true, f.publish().message(), size - 1);
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(r.status().message(), Catch::Contains("exceeds the maximum"));
+}
+
 TEST_CASE("FrameDecoder reassembles frames fed byte by byte", "[proto][frame_codec]") {
   std::vector<v1::Frame> frames = {PingFrame(1), PublishFrame(2, "first"), PingFrame(3),
                                    PublishFrame(4, std::string(3000, 'z'))};
