@@ -87,7 +87,9 @@ void Session::HandlePublish(v1::Publish& publish) {
   v1::Message* message = publish.mutable_message();
   proto::MessageLimits ml;
   ml.max_recipients = l.max_recipients;
-  if (Status s = proto::ValidateForPublish(message, ml, std::chrono::system_clock::now()); !s.ok()) {
+  // The message's bytes as they arrived: its body is checked on them.
+  const std::string_view wire = proto::PublishedMessage(stream_.last_frame());
+  if (Status s = proto::ValidateForPublish(message, ml, std::chrono::system_clock::now(), wire); !s.ok()) {
     SendError(rid, v1::REASON_INVALID_MESSAGE, s.message(), false);
     return;
   }

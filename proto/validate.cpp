@@ -3,11 +3,14 @@
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/reflection.h>
 
+#include <cstring>
 #include <string>
 
 #include "common/uuid.h"
 #include "proto/detail/field_plan.h"
 #include "proto/detail/pb.h"
+#include "proto/detail/varint.h"
+#include "proto/frame_codec.h"
 
 namespace liaison::proto {
 namespace {
@@ -35,16 +38,27 @@ bool ValidTimestamp(const google::protobuf::Timestamp& t) {
          t.nanos() <= 999999999;
 }
 
-bool ValidDate(const std::string& s) {
+bool ValidDate(std::string_view s) {
   if (s.size() != 10 || s[4] != '-' || s[7] != '-') return false;
   for (size_t i : {0, 1, 2, 3, 5, 6, 8, 9}) {
     if (s[i] < '0' || s[i] > '9') return false;
   }
-  const int y = std::stoi(s.substr(0, 4)), m = std::stoi(s.substr(5, 2)), d = std::stoi(s.substr(8, 2));
+  auto num = [&](size_t at, size_t n) {
+    int v = 0;
+    for (size_t i = at; i < at + n; ++i) v = v * 10 + (s[i] - '0');
+    return v;
+  };
+  const int y = num(0, 4), m = num(5, 2), d = num(8, 2);
   static const int kDays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
   if (y < 1900 || m < 1 || m > 12 || d < 1 || d > kDays[m - 1]) return false;
   const bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
   return !(m == 2 && d == 29 && !leap);
+}
+
+bool ValidDouble(double v, FieldRule rule) {
+  if (!(v == v) || v > 1e300 || v < -1e300) return false;
+  return !((rule == FieldRule::kLatitude && (v < -90 || v > 90)) ||
+           (rule == FieldRule::kLongitude && (v < -180 || v > 180)));
 }
 
 // Walks a body through reflection, following the body type's plan: string
@@ -102,10 +116,7 @@ Status CheckFields(const google::protobuf::Message& msg, const MessagePlan& plan
           if (!(v == v) || v > 1e300 || v < -1e300) {
             return Status::InvalidArgument(ipath() + " is not a finite number");
           }
-          if ((p.rule == FieldRule::kLatitude && (v < -90 || v > 90)) ||
-              (p.rule == FieldRule::kLongitude && (v < -180 || v > 180))) {
-            return Status::InvalidArgument(ipath() + " is out of range");
-          }
+          if (!ValidDouble(v, p.rule)) return Status::InvalidArgument(ipath() + " is out of range");
           break;
         }
         case FieldKind::kTimestamp: {
@@ -130,6 +141,126 @@ Status CheckFields(const google::protobuf::Message& msg, const MessagePlan& plan
   return Status::Ok();
 }
 
+// The same checks as CheckFields, on a body's bytes as they arrived,
+// without reflection: true only when the parsed body surely passes them.
+// Anything the walk does not follow exactly answers false, and the caller
+// asks CheckFields (which also names the field at fault): a tag the plan
+// does not know, an unexpected wire type, a singular sub-message sent twice
+// (the parser merges the two, so its repeated fields' counts add up), bytes
+// that do not parse. Singular scalars sent twice are each checked, where the
+// parser keeps the last: stricter, never looser. Allocates nothing.
+class SurelyValidScan {
+ public:
+  explicit SurelyValidScan(const MessageLimits& limits) : limits_(limits) {}
+
+  bool Message(const uint8_t* p, const uint8_t* end, const MessagePlan& plan, int depth) const {
+    if (depth > kMaxNestingDepth || plan.fields.size() > kMaxFields) return false;
+    uint32_t count[kMaxFields] = {};  // elements of a repeated field; occurrences of a singular message
+    while (p < end) {
+      uint64_t tag = 0;
+      if (!ReadVarint(p, end, &tag) || tag > 0xFFFFFFFFu) return false;
+      const FieldPlan* f = plan.Find(static_cast<int>(tag >> 3));
+      if (f == nullptr || f->wire_type == kAlwaysUnknown) return false;
+      const auto wire_type = static_cast<unsigned char>(tag & 7);
+      const bool packed = wire_type == 2 && f->packable;
+      if (wire_type != f->wire_type && !packed) return false;
+      uint32_t& n = count[f - plan.fields.data()];
+      if (packed) {
+        uint64_t len = 0;
+        if (!ReadVarint(p, end, &len) || len > static_cast<uint64_t>(end - p)) return false;
+        const uint8_t* stop = p + len;
+        while (p < stop) {
+          if (!Scalar(p, stop, *f, f->wire_type) || ++n > limits_.max_repeated) return false;
+        }
+        continue;
+      }
+      if (f->repeated && ++n > limits_.max_repeated) return false;
+      if (wire_type != 2) {
+        if (!Scalar(p, end, *f, wire_type)) return false;
+        continue;
+      }
+      uint64_t len = 0;
+      if (!ReadVarint(p, end, &len) || len > static_cast<uint64_t>(end - p)) return false;
+      const uint8_t* value = p;
+      p += len;
+      switch (f->kind) {
+        case FieldKind::kString:
+          if (len > limits_.max_string_bytes) return false;
+          if (f->rule == FieldRule::kDateOfBirth && len > 0 &&
+              !ValidDate(std::string_view(reinterpret_cast<const char*>(value), len))) {
+            return false;
+          }
+          break;
+        case FieldKind::kTimestamp:
+          if (!f->repeated && ++n > 1) return false;
+          if (!Timestamp(value, p)) return false;
+          break;
+        case FieldKind::kMessage:
+          if (!f->repeated && ++n > 1) return false;
+          if (f->sub == nullptr || !Message(value, p, *f->sub, depth + 1)) return false;
+          break;
+        default:
+          break;
+      }
+    }
+    return true;
+  }
+
+ private:
+  // Plans with more fields go to CheckFields (no liaison.v1 type has so many).
+  static constexpr size_t kMaxFields = 64;
+
+  // One value of wire type 0, 1 or 5 at p, checked as CheckFields checks it.
+  bool Scalar(const uint8_t*& p, const uint8_t* end, const FieldPlan& f, unsigned char wire_type) const {
+    switch (wire_type) {
+      case 0: {
+        uint64_t v = 0;
+        if (!ReadVarint(p, end, &v)) return false;
+        if (f.kind != FieldKind::kEnum) return true;
+        const auto e = static_cast<int32_t>(static_cast<uint32_t>(v));  // as the parser stores it
+        if (e == 0) return !f.repeated;
+        return f.field->enum_type()->FindValueByNumber(e) != nullptr;
+      }
+      case 1: {
+        if (end - p < 8) return false;
+        uint64_t bits = 0;
+        for (int i = 7; i >= 0; --i) bits = (bits << 8) | p[i];
+        p += 8;
+        if (f.kind != FieldKind::kDouble) return true;
+        double v;
+        std::memcpy(&v, &bits, sizeof v);
+        return ValidDouble(v, f.rule);
+      }
+      case 5:
+        if (end - p < 4) return false;
+        p += 4;
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  // A google.protobuf.Timestamp's bytes: seconds (1) and nanos (2), the
+  // last of each kept, as the parser keeps them.
+  static bool Timestamp(const uint8_t* p, const uint8_t* end) {
+    google::protobuf::Timestamp t;
+    while (p < end) {
+      uint64_t tag = 0, v = 0;
+      if (!ReadVarint(p, end, &tag) || !ReadVarint(p, end, &v)) return false;
+      if (tag == (1 << 3)) {
+        t.set_seconds(static_cast<int64_t>(v));
+      } else if (tag == (2 << 3)) {
+        t.set_nanos(static_cast<int32_t>(static_cast<uint32_t>(v)));
+      } else {
+        return false;
+      }
+    }
+    return ValidTimestamp(t);
+  }
+
+  const MessageLimits& limits_;
+};
+
 Status CheckOptionalUuid(std::string* field, const char* name) {
   if (field->empty()) return Status::Ok();
   auto id = NormalizeUuid(*field);
@@ -143,8 +274,37 @@ Status CheckOptionalUuid(std::string* field, const char* name) {
 bool IsValidAgencyId(std::string_view id) { return IsValidIdent(id, false); }
 bool IsValidToken(std::string_view token) { return IsValidIdent(token, true); }
 
+bool BodySurelyValid(std::string_view wire, const MessageLimits& limits) {
+  // The parser keeps the last member of the oneof that occurs, merged with
+  // earlier occurrences of the same member: vouched for only when exactly
+  // one occurrence of one member is there.
+  static const google::protobuf::OneofDescriptor* const body_oneof = v1::Message::descriptor()->FindOneofByName("body");
+  const FieldDescriptor* body_field = nullptr;
+  std::string_view bytes;
+  int occurrences = 0;
+  for (int i = 0; i < body_oneof->field_count(); ++i) {
+    const FieldDescriptor* f = body_oneof->field(i);
+    const int n = CountField(wire, f->number(), &bytes);
+    if (n < 0) return false;
+    if (n > 0) body_field = f;
+    occurrences += n;
+  }
+  if (occurrences != 1) return false;
+  const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
+  return SurelyValidScan(limits).Message(p, p + bytes.size(), PlanOf(body_field->message_type()), 1);
+}
+
+std::string_view PublishedMessage(std::string_view frame_body) {
+  std::string_view publish, message;
+  if (!FindOnlyField(frame_body, v1::Frame::kPublishFieldNumber, &publish) ||
+      !FindOnlyField(publish, v1::Publish::kMessageFieldNumber, &message)) {
+    return {};
+  }
+  return message;
+}
+
 Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
-                          std::chrono::system_clock::time_point now) {
+                          std::chrono::system_clock::time_point now, std::string_view wire) {
   if (!message->has_envelope()) return Status::InvalidArgument("the message has no envelope");
   v1::Envelope* env = message->mutable_envelope();
 
@@ -216,6 +376,7 @@ Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
   const google::protobuf::Reflection* r = message->GetReflection();
   static const google::protobuf::OneofDescriptor* const body_oneof = v1::Message::descriptor()->FindOneofByName("body");
   const auto* body_field = r->GetOneofFieldDescriptor(*message, body_oneof);
+  if (!wire.empty() && BodySurelyValid(wire, limits)) return Status::Ok();
   const google::protobuf::Message& body = r->GetMessage(*message, body_field);
   return CheckFields(body, PlanOf(body.GetDescriptor()), limits, body_field->name());
 }

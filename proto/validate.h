@@ -32,7 +32,24 @@ bool IsValidToken(std::string_view token);
 // the message id to canonical UUID form, recipients de-duplicated in order.
 // Fields the broker stamps (sender excepted: the caller compares it with
 // the session's agency) must be empty. now is compared with expires_at.
+// wire, when not empty, is the serialized message that *message was parsed
+// from: the body's fields are then checked on those bytes, which is
+// cheaper than through reflection, and through reflection only when that
+// walk cannot vouch for them (the outcome is the same either way).
 Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
-                          std::chrono::system_clock::time_point now);
+                          std::chrono::system_clock::time_point now, std::string_view wire = {});
+
+// True only when the body of wire, a serialized Message, surely passes the
+// checks ValidateForPublish makes of body fields (lengths, enum values,
+// dates, coordinates, times, repeated counts) once parsed. A walk over the
+// bytes that allocates nothing; false (not sure) for anything it does not
+// follow exactly: an unknown field, a body or singular sub-message sent
+// twice (the parser merges them), bytes that do not parse.
+bool BodySurelyValid(std::string_view wire, const MessageLimits& limits);
+
+// The serialized message of a Publish frame's body (without the length
+// prefix): what publish.message was parsed from, when the frame holds one
+// publish with one message; empty otherwise.
+std::string_view PublishedMessage(std::string_view frame_body);
 
 }  // namespace liaison::proto

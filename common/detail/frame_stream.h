@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <deque>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/detail/tls_stream.h"
@@ -41,6 +42,10 @@ class FrameStream {
   // in sync), InvalidArgument (the body does not parse: the frame was read
   // whole, so the stream is still in sync).
   asio::awaitable<Status> ReadFrame(v1::Frame* frame);
+  // The bytes the last frame ReadFrame returned was parsed from (without the
+  // length prefix), until the next ReadFrame; empty after a large one, whose
+  // buffer is given back at once.
+  std::string_view last_frame() const { return body_; }
 
   // Queues a frame for the writer. Errors: InvalidArgument when the frame
   // exceeds the maximum frame size; Unavailable when the connection is

@@ -1,6 +1,7 @@
 // Fuzz target: the frame decoder and frame parser fed raw bytes, in the
 // chunk sizes the first byte chooses, then message validation of any
-// Publish, as the broker's session does. A frame ParseFrame accepts must
+// Publish, as the broker's session does (on the message's bytes, and it
+// traps unless reflection alone reaches the same verdict). A frame ParseFrame accepts must
 // hold no unknown field at any depth (protobuf's own walk checks it, not
 // the field plans ParseFrame's scan of the bytes uses): it traps if one got
 // through.
@@ -35,8 +36,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (!liaison::proto::ParseFrame(**next, &frame).ok()) continue;
       if (liaison::test::AnyUnknown(frame)) __builtin_trap();
       if (frame.has_publish() && frame.publish().has_message()) {
-        (void)liaison::proto::ValidateForPublish(frame.mutable_publish()->mutable_message(),
-                                                 liaison::proto::MessageLimits{}, std::chrono::system_clock::now());
+        // As the broker does, with the message's bytes; and the verdict is
+        // the one reflection alone reaches (it traps if they differ).
+        const auto now = std::chrono::system_clock::now();
+        liaison::proto::MessageLimits limits;
+        limits.max_string_bytes = 16;  // small, so that the fuzzer reaches the limits
+        limits.max_repeated = 3;
+        liaison::v1::Message copy = frame.publish().message();
+        const auto wire = liaison::proto::PublishedMessage(**next);
+        const liaison::Status on_bytes =
+            liaison::proto::ValidateForPublish(frame.mutable_publish()->mutable_message(), limits, now, wire);
+        const liaison::Status by_reflection = liaison::proto::ValidateForPublish(&copy, limits, now);
+        if (on_bytes.ToString() != by_reflection.ToString()) __builtin_trap();
       }
     }
     if (used < n) break;  // sticky error

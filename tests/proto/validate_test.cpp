@@ -10,6 +10,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -125,7 +126,13 @@ void RunCases(const std::vector<Case>& cases, const std::function<v1::Message()>
     CAPTURE(c.name);
     v1::Message m = make();
     c.mutate(m);
+    // The same message as the broker meets it: parsed from its bytes, which
+    // ValidateForPublish then checks the body on.
+    const std::string wire = m.SerializeAsString();
+    v1::Message parsed;
+    REQUIRE(parsed.ParseFromString(wire));
     const liaison::Status s = ValidateForPublish(&m, limits, kNow);
+    CHECK(ValidateForPublish(&parsed, limits, kNow, wire).ToString() == s.ToString());
     if (c.error.empty()) {
       INFO(s.ToString());
       CHECK(s.ok());
@@ -373,6 +380,158 @@ TEST_CASE("ValidateForPublish honours the limits it is given", "[proto][validate
         return m;
       },
       tight);
+}
+
+namespace {
+
+// Wire format written by hand, for encodings SerializeAsString never makes.
+std::string Varint(uint64_t v) {
+  std::string out;
+  while (v >= 0x80) {
+    out.push_back(static_cast<char>((v & 0x7F) | 0x80));
+    v >>= 7;
+  }
+  out.push_back(static_cast<char>(v));
+  return out;
+}
+std::string Field(int number, const std::string& value) {  // length-delimited
+  return Varint(static_cast<uint64_t>(number) << 3 | 2) + Varint(value.size()) + value;
+}
+std::string VarintField(int number, uint64_t v) { return Varint(static_cast<uint64_t>(number) << 3) + Varint(v); }
+
+// How often BodySurelyValid vouched for a body, in BothWays.
+int vouched = 0;
+
+// ValidateForPublish's verdict on a message's bytes, both ways: from the
+// parsed message alone (reflection), and with the bytes it was parsed from.
+// They must agree, in the same words; "unparsable" when the bytes do not
+// parse (the broker refuses those before validating). And where the walk
+// over the bytes vouches for the body, reflection finds nothing wrong with
+// it either.
+std::string BothWays(const std::string& wire, const MessageLimits& limits) {
+  v1::Message a, b;
+  if (!a.ParseFromString(wire) || !b.ParseFromString(wire)) return "unparsable";
+  const liaison::Status by_reflection = ValidateForPublish(&a, limits, kNow);
+  const liaison::Status on_bytes = ValidateForPublish(&b, limits, kNow, wire);
+  CHECK(on_bytes.ToString() == by_reflection.ToString());
+  if (liaison::proto::BodySurelyValid(wire, limits)) {
+    ++vouched;
+    v1::Message body_only;  // the envelope's own checks are not the walk's
+    *body_only.mutable_envelope() = ValidIncidentReport().envelope();
+    REQUIRE(body_only.MergeFromString(wire));
+    *body_only.mutable_envelope() = ValidIncidentReport().envelope();
+    const liaison::Status s = ValidateForPublish(&body_only, limits, kNow);
+    INFO(s.ToString());
+    CHECK(s.ok());
+  }
+  return by_reflection.ToString();
+}
+
+}  // namespace
+
+TEST_CASE("The body is checked on its bytes with reflection's verdict, whatever the encoding",
+          "[proto][validate]") {
+  MessageLimits tight;
+  tight.max_string_bytes = 10;
+  tight.max_repeated = 2;
+  const std::string envelope = Field(v1::Message::kEnvelopeFieldNumber, ValidIncidentReport().envelope().SerializeAsString());
+  const int kReferral = v1::Message::kCaseReferralFieldNumber;
+  const int kReport = v1::Message::kIncidentReportFieldNumber;
+  auto person = [](const std::vector<std::string>& languages) {
+    std::string p;
+    for (const auto& l : languages) p += Field(v1::PersonAtRisk::kLanguagesFieldNumber, l);
+    return Field(v1::CaseReferral::kPersonFieldNumber, p);
+  };
+  auto bias = [](uint64_t v) { return VarintField(v1::IncidentReport::kBiasMotivationsFieldNumber, v); };
+  const std::string packed_two =
+      Field(v1::IncidentReport::kBiasMotivationsFieldNumber, Varint(v1::BIAS_ANTI_ROMA) + Varint(v1::BIAS_ANTI_MUSLIM));
+
+  // A singular sub-message sent twice is merged: its repeated field then has
+  // four elements, over the limit, though each part has two.
+  CHECK_THAT(BothWays(envelope + Field(kReferral, person({"nl", "en"}) + person({"fr", "de"})), tight),
+             Catch::Contains("case_referral.person.languages has 4 elements (maximum 2)"));
+  CHECK(BothWays(envelope + Field(kReferral, person({"nl", "en"})), tight) == "ok");
+  // The body itself sent twice is merged too.
+  CHECK_THAT(BothWays(envelope + Field(kReferral, person({"nl", "en"})) + Field(kReferral, person({"fr"})), tight),
+             Catch::Contains("has 3 elements"));
+  // A member sent twice after another: the merged two are the body.
+  CHECK_THAT(BothWays(envelope + Field(kReferral, person({"nl"})) + Field(kReport, packed_two) +
+                          Field(kReport, bias(v1::BIAS_GENDER_BASED)),
+                      tight),
+             Catch::Contains("has 3 elements"));
+  // Two members of the oneof: the last one is the body.
+  CHECK(BothWays(envelope + Field(kReport, bias(99)) + Field(kReferral, person({"nl"})), tight) == "ok");
+  CHECK_THAT(BothWays(envelope + Field(kReferral, person({"nl"})) + Field(kReport, bias(99)), tight),
+             Catch::Contains("has unknown value 99"));
+  // Repeated enums packed, unpacked and both; counted across all of them.
+  CHECK(BothWays(envelope + Field(kReport, packed_two), tight) == "ok");
+  CHECK(BothWays(envelope + Field(kReport, bias(v1::BIAS_ANTI_ROMA) + bias(v1::BIAS_ANTI_MUSLIM)), tight) == "ok");
+  CHECK_THAT(BothWays(envelope + Field(kReport, packed_two + bias(v1::BIAS_GENDER_BASED)), tight),
+             Catch::Contains("has 3 elements"));
+  CHECK_THAT(BothWays(envelope + Field(kReport, Field(v1::IncidentReport::kBiasMotivationsFieldNumber,
+                                                      Varint(v1::BIAS_ANTI_ROMA) + Varint(0))),
+                      tight),
+             Catch::Contains("is BIAS_UNSPECIFIED"));
+  // A singular scalar sent twice: the parser keeps the last.
+  const int kSeverity = v1::IncidentReport::kSeverityFieldNumber;
+  CHECK(BothWays(envelope + Field(kReport, VarintField(kSeverity, 77) + VarintField(kSeverity, 1)), tight) == "ok");
+  CHECK_THAT(BothWays(envelope + Field(kReport, VarintField(kSeverity, 1) + VarintField(kSeverity, 77)), tight),
+             Catch::Contains("severity has unknown value 77"));
+  // Strings at and over the limit, and a string sent twice.
+  const int kTitle = v1::IncidentReport::kTitleFieldNumber;
+  CHECK(BothWays(envelope + Field(kReport, Field(kTitle, "1234567890")), tight) == "ok");
+  CHECK_THAT(BothWays(envelope + Field(kReport, Field(kTitle, "12345678901")), tight), Catch::Contains("longer than"));
+  CHECK(BothWays(envelope + Field(kReport, Field(kTitle, "12345678901") + Field(kTitle, "short")), tight) == "ok");
+  // A timestamp sent twice is merged field by field; negative nanos.
+  const int kOccurred = v1::IncidentReport::kOccurredAtFieldNumber;
+  CHECK(BothWays(envelope + Field(kReport, Field(kOccurred, VarintField(1, 100)) + Field(kOccurred, VarintField(2, 5))),
+                 tight) == "ok");
+  CHECK_THAT(BothWays(envelope + Field(kReport, Field(kOccurred, VarintField(2, static_cast<uint64_t>(-5)))), tight),
+             Catch::Contains("occurred_at is not a valid time"));
+  // Fields the schema does not have, and a known one under another wire type.
+  // (The parser keeps both as unknown fields, which the broker drops.)
+  CHECK(BothWays(envelope + Field(kReport, VarintField(999, 1) + Field(kTitle, "ok")), tight) == "ok");
+  CHECK(BothWays(envelope + Field(kReport, Field(kSeverity, "x")), tight) == "ok");
+}
+
+TEST_CASE("The body checked on its bytes agrees with reflection on mutated messages", "[proto][validate]") {
+  // Bytes of valid messages with bytes changed, cut, repeated and inserted:
+  // wherever they still parse, the two ways must reach the same verdict.
+  MessageLimits tight;
+  tight.max_string_bytes = 12;
+  tight.max_repeated = 2;
+  std::mt19937 rng(20261130);
+  // Mutated strings are often invalid UTF-8, which protobuf logs.
+  google::protobuf::LogHandler* const log_handler = google::protobuf::SetLogHandler(nullptr);
+  int parsed = 0, valid = 0;
+  for (auto make : {ValidIncidentReport, ValidCaseReferral, ValidCaseUpdate}) {
+    const std::string base = make().SerializeAsString();
+    for (int i = 0; i < 4000; ++i) {
+      std::string w = base;
+      const int edits = 1 + static_cast<int>(rng() % 3);
+      for (int e = 0; e < edits && !w.empty(); ++e) {
+        const size_t at = rng() % w.size();
+        switch (rng() % 4) {
+          case 0: w[at] = static_cast<char>(rng()); break;
+          case 1: w.erase(at, 1 + rng() % 8); break;
+          case 2: w.insert(at, w.substr(at, 1 + rng() % 16)); break;
+          default: w.insert(at, 1, static_cast<char>(rng())); break;
+        }
+      }
+      for (const MessageLimits& limits : {MessageLimits{}, tight}) {
+        const std::string verdict = BothWays(w, limits);
+        if (verdict != "unparsable") ++parsed;
+        if (verdict == "ok") ++valid;
+      }
+    }
+  }
+  // The mutations reach both verdicts, and the walk vouches for most valid
+  // bodies (the comparisons above are not vacuous).
+  CHECK(parsed > 1000);
+  CHECK(valid > 100);
+  CHECK(parsed - valid > 100);
+  CHECK(vouched > valid / 2);
+  google::protobuf::SetLogHandler(log_handler);
 }
 
 TEST_CASE("ValidateForPublish normalises the message id and recipients", "[proto][validate]") {
