@@ -141,6 +141,19 @@ bool MayHoldUnknown(const uint8_t* p, const uint8_t* end, const MessagePlan& pla
 
 }  // namespace
 
+const FieldDescriptor* OnlyBodyMember(std::string_view wire, std::string_view* bytes) {
+  static const google::protobuf::OneofDescriptor* const body = v1::Message::descriptor()->FindOneofByName("body");
+  const FieldDescriptor* member = nullptr;
+  int occurrences = 0;
+  for (int i = 0; i < body->field_count(); ++i) {
+    const int n = CountField(wire, body->field(i)->number(), bytes);
+    if (n < 0) return nullptr;
+    if (n > 0) member = body->field(i);
+    occurrences += n;
+  }
+  return occurrences == 1 ? member : nullptr;
+}
+
 const FieldPlan* MessagePlan::Find(int number) const {
   if (!index_of.empty()) {
     if (number < 0 || static_cast<size_t>(number) >= index_of.size()) return nullptr;

@@ -275,21 +275,9 @@ bool IsValidAgencyId(std::string_view id) { return IsValidIdent(id, false); }
 bool IsValidToken(std::string_view token) { return IsValidIdent(token, true); }
 
 bool BodySurelyValid(std::string_view wire, const MessageLimits& limits) {
-  // The parser keeps the last member of the oneof that occurs, merged with
-  // earlier occurrences of the same member: vouched for only when exactly
-  // one occurrence of one member is there.
-  static const google::protobuf::OneofDescriptor* const body_oneof = v1::Message::descriptor()->FindOneofByName("body");
-  const FieldDescriptor* body_field = nullptr;
   std::string_view bytes;
-  int occurrences = 0;
-  for (int i = 0; i < body_oneof->field_count(); ++i) {
-    const FieldDescriptor* f = body_oneof->field(i);
-    const int n = CountField(wire, f->number(), &bytes);
-    if (n < 0) return false;
-    if (n > 0) body_field = f;
-    occurrences += n;
-  }
-  if (occurrences != 1) return false;
+  const FieldDescriptor* body_field = OnlyBodyMember(wire, &bytes);
+  if (body_field == nullptr) return false;
   const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
   return SurelyValidScan(limits).Message(p, p + bytes.size(), PlanOf(body_field->message_type()), 1);
 }

@@ -75,4 +75,12 @@ void DiscardUnknownFields(google::protobuf::Message* message);
 // walk over the parsed objects.
 bool MayHoldUnknownFields(std::string_view wire, const google::protobuf::Descriptor* d);
 
+// The member of liaison.v1.Message's body oneof in wire, a serialized
+// Message, and its bytes in *bytes, when one member occurs there exactly
+// once: the body the parser makes of it is then that one occurrence alone
+// (several occurrences it would merge, or replace by the last member).
+// Null otherwise, and when wire does not parse as far as the walk goes.
+const google::protobuf::FieldDescriptor* OnlyBodyMember(std::string_view wire, std::string_view* bytes);
+
+
 }  // namespace liaison::proto
