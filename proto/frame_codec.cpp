@@ -45,6 +45,14 @@ uint32_t Tag(int field, google::protobuf::internal::WireFormatLite::WireType typ
   return google::protobuf::internal::WireFormatLite::MakeTag(field, type);
 }
 
+// A varint field as the serializer writes it: left out when 0.
+size_t VarintFieldSize(uint32_t tag, uint64_t v) { return v == 0 ? 0 : VarintSize(tag) + VarintSize(v); }
+void PutVarintField(std::string* out, uint32_t tag, uint64_t v) {
+  if (v == 0) return;
+  PutVarint(out, tag);
+  PutVarint(out, v);
+}
+
 // The length prefix of a frame of n bytes, in a string with room for them.
 std::string StartFrame(size_t n) {
   std::string out;
@@ -82,23 +90,15 @@ Result<std::string> EncodeDeliverFrame(uint64_t delivery_id, uint32_t attempt, s
   const uint32_t message_tag = Tag(v1::Deliver::kMessageFieldNumber, WFL::WIRETYPE_LENGTH_DELIMITED);
   const uint32_t deliver_tag = Tag(v1::Frame::kDeliverFieldNumber, WFL::WIRETYPE_LENGTH_DELIMITED);
   // Fields in number order, defaults omitted, as SerializeToArray writes them.
-  size_t inner = 0;
-  if (delivery_id != 0) inner += VarintSize(id_tag) + VarintSize(delivery_id);
-  if (attempt != 0) inner += VarintSize(attempt_tag) + VarintSize(attempt);
-  inner += VarintSize(message_tag) + VarintSize(message.size()) + message.size();
+  const size_t inner = VarintFieldSize(id_tag, delivery_id) + VarintFieldSize(attempt_tag, attempt) +
+                       VarintSize(message_tag) + VarintSize(message.size()) + message.size();
   const size_t n = VarintSize(deliver_tag) + VarintSize(inner) + inner;
   if (n > max_frame_bytes) return TooLarge(n, max_frame_bytes);
   std::string out = StartFrame(n);
   PutVarint(&out, deliver_tag);
   PutVarint(&out, inner);
-  if (delivery_id != 0) {
-    PutVarint(&out, id_tag);
-    PutVarint(&out, delivery_id);
-  }
-  if (attempt != 0) {
-    PutVarint(&out, attempt_tag);
-    PutVarint(&out, attempt);
-  }
+  PutVarintField(&out, id_tag, delivery_id);
+  PutVarintField(&out, attempt_tag, attempt);
   PutVarint(&out, message_tag);
   PutVarint(&out, message.size());
   out.append(message);
@@ -113,27 +113,20 @@ Result<std::string> EncodePublishFrame(uint64_t request_id, bool want_reports, c
   const uint32_t reports_tag = Tag(v1::Publish::kWantReportsFieldNumber, WFL::WIRETYPE_VARINT);
   const uint32_t publish_tag = Tag(v1::Frame::kPublishFieldNumber, WFL::WIRETYPE_LENGTH_DELIMITED);
   const size_t body = message.ByteSizeLong();  // caches the sizes the serializer below uses
-  size_t inner = VarintSize(message_tag) + VarintSize(body) + body;
-  if (request_id != 0) inner += VarintSize(id_tag) + VarintSize(request_id);
-  if (want_reports) inner += VarintSize(reports_tag) + 1;
+  const size_t inner = VarintFieldSize(id_tag, request_id) + VarintSize(message_tag) + VarintSize(body) + body +
+                       VarintFieldSize(reports_tag, want_reports ? 1 : 0);
   const size_t n = VarintSize(publish_tag) + VarintSize(inner) + inner;
   if (n > max_frame_bytes) return TooLarge(n, max_frame_bytes);
   std::string out = StartFrame(n);
   PutVarint(&out, publish_tag);
   PutVarint(&out, inner);
-  if (request_id != 0) {
-    PutVarint(&out, id_tag);
-    PutVarint(&out, request_id);
-  }
+  PutVarintField(&out, id_tag, request_id);
   PutVarint(&out, message_tag);
   PutVarint(&out, body);
   const size_t at = out.size();
   out.resize(at + body);
   message.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(out.data() + at));
-  if (want_reports) {
-    PutVarint(&out, reports_tag);
-    out.push_back(1);
-  }
+  PutVarintField(&out, reports_tag, want_reports ? 1 : 0);
   return out;
 }
 

@@ -11,6 +11,7 @@
 #include "proto/detail/field_plan.h"
 #include "proto/detail/pb.h"
 #include "tests/proto/any_unknown.h"
+#include "tests/proto/wire_by_hand.h"
 
 namespace {
 
@@ -20,6 +21,8 @@ using liaison::proto::FrameDecoder;
 using liaison::proto::kDefaultMaxFrameBytes;
 using liaison::proto::kFrameHeaderBytes;
 using liaison::proto::ParseFrame;
+using liaison::test::Field;
+using liaison::test::Varint;
 namespace v1 = liaison::v1;
 
 std::string Header(uint32_t n) {
@@ -448,23 +451,6 @@ TEST_CASE("ParseFrame refuses garbage bodies", "[proto][frame_codec]") {
 }
 
 namespace {
-
-// A varint, and a field (tag, then for wire type 2 the length) by hand.
-std::string Varint(uint64_t v) {
-  std::string out;
-  while (v >= 0x80) {
-    out.push_back(static_cast<char>((v & 0x7F) | 0x80));
-    v >>= 7;
-  }
-  out.push_back(static_cast<char>(v));
-  return out;
-}
-
-std::string Field(int number, int wire_type, const std::string& payload) {
-  std::string out = Varint(static_cast<uint64_t>(number) << 3 | static_cast<uint64_t>(wire_type));
-  if (wire_type == 2) out += Varint(payload.size());
-  return out + payload;
-}
 
 // n nested groups of unknown field 15 (start tag 0x7B, end tag 0x7C).
 std::string NestedGroups(int n) {

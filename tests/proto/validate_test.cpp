@@ -18,6 +18,7 @@
 #include "proto/detail/pb.h"
 #include "proto/message_json.h"
 #include "proto/names.h"
+#include "tests/proto/wire_by_hand.h"
 
 namespace {
 
@@ -384,20 +385,9 @@ TEST_CASE("ValidateForPublish honours the limits it is given", "[proto][validate
 
 namespace {
 
-// Wire format written by hand, for encodings SerializeAsString never makes.
-std::string Varint(uint64_t v) {
-  std::string out;
-  while (v >= 0x80) {
-    out.push_back(static_cast<char>((v & 0x7F) | 0x80));
-    v >>= 7;
-  }
-  out.push_back(static_cast<char>(v));
-  return out;
-}
-std::string Field(int number, const std::string& value) {  // length-delimited
-  return Varint(static_cast<uint64_t>(number) << 3 | 2) + Varint(value.size()) + value;
-}
-std::string VarintField(int number, uint64_t v) { return Varint(static_cast<uint64_t>(number) << 3) + Varint(v); }
+using liaison::test::Varint;
+std::string Field(int number, const std::string& value) { return liaison::test::Field(number, 2, value); }
+std::string VarintField(int number, uint64_t v) { return liaison::test::Field(number, 0, Varint(v)); }
 
 // How often BodySurelyValid vouched for a body, in BothWays.
 int vouched = 0;
