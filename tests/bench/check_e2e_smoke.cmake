@@ -1,12 +1,13 @@
 # bench_e2e_smoke: runs `liaison-bench e2e` with a few hundred messages and
 # checks that its JSON line parses and that nothing was lost, duplicated or
-# refused, and that --trace wrote a line per latency-phase message.
+# refused, that both phases name the broker's threads with the CPU they
+# used, and that --trace wrote a line per latency-phase message.
 # Usage: cmake -DBENCH=liaison-bench -DPKI=dir -DTRACE=file -P check_e2e_smoke.cmake
 include(${CMAKE_CURRENT_LIST_DIR}/bench_line.cmake)
 run_bench_line(
   ARGS e2e --pki ${PKI} --publishers 2 --messages 150 --window 32
        --rate 200 --duration 1 --warmup 0.2 --timeout 30 --profile none --trace ${TRACE}
-  KEYS msgs_per_s p50_ms p99_ms p999_ms lost dups received redacted_received)
+  KEYS msgs_per_s p50_ms p99_ms p999_ms lost dups received redacted_received threads lat_threads)
 if(NOT lost EQUAL 0 OR NOT dups EQUAL 0)
   message(FATAL_ERROR "lost ${lost}, dups ${dups}")
 endif()
@@ -15,6 +16,19 @@ if(NOT received EQUAL 300)
 endif()
 if(redacted_received LESS 1)
   message(FATAL_ERROR "no receiver got a redacted copy")
+endif()
+# Cores by thread: both phases name the I/O threads and the store's writer;
+# in the latency phase (a second long, where clock ticks add up) the I/O
+# threads used some.
+foreach(phase threads lat_threads)
+  string(JSON io ERROR_VARIABLE jerr GET "${${phase}}" io)
+  string(JSON writer ERROR_VARIABLE jerr2 GET "${${phase}}" store-writer)
+  if(jerr OR jerr2)
+    message(FATAL_ERROR "${phase} does not name the I/O threads and the writer: ${${phase}}")
+  endif()
+endforeach()
+if(NOT io GREATER 0)
+  message(FATAL_ERROR "the I/O threads used no CPU in the latency phase: ${lat_threads}")
 endif()
 # The trace: a header, then one line per message of the latency phase (200
 # msgs/s for 1 s), each with both latencies (nothing was lost).

@@ -365,7 +365,8 @@ int RunE2e(const Options& o) {
          << ",\"broker_cpu_s\":" << Fmt(c.broker_s, 2)
          << ",\"broker_cpu_us_per_msg\":" << Fmt(t.unique > 0 ? c.broker_s / static_cast<double>(t.unique) * 1e6 : 0, 1)
          << ",\"broker_cpu_pct\":" << Fmt(c.broker_pct, 0) << ",\"client_cpu_pct\":" << Fmt(c.client_pct, 0)
-         << ",\"machine_cpu_pct\":" << Fmt(c.machine_pct, 0) << ",\"fsyncs\":" << fsyncs;
+         << ",\"machine_cpu_pct\":" << Fmt(c.machine_pct, 0) << ",\"threads\":" << ThreadCoresJson(c.thread_cores)
+         << ",\"fsyncs\":" << fsyncs;
     if (fsyncs > 0 && t.unique > 0) {
       json << ",\"msgs_per_fsync\":" << Fmt(static_cast<double>(t.unique) / static_cast<double>(fsyncs), 1);
     }
@@ -444,7 +445,8 @@ int RunE2e(const Options& o) {
          << ",\"p999_ms\":" << Fmt(p999) << ",\"max_ms\":" << Fmt(mx) << ",\"lat_ack_p50_ms\":" << Fmt(ap50)
          << ",\"lat_ack_p99_ms\":" << Fmt(ap99) << ",\"lat_lost\":" << lost << ",\"lat_dups\":" << t.dups
          << ",\"lat_refused\":" << t.nacked << ",\"lat_broker_cpu_pct\":" << Fmt(c.broker_pct, 0)
-         << ",\"lat_client_cpu_pct\":" << Fmt(c.client_pct, 0) << ",\"lat_fsyncs\":" << fsyncs;
+         << ",\"lat_client_cpu_pct\":" << Fmt(c.client_pct, 0)
+         << ",\"lat_threads\":" << ThreadCoresJson(c.thread_cores) << ",\"lat_fsyncs\":" << fsyncs;
   }
 
   // ---------------- teardown

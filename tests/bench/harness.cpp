@@ -137,6 +137,39 @@ double ProcessCpuSeconds(pid_t pid) {
   return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
+std::map<pid_t, std::pair<std::string, double>> ThreadCpuSeconds(pid_t pid) {
+  std::map<pid_t, std::pair<std::string, double>> out;
+  const std::string process = Slurp("/proc/" + std::to_string(pid) + "/comm");
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+    const std::string stat = Slurp(e.path().string() + "/stat");
+    const size_t open = stat.find('('), close = stat.rfind(')');
+    if (open == std::string::npos || close == std::string::npos || close < open) continue;
+    std::string name = stat.substr(open + 1, close - open - 1);
+    if (name + "\n" == process || name == process) name = "io";
+    std::istringstream in(stat.substr(close + 2));
+    std::string field;
+    unsigned long long utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && in >> field; ++i) {
+      if (i == 14) utime = std::stoull(field);
+      if (i == 15) stime = std::stoull(field);
+    }
+    const auto tid = static_cast<pid_t>(std::strtol(e.path().filename().c_str(), nullptr, 10));
+    out[tid] = {name, static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK))};
+  }
+  return out;
+}
+
+std::string ThreadCoresJson(const std::map<std::string, double>& cores) {
+  std::string out = "{";
+  for (const auto& [name, c] : cores) {
+    char v[32];
+    std::snprintf(v, sizeof v, "%.2f", c);
+    out += (out.size() > 1 ? ",\"" : "\"") + name + "\":" + v;
+  }
+  return out + "}";
+}
+
 long ProcessRssBytes(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string line;
@@ -169,6 +202,7 @@ std::vector<double> LoadAverages() {
 
 void CpuMeter::Start() {
   t0 = NowNs();
+  threads0 = ThreadCpuSeconds(broker);
   b0 = ProcessCpuSeconds(broker);
   c0 = ProcessCpuSeconds(::getpid());
   std::tie(busy0, total0) = MachineJiffies();
@@ -180,7 +214,14 @@ CpuMeter::Reading CpuMeter::Stop() const {
   auto [busy, total] = MachineJiffies();
   const double cores = static_cast<double>(std::thread::hardware_concurrency());
   const double m = total > total0 ? (busy - busy0) / (total - total0) * 100.0 * cores : 0;
-  return {wall > 0 ? b / wall * 100 : 0, wall > 0 ? c / wall * 100 : 0, m, b};
+  // Threads that began meanwhile count from 0; any that ended are missing.
+  std::map<std::string, double> by_name;
+  for (const auto& [tid, now] : ThreadCpuSeconds(broker)) {
+    auto before = threads0.find(tid);
+    const double used = now.second - (before == threads0.end() ? 0 : before->second.second);
+    if (wall > 0) by_name[now.first] += used / wall;
+  }
+  return {wall > 0 ? b / wall * 100 : 0, wall > 0 ? c / wall * 100 : 0, m, b, std::move(by_name)};
 }
 
 // ------------------------------------------------------------ the message

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -79,18 +80,28 @@ long ProcessRssBytes(pid_t pid);
 std::pair<double, double> MachineJiffies();
 std::vector<double> LoadAverages();
 
+// CPU seconds of each of a process's threads, by thread id: (name, seconds).
+std::map<pid_t, std::pair<std::string, double>> ThreadCpuSeconds(pid_t pid);
+
 struct CpuMeter {
   pid_t broker = 0;
   int64_t t0 = 0;
   double b0 = 0, c0 = 0, busy0 = 0, total0 = 0;
+  std::map<pid_t, std::pair<std::string, double>> threads0;
   void Start();
   // Percent of one core over the interval: broker, this process, machine;
-  // and the broker's CPU seconds.
+  // the broker's CPU seconds; and the broker's cores by thread name, its
+  // threads of one name summed, the I/O threads (which carry the
+  // process's own name) as "io".
   struct Reading {
     double broker_pct, client_pct, machine_pct, broker_s;
+    std::map<std::string, double> thread_cores;
   };
   Reading Stop() const;
 };
+
+// A Reading's thread_cores as a JSON object, two decimals.
+std::string ThreadCoresJson(const std::map<std::string, double>& cores);
 
 // ------------------------------------------------------------ the message
 
