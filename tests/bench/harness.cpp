@@ -123,10 +123,14 @@ int RunQuiet(const std::vector<std::string>& argv, const std::string& out, const
 
 // ------------------------------------------------------------ readings
 
-double ProcessCpuSeconds(pid_t pid) {
-  const std::string stat = Slurp("/proc/" + std::to_string(pid) + "/stat");
+namespace {
+
+// User + system CPU seconds from the text of a /proc stat file (a process's
+// or a thread's): fields 14 and 15, counted after the name in parentheses,
+// which may itself hold spaces.
+double StatCpuSeconds(const std::string& stat) {
   const size_t close = stat.rfind(')');
-  if (close == std::string::npos) return 0;
+  if (close == std::string::npos || close + 2 > stat.size()) return 0;
   std::istringstream in(stat.substr(close + 2));
   std::string field;
   unsigned long long utime = 0, stime = 0;
@@ -136,6 +140,10 @@ double ProcessCpuSeconds(pid_t pid) {
   }
   return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
+
+}  // namespace
+
+double ProcessCpuSeconds(pid_t pid) { return StatCpuSeconds(Slurp("/proc/" + std::to_string(pid) + "/stat")); }
 
 std::map<pid_t, std::pair<std::string, double>> ThreadCpuSeconds(pid_t pid) {
   std::map<pid_t, std::pair<std::string, double>> out;
@@ -147,15 +155,8 @@ std::map<pid_t, std::pair<std::string, double>> ThreadCpuSeconds(pid_t pid) {
     if (open == std::string::npos || close == std::string::npos || close < open) continue;
     std::string name = stat.substr(open + 1, close - open - 1);
     if (name + "\n" == process || name == process) name = "io";
-    std::istringstream in(stat.substr(close + 2));
-    std::string field;
-    unsigned long long utime = 0, stime = 0;
-    for (int i = 3; i <= 15 && in >> field; ++i) {
-      if (i == 14) utime = std::stoull(field);
-      if (i == 15) stime = std::stoull(field);
-    }
     const auto tid = static_cast<pid_t>(std::strtol(e.path().filename().c_str(), nullptr, 10));
-    out[tid] = {name, static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK))};
+    out[tid] = {name, StatCpuSeconds(stat)};
   }
   return out;
 }
