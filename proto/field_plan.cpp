@@ -105,35 +105,14 @@ const PlanMap& WirePlans() {
 
 bool MayHoldUnknown(const uint8_t* p, const uint8_t* end, const MessagePlan& plan, int depth) {
   if (depth > kMaxNestingDepth) return true;
+  WireField w;
   while (p < end) {
-    uint64_t tag = 0;
-    if (!ReadVarint(p, end, &tag) || tag > 0xFFFFFFFFu) return true;
-    const FieldPlan* f = plan.Find(static_cast<int>(tag >> 3));
-    const auto wire_type = static_cast<unsigned char>(tag & 7);
-    if (f == nullptr || (wire_type != f->wire_type && !(f->packable && wire_type == 2))) return true;
-    uint64_t n = 0;
-    switch (wire_type) {
-      case 0:
-        if (!ReadVarint(p, end, &n)) return true;
-        break;
-      case 1:
-        if (end - p < 8) return true;
-        p += 8;
-        break;
-      case 5:
-        if (end - p < 4) return true;
-        p += 4;
-        break;
-      case 2:
-        if (!ReadVarint(p, end, &n) || n > static_cast<uint64_t>(end - p)) return true;
-        if (f->field->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE &&
-            (f->sub == nullptr || MayHoldUnknown(p, p + n, *f->sub, depth + 1))) {
-          return true;
-        }
-        p += n;
-        break;
-      default:
-        return true;
+    if (!ReadField(p, end, &w)) return true;
+    const FieldPlan* f = plan.Find(static_cast<int>(w.number));
+    if (f == nullptr || (w.wire_type != f->wire_type && !(f->packable && w.wire_type == 2))) return true;
+    if (w.wire_type == 2 && f->field->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+      const auto* sub = reinterpret_cast<const uint8_t*>(w.payload.data());
+      if (f->sub == nullptr || MayHoldUnknown(sub, sub + w.payload.size(), *f->sub, depth + 1)) return true;
     }
   }
   return false;
@@ -144,14 +123,18 @@ bool MayHoldUnknown(const uint8_t* p, const uint8_t* end, const MessagePlan& pla
 const FieldDescriptor* OnlyBodyMember(std::string_view wire, std::string_view* bytes) {
   static const google::protobuf::OneofDescriptor* const body = v1::Message::descriptor()->FindOneofByName("body");
   const FieldDescriptor* member = nullptr;
-  int occurrences = 0;
-  for (int i = 0; i < body->field_count(); ++i) {
-    const int n = CountField(wire, body->field(i)->number(), bytes);
-    if (n < 0) return nullptr;
-    if (n > 0) member = body->field(i);
-    occurrences += n;
+  const auto* p = reinterpret_cast<const uint8_t*>(wire.data());
+  const uint8_t* end = p + wire.size();
+  WireField f;
+  while (p < end) {
+    if (!ReadField(p, end, &f)) return nullptr;
+    const FieldDescriptor* d = v1::Message::descriptor()->FindFieldByNumber(static_cast<int>(f.number));
+    if (f.wire_type != 2 || d == nullptr || d->containing_oneof() != body) continue;
+    if (member != nullptr) return nullptr;  // a second occurrence, of this member or another
+    member = d;
+    *bytes = f.payload;
   }
-  return occurrences == 1 ? member : nullptr;
+  return member;
 }
 
 const FieldPlan* MessagePlan::Find(int number) const {

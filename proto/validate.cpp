@@ -32,11 +32,12 @@ bool IsValidIdent(std::string_view s, bool allow_dot) {
   return true;
 }
 
-bool ValidTimestamp(const google::protobuf::Timestamp& t) {
+bool ValidTime(int64_t seconds, int32_t nanos) {
   // The range protobuf's JSON mapping can represent: 0001-01-01 to 9999-12-31.
-  return t.seconds() >= -62135596800LL && t.seconds() <= 253402300799LL && t.nanos() >= 0 &&
-         t.nanos() <= 999999999;
+  return seconds >= -62135596800LL && seconds <= 253402300799LL && nanos >= 0 && nanos <= 999999999;
 }
+
+bool ValidTimestamp(const google::protobuf::Timestamp& t) { return ValidTime(t.seconds(), t.nanos()); }
 
 bool ValidDate(std::string_view s) {
   if (s.size() != 10 || s[4] != '-' || s[7] != '-') return false;
@@ -55,8 +56,10 @@ bool ValidDate(std::string_view s) {
   return !(m == 2 && d == 29 && !leap);
 }
 
-bool ValidDouble(double v, FieldRule rule) {
-  if (!(v == v) || v > 1e300 || v < -1e300) return false;
+bool Finite(double v) { return v == v && v <= 1e300 && v >= -1e300; }
+
+// Within the range its field's rule allows (coordinates).
+bool InRange(double v, FieldRule rule) {
   return !((rule == FieldRule::kLatitude && (v < -90 || v > 90)) ||
            (rule == FieldRule::kLongitude && (v < -180 || v > 180)));
 }
@@ -113,10 +116,8 @@ Status CheckFields(const google::protobuf::Message& msg, const MessagePlan& plan
         }
         case FieldKind::kDouble: {
           const double v = p.repeated ? r->GetRepeatedDouble(msg, f, i) : r->GetDouble(msg, f);
-          if (!(v == v) || v > 1e300 || v < -1e300) {
-            return Status::InvalidArgument(ipath() + " is not a finite number");
-          }
-          if (!ValidDouble(v, p.rule)) return Status::InvalidArgument(ipath() + " is out of range");
+          if (!Finite(v)) return Status::InvalidArgument(ipath() + " is not a finite number");
+          if (!InRange(v, p.rule)) return Status::InvalidArgument(ipath() + " is out of range");
           break;
         }
         case FieldKind::kTimestamp: {
@@ -156,48 +157,41 @@ class SurelyValidScan {
   bool Message(const uint8_t* p, const uint8_t* end, const MessagePlan& plan, int depth) const {
     if (depth > kMaxNestingDepth || plan.fields.size() > kMaxFields) return false;
     uint32_t count[kMaxFields] = {};  // elements of a repeated field; occurrences of a singular message
+    WireField w;
     while (p < end) {
-      uint64_t tag = 0;
-      if (!ReadVarint(p, end, &tag) || tag > 0xFFFFFFFFu) return false;
-      const FieldPlan* f = plan.Find(static_cast<int>(tag >> 3));
+      if (!ReadField(p, end, &w)) return false;
+      const FieldPlan* f = plan.Find(static_cast<int>(w.number));
       if (f == nullptr || f->wire_type == kAlwaysUnknown) return false;
-      const auto wire_type = static_cast<unsigned char>(tag & 7);
-      const bool packed = wire_type == 2 && f->packable;
-      if (wire_type != f->wire_type && !packed) return false;
+      const bool packed = w.wire_type == 2 && f->packable;
+      if (w.wire_type != f->wire_type && !packed) return false;
       uint32_t& n = count[f - plan.fields.data()];
       if (packed) {
-        uint64_t len = 0;
-        if (!ReadVarint(p, end, &len) || len > static_cast<uint64_t>(end - p)) return false;
-        const uint8_t* stop = p + len;
-        while (p < stop) {
-          if (!Scalar(p, stop, *f, f->wire_type) || ++n > limits_.max_repeated) return false;
+        const auto* q = reinterpret_cast<const uint8_t*>(w.payload.data());
+        const uint8_t* stop = q + w.payload.size();
+        uint64_t v = 0;
+        while (q < stop) {
+          if (!ReadValue(q, stop, f->wire_type, &v) || !Scalar(v, *f) || ++n > limits_.max_repeated) return false;
         }
         continue;
       }
       if (f->repeated && ++n > limits_.max_repeated) return false;
-      if (wire_type != 2) {
-        if (!Scalar(p, end, *f, wire_type)) return false;
+      if (w.wire_type != 2) {
+        if (!Scalar(w.value, *f)) return false;
         continue;
       }
-      uint64_t len = 0;
-      if (!ReadVarint(p, end, &len) || len > static_cast<uint64_t>(end - p)) return false;
-      const uint8_t* value = p;
-      p += len;
+      const auto* value = reinterpret_cast<const uint8_t*>(w.payload.data());
       switch (f->kind) {
         case FieldKind::kString:
-          if (len > limits_.max_string_bytes) return false;
-          if (f->rule == FieldRule::kDateOfBirth && len > 0 &&
-              !ValidDate(std::string_view(reinterpret_cast<const char*>(value), len))) {
-            return false;
-          }
+          if (w.payload.size() > limits_.max_string_bytes) return false;
+          if (f->rule == FieldRule::kDateOfBirth && !w.payload.empty() && !ValidDate(w.payload)) return false;
           break;
         case FieldKind::kTimestamp:
           if (!f->repeated && ++n > 1) return false;
-          if (!Timestamp(value, p)) return false;
+          if (!Timestamp(value, value + w.payload.size())) return false;
           break;
         case FieldKind::kMessage:
           if (!f->repeated && ++n > 1) return false;
-          if (f->sub == nullptr || !Message(value, p, *f->sub, depth + 1)) return false;
+          if (f->sub == nullptr || !Message(value, value + w.payload.size(), *f->sub, depth + 1)) return false;
           break;
         default:
           break;
@@ -210,52 +204,40 @@ class SurelyValidScan {
   // Plans with more fields go to CheckFields (no liaison.v1 type has so many).
   static constexpr size_t kMaxFields = 64;
 
-  // One value of wire type 0, 1 or 5 at p, checked as CheckFields checks it.
-  bool Scalar(const uint8_t*& p, const uint8_t* end, const FieldPlan& f, unsigned char wire_type) const {
-    switch (wire_type) {
-      case 0: {
-        uint64_t v = 0;
-        if (!ReadVarint(p, end, &v)) return false;
-        if (f.kind != FieldKind::kEnum) return true;
-        const auto e = static_cast<int32_t>(static_cast<uint32_t>(v));  // as the parser stores it
-        if (e == 0) return !f.repeated;
-        return f.field->enum_type()->FindValueByNumber(e) != nullptr;
-      }
-      case 1: {
-        if (end - p < 8) return false;
-        uint64_t bits = 0;
-        for (int i = 7; i >= 0; --i) bits = (bits << 8) | p[i];
-        p += 8;
-        if (f.kind != FieldKind::kDouble) return true;
-        double v;
-        std::memcpy(&v, &bits, sizeof v);
-        return ValidDouble(v, f.rule);
-      }
-      case 5:
-        if (end - p < 4) return false;
-        p += 4;
-        return true;
-      default:
-        return false;
+  // One value of a numeric field (ReadValue's), checked as CheckFields
+  // checks it: enums as the parser stores them (the low 32 bits), doubles
+  // from their bits.
+  static bool Scalar(uint64_t v, const FieldPlan& f) {
+    if (f.kind == FieldKind::kEnum) {
+      const auto e = static_cast<int32_t>(static_cast<uint32_t>(v));
+      if (e == 0) return !f.repeated;
+      return f.field->enum_type()->FindValueByNumber(e) != nullptr;
     }
+    if (f.kind == FieldKind::kDouble) {
+      double d;
+      std::memcpy(&d, &v, sizeof d);
+      return Finite(d) && InRange(d, f.rule);
+    }
+    return true;
   }
 
   // A google.protobuf.Timestamp's bytes: seconds (1) and nanos (2), the
   // last of each kept, as the parser keeps them.
   static bool Timestamp(const uint8_t* p, const uint8_t* end) {
-    google::protobuf::Timestamp t;
+    int64_t seconds = 0;
+    int32_t nanos = 0;
+    WireField w;
     while (p < end) {
-      uint64_t tag = 0, v = 0;
-      if (!ReadVarint(p, end, &tag) || !ReadVarint(p, end, &v)) return false;
-      if (tag == (1 << 3)) {
-        t.set_seconds(static_cast<int64_t>(v));
-      } else if (tag == (2 << 3)) {
-        t.set_nanos(static_cast<int32_t>(static_cast<uint32_t>(v)));
+      if (!ReadField(p, end, &w) || w.wire_type != 0) return false;
+      if (w.number == 1) {
+        seconds = static_cast<int64_t>(w.value);
+      } else if (w.number == 2) {
+        nanos = static_cast<int32_t>(static_cast<uint32_t>(w.value));
       } else {
         return false;
       }
     }
-    return ValidTimestamp(t);
+    return ValidTime(seconds, nanos);
   }
 
   const MessageLimits& limits_;
@@ -361,10 +343,10 @@ Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
     }
   }
 
+  if (!wire.empty() && BodySurelyValid(wire, limits)) return Status::Ok();
   const google::protobuf::Reflection* r = message->GetReflection();
   static const google::protobuf::OneofDescriptor* const body_oneof = v1::Message::descriptor()->FindOneofByName("body");
   const auto* body_field = r->GetOneofFieldDescriptor(*message, body_oneof);
-  if (!wire.empty() && BodySurelyValid(wire, limits)) return Status::Ok();
   const google::protobuf::Message& body = r->GetMessage(*message, body_field);
   return CheckFields(body, PlanOf(body.GetDescriptor()), limits, body_field->name());
 }

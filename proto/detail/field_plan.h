@@ -82,5 +82,4 @@ bool MayHoldUnknownFields(std::string_view wire, const google::protobuf::Descrip
 // Null otherwise, and when wire does not parse as far as the walk goes.
 const google::protobuf::FieldDescriptor* OnlyBodyMember(std::string_view wire, std::string_view* bytes);
 
-
 }  // namespace liaison::proto

@@ -23,47 +23,67 @@ inline bool ReadVarint(const uint8_t*& p, const uint8_t* end, uint64_t* v) {
   return false;
 }
 
-// How many times length-delimited field `number` occurs in the message in
-// bytes (the parser merges repeated occurrences of a singular one), with
-// the last one's value in *value; -1 when bytes do not parse as far as the
-// walk goes: a bad varint, a group, a length past the end.
-inline int CountField(std::string_view bytes, int number, std::string_view* value) {
+// One value of wire type 0 (a varint), 1 (8 bytes) or 5 (4 bytes) at p,
+// advancing p: *v is the varint, or the fixed bytes read little-endian;
+// for wire type 2, *v is the payload's length and *payload the payload.
+// False when the bytes end first, a varint runs past 10 bytes, or the wire
+// type is a group's (3, 4), which none of the walks follows.
+inline bool ReadValue(const uint8_t*& p, const uint8_t* end, unsigned wire_type, uint64_t* v,
+                      std::string_view* payload = nullptr) {
+  switch (wire_type) {
+    case 0:
+      return ReadVarint(p, end, v);
+    case 1:
+    case 5: {
+      const int n = wire_type == 1 ? 8 : 4;
+      if (end - p < n) return false;
+      uint64_t bits = 0;
+      for (int i = n - 1; i >= 0; --i) bits = (bits << 8) | p[i];
+      p += n;
+      *v = bits;
+      return true;
+    }
+    case 2:
+      if (!ReadVarint(p, end, v) || *v > static_cast<uint64_t>(end - p)) return false;
+      if (payload != nullptr) *payload = std::string_view(reinterpret_cast<const char*>(p), static_cast<size_t>(*v));
+      p += *v;
+      return true;
+    default:
+      return false;
+  }
+}
+
+// One field of a serialized message.
+struct WireField {
+  uint32_t number = 0;
+  unsigned wire_type = 0;
+  uint64_t value = 0;       // as ReadValue gives it
+  std::string_view payload;  // wire type 2
+};
+
+// Reads the field at p, advancing p past it; false as ReadValue, and for a
+// tag beyond 32 bits.
+inline bool ReadField(const uint8_t*& p, const uint8_t* end, WireField* f) {
+  uint64_t tag = 0;
+  if (!ReadVarint(p, end, &tag) || tag > 0xFFFFFFFFu) return false;
+  f->number = static_cast<uint32_t>(tag >> 3);
+  f->wire_type = static_cast<unsigned>(tag & 7);
+  return ReadValue(p, end, f->wire_type, &f->value, &f->payload);
+}
+
+// The value of length-delimited field `number` of the message in bytes,
+// when it occurs there exactly once (more often, the parser would merge
+// the occurrences). False too when bytes do not read as ReadField reads.
+inline bool FindOnlyField(std::string_view bytes, uint32_t number, std::string_view* value) {
   const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
   const uint8_t* end = p + bytes.size();
   int count = 0;
+  WireField f;
   while (p < end) {
-    uint64_t tag = 0, v = 0;
-    if (!ReadVarint(p, end, &tag)) return -1;
-    switch (tag & 7) {
-      case 0:
-        if (!ReadVarint(p, end, &v)) return -1;
-        break;
-      case 1:
-        if (end - p < 8) return -1;
-        p += 8;
-        break;
-      case 5:
-        if (end - p < 4) return -1;
-        p += 4;
-        break;
-      case 2:
-        if (!ReadVarint(p, end, &v) || v > static_cast<uint64_t>(end - p)) return -1;
-        if ((tag >> 3) == static_cast<uint64_t>(number)) {
-          ++count;
-          *value = std::string_view(reinterpret_cast<const char*>(p), static_cast<size_t>(v));
-        }
-        p += v;
-        break;
-      default:
-        return -1;
-    }
+    if (!ReadField(p, end, &f)) return false;
+    if (f.number == number && f.wire_type == 2 && ++count == 1) *value = f.payload;
   }
-  return count;
-}
-
-// The value of length-delimited field `number`, when it occurs exactly once.
-inline bool FindOnlyField(std::string_view bytes, int number, std::string_view* value) {
-  return CountField(bytes, number, value) == 1;
+  return count == 1;
 }
 
 }  // namespace liaison::proto

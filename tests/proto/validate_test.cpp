@@ -407,7 +407,6 @@ std::string BothWays(const std::string& wire, const MessageLimits& limits) {
   if (liaison::proto::BodySurelyValid(wire, limits)) {
     ++vouched;
     v1::Message body_only;  // the envelope's own checks are not the walk's
-    *body_only.mutable_envelope() = ValidIncidentReport().envelope();
     REQUIRE(body_only.MergeFromString(wire));
     *body_only.mutable_envelope() = ValidIncidentReport().envelope();
     const liaison::Status s = ValidateForPublish(&body_only, limits, kNow);
