@@ -4,6 +4,8 @@
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <cstring>
+
 #include "proto/detail/pb.h"
 #include "proto/frame_codec.h"
 
@@ -11,6 +13,9 @@ namespace liaison::net {
 namespace {
 constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 constexpr size_t kMaxBatchBytes = 256 * 1024;
+// Two TLS records of plaintext: SSL_read_ex returns at most one record's,
+// and a frame begun in one is completed from the next.
+constexpr size_t kReadBufferBytes = 32 * 1024;
 }  // namespace
 
 FrameStream::FrameStream(TlsStream stream, uint32_t max_frame_bytes, size_t max_queued_bytes)
@@ -19,29 +24,47 @@ FrameStream::FrameStream(TlsStream stream, uint32_t max_frame_bytes, size_t max_
       wake_(strand_),
       max_frame_bytes_(max_frame_bytes),
       max_queued_bytes_(max_queued_bytes),
-      last_read_(Clock::now()) {
+      last_read_(Clock::now()),
+      in_(kReadBufferBytes) {
   wake_.expires_at(Clock::time_point::max());
 }
 
 asio::awaitable<Status> FrameStream::ReadFrame(v1::Frame* frame) {
-  uint8_t header[proto::kFrameHeaderBytes];
-  size_t n = 0;
-  ErrorCode ec = co_await stream_.ReadExactly(header, sizeof header, &n);
-  if (ec == asio::error::eof) co_return Status::Unavailable("connection closed by peer");
-  if (ec == asio::ssl::error::stream_truncated) {
-    co_return Status::Unavailable("connection closed by peer (without TLS close_notify)");
+  last_frame_ = {};
+  if (in_.size > kReadBufferBytes) {
+    // Given back after a large frame (a bigger one, partly read, keeps it).
+    if (in_.unread() == 0) {
+      in_.Release();
+    } else if (in_.unread() <= kReadBufferBytes) {
+      ReadBuffer smaller(kReadBufferBytes);
+      smaller.Prepare(0);
+      std::memcpy(smaller.data.get(), in_.unread_data(), in_.unread());
+      smaller.end = in_.unread();
+      in_ = std::move(smaller);
+    }
   }
-  if (ec) co_return Status::Unavailable(ec.message());
-  auto len = proto::DecodeFrameLength(header, max_frame_bytes_);
+  while (in_.unread() < proto::kFrameHeaderBytes) {
+    in_.Prepare(proto::kFrameHeaderBytes);
+    const ErrorCode ec = co_await stream_.ReadSome(in_);
+    if (ec == asio::error::eof) co_return Status::Unavailable("connection closed by peer");
+    if (ec == asio::ssl::error::stream_truncated) {
+      co_return Status::Unavailable("connection closed by peer (without TLS close_notify)");
+    }
+    if (ec) co_return Status::Unavailable(ec.message());
+  }
+  auto len = proto::DecodeFrameLength(reinterpret_cast<const uint8_t*>(in_.unread_data()), max_frame_bytes_);
   if (!len.ok()) co_return len.status();
-  body_.resize(*len);
-  size_t n2 = 0;
-  ErrorCode ec2 = co_await stream_.ReadExactly(body_.data(), body_.size(), &n2);
-  if (ec2) co_return Status::Unavailable("connection lost mid-frame: " + ec2.message());
+  const size_t total = proto::kFrameHeaderBytes + *len;
+  while (in_.unread() < total) {
+    in_.Prepare(total);
+    const ErrorCode ec = co_await stream_.ReadSome(in_);
+    if (ec) co_return Status::Unavailable("connection lost mid-frame: " + ec.message());
+  }
   last_read_ = Clock::now();
-  bytes_read_ += n + n2;
-  Status s = proto::ParseFrame(body_, frame);
-  if (body_.capacity() > 64 * 1024) body_ = std::string();  // don't keep big buffers per idle session
+  bytes_read_ += total;
+  last_frame_ = std::string_view(in_.unread_data() + proto::kFrameHeaderBytes, *len);
+  in_.begin += total;
+  Status s = proto::ParseFrame(last_frame_, frame);
   if (!s.ok()) co_return Status::InvalidArgument(s.message());
   co_return Status::Ok();
 }

@@ -11,6 +11,9 @@
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <algorithm>
+#include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <utility>
 
@@ -166,16 +169,55 @@ asio::awaitable<ErrorCode> TlsStream::Handshake(Role role) {
   co_return co_await Drive([this] { return SSL_do_handshake(ssl_); });
 }
 
-asio::awaitable<ErrorCode> TlsStream::ReadExactly(void* data, size_t size, size_t* n) {
-  auto* p = static_cast<unsigned char*>(data);
-  *n = 0;
-  ErrorCode ec;
+void ReadBuffer::Prepare(size_t n) {
+  n = std::max(n, normal);
+  const size_t unread_bytes = unread();
+  if (size < n) {
+    auto bigger = std::make_unique_for_overwrite<char[]>(n);
+    if (unread_bytes > 0) std::memcpy(bigger.get(), data.get() + begin, unread_bytes);
+    data = std::move(bigger);
+    size = n;
+  } else if (begin > 0 && unread_bytes > 0) {
+    std::memmove(data.get(), data.get() + begin, unread_bytes);
+  }
+  begin = 0;
+  end = unread_bytes;
+}
+
+void ReadBuffer::Release() {
+  data.reset();
+  size = begin = end = 0;
+}
+
+asio::awaitable<ErrorCode> TlsStream::ReadSome(ReadBuffer& buf) {
   readers_++;
-  while (*n < size) {
+  ErrorCode ec;
+  for (;;) {
+    if (!socket_.is_open()) {
+      ec = asio::error::operation_aborted;
+      break;
+    }
+    if (buf.size == 0) buf.Prepare(0);  // given back while waiting
+    ERR_clear_error();
+    io_error_ = {};
     size_t got = 0;
-    ec = co_await Drive([&] { return SSL_read_ex(ssl_, p + *n, size - *n, &got); });
-    if (ec) break;
-    *n += got;
+    const int ret = SSL_read_ex(ssl_, buf.data.get() + buf.end, buf.size - buf.end, &got);
+    if (ret > 0) {
+      buf.end += got;
+      break;
+    }
+    const int err = SSL_get_error(ssl_, ret);
+    if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
+      ec = ErrorFor(ret);
+      break;
+    }
+    if (buf.unread() == 0) buf.Release();
+    auto [wec] = co_await socket_.async_wait(err == SSL_ERROR_WANT_READ ? tcp::socket::wait_read : tcp::socket::wait_write,
+                                             kUseTuple);
+    if (wec) {
+      ec = wec;
+      break;
+    }
   }
   readers_--;
   co_return ec;

@@ -43,9 +43,8 @@ class FrameStream {
   // whole, so the stream is still in sync).
   asio::awaitable<Status> ReadFrame(v1::Frame* frame);
   // The bytes the last frame ReadFrame returned was parsed from (without the
-  // length prefix), until the next ReadFrame; empty after a large one, whose
-  // buffer is given back at once.
-  std::string_view last_frame() const { return body_; }
+  // length prefix), until the next ReadFrame.
+  std::string_view last_frame() const { return last_frame_; }
 
   // Queues a frame for the writer. Errors: InvalidArgument when the frame
   // exceeds the maximum frame size; Unavailable when the connection is
@@ -71,6 +70,8 @@ class FrameStream {
   bool write_in_progress(Clock::time_point* since) const;
   Clock::time_point last_read() const { return last_read_; }
   uint64_t bytes_read() const { return bytes_read_; }
+  // Memory held for bytes read ahead (none while the connection idles).
+  size_t read_buffer_bytes() const { return in_.size; }
   uint64_t bytes_written() const { return bytes_written_; }
 
  private:
@@ -89,7 +90,11 @@ class FrameStream {
   bool closed_ = false;
   uint64_t bytes_read_ = 0;
   uint64_t bytes_written_ = 0;
-  std::string body_;
+  // What has been read and not yet returned as frames: ReadFrame takes many
+  // small frames from one TLS read. It grows to hold a frame larger than its
+  // normal size, and is cut back at the next ReadFrame.
+  ReadBuffer in_;
+  std::string_view last_frame_;  // in in_
 };
 
 }  // namespace liaison::net

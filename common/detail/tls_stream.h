@@ -28,6 +28,7 @@
 #include <boost/system/error_code.hpp>
 
 #include <cstddef>
+#include <memory>
 #include <string>
 
 typedef struct ssl_st SSL;
@@ -40,6 +41,25 @@ using tcp = asio::ip::tcp;
 using Strand = asio::strand<asio::io_context::executor_type>;
 using Socket = asio::basic_stream_socket<tcp, Strand>;
 using ErrorCode = boost::system::error_code;
+
+// Application data read ahead of its use: bytes [begin, end) of data are
+// unread. TlsStream::ReadSome gives the memory back while the connection
+// idles, and allocates `normal` bytes again when data comes.
+struct ReadBuffer {
+  explicit ReadBuffer(size_t normal_size) : normal(normal_size) {}
+
+  size_t unread() const { return end - begin; }
+  const char* unread_data() const { return data.get() + begin; }
+  // Moves the unread bytes to the front and makes room for at least n
+  // unread bytes (the normal size when that is more).
+  void Prepare(size_t n);
+  void Release();
+
+  std::unique_ptr<char[]> data;
+  size_t size = 0;
+  size_t begin = 0, end = 0;
+  size_t normal;
+};
 
 class TlsStream {
  public:
@@ -66,18 +86,20 @@ class TlsStream {
   // category); SSL_get_verify_result tells why a certificate was refused.
   asio::awaitable<ErrorCode> Handshake(Role role);
 
-  // Reads exactly size bytes of application data into data. asio::error::eof
-  // when the peer closed the TLS session cleanly (close_notify) before the
-  // first byte; asio::ssl::error::stream_truncated when the connection ended
-  // without one. *n is what was read.
-  asio::awaitable<ErrorCode> ReadExactly(void* data, size_t size, size_t* n);
+  // Reads the application data that has arrived, at least one byte, into
+  // buf after its unread bytes (there must be room: ReadBuffer::Prepare).
+  // While it waits for data with nothing unread, buf holds no memory: an
+  // idle connection keeps no read buffer. asio::error::eof when the peer
+  // closed the TLS session cleanly (close_notify);
+  // asio::ssl::error::stream_truncated when the connection ended without one.
+  asio::awaitable<ErrorCode> ReadSome(ReadBuffer& buf);
 
   // Writes all of data. *n is what was handed to the socket.
   asio::awaitable<ErrorCode> WriteAll(const void* data, size_t size, size_t* n);
 
   // Sends close_notify and the TCP FIN, then waits until the peer has
   // closed its side too (reading and discarding what it still sends, unless
-  // a ReadExactly is outstanding and will see the end itself). The owner
+  // a ReadSome is outstanding and will see the end itself). The owner
   // bounds the wait (its watchdog closes the socket).
   asio::awaitable<ErrorCode> Shutdown();
 
@@ -97,7 +119,7 @@ class TlsStream {
   Socket socket_;
   SSL* ssl_ = nullptr;
   ErrorCode io_error_;  // the socket error behind an SSL_ERROR_SYSCALL
-  int readers_ = 0;     // ReadExactly calls outstanding
+  int readers_ = 0;     // ReadSome calls outstanding
 };
 
 }  // namespace liaison::net

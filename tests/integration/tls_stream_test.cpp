@@ -1,6 +1,7 @@
 // net::TlsStream, the coroutine TLS stream under every broker session and
-// client: real sockets on 127.0.0.1, the dev PKI's broker and agency
-// certificates, both ends in this process on one io_context.
+// client, and net::FrameStream's reading of frames from it: real sockets on
+// 127.0.0.1, the dev PKI's broker and agency certificates, both ends in this
+// process on one io_context.
 #include <catch2/catch.hpp>
 
 #include <openssl/ssl.h>
@@ -19,12 +20,16 @@
 #include <optional>
 #include <string>
 
+#include "common/detail/frame_stream.h"
 #include "common/detail/tls.h"
 #include "common/detail/tls_stream.h"
+#include "proto/detail/pb.h"
+#include "proto/frame_codec.h"
 #include "tests/integration/test_support.h"
 
 using namespace liaison;
 using net::ErrorCode;
+using net::ReadBuffer;
 using net::TlsStream;
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
@@ -95,9 +100,21 @@ asio::awaitable<ErrorCode> WriteString(TlsStream& s, const std::string& data, si
   co_return co_await s.WriteAll(data.data(), data.size(), n);
 }
 
+// Reads size bytes into *out (*n of them before an error).
 asio::awaitable<ErrorCode> ReadString(TlsStream& s, std::string* out, size_t size, size_t* n) {
-  out->resize(size);
-  co_return co_await s.ReadExactly(out->data(), size, n);
+  out->clear();
+  while (out->size() < size) {
+    ReadBuffer buf(size - out->size());  // no more than asked for
+    buf.Prepare(0);
+    const ErrorCode ec = co_await s.ReadSome(buf);
+    if (ec) {
+      *n = out->size();
+      co_return ec;
+    }
+    out->append(buf.unread_data(), buf.unread());
+  }
+  *n = out->size();
+  co_return ErrorCode();
 }
 
 // How the next read of s ends (when nothing more is expected: its end).
@@ -289,5 +306,190 @@ TEST_CASE("TlsStream: Close ends an outstanding read at once, and a vanished pee
     p.ioc.run();
     REQUIRE(read_end);
     CHECK(*read_end == asio::ssl::error::stream_truncated);
+  }
+}
+
+namespace {
+
+std::string Encoded(const v1::Frame& f) {
+  auto e = proto::EncodeFrame(f, 1 << 20);
+  REQUIRE(e.ok());
+  return *e;
+}
+
+v1::Frame PingFrame(uint64_t nonce) {
+  v1::Frame f;
+  f.mutable_ping()->set_nonce(nonce);
+  return f;
+}
+
+// An Error frame of about `bytes` bytes.
+v1::Frame BigFrame(size_t bytes) {
+  v1::Frame f;
+  f.mutable_error()->set_message(std::string(bytes, 'x'));
+  return f;
+}
+
+// Writes each piece with its own WriteAll (each a TLS record or more).
+asio::awaitable<void> WritePieces(TlsStream& s, std::vector<std::string> pieces) {
+  for (const auto& piece : pieces) {
+    size_t n = 0;
+    const ErrorCode ec = co_await WriteString(s, piece, &n);
+    CHECK_FALSE(ec);
+  }
+}
+
+// Reads frames until ReadFrame fails; *most_buffered is the largest read
+// buffer seen after a frame, *after_big the buffer after the frame that
+// follows one over 32 KiB.
+struct FrameRead {
+  std::string frame;       // serialized as parsed
+  std::string last_frame;  // FrameStream::last_frame()
+  size_t buffer = 0;       // FrameStream::read_buffer_bytes() after it
+};
+asio::awaitable<Status> ReadFrames(net::FrameStream& in, size_t count, std::vector<FrameRead>* got) {
+  v1::Frame f;
+  while (got->size() < count) {
+    const Status s = co_await in.ReadFrame(&f);
+    if (!s.ok()) co_return s;
+    got->push_back({f.SerializeAsString(), std::string(in.last_frame()), in.read_buffer_bytes()});
+  }
+  co_return Status::Ok();
+}
+
+}  // namespace
+
+TEST_CASE("FrameStream: frames however the bytes arrive, and a large frame's buffer given back after it",
+          "[frame_stream]") {
+  Pair p;
+  p.Connect();
+  net::FrameStream in(std::move(*p.server), 1 << 20, 1 << 20);
+  std::vector<v1::Frame> frames;
+  std::vector<std::string> pieces;
+  // 300 frames in one write: one TLS record, read by one SSL_read.
+  std::string many;
+  for (int i = 0; i < 300; ++i) {
+    frames.push_back(PingFrame(1000 + i));
+    many += Encoded(frames.back());
+  }
+  pieces.push_back(many);
+  // A frame a byte at a time: its header and its body split across records.
+  frames.push_back(PingFrame(0x0102030405060708));
+  for (char c : Encoded(frames.back())) pieces.emplace_back(1, c);
+  // A boundary inside a header: a frame and two bytes of the next, then the rest.
+  frames.push_back(PingFrame(7));
+  frames.push_back(PingFrame(8));
+  const std::string a = Encoded(frames[frames.size() - 2]), b = Encoded(frames.back());
+  pieces.push_back(a + b.substr(0, 2));
+  pieces.push_back(b.substr(2));
+  // A 100,000-byte frame in 7,000-byte writes, the last with two small frames behind it.
+  frames.push_back(BigFrame(100000));
+  std::string big = Encoded(frames.back());
+  frames.push_back(PingFrame(9));
+  big += Encoded(frames.back());
+  frames.push_back(PingFrame(10));
+  big += Encoded(frames.back());
+  for (size_t at = 0; at < big.size(); at += 7000) pieces.push_back(big.substr(at, 7000));
+
+  std::vector<FrameRead> got;
+  asio::co_spawn(p.client->get_executor(), WritePieces(*p.client, pieces), asio::detached);
+  auto done = asio::co_spawn(in.strand(), ReadFrames(in, frames.size(), &got), asio::use_future);
+  p.ioc.run();
+  const Status s = done.get();
+  REQUIRE(s.ok());
+  REQUIRE(got.size() == frames.size());
+  for (size_t i = 0; i < frames.size(); ++i) {
+    INFO("frame " << i);
+    CHECK(got[i].frame == frames[i].SerializeAsString());
+    CHECK(got[i].last_frame == Encoded(frames[i]).substr(proto::kFrameHeaderBytes));
+  }
+  const size_t big_at = frames.size() - 3;
+  CHECK(got[big_at].buffer >= 100000);          // grown for the large frame
+  CHECK(got[big_at + 1].buffer <= 32 * 1024);   // and cut back at the next
+  for (size_t i = 0; i < big_at; ++i) CHECK(got[i].buffer <= 32 * 1024);
+}
+
+TEST_CASE("FrameStream: an idle connection holds no read buffer, and bad frames are told apart", "[frame_stream]") {
+  SECTION("idle") {
+    Pair p;
+    p.Connect();
+    net::FrameStream in(std::move(*p.server), 1 << 20, 1 << 20);
+    std::vector<FrameRead> got;
+    asio::co_spawn(p.client->get_executor(), WritePieces(*p.client, {Encoded(PingFrame(1))}), asio::detached);
+    auto first = asio::co_spawn(in.strand(), ReadFrames(in, 1, &got), asio::use_future);
+    p.ioc.run();
+    REQUIRE(first.get().ok());
+    p.ioc.restart();
+    // The next read waits with nothing buffered.
+    auto second = asio::co_spawn(in.strand(), ReadFrames(in, 2, &got), asio::use_future);
+    std::optional<size_t> while_idle;
+    asio::steady_timer timer(p.ioc);
+    asio::co_spawn(
+        p.client->get_executor(),
+        [&]() -> asio::awaitable<void> {
+          timer.expires_after(std::chrono::milliseconds(50));
+          co_await timer.async_wait(kUseTuple);
+          while_idle = in.read_buffer_bytes();
+          std::vector<std::string> next{Encoded(PingFrame(2))};
+          co_await WritePieces(*p.client, std::move(next));
+        },
+        asio::detached);
+    p.ioc.run();
+    REQUIRE(second.get().ok());
+    REQUIRE(while_idle);
+    CHECK(*while_idle == 0);
+    REQUIRE(got.size() == 2);
+    CHECK(got[1].frame == PingFrame(2).SerializeAsString());
+  }
+  SECTION("a body that does not parse is refused, and the next frame still reads") {
+    Pair p;
+    p.Connect();
+    net::FrameStream in(std::move(*p.server), 1000, 1 << 20);
+    const std::string garbage("\x00\x00\x00\x03\xff\xff\xff", 7);
+    asio::co_spawn(p.client->get_executor(), WritePieces(*p.client, {garbage + Encoded(PingFrame(3))}),
+                   asio::detached);
+    std::vector<FrameRead> got;
+    auto bad = asio::co_spawn(in.strand(), ReadFrames(in, 1, &got), asio::use_future);
+    p.ioc.run();
+    const Status s = bad.get();
+    CHECK(s.code() == Status::Code::kInvalidArgument);
+    p.ioc.restart();
+    auto good = asio::co_spawn(in.strand(), ReadFrames(in, 1, &got), asio::use_future);
+    p.ioc.run();
+    REQUIRE(good.get().ok());
+    REQUIRE(got.size() == 1);
+    CHECK(got[0].frame == PingFrame(3).SerializeAsString());
+  }
+  SECTION("a length over the limit") {
+    Pair p;
+    p.Connect();
+    net::FrameStream in(std::move(*p.server), 1000, 1 << 20);
+    asio::co_spawn(p.client->get_executor(), WritePieces(*p.client, {std::string("\x00\x00\x03\xe9", 4)}),
+                   asio::detached);
+    std::vector<FrameRead> got;
+    auto r = asio::co_spawn(in.strand(), ReadFrames(in, 1, &got), asio::use_future);
+    p.ioc.run();
+    const Status s = r.get();
+    CHECK(s.code() == Status::Code::kProtocolError);
+    CHECK(s.message() == "frame length 1001 exceeds the maximum of 1000 bytes");
+  }
+  SECTION("the peer goes away mid-frame") {
+    Pair p;
+    p.Connect();
+    net::FrameStream in(std::move(*p.server), 1000, 1 << 20);
+    asio::co_spawn(
+        p.client->get_executor(),
+        [&]() -> asio::awaitable<void> {
+          std::vector<std::string> part{Encoded(PingFrame(4)).substr(0, 6)};
+          co_await WritePieces(*p.client, std::move(part));
+          p.client->Close();
+        },
+        asio::detached);
+    std::vector<FrameRead> got;
+    auto r = asio::co_spawn(in.strand(), ReadFrames(in, 1, &got), asio::use_future);
+    p.ioc.run();
+    const Status s = r.get();
+    CHECK(s.code() == Status::Code::kUnavailable);
+    CHECK(s.message().rfind("connection lost mid-frame: ", 0) == 0);
   }
 }
