@@ -185,7 +185,8 @@ bool Session::SendDelivery(QueuedDelivery d) {
     }
     if (wire) {
       // The same bytes for every recipient that gets them unredacted.
-      std::call_once(m.wire_digest_once, [&] { m.wire_digest = broker_.store->BodyDigest(*m.wire); });
+      std::lock_guard lock(m.wire_digest_mu);
+      if (m.wire_digest.empty()) m.wire_digest = broker_.store->BodyDigest(*m.wire);
       inflight.body_hmac = m.wire_digest;
     } else {
       // A copy redacted here is serialized once: for its digest and the frame.
@@ -207,8 +208,14 @@ bool Session::SendDelivery(QueuedDelivery d) {
   inflight.d = std::move(d);
   unacked_.emplace(id, std::move(inflight));
   if (wire) {
-    SendEncoded(
-        proto::EncodeDeliverFrame(static_cast<uint64_t>(id), attempt, *wire, broker_.config.limits.max_frame_bytes));
+    // Encoded straight into the outgoing queue: the message's bytes are
+    // copied once on their way out.
+    if (!stream_.closed()) {
+      SendDone(stream_.SendAppended([&](std::string* queue) {
+        return proto::AppendDeliverFrame(queue, static_cast<uint64_t>(id), attempt, *wire,
+                                         broker_.config.limits.max_frame_bytes);
+      }));
+    }
   } else {
     Send(f);
   }

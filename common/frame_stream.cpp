@@ -4,6 +4,7 @@
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <algorithm>
 #include <cstring>
 
 #include "proto/detail/pb.h"
@@ -12,7 +13,9 @@
 namespace liaison::net {
 namespace {
 constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
-constexpr size_t kMaxBatchBytes = 256 * 1024;
+constexpr size_t kMaxWriteBytes = 256 * 1024;
+// Write buffers up to this size are kept for the next frames.
+constexpr size_t kKeptBufferBytes = 64 * 1024;
 // Two TLS records of plaintext: SSL_read_ex returns at most one record's,
 // and a frame begun in one is completed from the next.
 constexpr size_t kReadBufferBytes = 32 * 1024;
@@ -76,12 +79,14 @@ Status FrameStream::Send(const v1::Frame& frame) {
 }
 
 Status FrameStream::SendEncoded(std::string encoded) {
-  if (closed_) return Status::Unavailable("connection closed");
-  if (queued_bytes_ + encoded.size() > max_queued_bytes_) return Status::Unavailable("outgoing queue full");
-  queued_bytes_ += encoded.size();
-  queue_.push_back(std::move(encoded));
-  wake_.cancel();
-  return Status::Ok();
+  return SendAppended([&](std::string* queue) {
+    if (queue->empty()) {
+      queue->swap(encoded);
+    } else {
+      queue->append(encoded);
+    }
+    return Status::Ok();
+  });
 }
 
 void FrameStream::CloseGracefully() {
@@ -107,32 +112,32 @@ asio::awaitable<void> FrameStream::WriteLoop() {
   while (!closed_) {
     if (queue_.empty()) {
       if (closing_) break;
+      // A connection that goes quiet keeps no large buffers.
+      if (out_.capacity() > kKeptBufferBytes) out_ = std::string();
+      if (queue_.capacity() > kKeptBufferBytes) queue_ = std::string();
       wake_.expires_at(Clock::time_point::max());
       co_await wake_.async_wait(kUseTuple);
       continue;
     }
+    // What is queued goes out as it is (the queue becomes the batch, and
+    // the last batch's buffer the queue), in writes of at most
+    // kMaxWriteBytes: a peer that reads slowly but steadily is not taken
+    // for one that stopped (the owner's watchdog times each write).
     out_.clear();
-    while (!queue_.empty() && (out_.empty() || out_.size() + queue_.front().size() <= kMaxBatchBytes)) {
-      std::string& next = queue_.front();
-      queued_bytes_ -= next.size();
-      if (out_.empty()) {
-        out_.swap(next);
-      } else {
-        out_.append(next);
+    out_.swap(queue_);
+    for (size_t at = 0; at < out_.size();) {
+      writing_ = true;
+      write_started_ = Clock::now();
+      size_t n = 0;
+      const ErrorCode ec = co_await stream_.WriteAll(out_.data() + at, std::min(kMaxWriteBytes, out_.size() - at), &n);
+      writing_ = false;
+      bytes_written_ += n;
+      if (ec || n == 0) {
+        Abort();
+        co_return;
       }
-      queue_.pop_front();
+      at += n;
     }
-    writing_ = true;
-    write_started_ = Clock::now();
-    size_t n = 0;
-    ErrorCode ec = co_await stream_.WriteAll(out_.data(), out_.size(), &n);
-    writing_ = false;
-    bytes_written_ += n;
-    if (ec) {
-      Abort();
-      co_return;
-    }
-    if (out_.capacity() > kMaxBatchBytes) out_ = std::string();
   }
   if (!closed_) {
     // close_notify, bounded by whoever owns the stream (its watchdog aborts a

@@ -53,15 +53,13 @@ void PutVarintField(std::string* out, uint32_t tag, uint64_t v) {
   PutVarint(out, v);
 }
 
-// The length prefix of a frame of n bytes, in a string with room for them.
-std::string StartFrame(size_t n) {
-  std::string out;
-  out.reserve(kFrameHeaderBytes + n);
-  out.push_back(static_cast<char>((n >> 24) & 0xFF));
-  out.push_back(static_cast<char>((n >> 16) & 0xFF));
-  out.push_back(static_cast<char>((n >> 8) & 0xFF));
-  out.push_back(static_cast<char>(n & 0xFF));
-  return out;
+// Appends the length prefix of a frame of n bytes, with room for them.
+void StartFrame(std::string* out, size_t n) {
+  out->reserve(out->size() + kFrameHeaderBytes + n);
+  out->push_back(static_cast<char>((n >> 24) & 0xFF));
+  out->push_back(static_cast<char>((n >> 16) & 0xFF));
+  out->push_back(static_cast<char>((n >> 8) & 0xFF));
+  out->push_back(static_cast<char>(n & 0xFF));
 }
 
 Status TooLarge(size_t n, uint32_t max_frame_bytes) {
@@ -74,7 +72,8 @@ Status TooLarge(size_t n, uint32_t max_frame_bytes) {
 Result<std::string> EncodeFrame(const v1::Frame& frame, uint32_t max_frame_bytes) {
   const size_t n = frame.ByteSizeLong();
   if (n == 0 || n > max_frame_bytes) return TooLarge(n, max_frame_bytes);
-  std::string out = StartFrame(n);
+  std::string out;
+  StartFrame(&out, n);
   out.resize(kFrameHeaderBytes + n);
   if (!frame.SerializeToArray(out.data() + kFrameHeaderBytes, static_cast<int>(n))) {
     return Status::Internal("frame serialization failed");
@@ -82,8 +81,8 @@ Result<std::string> EncodeFrame(const v1::Frame& frame, uint32_t max_frame_bytes
   return out;
 }
 
-Result<std::string> EncodeDeliverFrame(uint64_t delivery_id, uint32_t attempt, std::string_view message,
-                                       uint32_t max_frame_bytes) {
+Status AppendDeliverFrame(std::string* out, uint64_t delivery_id, uint32_t attempt, std::string_view message,
+                          uint32_t max_frame_bytes) {
   using WFL = google::protobuf::internal::WireFormatLite;
   const uint32_t id_tag = Tag(v1::Deliver::kDeliveryIdFieldNumber, WFL::WIRETYPE_VARINT);
   const uint32_t attempt_tag = Tag(v1::Deliver::kAttemptFieldNumber, WFL::WIRETYPE_VARINT);
@@ -94,14 +93,21 @@ Result<std::string> EncodeDeliverFrame(uint64_t delivery_id, uint32_t attempt, s
                        VarintSize(message_tag) + VarintSize(message.size()) + message.size();
   const size_t n = VarintSize(deliver_tag) + VarintSize(inner) + inner;
   if (n > max_frame_bytes) return TooLarge(n, max_frame_bytes);
-  std::string out = StartFrame(n);
-  PutVarint(&out, deliver_tag);
-  PutVarint(&out, inner);
-  PutVarintField(&out, id_tag, delivery_id);
-  PutVarintField(&out, attempt_tag, attempt);
-  PutVarint(&out, message_tag);
-  PutVarint(&out, message.size());
-  out.append(message);
+  StartFrame(out, n);
+  PutVarint(out, deliver_tag);
+  PutVarint(out, inner);
+  PutVarintField(out, id_tag, delivery_id);
+  PutVarintField(out, attempt_tag, attempt);
+  PutVarint(out, message_tag);
+  PutVarint(out, message.size());
+  out->append(message);
+  return Status::Ok();
+}
+
+Result<std::string> EncodeDeliverFrame(uint64_t delivery_id, uint32_t attempt, std::string_view message,
+                                       uint32_t max_frame_bytes) {
+  std::string out;
+  if (Status s = AppendDeliverFrame(&out, delivery_id, attempt, message, max_frame_bytes); !s.ok()) return s;
   return out;
 }
 
@@ -117,7 +123,8 @@ Result<std::string> EncodePublishFrame(uint64_t request_id, bool want_reports, c
                        VarintFieldSize(reports_tag, want_reports ? 1 : 0);
   const size_t n = VarintSize(publish_tag) + VarintSize(inner) + inner;
   if (n > max_frame_bytes) return TooLarge(n, max_frame_bytes);
-  std::string out = StartFrame(n);
+  std::string out;
+  StartFrame(&out, n);
   PutVarint(&out, publish_tag);
   PutVarint(&out, inner);
   PutVarintField(&out, id_tag, request_id);

@@ -42,6 +42,9 @@ Result<std::string> EncodeFrame(const v1::Frame& frame, uint32_t max_frame_bytes
 // max_frame_bytes.
 Result<std::string> EncodeDeliverFrame(uint64_t delivery_id, uint32_t attempt, std::string_view message,
                                        uint32_t max_frame_bytes = kDefaultMaxFrameBytes);
+// The same frame appended to *out (nothing appended when it fails).
+Status AppendDeliverFrame(std::string* out, uint64_t delivery_id, uint32_t attempt, std::string_view message,
+                          uint32_t max_frame_bytes = kDefaultMaxFrameBytes);
 
 // A Publish frame, with its length prefix: the bytes EncodeFrame(Frame{publish:
 // {request_id, message, want_reports}}) gives, with the message serialized

@@ -109,6 +109,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void Send(const v1::Frame& frame);
   void SendEncoded(Result<std::string> encoded);  // a frame already encoded with its length
+  void SendDone(const Status& s);  // what sending a frame came to: aborts a peer that is not reading
   void SendError(uint64_t request_id, v1::Reason code, const std::string& message, bool fatal);
   void PumpDeliveries();
   // Re-checks the policy and sends one delivery; false when it was settled

@@ -12,7 +12,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -52,6 +51,11 @@ class FrameStream {
   // reading: the caller then aborts the connection).
   Status Send(const v1::Frame& frame);
   Status SendEncoded(std::string encoded);
+  // Queues the frame that append(std::string* queue) -> Status writes at the
+  // end of the queue, so that it is not copied again on its way out. When
+  // append fails, or the frame would overfill the queue, nothing is queued.
+  template <class Append>
+  Status SendAppended(Append&& append);
 
   // The writer: drains the queue, coalescing frames into few TLS records,
   // until Abort, a write error, or CloseGracefully's queue is drained (then
@@ -65,7 +69,7 @@ class FrameStream {
 
   bool closing() const { return closing_; }
   bool closed() const { return closed_; }
-  size_t queued_bytes() const { return queued_bytes_; }
+  size_t queued_bytes() const { return queue_.size(); }
   // When the current write started, if one is in progress.
   bool write_in_progress(Clock::time_point* since) const;
   Clock::time_point last_read() const { return last_read_; }
@@ -80,9 +84,8 @@ class FrameStream {
   asio::steady_timer wake_;
   uint32_t max_frame_bytes_;
   size_t max_queued_bytes_;
-  std::deque<std::string> queue_;
-  size_t queued_bytes_ = 0;
-  std::string out_;  // the coalesced batch being written
+  std::string queue_;  // encoded frames, one after the other
+  std::string out_;    // those being written (the queue as it was)
   bool writing_ = false;
   Clock::time_point write_started_{};
   Clock::time_point last_read_;
@@ -96,5 +99,19 @@ class FrameStream {
   ReadBuffer in_;
   std::string_view last_frame_;  // in in_
 };
+
+template <class Append>
+Status FrameStream::SendAppended(Append&& append) {
+  if (closed_) return Status::Unavailable("connection closed");
+  const size_t before = queue_.size();
+  Status s = append(&queue_);
+  if (s.ok() && queue_.size() > max_queued_bytes_) s = Status::Unavailable("outgoing queue full");
+  if (!s.ok()) {
+    queue_.resize(before);
+    return s;
+  }
+  wake_.cancel();
+  return Status::Ok();
+}
 
 }  // namespace liaison::net

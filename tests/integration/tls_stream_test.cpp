@@ -493,3 +493,75 @@ TEST_CASE("FrameStream: an idle connection holds no read buffer, and bad frames 
     CHECK(s.message().rfind("connection lost mid-frame: ", 0) == 0);
   }
 }
+
+TEST_CASE("FrameStream: frames queued by SendEncoded and SendAppended go out in order, in several writes",
+          "[frame_stream]") {
+  Pair p;
+  p.Connect();
+  net::FrameStream in(std::move(*p.server), 1 << 20, 1 << 20);
+  net::FrameStream out(std::move(*p.client), 1 << 20, 1 << 20);
+  std::vector<std::string> expected;  // each frame, serialized
+  // 200 frames of 3,000 bytes and 200 Deliver frames, alternately: about
+  // 600 KB, more than one write (256 KiB) takes.
+  for (int i = 0; i < 200; ++i) {
+    const v1::Frame big = BigFrame(3000 + i);
+    REQUIRE(out.SendEncoded(Encoded(big)).ok());
+    expected.push_back(big.SerializeAsString());
+    v1::Frame deliver;
+    deliver.mutable_deliver()->set_delivery_id(i + 1);
+    deliver.mutable_deliver()->set_attempt(1);
+    deliver.mutable_deliver()->mutable_message()->mutable_envelope()->set_message_id("m" + std::to_string(i));
+    const std::string message = deliver.deliver().message().SerializeAsString();
+    REQUIRE(out.SendAppended([&](std::string* queue) {
+                 return proto::AppendDeliverFrame(queue, static_cast<uint64_t>(i + 1), 1, message);
+               }).ok());
+    expected.push_back(deliver.SerializeAsString());
+  }
+  // An append that fails queues nothing, even what it wrote before failing.
+  const size_t queued = out.queued_bytes();
+  const Status failed = out.SendAppended([](std::string* queue) {
+    queue->append("half a frame");
+    return Status::InvalidArgument("no");
+  });
+  CHECK(failed.code() == Status::Code::kInvalidArgument);
+  CHECK(out.queued_bytes() == queued);
+  out.CloseGracefully();
+
+  std::vector<FrameRead> got;
+  asio::co_spawn(out.strand(), out.WriteLoop(), asio::detached);
+  auto done = asio::co_spawn(
+      in.strand(),
+      [&]() -> asio::awaitable<Status> {
+        const Status s = co_await ReadFrames(in, expected.size() + 1, &got);
+        in.Abort();  // the writer's shutdown waits for this end
+        co_return s;
+      },
+      asio::use_future);
+  p.ioc.run();
+  const Status end = done.get();
+  CHECK(end.code() == Status::Code::kUnavailable);  // the writer's close_notify after the last frame
+  REQUIRE(got.size() == expected.size());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    INFO("frame " << i);
+    CHECK(got[i].frame == expected[i]);
+  }
+  CHECK(out.bytes_written() == in.bytes_read());
+}
+
+TEST_CASE("FrameStream: a frame that would overfill the queue is refused and nothing of it is queued",
+          "[frame_stream]") {
+  Pair p;
+  p.Connect();
+  net::FrameStream out(std::move(*p.client), 1 << 20, 10000);
+  const std::string frame = Encoded(BigFrame(3000));
+  for (int i = 0; i < 3; ++i) REQUIRE(out.SendEncoded(frame).ok());
+  const size_t queued = out.queued_bytes();
+  CHECK(queued == 3 * frame.size());
+  CHECK(out.SendEncoded(frame).code() == Status::Code::kUnavailable);
+  CHECK(out.queued_bytes() == queued);
+  CHECK(out.SendAppended([&](std::string* queue) {
+                queue->append(frame);
+                return Status::Ok();
+              }).code() == Status::Code::kUnavailable);
+  CHECK(out.queued_bytes() == queued);
+}

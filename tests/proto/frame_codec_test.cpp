@@ -202,6 +202,10 @@ TEST_CASE("EncodeDeliverFrame writes exactly what EncodeFrame writes for the sam
       auto raw = liaison::proto::EncodeDeliverFrame(id, attempt, message);
       REQUIRE(raw.ok());
       CHECK(*raw == Encode(f));
+      // Appended behind what a queue already holds, the same bytes.
+      std::string queue = "queued";
+      REQUIRE(liaison::proto::AppendDeliverFrame(&queue, id, attempt, message).ok());
+      CHECK(queue == "queued" + *raw);
       v1::Frame back;
       REQUIRE(ParseFrame(std::string_view(*raw).substr(kFrameHeaderBytes), &back).ok());
       CHECK(back.deliver().delivery_id() == id);
@@ -220,6 +224,9 @@ TEST_CASE("EncodeDeliverFrame writes exactly what EncodeFrame writes for the sam
   auto r = liaison::proto::EncodeDeliverFrame(5, 1, message, size - 1);
   REQUIRE_FALSE(r.ok());
   CHECK_THAT(r.status().message(), Catch::Contains("exceeds the maximum"));
+  std::string queue = "queued";
+  CHECK_FALSE(liaison::proto::AppendDeliverFrame(&queue, 5, 1, message, size - 1).ok());
+  CHECK(queue == "queued");  // nothing appended
 }
 
 TEST_CASE("EncodePublishFrame writes exactly what EncodeFrame writes for the same Publish", "[proto][frame_codec]") {
