@@ -114,6 +114,10 @@ Status Store::Impl::CheckDuplicate(Item& item, std::vector<std::string>* added) 
     added->push_back(std::move(key));
     return Status::Ok();
   };
+  // Every key ever accepted went through here into seen_ids, the unapplied
+  // ones too: a key it has never seen is new (nearly every publish), with
+  // neither a look among the unapplied nor a database read.
+  if (!seen_ids.MayContain(key)) return accept();
   {
     std::lock_guard lock(unapplied_mu);
     if (auto it = unapplied_ids.find(key); it != unapplied_ids.end()) {
@@ -121,10 +125,8 @@ Status Store::Impl::CheckDuplicate(Item& item, std::vector<std::string>* added) 
       return Status::Ok();
     }
   }
-  // Not among the unapplied: if it was ever logged, it went through here
-  // and into seen_ids, and the applier's commit that took it out of the
-  // unapplied is already visible to this read.
-  if (!seen_ids.MayContain(key)) return accept();
+  // Not among the unapplied: the applier's commit that took it out of them
+  // is already visible to this read.
   {
     std::lock_guard lock(mu);
     counters.duplicate_lookups++;
