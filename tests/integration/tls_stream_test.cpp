@@ -357,6 +357,17 @@ asio::awaitable<Status> ReadFrames(net::FrameStream& in, size_t count, std::vect
   co_return Status::Ok();
 }
 
+// Writes pieces from p's client while in reads count frames (ReadFrames),
+// until both are done; what the reading came to.
+Status ReadWhileWriting(Pair& p, net::FrameStream& in, std::vector<std::string> pieces, size_t count,
+                        std::vector<FrameRead>* got) {
+  p.ioc.restart();
+  asio::co_spawn(p.client->get_executor(), WritePieces(*p.client, std::move(pieces)), asio::detached);
+  auto done = asio::co_spawn(in.strand(), ReadFrames(in, count, got), asio::use_future);
+  p.ioc.run();
+  return done.get();
+}
+
 }  // namespace
 
 TEST_CASE("FrameStream: frames however the bytes arrive, and a large frame's buffer given back after it",
@@ -392,11 +403,7 @@ TEST_CASE("FrameStream: frames however the bytes arrive, and a large frame's buf
   for (size_t at = 0; at < big.size(); at += 7000) pieces.push_back(big.substr(at, 7000));
 
   std::vector<FrameRead> got;
-  asio::co_spawn(p.client->get_executor(), WritePieces(*p.client, pieces), asio::detached);
-  auto done = asio::co_spawn(in.strand(), ReadFrames(in, frames.size(), &got), asio::use_future);
-  p.ioc.run();
-  const Status s = done.get();
-  REQUIRE(s.ok());
+  REQUIRE(ReadWhileWriting(p, in, pieces, frames.size(), &got).ok());
   REQUIRE(got.size() == frames.size());
   for (size_t i = 0; i < frames.size(); ++i) {
     INFO("frame " << i);
@@ -415,10 +422,7 @@ TEST_CASE("FrameStream: an idle connection holds no read buffer, and bad frames 
     p.Connect();
     net::FrameStream in(std::move(*p.server), 1 << 20, 1 << 20);
     std::vector<FrameRead> got;
-    asio::co_spawn(p.client->get_executor(), WritePieces(*p.client, {Encoded(PingFrame(1))}), asio::detached);
-    auto first = asio::co_spawn(in.strand(), ReadFrames(in, 1, &got), asio::use_future);
-    p.ioc.run();
-    REQUIRE(first.get().ok());
+    REQUIRE(ReadWhileWriting(p, in, {Encoded(PingFrame(1))}, 1, &got).ok());
     p.ioc.restart();
     // The next read waits with nothing buffered.
     auto second = asio::co_spawn(in.strand(), ReadFrames(in, 2, &got), asio::use_future);
@@ -446,17 +450,10 @@ TEST_CASE("FrameStream: an idle connection holds no read buffer, and bad frames 
     p.Connect();
     net::FrameStream in(std::move(*p.server), 1000, 1 << 20);
     const std::string garbage("\x00\x00\x00\x03\xff\xff\xff", 7);
-    asio::co_spawn(p.client->get_executor(), WritePieces(*p.client, {garbage + Encoded(PingFrame(3))}),
-                   asio::detached);
     std::vector<FrameRead> got;
-    auto bad = asio::co_spawn(in.strand(), ReadFrames(in, 1, &got), asio::use_future);
-    p.ioc.run();
-    const Status s = bad.get();
-    CHECK(s.code() == Status::Code::kInvalidArgument);
-    p.ioc.restart();
-    auto good = asio::co_spawn(in.strand(), ReadFrames(in, 1, &got), asio::use_future);
-    p.ioc.run();
-    REQUIRE(good.get().ok());
+    CHECK(ReadWhileWriting(p, in, {garbage + Encoded(PingFrame(3))}, 1, &got).code() ==
+          Status::Code::kInvalidArgument);
+    REQUIRE(ReadWhileWriting(p, in, {}, 1, &got).ok());
     REQUIRE(got.size() == 1);
     CHECK(got[0].frame == PingFrame(3).SerializeAsString());
   }
@@ -464,12 +461,8 @@ TEST_CASE("FrameStream: an idle connection holds no read buffer, and bad frames 
     Pair p;
     p.Connect();
     net::FrameStream in(std::move(*p.server), 1000, 1 << 20);
-    asio::co_spawn(p.client->get_executor(), WritePieces(*p.client, {std::string("\x00\x00\x03\xe9", 4)}),
-                   asio::detached);
     std::vector<FrameRead> got;
-    auto r = asio::co_spawn(in.strand(), ReadFrames(in, 1, &got), asio::use_future);
-    p.ioc.run();
-    const Status s = r.get();
+    const Status s = ReadWhileWriting(p, in, {std::string("\x00\x00\x03\xe9", 4)}, 1, &got);
     CHECK(s.code() == Status::Code::kProtocolError);
     CHECK(s.message() == "frame length 1001 exceeds the maximum of 1000 bytes");
   }
