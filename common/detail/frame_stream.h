@@ -69,13 +69,18 @@ class FrameStream {
 
   bool closing() const { return closing_; }
   bool closed() const { return closed_; }
-  size_t queued_bytes() const { return queue_.size(); }
+  // Bytes queued and not yet handed to the socket: the queue, and what is
+  // left of the batch being written. max_queued_bytes bounds it.
+  size_t queued_bytes() const { return queue_.size() + out_.size() - out_at_; }
   // When the current write started, if one is in progress.
   bool write_in_progress(Clock::time_point* since) const;
   Clock::time_point last_read() const { return last_read_; }
   uint64_t bytes_read() const { return bytes_read_; }
   // Memory held for bytes read ahead (none while the connection idles).
   size_t read_buffer_bytes() const { return in_.size; }
+  // Memory held by the queue's buffer, and by the batch being written.
+  size_t queue_buffer_bytes() const { return queue_.capacity(); }
+  size_t batch_buffer_bytes() const { return out_.capacity(); }
   uint64_t bytes_written() const { return bytes_written_; }
 
  private:
@@ -86,6 +91,7 @@ class FrameStream {
   size_t max_queued_bytes_;
   std::string queue_;  // encoded frames, one after the other
   std::string out_;    // those being written (the queue as it was)
+  size_t out_at_ = 0;  // how much of out_ the socket has taken
   bool writing_ = false;
   Clock::time_point write_started_{};
   Clock::time_point last_read_;
@@ -105,7 +111,7 @@ Status FrameStream::SendAppended(Append&& append) {
   if (closed_) return Status::Unavailable("connection closed");
   const size_t before = queue_.size();
   Status s = append(&queue_);
-  if (s.ok() && queue_.size() > max_queued_bytes_) s = Status::Unavailable("outgoing queue full");
+  if (s.ok() && queued_bytes() > max_queued_bytes_) s = Status::Unavailable("outgoing queue full");
   if (!s.ok()) {
     queue_.resize(before);
     return s;

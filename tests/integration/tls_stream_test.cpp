@@ -17,6 +17,7 @@
 #include <boost/asio/use_future.hpp>
 
 #include <chrono>
+#include <future>
 #include <optional>
 #include <string>
 
@@ -466,24 +467,27 @@ TEST_CASE("FrameStream: an idle connection holds no read buffer, and bad frames 
     CHECK(s.code() == Status::Code::kProtocolError);
     CHECK(s.message() == "frame length 1001 exceeds the maximum of 1000 bytes");
   }
-  SECTION("the peer goes away mid-frame") {
-    Pair p;
-    p.Connect();
-    net::FrameStream in(std::move(*p.server), 1000, 1 << 20);
-    asio::co_spawn(
-        p.client->get_executor(),
-        [&]() -> asio::awaitable<void> {
-          std::vector<std::string> part{Encoded(PingFrame(4)).substr(0, 6)};
-          co_await WritePieces(*p.client, std::move(part));
-          p.client->Close();
-        },
-        asio::detached);
-    std::vector<FrameRead> got;
-    auto r = asio::co_spawn(in.strand(), ReadFrames(in, 1, &got), asio::use_future);
-    p.ioc.run();
-    const Status s = r.get();
-    CHECK(s.code() == Status::Code::kUnavailable);
-    CHECK(s.message().rfind("connection lost mid-frame: ", 0) == 0);
+  SECTION("the peer goes away mid-frame, in its header or its body") {
+    for (const size_t sent : {2, 6}) {
+      INFO(sent << " bytes of the frame sent");
+      Pair p;
+      p.Connect();
+      net::FrameStream in(std::move(*p.server), 1000, 1 << 20);
+      asio::co_spawn(
+          p.client->get_executor(),
+          [&]() -> asio::awaitable<void> {
+            std::vector<std::string> part{Encoded(PingFrame(4)).substr(0, sent)};
+            co_await WritePieces(*p.client, std::move(part));
+            p.client->Close();
+          },
+          asio::detached);
+      std::vector<FrameRead> got;
+      auto r = asio::co_spawn(in.strand(), ReadFrames(in, 1, &got), asio::use_future);
+      p.ioc.run();
+      const Status s = r.get();
+      CHECK(s.code() == Status::Code::kUnavailable);
+      CHECK(s.message().rfind("connection lost mid-frame: ", 0) == 0);
+    }
   }
 }
 
@@ -557,4 +561,65 @@ TEST_CASE("FrameStream: a frame that would overfill the queue is refused and not
                 return Status::Ok();
               }).code() == Status::Code::kUnavailable);
   CHECK(out.queued_bytes() == queued);
+}
+
+TEST_CASE("FrameStream: the queue's limit counts what a write has not yet handed to the socket", "[frame_stream]") {
+  Pair p;
+  p.Connect();
+  // The peer reads nothing: once the socket's buffers are full, the batch
+  // being written waits, and what is queued behind it counts with it.
+  const size_t kLimit = 1 << 20;
+  net::FrameStream out(std::move(*p.client), 1 << 20, kLimit);
+  asio::co_spawn(out.strand(), out.WriteLoop(), asio::detached);
+  const std::string frame = Encoded(BigFrame(100000));
+  size_t accepted = 0;
+  bool refused = false;
+  for (int i = 0; i < 2000 && !refused; ++i) {
+    if (out.SendEncoded(frame).ok()) {
+      accepted += frame.size();
+    } else {
+      refused = true;
+    }
+    p.ioc.poll();
+    REQUIRE(out.queued_bytes() == accepted - out.bytes_written());
+    REQUIRE(out.queued_bytes() <= kLimit);
+  }
+  CHECK(refused);
+  out.Abort();
+  p.ioc.run();
+}
+
+TEST_CASE("FrameStream: a burst's write buffer is given back after it, though frames keep coming",
+          "[frame_stream]") {
+  Pair p;
+  p.Connect();
+  net::FrameStream in(std::move(*p.server), 1 << 20, 1 << 20);
+  net::FrameStream out(std::move(*p.client), 1 << 20, 64 << 20);
+  asio::co_spawn(out.strand(), out.WriteLoop(), asio::detached);
+  const std::string frame = Encoded(BigFrame(100000));
+  // A burst of 4 MB, taken as one batch; the peer reads nothing yet.
+  for (int i = 0; i < 40; ++i) REQUIRE(out.SendEncoded(frame).ok());
+  p.ioc.poll();
+  // 20 MB queue up behind it: more than the sockets' buffers hold.
+  for (int i = 0; i < 200; ++i) REQUIRE(out.SendEncoded(frame).ok());
+  // The peer reads the burst and stops: the writer finishes the burst and
+  // waits in the middle of the next batch.
+  std::vector<FrameRead> got;
+  auto read = asio::co_spawn(in.strand(), ReadFrames(in, 40, &got), asio::use_future);
+  uint64_t written = 0;
+  for (int i = 0; i < 200; ++i) {
+    p.ioc.run_for(std::chrono::milliseconds(50));
+    const bool done = read.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+    if (done && out.bytes_written() == written) break;
+    written = out.bytes_written();
+  }
+  REQUIRE(read.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
+  REQUIRE(read.get().ok());
+  CHECK(got.size() == 40);
+  CHECK(out.queued_bytes() > 0);                   // the second batch waits
+  CHECK(out.queue_buffer_bytes() < (1u << 20));    // and the burst's buffer is gone
+  CHECK(out.batch_buffer_bytes() >= out.queued_bytes());
+  out.Abort();
+  in.Abort();
+  p.ioc.run();
 }
