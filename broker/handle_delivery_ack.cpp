@@ -185,9 +185,7 @@ bool Session::SendDelivery(QueuedDelivery d) {
     }
     if (wire) {
       // The same bytes for every recipient that gets them unredacted.
-      std::lock_guard lock(m.wire_digest_mu);
-      if (m.wire_digest.empty()) m.wire_digest = broker_.store->BodyDigest(*m.wire);
-      inflight.body_hmac = m.wire_digest;
+      inflight.body_hmac = m.WireDigest(*broker_.store);
     } else {
       // A copy redacted here is serialized once: for its digest and the frame.
       wire = std::make_shared<const std::string>(del->message().SerializeAsString());
@@ -210,12 +208,10 @@ bool Session::SendDelivery(QueuedDelivery d) {
   if (wire) {
     // Encoded straight into the outgoing queue: the message's bytes are
     // copied once on their way out.
-    if (!stream_.closed()) {
-      SendDone(stream_.SendAppended([&](std::string* queue) {
-        return proto::AppendDeliverFrame(queue, static_cast<uint64_t>(id), attempt, *wire,
-                                         broker_.config.limits.max_frame_bytes);
-      }));
-    }
+    SendDone(stream_.SendAppended([&](std::string* queue) {
+      return proto::AppendDeliverFrame(queue, static_cast<uint64_t>(id), attempt, *wire,
+                                       broker_.config.limits.max_frame_bytes);
+    }));
   } else {
     Send(f);
   }

@@ -41,6 +41,12 @@ policy::Request RequestFor(const MessageFacts& f, std::string_view sender) {
   return q;
 }
 
+std::string QueuedMessage::WireDigest(const Store& store) {
+  std::lock_guard lock(wire_digest_mu);
+  if (wire_digest.empty()) wire_digest = store.BodyDigest(*wire);
+  return wire_digest;
+}
+
 Status Mailboxes::Load(const Store& store) {
   std::map<int64_t, std::shared_ptr<QueuedMessage>> by_row;
   std::vector<QueuedDelivery> all;

@@ -288,11 +288,11 @@ void Session::Send(const v1::Frame& frame) {
 }
 
 void Session::SendEncoded(Result<std::string> encoded) {
-  if (stream_.closed()) return;
   SendDone(encoded.ok() ? stream_.SendEncoded(std::move(encoded).value()) : encoded.status());
 }
 
 void Session::SendDone(const Status& s) {
+  if (stream_.closed()) return;  // nothing is sent any more, and that is no news
   if (s.IsUnavailable()) {
     spdlog::warn("{}: outgoing queue over {} bytes (peer not reading), closing", tag_,
                  broker_.config.limits.max_queued_bytes);

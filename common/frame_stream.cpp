@@ -5,7 +5,6 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
-#include <cstring>
 
 #include "proto/detail/pb.h"
 #include "proto/frame_codec.h"
@@ -13,18 +12,25 @@
 namespace liaison::net {
 namespace {
 constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
+// Two TLS records of plaintext: SSL_read_ex returns at most one record's,
+// and a frame begun in one is completed from the next.
+constexpr size_t kReadBufferBytes = 32 * 1024;
 constexpr size_t kMaxWriteBytes = 256 * 1024;
 // Write buffers up to this size are kept while the connection is quiet,
 constexpr size_t kKeptBufferBytes = 64 * 1024;
 // and up to this size while it is busy.
 constexpr size_t kKeptBusyBytes = 1024 * 1024;
 
-// Frees s's buffer. (Assigning an empty string does not: libstdc++ copies
-// a short string into the buffer the target already has.)
-void GiveBack(std::string* s) { std::string().swap(*s); }
-// Two TLS records of plaintext: SSL_read_ex returns at most one record's,
-// and a frame begun in one is completed from the next.
-constexpr size_t kReadBufferBytes = 32 * 1024;
+// Empties s, and frees its buffer when that holds more than bytes.
+// (Assigning an empty string would not free it: libstdc++ copies a short
+// string into the buffer the target already has.)
+void KeepAtMost(std::string* s, size_t bytes) {
+  if (s->capacity() > bytes) {
+    std::string().swap(*s);
+  } else {
+    s->clear();
+  }
+}
 }  // namespace
 
 FrameStream::FrameStream(TlsStream stream, uint32_t max_frame_bytes, size_t max_queued_bytes)
@@ -40,18 +46,7 @@ FrameStream::FrameStream(TlsStream stream, uint32_t max_frame_bytes, size_t max_
 
 asio::awaitable<Status> FrameStream::ReadFrame(v1::Frame* frame) {
   last_frame_ = {};
-  if (in_.size > kReadBufferBytes) {
-    // Given back after a large frame (a bigger one, partly read, keeps it).
-    if (in_.unread() == 0) {
-      in_.Release();
-    } else if (in_.unread() <= kReadBufferBytes) {
-      ReadBuffer smaller(kReadBufferBytes);
-      smaller.Prepare(0);
-      std::memcpy(smaller.data.get(), in_.unread_data(), in_.unread());
-      smaller.end = in_.unread();
-      in_ = std::move(smaller);
-    }
-  }
+  in_.CutBack();  // after a large frame
   while (in_.unread() < proto::kFrameHeaderBytes) {
     in_.Prepare(proto::kFrameHeaderBytes);
     const ErrorCode ec = co_await stream_.ReadSome(in_);
@@ -120,9 +115,8 @@ asio::awaitable<void> FrameStream::WriteLoop() {
     if (queue_.empty()) {
       if (closing_) break;
       // A connection that goes quiet keeps no large buffers.
-      if (out_.capacity() > kKeptBufferBytes) GiveBack(&out_);
-      if (queue_.capacity() > kKeptBufferBytes) GiveBack(&queue_);
-      out_.clear();
+      KeepAtMost(&out_, kKeptBufferBytes);
+      KeepAtMost(&queue_, kKeptBufferBytes);
       out_at_ = 0;
       wake_.expires_at(Clock::time_point::max());
       co_await wake_.async_wait(kUseTuple);
@@ -136,11 +130,7 @@ asio::awaitable<void> FrameStream::WriteLoop() {
     // next queue: a burst's memory is given back after it even while frames
     // keep coming. (Giving back every buffer over kKeptBufferBytes here cost
     // 1-4 % of the throughput: the queue regrew from nothing each time.)
-    if (out_.capacity() > kKeptBusyBytes) {
-      GiveBack(&out_);
-    } else {
-      out_.clear();
-    }
+    KeepAtMost(&out_, kKeptBusyBytes);
     out_.swap(queue_);
     out_at_ = 0;
     while (out_at_ < out_.size()) {

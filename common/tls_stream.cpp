@@ -141,8 +141,8 @@ ErrorCode TlsStream::ErrorFor(int ret) {
   }
 }
 
-template <class Call>
-asio::awaitable<ErrorCode> TlsStream::Drive(Call call) {
+template <class Call, class BeforeWait>
+asio::awaitable<ErrorCode> TlsStream::Drive(Call call, BeforeWait before_wait) {
   for (;;) {
     if (!socket_.is_open()) co_return asio::error::operation_aborted;
     ERR_clear_error();
@@ -151,6 +151,7 @@ asio::awaitable<ErrorCode> TlsStream::Drive(Call call) {
     if (ret > 0) co_return ErrorCode();
     const int err = SSL_get_error(ssl_, ret);
     if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) co_return ErrorFor(ret);
+    before_wait();
     auto [ec] = co_await socket_.async_wait(err == SSL_ERROR_WANT_READ ? tcp::socket::wait_read : tcp::socket::wait_write,
                                             kUseTuple);
     if (ec) co_return ec;
@@ -184,6 +185,20 @@ void ReadBuffer::Prepare(size_t n) {
   end = unread_bytes;
 }
 
+void ReadBuffer::CutBack() {
+  if (size <= normal) return;
+  if (unread() == 0) {
+    Release();
+  } else if (unread() <= normal) {
+    auto smaller = std::make_unique_for_overwrite<char[]>(normal);
+    std::memcpy(smaller.get(), data.get() + begin, unread());
+    end = unread();
+    begin = 0;
+    data = std::move(smaller);
+    size = normal;
+  }
+}
+
 void ReadBuffer::Release() {
   data.reset();
   size = begin = end = 0;
@@ -191,34 +206,17 @@ void ReadBuffer::Release() {
 
 asio::awaitable<ErrorCode> TlsStream::ReadSome(ReadBuffer& buf) {
   readers_++;
-  ErrorCode ec;
-  for (;;) {
-    if (!socket_.is_open()) {
-      ec = asio::error::operation_aborted;
-      break;
-    }
-    if (buf.size == 0) buf.Prepare(0);  // given back while waiting
-    ERR_clear_error();
-    io_error_ = {};
-    size_t got = 0;
-    const int ret = SSL_read_ex(ssl_, buf.data.get() + buf.end, buf.size - buf.end, &got);
-    if (ret > 0) {
-      buf.end += got;
-      break;
-    }
-    const int err = SSL_get_error(ssl_, ret);
-    if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
-      ec = ErrorFor(ret);
-      break;
-    }
-    if (buf.unread() == 0) buf.Release();
-    auto [wec] = co_await socket_.async_wait(err == SSL_ERROR_WANT_READ ? tcp::socket::wait_read : tcp::socket::wait_write,
-                                             kUseTuple);
-    if (wec) {
-      ec = wec;
-      break;
-    }
-  }
+  const ErrorCode ec = co_await Drive(
+      [&] {
+        if (buf.size == 0) buf.Prepare(0);  // given back while waiting
+        size_t got = 0;
+        const int ret = SSL_read_ex(ssl_, buf.data.get() + buf.end, buf.size - buf.end, &got);
+        buf.end += got;
+        return ret;
+      },
+      [&] {
+        if (buf.unread() == 0) buf.Release();  // an idle connection keeps no read buffer
+      });
   readers_--;
   co_return ec;
 }

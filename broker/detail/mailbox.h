@@ -62,9 +62,10 @@ struct QueuedMessage {
   // unparsed and uncopied; a redacted copy is parsed from them.
   std::shared_ptr<const std::string> wire;
   // The store's digest of wire (Store::BodyDigest), for the records of the
-  // copies that go out unredacted: worked out by the first of them, once
-  // (WireDigest). A mutex, not std::call_once: glibc's pthread_once makes a
-  // futex system call every time it runs the function, once a message.
+  // copies that go out unredacted: worked out by the first of them, once.
+  std::string WireDigest(const Store& store);
+  // A mutex, not std::call_once: glibc's pthread_once makes a futex system
+  // call every time it runs the function, once a message.
   std::mutex wire_digest_mu;
   std::string wire_digest;  // empty until worked out
   // A forward: the original's routing metadata as the publish found it (it

@@ -32,9 +32,6 @@ const std::string kLogAppliedKey = kLogApplied;
 const std::string kLastDeliveryIdKey = kLastDeliveryId;
 const std::string kNone;
 
-// Keys taken out of the unapplied per hold of its lock (Applied).
-constexpr size_t kForgetChunk = 256;
-
 }  // namespace
 
 // Inserts the pending audit rows: one statement for a full set, else one
@@ -423,18 +420,13 @@ void Store::Impl::Applied(std::deque<LogGroup>& groups, size_t dropped) {
     if (last) last_hash.assign(reinterpret_cast<const char*>(last->hash.data()), last->hash.size());
   }
   {
-    // The keys are made outside the lock, and taken out a chunk at a time:
-    // the writer looks there for a possible duplicate while it commits.
-    std::vector<std::string> keys;
+    std::vector<std::string> keys;  // made outside the lock
     for (const auto& g : groups) {
       for (const auto& b : g.batches) {
         if (b.new_message) keys.push_back(Key(b.new_message->sender, b.new_message->message_id));
       }
     }
-    for (size_t i = 0; i < keys.size();) {
-      std::lock_guard lock(unapplied_mu);
-      for (const size_t end = std::min(keys.size(), i + kForgetChunk); i < end; ++i) unapplied_ids.erase(keys[i]);
-    }
+    Forget(keys);
   }
   std::vector<std::function<void(const Status&)>> ready;
   {

@@ -113,6 +113,8 @@ constexpr const char* kWriterCacheSize = "PRAGMA cache_size = -262144";
 // SQLite behind it, every Options::apply_delay, or at once when this many
 // records wait,
 constexpr size_t kApplyNowRecords = 50'000;
+// Keys Forget takes out of the unapplied per hold of its lock.
+constexpr size_t kForgetChunk = 256;
 // and the writer refuses commits while this much is logged but not applied
 // (the database cannot be written: a full disk, an I/O error), rather than
 // hold ever more of it in memory.
@@ -341,6 +343,7 @@ struct Store::Impl {
   Status Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tree_out, uint64_t* next_out, size_t* records,
                 size_t* dropped);
   Status CheckDuplicate(Item& item, std::vector<std::string>* added);
+  // Takes keys out of unapplied_ids (a failed commit's, or the applied).
   void Forget(const std::vector<std::string>& keys);
   void LogRecord(audit::Record& r, uint64_t seq, int64_t* last_time_ms, merkle::Tree* t, LogGroup* g);
   Status Apply(std::deque<LogGroup>& groups, size_t* dropped);

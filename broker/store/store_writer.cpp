@@ -180,9 +180,12 @@ Status Store::Impl::LoadSeenIds() {
 }
 
 void Store::Impl::Forget(const std::vector<std::string>& keys) {
-  if (keys.empty()) return;
-  std::lock_guard lock(unapplied_mu);
-  for (const auto& k : keys) unapplied_ids.erase(k);
+  // A chunk at a time: the writer looks among the unapplied for a possible
+  // duplicate while it commits, and the applier forgets thousands at once.
+  for (size_t i = 0; i < keys.size();) {
+    std::lock_guard lock(unapplied_mu);
+    for (const size_t end = std::min(keys.size(), i + kForgetChunk); i < end; ++i) unapplied_ids.erase(keys[i]);
+  }
 }
 
 // Makes one group of the items (seqs, leaves, the tree, duplicates, the

@@ -53,6 +53,9 @@ struct ReadBuffer {
   // Moves the unread bytes to the front and makes room for at least n
   // unread bytes (the normal size when that is more).
   void Prepare(size_t n);
+  // Back to the normal size after a larger one, unless the unread bytes
+  // need more (nothing at all when none are unread).
+  void CutBack();
   void Release();
 
   std::unique_ptr<char[]> data;
@@ -111,9 +114,12 @@ class TlsStream {
   enum class Want { kNone, kRead, kWrite };
 
   // Runs one OpenSSL call, waiting for the socket as it asks, until it
-  // succeeds (returns > 0) or fails.
-  template <class Call>
-  asio::awaitable<ErrorCode> Drive(Call call);
+  // succeeds (returns > 0) or fails; before_wait() runs before each wait.
+  struct NothingBeforeWait {
+    void operator()() const {}
+  };
+  template <class Call, class BeforeWait = NothingBeforeWait>
+  asio::awaitable<ErrorCode> Drive(Call call, BeforeWait before_wait = {});
   ErrorCode ErrorFor(int ret);
 
   Socket socket_;
