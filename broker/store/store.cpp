@@ -237,7 +237,7 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
   sqlite3* db = impl->db;
   sqlite3_busy_handler(db, RetrySoon<5000>, nullptr);
   for (const char* pragma : {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA wal_autocheckpoint = 0",
-                             "PRAGMA secure_delete = ON", kWriterCacheSize, kWalSizeLimit}) {
+                             "PRAGMA secure_delete = ON", kApplierCacheSize, kWalSizeLimit}) {
     if (Status s = Exec(db, pragma); !s.ok()) return s.Annotate(options.path);
   }
   // Migrations that rebuild a table run with foreign keys off (SQLite's
