@@ -146,8 +146,14 @@ class Store {
     // A commit is durable once it is in the commit log; the applier writes
     // it into the database this much later (or sooner: Sync, the reads
     // below), so that what a later commit undoes (a body acknowledged, a
-    // delivery finished) is mostly never written there at all.
+    // delivery finished) is mostly never written there at all;
     std::chrono::milliseconds apply_delay{200};
+    // but while little waits (kApplyEarlyWeight), already this much later:
+    // at low rates a recipient's acknowledgement comes within milliseconds,
+    // so nothing more is netted by waiting, and the database work comes in
+    // small pieces instead of a burst every apply_delay, which the commits
+    // behind it feel (docs/benchmarks.md, fourteenth session).
+    std::chrono::milliseconds apply_early{20};
   };
   using Done = std::function<void(const Status&, const audit::Checkpoint&)>;
   using BatchDone = std::function<void(const Status&, const audit::Checkpoint&, const BatchResult&)>;

@@ -304,7 +304,9 @@ bool Store::Impl::TakeGroups(std::deque<LogGroup>* groups) {
   std::unique_lock lock(apply_mu);
   for (;;) {
     if (!to_apply.empty()) {
-      const auto due = oldest_to_apply + options.apply_delay;
+      const auto due = oldest_to_apply + (to_apply_records < kApplyEarlyWeight
+                                              ? std::min(options.apply_early, options.apply_delay)
+                                              : options.apply_delay);
       if (apply_now || apply_stopping || to_apply_records >= kApplyNowRecords ||
           std::chrono::steady_clock::now() >= due) {
         break;

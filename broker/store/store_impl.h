@@ -112,8 +112,11 @@ constexpr size_t kDoneHereItems = 16;
 constexpr const char* kApplierCacheSize = "PRAGMA cache_size = -16384";
 // The commit log (commit_log.h; docs/broker.md, "The commit log"): a commit
 // is durable once its group is in the log; the applier writes groups into
-// SQLite behind it, every Options::apply_delay, or at once when this many
-// records wait,
+// SQLite behind it, every Options::apply_delay (Options::apply_early while
+// the groups waiting weigh less than this: at 2,000 messages/s, 20 ms of
+// them weigh about 150),
+constexpr size_t kApplyEarlyWeight = 1024;
+// or at once when this many records wait,
 constexpr size_t kApplyNowRecords = 50'000;
 // Keys Forget takes out of the unapplied per hold of its lock.
 constexpr size_t kForgetChunk = 256;

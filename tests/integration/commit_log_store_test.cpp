@@ -102,7 +102,7 @@ int64_t Count(const std::string& db_path, const std::string& sql) {
 // WhenApplied, the reads): what is committed stays in the commit log.
 broker::Store::Options Unapplied(const TempDir& dir) {
   auto o = StoreOptions(dir);
-  o.apply_delay = std::chrono::seconds(60);
+  o.apply_delay = o.apply_early = std::chrono::seconds(60);
   return o;
 }
 
@@ -293,7 +293,7 @@ TEST_CASE("after kill -9, the next Open applies the commit log: the same tree, q
           "[store][commit_log][crash]") {
   TempDir dir;
   auto o = StoreOptions(dir);
-  o.apply_delay = std::chrono::seconds(60);  // the child applies nothing
+  o.apply_delay = o.apply_early = std::chrono::seconds(60);  // the child applies nothing
   int pipe_fds[2];
   REQUIRE(::pipe(pipe_fds) == 0);
   const pid_t child = ::fork();
@@ -338,6 +338,7 @@ TEST_CASE("after kill -9, the next Open applies the commit log: the same tree, q
   // (Torn appends at the log's end are commit_log_test's: exact offsets.)
 
   o.apply_delay = std::chrono::milliseconds(200);
+  o.apply_early = std::chrono::milliseconds(20);
   auto store = broker::Store::Open(o);
   REQUIRE(store.ok());
   const audit::Checkpoint cp = (*store)->latest();
