@@ -289,6 +289,34 @@ TEST_CASE("WhenApplied covers what is still queued, a lingering lazy batch too",
   CHECK(found->has_value());
 }
 
+TEST_CASE("while little waits the applier applies after apply_early; while much waits, after apply_delay",
+          "[store][commit_log]") {
+  TempDir dir;
+  auto o = StoreOptions(dir);
+  o.apply_delay = std::chrono::seconds(60);
+  o.apply_early = std::chrono::milliseconds(50);
+  auto store = broker::Store::Open(o);
+  REQUIRE(store.ok());
+  auto applied = [&] { return Count(o.path, "SELECT COUNT(*) FROM audit_log"); };
+  // One record: applied soon after apply_early, long before apply_delay.
+  REQUIRE((*store)->AppendSync({Record("policy_loaded", "")}).ok());
+  bool soon = false;
+  for (int i = 0; i < 250 && !soon; ++i) {
+    soon = applied() == 1;
+    if (!soon) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK(soon);
+  // Many in one go (over kApplyEarlyWeight): they wait for apply_delay, so
+  // a second later none of them is in the database yet,
+  std::vector<audit::Record> many(1100, Record("queued", "0190a5c4-8d2e-7b3a-9c1d-000000000001"));
+  REQUIRE((*store)->AppendSync(std::move(many)).ok());
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  CHECK(applied() == 1);
+  // unless someone asks for them.
+  REQUIRE((*store)->Sync().ok());
+  CHECK(applied() == 1101);
+}
+
 TEST_CASE("after kill -9, the next Open applies the commit log: the same tree, queue and duplicates",
           "[store][commit_log][crash]") {
   TempDir dir;
