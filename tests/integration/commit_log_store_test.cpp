@@ -289,7 +289,7 @@ TEST_CASE("WhenApplied covers what is still queued, a lingering lazy batch too",
   CHECK(found->has_value());
 }
 
-TEST_CASE("while little waits the applier applies after apply_early; while much waits, after apply_delay",
+TEST_CASE("while little waits the applier applies after apply_early, while much waits after apply_delay",
           "[store][commit_log]") {
   TempDir dir;
   auto o = StoreOptions(dir);
