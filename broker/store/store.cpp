@@ -370,16 +370,23 @@ void Store::Append(std::vector<audit::Record> records, Done done) {
 
 void Store::Commit(Batch batch, BatchDone done) {
   bool closing = false;
+  bool wake = true;
   {
     std::lock_guard lock(impl_->mu);
     closing = impl_->stopping;
-    if (!closing) impl_->Push({std::move(batch), std::move(done), {}, nullptr});
+    if (!closing) {
+      const bool lazy = batch.lazy;
+      impl_->Push({std::move(batch), std::move(done), {}, nullptr});
+      // A lingering writer commits a lazy batch when its wait ends, soon
+      // enough (Impl::writer_lingering).
+      wake = !lazy || !impl_->writer_lingering || impl_->WriterHasUrgent();
+    }
   }
   if (closing) {
     if (done) done(Status::Unavailable("the store is closing"), audit::Checkpoint{}, BatchResult{});
     return;
   }
-  impl_->cv.notify_one();
+  if (wake) impl_->cv.notify_one();
 }
 
 Result<audit::Checkpoint> Store::AppendSync(std::vector<audit::Record> records) {

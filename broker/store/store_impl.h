@@ -248,10 +248,19 @@ struct Store::Impl {
   uint64_t pushed_items = 0;     // guarded by mu
   uint64_t finished_items = 0;   // guarded by mu
   bool writer_gone = false;      // guarded by mu
+  // The writer is in a timed wait that ends within Options::lazy_linger and
+  // then commits what is queued: a lazy batch pushed meanwhile need not
+  // wake it (Store::Commit). At a steady low rate the acknowledgements come
+  // between two publishes, and each such wake-up cost a context switch.
+  bool writer_lingering = false;  // guarded by mu
   // WhenApplied's callers waiting for the items pushed before them to be
   // committed (then for the applier): the count of items, and then().
   // While any waits, lazy batches do not linger.
   std::vector<std::pair<uint64_t, std::function<void(const Status&)>>> written_waiters;  // guarded by mu
+  // What the writer must not keep waiting (with mu held).
+  bool WriterHasUrgent() const {
+    return queued_urgent > 0 || stopping || queued_records >= kLazyFlushRecords || !written_waiters.empty();
+  }
   // Add an item to the queue, take one off its front (with mu held).
   void Push(Item item) {
     pushed_items++;

@@ -288,11 +288,29 @@ void Store::Impl::WhenLoggedApplied(std::function<void(const Status&)> then) {
 
 void Store::Impl::WriterLoop() {
   pthread_setname_np(pthread_self(), "store-writer");
+  // Lazy batches (Batch::lazy) wait until this for one that is not. It is
+  // set lazy_linger after each commit, and after a wait with nothing
+  // queued, so a lazy batch waits at most that long, unless someone waits
+  // for it (WhenApplied) or enough gather.
+  auto linger_until = std::chrono::steady_clock::now();
   for (;;) {
     Items items;
     {
       std::unique_lock lock(mu);
-      cv.wait(lock, [&] { return !queue.empty() || stopping; });
+      for (;;) {
+        if (queue.empty() && stopping) break;
+        if (WriterHasUrgent()) break;
+        const auto now = std::chrono::steady_clock::now();
+        if (queue.empty() && now >= linger_until) {
+          cv.wait(lock);
+          linger_until = std::chrono::steady_clock::now() + options.lazy_linger;
+          continue;
+        }
+        if (now >= linger_until) break;  // lazy batches that have waited long enough
+        writer_lingering = true;
+        cv.wait_until(lock, linger_until);
+        writer_lingering = false;
+      }
       if (queue.empty() && stopping) {
         writer_gone = true;
         auto waiters = std::move(written_waiters);
@@ -300,13 +318,6 @@ void Store::Impl::WriterLoop() {
         lock.unlock();
         for (auto& w : waiters) w.second(Status::Unavailable("the store is closing"));
         return;
-      }
-      // Only lazy batches: they wait a little for one that is not, unless
-      // someone waits for them (WhenApplied).
-      if (queued_urgent == 0 && !stopping && written_waiters.empty()) {
-        cv.wait_for(lock, options.lazy_linger, [&] {
-          return queued_urgent > 0 || stopping || queued_records >= kLazyFlushRecords || !written_waiters.empty();
-        });
       }
       if (queued_records <= kMaxRecordsPerCommit) {
         // All of it: the items change hands without being moved one by one.
@@ -327,6 +338,9 @@ void Store::Impl::WriterLoop() {
     uint64_t new_next = 0;
     size_t n = 0, dropped = 0;
     Status s = Commit(items, &cp, &new_tree, &new_next, &n, &dropped);
+    // More is likely to come soon after a commit: the next lazy batch waits
+    // for it without waking this thread.
+    linger_until = std::chrono::steady_clock::now() + options.lazy_linger;
     {
       std::lock_guard lock(mu);
       if (s.ok()) {

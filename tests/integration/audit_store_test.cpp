@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <future>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -1224,6 +1225,41 @@ TEST_CASE("migrations 6 and 7 upgrade a schema-5 store: no index on the log, the
   auto reader = broker::AuditReader::Open(o.path, 1);
   REQUIRE(reader.ok());
   CheckIndexedQueries(**reader, log);
+}
+
+TEST_CASE("a lazy batch alone is committed after lazy_linger, pushed right after a commit or to an idle writer",
+          "[store][commit]") {
+  TempDir dir;
+  auto o = StoreOptions(dir);
+  o.lazy_linger = std::chrono::milliseconds(50);
+  std::mt19937_64 rng(11);
+  auto store = broker::Store::Open(o);
+  REQUIRE(store.ok());
+  auto commit_lazy = [&](int64_t time_ms) {
+    auto done = std::make_shared<std::promise<Status>>();
+    auto f = done->get_future();
+    broker::Batch lazy;
+    lazy.records.push_back(Event(rng, time_ms));
+    lazy.lazy = true;
+    (*store)->Commit(std::move(lazy), [done](const Status& s, const audit::Checkpoint&, const broker::BatchResult&) {
+      done->set_value(s);
+    });
+    return f;
+  };
+  for (int round = 0; round < 20; ++round) {
+    // Right after a commit: the writer lingers, and the lazy batch does not
+    // wake it; it must still be committed when the linger ends.
+    REQUIRE((*store)->AppendSync({Event(rng, 1'800'000'000'000 + 3 * round)}).ok());
+    auto after_commit = commit_lazy(1'800'000'000'001 + 3 * round);
+    REQUIRE(after_commit.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+    CHECK(after_commit.get().ok());
+    // To an idle writer (its linger long over): it wakes and lingers.
+    std::this_thread::sleep_for(std::chrono::milliseconds(120));
+    auto idle = commit_lazy(1'800'000'000'002 + 3 * round);
+    REQUIRE(idle.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+    CHECK(idle.get().ok());
+  }
+  CHECK((*store)->latest().tree_size == 60);
 }
 
 TEST_CASE("a lazy batch waits for the next commit that someone waits for, and shares it", "[store][commit]") {
