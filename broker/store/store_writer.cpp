@@ -297,19 +297,16 @@ void Store::Impl::WriterLoop() {
     Items items;
     {
       std::unique_lock lock(mu);
-      for (;;) {
-        if (queue.empty() && stopping) break;
-        if (WriterHasUrgent()) break;
-        const auto now = std::chrono::steady_clock::now();
-        if (queue.empty() && now >= linger_until) {
-          cv.wait(lock);
-          linger_until = std::chrono::steady_clock::now() + options.lazy_linger;
+      while (!WriterHasUrgent()) {  // (stopping among it)
+        if (std::chrono::steady_clock::now() < linger_until) {
+          writer_lingering = true;
+          cv.wait_until(lock, linger_until);
+          writer_lingering = false;
           continue;
         }
-        if (now >= linger_until) break;  // lazy batches that have waited long enough
-        writer_lingering = true;
-        cv.wait_until(lock, linger_until);
-        writer_lingering = false;
+        if (!queue.empty()) break;  // lazy batches that have waited long enough
+        cv.wait(lock);
+        linger_until = std::chrono::steady_clock::now() + options.lazy_linger;
       }
       if (queue.empty() && stopping) {
         writer_gone = true;
