@@ -268,6 +268,7 @@ void Session::HandlePublish(v1::Publish& publish) {
   stored.agreement = env->sharing_agreement().empty() ? agreement_used : env->sharing_agreement();
   stored.recipients = queued_to;
   stored.received_ms = now_ms;
+  queued->received_ms = now_ms;
   stored.expires_ms = queued->expires_ms;
   stored.want_reports = queued->want_reports;
   stored.publish_digest = digest;

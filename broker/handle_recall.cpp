@@ -53,6 +53,7 @@ void Session::HandleRecall(const v1::Recall& recall) {
     m->sender = s.sender;
     m->message_id = s.message_id;
     m->expires_ms = s.expires_ms;
+    m->received_ms = s.received_ms;
     m->want_reports = s.want_reports;
     m->recalled = true;
     // For the records of the recall (the body may be gone; its routing

@@ -59,6 +59,7 @@ Status Mailboxes::Load(const Store& store) {
       qm->sender = m.sender;
       qm->message_id = m.message_id;
       qm->expires_ms = m.expires_ms;
+      qm->received_ms = m.received_ms;
       qm->want_reports = m.want_reports;
       qm->recalled = m.recalled_ms != 0;
       if (!m.body.empty()) {
@@ -222,6 +223,28 @@ size_t Mailboxes::waiting(std::string_view agency) const {
 size_t Mailboxes::waiting_total() const {
   std::lock_guard lock(mu_);
   return total_;
+}
+
+std::vector<MailboxSummary> Mailboxes::Summary() const {
+  std::vector<MailboxSummary> out;
+  std::lock_guard lock(mu_);
+  for (const auto& [agency, queue] : queues_) {
+    if (queue.empty()) continue;
+    MailboxSummary& s = out.emplace_back();
+    s.agency = agency;
+    for (const QueuedDelivery& d : queue) {
+      if (d.kind != DeliveryKind::kMessage) {
+        s.notices++;
+        continue;
+      }
+      s.messages++;
+      if (d.attempts > 0) s.redelivered++;
+      const QueuedMessage& m = *d.message;
+      if (s.oldest_received_ms == 0 || m.received_ms < s.oldest_received_ms) s.oldest_received_ms = m.received_ms;
+      if (s.next_expiry_ms == 0 || m.expires_ms < s.next_expiry_ms) s.next_expiry_ms = m.expires_ms;
+    }
+  }
+  return out;
 }
 
 void Mailboxes::WakeReceivers(const std::set<std::string>& agencies) {

@@ -61,12 +61,13 @@ int main(int argc, char** argv) {
   std::string admin;
   app.add_option("--admin", admin,
                  "send a command to the running broker through its admin_socket and exit: reload (policy, CA "
-                 "bundle, CRLs, certificate), status, 'rotate-key AGREEMENT' (a new pseudonym key version), or prune-audit "
+                 "bundle, CRLs, certificate), status (counters), queues (what waits for each agency, and whether its "
+                 "receiving program is connected), 'rotate-key AGREEMENT' (a new pseudonym key version), or prune-audit "
                  "(prune audit records older than audit.retention_days now)")
       ->check([](const std::string& v) {
-        if (v == "reload" || v == "status" || v == "prune-audit") return std::string();
+        if (v == "reload" || v == "status" || v == "queues" || v == "prune-audit") return std::string();
         if (v.rfind("rotate-key ", 0) == 0 && v.size() > 11) return std::string();
-        return std::string("expected reload, status, 'rotate-key AGREEMENT' or prune-audit");
+        return std::string("expected reload, status, queues, 'rotate-key AGREEMENT' or prune-audit");
       });
   app.set_version_flag("--version", "liaison-broker 0.1.0");
   try {

@@ -20,13 +20,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <future>
+#include <map>
 #include <mutex>
+#include <set>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "broker/detail/broker_state.h"
 #include "broker/detail/session.h"
+#include "common/json_string.h"
 
 namespace liaison::broker {
 
@@ -35,6 +40,41 @@ using asio::ip::tcp;
 
 namespace {
 constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
+
+// The answer to the admin command "queues": for every agency in the policy
+// (and any other that still has copies waiting), whether its receiving
+// program is connected and what waits for it. No message ids or senders:
+// the counts and ages an operator needs to see an agency that has been
+// offline too long.
+std::string QueuesJson(const BrokerState& state, int64_t now_ms) {
+  std::map<std::string, MailboxSummary> by_agency;
+  std::set<std::string> in_policy;
+  for (const auto& a : state.policy()->agencies()) {
+    in_policy.insert(a.id);
+    by_agency[a.id].agency = a.id;
+  }
+  size_t waiting = 0;
+  for (MailboxSummary& m : state.mailboxes.Summary()) {
+    waiting += m.messages + m.notices;
+    by_agency[m.agency] = std::move(m);
+  }
+  auto seconds = [](int64_t ms) { return std::to_string(std::max<int64_t>(ms, 0) / 1000); };
+  std::string out = "{\"waiting\":" + std::to_string(waiting) + ",\"agencies\":[";
+  bool first = true;
+  for (const auto& [agency, m] : by_agency) {
+    out += first ? "{" : ",{";
+    first = false;
+    out += "\"agency\":" + JsonString(agency);
+    out += std::string(",\"in_policy\":") + (in_policy.count(agency) ? "true" : "false");
+    out += std::string(",\"receiving\":") + (state.router.Receiver(agency) ? "true" : "false");
+    out += ",\"messages\":" + std::to_string(m.messages) + ",\"redelivered\":" + std::to_string(m.redelivered) +
+           ",\"notices\":" + std::to_string(m.notices);
+    out += ",\"oldest_age_s\":" + (m.messages > 0 ? seconds(now_ms - m.oldest_received_ms) : std::string("null"));
+    out += ",\"next_expiry_in_s\":" + (m.messages > 0 ? seconds(m.next_expiry_ms - now_ms) : std::string("null"));
+    out += "}";
+  }
+  return out + "]}";
+}
 
 std::shared_ptr<const policy::Policy> LoadPolicy(const BrokerConfig& config, Diagnostics* diags) {
   return policy::Policy::LoadFile(config.policy_path, diags);
@@ -136,8 +176,8 @@ asio::awaitable<void> Server::Impl::AcceptAdmin(Server* server) {
   }
 }
 
-// One command per connection, one line each way: "reload", "status" or
-// "rotate-key <agreement>".
+// One command per connection, one line each way: "reload", "status",
+// "queues", "rotate-key <agreement>" or "prune-audit".
 asio::awaitable<void> Server::Impl::ServeAdmin(Server* server, asio::local::stream_protocol::socket socket) {
   asio::streambuf buf(256);
   auto [ec, n] = co_await asio::async_read_until(socket, buf, '\n', kUseTuple);
@@ -156,6 +196,11 @@ asio::awaitable<void> Server::Impl::ServeAdmin(Server* server, asio::local::stre
              std::to_string(c.publishes) + ",\"deliveries_acked\":" + std::to_string(c.deliveries_acked) +
              ",\"protocol_errors\":" + std::to_string(c.protocol_errors) + ",\"policy_version\":\"" +
              state.policy()->version() + "\"}";
+  } else if (command == "queues") {
+    const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
+    answer = "ok " + QueuesJson(state, now_ms);
   } else if (command.rfind("rotate-key ", 0) == 0) {
     // New pseudonyms for an agreement from now on: a new key version. Old
     // versions stay, so earlier pseudonyms remain explainable.
@@ -175,7 +220,7 @@ asio::awaitable<void> Server::Impl::ServeAdmin(Server* server, asio::local::stre
     // A large prune takes a while (in chunks, through the store's writer).
     answer = co_await OffIoThreads(ioc, [server] { return server->PruneAudit(); });
   } else {
-    answer = "error unknown command (reload, status, rotate-key AGREEMENT, prune-audit)";
+    answer = "error unknown command (reload, status, queues, rotate-key AGREEMENT, prune-audit)";
   }
   for (char& ch : answer) {
     if (ch == '\n') ch = ' ';

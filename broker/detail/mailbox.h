@@ -55,6 +55,7 @@ struct QueuedMessage {
   std::string sender;
   std::string message_id;
   int64_t expires_ms = 0;
+  int64_t received_ms = 0;  // when the broker accepted it
   bool want_reports = false;
   MessageFacts facts;
   // The message as stamped at publish, serialized (the bytes the store
@@ -86,6 +87,17 @@ struct QueuedDelivery {
   bool named = true;
   std::shared_ptr<QueuedMessage> message;          // the message (copies) or the one it concerns
   std::shared_ptr<const std::string> payload;      // notices and reports
+};
+
+// What waits for one agency (Mailboxes::Summary; the admin command
+// "queues").
+struct MailboxSummary {
+  std::string agency;
+  size_t messages = 0;             // message copies waiting to be sent
+  size_t redelivered = 0;          // of them, sent before and never confirmed (attempts > 0)
+  size_t notices = 0;              // recall notices and delivery reports waiting
+  int64_t oldest_received_ms = 0;  // the oldest waiting copy's message was accepted then (0: none waits)
+  int64_t next_expiry_ms = 0;      // the first waiting copy to expire does then (0: none waits)
 };
 
 class Mailboxes {
@@ -123,6 +135,9 @@ class Mailboxes {
 
   size_t waiting(std::string_view agency) const;
   size_t waiting_total() const;
+  // Every agency with anything waiting, by agency id. Walks every waiting
+  // copy (holding the lock): for the operator's command, not the hot path.
+  std::vector<MailboxSummary> Summary() const;
 
  private:
   void WakeReceivers(const std::set<std::string>& agencies);

@@ -247,6 +247,82 @@ TEST_CASE("the admin socket and SIGHUP reload the policy, a bad policy is reject
   CHECK(WaitFor([&] { return broker.process().err().find("1 session(s) re-checked") != std::string::npos; }));
 }
 
+// The object about agency in the admin command queues' answer, or "".
+std::string QueueOf(const std::string& answer, const std::string& agency) {
+  const size_t at = answer.find("{\"agency\":\"" + agency + "\"");
+  if (at == std::string::npos) return "";
+  return answer.substr(at, answer.find('}', at) + 1 - at);
+}
+
+// A number field of such an object; -1 if it has none (or null).
+long NumberIn(const std::string& object, const std::string& field) {
+  const size_t at = object.find("\"" + field + "\":");
+  if (at == std::string::npos) return -1;
+  const std::string rest = object.substr(at + field.size() + 3);
+  return rest.empty() || rest[0] < '0' || rest[0] > '9' ? -1 : std::stol(rest);
+}
+
+TEST_CASE("the admin command queues shows what waits for each agency and whether it receives", "[process][queue]") {
+  TempDir dir;
+  auto broker = std::make_unique<BrokerProcess>(dir);
+  std::string out, err;
+  auto queues = [&] {
+    const int rc = Run({LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml"), "--admin", "queues"}, dir.path(),
+                       &out, &err);
+    INFO(out << err);
+    REQUIRE(rc == 0);
+    REQUIRE(out.rfind("ok {\"waiting\":", 0) == 0);
+    return out;
+  };
+  std::string q = queues();
+  CHECK(q.find("\"waiting\":0,") != std::string::npos);
+  CHECK(QueueOf(q, "school") ==
+        "{\"agency\":\"school\",\"in_policy\":true,\"receiving\":false,\"messages\":0,\"redelivered\":0,"
+        "\"notices\":0,\"oldest_age_s\":null,\"next_expiry_in_s\":null}");
+  CHECK_FALSE(QueueOf(q, "police").empty());
+
+  // Two messages for the school while nobody receives for it.
+  REQUIRE(WriteFileAtomic(dir.File("incident.json"), kIncident).ok());
+  for (int i = 0; i < 2; ++i) {
+    REQUIRE(Run(broker->Cli("police", {"send", "--to", "school", dir.File("incident.json")}), dir.path(), &out, &err) ==
+            0);
+  }
+  q = queues();
+  CHECK(q.find("\"waiting\":2,") != std::string::npos);
+  const std::string school = QueueOf(q, "school");
+  CHECK(school.find("\"receiving\":false,\"messages\":2,\"redelivered\":0,\"notices\":0,") != std::string::npos);
+  CHECK(NumberIn(school, "oldest_age_s") >= 0);
+  CHECK(NumberIn(school, "oldest_age_s") < 120);
+  // Thirty days of retention by default: the first expires in just under.
+  const long expiry = NumberIn(school, "next_expiry_in_s");
+  CHECK(expiry > 30L * 86400 - 120);
+  CHECK(expiry <= 30L * 86400);
+  CHECK(QueueOf(q, "police").find("\"messages\":0") != std::string::npos);
+
+  // The same after a restart (the queue is loaded from the store).
+  broker->process().Signal(SIGTERM);
+  REQUIRE(broker->process().Wait(std::chrono::seconds(15)) == 0);
+  broker.reset();
+  broker = std::make_unique<BrokerProcess>(dir);
+  q = queues();
+  CHECK(q.find("\"waiting\":2,") != std::string::npos);
+  CHECK(QueueOf(q, "school").find("\"messages\":2,\"redelivered\":0,") != std::string::npos);
+  CHECK(NumberIn(QueueOf(q, "school"), "oldest_age_s") >= 0);
+  CHECK(NumberIn(QueueOf(q, "school"), "oldest_age_s") < 120);  // the time it was accepted, kept in the store
+
+  // The school's receiving program connects and confirms both.
+  Receiver receiver(broker->port(), "school");
+  REQUIRE(receiver.WaitCount(2));
+  CHECK(WaitFor([&] {
+    const std::string now = queues();
+    return now.find("\"waiting\":0,") != std::string::npos &&
+           QueueOf(now, "school").find("\"receiving\":true,\"messages\":0,") != std::string::npos;
+  }));
+
+  CHECK(Run({LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml"), "--admin", "queue"}, dir.path(), &out, &err) ==
+        2);
+}
+
 TEST_CASE("the admin command prune-audit applies audit.retention_days, and says when none is set", "[process][audit]") {
   std::string out, err;
   {
