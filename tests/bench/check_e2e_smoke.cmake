@@ -1,13 +1,15 @@
 # bench_e2e_smoke: runs `liaison-bench e2e` with a few hundred messages and
 # checks that its JSON line parses and that nothing was lost, duplicated or
 # refused, that both phases name the broker's threads with the CPU they
-# used, and that --trace wrote a line per latency-phase message.
+# used and the bytes it wrote to files, and that --trace wrote a line per
+# latency-phase message.
 # Usage: cmake -DBENCH=liaison-bench -DPKI=dir -DTRACE=file -P check_e2e_smoke.cmake
 include(${CMAKE_CURRENT_LIST_DIR}/bench_line.cmake)
 run_bench_line(
   ARGS e2e --pki ${PKI} --publishers 2 --messages 150 --window 32
        --rate 200 --duration 1 --warmup 0.2 --timeout 30 --profile none --trace ${TRACE}
-  KEYS msgs_per_s p50_ms p99_ms p999_ms lost dups received redacted_received threads lat_threads)
+  KEYS msgs_per_s p50_ms p99_ms p999_ms lost dups received redacted_received threads lat_threads
+       file_bytes_per_msg lat_file_bytes_per_msg)
 if(NOT lost EQUAL 0 OR NOT dups EQUAL 0)
   message(FATAL_ERROR "lost ${lost}, dups ${dups}")
 endif()
@@ -16,6 +18,11 @@ if(NOT received EQUAL 300)
 endif()
 if(redacted_received LESS 1)
   message(FATAL_ERROR "no receiver got a redacted copy")
+endif()
+# The broker wrote at least each message's body to its files (the commit
+# log) in both phases.
+if(file_bytes_per_msg LESS 1000 OR lat_file_bytes_per_msg LESS 1000)
+  message(FATAL_ERROR "file bytes a message: ${file_bytes_per_msg} and ${lat_file_bytes_per_msg}")
 endif()
 # Cores by thread: both phases name the I/O threads and the store's writer;
 # in the latency phase (a second long, where clock ticks add up) the I/O

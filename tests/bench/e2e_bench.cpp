@@ -73,6 +73,24 @@ struct Options {
   bool skip_throughput = false;
 };
 
+// Bytes written a message received, over a phase: what the broker passed
+// to write calls on its files (the commit log, its spare segments, SQLite's
+// WAL and files, the audit index), and what reached the data directory's
+// disk meanwhile (page-rounded, with the filesystem's metadata, and
+// whatever else wrote to that disk).
+std::string WriteBytesJson(const std::string& prefix, const CpuMeter::Reading& c, long received) {
+  std::string out;
+  if (received <= 0) return out;
+  const double n = static_cast<double>(received);
+  if (c.broker_file_bytes >= 0) {
+    out += ",\"" + prefix + "file_bytes_per_msg\":" + Fmt(static_cast<double>(c.broker_file_bytes) / n, 0);
+  }
+  if (c.device_bytes >= 0) {
+    out += ",\"" + prefix + "disk_bytes_per_msg\":" + Fmt(static_cast<double>(c.device_bytes) / n, 0);
+  }
+  return out;
+}
+
 // ------------------------------------------------------------ the profile
 
 // Stages of the broker's CPU, from perf samples: the sampled function and
@@ -319,6 +337,7 @@ int RunE2e(const Options& o) {
       std::this_thread::sleep_for(std::chrono::milliseconds(500));  // perf attaches
     }
     CpuMeter cpu{broker->pid()};
+    cpu.disk_path = dir;  // the broker's data directory is in it
     std::fprintf(stderr, "e2e: throughput: %d pubs x %ld msgs x %d B, window %d\n", o.publishers, o.messages, o.size,
                  o.window);
     const int64_t t0 = NowNs();
@@ -367,6 +386,7 @@ int RunE2e(const Options& o) {
          << ",\"broker_cpu_pct\":" << Fmt(c.broker_pct, 0) << ",\"client_cpu_pct\":" << Fmt(c.client_pct, 0)
          << ",\"machine_cpu_pct\":" << Fmt(c.machine_pct, 0) << ",\"threads\":" << ThreadCoresJson(c.thread_cores)
          << ",\"fsyncs\":" << fsyncs;
+    json << WriteBytesJson("", c, t.unique);
     if (fsyncs > 0 && t.unique > 0) {
       json << ",\"msgs_per_fsync\":" << Fmt(static_cast<double>(t.unique) / static_cast<double>(fsyncs), 1);
     }
@@ -415,6 +435,7 @@ int RunE2e(const Options& o) {
       std::this_thread::sleep_for(std::chrono::milliseconds(300));
     }
     CpuMeter cpu{broker->pid()};
+    cpu.disk_path = dir;
     std::fprintf(stderr, "e2e: latency: %.0f msgs/s total for %.1f s (%d pubs, %ld msgs each), warm-up %.1f s\n",
                  o.rate, o.duration, o.publishers, ph.per_pub, o.warmup);
     cpu.Start();
@@ -447,6 +468,7 @@ int RunE2e(const Options& o) {
          << ",\"lat_refused\":" << t.nacked << ",\"lat_broker_cpu_pct\":" << Fmt(c.broker_pct, 0)
          << ",\"lat_client_cpu_pct\":" << Fmt(c.client_pct, 0)
          << ",\"lat_threads\":" << ThreadCoresJson(c.thread_cores) << ",\"lat_fsyncs\":" << fsyncs;
+    json << WriteBytesJson("lat_", c, t.unique);
   }
 
   // ---------------- teardown

@@ -5,6 +5,8 @@
 #include <google/protobuf/util/time_util.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -180,6 +182,28 @@ long ProcessRssBytes(pid_t pid) {
   return -1;
 }
 
+long ProcessFileWriteBytes(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/io");
+  std::string key;
+  long value = 0;
+  while (in >> key >> value) {
+    if (key == "wchar:") return value;
+  }
+  return -1;
+}
+
+long DeviceWriteBytes(const std::string& path) {
+  struct stat st {};
+  if (path.empty() || ::stat(path.c_str(), &st) != 0) return -1;
+  std::ifstream in("/sys/dev/block/" + std::to_string(major(st.st_dev)) + ":" + std::to_string(minor(st.st_dev)) +
+                   "/stat");
+  long fields[7] = {};
+  for (long& f : fields) {
+    if (!(in >> f)) return -1;
+  }
+  return fields[6] * 512;  // sectors written, 512 bytes each whatever the device's own
+}
+
 std::pair<double, double> MachineJiffies() {
   std::ifstream in("/proc/stat");
   std::string cpu;
@@ -206,6 +230,8 @@ void CpuMeter::Start() {
   threads0 = ThreadCpuSeconds(broker);
   b0 = ProcessCpuSeconds(broker);
   c0 = ProcessCpuSeconds(::getpid());
+  file0 = ProcessFileWriteBytes(broker);
+  disk0 = DeviceWriteBytes(disk_path);
   std::tie(busy0, total0) = MachineJiffies();
 }
 
@@ -222,7 +248,14 @@ CpuMeter::Reading CpuMeter::Stop() const {
     const double used = now.second - (before == threads0.end() ? 0 : before->second.second);
     if (wall > 0) by_name[now.first] += used / wall;
   }
-  return {wall > 0 ? b / wall * 100 : 0, wall > 0 ? c / wall * 100 : 0, m, b, std::move(by_name)};
+  const long file = ProcessFileWriteBytes(broker), disk = DeviceWriteBytes(disk_path);
+  return {wall > 0 ? b / wall * 100 : 0,
+          wall > 0 ? c / wall * 100 : 0,
+          m,
+          b,
+          std::move(by_name),
+          file >= 0 && file0 >= 0 ? file - file0 : -1,
+          disk >= 0 && disk0 >= 0 ? disk - disk0 : -1};
 }
 
 // ------------------------------------------------------------ the message

@@ -76,6 +76,14 @@ double ProcessCpuSeconds(pid_t pid);
 // Resident set size of a process (VmRSS of /proc/PID/status), bytes; -1 if
 // it cannot be read.
 long ProcessRssBytes(pid_t pid);
+// Bytes a process has passed to write calls on files (wchar of
+// /proc/PID/io; its sockets' sends are not counted there); -1 if it cannot
+// be read. (Not write_bytes: the kernel charges a whole page-cache folio,
+// up to hundreds of KiB, each time a write dirties it again after a sync.)
+long ProcessFileWriteBytes(pid_t pid);
+// Bytes written to the block device that holds path, by everyone (sectors
+// written in /sys/dev/block/MAJ:MIN/stat); -1 if path is on no block device.
+long DeviceWriteBytes(const std::string& path);
 // Busy and total jiffies of the whole machine.
 std::pair<double, double> MachineJiffies();
 std::vector<double> LoadAverages();
@@ -87,15 +95,19 @@ struct CpuMeter {
   pid_t broker = 0;
   int64_t t0 = 0;
   double b0 = 0, c0 = 0, busy0 = 0, total0 = 0;
+  std::string disk_path;  // the broker's data directory: its device's writes are counted
+  long file0 = -1, disk0 = -1;
   std::map<pid_t, std::pair<std::string, double>> threads0;
   void Start();
   // Percent of one core over the interval: broker, this process, machine;
   // the broker's CPU seconds; and the broker's cores by thread name, its
   // threads of one name summed, the I/O threads (which carry the
-  // process's own name) as "io".
+  // process's own name) as "io"; the bytes the broker wrote to files, and
+  // the bytes written to disk_path's device meanwhile (-1 if unknown).
   struct Reading {
     double broker_pct, client_pct, machine_pct, broker_s;
     std::map<std::string, double> thread_cores;
+    long broker_file_bytes, device_bytes;
   };
   Reading Stop() const;
 };
