@@ -78,8 +78,8 @@ double ProcessCpuSeconds(pid_t pid);
 long ProcessRssBytes(pid_t pid);
 // Bytes a process has passed to write calls on files (wchar of
 // /proc/PID/io; its sockets' sends are not counted there); -1 if it cannot
-// be read. (Not write_bytes: the kernel charges a whole page-cache folio,
-// up to hundreds of KiB, each time a write dirties it again after a sync.)
+// be read. (Not write_bytes: for the commit log's small synced appends it
+// counted about a hundred times what reached the disk; docs/benchmarks.md.)
 long ProcessFileWriteBytes(pid_t pid);
 // Bytes written to the block device that holds path, by everyone (sectors
 // written in /sys/dev/block/MAJ:MIN/stat); -1 if path is on no block device.
