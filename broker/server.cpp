@@ -194,7 +194,8 @@ asio::awaitable<void> Server::Impl::ServeAdmin(Server* server, asio::local::stre
              std::to_string(c.connections_accepted) + ",\"handshakes_failed\":" + std::to_string(c.handshakes_failed) +
              ",\"identities_refused\":" + std::to_string(c.identities_refused) + ",\"publishes\":" +
              std::to_string(c.publishes) + ",\"deliveries_acked\":" + std::to_string(c.deliveries_acked) +
-             ",\"protocol_errors\":" + std::to_string(c.protocol_errors) + ",\"policy_version\":\"" +
+             ",\"protocol_errors\":" + std::to_string(c.protocol_errors) +
+             ",\"waiting\":" + std::to_string(state.mailboxes.waiting_total()) + ",\"policy_version\":\"" +
              state.policy()->version() + "\"}";
   } else if (command == "queues") {
     const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(

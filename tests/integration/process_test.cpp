@@ -289,6 +289,9 @@ TEST_CASE("the admin command queues shows what waits for each agency and whether
   }
   q = queues();
   CHECK(q.find("\"waiting\":2,") != std::string::npos);
+  REQUIRE(Run({LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml"), "--admin", "status"}, dir.path(), &out, &err) ==
+          0);
+  CHECK(out.find(",\"waiting\":2,") != std::string::npos);
   const std::string school = QueueOf(q, "school");
   CHECK(school.find("\"receiving\":false,\"messages\":2,\"redelivered\":0,\"notices\":0,") != std::string::npos);
   CHECK(NumberIn(school, "oldest_age_s") >= 0);
