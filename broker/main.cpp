@@ -6,17 +6,75 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <string>
 
 #include "broker/server.h"
 #include "common/logging.h"
 
 namespace {
 
-// Sends one command to a running broker's admin socket and prints its answer.
-int AdminCommand(const std::string& socket_path, const std::string& command) {
+// "45s", "14m 3s", "5h 2m", "3d 4h".
+std::string Duration(int64_t s) {
+  auto two = [](int64_t a, const char* ua, int64_t b, const char* ub) {
+    return std::to_string(a) + ua + (b > 0 ? " " + std::to_string(b) + ub : "");
+  };
+  if (s < 60) return std::to_string(std::max<int64_t>(s, 0)) + "s";
+  if (s < 3600) return two(s / 60, "m", s % 60, "s");
+  if (s < 86400) return two(s / 3600, "h", s % 3600 / 60, "m");
+  return two(s / 86400, "d", s % 86400 / 3600, "h");
+}
+
+// The broker's answer to "queues" (a JSON object) as a table.
+int PrintQueues(const std::string& json) {
+  google::protobuf::Struct root;
+  if (!google::protobuf::util::JsonStringToMessage(json, &root).ok() || !root.fields().contains("agencies")) {
+    std::fprintf(stderr, "liaison-broker: cannot read the broker's answer: %s\n", json.c_str());
+    return 1;
+  }
+  const auto& agencies = root.fields().at("agencies").list_value().values();
+  size_t width = std::strlen("AGENCY");
+  for (const auto& a : agencies) {
+    const auto& f = a.struct_value().fields();
+    size_t w = f.contains("agency") ? f.at("agency").string_value().size() : 0;
+    if (f.contains("in_policy") && !f.at("in_policy").bool_value()) w += std::strlen(" (not in policy)");
+    width = std::max(width, w);
+  }
+  std::printf("%-*s  %-9s  %8s  %11s  %7s  %-14s  %s\n", static_cast<int>(width), "AGENCY", "RECEIVING", "MESSAGES",
+              "REDELIVERED", "NOTICES", "OLDEST WAITING", "FIRST EXPIRES IN");
+  auto number = [](const google::protobuf::Struct& o, const char* key) {
+    return o.fields().contains(key) ? static_cast<int64_t>(o.fields().at(key).number_value()) : 0;
+  };
+  auto age = [](const google::protobuf::Struct& o, const char* key) {
+    if (!o.fields().contains(key) || o.fields().at(key).kind_case() != google::protobuf::Value::kNumberValue) {
+      return std::string("-");
+    }
+    return Duration(static_cast<int64_t>(o.fields().at(key).number_value()));
+  };
+  for (const auto& a : agencies) {
+    const google::protobuf::Struct& o = a.struct_value();
+    std::string name = o.fields().contains("agency") ? o.fields().at("agency").string_value() : "?";
+    if (o.fields().contains("in_policy") && !o.fields().at("in_policy").bool_value()) name += " (not in policy)";
+    const bool receiving = o.fields().contains("receiving") && o.fields().at("receiving").bool_value();
+    std::printf("%-*s  %-9s  %8lld  %11lld  %7lld  %-14s  %s\n", static_cast<int>(width), name.c_str(),
+                receiving ? "yes" : "no", static_cast<long long>(number(o, "messages")),
+                static_cast<long long>(number(o, "redelivered")), static_cast<long long>(number(o, "notices")),
+                age(o, "oldest_age_s").c_str(), age(o, "next_expiry_in_s").c_str());
+  }
+  std::printf("%lld waiting in all\n", static_cast<long long>(number(root, "waiting")));
+  return 0;
+}
+
+// Sends one command to a running broker's admin socket and prints its
+// answer: as it comes, or with json only its JSON object, or for "queues"
+// (without json) as a table.
+int AdminCommand(const std::string& socket_path, const std::string& command, bool json) {
   if (socket_path.empty()) {
     std::fprintf(stderr, "liaison-broker: the configuration sets no admin_socket\n");
     return 2;
@@ -41,8 +99,19 @@ int AdminCommand(const std::string& socket_path, const std::string& command) {
   ssize_t n;
   while ((n = ::read(fd, buf, sizeof buf)) > 0) answer.append(buf, static_cast<size_t>(n));
   ::close(fd);
+  const bool ok = answer.rfind("ok", 0) == 0;
+  const bool object = answer.rfind("ok {", 0) == 0;
+  if (object && (json || command == "queues")) {
+    std::string body = answer.substr(3);
+    while (!body.empty() && body.back() == '\n') body.pop_back();
+    if (json) {
+      std::printf("%s\n", body.c_str());
+      return 0;
+    }
+    return PrintQueues(body);
+  }
   std::fputs(answer.c_str(), stdout);
-  return answer.rfind("ok", 0) == 0 ? 0 : 1;
+  return ok ? 0 : 1;
 }
 
 }  // namespace
@@ -59,6 +128,7 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "override log_level: trace, debug, info, warn, error, off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
   std::string admin;
+  bool json = false;
   app.add_option("--admin", admin,
                  "send a command to the running broker through its admin_socket and exit: reload (policy, CA "
                  "bundle, CRLs, certificate), status (counters), queues (what waits for each agency, and whether its "
@@ -69,6 +139,9 @@ int main(int argc, char** argv) {
         if (v.rfind("rotate-key ", 0) == 0 && v.size() > 11) return std::string();
         return std::string("expected reload, status, queues, 'rotate-key AGREEMENT' or prune-audit");
       });
+  app.add_flag("--json", json,
+               "with --admin status or queues: print the broker's answer as one JSON object (for scripts); "
+               "queues is otherwise a table");
   app.set_version_flag("--version", "liaison-broker 0.1.0");
   try {
     app.parse(argc, argv);
@@ -83,7 +156,7 @@ int main(int argc, char** argv) {
       std::fputs(FormatDiagnostics(diags).c_str(), stderr);
       return 1;
     }
-    return AdminCommand(config->admin_socket, admin);
+    return AdminCommand(config->admin_socket, admin, json);
   }
   if (config) broker::CheckConfigFiles(*config, &diags);
   if (check_only) {

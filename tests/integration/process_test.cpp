@@ -267,11 +267,11 @@ TEST_CASE("the admin command queues shows what waits for each agency and whether
   auto broker = std::make_unique<BrokerProcess>(dir);
   std::string out, err;
   auto queues = [&] {
-    const int rc = Run({LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml"), "--admin", "queues"}, dir.path(),
-                       &out, &err);
+    const int rc = Run({LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml"), "--admin", "queues", "--json"},
+                       dir.path(), &out, &err);
     INFO(out << err);
     REQUIRE(rc == 0);
-    REQUIRE(out.rfind("ok {\"waiting\":", 0) == 0);
+    REQUIRE(out.rfind("{\"waiting\":", 0) == 0);
     return out;
   };
   std::string q = queues();
@@ -291,7 +291,16 @@ TEST_CASE("the admin command queues shows what waits for each agency and whether
   CHECK(q.find("\"waiting\":2,") != std::string::npos);
   REQUIRE(Run({LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml"), "--admin", "status"}, dir.path(), &out, &err) ==
           0);
+  CHECK(out.rfind("ok {\"sessions\":", 0) == 0);
   CHECK(out.find(",\"waiting\":2,") != std::string::npos);
+  // Without --json, a table for people.
+  REQUIRE(Run({LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml"), "--admin", "queues"}, dir.path(), &out, &err) ==
+          0);
+  INFO(out);
+  CHECK(out.rfind("AGENCY ", 0) == 0);
+  CHECK(std::regex_search(out, std::regex("\nschool +no +2 +0 +0 +[0-9]+s +29d 23h\n")));
+  CHECK(std::regex_search(out, std::regex("\npolice +no +0 +0 +0 +- +-\n")));
+  CHECK(out.find("\n2 waiting in all\n") != std::string::npos);
   const std::string school = QueueOf(q, "school");
   CHECK(school.find("\"receiving\":false,\"messages\":2,\"redelivered\":0,\"notices\":0,") != std::string::npos);
   CHECK(NumberIn(school, "oldest_age_s") >= 0);
