@@ -46,7 +46,7 @@ int PrintQueues(const std::string& json) {
     if (f.contains("in_policy") && !f.at("in_policy").bool_value()) w += std::strlen(" (not in policy)");
     width = std::max(width, w);
   }
-  std::printf("%-*s  %-9s  %8s  %11s  %7s  %-14s  %s\n", static_cast<int>(width), "AGENCY", "RECEIVING", "MESSAGES",
+  std::printf("%-*s  %-14s  %8s  %11s  %7s  %-14s  %s\n", static_cast<int>(width), "AGENCY", "RECEIVING", "MESSAGES",
               "REDELIVERED", "NOTICES", "OLDEST WAITING", "FIRST EXPIRES IN");
   auto number = [](const google::protobuf::Struct& o, const char* key) {
     return o.fields().contains(key) ? static_cast<int64_t>(o.fields().at(key).number_value()) : 0;
@@ -62,8 +62,12 @@ int PrintQueues(const std::string& json) {
     std::string name = o.fields().contains("agency") ? o.fields().at("agency").string_value() : "?";
     if (o.fields().contains("in_policy") && !o.fields().at("in_policy").bool_value()) name += " (not in policy)";
     const bool receiving = o.fields().contains("receiving") && o.fields().at("receiving").bool_value();
-    std::printf("%-*s  %-9s  %8lld  %11lld  %7lld  %-14s  %s\n", static_cast<int>(width), name.c_str(),
-                receiving ? "yes" : "no", static_cast<long long>(number(o, "messages")),
+    // "yes, 2h 5m": connected that long; "no, 3d 4h": gone that long; a
+    // bare "no": not since the broker started.
+    std::string state = receiving ? "yes" : "no";
+    if (const std::string since = age(o, "since_s"); since != "-") state += ", " + since;
+    std::printf("%-*s  %-14s  %8lld  %11lld  %7lld  %-14s  %s\n", static_cast<int>(width), name.c_str(),
+                state.c_str(), static_cast<long long>(number(o, "messages")),
                 static_cast<long long>(number(o, "redelivered")), static_cast<long long>(number(o, "notices")),
                 age(o, "oldest_age_s").c_str(), age(o, "next_expiry_in_s").c_str());
   }

@@ -25,13 +25,26 @@ Result<std::shared_ptr<Session>> Router::ClaimReceiver(const std::string& agency
                                " is already receiving; ask to take over to replace it");
   }
   receivers_[agency] = ReceiverEntry{session->id(), session};
+  if (!previous) changed_[agency] = std::chrono::steady_clock::now();  // a take-over goes on receiving
   return previous;
 }
 
 void Router::ReleaseReceiver(const std::string& agency, uint64_t session_id) {
   std::lock_guard lock(mu_);
   auto it = receivers_.find(agency);
-  if (it != receivers_.end() && it->second.session_id == session_id) receivers_.erase(it);
+  if (it != receivers_.end() && it->second.session_id == session_id) {
+    receivers_.erase(it);
+    changed_[agency] = std::chrono::steady_clock::now();
+  }
+}
+
+Router::ReceiverState Router::StateOf(std::string_view agency) const {
+  std::lock_guard lock(mu_);
+  ReceiverState state;
+  auto it = receivers_.find(agency);
+  state.receiving = it != receivers_.end() && !it->second.session.expired();
+  if (auto c = changed_.find(agency); c != changed_.end()) state.since = c->second;
+  return state;
 }
 
 std::shared_ptr<Session> Router::Receiver(std::string_view agency) const {

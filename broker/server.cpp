@@ -43,7 +43,8 @@ constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 
 // The answer to the admin command "queues": for every agency in the policy
 // (and any other that still has copies waiting), whether its receiving
-// program is connected and what waits for it. No message ids or senders:
+// program is connected (and since when, or since when not) and what waits
+// for it. No message ids or senders:
 // the counts and ages an operator needs to see an agency that has been
 // offline too long.
 std::string QueuesJson(const BrokerState& state, int64_t now_ms) {
@@ -66,7 +67,13 @@ std::string QueuesJson(const BrokerState& state, int64_t now_ms) {
     first = false;
     out += "\"agency\":" + JsonString(agency);
     out += std::string(",\"in_policy\":") + (in_policy.count(agency) ? "true" : "false");
-    out += std::string(",\"receiving\":") + (state.router.Receiver(agency) ? "true" : "false");
+    const Router::ReceiverState receiver = state.router.StateOf(agency);
+    out += std::string(",\"receiving\":") + (receiver.receiving ? "true" : "false");
+    out += ",\"since_s\":" +
+           (receiver.since ? std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
+                                                std::chrono::steady_clock::now() - *receiver.since)
+                                                .count())
+                           : std::string("null"));
     out += ",\"messages\":" + std::to_string(m.messages) + ",\"redelivered\":" + std::to_string(m.redelivered) +
            ",\"notices\":" + std::to_string(m.notices);
     out += ",\"oldest_age_s\":" + (m.messages > 0 ? seconds(now_ms - m.oldest_received_ms) : std::string("null"));

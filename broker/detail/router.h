@@ -3,10 +3,12 @@
 // never held while calling into a session.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -30,6 +32,14 @@ class Router {
   // Drops session as the receiver for agency, if it still is.
   void ReleaseReceiver(const std::string& agency, uint64_t session_id);
   std::shared_ptr<Session> Receiver(std::string_view agency) const;
+  // Whether agency has a receiving session, and since when (its receiving
+  // program connected, or the last one went): unknown if neither happened
+  // since the broker started.
+  struct ReceiverState {
+    bool receiving = false;
+    std::optional<std::chrono::steady_clock::time_point> since;
+  };
+  ReceiverState StateOf(std::string_view agency) const;
 
   std::vector<std::shared_ptr<Session>> All() const;
   size_t size() const;
@@ -42,6 +52,8 @@ class Router {
     std::weak_ptr<Session> session;
   };
   std::map<std::string, ReceiverEntry, std::less<>> receivers_;
+  // When each agency last began or stopped receiving.
+  std::map<std::string, std::chrono::steady_clock::time_point, std::less<>> changed_;
 };
 
 }  // namespace liaison::broker

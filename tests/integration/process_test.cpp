@@ -277,8 +277,8 @@ TEST_CASE("the admin command queues shows what waits for each agency and whether
   std::string q = queues();
   CHECK(q.find("\"waiting\":0,") != std::string::npos);
   CHECK(QueueOf(q, "school") ==
-        "{\"agency\":\"school\",\"in_policy\":true,\"receiving\":false,\"messages\":0,\"redelivered\":0,"
-        "\"notices\":0,\"oldest_age_s\":null,\"next_expiry_in_s\":null}");
+        "{\"agency\":\"school\",\"in_policy\":true,\"receiving\":false,\"since_s\":null,\"messages\":0,"
+        "\"redelivered\":0,\"notices\":0,\"oldest_age_s\":null,\"next_expiry_in_s\":null}");
   CHECK_FALSE(QueueOf(q, "police").empty());
 
   // Two messages for the school while nobody receives for it.
@@ -302,7 +302,8 @@ TEST_CASE("the admin command queues shows what waits for each agency and whether
   CHECK(std::regex_search(out, std::regex("\npolice +no +0 +0 +0 +- +-\n")));
   CHECK(out.find("\n2 waiting in all\n") != std::string::npos);
   const std::string school = QueueOf(q, "school");
-  CHECK(school.find("\"receiving\":false,\"messages\":2,\"redelivered\":0,\"notices\":0,") != std::string::npos);
+  CHECK(school.find("\"receiving\":false,\"since_s\":null,\"messages\":2,\"redelivered\":0,\"notices\":0,") !=
+        std::string::npos);
   CHECK(NumberIn(school, "oldest_age_s") >= 0);
   CHECK(NumberIn(school, "oldest_age_s") < 120);
   // Thirty days of retention by default: the first expires in just under.
@@ -322,14 +323,32 @@ TEST_CASE("the admin command queues shows what waits for each agency and whether
   CHECK(NumberIn(QueueOf(q, "school"), "oldest_age_s") >= 0);
   CHECK(NumberIn(QueueOf(q, "school"), "oldest_age_s") < 120);  // the time it was accepted, kept in the store
 
-  // The school's receiving program connects and confirms both.
-  Receiver receiver(broker->port(), "school");
-  REQUIRE(receiver.WaitCount(2));
-  CHECK(WaitFor([&] {
-    const std::string now = queues();
-    return now.find("\"waiting\":0,") != std::string::npos &&
-           QueueOf(now, "school").find("\"receiving\":true,\"messages\":0,") != std::string::npos;
-  }));
+  // The school's receiving program connects and confirms both; then it
+  // goes, and the time it went is shown.
+  long connected = -1;
+  {
+    Receiver receiver(broker->port(), "school");
+    REQUIRE(receiver.WaitCount(2));
+    CHECK(WaitFor([&] {
+      const std::string now = queues();
+      return now.find("\"waiting\":0,") != std::string::npos &&
+             QueueOf(now, "school").find("\"receiving\":true,") != std::string::npos &&
+             QueueOf(now, "school").find("\"messages\":0,") != std::string::npos;
+    }));
+    CHECK(NumberIn(QueueOf(queues(), "school"), "since_s") >= 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+    connected = NumberIn(QueueOf(queues(), "school"), "since_s");
+    CHECK(connected >= 2);
+    CHECK(connected < 60);
+  }
+  CHECK(WaitFor([&] { return QueueOf(queues(), "school").find("\"receiving\":false,") != std::string::npos; }));
+  // Counted from when it went, not from when it came.
+  const long gone = NumberIn(QueueOf(queues(), "school"), "since_s");
+  CHECK(gone >= 0);
+  CHECK(gone < connected);
+  REQUIRE(Run({LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml"), "--admin", "queues"}, dir.path(), &out, &err) ==
+          0);
+  CHECK(std::regex_search(out, std::regex("\nschool +no, [0-9]+s +0 +0 +0 +- +-\n")));
 
   CHECK(Run({LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml"), "--admin", "queue"}, dir.path(), &out, &err) ==
         2);
