@@ -81,7 +81,7 @@ std::optional<BrokerConfig> BrokerConfig::LoadText(const std::string& text, cons
                    "idle_timeout_ms", "ping_interval_ms", "write_timeout_ms", "delivery_timeout_ms",
                    "shutdown_grace_ms", "refusal_audit_interval_ms", "max_retention_s", "max_handshakes_per_source",
                    "max_connections_per_agency", "publish_rate_per_agency", "publish_burst_per_agency",
-                   "max_audit_requests_per_agency"})) {
+                   "max_audit_requests_per_agency", "queue_report_interval_s"})) {
     Limits& l = c.limits;
     auto u32 = [&](const char* key, uint32_t* out, int64_t min, int64_t max) {
       if (auto v = r.Int(limits, key, min, max)) *out = static_cast<uint32_t>(*v);
@@ -110,6 +110,7 @@ std::optional<BrokerConfig> BrokerConfig::LoadText(const std::string& text, cons
     ms("shutdown_grace_ms", &l.shutdown_grace, 0, 600'000);
     ms("refusal_audit_interval_ms", &l.refusal_audit_interval, 100, 86'400'000);
     if (auto v = r.Int(limits, "max_retention_s", 1, int64_t{10} * 366 * 86'400)) l.max_retention = Millis(*v * 1000);
+    if (auto v = r.Int(limits, "queue_report_interval_s", 0, 7 * 86'400)) l.queue_report_interval = Millis(*v * 1000);
     if (l.default_credit > l.max_credit) r.Error(limits, "'default_credit' must not exceed 'max_credit'");
     if (l.ping_interval >= l.idle_timeout) {
       r.Error(limits, "'ping_interval_ms' must be shorter than 'idle_timeout_ms', or idle peers are closed unpinged");

@@ -56,6 +56,9 @@ struct Limits {
   // Refused connections are audited as one record per source and reason
   // per interval, so a flood cannot fill the disk.
   Millis refusal_audit_interval{60'000};
+  // This often the log names each agency that is not receiving while
+  // messages have waited for it longer than this (0: never).
+  Millis queue_report_interval{3'600'000};
 };
 
 // The audit log's retention (docs/auditing.md, section 6): records older

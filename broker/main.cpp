@@ -20,17 +20,6 @@
 
 namespace {
 
-// "45s", "14m 3s", "5h 2m", "3d 4h".
-std::string Duration(int64_t s) {
-  auto two = [](int64_t a, const char* ua, int64_t b, const char* ub) {
-    return std::to_string(a) + ua + (b > 0 ? " " + std::to_string(b) + ub : "");
-  };
-  if (s < 60) return std::to_string(std::max<int64_t>(s, 0)) + "s";
-  if (s < 3600) return two(s / 60, "m", s % 60, "s");
-  if (s < 86400) return two(s / 3600, "h", s % 3600 / 60, "m");
-  return two(s / 86400, "d", s % 86400 / 3600, "h");
-}
-
 // The broker's answer to "queues" (a JSON object) as a table.
 int PrintQueues(const std::string& json) {
   google::protobuf::Struct root;
@@ -55,7 +44,7 @@ int PrintQueues(const std::string& json) {
     if (!o.fields().contains(key) || o.fields().at(key).kind_case() != google::protobuf::Value::kNumberValue) {
       return std::string("-");
     }
-    return Duration(static_cast<int64_t>(o.fields().at(key).number_value()));
+    return liaison::broker::HumanDuration(static_cast<int64_t>(o.fields().at(key).number_value()));
   };
   for (const auto& a : agencies) {
     const google::protobuf::Struct& o = a.struct_value();

@@ -35,6 +35,16 @@
 
 namespace liaison::broker {
 
+std::string HumanDuration(int64_t s) {
+  auto two = [](int64_t a, const char* ua, int64_t b, const char* ub) {
+    return std::to_string(a) + ua + (b > 0 ? " " + std::to_string(b) + ub : "");
+  };
+  if (s < 60) return std::to_string(std::max<int64_t>(s, 0)) + "s";
+  if (s < 3600) return two(s / 60, "m", s % 60, "s");
+  if (s < 86'400) return two(s / 3600, "h", s % 3600 / 60, "m");
+  return two(s / 86'400, "d", s % 86'400 / 3600, "h");
+}
+
 namespace asio = boost::asio;
 using asio::ip::tcp;
 
@@ -130,7 +140,10 @@ struct Server::Impl {
   asio::awaitable<void> FlushRefusals();
   asio::awaitable<void> ExpireLoop();
   asio::awaitable<void> PruneLoop();
+  asio::awaitable<void> QueueReportLoop();
+  void ReportQueues();
   asio::steady_timer refusal_timer{ioc};
+  asio::steady_timer queue_report_timer{ioc};
   asio::steady_timer expiry_timer{ioc};
   asio::steady_timer prune_timer{ioc};
 };
@@ -259,6 +272,48 @@ asio::awaitable<void> Server::Impl::ExpireLoop() {
   }
 }
 
+// Names, every limits.queue_report_interval, each agency that is not
+// receiving while messages have waited for it longer than that: a receiving
+// program that is down (a school's server off for the holidays, an expired
+// agent certificate) shows in the log, and as a warning once the first of
+// its messages would expire unread within a day.
+asio::awaitable<void> Server::Impl::QueueReportLoop() {
+  const auto every = state.config.limits.queue_report_interval;
+  if (every.count() == 0) co_return;
+  while (!stopping) {
+    queue_report_timer.expires_after(every);
+    co_await queue_report_timer.async_wait(kUseTuple);
+    if (stopping) break;
+    ReportQueues();
+  }
+}
+
+void Server::Impl::ReportQueues() {
+  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
+  const int64_t every_ms = state.config.limits.queue_report_interval.count();
+  for (const MailboxSummary& m : state.mailboxes.Summary()) {
+    if (m.messages == 0 || now_ms - m.oldest_received_ms < every_ms) continue;
+    const Router::ReceiverState receiver = state.router.StateOf(m.agency);
+    if (receiver.receiving) continue;  // it is being served; a stuck one is closed by its own timeouts
+    const std::string gone =
+        receiver.since ? "for " + HumanDuration(std::chrono::duration_cast<std::chrono::seconds>(
+                                                    std::chrono::steady_clock::now() - *receiver.since)
+                                                    .count())
+                       : "since the broker started";
+    const int64_t expires_in_s = std::max<int64_t>(m.next_expiry_ms - now_ms, 0) / 1000;
+    const std::string line = fmt::format(
+        "queue: '{}' has not been receiving {}: {} message(s) wait for it, the oldest for {}; the first expires in {}",
+        m.agency, gone, m.messages, HumanDuration((now_ms - m.oldest_received_ms) / 1000), HumanDuration(expires_in_s));
+    if (expires_in_s < 86'400) {
+      spdlog::warn("{}, unread", line);
+    } else {
+      spdlog::info("{}", line);
+    }
+  }
+}
+
 // Applies audit.retention_days once an hour (and soon after the start), so
 // records are pruned within an hour of falling out of retention.
 asio::awaitable<void> Server::Impl::PruneLoop() {
@@ -318,6 +373,7 @@ asio::awaitable<void> Server::Impl::Drain() {
   refusal_timer.cancel();
   expiry_timer.cancel();
   prune_timer.cancel();
+  queue_report_timer.cancel();
   auto records = state.refusals.Drain();
   audit::Record stop = MakeRecord("broker_stop");
   stop.detail = std::to_string(state.stats.connections_accepted.load()) + " connection(s), " +
@@ -423,6 +479,7 @@ Status Server::Run(bool handle_signals) {
   asio::co_spawn(s.control, s.FlushRefusals(), asio::detached);
   asio::co_spawn(s.control, s.ExpireLoop(), asio::detached);
   asio::co_spawn(s.control, s.PruneLoop(), asio::detached);
+  asio::co_spawn(s.control, s.QueueReportLoop(), asio::detached);
   if (handle_signals) {
     WaitForSignal();
   } else {

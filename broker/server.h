@@ -17,6 +17,10 @@
 
 namespace liaison::broker {
 
+// A duration for people: "45s", "14m 3s", "5h 2m", "3d 4h" (the log, and
+// the admin command's table).
+std::string HumanDuration(int64_t seconds);
+
 class Server {
  public:
   static Result<std::unique_ptr<Server>> Create(BrokerConfig config);

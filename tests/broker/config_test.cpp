@@ -294,6 +294,7 @@ TEST_CASE("BrokerConfig::Load reads every setting", "[broker][config]") {
                                      "  publish_rate_per_agency: 0\n"
                                      "  publish_burst_per_agency: 17\n"
                                      "  max_audit_requests_per_agency: 3\n"
+                                     "  queue_report_interval_s: 600\n"
                                      "audit:\n"
                                      "  retention_days: 400\n");
   Diagnostics diags;
@@ -328,6 +329,7 @@ TEST_CASE("BrokerConfig::Load reads every setting", "[broker][config]") {
   CHECK(c->limits.publish_rate_per_agency == 0);
   CHECK(c->limits.publish_burst_per_agency == 17);
   CHECK(c->limits.max_audit_requests_per_agency == 3);
+  CHECK(c->limits.queue_report_interval == milliseconds(600'000));
   CHECK(c->audit.retention_days == 400);
 }
 

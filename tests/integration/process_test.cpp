@@ -354,6 +354,45 @@ TEST_CASE("the admin command queues shows what waits for each agency and whether
         2);
 }
 
+TEST_CASE("the log names an agency that is not receiving while its messages wait and warns near their expiry",
+          "[process][queue]") {
+  TempDir dir;
+  BrokerProcess broker(dir, "", "limits:\n  queue_report_interval_s: 1\n  max_retention_s: 7200\n");
+  REQUIRE(WriteFileAtomic(dir.File("incident.json"), kIncident).ok());
+  std::string out, err;
+  REQUIRE(Run(broker.Cli("police", {"send", "--to", "school", dir.File("incident.json")}), dir.path(), &out, &err) ==
+          0);
+  // Two hours of retention: the first expires within a day, so a warning.
+  const std::regex line(
+      "warning +liaison-broker: queue: 'school' has not been receiving since the broker started: 1 message\\(s\\) "
+      "wait for it, the oldest for [0-9]+s; the first expires in 1h 59m, unread");
+  CHECK(WaitFor([&] { return std::regex_search(broker.process().err(), line); }));
+  CHECK(broker.process().err().find("queue: 'police'") == std::string::npos);  // nothing waits for it
+
+  // Once the school has its message, it is no longer named.
+  {
+    Receiver receiver(broker.port(), "school");
+    REQUIRE(receiver.WaitCount(1));
+  }
+  CHECK(WaitFor([&] {
+    return QueueOf(Run({LIAISON_BROKER_BIN, "--config", dir.File("broker.yaml"), "--admin", "queues", "--json"},
+                       dir.path(), &out, &err) == 0
+                       ? out
+                       : "",
+                   "school")
+               .find("\"messages\":0,") != std::string::npos;
+  }));
+  const auto named = [&] {
+    const std::string log = broker.process().err();
+    size_t n = 0;
+    for (size_t at = 0; (at = log.find("queue: 'school'", at)) != std::string::npos; ++at) ++n;
+    return n;
+  };
+  const size_t before = named();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  CHECK(named() == before);
+}
+
 TEST_CASE("the admin command prune-audit applies audit.retention_days, and says when none is set", "[process][audit]") {
   std::string out, err;
   {
