@@ -14,6 +14,7 @@
 #include <cstring>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "broker/server.h"
 #include "common/logging.h"
@@ -22,45 +23,59 @@ namespace {
 
 // The broker's answer to "queues" (a JSON object) as a table.
 int PrintQueues(const std::string& json) {
-  google::protobuf::Struct root;
+  using google::protobuf::Struct;
+  using google::protobuf::Value;
+  Struct root;
   if (!google::protobuf::util::JsonStringToMessage(json, &root).ok() || !root.fields().contains("agencies")) {
     std::fprintf(stderr, "liaison-broker: cannot read the broker's answer: %s\n", json.c_str());
     return 1;
   }
-  const auto& agencies = root.fields().at("agencies").list_value().values();
+  auto field = [](const Struct& o, const char* key) {
+    auto it = o.fields().find(key);
+    return it == o.fields().end() ? Value() : it->second;
+  };
+  auto count = [&](const Struct& o, const char* key) {
+    return static_cast<long long>(field(o, key).number_value());
+  };
+  // A duration for people; "-" for null.
+  auto age = [&](const Struct& o, const char* key) {
+    const Value v = field(o, key);
+    if (v.kind_case() != Value::kNumberValue) return std::string("-");
+    return liaison::broker::HumanDuration(static_cast<int64_t>(v.number_value()));
+  };
+  struct Row {
+    std::string agency, receiving, oldest, expires;
+    long long messages, redelivered, notices;
+  };
+  std::vector<Row> rows;
   size_t width = std::strlen("AGENCY");
-  for (const auto& a : agencies) {
-    const auto& f = a.struct_value().fields();
-    size_t w = f.contains("agency") ? f.at("agency").string_value().size() : 0;
-    if (f.contains("in_policy") && !f.at("in_policy").bool_value()) w += std::strlen(" (not in policy)");
-    width = std::max(width, w);
-  }
-  std::printf("%-*s  %-14s  %8s  %11s  %7s  %-14s  %s\n", static_cast<int>(width), "AGENCY", "RECEIVING", "MESSAGES",
-              "REDELIVERED", "NOTICES", "OLDEST WAITING", "FIRST EXPIRES IN");
-  auto number = [](const google::protobuf::Struct& o, const char* key) {
-    return o.fields().contains(key) ? static_cast<int64_t>(o.fields().at(key).number_value()) : 0;
-  };
-  auto age = [](const google::protobuf::Struct& o, const char* key) {
-    if (!o.fields().contains(key) || o.fields().at(key).kind_case() != google::protobuf::Value::kNumberValue) {
-      return std::string("-");
+  for (const Value& a : root.fields().at("agencies").list_value().values()) {
+    const Struct& o = a.struct_value();
+    Row r;
+    r.agency = field(o, "agency").string_value();
+    if (const Value p = field(o, "in_policy"); p.kind_case() == Value::kBoolValue && !p.bool_value()) {
+      r.agency += " (not in policy)";
     }
-    return liaison::broker::HumanDuration(static_cast<int64_t>(o.fields().at(key).number_value()));
-  };
-  for (const auto& a : agencies) {
-    const google::protobuf::Struct& o = a.struct_value();
-    std::string name = o.fields().contains("agency") ? o.fields().at("agency").string_value() : "?";
-    if (o.fields().contains("in_policy") && !o.fields().at("in_policy").bool_value()) name += " (not in policy)";
-    const bool receiving = o.fields().contains("receiving") && o.fields().at("receiving").bool_value();
     // "yes, 2h 5m": connected that long; "no, 3d 4h": gone that long; a
     // bare "no": not since the broker started.
-    std::string state = receiving ? "yes" : "no";
-    if (const std::string since = age(o, "since_s"); since != "-") state += ", " + since;
-    std::printf("%-*s  %-14s  %8lld  %11lld  %7lld  %-14s  %s\n", static_cast<int>(width), name.c_str(),
-                state.c_str(), static_cast<long long>(number(o, "messages")),
-                static_cast<long long>(number(o, "redelivered")), static_cast<long long>(number(o, "notices")),
-                age(o, "oldest_age_s").c_str(), age(o, "next_expiry_in_s").c_str());
+    r.receiving = field(o, "receiving").bool_value() ? "yes" : "no";
+    if (const std::string since = age(o, "since_s"); since != "-") r.receiving += ", " + since;
+    r.oldest = age(o, "oldest_age_s");
+    r.expires = age(o, "next_expiry_in_s");
+    r.messages = count(o, "messages");
+    r.redelivered = count(o, "redelivered");
+    r.notices = count(o, "notices");
+    width = std::max(width, r.agency.size());
+    rows.push_back(std::move(r));
   }
-  std::printf("%lld waiting in all\n", static_cast<long long>(number(root, "waiting")));
+  const int w = static_cast<int>(width);
+  std::printf("%-*s  %-14s  %8s  %11s  %7s  %-14s  %s\n", w, "AGENCY", "RECEIVING", "MESSAGES", "REDELIVERED", "NOTICES",
+              "OLDEST WAITING", "FIRST EXPIRES IN");
+  for (const Row& r : rows) {
+    std::printf("%-*s  %-14s  %8lld  %11lld  %7lld  %-14s  %s\n", w, r.agency.c_str(), r.receiving.c_str(), r.messages,
+                r.redelivered, r.notices, r.oldest.c_str(), r.expires.c_str());
+  }
+  std::printf("%lld waiting in all\n", count(root, "waiting"));
   return 0;
 }
 

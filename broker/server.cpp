@@ -24,7 +24,7 @@
 #include <future>
 #include <map>
 #include <mutex>
-#include <set>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -51,46 +51,65 @@ using asio::ip::tcp;
 namespace {
 constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 
-// The answer to the admin command "queues": for every agency in the policy
-// (and any other that still has copies waiting), whether its receiving
-// program is connected (and since when, or since when not) and what waits
-// for it. No message ids or senders:
-// the counts and ages an operator needs to see an agency that has been
-// offline too long.
-std::string QueuesJson(const BrokerState& state, int64_t now_ms) {
-  std::map<std::string, MailboxSummary> by_agency;
-  std::set<std::string> in_policy;
-  for (const auto& a : state.policy()->agencies()) {
-    in_policy.insert(a.id);
-    by_agency[a.id].agency = a.id;
+// One agency's state for the admin command "queues" and the log's queue
+// report: whether its receiving program is connected and what waits for it.
+// No message ids or senders: the counts and ages an operator needs to see an
+// agency that has been offline too long.
+struct AgencyQueue {
+  MailboxSummary waiting;  // waiting.agency names the agency
+  bool in_policy = false;
+  bool receiving = false;
+  std::optional<int64_t> since_s;  // receiving, or not, this long; unknown if neither began since the start
+  std::optional<int64_t> oldest_age_s, next_expiry_in_s;  // none while no message waits
+};
+
+// Every agency with anything waiting, by agency id; with policy_agencies
+// every agency of the policy as well.
+std::vector<AgencyQueue> AgencyQueues(const BrokerState& state, int64_t now_ms, bool policy_agencies) {
+  const auto policy = state.policy();
+  std::map<std::string, AgencyQueue> by_agency;
+  if (policy_agencies) {
+    for (const auto& a : policy->agencies()) by_agency[a.id].waiting.agency = a.id;
   }
-  size_t waiting = 0;
-  for (MailboxSummary& m : state.mailboxes.Summary()) {
-    waiting += m.messages + m.notices;
-    by_agency[m.agency] = std::move(m);
-  }
-  auto seconds = [](int64_t ms) { return std::to_string(std::max<int64_t>(ms, 0) / 1000); };
-  std::string out = "{\"waiting\":" + std::to_string(waiting) + ",\"agencies\":[";
-  bool first = true;
-  for (const auto& [agency, m] : by_agency) {
-    out += first ? "{" : ",{";
-    first = false;
-    out += "\"agency\":" + JsonString(agency);
-    out += std::string(",\"in_policy\":") + (in_policy.count(agency) ? "true" : "false");
+  for (MailboxSummary& m : state.mailboxes.Summary()) by_agency[m.agency].waiting = std::move(m);
+  const auto steady_now = std::chrono::steady_clock::now();
+  std::vector<AgencyQueue> out;
+  out.reserve(by_agency.size());
+  for (auto& [agency, q] : by_agency) {
+    q.in_policy = policy->FindAgency(agency) != nullptr;
     const Router::ReceiverState receiver = state.router.StateOf(agency);
-    out += std::string(",\"receiving\":") + (receiver.receiving ? "true" : "false");
-    out += ",\"since_s\":" +
-           (receiver.since ? std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
-                                                std::chrono::steady_clock::now() - *receiver.since)
-                                                .count())
-                           : std::string("null"));
-    out += ",\"messages\":" + std::to_string(m.messages) + ",\"redelivered\":" + std::to_string(m.redelivered) +
-           ",\"notices\":" + std::to_string(m.notices);
-    out += ",\"oldest_age_s\":" + (m.messages > 0 ? seconds(now_ms - m.oldest_received_ms) : std::string("null"));
-    out += ",\"next_expiry_in_s\":" + (m.messages > 0 ? seconds(m.next_expiry_ms - now_ms) : std::string("null"));
-    out += "}";
+    q.receiving = receiver.receiving;
+    if (receiver.since) {
+      q.since_s = std::chrono::duration_cast<std::chrono::seconds>(steady_now - *receiver.since).count();
+    }
+    if (q.waiting.messages > 0) {
+      q.oldest_age_s = std::max<int64_t>(now_ms - q.waiting.oldest_received_ms, 0) / 1000;
+      q.next_expiry_in_s = std::max<int64_t>(q.waiting.next_expiry_ms - now_ms, 0) / 1000;
+    }
+    out.push_back(std::move(q));
   }
-  return out + "]}";
+  return out;
+}
+
+// The answer to the admin command "queues" (docs/broker.md, section 2).
+std::string QueuesJson(const BrokerState& state, int64_t now_ms) {
+  auto number = [](const std::optional<int64_t>& v) { return v ? std::to_string(*v) : std::string("null"); };
+  size_t waiting = 0;
+  std::string agencies;
+  for (const AgencyQueue& q : AgencyQueues(state, now_ms, /*policy_agencies=*/true)) {
+    const MailboxSummary& m = q.waiting;
+    waiting += m.messages + m.notices;
+    agencies += agencies.empty() ? "{" : ",{";
+    agencies += "\"agency\":" + JsonString(m.agency);
+    agencies += std::string(",\"in_policy\":") + (q.in_policy ? "true" : "false");
+    agencies += std::string(",\"receiving\":") + (q.receiving ? "true" : "false");
+    agencies += ",\"since_s\":" + number(q.since_s);
+    agencies += ",\"messages\":" + std::to_string(m.messages) + ",\"redelivered\":" + std::to_string(m.redelivered) +
+                ",\"notices\":" + std::to_string(m.notices);
+    agencies += ",\"oldest_age_s\":" + number(q.oldest_age_s) + ",\"next_expiry_in_s\":" + number(q.next_expiry_in_s);
+    agencies += "}";
+  }
+  return "{\"waiting\":" + std::to_string(waiting) + ",\"agencies\":[" + agencies + "]}";
 }
 
 std::shared_ptr<const policy::Policy> LoadPolicy(const BrokerConfig& config, Diagnostics* diags) {
@@ -218,10 +237,7 @@ asio::awaitable<void> Server::Impl::ServeAdmin(Server* server, asio::local::stre
              ",\"waiting\":" + std::to_string(state.mailboxes.waiting_total()) + ",\"policy_version\":\"" +
              state.policy()->version() + "\"}";
   } else if (command == "queues") {
-    const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                               std::chrono::system_clock::now().time_since_epoch())
-                               .count();
-    answer = "ok " + QueuesJson(state, now_ms);
+    answer = "ok " + QueuesJson(state, NowMs());
   } else if (command.rfind("rotate-key ", 0) == 0) {
     // New pseudonyms for an agreement from now on: a new key version. Old
     // versions stay, so earlier pseudonyms remain explainable.
@@ -266,9 +282,7 @@ asio::awaitable<void> Server::Impl::ExpireLoop() {
     expiry_timer.expires_after(std::chrono::seconds(1));
     co_await expiry_timer.async_wait(kUseTuple);
     if (stopping) break;
-    ExpireDue(state, std::chrono::duration_cast<std::chrono::milliseconds>(
-                         std::chrono::system_clock::now().time_since_epoch())
-                         .count());
+    ExpireDue(state, NowMs());
   }
 }
 
@@ -289,24 +303,16 @@ asio::awaitable<void> Server::Impl::QueueReportLoop() {
 }
 
 void Server::Impl::ReportQueues() {
-  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                             std::chrono::system_clock::now().time_since_epoch())
-                             .count();
-  const int64_t every_ms = state.config.limits.queue_report_interval.count();
-  for (const MailboxSummary& m : state.mailboxes.Summary()) {
-    if (m.messages == 0 || now_ms - m.oldest_received_ms < every_ms) continue;
-    const Router::ReceiverState receiver = state.router.StateOf(m.agency);
-    if (receiver.receiving) continue;  // it is being served; a stuck one is closed by its own timeouts
-    const std::string gone =
-        receiver.since ? "for " + HumanDuration(std::chrono::duration_cast<std::chrono::seconds>(
-                                                    std::chrono::steady_clock::now() - *receiver.since)
-                                                    .count())
-                       : "since the broker started";
-    const int64_t expires_in_s = std::max<int64_t>(m.next_expiry_ms - now_ms, 0) / 1000;
+  const int64_t every_s = std::chrono::duration_cast<std::chrono::seconds>(state.config.limits.queue_report_interval).count();
+  for (const AgencyQueue& q : AgencyQueues(state, NowMs(), /*policy_agencies=*/false)) {
+    // Waiting that long, and not being served (a stuck receiver is closed
+    // by its own timeouts).
+    if (!q.oldest_age_s || *q.oldest_age_s < every_s || q.receiving) continue;
+    const std::string gone = q.since_s ? "for " + HumanDuration(*q.since_s) : "since the broker started";
     const std::string line = fmt::format(
         "queue: '{}' has not been receiving {}: {} message(s) wait for it, the oldest for {}; the first expires in {}",
-        m.agency, gone, m.messages, HumanDuration((now_ms - m.oldest_received_ms) / 1000), HumanDuration(expires_in_s));
-    if (expires_in_s < 86'400) {
+        q.waiting.agency, gone, q.waiting.messages, HumanDuration(*q.oldest_age_s), HumanDuration(*q.next_expiry_in_s));
+    if (*q.next_expiry_in_s < 86'400) {
       spdlog::warn("{}, unread", line);
     } else {
       spdlog::info("{}", line);
@@ -325,10 +331,7 @@ asio::awaitable<void> Server::Impl::PruneLoop() {
     co_await prune_timer.async_wait(kUseTuple);
     if (stopping) break;
     wait = std::chrono::hours(1);
-    const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                            std::chrono::system_clock::now().time_since_epoch())
-                            .count();
-    state.store->PruneAudit(now - int64_t{days} * 86'400'000, "audit.retention_days " + std::to_string(days),
+    state.store->PruneAudit(NowMs() - int64_t{days} * 86'400'000, "audit.retention_days " + std::to_string(days),
                             [](const Status& s, const Store::Pruned& p) {
                               if (!s.ok()) {
                                 spdlog::error("audit retention: pruning failed: {}", s.message());
@@ -523,10 +526,7 @@ Result<std::string> Server::PruneAudit() {
   if (days == 0) {
     return Status::InvalidArgument("the configuration sets no audit.retention_days: every record is kept");
   }
-  const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                          std::chrono::system_clock::now().time_since_epoch())
-                          .count();
-  auto pruned = impl_->state.store->PruneAuditSync(now - int64_t{days} * 86'400'000,
+  auto pruned = impl_->state.store->PruneAuditSync(NowMs() - int64_t{days} * 86'400'000,
                                                    "audit.retention_days " + std::to_string(days));
   if (!pruned.ok()) return pruned.status();
   if (pruned->last == 0) return std::string("no audit records older than " + std::to_string(days) + " day(s) to prune");

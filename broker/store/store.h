@@ -127,6 +127,9 @@ struct BatchResult {
   StoredMessage original;  // when duplicate: the stored row (without body)
 };
 
+// Wall-clock milliseconds since the Unix epoch, as records are stamped.
+int64_t NowMs();
+
 class Store {
  public:
   struct Options {

@@ -136,7 +136,6 @@ constexpr const char* kLogApplied = "log_applied";  // store_info: the last comm
 constexpr const char* kLastDeliveryId = "last_delivery_id";
 
 // Defined in store.cpp.
-int64_t NowMs();
 // The connection's last error: IoError for a full disk or an I/O error,
 // Corruption for a damaged file, Internal otherwise.
 Status SqlError(sqlite3* db, const std::string& what);
