@@ -21,6 +21,11 @@ using Clock = std::chrono::steady_clock;
 constexpr size_t kMaxMessageFileBytes = 4 * 1024 * 1024;
 constexpr size_t kMaxClaimsPerScan = 256;
 constexpr const char* kStagingName = ".liaison-incoming";
+// Longest name of a file in sent/ or failed/. A name may have 255 bytes
+// (NAME_MAX), but the agent writes "<name>.report.<agency>.json" (an agency
+// id has up to 63 bytes) beside it, under a temporary name 12 bytes longer:
+// longer outbox names are shortened on the way (DestName).
+constexpr size_t kMaxKeptName = 160;
 // A connection that lasted this long resets the reconnect backoff.
 constexpr auto kStableConnection = std::chrono::seconds(10);
 
@@ -52,16 +57,6 @@ bool SafeKey(const std::string& sender, const std::string& message_id) {
   if (!proto::IsValidAgencyId(sender)) return false;
   auto id = NormalizeUuid(message_id);
   return id.ok() && *id == message_id;
-}
-
-std::string SafeFilePart(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    const bool ok =
-        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
-    out += ok ? c : '_';
-  }
-  return out.empty() || out[0] == '.' ? "_" + out : out;
 }
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
@@ -235,10 +230,23 @@ void Agent::Disconnect(const std::string& why, bool error) {
 // ---- outbox ------------------------------------------------------------
 
 std::string Agent::DestName(const std::string& name, const std::string& unique) {
-  if (!FileExists(config_.sent + "/" + name) && !FileExists(config_.failed + "/" + name)) return name;
-  // An earlier file of the same name is in sent/ or failed/: keep both.
+  if (name.size() <= kMaxKeptName && !FileExists(config_.sent + "/" + name) &&
+      !FileExists(config_.failed + "/" + name)) {
+    return name;
+  }
+  // An earlier file of the same name is in sent/ or failed/ (keep both), or
+  // the name is too long for the files beside it (cut, not at a UTF-8
+  // continuation byte; unique keeps it apart from others cut alike).
   const auto dot = name.rfind('.');
-  return name.substr(0, dot) + "." + unique + name.substr(dot);
+  std::string stem = name.substr(0, dot);
+  const std::string ext = name.substr(dot);
+  const size_t room = kMaxKeptName - ext.size() - 1 - unique.size();
+  if (stem.size() > room) {
+    size_t cut = room;
+    while (cut > 0 && (static_cast<unsigned char>(stem[cut]) & 0xC0) == 0x80) --cut;
+    stem.resize(cut);
+  }
+  return stem + "." + unique + ext;
 }
 
 void Agent::FailFile(const std::string& name, const std::string& code, const std::string& message) {
@@ -263,6 +271,9 @@ Status Agent::ScanOutbox() {
   if (!names.ok()) return names.status();
   std::set<std::string> active;
   for (const auto& [id, r] : pending_) active.insert(r.name);
+  // Settled, their move to be tried again: not new files (and claiming one
+  // again would fail the whole batch on the database's unique name).
+  for (const auto& r : unmoved_) active.insert(r.name);
   std::vector<OutboxRow> claims;
   for (const std::string& name : *names) {
     if (active.count(name)) continue;
@@ -530,14 +541,22 @@ Status Agent::HandleRecall(const client::RecallNotice& n) {
 }
 
 Status Agent::HandleReport(const client::DeliveryReport& r) {
+  // Both become part of a file name: a canonical UUID and an agency id have
+  // a known, short length and no special characters.
+  auto id = NormalizeUuid(r.message_id);
+  if (!id.ok() || *id != r.message_id || !proto::IsValidAgencyId(r.recipient)) {
+    return Status::ProtocolError("a delivery report names message id '" + r.message_id.substr(0, 64) +
+                                 "' and recipient '" + r.recipient.substr(0, 64) + "'");
+  }
   auto where = db_->FindSent(r.message_id);
   if (!where.ok()) return where.status();
-  std::string dir = config_.sent, base = SafeFilePart(r.message_id);
+  std::string dir = config_.sent, base = r.message_id;
   if (where->has_value()) {
     dir = (*where)->first == "failed" ? config_.failed : config_.sent;
-    base = (*where)->second;
+    // Recorded before names were kept short: beside it would not fit.
+    if ((*where)->second.size() <= kMaxKeptName) base = (*where)->second;
   }
-  const std::string path = dir + "/" + base + ".report." + SafeFilePart(r.recipient) + ".json";
+  const std::string path = dir + "/" + base + ".report." + r.recipient + ".json";
   const std::string line = "{\"report\":{\"messageId\":" + JsonString(r.message_id) + ",\"recipient\":" + JsonString(r.recipient) +
                            ",\"outcome\":" + JsonString(r.outcome) + ",\"reason\":" + JsonString(r.reason) +
                            ",\"detail\":" + JsonString(r.detail) + ",\"timeMs\":" + std::to_string(r.time_ms) + "}}\n";

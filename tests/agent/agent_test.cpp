@@ -368,3 +368,48 @@ TEST_CASE("agent: a second agent on the same state directory is refused", "[agen
   first.Signal(SIGTERM);
   CHECK(first.Wait(std::chrono::seconds(10)) == 0);
 }
+
+TEST_CASE("agent outbox: a file with a very long name is sent and filed under a shorter name", "[agent][outbox]") {
+  // Names up to the file system's 255 bytes are valid in the outbox; the
+  // agent's own files beside them (".ack.json", ".report.<agency>.json" and
+  // the temp names it writes them under) must still fit.
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", broker.port());
+  ChildProcess agent(AgentArgs(police), police.root, "daemon");
+  const std::string long_ack = std::string(245, 'a') + ".json";     // its ack file's name would be too long
+  const std::string long_report = std::string(225, 'r') + ".json";  // its report file's name would be
+  auto drop_long = [&](const std::string& name, const std::string& content) {
+    std::ofstream(police.outbox() + "/.long", std::ios::binary) << content;
+    std::filesystem::rename(police.outbox() + "/.long", police.outbox() + "/" + name);
+  };
+  drop_long(long_ack, MessageJson("[\"school\"]", "long name"));
+  drop_long(long_report, MessageJson("[\"school\"]", "long name, reported"));
+  police.Drop("short.json", MessageJson("[\"school\"]", "short name"));
+  REQUIRE(school.WaitCount(3));
+  INFO(agent.err());
+  CHECK(WaitFor([&] { return NamesEnding(police.sent(), ".report.school.json").size() == 3; }));
+  CHECK(Names(police.outbox()).empty());
+  const auto acks = NamesEnding(police.sent(), ".ack.json");
+  CHECK(acks.size() == 3);
+  std::set<std::string> files;
+  for (const auto& n : acks) {
+    CHECK(n.size() <= 200);
+    files.insert(JsonField(Slurp(police.sent() + "/" + n), "file"));
+    CHECK(FileExists(police.sent() + "/" + n.substr(0, n.size() - 9)));  // the message file beside it
+  }
+  CHECK(files == std::set<std::string>{long_ack, long_report, "short.json"});
+  // Receiving goes on: a report that could not be filed would hold it up.
+  auto pub = Publisher(broker.port(), "school");
+  v1::Message m = IncidentReport({"police"});
+  REQUIRE(pub->Publish(m).AllAccepted());
+  CHECK(WaitFor([&] { return FileExists(police.inbox() + "/school_" + m.envelope().message_id() + ".json"); }));
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+  // A restart finds nothing left half done.
+  std::string out;
+  REQUIRE(RunOnce(police, &out, "again") == 0);
+  CHECK(out.find("\"sent\":0") != std::string::npos);
+}
