@@ -230,10 +230,10 @@ void Agent::Disconnect(const std::string& why, bool error) {
 // ---- outbox ------------------------------------------------------------
 
 std::string Agent::DestName(const std::string& name, const std::string& unique) {
-  if (name.size() <= kMaxKeptName && !FileExists(config_.sent + "/" + name) &&
-      !FileExists(config_.failed + "/" + name)) {
-    return name;
-  }
+  auto taken = [&](const std::string& n) {
+    return FileExists(config_.sent + "/" + n) || FileExists(config_.failed + "/" + n);
+  };
+  if (name.size() <= kMaxKeptName && !taken(name)) return name;
   // An earlier file of the same name is in sent/ or failed/ (keep both), or
   // the name is too long for the files beside it (cut, not at a UTF-8
   // continuation byte; unique keeps it apart from others cut alike).
@@ -246,7 +246,12 @@ std::string Agent::DestName(const std::string& name, const std::string& unique) 
     while (cut > 0 && (static_cast<unsigned char>(stem[cut]) & 0xC0) == 0x80) --cut;
     stem.resize(cut);
   }
-  return stem + "." + unique + ext;
+  // The message id is not unique to a file: the same file (with its id)
+  // may be dropped again and again. The name must be free, or the move
+  // would be skipped as already done and the file claimed again forever.
+  std::string dest = stem + "." + unique + ext;
+  while (taken(dest)) dest = stem + "." + NewUuid() + ext;
+  return dest;
 }
 
 void Agent::FailFile(const std::string& name, const std::string& code, const std::string& message) {

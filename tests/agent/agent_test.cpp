@@ -413,3 +413,34 @@ TEST_CASE("agent outbox: a file with a very long name is sent and filed under a 
   REQUIRE(RunOnce(police, &out, "again") == 0);
   CHECK(out.find("\"sent\":0") != std::string::npos);
 }
+
+TEST_CASE("agent outbox: the same file dropped again and again leaves the outbox each time", "[agent][outbox]") {
+  // A program that sets its own message ids drops the same file more than
+  // once (say, after a failure it did not see). Each copy must leave the
+  // outbox under a name of its own, however often.
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", broker.port());
+  const std::string id = "0190a000-0000-7000-8000-0000000000c7";
+  const std::string body = "{\"envelope\": {\"messageId\": \"" + id +
+                           "\", \"createdAt\": \"2026-01-05T10:00:00Z\", \"recipients\": [\"school\"], "
+                           "\"tlp\": \"TLP_AMBER\", \"purpose\": \"safeguarding\"},"
+                           " \"incidentReport\": {\"incidentType\": \"INCIDENT_HATE_SPEECH\", \"biasMotivations\":"
+                           " [\"BIAS_ANTI_ROMA\"], \"description\": \"again\", \"severity\": \"SEVERITY_MEDIUM\"}}\n";
+  for (int i = 0; i < 4; ++i) {
+    police.Drop("same.json", body);
+    ChildProcess p(AgentArgs(police, {"--once", "--idle", "300", "--timeout", "10", "--json"}), police.root,
+                   "once" + std::to_string(i));
+    const int rc = p.Wait(std::chrono::seconds(30));
+    INFO(p.err());
+    REQUIRE(rc == 0);
+    CHECK(p.out().find("\"sent\":1") != std::string::npos);
+    CHECK(Names(police.outbox()).empty());
+    CHECK(NamesEnding(police.sent(), ".ack.json").size() == static_cast<size_t>(i + 1));
+  }
+  CHECK(school.WaitCount(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(school.count() == 1);  // one message, published once and repeated
+}
