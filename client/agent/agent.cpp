@@ -63,6 +63,16 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+// Whether name has the form of a file the agent writes beside a sent or
+// failed file: <name>.ack.json, <name>.error.json, <name>.report.<agency>.json.
+bool IsSideFileName(const std::string& name) {
+  if (EndsWith(name, ".ack.json") || EndsWith(name, ".error.json")) return true;
+  const auto at = name.rfind(".report.");
+  if (at == std::string::npos || !EndsWith(name, ".json")) return false;
+  const size_t from = at + 8;
+  return name.size() > from + 5 && proto::IsValidAgencyId(name.substr(from, name.size() - from - 5));
+}
+
 }  // namespace
 
 Agent::Agent(AgentConfig config) : config_(std::move(config)), rng_(std::random_device{}()) {
@@ -233,10 +243,12 @@ std::string Agent::DestName(const std::string& name, const std::string& unique) 
   auto taken = [&](const std::string& n) {
     return FileExists(config_.sent + "/" + n) || FileExists(config_.failed + "/" + n);
   };
-  if (name.size() <= kMaxKeptName && !taken(name)) return name;
-  // An earlier file of the same name is in sent/ or failed/ (keep both), or
-  // the name is too long for the files beside it (cut, not at a UTF-8
-  // continuation byte; unique keeps it apart from others cut alike).
+  if (name.size() <= kMaxKeptName && !IsSideFileName(name) && !taken(name)) return name;
+  // An earlier file of the same name is in sent/ or failed/ (keep both); or
+  // the name is one the agent may give a file beside another (kept, it
+  // would be overwritten); or it is too long for the files beside it (cut,
+  // not at a UTF-8 continuation byte; unique keeps it apart from others
+  // cut alike).
   const auto dot = name.rfind('.');
   std::string stem = name.substr(0, dot);
   const std::string ext = name.substr(dot);

@@ -444,3 +444,41 @@ TEST_CASE("agent outbox: the same file dropped again and again leaves the outbox
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   CHECK(school.count() == 1);  // one message, published once and repeated
 }
+
+TEST_CASE("agent outbox: a file named like the agent's own files in sent/ is not overwritten by them",
+          "[agent][outbox]") {
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", broker.port());
+  // Sent first, each under a name that the ack, error or report file of a
+  // later "x.json" takes.
+  police.Drop("x.json.ack.json", MessageJson("[\"school\"]", "named like an ack"));
+  police.Drop("x.json.report.school.json", MessageJson("[\"school\"]", "named like a report"));
+  police.Drop("y.json.error.json", MessageJson("[]", "named like an error"));  // fails too
+  REQUIRE(RunOnce(police) == 0);
+  police.Drop("x.json", MessageJson("[\"school\"]", "the plain name"));
+  police.Drop("y.json", MessageJson("[]", "fails"));
+  ChildProcess agent(AgentArgs(police), police.root, "daemon");
+  REQUIRE(WaitFor([&] { return FileExists(police.sent() + "/x.json.report.school.json") &&
+                               FileExists(police.failed() + "/y.json.error.json"); }));
+  REQUIRE(school.WaitCount(3));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+  // Every message file is still in sent/ or failed/, once, whatever its name.
+  auto holding = [&](const std::string& dir, const std::string& text) {
+    int n = 0;
+    for (const auto& name : Names(dir)) n += Slurp(dir + "/" + name).find(text) != std::string::npos;
+    return n;
+  };
+  for (const char* text : {"named like an ack", "named like a report", "the plain name"}) {
+    INFO(text);
+    CHECK(holding(police.sent(), text) == 1);
+  }
+  CHECK(holding(police.failed(), "named like an error") == 1);
+  CHECK(holding(police.failed(), "fails") == 1);
+  CHECK(JsonField(Slurp(police.sent() + "/x.json.ack.json"), "file") == "x.json");
+  CHECK(JsonField(Slurp(police.failed() + "/y.json.error.json"), "file") == "y.json");
+}
