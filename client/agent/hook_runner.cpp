@@ -139,6 +139,10 @@ Status HookRunner::RunOnce(const HookRow& row) {
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&fa, 2, 1);
+  // Nothing else of the agent's: its connection to the broker (the client
+  // library's sockets are not close-on-exec) must not live on in a hook,
+  // or in a background job the hook leaves behind.
+  posix_spawn_file_actions_addclosefrom_np(&fa, 3);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   // The agent blocks SIGTERM/SIGINT in all its threads (a signal thread

@@ -9,7 +9,8 @@
 // The hook is started with posix_spawn (no shell): argv is the configured
 // command with the message file's path appended; the environment is the
 // agent's plus LIAISON_SENDER, LIAISON_MESSAGE_ID and LIAISON_MESSAGE_FILE;
-// stdin is /dev/null and its stdout goes to the agent's stderr (the log).
+// stdin is /dev/null and its stdout goes to the agent's stderr (the log);
+// no other descriptor is inherited.
 //
 // Thread-safety: Notify, Idle and Stop may be called from any thread.
 #pragma once

@@ -482,3 +482,33 @@ TEST_CASE("agent outbox: a file named like the agent's own files in sent/ is not
   CHECK(JsonField(Slurp(police.sent() + "/x.json.ack.json"), "file") == "x.json");
   CHECK(JsonField(Slurp(police.failed() + "/y.json.error.json"), "file") == "y.json");
 }
+
+TEST_CASE("agent hook: the hook gets only stdin stdout and stderr and not the connection to the broker",
+          "[agent][hook]") {
+  // A hook (or a background job it leaves behind) holding the agent's
+  // descriptors could write into its TLS connection, or keep it open after
+  // the agent has gone.
+  TestBroker broker;
+  TempDir dir;
+  AgentDirs school(dir.path(), "school");
+  const std::string script = school.root + "/hook.sh";
+  REQUIRE(WriteFileAtomic(script,
+                          "#!/bin/sh\n"
+                          "out=\"$(dirname \"$0\")/fds.txt\"\n"
+                          "for f in /proc/$$/fd/*; do echo \"${f##*/} $(readlink \"$f\")\"; done > \"$out.tmp\"\n"
+                          "mv \"$out.tmp\" \"$out\"\n",
+                          0755)
+              .ok());
+  school.WriteConfig("school", broker.port(), "hook:\n  command: [hook.sh]\n");
+  ChildProcess agent(AgentArgs(school), school.root, "daemon");
+  auto pub = Publisher(broker.port(), "police");
+  REQUIRE(pub->Publish(IncidentReport({"school"})).AllAccepted());
+  REQUIRE(WaitFor([&] { return FileExists(school.root + "/fds.txt"); }));
+  const std::string fds = Slurp(school.root + "/fds.txt");
+  INFO(fds);
+  CHECK(fds.find("socket:") == std::string::npos);
+  CHECK(fds.find("state.db") == std::string::npos);
+  CHECK(fds.find("agent.lock") == std::string::npos);
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+}
