@@ -20,7 +20,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr size_t kMaxMessageFileBytes = 4 * 1024 * 1024;
 constexpr size_t kMaxClaimsPerScan = 256;
-constexpr const char* kStagingName = ".liaison-incoming";
 // Longest name of a file in sent/ or failed/. A name may have 255 bytes
 // (NAME_MAX), but the agent writes "<name>.report.<agency>.json" (an agency
 // id has up to 63 bytes) beside it, under a temporary name 12 bytes longer:
@@ -76,7 +75,7 @@ bool IsSideFileName(const std::string& name) {
 }  // namespace
 
 Agent::Agent(AgentConfig config) : config_(std::move(config)), rng_(std::random_device{}()) {
-  staging_ = config_.inbox + "/" + kStagingName;
+  staging_ = config_.inbox + "/" + kInboxStagingName;
 }
 
 Agent::~Agent() {

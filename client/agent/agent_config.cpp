@@ -176,6 +176,35 @@ void CheckAgentFiles(const AgentConfig& c, Diagnostics* diags) {
   };
   const Dir dirs[] = {{"outbox", c.outbox}, {"sent", c.sent},         {"failed", c.failed},
                       {"inbox", c.inbox},   {"recalled", c.recalled}, {"state_dir", c.state_dir}};
+  // One directory under two paths (a symbolic link, a bind mount): Load
+  // compared the paths as written, this what they lead to. The staging
+  // directory too, since the agent empties it at every start.
+  {
+    const std::string staging = c.inbox + "/" + kInboxStagingName;
+    const std::pair<std::string, const std::string*> roles[] = {
+        {"the inbox's staging directory", &staging}, {"'outbox'", &c.outbox}, {"'sent'", &c.sent},
+        {"'failed'", &c.failed}, {"'inbox'", &c.inbox}, {"'recalled'", &c.recalled}, {"'state_dir'", &c.state_dir}};
+    std::map<std::string, std::string> by_path;
+    std::map<std::pair<dev_t, ino_t>, std::string> by_inode;
+    for (const auto& [role, dir] : roles) {
+      std::string other;
+      std::error_code ec;
+      const auto canonical = std::filesystem::weakly_canonical(std::filesystem::absolute(*dir), ec);
+      if (!ec) {
+        auto [it, fresh] = by_path.emplace(canonical.string(), role);
+        if (!fresh) other = it->second;
+      }
+      struct stat st {};
+      if (other.empty() && ::stat(dir->c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+        auto [it, fresh] = by_inode.emplace(std::make_pair(st.st_dev, st.st_ino), role);
+        if (!fresh) other = it->second;
+      }
+      if (!other.empty()) {
+        FileError(diags, c.path,
+                  role + " is the same directory as " + other + " (" + *dir + "); each directory must have its own");
+      }
+    }
+  }
   std::map<std::string, dev_t> devices;
   for (const auto& d : dirs) {
     const std::string at = ExistingAncestor(d.path);

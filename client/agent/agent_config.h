@@ -56,9 +56,14 @@ struct AgentConfig {
   static std::optional<AgentConfig> LoadText(const std::string& text, const std::string& path, Diagnostics* diags);
 };
 
+// The inbox's staging directory, inbox/<this>: received messages are
+// written there, then renamed into the inbox; emptied at every start.
+inline constexpr const char* kInboxStagingName = ".liaison-incoming";
+
 // Checks what Load cannot see in the text: TLS files readable (the private
 // key 0600), the hook command executable, directories existing or
-// creatable and on the right file systems. Appends problems to diags.
+// creatable, on the right file systems, and not one directory under two
+// paths (symbolic links, bind mounts). Appends problems to diags.
 void CheckAgentFiles(const AgentConfig& config, Diagnostics* diags);
 
 }  // namespace liaison::agent

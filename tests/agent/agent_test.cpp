@@ -512,3 +512,41 @@ TEST_CASE("agent hook: the hook gets only stdin stdout and stderr and not the co
   agent.Signal(SIGTERM);
   CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
 }
+
+TEST_CASE("agent: a directory reached by two paths is refused as two roles", "[agent][process]") {
+  // sent: is a symbolic link to the outbox. Files "moved to sent/" would
+  // stay in the outbox and be sent again, as new messages, for ever.
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", broker.port(), "sent: sent-link\n");
+  std::filesystem::create_directory_symlink("outbox", police.root + "/sent-link");
+  police.Drop("a.json", MessageJson("[\"school\"]", "once only"));
+  {
+    ChildProcess p(AgentArgs(police, {"--check-config"}), police.root, "check");
+    CHECK(p.Wait() == 1);
+    INFO(p.err());
+    CHECK(p.err().find("'sent' is the same directory as 'outbox'") != std::string::npos);
+  }
+  ChildProcess p(AgentArgs(police, {"--once", "--idle", "300", "--timeout", "5"}), police.root, "once");
+  CHECK(p.Wait(std::chrono::seconds(30)) == 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(school.count() == 0);
+  CHECK(Names(police.outbox()) == std::vector<std::string>{"a.json"});
+
+  // The same for the inbox's staging directory, which the agent empties at
+  // every start.
+  police.WriteConfig("police", broker.port());
+  std::filesystem::create_directories(police.inbox());
+  std::filesystem::create_directory_symlink("../outbox", police.inbox() + "/.liaison-incoming");
+  {
+    ChildProcess q(AgentArgs(police, {"--check-config"}), police.root, "check-staging");
+    CHECK(q.Wait() == 1);
+    INFO(q.err());
+    CHECK(q.err().find("'outbox' is the same directory as the inbox's staging directory") != std::string::npos);
+  }
+  ChildProcess r(AgentArgs(police, {"--once", "--idle", "300", "--timeout", "5"}), police.root, "once-staging");
+  CHECK(r.Wait(std::chrono::seconds(30)) == 1);
+  CHECK(Names(police.outbox()) == std::vector<std::string>{"a.json"});
+}
