@@ -294,9 +294,10 @@ Status Agent::ScanOutbox() {
   for (const std::string& name : *names) {
     if (active.count(name)) continue;
     if (claims.size() >= kMaxClaimsPerScan) break;  // the rest at the next scan
-    auto data = ReadFile(config_.outbox + "/" + name, kMaxMessageFileBytes);
+    auto data = ReadOutboxFile(config_.outbox + "/" + name, kMaxMessageFileBytes);
     if (!data.ok()) {
-      if (!FileExists(config_.outbox + "/" + name)) continue;  // moved away meanwhile
+      // Moved away meanwhile, or replaced by what ListOutbox passes over.
+      if (data.status().IsNotFound()) continue;
       FailFile(name, "unreadable", data.status().message());
       continue;
     }

@@ -24,6 +24,11 @@ bool FileExists(const std::string& path);
 bool IsOutboxMessageName(const std::string& name);
 // The outbox's message files (regular files only), sorted by name.
 Result<std::vector<std::string>> ListOutbox(const std::string& dir);
+// Reads a file ListOutbox named, refusing one larger than max_bytes
+// (InvalidArgument). NotFound if it is gone or is no longer a regular file
+// (a symbolic link, a FIFO, ... renamed over it since the listing): never
+// follows a link, never waits for a FIFO's writer.
+Result<std::string> ReadOutboxFile(const std::string& path, size_t max_bytes);
 
 // An exclusive lock on path (created if missing), held until the process
 // exits: a second agent on the same state directory is refused. Returns

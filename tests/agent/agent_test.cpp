@@ -550,3 +550,38 @@ TEST_CASE("agent: a directory reached by two paths is refused as two roles", "[a
   CHECK(r.Wait(std::chrono::seconds(30)) == 1);
   CHECK(Names(police.outbox()) == std::vector<std::string>{"a.json"});
 }
+
+TEST_CASE("agent outbox: a file replaced by a FIFO while the agent looks at it does not block the agent",
+          "[agent][outbox]") {
+  // A FIFO in the outbox is not a message file; but one renamed over a
+  // regular file between the agent's listing and its open() must not hang
+  // the agent (open() of a FIFO waits for a writer that never comes).
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", 1);  // no broker needed: files are looked at without one
+  std::string config = Slurp(police.config());
+  config.replace(config.find("poll_interval_ms: 50"), 20, "poll_interval_ms: 10");
+  REQUIRE(WriteFileAtomic(police.config(), config).ok());
+  std::filesystem::create_directories(police.outbox());
+  std::atomic<bool> stop{false};
+  std::thread swapper([&] {
+    // x.json and a FIFO beside it trade places as fast as rename can; when
+    // the agent has taken x.json away (to failed/), a new one comes.
+    const std::string out = police.outbox(), x = out + "/x.json", fifo = out + "/.fifo";
+    ::mkfifo(fifo.c_str(), 0600);
+    while (!stop) {
+      if (::renameat2(AT_FDCWD, x.c_str(), AT_FDCWD, fifo.c_str(), RENAME_EXCHANGE) != 0) {
+        ::unlink(fifo.c_str());  // it may be the regular one now
+        ::mkfifo(fifo.c_str(), 0600);
+        std::ofstream(out + "/.reg") << "{";
+        ::rename((out + "/.reg").c_str(), x.c_str());
+      }
+    }
+  });
+  ChildProcess agent(AgentArgs(police, {"--once", "--timeout", "4"}), police.root, "once");
+  const int rc = agent.Wait(std::chrono::seconds(20));
+  stop = true;
+  swapper.join();
+  INFO(agent.err());
+  CHECK(rc == 3);  // the broker could not be reached: but the agent gave up in time
+}
