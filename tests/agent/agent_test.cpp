@@ -585,3 +585,33 @@ TEST_CASE("agent outbox: a file replaced by a FIFO while the agent looks at it d
   INFO(agent.err());
   CHECK(rc == 3);  // the broker could not be reached: but the agent gave up in time
 }
+
+TEST_CASE("agent hook: a hook that runs too long is killed with everything it started", "[agent][hook]") {
+  // A hook script whose import program hangs: killing the script alone
+  // would leave the program running, and every retry would add another.
+  TestBroker broker;
+  TempDir dir;
+  AgentDirs school(dir.path(), "school");
+  const std::string script = school.root + "/hook.sh";
+  REQUIRE(WriteFileAtomic(script,
+                          "#!/bin/sh\n"
+                          "d=$(dirname \"$0\")\n"
+                          "(sleep 3; echo survived >> \"$d/survivors\") &\n"
+                          "echo started >> \"$d/runs\"\n"
+                          "wait\n",
+                          0755)
+              .ok());
+  school.WriteConfig("school", broker.port(),
+                     "hook:\n  command: [hook.sh]\n  max_attempts: 2\n  initial_backoff_ms: 20\n"
+                     "  max_backoff_ms: 20\n  timeout_ms: 300\n");
+  ChildProcess agent(AgentArgs(school), school.root, "daemon");
+  auto pub = Publisher(broker.port(), "police");
+  REQUIRE(pub->Publish(IncidentReport({"school"})).AllAccepted());
+  REQUIRE(WaitFor([&] { return agent.err().find("giving up") != std::string::npos; }));
+  CHECK(agent.err().find("no exit within 300 ms; killed") != std::string::npos);
+  std::this_thread::sleep_for(std::chrono::milliseconds(4000));
+  CHECK(Slurp(school.root + "/runs") == "started\nstarted\n");
+  CHECK_FALSE(FileExists(school.root + "/survivors"));
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+}
