@@ -20,6 +20,11 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr size_t kMaxMessageFileBytes = 4 * 1024 * 1024;
 constexpr size_t kMaxClaimsPerScan = 256;
+// Claimed files wait in memory until the broker has them. While it cannot
+// be reached, claims stop at this many files or bytes; the rest stay in
+// the outbox (a backlog of thousands must not exhaust the agent's memory).
+constexpr size_t kMaxPendingFiles = 1024;
+constexpr size_t kMaxPendingBytes = 16u << 20;
 // Longest name of a file in sent/ or failed/. A name may have 255 bytes
 // (NAME_MAX), but the agent writes "<name>.report.<agency>.json" (an agency
 // id has up to 63 bytes) beside it, under a temporary name 12 bytes longer:
@@ -282,18 +287,27 @@ void Agent::FailFile(const std::string& name, const std::string& code, const std
   ++stats_.failed;
 }
 
-Status Agent::ScanOutbox() {
+Status Agent::ScanOutbox(bool* more) {
+  *more = false;
   auto names = ListOutbox(config_.outbox);
   if (!names.ok()) return names.status();
   std::set<std::string> active;
-  for (const auto& [id, r] : pending_) active.insert(r.name);
+  size_t pending_bytes = 0;
+  for (const auto& [id, r] : pending_) {
+    active.insert(r.name);
+    pending_bytes += r.body.size();
+  }
   // Settled, their move to be tried again: not new files (and claiming one
   // again would fail the whole batch on the database's unique name).
   for (const auto& r : unmoved_) active.insert(r.name);
   std::vector<OutboxRow> claims;
   for (const std::string& name : *names) {
     if (active.count(name)) continue;
-    if (claims.size() >= kMaxClaimsPerScan) break;  // the rest at the next scan
+    if (claims.size() >= kMaxClaimsPerScan || pending_.size() + claims.size() >= kMaxPendingFiles ||
+        pending_bytes >= kMaxPendingBytes) {
+      *more = true;  // the rest at a later scan
+      break;
+    }
     auto data = ReadOutboxFile(config_.outbox + "/" + name, kMaxMessageFileBytes);
     if (!data.ok()) {
       // Moved away meanwhile, or replaced by what ListOutbox passes over.
@@ -321,6 +335,7 @@ Status Agent::ScanOutbox() {
     r.name = name;
     r.message_id = env->message_id();
     r.body = msg.SerializeAsString();
+    pending_bytes += r.body.size();
     r.dest = DestName(name, r.message_id);
     claims.push_back(std::move(r));
   }
@@ -661,14 +676,15 @@ Status Agent::Run(const RunOptions& options) {
     now = Clock::now();
     if (now >= next_scan) {
       const size_t before = pending_.size();
-      if (Status s = ScanOutbox(); !s.ok()) {
+      bool more = false;
+      if (Status s = ScanOutbox(&more); !s.ok()) {
         spdlog::error("outbox: {}", s.message());
         if (options.once) {
           result = s;
           break;
         }
       }
-      idle_scan = pending_.size() == before;
+      idle_scan = pending_.size() == before && !more;
       next_scan = now + config_.poll_interval;
       if (!unmoved_.empty()) {
         std::vector<OutboxRow> rows = std::move(unmoved_);

@@ -92,7 +92,8 @@ class Agent {
   Millis NextBackoff();
 
   // Outbox.
-  Status ScanOutbox();
+  // Claims new outbox files; *more: some were left for a later scan.
+  Status ScanOutbox(bool* more);
   void FailFile(const std::string& name, const std::string& code, const std::string& message);
   std::string DestName(const std::string& name, const std::string& unique);
   void PublishPending(std::chrono::steady_clock::time_point now);

@@ -1,5 +1,9 @@
 // liaison-agent as agencies run it: the real binary against an in-process
 // broker over real TLS, with real files (docs/agent.md).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <catch2/catch.hpp>
 #include <set>
 
@@ -614,4 +618,73 @@ TEST_CASE("agent hook: a hook that runs too long is killed with everything it st
   CHECK_FALSE(FileExists(school.root + "/survivors"));
   agent.Signal(SIGTERM);
   CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+}
+
+namespace {
+
+// A port on 127.0.0.1 where nothing listens (bound, then closed).
+uint16_t ClosedPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// The "pending" count in a --once --json summary, or -1.
+long PendingIn(const std::string& summary) {
+  const auto at = summary.find("\"pending\":");
+  return at == std::string::npos ? -1 : std::stol(summary.substr(at + 10));
+}
+
+}  // namespace
+
+TEST_CASE("agent outbox: while the broker is unreachable claims stop at a bound and the rest are sent later",
+          "[agent][outbox]") {
+  // Each claimed file's body waits in the agent's memory until the broker
+  // has it: an outbox backlog built up while the broker is down must not
+  // all be claimed at once.
+  TempDir dir;
+  const uint16_t closed = ClosedPort();
+  auto unreachable_once = [&](const AgentDirs& d) {
+    ChildProcess p(AgentArgs(d, {"--once", "--timeout", "3", "--json"}), d.root, "unreachable");
+    const int rc = p.Wait(std::chrono::seconds(30));
+    INFO(p.err());
+    CHECK(rc == 3);
+    return PendingIn(p.out());
+  };
+
+  // By count: 1,500 small files, 1,024 claimed (all of them, without the
+  // bound: 256 a scan, a scan every 50 ms).
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", closed);
+  for (int i = 0; i < 1500; ++i) police.Drop("m" + std::to_string(i) + ".json", MessageJson("[\"school\"]", "n"));
+  CHECK(unreachable_once(police) == 1024);
+  CHECK(Names(police.outbox()).size() == 1500);
+
+  // By bytes: 400 files of about 60 KB; claims stop at 16 MiB of bodies.
+  AgentDirs social(dir.path(), "social");
+  social.WriteConfig("social", closed);
+  const std::string long_text(60000, 'x');
+  for (int i = 0; i < 400; ++i) social.Drop("m" + std::to_string(i) + ".json", MessageJson("[\"school\"]", long_text));
+  const long claimed = unreachable_once(social);
+  CHECK(claimed >= 250);
+  CHECK(claimed <= (16 << 20) / 60000 + 1);
+
+  // Once the broker is there, one --once run sends every file: a scan that
+  // left files behind is not the last.
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  police.WriteConfig("police", broker.port());
+  std::string out;
+  REQUIRE(RunOnce(police, &out) == 0);
+  INFO(out);
+  CHECK(out.find("\"sent\":1500") != std::string::npos);
+  CHECK(Names(police.outbox()).empty());
+  CHECK(NamesEnding(police.sent(), ".ack.json").size() == 1500);
+  CHECK(school.WaitCount(1500));
 }
