@@ -28,18 +28,6 @@ constexpr auto kCloseGrace = std::chrono::seconds(2);
 // freed at the next frame). Every session uses it (Hello), and protobuf
 // fills a block from both ends: 8 KiB made an idle session 8.6 KiB larger.
 constexpr size_t kFrameArenaBytes = 4096;
-}  // namespace
-
-// Newlines in client text could forge log lines.
-std::string Printable(std::string_view text, size_t max) {
-  std::string out(text.substr(0, max));
-  for (char& c : out) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
-  }
-  return out;
-}
-
-namespace {
 
 // The watchdog's tick: a quarter of the shortest deadline, 10 ms to 1 s.
 Clock::duration WatchdogTick(const Limits& l) {

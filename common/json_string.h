@@ -1,5 +1,6 @@
 // A string as a JSON string literal (quoted, with escapes), for the
-// one-line JSON that the command-line tools print.
+// one-line JSON that the command-line tools print. Always valid JSON:
+// bytes that are not well-formed UTF-8 become U+FFFD, one each.
 #pragma once
 
 #include <string>

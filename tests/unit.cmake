@@ -6,6 +6,7 @@ add_executable(unit_tests
   proto/validate_test.cpp
   common/uuid_test.cpp
   common/files_test.cpp
+  common/json_string_test.cpp
   broker/config_test.cpp
   policy/policy_test.cpp)
 target_link_libraries(unit_tests PRIVATE catch_main liaison_broker liaison_policy liaison_common liaison_proto)

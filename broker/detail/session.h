@@ -23,6 +23,7 @@
 
 #include "common/detail/frame_stream.h"
 #include "common/detail/tls.h"
+#include "common/printable.h"
 #include "common/tls.h"
 #include "broker/detail/admission.h"
 #include "broker/detail/mailbox.h"
@@ -31,10 +32,6 @@
 namespace liaison::broker {
 
 class BrokerState;
-
-// Text a client chose, made safe for one log line (control characters
-// replaced, cut at max bytes).
-std::string Printable(std::string_view text, size_t max);
 
 class Session : public std::enable_shared_from_this<Session> {
  public:

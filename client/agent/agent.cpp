@@ -9,6 +9,7 @@
 #include "client/agent/agent_files.h"
 #include "common/files.h"
 #include "common/json_string.h"
+#include "common/printable.h"
 #include "common/uuid.h"
 #include "proto/detail/pb.h"
 #include "proto/message_json.h"
@@ -271,7 +272,7 @@ std::string Agent::DestName(const std::string& name, const std::string& unique) 
 }
 
 void Agent::FailFile(const std::string& name, const std::string& code, const std::string& message) {
-  spdlog::warn("outbox: {} not sent: {}", name, message);
+  spdlog::warn("outbox: {} not sent: {}", Printable(name, 255), message);
   const std::string dest = DestName(name, NewUuid());
   // The reason first, then the move: a crash in between leaves the file in
   // the outbox, where it fails again the same way.
@@ -280,7 +281,7 @@ void Agent::FailFile(const std::string& name, const std::string& code, const std
   if (s.ok()) s = SyncDirectory(config_.failed);
   if (s.ok()) s = SyncDirectory(config_.outbox);
   if (!s.ok()) {
-    spdlog::error("outbox: cannot move {} to failed/: {}", name, s.message());
+    spdlog::error("outbox: cannot move {} to failed/: {}", Printable(name, 255), s.message());
     return;
   }
   std::lock_guard lock(mu_);
@@ -344,7 +345,7 @@ Status Agent::ScanOutbox(bool* more) {
   // sent again under this id, never under a new one.
   if (Status s = db_->Claim(&claims); !s.ok()) return s;
   for (auto& r : claims) {
-    spdlog::info("outbox: {} is message {}", r.name, r.message_id);
+    spdlog::info("outbox: {} is message {}", Printable(r.name, 255), r.message_id);
     pending_.emplace(r.id, std::move(r));
   }
   return Status::Ok();
@@ -361,7 +362,7 @@ void Agent::PublishPending(Clock::time_point now) {
     v1::Message msg;
     if (!msg.ParseFromString(row.body)) {
       // Only a damaged database gets here; the file is still in the outbox.
-      spdlog::error("outbox: the recorded body of {} ({}) does not parse; not sending it", row.name, row.message_id);
+      spdlog::error("outbox: the recorded body of {} ({}) does not parse; not sending it", Printable(row.name, 255), row.message_id);
       retry_at_[id] = Clock::time_point::max();
       continue;
     }
@@ -393,7 +394,7 @@ Status Agent::ApplySettled(const std::vector<OutboxRow>& rows) {
       if (FileExists(config_.outbox + "/" + r.name)) {
         if (Status s = RenameFile(config_.outbox + "/" + r.name, dest); !s.ok()) return s;
       } else {
-        spdlog::warn("outbox: {} ({}) was removed from the outbox before it could be moved to {}/", r.name,
+        spdlog::warn("outbox: {} ({}) was removed from the outbox before it could be moved to {}/", Printable(r.name, 255),
                      r.message_id, r.dir);
       }
     }
@@ -432,7 +433,7 @@ Status Agent::HandleResults(std::vector<Event*>& results) {
         // under the same id (the broker answers a repeat with the original
         // outcome).
         if (!code.empty()) {
-          spdlog::warn("outbox: {} ({}) not accepted for now: {}; trying again", row.name, row.message_id,
+          spdlog::warn("outbox: {} ({}) not accepted for now: {}; trying again", Printable(row.name, 255), row.message_id,
                        r.status.message());
           retry_at_[row.id] = now + std::chrono::seconds(2);
         }
@@ -442,20 +443,20 @@ Status Agent::HandleResults(std::vector<Event*>& results) {
       if (code == "duplicate_message_id") {
         why = "this agency already sent a different message with id " + row.message_id + ": " + why;
       }
-      spdlog::warn("outbox: {} ({}) refused by the broker: {}", row.name, row.message_id, why);
+      spdlog::warn("outbox: {} ({}) refused by the broker: {}", Printable(row.name, 255), row.message_id, why);
       dir = "failed";
       result = ErrorJson(row.name, row.message_id, code.empty() ? "invalid_message" : code, why);
     } else {
       bool all_refused = !r.outcomes.empty();
       for (const auto& o : r.outcomes) all_refused &= o.outcome == "refused";
       if (all_refused) {
-        spdlog::warn("outbox: {} ({}) refused for every recipient", row.name, row.message_id);
+        spdlog::warn("outbox: {} ({}) refused for every recipient", Printable(row.name, 255), row.message_id);
         dir = "failed";
         result = ErrorJson(row.name, row.message_id, "refused", "the broker refused the message for every recipient",
                            r.outcomes);
       } else {
-        spdlog::info("outbox: {} ({}) {} -> sent/{}", row.name, row.message_id,
-                     r.duplicate ? "was already accepted before a restart" : "accepted", row.dest);
+        spdlog::info("outbox: {} ({}) {} -> sent/{}", Printable(row.name, 255), row.message_id,
+                     r.duplicate ? "was already accepted before a restart" : "accepted", Printable(row.dest, 255));
         dir = "sent";
         result = "{\"file\":" + JsonString(row.name) + ",\"messageId\":" + JsonString(row.message_id) +
                  ",\"duplicate\":" + (r.duplicate ? "true" : "false") + ",\"outcomes\":" + OutcomesJson(r.outcomes) +

@@ -688,3 +688,25 @@ TEST_CASE("agent outbox: while the broker is unreachable claims stop at a bound 
   CHECK(NamesEnding(police.sent(), ".ack.json").size() == 1500);
   CHECK(school.WaitCount(1500));
 }
+
+TEST_CASE("agent outbox: a name that is not UTF-8 or holds a newline gives valid JSON and one log line",
+          "[agent][outbox]") {
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", broker.port());
+  const std::string name = "caf\xe9\nforged line.json";  // Latin-1 e-acute, then a newline
+  police.Drop(name, MessageJson("[\"school\"]", "odd name"));
+  std::string out, err;
+  REQUIRE(RunOnce(police, &out, "once", &err) == 0);
+  CHECK(out.find("\"sent\":1") != std::string::npos);
+  REQUIRE(FileExists(police.sent() + "/" + name + ".ack.json"));
+  const std::string ack = Slurp(police.sent() + "/" + name + ".ack.json");
+  INFO(ack);
+  CHECK(ack.find("\"file\":\"caf\\ufffd\\nforged line.json\"") != std::string::npos);
+  CHECK(ack.find('\xe9') == std::string::npos);
+  INFO(err);
+  CHECK(err.find("\nforged line.json") == std::string::npos);
+  CHECK(err.find("caf\xe9?forged line.json is message") != std::string::npos);
+}
