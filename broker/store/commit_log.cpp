@@ -385,6 +385,12 @@ Status CommitLog::Recover(uint64_t after_lsn, const Replay& replay) {
 // acknowledged, so the file (or the spare's new name) survives power loss.
 // On failure the current segment stays current.
 Status CommitLog::StartSegment() {
+  // Past the largest counter the next would wrap to 0 and be read first.
+  // Counting never gets there: only a name the log did not write does.
+  if (!segments_.empty() && segments_.back().counter == UINT64_MAX) {
+    return Status::Corruption("commit log " + segments_.back().path +
+                              ": the segment counter is at its limit; no segment can follow it");
+  }
   const uint64_t counter = segments_.empty() ? 1 : segments_.back().counter + 1;
   Segment seg{counter, SegmentPath(options_.prefix, counter)};
   uint64_t allocated = 0;

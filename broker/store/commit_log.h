@@ -12,7 +12,8 @@
 // Files: prefix + "." + a 20-digit zero-padded decimal counter ("segments",
 // e.g. liaison.db-log.00000000000000000001), mode 0600. Each Open starts a
 // new segment and never appends after a tail it read, so a torn tail is never
-// written over. A segment is preallocated ahead (posix_fallocate) so that a
+// written over. No segment follows one numbered 2^64-1 (a hand-made name):
+// starting one is Corruption, from Open as from a rotation. A segment is preallocated ahead (posix_fallocate) so that a
 // full disk fails the allocation rather than an entry half-way.
 //
 // Entry: a 16-byte header, then the payload. Header, all little-endian:

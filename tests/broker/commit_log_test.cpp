@@ -592,6 +592,29 @@ TEST_CASE("commit log: Open ignores files that only look like segments and delet
   CHECK(SegmentFiles(dir).size() == 1);
 }
 
+// Found by tests/fuzz/commit_log_fuzz.cpp: after a segment named with the
+// largest counter, the next one wrapped to 00000000000000000000, which the
+// next Open reads before every other segment (or cannot create, if it exists).
+TEST_CASE("commit log: a segment numbered 2^64-1 is refused and never followed by segment 0", "[commit_log]") {
+  TempDir dir;
+  const auto o = LogOptions(dir);
+  Entries replayed;
+  AppendRange(*MustOpen(o, 0, &replayed), 1, 2);
+  // Hand-made names: the counter just before its limit still opens, and the
+  // Open starts the last segment there can be ...
+  std::filesystem::rename(SegmentFiles(dir).at(0), o.prefix + ".18446744073709551614");
+  AppendRange(*MustOpen(o, 0, &replayed), 3, 3);
+  CHECK(replayed == Expected(1, 2));
+  const std::string last = o.prefix + ".18446744073709551615";
+  CHECK(SegmentFiles(dir) == std::vector<std::string>{o.prefix + ".18446744073709551614", last});
+  // ... after which no Open can start one.
+  auto log = OpenLog(o, 0, &replayed);
+  REQUIRE_FALSE(log.ok());
+  CHECK(log.status().IsCorruption());
+  CHECK_THAT(log.status().message(), Catch::Contains(last));
+  CHECK(SegmentFiles(dir) == std::vector<std::string>{o.prefix + ".18446744073709551614", last});
+}
+
 TEST_CASE("commit log: Release from another thread while appending", "[commit_log]") {
   TempDir dir;
   auto o = LogOptions(dir);
