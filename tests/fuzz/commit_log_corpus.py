@@ -16,11 +16,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 OUT = os.path.join(ROOT, "tests", "fuzz", "corpus", "commit_log")
 
 # Decode()'s choices.
-FLAG_SPARE, FLAG_PREALLOCATE, FLAG_DECOY = 1, 2, 4
+FLAG_SPARE, FLAG_PREALLOCATE, FLAG_DECOY, FLAG_COUNTER_NEAR_MAX = 1, 2, 4, 0x18
 RAW, LYING_LENGTH, BAD_CRC, VALID = 0, 1, 2, 3       # entry kinds: (op >> 2) & 7
 TAIL_NONE, TAIL_CUT, TAIL_ZEROS, TAIL_GARBAGE, TAIL_FLIP = 0, 4, 5, 6, 7
 PICK_GAP = 3                                           # PickLsn: next + 1..3
-AFTER_ZERO, AFTER_NEAR = 1, 7                          # after_lsn: 0, or first - 1 + n
+AFTER_ZERO, AFTER_MAX, AFTER_NEAR = 1, 2, 7            # after_lsn: 0, 2^64-1 - n, first - 1 + n
 
 
 class Provider:
@@ -47,12 +47,15 @@ class Provider:
         return bytes(self.front) + bytes(reversed(self.back))
 
 
-def encode(segments, after=(AFTER_ZERO, 0), flags=0, append=b"appended", release=0):
+def encode(segments, after=(AFTER_ZERO, 0), flags=0, append=b"appended", release=0, counter_below_max=0):
     """segments: lists of (kind, payload, gap) entries plus a tail, as
     {"entries": [...], "tail": (TAIL_x, n), "from_last_valid": bool}."""
     p = Provider()
     p.integral(0, 255, flags, 8)
-    p.integral(0, 2, 1)            # the first counter
+    if flags & FLAG_COUNTER_NEAR_MAX == FLAG_COUNTER_NEAR_MAX:
+        p.integral(0, 6, counter_below_max)  # the first counter: 2^64-1 - this
+    else:
+        p.integral(0, 2, 1)        # the first counter
     p.integral(0, 3, 1)            # the first lsn
     p.integral(0, 5, len(segments), 32)
     for i, seg in enumerate(segments):
@@ -82,7 +85,9 @@ def encode(segments, after=(AFTER_ZERO, 0), flags=0, append=b"appended", release
             p.integral(1, 40, n)
     mode, n = after
     p.integral(0, 7, mode, 32)
-    if mode == AFTER_NEAR:
+    if mode == AFTER_MAX:
+        p.integral(0, 3, n)
+    elif mode == AFTER_NEAR:
         valid = sum(1 for s in segments for e in s["entries"] if e[0] >= VALID and e[1])
         p.integral(0, valid + 1, n)
     p.integral(1, 32, len(append))
@@ -136,6 +141,14 @@ SEEDS = {
         {"entries": valid(b"one")},
         {"entries": valid(b"two") + [(LYING_LENGTH, b"three", 0)]},
     ]),
+    # Regressions (tests/broker/commit_log_test.cpp has their unit tests):
+    # a segment numbered 2^64-1, after which Open started segment 0 ...
+    "regression-counter-limit": encode([
+        {"entries": valid(b"one")},
+        {"entries": valid(b"two")},
+    ], flags=FLAG_COUNTER_NEAR_MAX, counter_below_max=1),
+    # ... and after_lsn 2^64-1, after which Append took lsn 0.
+    "regression-after-lsn-limit": encode([], after=(AFTER_MAX, 0)),
 }
 
 
