@@ -241,9 +241,10 @@ class Recovery {
       EntryRead& e = r.value();
       if (e.kind == EntryRead::kEntry && offset == 0) {
         if (Status s = CheckFirst(path, e.lsn); !s.ok()) return s;
-      } else if (e.kind == EntryRead::kEntry && e.lsn != prev_ + 1) {
+      } else if (e.kind == EntryRead::kEntry && (prev_ == UINT64_MAX || e.lsn != prev_ + 1)) {
+        // (Nothing follows the last lsn there is: 0 would be a wrap.)
         e = EntryRead{EntryRead::kInvalid, e.lsn, 0,
-                      "lsn " + std::to_string(e.lsn) + " where " + std::to_string(prev_ + 1) + " was expected"};
+                      "lsn " + std::to_string(e.lsn) + " after lsn " + std::to_string(prev_)};
       }
       if (e.kind == EntryRead::kEnd) break;
       if (e.kind == EntryRead::kInvalid) {
@@ -262,7 +263,8 @@ class Recovery {
     return scan;
   }
 
-  // The lsn the next Append gets; warns of a torn tail left unresolved.
+  // The lsn the next Append gets, 0 if none is left; warns of a torn tail
+  // left unresolved.
   uint64_t Finish() const {
     if (invalid_) {
       spdlog::warn("commit log: torn tail in {} at offset {} ({}); replay stops at lsn {}", invalid_->path,
@@ -377,6 +379,12 @@ Status CommitLog::Recover(uint64_t after_lsn, const Replay& replay) {
     bytes_ += scan->bytes;
   }
   next_lsn_ = recovery.Finish();
+  // Counting from 1 never gets there: only after_lsn or an entry's lsn the
+  // log did not write can, and an Append would then take lsn 0.
+  if (next_lsn_ == 0) {
+    return Status::Corruption("commit log: lsn 18446744073709551615 reached (after_lsn " + std::to_string(after_lsn) +
+                              "): no lsn is left for an append");
+  }
   return Status::Ok();
 }
 
@@ -385,6 +393,12 @@ Status CommitLog::Recover(uint64_t after_lsn, const Replay& replay) {
 // acknowledged, so the file (or the spare's new name) survives power loss.
 // On failure the current segment stays current.
 Status CommitLog::StartSegment() {
+  // Past the largest counter the next would wrap to 0 and be read first.
+  // Counting never gets there: only a name the log did not write does.
+  if (!segments_.empty() && segments_.back().counter == UINT64_MAX) {
+    return Status::Corruption("commit log " + segments_.back().path +
+                              ": the segment counter is at its limit; no segment can follow it");
+  }
   const uint64_t counter = segments_.empty() ? 1 : segments_.back().counter + 1;
   Segment seg{counter, SegmentPath(options_.prefix, counter)};
   uint64_t allocated = 0;

@@ -12,14 +12,17 @@
 // Files: prefix + "." + a 20-digit zero-padded decimal counter ("segments",
 // e.g. liaison.db-log.00000000000000000001), mode 0600. Each Open starts a
 // new segment and never appends after a tail it read, so a torn tail is never
-// written over. A segment is preallocated ahead (posix_fallocate) so that a
-// full disk fails the allocation rather than an entry half-way.
+// written over. No segment follows one numbered 2^64-1 (a hand-made name):
+// starting one is Corruption, from Open as from a rotation. A segment is
+// preallocated ahead (posix_fallocate) so that a full disk fails the
+// allocation rather than an entry half-way.
 //
 // Entry: a 16-byte header, then the payload. Header, all little-endian:
 // u32 payload length, u32 CRC-32C over (the 8 lsn bytes, the 4 length bytes,
-// the payload), u64 lsn. lsns are consecutive from 1. A length of 0 ends the
-// written part of a segment (preallocated space is zeros); lengths over
-// 1 GiB are invalid.
+// the payload), u64 lsn. lsns are consecutive from 1 and never wrap: Open
+// refuses as Corruption a log or an after_lsn at 2^64-1, which leaves no lsn
+// for an Append. A length of 0 ends the written part of a segment
+// (preallocated space is zeros); lengths over 1 GiB are invalid.
 //
 // Torn tail or corruption: an invalid entry (bad CRC, length past the end of
 // the file, lsn out of sequence) is a torn tail, an append cut short by a

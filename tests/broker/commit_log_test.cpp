@@ -125,6 +125,15 @@ std::string Header(uint32_t length, uint32_t crc, uint64_t lsn) {
   return h;
 }
 
+// A valid entry, as the log writes it.
+std::string Entry(uint64_t lsn, const std::string& payload) {
+  const std::string unsigned_header = Header(static_cast<uint32_t>(payload.size()), 0, lsn);
+  uint32_t crc = crc32c::Extend(0, unsigned_header.data() + 8, 8);  // lsn, then length
+  crc = crc32c::Extend(crc, unsigned_header.data(), 4);
+  crc = crc32c::Extend(crc, payload.data(), payload.size());
+  return Header(static_cast<uint32_t>(payload.size()), crc, lsn) + payload;
+}
+
 // ---------------------------------------------------------------------------
 
 TEST_CASE("commit log: CRC-32C gives the standard check value on both paths", "[commit_log]") {
@@ -590,6 +599,65 @@ TEST_CASE("commit log: Open ignores files that only look like segments and delet
   log.reset();
   for (const auto& f : others) CHECK(ReadAll(f) == "junk");
   CHECK(SegmentFiles(dir).size() == 1);
+}
+
+// Found by tests/fuzz/commit_log_fuzz.cpp: after a segment named with the
+// largest counter, the next one wrapped to 00000000000000000000, which the
+// next Open reads before every other segment (or cannot create, if it exists).
+TEST_CASE("commit log: a segment numbered 2^64-1 is refused and never followed by segment 0", "[commit_log]") {
+  TempDir dir;
+  const auto o = LogOptions(dir);
+  Entries replayed;
+  AppendRange(*MustOpen(o, 0, &replayed), 1, 2);
+  // Hand-made names: the counter just before its limit still opens, and the
+  // Open starts the last segment there can be ...
+  std::filesystem::rename(SegmentFiles(dir).at(0), o.prefix + ".18446744073709551614");
+  AppendRange(*MustOpen(o, 0, &replayed), 3, 3);
+  CHECK(replayed == Expected(1, 2));
+  const std::string last = o.prefix + ".18446744073709551615";
+  CHECK(SegmentFiles(dir) == std::vector<std::string>{o.prefix + ".18446744073709551614", last});
+  // ... after which no Open can start one.
+  auto log = OpenLog(o, 0, &replayed);
+  REQUIRE_FALSE(log.ok());
+  CHECK(log.status().IsCorruption());
+  CHECK_THAT(log.status().message(), Catch::Contains(last));
+  CHECK(SegmentFiles(dir) == std::vector<std::string>{o.prefix + ".18446744073709551614", last});
+}
+
+// Found by tests/fuzz/commit_log_fuzz.cpp: at after_lsn 2^64-1 Open
+// succeeded and the next Append took lsn 0, which no later Open accepts; an
+// entry with lsn 2^64-1 was followed in its segment by lsn 0 as if in
+// sequence, and the next Append took 2^64-1 again.
+TEST_CASE("commit log: lsn 2^64-1 leaves no lsn for an append and Open refuses it rather than wrap to 0",
+          "[commit_log]") {
+  TempDir dir;
+  const auto o = LogOptions(dir);
+  const std::string seg = o.prefix + ".00000000000000000001";
+  Entries replayed;
+  SECTION("as after_lsn") {
+    auto log = OpenLog(o, UINT64_MAX, &replayed);
+    REQUIRE_FALSE(log.ok());
+    CHECK(log.status().IsCorruption());
+    CHECK_THAT(log.status().message(), Catch::Contains("no lsn is left"));
+    CHECK(SegmentFiles(dir).empty());
+  }
+  SECTION("an entry's, followed by lsn 0 and 1") {
+    WriteAll(seg, Entry(UINT64_MAX, "last") + Entry(0, "wrapped") + Entry(1, "again"));
+    auto log = OpenLog(o, UINT64_MAX - 1, &replayed);
+    CHECK(replayed == Entries{{UINT64_MAX, "last"}});
+    REQUIRE_FALSE(log.ok());
+    CHECK(log.status().IsCorruption());
+    CHECK(SegmentFiles(dir) == std::vector<std::string>{seg});
+  }
+  SECTION("appended: the lsn before the limit") {
+    auto log = MustOpen(o, UINT64_MAX - 1, &replayed);
+    CHECK(*log->Append("last") == UINT64_MAX);
+    log.reset();
+    auto again = OpenLog(o, UINT64_MAX - 1, &replayed);
+    CHECK(replayed == Entries{{UINT64_MAX, "last"}});
+    REQUIRE_FALSE(again.ok());
+    CHECK(again.status().IsCorruption());
+  }
 }
 
 TEST_CASE("commit log: Release from another thread while appending", "[commit_log]") {
