@@ -710,3 +710,28 @@ TEST_CASE("agent outbox: a name that is not UTF-8 or holds a newline gives valid
   CHECK(err.find("\nforged line.json") == std::string::npos);
   CHECK(err.find("caf\xe9?forged line.json is message") != std::string::npos);
 }
+
+TEST_CASE("agent outbox: a symbolic link in the outbox is not followed and nothing it points to is sent",
+          "[agent][outbox]") {
+  // A program that may write into the outbox must not get the agent (and
+  // its certificate) to send a file it could not read itself.
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", broker.port());
+  const std::string elsewhere = dir.path() + "/elsewhere.json";
+  std::ofstream(elsewhere) << MessageJson("[\"school\"]", "not for the outbox");
+  std::filesystem::create_symlink(elsewhere, police.outbox() + "/link.json");
+  police.Drop("real.json", MessageJson("[\"school\"]", "a real one"));
+  std::string out;
+  REQUIRE(RunOnce(police, &out) == 0);
+  INFO(out);
+  CHECK(out.find("\"sent\":1") != std::string::npos);
+  CHECK(Names(police.outbox()) == std::vector<std::string>{"link.json"});
+  CHECK(std::filesystem::is_symlink(police.outbox() + "/link.json"));
+  CHECK(Names(police.failed()).empty());
+  REQUIRE(school.WaitCount(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(school.count() == 1);
+}
