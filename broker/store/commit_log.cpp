@@ -20,6 +20,8 @@
 #include <nmmintrin.h>
 #endif
 
+#include "broker/store/coding.h"
+
 namespace liaison::broker {
 
 // ---------------------------------------------------------------------------
@@ -93,22 +95,10 @@ constexpr size_t kCounterDigits = 20;
 // The spare's zeros are written (and written out) this much at a time.
 constexpr size_t kSpareStepBytes = 256u << 10;
 
-void PutFixed32(char* p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<char>(v >> (8 * i));
-}
-void PutFixed64(char* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>(v >> (8 * i));
-}
-uint32_t GetFixed32(const char* p) {
-  uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= uint32_t{static_cast<uint8_t>(p[i])} << (8 * i);
-  return v;
-}
-uint64_t GetFixed64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= uint64_t{static_cast<uint8_t>(p[i])} << (8 * i);
-  return v;
-}
+using coding::GetFixed32;
+using coding::GetFixed64;
+using coding::PutFixed32;
+using coding::PutFixed64;
 
 // The CRC covers lsn, then length, then payload: header bytes 8..15, 0..3.
 uint32_t EntryCrc(const char* header, std::string_view payload) {

@@ -46,6 +46,7 @@
 #include <utility>
 #include <vector>
 
+#include "broker/store/coding.h"
 #include "broker/store/commit_log.h"
 #include "tests/temp_dir.h"
 
@@ -63,28 +64,14 @@ constexpr const char* kBase = "liaison.db-log";
   std::abort();
 }
 
-void PutFixed32(std::string* out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
-}
-void PutFixed64(std::string* out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
-}
-uint32_t GetFixed32(const char* p) {
-  uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= uint32_t{static_cast<uint8_t>(p[i])} << (8 * i);
-  return v;
-}
-uint64_t GetFixed64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= uint64_t{static_cast<uint8_t>(p[i])} << (8 * i);
-  return v;
-}
+using liaison::broker::coding::GetFixed32;
+using liaison::broker::coding::GetFixed64;
 
 // The header's CRC-32C: over the 8 lsn bytes, the 4 length bytes, the payload.
 uint32_t EntryCrc(uint64_t lsn, uint32_t length, std::string_view payload) {
   std::string head;
-  PutFixed64(&head, lsn);
-  PutFixed32(&head, length);
+  liaison::broker::coding::AppendFixed64(&head, lsn);
+  liaison::broker::coding::AppendFixed32(&head, length);
   const uint32_t crc = crc32c::Extend(0, head.data(), head.size());
   return crc32c::Extend(crc, payload.data(), payload.size());
 }
@@ -157,27 +144,27 @@ Written Decode(FuzzedDataProvider& in) {
         case 1: {  // a length that lies: past the end, past 1 GiB, or anything
           const uint32_t lie = in.ConsumeIntegral<uint32_t>();
           const uint32_t field = (op & 0x40) ? lie : length + 1 + (lie & 0xff);
-          PutFixed32(&bytes, field);
-          PutFixed32(&bytes, EntryCrc(lsn, field, payload));
-          PutFixed64(&bytes, lsn);
+          liaison::broker::coding::AppendFixed32(&bytes, field);
+          liaison::broker::coding::AppendFixed32(&bytes, EntryCrc(lsn, field, payload));
+          liaison::broker::coding::AppendFixed64(&bytes, lsn);
           bytes += payload;
           w.trace += " " + std::to_string(lsn) + "(length " + std::to_string(field) + ")";
           w.damaged = true;
           break;
         }
         case 2: {  // a wrong CRC
-          PutFixed32(&bytes, length);
-          PutFixed32(&bytes, EntryCrc(lsn, length, payload) ^ in.ConsumeIntegralInRange<uint32_t>(1, UINT32_MAX));
-          PutFixed64(&bytes, lsn);
+          liaison::broker::coding::AppendFixed32(&bytes, length);
+          liaison::broker::coding::AppendFixed32(&bytes, EntryCrc(lsn, length, payload) ^ in.ConsumeIntegralInRange<uint32_t>(1, UINT32_MAX));
+          liaison::broker::coding::AppendFixed64(&bytes, lsn);
           bytes += payload;
           w.trace += " " + std::to_string(lsn) + "(bad CRC)";
           w.damaged = true;
           break;
         }
         default:  // a valid entry (an empty one reads as the end of the segment)
-          PutFixed32(&bytes, length);
-          PutFixed32(&bytes, EntryCrc(lsn, length, payload));
-          PutFixed64(&bytes, lsn);
+          liaison::broker::coding::AppendFixed32(&bytes, length);
+          liaison::broker::coding::AppendFixed32(&bytes, EntryCrc(lsn, length, payload));
+          liaison::broker::coding::AppendFixed64(&bytes, lsn);
           bytes += payload;
           w.trace += " " + std::to_string(lsn) + (length == 0 ? "(empty)" : "");
           if (length == 0) {
