@@ -71,7 +71,7 @@ std::string JsonArray(const std::vector<std::string>& items) {
 // (names absent from the SQL are skipped).
 class Query {
  public:
-  Query(sqlite3* db, const std::string& sql) : db_(db) {
+  Query(sqlite3* db, const std::string& sql) {
     if (sqlite3_prepare_v2(db, sql.c_str(), -1, &s_, nullptr) != SQLITE_OK) s_ = nullptr;
   }
   ~Query() { sqlite3_finalize(s_); }
@@ -87,7 +87,6 @@ class Query {
   }
 
  private:
-  sqlite3* db_;
   sqlite3_stmt* s_ = nullptr;
 };
 

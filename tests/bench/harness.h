@@ -95,9 +95,9 @@ struct CpuMeter {
   pid_t broker = 0;
   int64_t t0 = 0;
   double b0 = 0, c0 = 0, busy0 = 0, total0 = 0;
-  std::string disk_path;  // the broker's data directory: its device's writes are counted
+  std::string disk_path = {};  // the broker's data directory: its device's writes are counted
   long file0 = -1, disk0 = -1;
-  std::map<pid_t, std::pair<std::string, double>> threads0;
+  std::map<pid_t, std::pair<std::string, double>> threads0 = {};
   void Start();
   // Percent of one core over the interval: broker, this process, machine;
   // the broker's CPU seconds; and the broker's cores by thread name, its
