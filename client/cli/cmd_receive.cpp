@@ -9,9 +9,12 @@
 
 #include "client/cli/commands.h"
 #include "common/files.h"
+#include "common/printable.h"
+#include "common/uuid.h"
 #include "proto/detail/pb.h"
 #include "proto/message_json.h"
 #include "proto/names.h"
+#include "proto/validate.h"
 
 namespace liaison::cli {
 namespace {
@@ -38,6 +41,19 @@ struct Inbox {
   Status why;
 };
 
+// Sender ids and message ids come from the broker; with --out they become
+// file names, so they are checked rather than trusted (as the agent does).
+bool SafeKey(const std::string& sender, const std::string& message_id) {
+  if (!proto::IsValidAgencyId(sender)) return false;
+  auto id = NormalizeUuid(message_id);
+  return id.ok() && *id == message_id;
+}
+
+Status UnsafeKey(const std::string& what, const std::string& sender, const std::string& message_id) {
+  return Status::ProtocolError(what + " from the broker names sender '" + Printable(sender, 64) + "' and message id '" +
+                               Printable(message_id, 64) + "', which cannot be a file name");
+}
+
 // A recall notice or a delivery report: one JSON line (stdout, or with
 // --out the file beside the message); a recall notice also moves the
 // recalled message's file into <out>/recalled/.
@@ -49,6 +65,7 @@ Status HandleNotice(const CommonOptions& common, const ReceiveOptions& o, const 
            ",\"reason\":" + JsonString(n.reason) + ",\"recalledAtMs\":" + std::to_string(n.recalled_at_ms) + "}}";
     text = "recall notice: " + n.sender + " recalled " + n.message_id + " (" + n.reason + ")";
     if (!o.out_dir.empty()) {
+      if (!SafeKey(n.sender, n.message_id)) return UnsafeKey("a recall notice", n.sender, n.message_id);
       const std::string name = n.sender + "_" + n.message_id;
       std::error_code ec;
       std::filesystem::create_directories(o.out_dir + "/recalled", ec);
@@ -73,7 +90,8 @@ Status HandleNotice(const CommonOptions& common, const ReceiveOptions& o, const 
   if (common.json || o.out_dir.empty()) {
     std::printf("%s\n", line.c_str());
   } else {
-    std::printf("%s\n", text.c_str());
+    // Its fields come from the broker: a newline in one would forge a line.
+    std::printf("%s\n", Printable(text, 8192).c_str());
   }
   if (std::fflush(stdout) != 0) return Status::IoError("cannot write to stdout");
   return Status::Ok();
@@ -143,7 +161,7 @@ int RunReceive(const CommonOptions& common, const ReceiveOptions& o) {
     if (d.kind != client::Delivery::Kind::kMessage) {
       if (Status s = HandleNotice(common, o, d); !s.ok()) {
         std::fprintf(stderr, "liaison receive: %s; not acknowledged\n", s.message().c_str());
-        rc = kExitUsage;
+        rc = s.IsProtocolError() ? kExitConnection : kExitUsage;
         break;
       }
       (*client)->Acknowledge(d);
@@ -166,6 +184,12 @@ int RunReceive(const CommonOptions& common, const ReceiveOptions& o) {
         break;
       }
     } else {
+      if (!SafeKey(env.sender(), env.message_id())) {
+        std::fprintf(stderr, "liaison receive: %s; not acknowledged\n",
+                     UnsafeKey("a message", env.sender(), env.message_id()).message().c_str());
+        rc = kExitConnection;
+        break;
+      }
       const std::string path = o.out_dir + "/" + env.sender() + "_" + env.message_id() + ".json";
       if (Status s = WriteFileAtomic(path, *json + "\n", 0600); !s.ok()) {
         std::fprintf(stderr, "liaison receive: %s; message %s not acknowledged\n", s.message().c_str(),
