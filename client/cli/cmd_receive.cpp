@@ -198,9 +198,9 @@ int RunReceive(const CommonOptions& common, const ReceiveOptions& o) {
         break;
       }
       if (common.json) {
-        std::printf("{\"messageId\":\"%s\",\"sender\":\"%s\",\"type\":\"%s\",\"file\":\"%s\"}\n",
-                    env.message_id().c_str(), env.sender().c_str(), proto::MessageTypeName(*d.message).c_str(),
-                    path.c_str());
+        std::printf("{\"messageId\":%s,\"sender\":%s,\"type\":%s,\"file\":%s}\n",
+                    JsonString(env.message_id()).c_str(), JsonString(env.sender()).c_str(),
+                    JsonString(proto::MessageTypeName(*d.message)).c_str(), JsonString(path).c_str());
       } else {
         std::printf("received %s from %s (%s, TLP:%s) -> %s\n", env.message_id().c_str(), env.sender().c_str(),
                     proto::MessageTypeName(*d.message).c_str(), proto::TlpName(env.tlp()).c_str(), path.c_str());

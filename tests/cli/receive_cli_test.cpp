@@ -209,3 +209,23 @@ TEST_CASE("liaison receive --out refuses a sender or message id from the broker 
     CHECK(!std::filesystem::exists(dir.File("work/escaped_0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c42.recall.json")));
   }
 }
+
+TEST_CASE("liaison receive --out --json prints valid JSON when the directory's name holds a quote or a backslash",
+          "[cli][receive]") {
+  TempDir dir;
+  BrokerProcess broker(dir);
+  REQUIRE(WriteFileAtomic(dir.File("incident.json"), *proto::ToJson(IncidentReport({"school"}), true)).ok());
+  const std::string inbox = dir.File("in\"box\\");
+  std::filesystem::create_directory(inbox);
+  std::string out, err;
+  REQUIRE(Run(broker.Cli("police", {"send", "--to", "school", dir.File("incident.json")}), dir.path(), &out, &err) == 0);
+  const int rc = Run(broker.Cli("school", {"--json", "receive", "--out", inbox, "--count", "1", "--wait", "20"}),
+                     dir.path(), &out, &err);
+  INFO(out << err);
+  REQUIRE(rc == 0);
+  google::protobuf::Struct line;
+  REQUIRE(google::protobuf::util::JsonStringToMessage(out, &line).ok());
+  const std::string file = line.fields().at("file").string_value();
+  CHECK(file.rfind(inbox + "/police_", 0) == 0);
+  CHECK(std::filesystem::exists(file));
+}
