@@ -1,11 +1,53 @@
 // liaison: the command-line tool agencies and auditors use (docs/cli.md).
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <filesystem>
 
 #include "client/cli/commands.h"
+#include "common/checkpoint.h"
+#include "common/files.h"
 
 namespace liaison::cli {
 
+namespace {
+
+// A witness file that exists must hold a checkpoint: the client library
+// would otherwise start over from whatever the broker shows now and
+// overwrite it, dropping what was witnessed without a word.
+Status CheckWitnessFile(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0 && errno == ENOENT) {
+    // A new one: the library keeps it without reporting a failure to write,
+    // so a directory it cannot be written in is refused here.
+    std::string dir = std::filesystem::path(path).parent_path().string();
+    if (dir.empty()) dir = ".";
+    std::error_code ec;
+    if (!std::filesystem::is_directory(dir, ec) || ::access(dir.c_str(), W_OK) != 0) {
+      return Status::InvalidArgument("cannot create " + path + ": " + dir + " is no directory this user can write in");
+    }
+    return Status::Ok();
+  }
+  auto text = ReadFile(path, 64 * 1024);
+  if (!text.ok()) return text.status();
+  if (auto cp = audit::ParseCheckpoint(*text); !cp.ok()) {
+    return Status::InvalidArgument(path + " is not a checkpoint (" + cp.status().message() +
+                                   "); restore it, or remove it to start a new witness");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 std::optional<client::ClientOptions> ConnectionOrReport(const CommonOptions& common) {
+  if (!common.checkpoint_file.empty()) {
+    if (Status s = CheckWitnessFile(common.checkpoint_file); !s.ok()) {
+      std::fprintf(stderr, "liaison: --witness: %s\n", s.message().c_str());
+      return std::nullopt;
+    }
+  }
   Diagnostics diags;
   auto o = client::ResolveConnection(common.connection, &diags);
   std::fputs(FormatDiagnostics(diags).c_str(), stderr);

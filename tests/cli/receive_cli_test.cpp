@@ -229,3 +229,35 @@ TEST_CASE("liaison receive --out --json prints valid JSON when the directory's n
   CHECK(file.rfind(inbox + "/police_", 0) == 0);
   CHECK(std::filesystem::exists(file));
 }
+
+TEST_CASE("liaison --witness refuses a witness file that is not a checkpoint and leaves it as it is", "[cli][witness]") {
+  TempDir dir;
+  BrokerProcess broker(dir);
+  REQUIRE(WriteFileAtomic(dir.File("incident.json"), *proto::ToJson(IncidentReport({"school"}), true)).ok());
+  const std::string witness = dir.File("police.checkpoint");
+  // A witness file damaged by hand or by another program: starting over from
+  // whatever the broker shows now would silently drop what was witnessed.
+  REQUIRE(WriteFileAtomic(witness, "liaison-test/audit\n12\n").ok());
+  std::string out, err;
+  const int rc = Run(broker.Cli("police", {"--witness", witness, "send", "--to", "school", dir.File("incident.json")}),
+                     dir.path(), &out, &err);
+  INFO(out << err);
+  CHECK(rc == 2);
+  CHECK(err.find(witness) != std::string::npos);
+  CHECK(out.empty());  // nothing was sent
+  CHECK(Slurp(witness) == "liaison-test/audit\n12\n");
+  // One that cannot be kept where it is named is refused too, before sending.
+  CHECK(Run(broker.Cli("police", {"--witness", dir.File("missing/police.checkpoint"), "send", "--to", "school",
+                                  dir.File("incident.json")}),
+            dir.path(), &out, &err) == 2);
+  CHECK(err.find("missing/police.checkpoint") != std::string::npos);
+  CHECK(out.empty());
+  // A witness file that does not exist yet is started.
+  const std::string fresh = dir.File("school.checkpoint");
+  const int fresh_rc =
+      Run(broker.Cli("police", {"--witness", fresh, "send", "--to", "school", dir.File("incident.json")}), dir.path(),
+          &out, &err);
+  INFO("fresh witness: " << out << err);
+  CHECK(fresh_rc == 0);
+  CHECK(std::filesystem::exists(fresh));
+}
