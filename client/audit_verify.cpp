@@ -41,7 +41,22 @@ class ReadOnlyDb {
  public:
   ~ReadOnlyDb() { sqlite3_close_v2(db_); }
   Status Open(const std::string& path) {
-    const std::string uri = "file:" + path + "?mode=ro";
+    // In a URI '?' and '#' end the file name and '%' escapes: a name that
+    // holds them must not open another file than the one named. An absolute
+    // path goes after an empty authority, so that one starting "//" is no host.
+    std::string uri = path.starts_with('/') ? "file://" : "file:";
+    for (const char c : path) {
+      if (c == '%') {
+        uri += "%25";
+      } else if (c == '?') {
+        uri += "%3f";
+      } else if (c == '#') {
+        uri += "%23";
+      } else {
+        uri += c;
+      }
+    }
+    uri += "?mode=ro";
     // NOMUTEX: one thread uses the connection at a time (the verifier's
     // reader, once started, has it to itself), and in SQLite's default
     // serialized mode every column access takes the connection's mutex.

@@ -10,7 +10,7 @@ catch_discover_tests(cli_tests EXTRA_ARGS --warn NoTests TEST_PREFIX "cli: ")
 
 # CLI tests against a broker (the real one, or a scripted one that sends
 # what the real one never would): they need the shared dev PKI.
-add_executable(cli_process_tests cli/receive_cli_test.cpp)
-target_link_libraries(cli_process_tests PRIVATE liaison_test_support)
+add_executable(cli_process_tests cli/receive_cli_test.cpp cli/audit_cli_test.cpp)
+target_link_libraries(cli_process_tests PRIVATE liaison_test_support SQLite::SQLite3)
 add_dependencies(cli_process_tests liaison-broker liaison)
 catch_discover_tests(cli_process_tests EXTRA_ARGS --warn NoTests TEST_PREFIX "cli: " PROPERTIES ${INTEGRATION_PROPERTIES})
