@@ -64,6 +64,24 @@ class ReadOnlyDb {
         SQLITE_OK) {
       return Status::IoError("cannot open " + path + ": " + sqlite3_errmsg(db_));
     }
+    // What is read must be stored rows: a hostile file's view (a recursive
+    // one has no end, and sorting it spills to temporary files for ever) or
+    // virtual table (no pages of its own: rootpage 0) in place of a table is
+    // refused. A file that is no database fails here too, and is reported
+    // where it is read.
+    sqlite3_stmt* s = nullptr;
+    int64_t others = 0;
+    if (sqlite3_prepare_v2(db_,
+                           "SELECT count(*) FROM sqlite_schema WHERE name IN ('audit_log', 'checkpoints') AND "
+                           "(type <> 'table' OR rootpage = 0)",
+                           -1, &s, nullptr) == SQLITE_OK &&
+        sqlite3_step(s) == SQLITE_ROW) {
+      others = sqlite3_column_int64(s, 0);
+    }
+    sqlite3_finalize(s);
+    if (others != 0) {
+      return Status::Corruption(path + ": audit_log or checkpoints is not a table (a view or virtual table): refused");
+    }
     return Status::Ok();
   }
   sqlite3* get() const { return db_; }

@@ -36,3 +36,40 @@ TEST_CASE("liaison audit verify checks the file it is given even when its name h
   std::filesystem::copy_file(dir.File("export.db"), dir.File("copy #2?.db"));
   CHECK(verify(dir.File("copy #2?.db")) == 0);
 }
+
+TEST_CASE("liaison audit verify and prove refuse an export whose tables are views instead of running without end",
+          "[cli][audit]") {
+  TempDir dir;
+  auto signer = audit::Signer::LoadOrCreate(dir.File("audit-signing.key"));
+  REQUIRE(signer.ok());
+  const std::string pub = dir.File("audit-signing.key.pub");
+  const std::string db = dir.File("export.db");
+  BuildExport(db, 100, **signer, {100});
+  // A hostile export: a view with no end in place of a table. Sorting its
+  // rows (ORDER BY) would read them for ever, spilling to temporary files.
+  const std::string table = GENERATE(as<std::string>{}, "checkpoints", "audit_log");
+  INFO(table);
+  {
+    sqlite3* h = nullptr;
+    REQUIRE(sqlite3_open(db.c_str(), &h) == SQLITE_OK);
+    const std::string columns = table == "checkpoints" ? "x AS tree_size, 'x' AS text"
+                                                       : "x AS seq, x AS time_ms, zeroblob(32) AS leaf_hash";
+    const std::string sql = "DROP TABLE " + table + "; CREATE VIEW " + table +
+                            " AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT " + columns +
+                            " FROM c;";
+    CHECK(sqlite3_exec(h, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(h);
+  }
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"audit", "verify", "--db", db, "--pubkey", pub},
+           {"audit", "prove", "--db", db, "--from-size", "100", "--to-size", "100"}}) {
+    std::vector<std::string> argv{LIAISON_CLI_BIN};
+    argv.insert(argv.end(), args.begin(), args.end());
+    Process p(argv, dir.path(), "verify");
+    const int rc = p.Wait(std::chrono::seconds(20));
+    INFO(args[1] << ": " << p.out() << p.err());
+    CHECK(rc >= 1);
+    CHECK(rc <= 2);
+    CHECK(p.err().find("not a table") != std::string::npos);
+  }
+}
