@@ -256,6 +256,12 @@ Status CheckOptionalUuid(std::string* field, const char* name) {
 bool IsValidAgencyId(std::string_view id) { return IsValidIdent(id, false); }
 bool IsValidToken(std::string_view token) { return IsValidIdent(token, true); }
 
+bool IsFileSafeKey(std::string_view agency, std::string_view message_id) {
+  if (!IsValidAgencyId(agency)) return false;
+  auto id = NormalizeUuid(message_id);
+  return id.ok() && *id == message_id;
+}
+
 bool BodySurelyValid(std::string_view wire, const MessageLimits& limits) {
   std::string_view bytes;
   const FieldDescriptor* body_field = OnlyBodyMember(wire, &bytes);

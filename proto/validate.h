@@ -27,6 +27,11 @@ struct MessageLimits {
 bool IsValidAgencyId(std::string_view id);
 // Purposes and sharing agreement ids: as agency ids, plus '.'.
 bool IsValidToken(std::string_view token);
+// Whether an agency id and a message id may make up a file name, as the
+// agent's inbox and `liaison receive --out` make them from what the broker
+// sends: a valid agency id and a message id in canonical UUID form (neither
+// can hold '/', a leading '.' or a control character).
+bool IsFileSafeKey(std::string_view agency, std::string_view message_id);
 
 // Checks a message a client wants to publish, and normalises it in place:
 // the message id to canonical UUID form, recipients de-duplicated in order.

@@ -58,12 +58,6 @@ std::string ErrorJson(const std::string& file, const std::string& message_id, co
 
 // Sender ids and message ids come from the broker; they become file names,
 // so they are checked rather than trusted.
-bool SafeKey(const std::string& sender, const std::string& message_id) {
-  if (!proto::IsValidAgencyId(sender)) return false;
-  auto id = NormalizeUuid(message_id);
-  return id.ok() && *id == message_id;
-}
-
 bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
@@ -495,11 +489,11 @@ Status Agent::FlushMessages(std::vector<Event*>& group, std::vector<const Event*
     const v1::Envelope& env = e->delivery.message->envelope();
     const std::string& sender = env.sender();
     const std::string& id = env.message_id();
-    if (!SafeKey(sender, id)) {
+    if (!proto::IsFileSafeKey(sender, id)) {
       spdlog::error(
           "inbox: a delivery from the broker names sender '{}' and message id '{}', which cannot be a "
           "file name; not acknowledged",
-          sender.substr(0, 64), id.substr(0, 64));
+          Printable(sender, 64), Printable(id, 64));
       continue;
     }
     StateDb::InboxKey key{sender, id, sender + "_" + id + ".json"};
@@ -548,9 +542,9 @@ Status Agent::FlushMessages(std::vector<Event*>& group, std::vector<const Event*
 }
 
 Status Agent::HandleRecall(const client::RecallNotice& n) {
-  if (!SafeKey(n.sender, n.message_id)) {
-    return Status::ProtocolError("a recall notice names sender '" + n.sender.substr(0, 64) + "' and message id '" +
-                                 n.message_id.substr(0, 64) + "'");
+  if (!proto::IsFileSafeKey(n.sender, n.message_id)) {
+    return Status::ProtocolError("a recall notice names sender '" + Printable(n.sender, 64) + "' and message id '" +
+                                 Printable(n.message_id, 64) + "'");
   }
   const std::string base = n.sender + "_" + n.message_id;
   const std::string line = "{\"recall\":{\"messageId\":" + JsonString(n.message_id) + ",\"sender\":" + JsonString(n.sender) +
@@ -576,10 +570,9 @@ Status Agent::HandleRecall(const client::RecallNotice& n) {
 Status Agent::HandleReport(const client::DeliveryReport& r) {
   // Both become part of a file name: a canonical UUID and an agency id have
   // a known, short length and no special characters.
-  auto id = NormalizeUuid(r.message_id);
-  if (!id.ok() || *id != r.message_id || !proto::IsValidAgencyId(r.recipient)) {
-    return Status::ProtocolError("a delivery report names message id '" + r.message_id.substr(0, 64) +
-                                 "' and recipient '" + r.recipient.substr(0, 64) + "'");
+  if (!proto::IsFileSafeKey(r.recipient, r.message_id)) {
+    return Status::ProtocolError("a delivery report names message id '" + Printable(r.message_id, 64) +
+                                 "' and recipient '" + Printable(r.recipient, 64) + "'");
   }
   auto where = db_->FindSent(r.message_id);
   if (!where.ok()) return where.status();

@@ -10,7 +10,6 @@
 #include "client/cli/commands.h"
 #include "common/files.h"
 #include "common/printable.h"
-#include "common/uuid.h"
 #include "proto/detail/pb.h"
 #include "proto/message_json.h"
 #include "proto/names.h"
@@ -42,13 +41,7 @@ struct Inbox {
 };
 
 // Sender ids and message ids come from the broker; with --out they become
-// file names, so they are checked rather than trusted (as the agent does).
-bool SafeKey(const std::string& sender, const std::string& message_id) {
-  if (!proto::IsValidAgencyId(sender)) return false;
-  auto id = NormalizeUuid(message_id);
-  return id.ok() && *id == message_id;
-}
-
+// file names, so they are checked (proto::IsFileSafeKey) rather than trusted.
 Status UnsafeKey(const std::string& what, const std::string& sender, const std::string& message_id) {
   return Status::ProtocolError(what + " from the broker names sender '" + Printable(sender, 64) + "' and message id '" +
                                Printable(message_id, 64) + "', which cannot be a file name");
@@ -65,7 +58,7 @@ Status HandleNotice(const CommonOptions& common, const ReceiveOptions& o, const 
            ",\"reason\":" + JsonString(n.reason) + ",\"recalledAtMs\":" + std::to_string(n.recalled_at_ms) + "}}";
     text = "recall notice: " + n.sender + " recalled " + n.message_id + " (" + n.reason + ")";
     if (!o.out_dir.empty()) {
-      if (!SafeKey(n.sender, n.message_id)) return UnsafeKey("a recall notice", n.sender, n.message_id);
+      if (!proto::IsFileSafeKey(n.sender, n.message_id)) return UnsafeKey("a recall notice", n.sender, n.message_id);
       const std::string name = n.sender + "_" + n.message_id;
       std::error_code ec;
       std::filesystem::create_directories(o.out_dir + "/recalled", ec);
@@ -184,7 +177,7 @@ int RunReceive(const CommonOptions& common, const ReceiveOptions& o) {
         break;
       }
     } else {
-      if (!SafeKey(env.sender(), env.message_id())) {
+      if (!proto::IsFileSafeKey(env.sender(), env.message_id())) {
         std::fprintf(stderr, "liaison receive: %s; not acknowledged\n",
                      UnsafeKey("a message", env.sender(), env.message_id()).message().c_str());
         rc = kExitConnection;

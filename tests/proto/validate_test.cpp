@@ -787,3 +787,19 @@ TEST_CASE("ValidateForPublish drops repeated recipients and keeps the first of e
   CHECK(m.envelope().recipients(0) == "social");
   CHECK(m.envelope().recipients(1) == "school");
 }
+
+TEST_CASE("IsFileSafeKey takes only an agency id and a canonical message id", "[validate]") {
+  const std::string id = "0190a000-0000-7000-8000-0000000000b1";
+  CHECK(liaison::proto::IsFileSafeKey("police", id));
+  CHECK(liaison::proto::IsFileSafeKey("youth-ngo", id));
+  CHECK_FALSE(liaison::proto::IsFileSafeKey("", id));
+  CHECK_FALSE(liaison::proto::IsFileSafeKey("..", id));
+  CHECK_FALSE(liaison::proto::IsFileSafeKey("../escaped", id));
+  CHECK_FALSE(liaison::proto::IsFileSafeKey("a/b", id));
+  CHECK_FALSE(liaison::proto::IsFileSafeKey("police\n", id));
+  CHECK_FALSE(liaison::proto::IsFileSafeKey("police", ""));
+  CHECK_FALSE(liaison::proto::IsFileSafeKey("police", "/../../x"));
+  CHECK_FALSE(liaison::proto::IsFileSafeKey("police", "0190A000-0000-7000-8000-0000000000B1"));  // not canonical
+  CHECK_FALSE(liaison::proto::IsFileSafeKey("police", "{" + id + "}"));
+  CHECK_FALSE(liaison::proto::IsFileSafeKey("police", id + "\n"));
+}
