@@ -2,6 +2,7 @@
 
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <sys/stat.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -15,6 +16,7 @@
 #include <boost/asio/use_future.hpp>
 
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
 #include <future>
 #include <map>
@@ -175,10 +177,18 @@ void Client::Impl::Witness(const audit::Checkpoint& cp) {
   if (opts.checkpoint_file.empty() || cp.origin.empty()) return;
   if (!witness_loaded) {
     witness_loaded = true;
-    auto text = ReadFile(opts.checkpoint_file, 64 * 1024);
-    if (text.ok()) {
-      auto saved = audit::ParseCheckpoint(*text);
-      if (saved.ok()) witnessed = *saved;
+    // No file: a new witness. A file that holds no checkpoint (damaged,
+    // truncated, replaced) is never written over: starting afresh from
+    // whatever the broker shows now would drop what was witnessed.
+    struct stat st {};
+    if (::stat(opts.checkpoint_file.c_str(), &st) == 0 || errno != ENOENT) {
+      auto text = ReadFile(opts.checkpoint_file, 64 * 1024);
+      Result<audit::Checkpoint> saved = text.ok() ? audit::ParseCheckpoint(*text) : Result<audit::Checkpoint>(text.status());
+      if (!saved.ok()) {
+        return Alarm("the witness file " + opts.checkpoint_file + " holds no checkpoint (" + saved.status().message() +
+                     "); restore it, or remove it to start a new witness");
+      }
+      witnessed = *saved;
     }
   }
   {

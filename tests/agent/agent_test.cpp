@@ -735,3 +735,34 @@ TEST_CASE("agent outbox: a symbolic link in the outbox is not followed and nothi
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   CHECK(school.count() == 1);
 }
+
+TEST_CASE("agent: a damaged witness file is an audit alarm and is left as it is", "[agent][witness]") {
+  // The witness (state/checkpoint.txt) is the agency's evidence of what the
+  // broker's audit log held. Damaged, it must not be replaced by whatever
+  // the broker shows now, which would drop that evidence without a word.
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", broker.port());
+  police.Drop("a.json", MessageJson("[\"school\"]", "first"));
+  REQUIRE(RunOnce(police) == 0);
+  const std::string witness = police.state() + "/checkpoint.txt";
+  REQUIRE(FileExists(witness));
+  const std::string kept = Slurp(witness);
+  const std::string damaged = kept.substr(0, kept.size() / 2);  // cut short, as a failing disk might
+  REQUIRE(WriteFileAtomic(witness, damaged).ok());
+
+  police.Drop("b.json", MessageJson("[\"school\"]", "second"));
+  std::string out, err;
+  CHECK(RunOnce(police, &out, "damaged", &err) == 6);
+  INFO(err);
+  CHECK(err.find("AUDIT ALARM: the witness file " + witness + " holds no checkpoint") != std::string::npos);
+  CHECK(Slurp(witness) == damaged);
+  CHECK(out.find("\"sent\":1") != std::string::npos);  // its work is done all the same
+
+  // Removed, a new witness starts.
+  std::filesystem::remove(witness);
+  REQUIRE(RunOnce(police, &out, "fresh") == 0);
+  CHECK(FileExists(witness));
+}
