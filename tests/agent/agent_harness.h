@@ -112,6 +112,13 @@ struct AgentDirs {
     if (!WriteFileAtomic(config(), text).ok()) throw std::runtime_error("cannot write " + config());
     std::filesystem::create_directories(outbox());
   }
+  // Writes hook.sh (executable) beside the config, with body after the
+  // "#!/bin/sh" line; the config names it as "command: [hook.sh]".
+  void WriteHook(const std::string& body) const {
+    if (!WriteFileAtomic(root + "/hook.sh", "#!/bin/sh\n" + body, 0755).ok()) {
+      throw std::runtime_error("cannot write " + root + "/hook.sh");
+    }
+  }
   // Drops a message file into the outbox the way writers should: a hidden
   // temp name, then a rename.
   void Drop(const std::string& name, const std::string& content) const {

@@ -292,17 +292,12 @@ TEST_CASE("agent hook: runs with the message's path, retried until it succeeds, 
   AgentDirs school(dir.path(), "school");
   // Fails twice per message, then succeeds; slow enough that a hook run
   // holding up receiving would show.
-  const std::string script = school.root + "/hook.sh";
-  REQUIRE(WriteFileAtomic(script,
-                          "#!/bin/sh\n"
-                          "d=$(dirname \"$0\")\n"
-                          "echo x >> \"$d/count.$LIAISON_MESSAGE_ID\"\n"
-                          "n=$(wc -l < \"$d/count.$LIAISON_MESSAGE_ID\")\n"
-                          "echo \"$1 $LIAISON_SENDER $LIAISON_MESSAGE_ID $n $#\" >> \"$d/hook.log\"\n"
-                          "sleep 0.2\n"
-                          "[ \"$n\" -ge 3 ]\n",
-                          0755)
-              .ok());
+  school.WriteHook("d=$(dirname \"$0\")\n"
+                   "echo x >> \"$d/count.$LIAISON_MESSAGE_ID\"\n"
+                   "n=$(wc -l < \"$d/count.$LIAISON_MESSAGE_ID\")\n"
+                   "echo \"$1 $LIAISON_SENDER $LIAISON_MESSAGE_ID $n $#\" >> \"$d/hook.log\"\n"
+                   "sleep 0.2\n"
+                   "[ \"$n\" -ge 3 ]\n");
   school.WriteConfig("school", broker.port(),
                      "hook:\n  command: [hook.sh]\n  max_attempts: 4\n  initial_backoff_ms: 50\n"
                      "  max_backoff_ms: 100\n  timeout_ms: 5000\n");
@@ -343,8 +338,7 @@ TEST_CASE("agent hook: gives up after max_attempts", "[agent][hook]") {
   TestBroker broker;
   TempDir dir;
   AgentDirs social(dir.path(), "social");
-  const std::string script = social.root + "/hook.sh";
-  REQUIRE(WriteFileAtomic(script, "#!/bin/sh\necho \"$1\" >> \"$(dirname \"$0\")/hook.log\"\nexit 7\n", 0755).ok());
+  social.WriteHook("echo \"$1\" >> \"$(dirname \"$0\")/hook.log\"\nexit 7\n");
   social.WriteConfig("social", broker.port(),
                      "hook:\n  command: [hook.sh]\n  max_attempts: 2\n  initial_backoff_ms: 20\n"
                      "  max_backoff_ms: 20\n");
@@ -495,14 +489,9 @@ TEST_CASE("agent hook: the hook gets only stdin stdout and stderr and not the co
   TestBroker broker;
   TempDir dir;
   AgentDirs school(dir.path(), "school");
-  const std::string script = school.root + "/hook.sh";
-  REQUIRE(WriteFileAtomic(script,
-                          "#!/bin/sh\n"
-                          "out=\"$(dirname \"$0\")/fds.txt\"\n"
-                          "for f in /proc/$$/fd/*; do echo \"${f##*/} $(readlink \"$f\")\"; done > \"$out.tmp\"\n"
-                          "mv \"$out.tmp\" \"$out\"\n",
-                          0755)
-              .ok());
+  school.WriteHook("out=\"$(dirname \"$0\")/fds.txt\"\n"
+                   "for f in /proc/$$/fd/*; do echo \"${f##*/} $(readlink \"$f\")\"; done > \"$out.tmp\"\n"
+                   "mv \"$out.tmp\" \"$out\"\n");
   school.WriteConfig("school", broker.port(), "hook:\n  command: [hook.sh]\n");
   ChildProcess agent(AgentArgs(school), school.root, "daemon");
   auto pub = Publisher(broker.port(), "police");
@@ -596,15 +585,10 @@ TEST_CASE("agent hook: a hook that runs too long is killed with everything it st
   TestBroker broker;
   TempDir dir;
   AgentDirs school(dir.path(), "school");
-  const std::string script = school.root + "/hook.sh";
-  REQUIRE(WriteFileAtomic(script,
-                          "#!/bin/sh\n"
-                          "d=$(dirname \"$0\")\n"
-                          "(sleep 3; echo survived >> \"$d/survivors\") &\n"
-                          "echo started >> \"$d/runs\"\n"
-                          "wait\n",
-                          0755)
-              .ok());
+  school.WriteHook("d=$(dirname \"$0\")\n"
+                   "(sleep 3; echo survived >> \"$d/survivors\") &\n"
+                   "echo started >> \"$d/runs\"\n"
+                   "wait\n");
   school.WriteConfig("school", broker.port(),
                      "hook:\n  command: [hook.sh]\n  max_attempts: 2\n  initial_backoff_ms: 20\n"
                      "  max_backoff_ms: 20\n  timeout_ms: 300\n");
