@@ -177,19 +177,14 @@ void Client::Impl::Witness(const audit::Checkpoint& cp) {
   if (opts.checkpoint_file.empty() || cp.origin.empty()) return;
   if (!witness_loaded) {
     witness_loaded = true;
-    // No file: a new witness. A file that holds no checkpoint (damaged,
-    // truncated, replaced) is never written over: starting afresh from
-    // whatever the broker shows now would drop what was witnessed.
-    struct stat st {};
-    if (::stat(opts.checkpoint_file.c_str(), &st) == 0 || errno != ENOENT) {
-      auto text = ReadFile(opts.checkpoint_file, 64 * 1024);
-      Result<audit::Checkpoint> saved = text.ok() ? audit::ParseCheckpoint(*text) : Result<audit::Checkpoint>(text.status());
-      if (!saved.ok()) {
-        return Alarm("the witness file " + opts.checkpoint_file + " holds no checkpoint (" + saved.status().message() +
-                     "); restore it, or remove it to start a new witness");
-      }
-      witnessed = *saved;
+    // Starting afresh from whatever the broker shows now would drop what
+    // was witnessed: a file that holds no checkpoint is an alarm.
+    auto saved = LoadWitness(opts.checkpoint_file);
+    if (!saved.ok()) {
+      return Alarm("the witness file " + opts.checkpoint_file + " holds no checkpoint (" + saved.status().message() +
+                   "); restore it, or remove it to start a new witness");
     }
+    witnessed = *saved;
   }
   {
     std::lock_guard lock(mu);
@@ -789,6 +784,16 @@ Status Client::Wait() {
 }
 
 bool Client::connected() const { return !impl_->ended_flag; }
+
+Result<std::optional<audit::Checkpoint>> LoadWitness(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 && errno == ENOENT) return std::optional<audit::Checkpoint>();
+  auto text = ReadFile(path, 64 * 1024);
+  if (!text.ok()) return text.status();
+  auto cp = audit::ParseCheckpoint(*text);
+  if (!cp.ok()) return Status::Corruption(cp.status().message());
+  return std::optional<audit::Checkpoint>(*cp);
+}
 
 Status Client::witness_status() const {
   std::lock_guard lock(impl_->mu);

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -173,6 +174,12 @@ struct SessionInfo {
   uint32_t max_recipients = 0;
   audit::Checkpoint checkpoint;  // the audit log's newest, when the session began
 };
+
+// The checkpoint a witness file (ClientOptions::checkpoint_file) keeps:
+// none if there is no file yet. A file that exists but cannot be read is
+// its read error; one that holds no checkpoint is Corruption. Either way
+// it must not be written over: what was witnessed would be lost.
+Result<std::optional<audit::Checkpoint>> LoadWitness(const std::string& path);
 
 class Client {
  public:

@@ -24,8 +24,8 @@ struct Fd {
 
 }  // namespace
 
-Result<std::string> ReadFile(const std::string& path, size_t max_bytes) {
-  Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+Result<std::string> ReadFile(const std::string& path, size_t max_bytes, int open_flags) {
+  Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC | open_flags)};
   if (f.fd < 0) return Errno("cannot open", path);
   struct stat st {};
   if (::fstat(f.fd, &st) != 0) return Errno("cannot stat", path);

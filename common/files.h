@@ -10,7 +10,9 @@
 namespace liaison {
 
 // Reads a whole regular file, refusing files larger than max_bytes.
-Result<std::string> ReadFile(const std::string& path, size_t max_bytes);
+// open_flags are added to O_RDONLY | O_CLOEXEC (O_NOFOLLOW, O_NONBLOCK:
+// a name that must not lead elsewhere, or that may be a FIFO).
+Result<std::string> ReadFile(const std::string& path, size_t max_bytes, int open_flags = 0);
 
 // Writes data so that after return the file exists with exactly this content
 // even across a crash or power loss: temp file in the same directory, fsync,

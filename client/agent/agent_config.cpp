@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <map>
+#include <vector>
 
 #include "common/detail/yaml_util.h"
 #include "common/files.h"
@@ -181,9 +182,8 @@ void CheckAgentFiles(const AgentConfig& c, Diagnostics* diags) {
   // directory too, since the agent empties it at every start.
   {
     const std::string staging = c.inbox + "/" + kInboxStagingName;
-    const std::pair<std::string, const std::string*> roles[] = {
-        {"the inbox's staging directory", &staging}, {"'outbox'", &c.outbox}, {"'sent'", &c.sent},
-        {"'failed'", &c.failed}, {"'inbox'", &c.inbox}, {"'recalled'", &c.recalled}, {"'state_dir'", &c.state_dir}};
+    std::vector<std::pair<std::string, const std::string*>> roles = {{"the inbox's staging directory", &staging}};
+    for (const auto& d : dirs) roles.emplace_back(std::string("'") + d.key + "'", &d.path);
     std::map<std::string, std::string> by_path;
     std::map<std::pair<dev_t, ino_t>, std::string> by_inode;
     for (const auto& [role, dir] : roles) {

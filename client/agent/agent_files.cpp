@@ -11,6 +11,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include "common/files.h"
+
 namespace liaison::agent {
 namespace {
 
@@ -85,36 +87,15 @@ Result<std::vector<std::string>> ListOutbox(const std::string& dir) {
 }
 
 Result<std::string> ReadOutboxFile(const std::string& path, size_t max_bytes) {
-  // O_NONBLOCK: open(2) of a FIFO would wait for a writer; O_NOFOLLOW: the
-  // name is opened as listed, not what a link leads to.
-  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT || errno == ELOOP) return Status::NotFound(path + " is gone or is not a regular file");
-    return Errno("cannot open " + path);
-  }
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
+  // O_NOFOLLOW: the name is opened as listed, not what a link leads to;
+  // O_NONBLOCK: open(2) of a FIFO would wait for a writer.
+  auto data = ReadFile(path, max_bytes, O_NOFOLLOW | O_NONBLOCK);
+  if (data.ok()) return data;
   struct stat st {};
-  if (::fstat(fd, &st) != 0) return Errno("cannot stat " + path);
-  if (!S_ISREG(st.st_mode)) return Status::NotFound(path + " is not a regular file");
-  if (static_cast<unsigned long long>(st.st_size) > max_bytes) {
-    return Status::InvalidArgument(path + " is larger than " + std::to_string(max_bytes) + " bytes");
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return Status::NotFound(path + " is gone or is not a regular file");
   }
-  std::string out(static_cast<size_t>(st.st_size), '\0');
-  size_t done = 0;
-  while (done < out.size()) {
-    const ssize_t n = ::read(fd, out.data() + done, out.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Errno("cannot read " + path);
-    }
-    if (n == 0) break;
-    done += static_cast<size_t>(n);
-  }
-  out.resize(done);
-  return out;
+  return data.status();
 }
 
 Result<int> LockFile(const std::string& path) {

@@ -7,8 +7,6 @@
 #include <filesystem>
 
 #include "client/cli/commands.h"
-#include "common/checkpoint.h"
-#include "common/files.h"
 
 namespace liaison::cli {
 
@@ -30,13 +28,12 @@ Status CheckWitnessFile(const std::string& path) {
     }
     return Status::Ok();
   }
-  auto text = ReadFile(path, 64 * 1024);
-  if (!text.ok()) return text.status();
-  if (auto cp = audit::ParseCheckpoint(*text); !cp.ok()) {
-    return Status::InvalidArgument(path + " is not a checkpoint (" + cp.status().message() +
+  auto saved = client::LoadWitness(path);
+  if (!saved.ok() && saved.status().IsCorruption()) {
+    return Status::InvalidArgument(path + " is not a checkpoint (" + saved.status().message() +
                                    "); restore it, or remove it to start a new witness");
   }
-  return Status::Ok();
+  return saved.status();
 }
 
 }  // namespace
