@@ -165,7 +165,9 @@ Status PreadAll(int fd, char* buf, size_t n, uint64_t offset, const std::string&
 struct EntryRead {
   enum Kind { kEnd, kEntry, kInvalid } kind = kEnd;
   uint64_t lsn = 0;
-  uint64_t bytes = 0;  // header + payload
+  // Header + payload; for kInvalid, what its header claims (0 when that
+  // length cannot be used).
+  uint64_t bytes = 0;
   std::string reason;
 };
 
@@ -196,7 +198,7 @@ Result<EntryRead> ReadEntry(int fd, uint64_t size, uint64_t offset, const std::s
   payload->resize(static_cast<size_t>(length));
   if (Status s = PreadAll(fd, payload->data(), payload->size(), offset + kHeaderBytes, path); !s.ok()) return s;
   if (EntryCrc(header, *payload) != GetFixed32(header + 4)) {
-    return EntryRead{EntryRead::kInvalid, lsn, 0, "bad CRC (lsn field " + std::to_string(lsn) + ")"};
+    return EntryRead{EntryRead::kInvalid, lsn, kHeaderBytes + length, "bad CRC (lsn field " + std::to_string(lsn) + ")"};
   }
   return EntryRead{EntryRead::kEntry, lsn, kHeaderBytes + length, {}};
 }
@@ -233,11 +235,17 @@ class Recovery {
         if (Status s = CheckFirst(path, e.lsn); !s.ok()) return s;
       } else if (e.kind == EntryRead::kEntry && (prev_ == UINT64_MAX || e.lsn != prev_ + 1)) {
         // (Nothing follows the last lsn there is: 0 would be a wrap.)
-        e = EntryRead{EntryRead::kInvalid, e.lsn, 0,
+        e = EntryRead{EntryRead::kInvalid, e.lsn, e.bytes,
                       "lsn " + std::to_string(e.lsn) + " after lsn " + std::to_string(prev_)};
       }
       if (e.kind == EntryRead::kEnd) break;
       if (e.kind == EntryRead::kInvalid) {
+        Result<uint64_t> resume = LookPast(f.fd, size, path, offset, e);
+        if (!resume.ok()) return resume.status();
+        if (*resume != 0) {
+          offset = *resume;
+          continue;
+        }
         if (!invalid_) invalid_ = Invalid{path, offset, e.reason};
         break;
       }
@@ -269,6 +277,59 @@ class Recovery {
     uint64_t offset = 0;
     std::string reason;
   };
+
+  // Whether the invalid entry at offset is damage rather than a torn tail.
+  // The log appends one entry at a time and syncs it before the next, so
+  // only its last entry can be torn: a valid entry that goes on from the
+  // invalid one (lsn first + k after k invalid entries, found by following
+  // the lengths their headers claim) was appended after they were
+  // acknowledged. Those entries are lost, Corruption, unless SQLite holds
+  // them: replay then resumes at the valid entry, whose offset is returned
+  // (0: a torn tail, or damage that cannot be told from one, e.g. in the
+  // header's length or in the last entry). Only lengths are followed, never
+  // a search through the bytes, which a client's message bodies could
+  // imitate; a torn header's length could still point into its own payload,
+  // but the entry found there would have to carry the right lsn, and a
+  // torn entry is never one SQLite holds, so the worst it can do is stop
+  // the store from opening.
+  Result<uint64_t> LookPast(int fd, uint64_t size, const std::string& path, uint64_t offset, const EntryRead& bad) {
+    if (prev_ == UINT64_MAX) return uint64_t{0};
+    // The lsn the invalid entry should hold: the next one, or for a
+    // segment's first entry any CheckFirst would accept.
+    const uint64_t lo = prev_ + 1;
+    const uint64_t hi = offset == 0 ? std::max(prev_, after_lsn_) + 1 : lo;
+    std::string payload;
+    uint64_t at = offset;
+    uint64_t step = bad.bytes;
+    for (uint64_t k = 1; step != 0 && step <= size - at; ++k) {
+      at += step;
+      Result<EntryRead> r = ReadEntry(fd, size, at, path, &payload);
+      if (!r.ok()) return r.status();
+      const EntryRead& e = r.value();
+      if (e.kind == EntryRead::kEnd) break;
+      step = e.bytes;
+      if (e.kind != EntryRead::kEntry || e.lsn <= k || e.lsn - k < lo || e.lsn - k > hi) continue;
+      const uint64_t first = e.lsn - k, last = e.lsn - 1;  // what the invalid entries held
+      const std::string lost = first == last ? "lsn " + std::to_string(first)
+                                             : "lsns " + std::to_string(first) + " to " + std::to_string(last);
+      if (last > after_lsn_) {
+        return Status::Corruption(Where(path, offset) + ": " + bad.reason + ", but the entry at offset " +
+                                  std::to_string(at) + " goes on from it with lsn " + std::to_string(e.lsn) +
+                                  ": acknowledged entries (" + lost +
+                                  ") are damaged; restore the store from a backup");
+      }
+      spdlog::warn("{}: {} ({} damaged, SQLite holds {}); replay goes on at offset {}",
+                   Where(path, offset), bad.reason, k == 1 ? "an entry" : std::to_string(k) + " entries", lost, at);
+      if (offset == 0 && invalid_) {  // as CheckFirst with a valid first entry
+        spdlog::warn("commit log: invalid entry in {} at offset {} ({}) skipped: {} goes on with lsn {}",
+                     invalid_->path, invalid_->offset, invalid_->reason, path, first);
+        invalid_.reset();
+      }
+      prev_ = last;
+      return at;
+    }
+    return uint64_t{0};
+  }
 
   // A segment's first entry may skip lsns only if SQLite holds them. Its
   // being valid also decides what an earlier invalid entry was.

@@ -24,17 +24,23 @@
 // for an Append. A length of 0 ends the written part of a segment
 // (preallocated space is zeros); lengths over 1 GiB are invalid.
 //
-// Torn tail or corruption: an invalid entry (bad CRC, length past the end of
-// the file, lsn out of sequence) is a torn tail, an append cut short by a
-// crash and never acknowledged, when no later segment holds a valid entry:
-// Open logs a warning and stops there (whatever follows it in its segment is
-// ignored). A later segment whose first entry goes on from the last valid
-// lsn was started by an Open that already took it for a torn tail, and is
-// read on. Any other valid entry after an invalid one, or a gap in the lsns,
-// is Corruption: acknowledged entries are lost, and the operator must
-// restore from a backup. (Lost or missing lsns that SQLite already holds,
-// <= after_lsn, lose nothing and are only warned about.)
-//
+// Torn tail or corruption: entries are appended one at a time, each synced
+// before the next, so only the last can be torn. An invalid entry (bad CRC,
+// length past the end of the file, lsn out of sequence) is a torn tail, an
+// append cut short by a crash and never acknowledged, when no valid entry
+// follows it: Open logs a warning and stops there (whatever follows it in
+// its segment is ignored). What follows is found by the lengths the
+// headers claim, never by searching the bytes (which message bodies could
+// imitate): in the same segment, a valid entry that goes on from the
+// invalid one (lsn first + k after k invalid entries); in a later segment,
+// one whose first entry goes on from the last valid lsn (started by an Open
+// that already took the invalid entry for a torn tail; read on). Any other
+// valid entry after an invalid one, or a gap in the lsns, is Corruption:
+// acknowledged entries are lost, and the operator must restore from a
+// backup. (Lost or missing lsns that SQLite already holds, <= after_lsn,
+// lose nothing: they are only warned about, and replay goes on.) Damage to
+// an entry's length, or to the last entry, cannot be told from a torn tail.
+
 // Release and deletion: message bodies must leave the disk within 60 s of
 // being released, but only whole segments are deleted. So segments rotate by
 // size and by age (segment_age after their first entry), and a Release of
