@@ -37,23 +37,59 @@ void Admission::RemoveSession(const std::string& agency) {
   if (--it->second == 0) sessions_.erase(it);
 }
 
+namespace {
+
+// Takes a token from bucket b at now (a new bucket starts full): false when
+// none is left.
+bool Take(Admission::Clock::time_point now, double rate, double burst, bool fresh, double* tokens,
+          Admission::Clock::time_point* last) {
+  if (fresh) {
+    *tokens = burst;
+  } else {
+    const double elapsed = std::chrono::duration<double>(now - *last).count();
+    *tokens = std::min(burst, *tokens + std::max(0.0, elapsed) * rate);
+  }
+  *last = now;
+  if (*tokens < 1) return false;
+  *tokens -= 1;
+  return true;
+}
+
+}  // namespace
+
 bool Admission::TakePublish(const std::string& agency, Clock::time_point now) {
   if (limits_.publish_rate_per_agency == 0) return true;  // unlimited
-  const double rate = limits_.publish_rate_per_agency;
-  const double burst = std::max<double>(limits_.publish_burst_per_agency, 1);
   std::lock_guard lock(mu_);
   auto [it, fresh] = buckets_.try_emplace(agency);
-  Bucket& b = it->second;
-  if (fresh) {
-    b.tokens = burst;
-  } else {
-    const double elapsed = std::chrono::duration<double>(now - b.last).count();
-    b.tokens = std::min(burst, b.tokens + std::max(0.0, elapsed) * rate);
+  return Take(now, limits_.publish_rate_per_agency, std::max<double>(limits_.publish_burst_per_agency, 1), fresh,
+              &it->second.tokens, &it->second.last);
+}
+
+bool Admission::TakeHandshake(const std::string& source, Clock::time_point now) {
+  if (limits_.handshake_rate_per_source == 0) return true;  // unlimited
+  const double rate = limits_.handshake_rate_per_source;
+  const double burst = std::max<double>(limits_.handshake_burst_per_source, 1);
+  std::lock_guard lock(mu_);
+  if (sources_.size() >= sweep_at_) {
+    // A bucket full again is the same as none. What stays after the sweep
+    // sets the next one, so sweeps cost O(1) a handshake.
+    std::erase_if(sources_, [&](const auto& e) {
+      const double elapsed = std::chrono::duration<double>(now - e.second.last).count();
+      return e.second.tokens + std::max(0.0, elapsed) * rate >= burst;
+    });
+    sweep_at_ = std::max<size_t>(1024, 2 * sources_.size());
   }
-  b.last = now;
-  if (b.tokens < 1) return false;
-  b.tokens -= 1;
-  return true;
+  // Past the bound (many sources, each busy), new sources share a bucket:
+  // "" is no address.
+  const bool known = sources_.count(source) != 0;
+  const std::string& key = known || sources_.size() < kMaxSourceBuckets ? source : std::string();
+  auto [it, fresh] = sources_.try_emplace(key);
+  return Take(now, rate, burst, fresh, &it->second.tokens, &it->second.last);
+}
+
+size_t Admission::source_buckets() {
+  std::lock_guard lock(mu_);
+  return sources_.size();
 }
 
 std::shared_ptr<Admission::AuditSlot> Admission::BeginAuditRequest(const std::string& agency) {

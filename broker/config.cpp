@@ -80,6 +80,7 @@ std::optional<BrokerConfig> BrokerConfig::LoadText(const std::string& text, cons
                    "max_in_flight_publishes", "max_queued_bytes", "max_connections", "handshake_timeout_ms",
                    "idle_timeout_ms", "ping_interval_ms", "write_timeout_ms", "delivery_timeout_ms",
                    "shutdown_grace_ms", "refusal_audit_interval_ms", "max_retention_s", "max_handshakes_per_source",
+                   "handshake_rate_per_source", "handshake_burst_per_source",
                    "max_connections_per_agency", "publish_rate_per_agency", "publish_burst_per_agency",
                    "max_audit_requests_per_agency", "queue_report_interval_s"})) {
     Limits& l = c.limits;
@@ -97,6 +98,8 @@ std::optional<BrokerConfig> BrokerConfig::LoadText(const std::string& text, cons
     u32("max_in_flight_publishes", &l.max_in_flight_publishes, 1, 1000000);
     u32("max_connections", &l.max_connections, 1, 1000000);
     u32("max_handshakes_per_source", &l.max_handshakes_per_source, 1, 1000000);
+    u32("handshake_rate_per_source", &l.handshake_rate_per_source, 0, 1000000);
+    u32("handshake_burst_per_source", &l.handshake_burst_per_source, 1, 10000000);
     u32("max_connections_per_agency", &l.max_connections_per_agency, 1, 1000000);
     u32("publish_rate_per_agency", &l.publish_rate_per_agency, 0, 10000000);
     u32("publish_burst_per_agency", &l.publish_burst_per_agency, 1, 10000000);

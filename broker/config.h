@@ -36,6 +36,12 @@ struct Limits {
   // TLS handshakes in progress from one source address (the costliest thing
   // an unauthenticated peer can make the broker do).
   uint32_t max_handshakes_per_source = 64;
+  // TLS handshakes begun per second from one source (an IPv4 address, an
+  // IPv6 /64), with bursts of up to handshake_burst_per_source; 0:
+  // unlimited. Without it one address could keep the broker signing key
+  // exchanges as fast as it can fail them.
+  uint32_t handshake_rate_per_source = 100;
+  uint32_t handshake_burst_per_source = 1000;
   // Identified connections of one agency at once.
   uint32_t max_connections_per_agency = 256;
   // Publishes per second per agency (all its sessions), with bursts of up

@@ -131,6 +131,17 @@ asio::awaitable<std::string> OffIoThreads(asio::io_context& ioc, std::function<R
   co_return r.ok() ? "ok " + *r : "error " + r.status().message();
 }
 
+// The source a handshake rate is kept for: an IPv4 address (also when
+// mapped into IPv6), or an IPv6 address's /64, which one host may fill.
+std::string SourceOf(const asio::ip::address& a) {
+  if (a.is_v4()) return a.to_string();
+  const asio::ip::address_v6 v6 = a.to_v6();
+  if (v6.is_v4_mapped()) return asio::ip::make_address_v4(asio::ip::v4_mapped, v6).to_string();
+  asio::ip::address_v6::bytes_type b = v6.to_bytes();
+  std::fill(b.begin() + 8, b.end(), 0);
+  return asio::ip::address_v6(b).to_string() + "/64";
+}
+
 }  // namespace
 
 struct Server::Impl {
@@ -190,6 +201,11 @@ asio::awaitable<void> Server::Impl::Accept() {
       continue;
     }
     const std::string address = remote.address().to_string();
+    if (!state.admission.TakeHandshake(SourceOf(remote.address()))) {
+      state.refusals.Count(address, "handshake_rate");
+      socket.close(ignored);
+      continue;
+    }
     if (!state.admission.BeginHandshake(address)) {
       state.refusals.Count(address, "too_many_handshakes");
       socket.close(ignored);

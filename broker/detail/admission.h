@@ -1,5 +1,6 @@
 // What one source address or one agency may take of the broker (internal):
-// TLS handshakes in progress per source address, identified connections per
+// TLS handshakes begun per second and in progress per source address (the
+// rate as a token bucket per source), identified connections per
 // agency, publishes per second per agency (a token bucket shared by the
 // agency's sessions), and audit requests (queries, consistency proofs) in
 // progress per agency. A flooding agency is refused with rate_limited or
@@ -28,6 +29,12 @@ class Admission {
   // address already has max_handshakes_per_source in progress.
   bool BeginHandshake(const std::string& address);
   void EndHandshake(const std::string& address);
+  // A handshake from source (SourceOf) at now, against the rate: false
+  // when its bucket is empty. Buckets that have filled up again are
+  // forgotten; past kMaxSourceBuckets sources, new ones share one bucket.
+  bool TakeHandshake(const std::string& source, Clock::time_point now = Clock::now());
+  static constexpr size_t kMaxSourceBuckets = 100'000;
+  size_t source_buckets();  // for tests
 
   // An identified session of agency: false (nothing counted) when the
   // agency already has max_connections_per_agency.
@@ -69,6 +76,8 @@ class Admission {
   std::map<std::string, uint32_t> handshakes_;  // guarded by mu_
   std::map<std::string, uint32_t> sessions_;    // guarded by mu_
   std::map<std::string, Bucket> buckets_;       // guarded by mu_
+  std::map<std::string, Bucket> sources_;       // guarded by mu_
+  size_t sweep_at_ = 1024;                      // sources_ size that triggers a sweep; guarded by mu_
   std::map<std::string, uint32_t> audit_requests_;  // guarded by mu_
 };
 

@@ -381,10 +381,13 @@ int RunConnections(const Options& o) {
   const std::string pki = PreparePki(o.pki, o.pki_script, dir, agencies, "connections");
   if (pki.empty()) return 1;
   const long per_agency = (o.sessions + o.agencies - 1) / o.agencies;
-  // The defaults allow 256 sessions per agency; everything else (handshake
-  // limit per source, idle timeout, pings) stays as shipped.
+  // The defaults allow 256 sessions per agency, and 1,000 handshakes then
+  // 100 a second from one address (every session here comes from
+  // 127.0.0.1); everything else (handshakes in progress per source, idle
+  // timeout, pings) stays as shipped.
   const std::string limits = "  max_connections: " + std::to_string(o.sessions + 100) +
-                             "\n  max_connections_per_agency: " + std::to_string(per_agency + 10) + "\n";
+                             "\n  max_connections_per_agency: " + std::to_string(per_agency + 10) +
+                             "\n  handshake_rate_per_source: 0\n";
   if (!WriteFile(dir + "/policy.yaml", PolicyText(o.agencies)) ||
       !WriteFile(dir + "/broker.yaml", BrokerYaml("bench-connections", o.broker_threads, pki, limits))) {
     std::fprintf(stderr, "connections: cannot write the broker's configuration in %s\n", dir.c_str());

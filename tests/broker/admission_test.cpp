@@ -55,5 +55,56 @@ TEST_CASE("Admission: an audit request released when answered is no longer count
   CHECK(a.BeginAuditRequest("auditor"));
 }
 
+TEST_CASE("Admission: handshakes from one source are limited to a rate with bursts", "[admission]") {
+  Limits l;
+  l.handshake_rate_per_source = 10;
+  l.handshake_burst_per_source = 3;
+  Admission a(l);
+  const auto t0 = Admission::Clock::now();
+  for (int i = 0; i < 3; ++i) CHECK(a.TakeHandshake("10.0.0.1", t0));
+  CHECK_FALSE(a.TakeHandshake("10.0.0.1", t0));  // the burst is spent
+  CHECK(a.TakeHandshake("10.0.0.2", t0));        // other sources are not affected
+  // 10 a second: one more after 100 ms, none before.
+  CHECK_FALSE(a.TakeHandshake("10.0.0.1", t0 + std::chrono::milliseconds(50)));
+  CHECK(a.TakeHandshake("10.0.0.1", t0 + std::chrono::milliseconds(150)));
+  CHECK_FALSE(a.TakeHandshake("10.0.0.1", t0 + std::chrono::milliseconds(160)));
+  // Refilled to the burst, no more.
+  const auto later = t0 + std::chrono::seconds(60);
+  for (int i = 0; i < 3; ++i) CHECK(a.TakeHandshake("10.0.0.1", later));
+  CHECK_FALSE(a.TakeHandshake("10.0.0.1", later));
+
+  l.handshake_rate_per_source = 0;  // unlimited
+  Admission open(l);
+  for (int i = 0; i < 100; ++i) CHECK(open.TakeHandshake("10.0.0.1", t0));
+  CHECK(open.source_buckets() == 0);
+}
+
+TEST_CASE("Admission: sources whose buckets filled again are forgotten and the rest are bounded", "[admission]") {
+  Limits l;
+  l.handshake_rate_per_source = 1;
+  l.handshake_burst_per_source = 2;
+  Admission a(l);
+  const auto t0 = Admission::Clock::now();
+  auto name = [](size_t i) { return "10." + std::to_string(i >> 16) + "." + std::to_string((i >> 8) & 255) + "." +
+                                    std::to_string(i & 255); };
+  for (size_t i = 0; i < 5000; ++i) REQUIRE(a.TakeHandshake(name(i), t0));
+  CHECK(a.source_buckets() <= 5000);
+  // Two seconds on, all of them are full again: the next sweep forgets them.
+  const auto t2 = t0 + std::chrono::seconds(2);
+  for (size_t i = 5000; i < 10000; ++i) REQUIRE(a.TakeHandshake(name(i), t2));
+  CHECK(a.source_buckets() <= 5000 + 1024);
+
+  // Sources that stay busy are kept up to the bound; past it, new sources
+  // share one bucket (two handshakes, then refused), known ones keep theirs.
+  Admission busy(l);
+  for (size_t i = 0; i < Admission::kMaxSourceBuckets; ++i) REQUIRE(busy.TakeHandshake(name(i), t0));
+  CHECK(busy.source_buckets() == Admission::kMaxSourceBuckets);
+  CHECK(busy.TakeHandshake("192.168.0.1", t0));
+  CHECK(busy.TakeHandshake("192.168.0.2", t0));
+  CHECK_FALSE(busy.TakeHandshake("192.168.0.3", t0));
+  CHECK(busy.TakeHandshake(name(7), t0));  // its own bucket still has a token
+  CHECK(busy.source_buckets() == Admission::kMaxSourceBuckets + 1);
+}
+
 }  // namespace
 }  // namespace liaison::broker

@@ -290,6 +290,8 @@ TEST_CASE("BrokerConfig::Load reads every setting", "[broker][config]") {
                                      "  shutdown_grace_ms: 0\n"
                                      "  max_retention_s: 13\n"
                                      "  max_handshakes_per_source: 14\n"
+                                     "  handshake_rate_per_source: 0\n"
+                                     "  handshake_burst_per_source: 19\n"
                                      "  max_connections_per_agency: 15\n"
                                      "  publish_rate_per_agency: 0\n"
                                      "  publish_burst_per_agency: 17\n"
@@ -325,6 +327,8 @@ TEST_CASE("BrokerConfig::Load reads every setting", "[broker][config]") {
   CHECK(c->limits.shutdown_grace == milliseconds(0));
   CHECK(c->limits.max_retention == milliseconds(13'000));
   CHECK(c->limits.max_handshakes_per_source == 14);
+  CHECK(c->limits.handshake_rate_per_source == 0);
+  CHECK(c->limits.handshake_burst_per_source == 19);
   CHECK(c->limits.max_connections_per_agency == 15);
   CHECK(c->limits.publish_rate_per_agency == 0);
   CHECK(c->limits.publish_burst_per_agency == 17);

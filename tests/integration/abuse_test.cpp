@@ -293,6 +293,27 @@ TEST_CASE("one source address may hold only so many TLS handshakes at once", "[a
   CHECK(WaitFor([&] { return client::Client::Connect(Options(broker.port(), "police")).ok(); }));
 }
 
+TEST_CASE("one source address may begin only so many TLS handshakes a second", "[abuse][limits]") {
+  broker::Limits l;
+  l.handshake_rate_per_source = 1;
+  l.handshake_burst_per_source = 3;
+  TestBroker broker(l);
+  const std::string db = broker.dir() + "/data/liaison.db";
+  // The burst: three handshakes.
+  std::vector<std::unique_ptr<client::Client>> open;
+  for (int i = 0; i < 3; ++i) open.push_back(Connect(broker.port(), "police"));
+  // Then connections from the address are closed at once, before any TLS
+  // work, until its bucket refills (one a second).
+  auto refused = client::Client::Connect(Options(broker.port(), "police"));
+  CHECK_FALSE(refused.ok());
+  CHECK(WaitFor([&] { return client::Client::Connect(Options(broker.port(), "police")).ok(); },
+                std::chrono::seconds(5)));
+  broker.Stop();  // the refusals are audited, one record per source and reason
+  REQUIRE(broker.server().SyncStore().ok());
+  CHECK(QueryInt(db, "SELECT count(*) FROM audit_log WHERE event = 'connection_refused' AND decision = "
+                     "'handshake_rate'") >= 1);
+}
+
 TEST_CASE("an agency may have only so many audit requests in progress, the rest get audit_busy", "[abuse][limits]") {
   broker::Limits l;
   l.max_audit_requests_per_agency = 1;
