@@ -613,11 +613,15 @@ Status Agent::HandleEvents(std::deque<Event>& events) {
       if (e.generation != generation_ || !client_) continue;
       closed = true;
       const std::string& m = e.why.message();
-      closed_error = m.find("taken_over") != std::string::npos;
-      closed_why = closed_error ? "another session of this agency took over receiving (is a second liaison-agent "
-                                  "running for this agency?): " +
-                                      m
-                                : "connection to the broker lost: " + (e.why.ok() ? std::string("closed") : m);
+      const bool taken_over = m.find("taken_over") != std::string::npos;
+      // Errors, not passing losses: another session took over (a second
+      // agent?), or the broker broke the protocol (e.g. sent beyond the
+      // credit).
+      closed_error = taken_over || e.why.IsProtocolError();
+      closed_why = taken_over ? "another session of this agency took over receiving (is a second liaison-agent "
+                                "running for this agency?): " +
+                                    m
+                              : "connection to the broker lost: " + (e.why.ok() ? std::string("closed") : m);
       continue;
     }
     last_activity_ = Clock::now();

@@ -5,10 +5,12 @@
 #include <sys/socket.h>
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <set>
 
 #include "client/client.h"
 #include "tests/agent/agent_harness.h"
+#include "tests/integration/scripted_broker.h"
 
 using namespace liaison;
 using namespace liaison::test;
@@ -749,4 +751,27 @@ TEST_CASE("agent: a damaged witness file is an audit alarm and is left as it is"
   std::filesystem::remove(witness);
   REQUIRE(RunOnce(police, &out, "fresh") == 0);
   CHECK(FileExists(witness));
+}
+
+TEST_CASE("agent: a broker that sends beyond the credit is cut off and nothing beyond it is filed", "[agent][credit]") {
+  // The broker announces credit 2 and sends three messages at once.
+  const std::string a = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c41", b = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c42",
+                    c = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c43";
+  ScriptedBroker broker(
+      {DeliverMessage(1, "police", a), DeliverMessage(2, "police", b), DeliverMessage(3, "police", c)}, 2);
+  TempDir dir;
+  AgentDirs school(dir.path(), "school");
+  school.WriteConfig("school", broker.port(), "credit: 2\n");
+  ChildProcess agent(AgentArgs(school), school.root, "daemon");
+  const std::string exceeded =
+      " error liaison-agent: connection to the broker lost: the broker exceeded this session's credit of 2: it sent "
+      "delivery 3 while 2 deliveries were unacknowledged; reconnecting in ";
+  const bool cut_off = WaitFor([&] { return agent.err().find(exceeded) != std::string::npos; });
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait() == 0);
+  INFO(agent.err());
+  CHECK(cut_off);
+  // What came within the credit is written as usual (and, unacknowledged
+  // on a connection that is gone, recognised when it comes again).
+  CHECK(Names(school.inbox()) == std::vector<std::string>{"police_" + a + ".json", "police_" + b + ".json"});
 }

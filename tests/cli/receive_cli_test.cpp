@@ -122,3 +122,46 @@ TEST_CASE("liaison --witness refuses a witness file that is not a checkpoint and
   CHECK(fresh_rc == 0);
   CHECK(std::filesystem::exists(fresh));
 }
+
+TEST_CASE("liaison receive stops with exit 3 when the broker sends more deliveries than the credit granted",
+          "[cli][receive][credit]") {
+  // A broker that ignores the credit could grow receive's queue without
+  // bound: the client library takes nothing beyond it and ends the
+  // connection; what came within the credit is written as usual.
+  const std::string a = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c41", b = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c42",
+                    c = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c43";
+  struct Case {
+    std::string what;
+    uint32_t announced;  // the credit in the broker's Welcome
+    std::vector<v1::Frame> deliveries;
+    std::vector<std::string> options;
+    std::string written, not_written;  // message ids
+  };
+  const Case cases[] = {
+      {"--credit 2", 2,
+       {DeliverMessage(1, "police", a), DeliverMessage(2, "police", b), DeliverMessage(3, "police", c)},
+       {"--count", "3", "--credit", "2"}, b, c},
+      {"the broker's own default, a delivery report taking credit as a message does", 2,
+       {DeliverReport(1, a, "social"), DeliverMessage(2, "police", b), DeliverMessage(3, "police", c)},
+       {"--count", "2"}, b, c},
+      {"a broker announcing more credit than --credit asked for", 64,
+       {DeliverMessage(1, "police", a), DeliverMessage(2, "police", b), DeliverMessage(3, "police", c)},
+       {"--count", "3", "--credit", "2"}, b, c},
+  };
+  for (const Case& k : cases) {
+    TempDir dir;
+    const std::string inbox = dir.File("inbox");
+    std::filesystem::create_directories(inbox);
+    ScriptedBroker broker(k.deliveries, k.announced);
+    std::vector<std::string> args = {"receive", "--out", inbox, "--wait", "20"};
+    args.insert(args.end(), k.options.begin(), k.options.end());
+    std::string out, err;
+    const int rc = Run(broker.Cli("school", args), dir.path(), &out, &err);
+    INFO(k.what << "\n" << out << err);
+    CHECK(rc == 3);
+    CHECK(err.find("liaison receive: the broker exceeded this session's credit of 2: it sent delivery 3 while 2 "
+                   "deliveries were unacknowledged\n") != std::string::npos);
+    CHECK(std::filesystem::exists(inbox + "/police_" + k.written + ".json"));
+    CHECK_FALSE(std::filesystem::exists(inbox + "/police_" + k.not_written + ".json"));
+  }
+}
