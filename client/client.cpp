@@ -15,6 +15,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
@@ -120,6 +121,16 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   using RequestHandler = std::function<void(const Status&, const std::string& error_code, v1::Frame* answer)>;
   std::map<uint64_t, RequestHandler> requests;
   void SendRequest(v1::Frame& frame, uint64_t rid, RequestHandler handler);
+
+  // Deliveries handed to the application and not yet acknowledged, by id,
+  // with their attempt; at most `credit` (strand only). Counted as the
+  // broker counts them (broker/handle_delivery_ack.cpp): every Deliver
+  // (message, recall notice or report) takes a unit, the first
+  // acknowledgement of its id and attempt gives it back.
+  std::map<uint64_t, uint32_t> unacked;
+  uint32_t credit = 0;
+  Status Admit(const v1::Deliver& delivery);
+  void Violation(const Status& why);
 
   // The witness (strand only, except witness_alarm and witness_busy under mu).
   bool witness_loaded = false;
@@ -344,6 +355,9 @@ asio::awaitable<Status> Client::Impl::DoConnect() {
   info.max_frame_bytes = w.max_frame_bytes();
   info.max_recipients = w.max_recipients();
   info.checkpoint = FromProto(w.checkpoint());
+  // The credit this session granted: the broker's default when none was
+  // asked for (it says which), never more than was asked.
+  if (opts.receive && info.receiving) credit = opts.credit == 0 ? info.credit : std::min(opts.credit, info.credit);
   if (w.idle_timeout_ms() > 0) idle_limit = std::chrono::milliseconds(w.idle_timeout_ms()) + std::chrono::seconds(10);
   running = true;
   Witness(info.checkpoint);
@@ -402,6 +416,7 @@ void Client::Impl::HandleFrame(v1::Frame& f) {
     }
     case v1::Frame::kDeliver: {
       v1::Deliver& del = *f.mutable_deliver();
+      if (Status s = Admit(del); !s.ok()) return Violation(s);
       Delivery d;
       d.delivery_id = del.delivery_id();
       d.attempt = del.attempt();
@@ -473,6 +488,42 @@ void Client::Impl::HandleFrame(v1::Frame& f) {
       return;
     }
   }
+}
+
+// A broker that sends beyond the credit could make the application queue
+// deliveries without bound: the delivery is not taken, and the connection
+// ends. (The real broker stops at the credit: it never gets here.)
+Status Client::Impl::Admit(const v1::Deliver& delivery) {
+  const uint64_t id = delivery.delivery_id();
+  if (credit == 0) {
+    return Status::ProtocolError("the broker sent delivery " + std::to_string(id) +
+                                 " on a session that does not receive (credit 0)");
+  }
+  if (unacked.count(id) != 0) {
+    return Status::ProtocolError("the broker sent delivery " + std::to_string(id) +
+                                 " again while it was still unacknowledged");
+  }
+  if (unacked.size() >= credit) {
+    return Status::ProtocolError("the broker exceeded this session's credit of " + std::to_string(credit) +
+                                 ": it sent delivery " + std::to_string(id) + " while " +
+                                 std::to_string(unacked.size()) + " deliveries were unacknowledged");
+  }
+  unacked.emplace(id, delivery.attempt());
+  return Status::Ok();
+}
+
+// Tells the broker why (its operator sees it in the broker's log), then
+// closes; the application sees why through Wait() and its closed handler.
+void Client::Impl::Violation(const Status& why) {
+  v1::Frame f;
+  auto* e = f.mutable_error();
+  e->set_code(v1::REASON_PROTOCOL_ERROR);
+  e->set_message(why.message());
+  e->set_fatal(true);
+  stream->Send(f);
+  end_reason = why;
+  running = false;
+  stream->CloseGracefully();
 }
 
 asio::awaitable<void> Client::Impl::Watchdog() {
@@ -712,6 +763,11 @@ Result<std::vector<merkle::Hash>> Client::ConsistencyProof(uint64_t old_size, ui
 
 void Client::Acknowledge(uint64_t delivery_id, uint32_t attempt) {
   asio::post(impl_->strand, [impl = impl_, delivery_id, attempt] {
+    // The unit of credit is back once this is queued: the broker can only
+    // use it after reading this acknowledgement.
+    if (auto it = impl->unacked.find(delivery_id); it != impl->unacked.end() && it->second == attempt) {
+      impl->unacked.erase(it);
+    }
     if (impl->ended_flag || !impl->stream) return;
     v1::Frame f;
     f.mutable_delivery_ack()->set_delivery_id(delivery_id);

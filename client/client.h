@@ -3,8 +3,12 @@
 //
 // Asynchronous: many publishes may be in flight at once, matched to their
 // PublishAck by request id; deliveries arrive through a handler and are
-// acknowledged with Acknowledge() once the application has stored them
-// (the broker sends at most `credit` unacknowledged deliveries).
+// acknowledged with Acknowledge() once the application has stored them.
+// The broker may send at most `credit` unacknowledged deliveries, and the
+// library holds it to that: a delivery beyond the credit is not handed to
+// the application, and the connection ends with ProtocolError (so a broker
+// that ignores the credit cannot grow the application's queue without
+// bound).
 //
 // Threading: each Client runs its own I/O thread. Handlers are called on
 // that thread, one at a time; they must not block for long and must not call
@@ -44,7 +48,9 @@ struct ClientOptions {
   bool receive = false;
   // With receive: replace the agency's current receiving session.
   bool take_over = false;
-  // With receive: most unacknowledged deliveries (0: the broker's default).
+  // With receive: most unacknowledged deliveries (0: the broker's default,
+  // which its Welcome announces; a broker announcing more than asked is
+  // held to what was asked).
   uint32_t credit = 0;
   std::string client_name = "liaison-client/0.1";
   std::chrono::milliseconds connect_timeout{10'000};
@@ -206,7 +212,9 @@ class Client {
   // Blocking form of Publish.
   PublishResult Publish(const v1::Message& message);
 
-  // Tells the broker that the delivery is safely stored.
+  // Tells the broker that the delivery is safely stored, which gives its
+  // unit of credit back (once: a repeated acknowledgement, or one naming
+  // another attempt, gives back nothing, as the broker counts).
   void Acknowledge(const Delivery& delivery) { Acknowledge(delivery.delivery_id, delivery.attempt); }
   void Acknowledge(uint64_t delivery_id, uint32_t attempt);
 

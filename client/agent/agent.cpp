@@ -33,6 +33,9 @@ constexpr size_t kMaxPendingBytes = 16u << 20;
 constexpr size_t kMaxKeptName = 160;
 // A connection that lasted this long resets the reconnect backoff.
 constexpr auto kStableConnection = std::chrono::seconds(10);
+// state_dir/<this>: recall notices and reports the agent could not file
+// (Agent::Quarantine).
+constexpr const char* kQuarantineName = "quarantine";
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -54,6 +57,19 @@ std::string ErrorJson(const std::string& file, const std::string& message_id, co
   return "{\"file\":" + JsonString(file) + ",\"messageId\":" + JsonString(message_id) + ",\"error\":" + JsonString(code) +
          ",\"message\":" + JsonString(message) + ",\"outcomes\":" + OutcomesJson(outcomes) +
          ",\"timeMs\":" + std::to_string(NowMs()) + "}\n";
+}
+
+// A recall notice and a delivery report as the agent files them: the
+// object after "recall" or "report".
+std::string RecallJson(const client::RecallNotice& n) {
+  return "{\"messageId\":" + JsonString(n.message_id) + ",\"sender\":" + JsonString(n.sender) +
+         ",\"reason\":" + JsonString(n.reason) + ",\"recalledAtMs\":" + std::to_string(n.recalled_at_ms) + "}";
+}
+
+std::string ReportJson(const client::DeliveryReport& r) {
+  return "{\"messageId\":" + JsonString(r.message_id) + ",\"recipient\":" + JsonString(r.recipient) +
+         ",\"outcome\":" + JsonString(r.outcome) + ",\"reason\":" + JsonString(r.reason) +
+         ",\"detail\":" + JsonString(r.detail) + ",\"timeMs\":" + std::to_string(r.time_ms) + "}";
 }
 
 // Sender ids and message ids come from the broker; they become file names,
@@ -95,6 +111,7 @@ Result<std::unique_ptr<Agent>> Agent::Open(AgentConfig config) {
   for (const std::string* dir : dirs) {
     if (Status s = EnsureDirectory(*dir, 0750); !s.ok()) return s;
   }
+  if (Status s = EnsureDirectory(c.state_dir + "/" + kQuarantineName, 0700); !s.ok()) return s;
   auto db = StateDb::Open(c.state_dir + "/state.db");
   if (!db.ok()) return db.status();
   a->db_ = std::move(db).value();
@@ -547,9 +564,7 @@ Status Agent::HandleRecall(const client::RecallNotice& n) {
                                  Printable(n.message_id, 64) + "'");
   }
   const std::string base = n.sender + "_" + n.message_id;
-  const std::string line = "{\"recall\":{\"messageId\":" + JsonString(n.message_id) + ",\"sender\":" + JsonString(n.sender) +
-                           ",\"reason\":" + JsonString(n.reason) + ",\"recalledAtMs\":" + std::to_string(n.recalled_at_ms) +
-                           "}}\n";
+  const std::string line = "{\"recall\":" + RecallJson(n) + "}\n";
   // The notice first: a crash before the move leaves the message in the
   // inbox and the notice unacknowledged; it comes again and the move follows.
   if (Status s = WriteFileAtomic(config_.recalled + "/" + base + ".recall.json", line, 0640); !s.ok()) return s;
@@ -583,14 +598,42 @@ Status Agent::HandleReport(const client::DeliveryReport& r) {
     if ((*where)->second.size() <= kMaxKeptName) base = (*where)->second;
   }
   const std::string path = dir + "/" + base + ".report." + r.recipient + ".json";
-  const std::string line = "{\"report\":{\"messageId\":" + JsonString(r.message_id) + ",\"recipient\":" + JsonString(r.recipient) +
-                           ",\"outcome\":" + JsonString(r.outcome) + ",\"reason\":" + JsonString(r.reason) +
-                           ",\"detail\":" + JsonString(r.detail) + ",\"timeMs\":" + std::to_string(r.time_ms) + "}}\n";
+  const std::string line = "{\"report\":" + ReportJson(r) + "}\n";
   if (Status s = WriteFileAtomic(path, line, 0640); !s.ok()) return s;
   spdlog::info("report: {} -> {}: {}{}", r.message_id, r.recipient, r.outcome,
                r.reason.empty() ? "" : " (" + r.reason + ")");
   std::lock_guard lock(mu_);
   ++stats_.reports;
+  return Status::Ok();
+}
+
+// A recall notice or delivery report whose sender, recipient or message id
+// cannot be part of a file name (HandleRecall, HandleReport). The real
+// broker never sends one (it sends only agency ids and the UUIDs it
+// validated at publish), so the broker is broken or hostile; still the
+// agent must go on. Left unacknowledged, the notice would hold one unit of
+// the session's credit until the next connection, and then come again,
+// every time: a few of them and nothing else gets through. Reconnecting
+// brings it back too, and stopping would hand any broker a way to stop
+// the agency's daemon. So it is kept whole, under a name of the agent's
+// own, in state_dir/quarantine/ for a person to read, logged as an error,
+// and acknowledged. Filing it was not possible anyway: no message in the
+// inbox can have the names of a notice that fails the check, and a
+// report's file name would hold its recipient. (A message whose names fail
+// the check is not acknowledged: "delivered" would tell its sender that it
+// reached the agency.)
+Status Agent::Quarantine(const client::Delivery& d, const std::string& why) {
+  const bool recall = d.kind == client::Delivery::Kind::kRecallNotice;
+  const std::string path =
+      config_.state_dir + "/" + kQuarantineName + "/" + NewUuid() + (recall ? ".recall.json" : ".report.json");
+  const std::string line =
+      std::string("{") + (recall ? "\"recall\":" + RecallJson(d.recall) : "\"report\":" + ReportJson(d.report)) +
+      ",\"deliveryId\":" + std::to_string(d.delivery_id) + ",\"attempt\":" + std::to_string(d.attempt) +
+      ",\"error\":" + JsonString(why) + ",\"quarantinedAtMs\":" + std::to_string(NowMs()) + "}\n";
+  if (Status s = WriteFileAtomic(path, line, 0600); !s.ok()) return s;
+  spdlog::error("inbox: {}, which cannot be a file name: kept as {} and acknowledged", why, path);
+  std::lock_guard lock(mu_);
+  ++stats_.quarantined;
   return Status::Ok();
 }
 
@@ -613,11 +656,15 @@ Status Agent::HandleEvents(std::deque<Event>& events) {
       if (e.generation != generation_ || !client_) continue;
       closed = true;
       const std::string& m = e.why.message();
-      closed_error = m.find("taken_over") != std::string::npos;
-      closed_why = closed_error ? "another session of this agency took over receiving (is a second liaison-agent "
-                                  "running for this agency?): " +
-                                      m
-                                : "connection to the broker lost: " + (e.why.ok() ? std::string("closed") : m);
+      const bool taken_over = m.find("taken_over") != std::string::npos;
+      // Errors, not passing losses: another session took over (a second
+      // agent?), or the broker broke the protocol (e.g. sent beyond the
+      // credit).
+      closed_error = taken_over || e.why.IsProtocolError();
+      closed_why = taken_over ? "another session of this agency took over receiving (is a second liaison-agent "
+                                "running for this agency?): " +
+                                    m
+                              : "connection to the broker lost: " + (e.why.ok() ? std::string("closed") : m);
       continue;
     }
     last_activity_ = Clock::now();
@@ -629,11 +676,7 @@ Status Agent::HandleEvents(std::deque<Event>& events) {
     if (status = FlushMessages(group, &acks); !status.ok()) break;
     status = e.delivery.kind == client::Delivery::Kind::kRecallNotice ? HandleRecall(e.delivery.recall)
                                                                       : HandleReport(e.delivery.report);
-    if (status.IsProtocolError()) {
-      spdlog::error("{}; not acknowledged", status.message());
-      status = Status::Ok();
-      continue;
-    }
+    if (status.IsProtocolError()) status = Quarantine(e.delivery, status.message());
     if (!status.ok()) break;
     acks.push_back(&e);
   }

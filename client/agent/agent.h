@@ -33,13 +33,14 @@
 namespace liaison::agent {
 
 struct AgentStats {
-  int64_t sent = 0;        // outbox files moved to sent/
-  int64_t failed = 0;      // outbox files moved to failed/
-  int64_t received = 0;    // messages written to the inbox
-  int64_t duplicates = 0;  // deliveries of messages already in the inbox (dropped, acknowledged)
-  int64_t recalls = 0;     // recall notices filed
-  int64_t reports = 0;     // delivery reports filed
-  int64_t pending = 0;     // outbox files not yet sent when Run returned
+  int64_t sent = 0;         // outbox files moved to sent/
+  int64_t failed = 0;       // outbox files moved to failed/
+  int64_t received = 0;     // messages written to the inbox
+  int64_t duplicates = 0;   // deliveries of messages already in the inbox (dropped, acknowledged)
+  int64_t recalls = 0;      // recall notices filed
+  int64_t reports = 0;      // delivery reports filed
+  int64_t quarantined = 0;  // recall notices and reports that could not be filed (Agent::Quarantine)
+  int64_t pending = 0;      // outbox files not yet sent when Run returned
 };
 
 class Agent {
@@ -105,6 +106,7 @@ class Agent {
   Status FlushMessages(std::vector<Event*>& group, std::vector<const Event*>* acks);
   Status HandleRecall(const client::RecallNotice& n);
   Status HandleReport(const client::DeliveryReport& r);
+  Status Quarantine(const client::Delivery& d, const std::string& why);
 
   AgentConfig config_;
   std::string staging_;  // inbox/.liaison-incoming: messages written, not yet renamed into the inbox

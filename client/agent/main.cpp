@@ -146,8 +146,8 @@ int main(int argc, char** argv) {
   const agent::AgentStats st = a->stats();
   spdlog::info(
       "stopped: {} sent, {} failed, {} received, {} duplicate(s) dropped, {} recall(s), {} report(s), "
-      "{} outbox file(s) still to send",
-      st.sent, st.failed, st.received, st.duplicates, st.recalls, st.reports, st.pending);
+      "{} quarantined, {} outbox file(s) still to send",
+      st.sent, st.failed, st.received, st.duplicates, st.recalls, st.reports, st.quarantined, st.pending);
   int rc = kExitOk;
   if (!s.ok()) {
     spdlog::error("{}", s.message());
@@ -156,10 +156,10 @@ int main(int argc, char** argv) {
   if (json && once) {
     std::printf(
         "{\"ok\":%s,\"sent\":%lld,\"failed\":%lld,\"received\":%lld,\"duplicates\":%lld,\"recalls\":%lld,"
-        "\"reports\":%lld,\"pending\":%lld,\"error\":%s}\n",
+        "\"reports\":%lld,\"quarantined\":%lld,\"pending\":%lld,\"error\":%s}\n",
         s.ok() ? "true" : "false", static_cast<long long>(st.sent), static_cast<long long>(st.failed),
         static_cast<long long>(st.received), static_cast<long long>(st.duplicates), static_cast<long long>(st.recalls),
-        static_cast<long long>(st.reports), static_cast<long long>(st.pending),
+        static_cast<long long>(st.reports), static_cast<long long>(st.quarantined), static_cast<long long>(st.pending),
         Json(s.ok() ? "" : s.message()).c_str());
     std::fflush(stdout);
   }

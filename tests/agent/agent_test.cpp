@@ -5,10 +5,12 @@
 #include <sys/socket.h>
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <set>
 
 #include "client/client.h"
 #include "tests/agent/agent_harness.h"
+#include "tests/integration/scripted_broker.h"
 
 using namespace liaison;
 using namespace liaison::test;
@@ -749,4 +751,69 @@ TEST_CASE("agent: a damaged witness file is an audit alarm and is left as it is"
   std::filesystem::remove(witness);
   REQUIRE(RunOnce(police, &out, "fresh") == 0);
   CHECK(FileExists(witness));
+}
+
+TEST_CASE("agent: a broker that sends beyond the credit is cut off and nothing beyond it is filed", "[agent][credit]") {
+  // The broker announces credit 2 and sends three messages at once.
+  const std::string a = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c41", b = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c42",
+                    c = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c43";
+  ScriptedBroker broker(
+      {DeliverMessage(1, "police", a), DeliverMessage(2, "police", b), DeliverMessage(3, "police", c)}, 2);
+  TempDir dir;
+  AgentDirs school(dir.path(), "school");
+  school.WriteConfig("school", broker.port(), "credit: 2\n");
+  ChildProcess agent(AgentArgs(school), school.root, "daemon");
+  const std::string exceeded =
+      " error liaison-agent: connection to the broker lost: the broker exceeded this session's credit of 2: it sent "
+      "delivery 3 while 2 deliveries were unacknowledged; reconnecting in ";
+  const bool cut_off = WaitFor([&] { return agent.err().find(exceeded) != std::string::npos; });
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait() == 0);
+  INFO(agent.err());
+  CHECK(cut_off);
+  // What came within the credit is written as usual (and, unacknowledged
+  // on a connection that is gone, recognised when it comes again).
+  CHECK(Names(school.inbox()) == std::vector<std::string>{"police_" + a + ".json", "police_" + b + ".json"});
+}
+
+TEST_CASE("agent: a recall notice or report that cannot be filed is quarantined and acknowledged and frees its credit",
+          "[agent][inbox]") {
+  // Both units of credit go to notices whose names cannot be file names;
+  // the broker sends the message after them only once both are
+  // acknowledged (as the real broker would, had it sent such notices).
+  const std::string id = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c42";
+  ScriptedBroker broker({{0, {DeliverRecall(1, "../escaped", id), DeliverReport(2, "x\ny", "school/..")}},
+                         {2, {DeliverMessage(3, "police", id)}}},
+                        2);
+  TempDir dir;
+  AgentDirs school(dir.path(), "school");
+  school.WriteConfig("school", broker.port(), "credit: 2\n");
+  ChildProcess agent(AgentArgs(school), school.root, "daemon");
+  const bool received = WaitFor([&] { return FileExists(school.inbox() + "/police_" + id + ".json"); });
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait() == 0);
+  INFO(agent.err());
+  REQUIRE(received);
+  CHECK(WaitFor([&] { return broker.Acked() == std::vector<uint64_t>{1, 2, 3}; }));
+  const std::string quarantine = school.state() + "/quarantine";
+  const auto recalls = NamesEnding(quarantine, ".recall.json");
+  const auto reports = NamesEnding(quarantine, ".report.json");
+  REQUIRE(recalls.size() == 1);
+  REQUIRE(reports.size() == 1);
+  CHECK(Names(quarantine).size() == 2);
+  const std::string recall = Slurp(quarantine + "/" + recalls[0]);
+  CHECK(JsonField(recall, "sender") == "../escaped");
+  CHECK(JsonField(recall, "messageId") == id);
+  CHECK(recall.find("\"deliveryId\":1,\"attempt\":1,") != std::string::npos);
+  const std::string report = Slurp(quarantine + "/" + reports[0]);
+  CHECK(report.find("\"messageId\":\"x\\ny\",\"recipient\":\"school/..\"") != std::string::npos);
+  CHECK(std::count(report.begin(), report.end(), '\n') == 1);
+  // Nothing filed under the names they give.
+  CHECK(Names(school.recalled()).empty());
+  CHECK(Names(school.sent()).empty());
+  CHECK_FALSE(FileExists(school.root + "/escaped_" + id + ".recall.json"));
+  CHECK(agent.err().find(" error liaison-agent: inbox: a recall notice names sender '../escaped' and message id '" +
+                         id + "', which cannot be a file name: kept as " + quarantine + "/") != std::string::npos);
+  CHECK(agent.err().find("1 received, 0 duplicate(s) dropped, 0 recall(s), 0 report(s), 2 quarantined") !=
+        std::string::npos);
 }

@@ -1,171 +1,24 @@
 // liaison receive (and the global --witness) as a process: what comes from
 // the network is checked before it becomes a file name or output, and what
 // comes from local files is refused rather than silently replaced. Some
-// cases need a broker that sends what the real one never would: a scripted
-// one-connection TLS server with the dev PKI's broker certificate.
+// cases need a broker that sends what the real one never would
+// (tests/integration/scripted_broker.h).
 #include <catch2/catch.hpp>
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <poll.h>
-#include <pthread.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <filesystem>
-#include <optional>
-#include <thread>
 
 #include "common/files.h"
 #include "proto/detail/pb.h"
-#include "proto/frame_codec.h"
 #include "proto/message_json.h"
 #include "tests/integration/process_support.h"
+#include "tests/integration/scripted_broker.h"
 #include "tests/integration/test_support.h"
 
 using namespace liaison;
 using namespace liaison::test;
-
-namespace {
-
-// One connection: TLS with the broker certificate, read Hello, answer
-// Welcome, send the given Deliver frames, then read until the client goes.
-class ScriptedBroker {
- public:
-  explicit ScriptedBroker(std::vector<v1::Frame> deliveries) : deliveries_(std::move(deliveries)) {
-    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    REQUIRE(::listen(listen_fd_, 1) == 0);
-    socklen_t len = sizeof addr;
-    REQUIRE(::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-    port_ = ntohs(addr.sin_port);
-    thread_ = std::thread([this] { Serve(); });
-  }
-  ~ScriptedBroker() {
-    ::shutdown(listen_fd_, SHUT_RDWR);
-    thread_.join();
-    ::close(listen_fd_);
-  }
-  uint16_t port() const { return port_; }
-  std::vector<std::string> Cli(const std::string& agency, std::vector<std::string> rest) const {
-    const std::string& pki = PkiDir();
-    std::vector<std::string> argv = {LIAISON_CLI_BIN, "--broker", "127.0.0.1:" + std::to_string(port_),
-                                     "--server-name", "localhost", "--cert", pki + "/" + agency + ".crt",
-                                     "--key", pki + "/" + agency + ".key", "--ca", pki + "/ca.crt"};
-    argv.insert(argv.end(), rest.begin(), rest.end());
-    return argv;
-  }
-
- private:
-  void Serve() {
-    // A client that has gone makes a write fail with EPIPE; the SIGPIPE it
-    // raises stays pending on this thread instead of ending the tests.
-    sigset_t pipe_signal;
-    sigemptyset(&pipe_signal);
-    sigaddset(&pipe_signal, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
-    pollfd p{listen_fd_, POLLIN, 0};
-    if (::poll(&p, 1, 20000) <= 0) return;
-    const int fd = ::accept(listen_fd_, nullptr, nullptr);
-    if (fd < 0) return;
-    const std::string& pki = PkiDir();
-    SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
-    SSL_CTX_use_certificate_chain_file(ctx, (pki + "/broker.crt").c_str());
-    SSL_CTX_use_PrivateKey_file(ctx, (pki + "/broker.key").c_str(), SSL_FILETYPE_PEM);
-    SSL* ssl = SSL_new(ctx);
-    SSL_set_fd(ssl, fd);
-    timeval tv{20, 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (SSL_accept(ssl) == 1 && ReadFrame(ssl)) {
-      v1::Frame w;
-      v1::Welcome* welcome = w.mutable_welcome();
-      welcome->set_agency_id("school");
-      welcome->set_session_id("scripted");
-      welcome->set_broker_name("scripted");
-      welcome->set_receiving(true);
-      welcome->set_credit(16);
-      welcome->set_max_frame_bytes(proto::kDefaultMaxFrameBytes);
-      Send(ssl, w);
-      for (const auto& d : deliveries_) Send(ssl, d);
-      while (ReadFrame(ssl)) {
-      }
-    }
-    ERR_clear_error();
-    SSL_free(ssl);
-    SSL_CTX_free(ctx);
-    ::close(fd);
-  }
-  static void Send(SSL* ssl, const v1::Frame& f) {
-    auto e = proto::EncodeFrame(f);
-    if (e.ok()) SSL_write(ssl, e->data(), static_cast<int>(e->size()));
-  }
-  static bool ReadAll(SSL* ssl, char* buf, size_t n) {
-    size_t got = 0;
-    while (got < n) {
-      const int r = SSL_read(ssl, buf + got, static_cast<int>(n - got));
-      if (r <= 0) return false;
-      got += static_cast<size_t>(r);
-    }
-    return true;
-  }
-  static bool ReadFrame(SSL* ssl) {
-    uint8_t header[4];
-    if (!ReadAll(ssl, reinterpret_cast<char*>(header), 4)) return false;
-    auto len = proto::DecodeFrameLength(header, proto::kDefaultMaxFrameBytes);
-    if (!len.ok()) return false;
-    std::string body(*len, '\0');
-    return ReadAll(ssl, body.data(), body.size());
-  }
-
-  std::vector<v1::Frame> deliveries_;
-  int listen_fd_ = -1;
-  uint16_t port_ = 0;
-  std::thread thread_;
-};
-
-v1::Frame DeliverMessage(uint64_t delivery_id, const std::string& sender, const std::string& message_id) {
-  v1::Frame f;
-  v1::Deliver* d = f.mutable_deliver();
-  d->set_delivery_id(delivery_id);
-  d->set_attempt(1);
-  *d->mutable_message() = IncidentReport({"school"});
-  d->mutable_message()->mutable_envelope()->set_sender(sender);
-  d->mutable_message()->mutable_envelope()->set_message_id(message_id);
-  return f;
-}
-
-v1::Frame DeliverRecall(uint64_t delivery_id, const std::string& sender, const std::string& message_id) {
-  v1::Frame f;
-  v1::Deliver* d = f.mutable_deliver();
-  d->set_delivery_id(delivery_id);
-  d->set_attempt(1);
-  d->mutable_recall()->set_sender(sender);
-  d->mutable_recall()->set_message_id(message_id);
-  d->mutable_recall()->set_reason("scripted");
-  return f;
-}
-
-v1::Frame DeliverReport(uint64_t delivery_id, const std::string& message_id, const std::string& recipient) {
-  v1::Frame f;
-  v1::Deliver* d = f.mutable_deliver();
-  d->set_delivery_id(delivery_id);
-  d->set_attempt(1);
-  d->mutable_report()->set_message_id(message_id);
-  d->mutable_report()->set_recipient(recipient);
-  d->mutable_report()->set_outcome(v1::OUTCOME_DELIVERED);
-  return f;
-}
-
-}  // namespace
 
 TEST_CASE("liaison receive --out prints one line per notice even when the broker's fields hold newlines",
           "[cli][receive]") {
@@ -268,4 +121,47 @@ TEST_CASE("liaison --witness refuses a witness file that is not a checkpoint and
   INFO("fresh witness: " << out << err);
   CHECK(fresh_rc == 0);
   CHECK(std::filesystem::exists(fresh));
+}
+
+TEST_CASE("liaison receive stops with exit 3 when the broker sends more deliveries than the credit granted",
+          "[cli][receive][credit]") {
+  // A broker that ignores the credit could grow receive's queue without
+  // bound: the client library takes nothing beyond it and ends the
+  // connection; what came within the credit is written as usual.
+  const std::string a = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c41", b = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c42",
+                    c = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c43";
+  struct Case {
+    std::string what;
+    uint32_t announced;  // the credit in the broker's Welcome
+    std::vector<v1::Frame> deliveries;
+    std::vector<std::string> options;
+    std::string written, not_written;  // message ids
+  };
+  const Case cases[] = {
+      {"--credit 2", 2,
+       {DeliverMessage(1, "police", a), DeliverMessage(2, "police", b), DeliverMessage(3, "police", c)},
+       {"--count", "3", "--credit", "2"}, b, c},
+      {"the broker's own default, a delivery report taking credit as a message does", 2,
+       {DeliverReport(1, a, "social"), DeliverMessage(2, "police", b), DeliverMessage(3, "police", c)},
+       {"--count", "2"}, b, c},
+      {"a broker announcing more credit than --credit asked for", 64,
+       {DeliverMessage(1, "police", a), DeliverMessage(2, "police", b), DeliverMessage(3, "police", c)},
+       {"--count", "3", "--credit", "2"}, b, c},
+  };
+  for (const Case& k : cases) {
+    TempDir dir;
+    const std::string inbox = dir.File("inbox");
+    std::filesystem::create_directories(inbox);
+    ScriptedBroker broker(k.deliveries, k.announced);
+    std::vector<std::string> args = {"receive", "--out", inbox, "--wait", "20"};
+    args.insert(args.end(), k.options.begin(), k.options.end());
+    std::string out, err;
+    const int rc = Run(broker.Cli("school", args), dir.path(), &out, &err);
+    INFO(k.what << "\n" << out << err);
+    CHECK(rc == 3);
+    CHECK(err.find("liaison receive: the broker exceeded this session's credit of 2: it sent delivery 3 while 2 "
+                   "deliveries were unacknowledged\n") != std::string::npos);
+    CHECK(std::filesystem::exists(inbox + "/police_" + k.written + ".json"));
+    CHECK_FALSE(std::filesystem::exists(inbox + "/police_" + k.not_written + ".json"));
+  }
 }

@@ -3,6 +3,7 @@
 
 #include <map>
 #include <mutex>
+#include <set>
 
 #include "tests/integration/test_support.h"
 
@@ -143,6 +144,60 @@ TEST_CASE("the credit window bounds unacknowledged deliveries", "[exchange]") {
     });
   }
   CHECK(WaitFor([&] { return acked == 10; }));
+}
+
+TEST_CASE("the real broker keeps within the credit the client holds it to with recall notices and reports",
+          "[exchange][credit]") {
+  // The client library ends a connection whose broker sends beyond the
+  // credit (hostile_broker_test.cpp), counting every delivery as the broker
+  // does. With credit 1, school's messages, a recall notice and the reports
+  // on what it sent come one at a time, each after the one before is
+  // acknowledged; acknowledging each twice gives nothing more back.
+  TestBroker broker;
+  Receiver school(broker.port(), "school", /*ack=*/false, /*credit=*/1);
+  Receiver social(broker.port(), "social");
+  auto police = Connect(broker.port(), "police");
+  auto o = Options(broker.port(), "school");
+  o.want_reports = true;
+  auto school_sender = client::Client::Connect(o);
+  REQUIRE(school_sender.ok());
+  std::vector<std::string> to_school;
+  for (int i = 0; i < 3; ++i) {
+    v1::Message m = IncidentReport({"school"});
+    to_school.push_back(m.envelope().message_id());
+    REQUIRE(police->Publish(m).AllAccepted());
+    REQUIRE((*school_sender)->Publish(IncidentReport({"social"})).AllAccepted());
+  }
+  std::set<uint64_t> acked;
+  bool recalled = false;
+  auto in_flight = [&] {
+    std::lock_guard lock(school.mu);
+    std::vector<client::Delivery> out;
+    for (const auto* list : {&school.got, &school.notices}) {
+      for (const auto& d : *list) {
+        if (!acked.count(d.delivery_id)) out.push_back(d);
+      }
+    }
+    return out;
+  };
+  // 3 messages, 3 reports (delivered to social) and 1 recall notice.
+  while (acked.size() < 7) {
+    REQUIRE(WaitFor([&] { return !in_flight().empty(); }));
+    const auto pending = in_flight();
+    CHECK(pending.size() == 1);
+    for (const auto& d : pending) {
+      school.client->Acknowledge(d);
+      school.client->Acknowledge(d);
+      acked.insert(d.delivery_id);
+    }
+    if (!recalled && school.count() == 3) {
+      REQUIRE(police->Recall(to_school[0], "withdrawn").status.ok());
+      recalled = true;
+    }
+  }
+  CHECK(school.Reports().size() == 3);
+  CHECK(school.Recalls().size() == 1);
+  CHECK(school.client->connected());
 }
 
 TEST_CASE("a delivery that is never acknowledged ends the session and is delivered again on the next",
