@@ -97,15 +97,15 @@ bool Session::SendDelivery(QueuedDelivery d) {
   std::shared_ptr<const std::string> wire;  // the message, serialized, as it goes out
   if (d.kind == DeliveryKind::kMessage) {
     QueuedMessage& m = *d.message;
-    if (broker_.mailboxes.IsRecalled(m)) {
+    if (auto recalled = broker_.mailboxes.Recalled(m)) {
       QueueChange c(broker_);
       audit::Record r = CopyRecord("recalled", m, agency_);
       r.actor = m.sender;
+      r.cert_sha256 = recalled->cert_sha256;
       r.decision = "recalled";
-      r.detail = "withdrawn before delivery";
+      r.detail = "withdrawn before delivery: " + recalled->reason;
       c.batch.records.push_back(std::move(r));
-      c.Finish(d, DeliveryState::kRecalled, v1::OUTCOME_RECALLED, v1::REASON_RECALLED, "withdrawn before delivery",
-               false);
+      c.Finish(d, DeliveryState::kRecalled, v1::OUTCOME_RECALLED, v1::REASON_RECALLED, recalled->reason, false);
       c.Submit();
       return false;
     }
@@ -262,8 +262,21 @@ void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
     r.detail = "attempt=" + std::to_string(d.attempts);
     c.batch.records.push_back(std::move(r));
     c.Finish(d, DeliveryState::kDelivered, v1::OUTCOME_DELIVERED, v1::REASON_UNSPECIFIED, "", false);
-    // Recalled while in flight: the recipient has it now, so it is told.
-    if (broker_.mailboxes.IsRecalled(*d.message)) c.AddRecallNotice(d.message, agency_, "recalled by the sender");
+    // Recalled while in flight: the recipient has it now, so it is told,
+    // with the sender's reason, and the recall's record for this recipient
+    // is written, as it is for one that had it before the recall.
+    if (auto recalled = broker_.mailboxes.Recalled(*d.message)) {
+      const size_t before = c.batch.new_deliveries.size();
+      c.AddRecallNotice(d.message, agency_, recalled->reason);
+      if (c.batch.new_deliveries.size() != before) {
+        audit::Record n = CopyRecord("recalled", *d.message, agency_);
+        n.actor = d.message->sender;
+        n.cert_sha256 = recalled->cert_sha256;
+        n.decision = "recall_notice";
+        n.detail = "acknowledged after the recall; a recall notice is queued: " + recalled->reason;
+        c.batch.records.push_back(std::move(n));
+      }
+    }
   } else {
     if (d.kind == DeliveryKind::kRecallNotice) {
       audit::Record r = CopyRecord("recall_notice_delivered", *d.message, agency_);

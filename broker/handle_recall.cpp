@@ -64,7 +64,7 @@ void Session::HandleRecall(const v1::Recall& recall) {
     m->facts.tlp = s.tlp;
   }
   const std::string reason = recall.reason().empty() ? "recalled by the sender" : Printable(recall.reason(), 1000);
-  std::vector<QueuedDelivery> withdrawn = broker_.mailboxes.Recall(*m);
+  std::vector<QueuedDelivery> withdrawn = broker_.mailboxes.Recall(*m, RecallFacts{reason, identity_.cert_sha256});
   auto delivered = broker_.store->DeliveredRecipients(m->row, Store::Wait::kNo);
   if (!delivered.ok()) {
     broker_.mailboxes.Return(std::move(withdrawn));

@@ -188,15 +188,21 @@ std::vector<QueuedDelivery> Mailboxes::TakeWaitingCopies(const std::function<boo
   return out;
 }
 
-std::vector<QueuedDelivery> Mailboxes::Recall(QueuedMessage& m) {
+std::vector<QueuedDelivery> Mailboxes::Recall(QueuedMessage& m, const RecallFacts& how) {
   std::lock_guard lock(mu_);
+  if (!m.recalled || m.recall_reason.empty()) {
+    m.recall_reason = how.reason;
+    m.recall_cert = how.cert_sha256;
+  }
   m.recalled = true;
   return TakeWaitingCopies([&m](const QueuedMessage& x) { return &x == &m; });
 }
 
-bool Mailboxes::IsRecalled(const QueuedMessage& m) const {
+std::optional<RecallFacts> Mailboxes::Recalled(const QueuedMessage& m) const {
   std::lock_guard lock(mu_);
-  return m.recalled;
+  if (!m.recalled) return std::nullopt;
+  // Recalled before a restart: the reason was not kept.
+  return RecallFacts{m.recall_reason.empty() ? "recalled by the sender" : m.recall_reason, m.recall_cert};
 }
 
 bool Mailboxes::MarkNotified(QueuedMessage& m, const std::string& recipient) {

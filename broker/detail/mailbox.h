@@ -76,7 +76,16 @@ struct QueuedMessage {
   // Guarded by the Mailboxes mutex.
   int unfinished = 0;                // copies pending or in flight
   bool recalled = false;
+  // Who recalled it and why, for the records and notices of copies settled
+  // after the recall (in flight then); empty for a recall before a restart.
+  std::string recall_reason, recall_cert;
   std::set<std::string> notified;    // recipients already sent a recall notice
+};
+
+// How a message was recalled (Mailboxes::Recalled).
+struct RecallFacts {
+  std::string reason;       // the sender's reason, as its recipients are told
+  std::string cert_sha256;  // the recalling session's certificate (empty if unknown)
 };
 
 struct QueuedDelivery {
@@ -122,10 +131,12 @@ class Mailboxes {
 
   // The sender's message, while copies of it are unfinished.
   std::shared_ptr<QueuedMessage> Find(std::string_view sender, std::string_view message_id) const;
-  // Marks m recalled; removes and returns its copies still waiting (the
-  // in-flight ones are settled by their sessions).
-  std::vector<QueuedDelivery> Recall(QueuedMessage& m);
-  bool IsRecalled(const QueuedMessage& m) const;
+  // Marks m recalled (the first recall's reason and certificate are kept);
+  // removes and returns its copies still waiting (the in-flight ones are
+  // settled by their sessions).
+  std::vector<QueuedDelivery> Recall(QueuedMessage& m, const RecallFacts& how);
+  // How m was recalled; none if it was not.
+  std::optional<RecallFacts> Recalled(const QueuedMessage& m) const;
   // True the first time it is called for (m, recipient).
   bool MarkNotified(QueuedMessage& m, const std::string& recipient);
   void UnmarkNotified(QueuedMessage& m, const std::string& recipient);

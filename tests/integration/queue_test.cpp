@@ -33,13 +33,6 @@ bool Has(const std::vector<std::string>& events, const std::string& e) {
   return std::find(events.begin(), events.end(), e) != events.end();
 }
 
-// raw as agency's receiving session with this credit.
-bool ConnectReceiving(RawClient& raw, uint16_t port, const std::string& agency, uint32_t credit) {
-  RawClient::Options o;
-  o.tls = AgencyTls(agency);
-  return raw.Connect(port, o).ok() && raw.SendHello(/*receive=*/true, credit);
-}
-
 client::ClientOptions Reporting(uint16_t port, const std::string& agency) {
   auto o = Options(port, agency);
   o.want_reports = true;
@@ -202,6 +195,38 @@ TEST_CASE("recall withdraws waiting copies and sends a notice to recipients who 
   CHECK(Has(events, "recalled:recalled:health"));
   CHECK(Has(events, "recalled:recall_notice:school"));
   CHECK(Has(events, "recall_notice_delivered:delivered:school"));
+}
+
+TEST_CASE("a copy acknowledged after its recall gets a notice with the sender's reason and its own record",
+          "[queue][recall]") {
+  TestBroker broker;
+  auto police = Connect(broker.port(), "police");
+  v1::Message m = IncidentReport({"school"});
+  const std::string id = m.envelope().message_id();
+  REQUIRE(police->Publish(m).AllAccepted());
+  RawClient school;
+  REQUIRE(ConnectReceiving(school, broker.port(), "school", 4));
+  auto d = ReadDeliver(school);
+  REQUIRE(d);
+  // Recalled while school holds it unacknowledged: neither withdrawn nor
+  // notified yet; it is settled when school acknowledges.
+  auto r = police->Recall(id, "sent to the wrong agency");
+  REQUIRE(r.status.ok());
+  CHECK(r.withdrawn.empty());
+  CHECK(r.notified.empty());
+  REQUIRE(SendAck(school, *d));
+  auto notice = ReadDeliver(school);
+  REQUIRE(notice);
+  REQUIRE(notice->has_recall());
+  CHECK(notice->recall().message_id() == id);
+  CHECK(notice->recall().reason() == "sent to the wrong agency");
+  REQUIRE(SendAck(school, *notice));
+  REQUIRE(WaitFor([&] { return Has(AuditEvents(broker, id), "recall_notice_delivered:delivered:school"); }));
+  // The recall is on record for school, by police, as for a recipient that
+  // had the message before the recall.
+  const auto rows = AuditColumn(broker, id, "event || ':' || decision || ':' || recipient || ':' || actor");
+  CHECK(Has(rows, "delivered:delivered:school:school"));
+  CHECK(Has(rows, "recalled:recall_notice:school:police"));
 }
 
 TEST_CASE("the recall of a message every recipient has is recorded with the message's case", "[queue][recall]") {
