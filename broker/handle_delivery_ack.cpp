@@ -25,6 +25,9 @@ namespace {
 
 // DeliveryAcks read in one go share a commit, up to this many.
 constexpr size_t kMaxAcksPerCommit = 256;
+// A delivery whose copy cannot be made now (SendDelivery: kHeld) is tried
+// again this much later (at the watchdog's next tick after it).
+constexpr auto kHeldRetry = std::chrono::seconds(1);
 
 }  // namespace
 
@@ -43,6 +46,12 @@ void Session::PumpDeliveries() {
   // (large messages times a large credit would otherwise overflow
   // max_queued_bytes and cut the session). Acks resume the pump.
   const uint64_t byte_budget = broker_.config.limits.max_queued_bytes / 2;
+  // A delivery that could not be made waits for its retry (taking it again
+  // at once would spin this thread and flood the log).
+  if (held_until_ != net::Clock::time_point{}) {
+    if (net::Clock::now() < held_until_) return;
+    held_until_ = {};
+  }
   // Credit counts the deliveries the recipient has not acknowledged; those
   // it has acknowledged are only waiting for their commit here.
   while (receiving_ && !stream_.closing() && unacked_.size() - acking_ < credit_ &&
@@ -50,14 +59,17 @@ void Session::PumpDeliveries() {
     auto batch = broker_.mailboxes.Take(agency_, credit_ - (unacked_.size() - acking_));
     if (batch.empty()) return;
     std::vector<QueuedDelivery> give_back;
+    bool held = false;
     for (auto& d : batch) {
-      if (!receiving_ || stream_.closing() || stream_.queued_bytes() >= byte_budget) {
+      if (held || !receiving_ || stream_.closing() || stream_.queued_bytes() >= byte_budget) {
         give_back.push_back(std::move(d));
-      } else {
-        SendDelivery(std::move(d));
+      } else if (SendDelivery(std::move(d)) == Sent::kHeld) {
+        held = true;  // what follows it waits too: the agency's order is kept
       }
     }
+    if (held) held_until_ = net::Clock::now() + kHeldRetry;
     if (!give_back.empty()) broker_.mailboxes.Return(std::move(give_back));
+    if (held) return;
   }
 }
 
@@ -89,7 +101,7 @@ std::optional<policy::OriginalMessage> LookupOriginal(const Store& store, const 
   return o;
 }
 
-bool Session::SendDelivery(QueuedDelivery d) {
+Session::Sent Session::SendDelivery(QueuedDelivery d) {
   v1::Frame f;
   auto* del = f.mutable_deliver();
   del->set_delivery_id(static_cast<uint64_t>(d.id));
@@ -107,7 +119,7 @@ bool Session::SendDelivery(QueuedDelivery d) {
       c.batch.records.push_back(std::move(r));
       c.Finish(d, DeliveryState::kRecalled, v1::OUTCOME_RECALLED, v1::REASON_RECALLED, recalled->reason, false);
       c.Submit();
-      return false;
+      return Sent::kSettled;
     }
     const auto policy = broker_.policy();
     const std::string& type = m.facts.message_type;
@@ -139,7 +151,7 @@ bool Session::SendDelivery(QueuedDelivery d) {
       c.Finish(d, DeliveryState::kRefused, v1::OUTCOME_REFUSED, v1::REASON_NOT_PERMITTED,
                "the network's policy no longer permits sharing this message with '" + agency_ + "'", true);
       c.Submit();
-      return false;
+      return Sent::kSettled;
     }
     const auto obligations = policy->SharedObligationsOf(decision);
     const std::string& agreement = policy->agreements()[decision.agreement].id;
@@ -154,7 +166,7 @@ bool Session::SendDelivery(QueuedDelivery d) {
         spdlog::error("{}: {} from {}: the stored message does not parse, keeping it queued", tag_, m.message_id,
                       m.sender);
         broker_.mailboxes.Return({std::move(d)});
-        return false;
+        return Sent::kHeld;
       }
       Result<policy::PseudonymKey> key = Status::NotFound("no pseudonymisation asked");
       if (!obligations->pseudonymise_categories.empty() || !obligations->pseudonymise_paths.empty()) {
@@ -166,7 +178,7 @@ bool Session::SendDelivery(QueuedDelivery d) {
         spdlog::error("{}: {} from {}: cannot apply obligations, keeping it queued: {}", tag_, m.message_id, m.sender,
                       report.status().message());
         broker_.mailboxes.Return({std::move(d)});
-        return false;
+        return Sent::kHeld;
       }
       auto* renv = copy->mutable_envelope();
       std::string pseud;
@@ -215,7 +227,7 @@ bool Session::SendDelivery(QueuedDelivery d) {
   } else {
     Send(f);
   }
-  return true;
+  return Sent::kSent;
 }
 
 void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {

@@ -109,9 +109,13 @@ class Session : public std::enable_shared_from_this<Session> {
   void SendDone(const Status& s);  // what sending a frame came to: aborts a peer that is not reading
   void SendError(uint64_t request_id, v1::Reason code, const std::string& message, bool fatal);
   void PumpDeliveries();
-  // Re-checks the policy and sends one delivery; false when it was settled
-  // without sending (refused now, or recalled).
-  bool SendDelivery(QueuedDelivery d);
+  enum class Sent {
+    kSent,     // in flight
+    kSettled,  // settled without sending (refused now, or recalled)
+    kHeld,     // cannot be sent now (its copy cannot be made): back in the queue
+  };
+  // Re-checks the policy and sends one delivery.
+  Sent SendDelivery(QueuedDelivery d);
   // Submits the DeliveryAcks gathered since the last call as one commit.
   // Run calls it before it handles any other frame (so that a later frame,
   // a forward of what was just acknowledged say, finds the ack committed),
@@ -148,6 +152,9 @@ class Session : public std::enable_shared_from_this<Session> {
   Status store_applied_;
 
   bool receiving_ = false;
+  // The next delivery could not be made (SendDelivery: kHeld): the pump
+  // tries again from then on, not at once (which would spin).
+  net::Clock::time_point held_until_{};
   uint32_t credit_ = 0;
   std::map<int64_t, InFlight> unacked_;   // by delivery id, oldest first
   size_t acking_ = 0;                     // of them, acknowledged and waiting for their commit
