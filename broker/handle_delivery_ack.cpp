@@ -46,8 +46,10 @@ void Session::PumpDeliveries() {
   // (large messages times a large credit would otherwise overflow
   // max_queued_bytes and cut the session). Acks resume the pump.
   const uint64_t byte_budget = broker_.config.limits.max_queued_bytes / 2;
-  // A delivery that could not be made waits for its retry (taking it again
+  // A take-over waits for the deliveries its predecessor gives back; a
+  // delivery that could not be made waits for its retry (taking it again
   // at once would spin this thread and flood the log).
+  if (awaiting_predecessor_) return;
   if (held_until_ != net::Clock::time_point{}) {
     if (net::Clock::now() < held_until_) return;
     held_until_ = {};

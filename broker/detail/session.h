@@ -53,8 +53,13 @@ class Session : public std::enable_shared_from_this<Session> {
   void SendPublishAck(std::string encoded);
   // Graceful shutdown, step 1: refuse new publishes.
   void BeginDrain();
-  // Step 3, or a take-over: send an Error with reason, flush, close.
-  void Shutdown(v1::Reason reason, std::string message);
+  // Step 3, or a take-over: send an Error with reason, flush, close. On a
+  // take-over, successor is the session taking over: it sends nothing
+  // until this one has given its unacknowledged deliveries back to the
+  // queue (ResumeAfterTakeOver), so that they go out first, in order.
+  void Shutdown(v1::Reason reason, std::string message, std::shared_ptr<Session> successor = nullptr);
+  // The session this one took over from has stopped receiving.
+  void ResumeAfterTakeOver();
   // Close now, without flushing.
   void Abort();
   // After a reload: closes the session when its certificate no longer
@@ -125,8 +130,10 @@ class Session : public std::enable_shared_from_this<Session> {
   void FlushPublishAcks();
   // Gives every unacknowledged delivery back to the mailbox.
   void ReturnDeliveries();
-  // Ends receiving: releases the agency's receiver claim, returns deliveries.
+  // Ends receiving: returns deliveries, releases the agency's receiver
+  // claim, and lets a session that took over begin.
   void StopReceiving();
+  void HandOver();
 
   BrokerState& broker_;
   const uint64_t id_;
@@ -152,6 +159,10 @@ class Session : public std::enable_shared_from_this<Session> {
   Status store_applied_;
 
   bool receiving_ = false;
+  // Took over from a session that has not yet given its deliveries back.
+  bool awaiting_predecessor_ = false;
+  // Replaced by this session (take-over): told once this one stops receiving.
+  std::shared_ptr<Session> successor_;
   // The next delivery could not be made (SendDelivery: kHeld): the pump
   // tries again from then on, not at once (which would spin).
   net::Clock::time_point held_until_{};
