@@ -263,6 +263,10 @@ void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
   }
   QueueChange& c = *acks_;
   if (d.kind == DeliveryKind::kMessage) {
+    // Either a recall sees this acknowledgement (in the store, or as one
+    // still acking), or this sees the recall.
+    const std::optional<RecallFacts> recalled = broker_.mailboxes.Acknowledged(*d.message, agency_);
+    if (!recalled) acked_messages_.push_back(d.message);
     audit::Record r = CopyRecord("delivered", *d.message, agency_);
     r.actor = agency_;
     r.cert_sha256 = identity_.cert_sha256;
@@ -279,7 +283,7 @@ void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
     // Recalled while in flight: the recipient has it now, so it is told,
     // with the sender's reason, and the recall's record for this recipient
     // is written, as it is for one that had it before the recall.
-    if (auto recalled = broker_.mailboxes.Recalled(*d.message)) {
+    if (recalled) {
       const size_t before = c.batch.new_deliveries.size();
       c.AddRecallNotice(d.message, agency_, recalled->reason);
       if (c.batch.new_deliveries.size() != before) {
@@ -320,6 +324,10 @@ void Session::FlushAcks() {
     boost::asio::post(self->stream_.strand(),
                       [self, ids = std::move(ids), s] { self->AckCommitted(ids, s); });
   });
+  // Queued to the store: a recall that waits for the store from now on
+  // finds them there.
+  broker_.mailboxes.AcksSubmitted(acked_messages_, agency_);
+  acked_messages_.clear();
 }
 
 void Session::AckCommitted(const std::vector<int64_t>& ids, const Status& s) {

@@ -162,6 +162,7 @@ asio::awaitable<void> Session::Run() {
       break;
     }
     if (frame.kind_case() != v1::Frame::kDeliveryAck) FlushAcks();
+    if (frame.kind_case() == v1::Frame::kRecall) PrepareRecall(frame.recall());
     if (NeedsAppliedStore(frame)) {
       // The next frame is read only after this one is handled, so waiting
       // here keeps the session's order; other sessions go on meanwhile.

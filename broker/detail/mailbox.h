@@ -80,6 +80,10 @@ struct QueuedMessage {
   // after the recall (in flight then); empty for a recall before a restart.
   std::string recall_reason, recall_cert;
   std::set<std::string> notified;    // recipients already sent a recall notice
+  // Recipients whose DeliveryAck was read but not yet handed to the store
+  // (where a recall looks for who has the message): while any is, the
+  // message stays findable, and a recall counts them as having it.
+  std::multiset<std::string> acking;
 };
 
 // How a message was recalled (Mailboxes::Recalled).
@@ -131,10 +135,21 @@ class Mailboxes {
 
   // The sender's message, while copies of it are unfinished.
   std::shared_ptr<QueuedMessage> Find(std::string_view sender, std::string_view message_id) const;
-  // Marks m recalled (the first recall's reason and certificate are kept);
-  // removes and returns its copies still waiting (the in-flight ones are
-  // settled by their sessions).
+  // Marks m recalled (the first recall's reason and certificate are kept)
+  // and returns the recipients whose acknowledgement is not yet with the
+  // store (QueuedMessage::acking): they have it. A recall marks its message
+  // before it waits for the store, so that every acknowledgement is either
+  // in what it reads there, or returned here, or sees the mark.
+  std::vector<std::string> MarkRecalled(QueuedMessage& m, const RecallFacts& how);
+  // MarkRecalled; then removes and returns m's copies still waiting (the
+  // in-flight ones are settled by their sessions).
   std::vector<QueuedDelivery> Recall(QueuedMessage& m, const RecallFacts& how);
+  // recipient acknowledged its copy of m: how m was recalled, if it was
+  // (the recipient is to be told); otherwise the recipient counts in
+  // m.acking until AcksSubmitted.
+  std::optional<RecallFacts> Acknowledged(QueuedMessage& m, const std::string& recipient);
+  // Those acknowledgements (by recipient) are handed to the store.
+  void AcksSubmitted(const std::vector<std::shared_ptr<QueuedMessage>>& messages, const std::string& recipient);
   // How m was recalled; none if it was not.
   std::optional<RecallFacts> Recalled(const QueuedMessage& m) const;
   // True the first time it is called for (m, recipient).
@@ -152,6 +167,9 @@ class Mailboxes {
 
  private:
   void WakeReceivers(const std::set<std::string>& agencies);
+  // The caller holds mu_.
+  void MarkRecalledLocked(QueuedMessage& m, const RecallFacts& how);
+  static RecallFacts FactsLocked(const QueuedMessage& m);
   // Removes and returns the waiting message copies whose message matches;
   // the caller holds mu_.
   std::vector<QueuedDelivery> TakeWaitingCopies(const std::function<bool(const QueuedMessage&)>& which);

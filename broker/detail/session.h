@@ -103,6 +103,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void HandlePublish(v1::Publish& publish);
   void HandleDeliveryAck(const v1::DeliveryAck& ack);
   void HandleRecall(const v1::Recall& recall);
+  // Before a Recall waits for the store: marks the message recalled in
+  // memory (Mailboxes::MarkRecalled), for HandleRecall.
+  void PrepareRecall(const v1::Recall& recall);
   void HandlePing(const v1::Ping& ping);
   void HandlePong(const v1::Pong& pong);
   void HandleError(const v1::Error& error);
@@ -172,6 +175,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // DeliveryAcks read but not yet submitted (FlushAcks): one finished
   // delivery each.
   std::optional<QueueChange> acks_;
+  // Of them, the messages whose copy was acknowledged (Mailboxes::AcksSubmitted).
+  std::vector<std::shared_ptr<QueuedMessage>> acked_messages_;
+  // PrepareRecall's: the message it marked, and who was acknowledging it.
+  std::shared_ptr<QueuedMessage> recall_marked_;
+  std::vector<std::string> recall_acking_;
   bool ack_flush_posted_ = false;
 
   // Touched from any thread.

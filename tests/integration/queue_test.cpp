@@ -229,6 +229,56 @@ TEST_CASE("a copy acknowledged after its recall gets a notice with the sender's 
   CHECK(Has(rows, "recalled:recall_notice:school:police"));
 }
 
+TEST_CASE("a recall that meets the acknowledgement of the copy it concerns still reaches the recipient",
+          "[queue][recall]") {
+  // The sender recalls each message just as the recipient acknowledges it:
+  // the recall either finds the acknowledgement (and queues a notice) or
+  // comes first (and the acknowledgement queues the notice), never neither.
+  TestBroker broker;
+  constexpr int kMessages = 100;
+  auto police = Connect(broker.port(), "police");
+  std::set<std::string> ids;
+  for (int i = 0; i < kMessages; ++i) {
+    v1::Message m = IncidentReport({"school"});
+    ids.insert(m.envelope().message_id());
+    REQUIRE(police->Publish(m).AllAccepted());
+  }
+  RawClient recaller;
+  RawClient::Options o;
+  o.tls = AgencyTls("police");
+  REQUIRE(recaller.Connect(broker.port(), o).ok());
+  REQUIRE(recaller.SendHello());
+  RawClient school;
+  REQUIRE(ConnectReceiving(school, broker.port(), "school", 1));
+  std::set<std::string> delivered, noticed;
+  uint64_t rid = 0;
+  while (noticed.size() < ids.size()) {
+    auto d = ReadDeliver(school, std::chrono::seconds(10));
+    if (!d) break;
+    if (d->has_recall()) {
+      noticed.insert(d->recall().message_id());
+    } else {
+      const std::string id = d->message().envelope().message_id();
+      delivered.insert(id);
+      v1::Frame recall;
+      recall.mutable_recall()->set_request_id(++rid);
+      recall.mutable_recall()->set_message_id(id);
+      recall.mutable_recall()->set_reason("crossed with the acknowledgement");
+      REQUIRE(recaller.SendFrame(recall));
+    }
+    REQUIRE(SendAck(school, *d));
+  }
+  CHECK(delivered == ids);
+  CHECK(noticed.size() == ids.size());
+  // One notice each, on record once, whichever way the race went.
+  int recorded_once = 0;
+  for (const auto& id : ids) {
+    const auto events = AuditEvents(broker, id);
+    recorded_once += std::count(events.begin(), events.end(), "recalled:recall_notice:school") == 1;
+  }
+  CHECK(recorded_once == kMessages);
+}
+
 TEST_CASE("the recall of a message every recipient has is recorded with the message's case", "[queue][recall]") {
   TestBroker broker;
   auto police = Connect(broker.port(), "police");
