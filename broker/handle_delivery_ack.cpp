@@ -123,6 +123,13 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
       c.Submit();
       return Sent::kSettled;
     }
+    // Expired since the last expiry pass (expiry.cpp) took the waiting ones.
+    if (m.expires_ms <= NowMs()) {
+      QueueChange c(broker_);
+      ExpireCopy(c, d);
+      c.Submit();
+      return Sent::kSettled;
+    }
     const auto policy = broker_.policy();
     const std::string& type = m.facts.message_type;
     policy::Request q = RequestFor(m.facts, m.sender);

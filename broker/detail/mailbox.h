@@ -226,6 +226,8 @@ audit::Record CopyRecord(std::string event, const QueuedMessage& m, const std::s
 // Expires every waiting copy whose message expired by now_ms (audited; the
 // sender gets a report).
 void ExpireDue(BrokerState& broker, int64_t now_ms);
+// Adds the expiry of the copy d, taken from the queue, to change.
+void ExpireCopy(QueueChange& change, const QueuedDelivery& d);
 
 // A report about one recipient's copy, serialized.
 std::string MakeReport(const QueuedMessage& m, const std::string& recipient, v1::Outcome outcome, v1::Reason reason,

@@ -322,6 +322,39 @@ TEST_CASE("a message that expires before its recipient connects is not delivered
   CHECK(Has(AuditEvents(broker, m.envelope().message_id()), "expired:expired:school"));
 }
 
+TEST_CASE("a copy given back after its message expired is not sent again", "[queue][expiry]") {
+  TestBroker broker;
+  Receiver police_inbox(broker.port(), "police");
+  auto police = Connect(broker.port(), "police");
+  v1::Message m = IncidentReport({"school"});
+  const int64_t expires_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count() +
+      1000;
+  *m.mutable_envelope()->mutable_expires_at() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(expires_ms);
+  REQUIRE(police->Publish(m).AllAccepted());
+  // school has it in flight, unacknowledged, while it expires.
+  RawClient first;
+  REQUIRE(ConnectReceiving(first, broker.port(), "school", 4));
+  REQUIRE(ReadDeliver(first));
+  while (std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+             .count() <= expires_ms) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  // A new session takes over: the copy comes back to the queue and the new
+  // session's pump finds it there at once, before the next expiry pass.
+  RawClient second;
+  REQUIRE(ConnectReceiving(second, broker.port(), "school", 4, /*take_over=*/true));
+  REQUIRE(first.WaitClosed());
+  std::vector<v1::Deliver> got;
+  REQUIRE(PingPong(second, 1, &got));
+  CHECK(got.empty());
+  // It expired instead: audited, and the sender is told.
+  REQUIRE(WaitFor([&] { return !police_inbox.Reports().empty(); }));
+  CHECK(police_inbox.Reports().at(0).outcome == "expired");
+  CHECK(Has(AuditEvents(broker, m.envelope().message_id()), "expired:expired:school"));
+}
+
 TEST_CASE("a sender that asks for reports learns of every delivery", "[queue][reports]") {
   TestBroker broker;
   Receiver police_inbox(broker.port(), "police");
