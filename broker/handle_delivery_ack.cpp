@@ -25,6 +25,9 @@ namespace {
 
 // DeliveryAcks read in one go share a commit, up to this many.
 constexpr size_t kMaxAcksPerCommit = 256;
+// A delivery whose copy cannot be made now (SendDelivery: kHeld) is tried
+// again this much later (at the watchdog's next tick after it).
+constexpr auto kHeldRetry = std::chrono::seconds(1);
 
 }  // namespace
 
@@ -43,6 +46,14 @@ void Session::PumpDeliveries() {
   // (large messages times a large credit would otherwise overflow
   // max_queued_bytes and cut the session). Acks resume the pump.
   const uint64_t byte_budget = broker_.config.limits.max_queued_bytes / 2;
+  // A take-over waits for the deliveries its predecessor gives back; a
+  // delivery that could not be made waits for its retry (taking it again
+  // at once would spin this thread and flood the log).
+  if (awaiting_predecessor_) return;
+  if (held_until_ != net::Clock::time_point{}) {
+    if (net::Clock::now() < held_until_) return;
+    held_until_ = {};
+  }
   // Credit counts the deliveries the recipient has not acknowledged; those
   // it has acknowledged are only waiting for their commit here.
   while (receiving_ && !stream_.closing() && unacked_.size() - acking_ < credit_ &&
@@ -50,14 +61,17 @@ void Session::PumpDeliveries() {
     auto batch = broker_.mailboxes.Take(agency_, credit_ - (unacked_.size() - acking_));
     if (batch.empty()) return;
     std::vector<QueuedDelivery> give_back;
+    bool held = false;
     for (auto& d : batch) {
-      if (!receiving_ || stream_.closing() || stream_.queued_bytes() >= byte_budget) {
+      if (held || !receiving_ || stream_.closing() || stream_.queued_bytes() >= byte_budget) {
         give_back.push_back(std::move(d));
-      } else {
-        SendDelivery(std::move(d));
+      } else if (SendDelivery(std::move(d)) == Sent::kHeld) {
+        held = true;  // what follows it waits too: the agency's order is kept
       }
     }
+    if (held) held_until_ = net::Clock::now() + kHeldRetry;
     if (!give_back.empty()) broker_.mailboxes.Return(std::move(give_back));
+    if (held) return;
   }
 }
 
@@ -89,7 +103,7 @@ std::optional<policy::OriginalMessage> LookupOriginal(const Store& store, const 
   return o;
 }
 
-bool Session::SendDelivery(QueuedDelivery d) {
+Session::Sent Session::SendDelivery(QueuedDelivery d) {
   v1::Frame f;
   auto* del = f.mutable_deliver();
   del->set_delivery_id(static_cast<uint64_t>(d.id));
@@ -97,17 +111,24 @@ bool Session::SendDelivery(QueuedDelivery d) {
   std::shared_ptr<const std::string> wire;  // the message, serialized, as it goes out
   if (d.kind == DeliveryKind::kMessage) {
     QueuedMessage& m = *d.message;
-    if (broker_.mailboxes.IsRecalled(m)) {
+    if (auto recalled = broker_.mailboxes.Recalled(m)) {
       QueueChange c(broker_);
       audit::Record r = CopyRecord("recalled", m, agency_);
       r.actor = m.sender;
+      r.cert_sha256 = recalled->cert_sha256;
       r.decision = "recalled";
-      r.detail = "withdrawn before delivery";
+      r.detail = "withdrawn before delivery: " + recalled->reason;
       c.batch.records.push_back(std::move(r));
-      c.Finish(d, DeliveryState::kRecalled, v1::OUTCOME_RECALLED, v1::REASON_RECALLED, "withdrawn before delivery",
-               false);
+      c.Finish(d, DeliveryState::kRecalled, v1::OUTCOME_RECALLED, v1::REASON_RECALLED, recalled->reason, false);
       c.Submit();
-      return false;
+      return Sent::kSettled;
+    }
+    // Expired since the last expiry pass (expiry.cpp) took the waiting ones.
+    if (m.expires_ms <= NowMs()) {
+      QueueChange c(broker_);
+      ExpireCopy(c, d);
+      c.Submit();
+      return Sent::kSettled;
     }
     const auto policy = broker_.policy();
     const std::string& type = m.facts.message_type;
@@ -139,7 +160,7 @@ bool Session::SendDelivery(QueuedDelivery d) {
       c.Finish(d, DeliveryState::kRefused, v1::OUTCOME_REFUSED, v1::REASON_NOT_PERMITTED,
                "the network's policy no longer permits sharing this message with '" + agency_ + "'", true);
       c.Submit();
-      return false;
+      return Sent::kSettled;
     }
     const auto obligations = policy->SharedObligationsOf(decision);
     const std::string& agreement = policy->agreements()[decision.agreement].id;
@@ -154,7 +175,7 @@ bool Session::SendDelivery(QueuedDelivery d) {
         spdlog::error("{}: {} from {}: the stored message does not parse, keeping it queued", tag_, m.message_id,
                       m.sender);
         broker_.mailboxes.Return({std::move(d)});
-        return false;
+        return Sent::kHeld;
       }
       Result<policy::PseudonymKey> key = Status::NotFound("no pseudonymisation asked");
       if (!obligations->pseudonymise_categories.empty() || !obligations->pseudonymise_paths.empty()) {
@@ -166,7 +187,7 @@ bool Session::SendDelivery(QueuedDelivery d) {
         spdlog::error("{}: {} from {}: cannot apply obligations, keeping it queued: {}", tag_, m.message_id, m.sender,
                       report.status().message());
         broker_.mailboxes.Return({std::move(d)});
-        return false;
+        return Sent::kHeld;
       }
       auto* renv = copy->mutable_envelope();
       std::string pseud;
@@ -215,7 +236,7 @@ bool Session::SendDelivery(QueuedDelivery d) {
   } else {
     Send(f);
   }
-  return true;
+  return Sent::kSent;
 }
 
 void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
@@ -249,6 +270,10 @@ void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
   }
   QueueChange& c = *acks_;
   if (d.kind == DeliveryKind::kMessage) {
+    // Either a recall sees this acknowledgement (in the store, or as one
+    // still acking), or this sees the recall.
+    const std::optional<RecallFacts> recalled = broker_.mailboxes.Acknowledged(*d.message, agency_);
+    if (!recalled) acked_messages_.push_back(d.message);
     audit::Record r = CopyRecord("delivered", *d.message, agency_);
     r.actor = agency_;
     r.cert_sha256 = identity_.cert_sha256;
@@ -262,8 +287,21 @@ void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
     r.detail = "attempt=" + std::to_string(d.attempts);
     c.batch.records.push_back(std::move(r));
     c.Finish(d, DeliveryState::kDelivered, v1::OUTCOME_DELIVERED, v1::REASON_UNSPECIFIED, "", false);
-    // Recalled while in flight: the recipient has it now, so it is told.
-    if (broker_.mailboxes.IsRecalled(*d.message)) c.AddRecallNotice(d.message, agency_, "recalled by the sender");
+    // Recalled while in flight: the recipient has it now, so it is told,
+    // with the sender's reason, and the recall's record for this recipient
+    // is written, as it is for one that had it before the recall.
+    if (recalled) {
+      const size_t before = c.batch.new_deliveries.size();
+      c.AddRecallNotice(d.message, agency_, recalled->reason);
+      if (c.batch.new_deliveries.size() != before) {
+        audit::Record n = CopyRecord("recalled", *d.message, agency_);
+        n.actor = d.message->sender;
+        n.cert_sha256 = recalled->cert_sha256;
+        n.decision = "recall_notice";
+        n.detail = "acknowledged after the recall; a recall notice is queued: " + recalled->reason;
+        c.batch.records.push_back(std::move(n));
+      }
+    }
   } else {
     if (d.kind == DeliveryKind::kRecallNotice) {
       audit::Record r = CopyRecord("recall_notice_delivered", *d.message, agency_);
@@ -293,6 +331,10 @@ void Session::FlushAcks() {
     boost::asio::post(self->stream_.strand(),
                       [self, ids = std::move(ids), s] { self->AckCommitted(ids, s); });
   });
+  // Queued to the store: a recall that waits for the store from now on
+  // finds them there.
+  broker_.mailboxes.AcksSubmitted(acked_messages_, agency_);
+  acked_messages_.clear();
 }
 
 void Session::AckCommitted(const std::vector<int64_t>& ids, const Status& s) {

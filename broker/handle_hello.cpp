@@ -37,7 +37,11 @@ void Session::HandleHello(const v1::Hello& hello) {
     }
     if (auto previous = claimed.value()) {
       spdlog::info("{}: takes over receiving from session {}", tag_, previous->id());
-      previous->Shutdown(v1::REASON_TAKEN_OVER, "another session of this agency took over receiving");
+      // What previous holds unacknowledged goes out first, once it is back
+      // in the queue: until then this session sends nothing.
+      awaiting_predecessor_ = true;
+      previous->Shutdown(v1::REASON_TAKEN_OVER, "another session of this agency took over receiving",
+                         shared_from_this());
     }
     receiving_ = true;
     credit_ = hello.credit() == 0 ? l.default_credit : std::min(hello.credit(), l.max_credit);

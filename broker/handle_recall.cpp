@@ -6,14 +6,44 @@
 // A second recall of the same message changes nothing and says so.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "broker/detail/broker_state.h"
 #include "broker/detail/session.h"
 #include "proto/frame_codec.h"
 
 namespace liaison::broker {
+namespace {
+
+bool RecallIsValid(const v1::Recall& recall) {
+  return !recall.message_id().empty() && recall.message_id().size() <= 128 && recall.reason().size() <= 1000;
+}
+
+std::string RecallReason(const v1::Recall& recall) {
+  return recall.reason().empty() ? "recalled by the sender" : Printable(recall.reason(), 1000);
+}
+
+}  // namespace
+
+void Session::PrepareRecall(const v1::Recall& recall) {
+  recall_marked_.reset();
+  recall_acking_.clear();
+  if (phase_ != Phase::kReady || !RecallIsValid(recall) || draining_ || broker_.draining) return;
+  // Only while copies of it are unfinished (or being acknowledged) is there
+  // anything to mark; otherwise the store knows everything about it.
+  auto m = broker_.mailboxes.Find(agency_, recall.message_id());
+  if (!m) return;
+  recall_acking_ = broker_.mailboxes.MarkRecalled(*m, RecallFacts{RecallReason(recall), identity_.cert_sha256});
+  recall_marked_ = std::move(m);
+}
 
 void Session::HandleRecall(const v1::Recall& recall) {
   const uint64_t rid = recall.request_id();
+  // PrepareRecall's, for this recall only.
+  std::shared_ptr<QueuedMessage> marked = std::move(recall_marked_);
+  std::vector<std::string> acking = std::move(recall_acking_);
+  recall_marked_.reset();
+  recall_acking_.clear();
   if (recall.message_id().empty() || recall.message_id().size() > 128) {
     SendError(rid, v1::REASON_INVALID_MESSAGE, "Recall needs the message id (at most 128 bytes)", false);
     return;
@@ -39,7 +69,7 @@ void Session::HandleRecall(const v1::Recall& recall) {
   }
   // The queue may hold a message the reader's snapshot does not show yet
   // (just committed): the in-memory queue is asked first.
-  std::shared_ptr<QueuedMessage> m = broker_.mailboxes.Find(agency_, recall.message_id());
+  std::shared_ptr<QueuedMessage> m = marked ? marked : broker_.mailboxes.Find(agency_, recall.message_id());
   if (!m && !stored->has_value()) {
     SendError(rid, v1::REASON_UNKNOWN_MESSAGE,
               "this agency published no message with id '" + Printable(recall.message_id(), 128) + "'", false);
@@ -63,8 +93,8 @@ void Session::HandleRecall(const v1::Recall& recall) {
     m->facts.purpose = s.purpose;
     m->facts.tlp = s.tlp;
   }
-  const std::string reason = recall.reason().empty() ? "recalled by the sender" : Printable(recall.reason(), 1000);
-  std::vector<QueuedDelivery> withdrawn = broker_.mailboxes.Recall(*m);
+  const std::string reason = RecallReason(recall);
+  std::vector<QueuedDelivery> withdrawn = broker_.mailboxes.Recall(*m, RecallFacts{reason, identity_.cert_sha256});
   auto delivered = broker_.store->DeliveredRecipients(m->row, Store::Wait::kNo);
   if (!delivered.ok()) {
     broker_.mailboxes.Return(std::move(withdrawn));
@@ -89,8 +119,18 @@ void Session::HandleRecall(const v1::Recall& recall) {
     ack->add_withdrawn(d.recipient);
   }
   // Recalled before: its notices went out then (and copies in flight at
-  // that moment were settled by their sessions).
-  if (already) delivered->clear();
+  // that moment were settled by their sessions). Otherwise those whose
+  // acknowledgement the store did not have yet when this recall marked the
+  // message have it too.
+  if (already) {
+    delivered->clear();
+  } else {
+    for (auto& recipient : acking) {
+      if (std::find(delivered->begin(), delivered->end(), recipient) == delivered->end()) {
+        delivered->push_back(std::move(recipient));
+      }
+    }
+  }
   for (const auto& recipient : *delivered) {
     const size_t before = c.batch.new_deliveries.size();
     c.AddRecallNotice(m, recipient, reason);

@@ -155,8 +155,26 @@ std::vector<QueuedDelivery> Mailboxes::Take(std::string_view agency, size_t n) {
 bool Mailboxes::FinishCopy(QueuedMessage& m) {
   std::lock_guard lock(mu_);
   if (--m.unfinished > 0) return false;
-  messages_.erase({m.sender, m.message_id});
+  if (m.acking.empty()) messages_.erase({m.sender, m.message_id});  // else at AcksSubmitted
   return true;
+}
+
+std::optional<RecallFacts> Mailboxes::Acknowledged(QueuedMessage& m, const std::string& recipient) {
+  std::lock_guard lock(mu_);
+  if (m.recalled) return FactsLocked(m);
+  m.acking.insert(recipient);
+  return std::nullopt;
+}
+
+void Mailboxes::AcksSubmitted(const std::vector<std::shared_ptr<QueuedMessage>>& messages,
+                              const std::string& recipient) {
+  std::lock_guard lock(mu_);
+  for (const auto& m : messages) {
+    if (auto it = m->acking.find(recipient); it != m->acking.end()) m->acking.erase(it);
+    if (m->unfinished > 0 || !m->acking.empty()) continue;
+    auto it = messages_.find(std::pair<std::string, std::string>(m->sender, m->message_id));
+    if (it != messages_.end() && it->second.lock() == m) messages_.erase(it);
+  }
 }
 
 void Mailboxes::UnfinishCopy(const std::shared_ptr<QueuedMessage>& m) {
@@ -188,15 +206,35 @@ std::vector<QueuedDelivery> Mailboxes::TakeWaitingCopies(const std::function<boo
   return out;
 }
 
-std::vector<QueuedDelivery> Mailboxes::Recall(QueuedMessage& m) {
-  std::lock_guard lock(mu_);
+void Mailboxes::MarkRecalledLocked(QueuedMessage& m, const RecallFacts& how) {
+  if (!m.recalled || m.recall_reason.empty()) {
+    m.recall_reason = how.reason;
+    m.recall_cert = how.cert_sha256;
+  }
   m.recalled = true;
+}
+
+std::vector<std::string> Mailboxes::MarkRecalled(QueuedMessage& m, const RecallFacts& how) {
+  std::lock_guard lock(mu_);
+  MarkRecalledLocked(m, how);
+  return {m.acking.begin(), m.acking.end()};
+}
+
+std::vector<QueuedDelivery> Mailboxes::Recall(QueuedMessage& m, const RecallFacts& how) {
+  std::lock_guard lock(mu_);
+  MarkRecalledLocked(m, how);
   return TakeWaitingCopies([&m](const QueuedMessage& x) { return &x == &m; });
 }
 
-bool Mailboxes::IsRecalled(const QueuedMessage& m) const {
+std::optional<RecallFacts> Mailboxes::Recalled(const QueuedMessage& m) const {
   std::lock_guard lock(mu_);
-  return m.recalled;
+  if (!m.recalled) return std::nullopt;
+  return FactsLocked(m);
+}
+
+RecallFacts Mailboxes::FactsLocked(const QueuedMessage& m) {
+  // Recalled before a restart: the reason was not kept.
+  return RecallFacts{m.recall_reason.empty() ? "recalled by the sender" : m.recall_reason, m.recall_cert};
 }
 
 bool Mailboxes::MarkNotified(QueuedMessage& m, const std::string& recipient) {

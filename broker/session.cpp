@@ -60,6 +60,7 @@ Session::Session(BrokerState& state, std::shared_ptr<tls::Context> tls, net::Tls
       tls_(std::move(tls)) {}
 
 Session::~Session() {
+  if (successor_) successor_->ResumeAfterTakeOver();  // not reached: StopReceiving hands over
   if (peer_cert_) X509_free(peer_cert_);
   if (peer_chain_) sk_X509_pop_free(reinterpret_cast<STACK_OF(X509)*>(peer_chain_), X509_free);
 }
@@ -161,6 +162,7 @@ asio::awaitable<void> Session::Run() {
       break;
     }
     if (frame.kind_case() != v1::Frame::kDeliveryAck) FlushAcks();
+    if (frame.kind_case() == v1::Frame::kRecall) PrepareRecall(frame.recall());
     if (NeedsAppliedStore(frame)) {
       // The next frame is read only after this one is handled, so waiting
       // here keeps the session's order; other sessions go on meanwhile.
@@ -308,8 +310,31 @@ void Session::StopReceiving() {
   if (!receiving_) return;
   FlushAcks();
   receiving_ = false;
-  broker_.router.ReleaseReceiver(agency_, id_);
+  // The deliveries go back before the receiving slot does: the agency's
+  // next receiving session finds them queued ahead of what came later.
   ReturnDeliveries();
+  broker_.router.ReleaseReceiver(agency_, id_);
+  HandOver();
+}
+
+void Session::HandOver() {
+  // Taken over before its own predecessor gave its deliveries back: the
+  // successor waits for those too (ResumeAfterTakeOver hands on).
+  if (!successor_ || awaiting_predecessor_) return;
+  std::shared_ptr<Session> next = std::move(successor_);
+  successor_.reset();
+  next->ResumeAfterTakeOver();
+}
+
+void Session::ResumeAfterTakeOver() {
+  asio::post(stream_.strand(), [self = shared_from_this()] {
+    self->awaiting_predecessor_ = false;
+    if (self->receiving_) {
+      self->PumpDeliveries();
+    } else {
+      self->HandOver();
+    }
+  });
 }
 
 void Session::Finish() {
@@ -361,14 +386,19 @@ void Session::BeginDrain() {
   asio::post(stream_.strand(), [self = shared_from_this()] { self->draining_ = true; });
 }
 
-void Session::Shutdown(v1::Reason reason, std::string message) {
-  asio::post(stream_.strand(), [self = shared_from_this(), reason, message = std::move(message)] {
-    if (self->stream_.closing()) return;
-    if (self->phase_ == Phase::kReady || self->phase_ == Phase::kAwaitHello) {
-      self->SendError(0, reason, message, true);
-    } else {
-      self->stream_.Abort();
+void Session::Shutdown(v1::Reason reason, std::string message, std::shared_ptr<Session> successor) {
+  asio::post(stream_.strand(), [self = shared_from_this(), reason, message = std::move(message),
+                                successor = std::move(successor)]() mutable {
+    if (successor) self->successor_ = std::move(successor);
+    if (!self->stream_.closing()) {
+      if (self->phase_ == Phase::kReady || self->phase_ == Phase::kAwaitHello) {
+        self->SendError(0, reason, message, true);
+      } else {
+        self->stream_.Abort();
+      }
     }
+    // Still receiving only while closing: Finish stops it and hands over.
+    if (!self->receiving_) self->HandOver();
   });
 }
 

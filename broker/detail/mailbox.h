@@ -76,7 +76,20 @@ struct QueuedMessage {
   // Guarded by the Mailboxes mutex.
   int unfinished = 0;                // copies pending or in flight
   bool recalled = false;
+  // Who recalled it and why, for the records and notices of copies settled
+  // after the recall (in flight then); empty for a recall before a restart.
+  std::string recall_reason, recall_cert;
   std::set<std::string> notified;    // recipients already sent a recall notice
+  // Recipients whose DeliveryAck was read but not yet handed to the store
+  // (where a recall looks for who has the message): while any is, the
+  // message stays findable, and a recall counts them as having it.
+  std::multiset<std::string> acking;
+};
+
+// How a message was recalled (Mailboxes::Recalled).
+struct RecallFacts {
+  std::string reason;       // the sender's reason, as its recipients are told
+  std::string cert_sha256;  // the recalling session's certificate (empty if unknown)
 };
 
 struct QueuedDelivery {
@@ -122,10 +135,23 @@ class Mailboxes {
 
   // The sender's message, while copies of it are unfinished.
   std::shared_ptr<QueuedMessage> Find(std::string_view sender, std::string_view message_id) const;
-  // Marks m recalled; removes and returns its copies still waiting (the
+  // Marks m recalled (the first recall's reason and certificate are kept)
+  // and returns the recipients whose acknowledgement is not yet with the
+  // store (QueuedMessage::acking): they have it. A recall marks its message
+  // before it waits for the store, so that every acknowledgement is either
+  // in what it reads there, or returned here, or sees the mark.
+  std::vector<std::string> MarkRecalled(QueuedMessage& m, const RecallFacts& how);
+  // MarkRecalled; then removes and returns m's copies still waiting (the
   // in-flight ones are settled by their sessions).
-  std::vector<QueuedDelivery> Recall(QueuedMessage& m);
-  bool IsRecalled(const QueuedMessage& m) const;
+  std::vector<QueuedDelivery> Recall(QueuedMessage& m, const RecallFacts& how);
+  // recipient acknowledged its copy of m: how m was recalled, if it was
+  // (the recipient is to be told); otherwise the recipient counts in
+  // m.acking until AcksSubmitted.
+  std::optional<RecallFacts> Acknowledged(QueuedMessage& m, const std::string& recipient);
+  // Those acknowledgements (by recipient) are handed to the store.
+  void AcksSubmitted(const std::vector<std::shared_ptr<QueuedMessage>>& messages, const std::string& recipient);
+  // How m was recalled; none if it was not.
+  std::optional<RecallFacts> Recalled(const QueuedMessage& m) const;
   // True the first time it is called for (m, recipient).
   bool MarkNotified(QueuedMessage& m, const std::string& recipient);
   void UnmarkNotified(QueuedMessage& m, const std::string& recipient);
@@ -141,6 +167,9 @@ class Mailboxes {
 
  private:
   void WakeReceivers(const std::set<std::string>& agencies);
+  // The caller holds mu_.
+  void MarkRecalledLocked(QueuedMessage& m, const RecallFacts& how);
+  static RecallFacts FactsLocked(const QueuedMessage& m);
   // Removes and returns the waiting message copies whose message matches;
   // the caller holds mu_.
   std::vector<QueuedDelivery> TakeWaitingCopies(const std::function<bool(const QueuedMessage&)>& which);
@@ -197,6 +226,8 @@ audit::Record CopyRecord(std::string event, const QueuedMessage& m, const std::s
 // Expires every waiting copy whose message expired by now_ms (audited; the
 // sender gets a report).
 void ExpireDue(BrokerState& broker, int64_t now_ms);
+// Adds the expiry of the copy d, taken from the queue, to change.
+void ExpireCopy(QueueChange& change, const QueuedDelivery& d);
 
 // A report about one recipient's copy, serialized.
 std::string MakeReport(const QueuedMessage& m, const std::string& recipient, v1::Outcome outcome, v1::Reason reason,

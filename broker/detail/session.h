@@ -53,8 +53,13 @@ class Session : public std::enable_shared_from_this<Session> {
   void SendPublishAck(std::string encoded);
   // Graceful shutdown, step 1: refuse new publishes.
   void BeginDrain();
-  // Step 3, or a take-over: send an Error with reason, flush, close.
-  void Shutdown(v1::Reason reason, std::string message);
+  // Step 3, or a take-over: send an Error with reason, flush, close. On a
+  // take-over, successor is the session taking over: it sends nothing
+  // until this one has given its unacknowledged deliveries back to the
+  // queue (ResumeAfterTakeOver), so that they go out first, in order.
+  void Shutdown(v1::Reason reason, std::string message, std::shared_ptr<Session> successor = nullptr);
+  // The session this one took over from has stopped receiving.
+  void ResumeAfterTakeOver();
   // Close now, without flushing.
   void Abort();
   // After a reload: closes the session when its certificate no longer
@@ -98,6 +103,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void HandlePublish(v1::Publish& publish);
   void HandleDeliveryAck(const v1::DeliveryAck& ack);
   void HandleRecall(const v1::Recall& recall);
+  // Before a Recall waits for the store: marks the message recalled in
+  // memory (Mailboxes::MarkRecalled), for HandleRecall.
+  void PrepareRecall(const v1::Recall& recall);
   void HandlePing(const v1::Ping& ping);
   void HandlePong(const v1::Pong& pong);
   void HandleError(const v1::Error& error);
@@ -109,9 +117,13 @@ class Session : public std::enable_shared_from_this<Session> {
   void SendDone(const Status& s);  // what sending a frame came to: aborts a peer that is not reading
   void SendError(uint64_t request_id, v1::Reason code, const std::string& message, bool fatal);
   void PumpDeliveries();
-  // Re-checks the policy and sends one delivery; false when it was settled
-  // without sending (refused now, or recalled).
-  bool SendDelivery(QueuedDelivery d);
+  enum class Sent {
+    kSent,     // in flight
+    kSettled,  // settled without sending (refused now, or recalled)
+    kHeld,     // cannot be sent now (its copy cannot be made): back in the queue
+  };
+  // Re-checks the policy and sends one delivery.
+  Sent SendDelivery(QueuedDelivery d);
   // Submits the DeliveryAcks gathered since the last call as one commit.
   // Run calls it before it handles any other frame (so that a later frame,
   // a forward of what was just acknowledged say, finds the ack committed),
@@ -121,8 +133,10 @@ class Session : public std::enable_shared_from_this<Session> {
   void FlushPublishAcks();
   // Gives every unacknowledged delivery back to the mailbox.
   void ReturnDeliveries();
-  // Ends receiving: releases the agency's receiver claim, returns deliveries.
+  // Ends receiving: returns deliveries, releases the agency's receiver
+  // claim, and lets a session that took over begin.
   void StopReceiving();
+  void HandOver();
 
   BrokerState& broker_;
   const uint64_t id_;
@@ -148,12 +162,24 @@ class Session : public std::enable_shared_from_this<Session> {
   Status store_applied_;
 
   bool receiving_ = false;
+  // Took over from a session that has not yet given its deliveries back.
+  bool awaiting_predecessor_ = false;
+  // Replaced by this session (take-over): told once this one stops receiving.
+  std::shared_ptr<Session> successor_;
+  // The next delivery could not be made (SendDelivery: kHeld): the pump
+  // tries again from then on, not at once (which would spin).
+  net::Clock::time_point held_until_{};
   uint32_t credit_ = 0;
   std::map<int64_t, InFlight> unacked_;   // by delivery id, oldest first
   size_t acking_ = 0;                     // of them, acknowledged and waiting for their commit
   // DeliveryAcks read but not yet submitted (FlushAcks): one finished
   // delivery each.
   std::optional<QueueChange> acks_;
+  // Of them, the messages whose copy was acknowledged (Mailboxes::AcksSubmitted).
+  std::vector<std::shared_ptr<QueuedMessage>> acked_messages_;
+  // PrepareRecall's: the message it marked, and who was acknowledging it.
+  std::shared_ptr<QueuedMessage> recall_marked_;
+  std::vector<std::string> recall_acking_;
   bool ack_flush_posted_ = false;
 
   // Touched from any thread.

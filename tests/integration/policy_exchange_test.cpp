@@ -2,6 +2,7 @@
 // (docs/examples/policy.yaml), real agencies over mutual TLS.
 #include <catch2/catch.hpp>
 
+#include <filesystem>
 #include <map>
 #include <mutex>
 
@@ -116,6 +117,31 @@ TEST_CASE("a school gets incident reports with names pseudonymised and criminal 
   CHECK(a.persons(0).full_name() == b.persons(0).full_name());
   const auto& paths = school.got[0].message->envelope().pseudonymised_paths();
   CHECK(std::find(paths.begin(), paths.end(), "incident_report.persons.full_name") != paths.end());
+}
+
+TEST_CASE("a copy whose pseudonyms cannot be made waits without stalling its recipient's session", "[policy-e2e]") {
+  TestBroker broker({}, 2, ExamplePolicy());
+  // police -> school incident reports are pseudonymised under
+  // local-prevention-2026, whose key is made at its first delivery: a
+  // directory where its file goes makes that fail.
+  const std::string key_path = broker.dir() + "/keys/pseudonym/local-prevention-2026.key";
+  REQUIRE(std::filesystem::create_directory(key_path));
+  RawClient school;
+  REQUIRE(ConnectReceiving(school, broker.port(), "school", 4));
+  auto police = Connect(broker.port(), "police");
+  v1::Message m = IncidentReport({"school"});
+  REQUIRE(police->Publish(m).AllAccepted());
+  // The copy cannot be made, so it waits; the session goes on answering.
+  std::vector<v1::Deliver> early;
+  CHECK(PingPong(school, 1, &early));
+  CHECK(PingPong(school, 2, &early));
+  CHECK(early.empty());  // never the original in place of the pseudonymised copy
+  // Once the key can be made the copy goes out, pseudonymised.
+  std::filesystem::remove(key_path);
+  auto d = ReadDeliver(school, std::chrono::seconds(10));
+  REQUIRE(d);
+  CHECK(d->message().envelope().message_id() == m.envelope().message_id());
+  CHECK(d->message().incident_report().persons(0).full_name().rfind("ps:v1:", 0) == 0);
 }
 
 TEST_CASE("an agreement that has expired stops sharing", "[policy-e2e]") {

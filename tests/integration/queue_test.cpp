@@ -33,13 +33,6 @@ bool Has(const std::vector<std::string>& events, const std::string& e) {
   return std::find(events.begin(), events.end(), e) != events.end();
 }
 
-// raw as agency's receiving session with this credit.
-bool ConnectReceiving(RawClient& raw, uint16_t port, const std::string& agency, uint32_t credit) {
-  RawClient::Options o;
-  o.tls = AgencyTls(agency);
-  return raw.Connect(port, o).ok() && raw.SendHello(/*receive=*/true, credit);
-}
-
 client::ClientOptions Reporting(uint16_t port, const std::string& agency) {
   auto o = Options(port, agency);
   o.want_reports = true;
@@ -204,6 +197,88 @@ TEST_CASE("recall withdraws waiting copies and sends a notice to recipients who 
   CHECK(Has(events, "recall_notice_delivered:delivered:school"));
 }
 
+TEST_CASE("a copy acknowledged after its recall gets a notice with the sender's reason and its own record",
+          "[queue][recall]") {
+  TestBroker broker;
+  auto police = Connect(broker.port(), "police");
+  v1::Message m = IncidentReport({"school"});
+  const std::string id = m.envelope().message_id();
+  REQUIRE(police->Publish(m).AllAccepted());
+  RawClient school;
+  REQUIRE(ConnectReceiving(school, broker.port(), "school", 4));
+  auto d = ReadDeliver(school);
+  REQUIRE(d);
+  // Recalled while school holds it unacknowledged: neither withdrawn nor
+  // notified yet; it is settled when school acknowledges.
+  auto r = police->Recall(id, "sent to the wrong agency");
+  REQUIRE(r.status.ok());
+  CHECK(r.withdrawn.empty());
+  CHECK(r.notified.empty());
+  REQUIRE(SendAck(school, *d));
+  auto notice = ReadDeliver(school);
+  REQUIRE(notice);
+  REQUIRE(notice->has_recall());
+  CHECK(notice->recall().message_id() == id);
+  CHECK(notice->recall().reason() == "sent to the wrong agency");
+  REQUIRE(SendAck(school, *notice));
+  REQUIRE(WaitFor([&] { return Has(AuditEvents(broker, id), "recall_notice_delivered:delivered:school"); }));
+  // The recall is on record for school, by police, as for a recipient that
+  // had the message before the recall.
+  const auto rows = AuditColumn(broker, id, "event || ':' || decision || ':' || recipient || ':' || actor");
+  CHECK(Has(rows, "delivered:delivered:school:school"));
+  CHECK(Has(rows, "recalled:recall_notice:school:police"));
+}
+
+TEST_CASE("a recall that meets the acknowledgement of the copy it concerns still reaches the recipient",
+          "[queue][recall]") {
+  // The sender recalls each message just as the recipient acknowledges it:
+  // the recall either finds the acknowledgement (and queues a notice) or
+  // comes first (and the acknowledgement queues the notice), never neither.
+  TestBroker broker;
+  constexpr int kMessages = 100;
+  auto police = Connect(broker.port(), "police");
+  std::set<std::string> ids;
+  for (int i = 0; i < kMessages; ++i) {
+    v1::Message m = IncidentReport({"school"});
+    ids.insert(m.envelope().message_id());
+    REQUIRE(police->Publish(m).AllAccepted());
+  }
+  RawClient recaller;
+  RawClient::Options o;
+  o.tls = AgencyTls("police");
+  REQUIRE(recaller.Connect(broker.port(), o).ok());
+  REQUIRE(recaller.SendHello());
+  RawClient school;
+  REQUIRE(ConnectReceiving(school, broker.port(), "school", 1));
+  std::set<std::string> delivered, noticed;
+  uint64_t rid = 0;
+  while (noticed.size() < ids.size()) {
+    auto d = ReadDeliver(school, std::chrono::seconds(10));
+    if (!d) break;
+    if (d->has_recall()) {
+      noticed.insert(d->recall().message_id());
+    } else {
+      const std::string id = d->message().envelope().message_id();
+      delivered.insert(id);
+      v1::Frame recall;
+      recall.mutable_recall()->set_request_id(++rid);
+      recall.mutable_recall()->set_message_id(id);
+      recall.mutable_recall()->set_reason("crossed with the acknowledgement");
+      REQUIRE(recaller.SendFrame(recall));
+    }
+    REQUIRE(SendAck(school, *d));
+  }
+  CHECK(delivered == ids);
+  CHECK(noticed.size() == ids.size());
+  // One notice each, on record once, whichever way the race went.
+  int recorded_once = 0;
+  for (const auto& id : ids) {
+    const auto events = AuditEvents(broker, id);
+    recorded_once += std::count(events.begin(), events.end(), "recalled:recall_notice:school") == 1;
+  }
+  CHECK(recorded_once == kMessages);
+}
+
 TEST_CASE("the recall of a message every recipient has is recorded with the message's case", "[queue][recall]") {
   TestBroker broker;
   auto police = Connect(broker.port(), "police");
@@ -244,6 +319,39 @@ TEST_CASE("a message that expires before its recipient connects is not delivered
   Receiver school(broker.port(), "school");
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK(school.count() == 0);
+  CHECK(Has(AuditEvents(broker, m.envelope().message_id()), "expired:expired:school"));
+}
+
+TEST_CASE("a copy given back after its message expired is not sent again", "[queue][expiry]") {
+  TestBroker broker;
+  Receiver police_inbox(broker.port(), "police");
+  auto police = Connect(broker.port(), "police");
+  v1::Message m = IncidentReport({"school"});
+  const int64_t expires_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count() +
+      1000;
+  *m.mutable_envelope()->mutable_expires_at() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(expires_ms);
+  REQUIRE(police->Publish(m).AllAccepted());
+  // school has it in flight, unacknowledged, while it expires.
+  RawClient first;
+  REQUIRE(ConnectReceiving(first, broker.port(), "school", 4));
+  REQUIRE(ReadDeliver(first));
+  while (std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+             .count() <= expires_ms) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  // A new session takes over: the copy comes back to the queue and the new
+  // session's pump finds it there at once, before the next expiry pass.
+  RawClient second;
+  REQUIRE(ConnectReceiving(second, broker.port(), "school", 4, /*take_over=*/true));
+  REQUIRE(first.WaitClosed());
+  std::vector<v1::Deliver> got;
+  REQUIRE(PingPong(second, 1, &got));
+  CHECK(got.empty());
+  // It expired instead: audited, and the sender is told.
+  REQUIRE(WaitFor([&] { return !police_inbox.Reports().empty(); }));
+  CHECK(police_inbox.Reports().at(0).outcome == "expired");
   CHECK(Has(AuditEvents(broker, m.envelope().message_id()), "expired:expired:school"));
 }
 

@@ -85,6 +85,39 @@ TEST_CASE("a second receiving session is refused unless it takes over", "[sessio
   CHECK(WaitFor([&] { return got == 1; }));
 }
 
+TEST_CASE("a take-over gets what the replaced session held first and everything in order", "[sessions][takeover]") {
+  // One I/O thread: the replaced session gives its deliveries back only
+  // after the Hello that takes over is handled, whatever the scheduling.
+  TestBroker broker({}, 1);
+  auto police = Connect(broker.port(), "police");
+  std::vector<std::string> ids;
+  for (int i = 0; i < 6; ++i) {
+    v1::Message m = IncidentReport({"school"});
+    ids.push_back(m.envelope().message_id());
+    REQUIRE(police->Publish(m).AllAccepted());
+  }
+  RawClient first;
+  REQUIRE(ConnectReceiving(first, broker.port(), "school", 2));
+  for (int i = 0; i < 2; ++i) {
+    auto d = ReadDeliver(first);
+    REQUIRE(d);
+    CHECK(d->message().envelope().message_id() == ids[i]);  // held, never acknowledged
+  }
+  RawClient second;
+  REQUIRE(ConnectReceiving(second, broker.port(), "school", 16, /*take_over=*/true));
+  std::vector<std::string> got;
+  std::vector<uint32_t> attempts;
+  while (got.size() < ids.size()) {
+    auto d = ReadDeliver(second);
+    REQUIRE(d);
+    got.push_back(d->message().envelope().message_id());
+    attempts.push_back(d->attempt());
+    REQUIRE(SendAck(second, *d));
+  }
+  CHECK(got == ids);
+  CHECK(attempts == std::vector<uint32_t>{2, 2, 1, 1, 1, 1});
+}
+
 TEST_CASE("the receiving slot is released when its session ends", "[sessions]") {
   TestBroker broker;
   { auto first = Connect(broker.port(), "school", true); }

@@ -304,13 +304,51 @@ bool RawClient::SendFrame(const v1::Frame& frame) {
   return e.ok() && SendBytes(*e);
 }
 
-bool RawClient::SendHello(bool receive, uint32_t credit) {
+bool RawClient::SendHello(bool receive, uint32_t credit, bool take_over) {
   v1::Frame f;
   f.mutable_hello()->set_protocol_version(1);
   f.mutable_hello()->set_client_name("raw-test-client");
   f.mutable_hello()->set_receive(receive);
   f.mutable_hello()->set_credit(credit);
+  f.mutable_hello()->set_take_over(take_over);
   return SendFrame(f);
+}
+
+bool ConnectReceiving(RawClient& raw, uint16_t port, const std::string& agency, uint32_t credit, bool take_over) {
+  RawClient::Options o;
+  o.tls = AgencyTls(agency);
+  return raw.Connect(port, o).ok() && raw.SendHello(/*receive=*/true, credit, take_over);
+}
+
+std::optional<v1::Deliver> ReadDeliver(RawClient& raw, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto f = raw.ReadFrame(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()));
+    if (!f) return std::nullopt;
+    if (f->has_deliver()) return f->deliver();
+  }
+  return std::nullopt;
+}
+
+bool SendAck(RawClient& raw, const v1::Deliver& d) {
+  v1::Frame a;
+  a.mutable_delivery_ack()->set_delivery_id(d.delivery_id());
+  a.mutable_delivery_ack()->set_attempt(d.attempt());
+  return raw.SendFrame(a);
+}
+
+bool PingPong(RawClient& raw, uint64_t nonce, std::vector<v1::Deliver>* skipped, std::chrono::milliseconds timeout) {
+  v1::Frame p;
+  p.mutable_ping()->set_nonce(nonce);
+  if (!raw.SendFrame(p)) return false;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto f = raw.ReadFrame(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()));
+    if (!f) return false;
+    if (f->has_pong() && f->pong().nonce() == nonce) return true;
+    if (f->has_deliver() && skipped) skipped->push_back(f->deliver());
+  }
+  return false;
 }
 
 int RawClient::Read(void* buf, int n, std::chrono::milliseconds timeout) {

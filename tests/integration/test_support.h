@@ -131,7 +131,7 @@ class RawClient {
   // received meanwhile are discarded).
   bool WaitClosed(std::chrono::milliseconds timeout = std::chrono::seconds(5));
   // Hello for protocol version 1.
-  bool SendHello(bool receive = false, uint32_t credit = 0);
+  bool SendHello(bool receive = false, uint32_t credit = 0, bool take_over = false);
   void Close();
 
  private:
@@ -140,5 +140,19 @@ class RawClient {
   void* ctx_ = nullptr;  // SSL_CTX*
   void* ssl_ = nullptr;  // SSL*
 };
+
+// raw as agency's receiving session with this credit (with take_over, it
+// replaces the agency's receiving session).
+bool ConnectReceiving(RawClient& raw, uint16_t port, const std::string& agency, uint32_t credit,
+                      bool take_over = false);
+// Reads frames until a Deliver; nothing on EOF or timeout. Frames of other
+// kinds (a Welcome, a Pong) are skipped.
+std::optional<v1::Deliver> ReadDeliver(RawClient& raw, std::chrono::milliseconds timeout = std::chrono::seconds(5));
+// Acknowledges d on raw.
+bool SendAck(RawClient& raw, const v1::Deliver& d);
+// Sends a Ping and reads until its Pong: true when the session answered
+// everything sent before it. Deliveries read meanwhile go to *skipped.
+bool PingPong(RawClient& raw, uint64_t nonce, std::vector<v1::Deliver>* skipped = nullptr,
+              std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
 }  // namespace liaison::test
