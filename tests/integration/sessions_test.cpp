@@ -4,6 +4,7 @@
 
 #include <mutex>
 
+#include "common/uuid.h"
 #include "tests/integration/test_support.h"
 
 using namespace liaison;
@@ -116,6 +117,44 @@ TEST_CASE("a take-over gets what the replaced session held first and everything 
   }
   CHECK(got == ids);
   CHECK(attempts == std::vector<uint32_t>{2, 2, 1, 1, 1, 1});
+}
+
+TEST_CASE("a take-over of a session that reads nothing is not held up by its stalled writes",
+          "[sessions][takeover]") {
+  // Taking over is what an agency does when its old connection is stuck
+  // (a dead host, a program that hangs): the new session must not wait
+  // for the old one's writes to time out.
+  broker::Limits l;
+  l.write_timeout = std::chrono::seconds(60);
+  l.delivery_timeout = std::chrono::seconds(120);
+  TestBroker broker(l);
+  auto police = Connect(broker.port(), "police");
+  v1::Message big = IncidentReport({"school"});
+  big.mutable_incident_report()->set_description(std::string(60 * 1024, 'd'));
+  std::vector<std::string> ids;
+  for (int i = 0; i < 100; ++i) {
+    big.mutable_envelope()->set_message_id(liaison::NewUuid());
+    ids.push_back(big.envelope().message_id());
+    REQUIRE(police->Publish(big).AllAccepted());
+  }
+  RawClient stuck;
+  REQUIRE(ConnectReceiving(stuck, broker.port(), "school", 100));
+  // It reads nothing from here on: 6 MB do not fit the socket's buffers.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  RawClient second;
+  const auto start = std::chrono::steady_clock::now();
+  REQUIRE(ConnectReceiving(second, broker.port(), "school", 16, /*take_over=*/true));
+  std::vector<std::string> got;
+  while (got.size() < ids.size()) {
+    auto d = ReadDeliver(second, std::chrono::seconds(20));
+    REQUIRE(d);
+    got.push_back(d->message().envelope().message_id());
+    REQUIRE(SendAck(second, *d));
+  }
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  INFO("all " << got.size() << " in " << took << " s");
+  CHECK(got == ids);
+  CHECK(took < 30);  // well before the stuck session's write timeout (60 s)
 }
 
 TEST_CASE("the receiving slot is released when its session ends", "[sessions]") {
