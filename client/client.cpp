@@ -481,11 +481,24 @@ void Client::Impl::HandleFrame(v1::Frame& f) {
       }
       return;
     }
-    default: {
-      end_reason = Status::ProtocolError("unexpected frame from the broker");
-      running = false;
-      stream->Abort();
+    case v1::Frame::KIND_NOT_SET: {
+      // A frame of a type this client does not know (from a newer broker,
+      // say): answered as the broker answers one (docs/protocol.md, section
+      // 3), not fatal, and the session goes on.
+      v1::Frame answer;
+      auto* e = answer.mutable_error();
+      e->set_code(v1::REASON_PROTOCOL_ERROR);
+      e->set_message("frame of a type this client does not know; ignored");
+      e->set_fatal(false);
+      stream->Send(answer);
       return;
+    }
+    default: {
+      // A frame only a client sends (Publish, Hello, ...): a broker that
+      // sends one is broken, and is told so before the connection ends.
+      const auto* field = f.GetDescriptor()->FindFieldByNumber(static_cast<int>(f.kind_case()));
+      return Violation(Status::ProtocolError("the broker sent a frame a broker never sends (" +
+                                             (field ? field->name() : std::string("?")) + ")"));
     }
   }
 }

@@ -116,3 +116,31 @@ TEST_CASE("the client library ends a connection whose broker sends beyond the cr
     CHECK(delivered == 0);
   }
 }
+
+TEST_CASE("the client library answers a frame of a type it does not know and goes on", "[client][frames]") {
+  v1::Frame newer;  // only a field this client does not know, as from a newer broker
+  newer.GetReflection()->MutableUnknownFields(&newer)->AddVarint(999, 1);
+  ScriptedBroker broker({newer, Message(1)}, 16);
+  Receiver school(broker.port(), "school", /*ack=*/false, /*credit=*/16);
+  REQUIRE(school.WaitCount(1));
+  CHECK(school.client->connected());
+  CHECK(WaitFor([&] {
+    for (const auto& f : broker.Received()) {
+      if (f.has_error() && !f.error().fatal() && f.error().code() == v1::REASON_PROTOCOL_ERROR) return true;
+    }
+    return false;
+  }));
+  CHECK(school.client->connected());
+}
+
+TEST_CASE("the client library ends a connection whose broker sends a frame only clients send", "[client][frames]") {
+  v1::Frame publish;
+  publish.mutable_publish()->set_request_id(7);
+  ScriptedBroker broker({publish, Message(1)}, 16);
+  Receiver school(broker.port(), "school", /*ack=*/false, /*credit=*/16);
+  const Status why = Ended(*school.client);
+  CHECK(why.IsProtocolError());
+  CHECK(why.message() == "the broker sent a frame a broker never sends (publish)");
+  CHECK(school.count() == 0);
+  CHECK(BrokerTold(broker, "a broker never sends (publish)"));
+}
