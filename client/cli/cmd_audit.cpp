@@ -233,7 +233,13 @@ int RunQuery(const CommonOptions& common, const AuditOptions& o) {
   options->client_name = "liaison-cli/0.1 audit query";
   auto client = client::Client::Connect(*options);
   if (!client.ok()) return ReportConnectError(client.status());
+  // The table aligns its columns over the rows it holds: with --all it is
+  // printed every kTablePages pages (each with its header), so that a long
+  // log is never held in memory whole.
+  constexpr int kTablePages = 10;
   std::vector<client::AuditRow> table;
+  int table_pages = 0;
+  bool printed = false;
   bool header = false;
   int rc = kExitOk;
   for (;;) {
@@ -263,6 +269,12 @@ int RunQuery(const CommonOptions& common, const AuditOptions& o) {
       }
     }
     if (page.next_page_token == 0) break;
+    if (o.all && !table.empty() && ++table_pages == kTablePages) {
+      PrintTable(table);
+      table.clear();
+      table_pages = 0;
+      printed = true;
+    }
     if (!o.all) {
       std::fprintf(stderr, "more records: --page-token %llu\n", static_cast<unsigned long long>(page.next_page_token));
       break;
@@ -270,10 +282,10 @@ int RunQuery(const CommonOptions& common, const AuditOptions& o) {
     q.page_token = page.next_page_token;
   }
   if (rc == kExitOk && !common.json && !o.csv) {
-    if (table.empty()) {
-      std::fprintf(stderr, "no records\n");
-    } else {
+    if (!table.empty()) {
       PrintTable(table);
+    } else if (!printed) {
+      std::fprintf(stderr, "no records\n");
     }
   }
   std::fflush(stdout);
