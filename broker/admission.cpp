@@ -39,10 +39,10 @@ void Admission::RemoveSession(const std::string& agency) {
 
 namespace {
 
-// Takes a token from bucket b at now (a new bucket starts full): false when
-// none is left.
+// Takes n tokens from a bucket at now (a new bucket starts full): false,
+// taking none, when it holds fewer.
 bool Take(Admission::Clock::time_point now, double rate, double burst, bool fresh, double* tokens,
-          Admission::Clock::time_point* last) {
+          Admission::Clock::time_point* last, double n = 1) {
   if (fresh) {
     *tokens = burst;
   } else {
@@ -50,8 +50,8 @@ bool Take(Admission::Clock::time_point now, double rate, double burst, bool fres
     *tokens = std::min(burst, *tokens + std::max(0.0, elapsed) * rate);
   }
   *last = now;
-  if (*tokens < 1) return false;
-  *tokens -= 1;
+  if (*tokens < n) return false;
+  *tokens -= n;
   return true;
 }
 
@@ -63,6 +63,15 @@ bool Admission::TakePublish(const std::string& agency, Clock::time_point now) {
   auto [it, fresh] = buckets_.try_emplace(agency);
   return Take(now, limits_.publish_rate_per_agency, std::max<double>(limits_.publish_burst_per_agency, 1), fresh,
               &it->second.tokens, &it->second.last);
+}
+
+bool Admission::TakePublishBytes(const std::string& agency, uint64_t bytes, Clock::time_point now) {
+  if (limits_.publish_bytes_per_agency == 0) return true;  // unlimited
+  std::lock_guard lock(mu_);
+  auto [it, fresh] = byte_buckets_.try_emplace(agency);
+  return Take(now, static_cast<double>(limits_.publish_bytes_per_agency),
+              static_cast<double>(std::max(limits_.publish_bytes_burst_per_agency, bytes)), fresh, &it->second.tokens,
+              &it->second.last, static_cast<double>(bytes));
 }
 
 bool Admission::TakeHandshake(const std::string& source, Clock::time_point now) {

@@ -82,6 +82,7 @@ std::optional<BrokerConfig> BrokerConfig::LoadText(const std::string& text, cons
                    "shutdown_grace_ms", "refusal_audit_interval_ms", "max_retention_s", "max_handshakes_per_source",
                    "handshake_rate_per_source", "handshake_burst_per_source",
                    "max_connections_per_agency", "publish_rate_per_agency", "publish_burst_per_agency",
+                   "publish_bytes_per_agency", "publish_bytes_burst_per_agency",
                    "max_audit_requests_per_agency", "queue_report_interval_s"})) {
     Limits& l = c.limits;
     auto u32 = [&](const char* key, uint32_t* out, int64_t min, int64_t max) {
@@ -105,6 +106,12 @@ std::optional<BrokerConfig> BrokerConfig::LoadText(const std::string& text, cons
     u32("publish_burst_per_agency", &l.publish_burst_per_agency, 1, 10000000);
     u32("max_audit_requests_per_agency", &l.max_audit_requests_per_agency, 1, 1024);
     if (auto v = r.Int(limits, "max_queued_bytes", 64 * 1024, int64_t{1} << 34)) l.max_queued_bytes = static_cast<uint64_t>(*v);
+    if (auto v = r.Int(limits, "publish_bytes_per_agency", 0, int64_t{1} << 40)) {
+      l.publish_bytes_per_agency = static_cast<uint64_t>(*v);
+    }
+    if (auto v = r.Int(limits, "publish_bytes_burst_per_agency", 1024, int64_t{1} << 40)) {
+      l.publish_bytes_burst_per_agency = static_cast<uint64_t>(*v);
+    }
     ms("handshake_timeout_ms", &l.handshake_timeout, 50, 600'000);
     ms("idle_timeout_ms", &l.idle_timeout, 100, 86'400'000);
     ms("ping_interval_ms", &l.ping_interval, 50, 86'400'000);
@@ -120,6 +127,9 @@ std::optional<BrokerConfig> BrokerConfig::LoadText(const std::string& text, cons
     }
     if (l.max_queued_bytes < uint64_t{l.max_frame_bytes} + 4) {
       r.Error(limits, "'max_queued_bytes' must hold at least one frame of 'max_frame_bytes'");
+    }
+    if (l.publish_bytes_per_agency != 0 && l.publish_bytes_burst_per_agency < l.max_frame_bytes) {
+      r.Error(limits, "'publish_bytes_burst_per_agency' must allow at least one frame of 'max_frame_bytes'");
     }
   }
   const YAML::Node audit = (*root)["audit"];

@@ -48,6 +48,12 @@ struct Limits {
   // to publish_burst_per_agency; 0: unlimited.
   uint32_t publish_rate_per_agency = 1000;
   uint32_t publish_burst_per_agency = 5000;
+  // Bytes of Publish frames per second per agency (all its sessions), with
+  // bursts of up to publish_bytes_burst_per_agency (at least
+  // max_frame_bytes); 0: unlimited. The count alone lets an agency publish
+  // 1,000 frames of max_frame_bytes a second.
+  uint64_t publish_bytes_per_agency = 16u << 20;
+  uint64_t publish_bytes_burst_per_agency = 256u << 20;
   // Audit queries and consistency proofs of one agency (all its sessions)
   // being worked on at once; more are refused with audit_busy. A proof
   // reads the whole log, so without this one agency could keep the audit

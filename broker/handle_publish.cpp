@@ -79,6 +79,13 @@ void Session::HandlePublish(v1::Publish& publish) {
               false);
     return;
   }
+  if (const size_t bytes = stream_.last_frame().size(); !broker_.admission.TakePublishBytes(agency_, bytes)) {
+    SendError(rid, v1::REASON_RATE_LIMITED,
+              "agency '" + agency_ + "' publishes more bytes than this broker allows (" +
+                  std::to_string(l.publish_bytes_per_agency) + " a second); slow down and publish again",
+              false);
+    return;
+  }
   if (!publish.has_message()) {
     SendError(rid, v1::REASON_INVALID_MESSAGE, "Publish carries no message", false);
     return;

@@ -43,6 +43,9 @@ class Admission {
 
   // One publish by agency at now: false when its bucket is empty.
   bool TakePublish(const std::string& agency, Clock::time_point now = Clock::now());
+  // A Publish frame of bytes by agency at now, against the byte rate: false
+  // when its bucket holds fewer.
+  bool TakePublishBytes(const std::string& agency, uint64_t bytes, Clock::time_point now = Clock::now());
 
   // An audit request of agency begins: null (nothing counted) when the
   // agency already has max_audit_requests_per_agency in progress. The
@@ -76,6 +79,7 @@ class Admission {
   std::map<std::string, uint32_t> handshakes_;  // guarded by mu_
   std::map<std::string, uint32_t> sessions_;    // guarded by mu_
   std::map<std::string, Bucket> buckets_;       // guarded by mu_
+  std::map<std::string, Bucket> byte_buckets_;  // guarded by mu_
   std::map<std::string, Bucket> sources_;       // guarded by mu_
   size_t sweep_at_ = 1024;                      // sources_ size that triggers a sweep; guarded by mu_
   std::map<std::string, uint32_t> audit_requests_;  // guarded by mu_

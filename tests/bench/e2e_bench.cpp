@@ -261,8 +261,9 @@ std::string PolicyText(const Options& o) {
 std::string BrokerYaml(const Options& o, const std::string& pki) {
   return bench::BrokerYaml("bench-e2e", o.broker_threads, pki,
                            // One agency per publisher at full speed: the default per-agency
-                           // publish rate (1000/s) would measure the limiter, not the broker.
-                           "  publish_rate_per_agency: 0\n");
+                           // publish rates (1000/s, 16 MiB/s) would measure the limiter, not
+                           // the broker.
+                           "  publish_rate_per_agency: 0\n  publish_bytes_per_agency: 0\n");
 }
 
 

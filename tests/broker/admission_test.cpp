@@ -106,5 +106,24 @@ TEST_CASE("Admission: sources whose buckets filled again are forgotten and the r
   CHECK(busy.source_buckets() == Admission::kMaxSourceBuckets + 1);
 }
 
+TEST_CASE("Admission: an agency's publishes are limited in bytes a second with bursts", "[admission]") {
+  Limits l;
+  l.publish_bytes_per_agency = 1000;
+  l.publish_bytes_burst_per_agency = 3000;
+  Admission a(l);
+  const auto t0 = Admission::Clock::now();
+  CHECK(a.TakePublishBytes("police", 2000, t0));
+  CHECK_FALSE(a.TakePublishBytes("police", 1500, t0));  // 1,000 left: taken whole or not at all
+  CHECK(a.TakePublishBytes("police", 1000, t0));
+  CHECK_FALSE(a.TakePublishBytes("police", 1, t0));
+  CHECK(a.TakePublishBytes("social", 3000, t0));  // other agencies are not affected
+  CHECK(a.TakePublishBytes("police", 500, t0 + std::chrono::milliseconds(500)));
+  // A frame larger than the burst still passes once the bucket is full.
+  CHECK(a.TakePublishBytes("police", 5000, t0 + std::chrono::seconds(60)));
+  l.publish_bytes_per_agency = 0;  // unlimited
+  Admission open(l);
+  CHECK(open.TakePublishBytes("police", uint64_t{1} << 40, t0));
+}
+
 }  // namespace
 }  // namespace liaison::broker

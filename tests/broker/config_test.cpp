@@ -120,6 +120,8 @@ TEST_CASE("BrokerConfig::Load reports each error with its position", "[broker][c
       {"max_queued_bytes below one frame",
        kMinimal + "limits:\n  max_frame_bytes: 1048576\n  max_queued_bytes: 1048579\n", 8, 3,
        "'max_queued_bytes' must hold at least one frame"},
+      {"publish byte burst below one frame", kMinimal + "limits:\n  publish_bytes_burst_per_agency: 1048576\n", 8, 3,
+       "'publish_bytes_burst_per_agency' must allow at least one frame of 'max_frame_bytes'"},
       {"audit not a map", kMinimal + "audit: 30\n", 7, 8, "'audit' must be a map"},
       {"unknown key under audit", kMinimal + "audit:\n  retention: 30\n", 8, 3, "unknown key 'retention' in 'audit'"},
       {"audit retention_days 0", kMinimal + "audit:\n  retention_days: 0\n", 8, 19,
@@ -295,6 +297,8 @@ TEST_CASE("BrokerConfig::Load reads every setting", "[broker][config]") {
                                      "  max_connections_per_agency: 15\n"
                                      "  publish_rate_per_agency: 0\n"
                                      "  publish_burst_per_agency: 17\n"
+                                     "  publish_bytes_per_agency: 0\n"
+                                     "  publish_bytes_burst_per_agency: 2048\n"
                                      "  max_audit_requests_per_agency: 3\n"
                                      "  queue_report_interval_s: 600\n"
                                      "audit:\n"
@@ -332,6 +336,8 @@ TEST_CASE("BrokerConfig::Load reads every setting", "[broker][config]") {
   CHECK(c->limits.max_connections_per_agency == 15);
   CHECK(c->limits.publish_rate_per_agency == 0);
   CHECK(c->limits.publish_burst_per_agency == 17);
+  CHECK(c->limits.publish_bytes_per_agency == 0);
+  CHECK(c->limits.publish_bytes_burst_per_agency == 2048);
   CHECK(c->limits.max_audit_requests_per_agency == 3);
   CHECK(c->limits.queue_report_interval == milliseconds(600'000));
   CHECK(c->audit.retention_days == 400);

@@ -257,6 +257,39 @@ TEST_CASE("an agency that publishes too fast is rate limited, and the others' me
   CHECK(police->Publish(IncidentReport({"school"})).AllAccepted());
 }
 
+TEST_CASE("an agency that publishes too many bytes a second is rate limited, and the others still flow",
+          "[abuse][limits]") {
+  broker::Limits l;
+  l.publish_bytes_per_agency = 100 * 1024;  // a second, after a burst of
+  l.publish_bytes_burst_per_agency = 200 * 1024;
+  TestBroker broker(l);
+  auto police = Connect(broker.port(), "police");
+  auto social = Connect(broker.port(), "social");
+  v1::Message big = IncidentReport({"school"});
+  big.mutable_incident_report()->set_description(std::string(60 * 1024, 'd'));
+  // Three frames of about 61 KB fit the burst; the fourth does not, although
+  // four publishes are far below the count limit (1,000 a second).
+  int queued = 0, limited = 0;
+  std::string detail;
+  for (int i = 0; i < 4; ++i) {
+    big.mutable_envelope()->set_message_id(liaison::NewUuid());
+    const auto r = police->Publish(big);
+    if (r.AllAccepted()) queued++;
+    if (r.error_code == "rate_limited") {
+      limited++;
+      detail = r.status.message();
+    }
+  }
+  CHECK(queued == 3);
+  CHECK(limited == 1);
+  CHECK(detail.find("publishes more bytes than this broker allows (102400 a second)") != std::string::npos);
+  // Small messages of police are refused too until the bucket refills; other
+  // agencies are not slowed down.
+  big.mutable_envelope()->set_message_id(liaison::NewUuid());
+  CHECK(social->Publish(big).AllAccepted());
+  CHECK(WaitFor([&] { return police->Publish(IncidentReport({"school"})).AllAccepted(); }, std::chrono::seconds(5)));
+}
+
 TEST_CASE("an agency may hold only so many connections", "[abuse][limits]") {
   broker::Limits l;
   l.max_connections_per_agency = 2;
