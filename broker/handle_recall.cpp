@@ -25,15 +25,25 @@ std::string RecallReason(const v1::Recall& recall) {
 
 }  // namespace
 
+void Session::Unmark(QueuedMessage& m) {
+  if (!broker_.mailboxes.UnmarkRecalled(m)) {
+    spdlog::warn("{}: the recall of {} was not recorded, but a copy was already settled or a notice sent on it: "
+                 "it stays recalled in memory until the sender recalls it again",
+                 tag_, Printable(m.message_id, 128));
+  }
+}
+
 void Session::PrepareRecall(const v1::Recall& recall) {
   recall_marked_.reset();
+  recall_marked_newly_ = false;
   recall_acking_.clear();
   if (phase_ != Phase::kReady || !RecallIsValid(recall) || draining_ || broker_.draining) return;
   // Only while copies of it are unfinished (or being acknowledged) is there
   // anything to mark; otherwise the store knows everything about it.
   auto m = broker_.mailboxes.Find(agency_, recall.message_id());
   if (!m) return;
-  recall_acking_ = broker_.mailboxes.MarkRecalled(*m, RecallFacts{RecallReason(recall), identity_.cert_sha256});
+  recall_acking_ =
+      broker_.mailboxes.MarkRecalled(*m, RecallFacts{RecallReason(recall), identity_.cert_sha256}, &recall_marked_newly_);
   recall_marked_ = std::move(m);
 }
 
@@ -41,9 +51,17 @@ void Session::HandleRecall(const v1::Recall& recall) {
   const uint64_t rid = recall.request_id();
   // PrepareRecall's, for this recall only.
   std::shared_ptr<QueuedMessage> marked = std::move(recall_marked_);
+  bool newly = marked && recall_marked_newly_;
   std::vector<std::string> acking = std::move(recall_acking_);
   recall_marked_.reset();
+  recall_marked_newly_ = false;
   recall_acking_.clear();
+  // A recall refused below takes back the mark it set: the message is then
+  // delivered as the store has it, not recalled.
+  auto refuse = [&](v1::Reason code, const std::string& text) {
+    if (newly) Unmark(*marked);
+    SendError(rid, code, text, false);
+  };
   if (recall.message_id().empty() || recall.message_id().size() > 128) {
     SendError(rid, v1::REASON_INVALID_MESSAGE, "Recall needs the message id (at most 128 bytes)", false);
     return;
@@ -53,23 +71,23 @@ void Session::HandleRecall(const v1::Recall& recall) {
     return;
   }
   if (draining_ || broker_.draining) {
-    SendError(rid, v1::REASON_SHUTTING_DOWN, "the broker is shutting down; recall again after it restarts", false);
+    refuse(v1::REASON_SHUTTING_DOWN, "the broker is shutting down; recall again after it restarts");
     return;
   }
   // Run waited for the applier before dispatching this frame.
   if (!store_applied_.ok()) {
-    SendError(rid, v1::REASON_STORE_FAILURE,
-              "the broker cannot write its store, recall again later: " + store_applied_.message(), false);
+    refuse(v1::REASON_STORE_FAILURE, "the broker cannot write its store, recall again later: " + store_applied_.message());
     return;
   }
   auto stored = broker_.store->FindMessage(agency_, recall.message_id(), Store::Wait::kNo);
   if (!stored.ok()) {
-    SendError(rid, v1::REASON_STORE_FAILURE, "the broker cannot read its store: " + stored.status().message(), false);
+    refuse(v1::REASON_STORE_FAILURE, "the broker cannot read its store: " + stored.status().message());
     return;
   }
   // The queue may hold a message the reader's snapshot does not show yet
   // (just committed): the in-memory queue is asked first.
   std::shared_ptr<QueuedMessage> m = marked ? marked : broker_.mailboxes.Find(agency_, recall.message_id());
+  const bool queued = m != nullptr;  // in Mailboxes (else made from the store below)
   if (!m && !stored->has_value()) {
     SendError(rid, v1::REASON_UNKNOWN_MESSAGE,
               "this agency published no message with id '" + Printable(recall.message_id(), 128) + "'", false);
@@ -94,16 +112,26 @@ void Session::HandleRecall(const v1::Recall& recall) {
     m->facts.tlp = s.tlp;
   }
   const std::string reason = RecallReason(recall);
-  std::vector<QueuedDelivery> withdrawn = broker_.mailboxes.Recall(*m, RecallFacts{reason, identity_.cert_sha256});
+  bool newly_here = false;
+  std::vector<QueuedDelivery> withdrawn =
+      broker_.mailboxes.Recall(*m, RecallFacts{reason, identity_.cert_sha256}, &newly_here);
+  if (queued && newly_here) {
+    marked = m;
+    newly = true;
+  }
   auto delivered = broker_.store->DeliveredRecipients(m->row, Store::Wait::kNo);
   if (!delivered.ok()) {
+    // Unmarked before the copies are back in the queue: none is settled by
+    // this recall.
+    if (newly) Unmark(*marked);
+    newly = false;
     broker_.mailboxes.Return(std::move(withdrawn));
-    SendError(rid, v1::REASON_STORE_FAILURE, "the broker cannot read its store: " + delivered.status().message(),
-              false);
+    refuse(v1::REASON_STORE_FAILURE, "the broker cannot read its store: " + delivered.status().message());
     return;
   }
 
   QueueChange c(broker_);
+  if (newly) c.UnmarkRecallOnFailure(marked);
   v1::Frame f;
   auto* ack = f.mutable_recall_ack();
   ack->set_request_id(rid);

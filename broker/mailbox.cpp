@@ -161,7 +161,10 @@ bool Mailboxes::FinishCopy(QueuedMessage& m) {
 
 std::optional<RecallFacts> Mailboxes::Acknowledged(QueuedMessage& m, const std::string& recipient) {
   std::lock_guard lock(mu_);
-  if (m.recalled) return FactsLocked(m);
+  if (m.recalled) {
+    m.recall_acted_on = true;
+    return FactsLocked(m);
+  }
   m.acking.insert(recipient);
   return std::nullopt;
 }
@@ -206,29 +209,43 @@ std::vector<QueuedDelivery> Mailboxes::TakeWaitingCopies(const std::function<boo
   return out;
 }
 
-void Mailboxes::MarkRecalledLocked(QueuedMessage& m, const RecallFacts& how) {
-  if (!m.recalled || m.recall_reason.empty()) {
+bool Mailboxes::MarkRecalledLocked(QueuedMessage& m, const RecallFacts& how) {
+  const bool newly = !m.recalled;
+  if (newly || m.recall_reason.empty()) {
     m.recall_reason = how.reason;
     m.recall_cert = how.cert_sha256;
   }
   m.recalled = true;
+  return newly;
 }
 
-std::vector<std::string> Mailboxes::MarkRecalled(QueuedMessage& m, const RecallFacts& how) {
+std::vector<std::string> Mailboxes::MarkRecalled(QueuedMessage& m, const RecallFacts& how, bool* newly) {
   std::lock_guard lock(mu_);
-  MarkRecalledLocked(m, how);
+  const bool n = MarkRecalledLocked(m, how);
+  if (newly) *newly = n;
   return {m.acking.begin(), m.acking.end()};
 }
 
-std::vector<QueuedDelivery> Mailboxes::Recall(QueuedMessage& m, const RecallFacts& how) {
+std::vector<QueuedDelivery> Mailboxes::Recall(QueuedMessage& m, const RecallFacts& how, bool* newly) {
   std::lock_guard lock(mu_);
-  MarkRecalledLocked(m, how);
+  const bool n = MarkRecalledLocked(m, how);
+  if (newly) *newly = n;
   return TakeWaitingCopies([&m](const QueuedMessage& x) { return &x == &m; });
 }
 
-std::optional<RecallFacts> Mailboxes::Recalled(const QueuedMessage& m) const {
+bool Mailboxes::UnmarkRecalled(QueuedMessage& m) {
+  std::lock_guard lock(mu_);
+  if (m.recall_acted_on) return false;
+  m.recalled = false;
+  m.recall_reason.clear();
+  m.recall_cert.clear();
+  return true;
+}
+
+std::optional<RecallFacts> Mailboxes::Recalled(QueuedMessage& m) {
   std::lock_guard lock(mu_);
   if (!m.recalled) return std::nullopt;
+  m.recall_acted_on = true;
   return FactsLocked(m);
 }
 
@@ -360,7 +377,8 @@ void QueueChange::AddRecallNotice(const std::shared_ptr<QueuedMessage>& m, const
 void QueueChange::Submit(std::function<void(const Status&, const audit::Checkpoint&)> then) {
   BrokerState& broker = broker_;
   broker_.store->Commit(std::move(batch), [&broker, added = std::move(added_), finished = std::move(finished_),
-                                           notified = std::move(notified_), then = std::move(then)](
+                                           notified = std::move(notified_), unmark = std::move(unmark_recall_),
+                                           then = std::move(then)](
                                               const Status& s, const audit::Checkpoint& cp, const BatchResult&) mutable {
     if (s.ok()) {
       if (!added.empty()) broker.mailboxes.Add(std::move(added));
@@ -371,6 +389,11 @@ void QueueChange::Submit(std::function<void(const Status&, const audit::Checkpoi
         if (d.kind == DeliveryKind::kMessage) broker.mailboxes.UnfinishCopy(d.message);
       }
       for (auto& [m, recipient] : notified) broker.mailboxes.UnmarkNotified(*m, recipient);
+      if (unmark && !broker.mailboxes.UnmarkRecalled(*unmark)) {
+        spdlog::warn("the recall of {} was not recorded, but a copy was already settled or a notice sent on it: "
+                     "it stays recalled in memory until the sender recalls it again",
+                     Printable(unmark->message_id, 128));
+      }
       broker.mailboxes.Return(std::move(finished));
     }
     if (then) then(s, cp);

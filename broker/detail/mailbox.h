@@ -79,6 +79,9 @@ struct QueuedMessage {
   // Who recalled it and why, for the records and notices of copies settled
   // after the recall (in flight then); empty for a recall before a restart.
   std::string recall_reason, recall_cert;
+  // A session settled a copy or sent a notice because of the mark
+  // (Recalled, Acknowledged): it can no longer be taken back.
+  bool recall_acted_on = false;
   std::set<std::string> notified;    // recipients already sent a recall notice
   // Recipients whose DeliveryAck was read but not yet handed to the store
   // (where a recall looks for who has the message): while any is, the
@@ -139,19 +142,26 @@ class Mailboxes {
   // and returns the recipients whose acknowledgement is not yet with the
   // store (QueuedMessage::acking): they have it. A recall marks its message
   // before it waits for the store, so that every acknowledgement is either
-  // in what it reads there, or returned here, or sees the mark.
-  std::vector<std::string> MarkRecalled(QueuedMessage& m, const RecallFacts& how);
+  // in what it reads there, or returned here, or sees the mark. *newly (if
+  // given) is set when m was not marked before.
+  std::vector<std::string> MarkRecalled(QueuedMessage& m, const RecallFacts& how, bool* newly = nullptr);
   // MarkRecalled; then removes and returns m's copies still waiting (the
   // in-flight ones are settled by their sessions).
-  std::vector<QueuedDelivery> Recall(QueuedMessage& m, const RecallFacts& how);
+  std::vector<QueuedDelivery> Recall(QueuedMessage& m, const RecallFacts& how, bool* newly = nullptr);
+  // Takes back the mark of a recall that was refused or could not be
+  // stored (only the recall that set it: *newly), so that m is delivered
+  // as the store says it is: not recalled. Not once a session acted on the
+  // mark (a copy settled as recalled, a notice sent): false then.
+  bool UnmarkRecalled(QueuedMessage& m);
   // recipient acknowledged its copy of m: how m was recalled, if it was
   // (the recipient is to be told); otherwise the recipient counts in
   // m.acking until AcksSubmitted.
   std::optional<RecallFacts> Acknowledged(QueuedMessage& m, const std::string& recipient);
   // Those acknowledgements (by recipient) are handed to the store.
   void AcksSubmitted(const std::vector<std::shared_ptr<QueuedMessage>>& messages, const std::string& recipient);
-  // How m was recalled; none if it was not.
-  std::optional<RecallFacts> Recalled(const QueuedMessage& m) const;
+  // How m was recalled, for a copy about to be settled as recalled; none
+  // if it was not.
+  std::optional<RecallFacts> Recalled(QueuedMessage& m);
   // True the first time it is called for (m, recipient).
   bool MarkNotified(QueuedMessage& m, const std::string& recipient);
   void UnmarkNotified(QueuedMessage& m, const std::string& recipient);
@@ -168,7 +178,7 @@ class Mailboxes {
  private:
   void WakeReceivers(const std::set<std::string>& agencies);
   // The caller holds mu_.
-  void MarkRecalledLocked(QueuedMessage& m, const RecallFacts& how);
+  bool MarkRecalledLocked(QueuedMessage& m, const RecallFacts& how);  // true: newly
   static RecallFacts FactsLocked(const QueuedMessage& m);
   // Removes and returns the waiting message copies whose message matches;
   // the caller holds mu_.
@@ -204,6 +214,10 @@ class QueueChange {
   void AddRecallNotice(const std::shared_ptr<QueuedMessage>& m, const std::string& recipient,
                        const std::string& reason);
 
+  // A recall that newly marked m: if the commit fails, the mark is taken
+  // back before the copies are given back (none is settled by it).
+  void UnmarkRecallOnFailure(std::shared_ptr<QueuedMessage> m) { unmark_recall_ = std::move(m); }
+
   // Commits; then (on the writer thread) updates Mailboxes and calls then.
   void Submit(std::function<void(const Status&, const audit::Checkpoint&)> then = nullptr);
 
@@ -212,6 +226,7 @@ class QueueChange {
   std::vector<QueuedDelivery> added_;
   std::vector<QueuedDelivery> finished_;
   std::vector<std::pair<std::shared_ptr<QueuedMessage>, std::string>> notified_;
+  std::shared_ptr<QueuedMessage> unmark_recall_;
 };
 
 // The routing metadata of the message forwarder received (or sent) as

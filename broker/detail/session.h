@@ -106,6 +106,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // Before a Recall waits for the store: marks the message recalled in
   // memory (Mailboxes::MarkRecalled), for HandleRecall.
   void PrepareRecall(const v1::Recall& recall);
+  // Takes back the mark this session's recall set (it was refused).
+  void Unmark(QueuedMessage& m);
   void HandlePing(const v1::Ping& ping);
   void HandlePong(const v1::Pong& pong);
   void HandleError(const v1::Error& error);
@@ -177,8 +179,10 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<QueueChange> acks_;
   // Of them, the messages whose copy was acknowledged (Mailboxes::AcksSubmitted).
   std::vector<std::shared_ptr<QueuedMessage>> acked_messages_;
-  // PrepareRecall's: the message it marked, and who was acknowledging it.
+  // PrepareRecall's: the message it marked, whether it was not marked
+  // before, and who was acknowledging it.
   std::shared_ptr<QueuedMessage> recall_marked_;
+  bool recall_marked_newly_ = false;
   std::vector<std::string> recall_acking_;
   bool ack_flush_posted_ = false;
 

@@ -257,3 +257,76 @@ TEST_CASE("a full disk refuses publishes clearly, loses nothing, and recovers wi
                   std::chrono::seconds(15)));
   }
 }
+
+// A recall the store cannot record (the disk is full) is refused and
+// changes nothing: its copies are delivered once space returns, as the
+// store has them (before, the in-memory mark stayed and they were settled
+// as recalled at their next send, though the sender was told nothing was
+// withdrawn).
+TEST_CASE("a recall that cannot be stored withdraws nothing", "[process][diskfull][recall]") {
+  TempDir dir;
+  const std::string data = dir.File("data");
+  REQUIRE(::mkdir(data.c_str(), 0700) == 0);
+  if (::mount("tmpfs", data.c_str(), "tmpfs", 0, "size=64m,mode=0700") != 0) {
+    WARN("cannot mount a tmpfs here (" << std::strerror(errno) << "): the test did not run");
+    return;
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{data};
+  auto broker = std::make_unique<BrokerProcess>(dir);
+  auto police = Connect(broker->port(), "police");
+  const std::vector<std::string> recipients{"a01", "a02", "a03", "a04", "a05"};
+  v1::Message target = IncidentReport(recipients);
+  auto published = police->Publish(target);
+  REQUIRE(published.AllAccepted());
+  const std::string id = published.message_id;
+  {
+    std::ofstream filler(data + "/filler", std::ios::binary);
+    const std::string block(64 * 1024, 'x');
+    while (filler.write(block.data(), block.size())) {
+    }
+  }
+  // Fill what the commit log holds ahead: large publishes, then small ones,
+  // until one is refused. A recall of five copies with a 1,000-byte reason
+  // (five records that hold it) does not fit where the smallest did not.
+  auto fill = [&](size_t description) {
+    v1::Message m = IncidentReport({"school"});
+    m.mutable_incident_report()->set_description(std::string(description, 'y'));
+    for (int i = 0; i < 5000; ++i) {
+      m.mutable_envelope()->set_message_id(NewUuid());
+      auto r = police->Publish(m);
+      REQUIRE(r.status.ok());
+      if (!r.AllAccepted()) return true;
+    }
+    return false;
+  };
+  REQUIRE(fill(20000));
+  REQUIRE(fill(1));
+  const std::string reason(1000, 'r');
+  auto recall = police->Recall(id, reason);
+  INFO(recall.status.message());
+  REQUIRE_FALSE(recall.status.ok());
+  std::printf("recall while the disk is full: %s\n", recall.status.message().c_str());
+  CHECK(recall.error_code == "store_failure");
+  // Space returns: every copy is delivered, not recalled.
+  REQUIRE(std::remove((data + "/filler").c_str()) == 0);
+  std::vector<std::unique_ptr<Receiver>> receivers;
+  for (const auto& agency : recipients) {
+    INFO(agency);
+    receivers.push_back(std::make_unique<Receiver>(broker->port(), agency));
+    Receiver& r = *receivers.back();
+    REQUIRE(r.WaitCount(1, std::chrono::seconds(30)));
+    std::lock_guard lock(r.mu);
+    CHECK(r.got.size() == 1);
+    CHECK(r.got.at(0).message->envelope().message_id() == id);
+    CHECK(r.notices.empty());
+  }
+  // Recalled now, the message was delivered everywhere: nothing is
+  // withdrawn and each recipient gets a notice.
+  auto again = police->Recall(id, "sent to the wrong agencies");
+  REQUIRE(again.status.ok());
+  CHECK(again.withdrawn.empty());
+  for (auto& r : receivers) CHECK(WaitFor([&] { return r->Recalls().size() == 1; }));
+}
