@@ -164,6 +164,28 @@ uint64_t RunTrial(uint32_t seed, int messages_per_sender, int kills) {
   return inbox.wire_duplicates;
 }
 
+// A tmpfs of the given size mounted on dir/data (the broker's store), for
+// the disk-full tests; unmounted when it goes. Empty (after a warning) where
+// mounting is not allowed.
+struct SmallDisk {
+  std::string path;
+  explicit SmallDisk(std::string p) : path(std::move(p)) {}
+  SmallDisk(const SmallDisk&) = delete;
+  SmallDisk& operator=(const SmallDisk&) = delete;
+  ~SmallDisk() { ::umount2(path.c_str(), MNT_DETACH); }
+};
+
+std::unique_ptr<SmallDisk> MountSmallDisk(const TempDir& dir, const char* size) {
+  const std::string data = dir.File("data");
+  REQUIRE(::mkdir(data.c_str(), 0700) == 0);
+  const std::string options = std::string("size=") + size + ",mode=0700";
+  if (::mount("tmpfs", data.c_str(), "tmpfs", 0, options.c_str()) != 0) {
+    WARN("cannot mount a tmpfs here (" << std::strerror(errno) << "): the disk-full test did not run");
+    return nullptr;
+  }
+  return std::make_unique<SmallDisk>(data);
+}
+
 }  // namespace
 
 TEST_CASE("kill -9 of the broker while agencies publish loses no acknowledged message", "[process][crash]") {
@@ -184,16 +206,9 @@ TEST_CASE("kill -9 of the broker while agencies publish loses no acknowledged me
 TEST_CASE("a full disk refuses publishes clearly, loses nothing, and recovers without a restart",
           "[process][diskfull]") {
   TempDir dir;
-  const std::string data = dir.File("data");
-  REQUIRE(::mkdir(data.c_str(), 0700) == 0);
-  if (::mount("tmpfs", data.c_str(), "tmpfs", 0, "size=6m,mode=0700") != 0) {
-    WARN("cannot mount a tmpfs here (" << std::strerror(errno) << "): the disk-full test did not run");
-    return;
-  }
-  struct Unmount {
-    std::string path;
-    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
-  } unmount{data};
+  const auto disk = MountSmallDisk(dir, "6m");
+  if (!disk) return;
+  const std::string& data = disk->path;
   auto broker = std::make_unique<BrokerProcess>(dir);
   auto police = Connect(broker->port(), "police");
   std::vector<std::string> queued;
@@ -265,16 +280,9 @@ TEST_CASE("a full disk refuses publishes clearly, loses nothing, and recovers wi
 // withdrawn).
 TEST_CASE("a recall that cannot be stored withdraws nothing", "[process][diskfull][recall]") {
   TempDir dir;
-  const std::string data = dir.File("data");
-  REQUIRE(::mkdir(data.c_str(), 0700) == 0);
-  if (::mount("tmpfs", data.c_str(), "tmpfs", 0, "size=64m,mode=0700") != 0) {
-    WARN("cannot mount a tmpfs here (" << std::strerror(errno) << "): the test did not run");
-    return;
-  }
-  struct Unmount {
-    std::string path;
-    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
-  } unmount{data};
+  const auto disk = MountSmallDisk(dir, "64m");  // room for the database to catch up afterwards
+  if (!disk) return;
+  const std::string& data = disk->path;
   auto broker = std::make_unique<BrokerProcess>(dir);
   auto police = Connect(broker->port(), "police");
   const std::vector<std::string> recipients{"a01", "a02", "a03", "a04", "a05"};
