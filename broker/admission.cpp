@@ -79,7 +79,11 @@ bool Admission::TakeHandshake(const std::string& source, Clock::time_point now) 
   const double rate = limits_.handshake_rate_per_source;
   const double burst = std::max<double>(limits_.handshake_burst_per_source, 1);
   std::lock_guard lock(mu_);
-  if (sources_.size() >= sweep_at_) {
+  // At the bound the table grows no more, so it may never reach sweep_at_
+  // again: there it is swept once a second too, or sources gone quiet would
+  // be kept for good and every new source would share one bucket.
+  if (sources_.size() >= sweep_at_ ||
+      (sources_.size() >= kMaxSourceBuckets && now - swept_ >= std::chrono::seconds(1))) {
     // A bucket full again is the same as none. What stays after the sweep
     // sets the next one, so sweeps cost O(1) a handshake.
     std::erase_if(sources_, [&](const auto& e) {
@@ -87,6 +91,7 @@ bool Admission::TakeHandshake(const std::string& source, Clock::time_point now) 
       return e.second.tokens + std::max(0.0, elapsed) * rate >= burst;
     });
     sweep_at_ = std::max<size_t>(1024, 2 * sources_.size());
+    swept_ = now;
   }
   // Past the bound (many sources, each busy), new sources share a bucket:
   // "" is no address.

@@ -106,6 +106,31 @@ TEST_CASE("Admission: sources whose buckets filled again are forgotten and the r
   CHECK(busy.source_buckets() == Admission::kMaxSourceBuckets + 1);
 }
 
+TEST_CASE("Admission: at the bound on sources the buckets that filled again are still forgotten", "[admission]") {
+  Limits l;
+  l.handshake_rate_per_source = 1;
+  l.handshake_burst_per_source = 2;
+  Admission a(l);
+  const auto t0 = Admission::Clock::now();
+  auto name = [](size_t i) { return "10." + std::to_string(i >> 16) + "." + std::to_string((i >> 8) & 255) + "." +
+                                    std::to_string(i & 255); };
+  // A flood from as many sources as the table holds, all busy at once: the
+  // next new source shares the bucket of the overflow.
+  for (size_t i = 0; i < Admission::kMaxSourceBuckets; ++i) REQUIRE(a.TakeHandshake(name(i), t0));
+  CHECK(a.TakeHandshake("192.168.0.1", t0));
+  CHECK(a.source_buckets() == Admission::kMaxSourceBuckets + 1);
+  // A minute later every bucket of the flood is full again: they are
+  // forgotten, and new sources (agencies reconnecting) get buckets of their
+  // own instead of sharing one for ever.
+  const auto later = t0 + std::chrono::seconds(60);
+  for (int i = 1; i <= 3; ++i) {
+    const std::string source = "192.168.1." + std::to_string(i);
+    CHECK(a.TakeHandshake(source, later));
+    CHECK(a.TakeHandshake(source, later));
+  }
+  CHECK(a.source_buckets() <= 3);
+}
+
 TEST_CASE("Admission: an agency's publishes are limited in bytes a second with bursts", "[admission]") {
   Limits l;
   l.publish_bytes_per_agency = 1000;
