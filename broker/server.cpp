@@ -201,8 +201,11 @@ asio::awaitable<void> Server::Impl::Accept() {
       continue;
     }
     const std::string address = remote.address().to_string();
-    if (!state.admission.TakeHandshake(SourceOf(remote.address()))) {
-      state.refusals.Count(address, "handshake_rate");
+    // Counted under the source the rate is kept for: one host holds a whole
+    // IPv6 /64, and a record per address would let it write one for every
+    // connection it is refused.
+    if (const std::string source = SourceOf(remote.address()); !state.admission.TakeHandshake(source)) {
+      state.refusals.Count(source, "handshake_rate");
       socket.close(ignored);
       continue;
     }

@@ -1,11 +1,21 @@
 // Peers that break the protocol: each gets an Error (or is dropped), and
 // the broker keeps serving everyone else.
+#include <arpa/inet.h>
 #include <catch2/catch.hpp>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sqlite3.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <set>
 
 #include <random>
 
+#include "common/audit_record.h"
 #include "common/uuid.h"
 #include "proto/frame_codec.h"
 #include "tests/integration/test_support.h"
@@ -345,6 +355,86 @@ TEST_CASE("one source address may begin only so many TLS handshakes a second", "
   REQUIRE(broker.server().SyncStore().ok());
   CHECK(QueryInt(db, "SELECT count(*) FROM audit_log WHERE event = 'connection_refused' AND decision = "
                      "'handshake_rate'") >= 1);
+}
+
+// Connections refused for the handshake rate are audited per source, as the
+// rate is kept: one record for an IPv6 /64 whatever addresses of it they
+// came from (one host may use them all). Runs in a network namespace of its
+// own with addresses of one /64 on its loopback; without the privilege to
+// make one, it does not run.
+TEST_CASE("connections refused for the handshake rate from one IPv6 /64 are audited as one source",
+          "[abuse][limits]") {
+  std::string skipped;
+  std::vector<std::string> details;  // of the handshake_rate records
+  std::thread([&] {
+    // The namespace is this thread's (and what it starts: the broker's
+    // threads, the ip commands); the sockets made here stay in it.
+    if (::unshare(CLONE_NEWNET) != 0) {
+      skipped = std::string("unshare(CLONE_NEWNET): ") + std::strerror(errno);
+      return;
+    }
+    std::string setup = "ip link set lo up";
+    for (int i = 1; i <= 6; ++i) setup += " && ip -6 addr add fd00:64::" + std::to_string(i) + "/64 dev lo nodad";
+    if (std::system((setup + " 2>/dev/null").c_str()) != 0) {
+      skipped = "cannot add addresses to the namespace's loopback";
+      return;
+    }
+    broker::Limits l;
+    l.handshake_rate_per_source = 1;
+    l.handshake_burst_per_source = 1;
+    l.handshake_timeout = std::chrono::milliseconds(500);
+    TestBroker broker(l, 2, "", "", "fd00:64::1");
+    // Five plain TCP connections, each from another address of the /64:
+    // the first takes the burst, the others are refused before TLS.
+    std::vector<int> fds;
+    for (int i = 2; i <= 6; ++i) {
+      const int fd = ::socket(AF_INET6, SOCK_STREAM, 0);
+      sockaddr_in6 from{}, to{};
+      from.sin6_family = to.sin6_family = AF_INET6;
+      ::inet_pton(AF_INET6, ("fd00:64::" + std::to_string(i)).c_str(), &from.sin6_addr);
+      ::inet_pton(AF_INET6, "fd00:64::1", &to.sin6_addr);
+      to.sin6_port = htons(broker.port());
+      if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from) != 0 ||
+          ::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
+        skipped = std::string("cannot connect from fd00:64::") + std::to_string(i) + ": " + std::strerror(errno);
+        if (fd >= 0) ::close(fd);
+        break;
+      }
+      fds.push_back(fd);
+    }
+    // Until the broker has closed each (the first at its handshake deadline).
+    for (const int fd : fds) {
+      timeval tv{5, 0};
+      ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      char c;
+      while (::recv(fd, &c, 1, 0) > 0) {
+      }
+      ::close(fd);
+    }
+    broker.Stop();
+    if (!broker.server().SyncStore().ok()) return;
+    // The records' details are in their leaves.
+    sqlite3* db = nullptr;
+    sqlite3_open_v2((broker.dir() + "/data/liaison.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
+    sqlite3_stmt* q = nullptr;
+    sqlite3_prepare_v2(db,
+                       "SELECT leaf FROM audit_log WHERE event = 'connection_refused' AND decision = "
+                       "'handshake_rate'",
+                       -1, &q, nullptr);
+    while (q != nullptr && sqlite3_step(q) == SQLITE_ROW) {
+      auto r = audit::DecodeLeaf(std::string(static_cast<const char*>(sqlite3_column_blob(q, 0)),
+                                             static_cast<size_t>(sqlite3_column_bytes(q, 0))));
+      details.push_back(r.ok() ? r->detail : r.status().ToString());
+    }
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+  }).join();
+  if (!skipped.empty()) {
+    WARN("the IPv6 handshake-rate audit test did not run: " << skipped);
+    return;
+  }
+  REQUIRE(details.size() == 1);
+  CHECK(details[0].rfind("source=fd00:64::/64 count=", 0) == 0);
 }
 
 TEST_CASE("an agency may have only so many audit requests in progress, the rest get audit_busy", "[abuse][limits]") {
