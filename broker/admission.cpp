@@ -40,16 +40,20 @@ void Admission::RemoveSession(const std::string& agency) {
 namespace {
 
 // Takes n tokens from a bucket at now (a new bucket starts full): false,
-// taking none, when it holds fewer.
+// taking none, when it holds fewer. now may be earlier than the bucket's
+// last time (a thread that read the clock before another took the lock):
+// it refills nothing and leaves that time, or the interval between would
+// be credited twice.
 bool Take(Admission::Clock::time_point now, double rate, double burst, bool fresh, double* tokens,
           Admission::Clock::time_point* last, double n = 1) {
   if (fresh) {
     *tokens = burst;
-  } else {
+    *last = now;
+  } else if (now > *last) {
     const double elapsed = std::chrono::duration<double>(now - *last).count();
-    *tokens = std::min(burst, *tokens + std::max(0.0, elapsed) * rate);
+    *tokens = std::min(burst, *tokens + elapsed * rate);
+    *last = now;
   }
-  *last = now;
   if (*tokens < n) return false;
   *tokens -= n;
   return true;

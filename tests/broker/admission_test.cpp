@@ -131,6 +131,38 @@ TEST_CASE("Admission: at the bound on sources the buckets that filled again are 
   CHECK(a.source_buckets() <= 3);
 }
 
+// Callers read the clock before they take the lock, so a bucket may be
+// asked at a time earlier than its last one.
+TEST_CASE("Admission: a time earlier than a bucket's last one refills nothing and credits no time twice",
+          "[admission]") {
+  Limits l;
+  l.publish_rate_per_agency = 10;
+  l.publish_burst_per_agency = 10;
+  l.publish_bytes_per_agency = 1000;
+  l.publish_bytes_burst_per_agency = 1000;
+  l.handshake_rate_per_source = 10;
+  l.handshake_burst_per_source = 10;
+  Admission a(l);
+  const auto t = Admission::Clock::now();
+  const auto earlier = t - std::chrono::seconds(1);
+  for (int i = 0; i < 10; ++i) REQUIRE(a.TakePublish("police", t));
+  REQUIRE(a.TakePublishBytes("police", 1000, t));
+  for (int i = 0; i < 10; ++i) REQUIRE(a.TakeHandshake("10.0.0.1", t));
+  CHECK_FALSE(a.TakePublish("police", earlier));
+  CHECK_FALSE(a.TakePublishBytes("police", 1, earlier));
+  CHECK_FALSE(a.TakeHandshake("10.0.0.1", earlier));
+  // Still empty at t: the second before it was not counted again.
+  CHECK_FALSE(a.TakePublish("police", t));
+  CHECK_FALSE(a.TakePublishBytes("police", 1, t));
+  CHECK_FALSE(a.TakeHandshake("10.0.0.1", t));
+  // And it refills from t.
+  const auto later = t + std::chrono::milliseconds(150);
+  CHECK(a.TakePublish("police", later));
+  CHECK_FALSE(a.TakePublish("police", later));
+  CHECK(a.TakePublishBytes("police", 100, later));  // of about 150
+  CHECK_FALSE(a.TakePublishBytes("police", 100, later));
+}
+
 TEST_CASE("Admission: an agency's publishes are limited in bytes a second with bursts", "[admission]") {
   Limits l;
   l.publish_bytes_per_agency = 1000;
