@@ -4,20 +4,20 @@
 
 namespace liaison::broker {
 
-bool Admission::BeginHandshake(const std::string& address) {
+bool Admission::BeginHandshake(const std::string& source) {
   std::lock_guard lock(mu_);
-  uint32_t& n = handshakes_[address];
+  uint32_t& n = handshakes_[source];
   if (n >= limits_.max_handshakes_per_source) {
-    if (n == 0) handshakes_.erase(address);
+    if (n == 0) handshakes_.erase(source);
     return false;
   }
   ++n;
   return true;
 }
 
-void Admission::EndHandshake(const std::string& address) {
+void Admission::EndHandshake(const std::string& source) {
   std::lock_guard lock(mu_);
-  auto it = handshakes_.find(address);
+  auto it = handshakes_.find(source);
   if (it == handshakes_.end()) return;
   if (--it->second == 0) handshakes_.erase(it);
 }

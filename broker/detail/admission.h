@@ -25,10 +25,10 @@ class Admission {
   using Clock = std::chrono::steady_clock;
   explicit Admission(const Limits& limits) : limits_(limits) {}
 
-  // A TLS handshake from address begins: false (nothing counted) when the
-  // address already has max_handshakes_per_source in progress.
-  bool BeginHandshake(const std::string& address);
-  void EndHandshake(const std::string& address);
+  // A TLS handshake from source (SourceOf) begins: false (nothing counted)
+  // when the source already has max_handshakes_per_source in progress.
+  bool BeginHandshake(const std::string& source);
+  void EndHandshake(const std::string& source);
   // A handshake from source (SourceOf) at now, against the rate: false
   // when its bucket is empty. Buckets that have filled up again are
   // forgotten (at the bound, by a sweep at most once a second); past

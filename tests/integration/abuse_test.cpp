@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <set>
 
 #include <random>
@@ -50,6 +51,58 @@ std::unique_ptr<RawClient> Authenticated(uint16_t port, const std::string& agenc
 std::string Header(uint32_t n) {
   return std::string{static_cast<char>(n >> 24), static_cast<char>(n >> 16), static_cast<char>(n >> 8),
                      static_cast<char>(n)};
+}
+
+// Runs body on a thread of its own in a new network namespace whose
+// loopback also holds fd00:64::1 to fd00:64::6 (one /64), so that a test
+// can connect from several addresses of one IPv6 /64; what body starts
+// (the broker's threads, sockets) stays in it. Catch's assertions belong
+// after it returns. Why it could not run (no privilege to make a
+// namespace), or "" once body has run.
+std::string InIpv6Namespace(const std::function<void()>& body) {
+  std::string skipped;
+  std::thread([&] {
+    if (::unshare(CLONE_NEWNET) != 0) {
+      skipped = std::string("unshare(CLONE_NEWNET): ") + std::strerror(errno);
+      return;
+    }
+    std::string setup = "ip link set lo up";
+    for (int i = 1; i <= 6; ++i) setup += " && ip -6 addr add fd00:64::" + std::to_string(i) + "/64 dev lo nodad";
+    if (std::system((setup + " 2>/dev/null").c_str()) != 0) {
+      skipped = "cannot add addresses to the namespace's loopback";
+      return;
+    }
+    body();
+  }).join();
+  return skipped;
+}
+
+// A plain TCP connection from fd00:64::<from> to fd00:64::1, port; -1 if
+// it cannot be made.
+int ConnectFrom(int from, uint16_t port) {
+  const int fd = ::socket(AF_INET6, SOCK_STREAM, 0);
+  sockaddr_in6 src{}, dst{};
+  src.sin6_family = dst.sin6_family = AF_INET6;
+  ::inet_pton(AF_INET6, ("fd00:64::" + std::to_string(from)).c_str(), &src.sin6_addr);
+  ::inet_pton(AF_INET6, "fd00:64::1", &dst.sin6_addr);
+  dst.sin6_port = htons(port);
+  if (fd >= 0 && (::bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof src) != 0 ||
+                  ::connect(fd, reinterpret_cast<sockaddr*>(&dst), sizeof dst) != 0)) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// True when the peer closes fd within timeout (whatever it sent before).
+bool ClosedWithin(int fd, std::chrono::milliseconds timeout) {
+  timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>(timeout.count() % 1000 * 1000)};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char c[256];
+  ssize_t n;
+  while ((n = ::recv(fd, c, sizeof c, 0)) > 0) {
+  }
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
 }
 
 }  // namespace
@@ -359,26 +412,12 @@ TEST_CASE("one source address may begin only so many TLS handshakes a second", "
 
 // Connections refused for the handshake rate are audited per source, as the
 // rate is kept: one record for an IPv6 /64 whatever addresses of it they
-// came from (one host may use them all). Runs in a network namespace of its
-// own with addresses of one /64 on its loopback; without the privilege to
-// make one, it does not run.
+// came from (one host may use them all).
 TEST_CASE("connections refused for the handshake rate from one IPv6 /64 are audited as one source",
           "[abuse][limits]") {
-  std::string skipped;
+  bool connected = true;
   std::vector<std::string> details;  // of the handshake_rate records
-  std::thread([&] {
-    // The namespace is this thread's (and what it starts: the broker's
-    // threads, the ip commands); the sockets made here stay in it.
-    if (::unshare(CLONE_NEWNET) != 0) {
-      skipped = std::string("unshare(CLONE_NEWNET): ") + std::strerror(errno);
-      return;
-    }
-    std::string setup = "ip link set lo up";
-    for (int i = 1; i <= 6; ++i) setup += " && ip -6 addr add fd00:64::" + std::to_string(i) + "/64 dev lo nodad";
-    if (std::system((setup + " 2>/dev/null").c_str()) != 0) {
-      skipped = "cannot add addresses to the namespace's loopback";
-      return;
-    }
+  const std::string skipped = InIpv6Namespace([&] {
     broker::Limits l;
     l.handshake_rate_per_source = 1;
     l.handshake_burst_per_source = 1;
@@ -388,27 +427,13 @@ TEST_CASE("connections refused for the handshake rate from one IPv6 /64 are audi
     // the first takes the burst, the others are refused before TLS.
     std::vector<int> fds;
     for (int i = 2; i <= 6; ++i) {
-      const int fd = ::socket(AF_INET6, SOCK_STREAM, 0);
-      sockaddr_in6 from{}, to{};
-      from.sin6_family = to.sin6_family = AF_INET6;
-      ::inet_pton(AF_INET6, ("fd00:64::" + std::to_string(i)).c_str(), &from.sin6_addr);
-      ::inet_pton(AF_INET6, "fd00:64::1", &to.sin6_addr);
-      to.sin6_port = htons(broker.port());
-      if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from) != 0 ||
-          ::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
-        skipped = std::string("cannot connect from fd00:64::") + std::to_string(i) + ": " + std::strerror(errno);
-        if (fd >= 0) ::close(fd);
-        break;
-      }
-      fds.push_back(fd);
+      const int fd = ConnectFrom(i, broker.port());
+      connected = connected && fd >= 0;
+      if (fd >= 0) fds.push_back(fd);
     }
     // Until the broker has closed each (the first at its handshake deadline).
     for (const int fd : fds) {
-      timeval tv{5, 0};
-      ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-      char c;
-      while (::recv(fd, &c, 1, 0) > 0) {
-      }
+      ClosedWithin(fd, std::chrono::seconds(5));
       ::close(fd);
     }
     broker.Stop();
@@ -428,13 +453,48 @@ TEST_CASE("connections refused for the handshake rate from one IPv6 /64 are audi
     }
     sqlite3_finalize(q);
     sqlite3_close(db);
-  }).join();
+  });
   if (!skipped.empty()) {
-    WARN("the IPv6 handshake-rate audit test did not run: " << skipped);
+    WARN("the IPv6 test did not run: " << skipped);
     return;
   }
+  REQUIRE(connected);
   REQUIRE(details.size() == 1);
   CHECK(details[0].rfind("source=fd00:64::/64 count=", 0) == 0);
+}
+
+// The handshakes in progress are limited per source too: one host cannot
+// hold more of them by using more addresses of its /64.
+TEST_CASE("one IPv6 /64 may hold only so many TLS handshakes at once whatever addresses it uses",
+          "[abuse][limits]") {
+  bool connected = true, third_closed = false, first_closed = true;
+  const std::string skipped = InIpv6Namespace([&] {
+    broker::Limits l;
+    l.max_handshakes_per_source = 2;
+    l.handshake_timeout = std::chrono::milliseconds(1500);
+    TestBroker broker(l, 2, "", "", "fd00:64::1");
+    // Two silent TCP clients from two addresses occupy the /64's slots; a
+    // third from another address is closed at once, before any TLS work.
+    const int s1 = ConnectFrom(2, broker.port());
+    const int s2 = ConnectFrom(3, broker.port());
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const int s3 = ConnectFrom(4, broker.port());
+    connected = s1 >= 0 && s2 >= 0 && s3 >= 0;
+    if (connected) {
+      third_closed = ClosedWithin(s3, std::chrono::milliseconds(500));
+      first_closed = ClosedWithin(s1, std::chrono::milliseconds(10));
+    }
+    for (const int fd : {s1, s2, s3}) {
+      if (fd >= 0) ::close(fd);
+    }
+  });
+  if (!skipped.empty()) {
+    WARN("the IPv6 test did not run: " << skipped);
+    return;
+  }
+  REQUIRE(connected);
+  CHECK(third_closed);
+  CHECK_FALSE(first_closed);
 }
 
 TEST_CASE("an agency may have only so many audit requests in progress, the rest get audit_busy", "[abuse][limits]") {
