@@ -37,8 +37,8 @@ class Session : public std::enable_shared_from_this<Session> {
  public:
   // source: the peer's handshake source (Admission::BeginHandshake), whose
   // slot the session gives back when its handshake ends.
-  Session(BrokerState& state, std::shared_ptr<tls::Context> tls, net::TlsStream stream, uint64_t id,
-          std::string peer, std::string source);
+  Session(BrokerState& state, std::shared_ptr<tls::Context> tls, net::TlsStream stream, uint64_t id, std::string peer,
+          std::string source);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;

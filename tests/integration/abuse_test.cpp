@@ -413,8 +413,7 @@ TEST_CASE("one source address may begin only so many TLS handshakes a second", "
 // Connections refused for the handshake rate are audited per source, as the
 // rate is kept: one record for an IPv6 /64 whatever addresses of it they
 // came from (one host may use them all).
-TEST_CASE("connections refused for the handshake rate from one IPv6 /64 are audited as one source",
-          "[abuse][limits]") {
+TEST_CASE("connections refused for the handshake rate from one IPv6 /64 are audited as one source", "[abuse][limits]") {
   bool connected = true;
   std::vector<std::string> details;  // of the handshake_rate records
   const std::string skipped = InIpv6Namespace([&] {
@@ -465,8 +464,7 @@ TEST_CASE("connections refused for the handshake rate from one IPv6 /64 are audi
 
 // The handshakes in progress are limited per source too: one host cannot
 // hold more of them by using more addresses of its /64.
-TEST_CASE("one IPv6 /64 may hold only so many TLS handshakes at once whatever addresses it uses",
-          "[abuse][limits]") {
+TEST_CASE("one IPv6 /64 may hold only so many TLS handshakes at once whatever addresses it uses", "[abuse][limits]") {
   bool connected = true, third_closed = false, first_closed = true;
   const std::string skipped = InIpv6Namespace([&] {
     broker::Limits l;

@@ -102,8 +102,8 @@ std::string PolicyYaml(const std::vector<std::string>& agencies) {
   return y;
 }
 
-TestBroker::TestBroker(broker::Limits limits, int threads, const std::string& policy_text,
-                       const std::string& pki_dir, const std::string& listen_host) {
+TestBroker::TestBroker(broker::Limits limits, int threads, const std::string& policy_text, const std::string& pki_dir,
+                       const std::string& listen_host) {
   const std::string& pki = pki_dir.empty() ? PkiDir() : pki_dir;
   broker::BrokerConfig c;
   c.path = dir_.File("broker.yaml");
