@@ -4,20 +4,20 @@
 
 namespace liaison::broker {
 
-bool Admission::BeginHandshake(const std::string& address) {
+bool Admission::BeginHandshake(const std::string& source) {
   std::lock_guard lock(mu_);
-  uint32_t& n = handshakes_[address];
+  uint32_t& n = handshakes_[source];
   if (n >= limits_.max_handshakes_per_source) {
-    if (n == 0) handshakes_.erase(address);
+    if (n == 0) handshakes_.erase(source);
     return false;
   }
   ++n;
   return true;
 }
 
-void Admission::EndHandshake(const std::string& address) {
+void Admission::EndHandshake(const std::string& source) {
   std::lock_guard lock(mu_);
-  auto it = handshakes_.find(address);
+  auto it = handshakes_.find(source);
   if (it == handshakes_.end()) return;
   if (--it->second == 0) handshakes_.erase(it);
 }
@@ -40,16 +40,20 @@ void Admission::RemoveSession(const std::string& agency) {
 namespace {
 
 // Takes n tokens from a bucket at now (a new bucket starts full): false,
-// taking none, when it holds fewer.
+// taking none, when it holds fewer. now may be earlier than the bucket's
+// last time (a thread that read the clock before another took the lock):
+// it refills nothing and leaves that time, or the interval between would
+// be credited twice.
 bool Take(Admission::Clock::time_point now, double rate, double burst, bool fresh, double* tokens,
           Admission::Clock::time_point* last, double n = 1) {
   if (fresh) {
     *tokens = burst;
-  } else {
+    *last = now;
+  } else if (now > *last) {
     const double elapsed = std::chrono::duration<double>(now - *last).count();
-    *tokens = std::min(burst, *tokens + std::max(0.0, elapsed) * rate);
+    *tokens = std::min(burst, *tokens + elapsed * rate);
+    *last = now;
   }
-  *last = now;
   if (*tokens < n) return false;
   *tokens -= n;
   return true;
@@ -79,7 +83,11 @@ bool Admission::TakeHandshake(const std::string& source, Clock::time_point now) 
   const double rate = limits_.handshake_rate_per_source;
   const double burst = std::max<double>(limits_.handshake_burst_per_source, 1);
   std::lock_guard lock(mu_);
-  if (sources_.size() >= sweep_at_) {
+  // At the bound the table grows no more, so it may never reach sweep_at_
+  // again: there it is swept once a second too, or sources gone quiet would
+  // be kept for good and every new source would share one bucket.
+  if (sources_.size() >= sweep_at_ ||
+      (sources_.size() >= kMaxSourceBuckets && now - swept_ >= std::chrono::seconds(1))) {
     // A bucket full again is the same as none. What stays after the sweep
     // sets the next one, so sweeps cost O(1) a handshake.
     std::erase_if(sources_, [&](const auto& e) {
@@ -87,6 +95,7 @@ bool Admission::TakeHandshake(const std::string& source, Clock::time_point now) 
       return e.second.tokens + std::max(0.0, elapsed) * rate >= burst;
     });
     sweep_at_ = std::max<size_t>(1024, 2 * sources_.size());
+    swept_ = now;
   }
   // Past the bound (many sources, each busy), new sources share a bucket:
   // "" is no address.

@@ -33,8 +33,8 @@ struct Limits {
   // Bytes queued for a peer that is not reading before it is disconnected.
   uint64_t max_queued_bytes = 32 * 1024 * 1024;
   uint32_t max_connections = 20000;
-  // TLS handshakes in progress from one source address (the costliest thing
-  // an unauthenticated peer can make the broker do).
+  // TLS handshakes in progress from one source (an IPv4 address, an IPv6
+  // /64; the costliest thing an unauthenticated peer can make the broker do).
   uint32_t max_handshakes_per_source = 64;
   // TLS handshakes begun per second from one source (an IPv4 address, an
   // IPv6 /64), with bursts of up to handshake_burst_per_source; 0:

@@ -131,8 +131,9 @@ asio::awaitable<std::string> OffIoThreads(asio::io_context& ioc, std::function<R
   co_return r.ok() ? "ok " + *r : "error " + r.status().message();
 }
 
-// The source a handshake rate is kept for: an IPv4 address (also when
-// mapped into IPv6), or an IPv6 address's /64, which one host may fill.
+// The source handshakes are limited for (rate and in progress): an IPv4
+// address (also when mapped into IPv6), or an IPv6 address's /64, which
+// one host may fill.
 std::string SourceOf(const asio::ip::address& a) {
   if (a.is_v4()) return a.to_string();
   const asio::ip::address_v6 v6 = a.to_v6();
@@ -200,14 +201,17 @@ asio::awaitable<void> Server::Impl::Accept() {
       socket.close(ignored);
       continue;
     }
-    const std::string address = remote.address().to_string();
-    if (!state.admission.TakeHandshake(SourceOf(remote.address()))) {
-      state.refusals.Count(address, "handshake_rate");
+    // Limited and counted per source: one host holds a whole IPv6 /64, and
+    // per address it would have a rate, handshake slots and an audit record
+    // for every address it uses.
+    std::string source = SourceOf(remote.address());
+    if (!state.admission.TakeHandshake(source)) {
+      state.refusals.Count(source, "handshake_rate");
       socket.close(ignored);
       continue;
     }
-    if (!state.admission.BeginHandshake(address)) {
-      state.refusals.Count(address, "too_many_handshakes");
+    if (!state.admission.BeginHandshake(source)) {
+      state.refusals.Count(source, "too_many_handshakes");
       socket.close(ignored);
       continue;
     }
@@ -216,7 +220,8 @@ asio::awaitable<void> Server::Impl::Accept() {
     auto tls = state.tls_context();
     net::TlsStream stream(std::move(socket), tls->native_handle());
     const uint64_t id = state.next_session_id++;
-    std::make_shared<Session>(state, std::move(tls), std::move(stream), id, std::move(peer))->Start();
+    std::make_shared<Session>(state, std::move(tls), std::move(stream), id, std::move(peer), std::move(source))
+        ->Start();
   }
 }
 

@@ -49,10 +49,11 @@ std::string HandshakeFailure(SSL* ssl, const boost::system::error_code& ec) {
 }  // namespace
 
 Session::Session(BrokerState& state, std::shared_ptr<tls::Context> tls, net::TlsStream stream, uint64_t id,
-                 std::string peer)
+                 std::string peer, std::string source)
     : broker_(state),
       id_(id),
       peer_(std::move(peer)),
+      source_(std::move(source)),
       tag_("session " + std::to_string(id) + " " + peer_),
       stream_(std::move(stream), state.config.limits.max_frame_bytes, state.config.limits.max_queued_bytes),
       watchdog_(stream_.strand()),
@@ -84,7 +85,7 @@ asio::awaitable<void> Session::Run() {
   asio::co_spawn(stream_.strand(), Watchdog(), asio::detached);
 
   const net::ErrorCode ec = co_await stream_.tls().Handshake(net::TlsStream::Role::kServer);
-  broker_.admission.EndHandshake(PeerAddress());
+  broker_.admission.EndHandshake(source_);
   if (ec) {
     broker_.stats.handshakes_failed++;
     const std::string why = HandshakeFailure(stream_.tls().native_handle(), ec);

@@ -25,13 +25,14 @@ class Admission {
   using Clock = std::chrono::steady_clock;
   explicit Admission(const Limits& limits) : limits_(limits) {}
 
-  // A TLS handshake from address begins: false (nothing counted) when the
-  // address already has max_handshakes_per_source in progress.
-  bool BeginHandshake(const std::string& address);
-  void EndHandshake(const std::string& address);
+  // A TLS handshake from source (SourceOf) begins: false (nothing counted)
+  // when the source already has max_handshakes_per_source in progress.
+  bool BeginHandshake(const std::string& source);
+  void EndHandshake(const std::string& source);
   // A handshake from source (SourceOf) at now, against the rate: false
   // when its bucket is empty. Buckets that have filled up again are
-  // forgotten; past kMaxSourceBuckets sources, new ones share one bucket.
+  // forgotten (at the bound, by a sweep at most once a second); past
+  // kMaxSourceBuckets sources, new ones share one bucket.
   bool TakeHandshake(const std::string& source, Clock::time_point now = Clock::now());
   static constexpr size_t kMaxSourceBuckets = 100'000;
   size_t source_buckets();  // for tests
@@ -82,6 +83,7 @@ class Admission {
   std::map<std::string, Bucket> byte_buckets_;  // guarded by mu_
   std::map<std::string, Bucket> sources_;       // guarded by mu_
   size_t sweep_at_ = 1024;                      // sources_ size that triggers a sweep; guarded by mu_
+  Clock::time_point swept_{};                   // the last sweep; guarded by mu_
   std::map<std::string, uint32_t> audit_requests_;  // guarded by mu_
 };
 

@@ -35,8 +35,10 @@ class BrokerState;
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(BrokerState& state, std::shared_ptr<tls::Context> tls, net::TlsStream stream, uint64_t id,
-          std::string peer);
+  // source: the peer's handshake source (Admission::BeginHandshake), whose
+  // slot the session gives back when its handshake ends.
+  Session(BrokerState& state, std::shared_ptr<tls::Context> tls, net::TlsStream stream, uint64_t id, std::string peer,
+          std::string source);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -143,6 +145,7 @@ class Session : public std::enable_shared_from_this<Session> {
   BrokerState& broker_;
   const uint64_t id_;
   const std::string peer_;   // "127.0.0.1:40522"
+  const std::string source_;  // "127.0.0.1", "2001:db8:1:2::/64"
   std::string tag_;          // log prefix: "session 12 police@127.0.0.1:40522"
   net::FrameStream stream_;
   boost::asio::steady_timer watchdog_;

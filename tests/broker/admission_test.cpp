@@ -106,6 +106,63 @@ TEST_CASE("Admission: sources whose buckets filled again are forgotten and the r
   CHECK(busy.source_buckets() == Admission::kMaxSourceBuckets + 1);
 }
 
+TEST_CASE("Admission: at the bound on sources the buckets that filled again are still forgotten", "[admission]") {
+  Limits l;
+  l.handshake_rate_per_source = 1;
+  l.handshake_burst_per_source = 2;
+  Admission a(l);
+  const auto t0 = Admission::Clock::now();
+  auto name = [](size_t i) { return "10." + std::to_string(i >> 16) + "." + std::to_string((i >> 8) & 255) + "." +
+                                    std::to_string(i & 255); };
+  // A flood from as many sources as the table holds, all busy at once: the
+  // next new source shares the bucket of the overflow.
+  for (size_t i = 0; i < Admission::kMaxSourceBuckets; ++i) REQUIRE(a.TakeHandshake(name(i), t0));
+  CHECK(a.TakeHandshake("192.168.0.1", t0));
+  CHECK(a.source_buckets() == Admission::kMaxSourceBuckets + 1);
+  // A minute later every bucket of the flood is full again: they are
+  // forgotten, and new sources (agencies reconnecting) get buckets of their
+  // own instead of sharing one for ever.
+  const auto later = t0 + std::chrono::seconds(60);
+  for (int i = 1; i <= 3; ++i) {
+    const std::string source = "192.168.1." + std::to_string(i);
+    CHECK(a.TakeHandshake(source, later));
+    CHECK(a.TakeHandshake(source, later));
+  }
+  CHECK(a.source_buckets() <= 3);
+}
+
+// Callers read the clock before they take the lock, so a bucket may be
+// asked at a time earlier than its last one.
+TEST_CASE("Admission: a time earlier than a bucket's last one refills nothing and credits no time twice",
+          "[admission]") {
+  Limits l;
+  l.publish_rate_per_agency = 10;
+  l.publish_burst_per_agency = 10;
+  l.publish_bytes_per_agency = 1000;
+  l.publish_bytes_burst_per_agency = 1000;
+  l.handshake_rate_per_source = 10;
+  l.handshake_burst_per_source = 10;
+  Admission a(l);
+  const auto t = Admission::Clock::now();
+  const auto earlier = t - std::chrono::seconds(1);
+  for (int i = 0; i < 10; ++i) REQUIRE(a.TakePublish("police", t));
+  REQUIRE(a.TakePublishBytes("police", 1000, t));
+  for (int i = 0; i < 10; ++i) REQUIRE(a.TakeHandshake("10.0.0.1", t));
+  CHECK_FALSE(a.TakePublish("police", earlier));
+  CHECK_FALSE(a.TakePublishBytes("police", 1, earlier));
+  CHECK_FALSE(a.TakeHandshake("10.0.0.1", earlier));
+  // Still empty at t: the second before it was not counted again.
+  CHECK_FALSE(a.TakePublish("police", t));
+  CHECK_FALSE(a.TakePublishBytes("police", 1, t));
+  CHECK_FALSE(a.TakeHandshake("10.0.0.1", t));
+  // And it refills from t.
+  const auto later = t + std::chrono::milliseconds(150);
+  CHECK(a.TakePublish("police", later));
+  CHECK_FALSE(a.TakePublish("police", later));
+  CHECK(a.TakePublishBytes("police", 100, later));  // of about 150
+  CHECK_FALSE(a.TakePublishBytes("police", 100, later));
+}
+
 TEST_CASE("Admission: an agency's publishes are limited in bytes a second with bursts", "[admission]") {
   Limits l;
   l.publish_bytes_per_agency = 1000;

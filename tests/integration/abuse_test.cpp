@@ -1,11 +1,22 @@
 // Peers that break the protocol: each gets an Error (or is dropped), and
 // the broker keeps serving everyone else.
+#include <arpa/inet.h>
 #include <catch2/catch.hpp>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sqlite3.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
 #include <set>
 
 #include <random>
 
+#include "common/audit_record.h"
 #include "common/uuid.h"
 #include "proto/frame_codec.h"
 #include "tests/integration/test_support.h"
@@ -40,6 +51,58 @@ std::unique_ptr<RawClient> Authenticated(uint16_t port, const std::string& agenc
 std::string Header(uint32_t n) {
   return std::string{static_cast<char>(n >> 24), static_cast<char>(n >> 16), static_cast<char>(n >> 8),
                      static_cast<char>(n)};
+}
+
+// Runs body on a thread of its own in a new network namespace whose
+// loopback also holds fd00:64::1 to fd00:64::6 (one /64), so that a test
+// can connect from several addresses of one IPv6 /64; what body starts
+// (the broker's threads, sockets) stays in it. Catch's assertions belong
+// after it returns. Why it could not run (no privilege to make a
+// namespace), or "" once body has run.
+std::string InIpv6Namespace(const std::function<void()>& body) {
+  std::string skipped;
+  std::thread([&] {
+    if (::unshare(CLONE_NEWNET) != 0) {
+      skipped = std::string("unshare(CLONE_NEWNET): ") + std::strerror(errno);
+      return;
+    }
+    std::string setup = "ip link set lo up";
+    for (int i = 1; i <= 6; ++i) setup += " && ip -6 addr add fd00:64::" + std::to_string(i) + "/64 dev lo nodad";
+    if (std::system((setup + " 2>/dev/null").c_str()) != 0) {
+      skipped = "cannot add addresses to the namespace's loopback";
+      return;
+    }
+    body();
+  }).join();
+  return skipped;
+}
+
+// A plain TCP connection from fd00:64::<from> to fd00:64::1, port; -1 if
+// it cannot be made.
+int ConnectFrom(int from, uint16_t port) {
+  const int fd = ::socket(AF_INET6, SOCK_STREAM, 0);
+  sockaddr_in6 src{}, dst{};
+  src.sin6_family = dst.sin6_family = AF_INET6;
+  ::inet_pton(AF_INET6, ("fd00:64::" + std::to_string(from)).c_str(), &src.sin6_addr);
+  ::inet_pton(AF_INET6, "fd00:64::1", &dst.sin6_addr);
+  dst.sin6_port = htons(port);
+  if (fd >= 0 && (::bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof src) != 0 ||
+                  ::connect(fd, reinterpret_cast<sockaddr*>(&dst), sizeof dst) != 0)) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// True when the peer closes fd within timeout (whatever it sent before).
+bool ClosedWithin(int fd, std::chrono::milliseconds timeout) {
+  timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>(timeout.count() % 1000 * 1000)};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char c[256];
+  ssize_t n;
+  while ((n = ::recv(fd, c, sizeof c, 0)) > 0) {
+  }
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
 }
 
 }  // namespace
@@ -345,6 +408,91 @@ TEST_CASE("one source address may begin only so many TLS handshakes a second", "
   REQUIRE(broker.server().SyncStore().ok());
   CHECK(QueryInt(db, "SELECT count(*) FROM audit_log WHERE event = 'connection_refused' AND decision = "
                      "'handshake_rate'") >= 1);
+}
+
+// Connections refused for the handshake rate are audited per source, as the
+// rate is kept: one record for an IPv6 /64 whatever addresses of it they
+// came from (one host may use them all).
+TEST_CASE("connections refused for the handshake rate from one IPv6 /64 are audited as one source", "[abuse][limits]") {
+  bool connected = true;
+  std::vector<std::string> details;  // of the handshake_rate records
+  const std::string skipped = InIpv6Namespace([&] {
+    broker::Limits l;
+    l.handshake_rate_per_source = 1;
+    l.handshake_burst_per_source = 1;
+    l.handshake_timeout = std::chrono::milliseconds(500);
+    TestBroker broker(l, 2, "", "", "fd00:64::1");
+    // Five plain TCP connections, each from another address of the /64:
+    // the first takes the burst, the others are refused before TLS.
+    std::vector<int> fds;
+    for (int i = 2; i <= 6; ++i) {
+      const int fd = ConnectFrom(i, broker.port());
+      connected = connected && fd >= 0;
+      if (fd >= 0) fds.push_back(fd);
+    }
+    // Until the broker has closed each (the first at its handshake deadline).
+    for (const int fd : fds) {
+      ClosedWithin(fd, std::chrono::seconds(5));
+      ::close(fd);
+    }
+    broker.Stop();
+    if (!broker.server().SyncStore().ok()) return;
+    // The records' details are in their leaves.
+    sqlite3* db = nullptr;
+    sqlite3_open_v2((broker.dir() + "/data/liaison.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
+    sqlite3_stmt* q = nullptr;
+    sqlite3_prepare_v2(db,
+                       "SELECT leaf FROM audit_log WHERE event = 'connection_refused' AND decision = "
+                       "'handshake_rate'",
+                       -1, &q, nullptr);
+    while (q != nullptr && sqlite3_step(q) == SQLITE_ROW) {
+      auto r = audit::DecodeLeaf(std::string(static_cast<const char*>(sqlite3_column_blob(q, 0)),
+                                             static_cast<size_t>(sqlite3_column_bytes(q, 0))));
+      details.push_back(r.ok() ? r->detail : r.status().ToString());
+    }
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+  });
+  if (!skipped.empty()) {
+    WARN("the IPv6 test did not run: " << skipped);
+    return;
+  }
+  REQUIRE(connected);
+  REQUIRE(details.size() == 1);
+  CHECK(details[0].rfind("source=fd00:64::/64 count=", 0) == 0);
+}
+
+// The handshakes in progress are limited per source too: one host cannot
+// hold more of them by using more addresses of its /64.
+TEST_CASE("one IPv6 /64 may hold only so many TLS handshakes at once whatever addresses it uses", "[abuse][limits]") {
+  bool connected = true, third_closed = false, first_closed = true;
+  const std::string skipped = InIpv6Namespace([&] {
+    broker::Limits l;
+    l.max_handshakes_per_source = 2;
+    l.handshake_timeout = std::chrono::milliseconds(1500);
+    TestBroker broker(l, 2, "", "", "fd00:64::1");
+    // Two silent TCP clients from two addresses occupy the /64's slots; a
+    // third from another address is closed at once, before any TLS work.
+    const int s1 = ConnectFrom(2, broker.port());
+    const int s2 = ConnectFrom(3, broker.port());
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const int s3 = ConnectFrom(4, broker.port());
+    connected = s1 >= 0 && s2 >= 0 && s3 >= 0;
+    if (connected) {
+      third_closed = ClosedWithin(s3, std::chrono::milliseconds(500));
+      first_closed = ClosedWithin(s1, std::chrono::milliseconds(10));
+    }
+    for (const int fd : {s1, s2, s3}) {
+      if (fd >= 0) ::close(fd);
+    }
+  });
+  if (!skipped.empty()) {
+    WARN("the IPv6 test did not run: " << skipped);
+    return;
+  }
+  REQUIRE(connected);
+  CHECK(third_closed);
+  CHECK_FALSE(first_closed);
 }
 
 TEST_CASE("an agency may have only so many audit requests in progress, the rest get audit_busy", "[abuse][limits]") {

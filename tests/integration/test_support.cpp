@@ -102,13 +102,13 @@ std::string PolicyYaml(const std::vector<std::string>& agencies) {
   return y;
 }
 
-TestBroker::TestBroker(broker::Limits limits, int threads, const std::string& policy_text,
-                       const std::string& pki_dir) {
+TestBroker::TestBroker(broker::Limits limits, int threads, const std::string& policy_text, const std::string& pki_dir,
+                       const std::string& listen_host) {
   const std::string& pki = pki_dir.empty() ? PkiDir() : pki_dir;
   broker::BrokerConfig c;
   c.path = dir_.File("broker.yaml");
   c.name = "test-broker";
-  c.listen_host = "127.0.0.1";
+  c.listen_host = listen_host;
   c.listen_port = 0;
   c.tls = TlsFiles{pki + "/broker.crt", pki + "/broker.key", pki + "/ca.crt", {pki + "/ca.crl"}};
   c.policy_path = dir_.File("policy.yaml");

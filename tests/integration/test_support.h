@@ -40,8 +40,9 @@ class TestBroker {
   // limits tweak the defaults; the policy is policy_text, or by default
   // PolicyYaml(DefaultAgencies()).
   // pki: a directory made by certs/dev-pki.sh (default: PkiDir()).
+  // listen_host: the address it listens on (port 0: any free one).
   explicit TestBroker(broker::Limits limits = {}, int threads = 2, const std::string& policy_text = "",
-                      const std::string& pki = "");
+                      const std::string& pki = "", const std::string& listen_host = "127.0.0.1");
   ~TestBroker();  // graceful stop
   uint16_t port() const { return server_->port(); }
   broker::Server& server() { return *server_; }
