@@ -245,10 +245,13 @@ void Client::Impl::WitnessProof(const Status& s, const std::string& error_code, 
   const uint64_t m = witnessed->tree_size, n = cp.tree_size;
   const std::string what = "the broker's audit log of " + std::to_string(n) + " records ";
   if (!s.ok()) {
-    // A lost connection or a busy broker proves nothing either way: the
-    // witness stays where it was and asks again next time. Any other
-    // refusal to prove is itself an alarm.
-    if (!error_code.empty() && error_code != "audit_busy") {
+    // A lost connection, a busy broker, or one that cannot read its log
+    // just now (audit_unavailable: its disk is full, say) proves nothing
+    // either way: the witness stays where it was and asks again next time.
+    // (A broker could give these answers for ever; it could answer
+    // audit_busy for ever too.) Any other refusal to prove is itself an
+    // alarm.
+    if (!error_code.empty() && error_code != "audit_busy" && error_code != "audit_unavailable") {
       Alarm(what + "came without a consistency proof from the " + std::to_string(m) +
             " records witnessed (the broker answered: " + s.message() + ")");
     }

@@ -459,7 +459,20 @@ Status Agent::HandleResults(std::vector<Event*>& results) {
       result = ErrorJson(row.name, row.message_id, code.empty() ? "invalid_message" : code, why);
     } else {
       bool all_refused = !r.outcomes.empty();
-      for (const auto& o : r.outcomes) all_refused &= o.outcome == "refused";
+      const client::RecipientOutcome* not_stored = nullptr;
+      for (const auto& o : r.outcomes) {
+        all_refused &= o.outcome == "refused";
+        if (o.reason == "store_failure") not_stored = &o;
+      }
+      if (not_stored) {
+        // The broker could not store it (disk full, I/O error): nothing of
+        // it was kept, not even its id, so the same bytes go again later
+        // under the same id, like any passing refusal.
+        spdlog::warn("outbox: {} ({}) could not be stored by the broker: {}; trying again",
+                     Printable(row.name, 255), row.message_id, Printable(not_stored->detail, 500));
+        retry_at_[row.id] = now + std::chrono::seconds(2);
+        continue;
+      }
       if (all_refused) {
         spdlog::warn("outbox: {} ({}) refused for every recipient", Printable(row.name, 255), row.message_id);
         dir = "failed";

@@ -266,6 +266,58 @@ TEST_CASE("agent inbox: written before the acknowledgement, duplicates dropped, 
   }
 }
 
+// The broker's disk is full: it refuses the message with store_failure for
+// every recipient and keeps nothing of it, not even its id. That is a
+// passing refusal (docs/agent.md): the agent sends the same bytes again
+// under the same id until they are stored, and does not move the file to
+// failed/ (it did). Nor does the broker's audit_unavailable meanwhile make
+// the witness raise an alarm (it did: exit 6).
+TEST_CASE("agent outbox: a message the broker cannot store is sent again until it is stored", "[agent][diskfull]") {
+  TempDir broker_dir;
+  const auto disk = MountSmallDisk(broker_dir, "64m");
+  if (!disk) return;
+  BrokerProcess broker(broker_dir);
+  {
+    auto filler = Connect(broker.port(), "health");
+    FillDisk(disk->path);
+    REQUIRE(PublishUntilRefused(*filler, 20000));
+    REQUIRE(PublishUntilRefused(*filler, 1));
+  }
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", broker.port());
+  police.Drop("referral.json", MessageJson("[\"school\"]", "written while the broker's disk was full"));
+  ChildProcess agent(AgentArgs(police), police.root, "daemon");
+  REQUIRE(agent.started());
+  auto refusals = [&] {
+    const std::string log = agent.err();
+    size_t n = 0;
+    for (size_t at = 0; (at = log.find("could not be stored by the broker", at)) != std::string::npos; ++at) ++n;
+    return n;
+  };
+  REQUIRE(WaitFor([&] { return refusals() >= 2; }, std::chrono::seconds(20)));
+  INFO(agent.err());
+  CHECK(Names(police.failed()).empty());
+  CHECK(Names(police.sent()).empty());
+  // Space returns: stored, moved to sent/, delivered once.
+  REQUIRE(std::remove((disk->path + "/filler").c_str()) == 0);
+  REQUIRE(WaitFor([&] { return FileExists(police.sent() + "/referral.json.ack.json"); }, std::chrono::seconds(30)));
+  CHECK(Names(police.failed()).empty());
+  CHECK(Names(police.outbox()).empty());
+  const std::string id = JsonField(Slurp(police.sent() + "/referral.json.ack.json"), "messageId");
+  Receiver school(broker.port(), "school");
+  REQUIRE(school.WaitCount(1, std::chrono::seconds(30)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::lock_guard lock(school.mu);
+  REQUIRE(school.got.size() == 1);
+  CHECK(school.got.at(0).message->envelope().message_id() == id);
+  // The broker could not read its audit log while the disk was full
+  // (audit_unavailable): no proof either way, so no alarm, and exit 0.
+  CHECK(agent.err().find("AUDIT ALARM") == std::string::npos);
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+}
+
 TEST_CASE("agent: delivery reports beside the sent file, and SIGTERM stops it cleanly", "[agent][reports]") {
   TestBroker broker;
   Receiver school(broker.port(), "school");

@@ -79,14 +79,25 @@ TEST_CASE("Admission: handshakes from one source are limited to a rate with burs
   CHECK(open.source_buckets() == 0);
 }
 
-TEST_CASE("Admission: sources whose buckets filled again are forgotten and the rest are bounded", "[admission]") {
+// Handshake limits of one a second with a burst of two, for the tests of
+// the table of sources.
+Limits SlowHandshakes() {
   Limits l;
   l.handshake_rate_per_source = 1;
   l.handshake_burst_per_source = 2;
+  return l;
+}
+
+// The i-th of many IPv4 sources: 10.x.y.z.
+std::string SourceName(size_t i) {
+  return "10." + std::to_string(i >> 16) + "." + std::to_string((i >> 8) & 255) + "." + std::to_string(i & 255);
+}
+
+TEST_CASE("Admission: sources whose buckets filled again are forgotten and the rest are bounded", "[admission]") {
+  const Limits l = SlowHandshakes();
   Admission a(l);
   const auto t0 = Admission::Clock::now();
-  auto name = [](size_t i) { return "10." + std::to_string(i >> 16) + "." + std::to_string((i >> 8) & 255) + "." +
-                                    std::to_string(i & 255); };
+  auto name = SourceName;
   for (size_t i = 0; i < 5000; ++i) REQUIRE(a.TakeHandshake(name(i), t0));
   CHECK(a.source_buckets() <= 5000);
   // Two seconds on, all of them are full again: the next sweep forgets them.
@@ -107,13 +118,10 @@ TEST_CASE("Admission: sources whose buckets filled again are forgotten and the r
 }
 
 TEST_CASE("Admission: at the bound on sources the buckets that filled again are still forgotten", "[admission]") {
-  Limits l;
-  l.handshake_rate_per_source = 1;
-  l.handshake_burst_per_source = 2;
+  const Limits l = SlowHandshakes();
   Admission a(l);
   const auto t0 = Admission::Clock::now();
-  auto name = [](size_t i) { return "10." + std::to_string(i >> 16) + "." + std::to_string((i >> 8) & 255) + "." +
-                                    std::to_string(i & 255); };
+  auto name = SourceName;
   // A flood from as many sources as the table holds, all busy at once: the
   // next new source shares the bucket of the overflow.
   for (size_t i = 0; i < Admission::kMaxSourceBuckets; ++i) REQUIRE(a.TakeHandshake(name(i), t0));

@@ -164,28 +164,6 @@ uint64_t RunTrial(uint32_t seed, int messages_per_sender, int kills) {
   return inbox.wire_duplicates;
 }
 
-// A tmpfs of the given size mounted on dir/data (the broker's store), for
-// the disk-full tests; unmounted when it goes. Empty (after a warning) where
-// mounting is not allowed.
-struct SmallDisk {
-  std::string path;
-  explicit SmallDisk(std::string p) : path(std::move(p)) {}
-  SmallDisk(const SmallDisk&) = delete;
-  SmallDisk& operator=(const SmallDisk&) = delete;
-  ~SmallDisk() { ::umount2(path.c_str(), MNT_DETACH); }
-};
-
-std::unique_ptr<SmallDisk> MountSmallDisk(const TempDir& dir, const char* size) {
-  const std::string data = dir.File("data");
-  REQUIRE(::mkdir(data.c_str(), 0700) == 0);
-  const std::string options = std::string("size=") + size + ",mode=0700";
-  if (::mount("tmpfs", data.c_str(), "tmpfs", 0, options.c_str()) != 0) {
-    WARN("cannot mount a tmpfs here (" << std::strerror(errno) << "): the disk-full test did not run");
-    return nullptr;
-  }
-  return std::make_unique<SmallDisk>(data);
-}
-
 }  // namespace
 
 TEST_CASE("kill -9 of the broker while agencies publish loses no acknowledged message", "[process][crash]") {
@@ -218,13 +196,7 @@ TEST_CASE("a full disk refuses publishes clearly, loses nothing, and recovers wi
     REQUIRE(r.AllAccepted());
     queued.push_back(r.message_id);
   }
-  // Fill the disk.
-  {
-    std::ofstream filler(data + "/filler", std::ios::binary);
-    const std::string block(64 * 1024, 'x');
-    while (filler.write(block.data(), block.size())) {
-    }
-  }
+  FillDisk(data);
   int refused = 0, accepted_while_full = 0;
   v1::Message big = IncidentReport({"school"});
   big.mutable_incident_report()->set_description(std::string(20000, 'y'));
@@ -290,28 +262,13 @@ TEST_CASE("a recall that cannot be stored withdraws nothing", "[process][diskful
   auto published = police->Publish(target);
   REQUIRE(published.AllAccepted());
   const std::string id = published.message_id;
-  {
-    std::ofstream filler(data + "/filler", std::ios::binary);
-    const std::string block(64 * 1024, 'x');
-    while (filler.write(block.data(), block.size())) {
-    }
-  }
-  // Fill what the commit log holds ahead: large publishes, then small ones,
-  // until one is refused. A recall of five copies with a 1,000-byte reason
-  // (five records that hold it) does not fit where the smallest did not.
-  auto fill = [&](size_t description) {
-    v1::Message m = IncidentReport({"school"});
-    m.mutable_incident_report()->set_description(std::string(description, 'y'));
-    for (int i = 0; i < 5000; ++i) {
-      m.mutable_envelope()->set_message_id(NewUuid());
-      auto r = police->Publish(m);
-      REQUIRE(r.status.ok());
-      if (!r.AllAccepted()) return true;
-    }
-    return false;
-  };
-  REQUIRE(fill(20000));
-  REQUIRE(fill(1));
+  FillDisk(data);
+  // Use up what the commit log holds ahead: large publishes, then small
+  // ones, until one is refused. A recall of five copies with a 1,000-byte
+  // reason (five records that hold it) does not fit where the smallest did
+  // not.
+  REQUIRE(PublishUntilRefused(*police, 20000, "school"));
+  REQUIRE(PublishUntilRefused(*police, 1, "school"));
   const std::string reason(1000, 'r');
   auto recall = police->Recall(id, reason);
   INFO(recall.status.message());

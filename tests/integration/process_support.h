@@ -8,17 +8,22 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
+#include <memory>
 #include <regex>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "common/files.h"
+#include "common/uuid.h"
 #include "tests/integration/test_support.h"
 #include "tests/temp_dir.h"
 
@@ -145,5 +150,52 @@ class BrokerProcess {
   std::unique_ptr<Process> proc_;
   uint16_t port_ = 0;
 };
+
+// A tmpfs of the given size mounted on dir/data (where BrokerProcess keeps
+// its store), for the disk-full tests; unmounted when it goes. Empty (after
+// a warning) where mounting is not allowed.
+struct SmallDisk {
+  std::string path;
+  explicit SmallDisk(std::string p) : path(std::move(p)) {}
+  SmallDisk(const SmallDisk&) = delete;
+  SmallDisk& operator=(const SmallDisk&) = delete;
+  ~SmallDisk() { ::umount2(path.c_str(), MNT_DETACH); }
+};
+
+inline std::unique_ptr<SmallDisk> MountSmallDisk(const TempDir& dir, const char* size) {
+  const std::string data = dir.File("data");
+  REQUIRE(::mkdir(data.c_str(), 0700) == 0);
+  const std::string options = std::string("size=") + size + ",mode=0700";
+  if (::mount("tmpfs", data.c_str(), "tmpfs", 0, options.c_str()) != 0) {
+    WARN("cannot mount a tmpfs here (" << std::strerror(errno) << "): the disk-full test did not run");
+    return nullptr;
+  }
+  return std::make_unique<SmallDisk>(data);
+}
+
+// Fills the filesystem of dir with one file, dir/filler, until it is full
+// (remove that file to give the space back).
+inline void FillDisk(const std::string& dir) {
+  std::ofstream filler(dir + "/filler", std::ios::binary);
+  const std::string block(64 * 1024, 'x');
+  while (filler.write(block.data(), block.size())) {
+  }
+}
+
+// Publishes incident reports to recipient, each with a description of
+// the given size, until the broker refuses one (true) or 5,000 were
+// accepted (false). With the disk full, this uses up the space the store's
+// commit log holds ahead: large ones first, then small ones.
+inline bool PublishUntilRefused(client::Client& c, size_t description, const std::string& recipient = "a01") {
+  v1::Message m = IncidentReport({recipient});
+  m.mutable_incident_report()->set_description(std::string(description, 'y'));
+  for (int i = 0; i < 5000; ++i) {
+    m.mutable_envelope()->set_message_id(NewUuid());
+    auto r = c.Publish(m);
+    REQUIRE(r.status.ok());
+    if (!r.AllAccepted()) return true;
+  }
+  return false;
+}
 
 }  // namespace liaison::test
