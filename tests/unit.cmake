@@ -21,6 +21,8 @@ target_sources(unit_tests PRIVATE policy/evaluate_test.cpp)
 target_sources(unit_tests PRIVATE common/audit_record_test.cpp)
 target_sources(unit_tests PRIVATE common/sha256_test.cpp)
 target_sources(unit_tests PRIVATE broker/admission_test.cpp)
+# The tally of refused connections (broker/detail/audit_events.h).
+target_sources(unit_tests PRIVATE broker/refusal_tally_test.cpp)
 # The store's commit log (broker/store/commit_log.h).
 target_sources(unit_tests PRIVATE broker/commit_log_test.cpp)
 # The store's filter of message ids (broker/store/id_filter.h).

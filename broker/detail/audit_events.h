@@ -43,12 +43,33 @@ inline v1::Reason AuditReason(const Status& s) {
   return v1::REASON_AUDIT_UNAVAILABLE;
 }
 
-// Thread-safe.
+// Thread-safe. Bounded: past kMaxKeys (source, reason) pairs in one
+// interval, a new source is counted under kOtherSources with its reason,
+// and past kMaxKeys + kMaxOtherReasons under kOtherSources and
+// kOtherReasons: many attacking addresses cannot grow it (or the records
+// of one interval) without limit.
 class RefusalTally {
  public:
+  static constexpr size_t kMaxKeys = 10000;
+  static constexpr size_t kMaxOtherReasons = 100;
+  static constexpr const char* kOtherSources = "(other sources)";
+  static constexpr const char* kOtherReasons = "(other reasons)";
+
   void Count(const std::string& source, const std::string& reason) {
     std::lock_guard lock(mu_);
-    counts_[{source, reason}]++;
+    if (counts_.size() < kMaxKeys) {
+      counts_[{source, reason}]++;
+      return;
+    }
+    if (auto it = counts_.find({source, reason}); it != counts_.end()) {
+      it->second++;
+      return;
+    }
+    if (counts_.size() < kMaxKeys + kMaxOtherReasons || counts_.count({kOtherSources, reason})) {
+      counts_[{kOtherSources, reason}]++;
+    } else {
+      counts_[{kOtherSources, kOtherReasons}]++;
+    }
   }
   // One record per source and reason since the last call.
   std::vector<audit::Record> Drain() {
