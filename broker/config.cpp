@@ -88,6 +88,9 @@ std::optional<BrokerConfig> BrokerConfig::LoadText(const std::string& text, cons
     auto u32 = [&](const char* key, uint32_t* out, int64_t min, int64_t max) {
       if (auto v = r.Int(limits, key, min, max)) *out = static_cast<uint32_t>(*v);
     };
+    auto u64 = [&](const char* key, uint64_t* out, int64_t min, int64_t max) {
+      if (auto v = r.Int(limits, key, min, max)) *out = static_cast<uint64_t>(*v);
+    };
     auto ms = [&](const char* key, Millis* out, int64_t min, int64_t max) {
       if (auto v = r.Int(limits, key, min, max)) *out = Millis(*v);
     };
@@ -105,13 +108,9 @@ std::optional<BrokerConfig> BrokerConfig::LoadText(const std::string& text, cons
     u32("publish_rate_per_agency", &l.publish_rate_per_agency, 0, 10000000);
     u32("publish_burst_per_agency", &l.publish_burst_per_agency, 1, 10000000);
     u32("max_audit_requests_per_agency", &l.max_audit_requests_per_agency, 1, 1024);
-    if (auto v = r.Int(limits, "max_queued_bytes", 64 * 1024, int64_t{1} << 34)) l.max_queued_bytes = static_cast<uint64_t>(*v);
-    if (auto v = r.Int(limits, "publish_bytes_per_agency", 0, int64_t{1} << 40)) {
-      l.publish_bytes_per_agency = static_cast<uint64_t>(*v);
-    }
-    if (auto v = r.Int(limits, "publish_bytes_burst_per_agency", 1024, int64_t{1} << 40)) {
-      l.publish_bytes_burst_per_agency = static_cast<uint64_t>(*v);
-    }
+    u64("max_queued_bytes", &l.max_queued_bytes, 64 * 1024, int64_t{1} << 34);
+    u64("publish_bytes_per_agency", &l.publish_bytes_per_agency, 0, int64_t{1} << 40);
+    u64("publish_bytes_burst_per_agency", &l.publish_bytes_burst_per_agency, 1024, int64_t{1} << 40);
     ms("handshake_timeout_ms", &l.handshake_timeout, 50, 600'000);
     ms("idle_timeout_ms", &l.idle_timeout, 100, 86'400'000);
     ms("ping_interval_ms", &l.ping_interval, 50, 86'400'000);

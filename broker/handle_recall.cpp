@@ -25,14 +25,6 @@ std::string RecallReason(const v1::Recall& recall) {
 
 }  // namespace
 
-void Session::Unmark(QueuedMessage& m) {
-  if (!broker_.mailboxes.UnmarkRecalled(m)) {
-    spdlog::warn("{}: the recall of {} was not recorded, but a copy was already settled or a notice sent on it: "
-                 "it stays recalled in memory until the sender recalls it again",
-                 tag_, Printable(m.message_id, 128));
-  }
-}
-
 void Session::PrepareRecall(const v1::Recall& recall) {
   recall_marked_.reset();
   recall_marked_newly_ = false;
@@ -51,15 +43,16 @@ void Session::HandleRecall(const v1::Recall& recall) {
   const uint64_t rid = recall.request_id();
   // PrepareRecall's, for this recall only.
   std::shared_ptr<QueuedMessage> marked = std::move(recall_marked_);
-  bool newly = marked && recall_marked_newly_;
+  // The message this recall marked (it was not marked before): a recall
+  // refused below takes the mark back, so that the message is delivered as
+  // the store has it, not recalled.
+  std::shared_ptr<QueuedMessage> unmark = recall_marked_newly_ ? marked : nullptr;
   std::vector<std::string> acking = std::move(recall_acking_);
   recall_marked_.reset();
   recall_marked_newly_ = false;
   recall_acking_.clear();
-  // A recall refused below takes back the mark it set: the message is then
-  // delivered as the store has it, not recalled.
   auto refuse = [&](v1::Reason code, const std::string& text) {
-    if (newly) Unmark(*marked);
+    if (unmark) broker_.mailboxes.UnmarkRecalled(*unmark);
     SendError(rid, code, text, false);
   };
   if (recall.message_id().empty() || recall.message_id().size() > 128) {
@@ -87,7 +80,6 @@ void Session::HandleRecall(const v1::Recall& recall) {
   // The queue may hold a message the reader's snapshot does not show yet
   // (just committed): the in-memory queue is asked first.
   std::shared_ptr<QueuedMessage> m = marked ? marked : broker_.mailboxes.Find(agency_, recall.message_id());
-  const bool queued = m != nullptr;  // in Mailboxes (else made from the store below)
   if (!m && !stored->has_value()) {
     SendError(rid, v1::REASON_UNKNOWN_MESSAGE,
               "this agency published no message with id '" + Printable(recall.message_id(), 128) + "'", false);
@@ -112,26 +104,21 @@ void Session::HandleRecall(const v1::Recall& recall) {
     m->facts.tlp = s.tlp;
   }
   const std::string reason = RecallReason(recall);
-  bool newly_here = false;
+  bool newly = false;  // never for one made from the store (marked above)
   std::vector<QueuedDelivery> withdrawn =
-      broker_.mailboxes.Recall(*m, RecallFacts{reason, identity_.cert_sha256}, &newly_here);
-  if (queued && newly_here) {
-    marked = m;
-    newly = true;
-  }
+      broker_.mailboxes.Recall(*m, RecallFacts{reason, identity_.cert_sha256}, &newly);
+  if (newly) unmark = m;
   auto delivered = broker_.store->DeliveredRecipients(m->row, Store::Wait::kNo);
   if (!delivered.ok()) {
     // Unmarked before the copies are back in the queue: none is settled by
     // this recall.
-    if (newly) Unmark(*marked);
-    newly = false;
-    broker_.mailboxes.Return(std::move(withdrawn));
     refuse(v1::REASON_STORE_FAILURE, "the broker cannot read its store: " + delivered.status().message());
+    broker_.mailboxes.Return(std::move(withdrawn));
     return;
   }
 
   QueueChange c(broker_);
-  if (newly) c.UnmarkRecallOnFailure(marked);
+  if (unmark) c.UnmarkRecallOnFailure(unmark);
   v1::Frame f;
   auto* ack = f.mutable_recall_ack();
   ack->set_request_id(rid);

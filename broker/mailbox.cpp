@@ -233,13 +233,17 @@ std::vector<QueuedDelivery> Mailboxes::Recall(QueuedMessage& m, const RecallFact
   return TakeWaitingCopies([&m](const QueuedMessage& x) { return &x == &m; });
 }
 
-bool Mailboxes::UnmarkRecalled(QueuedMessage& m) {
+void Mailboxes::UnmarkRecalled(QueuedMessage& m) {
   std::lock_guard lock(mu_);
-  if (m.recall_acted_on) return false;
+  if (m.recall_acted_on) {
+    spdlog::warn("the recall of {} from {} was not recorded, but a copy was already settled or a notice sent on it: "
+                 "it stays recalled in memory until the sender recalls it again",
+                 Printable(m.message_id, 128), m.sender);
+    return;
+  }
   m.recalled = false;
   m.recall_reason.clear();
   m.recall_cert.clear();
-  return true;
 }
 
 std::optional<RecallFacts> Mailboxes::Recalled(QueuedMessage& m) {
@@ -389,11 +393,7 @@ void QueueChange::Submit(std::function<void(const Status&, const audit::Checkpoi
         if (d.kind == DeliveryKind::kMessage) broker.mailboxes.UnfinishCopy(d.message);
       }
       for (auto& [m, recipient] : notified) broker.mailboxes.UnmarkNotified(*m, recipient);
-      if (unmark && !broker.mailboxes.UnmarkRecalled(*unmark)) {
-        spdlog::warn("the recall of {} was not recorded, but a copy was already settled or a notice sent on it: "
-                     "it stays recalled in memory until the sender recalls it again",
-                     Printable(unmark->message_id, 128));
-      }
+      if (unmark) broker.mailboxes.UnmarkRecalled(*unmark);
       broker.mailboxes.Return(std::move(finished));
     }
     if (then) then(s, cp);

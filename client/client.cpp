@@ -130,6 +130,8 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   std::map<uint64_t, uint32_t> unacked;
   uint32_t credit = 0;
   Status Admit(const v1::Deliver& delivery);
+  // Tells the broker it broke the protocol (an Error, protocol_error).
+  void SendProtocolError(const std::string& message, bool fatal);
   void Violation(const Status& why);
 
   // The witness (strand only, except witness_alarm and witness_busy under mu).
@@ -488,12 +490,7 @@ void Client::Impl::HandleFrame(v1::Frame& f) {
       // A frame of a type this client does not know (from a newer broker,
       // say): answered as the broker answers one (docs/protocol.md, section
       // 3), not fatal, and the session goes on.
-      v1::Frame answer;
-      auto* e = answer.mutable_error();
-      e->set_code(v1::REASON_PROTOCOL_ERROR);
-      e->set_message("frame of a type this client does not know; ignored");
-      e->set_fatal(false);
-      stream->Send(answer);
+      SendProtocolError("frame of a type this client does not know; ignored", /*fatal=*/false);
       return;
     }
     default: {
@@ -530,13 +527,17 @@ Status Client::Impl::Admit(const v1::Deliver& delivery) {
 
 // Tells the broker why (its operator sees it in the broker's log), then
 // closes; the application sees why through Wait() and its closed handler.
-void Client::Impl::Violation(const Status& why) {
+void Client::Impl::SendProtocolError(const std::string& message, bool fatal) {
   v1::Frame f;
   auto* e = f.mutable_error();
   e->set_code(v1::REASON_PROTOCOL_ERROR);
-  e->set_message(why.message());
-  e->set_fatal(true);
+  e->set_message(message);
+  e->set_fatal(fatal);
   stream->Send(f);
+}
+
+void Client::Impl::Violation(const Status& why) {
+  SendProtocolError(why.message(), /*fatal=*/true);
   end_reason = why;
   running = false;
   stream->CloseGracefully();

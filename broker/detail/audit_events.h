@@ -56,20 +56,13 @@ class RefusalTally {
   static constexpr const char* kOtherReasons = "(other reasons)";
 
   void Count(const std::string& source, const std::string& reason) {
+    std::pair<std::string, std::string> key{source, reason};
     std::lock_guard lock(mu_);
-    if (counts_.size() < kMaxKeys) {
-      counts_[{source, reason}]++;
-      return;
+    if (counts_.size() >= kMaxKeys && !counts_.count(key)) {
+      key.first = kOtherSources;
+      if (counts_.size() >= kMaxKeys + kMaxOtherReasons && !counts_.count(key)) key.second = kOtherReasons;
     }
-    if (auto it = counts_.find({source, reason}); it != counts_.end()) {
-      it->second++;
-      return;
-    }
-    if (counts_.size() < kMaxKeys + kMaxOtherReasons || counts_.count({kOtherSources, reason})) {
-      counts_[{kOtherSources, reason}]++;
-    } else {
-      counts_[{kOtherSources, kOtherReasons}]++;
-    }
+    counts_[key]++;
   }
   // One record per source and reason since the last call.
   std::vector<audit::Record> Drain() {

@@ -151,8 +151,9 @@ class Mailboxes {
   // Takes back the mark of a recall that was refused or could not be
   // stored (only the recall that set it: *newly), so that m is delivered
   // as the store says it is: not recalled. Not once a session acted on the
-  // mark (a copy settled as recalled, a notice sent): false then.
-  bool UnmarkRecalled(QueuedMessage& m);
+  // mark (a copy settled as recalled, a notice sent): then it stays, and a
+  // warning says so.
+  void UnmarkRecalled(QueuedMessage& m);
   // recipient acknowledged its copy of m: how m was recalled, if it was
   // (the recipient is to be told); otherwise the recipient counts in
   // m.acking until AcksSubmitted.

@@ -108,8 +108,6 @@ class Session : public std::enable_shared_from_this<Session> {
   // Before a Recall waits for the store: marks the message recalled in
   // memory (Mailboxes::MarkRecalled), for HandleRecall.
   void PrepareRecall(const v1::Recall& recall);
-  // Takes back the mark this session's recall set (it was refused).
-  void Unmark(QueuedMessage& m);
   void HandlePing(const v1::Ping& ping);
   void HandlePong(const v1::Pong& pong);
   void HandleError(const v1::Error& error);
