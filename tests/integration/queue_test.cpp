@@ -355,6 +355,68 @@ TEST_CASE("a copy given back after its message expired is not sent again", "[que
   CHECK(Has(AuditEvents(broker, m.envelope().message_id()), "expired:expired:school"));
 }
 
+// The agent sends again, under the same id, what the broker accepted but
+// whose PublishAck it never saw (a crash, a lost connection); by then the
+// message may have expired. Before, such a repeat was refused as
+// invalid_message ("expiresAt is in the past"), and the agent filed as
+// failed a message that had been queued, and perhaps delivered.
+TEST_CASE("a repeat of an accepted message after its expiry gets the original outcome", "[queue][expiry]") {
+  TestBroker broker;
+  auto police_inbox = std::make_unique<Receiver>(broker.port(), "police");
+  auto police = Connect(broker.port(), "police");
+  v1::Message m = IncidentReport({"school", "nobody"});  // school is offline; nobody is refused
+  const int64_t expires_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count() +
+      1500;
+  *m.mutable_envelope()->mutable_expires_at() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(expires_ms);
+  const auto first = police->Publish(m);
+  REQUIRE(first.status.ok());
+  REQUIRE(first.outcomes.size() == 2);
+  CHECK(first.outcomes.at(0).outcome == "queued");
+  CHECK(first.outcomes.at(1).outcome == "refused");
+  // It expires (school's copy with it, and the body is deleted).
+  REQUIRE(WaitFor([&] { return !police_inbox->Reports().empty(); }));
+  CHECK(police_inbox->Reports().at(0).outcome == "expired");
+  auto same_as_first = [&](const client::PublishResult& r) {
+    INFO(r.status.message());
+    REQUIRE(r.status.ok());
+    CHECK(r.duplicate);
+    CHECK(r.message_id == first.message_id);
+    REQUIRE(r.outcomes.size() == first.outcomes.size());
+    for (size_t i = 0; i < first.outcomes.size(); ++i) {
+      CHECK(r.outcomes[i].recipient == first.outcomes[i].recipient);
+      CHECK(r.outcomes[i].outcome == first.outcomes[i].outcome);
+      CHECK(r.outcomes[i].reason == first.outcomes[i].reason);
+    }
+    CHECK(r.checkpoint.tree_size > 0);
+  };
+  same_as_first(police->Publish(m));
+  // Other content under the same id, or an expired message never published,
+  // is still refused.
+  v1::Message other = m;
+  other.mutable_incident_report()->set_description("something else entirely");
+  CHECK_FALSE(police->Publish(other).status.ok());
+  v1::Message fresh = m;
+  fresh.mutable_envelope()->set_message_id(NewUuid());
+  const auto never = police->Publish(fresh);
+  CHECK(never.error_code == "invalid_message");
+  // Another agency's message under this id is not police's to repeat.
+  auto social = Connect(broker.port(), "social");
+  CHECK(social->Publish(m).error_code == "invalid_message");
+  // After a restart as before.
+  police.reset();
+  social.reset();
+  police_inbox.reset();
+  broker.Restart();
+  police = Connect(broker.port(), "police");
+  same_as_first(police->Publish(m));
+  // Nothing was queued again.
+  const auto events = AuditEvents(broker, m.envelope().message_id());
+  CHECK(Has(events, "expired:expired:school"));
+  CHECK(std::count(events.begin(), events.end(), "queued:permit:school") == 1);
+}
+
 TEST_CASE("a sender that asks for reports learns of every delivery", "[queue][reports]") {
   TestBroker broker;
   Receiver police_inbox(broker.port(), "police");
