@@ -327,6 +327,9 @@ void Session::FlushAcks() {
   // are delivered again, and the recipient drops them by message id), so
   // it may share the next publish's commit.
   c.batch.lazy = true;
+  // On failure AckCommitted gives them back, once they are no longer in
+  // flight here.
+  c.CallerGivesBackOnFailure();
   c.Submit([self = shared_from_this(), ids = std::move(ids)](const Status& s, const audit::Checkpoint&) mutable {
     boost::asio::post(self->stream_.strand(),
                       [self, ids = std::move(ids), s] { self->AckCommitted(ids, s); });
@@ -338,11 +341,19 @@ void Session::FlushAcks() {
 }
 
 void Session::AckCommitted(const std::vector<int64_t>& ids, const Status& s) {
-  // On failure QueueChange gave the deliveries back to the mailbox: they
-  // will be sent again. Either way they are no longer in flight here.
+  // Either way they are no longer in flight here. On failure they go back
+  // to the mailbox (they are still pending in the store), now that they
+  // have left unacked_, and will be sent again: on this session, under a
+  // new attempt, or on the agency's next one.
+  std::vector<QueuedDelivery> back;
   for (int64_t id : ids) {
-    if (unacked_.erase(id) != 0) acking_--;
+    auto it = unacked_.find(id);
+    if (it == unacked_.end()) continue;
+    if (!s.ok()) back.push_back(std::move(it->second.d));
+    unacked_.erase(it);
+    acking_--;
   }
+  if (!back.empty()) broker_.mailboxes.Return(std::move(back));
   if (s.ok()) {
     broker_.stats.deliveries_acked += ids.size();
   } else {

@@ -382,7 +382,7 @@ void QueueChange::Submit(std::function<void(const Status&, const audit::Checkpoi
   BrokerState& broker = broker_;
   broker_.store->Commit(std::move(batch), [&broker, added = std::move(added_), finished = std::move(finished_),
                                            notified = std::move(notified_), unmark = std::move(unmark_recall_),
-                                           then = std::move(then)](
+                                           give_back = give_back_on_failure_, then = std::move(then)](
                                               const Status& s, const audit::Checkpoint& cp, const BatchResult&) mutable {
     if (s.ok()) {
       if (!added.empty()) broker.mailboxes.Add(std::move(added));
@@ -394,7 +394,7 @@ void QueueChange::Submit(std::function<void(const Status&, const audit::Checkpoi
       }
       for (auto& [m, recipient] : notified) broker.mailboxes.UnmarkNotified(*m, recipient);
       if (unmark) broker.mailboxes.UnmarkRecalled(*unmark);
-      broker.mailboxes.Return(std::move(finished));
+      if (give_back) broker.mailboxes.Return(std::move(finished));
     }
     if (then) then(s, cp);
   });

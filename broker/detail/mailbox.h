@@ -219,6 +219,13 @@ class QueueChange {
   // back before the copies are given back (none is settled by it).
   void UnmarkRecallOnFailure(std::shared_ptr<QueuedMessage> m) { unmark_recall_ = std::move(m); }
 
+  // On failure, the copies this change finished are not given back to
+  // their queues by Submit: the caller does it, once it no longer holds
+  // them (a session's acknowledged deliveries stay in flight there until
+  // their commit's answer reaches its strand; in the queue meanwhile, they
+  // would be sent again under the ids it still holds).
+  void CallerGivesBackOnFailure() { give_back_on_failure_ = false; }
+
   // Commits; then (on the writer thread) updates Mailboxes and calls then.
   void Submit(std::function<void(const Status&, const audit::Checkpoint&)> then = nullptr);
 
@@ -228,6 +235,7 @@ class QueueChange {
   std::vector<QueuedDelivery> finished_;
   std::vector<std::pair<std::shared_ptr<QueuedMessage>, std::string>> notified_;
   std::shared_ptr<QueuedMessage> unmark_recall_;
+  bool give_back_on_failure_ = true;
 };
 
 // The routing metadata of the message forwarder received (or sent) as

@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "common/uuid.h"
+#include "proto/frame_codec.h"
 #include "tests/integration/process_support.h"
 #include "tests/integration/test_support.h"
 
@@ -294,4 +295,94 @@ TEST_CASE("a recall that cannot be stored withdraws nothing", "[process][diskful
   REQUIRE(again.status.ok());
   CHECK(again.withdrawn.empty());
   for (auto& r : receivers) CHECK(WaitFor([&] { return r->Recalls().size() == 1; }));
+}
+
+// Acknowledgements the store cannot record (the disk is full) leave their
+// deliveries in flight on the session until their commit's answer reaches
+// it; meanwhile the deliveries are back in the queue. Before, the session's
+// pump took them from there at once and sent them again under the ids it
+// still held as acknowledged: the new attempts were not tracked, so the
+// recipient's acknowledgements of them were refused (unknown_delivery) and
+// the copies stayed unsettled until a restart, their senders never told.
+TEST_CASE("deliveries whose acknowledgement cannot be stored are sent again and settled once space returns",
+          "[process][diskfull][reports]") {
+  TempDir dir;
+  const auto disk = MountSmallDisk(dir, "64m");  // room for the database to catch up afterwards
+  if (!disk) return;
+  const std::string& data = disk->path;
+  auto broker = std::make_unique<BrokerProcess>(dir);
+  Receiver police_inbox(broker->port(), "police");
+  auto options = Options(broker->port(), "police");
+  options.want_reports = true;
+  auto police = client::Client::Connect(options);
+  REQUIRE(police.ok());
+  constexpr int kMessages = 50;
+  std::set<std::string> ids;
+  for (int i = 0; i < kMessages; ++i) {
+    auto r = (*police)->Publish(IncidentReport({"school"}));
+    REQUIRE(r.AllAccepted());
+    ids.insert(r.message_id);
+  }
+  RawClient school;
+  REQUIRE(ConnectReceiving(school, broker->port(), "school", kMessages));
+  std::vector<v1::Deliver> first;
+  for (int i = 0; i < kMessages; ++i) {
+    auto d = ReadDeliver(school);
+    REQUIRE(d);
+    CHECK(d->attempt() == 1);
+    first.push_back(*d);
+  }
+  FillDisk(data);
+  REQUIRE(PublishUntilRefused(**police, 20000));
+  REQUIRE(PublishUntilRefused(**police, 1));
+  // All fifty acknowledgements at once: one commit, too large for what is left.
+  std::string acks;
+  for (const auto& d : first) {
+    v1::Frame a;
+    a.mutable_delivery_ack()->set_delivery_id(d.delivery_id());
+    a.mutable_delivery_ack()->set_attempt(d.attempt());
+    acks += proto::EncodeFrame(a).value();
+  }
+  REQUIRE(school.SendBytes(acks));
+  // Not recorded: each is delivered again.
+  std::vector<v1::Deliver> again;
+  for (int i = 0; i < kMessages; ++i) {
+    auto d = ReadDeliver(school, std::chrono::seconds(10));
+    INFO(broker->process().err());
+    REQUIRE(d);
+    CHECK(d->attempt() == 2);
+    again.push_back(*d);
+  }
+  CHECK(broker->process().err().find("could not be recorded; they will be delivered again") != std::string::npos);
+  // Space returns: the new attempts are acknowledged, each accepted.
+  REQUIRE(std::remove((data + "/filler").c_str()) == 0);
+  for (const auto& d : again) REQUIRE(SendAck(school, d));
+  v1::Frame ping;
+  ping.mutable_ping()->set_nonce(7);
+  REQUIRE(school.SendFrame(ping));
+  std::vector<std::string> errors;
+  for (;;) {
+    auto f = school.ReadFrame(std::chrono::seconds(10));
+    REQUIRE(f);
+    if (f->has_pong() && f->pong().nonce() == 7) break;
+    if (f->has_error()) errors.push_back(f->error().message());
+    CHECK_FALSE(f->has_deliver());
+  }
+  CHECK(errors.empty());
+  // Each copy is recorded delivered once, and its sender told once.
+  REQUIRE(WaitFor([&] { return police_inbox.Reports().size() >= static_cast<size_t>(kMessages); },
+                  std::chrono::seconds(30)));
+  std::map<std::string, int> reported;
+  for (const auto& rep : police_inbox.Reports()) {
+    CHECK(rep.outcome == "delivered");
+    reported[rep.message_id]++;
+  }
+  CHECK(reported.size() == ids.size());
+  for (const auto& [id, n] : reported) {
+    CHECK(ids.count(id) == 1);
+    CHECK(n == 1);
+  }
+  const std::string db = data + "/liaison.db";
+  CHECK(WaitFor([&] { return QueryInt(db, "SELECT COUNT(*) FROM audit_log WHERE event = 'delivered' AND recipient = 'school'") == kMessages; },
+                std::chrono::seconds(30)));
 }
