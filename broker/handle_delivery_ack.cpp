@@ -120,6 +120,7 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
       r.detail = "withdrawn before delivery: " + recalled->reason;
       c.batch.records.push_back(std::move(r));
       c.Finish(d, DeliveryState::kRecalled, v1::OUTCOME_RECALLED, v1::REASON_RECALLED, recalled->reason, false);
+      AddRecallNoticeForUnacknowledged(c, d, m, recalled->reason, recalled->cert_sha256);
       c.Submit();
       return Sent::kSettled;
     }

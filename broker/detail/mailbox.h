@@ -253,6 +253,14 @@ void ExpireDue(BrokerState& broker, int64_t now_ms);
 // Adds the expiry of the copy d, taken from the queue, to change.
 void ExpireCopy(QueueChange& change, const QueuedDelivery& d);
 
+// For a copy d of m settled as recalled: if it was sent before (attempts
+// > 0) and never acknowledged, its recipient may have it (an agent stores
+// a message before it acknowledges it, and the connection can drop in
+// between), so a recall notice is queued for it, with the recall's record
+// (unless it was notified already). True when a notice was added.
+bool AddRecallNoticeForUnacknowledged(QueueChange& change, const QueuedDelivery& d, const QueuedMessage& m,
+                                      const std::string& reason, const std::string& recall_cert);
+
 // A report about one recipient's copy, serialized.
 std::string MakeReport(const QueuedMessage& m, const std::string& recipient, v1::Outcome outcome, v1::Reason reason,
                        const std::string& detail);

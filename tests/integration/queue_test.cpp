@@ -229,6 +229,78 @@ TEST_CASE("a copy acknowledged after its recall gets a notice with the sender's 
   CHECK(Has(rows, "recalled:recall_notice:school:police"));
 }
 
+// A copy sent but never acknowledged may be with its recipient all the same:
+// the agent stores a message before it acknowledges it, and the connection
+// can drop in between. Before, such a copy recalled was only withdrawn
+// ("never delivered"), and the recipient, holding the message, never got a
+// recall notice.
+TEST_CASE("a recalled copy that was sent but not acknowledged is withdrawn and its recipient still gets a notice",
+          "[queue][recall]") {
+  TestBroker broker;
+  Receiver police_inbox(broker.port(), "police");
+  auto police = client::Client::Connect(Reporting(broker.port(), "police"));
+  REQUIRE(police.ok());
+  const size_t sessions = broker.server().counters().sessions;
+  // Recalled once the copy is back in the queue (its session ended without
+  // an acknowledgement): withdrawn there.
+  v1::Message waiting = IncidentReport({"school"});
+  const std::string waiting_id = waiting.envelope().message_id();
+  REQUIRE((*police)->Publish(waiting).AllAccepted());
+  {
+    RawClient school;
+    REQUIRE(ConnectReceiving(school, broker.port(), "school", 4));
+    auto d = ReadDeliver(school);
+    REQUIRE(d);
+    REQUIRE(d->message().envelope().message_id() == waiting_id);
+    school.Close();
+  }
+  REQUIRE(WaitFor([&] { return broker.server().counters().sessions == sessions; }));
+  auto r = (*police)->Recall(waiting_id, "sent to the wrong agency");
+  REQUIRE(r.status.ok());
+  CHECK(r.withdrawn == std::vector<std::string>{"school"});
+  CHECK(r.notified == std::vector<std::string>{"school"});
+  // Recalled while in flight; the session then ends without an
+  // acknowledgement, and the copy is settled at its next send.
+  v1::Message in_flight = IncidentReport({"school"});
+  const std::string in_flight_id = in_flight.envelope().message_id();
+  REQUIRE((*police)->Publish(in_flight).AllAccepted());
+  {
+    RawClient school;
+    REQUIRE(ConnectReceiving(school, broker.port(), "school", 4));
+    auto d = ReadDeliver(school);
+    if (d && d->has_recall()) d = ReadDeliver(school);  // the first message's notice, left unacknowledged
+    REQUIRE(d);
+    REQUIRE(d->message().envelope().message_id() == in_flight_id);
+    auto again = (*police)->Recall(in_flight_id, "also the wrong agency");
+    REQUIRE(again.status.ok());
+    CHECK(again.withdrawn.empty());
+    CHECK(again.notified.empty());
+    school.Close();
+  }
+  REQUIRE(WaitFor([&] { return broker.server().counters().sessions == sessions; }));
+  // school, back, gets neither message again, and a notice for each.
+  Receiver school(broker.port(), "school");
+  REQUIRE(WaitFor([&] { return school.Recalls().size() == 2; }));
+  std::map<std::string, std::string> reasons;
+  for (const auto& n : school.Recalls()) reasons[n.message_id] = n.reason;
+  CHECK(reasons == std::map<std::string, std::string>{{waiting_id, "sent to the wrong agency"},
+                                                      {in_flight_id, "also the wrong agency"}});
+  REQUIRE(WaitFor([&] { return police_inbox.Reports().size() == 2; }));
+  for (const auto& rep : police_inbox.Reports()) CHECK(rep.outcome == "recalled");
+  CHECK(school.count() == 0);
+  for (const auto& id : {waiting_id, in_flight_id}) {
+    INFO(id);
+    std::vector<std::string> events;
+    REQUIRE(WaitFor([&] {
+      events = AuditEvents(broker, id);
+      return Has(events, "recall_notice_delivered:delivered:school");
+    }));
+    CHECK(std::count(events.begin(), events.end(), "recalled:recalled:school") == 1);
+    CHECK(std::count(events.begin(), events.end(), "recalled:recall_notice:school") == 1);
+    CHECK_FALSE(Has(events, "delivered:delivered:school"));
+  }
+}
+
 TEST_CASE("a recall that meets the acknowledgement of the copy it concerns still reaches the recipient",
           "[queue][recall]") {
   // The sender recalls each message just as the recipient acknowledges it:
