@@ -103,6 +103,21 @@ std::optional<policy::OriginalMessage> LookupOriginal(const Store& store, const 
   return o;
 }
 
+void Session::SubmitSettled(QueueChange& c, const QueuedDelivery& d) {
+  // If the commit fails the copy is still pending in the store, so it goes
+  // back to the queue, but only after a pause: taken again at once, it would
+  // fail again at once, for as long as the store cannot be written (a full
+  // disk), with a commit and an error line each time.
+  c.CallerGivesBackOnFailure();
+  c.Submit([self = shared_from_this(), d](const Status& s, const audit::Checkpoint&) {
+    if (s.ok()) return;
+    boost::asio::post(self->stream_.strand(), [self, d] {
+      self->held_until_ = net::Clock::now() + kHeldRetry;
+      self->broker_.mailboxes.Return({d});
+    });
+  });
+}
+
 Session::Sent Session::SendDelivery(QueuedDelivery d) {
   v1::Frame f;
   auto* del = f.mutable_deliver();
@@ -121,14 +136,14 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
       c.batch.records.push_back(std::move(r));
       c.Finish(d, DeliveryState::kRecalled, v1::OUTCOME_RECALLED, v1::REASON_RECALLED, recalled->reason, false);
       AddRecallNoticeForUnacknowledged(c, d, m, recalled->reason, recalled->cert_sha256);
-      c.Submit();
+      SubmitSettled(c, d);
       return Sent::kSettled;
     }
     // Expired since the last expiry pass (expiry.cpp) took the waiting ones.
     if (m.expires_ms <= NowMs()) {
       QueueChange c(broker_);
       ExpireCopy(c, d);
-      c.Submit();
+      SubmitSettled(c, d);
       return Sent::kSettled;
     }
     const auto policy = broker_.policy();
@@ -160,7 +175,7 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
       c.batch.records.push_back(std::move(r));
       c.Finish(d, DeliveryState::kRefused, v1::OUTCOME_REFUSED, v1::REASON_NOT_PERMITTED,
                "the network's policy no longer permits sharing this message with '" + agency_ + "'", true);
-      c.Submit();
+      SubmitSettled(c, d);
       return Sent::kSettled;
     }
     const auto obligations = policy->SharedObligationsOf(decision);

@@ -135,6 +135,9 @@ class Session : public std::enable_shared_from_this<Session> {
   };
   // Re-checks the policy and sends one delivery.
   Sent SendDelivery(QueuedDelivery d);
+  // Commits c, which settles d without sending it (kSettled); if that
+  // fails, d goes back to the queue and the pump pauses (held_until_).
+  void SubmitSettled(QueueChange& c, const QueuedDelivery& d);
   // Submits the DeliveryAcks gathered since the last call as one commit.
   // Run calls it before it handles any other frame (so that a later frame,
   // a forward of what was just acknowledged say, finds the ack committed),

@@ -10,6 +10,8 @@
 // scripts/crash-soak.sh run many trials.
 #include <catch2/catch.hpp>
 
+#include <google/protobuf/util/time_util.h>
+
 #include <sys/mount.h>
 
 #include <atomic>
@@ -385,4 +387,66 @@ TEST_CASE("deliveries whose acknowledgement cannot be stored are sent again and 
   const std::string db = data + "/liaison.db";
   CHECK(WaitFor([&] { return QueryInt(db, "SELECT COUNT(*) FROM audit_log WHERE event = 'delivered' AND recipient = 'school'") == kMessages; },
                 std::chrono::seconds(30)));
+}
+
+namespace {
+
+size_t Occurrences(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++n;
+  return n;
+}
+
+}  // namespace
+
+// A copy settled just before it would be sent (expired here; recalled or
+// refused at delivery alike) whose commit fails goes back to the queue.
+// Before, the receiving session's pump took it again at once, and again
+// after each failed commit: the broker committed, failed and logged
+// without pause for as long as the disk stayed full.
+TEST_CASE("a copy that expires while the disk is full is settled once space returns without a busy loop",
+          "[process][diskfull][expiry]") {
+  TempDir dir;
+  const auto disk = MountSmallDisk(dir, "64m");
+  if (!disk) return;
+  const std::string& data = disk->path;
+  auto broker = std::make_unique<BrokerProcess>(dir);
+  Receiver police_inbox(broker->port(), "police");
+  auto police = Connect(broker->port(), "police");
+  v1::Message m = IncidentReport({"school"});
+  const int64_t expires_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count() +
+      2000;
+  *m.mutable_envelope()->mutable_expires_at() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(expires_ms);
+  REQUIRE(police->Publish(m).AllAccepted());
+  FillDisk(data);
+  REQUIRE(PublishUntilRefused(*police, 20000));
+  REQUIRE(PublishUntilRefused(*police, 1));
+  REQUIRE(WaitFor([&] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+               .count() > expires_ms;
+  }));
+  // school comes for it: its copy is expired just before sending, and that
+  // cannot be stored.
+  RawClient school;
+  REQUIRE(ConnectReceiving(school, broker->port(), "school", 4));
+  std::vector<v1::Deliver> got;
+  REQUIRE(PingPong(school, 1, &got));
+  const std::string failed = "failed, nothing of it is kept";
+  const size_t before = Occurrences(broker->process().err(), failed);
+  // A measurement over a fixed time, not a wait for something to happen.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const size_t during = Occurrences(broker->process().err(), failed) - before;
+  INFO(during << " failed commits in 2 s");
+  CHECK(during <= 20);
+  REQUIRE(PingPong(school, 2, &got));
+  // Space returns: it expires (audited, the sender told), never sent.
+  REQUIRE(std::remove((data + "/filler").c_str()) == 0);
+  REQUIRE(WaitFor([&] { return !police_inbox.Reports().empty(); }, std::chrono::seconds(15)));
+  CHECK(police_inbox.Reports().at(0).outcome == "expired");
+  CHECK(police_inbox.Reports().size() == 1);
+  REQUIRE(PingPong(school, 3, &got));
+  CHECK(got.empty());
 }
