@@ -360,7 +360,7 @@ void Session::AckCommitted(const std::vector<int64_t>& ids, const Status& s) {
   // Either way they are no longer in flight here. On failure they go back
   // to the mailbox (they are still pending in the store), now that they
   // have left unacked_, and will be sent again: on this session, under a
-  // new attempt, or on the agency's next one.
+  // new attempt after a pause, or on the agency's next one.
   std::vector<QueuedDelivery> back;
   for (int64_t id : ids) {
     auto it = unacked_.find(id);
@@ -369,7 +369,13 @@ void Session::AckCommitted(const std::vector<int64_t>& ids, const Status& s) {
     unacked_.erase(it);
     acking_--;
   }
-  if (!back.empty()) broker_.mailboxes.Return(std::move(back));
+  if (!back.empty()) {
+    // Not at once: a recipient that acknowledges at once would otherwise
+    // be sent them again and again, each acknowledgement a failed commit,
+    // for as long as the store cannot be written.
+    held_until_ = net::Clock::now() + kHeldRetry;
+    broker_.mailboxes.Return(std::move(back));
+  }
   if (s.ok()) {
     broker_.stats.deliveries_acked += ids.size();
   } else {

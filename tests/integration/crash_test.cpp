@@ -450,3 +450,45 @@ TEST_CASE("a copy that expires while the disk is full is settled once space retu
   REQUIRE(PingPong(school, 3, &got));
   CHECK(got.empty());
 }
+
+// The acknowledgement of a copy cannot be stored (the disk is full), so the
+// copy is sent again; a recipient acknowledges at once, as the agent does.
+// Before, the copy went out again at once each time: failed commits and
+// deliveries as fast as the round trip allowed, for as long as the disk
+// stayed full.
+TEST_CASE("a recipient that acknowledges while the disk is full is not sent its copy again without a pause",
+          "[process][diskfull][reports]") {
+  TempDir dir;
+  const auto disk = MountSmallDisk(dir, "64m");
+  if (!disk) return;
+  const std::string& data = disk->path;
+  auto broker = std::make_unique<BrokerProcess>(dir);
+  Receiver police_inbox(broker->port(), "police");
+  auto options = Options(broker->port(), "police");
+  options.want_reports = true;
+  auto police = client::Client::Connect(options);
+  REQUIRE(police.ok());
+  v1::Message m = IncidentReport({"school"});
+  REQUIRE((*police)->Publish(m).AllAccepted());
+  FillDisk(data);
+  REQUIRE(PublishUntilRefused(**police, 20000));
+  REQUIRE(PublishUntilRefused(**police, 1));
+  Receiver school(broker->port(), "school");  // acknowledges each delivery at once
+  REQUIRE(school.WaitCount(2));               // the first acknowledgement failed
+  const std::string failed = "failed, nothing of it is kept";
+  const size_t before = Occurrences(broker->process().err(), failed);
+  const size_t got_before = school.count();
+  // A measurement over a fixed time, not a wait for something to happen.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const size_t during = Occurrences(broker->process().err(), failed) - before;
+  const size_t sent = school.count() - got_before;
+  INFO(during << " failed commits and " << sent << " deliveries in 2 s");
+  CHECK(during <= 20);
+  CHECK(sent <= 10);
+  // Space returns: the next attempt's acknowledgement is stored, and the
+  // sender is told once.
+  REQUIRE(std::remove((data + "/filler").c_str()) == 0);
+  REQUIRE(WaitFor([&] { return !police_inbox.Reports().empty(); }, std::chrono::seconds(15)));
+  CHECK(police_inbox.Reports().size() == 1);
+  CHECK(police_inbox.Reports().at(0).outcome == "delivered");
+}
