@@ -103,6 +103,21 @@ std::optional<policy::OriginalMessage> LookupOriginal(const Store& store, const 
   return o;
 }
 
+void Session::SubmitSettled(QueueChange& c, const QueuedDelivery& d) {
+  // If the commit fails the copy is still pending in the store, so it goes
+  // back to the queue, but only after a pause: taken again at once, it would
+  // fail again at once, for as long as the store cannot be written (a full
+  // disk), with a commit and an error line each time.
+  c.CallerGivesBackOnFailure();
+  c.Submit([self = shared_from_this(), d](const Status& s, const audit::Checkpoint&) {
+    if (s.ok()) return;
+    boost::asio::post(self->stream_.strand(), [self, d] {
+      self->held_until_ = net::Clock::now() + kHeldRetry;
+      self->broker_.mailboxes.Return({d});
+    });
+  });
+}
+
 Session::Sent Session::SendDelivery(QueuedDelivery d) {
   v1::Frame f;
   auto* del = f.mutable_deliver();
@@ -120,14 +135,15 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
       r.detail = "withdrawn before delivery: " + recalled->reason;
       c.batch.records.push_back(std::move(r));
       c.Finish(d, DeliveryState::kRecalled, v1::OUTCOME_RECALLED, v1::REASON_RECALLED, recalled->reason, false);
-      c.Submit();
+      AddRecallNoticeForUnacknowledged(c, d, m, recalled->reason, recalled->cert_sha256);
+      SubmitSettled(c, d);
       return Sent::kSettled;
     }
     // Expired since the last expiry pass (expiry.cpp) took the waiting ones.
     if (m.expires_ms <= NowMs()) {
       QueueChange c(broker_);
       ExpireCopy(c, d);
-      c.Submit();
+      SubmitSettled(c, d);
       return Sent::kSettled;
     }
     const auto policy = broker_.policy();
@@ -159,7 +175,7 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
       c.batch.records.push_back(std::move(r));
       c.Finish(d, DeliveryState::kRefused, v1::OUTCOME_REFUSED, v1::REASON_NOT_PERMITTED,
                "the network's policy no longer permits sharing this message with '" + agency_ + "'", true);
-      c.Submit();
+      SubmitSettled(c, d);
       return Sent::kSettled;
     }
     const auto obligations = policy->SharedObligationsOf(decision);
@@ -327,6 +343,9 @@ void Session::FlushAcks() {
   // are delivered again, and the recipient drops them by message id), so
   // it may share the next publish's commit.
   c.batch.lazy = true;
+  // On failure AckCommitted gives them back, once they are no longer in
+  // flight here.
+  c.CallerGivesBackOnFailure();
   c.Submit([self = shared_from_this(), ids = std::move(ids)](const Status& s, const audit::Checkpoint&) mutable {
     boost::asio::post(self->stream_.strand(),
                       [self, ids = std::move(ids), s] { self->AckCommitted(ids, s); });
@@ -338,10 +357,24 @@ void Session::FlushAcks() {
 }
 
 void Session::AckCommitted(const std::vector<int64_t>& ids, const Status& s) {
-  // On failure QueueChange gave the deliveries back to the mailbox: they
-  // will be sent again. Either way they are no longer in flight here.
+  // Either way they are no longer in flight here. On failure they go back
+  // to the mailbox (they are still pending in the store), now that they
+  // have left unacked_, and will be sent again: on this session, under a
+  // new attempt after a pause, or on the agency's next one.
+  std::vector<QueuedDelivery> back;
   for (int64_t id : ids) {
-    if (unacked_.erase(id) != 0) acking_--;
+    auto it = unacked_.find(id);
+    if (it == unacked_.end()) continue;
+    if (!s.ok()) back.push_back(std::move(it->second.d));
+    unacked_.erase(it);
+    acking_--;
+  }
+  if (!back.empty()) {
+    // Not at once: a recipient that acknowledges at once would otherwise
+    // be sent them again and again, each acknowledgement a failed commit,
+    // for as long as the store cannot be written.
+    held_until_ = net::Clock::now() + kHeldRetry;
+    broker_.mailboxes.Return(std::move(back));
   }
   if (s.ok()) {
     broker_.stats.deliveries_acked += ids.size();

@@ -58,7 +58,58 @@ std::vector<Target> ExpandRecipients(const policy::Policy& policy, const v1::Env
   return out;
 }
 
+// The digest a publish is known by (StoredMessage::publish_digest): of the
+// message as the client sent it, validated, before stamping.
+std::string PublishDigest(const std::string& unstamped) {
+  const crypto::Digest d = crypto::Sha256(unstamped);
+  return std::string(d.begin(), d.end());
+}
+
 }  // namespace
+
+bool Session::IsExpiredPublish(const v1::Publish& publish) {
+  if (!publish.message().envelope().has_expires_at()) return false;
+  const int64_t now_s =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  // A second's margin: validation, a moment later, must not find it expired
+  // when this did not.
+  return publish.message().envelope().expires_at().seconds() <= now_s + 1;
+}
+
+bool Session::AnswerExpiredRepeat(uint64_t rid, v1::Message* message, std::string_view wire) {
+  // Invalid only because it has expired since?
+  if (!message->envelope().has_expires_at()) return false;
+  proto::MessageLimits ml;
+  ml.max_recipients = broker_.config.limits.max_recipients;
+  if (!proto::ValidateForPublish(message, ml, std::chrono::system_clock::time_point::min(), wire).ok()) return false;
+  const v1::Envelope& env = message->envelope();
+  if (!env.sender().empty() && env.sender() != agency_) return false;
+  // Run waited for the applier before dispatching this frame (IsExpiredPublish).
+  if (!store_applied_.ok()) {
+    SendError(rid, v1::REASON_STORE_FAILURE,
+              "the broker cannot read its store to look for an earlier publish of this message, publish again later: " +
+                  store_applied_.message(),
+              false);
+    return true;
+  }
+  auto stored = broker_.store->FindMessage(agency_, env.message_id(), Store::Wait::kNo);
+  if (!stored.ok()) {
+    SendError(rid, v1::REASON_STORE_FAILURE, "the broker cannot read its store: " + stored.status().message(), false);
+    return true;
+  }
+  if (!stored->has_value() || (*stored)->publish_digest != PublishDigest(message->SerializeAsString())) return false;
+  // The broker has it: the repeat gets the original outcome, as a repeat
+  // before the expiry does.
+  broker_.stats.publishes++;
+  v1::Frame f;
+  v1::PublishAck* ack = f.mutable_publish_ack();
+  if (!ack->ParseFromString((*stored)->ack)) return false;
+  ack->set_duplicate(true);
+  ack->set_request_id(rid);
+  ToProto(broker_.store->latest(), ack->mutable_checkpoint());
+  Send(f);
+  return true;
+}
 
 void Session::HandlePublish(v1::Publish& publish) {
   const uint64_t rid = publish.request_id();
@@ -97,7 +148,7 @@ void Session::HandlePublish(v1::Publish& publish) {
   // The message's bytes as they arrived: its body is checked on them.
   const std::string_view wire = proto::PublishedMessage(stream_.last_frame());
   if (Status s = proto::ValidateForPublish(message, ml, std::chrono::system_clock::now(), wire); !s.ok()) {
-    SendError(rid, v1::REASON_INVALID_MESSAGE, s.message(), false);
+    if (!AnswerExpiredRepeat(rid, message, wire)) SendError(rid, v1::REASON_INVALID_MESSAGE, s.message(), false);
     return;
   }
   v1::Envelope* env = message->mutable_envelope();
@@ -119,11 +170,7 @@ void Session::HandlePublish(v1::Publish& publish) {
   }
   // Idempotency: the message as the client sent it, before stamping.
   const std::string unstamped = message->SerializeAsString();
-  std::string digest;
-  {
-    const crypto::Digest d = crypto::Sha256(unstamped);
-    digest.assign(d.begin(), d.end());
-  }
+  std::string digest = PublishDigest(unstamped);
   env->set_sender(agency_);
   *env->mutable_received_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
   // The stamped message as it is stored and delivered: only the envelope

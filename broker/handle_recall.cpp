@@ -2,7 +2,9 @@
 // (audited as recalled, reported to the sender if it asked for reports);
 // recipients who already acknowledged it get a recall notice (their daemon
 // moves it aside). Copies in flight at that moment are settled by their
-// session: acknowledged ones get a notice, returned ones are withdrawn.
+// session: acknowledged ones get a notice, returned ones are withdrawn. A
+// withdrawn copy that was sent before and never acknowledged gets a notice
+// too: its recipient may have stored it and lost the acknowledgement.
 // A second recall of the same message changes nothing and says so.
 #include <spdlog/spdlog.h>
 
@@ -132,6 +134,9 @@ void Session::HandleRecall(const v1::Recall& recall) {
     c.batch.records.push_back(std::move(r));
     c.Finish(d, DeliveryState::kRecalled, v1::OUTCOME_RECALLED, v1::REASON_RECALLED, reason, false);
     ack->add_withdrawn(d.recipient);
+    // Sent before and never acknowledged: the recipient may have it all
+    // the same (an agent stores before it acknowledges), so it is told.
+    if (AddRecallNoticeForUnacknowledged(c, d, *m, reason, identity_.cert_sha256)) ack->add_notified(d.recipient);
   }
   // Recalled before: its notices went out then (and copies in flight at
   // that moment were settled by their sessions). Otherwise those whose

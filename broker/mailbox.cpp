@@ -378,11 +378,27 @@ void QueueChange::AddRecallNotice(const std::shared_ptr<QueuedMessage>& m, const
   AddDelivery(m, recipient, DeliveryKind::kRecallNotice, n.SerializeAsString());
 }
 
+bool AddRecallNoticeForUnacknowledged(QueueChange& change, const QueuedDelivery& d, const QueuedMessage& m,
+                                      const std::string& reason, const std::string& recall_cert) {
+  if (d.kind != DeliveryKind::kMessage || d.attempts == 0) return false;
+  const size_t before = change.batch.new_deliveries.size();
+  change.AddRecallNotice(d.message, d.recipient, reason);
+  if (change.batch.new_deliveries.size() == before) return false;  // told already
+  audit::Record r = CopyRecord("recalled", m, d.recipient);
+  r.actor = m.sender;
+  r.cert_sha256 = recall_cert;
+  r.decision = "recall_notice";
+  r.detail = "sent " + std::to_string(d.attempts) + " time" + (d.attempts == 1 ? "" : "s") +
+             " and never acknowledged, so it may have it; a recall notice is queued: " + reason;
+  change.batch.records.push_back(std::move(r));
+  return true;
+}
+
 void QueueChange::Submit(std::function<void(const Status&, const audit::Checkpoint&)> then) {
   BrokerState& broker = broker_;
   broker_.store->Commit(std::move(batch), [&broker, added = std::move(added_), finished = std::move(finished_),
                                            notified = std::move(notified_), unmark = std::move(unmark_recall_),
-                                           then = std::move(then)](
+                                           give_back = give_back_on_failure_, then = std::move(then)](
                                               const Status& s, const audit::Checkpoint& cp, const BatchResult&) mutable {
     if (s.ok()) {
       if (!added.empty()) broker.mailboxes.Add(std::move(added));
@@ -394,7 +410,7 @@ void QueueChange::Submit(std::function<void(const Status&, const audit::Checkpoi
       }
       for (auto& [m, recipient] : notified) broker.mailboxes.UnmarkNotified(*m, recipient);
       if (unmark) broker.mailboxes.UnmarkRecalled(*unmark);
-      broker.mailboxes.Return(std::move(finished));
+      if (give_back) broker.mailboxes.Return(std::move(finished));
     }
     if (then) then(s, cp);
   });

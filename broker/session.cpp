@@ -178,7 +178,10 @@ asio::awaitable<void> Session::Run() {
 bool Session::NeedsAppliedStore(const v1::Frame& frame) {
   switch (frame.kind_case()) {
     case v1::Frame::kRecall: return true;
-    case v1::Frame::kPublish: return !frame.publish().message().envelope().forwarded_from().empty();
+    case v1::Frame::kPublish:
+      // A forward's original is looked up; so is an earlier publish of a
+      // message that has expired (a repeat of it gets the original outcome).
+      return !frame.publish().message().envelope().forwarded_from().empty() || IsExpiredPublish(frame.publish());
     default: return false;
   }
 }

@@ -219,6 +219,13 @@ class QueueChange {
   // back before the copies are given back (none is settled by it).
   void UnmarkRecallOnFailure(std::shared_ptr<QueuedMessage> m) { unmark_recall_ = std::move(m); }
 
+  // On failure, the copies this change finished are not given back to
+  // their queues by Submit: the caller does it, once it no longer holds
+  // them (a session's acknowledged deliveries stay in flight there until
+  // their commit's answer reaches its strand; in the queue meanwhile, they
+  // would be sent again under the ids it still holds).
+  void CallerGivesBackOnFailure() { give_back_on_failure_ = false; }
+
   // Commits; then (on the writer thread) updates Mailboxes and calls then.
   void Submit(std::function<void(const Status&, const audit::Checkpoint&)> then = nullptr);
 
@@ -228,6 +235,7 @@ class QueueChange {
   std::vector<QueuedDelivery> finished_;
   std::vector<std::pair<std::shared_ptr<QueuedMessage>, std::string>> notified_;
   std::shared_ptr<QueuedMessage> unmark_recall_;
+  bool give_back_on_failure_ = true;
 };
 
 // The routing metadata of the message forwarder received (or sent) as
@@ -244,6 +252,14 @@ audit::Record CopyRecord(std::string event, const QueuedMessage& m, const std::s
 void ExpireDue(BrokerState& broker, int64_t now_ms);
 // Adds the expiry of the copy d, taken from the queue, to change.
 void ExpireCopy(QueueChange& change, const QueuedDelivery& d);
+
+// For a copy d of m settled as recalled: if it was sent before (attempts
+// > 0) and never acknowledged, its recipient may have it (an agent stores
+// a message before it acknowledges it, and the connection can drop in
+// between), so a recall notice is queued for it, with the recall's record
+// (unless it was notified already). True when a notice was added.
+bool AddRecallNoticeForUnacknowledged(QueueChange& change, const QueuedDelivery& d, const QueuedMessage& m,
+                                      const std::string& reason, const std::string& recall_cert);
 
 // A report about one recipient's copy, serialized.
 std::string MakeReport(const QueuedMessage& m, const std::string& recipient, v1::Outcome outcome, v1::Reason reason,

@@ -84,10 +84,14 @@ class Session : public std::enable_shared_from_this<Session> {
   };
 
   boost::asio::awaitable<void> Run();
-  // Frames whose handler reads the database (a recall, a forward) wait for
-  // the store's applier first, here, without blocking the I/O thread; the
-  // status says whether it could write the database.
+  // Frames whose handler reads the database (a recall, a forward, a publish
+  // of an expired message) wait for the store's applier first, here,
+  // without blocking the I/O thread; the status says whether it could write
+  // the database.
   static bool NeedsAppliedStore(const v1::Frame& frame);
+  // The publish's message has expired (or does within a second): invalid,
+  // unless it repeats one the broker accepted (AnswerExpiredRepeat).
+  static bool IsExpiredPublish(const v1::Publish& publish);
   boost::asio::awaitable<Status> AwaitApplied();
   boost::asio::awaitable<void> Writer();
   boost::asio::awaitable<void> Watchdog();
@@ -103,6 +107,11 @@ class Session : public std::enable_shared_from_this<Session> {
   std::shared_ptr<Admission::AuditSlot> BeginAuditRequest(uint64_t rid);
   void HandleHello(const v1::Hello& hello);
   void HandlePublish(v1::Publish& publish);
+  // A publish that failed validation only because its message has expired
+  // since this agency published it: answered with the original PublishAck
+  // (duplicate), as a repeat before the expiry is (true). False when it is
+  // not such a repeat: then it is invalid.
+  bool AnswerExpiredRepeat(uint64_t rid, v1::Message* message, std::string_view wire);
   void HandleDeliveryAck(const v1::DeliveryAck& ack);
   void HandleRecall(const v1::Recall& recall);
   // Before a Recall waits for the store: marks the message recalled in
@@ -126,6 +135,9 @@ class Session : public std::enable_shared_from_this<Session> {
   };
   // Re-checks the policy and sends one delivery.
   Sent SendDelivery(QueuedDelivery d);
+  // Commits c, which settles d without sending it (kSettled); if that
+  // fails, d goes back to the queue and the pump pauses (held_until_).
+  void SubmitSettled(QueueChange& c, const QueuedDelivery& d);
   // Submits the DeliveryAcks gathered since the last call as one commit.
   // Run calls it before it handles any other frame (so that a later frame,
   // a forward of what was just acknowledged say, finds the ack committed),

@@ -10,6 +10,8 @@
 // scripts/crash-soak.sh run many trials.
 #include <catch2/catch.hpp>
 
+#include <google/protobuf/util/time_util.h>
+
 #include <sys/mount.h>
 
 #include <atomic>
@@ -24,6 +26,7 @@
 #include <thread>
 
 #include "common/uuid.h"
+#include "proto/frame_codec.h"
 #include "tests/integration/process_support.h"
 #include "tests/integration/test_support.h"
 
@@ -294,4 +297,198 @@ TEST_CASE("a recall that cannot be stored withdraws nothing", "[process][diskful
   REQUIRE(again.status.ok());
   CHECK(again.withdrawn.empty());
   for (auto& r : receivers) CHECK(WaitFor([&] { return r->Recalls().size() == 1; }));
+}
+
+// Acknowledgements the store cannot record (the disk is full) leave their
+// deliveries in flight on the session until their commit's answer reaches
+// it; meanwhile the deliveries are back in the queue. Before, the session's
+// pump took them from there at once and sent them again under the ids it
+// still held as acknowledged: the new attempts were not tracked, so the
+// recipient's acknowledgements of them were refused (unknown_delivery) and
+// the copies stayed unsettled until a restart, their senders never told.
+TEST_CASE("deliveries whose acknowledgement cannot be stored are sent again and settled once space returns",
+          "[process][diskfull][reports]") {
+  TempDir dir;
+  const auto disk = MountSmallDisk(dir, "64m");  // room for the database to catch up afterwards
+  if (!disk) return;
+  const std::string& data = disk->path;
+  auto broker = std::make_unique<BrokerProcess>(dir);
+  Receiver police_inbox(broker->port(), "police");
+  auto options = Options(broker->port(), "police");
+  options.want_reports = true;
+  auto police = client::Client::Connect(options);
+  REQUIRE(police.ok());
+  constexpr int kMessages = 50;
+  std::set<std::string> ids;
+  for (int i = 0; i < kMessages; ++i) {
+    auto r = (*police)->Publish(IncidentReport({"school"}));
+    REQUIRE(r.AllAccepted());
+    ids.insert(r.message_id);
+  }
+  RawClient school;
+  REQUIRE(ConnectReceiving(school, broker->port(), "school", kMessages));
+  std::vector<v1::Deliver> first;
+  for (int i = 0; i < kMessages; ++i) {
+    auto d = ReadDeliver(school);
+    REQUIRE(d);
+    CHECK(d->attempt() == 1);
+    first.push_back(*d);
+  }
+  FillDisk(data);
+  REQUIRE(PublishUntilRefused(**police, 20000));
+  REQUIRE(PublishUntilRefused(**police, 1));
+  // All fifty acknowledgements at once: one commit, too large for what is left.
+  std::string acks;
+  for (const auto& d : first) {
+    v1::Frame a;
+    a.mutable_delivery_ack()->set_delivery_id(d.delivery_id());
+    a.mutable_delivery_ack()->set_attempt(d.attempt());
+    acks += proto::EncodeFrame(a).value();
+  }
+  REQUIRE(school.SendBytes(acks));
+  // Not recorded: each is delivered again.
+  std::vector<v1::Deliver> again;
+  for (int i = 0; i < kMessages; ++i) {
+    auto d = ReadDeliver(school, std::chrono::seconds(10));
+    INFO(broker->process().err());
+    REQUIRE(d);
+    CHECK(d->attempt() == 2);
+    again.push_back(*d);
+  }
+  CHECK(broker->process().err().find("could not be recorded; they will be delivered again") != std::string::npos);
+  // Space returns: the new attempts are acknowledged, each accepted.
+  REQUIRE(std::remove((data + "/filler").c_str()) == 0);
+  for (const auto& d : again) REQUIRE(SendAck(school, d));
+  v1::Frame ping;
+  ping.mutable_ping()->set_nonce(7);
+  REQUIRE(school.SendFrame(ping));
+  std::vector<std::string> errors;
+  for (;;) {
+    auto f = school.ReadFrame(std::chrono::seconds(10));
+    REQUIRE(f);
+    if (f->has_pong() && f->pong().nonce() == 7) break;
+    if (f->has_error()) errors.push_back(f->error().message());
+    CHECK_FALSE(f->has_deliver());
+  }
+  CHECK(errors.empty());
+  // Each copy is recorded delivered once, and its sender told once.
+  REQUIRE(WaitFor([&] { return police_inbox.Reports().size() >= static_cast<size_t>(kMessages); },
+                  std::chrono::seconds(30)));
+  std::map<std::string, int> reported;
+  for (const auto& rep : police_inbox.Reports()) {
+    CHECK(rep.outcome == "delivered");
+    reported[rep.message_id]++;
+  }
+  CHECK(reported.size() == ids.size());
+  for (const auto& [id, n] : reported) {
+    CHECK(ids.count(id) == 1);
+    CHECK(n == 1);
+  }
+  const std::string db = data + "/liaison.db";
+  CHECK(WaitFor([&] { return QueryInt(db, "SELECT COUNT(*) FROM audit_log WHERE event = 'delivered' AND recipient = 'school'") == kMessages; },
+                std::chrono::seconds(30)));
+}
+
+namespace {
+
+size_t Occurrences(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++n;
+  return n;
+}
+
+}  // namespace
+
+// A copy settled just before it would be sent (expired here; recalled or
+// refused at delivery alike) whose commit fails goes back to the queue.
+// Before, the receiving session's pump took it again at once, and again
+// after each failed commit: the broker committed, failed and logged
+// without pause for as long as the disk stayed full.
+TEST_CASE("a copy that expires while the disk is full is settled once space returns without a busy loop",
+          "[process][diskfull][expiry]") {
+  TempDir dir;
+  const auto disk = MountSmallDisk(dir, "64m");
+  if (!disk) return;
+  const std::string& data = disk->path;
+  auto broker = std::make_unique<BrokerProcess>(dir);
+  Receiver police_inbox(broker->port(), "police");
+  auto police = Connect(broker->port(), "police");
+  v1::Message m = IncidentReport({"school"});
+  const int64_t expires_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count() +
+      2000;
+  *m.mutable_envelope()->mutable_expires_at() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(expires_ms);
+  REQUIRE(police->Publish(m).AllAccepted());
+  FillDisk(data);
+  REQUIRE(PublishUntilRefused(*police, 20000));
+  REQUIRE(PublishUntilRefused(*police, 1));
+  REQUIRE(WaitFor([&] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+               .count() > expires_ms;
+  }));
+  // school comes for it: its copy is expired just before sending, and that
+  // cannot be stored.
+  RawClient school;
+  REQUIRE(ConnectReceiving(school, broker->port(), "school", 4));
+  std::vector<v1::Deliver> got;
+  REQUIRE(PingPong(school, 1, &got));
+  const std::string failed = "failed, nothing of it is kept";
+  const size_t before = Occurrences(broker->process().err(), failed);
+  // A measurement over a fixed time, not a wait for something to happen.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const size_t during = Occurrences(broker->process().err(), failed) - before;
+  INFO(during << " failed commits in 2 s");
+  CHECK(during <= 20);
+  REQUIRE(PingPong(school, 2, &got));
+  // Space returns: it expires (audited, the sender told), never sent.
+  REQUIRE(std::remove((data + "/filler").c_str()) == 0);
+  REQUIRE(WaitFor([&] { return !police_inbox.Reports().empty(); }, std::chrono::seconds(15)));
+  CHECK(police_inbox.Reports().at(0).outcome == "expired");
+  CHECK(police_inbox.Reports().size() == 1);
+  REQUIRE(PingPong(school, 3, &got));
+  CHECK(got.empty());
+}
+
+// The acknowledgement of a copy cannot be stored (the disk is full), so the
+// copy is sent again; a recipient acknowledges at once, as the agent does.
+// Before, the copy went out again at once each time: failed commits and
+// deliveries as fast as the round trip allowed, for as long as the disk
+// stayed full.
+TEST_CASE("a recipient that acknowledges while the disk is full is not sent its copy again without a pause",
+          "[process][diskfull][reports]") {
+  TempDir dir;
+  const auto disk = MountSmallDisk(dir, "64m");
+  if (!disk) return;
+  const std::string& data = disk->path;
+  auto broker = std::make_unique<BrokerProcess>(dir);
+  Receiver police_inbox(broker->port(), "police");
+  auto options = Options(broker->port(), "police");
+  options.want_reports = true;
+  auto police = client::Client::Connect(options);
+  REQUIRE(police.ok());
+  v1::Message m = IncidentReport({"school"});
+  REQUIRE((*police)->Publish(m).AllAccepted());
+  FillDisk(data);
+  REQUIRE(PublishUntilRefused(**police, 20000));
+  REQUIRE(PublishUntilRefused(**police, 1));
+  Receiver school(broker->port(), "school");  // acknowledges each delivery at once
+  REQUIRE(school.WaitCount(2));               // the first acknowledgement failed
+  const std::string failed = "failed, nothing of it is kept";
+  const size_t before = Occurrences(broker->process().err(), failed);
+  const size_t got_before = school.count();
+  // A measurement over a fixed time, not a wait for something to happen.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const size_t during = Occurrences(broker->process().err(), failed) - before;
+  const size_t sent = school.count() - got_before;
+  INFO(during << " failed commits and " << sent << " deliveries in 2 s");
+  CHECK(during <= 20);
+  CHECK(sent <= 10);
+  // Space returns: the next attempt's acknowledgement is stored, and the
+  // sender is told once.
+  REQUIRE(std::remove((data + "/filler").c_str()) == 0);
+  REQUIRE(WaitFor([&] { return !police_inbox.Reports().empty(); }, std::chrono::seconds(15)));
+  CHECK(police_inbox.Reports().size() == 1);
+  CHECK(police_inbox.Reports().at(0).outcome == "delivered");
 }

@@ -229,6 +229,78 @@ TEST_CASE("a copy acknowledged after its recall gets a notice with the sender's 
   CHECK(Has(rows, "recalled:recall_notice:school:police"));
 }
 
+// A copy sent but never acknowledged may be with its recipient all the same:
+// the agent stores a message before it acknowledges it, and the connection
+// can drop in between. Before, such a copy recalled was only withdrawn
+// ("never delivered"), and the recipient, holding the message, never got a
+// recall notice.
+TEST_CASE("a recalled copy that was sent but not acknowledged is withdrawn and its recipient still gets a notice",
+          "[queue][recall]") {
+  TestBroker broker;
+  Receiver police_inbox(broker.port(), "police");
+  auto police = client::Client::Connect(Reporting(broker.port(), "police"));
+  REQUIRE(police.ok());
+  const size_t sessions = broker.server().counters().sessions;
+  // Recalled once the copy is back in the queue (its session ended without
+  // an acknowledgement): withdrawn there.
+  v1::Message waiting = IncidentReport({"school"});
+  const std::string waiting_id = waiting.envelope().message_id();
+  REQUIRE((*police)->Publish(waiting).AllAccepted());
+  {
+    RawClient school;
+    REQUIRE(ConnectReceiving(school, broker.port(), "school", 4));
+    auto d = ReadDeliver(school);
+    REQUIRE(d);
+    REQUIRE(d->message().envelope().message_id() == waiting_id);
+    school.Close();
+  }
+  REQUIRE(WaitFor([&] { return broker.server().counters().sessions == sessions; }));
+  auto r = (*police)->Recall(waiting_id, "sent to the wrong agency");
+  REQUIRE(r.status.ok());
+  CHECK(r.withdrawn == std::vector<std::string>{"school"});
+  CHECK(r.notified == std::vector<std::string>{"school"});
+  // Recalled while in flight; the session then ends without an
+  // acknowledgement, and the copy is settled at its next send.
+  v1::Message in_flight = IncidentReport({"school"});
+  const std::string in_flight_id = in_flight.envelope().message_id();
+  REQUIRE((*police)->Publish(in_flight).AllAccepted());
+  {
+    RawClient school;
+    REQUIRE(ConnectReceiving(school, broker.port(), "school", 4));
+    auto d = ReadDeliver(school);
+    if (d && d->has_recall()) d = ReadDeliver(school);  // the first message's notice, left unacknowledged
+    REQUIRE(d);
+    REQUIRE(d->message().envelope().message_id() == in_flight_id);
+    auto again = (*police)->Recall(in_flight_id, "also the wrong agency");
+    REQUIRE(again.status.ok());
+    CHECK(again.withdrawn.empty());
+    CHECK(again.notified.empty());
+    school.Close();
+  }
+  REQUIRE(WaitFor([&] { return broker.server().counters().sessions == sessions; }));
+  // school, back, gets neither message again, and a notice for each.
+  Receiver school(broker.port(), "school");
+  REQUIRE(WaitFor([&] { return school.Recalls().size() == 2; }));
+  std::map<std::string, std::string> reasons;
+  for (const auto& n : school.Recalls()) reasons[n.message_id] = n.reason;
+  CHECK(reasons == std::map<std::string, std::string>{{waiting_id, "sent to the wrong agency"},
+                                                      {in_flight_id, "also the wrong agency"}});
+  REQUIRE(WaitFor([&] { return police_inbox.Reports().size() == 2; }));
+  for (const auto& rep : police_inbox.Reports()) CHECK(rep.outcome == "recalled");
+  CHECK(school.count() == 0);
+  for (const auto& id : {waiting_id, in_flight_id}) {
+    INFO(id);
+    std::vector<std::string> events;
+    REQUIRE(WaitFor([&] {
+      events = AuditEvents(broker, id);
+      return Has(events, "recall_notice_delivered:delivered:school");
+    }));
+    CHECK(std::count(events.begin(), events.end(), "recalled:recalled:school") == 1);
+    CHECK(std::count(events.begin(), events.end(), "recalled:recall_notice:school") == 1);
+    CHECK_FALSE(Has(events, "delivered:delivered:school"));
+  }
+}
+
 TEST_CASE("a recall that meets the acknowledgement of the copy it concerns still reaches the recipient",
           "[queue][recall]") {
   // The sender recalls each message just as the recipient acknowledges it:
@@ -353,6 +425,68 @@ TEST_CASE("a copy given back after its message expired is not sent again", "[que
   REQUIRE(WaitFor([&] { return !police_inbox.Reports().empty(); }));
   CHECK(police_inbox.Reports().at(0).outcome == "expired");
   CHECK(Has(AuditEvents(broker, m.envelope().message_id()), "expired:expired:school"));
+}
+
+// The agent sends again, under the same id, what the broker accepted but
+// whose PublishAck it never saw (a crash, a lost connection); by then the
+// message may have expired. Before, such a repeat was refused as
+// invalid_message ("expiresAt is in the past"), and the agent filed as
+// failed a message that had been queued, and perhaps delivered.
+TEST_CASE("a repeat of an accepted message after its expiry gets the original outcome", "[queue][expiry]") {
+  TestBroker broker;
+  auto police_inbox = std::make_unique<Receiver>(broker.port(), "police");
+  auto police = Connect(broker.port(), "police");
+  v1::Message m = IncidentReport({"school", "nobody"});  // school is offline; nobody is refused
+  const int64_t expires_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count() +
+      1500;
+  *m.mutable_envelope()->mutable_expires_at() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(expires_ms);
+  const auto first = police->Publish(m);
+  REQUIRE(first.status.ok());
+  REQUIRE(first.outcomes.size() == 2);
+  CHECK(first.outcomes.at(0).outcome == "queued");
+  CHECK(first.outcomes.at(1).outcome == "refused");
+  // It expires (school's copy with it, and the body is deleted).
+  REQUIRE(WaitFor([&] { return !police_inbox->Reports().empty(); }));
+  CHECK(police_inbox->Reports().at(0).outcome == "expired");
+  auto same_as_first = [&](const client::PublishResult& r) {
+    INFO(r.status.message());
+    REQUIRE(r.status.ok());
+    CHECK(r.duplicate);
+    CHECK(r.message_id == first.message_id);
+    REQUIRE(r.outcomes.size() == first.outcomes.size());
+    for (size_t i = 0; i < first.outcomes.size(); ++i) {
+      CHECK(r.outcomes[i].recipient == first.outcomes[i].recipient);
+      CHECK(r.outcomes[i].outcome == first.outcomes[i].outcome);
+      CHECK(r.outcomes[i].reason == first.outcomes[i].reason);
+    }
+    CHECK(r.checkpoint.tree_size > 0);
+  };
+  same_as_first(police->Publish(m));
+  // Other content under the same id, or an expired message never published,
+  // is still refused.
+  v1::Message other = m;
+  other.mutable_incident_report()->set_description("something else entirely");
+  CHECK_FALSE(police->Publish(other).status.ok());
+  v1::Message fresh = m;
+  fresh.mutable_envelope()->set_message_id(NewUuid());
+  const auto never = police->Publish(fresh);
+  CHECK(never.error_code == "invalid_message");
+  // Another agency's message under this id is not police's to repeat.
+  auto social = Connect(broker.port(), "social");
+  CHECK(social->Publish(m).error_code == "invalid_message");
+  // After a restart as before.
+  police.reset();
+  social.reset();
+  police_inbox.reset();
+  broker.Restart();
+  police = Connect(broker.port(), "police");
+  same_as_first(police->Publish(m));
+  // Nothing was queued again.
+  const auto events = AuditEvents(broker, m.envelope().message_id());
+  CHECK(Has(events, "expired:expired:school"));
+  CHECK(std::count(events.begin(), events.end(), "queued:permit:school") == 1);
 }
 
 TEST_CASE("a sender that asks for reports learns of every delivery", "[queue][reports]") {
