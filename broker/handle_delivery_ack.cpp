@@ -103,18 +103,16 @@ std::optional<policy::OriginalMessage> LookupOriginal(const Store& store, const 
   return o;
 }
 
+void Session::HoldAndGiveBack(std::vector<QueuedDelivery> back) {
+  held_until_ = net::Clock::now() + kHeldRetry;
+  broker_.mailboxes.Return(std::move(back));
+}
+
 void Session::SubmitSettled(QueueChange& c, const QueuedDelivery& d) {
-  // If the commit fails the copy is still pending in the store, so it goes
-  // back to the queue, but only after a pause: taken again at once, it would
-  // fail again at once, for as long as the store cannot be written (a full
-  // disk), with a commit and an error line each time.
   c.CallerGivesBackOnFailure();
   c.Submit([self = shared_from_this(), d](const Status& s, const audit::Checkpoint&) {
     if (s.ok()) return;
-    boost::asio::post(self->stream_.strand(), [self, d] {
-      self->held_until_ = net::Clock::now() + kHeldRetry;
-      self->broker_.mailboxes.Return({d});
-    });
+    boost::asio::post(self->stream_.strand(), [self, d] { self->HoldAndGiveBack({d}); });
   });
 }
 
@@ -135,7 +133,7 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
       r.detail = "withdrawn before delivery: " + recalled->reason;
       c.batch.records.push_back(std::move(r));
       c.Finish(d, DeliveryState::kRecalled, v1::OUTCOME_RECALLED, v1::REASON_RECALLED, recalled->reason, false);
-      AddRecallNoticeForUnacknowledged(c, d, m, recalled->reason, recalled->cert_sha256);
+      AddRecallNoticeForUnacknowledged(c, d, recalled->reason, recalled->cert_sha256);
       SubmitSettled(c, d);
       return Sent::kSettled;
     }
@@ -307,16 +305,7 @@ void Session::HandleDeliveryAck(const v1::DeliveryAck& ack) {
     // with the sender's reason, and the recall's record for this recipient
     // is written, as it is for one that had it before the recall.
     if (recalled) {
-      const size_t before = c.batch.new_deliveries.size();
-      c.AddRecallNotice(d.message, agency_, recalled->reason);
-      if (c.batch.new_deliveries.size() != before) {
-        audit::Record n = CopyRecord("recalled", *d.message, agency_);
-        n.actor = d.message->sender;
-        n.cert_sha256 = recalled->cert_sha256;
-        n.decision = "recall_notice";
-        n.detail = "acknowledged after the recall; a recall notice is queued: " + recalled->reason;
-        c.batch.records.push_back(std::move(n));
-      }
+      c.NotifyRecall(d.message, agency_, recalled->reason, recalled->cert_sha256, "acknowledged after the recall");
     }
   } else {
     if (d.kind == DeliveryKind::kRecallNotice) {
@@ -369,13 +358,9 @@ void Session::AckCommitted(const std::vector<int64_t>& ids, const Status& s) {
     unacked_.erase(it);
     acking_--;
   }
-  if (!back.empty()) {
-    // Not at once: a recipient that acknowledges at once would otherwise
-    // be sent them again and again, each acknowledgement a failed commit,
-    // for as long as the store cannot be written.
-    held_until_ = net::Clock::now() + kHeldRetry;
-    broker_.mailboxes.Return(std::move(back));
-  }
+  // After a pause: a recipient that acknowledges at once would otherwise
+  // be sent them again and again, each acknowledgement a failed commit.
+  if (!back.empty()) HoldAndGiveBack(std::move(back));
   if (s.ok()) {
     broker_.stats.deliveries_acked += ids.size();
   } else {

@@ -136,7 +136,7 @@ void Session::HandleRecall(const v1::Recall& recall) {
     ack->add_withdrawn(d.recipient);
     // Sent before and never acknowledged: the recipient may have it all
     // the same (an agent stores before it acknowledges), so it is told.
-    if (AddRecallNoticeForUnacknowledged(c, d, *m, reason, identity_.cert_sha256)) ack->add_notified(d.recipient);
+    if (AddRecallNoticeForUnacknowledged(c, d, reason, identity_.cert_sha256)) ack->add_notified(d.recipient);
   }
   // Recalled before: its notices went out then (and copies in flight at
   // that moment were settled by their sessions). Otherwise those whose
@@ -152,16 +152,9 @@ void Session::HandleRecall(const v1::Recall& recall) {
     }
   }
   for (const auto& recipient : *delivered) {
-    const size_t before = c.batch.new_deliveries.size();
-    c.AddRecallNotice(m, recipient, reason);
-    if (c.batch.new_deliveries.size() == before) continue;  // told already
-    audit::Record r = CopyRecord("recalled", *m, recipient);
-    r.actor = agency_;
-    r.cert_sha256 = identity_.cert_sha256;
-    r.decision = "recall_notice";
-    r.detail = "already delivered; a recall notice is queued: " + reason;
-    c.batch.records.push_back(std::move(r));
-    ack->add_notified(recipient);
+    if (c.NotifyRecall(m, recipient, reason, identity_.cert_sha256, "already delivered")) {
+      ack->add_notified(recipient);
+    }
   }
   if (!already) c.batch.recalled_row = m->row;
   spdlog::info("{}: recalled {}: {} copies withdrawn, {} recipients notified{}", tag_,

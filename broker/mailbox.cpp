@@ -366,9 +366,9 @@ void QueueChange::AddDelivery(const std::shared_ptr<QueuedMessage>& m, const std
   added_.push_back(std::move(q));
 }
 
-void QueueChange::AddRecallNotice(const std::shared_ptr<QueuedMessage>& m, const std::string& recipient,
-                                  const std::string& reason) {
-  if (!broker_.mailboxes.MarkNotified(*m, recipient)) return;
+bool QueueChange::NotifyRecall(const std::shared_ptr<QueuedMessage>& m, const std::string& recipient,
+                               const std::string& reason, const std::string& recall_cert, const std::string& why) {
+  if (!broker_.mailboxes.MarkNotified(*m, recipient)) return false;  // told already
   notified_.emplace_back(m, recipient);
   v1::RecallNotice n;
   n.set_message_id(m->message_id);
@@ -376,22 +376,21 @@ void QueueChange::AddRecallNotice(const std::shared_ptr<QueuedMessage>& m, const
   n.set_reason(reason);
   *n.mutable_recalled_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
   AddDelivery(m, recipient, DeliveryKind::kRecallNotice, n.SerializeAsString());
-}
-
-bool AddRecallNoticeForUnacknowledged(QueueChange& change, const QueuedDelivery& d, const QueuedMessage& m,
-                                      const std::string& reason, const std::string& recall_cert) {
-  if (d.kind != DeliveryKind::kMessage || d.attempts == 0) return false;
-  const size_t before = change.batch.new_deliveries.size();
-  change.AddRecallNotice(d.message, d.recipient, reason);
-  if (change.batch.new_deliveries.size() == before) return false;  // told already
-  audit::Record r = CopyRecord("recalled", m, d.recipient);
-  r.actor = m.sender;
+  audit::Record r = CopyRecord("recalled", *m, recipient);
+  r.actor = m->sender;
   r.cert_sha256 = recall_cert;
   r.decision = "recall_notice";
-  r.detail = "sent " + std::to_string(d.attempts) + " time" + (d.attempts == 1 ? "" : "s") +
-             " and never acknowledged, so it may have it; a recall notice is queued: " + reason;
-  change.batch.records.push_back(std::move(r));
+  r.detail = why + "; a recall notice is queued: " + reason;
+  batch.records.push_back(std::move(r));
   return true;
+}
+
+bool AddRecallNoticeForUnacknowledged(QueueChange& change, const QueuedDelivery& d, const std::string& reason,
+                                      const std::string& recall_cert) {
+  if (d.kind != DeliveryKind::kMessage || d.attempts == 0) return false;
+  return change.NotifyRecall(d.message, d.recipient, reason, recall_cert,
+                             "sent " + std::to_string(d.attempts) + " time" + (d.attempts == 1 ? "" : "s") +
+                                 " and never acknowledged, so it may have it");
 }
 
 void QueueChange::Submit(std::function<void(const Status&, const audit::Checkpoint&)> then) {

@@ -211,9 +211,12 @@ class QueueChange {
   // Queues a new delivery for recipient (a notice or a report) about m.
   void AddDelivery(const std::shared_ptr<QueuedMessage>& m, const std::string& recipient, DeliveryKind kind,
                    std::string payload);
-  // A recall notice for recipient, unless one was already issued.
-  void AddRecallNotice(const std::shared_ptr<QueuedMessage>& m, const std::string& recipient,
-                       const std::string& reason);
+  // A recall notice for recipient, unless one was already issued, with
+  // the recall's record ("<why>; a recall notice is queued: <reason>"; the
+  // recall made by m's sender with the certificate recall_cert). True when
+  // a notice was added.
+  bool NotifyRecall(const std::shared_ptr<QueuedMessage>& m, const std::string& recipient, const std::string& reason,
+                    const std::string& recall_cert, const std::string& why);
 
   // A recall that newly marked m: if the commit fails, the mark is taken
   // back before the copies are given back (none is settled by it).
@@ -253,13 +256,13 @@ void ExpireDue(BrokerState& broker, int64_t now_ms);
 // Adds the expiry of the copy d, taken from the queue, to change.
 void ExpireCopy(QueueChange& change, const QueuedDelivery& d);
 
-// For a copy d of m settled as recalled: if it was sent before (attempts
-// > 0) and never acknowledged, its recipient may have it (an agent stores
-// a message before it acknowledges it, and the connection can drop in
-// between), so a recall notice is queued for it, with the recall's record
-// (unless it was notified already). True when a notice was added.
-bool AddRecallNoticeForUnacknowledged(QueueChange& change, const QueuedDelivery& d, const QueuedMessage& m,
-                                      const std::string& reason, const std::string& recall_cert);
+// For a copy d settled as recalled: if it was sent before (attempts > 0)
+// and never acknowledged, its recipient may have it (an agent stores a
+// message before it acknowledges it, and the connection can drop in
+// between), so it is notified (QueueChange::NotifyRecall). True when a
+// notice was added.
+bool AddRecallNoticeForUnacknowledged(QueueChange& change, const QueuedDelivery& d, const std::string& reason,
+                                      const std::string& recall_cert);
 
 // A report about one recipient's copy, serialized.
 std::string MakeReport(const QueuedMessage& m, const std::string& recipient, v1::Outcome outcome, v1::Reason reason,

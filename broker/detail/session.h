@@ -136,8 +136,13 @@ class Session : public std::enable_shared_from_this<Session> {
   // Re-checks the policy and sends one delivery.
   Sent SendDelivery(QueuedDelivery d);
   // Commits c, which settles d without sending it (kSettled); if that
-  // fails, d goes back to the queue and the pump pauses (held_until_).
+  // fails, d goes back to the queue and the pump pauses (HoldAndGiveBack).
   void SubmitSettled(QueueChange& c, const QueuedDelivery& d);
+  // Deliveries whose commit failed go back to the queue (they are still
+  // pending in the store) and this session's pump pauses for kHeldRetry:
+  // taken again at once, they would fail again at once, for as long as the
+  // store cannot be written (a full disk), each a commit and an error line.
+  void HoldAndGiveBack(std::vector<QueuedDelivery> back);
   // Submits the DeliveryAcks gathered since the last call as one commit.
   // Run calls it before it handles any other frame (so that a later frame,
   // a forward of what was just acknowledged say, finds the ack committed),

@@ -279,9 +279,7 @@ TEST_CASE("agent outbox: a message the broker cannot store is sent again until i
   BrokerProcess broker(broker_dir);
   {
     auto filler = Connect(broker.port(), "health");
-    FillDisk(disk->path);
-    REQUIRE(PublishUntilRefused(*filler, 20000));
-    REQUIRE(PublishUntilRefused(*filler, 1));
+    REQUIRE(FillStoreDisk(disk->path, *filler));
   }
   TempDir dir;
   AgentDirs police(dir.path(), "police");

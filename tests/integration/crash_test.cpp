@@ -10,7 +10,6 @@
 // scripts/crash-soak.sh run many trials.
 #include <catch2/catch.hpp>
 
-#include <google/protobuf/util/time_util.h>
 
 #include <sys/mount.h>
 
@@ -265,13 +264,9 @@ TEST_CASE("a recall that cannot be stored withdraws nothing", "[process][diskful
   auto published = police->Publish(target);
   REQUIRE(published.AllAccepted());
   const std::string id = published.message_id;
-  FillDisk(data);
-  // Use up what the commit log holds ahead: large publishes, then small
-  // ones, until one is refused. A recall of five copies with a 1,000-byte
-  // reason (five records that hold it) does not fit where the smallest did
-  // not.
-  REQUIRE(PublishUntilRefused(*police, 20000, "school"));
-  REQUIRE(PublishUntilRefused(*police, 1, "school"));
+  // A recall of five copies with a 1,000-byte reason (five records that
+  // hold it) does not fit where the smallest publish did not.
+  REQUIRE(FillStoreDisk(data, *police, "school"));
   const std::string reason(1000, 'r');
   auto recall = police->Recall(id, reason);
   INFO(recall.status.message());
@@ -334,9 +329,7 @@ TEST_CASE("deliveries whose acknowledgement cannot be stored are sent again and 
     CHECK(d->attempt() == 1);
     first.push_back(*d);
   }
-  FillDisk(data);
-  REQUIRE(PublishUntilRefused(**police, 20000));
-  REQUIRE(PublishUntilRefused(**police, 1));
+  REQUIRE(FillStoreDisk(data, **police));
   // All fifty acknowledgements at once: one commit, too large for what is left.
   std::string acks;
   for (const auto& d : first) {
@@ -391,7 +384,10 @@ TEST_CASE("deliveries whose acknowledgement cannot be stored are sent again and 
 
 namespace {
 
-size_t Occurrences(const std::string& text, const std::string& what) {
+// The commits the broker has logged as failed so far.
+size_t FailedCommits(BrokerProcess& broker) {
+  const std::string text = broker.process().err();
+  const std::string what = "failed, nothing of it is kept";
   size_t n = 0;
   for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++n;
   return n;
@@ -414,31 +410,20 @@ TEST_CASE("a copy that expires while the disk is full is settled once space retu
   Receiver police_inbox(broker->port(), "police");
   auto police = Connect(broker->port(), "police");
   v1::Message m = IncidentReport({"school"});
-  const int64_t expires_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count() +
-      2000;
-  *m.mutable_envelope()->mutable_expires_at() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(expires_ms);
+  const int64_t expires_ms = ExpireIn(&m, 2000);
   REQUIRE(police->Publish(m).AllAccepted());
-  FillDisk(data);
-  REQUIRE(PublishUntilRefused(*police, 20000));
-  REQUIRE(PublishUntilRefused(*police, 1));
-  REQUIRE(WaitFor([&] {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-               .count() > expires_ms;
-  }));
+  REQUIRE(FillStoreDisk(data, *police));
+  REQUIRE(WaitFor([&] { return WallMs() > expires_ms; }));
   // school comes for it: its copy is expired just before sending, and that
   // cannot be stored.
   RawClient school;
   REQUIRE(ConnectReceiving(school, broker->port(), "school", 4));
   std::vector<v1::Deliver> got;
   REQUIRE(PingPong(school, 1, &got));
-  const std::string failed = "failed, nothing of it is kept";
-  const size_t before = Occurrences(broker->process().err(), failed);
+  const size_t before = FailedCommits(*broker);
   // A measurement over a fixed time, not a wait for something to happen.
   std::this_thread::sleep_for(std::chrono::seconds(2));
-  const size_t during = Occurrences(broker->process().err(), failed) - before;
+  const size_t during = FailedCommits(*broker) - before;
   INFO(during << " failed commits in 2 s");
   CHECK(during <= 20);
   REQUIRE(PingPong(school, 2, &got));
@@ -470,17 +455,14 @@ TEST_CASE("a recipient that acknowledges while the disk is full is not sent its 
   REQUIRE(police.ok());
   v1::Message m = IncidentReport({"school"});
   REQUIRE((*police)->Publish(m).AllAccepted());
-  FillDisk(data);
-  REQUIRE(PublishUntilRefused(**police, 20000));
-  REQUIRE(PublishUntilRefused(**police, 1));
+  REQUIRE(FillStoreDisk(data, **police));
   Receiver school(broker->port(), "school");  // acknowledges each delivery at once
   REQUIRE(school.WaitCount(2));               // the first acknowledgement failed
-  const std::string failed = "failed, nothing of it is kept";
-  const size_t before = Occurrences(broker->process().err(), failed);
+  const size_t before = FailedCommits(*broker);
   const size_t got_before = school.count();
   // A measurement over a fixed time, not a wait for something to happen.
   std::this_thread::sleep_for(std::chrono::seconds(2));
-  const size_t during = Occurrences(broker->process().err(), failed) - before;
+  const size_t during = FailedCommits(*broker) - before;
   const size_t sent = school.count() - got_before;
   INFO(during << " failed commits and " << sent << " deliveries in 2 s");
   CHECK(during <= 20);

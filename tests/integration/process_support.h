@@ -198,4 +198,12 @@ inline bool PublishUntilRefused(client::Client& c, size_t description, const std
   return false;
 }
 
+// Fills the disk under the broker's data directory dir, then publishes
+// through c until the space the commit log holds ahead is used up too
+// (true): from then on the store cannot write.
+inline bool FillStoreDisk(const std::string& dir, client::Client& c, const std::string& recipient = "a01") {
+  FillDisk(dir);
+  return PublishUntilRefused(c, 20000, recipient) && PublishUntilRefused(c, 1, recipient);
+}
+
 }  // namespace liaison::test

@@ -3,7 +3,6 @@
 // expiry and delivery reports, through a real broker.
 #include <catch2/catch.hpp>
 
-#include <google/protobuf/util/time_util.h>
 #include <sqlite3.h>
 
 #include <atomic>
@@ -378,10 +377,7 @@ TEST_CASE("a message that expires before its recipient connects is not delivered
   Receiver police_inbox(broker.port(), "police");
   auto police = Connect(broker.port(), "police");  // no reports asked: expiry is reported anyway
   v1::Message m = IncidentReport({"school"});
-  *m.mutable_envelope()->mutable_expires_at() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count() +
-      1500);
+  ExpireIn(&m, 1500);
   REQUIRE(police->Publish(m).AllAccepted());
   REQUIRE(WaitFor([&] { return !police_inbox.Reports().empty(); }, std::chrono::seconds(10)));
   const auto report = police_inbox.Reports().at(0);
@@ -399,18 +395,13 @@ TEST_CASE("a copy given back after its message expired is not sent again", "[que
   Receiver police_inbox(broker.port(), "police");
   auto police = Connect(broker.port(), "police");
   v1::Message m = IncidentReport({"school"});
-  const int64_t expires_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count() +
-      1000;
-  *m.mutable_envelope()->mutable_expires_at() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(expires_ms);
+  const int64_t expires_ms = ExpireIn(&m, 1000);
   REQUIRE(police->Publish(m).AllAccepted());
   // school has it in flight, unacknowledged, while it expires.
   RawClient first;
   REQUIRE(ConnectReceiving(first, broker.port(), "school", 4));
   REQUIRE(ReadDeliver(first));
-  while (std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-             .count() <= expires_ms) {
+  while (WallMs() <= expires_ms) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   // A new session takes over: the copy comes back to the queue and the new
@@ -437,11 +428,7 @@ TEST_CASE("a repeat of an accepted message after its expiry gets the original ou
   auto police_inbox = std::make_unique<Receiver>(broker.port(), "police");
   auto police = Connect(broker.port(), "police");
   v1::Message m = IncidentReport({"school", "nobody"});  // school is offline; nobody is refused
-  const int64_t expires_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count() +
-      1500;
-  *m.mutable_envelope()->mutable_expires_at() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(expires_ms);
+  ExpireIn(&m, 1500);
   const auto first = police->Publish(m);
   REQUIRE(first.status.ok());
   REQUIRE(first.outcomes.size() == 2);

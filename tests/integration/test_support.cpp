@@ -167,6 +167,17 @@ std::unique_ptr<client::Client> Connect(uint16_t port, const std::string& agency
   return std::move(c).value();
 }
 
+int64_t WallMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t ExpireIn(v1::Message* m, int64_t ms) {
+  const int64_t at = WallMs() + ms;
+  *m->mutable_envelope()->mutable_expires_at() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(at);
+  return at;
+}
+
 v1::Message IncidentReport(const std::vector<std::string>& recipients) {
   v1::Message m;
   auto* env = m.mutable_envelope();

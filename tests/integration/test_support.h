@@ -71,6 +71,10 @@ std::unique_ptr<client::Client> Connect(uint16_t port, const std::string& agency
 
 // A valid incident report from nobody to the given recipients.
 v1::Message IncidentReport(const std::vector<std::string>& recipients);
+// The wall clock in ms since the epoch (as envelope times are).
+int64_t WallMs();
+// Sets m's expiresAt ms from now; returns it (WallMs time).
+int64_t ExpireIn(v1::Message* m, int64_t ms);
 
 // A receiving client that records every delivery and, with ack, acknowledges
 // it at once. Thread-safe through mu.
