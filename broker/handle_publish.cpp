@@ -65,6 +65,17 @@ std::string PublishDigest(const std::string& unstamped) {
   return std::string(d.begin(), d.end());
 }
 
+// The message as the client sent it, validated, before stamping, serialized:
+// the bytes it arrived as with the validated envelope in their place when
+// validation found the rest exactly as serializing would write it (the
+// usual case, and cheaper), else serialized again. The same bytes either way.
+std::string Unstamped(const v1::Message& message, std::string_view wire, bool body_as_serialized) {
+  if (body_as_serialized) {
+    if (auto r = proto::WithEnvelope(wire, message.envelope()); r.ok()) return std::move(r).value();
+  }
+  return message.SerializeAsString();
+}
+
 }  // namespace
 
 bool Session::IsExpiredPublish(const v1::Publish& publish) {
@@ -81,7 +92,10 @@ bool Session::AnswerExpiredRepeat(uint64_t rid, v1::Message* message, std::strin
   if (!message->envelope().has_expires_at()) return false;
   proto::MessageLimits ml;
   ml.max_recipients = broker_.config.limits.max_recipients;
-  if (!proto::ValidateForPublish(message, ml, std::chrono::system_clock::time_point::min(), wire).ok()) return false;
+  bool as_serialized = false;
+  if (!proto::ValidateForPublish(message, ml, std::chrono::system_clock::time_point::min(), wire, &as_serialized).ok()) {
+    return false;
+  }
   const v1::Envelope& env = message->envelope();
   if (!env.sender().empty() && env.sender() != agency_) return false;
   // Run waited for the applier before dispatching this frame (IsExpiredPublish).
@@ -97,7 +111,9 @@ bool Session::AnswerExpiredRepeat(uint64_t rid, v1::Message* message, std::strin
     SendError(rid, v1::REASON_STORE_FAILURE, "the broker cannot read its store: " + stored.status().message(), false);
     return true;
   }
-  if (!stored->has_value() || (*stored)->publish_digest != PublishDigest(message->SerializeAsString())) return false;
+  if (!stored->has_value() || (*stored)->publish_digest != PublishDigest(Unstamped(*message, wire, as_serialized))) {
+    return false;
+  }
   // The broker has it: the repeat gets the original outcome, as a repeat
   // before the expiry does.
   broker_.stats.publishes++;
@@ -147,7 +163,9 @@ void Session::HandlePublish(v1::Publish& publish) {
   ml.max_recipients = l.max_recipients;
   // The message's bytes as they arrived: its body is checked on them.
   const std::string_view wire = proto::PublishedMessage(stream_.last_frame());
-  if (Status s = proto::ValidateForPublish(message, ml, std::chrono::system_clock::now(), wire); !s.ok()) {
+  bool as_serialized = false;
+  if (Status s = proto::ValidateForPublish(message, ml, std::chrono::system_clock::now(), wire, &as_serialized);
+      !s.ok()) {
     if (!AnswerExpiredRepeat(rid, message, wire)) SendError(rid, v1::REASON_INVALID_MESSAGE, s.message(), false);
     return;
   }
@@ -169,7 +187,7 @@ void Session::HandlePublish(v1::Publish& publish) {
     return;
   }
   // Idempotency: the message as the client sent it, before stamping.
-  const std::string unstamped = message->SerializeAsString();
+  const std::string unstamped = Unstamped(*message, wire, as_serialized);
   std::string digest = PublishDigest(unstamped);
   env->set_sender(agency_);
   *env->mutable_received_at() = google::protobuf::util::TimeUtil::GetCurrentTime();

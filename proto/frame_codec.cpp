@@ -32,15 +32,6 @@ void PutVarint(std::string* out, uint64_t v) {
   out->push_back(static_cast<char>(v));
 }
 
-size_t VarintSize(uint64_t v) {
-  size_t n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    ++n;
-  }
-  return n;
-}
-
 uint32_t Tag(int field, google::protobuf::internal::WireFormatLite::WireType type) {
   return google::protobuf::internal::WireFormatLite::MakeTag(field, type);
 }

@@ -150,33 +150,56 @@ Status CheckFields(const google::protobuf::Message& msg, const MessagePlan& plan
 // (the parser merges the two, so its repeated fields' counts add up), bytes
 // that do not parse. Singular scalars sent twice are each checked, where the
 // parser keeps the last: stricter, never looser. Allocates nothing.
+//
+// On the way it notes whether the bytes are exactly those protobuf's
+// serializer makes of the parsed body (canonical()): fields in ascending
+// number, each once (a repeated string or message's elements together),
+// repeated numbers packed, no field that holds its default without
+// presence, every varint as short as it can be, int32 and enum values
+// sign-extended to 64 bits. Then the bytes as sent can stand for the
+// message re-serialized.
 class SurelyValidScan {
  public:
   explicit SurelyValidScan(const MessageLimits& limits) : limits_(limits) {}
 
-  bool Message(const uint8_t* p, const uint8_t* end, const MessagePlan& plan, int depth) const {
+  bool canonical() const { return canonical_; }
+
+  bool Message(const uint8_t* p, const uint8_t* end, const MessagePlan& plan, int depth) {
     if (depth > kMaxNestingDepth || plan.fields.size() > kMaxFields) return false;
     uint32_t count[kMaxFields] = {};  // elements of a repeated field; occurrences of a singular message
+    uint32_t last = 0;                // the previous field's number
     WireField w;
     while (p < end) {
+      const uint8_t* const start = p;
       if (!ReadField(p, end, &w)) return false;
       const FieldPlan* f = plan.Find(static_cast<int>(w.number));
       if (f == nullptr || f->wire_type == kAlwaysUnknown) return false;
       const bool packed = w.wire_type == 2 && f->packable;
       if (w.wire_type != f->wire_type && !packed) return false;
+      if (canonical_) {
+        canonical_ = (w.number > last || (w.number == last && f->repeated && !f->packable)) &&
+                     (packed || !f->packable) && static_cast<size_t>(p - start) == CanonicalSize(w) &&
+                     (f->repeated || f->field->has_presence() || !Default(w));
+        last = w.number;
+      }
       uint32_t& n = count[f - plan.fields.data()];
       if (packed) {
         const auto* q = reinterpret_cast<const uint8_t*>(w.payload.data());
         const uint8_t* stop = q + w.payload.size();
+        canonical_ = canonical_ && q < stop;
         uint64_t v = 0;
         while (q < stop) {
+          const uint8_t* const at = q;
           if (!ReadValue(q, stop, f->wire_type, &v) || !Scalar(v, *f) || ++n > limits_.max_repeated) return false;
+          canonical_ = canonical_ && (f->wire_type != 0 || (static_cast<size_t>(q - at) == VarintSize(v) &&
+                                                            CanonicalVarint(v, *f)));
         }
         continue;
       }
       if (f->repeated && ++n > limits_.max_repeated) return false;
       if (w.wire_type != 2) {
         if (!Scalar(w.value, *f)) return false;
+        canonical_ = canonical_ && (w.wire_type != 0 || CanonicalVarint(w.value, *f));
         continue;
       }
       const auto* value = reinterpret_cast<const uint8_t*>(w.payload.data());
@@ -204,6 +227,42 @@ class SurelyValidScan {
   // Plans with more fields go to CheckFields (no liaison.v1 type has so many).
   static constexpr size_t kMaxFields = 64;
 
+  // The bytes the serializer writes for w: its tag, then its value (a
+  // varint, 8 or 4 bytes, or a length and the payload), each varint shortest.
+  static size_t CanonicalSize(const WireField& w) {
+    const size_t tag = VarintSize(static_cast<uint64_t>(w.number) << 3 | w.wire_type);
+    switch (w.wire_type) {
+      case 0: return tag + VarintSize(w.value);
+      case 1: return tag + 8;
+      case 5: return tag + 4;
+      default: return tag + VarintSize(w.payload.size()) + w.payload.size();
+    }
+  }
+
+  // Whether w holds the value a field without presence has when unset,
+  // which the serializer leaves out: 0, all-zero bits (a -0.0 is written),
+  // an empty string or bytes.
+  static bool Default(const WireField& w) { return w.wire_type == 2 ? w.payload.empty() : w.value == 0; }
+
+  // Whether v is how the serializer writes the value the parser makes of
+  // it for a varint field of f's type: 32-bit signed values sign-extended,
+  // unsigned and zigzag ones within 32 bits, bools as 1 or 0.
+  static bool CanonicalVarint(uint64_t v, const FieldPlan& f) {
+    using FD = google::protobuf::FieldDescriptor;
+    switch (f.field->type()) {
+      case FD::TYPE_INT32:
+      case FD::TYPE_ENUM:
+        return v == static_cast<uint64_t>(static_cast<int64_t>(static_cast<int32_t>(static_cast<uint32_t>(v))));
+      case FD::TYPE_UINT32:
+      case FD::TYPE_SINT32:
+        return v <= 0xFFFFFFFFu;
+      case FD::TYPE_BOOL:
+        return v <= 1;
+      default:
+        return true;
+    }
+  }
+
   // One value of a numeric field (ReadValue's), checked as CheckFields
   // checks it: enums as the parser stores them (the low 32 bits), doubles
   // from their bits.
@@ -222,17 +281,23 @@ class SurelyValidScan {
   }
 
   // A google.protobuf.Timestamp's bytes: seconds (1) and nanos (2), the
-  // last of each kept, as the parser keeps them.
-  static bool Timestamp(const uint8_t* p, const uint8_t* end) {
+  // last of each kept, as the parser keeps them; canonical when each is
+  // there once, in order, not 0, nanos sign-extended.
+  bool Timestamp(const uint8_t* p, const uint8_t* end) {
     int64_t seconds = 0;
     int32_t nanos = 0;
+    uint32_t last = 0;
     WireField w;
     while (p < end) {
+      const uint8_t* const start = p;
       if (!ReadField(p, end, &w) || w.wire_type != 0) return false;
+      canonical_ = canonical_ && w.number > last && w.value != 0 && static_cast<size_t>(p - start) == CanonicalSize(w);
+      last = w.number;
       if (w.number == 1) {
         seconds = static_cast<int64_t>(w.value);
       } else if (w.number == 2) {
         nanos = static_cast<int32_t>(static_cast<uint32_t>(w.value));
+        canonical_ = canonical_ && w.value == static_cast<uint64_t>(static_cast<int64_t>(nanos));
       } else {
         return false;
       }
@@ -241,7 +306,22 @@ class SurelyValidScan {
   }
 
   const MessageLimits& limits_;
+  bool canonical_ = true;
 };
+
+// Whether wire, a serialized Message, is its envelope (field 1) followed by
+// the body member body_bytes came from, and nothing else, the body's tag
+// and length written as the serializer writes them.
+bool EnvelopeThenBody(std::string_view wire, std::string_view body_bytes) {
+  const auto* p = reinterpret_cast<const uint8_t*>(wire.data());
+  const uint8_t* end = p + wire.size();
+  WireField w;
+  if (!ReadField(p, end, &w) || w.number != v1::Message::kEnvelopeFieldNumber || w.wire_type != 2) return false;
+  const uint8_t* const start = p;
+  if (!ReadField(p, end, &w) || w.wire_type != 2 || w.payload.data() != body_bytes.data()) return false;
+  const size_t tag = VarintSize(static_cast<uint64_t>(w.number) << 3 | 2);
+  return p == end && static_cast<size_t>(p - start) == tag + VarintSize(w.payload.size()) + w.payload.size();
+}
 
 Status CheckOptionalUuid(std::string* field, const char* name) {
   if (field->empty()) return Status::Ok();
@@ -262,12 +342,16 @@ bool IsFileSafeKey(std::string_view agency, std::string_view message_id) {
   return id.ok() && *id == message_id;
 }
 
-bool BodySurelyValid(std::string_view wire, const MessageLimits& limits) {
+bool BodySurelyValid(std::string_view wire, const MessageLimits& limits, bool* as_serialized) {
+  if (as_serialized != nullptr) *as_serialized = false;
   std::string_view bytes;
   const FieldDescriptor* body_field = OnlyBodyMember(wire, &bytes);
   if (body_field == nullptr) return false;
   const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
-  return SurelyValidScan(limits).Message(p, p + bytes.size(), PlanOf(body_field->message_type()), 1);
+  SurelyValidScan scan(limits);
+  if (!scan.Message(p, p + bytes.size(), PlanOf(body_field->message_type()), 1)) return false;
+  if (as_serialized != nullptr) *as_serialized = scan.canonical() && EnvelopeThenBody(wire, bytes);
+  return true;
 }
 
 std::string_view PublishedMessage(std::string_view frame_body) {
@@ -280,7 +364,9 @@ std::string_view PublishedMessage(std::string_view frame_body) {
 }
 
 Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
-                          std::chrono::system_clock::time_point now, std::string_view wire) {
+                          std::chrono::system_clock::time_point now, std::string_view wire,
+                          bool* body_as_serialized) {
+  if (body_as_serialized != nullptr) *body_as_serialized = false;
   if (!message->has_envelope()) return Status::InvalidArgument("the message has no envelope");
   v1::Envelope* env = message->mutable_envelope();
 
@@ -349,7 +435,7 @@ Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
     }
   }
 
-  if (!wire.empty() && BodySurelyValid(wire, limits)) return Status::Ok();
+  if (!wire.empty() && BodySurelyValid(wire, limits, body_as_serialized)) return Status::Ok();
   const google::protobuf::Reflection* r = message->GetReflection();
   static const google::protobuf::OneofDescriptor* const body_oneof = v1::Message::descriptor()->FindOneofByName("body");
   const auto* body_field = r->GetOneofFieldDescriptor(*message, body_oneof);

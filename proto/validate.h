@@ -41,8 +41,13 @@ bool IsFileSafeKey(std::string_view agency, std::string_view message_id);
 // from: the body's fields are then checked on those bytes, which is
 // cheaper than through reflection, and through reflection only when that
 // walk cannot vouch for them (the outcome is the same either way).
+// *body_as_serialized, when given, is set true only when the message is
+// valid and wire is exactly what serializing *message would give but for
+// the envelope (see BodySurelyValid): then WithEnvelope(wire, envelope)
+// equals message->SerializeAsString(), without serializing the body.
 Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
-                          std::chrono::system_clock::time_point now, std::string_view wire = {});
+                          std::chrono::system_clock::time_point now, std::string_view wire = {},
+                          bool* body_as_serialized = nullptr);
 
 // True only when the body of wire, a serialized Message, surely passes the
 // checks ValidateForPublish makes of body fields (lengths, enum values,
@@ -50,7 +55,13 @@ Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
 // bytes that allocates nothing; false (not sure) for anything it does not
 // follow exactly: an unknown field, a body or singular sub-message sent
 // twice (the parser merges them), bytes that do not parse.
-bool BodySurelyValid(std::string_view wire, const MessageLimits& limits);
+// *as_serialized, when given, is set true only when this returns true and
+// wire is its envelope then its body and nothing else, with the body's
+// bytes exactly those protobuf's serializer writes for the parsed body
+// (fields in order, numbers packed, defaults left out, shortest varints):
+// a body encoded another way parses to the same message, but its bytes
+// cannot stand for the serializer's.
+bool BodySurelyValid(std::string_view wire, const MessageLimits& limits, bool* as_serialized = nullptr);
 
 // The serialized message of a Publish frame's body (without the length
 // prefix): what publish.message was parsed from, when the frame holds one

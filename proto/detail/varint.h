@@ -3,6 +3,7 @@
 // proto/frame_codec.cpp, proto/validate.cpp). Internal.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string_view>
 
@@ -21,6 +22,16 @@ inline bool ReadVarint(const uint8_t*& p, const uint8_t* end, uint64_t* v) {
     }
   }
   return false;
+}
+
+// The bytes the shortest varint encoding of v takes (the serializer's).
+inline size_t VarintSize(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
 }
 
 // One value of wire type 0 (a varint), 1 (8 bytes) or 5 (4 bytes) at p,

@@ -1,7 +1,8 @@
 // Fuzz target: the frame decoder and frame parser fed raw bytes, in the
 // chunk sizes the first byte chooses, then message validation of any
 // Publish, as the broker's session does (on the message's bytes, and it
-// traps unless reflection alone reaches the same verdict). A frame ParseFrame accepts must
+// traps unless reflection alone reaches the same verdict, or when bytes it
+// takes to be the serializer's are not). A frame ParseFrame accepts must
 // hold no unknown field at any depth (protobuf's own walk checks it, not
 // the field plans ParseFrame's scan of the bytes uses): it traps if one got
 // through.
@@ -44,10 +45,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         limits.max_repeated = 3;
         liaison::v1::Message copy = frame.publish().message();
         const auto wire = liaison::proto::PublishedMessage(**next);
-        const liaison::Status on_bytes =
-            liaison::proto::ValidateForPublish(frame.mutable_publish()->mutable_message(), limits, now, wire);
+        bool as_serialized = false;
+        const liaison::Status on_bytes = liaison::proto::ValidateForPublish(frame.mutable_publish()->mutable_message(),
+                                                                            limits, now, wire, &as_serialized);
         const liaison::Status by_reflection = liaison::proto::ValidateForPublish(&copy, limits, now);
         if (on_bytes.ToString() != by_reflection.ToString()) __builtin_trap();
+        // Bytes said to be the serializer's must be: the broker stores and
+        // delivers them, and knows the publish by them.
+        if (as_serialized) {
+          const auto& message = frame.publish().message();
+          auto rebuilt = liaison::proto::WithEnvelope(wire, message.envelope());
+          if (!rebuilt.ok() || *rebuilt != message.SerializeAsString()) __builtin_trap();
+        }
       }
     }
     if (used < n) break;  // sticky error

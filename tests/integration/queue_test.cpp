@@ -17,6 +17,7 @@
 #include "common/uuid.h"
 #include "proto/frame_codec.h"
 #include "tests/integration/test_support.h"
+#include "tests/proto/wire_by_hand.h"
 
 using namespace liaison;
 using namespace liaison::test;
@@ -92,6 +93,84 @@ TEST_CASE("publishing is idempotent on sender and message id", "[queue]") {
   REQUIRE(school.WaitCount(2));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK(school.count() == 2);  // police's once, social's once
+}
+
+TEST_CASE("a message encoded another way is the same message: a repeat in any encoding is a duplicate",
+          "[queue]") {
+  // The broker keeps and delivers a message's bytes as they arrived when
+  // they are what serializing the message gives, and serializes it again
+  // otherwise. Either way the recipient gets the serializer's bytes, and the
+  // publish is known by them: a retry encoded differently (another client
+  // library, a field written with its default value, a field this broker
+  // does not know) is the same publish.
+  TestBroker broker;
+  RawClient police;
+  RawClient::Options o;
+  o.tls = AgencyTls("police");
+  REQUIRE(police.Connect(broker.port(), o).ok());
+  REQUIRE(police.SendHello());
+  const int kReport = v1::Message::kIncidentReportFieldNumber;
+  auto publish = [&](uint64_t rid, const std::string& message) {
+    const std::string body = Field(v1::Frame::kPublishFieldNumber, 2,
+                                   Field(v1::Publish::kRequestIdFieldNumber, 0, Varint(rid)) +
+                                       Field(v1::Publish::kMessageFieldNumber, 2, message));
+    const uint32_t n = static_cast<uint32_t>(body.size());
+    const std::string header{static_cast<char>(n >> 24), static_cast<char>(n >> 16), static_cast<char>(n >> 8),
+                             static_cast<char>(n)};
+    REQUIRE(police.SendBytes(header + body));
+    for (;;) {
+      auto f = police.ReadFrame();
+      REQUIRE(f);
+      if (f->has_error()) FAIL(f->error().message());
+      if (f->has_publish_ack()) {
+        CHECK(f->publish_ack().request_id() == rid);
+        REQUIRE(f->publish_ack().outcomes_size() == 1);
+        CHECK(f->publish_ack().outcomes(0).outcome() == v1::OUTCOME_QUEUED);
+        return f->publish_ack().duplicate();
+      }
+    }
+  };
+  std::vector<std::string> serialized_bodies;
+  uint64_t rid = 0;
+  for (int first_as_serialized = 0; first_as_serialized < 2; ++first_as_serialized) {
+    const v1::Message m = IncidentReport({"school"});
+    const std::string body = m.incident_report().SerializeAsString();
+    const std::string envelope = Field(v1::Message::kEnvelopeFieldNumber, 2, m.envelope().SerializeAsString());
+    const std::string as_serialized = envelope + Field(kReport, 2, body);
+    REQUIRE(as_serialized == m.SerializeAsString());
+    // An empty string written out (the serializer leaves it out), and a
+    // field number the schema does not have (the parser keeps it aside).
+    const std::string empty_reference =
+        envelope + Field(kReport, 2, body + Field(v1::IncidentReport::kPoliceReferenceFieldNumber, 2, ""));
+    const std::string unknown_field = envelope + Field(kReport, 2, body + Field(999, 0, Varint(1)));
+    if (first_as_serialized) {
+      CHECK_FALSE(publish(++rid, as_serialized));
+      CHECK(publish(++rid, empty_reference));
+      CHECK(publish(++rid, unknown_field));
+    } else {
+      CHECK_FALSE(publish(++rid, empty_reference));
+      CHECK(publish(++rid, as_serialized));
+      CHECK(publish(++rid, unknown_field));
+    }
+    serialized_bodies.push_back(Field(kReport, 2, body));
+  }
+  // Each once, with the body as the serializer writes it.
+  RawClient school;
+  REQUIRE(ConnectReceiving(school, broker.port(), "school", 16));
+  std::vector<std::string> delivered;
+  while (auto f = school.ReadFrameBody(std::chrono::milliseconds(delivered.size() < 2 ? 5000 : 500))) {
+    v1::Frame frame;
+    REQUIRE(frame.ParseFromString(*f));  // unknown fields kept, if any came
+    if (!frame.has_deliver()) continue;
+    delivered.push_back(*f);
+    const auto& report = frame.deliver().message().incident_report();
+    CHECK(report.GetReflection()->GetUnknownFields(report).empty());
+    REQUIRE(SendAck(school, frame.deliver()));
+  }
+  REQUIRE(delivered.size() == 2);
+  for (size_t i = 0; i < 2; ++i) {
+    CHECK(delivered[i].find(serialized_bodies[i]) != std::string::npos);
+  }
 }
 
 TEST_CASE("a DeliveryAck must name the attempt in flight", "[queue]") {

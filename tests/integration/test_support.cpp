@@ -421,6 +421,14 @@ int RawClient::Read(void* buf, int n, std::chrono::milliseconds timeout) {
 }
 
 std::optional<v1::Frame> RawClient::ReadFrame(std::chrono::milliseconds timeout) {
+  auto body = ReadFrameBody(timeout);
+  if (!body) return std::nullopt;
+  v1::Frame f;
+  if (!proto::ParseFrame(*body, &f).ok()) return std::nullopt;
+  return f;
+}
+
+std::optional<std::string> RawClient::ReadFrameBody(std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   auto left = [&] {
     return std::max(std::chrono::milliseconds(1), std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -442,9 +450,7 @@ std::optional<v1::Frame> RawClient::ReadFrame(std::chrono::milliseconds timeout)
     if (r <= 0) return std::nullopt;
     have += static_cast<size_t>(r);
   }
-  v1::Frame f;
-  if (!proto::ParseFrame(body, &f).ok()) return std::nullopt;
-  return f;
+  return body;
 }
 
 bool RawClient::WaitClosed(std::chrono::milliseconds timeout) {

@@ -132,6 +132,8 @@ class RawClient {
   bool SendFrame(const v1::Frame& frame);
   // The next frame, or nothing on EOF, error or timeout.
   std::optional<v1::Frame> ReadFrame(std::chrono::milliseconds timeout = std::chrono::seconds(5));
+  // The next frame's body (the bytes after its length) as it arrived, not parsed.
+  std::optional<std::string> ReadFrameBody(std::chrono::milliseconds timeout = std::chrono::seconds(5));
   // True when the peer closes the connection within timeout (any frames
   // received meanwhile are discarded).
   bool WaitClosed(std::chrono::milliseconds timeout = std::chrono::seconds(5));

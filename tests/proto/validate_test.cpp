@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "proto/detail/pb.h"
+#include "proto/frame_codec.h"
 #include "proto/message_json.h"
 #include "proto/names.h"
 #include "tests/proto/wire_by_hand.h"
@@ -389,8 +390,10 @@ using liaison::test::Varint;
 std::string Field(int number, const std::string& value) { return liaison::test::Field(number, 2, value); }
 std::string VarintField(int number, uint64_t v) { return liaison::test::Field(number, 0, Varint(v)); }
 
-// How often BodySurelyValid vouched for a body, in BothWays.
+// How often BodySurelyValid vouched for a body, in BothWays; how often
+// ValidateForPublish found the bytes as the serializer writes them.
 int vouched = 0;
+int as_serialized_count = 0;
 
 // ValidateForPublish's verdict on a message's bytes, both ways: from the
 // parsed message alone (reflection), and with the bytes it was parsed from.
@@ -402,8 +405,23 @@ std::string BothWays(const std::string& wire, const MessageLimits& limits) {
   v1::Message a, b;
   if (!a.ParseFromString(wire) || !b.ParseFromString(wire)) return "unparsable";
   const liaison::Status by_reflection = ValidateForPublish(&a, limits, kNow);
-  const liaison::Status on_bytes = ValidateForPublish(&b, limits, kNow, wire);
+  bool as_serialized = false;
+  const liaison::Status on_bytes = ValidateForPublish(&b, limits, kNow, wire, &as_serialized);
   CHECK(on_bytes.ToString() == by_reflection.ToString());
+  // The bytes stand for the message re-serialized only when they are the
+  // same bytes; and they are found so whenever they are.
+  if (as_serialized) {
+    ++as_serialized_count;
+    CHECK(on_bytes.ok());
+    auto rebuilt = liaison::proto::WithEnvelope(wire, b.envelope());
+    REQUIRE(rebuilt.ok());
+    CHECK(*rebuilt == b.SerializeAsString());
+  } else if (on_bytes.ok()) {
+    v1::Message parsed;  // as the broker parses it: unknown fields dropped
+    REQUIRE(parsed.ParseFromString(wire));
+    parsed.DiscardUnknownFields();
+    CHECK(parsed.SerializeAsString() != wire);
+  }
   if (liaison::proto::BodySurelyValid(wire, limits)) {
     ++vouched;
     v1::Message body_only;  // the envelope's own checks are not the walk's
@@ -520,7 +538,94 @@ TEST_CASE("The body checked on its bytes agrees with reflection on mutated messa
   CHECK(valid > 100);
   CHECK(parsed - valid > 100);
   CHECK(vouched > valid / 2);
+  CHECK(as_serialized_count > 0);
   google::protobuf::SetLogHandler(log_handler);
+}
+
+TEST_CASE("ValidateForPublish tells bytes as the serializer writes them from other encodings",
+          "[proto][validate]") {
+  using liaison::test::Field;
+  using liaison::test::Varint;
+  const MessageLimits limits;
+  // The verdict and whether the bytes are the serializer's; the message's
+  // own serialization with any envelope must give wire for true.
+  auto as_serialized = [&](const std::string& wire) {
+    v1::Message m;
+    REQUIRE(m.ParseFromString(wire));
+    bool flag = false;
+    const liaison::Status s = ValidateForPublish(&m, limits, kNow, wire, &flag);
+    INFO(s.ToString());
+    REQUIRE(s.ok());
+    if (flag) CHECK(*liaison::proto::WithEnvelope(wire, m.envelope()) == m.SerializeAsString());
+    return flag;
+  };
+  for (auto make : {ValidIncidentReport, ValidCaseReferral, ValidCaseUpdate}) {
+    CHECK(as_serialized(make().SerializeAsString()));
+  }
+  const v1::Message m = ValidIncidentReport();
+  const std::string envelope = Field(v1::Message::kEnvelopeFieldNumber, 2, m.envelope().SerializeAsString());
+  const int kReport = v1::Message::kIncidentReportFieldNumber;
+  const std::string body = m.incident_report().SerializeAsString();
+  CHECK(as_serialized(envelope + Field(kReport, 2, body)));
+  // The envelope is replaced, so its own encoding does not matter.
+  v1::Envelope reordered = m.envelope();
+  CHECK(as_serialized(Field(1, 2, Field(v1::Envelope::kPurposeFieldNumber, 2, "safeguarding") +
+                                     reordered.SerializeAsString()) +
+                      Field(kReport, 2, body)));
+
+  // The message's own layout: body first, the envelope twice, the body's
+  // length written long.
+  CHECK_FALSE(as_serialized(Field(kReport, 2, body) + envelope));
+  CHECK_FALSE(as_serialized(envelope + envelope + Field(kReport, 2, body)));
+  const std::string long_length = Varint(static_cast<uint64_t>(kReport) << 3 | 2) + "\x80" +
+                                  std::string(1, '\0');  // a 2-byte 0, then an empty body
+  CHECK_FALSE(as_serialized(envelope + long_length));
+  CHECK(as_serialized(envelope + Field(kReport, 2, "")));
+
+  // In the body: fields out of order, a field holding its default written
+  // out, a repeated enum unpacked, an empty packed list, a long varint, a
+  // negative enum value not sign-extended, a timestamp's 0 written out.
+  v1::IncidentReport r;
+  r.set_severity(v1::SEVERITY_HIGH);
+  r.set_title("T");
+  const std::string severity = Field(v1::IncidentReport::kSeverityFieldNumber, 0, Varint(v1::SEVERITY_HIGH));
+  const std::string title = Field(v1::IncidentReport::kTitleFieldNumber, 2, "T");
+  REQUIRE(r.SerializeAsString() == severity + title);
+  CHECK(as_serialized(envelope + Field(kReport, 2, severity + title)));
+  CHECK_FALSE(as_serialized(envelope + Field(kReport, 2, title + severity)));
+  CHECK_FALSE(as_serialized(envelope + Field(kReport, 2, severity + title + title)));
+  CHECK_FALSE(as_serialized(envelope + Field(kReport, 2, severity + title +
+                                                           Field(v1::IncidentReport::kPoliceReferenceFieldNumber, 2, ""))));
+  CHECK_FALSE(as_serialized(envelope + Field(kReport, 2, Field(v1::IncidentReport::kIncidentTypeFieldNumber, 0,
+                                                               Varint(0)) + severity + title)));
+  const int kBias = v1::IncidentReport::kBiasMotivationsFieldNumber;
+  const std::string packed = Field(kBias, 2, Varint(v1::BIAS_ANTI_MUSLIM) + Varint(v1::BIAS_GENDER_BASED));
+  const std::string unpacked = Field(kBias, 0, Varint(v1::BIAS_ANTI_MUSLIM)) + Field(kBias, 0, Varint(v1::BIAS_GENDER_BASED));
+  CHECK(as_serialized(envelope + Field(kReport, 2, packed + severity + title)));
+  CHECK_FALSE(as_serialized(envelope + Field(kReport, 2, unpacked + severity + title)));
+  CHECK_FALSE(as_serialized(envelope + Field(kReport, 2, Field(kBias, 2, "") + severity + title)));
+  CHECK_FALSE(as_serialized(envelope + Field(kReport, 2, packed + packed + severity + title)));
+  const std::string long_severity = Field(v1::IncidentReport::kSeverityFieldNumber, 0,
+                                          std::string{static_cast<char>(0x80 | v1::SEVERITY_HIGH), '\0'});
+  CHECK_FALSE(as_serialized(envelope + Field(kReport, 2, long_severity + title)));
+  const int kOccurred = v1::IncidentReport::kOccurredAtFieldNumber;
+  CHECK(as_serialized(envelope + Field(kReport, 2, Field(kOccurred, 2, Field(1, 0, Varint(100)) + Field(2, 0, Varint(5))))));
+  CHECK_FALSE(as_serialized(envelope + Field(kReport, 2, Field(kOccurred, 2, Field(2, 0, Varint(5)) +
+                                                                               Field(1, 0, Varint(100))))));
+  CHECK_FALSE(as_serialized(envelope + Field(kReport, 2, Field(kOccurred, 2, Field(1, 0, Varint(0)) +
+                                                                               Field(2, 0, Varint(5))))));
+  CHECK(as_serialized(envelope + Field(kReport, 2, Field(kOccurred, 2, ""))));  // set, all zero
+  // An unknown field: not even vouched for (reflection checks the body).
+  CHECK_FALSE(as_serialized(envelope + Field(kReport, 2, severity + title + Field(999, 0, Varint(1)))));
+  // A uint32 written with more than 32 bits: the parser keeps the low 32.
+  const int kPersons = v1::IncidentReport::kPersonsFieldNumber;
+  const int kAge = v1::PersonInvolved::kAgeFieldNumber;
+  CHECK(as_serialized(envelope + Field(kReport, 2, Field(kPersons, 2, Field(kAge, 0, Varint(15))))));
+  CHECK_FALSE(as_serialized(envelope + Field(kReport, 2, Field(kPersons, 2, Field(kAge, 0, Varint((1ull << 32) + 15))))));
+  // A repeated message's elements one after another, or split by another field.
+  const std::string person = Field(kPersons, 2, Field(kAge, 0, Varint(15)));
+  CHECK(as_serialized(envelope + Field(kReport, 2, person + person + severity)));
+  CHECK_FALSE(as_serialized(envelope + Field(kReport, 2, person + severity + person)));
 }
 
 TEST_CASE("ValidateForPublish normalises the message id and recipients", "[proto][validate]") {
