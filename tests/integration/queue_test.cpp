@@ -371,6 +371,61 @@ TEST_CASE("the recall of a message every recipient has is recorded with the mess
   CHECK(Has(rows, "recalled:school:CASE-RECALL-7"));
 }
 
+// Publish stores a message id in canonical form whatever form it came in
+// (upper case too); a recall took the id as it came and so found no message
+// for an id in upper case (unknown_message).
+TEST_CASE("a recall accepts the message id in any form publish accepts and audits the canonical id",
+          "[queue][recall]") {
+  TestBroker broker;
+  auto police = Connect(broker.port(), "police");
+  Receiver school(broker.port(), "school");
+  const std::string id = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c1d";
+  const std::string upper = "0190A5C4-8D2E-7B3A-9C1D-2F4E6A8B0C1D";
+  const std::string mixed = "0190a5C4-8d2E-7b3A-9c1D-2f4E6a8B0c1D";
+  v1::Message m = IncidentReport({"school", "health"});  // health is offline
+  m.mutable_envelope()->set_message_id(upper);
+  auto published = police->Publish(m);
+  REQUIRE(published.AllAccepted());
+  CHECK(published.message_id == id);
+  REQUIRE(school.WaitCount(1));
+  {
+    std::lock_guard lock(school.mu);
+    CHECK(school.got.at(0).message->envelope().message_id() == id);
+  }
+  REQUIRE(WaitFor([&] { return Has(AuditEvents(broker, id), "delivered:delivered:school"); }));
+
+  // health's copy waits (the recall finds it in the queue); school has it.
+  auto r = police->Recall(upper, "sent to the wrong agencies");
+  INFO(r.status.message());
+  REQUIRE(r.status.ok());
+  CHECK(r.message_id == id);
+  CHECK(r.withdrawn == std::vector<std::string>{"health"});
+  CHECK(r.notified == std::vector<std::string>{"school"});
+  REQUIRE(WaitFor([&] { return school.Recalls().size() == 1; }));
+  CHECK(school.Recalls().at(0).message_id == id);
+  // The same message in another form: recalled before, nothing changes.
+  auto again = police->Recall(mixed, "again");
+  REQUIRE(again.status.ok());
+  CHECK(again.message_id == id);
+  CHECK(again.withdrawn.empty());
+  CHECK(again.notified.empty());
+  // What publish would refuse as a message id is a malformed recall.
+  for (const std::string bad : {std::string("not-a-message-id"), id + "0", "{" + id.substr(1) + "}"}) {
+    auto refused = police->Recall(bad, "");
+    CHECK(refused.error_code == "invalid_message");
+  }
+  CHECK(police->Recall(NewUuid(), "").error_code == "unknown_message");
+
+  REQUIRE(WaitFor([&] { return Has(AuditEvents(broker, id), "recall_notice_delivered:delivered:school"); }));
+  const auto events = AuditEvents(broker, id);
+  CHECK(Has(events, "recalled:recalled:health"));
+  CHECK(Has(events, "recalled:recall_notice:school"));
+  // Every record of it carries the canonical id, none the forms it was
+  // published or recalled under.
+  CHECK(AuditColumn(broker, upper, "event").empty());
+  CHECK(AuditColumn(broker, mixed, "event").empty());
+}
+
 TEST_CASE("a message that expires before its recipient connects is not delivered, and the sender is told",
           "[queue][expiry]") {
   TestBroker broker;
