@@ -426,6 +426,103 @@ TEST_CASE("a recall accepts the message id in any form publish accepts and audit
   CHECK(AuditColumn(broker, mixed, "event").empty());
 }
 
+// Publishing is idempotent, but a full queue passes: a publish that reached
+// nobody because a queue was full was remembered, and its retry after the
+// queue drained got queue_full again, for ever.
+TEST_CASE("a publish refused only because a queue was full is not remembered: its retry is decided afresh",
+          "[queue][backlog]") {
+  broker::Limits limits;
+  limits.max_backlog = 1;
+  TestBroker broker(limits);
+  auto police = Connect(broker.port(), "police");
+  // school is offline: one message fills its queue.
+  v1::Message first = IncidentReport({"school"});
+  REQUIRE(police->Publish(first).AllAccepted());
+  v1::Message m = IncidentReport({"school", "nobody"});
+  const std::string id = m.envelope().message_id();
+  auto refused = police->Publish(m);
+  REQUIRE(refused.status.ok());
+  REQUIRE(refused.outcomes.size() == 2);
+  CHECK(refused.outcomes[0].reason == "queue_full");
+  CHECK(refused.outcomes[1].reason == "unknown_recipient");
+  CHECK_FALSE(refused.duplicate);
+  // Nothing of it is kept but the records of the refusal.
+  REQUIRE(broker.server().SyncStore().ok());
+  const std::string db = broker.dir() + "/data/liaison.db";
+  CHECK(QueryInt(db, "SELECT count(*) FROM messages WHERE message_id = '" + id + "'") == 0);
+  // A repeat while the queue is still full is decided again, not answered
+  // from memory; a repeat of the message the broker has still gets its
+  // original outcome, full queue or not.
+  auto still = police->Publish(m);
+  REQUIRE(still.status.ok());
+  CHECK_FALSE(still.duplicate);
+  CHECK(still.outcomes.at(0).reason == "queue_full");
+  auto first_again = police->Publish(first);
+  REQUIRE(first_again.status.ok());
+  CHECK(first_again.duplicate);
+  CHECK(first_again.AllAccepted());
+
+  // school drains its queue: the retry is queued and delivered, once.
+  Receiver school(broker.port(), "school");
+  REQUIRE(school.WaitCount(1));
+  auto retry = police->Publish(m);
+  REQUIRE(retry.status.ok());
+  CHECK_FALSE(retry.duplicate);
+  REQUIRE(retry.outcomes.size() == 2);
+  CHECK(retry.outcomes[0].outcome == "queued");
+  CHECK(retry.outcomes[1].reason == "unknown_recipient");
+  REQUIRE(school.WaitCount(2));
+  // Now it is remembered: a further repeat gets that outcome.
+  auto repeat = police->Publish(m);
+  REQUIRE(repeat.status.ok());
+  CHECK(repeat.duplicate);
+  CHECK(repeat.outcomes.at(0).outcome == "queued");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(school.count() == 2);
+  {
+    std::lock_guard lock(school.mu);
+    CHECK(school.got.at(1).message->envelope().message_id() == id);
+  }
+  // Each decision is on record: two refusals, then the one that queued it.
+  const auto events = AuditEvents(broker, id);
+  CHECK(std::count(events.begin(), events.end(), "decision:refused:queue_full:school") == 2);
+  CHECK(std::count(events.begin(), events.end(), "queued:permit:school") == 1);
+}
+
+TEST_CASE("a publish queued for some recipients and refused as queue_full for others keeps that outcome",
+          "[queue][backlog]") {
+  broker::Limits limits;
+  limits.max_backlog = 1;
+  TestBroker broker(limits);
+  auto police = Connect(broker.port(), "police");
+  REQUIRE(police->Publish(IncidentReport({"school"})).AllAccepted());  // school's queue is full
+  v1::Message m = IncidentReport({"school", "health"});
+  auto mixed = police->Publish(m);
+  REQUIRE(mixed.status.ok());
+  REQUIRE(mixed.outcomes.size() == 2);
+  CHECK(mixed.outcomes[0].outcome == "refused");
+  CHECK(mixed.outcomes[0].reason == "queue_full");
+  CHECK(mixed.outcomes[1].outcome == "queued");
+  // school drains its queue; a repeat still gets the original outcome and
+  // queues nothing: health does not get it twice, school not at all.
+  Receiver school(broker.port(), "school");
+  REQUIRE(school.WaitCount(1));
+  auto repeat = police->Publish(m);
+  REQUIRE(repeat.status.ok());
+  CHECK(repeat.duplicate);
+  REQUIRE(repeat.outcomes.size() == 2);
+  CHECK(repeat.outcomes[0].reason == "queue_full");
+  CHECK(repeat.outcomes[1].outcome == "queued");
+  Receiver health(broker.port(), "health");
+  REQUIRE(health.WaitCount(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(health.count() == 1);
+  CHECK(school.count() == 1);
+  const auto events = AuditEvents(broker, m.envelope().message_id());
+  CHECK(std::count(events.begin(), events.end(), "decision:refused:queue_full:school") == 1);
+  CHECK(std::count(events.begin(), events.end(), "queued:permit:health") == 1);
+}
+
 TEST_CASE("a message that expires before its recipient connects is not delivered, and the sender is told",
           "[queue][expiry]") {
   TestBroker broker;
