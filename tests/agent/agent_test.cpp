@@ -297,9 +297,10 @@ TEST_CASE("agent outbox: a message the broker cannot store is sent again until i
   INFO(agent.err());
   CHECK(Names(police.failed()).empty());
   CHECK(Names(police.sent()).empty());
-  // Space returns: stored, moved to sent/, delivered once.
+  // Space returns: stored, moved to sent/, delivered once. (The ack file is
+  // written before the move: the moved file is waited for.)
   REQUIRE(std::remove((disk->path + "/filler").c_str()) == 0);
-  REQUIRE(WaitFor([&] { return FileExists(police.sent() + "/referral.json.ack.json"); }, std::chrono::seconds(30)));
+  REQUIRE(WaitFor([&] { return FileExists(police.sent() + "/referral.json"); }, std::chrono::seconds(30)));
   CHECK(Names(police.failed()).empty());
   CHECK(Names(police.outbox()).empty());
   const std::string id = JsonField(Slurp(police.sent() + "/referral.json.ack.json"), "messageId");
