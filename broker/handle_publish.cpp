@@ -4,8 +4,10 @@
 // audit records of those decisions. The PublishAck ("queued" or "refused"
 // per recipient) goes out only once that transaction is durable; delivery
 // happens from the queue (handle_delivery_ack.cpp). Publishing is
-// idempotent on (sender, message id). Rule ids and reasons stay in the
-// audit log; the sender learns only a reason code.
+// idempotent on (sender, message id), except that a publish queued for
+// nobody and refused as queue_full for some recipient is not remembered:
+// a full queue passes, and its repeat is decided afresh. Rule ids and
+// reasons stay in the audit log; the sender learns only a reason code.
 #include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
 
@@ -253,6 +255,7 @@ void Session::HandlePublish(v1::Publish& publish) {
   Batch batch;
   std::vector<QueuedDelivery> copies;
   std::string queued_to, agreement_used;
+  bool queue_full = false;  // refused as queue_full for some recipient
   auto record = [&](const std::string& recipient, std::string event, std::string decision) -> audit::Record& {
     audit::Record r = MakeRecord(std::move(event));
     r.actor = agency_;
@@ -306,6 +309,7 @@ void Session::HandlePublish(v1::Publish& publish) {
       r.rules = rules;
       r.detail = "the recipient has " + std::to_string(l.max_backlog) + " or more deliveries waiting";
       refuse(v1::REASON_QUEUE_FULL, "'" + recipient + "' has too many messages waiting; publish again later");
+      queue_full = true;
       continue;
     }
     const std::string& agreement = policy->agreements()[d.agreement].id;
@@ -350,6 +354,13 @@ void Session::HandlePublish(v1::Publish& publish) {
     stored.body = queued->wire;  // the same bytes, not a copy
   }
   batch.new_message = std::move(stored);
+  // Queued for nobody, and refused for a reason that passes: remembered, the
+  // refusal would be the answer to every repeat of this id for ever, even
+  // once the recipient's queue has room. So only its records are written,
+  // and a repeat is decided afresh. (A message the broker already has is
+  // still found: its repeat gets the original outcome.) Queued for someone,
+  // it is remembered as it is: a repeat must not queue it twice.
+  batch.keep_message = !(copies.empty() && queue_full);
 
   ++in_flight_publishes_;
   broker_.in_flight_publishes++;

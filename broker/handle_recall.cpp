@@ -5,20 +5,30 @@
 // session: acknowledged ones get a notice, returned ones are withdrawn. A
 // withdrawn copy that was sent before and never acknowledged gets a notice
 // too: its recipient may have stored it and lost the acknowledgement.
-// A second recall of the same message changes nothing and says so.
+// A second recall of the same message changes nothing and says so. The
+// message id is taken in any form a publish takes (NormalizeUuid: upper
+// case too) and used, answered and audited in its canonical form, the form
+// publish stored it under.
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "broker/detail/broker_state.h"
 #include "broker/detail/session.h"
+#include "common/uuid.h"
 #include "proto/frame_codec.h"
 
 namespace liaison::broker {
 namespace {
 
-bool RecallIsValid(const v1::Recall& recall) {
-  return !recall.message_id().empty() && recall.message_id().size() <= 128 && recall.reason().size() <= 1000;
+// The recalled message's id in canonical form, for a recall HandleRecall
+// accepts; nothing otherwise.
+std::optional<std::string> ValidRecallId(const v1::Recall& recall) {
+  if (recall.reason().size() > 1000) return std::nullopt;
+  auto id = NormalizeUuid(recall.message_id());
+  if (!id.ok()) return std::nullopt;
+  return std::move(id).value();
 }
 
 std::string RecallReason(const v1::Recall& recall) {
@@ -31,10 +41,12 @@ void Session::PrepareRecall(const v1::Recall& recall) {
   recall_marked_.reset();
   recall_marked_newly_ = false;
   recall_acking_.clear();
-  if (phase_ != Phase::kReady || !RecallIsValid(recall) || draining_ || broker_.draining) return;
+  if (phase_ != Phase::kReady || draining_ || broker_.draining) return;
+  const std::optional<std::string> id = ValidRecallId(recall);
+  if (!id) return;
   // Only while copies of it are unfinished (or being acknowledged) is there
   // anything to mark; otherwise the store knows everything about it.
-  auto m = broker_.mailboxes.Find(agency_, recall.message_id());
+  auto m = broker_.mailboxes.Find(agency_, *id);
   if (!m) return;
   recall_acking_ =
       broker_.mailboxes.MarkRecalled(*m, RecallFacts{RecallReason(recall), identity_.cert_sha256}, &recall_marked_newly_);
@@ -57,10 +69,19 @@ void Session::HandleRecall(const v1::Recall& recall) {
     if (unmark) broker_.mailboxes.UnmarkRecalled(*unmark);
     SendError(rid, code, text, false);
   };
-  if (recall.message_id().empty() || recall.message_id().size() > 128) {
-    SendError(rid, v1::REASON_INVALID_MESSAGE, "Recall needs the message id (at most 128 bytes)", false);
+  if (recall.message_id().empty()) {
+    SendError(rid, v1::REASON_INVALID_MESSAGE, "Recall needs the message id", false);
     return;
   }
+  // In the form publish stored it under.
+  const Result<std::string> canonical = NormalizeUuid(recall.message_id());
+  if (!canonical.ok()) {
+    SendError(rid, v1::REASON_INVALID_MESSAGE,
+              "Recall.message_id '" + Printable(recall.message_id(), 128) + "': " + canonical.status().message(),
+              false);
+    return;
+  }
+  const std::string& id = *canonical;
   if (recall.reason().size() > 1000) {
     SendError(rid, v1::REASON_INVALID_MESSAGE, "the recall reason is longer than 1000 bytes", false);
     return;
@@ -74,17 +95,16 @@ void Session::HandleRecall(const v1::Recall& recall) {
     refuse(v1::REASON_STORE_FAILURE, "the broker cannot write its store, recall again later: " + store_applied_.message());
     return;
   }
-  auto stored = broker_.store->FindMessage(agency_, recall.message_id(), Store::Wait::kNo);
+  auto stored = broker_.store->FindMessage(agency_, id, Store::Wait::kNo);
   if (!stored.ok()) {
     refuse(v1::REASON_STORE_FAILURE, "the broker cannot read its store: " + stored.status().message());
     return;
   }
   // The queue may hold a message the reader's snapshot does not show yet
   // (just committed): the in-memory queue is asked first.
-  std::shared_ptr<QueuedMessage> m = marked ? marked : broker_.mailboxes.Find(agency_, recall.message_id());
+  std::shared_ptr<QueuedMessage> m = marked ? marked : broker_.mailboxes.Find(agency_, id);
   if (!m && !stored->has_value()) {
-    SendError(rid, v1::REASON_UNKNOWN_MESSAGE,
-              "this agency published no message with id '" + Printable(recall.message_id(), 128) + "'", false);
+    SendError(rid, v1::REASON_UNKNOWN_MESSAGE, "this agency published no message with id '" + id + "'", false);
     return;
   }
   const bool already = stored->has_value() && (*stored)->recalled_ms != 0;
@@ -124,7 +144,7 @@ void Session::HandleRecall(const v1::Recall& recall) {
   v1::Frame f;
   auto* ack = f.mutable_recall_ack();
   ack->set_request_id(rid);
-  ack->set_message_id(recall.message_id());
+  ack->set_message_id(id);
   for (const auto& d : withdrawn) {
     audit::Record r = CopyRecord("recalled", *m, d.recipient);
     r.actor = agency_;
@@ -157,9 +177,8 @@ void Session::HandleRecall(const v1::Recall& recall) {
     }
   }
   if (!already) c.batch.recalled_row = m->row;
-  spdlog::info("{}: recalled {}: {} copies withdrawn, {} recipients notified{}", tag_,
-               Printable(recall.message_id(), 128), ack->withdrawn_size(), ack->notified_size(),
-               already ? " (recalled before)" : "");
+  spdlog::info("{}: recalled {}: {} copies withdrawn, {} recipients notified{}", tag_, id, ack->withdrawn_size(),
+               ack->notified_size(), already ? " (recalled before)" : "");
   ++in_flight_publishes_;
   broker_.in_flight_publishes++;
   BrokerState& broker = broker_;

@@ -412,6 +412,7 @@ void Client::Impl::HandleFrame(v1::Frame& f) {
       auto it = pending.find(ack.request_id());
       if (it == pending.end()) return;
       RecallResult r;
+      r.message_id = ack.message_id();
       r.withdrawn.assign(ack.withdrawn().begin(), ack.withdrawn().end());
       r.notified.assign(ack.notified().begin(), ack.notified().end());
       auto done = std::move(it->second.recall);

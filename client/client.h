@@ -165,6 +165,7 @@ struct Delivery {
 struct RecallResult {
   Status status;
   std::string error_code;
+  std::string message_id;              // as the broker knows it (canonical form)
   std::vector<std::string> withdrawn;  // copies removed before delivery
   std::vector<std::string> notified;   // recipients who had it and get a recall notice
 };

@@ -109,6 +109,12 @@ struct StoredDelivery {
 struct Batch {
   std::vector<audit::Record> records;
   std::optional<StoredMessage> new_message;
+  // False: new_message is only looked up (a duplicate as above), never
+  // stored, and its id is not remembered; the rest of the batch (the audit
+  // records) is written. For a publish queued for nobody and refused as
+  // queue_full for some recipient: its repeat is decided afresh, not
+  // answered with a refusal that has passed (docs/protocol.md, section 7).
+  bool keep_message = true;
   std::vector<StoredDelivery> new_deliveries;
   std::vector<std::pair<int64_t, DeliveryState>> finished;  // deliveries leaving the pending state
   std::vector<std::pair<int64_t, uint32_t>> attempts;       // delivery id, attempts so far

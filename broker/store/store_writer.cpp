@@ -91,7 +91,8 @@ Status Store::Impl::PruneChunk(Item& item, uint64_t next, uint64_t* pruned, LogG
 // A new message whose (sender, message id) was used before marks the
 // batch a duplicate (item.result): then nothing of it is logged. Looks in
 // the messages logged but not applied, then in the database; a new id is
-// added to the former (and to *added, to forget it if the commit fails).
+// added to the former (and to *added, to forget it if the commit fails),
+// unless the batch does not keep its message (Batch::keep_message).
 Status Store::Impl::CheckDuplicate(Item& item, std::vector<std::string>* added) {
   const StoredMessage& m = *item.batch.new_message;
   std::string key = Key(m.sender, m.message_id);
@@ -108,6 +109,7 @@ Status Store::Impl::CheckDuplicate(Item& item, std::vector<std::string>* added) 
   // seen_ids for good (a failed commit forgets the former; the latter then
   // only answers "maybe" once too often).
   auto accept = [&]() {
+    if (!item.batch.keep_message) return Status::Ok();  // nothing to remember
     seen_ids.Add(key);
     std::lock_guard lock(unapplied_mu);
     unapplied_ids.emplace(key, Original{m.row, m.publish_digest, m.ack});
@@ -227,6 +229,7 @@ Status Store::Impl::Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tr
     if (item.batch.new_message) {
       if (Status s = CheckDuplicate(item, &added); !s.ok()) return fail(s);
       if (item.result.duplicate) continue;
+      if (!item.batch.keep_message) item.batch.new_message.reset();  // looked up only
     }
     for (auto& r : item.batch.records) LogRecord(r, seq++, &last_time, &t, &g);
     records += item.batch.records.size();

@@ -460,9 +460,13 @@ Status Agent::HandleResults(std::vector<Event*>& results) {
     } else {
       bool all_refused = !r.outcomes.empty();
       const client::RecipientOutcome* not_stored = nullptr;
+      std::string queue_full;  // the recipients refused as queue_full, for the log
       for (const auto& o : r.outcomes) {
         all_refused &= o.outcome == "refused";
         if (o.reason == "store_failure") not_stored = &o;
+        if (o.outcome == "refused" && o.reason == "queue_full") {
+          queue_full += (queue_full.empty() ? "'" : ", '") + Printable(o.recipient, 64) + "'";
+        }
       }
       if (not_stored) {
         // The broker could not store it (disk full, I/O error): nothing of
@@ -470,6 +474,20 @@ Status Agent::HandleResults(std::vector<Event*>& results) {
         // under the same id, like any passing refusal.
         spdlog::warn("outbox: {} ({}) could not be stored by the broker: {}; trying again",
                      Printable(row.name, 255), row.message_id, Printable(not_stored->detail, 500));
+        retry_at_[row.id] = now + std::chrono::seconds(2);
+        continue;
+      }
+      if (all_refused && !queue_full.empty()) {
+        // Queued for nobody, and a recipient's queue at the broker was
+        // full: the broker kept nothing of it (docs/protocol.md, section
+        // 7), so the same bytes go again under the same id until a queue
+        // has room. Warned once; a full queue can last (a recipient away
+        // for days), and a line every 2 s would bury the log.
+        const bool first = queue_full_logged_.insert(row.id).second;
+        const auto level = first ? spdlog::level::warn : spdlog::level::debug;
+        spdlog::log(level,
+                    "outbox: {} ({}) not queued for now: the broker's queue for {} is full; trying again every 2 s",
+                    Printable(row.name, 255), row.message_id, queue_full);
         retry_at_[row.id] = now + std::chrono::seconds(2);
         continue;
       }
@@ -481,6 +499,14 @@ Status Agent::HandleResults(std::vector<Event*>& results) {
       } else {
         spdlog::info("outbox: {} ({}) {} -> sent/{}", Printable(row.name, 255), row.message_id,
                      r.duplicate ? "was already accepted before a restart" : "accepted", Printable(row.dest, 255));
+        if (!queue_full.empty()) {
+          // The broker keeps this outcome (it queued the message for the
+          // others): sending these bytes again would get it again.
+          spdlog::warn(
+              "outbox: {} ({}) did not reach {}: the broker's queue for them was full (queue_full); "
+              "send them a new message to reach them",
+              Printable(row.name, 255), row.message_id, queue_full);
+        }
         dir = "sent";
         result = "{\"file\":" + JsonString(row.name) + ",\"messageId\":" + JsonString(row.message_id) +
                  ",\"duplicate\":" + (r.duplicate ? "true" : "false") + ",\"outcomes\":" + OutcomesJson(r.outcomes) +
@@ -494,6 +520,7 @@ Status Agent::HandleResults(std::vector<Event*>& results) {
     rows.push_back(row);
     pending_.erase(it);
     retry_at_.erase(e->row);
+    queue_full_logged_.erase(e->row);
   }
   if (settle.empty()) return Status::Ok();
   // The outcome is on disk before the move: a crash after this line

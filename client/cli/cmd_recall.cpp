@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "client/cli/commands.h"
+#include "common/uuid.h"
 
 namespace liaison::cli {
 namespace {
@@ -30,16 +31,20 @@ int RunRecall(const CommonOptions& common, const RecallOptions& o) {
     }
     return r.error_code.empty() ? kExitConnection : kExitRejected;
   }
+  // The id in canonical form (lower case), as the broker's audit log has it;
+  // worked out here rather than taken from the broker's answer.
+  const Result<std::string> canonical = NormalizeUuid(o.message_id);
+  const std::string& id = canonical.ok() ? *canonical : o.message_id;
   auto list = [](const std::vector<std::string>& v) {
     std::string out;
     for (const auto& s : v) out += (out.empty() ? "" : ",") + JsonString(s);
     return "[" + out + "]";
   };
   if (common.json) {
-    std::printf("{\"messageId\":%s,\"ok\":true,\"withdrawn\":%s,\"notified\":%s}\n", JsonString(o.message_id).c_str(),
+    std::printf("{\"messageId\":%s,\"ok\":true,\"withdrawn\":%s,\"notified\":%s}\n", JsonString(id).c_str(),
                 list(r.withdrawn).c_str(), list(r.notified).c_str());
   } else {
-    std::printf("recalled %s\n", o.message_id.c_str());
+    std::printf("recalled %s\n", id.c_str());
     for (const auto& a : r.withdrawn) std::printf("  %-24s withdrawn before delivery\n", a.c_str());
     for (const auto& a : r.notified) std::printf("  %-24s had it; a recall notice is on its way\n", a.c_str());
     if (r.withdrawn.empty() && r.notified.empty()) std::printf("  nothing changed (recalled before)\n");

@@ -297,9 +297,10 @@ TEST_CASE("agent outbox: a message the broker cannot store is sent again until i
   INFO(agent.err());
   CHECK(Names(police.failed()).empty());
   CHECK(Names(police.sent()).empty());
-  // Space returns: stored, moved to sent/, delivered once.
+  // Space returns: stored, moved to sent/, delivered once. (The ack file is
+  // written before the move: the moved file is waited for.)
   REQUIRE(std::remove((disk->path + "/filler").c_str()) == 0);
-  REQUIRE(WaitFor([&] { return FileExists(police.sent() + "/referral.json.ack.json"); }, std::chrono::seconds(30)));
+  REQUIRE(WaitFor([&] { return FileExists(police.sent() + "/referral.json"); }, std::chrono::seconds(30)));
   CHECK(Names(police.failed()).empty());
   CHECK(Names(police.outbox()).empty());
   const std::string id = JsonField(Slurp(police.sent() + "/referral.json.ack.json"), "messageId");
@@ -312,6 +313,74 @@ TEST_CASE("agent outbox: a message the broker cannot store is sent again until i
   // The broker could not read its audit log while the disk was full
   // (audit_unavailable): no proof either way, so no alarm, and exit 0.
   CHECK(agent.err().find("AUDIT ALARM") == std::string::npos);
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+}
+
+// A full queue at the broker passes. A file refused as queue_full for its
+// only recipient went to failed/ (and the broker answered its retries with
+// that refusal for ever); it is now sent again until the queue has room.
+// One queued for some recipients and refused as queue_full for others goes
+// to sent/, with a warning naming those it did not reach.
+TEST_CASE("agent outbox: a file refused as queue_full is sent again until queued and a partly queued one warns",
+          "[agent][outbox][backlog]") {
+  broker::Limits limits;
+  limits.max_backlog = 1;
+  TestBroker broker(limits);
+  // school is offline: one message fills its queue.
+  const v1::Message filler = IncidentReport({"school"});
+  {
+    auto pub = Publisher(broker.port(), "police");
+    REQUIRE(pub->Publish(filler).AllAccepted());
+    pub->Close();
+  }
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", broker.port());
+  police.Drop("full.json", MessageJson("[\"school\"]", "waits for room in the queue"));
+  police.Drop("partly.json", MessageJson("[\"school\", \"health\"]", "reaches health only"));
+  ChildProcess agent(AgentArgs(police), police.root, "daemon");
+  REQUIRE(agent.started());
+  auto count = [&](const std::string& text) {
+    const std::string log = agent.err();
+    size_t n = 0;
+    for (size_t at = 0; (at = log.find(text, at)) != std::string::npos; ++at) ++n;
+    return n;
+  };
+  // partly.json: queued for health, so sent/, with the warning. (The ack
+  // file is written before the move: the moved file is waited for.)
+  REQUIRE(WaitFor([&] { return FileExists(police.sent() + "/partly.json"); }));
+  // full.json: tried at least three times (the filler and partly.json are
+  // the other two publishes), warned of once, and never in failed/.
+  WaitFor([&] { return broker.server().counters().publishes >= 5 || !Names(police.failed()).empty(); },
+          std::chrono::seconds(20));
+  INFO(agent.err());
+  REQUIRE(Names(police.failed()).empty());
+  REQUIRE(broker.server().counters().publishes >= 5);
+  CHECK(count("partly.json (") >= 1);
+  CHECK(count("did not reach 'school': the broker's queue for them was full") == 1);
+  CHECK(count("full.json (") >= 1);
+  CHECK(count("not queued for now: the broker's queue for 'school' is full") == 1);
+  CHECK(Names(police.failed()).empty());
+  CHECK(Names(police.outbox()) == std::vector<std::string>{"full.json"});
+  CHECK_FALSE(FileExists(police.sent() + "/full.json"));
+  const std::string partly_ack = Slurp(police.sent() + "/partly.json.ack.json");
+  CHECK(partly_ack.find("\"reason\":\"queue_full\"") != std::string::npos);
+
+  // school drains its queue: full.json is queued, moved to sent/ and
+  // delivered once; partly.json never reaches school.
+  Receiver school(broker.port(), "school");
+  REQUIRE(WaitFor([&] { return FileExists(police.sent() + "/full.json"); }, std::chrono::seconds(20)));
+  CHECK(Names(police.failed()).empty());
+  CHECK(Names(police.outbox()).empty());
+  const std::string ack = Slurp(police.sent() + "/full.json.ack.json");
+  CHECK(ack.find("\"outcome\":\"queued\"") != std::string::npos);
+  CHECK(ack.find("\"duplicate\":false") != std::string::npos);
+  const std::string id = JsonField(ack, "messageId");
+  REQUIRE(school.WaitCount(2, std::chrono::seconds(20)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(ReceivedIds(school) == std::set<std::string>{filler.envelope().message_id(), id});
+  CHECK(school.count() == 2);
   agent.Signal(SIGTERM);
   CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
 }

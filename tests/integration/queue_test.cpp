@@ -450,6 +450,158 @@ TEST_CASE("the recall of a message every recipient has is recorded with the mess
   CHECK(Has(rows, "recalled:school:CASE-RECALL-7"));
 }
 
+// Publish stores a message id in canonical form whatever form it came in
+// (upper case too); a recall took the id as it came and so found no message
+// for an id in upper case (unknown_message).
+TEST_CASE("a recall accepts the message id in any form publish accepts and audits the canonical id",
+          "[queue][recall]") {
+  TestBroker broker;
+  auto police = Connect(broker.port(), "police");
+  Receiver school(broker.port(), "school");
+  const std::string id = "0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c1d";
+  const std::string upper = "0190A5C4-8D2E-7B3A-9C1D-2F4E6A8B0C1D";
+  const std::string mixed = "0190a5C4-8d2E-7b3A-9c1D-2f4E6a8B0c1D";
+  v1::Message m = IncidentReport({"school", "health"});  // health is offline
+  m.mutable_envelope()->set_message_id(upper);
+  auto published = police->Publish(m);
+  REQUIRE(published.AllAccepted());
+  CHECK(published.message_id == id);
+  REQUIRE(school.WaitCount(1));
+  {
+    std::lock_guard lock(school.mu);
+    CHECK(school.got.at(0).message->envelope().message_id() == id);
+  }
+  REQUIRE(WaitFor([&] { return Has(AuditEvents(broker, id), "delivered:delivered:school"); }));
+
+  // health's copy waits (the recall finds it in the queue); school has it.
+  auto r = police->Recall(upper, "sent to the wrong agencies");
+  INFO(r.status.message());
+  REQUIRE(r.status.ok());
+  CHECK(r.message_id == id);
+  CHECK(r.withdrawn == std::vector<std::string>{"health"});
+  CHECK(r.notified == std::vector<std::string>{"school"});
+  REQUIRE(WaitFor([&] { return school.Recalls().size() == 1; }));
+  CHECK(school.Recalls().at(0).message_id == id);
+  // The same message in another form: recalled before, nothing changes.
+  auto again = police->Recall(mixed, "again");
+  REQUIRE(again.status.ok());
+  CHECK(again.message_id == id);
+  CHECK(again.withdrawn.empty());
+  CHECK(again.notified.empty());
+  // What publish would refuse as a message id is a malformed recall.
+  for (const std::string bad : {std::string("not-a-message-id"), id + "0", "{" + id.substr(1) + "}"}) {
+    auto refused = police->Recall(bad, "");
+    CHECK(refused.error_code == "invalid_message");
+  }
+  CHECK(police->Recall(NewUuid(), "").error_code == "unknown_message");
+
+  REQUIRE(WaitFor([&] { return Has(AuditEvents(broker, id), "recall_notice_delivered:delivered:school"); }));
+  const auto events = AuditEvents(broker, id);
+  CHECK(Has(events, "recalled:recalled:health"));
+  CHECK(Has(events, "recalled:recall_notice:school"));
+  // Every record of it carries the canonical id, none the forms it was
+  // published or recalled under.
+  CHECK(AuditColumn(broker, upper, "event").empty());
+  CHECK(AuditColumn(broker, mixed, "event").empty());
+}
+
+// Publishing is idempotent, but a full queue passes: a publish that reached
+// nobody because a queue was full was remembered, and its retry after the
+// queue drained got queue_full again, for ever.
+TEST_CASE("a publish refused only because a queue was full is not remembered: its retry is decided afresh",
+          "[queue][backlog]") {
+  broker::Limits limits;
+  limits.max_backlog = 1;
+  TestBroker broker(limits);
+  auto police = Connect(broker.port(), "police");
+  // school is offline: one message fills its queue.
+  v1::Message first = IncidentReport({"school"});
+  REQUIRE(police->Publish(first).AllAccepted());
+  v1::Message m = IncidentReport({"school", "nobody"});
+  const std::string id = m.envelope().message_id();
+  auto refused = police->Publish(m);
+  REQUIRE(refused.status.ok());
+  REQUIRE(refused.outcomes.size() == 2);
+  CHECK(refused.outcomes[0].reason == "queue_full");
+  CHECK(refused.outcomes[1].reason == "unknown_recipient");
+  CHECK_FALSE(refused.duplicate);
+  // Nothing of it is kept but the records of the refusal.
+  REQUIRE(broker.server().SyncStore().ok());
+  const std::string db = broker.dir() + "/data/liaison.db";
+  CHECK(QueryInt(db, "SELECT count(*) FROM messages WHERE message_id = '" + id + "'") == 0);
+  // A repeat while the queue is still full is decided again, not answered
+  // from memory; a repeat of the message the broker has still gets its
+  // original outcome, full queue or not.
+  auto still = police->Publish(m);
+  REQUIRE(still.status.ok());
+  CHECK_FALSE(still.duplicate);
+  CHECK(still.outcomes.at(0).reason == "queue_full");
+  auto first_again = police->Publish(first);
+  REQUIRE(first_again.status.ok());
+  CHECK(first_again.duplicate);
+  CHECK(first_again.AllAccepted());
+
+  // school drains its queue: the retry is queued and delivered, once.
+  Receiver school(broker.port(), "school");
+  REQUIRE(school.WaitCount(1));
+  auto retry = police->Publish(m);
+  REQUIRE(retry.status.ok());
+  CHECK_FALSE(retry.duplicate);
+  REQUIRE(retry.outcomes.size() == 2);
+  CHECK(retry.outcomes[0].outcome == "queued");
+  CHECK(retry.outcomes[1].reason == "unknown_recipient");
+  REQUIRE(school.WaitCount(2));
+  // Now it is remembered: a further repeat gets that outcome.
+  auto repeat = police->Publish(m);
+  REQUIRE(repeat.status.ok());
+  CHECK(repeat.duplicate);
+  CHECK(repeat.outcomes.at(0).outcome == "queued");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(school.count() == 2);
+  {
+    std::lock_guard lock(school.mu);
+    CHECK(school.got.at(1).message->envelope().message_id() == id);
+  }
+  // Each decision is on record: two refusals, then the one that queued it.
+  const auto events = AuditEvents(broker, id);
+  CHECK(std::count(events.begin(), events.end(), "decision:refused:queue_full:school") == 2);
+  CHECK(std::count(events.begin(), events.end(), "queued:permit:school") == 1);
+}
+
+TEST_CASE("a publish queued for some recipients and refused as queue_full for others keeps that outcome",
+          "[queue][backlog]") {
+  broker::Limits limits;
+  limits.max_backlog = 1;
+  TestBroker broker(limits);
+  auto police = Connect(broker.port(), "police");
+  REQUIRE(police->Publish(IncidentReport({"school"})).AllAccepted());  // school's queue is full
+  v1::Message m = IncidentReport({"school", "health"});
+  auto mixed = police->Publish(m);
+  REQUIRE(mixed.status.ok());
+  REQUIRE(mixed.outcomes.size() == 2);
+  CHECK(mixed.outcomes[0].outcome == "refused");
+  CHECK(mixed.outcomes[0].reason == "queue_full");
+  CHECK(mixed.outcomes[1].outcome == "queued");
+  // school drains its queue; a repeat still gets the original outcome and
+  // queues nothing: health does not get it twice, school not at all.
+  Receiver school(broker.port(), "school");
+  REQUIRE(school.WaitCount(1));
+  auto repeat = police->Publish(m);
+  REQUIRE(repeat.status.ok());
+  CHECK(repeat.duplicate);
+  REQUIRE(repeat.outcomes.size() == 2);
+  CHECK(repeat.outcomes[0].reason == "queue_full");
+  CHECK(repeat.outcomes[1].outcome == "queued");
+  Receiver health(broker.port(), "health");
+  REQUIRE(health.WaitCount(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(health.count() == 1);
+  CHECK(school.count() == 1);
+  const auto events = AuditEvents(broker, m.envelope().message_id());
+  CHECK(std::count(events.begin(), events.end(), "decision:refused:queue_full:school") == 1);
+  CHECK(std::count(events.begin(), events.end(), "queued:permit:health") == 1);
+}
+
 TEST_CASE("a message that expires before its recipient connects is not delivered, and the sender is told",
           "[queue][expiry]") {
   TestBroker broker;
