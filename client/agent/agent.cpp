@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "client/agent/agent_files.h"
@@ -481,14 +482,18 @@ Status Agent::HandleResults(std::vector<Event*>& results) {
         // Queued for nobody, and a recipient's queue at the broker was
         // full: the broker kept nothing of it (docs/protocol.md, section
         // 7), so the same bytes go again under the same id until a queue
-        // has room. Warned once; a full queue can last (a recipient away
-        // for days), and a line every 2 s would bury the log.
-        const bool first = queue_full_logged_.insert(row.id).second;
+        // has room. A full queue can last (a recipient away for days), and
+        // each try is a publish with its audit records: the wait doubles
+        // from 2 s to kQueueFullMaxWait, and only the first is a warning.
+        auto [wait, first] = queue_full_wait_.try_emplace(row.id, std::chrono::seconds(2));
+        if (!first) wait->second = std::min(wait->second * 2, kQueueFullMaxWait);
         const auto level = first ? spdlog::level::warn : spdlog::level::debug;
         spdlog::log(level,
-                    "outbox: {} ({}) not queued for now: the broker's queue for {} is full; trying again every 2 s",
-                    Printable(row.name, 255), row.message_id, queue_full);
-        retry_at_[row.id] = now + std::chrono::seconds(2);
+                    "outbox: {} ({}) not queued for now: the broker's queue for {} is full; trying again in {} s "
+                    "(waits double up to {} s)",
+                    Printable(row.name, 255), row.message_id, queue_full, wait->second.count(),
+                    kQueueFullMaxWait.count());
+        retry_at_[row.id] = now + wait->second;
         continue;
       }
       if (all_refused) {
@@ -520,7 +525,7 @@ Status Agent::HandleResults(std::vector<Event*>& results) {
     rows.push_back(row);
     pending_.erase(it);
     retry_at_.erase(e->row);
-    queue_full_logged_.erase(e->row);
+    queue_full_wait_.erase(e->row);
   }
   if (settle.empty()) return Status::Ok();
   // The outcome is on disk before the move: a crash after this line

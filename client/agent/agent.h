@@ -123,7 +123,9 @@ class Agent {
   std::map<int64_t, OutboxRow> pending_;  // claimed, not settled, by row id
   std::set<int64_t> in_flight_;           // published on the current connection, unanswered
   std::map<int64_t, std::chrono::steady_clock::time_point> retry_at_;
-  std::set<int64_t> queue_full_logged_;  // pending rows whose queue_full refusal was logged as a warning
+  // Pending rows refused for a full queue: the wait before the next try.
+  std::map<int64_t, std::chrono::seconds> queue_full_wait_;
+  static constexpr std::chrono::seconds kQueueFullMaxWait{60};
   std::vector<OutboxRow> unmoved_;  // settled, but the move failed (disk): tried again
   std::set<std::string> skipped_logged_;
   Status alarm_;

@@ -319,7 +319,8 @@ TEST_CASE("agent outbox: a message the broker cannot store is sent again until i
 
 // A full queue at the broker passes. A file refused as queue_full for its
 // only recipient went to failed/ (and the broker answered its retries with
-// that refusal for ever); it is now sent again until the queue has room.
+// that refusal for ever); it is now sent again until the queue has room,
+// the waits doubling (2 s, 4 s, 8 s: the third try comes 6 s after the first).
 // One queued for some recipients and refused as queue_full for others goes
 // to sent/, with a warning naming those it did not reach.
 TEST_CASE("agent outbox: a file refused as queue_full is sent again until queued and a partly queued one warns",
@@ -339,7 +340,8 @@ TEST_CASE("agent outbox: a file refused as queue_full is sent again until queued
   police.WriteConfig("police", broker.port());
   police.Drop("full.json", MessageJson("[\"school\"]", "waits for room in the queue"));
   police.Drop("partly.json", MessageJson("[\"school\", \"health\"]", "reaches health only"));
-  ChildProcess agent(AgentArgs(police), police.root, "daemon");
+  // At debug level, to see every try's line.
+  ChildProcess agent(AgentArgs(police, {"--log-level", "debug"}), police.root, "daemon");
   REQUIRE(agent.started());
   auto count = [&](const std::string& text) {
     const std::string log = agent.err();
@@ -360,7 +362,10 @@ TEST_CASE("agent outbox: a file refused as queue_full is sent again until queued
   CHECK(count("partly.json (") >= 1);
   CHECK(count("did not reach 'school': the broker's queue for them was full") == 1);
   CHECK(count("full.json (") >= 1);
-  CHECK(count("not queued for now: the broker's queue for 'school' is full") == 1);
+  // Warned of once; the waits between tries double.
+  CHECK(count("warning liaison-agent: outbox: full.json (") == 1);
+  CHECK(count("not queued for now: the broker's queue for 'school' is full; trying again in 2 s") == 1);
+  CHECK(count("not queued for now: the broker's queue for 'school' is full; trying again in 4 s") == 1);
   CHECK(Names(police.failed()).empty());
   CHECK(Names(police.outbox()) == std::vector<std::string>{"full.json"});
   CHECK_FALSE(FileExists(police.sent() + "/full.json"));
