@@ -42,6 +42,19 @@ void Session::Wake() {
 }
 
 void Session::PumpDeliveries() {
+  TakeAndSend();
+  CommitAttempts();
+}
+
+void Session::CommitAttempts() {
+  if (sent_attempts_.empty()) return;
+  Batch b;
+  b.attempts.swap(sent_attempts_);
+  b.lazy = true;  // nobody waits: it shares the next commit someone does wait for
+  broker_.store->Commit(std::move(b), nullptr);
+}
+
+void Session::TakeAndSend() {
   // Credit bounds the count; this bounds the bytes waiting for the socket
   // (large messages times a large credit would otherwise overflow
   // max_queued_bytes and cut the session). Acks resume the pump.
@@ -234,6 +247,7 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
     del->mutable_report()->ParseFromString(*d.payload);
   }
   d.attempts++;
+  sent_attempts_.emplace_back(d.id, d.attempts);
   del->set_attempt(d.attempts);
   inflight.sent_at = net::Clock::now();
   const int64_t id = d.id;

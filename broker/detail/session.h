@@ -127,7 +127,16 @@ class Session : public std::enable_shared_from_this<Session> {
   void SendEncoded(Result<std::string> encoded);  // a frame already encoded with its length
   void SendDone(const Status& s);  // what sending a frame came to: aborts a peer that is not reading
   void SendError(uint64_t request_id, v1::Reason code, const std::string& message, bool fatal);
+  // Sends what the queue holds for this agency, as credit allows, then
+  // puts the sends' attempt counts on record (CommitAttempts).
   void PumpDeliveries();
+  void TakeAndSend();
+  // A lazy commit of the attempt counts SendDelivery noted: within a
+  // commit or two of the sends (a kill -9 in between forgets them), the
+  // store knows each copy was sent, so that after a crash a recall still
+  // notifies a recipient that may have the copy and an expiry's report
+  // says it may have been delivered. ReturnDeliveries also saves them.
+  void CommitAttempts();
   enum class Sent {
     kSent,     // in flight
     kSettled,  // settled without sending (refused now, or recalled)
@@ -191,6 +200,7 @@ class Session : public std::enable_shared_from_this<Session> {
   net::Clock::time_point held_until_{};
   uint32_t credit_ = 0;
   std::map<int64_t, InFlight> unacked_;   // by delivery id, oldest first
+  std::vector<std::pair<int64_t, uint32_t>> sent_attempts_;  // sends not yet on record (CommitAttempts)
   size_t acking_ = 0;                     // of them, acknowledged and waiting for their commit
   // DeliveryAcks read but not yet submitted (FlushAcks): one finished
   // delivery each.

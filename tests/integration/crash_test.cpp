@@ -180,6 +180,46 @@ TEST_CASE("kill -9 of the broker while agencies publish loses no acknowledged me
   }
 }
 
+// A copy sent and never acknowledged may be with its recipient (the agent
+// stores a message before acknowledging it). The broker knows it was sent
+// by its attempt count, which decides that a recall notifies the recipient
+// (and how an expiry is reported). Before, the count was saved only when
+// the receiving session ended: after a kill -9 the copy counted as never
+// sent, and a recall withdrew it without a word to a recipient that may
+// hold it.
+TEST_CASE("a copy sent before a kill -9 still counts as sent: its recall notifies the recipient",
+          "[process][crash][recall]") {
+  TempDir dir;
+  auto broker = std::make_unique<BrokerProcess>(dir);
+  auto police = Connect(broker->port(), "police");
+  const v1::Message m = IncidentReport({"school"});
+  REQUIRE(police->Publish(m).AllAccepted());
+  RawClient school;
+  REQUIRE(ConnectReceiving(school, broker->port(), "school", 4));
+  auto d = ReadDeliver(school);
+  REQUIRE(d);
+  REQUIRE(d->message().envelope().message_id() == m.envelope().message_id());
+  // Not acknowledged. The count is committed with the next commit someone
+  // waits for: a publish after the send.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  REQUIRE(police->Publish(IncidentReport({"health"})).AllAccepted());
+  police.reset();
+  broker->process().Signal(SIGKILL);
+  REQUIRE(broker->process().Wait() == 128 + SIGKILL);
+  school.Close();
+  broker = std::make_unique<BrokerProcess>(dir);
+  police = Connect(broker->port(), "police");
+  auto r = police->Recall(m.envelope().message_id(), "sent to the wrong agency");
+  INFO(r.status.message());
+  REQUIRE(r.status.ok());
+  CHECK(r.withdrawn == std::vector<std::string>{"school"});
+  CHECK(r.notified == std::vector<std::string>{"school"});
+  Receiver back(broker->port(), "school");
+  REQUIRE(WaitFor([&] { return back.Recalls().size() == 1; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(back.count() == 0);  // the message itself is not sent again
+}
+
 // Disk full: a small tmpfs under the store. Publishes that cannot be stored
 // are refused (store_failure), nothing acknowledged is lost, and the broker
 // recovers by itself when space returns.
