@@ -14,18 +14,18 @@ void ExpireCopy(QueueChange& change, const QueuedDelivery& d) {
   // A copy sent before and never acknowledged may be with its recipient
   // all the same (an agent stores a message before acknowledging it, and
   // the acknowledgement can be lost): the sender is told so, not that it
-  // was not delivered. (Attempts are counted since the broker started.)
-  const std::string attempts = std::to_string(d.attempts);
+  // was not delivered. (Session::CommitAttempts keeps the count over a crash.)
+  const bool sent = d.attempts > 0;
   audit::Record r = CopyRecord("expired", *d.message, d.recipient);
   r.actor = d.recipient;
   r.decision = "expired";
-  r.detail = "attempts=" + attempts + (d.attempts > 0 ? "; sent but never acknowledged: the recipient may have it" : "");
+  r.detail = "attempts=" + std::to_string(d.attempts) +
+             (sent ? "; sent but never acknowledged: the recipient may have it" : "");
   change.batch.records.push_back(std::move(r));
   change.Finish(d, DeliveryState::kExpired, v1::OUTCOME_EXPIRED, v1::REASON_EXPIRED,
-                d.attempts > 0 ? "expired before the recipient acknowledged it: sent " + attempts +
-                                     (d.attempts == 1 ? " time" : " times") + " and never acknowledged, so the "
-                                     "recipient may have it"
-                               : "not delivered before the message expired",
+                sent ? "expired before the recipient acknowledged it: " + SentUnacknowledged(d) +
+                           ", so the recipient may have it"
+                     : "not delivered before the message expired",
                 true);
 }
 

@@ -385,21 +385,19 @@ void Session::AckCommitted(const std::vector<int64_t>& ids, const Status& s) {
 }
 
 void Session::ReturnDeliveries() {
+  // Their attempt counts went to the store at each send (CommitAttempts).
   std::vector<QueuedDelivery> back;
-  Batch attempts;
   for (auto it = unacked_.begin(); it != unacked_.end();) {
     if (it->second.acking) {
       ++it;  // settled by its commit
       continue;
     }
-    attempts.attempts.emplace_back(it->first, it->second.d.attempts);
     back.push_back(std::move(it->second.d));
     it = unacked_.erase(it);
   }
   if (back.empty()) return;
   spdlog::info("{}: {} unacknowledged deliver{} go back to the queue", tag_, back.size(),
                back.size() == 1 ? "y" : "ies");
-  broker_.store->Commit(std::move(attempts), nullptr);  // attempt counts survive a restart
   broker_.mailboxes.Return(std::move(back));
 }
 

@@ -385,12 +385,14 @@ bool QueueChange::NotifyRecall(const std::shared_ptr<QueuedMessage>& m, const st
   return true;
 }
 
+std::string SentUnacknowledged(const QueuedDelivery& d) {
+  return "sent " + std::to_string(d.attempts) + (d.attempts == 1 ? " time" : " times") + " and never acknowledged";
+}
+
 bool AddRecallNoticeForUnacknowledged(QueueChange& change, const QueuedDelivery& d, const std::string& reason,
                                       const std::string& recall_cert) {
   if (d.kind != DeliveryKind::kMessage || d.attempts == 0) return false;
-  return change.NotifyRecall(d.message, d.recipient, reason, recall_cert,
-                             "sent " + std::to_string(d.attempts) + " time" + (d.attempts == 1 ? "" : "s") +
-                                 " and never acknowledged, so it may have it");
+  return change.NotifyRecall(d.message, d.recipient, reason, recall_cert, SentUnacknowledged(d) + ", so it may have it");
 }
 
 void QueueChange::Submit(std::function<void(const Status&, const audit::Checkpoint&)> then) {

@@ -244,6 +244,12 @@ class SurelyValidScan {
   // an empty string or bytes.
   static bool Default(const WireField& w) { return w.wire_type == 2 ? w.payload.empty() : w.value == 0; }
 
+  // Whether v is a 32-bit signed value as the serializer writes it: its low
+  // 32 bits sign-extended to 64.
+  static bool SignExtended32(uint64_t v) {
+    return v == static_cast<uint64_t>(static_cast<int64_t>(static_cast<int32_t>(static_cast<uint32_t>(v))));
+  }
+
   // Whether v is how the serializer writes the value the parser makes of
   // it for a varint field of f's type: 32-bit signed values sign-extended,
   // unsigned and zigzag ones within 32 bits, bools as 1 or 0.
@@ -252,7 +258,7 @@ class SurelyValidScan {
     switch (f.field->type()) {
       case FD::TYPE_INT32:
       case FD::TYPE_ENUM:
-        return v == static_cast<uint64_t>(static_cast<int64_t>(static_cast<int32_t>(static_cast<uint32_t>(v))));
+        return SignExtended32(v);
       case FD::TYPE_UINT32:
       case FD::TYPE_SINT32:
         return v <= 0xFFFFFFFFu;
@@ -297,7 +303,7 @@ class SurelyValidScan {
         seconds = static_cast<int64_t>(w.value);
       } else if (w.number == 2) {
         nanos = static_cast<int32_t>(static_cast<uint32_t>(w.value));
-        canonical_ = canonical_ && w.value == static_cast<uint64_t>(static_cast<int64_t>(nanos));
+        canonical_ = canonical_ && SignExtended32(w.value);
       } else {
         return false;
       }

@@ -256,6 +256,11 @@ void ExpireDue(BrokerState& broker, int64_t now_ms);
 // Adds the expiry of the copy d, taken from the queue, to change.
 void ExpireCopy(QueueChange& change, const QueuedDelivery& d);
 
+// "sent N time(s) and never acknowledged": what is known of a copy sent
+// before (attempts > 0) and given back unacknowledged, whose recipient may
+// have it all the same (for a recall's notice and an expiry's report).
+std::string SentUnacknowledged(const QueuedDelivery& d);
+
 // For a copy d settled as recalled: if it was sent before (attempts > 0)
 // and never acknowledged, its recipient may have it (an agent stores a
 // message before it acknowledges it, and the connection can drop in

@@ -135,7 +135,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // commit or two of the sends (a kill -9 in between forgets them), the
   // store knows each copy was sent, so that after a crash a recall still
   // notifies a recipient that may have the copy and an expiry's report
-  // says it may have been delivered. ReturnDeliveries also saves them.
+  // says it may have been delivered. The only place counts are saved.
   void CommitAttempts();
   enum class Sent {
     kSent,     // in flight

@@ -20,6 +20,7 @@
 #include "common/uuid.h"
 #include "proto/frame_codec.h"
 #include "tests/integration/test_support.h"
+#include "tests/proto/wire_by_hand.h"
 
 using namespace liaison;
 using namespace liaison::test;
@@ -46,11 +47,6 @@ std::unique_ptr<RawClient> Authenticated(uint16_t port, const std::string& agenc
   o.tls = AgencyTls(agency);
   REQUIRE(raw->Connect(port, o).ok());
   return raw;
-}
-
-std::string Header(uint32_t n) {
-  return std::string{static_cast<char>(n >> 24), static_cast<char>(n >> 16), static_cast<char>(n >> 8),
-                     static_cast<char>(n)};
 }
 
 // Runs body on a thread of its own in a new network namespace whose
@@ -110,7 +106,7 @@ bool ClosedWithin(int fd, std::chrono::milliseconds timeout) {
 TEST_CASE("a zero-length frame is a protocol error", "[abuse]") {
   TestBroker broker;
   auto raw = Authenticated(broker.port(), "police");
-  REQUIRE(raw->SendBytes(Header(0)));
+  REQUIRE(raw->SendBytes(FrameHeader(0)));
   auto f = raw->ReadFrame();
   REQUIRE(f.has_value());
   REQUIRE(f->has_error());
@@ -128,7 +124,7 @@ TEST_CASE("an oversize frame is refused without buffering its body", "[abuse]") 
   auto raw = Authenticated(broker.port(), "police");
   REQUIRE(raw->SendHello());
   REQUIRE(raw->ReadFrame().has_value());
-  REQUIRE(raw->SendBytes(Header(64 * 1024 + 1)));
+  REQUIRE(raw->SendBytes(FrameHeader(64 * 1024 + 1)));
   auto f = raw->ReadFrame();
   REQUIRE(f.has_value());
   REQUIRE(f->has_error());
@@ -144,7 +140,7 @@ TEST_CASE("garbage bytes get an Error and the broker stays up", "[abuse]") {
     auto raw = Authenticated(broker.port(), "police");
     std::string junk(200, '\0');
     for (auto& c : junk) c = static_cast<char>(rng());
-    junk.replace(0, 4, Header(196));  // a plausible length, a body of noise
+    junk.replace(0, 4, FrameHeader(196));  // a plausible length, a body of noise
     REQUIRE(raw->SendBytes(junk));
     auto f = raw->ReadFrame();
     REQUIRE(f.has_value());
@@ -182,7 +178,7 @@ TEST_CASE("frames only the broker sends, and unknown frame types, get an Error b
   CHECK(e->error().code() == v1::REASON_PROTOCOL_ERROR);
   CHECK_FALSE(e->error().fatal());
   // Field 99 of Frame is unknown to this broker: dropped, leaving an empty frame.
-  REQUIRE(raw->SendBytes(Header(3) + std::string("\x98\x06\x01", 3)));  // field 99, varint 1
+  REQUIRE(raw->SendBytes(FrameHeader(3) + std::string("\x98\x06\x01", 3)));  // field 99, varint 1
   auto e2 = raw->ReadFrame();
   REQUIRE(e2.has_value());
   CHECK(e2->has_error());
@@ -226,7 +222,7 @@ TEST_CASE("a peer that disconnects mid-frame does not disturb the broker", "[abu
     auto raw = Authenticated(broker.port(), "police");
     REQUIRE(raw->SendHello());
     REQUIRE(raw->ReadFrame().has_value());
-    REQUIRE(raw->SendBytes(Header(1000) + std::string(10, 'x')));
+    REQUIRE(raw->SendBytes(FrameHeader(1000) + std::string(10, 'x')));
     raw->Close();
   }
   REQUIRE(WaitFor([&] { return broker.server().counters().sessions == 0; }));

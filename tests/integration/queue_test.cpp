@@ -114,10 +114,7 @@ TEST_CASE("a message encoded another way is the same message: a repeat in any en
     const std::string body = Field(v1::Frame::kPublishFieldNumber, 2,
                                    Field(v1::Publish::kRequestIdFieldNumber, 0, Varint(rid)) +
                                        Field(v1::Publish::kMessageFieldNumber, 2, message));
-    const uint32_t n = static_cast<uint32_t>(body.size());
-    const std::string header{static_cast<char>(n >> 24), static_cast<char>(n >> 16), static_cast<char>(n >> 8),
-                             static_cast<char>(n)};
-    REQUIRE(police.SendBytes(header + body));
+    REQUIRE(police.SendBytes(FrameHeader(static_cast<uint32_t>(body.size())) + body));
     for (;;) {
       auto f = police.ReadFrame();
       REQUIRE(f);

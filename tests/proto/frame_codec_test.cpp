@@ -22,12 +22,9 @@ using liaison::proto::kDefaultMaxFrameBytes;
 using liaison::proto::kFrameHeaderBytes;
 using liaison::proto::ParseFrame;
 using liaison::test::Field;
+using liaison::test::FrameHeader;
 using liaison::test::Varint;
 namespace v1 = liaison::v1;
-
-std::string Header(uint32_t n) {
-  return {static_cast<char>(n >> 24), static_cast<char>(n >> 16), static_cast<char>(n >> 8), static_cast<char>(n)};
-}
 
 const uint8_t* Bytes(const std::string& s) {
   return reinterpret_cast<const uint8_t*>(s.data());
@@ -117,14 +114,14 @@ TEST_CASE("DecodeFrameLength validates 0, the maximum and byte order", "[proto][
     const char* error;
   };
   const std::vector<Case> cases = {
-      {Header(0), 1024, false, 0, "frame length 0"},
-      {Header(1), 1024, true, 1, nullptr},
-      {Header(1024), 1024, true, 1024, nullptr},
-      {Header(1025), 1024, false, 0, "exceeds the maximum of 1024"},
-      {Header(kDefaultMaxFrameBytes), kDefaultMaxFrameBytes, true, kDefaultMaxFrameBytes, nullptr},
-      {Header(kDefaultMaxFrameBytes + 1), kDefaultMaxFrameBytes, false, 0, "exceeds the maximum"},
-      {Header(0xFFFFFFFFu), kDefaultMaxFrameBytes, false, 0, "4294967295"},
-      {Header(0xFFFFFFFFu), 0xFFFFFFFFu, true, 0xFFFFFFFFu, nullptr},
+      {FrameHeader(0), 1024, false, 0, "frame length 0"},
+      {FrameHeader(1), 1024, true, 1, nullptr},
+      {FrameHeader(1024), 1024, true, 1024, nullptr},
+      {FrameHeader(1025), 1024, false, 0, "exceeds the maximum of 1024"},
+      {FrameHeader(kDefaultMaxFrameBytes), kDefaultMaxFrameBytes, true, kDefaultMaxFrameBytes, nullptr},
+      {FrameHeader(kDefaultMaxFrameBytes + 1), kDefaultMaxFrameBytes, false, 0, "exceeds the maximum"},
+      {FrameHeader(0xFFFFFFFFu), kDefaultMaxFrameBytes, false, 0, "4294967295"},
+      {FrameHeader(0xFFFFFFFFu), 0xFFFFFFFFu, true, 0xFFFFFFFFu, nullptr},
       // Big-endian: the first byte is the most significant.
       {std::string("\x00\x00\x01\x02", 4), 1 << 20, true, 0x0102, nullptr},
       {std::string("\x01\x02\x03\x04", 4), 0x7FFFFFFF, true, 0x01020304, nullptr},
@@ -159,7 +156,7 @@ TEST_CASE("EncodeFrame writes a big-endian length prefix that ParseFrame round-t
     auto len = DecodeFrameLength(Bytes(wire), kDefaultMaxFrameBytes);
     REQUIRE(len.ok());
     CHECK(*len == body_size);
-    CHECK(wire.substr(0, 4) == Header(static_cast<uint32_t>(body_size)));
+    CHECK(wire.substr(0, 4) == FrameHeader(static_cast<uint32_t>(body_size)));
 
     v1::Frame back;
     REQUIRE(ParseFrame(std::string_view(wire).substr(kFrameHeaderBytes), &back).ok());
@@ -345,7 +342,7 @@ TEST_CASE("FrameDecoder holds nothing and reports nothing for truncated input", 
 
 TEST_CASE("FrameDecoder: a zero-length header is a sticky error", "[proto][frame_codec]") {
   FrameDecoder d;
-  std::string bytes = Header(0) + Encode(PingFrame(5));
+  std::string bytes = FrameHeader(0) + Encode(PingFrame(5));
   CHECK(d.Feed(Bytes(bytes), bytes.size()) == 4);  // stops right after the bad header
   for (int i = 0; i < 3; ++i) {
     auto next = d.Next();
@@ -366,7 +363,7 @@ TEST_CASE("FrameDecoder: an oversize header is an error before any body is buffe
     FrameDecoder d(max);
     // Header followed by as much body as the peer claims it will send (capped).
     const std::string body(std::min<uint32_t>(announced, 64 * 1024), 'B');
-    const std::string bytes = Header(announced) + body;
+    const std::string bytes = FrameHeader(announced) + body;
     size_t fed = 0;
     size_t max_buffered = 0;
     // Byte by byte, so buffered() is observed at every step.
@@ -391,7 +388,7 @@ TEST_CASE("FrameDecoder: an oversize header is an error before any body is buffe
 TEST_CASE("FrameDecoder accepts a frame of exactly the maximum and buffers at most max + 4", "[proto][frame_codec]") {
   const uint32_t max = 4096;
   const std::string body(max, '\x08');  // content does not matter to the decoder
-  const std::string bytes = Header(max) + body;
+  const std::string bytes = FrameHeader(max) + body;
   FrameDecoder d(max);
   size_t max_buffered = 0;
   std::vector<std::string> got;

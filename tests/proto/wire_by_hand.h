@@ -8,6 +8,11 @@
 
 namespace liaison::test {
 
+// A frame's length prefix (docs/protocol.md, section 3): n, 4 bytes big-endian.
+inline std::string FrameHeader(uint32_t n) {
+  return {static_cast<char>(n >> 24), static_cast<char>(n >> 16), static_cast<char>(n >> 8), static_cast<char>(n)};
+}
+
 // The varint encoding of v.
 inline std::string Varint(uint64_t v) {
   std::string out;
