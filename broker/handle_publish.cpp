@@ -304,10 +304,10 @@ void Session::HandlePublish(v1::Publish& publish) {
              "the network's policy does not permit sharing this message with '" + recipient + "'");
       continue;
     }
-    if (broker_.mailboxes.waiting(recipient) >= l.max_backlog) {
+    if (broker_.mailboxes.waiting_copies(recipient) >= l.max_backlog) {
       audit::Record& r = record(recipient, "decision", "refused:queue_full");
       r.rules = rules;
-      r.detail = "the recipient has " + std::to_string(l.max_backlog) + " or more deliveries waiting";
+      r.detail = "the recipient has " + std::to_string(l.max_backlog) + " or more messages waiting";
       refuse(v1::REASON_QUEUE_FULL, "'" + recipient + "' has too many messages waiting; publish again later");
       queue_full = true;
       continue;

@@ -11,6 +11,17 @@
 #include "proto/names.h"
 
 namespace liaison::broker {
+namespace {
+
+// When a stored report was made: its time, or (a report without one, or
+// one that does not parse) now, so that it waits the whole retention again.
+int64_t ReportMadeMs(const std::string& payload, int64_t now_ms) {
+  v1::DeliveryReport r;
+  if (!r.ParseFromString(payload) || !r.has_time()) return now_ms;
+  return google::protobuf::util::TimeUtil::TimestampToMilliseconds(r.time());
+}
+
+}  // namespace
 
 MessageFacts FactsOf(const v1::Message& m) {
   MessageFacts f;
@@ -48,6 +59,7 @@ std::string QueuedMessage::WireDigest(const Store& store) {
 }
 
 Status Mailboxes::Load(const Store& store) {
+  const int64_t now_ms = NowMs();
   std::map<int64_t, std::shared_ptr<QueuedMessage>> by_row;
   std::vector<QueuedDelivery> all;
   Status parse_error = Status::Ok();
@@ -79,6 +91,7 @@ Status Mailboxes::Load(const Store& store) {
     q.named = d.named;
     q.message = qm;
     if (!d.payload.empty()) q.payload = std::make_shared<const std::string>(std::move(d.payload));
+    if (q.kind == DeliveryKind::kReport) q.made_ms = ReportMadeMs(q.payload ? *q.payload : std::string(), now_ms);
     all.push_back(std::move(q));
   });
   if (!s.ok()) return s;
@@ -90,19 +103,28 @@ Status Mailboxes::Load(const Store& store) {
       q.message->unfinished++;
       messages_[{q.message->sender, q.message->message_id}] = q.message;
     }
-    queues_[q.recipient].push_back(std::move(q));
-    ++total_;
+    PushLocked(std::move(q));
   }
   return Status::Ok();
 }
 
-void Mailboxes::InsertSorted(std::deque<QueuedDelivery>& q, QueuedDelivery d) {
+void Mailboxes::PushLocked(QueuedDelivery d) {
+  if (d.kind == DeliveryKind::kMessage) copies_[d.recipient]++;
+  ++total_;
+  auto& q = queues_[d.recipient];  // before d is moved from
   if (q.empty() || q.back().id < d.id) {
     q.push_back(std::move(d));
     return;
   }
   auto it = std::upper_bound(q.begin(), q.end(), d.id, [](int64_t id, const QueuedDelivery& e) { return id < e.id; });
   q.insert(it, std::move(d));
+}
+
+void Mailboxes::CountOutLocked(const QueuedDelivery& d) {
+  --total_;
+  if (d.kind != DeliveryKind::kMessage) return;
+  auto it = copies_.find(d.recipient);
+  if (it != copies_.end() && --it->second == 0) copies_.erase(it);
 }
 
 void Mailboxes::Add(std::vector<QueuedDelivery> deliveries) {
@@ -115,9 +137,7 @@ void Mailboxes::Add(std::vector<QueuedDelivery> deliveries) {
         messages_[{d.message->sender, d.message->message_id}] = d.message;
       }
       touched.insert(d.recipient);
-      auto& q = queues_[d.recipient];  // before d is moved from
-      InsertSorted(q, std::move(d));
-      ++total_;
+      PushLocked(std::move(d));
     }
   }
   WakeReceivers(touched);
@@ -129,9 +149,7 @@ void Mailboxes::Return(std::vector<QueuedDelivery> deliveries) {
     std::lock_guard lock(mu_);
     for (auto& d : deliveries) {
       touched.insert(d.recipient);
-      auto& q = queues_[d.recipient];  // before d is moved from
-      InsertSorted(q, std::move(d));
-      ++total_;
+      PushLocked(std::move(d));
     }
   }
   WakeReceivers(touched);
@@ -144,9 +162,9 @@ std::vector<QueuedDelivery> Mailboxes::Take(std::string_view agency, size_t n) {
   if (it == queues_.end()) return out;
   auto& q = it->second;
   while (!q.empty() && out.size() < n) {
+    CountOutLocked(q.front());
     out.push_back(std::move(q.front()));
     q.pop_front();
-    --total_;
   }
   if (q.empty()) queues_.erase(it);
   return out;
@@ -191,15 +209,15 @@ std::shared_ptr<QueuedMessage> Mailboxes::Find(std::string_view sender, std::str
   return it == messages_.end() ? nullptr : it->second.lock();
 }
 
-std::vector<QueuedDelivery> Mailboxes::TakeWaitingCopies(const std::function<bool(const QueuedMessage&)>& which) {
+std::vector<QueuedDelivery> Mailboxes::TakeWaitingCopies(const std::function<bool(const QueuedDelivery&)>& which) {
   std::vector<QueuedDelivery> out;
   for (auto it = queues_.begin(); it != queues_.end();) {
     auto& q = it->second;
     for (auto d = q.begin(); d != q.end();) {
-      if (d->kind == DeliveryKind::kMessage && which(*d->message)) {
+      if (which(*d)) {
+        CountOutLocked(*d);
         out.push_back(std::move(*d));
         d = q.erase(d);
-        --total_;
       } else {
         ++d;
       }
@@ -230,7 +248,7 @@ std::vector<QueuedDelivery> Mailboxes::Recall(QueuedMessage& m, const RecallFact
   std::lock_guard lock(mu_);
   const bool n = MarkRecalledLocked(m, how);
   if (newly) *newly = n;
-  return TakeWaitingCopies([&m](const QueuedMessage& x) { return &x == &m; });
+  return TakeWaitingCopies([&m](const QueuedDelivery& d) { return d.kind == DeliveryKind::kMessage && d.message.get() == &m; });
 }
 
 void Mailboxes::UnmarkRecalled(QueuedMessage& m) {
@@ -268,15 +286,24 @@ void Mailboxes::UnmarkNotified(QueuedMessage& m, const std::string& recipient) {
   m.notified.erase(recipient);
 }
 
-std::vector<QueuedDelivery> Mailboxes::TakeExpired(int64_t now_ms) {
+std::vector<QueuedDelivery> Mailboxes::TakeExpired(int64_t now_ms, int64_t report_retention_ms) {
   std::lock_guard lock(mu_);
-  return TakeWaitingCopies([now_ms](const QueuedMessage& m) { return m.expires_ms <= now_ms; });
+  return TakeWaitingCopies([=](const QueuedDelivery& d) {
+    switch (d.kind) {
+      case DeliveryKind::kMessage:
+        return d.message->expires_ms <= now_ms;
+      case DeliveryKind::kReport:
+        return d.made_ms <= now_ms - report_retention_ms;
+      default:
+        return false;
+    }
+  });
 }
 
-size_t Mailboxes::waiting(std::string_view agency) const {
+size_t Mailboxes::waiting_copies(std::string_view agency) const {
   std::lock_guard lock(mu_);
-  auto it = queues_.find(agency);
-  return it == queues_.end() ? 0 : it->second.size();
+  auto it = copies_.find(agency);
+  return it == copies_.end() ? 0 : it->second;
 }
 
 size_t Mailboxes::waiting_total() const {
@@ -363,6 +390,7 @@ void QueueChange::AddDelivery(const std::shared_ptr<QueuedMessage>& m, const std
   q.kind = kind;
   q.message = m;
   q.payload = std::make_shared<const std::string>(std::move(payload));
+  if (kind == DeliveryKind::kReport) q.made_ms = NowMs();
   added_.push_back(std::move(q));
 }
 

@@ -103,6 +103,9 @@ struct QueuedDelivery {
   bool named = true;
   std::shared_ptr<QueuedMessage> message;          // the message (copies) or the one it concerns
   std::shared_ptr<const std::string> payload;      // notices and reports
+  // A report: when it was made (from its time at start), for its expiry
+  // (Mailboxes::TakeExpired). 0 for copies and recall notices.
+  int64_t made_ms = 0;
 };
 
 // What waits for one agency (Mailboxes::Summary; the admin command
@@ -167,11 +170,17 @@ class Mailboxes {
   bool MarkNotified(QueuedMessage& m, const std::string& recipient);
   void UnmarkNotified(QueuedMessage& m, const std::string& recipient);
 
-  // Removes and returns waiting copies whose message expired by now_ms.
-  std::vector<QueuedDelivery> TakeExpired(int64_t now_ms);
+  // Removes and returns waiting copies whose message expired by now_ms, and
+  // delivery reports made report_retention_ms or longer before it. (Recall
+  // notices wait for good: a recipient that has a recalled message must
+  // learn of the recall whenever it comes back.)
+  std::vector<QueuedDelivery> TakeExpired(int64_t now_ms, int64_t report_retention_ms);
 
-  size_t waiting(std::string_view agency) const;
-  size_t waiting_total() const;
+  // Message copies waiting for agency (what limits.max_backlog bounds:
+  // notices and reports are not counted, so that an agency's own reports
+  // never fill its queue against messages for it).
+  size_t waiting_copies(std::string_view agency) const;
+  size_t waiting_total() const;  // copies, notices and reports
   // Every agency with anything waiting, by agency id. Walks every waiting
   // copy (holding the lock): for the operator's command, not the hot path.
   std::vector<MailboxSummary> Summary() const;
@@ -183,8 +192,11 @@ class Mailboxes {
   static RecallFacts FactsLocked(const QueuedMessage& m);
   // Removes and returns the waiting message copies whose message matches;
   // the caller holds mu_.
-  std::vector<QueuedDelivery> TakeWaitingCopies(const std::function<bool(const QueuedMessage&)>& which);
-  void InsertSorted(std::deque<QueuedDelivery>& q, QueuedDelivery d);
+  std::vector<QueuedDelivery> TakeWaitingCopies(const std::function<bool(const QueuedDelivery&)>& which);
+  // Queues d (in delivery order) or counts d out of its queue; the caller
+  // holds mu_.
+  void PushLocked(QueuedDelivery d);
+  void CountOutLocked(const QueuedDelivery& d);
 
   Router& router_;
   mutable std::mutex mu_;
@@ -192,6 +204,7 @@ class Mailboxes {
   // Messages with unfinished copies, by (sender, message id).
   std::map<std::pair<std::string, std::string>, std::weak_ptr<QueuedMessage>, std::less<>> messages_;  // mu_
   size_t total_ = 0;  // guarded by mu_
+  std::map<std::string, size_t, std::less<>> copies_;  // mu_: message copies waiting, by agency (none: 0)
 };
 
 // One change to the queue: its store batch (with the audit records that
@@ -251,7 +264,8 @@ std::optional<policy::OriginalMessage> LookupOriginal(const Store& store, const 
 audit::Record CopyRecord(std::string event, const QueuedMessage& m, const std::string& recipient);
 
 // Expires every waiting copy whose message expired by now_ms (audited; the
-// sender gets a report).
+// sender gets a report), and every delivery report that waited longer than
+// limits.max_retention (audited).
 void ExpireDue(BrokerState& broker, int64_t now_ms);
 // Adds the expiry of the copy d, taken from the queue, to change.
 void ExpireCopy(QueueChange& change, const QueuedDelivery& d);

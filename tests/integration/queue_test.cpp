@@ -2,6 +2,7 @@
 // idempotent publish, order, the policy re-checked at delivery, recall,
 // expiry and delivery reports, through a real broker.
 #include <catch2/catch.hpp>
+#include <google/protobuf/util/time_util.h>
 
 #include <sqlite3.h>
 
@@ -731,6 +732,92 @@ TEST_CASE("a sender that asks for reports learns of every delivery", "[queue][re
     CHECK(rep.outcome == "delivered");
     CHECK(rep.time_ms > 0);
   }
+}
+
+TEST_CASE("an agency's own delivery reports never fill its queue against messages for it", "[queue][backlog][reports]") {
+  broker::Limits limits;
+  limits.max_backlog = 2;
+  TestBroker broker(limits);
+  // police asks for reports but does not receive (a CLI that only sends):
+  // its reports wait for it, more of them than max_backlog.
+  auto police = client::Client::Connect(Reporting(broker.port(), "police"));
+  REQUIRE(police.ok());
+  {
+    Receiver school(broker.port(), "school");
+    for (int i = 0; i < 4; ++i) REQUIRE((*police)->Publish(IncidentReport({"school"})).AllAccepted());
+    REQUIRE(school.WaitCount(4));
+  }
+  REQUIRE(broker.server().SyncStore().ok());
+  const std::string db = broker.dir() + "/data/liaison.db";
+  REQUIRE(WaitFor([&] { return QueryInt(db, "SELECT count(*) FROM deliveries WHERE kind = 3 AND state = 0") == 4; }));
+  // Messages for police are still taken, up to max_backlog of them.
+  auto school = Connect(broker.port(), "school");
+  const v1::Message first = IncidentReport({"police"}), second = IncidentReport({"police"});
+  CHECK(school->Publish(first).AllAccepted());
+  CHECK(school->Publish(second).AllAccepted());
+  auto third = school->Publish(IncidentReport({"police"}));
+  REQUIRE(third.status.ok());
+  REQUIRE(third.outcomes.size() == 1);
+  CHECK(third.outcomes[0].reason == "queue_full");
+  // police connects: its reports and both messages arrive.
+  Receiver police_inbox(broker.port(), "police");
+  REQUIRE(police_inbox.WaitCount(2));
+  REQUIRE(WaitFor([&] { return police_inbox.Reports().size() == 4; }));
+}
+
+TEST_CASE("a delivery report not fetched within the maximum retention expires and is recorded but a recall notice waits",
+          "[queue][reports][expiry]") {
+  broker::Limits limits;
+  limits.max_retention = std::chrono::milliseconds(3000);
+  TestBroker broker(limits);
+  auto police = client::Client::Connect(Reporting(broker.port(), "police"));
+  REQUIRE(police.ok());
+  v1::Message m = IncidentReport({"school"});
+  {
+    Receiver school(broker.port(), "school");
+    REQUIRE((*police)->Publish(m).AllAccepted());
+    REQUIRE(school.WaitCount(1));
+  }
+  const std::string id = m.envelope().message_id();
+  REQUIRE(WaitFor([&] { return Has(AuditEvents(broker, id), "delivered:delivered:school"); }));
+  // school, offline now, has the message: police recalls it, and school's
+  // notice waits. The delivery report waits for police, which does not
+  // receive, across a restart.
+  auto recall = (*police)->Recall(id, "sent in error");
+  REQUIRE(recall.status.ok());
+  CHECK(recall.notified == std::vector<std::string>{"school"});
+  (*police).reset();
+  const int64_t restarted_ms = WallMs();
+  broker.Restart();
+  // After the retention, the report goes, with a record that says when it
+  // was made (before the restart: its own time, not the start's).
+  REQUIRE(WaitFor([&] { return Has(AuditEvents(broker, id), "report_expired:expired:police"); },
+                  std::chrono::seconds(15)));
+  std::vector<std::string> details;
+  for (const std::string& leaf : AuditColumn(broker, id, "leaf")) {
+    auto r = audit::DecodeLeaf(leaf);
+    REQUIRE(r.ok());
+    if (r->event == "report_expired") details.push_back(r->detail);
+  }
+  REQUIRE(details.size() == 1);
+  const auto it = details.begin();
+  CHECK(it->find("a delivery report (delivered") == 0);
+  CHECK(it->find("for 'school'), made ") != std::string::npos);
+  CHECK(it->find("was not fetched by the sender within limits.max_retention_s") != std::string::npos);
+  const size_t at = it->find("made ") + 5;
+  google::protobuf::Timestamp made;
+  REQUIRE(google::protobuf::util::TimeUtil::FromString(it->substr(at, it->find(',', at) - at), &made));
+  CHECK(google::protobuf::util::TimeUtil::TimestampToMilliseconds(made) < restarted_ms);
+  // police connecting now gets no report; school, later still, its notice.
+  Receiver police_inbox(broker.port(), "police");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  CHECK(police_inbox.Reports().empty());
+  Receiver school(broker.port(), "school");
+  REQUIRE(WaitFor([&] { return school.Recalls().size() == 1; }));
+  CHECK(school.Recalls().at(0).message_id == id);
+  const std::string db = broker.dir() + "/data/liaison.db";
+  REQUIRE(broker.server().SyncStore().ok());
+  CHECK(QueryInt(db, "SELECT count(*) FROM deliveries WHERE kind = 3 AND state = 0") == 0);
 }
 
 namespace {
