@@ -3,6 +3,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -17,6 +18,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cerrno>
 #include <condition_variable>
 #include <future>
@@ -46,6 +48,18 @@ constexpr size_t kMaxQueuedBytes = 64 * 1024 * 1024;
 // to 64 MiB); what we send is bounded by the broker's Welcome.
 constexpr uint32_t kMaxIncomingFrameBytes = 64 * 1024 * 1024 + 1024;
 constexpr auto kWriteStallLimit = std::chrono::seconds(30);
+// Beside the witness file: when a request for a proof was first left
+// unproven (ClientOptions::witness_max_unproven).
+constexpr const char* kUnprovenSuffix = ".unproven";
+
+int64_t WallClockMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string Rfc3339Ms(int64_t ms) {
+  return google::protobuf::util::TimeUtil::ToString(google::protobuf::util::TimeUtil::MillisecondsToTimestamp(ms));
+}
 
 audit::Checkpoint FromProto(const v1::Checkpoint& c) {
   audit::Checkpoint out;
@@ -139,9 +153,13 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   std::optional<audit::Checkpoint> witnessed;
   std::optional<audit::Checkpoint> witness_checking;  // awaiting its consistency proof
   std::optional<audit::Checkpoint> witness_next;      // the newest that arrived meanwhile
+  // When a request for a proof first went unproven since the witness last
+  // advanced (ms since the epoch; 0: none), as the ".unproven" file keeps it.
+  int64_t unproven_since_ms = 0;
   Status witness_alarm;      // guarded by mu
   bool witness_busy = false; // guarded by mu
   void Witness(const audit::Checkpoint& cp);
+  void Unproven(const std::string& what, const std::string& why);
   void WitnessProof(const Status& s, const std::string& error_code, v1::Frame* answer);
   void Keep(const audit::Checkpoint& cp);
   void Alarm(const std::string& what);
@@ -178,6 +196,28 @@ void Client::Impl::SetWitnessBusy(bool busy) {
 void Client::Impl::Keep(const audit::Checkpoint& cp) {
   witnessed = cp;
   (void)WriteFileAtomic(opts.checkpoint_file, audit::FormatCheckpoint(cp), 0600);
+  if (unproven_since_ms != 0) {
+    unproven_since_ms = 0;
+    ::unlink((opts.checkpoint_file + kUnprovenSuffix).c_str());
+  }
+}
+
+// A request for a proof from the witnessed checkpoint got none (why): the
+// first since the witness last advanced is kept, and one left unproven
+// witness_max_unproven after it is an alarm.
+void Client::Impl::Unproven(const std::string& what, const std::string& why) {
+  const int64_t now = WallClockMs();
+  if (unproven_since_ms == 0) {
+    unproven_since_ms = now;
+    (void)WriteFileAtomic(opts.checkpoint_file + kUnprovenSuffix, std::to_string(now) + "\n", 0600);
+  }
+  const auto max = opts.witness_max_unproven.count();
+  if (max > 0 && now - unproven_since_ms >= max) {
+    Alarm(what + "has come without a consistency proof from the " + std::to_string(witnessed->tree_size) +
+          " records witnessed since " + Rfc3339Ms(unproven_since_ms) + ", longer than the " +
+          std::to_string(max / 1000) + " s allowed (the last answer: " + why +
+          "): the log cannot be checked; ask the broker's operator why it does not prove it");
+  }
 }
 
 // Compares a checkpoint from the broker with the newest one this agency
@@ -198,6 +238,12 @@ void Client::Impl::Witness(const audit::Checkpoint& cp) {
                    "); restore it, or remove it to start a new witness");
     }
     witnessed = *saved;
+    // When requests were first left unproven, by an earlier connection or
+    // run; a file that says no time counts from now.
+    if (auto since = ReadFile(opts.checkpoint_file + kUnprovenSuffix, 64); since.ok()) {
+      const int64_t ms = std::strtoll(since->c_str(), nullptr, 10);
+      unproven_since_ms = ms > 0 ? ms : WallClockMs();
+    }
   }
   {
     std::lock_guard lock(mu);
@@ -256,6 +302,8 @@ void Client::Impl::WitnessProof(const Status& s, const std::string& error_code, 
     if (!error_code.empty() && error_code != "audit_busy" && error_code != "audit_unavailable") {
       Alarm(what + "came without a consistency proof from the " + std::to_string(m) +
             " records witnessed (the broker answered: " + s.message() + ")");
+    } else {
+      Unproven(what, s.message());
     }
   } else {
     const v1::ConsistencyProof& p = answer->consistency_proof();

@@ -62,6 +62,13 @@ struct ClientOptions {
   // alarm when it does not verify. The file is only advanced to a
   // checkpoint whose proof verified. Empty: no witness.
   std::string checkpoint_file;
+  // A broker can keep the witness from checking by never proving: it
+  // answers audit_busy or audit_unavailable, or drops the connection,
+  // whenever asked. The time of the first request left unproven since the
+  // witness last advanced is kept beside the witness file (its name +
+  // ".unproven", across connections and runs); once a request is left
+  // unproven this long after it, that is an alarm too. 0: never.
+  std::chrono::milliseconds witness_max_unproven{std::chrono::hours(24)};
   // Ask for a delivery report on every recipient's copy of every message
   // published on this connection (reports arrive as deliveries on the
   // agency's receiving session).
@@ -241,7 +248,9 @@ class Client {
   bool connected() const;
   // Not OK once a checkpoint from the broker contradicted the witness file
   // (the audit log was rewritten or truncated) or a consistency proof from
-  // the witnessed checkpoint to a newer one did not verify. Thread-safe.
+  // the witnessed checkpoint to a newer one did not verify, or the broker
+  // left it unproven for longer than ClientOptions::witness_max_unproven.
+  // Thread-safe.
   Status witness_status() const;
 
  private:

@@ -49,7 +49,7 @@ std::optional<AgentConfig> AgentConfig::LoadText(const std::string& text, const 
   if (!r.ExpectMap(*root, "the agent configuration",
                    {"broker", "server_name", "certificate", "private_key", "ca_bundle", "crl", "outbox", "sent", "failed",
                     "inbox", "recalled", "state_dir", "hook", "credit", "want_reports", "max_in_flight",
-                    "poll_interval_ms", "reconnect", "log_level"})) {
+                    "poll_interval_ms", "reconnect", "log_level", "witness_max_unproven_s"})) {
     return std::nullopt;
   }
   const YAML::Node& m = *root;
@@ -149,6 +149,9 @@ std::optional<AgentConfig> AgentConfig::LoadText(const std::string& text, const 
     } else {
       r.Error(m["log_level"], "'log_level' must be trace, debug, info, warn, error or off, not '" + *v + "'");
     }
+  }
+  if (auto v = r.Int(m, "witness_max_unproven_s", 0, 366 * 86'400)) {
+    c.connection.witness_max_unproven = std::chrono::seconds(*v);
   }
   c.connection.checkpoint_file = c.state_dir.empty() ? "" : c.state_dir + "/checkpoint.txt";
   for (size_t i = before; i < diags->size(); ++i) {

@@ -43,6 +43,7 @@ TEST_CASE("a minimal agent configuration gets the documented defaults", "[agent]
   CHECK_FALSE(c->hook);
   CHECK(c->reconnect_initial.count() == 500);
   CHECK(c->reconnect_max.count() == 30'000);
+  CHECK(c->connection.witness_max_unproven == std::chrono::hours(24));
 }
 
 TEST_CASE("a full agent configuration is read as written", "[agent][config]") {
@@ -50,7 +51,7 @@ TEST_CASE("a full agent configuration is read as written", "[agent][config]") {
   auto c = AgentConfig::LoadText(kBase +
                                      "sent: /srv/sent\nfailed: /srv/failed\nrecalled: /srv/recalled\n"
                                      "credit: 16\nwant_reports: false\nmax_in_flight: 8\npoll_interval_ms: 250\n"
-                                     "log_level: debug\n"
+                                     "log_level: debug\nwitness_max_unproven_s: 3600\n"
                                      "reconnect:\n  initial_delay_ms: 100\n  max_delay_ms: 5000\n"
                                      "hook:\n  command: [bin/import, --quiet]\n  max_attempts: 3\n"
                                      "  initial_backoff_ms: 20\n  max_backoff_ms: 40\n  timeout_ms: 1000\n",
@@ -63,6 +64,7 @@ TEST_CASE("a full agent configuration is read as written", "[agent][config]") {
   CHECK(c->max_in_flight == 8);
   CHECK(c->poll_interval.count() == 250);
   CHECK(c->log_level == "debug");
+  CHECK(c->connection.witness_max_unproven == std::chrono::hours(1));
   CHECK(c->reconnect_max.count() == 5000);
   REQUIRE(c->hook);
   CHECK(c->hook->command == std::vector<std::string>{"/etc/liaison/bin/import", "--quiet"});
@@ -84,6 +86,7 @@ TEST_CASE("agent configuration errors name file:line:column", "[agent][config]")
       {kBase + "credit: 0\n", f + ":8:9: error: 'credit' must be between 1 and 65536"},
       {kBase + "want_reports: maybe\n", f + ":8:15: error: 'want_reports' must be true or false"},
       {kBase + "log_level: loud\n", f + ":8:12: error: 'log_level' must be trace"},
+      {kBase + "witness_max_unproven_s: -1\n", f + ":8:25: error: 'witness_max_unproven_s' must be between 0 and"},
       {kBase + "sent: spool/outbox\n", f + ":8:7: error: 'sent' is the same directory as 'outbox'"},
       {kBase + "recalled: /var/lib/agent\n", "'state_dir' is the same directory as 'recalled'"},
       {kBase + "reconnect:\n  initial_delay_ms: 1000\n  max_delay_ms: 100\n",

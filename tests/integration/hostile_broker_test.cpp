@@ -4,10 +4,16 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <chrono>
+#include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "client/client.h"
+#include "common/checkpoint.h"
+#include "common/files.h"
+#include "tests/temp_dir.h"
 #include "tests/integration/scripted_broker.h"
 #include "tests/integration/test_support.h"
 
@@ -143,4 +149,62 @@ TEST_CASE("the client library ends a connection whose broker sends a frame only 
   CHECK(why.message() == "the broker sent a frame a broker never sends (publish)");
   CHECK(school.count() == 0);
   CHECK(BrokerTold(broker, "a broker never sends (publish)"));
+}
+
+TEST_CASE("a witness left without proofs for longer than witness_max_unproven raises the alarm", "[client][witness]") {
+  TempDir dir;
+  audit::Checkpoint witnessed;
+  witnessed.origin = "scripted.example/log";
+  witnessed.tree_size = 5;
+  witnessed.root.fill(7);
+  witnessed.time_ms = WallMs() - 60'000;
+  witnessed.key_id = "0123456789abcdef";
+  witnessed.signature.assign(64, 's');
+  const std::string file = dir.File("checkpoint.txt");
+  REQUIRE(WriteFileAtomic(file, audit::FormatCheckpoint(witnessed)).ok());
+  // The broker shows a larger log and answers every request for a proof
+  // with audit_busy (the real one does so only while an agency has too
+  // many audit requests in progress).
+  v1::Checkpoint larger;
+  larger.set_origin(witnessed.origin);
+  larger.set_tree_size(10);
+  larger.set_root_hash(std::string(32, '\x09'));
+  larger.set_time_ms(WallMs());
+  larger.set_key_id(witnessed.key_id);
+  larger.set_signature(std::string(64, 't'));
+  auto run = [&](std::chrono::milliseconds max_unproven) {
+    ScriptedBroker broker(std::vector<v1::Frame>{});
+    broker.RefuseProofs(larger, v1::REASON_AUDIT_BUSY);
+    auto o = Options(broker.port(), "school", true);
+    o.checkpoint_file = file;
+    o.witness_max_unproven = max_unproven;
+    auto c = client::Client::Connect(o);
+    REQUIRE(c.ok());
+    REQUIRE(WaitFor([&] {
+      for (const auto& f : broker.Received()) {
+        if (f.has_consistency_proof_request()) return true;
+      }
+      return false;
+    }));
+    (*c)->Close();
+    return (*c)->witness_status();
+  };
+  // Within the time allowed: no alarm, but the first unproven request is kept.
+  CHECK(run(std::chrono::hours(1)).ok());
+  auto since = ReadFile(file + ".unproven", 64);
+  REQUIRE(since.ok());
+  const int64_t since_ms = std::strtoll(since->c_str(), nullptr, 10);
+  CHECK(since_ms > witnessed.time_ms);
+  // A later connection (or run) counts from that first request: past the
+  // time allowed, the witness raises the alarm.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const Status alarm = run(std::chrono::milliseconds(20));
+  INFO(alarm.ToString());
+  CHECK(alarm.message().find("AUDIT ALARM: the broker's audit log of 10 records has come without a consistency proof "
+                             "from the 5 records witnessed since") != std::string::npos);
+  CHECK(alarm.message().find("audit_busy") != std::string::npos);
+  // The witness file keeps what was witnessed.
+  CHECK(audit::ParseCheckpoint(*ReadFile(file, 1 << 16))->tree_size == 5);
+  // With no limit, the witness never alarms on this.
+  CHECK(run(std::chrono::milliseconds(0)).ok());
 }

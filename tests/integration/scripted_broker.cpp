@@ -112,6 +112,12 @@ std::vector<uint64_t> ScriptedBroker::Acked() {
   return ids;
 }
 
+void ScriptedBroker::RefuseProofs(v1::Checkpoint checkpoint, v1::Reason refusal) {
+  std::lock_guard lock(mu_);
+  checkpoint_ = std::move(checkpoint);
+  refusal_ = refusal;
+}
+
 void ScriptedBroker::Serve() {
   // A client that has gone makes a write fail with EPIPE; the SIGPIPE it
   // raises stays pending on this thread instead of ending the tests.
@@ -150,6 +156,12 @@ void ScriptedBroker::Serve() {
     welcome->set_receiving(true);
     welcome->set_credit(credit_);
     welcome->set_max_frame_bytes(proto::kDefaultMaxFrameBytes);
+    v1::Reason refusal;
+    {
+      std::lock_guard lock(mu_);
+      if (checkpoint_) *welcome->mutable_checkpoint() = *checkpoint_;
+      refusal = refusal_;
+    }
     bool ok = WriteAll(ssl, Encode({w}));
     size_t acks = 0, next = 0;
     auto play = [&] {
@@ -161,6 +173,13 @@ void ScriptedBroker::Serve() {
     while (ReadFrame(ssl, &f)) {
       keep();
       if (f.has_delivery_ack()) ++acks;
+      if (f.has_consistency_proof_request() && refusal != v1::REASON_UNSPECIFIED) {
+        v1::Frame e;
+        e.mutable_error()->set_request_id(f.consistency_proof_request().request_id());
+        e.mutable_error()->set_code(refusal);
+        e.mutable_error()->set_message("scripted: no proof");
+        ok = ok && WriteAll(ssl, Encode({e}));
+      }
       play();
     }
   }

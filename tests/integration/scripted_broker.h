@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -43,6 +44,9 @@ class ScriptedBroker {
   std::vector<v1::Frame> Received();
   // The delivery ids of the DeliveryAcks received, in order.
   std::vector<uint64_t> Acked();
+  // The Welcome carries checkpoint, and every ConsistencyProofRequest is
+  // answered with an Error of code refusal (call before the client connects).
+  void RefuseProofs(v1::Checkpoint checkpoint, v1::Reason refusal);
 
  private:
   void Serve();
@@ -53,6 +57,8 @@ class ScriptedBroker {
   uint16_t port_ = 0;
   std::mutex mu_;
   std::vector<v1::Frame> received_;  // guarded by mu_
+  std::optional<v1::Checkpoint> checkpoint_;         // guarded by mu_
+  v1::Reason refusal_ = v1::REASON_UNSPECIFIED;      // guarded by mu_
   std::thread thread_;
 };
 
