@@ -109,9 +109,10 @@ Status Mailboxes::Load(const Store& store) {
 }
 
 void Mailboxes::PushLocked(QueuedDelivery d) {
-  if (d.kind == DeliveryKind::kMessage) copies_[d.recipient]++;
+  Queue& queue = queues_[d.recipient];  // before d is moved from
+  if (d.kind == DeliveryKind::kMessage) queue.copies++;
   ++total_;
-  auto& q = queues_[d.recipient];  // before d is moved from
+  auto& q = queue.waiting;
   if (q.empty() || q.back().id < d.id) {
     q.push_back(std::move(d));
     return;
@@ -120,11 +121,9 @@ void Mailboxes::PushLocked(QueuedDelivery d) {
   q.insert(it, std::move(d));
 }
 
-void Mailboxes::CountOutLocked(const QueuedDelivery& d) {
+void Mailboxes::CountOutLocked(Queue& q, const QueuedDelivery& d) {
   --total_;
-  if (d.kind != DeliveryKind::kMessage) return;
-  auto it = copies_.find(d.recipient);
-  if (it != copies_.end() && --it->second == 0) copies_.erase(it);
+  if (d.kind == DeliveryKind::kMessage) q.copies--;
 }
 
 void Mailboxes::Add(std::vector<QueuedDelivery> deliveries) {
@@ -160,9 +159,9 @@ std::vector<QueuedDelivery> Mailboxes::Take(std::string_view agency, size_t n) {
   std::lock_guard lock(mu_);
   auto it = queues_.find(agency);
   if (it == queues_.end()) return out;
-  auto& q = it->second;
+  auto& q = it->second.waiting;
   while (!q.empty() && out.size() < n) {
-    CountOutLocked(q.front());
+    CountOutLocked(it->second, q.front());
     out.push_back(std::move(q.front()));
     q.pop_front();
   }
@@ -212,10 +211,10 @@ std::shared_ptr<QueuedMessage> Mailboxes::Find(std::string_view sender, std::str
 std::vector<QueuedDelivery> Mailboxes::TakeWaitingCopies(const std::function<bool(const QueuedDelivery&)>& which) {
   std::vector<QueuedDelivery> out;
   for (auto it = queues_.begin(); it != queues_.end();) {
-    auto& q = it->second;
+    auto& q = it->second.waiting;
     for (auto d = q.begin(); d != q.end();) {
       if (which(*d)) {
-        CountOutLocked(*d);
+        CountOutLocked(it->second, *d);
         out.push_back(std::move(*d));
         d = q.erase(d);
       } else {
@@ -302,8 +301,8 @@ std::vector<QueuedDelivery> Mailboxes::TakeExpired(int64_t now_ms, int64_t repor
 
 size_t Mailboxes::waiting_copies(std::string_view agency) const {
   std::lock_guard lock(mu_);
-  auto it = copies_.find(agency);
-  return it == copies_.end() ? 0 : it->second;
+  auto it = queues_.find(agency);
+  return it == queues_.end() ? 0 : it->second.copies;
 }
 
 size_t Mailboxes::waiting_total() const {
@@ -315,10 +314,10 @@ std::vector<MailboxSummary> Mailboxes::Summary() const {
   std::vector<MailboxSummary> out;
   std::lock_guard lock(mu_);
   for (const auto& [agency, queue] : queues_) {
-    if (queue.empty()) continue;
+    if (queue.waiting.empty()) continue;
     MailboxSummary& s = out.emplace_back();
     s.agency = agency;
-    for (const QueuedDelivery& d : queue) {
+    for (const QueuedDelivery& d : queue.waiting) {
       if (d.kind != DeliveryKind::kMessage) {
         s.notices++;
         continue;

@@ -193,18 +193,22 @@ class Mailboxes {
   // Removes and returns the waiting message copies whose message matches;
   // the caller holds mu_.
   std::vector<QueuedDelivery> TakeWaitingCopies(const std::function<bool(const QueuedDelivery&)>& which);
-  // Queues d (in delivery order) or counts d out of its queue; the caller
-  // holds mu_.
+  // One agency's waiting deliveries, in delivery order, and how many of
+  // them are message copies.
+  struct Queue {
+    std::deque<QueuedDelivery> waiting;
+    size_t copies = 0;
+  };
+  // Queues d in delivery order, or counts d out of q; the caller holds mu_.
   void PushLocked(QueuedDelivery d);
-  void CountOutLocked(const QueuedDelivery& d);
+  void CountOutLocked(Queue& q, const QueuedDelivery& d);
 
   Router& router_;
   mutable std::mutex mu_;
-  std::map<std::string, std::deque<QueuedDelivery>, std::less<>> queues_;  // guarded by mu_
+  std::map<std::string, Queue, std::less<>> queues_;  // guarded by mu_
   // Messages with unfinished copies, by (sender, message id).
   std::map<std::pair<std::string, std::string>, std::weak_ptr<QueuedMessage>, std::less<>> messages_;  // mu_
   size_t total_ = 0;  // guarded by mu_
-  std::map<std::string, size_t, std::less<>> copies_;  // mu_: message copies waiting, by agency (none: 0)
 };
 
 // One change to the queue: its store batch (with the audit records that
