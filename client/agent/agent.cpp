@@ -257,8 +257,12 @@ void Agent::Disconnect(const std::string& why, bool error) {
 // ---- outbox ------------------------------------------------------------
 
 std::string Agent::DestName(const std::string& name, const std::string& unique) {
+  // A name is taken by a file there, and by an ack or error file without
+  // its file (one removed from the outbox while it was sent): a new file of
+  // that name would write over that message's ack.
   auto taken = [&](const std::string& n) {
-    return FileExists(config_.sent + "/" + n) || FileExists(config_.failed + "/" + n);
+    return FileExists(config_.sent + "/" + n) || FileExists(config_.failed + "/" + n) ||
+           FileExists(config_.sent + "/" + n + ".ack.json") || FileExists(config_.failed + "/" + n + ".error.json");
   };
   if (name.size() <= kMaxKeptName && !IsSideFileName(name) && !taken(name)) return name;
   // An earlier file of the same name is in sent/ or failed/ (keep both); or
@@ -321,16 +325,21 @@ Status Agent::ScanOutbox(bool* more) {
       *more = true;  // the rest at a later scan
       break;
     }
-    auto data = ReadOutboxFile(config_.outbox + "/" + name, kMaxMessageFileBytes);
-    if (!data.ok()) {
+    auto file = ReadOutboxFile(config_.outbox + "/" + name, kMaxMessageFileBytes);
+    if (!file.ok()) {
       // Moved away meanwhile, or replaced by what ListOutbox passes over.
-      if (data.status().IsNotFound()) continue;
-      FailFile(name, "unreadable", data.status().message());
+      if (file.status().IsNotFound()) continue;
+      // Replaced while it was read: looked at again at the next scan.
+      if (file.status().IsUnavailable()) {
+        *more = true;
+        continue;
+      }
+      FailFile(name, "unreadable", file.status().message());
       continue;
     }
     v1::Message msg;
     const bool json = EndsWith(name, ".json");
-    Status parsed = json ? proto::FromJson(*data, &msg) : proto::FromBinary(*data, &msg);
+    Status parsed = json ? proto::FromJson(file->data, &msg) : proto::FromBinary(file->data, &msg);
     if (!parsed.ok()) {
       FailFile(name, "invalid_file",
                std::string("not a valid liaison.v1.Message in ") + (json ? "JSON" : "binary protobuf") + ": " +
@@ -348,6 +357,7 @@ Status Agent::ScanOutbox(bool* more) {
     r.name = name;
     r.message_id = env->message_id();
     r.body = msg.SerializeAsString();
+    r.file_id = file->id;
     pending_bytes += r.body.size();
     r.dest = DestName(name, r.message_id);
     claims.push_back(std::move(r));
@@ -403,8 +413,19 @@ Status Agent::ApplySettled(const std::vector<OutboxRow>& rows) {
     if (Status s = WriteFileAtomic(side, r.result, 0640); !s.ok()) return s;
     const std::string dest = dir + "/" + r.dest;
     if (!FileExists(dest)) {
-      if (FileExists(config_.outbox + "/" + r.name)) {
-        if (Status s = RenameFile(config_.outbox + "/" + r.name, dest); !s.ok()) return s;
+      const std::string from = config_.outbox + "/" + r.name;
+      auto now_there = OutboxFileId(from);
+      if (now_there.ok() && (r.file_id.empty() || *now_there == r.file_id)) {
+        if (Status s = RenameFile(from, dest); !s.ok()) return s;
+      } else if (FileExists(from)) {
+        // Removed while it was being sent, and a new file written under
+        // its name (which docs/agent.md allows once the first has left the
+        // outbox): that one was never sent, and filed as this one it would
+        // be lost. It stays, and is claimed as a message of its own.
+        spdlog::warn(
+            "outbox: {} ({}) was replaced in the outbox by another file of that name before it could be moved "
+            "to {}/; the new file stays in the outbox and is sent as a message of its own",
+            Printable(r.name, 255), r.message_id, r.dir);
       } else {
         spdlog::warn("outbox: {} ({}) was removed from the outbox before it could be moved to {}/", Printable(r.name, 255),
                      r.message_id, r.dir);

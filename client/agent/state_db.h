@@ -38,6 +38,7 @@ struct OutboxRow {
   State state = State::kPending;
   std::string dir;     // settled: "sent" or "failed"
   std::string dest;    // file name in sent/ or failed/
+  std::string file_id;  // which file was claimed (OutboxFileId); empty in rows of older versions
   std::string result;  // settled: the JSON written beside the file
 };
 
@@ -97,6 +98,8 @@ class StateDb {
  private:
   explicit StateDb(sqlite3* db) : db_(db) {}
   Status Exec(const char* sql);
+  // Adds the columns newer versions need to a database an older one made.
+  Status AddColumns();
   Status InTransaction(const std::function<Status()>& body);
   Status Error(const char* what);
   std::mutex mu_;

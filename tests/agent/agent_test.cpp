@@ -941,3 +941,55 @@ TEST_CASE("agent: a recall notice or report that cannot be filed is quarantined 
   CHECK(agent.err().find("1 received, 0 duplicate(s) dropped, 0 recall(s), 0 report(s), 2 quarantined") !=
         std::string::npos);
 }
+
+TEST_CASE("agent outbox: a file removed while being sent and written anew under its name is sent and not filed in its place",
+          "[agent][outbox]") {
+  // The agency may remove a file while it is being sent, and use its name
+  // again once it has left the outbox. The new file was moved to sent/ as
+  // the earlier message (its own content never sent, and no error): lost.
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", ClosedPort());
+  const std::string first_id = "0190a000-0000-7000-8000-0000000000c1";
+  police.Drop("x.json", MessageJson("[\"school\"]", "the first", first_id));
+  {
+    // The broker cannot be reached: x.json is claimed and waits.
+    ChildProcess p(AgentArgs(police, {"--once", "--timeout", "2", "--json"}), police.root, "unreachable");
+    REQUIRE(p.Wait(std::chrono::seconds(30)) == 3);
+    REQUIRE(PendingIn(p.out()) == 1);
+  }
+  std::filesystem::remove(police.outbox() + "/x.json");
+  police.Drop("x.json", MessageJson("[\"school\"]", "the second"));
+
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  police.WriteConfig("police", broker.port());
+  std::string out, err;
+  REQUIRE(RunOnce(police, &out, "once", &err) == 0);
+  INFO(out);
+  INFO(err);
+  CHECK(out.find("\"sent\":2") != std::string::npos);
+  CHECK(Names(police.outbox()).empty());
+  // Both messages reached school, each once.
+  REQUIRE(school.WaitCount(2));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(school.count() == 2);
+  std::set<std::string> descriptions;
+  {
+    std::lock_guard lock(school.mu);
+    for (const auto& d : school.got) descriptions.insert(d.message->incident_report().description());
+  }
+  CHECK(descriptions == std::set<std::string>{"the first", "the second"});
+  // The first one's ack stays; the second is filed under its own id, with
+  // its own ack beside it.
+  CHECK(JsonField(Slurp(police.sent() + "/x.json.ack.json"), "messageId") == first_id);
+  CHECK_FALSE(FileExists(police.sent() + "/x.json"));
+  const auto acks = NamesEnding(police.sent(), ".ack.json");
+  REQUIRE(acks.size() == 2);
+  const std::string second = acks[0] == "x.json.ack.json" ? acks[1] : acks[0];
+  const std::string second_file = second.substr(0, second.size() - 9);
+  const std::string second_id = JsonField(Slurp(police.sent() + "/" + second), "messageId");
+  CHECK(second_file == "x." + second_id + ".json");
+  CHECK(Slurp(police.sent() + "/" + second_file).find("the second") != std::string::npos);
+  CHECK(err.find("was replaced in the outbox by another file of that name") != std::string::npos);
+}
