@@ -32,6 +32,10 @@ constexpr size_t kMaxPendingBytes = 16u << 20;
 // id has up to 63 bytes) beside it, under a temporary name 12 bytes longer:
 // longer outbox names are shortened on the way (DestName).
 constexpr size_t kMaxKeptName = 160;
+// A file that is not a valid message and was changed less than this long
+// ago may still be being written (copied straight under its final name,
+// rather than renamed into place): it is looked at again, not failed.
+constexpr int64_t kStillWritingMs = 2'000;
 // A connection that lasted this long resets the reconnect backoff.
 constexpr auto kStableConnection = std::chrono::seconds(10);
 // state_dir/<this>: recall notices and reports the agent could not file
@@ -287,6 +291,26 @@ std::string Agent::DestName(const std::string& name, const std::string& unique) 
   return dest;
 }
 
+// A file that is not (yet) a valid message: whether it was changed so
+// recently that its writer may still be at work. A file copied straight
+// into the outbox (not renamed into place) is first empty, then half
+// written; failed then, it went to failed/ while its writer went on writing
+// it there, and was never sent.
+bool Agent::StillWriting(const std::string& name, const OutboxFile& file) {
+  const int64_t age = NowMs() - file.mtime_ms;
+  // A time set in the future is no sign of a writer (its writes would
+  // set it to now).
+  if (age < -kStillWritingMs || age >= kStillWritingMs) {
+    skipped_logged_.erase(name);
+    return false;
+  }
+  if (skipped_logged_.insert(name).second) {
+    spdlog::info("outbox: {} is not a valid message (yet) and was changed {} ms ago: still being written? Looked at again",
+                 Printable(name, 255), std::max<int64_t>(age, 0));
+  }
+  return true;
+}
+
 void Agent::FailFile(const std::string& name, const std::string& code, const std::string& message) {
   spdlog::warn("outbox: {} not sent: {}", Printable(name, 255), message);
   const std::string dest = DestName(name, NewUuid());
@@ -340,6 +364,10 @@ Status Agent::ScanOutbox(bool* more) {
     v1::Message msg;
     const bool json = EndsWith(name, ".json");
     Status parsed = json ? proto::FromJson(file->data, &msg) : proto::FromBinary(file->data, &msg);
+    if (!parsed.ok() && StillWriting(name, *file)) {
+      *more = true;
+      continue;
+    }
     if (!parsed.ok()) {
       FailFile(name, "invalid_file",
                std::string("not a valid liaison.v1.Message in ") + (json ? "JSON" : "binary protobuf") + ": " +
@@ -350,9 +378,15 @@ Status Agent::ScanOutbox(bool* more) {
     if (env->message_id().empty()) env->set_message_id(NewUuid());
     if (!env->has_created_at()) *env->mutable_created_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
     if (Status s = proto::ValidateForPublish(&msg, proto::MessageLimits{}, std::chrono::system_clock::now()); !s.ok()) {
+      // An empty .pb parses (as a message without recipients).
+      if (StillWriting(name, *file)) {
+        *more = true;
+        continue;
+      }
       FailFile(name, "invalid_message", "invalid message: " + s.message());
       continue;
     }
+    skipped_logged_.erase(name);
     OutboxRow r;
     r.name = name;
     r.message_id = env->message_id();

@@ -129,8 +129,12 @@ Result<OutboxFile> ReadOutboxFile(const std::string& path, size_t max_bytes) {
   auto after = Look(path);
   if (!after.ok()) return after.status();
   if (!data.ok()) return data.status();
-  // Another file under the name now: which one was read is not known.
-  if (after->id != before->id) return Status::Unavailable(path + " changed while it was read");
+  // Another file under the name now, or this one written to while it was
+  // read (a writer still at work): what was read may be half of it.
+  if (after->id != before->id || after->size != before->size || after->mtime_ns != before->mtime_ns ||
+      data->size() != after->size) {
+    return Status::Unavailable(path + " changed while it was read");
+  }
   OutboxFile f;
   f.data = std::move(data).value();
   f.id = after->id;

@@ -993,3 +993,49 @@ TEST_CASE("agent outbox: a file removed while being sent and written anew under 
   CHECK(Slurp(police.sent() + "/" + second_file).find("the second") != std::string::npos);
   CHECK(err.find("was replaced in the outbox by another file of that name") != std::string::npos);
 }
+
+TEST_CASE("agent outbox: a file still being written under its final name is sent once it is whole", "[agent][outbox]") {
+  // Not renamed into place but copied straight under its name: the agent
+  // saw it empty or half written, filed it in failed/ as invalid_file, and
+  // its writer went on writing it there. Never sent.
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", broker.port());
+  ChildProcess agent(AgentArgs(police), police.root, "daemon");
+  REQUIRE(WaitFor([&] { return agent.err().find("connected to broker") != std::string::npos; }));
+  const std::string text = MessageJson("[\"school\"]", "written slowly");
+  {
+    std::ofstream f(police.outbox() + "/slow.json", std::ios::binary);
+    f << text.substr(0, text.size() / 2) << std::flush;
+    // Several scans (every 50 ms) see the first half.
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    f << text.substr(text.size() / 2) << std::flush;
+  }
+  {
+    // Empty for a while, as a writer that created it and has not written yet.
+    std::ofstream f(police.outbox() + "/empty.pb", std::ios::binary);
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    f << IncidentReport({"school"}).SerializeAsString() << std::flush;
+  }
+  const bool sent = WaitFor([&] {
+    return FileExists(police.sent() + "/slow.json") && FileExists(police.sent() + "/empty.pb");
+  });
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+  INFO(agent.err());
+  CHECK(sent);
+  CHECK(Names(police.failed()).empty());
+  CHECK(school.WaitCount(2));
+  CHECK(agent.err().find("outbox: slow.json is not a valid message (yet) and was changed") != std::string::npos);
+
+  // A file that stays invalid still goes to failed/, once it has stood
+  // unchanged for a while.
+  police.Drop("broken.json", "{ \"envelope\": ");
+  std::string out;
+  REQUIRE(RunOnce(police, &out) == 0);
+  INFO(out);
+  CHECK(out.find("\"failed\":1") != std::string::npos);
+  CHECK(JsonField(Slurp(police.failed() + "/broken.json.error.json"), "error") == "invalid_file");
+}
