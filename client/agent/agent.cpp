@@ -177,9 +177,12 @@ void Agent::Push(Event e) {
 }
 
 void Agent::Stop() {
-  std::lock_guard lock(mu_);
-  stop_ = true;
-  cv_.notify_all();
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+    cv_.notify_all();
+  }
+  if (hooks_) hooks_->RequestStop();
 }
 
 AgentStats Agent::stats() const {

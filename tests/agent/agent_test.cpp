@@ -1039,3 +1039,39 @@ TEST_CASE("agent outbox: a file still being written under its final name is sent
   CHECK(out.find("\"failed\":1") != std::string::npos);
   CHECK(JsonField(Slurp(police.failed() + "/broken.json.error.json"), "error") == "invalid_file");
 }
+
+TEST_CASE("agent hook: a run cut short by the service stopping is not counted and runs again at the next start",
+          "[agent][hook]") {
+  // systemctl stop (or restart) sends SIGTERM to every process of the
+  // service, the hook too. That run was counted as failed: with
+  // max_attempts 1 the agent gave the message's hook up for good.
+  TestBroker broker;
+  TempDir dir;
+  AgentDirs school(dir.path(), "school");
+  school.WriteHook("d=$(dirname \"$0\")\n"
+                   "echo $$ >> \"$d/runs\"\n"
+                   "if [ ! -e \"$d/slept\" ]; then touch \"$d/slept\"; sleep 5; fi\n"
+                   "echo done >> \"$d/done\"\n");
+  school.WriteConfig("school", broker.port(), "hook:\n  command: [hook.sh]\n  max_attempts: 1\n  timeout_ms: 20000\n");
+  ChildProcess agent(AgentArgs(school), school.root, "daemon");
+  auto pub = Publisher(broker.port(), "police");
+  REQUIRE(pub->Publish(IncidentReport({"school"})).AllAccepted());
+  const std::string runs = school.root + "/runs";
+  REQUIRE(WaitFor([&] { return FileExists(school.root + "/slept"); }));
+  const pid_t hook = std::stoi(Slurp(runs));
+  // As systemd stops a service: the agent and the hook's process group.
+  agent.Signal(SIGTERM);
+  ::kill(-hook, SIGTERM);
+  CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+  INFO(agent.err());
+  CHECK_FALSE(FileExists(school.root + "/done"));
+  CHECK(agent.err().find("giving up") == std::string::npos);
+  CHECK(agent.err().find("while the agent was stopping: not counted") != std::string::npos);
+
+  std::string out, err;
+  CHECK(RunOnce(school, &out, "again", &err) == 0);
+  INFO(err);
+  CHECK(Slurp(school.root + "/done") == "done\n");
+  const std::string all = Slurp(runs);
+  CHECK(std::count(all.begin(), all.end(), '\n') == 2);
+}
