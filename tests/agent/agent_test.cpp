@@ -1075,3 +1075,45 @@ TEST_CASE("agent hook: a run cut short by the service stopping is not counted an
   const std::string all = Slurp(runs);
   CHECK(std::count(all.begin(), all.end(), '\n') == 2);
 }
+
+TEST_CASE("agent inbox: a message is not acknowledged while the inbox's disk is full and arrives once there is room",
+          "[agent][inbox][diskfull]") {
+  TestBroker broker;
+  TempDir dir;
+  const auto disk = MountSmallDisk(dir, "2m");
+  if (!disk) return;
+  AgentDirs school(dir.path(), "school");
+  school.WriteConfig("school", broker.port());
+  std::string config = Slurp(school.config());
+  config.replace(config.find("inbox: inbox"), 12, "inbox: " + disk->path + "/inbox");
+  REQUIRE(WriteFileAtomic(school.config(), config + "recalled: " + disk->path + "/recalled\n").ok());
+  std::filesystem::create_directories(disk->path + "/inbox");
+  FillDisk(disk->path);
+  Receiver police_rx(broker.port(), "police");
+  auto pub = Publisher(broker.port(), "police", /*want_reports=*/true);
+  v1::Message m = IncidentReport({"school"});
+  REQUIRE(pub->Publish(m).AllAccepted());
+  const std::string file = disk->path + "/inbox/police_" + m.envelope().message_id() + ".json";
+  ChildProcess agent(AgentArgs(school), school.root, "daemon");
+  auto failures = [&] {
+    const std::string log = agent.err();
+    size_t n = 0;
+    for (size_t at = 0; (at = log.find("local failure", at)) != std::string::npos; ++at) ++n;
+    return n;
+  };
+  REQUIRE(WaitFor([&] { return failures() >= 2; }, std::chrono::seconds(20)));
+  INFO(agent.err());
+  CHECK_FALSE(FileExists(file));
+  CHECK(police_rx.Reports().empty());  // not acknowledged: the sender hears nothing yet
+  REQUIRE(std::remove((disk->path + "/filler").c_str()) == 0);
+  REQUIRE(WaitFor([&] { return FileExists(file); }, std::chrono::seconds(20)));
+  CHECK(WaitFor([&] {
+    auto reports = police_rx.Reports();
+    return !reports.empty() && reports[0].outcome == "delivered";
+  }));
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+  CHECK(Names(disk->path + "/inbox").size() == 1);
+  CHECK(police_rx.Reports().size() == 1);
+  CHECK(Names(disk->path + "/inbox/.liaison-incoming", true).empty());
+}
