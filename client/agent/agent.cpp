@@ -451,10 +451,10 @@ Status Agent::ApplySettled(const std::vector<OutboxRow>& rows) {
     const std::string dest = dir + "/" + r.dest;
     if (!FileExists(dest)) {
       const std::string from = config_.outbox + "/" + r.name;
-      auto now_there = OutboxFileId(from);
-      if (now_there.ok() && (r.file_id.empty() || *now_there == r.file_id)) {
+      const bool there = FileExists(from);
+      if (there && (r.file_id.empty() || IsClaimedFile(from, r.file_id, kMaxMessageFileBytes))) {
         if (Status s = RenameFile(from, dest); !s.ok()) return s;
-      } else if (FileExists(from)) {
+      } else if (there) {
         // Removed while it was being sent, and a new file written under
         // its name (which docs/agent.md allows once the first has left the
         // outbox): that one was never sent, and filed as this one it would

@@ -13,6 +13,7 @@
 #include <filesystem>
 
 #include "common/files.h"
+#include "common/sha256.h"
 
 namespace liaison::agent {
 namespace {
@@ -112,12 +113,21 @@ Result<Seen> Look(const std::string& path) {
   return s;
 }
 
+std::string Digest(const std::string& data) {
+  const crypto::Digest d = crypto::Sha256(data);
+  return crypto::Hex(d.data(), d.size());
+}
+
 }  // namespace
 
-Result<std::string> OutboxFileId(const std::string& path) {
+bool IsClaimedFile(const std::string& path, const std::string& claimed_id, size_t max_bytes) {
+  const auto space = claimed_id.rfind(' ');
+  if (space == std::string::npos) return false;
   auto seen = Look(path);
-  if (!seen.ok()) return seen.status();
-  return seen->id;
+  if (!seen.ok()) return false;
+  if (seen->id == claimed_id.substr(0, space)) return true;
+  auto data = ReadFile(path, max_bytes, O_NOFOLLOW | O_NONBLOCK);
+  return data.ok() && Digest(*data) == claimed_id.substr(space + 1);
 }
 
 Result<OutboxFile> ReadOutboxFile(const std::string& path, size_t max_bytes) {
@@ -137,7 +147,7 @@ Result<OutboxFile> ReadOutboxFile(const std::string& path, size_t max_bytes) {
   }
   OutboxFile f;
   f.data = std::move(data).value();
-  f.id = after->id;
+  f.id = after->id + " " + Digest(f.data);
   f.mtime_ms = after->mtime_ns / 1'000'000;
   return f;
 }

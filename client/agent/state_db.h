@@ -38,7 +38,7 @@ struct OutboxRow {
   State state = State::kPending;
   std::string dir;     // settled: "sent" or "failed"
   std::string dest;    // file name in sent/ or failed/
-  std::string file_id;  // which file was claimed (OutboxFileId); empty in rows of older versions
+  std::string file_id;  // which file was claimed (OutboxFile::id); empty in rows of older versions
   std::string result;  // settled: the JSON written beside the file
 };
 

@@ -1117,3 +1117,36 @@ TEST_CASE("agent inbox: a message is not acknowledged while the inbox's disk is 
   CHECK(police_rx.Reports().size() == 1);
   CHECK(Names(disk->path + "/inbox/.liaison-incoming", true).empty());
 }
+
+TEST_CASE("agent outbox: a file being sent that is copied back with the same bytes is filed once and not sent again",
+          "[agent][outbox]") {
+  // The outbox restored from a backup, or moved to another disk, while a
+  // file waited for the broker: a new inode, the same file. Taken for
+  // another file, it would be sent a second time under a new id.
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", ClosedPort());
+  police.Drop("x.json", MessageJson("[\"school\"]", "copied back"));
+  {
+    ChildProcess p(AgentArgs(police, {"--once", "--timeout", "2", "--json"}), police.root, "unreachable");
+    REQUIRE(p.Wait(std::chrono::seconds(30)) == 3);
+    REQUIRE(PendingIn(p.out()) == 1);
+  }
+  const std::string x = police.outbox() + "/x.json";
+  std::filesystem::copy_file(x, police.outbox() + "/.x.json.copy");
+  std::filesystem::rename(police.outbox() + "/.x.json.copy", x);
+
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  police.WriteConfig("police", broker.port());
+  std::string out;
+  REQUIRE(RunOnce(police, &out) == 0);
+  INFO(out);
+  CHECK(out.find("\"sent\":1") != std::string::npos);
+  CHECK(Names(police.outbox()).empty());
+  CHECK(NamesEnding(police.sent(), ".json") ==
+        std::vector<std::string>{"x.json", "x.json.ack.json", "x.json.report.school.json"});
+  REQUIRE(school.WaitCount(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(school.count() == 1);
+}
