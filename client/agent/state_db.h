@@ -2,8 +2,8 @@
 // one SQLite file in the state directory, WAL with synchronous=FULL, so a
 // committed change survives kill -9 and power loss.
 //
-// - outbox: one row per file taken from the outbox, holding the message id
-//   and the exact bytes published, from before the first send until the
+// - outbox: one row per file taken from the outbox, holding the message id,
+//   the exact bytes published and which file it was (OutboxFile::id), from before the first send until the
 //   file has been moved to sent/ or failed/ (then only the id and the file
 //   name are kept, for delivery reports). A file's message id is never
 //   chosen twice.
