@@ -32,6 +32,10 @@ constexpr size_t kMaxPendingBytes = 16u << 20;
 // id has up to 63 bytes) beside it, under a temporary name 12 bytes longer:
 // longer outbox names are shortened on the way (DestName).
 constexpr size_t kMaxKeptName = 160;
+// A file that is not a valid message and was changed less than this long
+// ago may still be being written (copied straight under its final name,
+// rather than renamed into place): it is looked at again, not failed.
+constexpr int64_t kStillWritingMs = 2'000;
 // A connection that lasted this long resets the reconnect backoff.
 constexpr auto kStableConnection = std::chrono::seconds(10);
 // state_dir/<this>: recall notices and reports the agent could not file
@@ -173,9 +177,12 @@ void Agent::Push(Event e) {
 }
 
 void Agent::Stop() {
-  std::lock_guard lock(mu_);
-  stop_ = true;
-  cv_.notify_all();
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+    cv_.notify_all();
+  }
+  if (hooks_) hooks_->RequestStop();
 }
 
 AgentStats Agent::stats() const {
@@ -257,8 +264,12 @@ void Agent::Disconnect(const std::string& why, bool error) {
 // ---- outbox ------------------------------------------------------------
 
 std::string Agent::DestName(const std::string& name, const std::string& unique) {
+  // A name is taken by a file there, and by an ack or error file without
+  // its file (one removed from the outbox while it was sent): a new file of
+  // that name would write over that message's ack.
   auto taken = [&](const std::string& n) {
-    return FileExists(config_.sent + "/" + n) || FileExists(config_.failed + "/" + n);
+    return FileExists(config_.sent + "/" + n) || FileExists(config_.failed + "/" + n) ||
+           FileExists(config_.sent + "/" + n + ".ack.json") || FileExists(config_.failed + "/" + n + ".error.json");
   };
   if (name.size() <= kMaxKeptName && !IsSideFileName(name) && !taken(name)) return name;
   // An earlier file of the same name is in sent/ or failed/ (keep both); or
@@ -281,6 +292,26 @@ std::string Agent::DestName(const std::string& name, const std::string& unique) 
   std::string dest = stem + "." + unique + ext;
   while (taken(dest)) dest = stem + "." + NewUuid() + ext;
   return dest;
+}
+
+// A file that is not (yet) a valid message: whether it was changed so
+// recently that its writer may still be at work. A file copied straight
+// into the outbox (not renamed into place) is first empty, then half
+// written; failed then, it went to failed/ while its writer went on writing
+// it there, and was never sent.
+bool Agent::StillWriting(const std::string& name, const OutboxFile& file) {
+  const int64_t age = NowMs() - file.mtime_ms;
+  // A time set in the future is no sign of a writer (its writes would
+  // set it to now).
+  if (age < -kStillWritingMs || age >= kStillWritingMs) {
+    skipped_logged_.erase(name);
+    return false;
+  }
+  if (skipped_logged_.insert(name).second) {
+    spdlog::info("outbox: {} is not a valid message (yet) and was changed {} ms ago: still being written? Looked at again",
+                 Printable(name, 255), std::max<int64_t>(age, 0));
+  }
+  return true;
 }
 
 void Agent::FailFile(const std::string& name, const std::string& code, const std::string& message) {
@@ -321,16 +352,25 @@ Status Agent::ScanOutbox(bool* more) {
       *more = true;  // the rest at a later scan
       break;
     }
-    auto data = ReadOutboxFile(config_.outbox + "/" + name, kMaxMessageFileBytes);
-    if (!data.ok()) {
+    auto file = ReadOutboxFile(config_.outbox + "/" + name, kMaxMessageFileBytes);
+    if (!file.ok()) {
       // Moved away meanwhile, or replaced by what ListOutbox passes over.
-      if (data.status().IsNotFound()) continue;
-      FailFile(name, "unreadable", data.status().message());
+      if (file.status().IsNotFound()) continue;
+      // Replaced while it was read: looked at again at the next scan.
+      if (file.status().IsUnavailable()) {
+        *more = true;
+        continue;
+      }
+      FailFile(name, "unreadable", file.status().message());
       continue;
     }
     v1::Message msg;
     const bool json = EndsWith(name, ".json");
-    Status parsed = json ? proto::FromJson(*data, &msg) : proto::FromBinary(*data, &msg);
+    Status parsed = json ? proto::FromJson(file->data, &msg) : proto::FromBinary(file->data, &msg);
+    if (!parsed.ok() && StillWriting(name, *file)) {
+      *more = true;
+      continue;
+    }
     if (!parsed.ok()) {
       FailFile(name, "invalid_file",
                std::string("not a valid liaison.v1.Message in ") + (json ? "JSON" : "binary protobuf") + ": " +
@@ -341,13 +381,20 @@ Status Agent::ScanOutbox(bool* more) {
     if (env->message_id().empty()) env->set_message_id(NewUuid());
     if (!env->has_created_at()) *env->mutable_created_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
     if (Status s = proto::ValidateForPublish(&msg, proto::MessageLimits{}, std::chrono::system_clock::now()); !s.ok()) {
+      // An empty .pb parses (as a message without recipients).
+      if (StillWriting(name, *file)) {
+        *more = true;
+        continue;
+      }
       FailFile(name, "invalid_message", "invalid message: " + s.message());
       continue;
     }
+    skipped_logged_.erase(name);
     OutboxRow r;
     r.name = name;
     r.message_id = env->message_id();
     r.body = msg.SerializeAsString();
+    r.file_id = file->id;
     pending_bytes += r.body.size();
     r.dest = DestName(name, r.message_id);
     claims.push_back(std::move(r));
@@ -403,8 +450,19 @@ Status Agent::ApplySettled(const std::vector<OutboxRow>& rows) {
     if (Status s = WriteFileAtomic(side, r.result, 0640); !s.ok()) return s;
     const std::string dest = dir + "/" + r.dest;
     if (!FileExists(dest)) {
-      if (FileExists(config_.outbox + "/" + r.name)) {
-        if (Status s = RenameFile(config_.outbox + "/" + r.name, dest); !s.ok()) return s;
+      const std::string from = config_.outbox + "/" + r.name;
+      const bool there = FileExists(from);
+      if (there && (r.file_id.empty() || IsClaimedFile(from, r.file_id, kMaxMessageFileBytes))) {
+        if (Status s = RenameFile(from, dest); !s.ok()) return s;
+      } else if (there) {
+        // Removed while it was being sent, and a new file written under
+        // its name (which docs/agent.md allows once the first has left the
+        // outbox): that one was never sent, and filed as this one it would
+        // be lost. It stays, and is claimed as a message of its own.
+        spdlog::warn(
+            "outbox: {} ({}) was replaced in the outbox by another file of that name before it could be moved "
+            "to {}/; the new file stays in the outbox and is sent as a message of its own",
+            Printable(r.name, 255), r.message_id, r.dir);
       } else {
         spdlog::warn("outbox: {} ({}) was removed from the outbox before it could be moved to {}/", Printable(r.name, 255),
                      r.message_id, r.dir);

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "client/agent/agent_config.h"
+#include "client/agent/agent_files.h"
 #include "client/agent/hook_runner.h"
 #include "client/agent/state_db.h"
 #include "client/client.h"
@@ -95,6 +96,7 @@ class Agent {
   // Outbox.
   // Claims new outbox files; *more: some were left for a later scan.
   Status ScanOutbox(bool* more);
+  bool StillWriting(const std::string& name, const OutboxFile& file);
   void FailFile(const std::string& name, const std::string& code, const std::string& message);
   std::string DestName(const std::string& name, const std::string& unique);
   void PublishPending(std::chrono::steady_clock::time_point now);
@@ -127,7 +129,7 @@ class Agent {
   std::map<int64_t, std::chrono::seconds> queue_full_wait_;
   static constexpr std::chrono::seconds kQueueFullMaxWait{60};
   std::vector<OutboxRow> unmoved_;  // settled, but the move failed (disk): tried again
-  std::set<std::string> skipped_logged_;
+  std::set<std::string> skipped_logged_;  // outbox files left for now as still being written, logged once
   Status alarm_;
   std::mt19937_64 rng_;
 

@@ -24,6 +24,15 @@ std::string ExistingAncestor(const std::string& dir) {
   return p.string();
 }
 
+// A directory's path for comparing with others: absolute, normalized, and
+// without the trailing separator that lexically_normal keeps ("outbox/" and
+// "outbox/." are the directory "outbox").
+std::string DirKey(const std::filesystem::path& dir) {
+  std::filesystem::path p = dir.lexically_normal();
+  if (!p.has_filename() && p.has_relative_path()) p = p.parent_path();
+  return p.string();
+}
+
 void FileError(Diagnostics* diags, const std::string& file, const std::string& message) {
   diags->push_back({Diagnostic::Severity::kError, file, 0, 0, message});
 }
@@ -93,7 +102,7 @@ std::optional<AgentConfig> AgentConfig::LoadText(const std::string& text, const 
                                                          {"recalled", &c.recalled}, {"state_dir", &c.state_dir}};
     for (const auto& [key, dir] : dirs) {
       if (dir->empty()) continue;
-      const std::string norm = std::filesystem::absolute(*dir).lexically_normal().string();
+      const std::string norm = DirKey(std::filesystem::absolute(*dir));
       auto [it, fresh] = seen.emplace(norm, key);
       if (!fresh) {
         r.Error(m[key] ? m[key] : m, std::string("'") + key + "' is the same directory as '" + it->second + "' (" +
@@ -194,7 +203,7 @@ void CheckAgentFiles(const AgentConfig& c, Diagnostics* diags) {
       std::error_code ec;
       const auto canonical = std::filesystem::weakly_canonical(std::filesystem::absolute(*dir), ec);
       if (!ec) {
-        auto [it, fresh] = by_path.emplace(canonical.string(), role);
+        auto [it, fresh] = by_path.emplace(DirKey(canonical), role);
         if (!fresh) other = it->second;
       }
       struct stat st {};

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <filesystem>
 
 #include "common/files.h"
+#include "common/sha256.h"
 
 namespace liaison::agent {
 namespace {
@@ -86,16 +88,68 @@ Result<std::vector<std::string>> ListOutbox(const std::string& dir) {
   return out;
 }
 
-Result<std::string> ReadOutboxFile(const std::string& path, size_t max_bytes) {
+namespace {
+
+struct Seen {
+  std::string id;
+  uint64_t size = 0;
+  int64_t mtime_ns = 0;
+};
+
+// NotFound unless path is (not leads to) a regular file.
+Result<Seen> Look(const std::string& path) {
+  struct statx st {};
+  if (::statx(AT_FDCWD, path.c_str(), AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME, &st) != 0 ||
+      !S_ISREG(st.stx_mode)) {
+    return Status::NotFound(path + " is gone or is not a regular file");
+  }
+  Seen s;
+  s.id = std::to_string(::makedev(st.stx_dev_major, st.stx_dev_minor)) + ":" + std::to_string(st.stx_ino);
+  if (st.stx_mask & STATX_BTIME) {
+    s.id += ":" + std::to_string(st.stx_btime.tv_sec) + "." + std::to_string(st.stx_btime.tv_nsec);
+  }
+  s.size = st.stx_size;
+  s.mtime_ns = st.stx_mtime.tv_sec * int64_t{1'000'000'000} + st.stx_mtime.tv_nsec;
+  return s;
+}
+
+std::string Digest(const std::string& data) {
+  const crypto::Digest d = crypto::Sha256(data);
+  return crypto::Hex(d.data(), d.size());
+}
+
+}  // namespace
+
+bool IsClaimedFile(const std::string& path, const std::string& claimed_id, size_t max_bytes) {
+  const auto space = claimed_id.rfind(' ');
+  if (space == std::string::npos) return false;
+  auto seen = Look(path);
+  if (!seen.ok()) return false;
+  if (seen->id == claimed_id.substr(0, space)) return true;
+  auto data = ReadFile(path, max_bytes, O_NOFOLLOW | O_NONBLOCK);
+  return data.ok() && Digest(*data) == claimed_id.substr(space + 1);
+}
+
+Result<OutboxFile> ReadOutboxFile(const std::string& path, size_t max_bytes) {
+  auto before = Look(path);
+  if (!before.ok()) return before.status();
   // O_NOFOLLOW: the name is opened as listed, not what a link leads to;
   // O_NONBLOCK: open(2) of a FIFO would wait for a writer.
   auto data = ReadFile(path, max_bytes, O_NOFOLLOW | O_NONBLOCK);
-  if (data.ok()) return data;
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
-    return Status::NotFound(path + " is gone or is not a regular file");
+  auto after = Look(path);
+  if (!after.ok()) return after.status();
+  if (!data.ok()) return data.status();
+  // Another file under the name now, or this one written to while it was
+  // read (a writer still at work): what was read may be half of it.
+  if (after->id != before->id || after->size != before->size || after->mtime_ns != before->mtime_ns ||
+      data->size() != after->size) {
+    return Status::Unavailable(path + " changed while it was read");
   }
-  return data.status();
+  OutboxFile f;
+  f.data = std::move(data).value();
+  f.id = after->id + " " + Digest(f.data);
+  f.mtime_ms = after->mtime_ns / 1'000'000;
+  return f;
 }
 
 Result<int> LockFile(const std::string& path) {

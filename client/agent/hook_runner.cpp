@@ -57,13 +57,20 @@ bool HookRunner::Idle() {
   return !busy_;
 }
 
+void HookRunner::RequestStop() {
+  std::lock_guard lock(mu_);
+  stop_ = true;
+  cv_.notify_all();
+}
+
 void HookRunner::Stop() {
-  {
-    std::lock_guard lock(mu_);
-    stop_ = true;
-    cv_.notify_all();
-  }
+  RequestStop();
   if (thread_.joinable()) thread_.join();
+}
+
+bool HookRunner::StoppingSoon() {
+  std::unique_lock lock(mu_);
+  return cv_.wait_for(lock, std::chrono::seconds(1), [&] { return stop_; });
 }
 
 void HookRunner::Loop() {
@@ -81,9 +88,17 @@ void HookRunner::Loop() {
       HookRow row = **next;
       const int64_t now = NowMs();
       if (row.next_ms <= now) {
-        Status s = RunOnce(row);
+        bool by_signal = false;
+        Status s = RunOnce(row, &by_signal);
         const int attempts = row.attempts + 1;
         Status rec;
+        if (!s.ok() && by_signal && StoppingSoon()) {
+          // Recorded as a failure, a stop (systemctl stop or restart) in the
+          // middle of a run would use up an attempt, or the last one.
+          spdlog::info("hook: {} ended ({}) while the agent was stopping: not counted; it runs again at the next start",
+                       row.path, s.message());
+          continue;
+        }
         if (s.ok()) {
           ++succeeded_;
           spdlog::info("hook: {} done (run {})", row.path, attempts);
@@ -119,7 +134,7 @@ void HookRunner::Loop() {
   }
 }
 
-Status HookRunner::RunOnce(const HookRow& row) {
+Status HookRunner::RunOnce(const HookRow& row, bool* by_signal) {
   if (!FileExists(row.path)) return Status::NotFound("the message file is gone (recalled or removed)");
   std::vector<std::string> args = config_.command;
   args.push_back(row.path);
@@ -176,6 +191,7 @@ Status HookRunner::RunOnce(const HookRow& row) {
         if (WEXITSTATUS(status) == 0) return Status::Ok();
         return Status::Unavailable("exit status " + std::to_string(WEXITSTATUS(status)));
       }
+      *by_signal = true;
       return Status::Unavailable(std::string("killed by signal ") + std::to_string(WTERMSIG(status)));
     }
     if (r < 0 && errno != EINTR) return Status::IoError(std::string("waitpid: ") + std::strerror(errno));

@@ -37,7 +37,13 @@ class HookRunner {
   void Notify();
   // Nothing running and nothing due now.
   bool Idle();
-  // Waits for a running hook to finish (bounded by its timeout), then stops.
+  // The agent is stopping: no new run starts; a running one is not killed.
+  // A run that a signal ends from now on (a service manager's stop signals
+  // every process of the service, the hook too) was cut short by the stop,
+  // not failed: it is not counted, and runs again at the next start.
+  void RequestStop();
+  // RequestStop, then waits for a running hook to finish (bounded by its
+  // timeout).
   void Stop();
 
   int64_t succeeded() const { return succeeded_; }
@@ -45,8 +51,12 @@ class HookRunner {
 
  private:
   void Loop();
-  // One run: OK when the hook exited 0, otherwise why not.
-  Status RunOnce(const HookRow& row);
+  // One run: OK when the hook exited 0, otherwise why not; *by_signal when
+  // a signal ended it (not the timeout's SIGKILL).
+  Status RunOnce(const HookRow& row, bool* by_signal);
+  // Whether the agent is stopping, waiting a little for it: the stop
+  // signal may reach the hook a moment before it reaches the agent.
+  bool StoppingSoon();
 
   StateDb& db_;
   HookConfig config_;

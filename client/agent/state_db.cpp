@@ -39,6 +39,14 @@ CREATE TABLE IF NOT EXISTS hooks(
 CREATE INDEX IF NOT EXISTS hooks_due ON hooks(next_ms) WHERE state = 'pending';
 )sql";
 
+// Columns added since the first schema, for databases made before them.
+struct AddedColumn {
+  const char* table;
+  const char* column;
+  const char* definition;
+};
+constexpr AddedColumn kAddedColumns[] = {{"outbox", "file_id", "TEXT NOT NULL DEFAULT ''"}};
+
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
@@ -99,7 +107,22 @@ Result<std::unique_ptr<StateDb>> StateDb::Open(const std::string& path) {
        {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA secure_delete = ON", kSchema}) {
     if (Status s = out->Exec(sql); !s.ok()) return s.Annotate("state database " + path);
   }
+  if (Status s = out->AddColumns(); !s.ok()) return s.Annotate("state database " + path);
   return out;
+}
+
+Status StateDb::AddColumns() {
+  for (const AddedColumn& c : kAddedColumns) {
+    Stmt st(db_, ("SELECT 1 FROM pragma_table_info('" + std::string(c.table) + "') WHERE name = ?").c_str());
+    if (!st.ok()) return Error("reading the schema");
+    st.Bind(1, std::string(c.column));
+    const int rc = st.Step();
+    if (rc == SQLITE_ROW) continue;
+    if (rc != SQLITE_DONE) return Error("reading the schema");
+    const std::string sql = std::string("ALTER TABLE ") + c.table + " ADD COLUMN " + c.column + " " + c.definition;
+    if (Status s = Exec(sql.c_str()); !s.ok()) return s;
+  }
+  return Status::Ok();
 }
 
 StateDb::~StateDb() {
@@ -132,11 +155,11 @@ Status StateDb::InTransaction(const std::function<Status()>& body) {
 Status StateDb::Claim(std::vector<OutboxRow>* rows) {
   std::lock_guard lock(mu_);
   return InTransaction([&]() -> Status {
-    Stmt st(db_, "INSERT INTO outbox(name, message_id, body, state, dest, claimed_ms) VALUES(?,?,?,0,?,?)");
+    Stmt st(db_, "INSERT INTO outbox(name, message_id, body, state, dest, claimed_ms, file_id) VALUES(?,?,?,0,?,?,?)");
     if (!st.ok()) return Error("preparing claim");
     const int64_t now = NowMs();
     for (auto& r : *rows) {
-      st.Bind(1, r.name).Bind(2, r.message_id).BindBlob(3, r.body).Bind(4, r.dest).Bind(5, now);
+      st.Bind(1, r.name).Bind(2, r.message_id).BindBlob(3, r.body).Bind(4, r.dest).Bind(5, now).Bind(6, r.file_id);
       if (st.Step() != SQLITE_DONE) return Error(("recording outbox file " + r.name).c_str());
       st.Reset();
       r.id = sqlite3_last_insert_rowid(db_);
@@ -148,7 +171,8 @@ Status StateDb::Claim(std::vector<OutboxRow>* rows) {
 
 Result<std::vector<OutboxRow>> StateDb::ActiveOutbox() {
   std::lock_guard lock(mu_);
-  Stmt st(db_, "SELECT id, name, message_id, body, state, dir, dest, result FROM outbox WHERE state != 2 ORDER BY id");
+  Stmt st(db_, "SELECT id, name, message_id, body, state, dir, dest, result, file_id FROM outbox WHERE state != 2 "
+               "ORDER BY id");
   if (!st.ok()) return Error("reading the outbox state");
   std::vector<OutboxRow> out;
   int rc;
@@ -162,6 +186,7 @@ Result<std::vector<OutboxRow>> StateDb::ActiveOutbox() {
     r.dir = st.Text(5);
     r.dest = st.Text(6);
     r.result = st.Text(7);
+    r.file_id = st.Text(8);
     out.push_back(std::move(r));
   }
   if (rc != SQLITE_DONE) return Error("reading the outbox state");

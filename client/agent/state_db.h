@@ -2,8 +2,8 @@
 // one SQLite file in the state directory, WAL with synchronous=FULL, so a
 // committed change survives kill -9 and power loss.
 //
-// - outbox: one row per file taken from the outbox, holding the message id
-//   and the exact bytes published, from before the first send until the
+// - outbox: one row per file taken from the outbox, holding the message id,
+//   the exact bytes published and which file it was (OutboxFile::id), from before the first send until the
 //   file has been moved to sent/ or failed/ (then only the id and the file
 //   name are kept, for delivery reports). A file's message id is never
 //   chosen twice.
@@ -38,6 +38,7 @@ struct OutboxRow {
   State state = State::kPending;
   std::string dir;     // settled: "sent" or "failed"
   std::string dest;    // file name in sent/ or failed/
+  std::string file_id;  // which file was claimed (OutboxFile::id); empty in rows of older versions
   std::string result;  // settled: the JSON written beside the file
 };
 
@@ -97,6 +98,8 @@ class StateDb {
  private:
   explicit StateDb(sqlite3* db) : db_(db) {}
   Status Exec(const char* sql);
+  // Adds the columns newer versions need to a database an older one made.
+  Status AddColumns();
   Status InTransaction(const std::function<Status()>& body);
   Status Error(const char* what);
   std::mutex mu_;

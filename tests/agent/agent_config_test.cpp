@@ -109,6 +109,31 @@ TEST_CASE("agent configuration errors name file:line:column", "[agent][config]")
   }
 }
 
+TEST_CASE("a directory written with a trailing slash is the same directory as without it", "[agent][config]") {
+  // "sent: spool/outbox/" passed as a directory of its own: with the
+  // directories not yet made (the first start), nothing else noticed, and
+  // every file "moved to sent/" stayed in the outbox, to be sent again and
+  // again as a new message.
+  const std::string f = "/etc/liaison/agent.yaml";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"sent: spool/outbox/\n", f + ":8:7: error: 'sent' is the same directory as 'outbox'"},
+      {"failed: spool/outbox/.\n", f + ":8:9: error: 'failed' is the same directory as 'outbox'"},
+      {"sent: spool//outbox//\n", f + ":8:7: error: 'sent' is the same directory as 'outbox'"},
+      {"recalled: /var/lib/agent/\n", "'state_dir' is the same directory as 'recalled'"},
+  };
+  for (const auto& [extra, expected] : cases) {
+    Diagnostics diags;
+    auto cfg = AgentConfig::LoadText(kBase + extra, f, &diags);
+    INFO(extra);
+    INFO(Errors(diags));
+    CHECK_FALSE(cfg);
+    CHECK(Errors(diags).find(expected) != std::string::npos);
+  }
+  // "/" is left as it is.
+  Diagnostics diags;
+  CHECK(AgentConfig::LoadText(kBase + "recalled: /\n", f, &diags));
+}
+
 TEST_CASE("every error of an agent configuration is reported in one run", "[agent][config]") {
   Diagnostics diags;
   auto c = AgentConfig::LoadText("broker: x\ncredit: -1\nlog_level: loud\nfoo: 1\n", "a.yaml", &diags);

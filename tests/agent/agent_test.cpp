@@ -941,3 +941,212 @@ TEST_CASE("agent: a recall notice or report that cannot be filed is quarantined 
   CHECK(agent.err().find("1 received, 0 duplicate(s) dropped, 0 recall(s), 0 report(s), 2 quarantined") !=
         std::string::npos);
 }
+
+TEST_CASE("agent outbox: a file removed while being sent and written anew under its name is sent and not filed in its place",
+          "[agent][outbox]") {
+  // The agency may remove a file while it is being sent, and use its name
+  // again once it has left the outbox. The new file was moved to sent/ as
+  // the earlier message (its own content never sent, and no error): lost.
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", ClosedPort());
+  const std::string first_id = "0190a000-0000-7000-8000-0000000000c1";
+  police.Drop("x.json", MessageJson("[\"school\"]", "the first", first_id));
+  {
+    // The broker cannot be reached: x.json is claimed and waits.
+    ChildProcess p(AgentArgs(police, {"--once", "--timeout", "2", "--json"}), police.root, "unreachable");
+    REQUIRE(p.Wait(std::chrono::seconds(30)) == 3);
+    REQUIRE(PendingIn(p.out()) == 1);
+  }
+  std::filesystem::remove(police.outbox() + "/x.json");
+  police.Drop("x.json", MessageJson("[\"school\"]", "the second"));
+
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  police.WriteConfig("police", broker.port());
+  std::string out, err;
+  REQUIRE(RunOnce(police, &out, "once", &err) == 0);
+  INFO(out);
+  INFO(err);
+  CHECK(out.find("\"sent\":2") != std::string::npos);
+  CHECK(Names(police.outbox()).empty());
+  // Both messages reached school, each once.
+  REQUIRE(school.WaitCount(2));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(school.count() == 2);
+  std::set<std::string> descriptions;
+  {
+    std::lock_guard lock(school.mu);
+    for (const auto& d : school.got) descriptions.insert(d.message->incident_report().description());
+  }
+  CHECK(descriptions == std::set<std::string>{"the first", "the second"});
+  // The first one's ack stays; the second is filed under its own id, with
+  // its own ack beside it.
+  CHECK(JsonField(Slurp(police.sent() + "/x.json.ack.json"), "messageId") == first_id);
+  CHECK_FALSE(FileExists(police.sent() + "/x.json"));
+  const auto acks = NamesEnding(police.sent(), ".ack.json");
+  REQUIRE(acks.size() == 2);
+  const std::string second = acks[0] == "x.json.ack.json" ? acks[1] : acks[0];
+  const std::string second_file = second.substr(0, second.size() - 9);
+  const std::string second_id = JsonField(Slurp(police.sent() + "/" + second), "messageId");
+  CHECK(second_file == "x." + second_id + ".json");
+  CHECK(Slurp(police.sent() + "/" + second_file).find("the second") != std::string::npos);
+  CHECK(err.find("was replaced in the outbox by another file of that name") != std::string::npos);
+}
+
+TEST_CASE("agent outbox: a file still being written under its final name is sent once it is whole", "[agent][outbox]") {
+  // Not renamed into place but copied straight under its name: the agent
+  // saw it empty or half written, filed it in failed/ as invalid_file, and
+  // its writer went on writing it there. Never sent.
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", broker.port());
+  ChildProcess agent(AgentArgs(police), police.root, "daemon");
+  REQUIRE(WaitFor([&] { return agent.err().find("connected to broker") != std::string::npos; }));
+  const std::string text = MessageJson("[\"school\"]", "written slowly");
+  {
+    std::ofstream f(police.outbox() + "/slow.json", std::ios::binary);
+    f << text.substr(0, text.size() / 2) << std::flush;
+    // Several scans (every 50 ms) see the first half.
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    f << text.substr(text.size() / 2) << std::flush;
+  }
+  {
+    // Empty for a while, as a writer that created it and has not written yet.
+    std::ofstream f(police.outbox() + "/empty.pb", std::ios::binary);
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    f << IncidentReport({"school"}).SerializeAsString() << std::flush;
+  }
+  const bool sent = WaitFor([&] {
+    return FileExists(police.sent() + "/slow.json") && FileExists(police.sent() + "/empty.pb");
+  });
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+  INFO(agent.err());
+  CHECK(sent);
+  CHECK(Names(police.failed()).empty());
+  CHECK(school.WaitCount(2));
+  CHECK(agent.err().find("outbox: slow.json is not a valid message (yet) and was changed") != std::string::npos);
+
+  // A file that stays invalid still goes to failed/, once it has stood
+  // unchanged for a while.
+  police.Drop("broken.json", "{ \"envelope\": ");
+  std::string out;
+  REQUIRE(RunOnce(police, &out) == 0);
+  INFO(out);
+  CHECK(out.find("\"failed\":1") != std::string::npos);
+  CHECK(JsonField(Slurp(police.failed() + "/broken.json.error.json"), "error") == "invalid_file");
+}
+
+TEST_CASE("agent hook: a run cut short by the service stopping is not counted and runs again at the next start",
+          "[agent][hook]") {
+  // systemctl stop (or restart) sends SIGTERM to every process of the
+  // service, the hook too. That run was counted as failed: with
+  // max_attempts 1 the agent gave the message's hook up for good.
+  TestBroker broker;
+  TempDir dir;
+  AgentDirs school(dir.path(), "school");
+  school.WriteHook("d=$(dirname \"$0\")\n"
+                   "echo $$ >> \"$d/runs\"\n"
+                   "if [ ! -e \"$d/slept\" ]; then touch \"$d/slept\"; sleep 5; fi\n"
+                   "echo done >> \"$d/done\"\n");
+  school.WriteConfig("school", broker.port(), "hook:\n  command: [hook.sh]\n  max_attempts: 1\n  timeout_ms: 20000\n");
+  ChildProcess agent(AgentArgs(school), school.root, "daemon");
+  auto pub = Publisher(broker.port(), "police");
+  REQUIRE(pub->Publish(IncidentReport({"school"})).AllAccepted());
+  const std::string runs = school.root + "/runs";
+  REQUIRE(WaitFor([&] { return FileExists(school.root + "/slept"); }));
+  const pid_t hook = std::stoi(Slurp(runs));
+  // As systemd stops a service: the agent and the hook's process group.
+  agent.Signal(SIGTERM);
+  ::kill(-hook, SIGTERM);
+  CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+  INFO(agent.err());
+  CHECK_FALSE(FileExists(school.root + "/done"));
+  CHECK(agent.err().find("giving up") == std::string::npos);
+  CHECK(agent.err().find("while the agent was stopping: not counted") != std::string::npos);
+
+  std::string out, err;
+  CHECK(RunOnce(school, &out, "again", &err) == 0);
+  INFO(err);
+  CHECK(Slurp(school.root + "/done") == "done\n");
+  const std::string all = Slurp(runs);
+  CHECK(std::count(all.begin(), all.end(), '\n') == 2);
+}
+
+TEST_CASE("agent inbox: a message is not acknowledged while the inbox's disk is full and arrives once there is room",
+          "[agent][inbox][diskfull]") {
+  TestBroker broker;
+  TempDir dir;
+  const auto disk = MountSmallDisk(dir, "2m");
+  if (!disk) return;
+  AgentDirs school(dir.path(), "school");
+  school.WriteConfig("school", broker.port());
+  std::string config = Slurp(school.config());
+  config.replace(config.find("inbox: inbox"), 12, "inbox: " + disk->path + "/inbox");
+  REQUIRE(WriteFileAtomic(school.config(), config + "recalled: " + disk->path + "/recalled\n").ok());
+  std::filesystem::create_directories(disk->path + "/inbox");
+  FillDisk(disk->path);
+  Receiver police_rx(broker.port(), "police");
+  auto pub = Publisher(broker.port(), "police", /*want_reports=*/true);
+  v1::Message m = IncidentReport({"school"});
+  REQUIRE(pub->Publish(m).AllAccepted());
+  const std::string file = disk->path + "/inbox/police_" + m.envelope().message_id() + ".json";
+  ChildProcess agent(AgentArgs(school), school.root, "daemon");
+  auto failures = [&] {
+    const std::string log = agent.err();
+    size_t n = 0;
+    for (size_t at = 0; (at = log.find("local failure", at)) != std::string::npos; ++at) ++n;
+    return n;
+  };
+  REQUIRE(WaitFor([&] { return failures() >= 2; }, std::chrono::seconds(20)));
+  INFO(agent.err());
+  CHECK_FALSE(FileExists(file));
+  CHECK(police_rx.Reports().empty());  // not acknowledged: the sender hears nothing yet
+  REQUIRE(std::remove((disk->path + "/filler").c_str()) == 0);
+  REQUIRE(WaitFor([&] { return FileExists(file); }, std::chrono::seconds(20)));
+  CHECK(WaitFor([&] {
+    auto reports = police_rx.Reports();
+    return !reports.empty() && reports[0].outcome == "delivered";
+  }));
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+  CHECK(Names(disk->path + "/inbox").size() == 1);
+  CHECK(police_rx.Reports().size() == 1);
+  CHECK(Names(disk->path + "/inbox/.liaison-incoming", true).empty());
+}
+
+TEST_CASE("agent outbox: a file being sent that is copied back with the same bytes is filed once and not sent again",
+          "[agent][outbox]") {
+  // The outbox restored from a backup, or moved to another disk, while a
+  // file waited for the broker: a new inode, the same file. Taken for
+  // another file, it would be sent a second time under a new id.
+  TempDir dir;
+  AgentDirs police(dir.path(), "police");
+  police.WriteConfig("police", ClosedPort());
+  police.Drop("x.json", MessageJson("[\"school\"]", "copied back"));
+  {
+    ChildProcess p(AgentArgs(police, {"--once", "--timeout", "2", "--json"}), police.root, "unreachable");
+    REQUIRE(p.Wait(std::chrono::seconds(30)) == 3);
+    REQUIRE(PendingIn(p.out()) == 1);
+  }
+  const std::string x = police.outbox() + "/x.json";
+  std::filesystem::copy_file(x, police.outbox() + "/.x.json.copy");
+  std::filesystem::rename(police.outbox() + "/.x.json.copy", x);
+
+  TestBroker broker;
+  Receiver school(broker.port(), "school");
+  police.WriteConfig("police", broker.port());
+  std::string out;
+  REQUIRE(RunOnce(police, &out) == 0);
+  INFO(out);
+  CHECK(out.find("\"sent\":1") != std::string::npos);
+  CHECK(Names(police.outbox()).empty());
+  CHECK(NamesEnding(police.sent(), ".json") ==
+        std::vector<std::string>{"x.json", "x.json.ack.json", "x.json.report.school.json"});
+  REQUIRE(school.WaitCount(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(school.count() == 1);
+}
