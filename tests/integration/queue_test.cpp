@@ -487,7 +487,7 @@ TEST_CASE("a recall accepts the message id in any form publish accepts and audit
   CHECK(again.withdrawn.empty());
   CHECK(again.notified.empty());
   // What publish would refuse as a message id is a malformed recall.
-  for (const std::string bad : {std::string("not-a-message-id"), id + "0", "{" + id.substr(1) + "}"}) {
+  for (const std::string& bad : {std::string("not-a-message-id"), id + "0", "{" + id.substr(1) + "}"}) {
     auto refused = police->Recall(bad, "");
     CHECK(refused.error_code == "invalid_message");
   }
