@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <cstdio>
 #include <thread>
 
@@ -129,13 +130,25 @@ int main(int argc, char** argv) {
     return kExitLocal;
   }
   agent::Agent* a = agent->get();
-  std::thread([stop_signals, a] {
+  // Joined before the agent goes (a signal during teardown must not reach
+  // an agent already destroyed): main wakes it with a signal of its own.
+  std::atomic<bool> exiting{false};
+  std::thread signal_thread([stop_signals, a, &exiting] {
     int sig = 0;
-    if (sigwait(&stop_signals, &sig) == 0) {
+    if (sigwait(&stop_signals, &sig) == 0 && !exiting.load()) {
       spdlog::info("{}: finishing the current step, then stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
       a->Stop();
     }
-  }).detach();
+  });
+  struct JoinSignalThread {
+    std::thread& t;
+    std::atomic<bool>& exiting;
+    ~JoinSignalThread() {
+      exiting.store(true);
+      pthread_kill(t.native_handle(), SIGTERM);  // harmless if it took a signal and ended
+      t.join();
+    }
+  } join_signal_thread{signal_thread, exiting};
 
   spdlog::info("started (config {}){}", config_path, once ? ", --once" : "");
   agent::Agent::RunOptions ro;
