@@ -17,6 +17,16 @@ using namespace liaison::test;
 
 namespace {
 
+// A broker, school receiving from it, and police's agent directories with
+// its configuration: the setting of most outbox tests.
+struct PoliceToSchool {
+  TestBroker broker;
+  Receiver school{broker.port(), "school"};
+  TempDir dir;
+  AgentDirs police{dir.path(), "police"};
+  PoliceToSchool() { police.WriteConfig("police", broker.port()); }
+};
+
 const std::vector<std::string> kOnce = {"--once", "--idle", "300", "--json"};
 
 // Runs the agent with --once; returns its exit code (stdout in *out).
@@ -95,11 +105,8 @@ TEST_CASE("liaison-agent answers --help and checks its configuration", "[agent][
 
 TEST_CASE("agent outbox: each file is sent once and moved to sent/ with its ack, other files stay",
           "[agent][outbox]") {
-  TestBroker broker;
-  Receiver school(broker.port(), "school");
-  TempDir dir;
-  AgentDirs police(dir.path(), "police");
-  police.WriteConfig("police", broker.port());
+  PoliceToSchool setting;
+  auto& [broker, school, dir, police] = setting;
   const std::string given_id = "0190a000-0000-7000-8000-0000000000b1";
   police.Drop("a.json", MessageJson("[\"school\"]", "first"));
   police.Drop("b.json", MessageJson("[\"school\"]", "second", given_id));
@@ -391,11 +398,8 @@ TEST_CASE("agent outbox: a file refused as queue_full is sent again until queued
 }
 
 TEST_CASE("agent: delivery reports beside the sent file, and SIGTERM stops it cleanly", "[agent][reports]") {
-  TestBroker broker;
-  Receiver school(broker.port(), "school");
-  TempDir dir;
-  AgentDirs police(dir.path(), "police");
-  police.WriteConfig("police", broker.port());
+  PoliceToSchool setting;
+  auto& [broker, school, dir, police] = setting;
   ChildProcess agent(AgentArgs(police), police.root, "daemon");
   police.Drop("r.json", MessageJson("[\"school\", \"social\"]", "reported"));
   const std::string report = police.sent() + "/r.json.report.school.json";
@@ -497,11 +501,8 @@ TEST_CASE("agent outbox: a file with a very long name is sent and filed under a 
   // Names up to the file system's 255 bytes are valid in the outbox; the
   // agent's own files beside them (".ack.json", ".report.<agency>.json" and
   // the temp names it writes them under) must still fit.
-  TestBroker broker;
-  Receiver school(broker.port(), "school");
-  TempDir dir;
-  AgentDirs police(dir.path(), "police");
-  police.WriteConfig("police", broker.port());
+  PoliceToSchool setting;
+  auto& [broker, school, dir, police] = setting;
   ChildProcess agent(AgentArgs(police), police.root, "daemon");
   const std::string long_ack = std::string(245, 'a') + ".json";     // its ack file's name would be too long
   const std::string long_report = std::string(225, 'r') + ".json";  // its report file's name would be
@@ -542,11 +543,8 @@ TEST_CASE("agent outbox: the same file dropped again and again leaves the outbox
   // A program that sets its own message ids drops the same file more than
   // once (say, after a failure it did not see). Each copy must leave the
   // outbox under a name of its own, however often.
-  TestBroker broker;
-  Receiver school(broker.port(), "school");
-  TempDir dir;
-  AgentDirs police(dir.path(), "police");
-  police.WriteConfig("police", broker.port());
+  PoliceToSchool setting;
+  auto& [broker, school, dir, police] = setting;
   const std::string id = "0190a000-0000-7000-8000-0000000000c7";
   const std::string body = "{\"envelope\": {\"messageId\": \"" + id +
                            "\", \"createdAt\": \"2026-01-05T10:00:00Z\", \"recipients\": [\"school\"], "
@@ -571,11 +569,8 @@ TEST_CASE("agent outbox: the same file dropped again and again leaves the outbox
 
 TEST_CASE("agent outbox: a file named like the agent's own files in sent/ is not overwritten by them",
           "[agent][outbox]") {
-  TestBroker broker;
-  Receiver school(broker.port(), "school");
-  TempDir dir;
-  AgentDirs police(dir.path(), "police");
-  police.WriteConfig("police", broker.port());
+  PoliceToSchool setting;
+  auto& [broker, school, dir, police] = setting;
   // Sent first, each under a name that the ack, error or report file of a
   // later "x.json" takes.
   police.Drop("x.json.ack.json", MessageJson("[\"school\"]", "named like an ack"));
@@ -801,11 +796,8 @@ TEST_CASE("agent outbox: while the broker is unreachable claims stop at a bound 
 
 TEST_CASE("agent outbox: a name that is not UTF-8 or holds a newline gives valid JSON and one log line",
           "[agent][outbox]") {
-  TestBroker broker;
-  Receiver school(broker.port(), "school");
-  TempDir dir;
-  AgentDirs police(dir.path(), "police");
-  police.WriteConfig("police", broker.port());
+  PoliceToSchool setting;
+  auto& [broker, school, dir, police] = setting;
   const std::string name = "caf\xe9\nforged line.json";  // Latin-1 e-acute, then a newline
   police.Drop(name, MessageJson("[\"school\"]", "odd name"));
   std::string out, err;
@@ -825,11 +817,8 @@ TEST_CASE("agent outbox: a symbolic link in the outbox is not followed and nothi
           "[agent][outbox]") {
   // A program that may write into the outbox must not get the agent (and
   // its certificate) to send a file it could not read itself.
-  TestBroker broker;
-  Receiver school(broker.port(), "school");
-  TempDir dir;
-  AgentDirs police(dir.path(), "police");
-  police.WriteConfig("police", broker.port());
+  PoliceToSchool setting;
+  auto& [broker, school, dir, police] = setting;
   const std::string elsewhere = dir.path() + "/elsewhere.json";
   std::ofstream(elsewhere) << MessageJson("[\"school\"]", "not for the outbox");
   std::filesystem::create_symlink(elsewhere, police.outbox() + "/link.json");
@@ -850,11 +839,8 @@ TEST_CASE("agent: a damaged witness file is an audit alarm and is left as it is"
   // The witness (state/checkpoint.txt) is the agency's evidence of what the
   // broker's audit log held. Damaged, it must not be replaced by whatever
   // the broker shows now, which would drop that evidence without a word.
-  TestBroker broker;
-  Receiver school(broker.port(), "school");
-  TempDir dir;
-  AgentDirs police(dir.path(), "police");
-  police.WriteConfig("police", broker.port());
+  PoliceToSchool setting;
+  auto& [broker, school, dir, police] = setting;
   police.Drop("a.json", MessageJson("[\"school\"]", "first"));
   REQUIRE(RunOnce(police) == 0);
   const std::string witness = police.state() + "/checkpoint.txt";
@@ -998,11 +984,8 @@ TEST_CASE("agent outbox: a file still being written under its final name is sent
   // Not renamed into place but copied straight under its name: the agent
   // saw it empty or half written, filed it in failed/ as invalid_file, and
   // its writer went on writing it there. Never sent.
-  TestBroker broker;
-  Receiver school(broker.port(), "school");
-  TempDir dir;
-  AgentDirs police(dir.path(), "police");
-  police.WriteConfig("police", broker.port());
+  PoliceToSchool setting;
+  auto& [broker, school, dir, police] = setting;
   ChildProcess agent(AgentArgs(police), police.root, "daemon");
   REQUIRE(WaitFor([&] { return agent.err().find("connected to broker") != std::string::npos; }));
   const std::string text = MessageJson("[\"school\"]", "written slowly");
