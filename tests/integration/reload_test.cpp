@@ -91,3 +91,52 @@ TEST_CASE("a reload with a new CRL closes the session of a revoked certificate",
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   CHECK_FALSE(police.closed);
 }
+
+// A connection's TLS context is the one of the moment it was accepted. A
+// reload that revokes a certificate re-checked only the sessions past their
+// handshake: one accepted before the reload and shaking hands after it was
+// verified against the old CRL and got a session, and its agency's
+// deliveries, with a revoked certificate.
+TEST_CASE("a handshake begun before a reload is checked against the reloaded CRL", "[reload]") {
+  TempDir dir;
+  const std::string pki = dir.File("pki");
+  REQUIRE(std::system(("bash " LIAISON_SOURCE_DIR "/certs/dev-pki.sh " + pki + " police school >/dev/null").c_str()) == 0);
+  TestBroker broker({}, 2, PolicyYaml({"police", "school"}), pki);
+  // Something waits for school.
+  auto police = client::Client::Connect(Options(broker.port(), "police", false, pki));
+  REQUIRE(police.ok());
+  REQUIRE((*police)->Publish(IncidentReport({"school"})).AllAccepted());
+
+  const auto accepted_before = broker.server().counters().connections_accepted;
+  RawClient raw;
+  RawClient::Options o;
+  o.tls = TlsFiles{pki + "/school.crt", pki + "/school.key", pki + "/ca.crt", {}};
+  o.before_handshake = [&] {
+    // The broker has accepted the TCP connection, and taken the TLS files
+    // of that moment, when school's certificate is revoked and reloaded.
+    REQUIRE(WaitFor([&] { return broker.server().counters().connections_accepted > accepted_before; }));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const std::string env = "LIAISON_PKI_DB=" + pki + "/ca-db LIAISON_CA_CRT=" + pki + "/ca.crt LIAISON_CA_KEY=" +
+                            pki + "/ca.key SAN=DNS:unused.invalid ";
+    const std::string cnf = " -config " LIAISON_SOURCE_DIR "/certs/openssl.cnf";
+    REQUIRE(std::system((env + "openssl ca" + cnf + " -revoke " + pki + "/school.crt 2>/dev/null").c_str()) == 0);
+    const std::string crl = pki + "/ca.crl";
+    REQUIRE(std::system((env + "openssl ca" + cnf + " -gencrl -crldays 30 -out " + crl + " 2>/dev/null").c_str()) == 0);
+    REQUIRE(broker.server().Reload().ok());
+  };
+  // The handshake completes (the connection's context is the old one), but
+  // no session follows: the first frame is a fatal permission_denied, not
+  // a Welcome and a delivery.
+  REQUIRE(raw.Connect(broker.port(), o).ok());
+  REQUIRE(raw.SendHello(/*receive=*/true, 4));
+  auto f = raw.ReadFrame();
+  REQUIRE(f);
+  INFO(f->DebugString());
+  REQUIRE(f->has_error());
+  CHECK(f->error().code() == v1::REASON_PERMISSION_DENIED);
+  CHECK(f->error().fatal());
+  CHECK(f->error().message().find("revoked") != std::string::npos);
+  CHECK(raw.WaitClosed());
+  // A connection made after the reload is refused in its handshake, as before.
+  CHECK_FALSE(client::Client::Connect(Options(broker.port(), "school", true, pki)).ok());
+}
