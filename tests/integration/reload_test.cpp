@@ -140,3 +140,47 @@ TEST_CASE("a handshake begun before a reload is checked against the reloaded CRL
   // A connection made after the reload is refused in its handshake, as before.
   CHECK_FALSE(client::Client::Connect(Options(broker.port(), "school", true, pki)).ok());
 }
+
+// A CRL that has expired, or that its CA did not sign, loads, but OpenSSL
+// then refuses every certificate of that CA ("CRL has expired", "CRL
+// signature failure"). A reload took such a file in, re-checked every
+// session against it and closed them all, and every reconnection was
+// refused: one wrong file cut the whole network off.
+TEST_CASE("a reload with a CRL that has expired or that its CA did not sign keeps the previous one", "[reload]") {
+  TempDir dir;
+  const std::string pki = dir.File("pki");
+  REQUIRE(std::system(("bash " LIAISON_SOURCE_DIR "/certs/dev-pki.sh " + pki + " police school >/dev/null").c_str()) == 0);
+  TestBroker broker({}, 2, PolicyYaml({"police", "school"}), pki);
+  Watched school(broker.port(), "school", pki);
+  Watched police(broker.port(), "police", pki);
+  const std::string env = "LIAISON_PKI_DB=" + pki + "/ca-db LIAISON_CA_CRT=" + pki + "/ca.crt LIAISON_CA_KEY=" + pki +
+                          "/ca.key SAN=DNS:unused.invalid ";
+  const std::string cnf = " -config " LIAISON_SOURCE_DIR "/certs/openssl.cnf";
+  const std::string crl = pki + "/ca.crl";
+  std::string expect;
+  SECTION("expired") {
+    REQUIRE(std::system((env + "openssl ca" + cnf + " -gencrl -crl_lastupdate 20250101000000Z -crl_nextupdate " +
+                         "20250102000000Z -out " + crl + " 2>/dev/null")
+                            .c_str()) == 0);
+    expect = "has expired";
+  }
+  SECTION("not signed by its CA") {
+    // The CA's own CRL with one byte of its signature changed.
+    const std::string der = dir.File("crl.der");
+    REQUIRE(std::system(("openssl crl -in " + crl + " -outform DER -out " + der).c_str()) == 0);
+    std::string bytes = *ReadFile(der, 1 << 20);
+    bytes.back() ^= 0x01;
+    REQUIRE(WriteFileAtomic(der, bytes).ok());
+    REQUIRE(std::system(("openssl crl -inform DER -in " + der + " -out " + crl).c_str()) == 0);
+    expect = "does not verify";
+  }
+  auto r = broker.server().Reload();
+  REQUIRE_FALSE(r.ok());
+  INFO(r.status().message());
+  CHECK(r.status().message().find("nothing changed") != std::string::npos);
+  CHECK(r.status().message().find(crl + " " + expect) != std::string::npos);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK_FALSE(school.closed);
+  CHECK_FALSE(police.closed);
+  CHECK(client::Client::Connect(Options(broker.port(), "police", false, pki)).ok());
+}
