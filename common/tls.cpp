@@ -6,6 +6,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
+#include <sys/stat.h>
 
 #include <cstdio>
 #include <string>
@@ -54,6 +55,18 @@ int VerifyClientCallback(int preverify_ok, X509_STORE_CTX* ctx) {
   return 1;
 }
 
+// OpenSSL opens the files it loads itself: one that is not a regular file
+// (a FIFO put in a CRL's place, say) would block the reload that loads it
+// for ever, and every reload after it. Checked by name first (a file that
+// cannot be found is left to OpenSSL, whose error says so).
+Status RegularFile(const std::string& path, const std::string& what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    return Status::InvalidArgument(what + " " + path + " is not a regular file");
+  }
+  return Status::Ok();
+}
+
 Status CommonSetup(SSL_CTX* ctx, const TlsFiles& files, const char* side) {
   SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
   SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
@@ -71,6 +84,8 @@ Status CommonSetup(SSL_CTX* ctx, const TlsFiles& files, const char* side) {
   if (files.certificate.empty()) return Status::InvalidArgument(std::string(side) + " certificate file not set");
   if (files.private_key.empty()) return Status::InvalidArgument(std::string(side) + " private key file not set");
   if (files.ca_bundle.empty()) return Status::InvalidArgument("CA bundle file not set");
+  if (Status s = RegularFile(files.certificate, "certificate"); !s.ok()) return s;
+  if (Status s = RegularFile(files.ca_bundle, "CA bundle"); !s.ok()) return s;
   ERR_clear_error();
   if (SSL_CTX_use_certificate_chain_file(ctx, files.certificate.c_str()) != 1) {
     return Status::InvalidArgument("cannot load certificate " + files.certificate + ": " + OpenSslErrors());
@@ -103,6 +118,7 @@ Status CommonSetup(SSL_CTX* ctx, const TlsFiles& files, const char* side) {
 // (the leaf; its issuer's CRL must be among them).
 Status LoadCrls(X509_STORE* store, const TlsFiles& files) {
   for (const auto& path : files.crls) {
+    if (Status s = RegularFile(path, "CRL"); !s.ok()) return s;
     FILE* f = std::fopen(path.c_str(), "r");
     if (!f) return Status::InvalidArgument("cannot open CRL " + path);
     int loaded = 0;

@@ -1,5 +1,6 @@
 // Parsing, validation and compilation of the policy file. Every problem is
 // reported with file:line:column, and all of them in one run.
+#include <fcntl.h>
 #include <openssl/evp.h>
 
 #include <algorithm>
@@ -698,7 +699,10 @@ std::shared_ptr<const Policy> Policy::LoadText(const std::string& text, const st
 
 std::shared_ptr<const Policy> Policy::LoadFile(const std::string& path, Diagnostics* diags,
                                                std::chrono::system_clock::time_point now) {
-  auto text = ReadFile(path, kMaxPolicyBytes);
+  // O_NONBLOCK: a FIFO in the policy's place is refused as not a regular
+  // file, where opening it would wait for a writer for ever, and with it the
+  // reload (and every reload after it, which waits for that one).
+  auto text = ReadFile(path, kMaxPolicyBytes, O_NONBLOCK);
   if (!text.ok()) {
     diags->push_back({Diagnostic::Severity::kError, path, 0, 0, text.status().message()});
     return nullptr;

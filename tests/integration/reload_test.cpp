@@ -2,7 +2,12 @@
 // bad file changes nothing; agencies removed or revoked lose their sessions.
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <future>
 
 #include "common/files.h"
 #include "tests/integration/test_support.h"
@@ -183,4 +188,36 @@ TEST_CASE("a reload with a CRL that has expired or that its CA did not sign keep
   CHECK_FALSE(school.closed);
   CHECK_FALSE(police.closed);
   CHECK(client::Client::Connect(Options(broker.port(), "police", false, pki)).ok());
+}
+
+// A FIFO in the place of the policy or of a CRL (a hostile or mistaken
+// file): opening it waited for a writer for ever, so the reload never
+// ended, logged nothing, and every later reload (a new CRL revoking a
+// certificate, say) waited behind it.
+TEST_CASE("a reload with a FIFO in place of the policy or a CRL is refused at once", "[reload]") {
+  TempDir dir;
+  const std::string pki = dir.File("pki");
+  REQUIRE(std::system(("bash " LIAISON_SOURCE_DIR "/certs/dev-pki.sh " + pki + " police school >/dev/null").c_str()) == 0);
+  TestBroker broker({}, 2, PolicyYaml({"police", "school"}), pki);
+  Watched school(broker.port(), "school", pki);
+  std::string path;
+  SECTION("policy") { path = broker.dir() + "/policy.yaml"; }
+  SECTION("CRL") { path = pki + "/ca.crl"; }
+  REQUIRE(::unlink(path.c_str()) == 0);
+  REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+  auto reload = std::async(std::launch::async, [&] { return broker.server().Reload(); });
+  const bool answered = reload.wait_for(std::chrono::seconds(3)) == std::future_status::ready;
+  if (!answered) {
+    // A writer that opens and closes the FIFO lets the reload end, and the test.
+    const int fd = ::open(path.c_str(), O_WRONLY | O_NONBLOCK);
+    if (fd >= 0) ::close(fd);
+  }
+  CHECK(answered);
+  auto r = reload.get();
+  REQUIRE_FALSE(r.ok());
+  INFO(r.status().message());
+  CHECK(r.status().message().find("nothing changed") != std::string::npos);
+  CHECK(r.status().message().find(path + " is not a regular file") != std::string::npos);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK_FALSE(school.closed);
 }
