@@ -7,7 +7,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <future>
+#include <optional>
 
 #include "common/files.h"
 #include "tests/integration/test_support.h"
@@ -188,6 +190,88 @@ TEST_CASE("a reload with a CRL that has expired or that its CA did not sign keep
   CHECK_FALSE(school.closed);
   CHECK_FALSE(police.closed);
   CHECK(client::Client::Connect(Options(broker.port(), "police", false, pki)).ok());
+}
+
+// Probe (DESIGN.md, Transport and identity; Delivery guarantees): a session
+// closed because a reload revoked its certificate gives back what it held
+// unacknowledged; the agency's next session (with a new certificate) gets
+// it first, as the next attempt, and each copy is delivered once.
+TEST_CASE("deliveries held by a session whose certificate is revoked reach the next session as the next attempt",
+          "[reload]") {
+  TempDir dir;
+  const std::string pki = dir.File("pki");
+  const std::string make_pki = "bash " LIAISON_SOURCE_DIR "/certs/dev-pki.sh " + pki + " police school >/dev/null";
+  REQUIRE(std::system(make_pki.c_str()) == 0);
+  TestBroker broker({}, 2, PolicyYaml({"police", "school"}), pki);
+  auto police = client::Client::Connect(Options(broker.port(), "police", false, pki));
+  REQUIRE(police.ok());
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    v1::Message m = IncidentReport({"school"});
+    ids.push_back(m.envelope().message_id());
+    REQUIRE((*police)->Publish(m).AllAccepted());
+  }
+  RawClient::Options o;
+  o.tls = TlsFiles{pki + "/school.crt", pki + "/school.key", pki + "/ca.crt", {}};
+  RawClient first;
+  REQUIRE(first.Connect(broker.port(), o).ok());
+  REQUIRE(first.SendHello(/*receive=*/true, 2));
+  std::vector<v1::Deliver> held;
+  for (int i = 0; i < 2; ++i) {
+    auto d = ReadDeliver(first);
+    REQUIRE(d);
+    CHECK(d->message().envelope().message_id() == ids[i]);
+    CHECK(d->attempt() == 1);
+    held.push_back(*d);
+  }
+  const std::string env = "LIAISON_PKI_DB=" + pki + "/ca-db LIAISON_CA_CRT=" + pki + "/ca.crt LIAISON_CA_KEY=" + pki +
+                          "/ca.key SAN=DNS:unused.invalid ";
+  const std::string cnf = " -config " LIAISON_SOURCE_DIR "/certs/openssl.cnf";
+  REQUIRE(std::system((env + "openssl ca" + cnf + " -revoke " + pki + "/school.crt 2>/dev/null").c_str()) == 0);
+  const std::string crl = pki + "/ca.crl";
+  REQUIRE(std::system((env + "openssl ca" + cnf + " -gencrl -crldays 30 -out " + crl + " 2>/dev/null").c_str()) == 0);
+  REQUIRE(broker.server().Reload().ok());
+  std::optional<v1::Frame> f;
+  while ((f = first.ReadFrame()) && !f->has_error()) {
+  }
+  REQUIRE(f);
+  CHECK(f->error().code() == v1::REASON_PERMISSION_DENIED);
+  // Acknowledgements sent now settle nothing: the session is closing.
+  for (const auto& d : held) (void)SendAck(first, d);
+  CHECK(first.WaitClosed());
+
+  // school gets a new certificate (the old one stays revoked).
+  REQUIRE(std::rename((pki + "/school.crt").c_str(), (pki + "/school-revoked.crt").c_str()) == 0);
+  REQUIRE(std::system(make_pki.c_str()) == 0);
+  REQUIRE(broker.server().Reload().ok());
+  RawClient second;
+  REQUIRE(second.Connect(broker.port(), o).ok());
+  REQUIRE(second.SendHello(/*receive=*/true, 16));
+  std::vector<std::string> got;
+  std::vector<uint32_t> attempts;
+  while (got.size() < ids.size()) {
+    auto d = ReadDeliver(second);
+    REQUIRE(d);
+    got.push_back(d->message().envelope().message_id());
+    attempts.push_back(d->attempt());
+    REQUIRE(SendAck(second, *d));
+  }
+  CHECK(got == ids);
+  CHECK(attempts == std::vector<uint32_t>{2, 2, 1});
+  std::vector<v1::Deliver> more;
+  REQUIRE(PingPong(second, 1, &more));
+  CHECK(more.empty());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    std::vector<std::string> delivered;
+    REQUIRE(WaitFor([&] {
+      delivered.clear();
+      for (const auto& e : AuditColumn(broker, ids[i], "event || ':' || recipient")) {
+        if (e == "delivered:school") delivered.push_back(e);
+      }
+      return !delivered.empty();
+    }));
+    CHECK(delivered.size() == 1);
+  }
 }
 
 // A FIFO in the place of the policy or of a CRL (a hostile or mistaken
