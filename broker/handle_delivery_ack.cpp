@@ -190,8 +190,8 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
       r.policy_version = policy->version();
       r.detail = "re-checked at delivery: " + reason;
       if (sent) {
-        r.detail += "; attempts=" + std::to_string(d.attempts) +
-                    "; sent but never acknowledged: the recipient may have it";
+        r.detail +=
+            "; attempts=" + std::to_string(d.attempts) + "; sent but never acknowledged: the recipient may have it";
       }
       c.batch.records.push_back(std::move(r));
       c.Finish(d, DeliveryState::kRefused, v1::OUTCOME_REFUSED, v1::REASON_NOT_PERMITTED,

@@ -256,8 +256,9 @@ TEST_CASE("a copy sent before a policy change and never acknowledged is refused 
   const auto report = police_inbox.Reports().at(0);
   CHECK(report.outcome == "refused");
   CHECK(report.reason == "not_permitted");
-  CHECK(report.detail == "the network's policy no longer permits sharing this message with 'school'; it was sent 1 "
-                         "time and never acknowledged before, so the recipient may have it");
+  CHECK(report.detail ==
+        "the network's policy no longer permits sharing this message with 'school'; it was sent 1 "
+        "time and never acknowledged before, so the recipient may have it");
   std::vector<std::string> details;
   for (const auto& leaf : AuditColumn(broker, m.envelope().message_id(), "leaf")) {
     auto r = audit::DecodeLeaf(leaf);
