@@ -175,6 +175,12 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
       const std::string reason = policy->Reasons(decision, q).front();
       spdlog::info("{}: {} {} from {}: no longer permitted at delivery: {} (policy {})", tag_, type, m.message_id,
                    m.sender, reason, policy->version().substr(0, 12));
+      // A copy sent before (attempts > 0: given back by a session that
+      // ended without acknowledging it, the policy changing meanwhile) may
+      // be with its recipient all the same (an agent stores a message
+      // before it acknowledges it): the sender and the record say so, as
+      // an expiry's do (ExpireCopy), not that it was never shared.
+      const bool sent = d.attempts > 0;
       QueueChange c(broker_);
       audit::Record r = CopyRecord("not_delivered", m, agency_);
       r.actor = agency_;
@@ -183,9 +189,15 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
       r.rules = rules;
       r.policy_version = policy->version();
       r.detail = "re-checked at delivery: " + reason;
+      if (sent) {
+        r.detail +=
+            "; attempts=" + std::to_string(d.attempts) + "; sent but never acknowledged: the recipient may have it";
+      }
       c.batch.records.push_back(std::move(r));
       c.Finish(d, DeliveryState::kRefused, v1::OUTCOME_REFUSED, v1::REASON_NOT_PERMITTED,
-               "the network's policy no longer permits sharing this message with '" + agency_ + "'", true);
+               "the network's policy no longer permits sharing this message with '" + agency_ + "'" +
+                   (sent ? "; it was " + SentUnacknowledged(d) + " before, so the recipient may have it" : ""),
+               true);
       SubmitSettled(c, d);
       return Sent::kSettled;
     }

@@ -413,6 +413,14 @@ void CheckConfigFiles(const BrokerConfig& config, Diagnostics* diags) {
   LoadPolicy(config, diags);
   auto tls = tls::MakeServerContext(config.tls);
   if (!tls.ok()) diags->push_back({Diagnostic::Severity::kError, config.path, 0, 0, "tls: " + tls.status().message()});
+  // What a reload refuses (Server::Reload), shown before one is tried. A
+  // warning, not an error: a broker starting with such a CRL serves no
+  // agency of that CA, but it starts as it always did.
+  if (tls.ok()) {
+    if (Status crls = tls::CheckCrls(config.tls); !crls.ok()) {
+      diags->push_back({Diagnostic::Severity::kWarning, config.path, 0, 0, "tls: " + crls.message()});
+    }
+  }
   if (config.tls.crls.empty()) {
     diags->push_back({Diagnostic::Severity::kWarning, config.path, 0, 0,
                       "tls: no 'crl' configured, so revoked agency certificates cannot be refused"});
@@ -562,12 +570,18 @@ Result<std::string> Server::Reload() {
   Diagnostics diags;
   auto policy = LoadPolicy(c, &diags);
   auto tls = tls::MakeServerContext(c.tls);
-  if (!policy || !tls.ok()) {
+  // A CRL that has expired, is not yet valid or is not signed by a CA of
+  // the bundle loads, but then refuses every certificate of its CA: taken
+  // in, it would close every session of the network and refuse every
+  // reconnection. Refused like a file that does not parse.
+  const Status crls = tls.ok() ? tls::CheckCrls(c.tls) : Status::Ok();
+  if (!policy || !tls.ok() || !crls.ok()) {
     std::string why;
     for (const auto& d : diags) {
       if (d.severity == Diagnostic::Severity::kError) why += (why.empty() ? "" : "; ") + d.ToString();
     }
     if (!tls.ok()) why += (why.empty() ? "" : "; ") + std::string("TLS: ") + tls.status().message();
+    if (!crls.ok()) why += (why.empty() ? "" : "; ") + std::string("TLS: ") + crls.message();
     spdlog::error("reload rejected, still running the previous policy and certificates: {}", why);
     audit::Record rejected = MakeRecord("policy_rejected");
     rejected.policy_version = st.policy()->version();

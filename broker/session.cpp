@@ -109,6 +109,25 @@ asio::awaitable<void> Session::Run() {
   auto policy = broker_.policy();
   auto agency = policy->Identify(peer);
   asio::co_spawn(stream_.strand(), Writer(), asio::detached);
+  // The handshake verified the certificate against the CA bundle and CRLs
+  // of the moment the connection was accepted (tls_). A reload since then
+  // re-checked only the sessions past their handshake (Revalidate skips
+  // the others), so a certificate revoked by it would get a session, and
+  // its agency's deliveries, for as long as the handshake was held open
+  // (up to handshake_timeout). Checked here against the current files;
+  // a reload from now on posts a Revalidate that finds this session
+  // identified.
+  if (const auto current = broker_.tls_context(); current != tls_) {
+    if (Status s = tls::VerifyClientCertificate(*current, peer_cert_, peer_chain_); !s.ok()) {
+      broker_.stats.handshakes_failed++;
+      broker_.refusals.Count(PeerAddress(), "tls_handshake: client certificate refused: " + s.message());
+      spdlog::info("{}: TLS handshake began before a reload; the certificate is no longer accepted: {}", tag_,
+                   s.message());
+      SendError(0, v1::REASON_PERMISSION_DENIED, "the certificate is no longer accepted: " + s.message(), true);
+      Finish();
+      co_return;
+    }
+  }
   if (!agency.ok()) {
     broker_.stats.identities_refused++;
     broker_.refusals.Count(PeerAddress(), "no_agency: certificate " + peer.cert_sha256.substr(0, 16));

@@ -6,8 +6,11 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
+#include <sys/stat.h>
 
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include "common/files.h"
 
@@ -52,6 +55,18 @@ int VerifyClientCallback(int preverify_ok, X509_STORE_CTX* ctx) {
   return 1;
 }
 
+// OpenSSL opens the files it loads itself: one that is not a regular file
+// (a FIFO put in a CRL's place, say) would block the reload that loads it
+// for ever, and every reload after it. Checked by name first (a file that
+// cannot be found is left to OpenSSL, whose error says so).
+Status RegularFile(const std::string& path, const std::string& what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    return Status::InvalidArgument(what + " " + path + " is not a regular file");
+  }
+  return Status::Ok();
+}
+
 Status CommonSetup(SSL_CTX* ctx, const TlsFiles& files, const char* side) {
   SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
   SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
@@ -69,6 +84,8 @@ Status CommonSetup(SSL_CTX* ctx, const TlsFiles& files, const char* side) {
   if (files.certificate.empty()) return Status::InvalidArgument(std::string(side) + " certificate file not set");
   if (files.private_key.empty()) return Status::InvalidArgument(std::string(side) + " private key file not set");
   if (files.ca_bundle.empty()) return Status::InvalidArgument("CA bundle file not set");
+  if (Status s = RegularFile(files.certificate, "certificate"); !s.ok()) return s;
+  if (Status s = RegularFile(files.ca_bundle, "CA bundle"); !s.ok()) return s;
   ERR_clear_error();
   if (SSL_CTX_use_certificate_chain_file(ctx, files.certificate.c_str()) != 1) {
     return Status::InvalidArgument("cannot load certificate " + files.certificate + ": " + OpenSslErrors());
@@ -101,6 +118,7 @@ Status CommonSetup(SSL_CTX* ctx, const TlsFiles& files, const char* side) {
 // (the leaf; its issuer's CRL must be among them).
 Status LoadCrls(X509_STORE* store, const TlsFiles& files) {
   for (const auto& path : files.crls) {
+    if (Status s = RegularFile(path, "CRL"); !s.ok()) return s;
     FILE* f = std::fopen(path.c_str(), "r");
     if (!f) return Status::InvalidArgument("cannot open CRL " + path);
     int loaded = 0;
@@ -178,6 +196,75 @@ Status VerifyClientCertificate(Context& ctx, X509* cert, STACK_OF_X509* chain) {
   X509_STORE_CTX_free(sctx);
   ERR_clear_error();
   return result;
+}
+
+namespace {
+
+std::string TimeString(const ASN1_TIME* t) {
+  BIO* bio = BIO_new(BIO_s_mem());
+  ASN1_TIME_print(bio, t);
+  char* data = nullptr;
+  const long len = BIO_get_mem_data(bio, &data);
+  std::string s(data, static_cast<size_t>(len));
+  BIO_free(bio);
+  return s;
+}
+
+// The problem with crl under the CAs of the bundle; empty if none.
+std::string CrlProblem(X509_CRL* crl, const std::vector<X509*>& cas) {
+  const X509_NAME* issuer = X509_CRL_get_issuer(crl);
+  bool named = false, signed_by_ca = false;
+  for (X509* ca : cas) {
+    if (X509_NAME_cmp(X509_get_subject_name(ca), issuer) != 0) continue;
+    named = true;
+    EVP_PKEY* key = X509_get0_pubkey(ca);
+    if (key && X509_CRL_verify(crl, key) == 1) {
+      signed_by_ca = true;
+      break;
+    }
+  }
+  if (!named) return "is issued by '" + NameToString(issuer) + "', which is not a CA of the bundle";
+  if (!signed_by_ca) return "does not verify with the key of its CA '" + NameToString(issuer) + "'";
+  if (const ASN1_TIME* last = X509_CRL_get0_lastUpdate(crl); !last || X509_cmp_current_time(last) >= 0) {
+    return "is not valid yet (last update " + (last ? TimeString(last) : std::string("missing")) + ")";
+  }
+  if (const ASN1_TIME* next = X509_CRL_get0_nextUpdate(crl); next && X509_cmp_current_time(next) <= 0) {
+    return "has expired (next update " + TimeString(next) + ")";
+  }
+  return "";
+}
+
+}  // namespace
+
+Status CheckCrls(const TlsFiles& files) {
+  if (files.crls.empty()) return Status::Ok();
+  std::vector<X509*> cas;
+  if (FILE* f = std::fopen(files.ca_bundle.c_str(), "r")) {
+    while (X509* ca = PEM_read_X509(f, nullptr, nullptr, nullptr)) cas.push_back(ca);
+    std::fclose(f);
+  }
+  std::string problems;
+  for (const auto& path : files.crls) {
+    FILE* f = std::fopen(path.c_str(), "r");
+    if (!f) {
+      problems += (problems.empty() ? "" : "; ") + std::string("cannot open CRL ") + path;
+      continue;
+    }
+    int n = 0;
+    while (X509_CRL* crl = PEM_read_X509_CRL(f, nullptr, nullptr, nullptr)) {
+      ++n;
+      if (std::string why = CrlProblem(crl, cas); !why.empty()) {
+        problems += (problems.empty() ? "" : "; ") + std::string("CRL ") + path +
+                    (n > 1 ? " (number " + std::to_string(n) + " in it)" : "") + " " + why;
+      }
+      X509_CRL_free(crl);
+    }
+    std::fclose(f);
+  }
+  for (X509* ca : cas) X509_free(ca);
+  ERR_clear_error();  // the reading loops end on a "no start line" error
+  if (problems.empty()) return Status::Ok();
+  return Status::InvalidArgument(problems + ": every certificate of its CA would be refused");
 }
 
 PeerIdentity IdentityOf(X509* cert) {

@@ -36,6 +36,15 @@ PeerIdentity IdentityOf(X509* cert);
 // longer trusted.
 Status VerifyClientCertificate(Context& ctx, X509* cert, STACK_OF_X509* chain);
 
+// Checks files.crls as a verification will use them: each CRL issued and
+// signed by a CA of files.ca_bundle, and current (its last update passed,
+// its next update not). A CRL that fails this makes OpenSSL refuse every
+// certificate of its CA ("CRL has expired", "unable to get certificate
+// CRL"), so a reload refuses it rather than close every session
+// (docs/broker.md, Signals). Reads the files again; every problem, with its
+// file, in one Status.
+Status CheckCrls(const TlsFiles& files);
+
 // Drains OpenSSL's thread-local error queue into one line.
 std::string OpenSslErrors();
 

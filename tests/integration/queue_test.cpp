@@ -226,6 +226,51 @@ TEST_CASE("the policy decides again at delivery: a share no longer permitted is 
   CHECK(Has(events, "not_delivered:deny:school"));
 }
 
+// A copy sent, never acknowledged and given back (the session ended), then
+// refused at its next delivery because the policy changed meanwhile: the
+// recipient may have it (an agent stores a message before acknowledging
+// it). The sender's report said only "no longer permits sharing" and the
+// record "not_delivered", so the sender believed it was never shared.
+TEST_CASE("a copy sent before a policy change and never acknowledged is refused as one the recipient may have",
+          "[queue][policy][reload]") {
+  TestBroker broker;
+  Receiver police_inbox(broker.port(), "police");
+  auto police = Connect(broker.port(), "police");
+  v1::Message m = IncidentReport({"school"});
+  REQUIRE(police->Publish(m).AllAccepted());
+  RawClient first;
+  REQUIRE(ConnectReceiving(first, broker.port(), "school", 4));
+  REQUIRE(ReadDeliver(first));
+  // While the copy is unacknowledged, the network forbids sharing with school.
+  std::string policy = *ReadFile(broker.dir() + "/policy.yaml", 1 << 20);
+  policy += "  - id: school-paused\n    effect: forbid\n    from: [\"*\"]\n    to: [school]\n";
+  REQUIRE(WriteFileAtomic(broker.dir() + "/policy.yaml", policy).ok());
+  REQUIRE(broker.server().Reload().ok());
+  // school's next session gets the copy back first; it is refused instead.
+  RawClient second;
+  REQUIRE(ConnectReceiving(second, broker.port(), "school", 4, /*take_over=*/true));
+  REQUIRE(first.WaitClosed());
+  std::vector<v1::Deliver> got;
+  REQUIRE(PingPong(second, 1, &got));
+  CHECK(got.empty());
+  REQUIRE(WaitFor([&] { return !police_inbox.Reports().empty(); }));
+  const auto report = police_inbox.Reports().at(0);
+  CHECK(report.outcome == "refused");
+  CHECK(report.reason == "not_permitted");
+  CHECK(report.detail ==
+        "the network's policy no longer permits sharing this message with 'school'; it was sent 1 "
+        "time and never acknowledged before, so the recipient may have it");
+  std::vector<std::string> details;
+  for (const auto& leaf : AuditColumn(broker, m.envelope().message_id(), "leaf")) {
+    auto r = audit::DecodeLeaf(leaf);
+    REQUIRE(r.ok());
+    if (r->event == "not_delivered") details.push_back(r->detail);
+  }
+  REQUIRE(details.size() == 1);
+  CHECK(details[0].find("re-checked at delivery: ") == 0);
+  CHECK(details[0].find("; attempts=1; sent but never acknowledged: the recipient may have it") != std::string::npos);
+}
+
 TEST_CASE("recall withdraws waiting copies and sends a notice to recipients who have it", "[queue][recall]") {
   TestBroker broker;
   Receiver police_inbox(broker.port(), "police");

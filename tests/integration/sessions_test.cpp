@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <mutex>
+#include <set>
 
 #include "common/uuid.h"
 #include "tests/integration/test_support.h"
@@ -228,4 +229,55 @@ TEST_CASE("a graceful stop closes sessions, refuses new work, and keeps what is 
   REQUIRE(again.WaitCount(1));
   CHECK(again.got[0].message->envelope().message_id() == m.envelope().message_id());
   CHECK(again.got[0].attempt == 2);
+}
+
+// Probe: a reconnect storm. Receiving sessions of one agency take over one
+// another in quick succession and drop, some after acknowledging one of
+// their deliveries: none is sent more than its credit unacknowledged, and
+// in the end every message reaches the agency and is acknowledged once.
+TEST_CASE("a storm of take-overs keeps each session within its credit and loses nothing", "[sessions][takeover]") {
+  TestBroker broker;
+  auto police = Connect(broker.port(), "police");
+  std::vector<std::string> ids;
+  for (int i = 0; i < 40; ++i) {
+    v1::Message m = IncidentReport({"school"});
+    ids.push_back(m.envelope().message_id());
+    REQUIRE(police->Publish(m).AllAccepted());
+  }
+  std::set<std::string> acked;
+  for (int round = 0; round < 20; ++round) {
+    RawClient s;
+    REQUIRE(ConnectReceiving(s, broker.port(), "school", 3, /*take_over=*/true));
+    std::vector<v1::Deliver> got;
+    while (auto d = ReadDeliver(s, std::chrono::milliseconds(150))) got.push_back(*d);
+    CHECK(got.size() <= 3);
+    if (round % 2 == 1 && !got.empty()) {
+      REQUIRE(SendAck(s, got[0]));
+      REQUIRE(PingPong(s, 1));  // handled before the connection drops
+      acked.insert(got[0].message().envelope().message_id());
+    }
+  }  // each drops without a goodbye, or is taken over
+  RawClient last;
+  REQUIRE(ConnectReceiving(last, broker.port(), "school", 8, /*take_over=*/true));
+  while (acked.size() < ids.size()) {
+    auto d = ReadDeliver(last);
+    REQUIRE(d);
+    CHECK(acked.insert(d->message().envelope().message_id()).second);  // never one acknowledged before
+    REQUIRE(SendAck(last, *d));
+  }
+  std::vector<v1::Deliver> more;
+  REQUIRE(PingPong(last, 2, &more));
+  CHECK(more.empty());
+  CHECK(acked == std::set<std::string>(ids.begin(), ids.end()));
+  for (const auto& id : ids) {
+    std::vector<std::string> events;
+    REQUIRE(WaitFor([&] {
+      events.clear();
+      for (auto& e : AuditColumn(broker, id, "event")) {
+        if (e == "delivered") events.push_back(e);
+      }
+      return !events.empty();
+    }));
+    CHECK(events.size() == 1);
+  }
 }

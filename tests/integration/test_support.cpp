@@ -315,6 +315,7 @@ Status RawClient::Connect(uint16_t port, const Options& options) {
   if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return Status::Unavailable("connect");
   int one = 1;
   ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (options.before_handshake) options.before_handshake();
   if (!options.tls) return Status::Ok();
   SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
   ctx_ = ctx;

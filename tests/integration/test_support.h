@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -120,6 +121,9 @@ class RawClient {
     std::optional<TlsFiles> tls;       // nothing: plain TCP
     bool present_certificate = true;
     bool tls12_only = false;
+    // Runs once the TCP connection is up, before the TLS handshake (to
+    // change something on the broker in between).
+    std::function<void()> before_handshake;
   };
   RawClient() = default;
   ~RawClient();
