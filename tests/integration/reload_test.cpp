@@ -19,6 +19,24 @@ using namespace liaison::test;
 
 namespace {
 
+// A dev PKI of its own (certs/dev-pki.sh) with police and school, in dir;
+// returns its directory. Run again, it issues certificates for those whose
+// files are missing.
+std::string MakePki(const TempDir& dir) {
+  const std::string pki = dir.File("pki");
+  REQUIRE(std::system(("bash " LIAISON_SOURCE_DIR "/certs/dev-pki.sh " + pki + " police school >/dev/null").c_str()) == 0);
+  return pki;
+}
+
+// Runs `openssl ca` of pki's CA with args (-revoke, -gencrl ...); true
+// when it succeeds.
+bool Ca(const std::string& pki, const std::string& args) {
+  const std::string env = "LIAISON_PKI_DB=" + pki + "/ca-db LIAISON_CA_CRT=" + pki + "/ca.crt LIAISON_CA_KEY=" + pki +
+                          "/ca.key SAN=DNS:unused.invalid ";
+  return std::system((env + "openssl ca -config " LIAISON_SOURCE_DIR "/certs/openssl.cnf " + args + " 2>/dev/null")
+                         .c_str()) == 0;
+}
+
 struct Watched {
   Watched(uint16_t port, const std::string& agency, const std::string& pki = "") {
     auto c = client::Client::Connect(Options(port, agency, true, pki), nullptr, [this](const Status& why) {
@@ -81,16 +99,12 @@ TEST_CASE("a reload closes the sessions of an agency removed from the policy, an
 
 TEST_CASE("a reload with a new CRL closes the session of a revoked certificate", "[reload]") {
   TempDir dir;
-  const std::string pki = dir.File("pki");
-  REQUIRE(std::system(("bash " LIAISON_SOURCE_DIR "/certs/dev-pki.sh " + pki + " police school >/dev/null").c_str()) == 0);
+  const std::string pki = MakePki(dir);
   TestBroker broker({}, 2, PolicyYaml({"police", "school"}), pki);
   Watched school(broker.port(), "school", pki);
   Watched police(broker.port(), "police", pki);
-  const std::string env = "LIAISON_PKI_DB=" + pki + "/ca-db LIAISON_CA_CRT=" + pki + "/ca.crt LIAISON_CA_KEY=" + pki +
-                          "/ca.key SAN=DNS:unused.invalid ";
-  const std::string cnf = " -config " LIAISON_SOURCE_DIR "/certs/openssl.cnf";
-  REQUIRE(std::system((env + "openssl ca" + cnf + " -revoke " + pki + "/school.crt 2>/dev/null").c_str()) == 0);
-  REQUIRE(std::system((env + "openssl ca" + cnf + " -gencrl -crldays 30 -out " + pki + "/ca.crl 2>/dev/null").c_str()) == 0);
+  REQUIRE(Ca(pki, "-revoke " + pki + "/school.crt"));
+  REQUIRE(Ca(pki, "-gencrl -crldays 30 -out " + pki + "/ca.crl"));
   auto r = broker.server().Reload();
   REQUIRE(r.ok());
   REQUIRE(WaitFor([&] { return school.closed.load(); }));
@@ -106,8 +120,7 @@ TEST_CASE("a reload with a new CRL closes the session of a revoked certificate",
 // deliveries, with a revoked certificate.
 TEST_CASE("a handshake begun before a reload is checked against the reloaded CRL", "[reload]") {
   TempDir dir;
-  const std::string pki = dir.File("pki");
-  REQUIRE(std::system(("bash " LIAISON_SOURCE_DIR "/certs/dev-pki.sh " + pki + " police school >/dev/null").c_str()) == 0);
+  const std::string pki = MakePki(dir);
   TestBroker broker({}, 2, PolicyYaml({"police", "school"}), pki);
   // Something waits for school.
   auto police = client::Client::Connect(Options(broker.port(), "police", false, pki));
@@ -123,12 +136,9 @@ TEST_CASE("a handshake begun before a reload is checked against the reloaded CRL
     // of that moment, when school's certificate is revoked and reloaded.
     REQUIRE(WaitFor([&] { return broker.server().counters().connections_accepted > accepted_before; }));
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    const std::string env = "LIAISON_PKI_DB=" + pki + "/ca-db LIAISON_CA_CRT=" + pki + "/ca.crt LIAISON_CA_KEY=" +
-                            pki + "/ca.key SAN=DNS:unused.invalid ";
-    const std::string cnf = " -config " LIAISON_SOURCE_DIR "/certs/openssl.cnf";
-    REQUIRE(std::system((env + "openssl ca" + cnf + " -revoke " + pki + "/school.crt 2>/dev/null").c_str()) == 0);
+    REQUIRE(Ca(pki, "-revoke " + pki + "/school.crt"));
     const std::string crl = pki + "/ca.crl";
-    REQUIRE(std::system((env + "openssl ca" + cnf + " -gencrl -crldays 30 -out " + crl + " 2>/dev/null").c_str()) == 0);
+    REQUIRE(Ca(pki, "-gencrl -crldays 30 -out " + crl));
     REQUIRE(broker.server().Reload().ok());
   };
   // The handshake completes (the connection's context is the old one), but
@@ -155,20 +165,14 @@ TEST_CASE("a handshake begun before a reload is checked against the reloaded CRL
 // refused: one wrong file cut the whole network off.
 TEST_CASE("a reload with a CRL that has expired or that its CA did not sign keeps the previous one", "[reload]") {
   TempDir dir;
-  const std::string pki = dir.File("pki");
-  REQUIRE(std::system(("bash " LIAISON_SOURCE_DIR "/certs/dev-pki.sh " + pki + " police school >/dev/null").c_str()) == 0);
+  const std::string pki = MakePki(dir);
   TestBroker broker({}, 2, PolicyYaml({"police", "school"}), pki);
   Watched school(broker.port(), "school", pki);
   Watched police(broker.port(), "police", pki);
-  const std::string env = "LIAISON_PKI_DB=" + pki + "/ca-db LIAISON_CA_CRT=" + pki + "/ca.crt LIAISON_CA_KEY=" + pki +
-                          "/ca.key SAN=DNS:unused.invalid ";
-  const std::string cnf = " -config " LIAISON_SOURCE_DIR "/certs/openssl.cnf";
   const std::string crl = pki + "/ca.crl";
   std::string expect;
   SECTION("expired") {
-    REQUIRE(std::system((env + "openssl ca" + cnf + " -gencrl -crl_lastupdate 20250101000000Z -crl_nextupdate " +
-                         "20250102000000Z -out " + crl + " 2>/dev/null")
-                            .c_str()) == 0);
+    REQUIRE(Ca(pki, "-gencrl -crl_lastupdate 20250101000000Z -crl_nextupdate 20250102000000Z -out " + crl));
     expect = "has expired";
   }
   SECTION("not signed by its CA") {
@@ -199,9 +203,7 @@ TEST_CASE("a reload with a CRL that has expired or that its CA did not sign keep
 TEST_CASE("deliveries held by a session whose certificate is revoked reach the next session as the next attempt",
           "[reload]") {
   TempDir dir;
-  const std::string pki = dir.File("pki");
-  const std::string make_pki = "bash " LIAISON_SOURCE_DIR "/certs/dev-pki.sh " + pki + " police school >/dev/null";
-  REQUIRE(std::system(make_pki.c_str()) == 0);
+  const std::string pki = MakePki(dir);
   TestBroker broker({}, 2, PolicyYaml({"police", "school"}), pki);
   auto police = client::Client::Connect(Options(broker.port(), "police", false, pki));
   REQUIRE(police.ok());
@@ -224,12 +226,9 @@ TEST_CASE("deliveries held by a session whose certificate is revoked reach the n
     CHECK(d->attempt() == 1);
     held.push_back(*d);
   }
-  const std::string env = "LIAISON_PKI_DB=" + pki + "/ca-db LIAISON_CA_CRT=" + pki + "/ca.crt LIAISON_CA_KEY=" + pki +
-                          "/ca.key SAN=DNS:unused.invalid ";
-  const std::string cnf = " -config " LIAISON_SOURCE_DIR "/certs/openssl.cnf";
-  REQUIRE(std::system((env + "openssl ca" + cnf + " -revoke " + pki + "/school.crt 2>/dev/null").c_str()) == 0);
+  REQUIRE(Ca(pki, "-revoke " + pki + "/school.crt"));
   const std::string crl = pki + "/ca.crl";
-  REQUIRE(std::system((env + "openssl ca" + cnf + " -gencrl -crldays 30 -out " + crl + " 2>/dev/null").c_str()) == 0);
+  REQUIRE(Ca(pki, "-gencrl -crldays 30 -out " + crl));
   REQUIRE(broker.server().Reload().ok());
   std::optional<v1::Frame> f;
   while ((f = first.ReadFrame()) && !f->has_error()) {
@@ -242,7 +241,7 @@ TEST_CASE("deliveries held by a session whose certificate is revoked reach the n
 
   // school gets a new certificate (the old one stays revoked).
   REQUIRE(std::rename((pki + "/school.crt").c_str(), (pki + "/school-revoked.crt").c_str()) == 0);
-  REQUIRE(std::system(make_pki.c_str()) == 0);
+  MakePki(dir);  // the same PKI, with a new certificate for school
   REQUIRE(broker.server().Reload().ok());
   RawClient second;
   REQUIRE(second.Connect(broker.port(), o).ok());
@@ -280,8 +279,7 @@ TEST_CASE("deliveries held by a session whose certificate is revoked reach the n
 // certificate, say) waited behind it.
 TEST_CASE("a reload with a FIFO in place of the policy or a CRL is refused at once", "[reload]") {
   TempDir dir;
-  const std::string pki = dir.File("pki");
-  REQUIRE(std::system(("bash " LIAISON_SOURCE_DIR "/certs/dev-pki.sh " + pki + " police school >/dev/null").c_str()) == 0);
+  const std::string pki = MakePki(dir);
   TestBroker broker({}, 2, PolicyYaml({"police", "school"}), pki);
   Watched school(broker.port(), "school", pki);
   std::string path;
