@@ -103,10 +103,9 @@ TEST_CASE("liaison-agent answers --help and checks its configuration", "[agent][
   }
 }
 
-TEST_CASE("agent outbox: each file is sent once and moved to sent/ with its ack, other files stay",
-          "[agent][outbox]") {
-  PoliceToSchool setting;
-  auto& [broker, school, dir, police] = setting;
+TEST_CASE_METHOD(PoliceToSchool,
+                 "agent outbox: each file is sent once and moved to sent/ with its ack, other files stay",
+                 "[agent][outbox]") {
   const std::string given_id = "0190a000-0000-7000-8000-0000000000b1";
   police.Drop("a.json", MessageJson("[\"school\"]", "first"));
   police.Drop("b.json", MessageJson("[\"school\"]", "second", given_id));
@@ -397,9 +396,8 @@ TEST_CASE("agent outbox: a file refused as queue_full is sent again until queued
   CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
 }
 
-TEST_CASE("agent: delivery reports beside the sent file, and SIGTERM stops it cleanly", "[agent][reports]") {
-  PoliceToSchool setting;
-  auto& [broker, school, dir, police] = setting;
+TEST_CASE_METHOD(PoliceToSchool, "agent: delivery reports beside the sent file, and SIGTERM stops it cleanly",
+                 "[agent][reports]") {
   ChildProcess agent(AgentArgs(police), police.root, "daemon");
   police.Drop("r.json", MessageJson("[\"school\", \"social\"]", "reported"));
   const std::string report = police.sent() + "/r.json.report.school.json";
@@ -497,12 +495,11 @@ TEST_CASE("agent: a second agent on the same state directory is refused", "[agen
   CHECK(first.Wait(std::chrono::seconds(10)) == 0);
 }
 
-TEST_CASE("agent outbox: a file with a very long name is sent and filed under a shorter name", "[agent][outbox]") {
+TEST_CASE_METHOD(PoliceToSchool, "agent outbox: a file with a very long name is sent and filed under a shorter name",
+                 "[agent][outbox]") {
   // Names up to the file system's 255 bytes are valid in the outbox; the
   // agent's own files beside them (".ack.json", ".report.<agency>.json" and
   // the temp names it writes them under) must still fit.
-  PoliceToSchool setting;
-  auto& [broker, school, dir, police] = setting;
   ChildProcess agent(AgentArgs(police), police.root, "daemon");
   const std::string long_ack = std::string(245, 'a') + ".json";     // its ack file's name would be too long
   const std::string long_report = std::string(225, 'r') + ".json";  // its report file's name would be
@@ -539,12 +536,11 @@ TEST_CASE("agent outbox: a file with a very long name is sent and filed under a 
   CHECK(out.find("\"sent\":0") != std::string::npos);
 }
 
-TEST_CASE("agent outbox: the same file dropped again and again leaves the outbox each time", "[agent][outbox]") {
+TEST_CASE_METHOD(PoliceToSchool, "agent outbox: the same file dropped again and again leaves the outbox each time",
+                 "[agent][outbox]") {
   // A program that sets its own message ids drops the same file more than
   // once (say, after a failure it did not see). Each copy must leave the
   // outbox under a name of its own, however often.
-  PoliceToSchool setting;
-  auto& [broker, school, dir, police] = setting;
   const std::string id = "0190a000-0000-7000-8000-0000000000c7";
   const std::string body = "{\"envelope\": {\"messageId\": \"" + id +
                            "\", \"createdAt\": \"2026-01-05T10:00:00Z\", \"recipients\": [\"school\"], "
@@ -567,10 +563,9 @@ TEST_CASE("agent outbox: the same file dropped again and again leaves the outbox
   CHECK(school.count() == 1);  // one message, published once and repeated
 }
 
-TEST_CASE("agent outbox: a file named like the agent's own files in sent/ is not overwritten by them",
-          "[agent][outbox]") {
-  PoliceToSchool setting;
-  auto& [broker, school, dir, police] = setting;
+TEST_CASE_METHOD(PoliceToSchool,
+                 "agent outbox: a file named like the agent's own files in sent/ is not overwritten by them",
+                 "[agent][outbox]") {
   // Sent first, each under a name that the ack, error or report file of a
   // later "x.json" takes.
   police.Drop("x.json.ack.json", MessageJson("[\"school\"]", "named like an ack"));
@@ -794,10 +789,9 @@ TEST_CASE("agent outbox: while the broker is unreachable claims stop at a bound 
   CHECK(school.WaitCount(1500));
 }
 
-TEST_CASE("agent outbox: a name that is not UTF-8 or holds a newline gives valid JSON and one log line",
-          "[agent][outbox]") {
-  PoliceToSchool setting;
-  auto& [broker, school, dir, police] = setting;
+TEST_CASE_METHOD(PoliceToSchool,
+                 "agent outbox: a name that is not UTF-8 or holds a newline gives valid JSON and one log line",
+                 "[agent][outbox]") {
   const std::string name = "caf\xe9\nforged line.json";  // Latin-1 e-acute, then a newline
   police.Drop(name, MessageJson("[\"school\"]", "odd name"));
   std::string out, err;
@@ -813,12 +807,11 @@ TEST_CASE("agent outbox: a name that is not UTF-8 or holds a newline gives valid
   CHECK(err.find("caf\xe9?forged line.json is message") != std::string::npos);
 }
 
-TEST_CASE("agent outbox: a symbolic link in the outbox is not followed and nothing it points to is sent",
-          "[agent][outbox]") {
+TEST_CASE_METHOD(PoliceToSchool,
+                 "agent outbox: a symbolic link in the outbox is not followed and nothing it points to is sent",
+                 "[agent][outbox]") {
   // A program that may write into the outbox must not get the agent (and
   // its certificate) to send a file it could not read itself.
-  PoliceToSchool setting;
-  auto& [broker, school, dir, police] = setting;
   const std::string elsewhere = dir.path() + "/elsewhere.json";
   std::ofstream(elsewhere) << MessageJson("[\"school\"]", "not for the outbox");
   std::filesystem::create_symlink(elsewhere, police.outbox() + "/link.json");
@@ -835,12 +828,11 @@ TEST_CASE("agent outbox: a symbolic link in the outbox is not followed and nothi
   CHECK(school.count() == 1);
 }
 
-TEST_CASE("agent: a damaged witness file is an audit alarm and is left as it is", "[agent][witness]") {
+TEST_CASE_METHOD(PoliceToSchool, "agent: a damaged witness file is an audit alarm and is left as it is",
+                 "[agent][witness]") {
   // The witness (state/checkpoint.txt) is the agency's evidence of what the
   // broker's audit log held. Damaged, it must not be replaced by whatever
   // the broker shows now, which would drop that evidence without a word.
-  PoliceToSchool setting;
-  auto& [broker, school, dir, police] = setting;
   police.Drop("a.json", MessageJson("[\"school\"]", "first"));
   REQUIRE(RunOnce(police) == 0);
   const std::string witness = police.state() + "/checkpoint.txt";
@@ -980,12 +972,12 @@ TEST_CASE("agent outbox: a file removed while being sent and written anew under 
   CHECK(err.find("was replaced in the outbox by another file of that name") != std::string::npos);
 }
 
-TEST_CASE("agent outbox: a file still being written under its final name is sent once it is whole", "[agent][outbox]") {
+TEST_CASE_METHOD(PoliceToSchool,
+                 "agent outbox: a file still being written under its final name is sent once it is whole",
+                 "[agent][outbox]") {
   // Not renamed into place but copied straight under its name: the agent
   // saw it empty or half written, filed it in failed/ as invalid_file, and
   // its writer went on writing it there. Never sent.
-  PoliceToSchool setting;
-  auto& [broker, school, dir, police] = setting;
   ChildProcess agent(AgentArgs(police), police.root, "daemon");
   REQUIRE(WaitFor([&] { return agent.err().find("connected to broker") != std::string::npos; }));
   const std::string text = MessageJson("[\"school\"]", "written slowly");
