@@ -315,18 +315,35 @@ bool Agent::StillWriting(const std::string& name, const OutboxFile& file) {
 }
 
 void Agent::FailFile(const std::string& name, const std::string& code, const std::string& message) {
-  spdlog::warn("outbox: {} not sent: {}", Printable(name, 255), message);
+  // A file that cannot be moved is tried again at every scan; it is logged
+  // once a minute, not each time.
+  const auto now = std::chrono::steady_clock::now();
+  auto logged = fail_logged_.find(name);
+  const bool quiet = logged != fail_logged_.end() && now - logged->second < kFailLogEvery;
+  if (!quiet) spdlog::warn("outbox: {} not sent: {}", Printable(name, 255), message);
   const std::string dest = DestName(name, NewUuid());
+  const std::string reason = config_.failed + "/" + dest + ".error.json";
   // The reason first, then the move: a crash in between leaves the file in
-  // the outbox, where it fails again the same way.
-  Status s = WriteFileAtomic(config_.failed + "/" + dest + ".error.json", ErrorJson(name, "", code, message), 0640);
-  if (s.ok()) s = RenameFile(config_.outbox + "/" + name, config_.failed + "/" + dest);
+  // the outbox, where it fails again the same way (and the reason without
+  // its file, which the move's failure below takes back).
+  Status s = WriteFileAtomic(reason, ErrorJson(name, "", code, message), 0640);
+  if (s.ok()) {
+    s = RenameFile(config_.outbox + "/" + name, config_.failed + "/" + dest);
+    // Not moved (an outbox the agent cannot write, say): the reason goes,
+    // or each scan would leave another beside the last.
+    if (!s.ok()) ::unlink(reason.c_str());
+  }
   if (s.ok()) s = SyncDirectory(config_.failed);
   if (s.ok()) s = SyncDirectory(config_.outbox);
   if (!s.ok()) {
-    spdlog::error("outbox: cannot move {} to failed/: {}", Printable(name, 255), s.message());
+    if (!quiet) {
+      spdlog::error("outbox: cannot move {} to failed/ (tried again at each scan, logged once a minute): {}",
+                    Printable(name, 255), s.message());
+      fail_logged_[name] = now;
+    }
     return;
   }
+  fail_logged_.erase(name);
   std::lock_guard lock(mu_);
   ++stats_.failed;
 }
@@ -335,6 +352,10 @@ Status Agent::ScanOutbox(bool* more) {
   *more = false;
   auto names = ListOutbox(config_.outbox);
   if (!names.ok()) return names.status();
+  // Files that could not be moved to failed/ and have since gone.
+  for (auto it = fail_logged_.begin(); it != fail_logged_.end();) {
+    it = std::find(names->begin(), names->end(), it->first) == names->end() ? fail_logged_.erase(it) : std::next(it);
+  }
   std::set<std::string> active;
   size_t pending_bytes = 0;
   for (const auto& [id, r] : pending_) {

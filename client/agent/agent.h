@@ -130,6 +130,10 @@ class Agent {
   static constexpr std::chrono::seconds kQueueFullMaxWait{60};
   std::vector<OutboxRow> unmoved_;  // settled, but the move failed (disk): tried again
   std::set<std::string> skipped_logged_;  // outbox files left for now as still being written, logged once
+  // Outbox files that could not be moved to failed/, with when that was
+  // last logged (once a minute each, not at every scan).
+  std::map<std::string, std::chrono::steady_clock::time_point> fail_logged_;
+  static constexpr std::chrono::seconds kFailLogEvery{60};
   Status alarm_;
   std::mt19937_64 rng_;
 

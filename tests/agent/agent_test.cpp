@@ -1,11 +1,17 @@
 // liaison-agent as agencies run it: the real binary against an in-process
 // broker over real TLS, with real files (docs/agent.md).
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <catch2/catch.hpp>
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
 #include <set>
 
 #include "client/client.h"
@@ -1124,4 +1130,48 @@ TEST_CASE("agent outbox: a file being sent that is copied back with the same byt
   REQUIRE(school.WaitCount(1));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK(school.count() == 1);
+}
+
+TEST_CASE_METHOD(PoliceToSchool,
+                 "agent outbox: a file that cannot be moved to failed/ leaves no reasons behind and is logged once",
+                 "[agent][outbox]") {
+  // An outbox that becomes read-only while the agent runs (a file system
+  // remounted read-only after an error; the agent refuses one at start):
+  // an invalid file in it cannot be moved to failed/. Each scan (every
+  // 50 ms here) wrote another reason file into failed/, and two log lines.
+  ChildProcess agent(AgentArgs(police), police.root, "daemon");
+  REQUIRE(WaitFor([&] { return agent.err().find("connected to broker") != std::string::npos; }));
+  // The outbox as it becomes: another directory holding an invalid file
+  // unchanged for a minute (a file changed in the last 2 s is looked at
+  // again later), mounted read-only in its place.
+  const std::string frozen = dir.File("frozen");
+  REQUIRE(::mkdir(frozen.c_str(), 0700) == 0);
+  std::ofstream(frozen + "/broken.json") << "{ not json";
+  const timespec times[2] = {{0, UTIME_OMIT}, {std::time(nullptr) - 60, 0}};
+  REQUIRE(::utimensat(AT_FDCWD, (frozen + "/broken.json").c_str(), times, 0) == 0);
+  if (::mount(frozen.c_str(), police.outbox().c_str(), nullptr, MS_BIND, nullptr) != 0) {
+    WARN("cannot bind-mount here (" << std::strerror(errno) << "): the test did not run");
+    return;
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{police.outbox()};
+  REQUIRE(::mount(nullptr, police.outbox().c_str(), nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY, nullptr) == 0);
+  const bool seen = WaitFor([&] { return agent.err().find("cannot move broken.json to failed/") != std::string::npos; });
+  INFO(agent.err());
+  REQUIRE(seen);
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // about 20 scans more
+  agent.Signal(SIGTERM);
+  CHECK(agent.Wait(std::chrono::seconds(10)) == 0);
+  const std::string err = agent.err();
+  auto count = [&](const std::string& what) {
+    size_t n = 0;
+    for (size_t at = err.find(what); at != std::string::npos; at = err.find(what, at + 1)) ++n;
+    return n;
+  };
+  CHECK(count("cannot move broken.json to failed/") == 1);
+  CHECK(count("broken.json not sent") == 1);
+  CHECK(NamesEnding(police.failed(), ".error.json").empty());
+  CHECK(FileExists(police.outbox() + "/broken.json"));
 }
