@@ -208,7 +208,7 @@ std::shared_ptr<QueuedMessage> Mailboxes::Find(std::string_view sender, std::str
   return it == messages_.end() ? nullptr : it->second.lock();
 }
 
-std::vector<QueuedDelivery> Mailboxes::TakeWaitingCopies(const std::function<bool(const QueuedDelivery&)>& which) {
+std::vector<QueuedDelivery> Mailboxes::TakeWaiting(const std::function<bool(const QueuedDelivery&)>& which) {
   std::vector<QueuedDelivery> out;
   for (auto it = queues_.begin(); it != queues_.end();) {
     auto& q = it->second.waiting;
@@ -247,7 +247,8 @@ std::vector<QueuedDelivery> Mailboxes::Recall(QueuedMessage& m, const RecallFact
   std::lock_guard lock(mu_);
   const bool n = MarkRecalledLocked(m, how);
   if (newly) *newly = n;
-  return TakeWaitingCopies([&m](const QueuedDelivery& d) { return d.kind == DeliveryKind::kMessage && d.message.get() == &m; });
+  return TakeWaiting(
+      [&m](const QueuedDelivery& d) { return d.kind == DeliveryKind::kMessage && d.message.get() == &m; });
 }
 
 void Mailboxes::UnmarkRecalled(QueuedMessage& m) {
@@ -287,7 +288,7 @@ void Mailboxes::UnmarkNotified(QueuedMessage& m, const std::string& recipient) {
 
 std::vector<QueuedDelivery> Mailboxes::TakeExpired(int64_t now_ms, int64_t report_retention_ms) {
   std::lock_guard lock(mu_);
-  return TakeWaitingCopies([=](const QueuedDelivery& d) {
+  return TakeWaiting([=](const QueuedDelivery& d) {
     switch (d.kind) {
       case DeliveryKind::kMessage:
         return d.message->expires_ms <= now_ms;

@@ -30,14 +30,20 @@ std::string Hex(const unsigned char* p, size_t n) {
   return s;
 }
 
-std::string NameToString(const X509_NAME* name) {
+// What print writes into a memory BIO.
+template <typename Print>
+std::string Printed(Print print) {
   BIO* bio = BIO_new(BIO_s_mem());
-  X509_NAME_print_ex(bio, name, 0, XN_FLAG_RFC2253);
+  print(bio);
   char* data = nullptr;
   const long len = BIO_get_mem_data(bio, &data);
   std::string s(data, static_cast<size_t>(len));
   BIO_free(bio);
   return s;
+}
+
+std::string NameToString(const X509_NAME* name) {
+  return Printed([&](BIO* bio) { X509_NAME_print_ex(bio, name, 0, XN_FLAG_RFC2253); });
 }
 
 // Rejects, during the handshake, a client leaf certificate without an
@@ -201,13 +207,7 @@ Status VerifyClientCertificate(Context& ctx, X509* cert, STACK_OF_X509* chain) {
 namespace {
 
 std::string TimeString(const ASN1_TIME* t) {
-  BIO* bio = BIO_new(BIO_s_mem());
-  ASN1_TIME_print(bio, t);
-  char* data = nullptr;
-  const long len = BIO_get_mem_data(bio, &data);
-  std::string s(data, static_cast<size_t>(len));
-  BIO_free(bio);
-  return s;
+  return Printed([&](BIO* bio) { ASN1_TIME_print(bio, t); });
 }
 
 // The problem with crl under the CAs of the bundle; empty if none.

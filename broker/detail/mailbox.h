@@ -190,9 +190,9 @@ class Mailboxes {
   // The caller holds mu_.
   bool MarkRecalledLocked(QueuedMessage& m, const RecallFacts& how);  // true: newly
   static RecallFacts FactsLocked(const QueuedMessage& m);
-  // Removes and returns the waiting message copies whose message matches;
-  // the caller holds mu_.
-  std::vector<QueuedDelivery> TakeWaitingCopies(const std::function<bool(const QueuedDelivery&)>& which);
+  // Removes and returns the waiting deliveries (copies, notices, reports)
+  // that match; the caller holds mu_.
+  std::vector<QueuedDelivery> TakeWaiting(const std::function<bool(const QueuedDelivery&)>& which);
   // One agency's waiting deliveries, in delivery order, and how many of
   // them are message copies.
   struct Queue {

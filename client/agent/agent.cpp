@@ -388,26 +388,29 @@ Status Agent::ScanOutbox(bool* more) {
     v1::Message msg;
     const bool json = EndsWith(name, ".json");
     Status parsed = json ? proto::FromJson(file->data, &msg) : proto::FromBinary(file->data, &msg);
-    if (!parsed.ok() && StillWriting(name, *file)) {
-      *more = true;
-      continue;
-    }
-    if (!parsed.ok()) {
-      FailFile(name, "invalid_file",
-               std::string("not a valid liaison.v1.Message in ") + (json ? "JSON" : "binary protobuf") + ": " +
-                   parsed.message());
-      continue;
-    }
     v1::Envelope* env = msg.mutable_envelope();
-    if (env->message_id().empty()) env->set_message_id(NewUuid());
-    if (!env->has_created_at()) *env->mutable_created_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
-    if (Status s = proto::ValidateForPublish(&msg, proto::MessageLimits{}, std::chrono::system_clock::now()); !s.ok()) {
-      // An empty .pb parses (as a message without recipients).
+    std::string code, why;
+    if (!parsed.ok()) {
+      code = "invalid_file";
+      why = std::string("not a valid liaison.v1.Message in ") + (json ? "JSON" : "binary protobuf") + ": " +
+            parsed.message();
+    } else {
+      if (env->message_id().empty()) env->set_message_id(NewUuid());
+      if (!env->has_created_at()) *env->mutable_created_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
+      if (Status s = proto::ValidateForPublish(&msg, proto::MessageLimits{}, std::chrono::system_clock::now());
+          !s.ok()) {
+        code = "invalid_message";
+        why = "invalid message: " + s.message();
+      }
+    }
+    if (!code.empty()) {
+      // Not (yet) a valid message (an empty .pb even parses, as one without
+      // recipients): failed, unless its writer may still be at work.
       if (StillWriting(name, *file)) {
         *more = true;
-        continue;
+      } else {
+        FailFile(name, code, why);
       }
-      FailFile(name, "invalid_message", "invalid message: " + s.message());
       continue;
     }
     skipped_logged_.erase(name);
