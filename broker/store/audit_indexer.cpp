@@ -17,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "broker/store/audit_chunks.h"
 #include "broker/store/audit_index.h"
 #include "broker/store/many_rows.h"
 
@@ -169,7 +170,7 @@ Status AuditIndexer::Impl::CheckAgainstLog() {
   uint64_t max_seq = 0;
   {
     sqlite3_stmt* q = nullptr;
-    if (sqlite3_prepare_v2(log, "SELECT COALESCE(MAX(seq), 0) FROM audit_log", -1, &q, nullptr) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(log, "SELECT seq FROM audit_log ORDER BY seq DESC LIMIT 1", -1, &q, nullptr) != SQLITE_OK) {
       sqlite3_finalize(q);
       return SqlError(log, "log size");
     }
@@ -387,6 +388,7 @@ Result<std::unique_ptr<AuditIndexer>> AuditIndexer::Open(const std::string& stor
       SQLITE_OK) {
     return SqlError(impl->log, "cannot open " + store_path);
   }
+  if (Status s = audit_chunks::Register(impl->log); !s.ok()) return s;
   sqlite3_busy_timeout(impl->log, 5000);
   if (sqlite3_prepare_v3(impl->log,
                          "SELECT seq, message_id, case_id, sender, recipient, leaf_hash FROM audit_log "

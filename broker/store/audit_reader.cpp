@@ -14,6 +14,7 @@
 #include <thread>
 #include <unordered_set>
 
+#include "broker/store/audit_chunks.h"
 #include "broker/store/audit_index.h"
 #include "broker/store/audit_seq.h"
 
@@ -124,9 +125,13 @@ Result<SeqRange> TimeToSeqRange(sqlite3* db, const AuditFilter& f, uint64_t afte
   SeqRange range{after, 0};
   const std::optional<int64_t> disorder = audit_seq::Info(db, "time_disorder_ms");
   if (!disorder) return range;  // a store before schema 5: no bounds, the filter alone
-  Query last(db, "SELECT COALESCE(MAX(seq), 0) FROM audit_log");
-  if (!last.ok() || sqlite3_step(last.get()) != SQLITE_ROW) return SqlError(db, "audit log size");
-  const uint64_t max_seq = static_cast<uint64_t>(sqlite3_column_int64(last.get(), 0));
+  // The newest record's seq (ORDER BY ... LIMIT 1: the audit log's table
+  // reads its last chunk only; MAX would read every record).
+  Query last(db, "SELECT seq FROM audit_log ORDER BY seq DESC LIMIT 1");
+  if (!last.ok()) return SqlError(db, "audit log size");
+  const int rc = sqlite3_step(last.get());
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db, "audit log size");
+  const uint64_t max_seq = rc == SQLITE_ROW ? static_cast<uint64_t>(sqlite3_column_int64(last.get(), 0)) : 0;
   auto first_at_or_after = [&](int64_t x) { return audit_seq::FirstAtOrAfter(db, max_seq, x); };
   // Saturating, so that extreme filters cannot overflow.
   constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
@@ -516,6 +521,7 @@ Result<std::unique_ptr<AuditReader>> AuditReader::Open(const std::string& path, 
       return s;
     }
     impl->connections.push_back(db);
+    if (Status s = audit_chunks::Register(db); !s.ok()) return s;
     sqlite3_busy_timeout(db, 2000);
     sqlite3_exec(db, kMmapMain, nullptr, nullptr, nullptr);
     // Fails early on a database without the audit log.

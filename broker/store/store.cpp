@@ -18,6 +18,7 @@
 #include <optional>
 #include <thread>
 
+#include "broker/store/audit_chunks.h"
 #include "broker/store/audit_indexer.h"
 #include "broker/store/audit_seq.h"
 #include "broker/store/commit_log.h"
@@ -93,30 +94,26 @@ int RetrySoon(void*, int attempts) {
 // record: about a second for a few million records), after checking that the
 // sequence has no gaps.
 Status Store::Impl::LoadTree() {
-  sqlite3_stmt* s = nullptr;
-  sqlite3_prepare_v2(db, "SELECT COALESCE(MAX(seq), 0), COUNT(*) FROM audit_log", -1, &s, nullptr);
-  uint64_t max_seq = 0, count = 0;
-  if (sqlite3_step(s) == SQLITE_ROW) {
-    max_seq = static_cast<uint64_t>(sqlite3_column_int64(s, 0));
-    count = static_cast<uint64_t>(sqlite3_column_int64(s, 1));
+  audit_chunks::Extent extent;
+  merkle::Tree t;
+  if (Status s = audit_chunks::Scan(db, &extent,
+                                    [&t](std::string_view hash) {
+                                      merkle::Hash h;
+                                      std::memcpy(h.data(), hash.data(), h.size());
+                                      t.Append(h);
+                                    });
+      !s.ok()) {
+    return s;
   }
-  sqlite3_finalize(s);
-  if (max_seq != count) {
-    return Status::Corruption("audit log has " + std::to_string(count) + " records but its highest sequence is " +
-                              std::to_string(max_seq));
+  if (extent.max_seq != extent.count || !extent.contiguous) {
+    return Status::Corruption("audit log has " + std::to_string(extent.count) +
+                              " records but its highest sequence is " + std::to_string(extent.max_seq) +
+                              (extent.contiguous ? "" : " and its chunks leave gaps or overlap"));
   }
-  sqlite3_prepare_v2(db, "SELECT leaf_hash FROM audit_log ORDER BY seq", -1, &s, nullptr);
-  while (sqlite3_step(s) == SQLITE_ROW) {
-    merkle::Hash h;
-    if (sqlite3_column_bytes(s, 0) != 32) {
-      sqlite3_finalize(s);
-      return Status::Corruption("audit record with a malformed leaf hash");
-    }
-    std::memcpy(h.data(), sqlite3_column_blob(s, 0), 32);
-    tree.Append(h);
-  }
-  sqlite3_finalize(s);
+  tree = std::move(t);
+  const uint64_t max_seq = extent.max_seq;
   next_seq = max_seq + 1;
+  sqlite3_stmt* s = nullptr;
   sqlite3_prepare_v2(db, "SELECT time_ms FROM audit_log ORDER BY seq DESC LIMIT 1", -1, &s, nullptr);
   if (sqlite3_step(s) == SQLITE_ROW) last_time_ms = sqlite3_column_int64(s, 0);
   sqlite3_finalize(s);
@@ -235,6 +232,7 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
   if (rc != SQLITE_OK) return SqlError(impl->db, "cannot open store " + options.path);
   ::chmod(options.path.c_str(), 0600);
   sqlite3* db = impl->db;
+  if (Status s = audit_chunks::Register(db); !s.ok()) return s;
   sqlite3_busy_handler(db, RetrySoon<5000>, nullptr);
   for (const char* pragma : {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA wal_autocheckpoint = 0",
                              "PRAGMA secure_delete = ON", kApplierCacheSize, kWalSizeLimit}) {
@@ -265,11 +263,13 @@ Result<std::unique_ptr<Store>> Store::Open(const Options& options) {
       SQLITE_OK) {
     return SqlError(impl->reader, "cannot open store " + options.path + " for reading");
   }
+  if (Status s = audit_chunks::Register(impl->reader); !s.ok()) return s;
   sqlite3_busy_timeout(impl->reader, 5000);
   if (sqlite3_open_v2(options.path.c_str(), &impl->wdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) !=
       SQLITE_OK) {
     return SqlError(impl->wdb, "cannot open store " + options.path + " for reading");
   }
+  if (Status s = audit_chunks::Register(impl->wdb); !s.ok()) return s;
   sqlite3_busy_timeout(impl->wdb, 5000);
   if (Status s = impl->find_duplicate.Prepare(
           impl->wdb, "SELECT row, publish_digest, ack FROM messages WHERE sender = ? AND message_id = ?");

@@ -34,33 +34,23 @@ const std::string kNone;
 
 }  // namespace
 
-// Inserts the pending audit rows: one statement for a full set, else one
-// each (applier).
+// Inserts the pending audit records (consecutive seqs, at most
+// audit_chunks::kMaxRecords) as one chunk (applier).
 Status Store::Impl::FlushRecords() {
-  const bool many = pending_rows.size() == static_cast<size_t>(kAuditRowsPerInsert);
-  Status status;
-  size_t i = 0;
-  const int per_row = insert.parameters();
-  while (status.ok() && i < pending_rows.size()) {
-    Stmt& stmt = many ? insert_many : insert;
-    const size_t n = many ? pending_rows.size() : 1;
-    for (size_t k = 0; k < n; ++k, ++i) {
-      const LoggedRecord& p = *pending_rows[i];
-      const audit::Record& r = p.record;
-      const int base = per_row * static_cast<int>(k);
-      stmt.Int(base + 1, static_cast<int64_t>(r.seq));
-      stmt.Int(base + 2, r.time_ms);
-      int c = base + 3;
-      for (const std::string* f : {&r.event, &r.actor, &r.message_id, &r.case_id, &r.sender, &r.recipient, &r.decision}) {
-        stmt.Text(c++, *f);
-      }
-      stmt.Blob(c++, p.leaf.data(), p.leaf.size());
-      stmt.Blob(c++, p.hash.data(), p.hash.size());
-    }
-    status = stmt.Run("insert audit record");
+  if (pending_rows.empty()) return Status::Ok();
+  chunk_entries.clear();
+  for (const LoggedRecord* p : pending_rows) {
+    chunk_entries.push_back(
+        {p->record.time_ms, p->leaf, std::string_view(reinterpret_cast<const char*>(p->hash.data()), p->hash.size())});
   }
+  audit_chunks::Encode(chunk_entries, &chunk_blobs);
+  insert_chunk.Int(1, static_cast<int64_t>(pending_rows.front()->record.seq));
+  insert_chunk.Int(2, static_cast<int64_t>(pending_rows.size()));
+  insert_chunk.Blob(3, chunk_blobs.times.data(), chunk_blobs.times.size());
+  insert_chunk.Blob(4, chunk_blobs.hashes.data(), chunk_blobs.hashes.size());
+  insert_chunk.Blob(5, chunk_blobs.leaves.data(), chunk_blobs.leaves.size());
   pending_rows.clear();
-  return status;
+  return insert_chunk.Run("insert audit records");
 }
 
 // The queue changes of groups, netted (Apply): new messages and deliveries
@@ -250,8 +240,12 @@ Status Store::Impl::WriteGroups(std::deque<LogGroup>& groups, size_t* dropped) {
   if (Status s = WriteQueueChanges(groups, dropped); !s.ok()) return s;
   for (const auto& g : groups) {
     for (const auto& r : g.records) {
+      // A chunk holds consecutive seqs only.
+      if (!pending_rows.empty() && r.record.seq != pending_rows.back()->record.seq + 1) {
+        if (Status s = FlushRecords(); !s.ok()) return s;
+      }
       pending_rows.push_back(&r);
-      if (pending_rows.size() == static_cast<size_t>(kAuditRowsPerInsert)) {
+      if (pending_rows.size() == static_cast<size_t>(audit_chunks::kMaxRecords)) {
         if (Status s = FlushRecords(); !s.ok()) return s;
       }
     }
@@ -259,7 +253,7 @@ Status Store::Impl::WriteGroups(std::deque<LogGroup>& groups, size_t* dropped) {
   if (Status s = FlushRecords(); !s.ok()) return s;
   for (const auto& g : groups) {
     for (const auto& p : g.prunes) {
-      if (Status s = prune_rows.RunWith("prune audit records", p.after, p.through); !s.ok()) return s;
+      if (Status s = audit_chunks::Prune(db, p.after, p.through); !s.ok()) return s;
       set_info.Text(1, kPrunedThrough);
       set_info.Int(2, static_cast<int64_t>(p.through));
       if (Status s = set_info.Run("record pruning"); !s.ok()) return s;

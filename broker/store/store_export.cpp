@@ -8,6 +8,7 @@
 #include <string_view>
 #include <utility>
 
+#include "broker/store/audit_chunks.h"
 #include "broker/store/store.h"
 #include "broker/store/store_impl.h"
 #include "common/audit_record.h"
@@ -119,6 +120,10 @@ Status Store::ExportAudit(const std::string& db_path, const std::string& out_pat
     return s;
   }
   sqlite3_busy_timeout(db, 5000);
+  if (Status r = audit_chunks::Register(db); !r.ok()) {
+    sqlite3_close_v2(db);
+    return r;
+  }
   const std::string attach = "ATTACH DATABASE 'file:" + db_path + "?mode=ro' AS store";
   Status s = Exec(db, attach.c_str());
   if (s.ok()) s = Exec(db, "BEGIN");

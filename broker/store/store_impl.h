@@ -35,6 +35,7 @@
 #include <utility>
 #include <vector>
 
+#include "broker/store/audit_chunks.h"
 #include "broker/store/audit_indexer.h"
 #include "broker/store/commit_log.h"
 #include "broker/store/id_filter.h"
@@ -48,9 +49,7 @@
 namespace liaison::broker {
 
 constexpr size_t kMaxRecordsPerCommit = 50'000;
-// Rows per INSERT statement (broker/store/many_rows.h) of audit records,
-// and of messages.
-constexpr int kAuditRowsPerInsert = 16;
+// Rows per INSERT statement (broker/store/many_rows.h) of messages.
 constexpr int kMessageRowsPerInsert = 16;
 constexpr int64_t kCheckpointRowEveryMs = 1000;
 // Records pruned in one transaction: pruning a year of a busy log must not
@@ -187,10 +186,12 @@ struct Store::Impl {
   std::unique_ptr<audit::Signer> signer;
   std::string digest_key;
   std::unique_ptr<crypto::HmacSha256> body_mac;  // keyed with digest_key
-  Stmt insert, insert_many, insert_checkpoint, prune_rows, set_info, set_store_info;
-  // Audit rows not yet inserted: they go in kAuditRowsPerInsert at a time
-  // (applier only).
+  Stmt insert_chunk, insert_checkpoint, set_info, set_store_info;
+  // Audit records not yet inserted: they go in chunks of up to
+  // audit_chunks::kMaxRecords (applier only), encoded in chunk_blobs.
   std::vector<const LoggedRecord*> pending_rows;
+  std::vector<audit_chunks::Entry> chunk_entries;
+  audit_chunks::Blobs chunk_blobs;
   Stmt insert_message, insert_messages /* kMessageRowsPerInsert rows */, insert_delivery, finish_delivery,
       set_attempts, drop_body, mark_recalled;
   // The writer's reads (duplicates, pruning) on a connection of its own.

@@ -7,19 +7,16 @@
 #include <iterator>
 #include <string>
 
+#include "broker/store/audit_chunks.h"
 #include "broker/store/many_rows.h"
 #include "broker/store/store_impl.h"
 
 namespace liaison::broker {
 namespace {
 
-constexpr int kSchemaVersion = 9;
+constexpr int kSchemaVersion = 10;
 
-// One row each; insert_many and insert_messages are these for many rows
-// (ManyRows).
-constexpr const char* kInsertRecord =
-    "INSERT INTO audit_log(seq, time_ms, event, actor, message_id, case_id, sender, recipient, decision, leaf, "
-    "leaf_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)";
+// One row; insert_messages is this for many rows (ManyRows).
 constexpr const char* kInsertMessage =
     "INSERT INTO messages(row, sender, message_id, case_id, message_type, tlp, purpose, agreement, "
     "recipients, received_ms, expires_ms, want_reports, publish_digest, ack, body, recalled_ms, delivered) "
@@ -203,6 +200,13 @@ CREATE TABLE store_info(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT RO
     R"sql(
 ALTER TABLE messages ADD COLUMN delivered TEXT NOT NULL DEFAULT '';
 )sql",
+    // 10: the audit log in chunks of up to 16 records, a row each
+    // (broker/store/audit_chunks.h): a row per record was a third of the
+    // applier's work. `audit_log` becomes a virtual table over the chunks
+    // that reads as the table did; the rows are copied into chunks by
+    // audit_chunks::MigrateRows (Migrate runs it for this version), leaves
+    // and hashes unchanged, so the Merkle tree is the same.
+    "",
 };
 
 }  // namespace
@@ -212,13 +216,8 @@ Status Store::Impl::PrepareStatements() {
     Stmt* stmt;
     const char* sql;
   } const statements[] = {
-      {&insert, kInsertRecord},
+      {&insert_chunk, audit_chunks::kInsert},
       {&insert_checkpoint, "INSERT OR REPLACE INTO checkpoints(tree_size, time_ms, text) VALUES (?,?,?)"},
-      // A pruned record keeps its seq and leaf hash, and nothing else (time
-      // 0 too: the export's hash-only rows carry nothing but the hash).
-      {&prune_rows,
-       "UPDATE audit_log SET time_ms = 0, event = '', actor = '', message_id = '', case_id = '', sender = '', "
-       "recipient = '', decision = '', leaf = X'' WHERE seq > ? AND seq <= ?"},
       {&set_info, "INSERT OR REPLACE INTO audit_info(key, value) VALUES (?, ?)"},
       {&set_store_info, "INSERT OR REPLACE INTO store_info(key, value) VALUES (?, ?)"},
       {&insert_message, kInsertMessage},
@@ -233,8 +232,7 @@ Status Store::Impl::PrepareStatements() {
   for (const auto& [stmt, sql] : statements) {
     if (Status s = stmt->Prepare(db, sql); !s.ok()) return s;
   }
-  pending_rows.reserve(kAuditRowsPerInsert);
-  if (Status s = insert_many.Prepare(db, ManyRows(kInsertRecord, kAuditRowsPerInsert).c_str()); !s.ok()) return s;
+  pending_rows.reserve(audit_chunks::kMaxRecords);
   return insert_messages.Prepare(db, ManyRows(kInsertMessage, kMessageRowsPerInsert).c_str());
 }
 
@@ -252,6 +250,7 @@ Status Store::Impl::Migrate() {
   for (int v = version; v < target; ++v) {
     if (Status st = Exec(db, "BEGIN IMMEDIATE"); !st.ok()) return st;
     Status st = Exec(db, kMigrations[v]);
+    if (st.ok() && v + 1 == 10) st = audit_chunks::MigrateRows(db);
     if (st.ok()) st = Exec(db, ("PRAGMA user_version = " + std::to_string(v + 1)).c_str());
     if (!st.ok()) {
       Exec(db, "ROLLBACK");

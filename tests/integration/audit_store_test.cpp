@@ -30,10 +30,12 @@
 #include "tests/temp_dir.h"
 
 using namespace liaison;
+using liaison::test::AlterStoredRecord;
 using liaison::test::QueryInt;
 using liaison::test::StoreFileBytes;
 using liaison::test::StoreOptions;
 using liaison::test::TempDir;
+using liaison::test::TruncateStoredAuditLog;
 
 namespace {
 
@@ -371,7 +373,7 @@ TEST_CASE("migration 5 narrows a store written by an older broker: same tree, sa
   }
 }
 
-TEST_CASE("a query column altered in the store is found: the reader refuses the row, the export fails to verify",
+TEST_CASE("a record's time altered in the store is found: the reader refuses the row, the export fails to verify",
           "[audit][tamper]") {
   TempDir dir;
   std::mt19937_64 rng(2);
@@ -383,18 +385,13 @@ TEST_CASE("a query column altered in the store is found: the reader refuses the 
     pem = (*store)->public_key_pem();
   }
   const std::string db_path = StoreOptions(dir).path;
-  {
-    sqlite3* db = nullptr;
-    REQUIRE(sqlite3_open(db_path.c_str(), &db) == SQLITE_OK);
-    REQUIRE(sqlite3_exec(db, "UPDATE audit_log SET sender = 'nobody-else' WHERE seq = 7", nullptr, nullptr, nullptr) ==
-            SQLITE_OK);
-    sqlite3_close(db);
-  }
+  // The time is kept beside the leaf (the reader's time ranges search it):
+  // it must say what the leaf says.
+  REQUIRE(AlterStoredRecord(db_path, 7, [](int64_t* time_ms, std::string*, std::string*) { *time_ms += 1; }));
   auto reader = broker::AuditReader::Open(db_path, 1);
   REQUIRE(reader.ok());
   broker::AuditPageRequest q;
   q.scope = kAgencies;
-  q.scope.push_back("nobody-else");
   auto page = (*reader)->QueryPageSync(q);
   REQUIRE_FALSE(page.ok());
   CHECK(page.status().message().find("record 7") != std::string::npos);
@@ -832,12 +829,7 @@ TEST_CASE("an audit index that does not match the log is rebuilt: damaged, or of
   // The log loses its newest records (a restore from an older backup) and
   // grows again with other ones: the index of the old records must not
   // answer for the new ones.
-  {
-    sqlite3* db = nullptr;
-    REQUIRE(sqlite3_open(o.path.c_str(), &db) == SQLITE_OK);
-    REQUIRE(sqlite3_exec(db, "DELETE FROM audit_log WHERE seq > 2000", nullptr, nullptr, nullptr) == SQLITE_OK);
-    sqlite3_close(db);
-  }
+  REQUIRE(TruncateStoredAuditLog(o.path, 2000));
   log.resize(2000);
   std::mt19937_64 other(99);
   {
@@ -1181,8 +1173,14 @@ TEST_CASE("migrations 6 and 7 upgrade a schema-5 store: no index on the log, the
     pem = (*store)->public_key_pem();
   }
   // And 8: the commit log's watermark (store_info); 9: the messages'
-  // delivered column, empty for the rows before it (their copies have rows).
-  CHECK(UserVersion(o.path) == 9);
+  // delivered column, empty for the rows before it (their copies have rows);
+  // 10: the records in chunks of at most 16, audit_log a virtual table over
+  // them.
+  CHECK(UserVersion(o.path) == 10);
+  CHECK(liaison::test::QueryInt(o.path, "SELECT SUM(n) FROM audit_chunks") == static_cast<int64_t>(log.size()));
+  CHECK(liaison::test::QueryInt(o.path, "SELECT MAX(n) FROM audit_chunks") == 16);
+  CHECK(liaison::test::QueryInt(o.path, "SELECT COUNT(*) FROM sqlite_master WHERE name = 'audit_log' AND "
+                                        "sql LIKE 'CREATE VIRTUAL TABLE audit_log USING liaison_audit_log%'") == 1);
   CHECK(liaison::test::QueryInt(o.path, "SELECT COUNT(*) FROM messages WHERE delivered = ''") ==
         liaison::test::QueryInt(o.path, "SELECT COUNT(*) FROM messages"));
   {

@@ -21,6 +21,7 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "broker/store/audit_chunks.h"
 #include "common/files.h"
 #include "common/uuid.h"
 #include "proto/frame_codec.h"
@@ -496,6 +497,112 @@ std::string StoreLogBytes(const std::string& db_path) {
 
 std::string StoreFileBytes(const std::string& db_path) {
   return FileBytes(db_path) + FileBytes(db_path + "-wal") + StoreLogBytes(db_path);
+}
+
+namespace {
+
+int RegisterAuditLog(sqlite3* db, char**, const sqlite3_api_routines*) {
+  return broker::audit_chunks::Register(db).ok() ? SQLITE_OK : SQLITE_ERROR;
+}
+const bool kAuditLogEverywhere = [] {
+  sqlite3_auto_extension(reinterpret_cast<void (*)()>(RegisterAuditLog));
+  return true;
+}();
+
+// Rewrites the chunk that holds seq (or, with seq 0, removes every record
+// after through) on a connection of its own.
+// False if the store cannot be read or written, or has no such record.
+// (No Catch2 here: fuzz_session links this file without it.)
+bool RewriteChunks(const std::string& db_path, uint64_t seq, uint64_t through,
+                   const std::function<void(int64_t*, std::string*, std::string*)>& f) {
+  sqlite3* db = nullptr;
+  struct Closer {
+    sqlite3*& db;
+    ~Closer() { sqlite3_close_v2(db); }
+  } closer{db};
+  if (sqlite3_open(db_path.c_str(), &db) != SQLITE_OK) return false;
+  const uint64_t from = seq != 0 ? seq : through + 1;
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(db,
+                         "SELECT first_seq, n, times, hashes, leaves FROM audit_chunks WHERE first_seq + n > ? "
+                         "ORDER BY first_seq",
+                         -1, &s, nullptr) != SQLITE_OK) {
+    return false;
+  }
+  sqlite3_bind_int64(s, 1, static_cast<int64_t>(from));
+  struct Chunk {
+    int64_t first;
+    std::vector<int64_t> times;
+    std::vector<std::string> leaves, hashes;
+  };
+  std::vector<Chunk> chunks;
+  while (sqlite3_step(s) == SQLITE_ROW) {
+    auto bytes = [&](int i) {
+      return std::string_view(static_cast<const char*>(sqlite3_column_blob(s, i)),
+                              static_cast<size_t>(sqlite3_column_bytes(s, i)));
+    };
+    const std::string_view leaves = bytes(4);
+    std::vector<broker::audit_chunks::Entry> entries;
+    if (!broker::audit_chunks::Decode(sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1), bytes(2), bytes(3),
+                                      &leaves, &entries)
+             .ok()) {
+      sqlite3_finalize(s);
+      return false;
+    }
+    Chunk c{sqlite3_column_int64(s, 0), {}, {}, {}};
+    for (const auto& e : entries) {
+      c.times.push_back(e.time_ms);
+      c.leaves.emplace_back(e.leaf);
+      c.hashes.emplace_back(e.hash);
+    }
+    chunks.push_back(std::move(c));
+    if (seq != 0) break;
+  }
+  sqlite3_finalize(s);
+  if (chunks.empty() || sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr) != SQLITE_OK) return false;
+  for (Chunk& c : chunks) {
+    const uint64_t first = static_cast<uint64_t>(c.first);
+    if (seq != 0) {
+      if (seq < first || seq - first >= c.times.size()) return false;
+      f(&c.times[seq - first], &c.leaves[seq - first], &c.hashes[seq - first]);
+    } else {
+      const size_t keep = through >= first ? through - first + 1 : 0;
+      c.times.resize(std::min(keep, c.times.size()));
+    }
+    sqlite3_stmt* d = nullptr;
+    sqlite3_prepare_v2(db, "DELETE FROM audit_chunks WHERE first_seq = ?", -1, &d, nullptr);
+    sqlite3_bind_int64(d, 1, c.first);
+    const int deleted = sqlite3_step(d);
+    sqlite3_finalize(d);
+    if (deleted != SQLITE_DONE) return false;
+    if (c.times.empty()) continue;
+    std::vector<broker::audit_chunks::Entry> entries;
+    for (size_t i = 0; i < c.times.size(); ++i) entries.push_back({c.times[i], c.leaves[i], c.hashes[i]});
+    broker::audit_chunks::Blobs blobs;
+    broker::audit_chunks::Encode(entries, &blobs);
+    sqlite3_stmt* w = nullptr;
+    sqlite3_prepare_v2(db, broker::audit_chunks::kInsert, -1, &w, nullptr);
+    sqlite3_bind_int64(w, 1, c.first);
+    sqlite3_bind_int64(w, 2, static_cast<int64_t>(entries.size()));
+    sqlite3_bind_blob(w, 3, blobs.times.data(), static_cast<int>(blobs.times.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_blob(w, 4, blobs.hashes.data(), static_cast<int>(blobs.hashes.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_blob(w, 5, blobs.leaves.data(), static_cast<int>(blobs.leaves.size()), SQLITE_TRANSIENT);
+    const int inserted = sqlite3_step(w);
+    sqlite3_finalize(w);
+    if (inserted != SQLITE_DONE) return false;
+  }
+  return sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK;
+}
+
+}  // namespace
+
+bool AlterStoredRecord(const std::string& db_path, uint64_t seq,
+                       const std::function<void(int64_t* time_ms, std::string* leaf, std::string* hash)>& f) {
+  return seq > 0 && RewriteChunks(db_path, seq, 0, f);
+}
+
+bool TruncateStoredAuditLog(const std::string& db_path, uint64_t through) {
+  return RewriteChunks(db_path, 0, through, {});
 }
 
 int64_t QueryInt(const std::string& db_path, const std::string& sql) {

@@ -112,6 +112,14 @@ std::string StoreFileBytes(const std::string& db_path);
 // One integer a query of the SQLite file db_path returns, read on any
 // thread (no assertions); -1 if it returns none or the file cannot be read.
 int64_t QueryInt(const std::string& db_path, const std::string& sql);
+// A store's audit log altered as someone with write access to the file
+// could (broker/store/audit_chunks.h): record seq's time, leaf and hash as
+// stored changed by f; or the records after through removed (a restore
+// from an older backup). False if that could not be done. Every connection a test opens reads a store's
+// audit_log as the broker does: test_support registers its virtual table.
+bool AlterStoredRecord(const std::string& db_path, uint64_t seq,
+                       const std::function<void(int64_t* time_ms, std::string* leaf, std::string* hash)>& f);
+bool TruncateStoredAuditLog(const std::string& db_path, uint64_t through);
 
 // A blocking TLS (or plain TCP) client built directly on OpenSSL, for
 // tests that misbehave on purpose.
