@@ -226,3 +226,39 @@ TEST_CASE("a malformed audit chunk is an error naming its seq: queries fail and 
     CHECK_FALSE(broker::Store::ExportAudit(path, dir.File("export.db")).ok());
   }
 }
+
+TEST_CASE("pruning rewrites the chunks it reaches: pruned records' bytes leave the store and the rest stay",
+          "[audit][chunks][retention]") {
+  TempDir dir;
+  const std::string path = StoreWith(dir, 0);
+  {
+    auto store = broker::Store::Open(StoreOptions(dir));
+    REQUIRE(store.ok());
+    for (int i = 1; i <= 100; i += 10) {  // ten commits of ten records: chunks end mid-way
+      std::vector<audit::Record> records;
+      for (int k = i; k < i + 10; ++k) {
+        audit::Record r = Numbered(k);
+        r.detail = "marker-" + std::to_string(1000 + k);
+        records.push_back(std::move(r));
+      }
+      REQUIRE((*store)->AppendSync(std::move(records)).ok());
+    }
+    auto pruned = (*store)->PruneAuditSync(Numbered(38).time_ms, "chunk test");
+    REQUIRE(pruned.ok());
+    REQUIRE((*store)->Sync().ok());
+  }
+  // Records 1 to 37 are pruned (made before the cut-off), 38 on kept; the
+  // audit_pruned record is 101.
+  CHECK(Rows(path, "SELECT COUNT(*) FROM audit_log WHERE length(leaf) = 0 AND time_ms = 0 AND sender = ''") == "37");
+  CHECK(Rows(path, "SELECT MIN(seq) FROM audit_log WHERE length(leaf) > 0") == "38");
+  CHECK(Rows(path, "SELECT COUNT(*) FROM audit_log WHERE length(leaf_hash) = 32") == "101");
+  const std::string bytes = liaison::test::StoreFileBytes(path);
+  for (int k = 1; k <= 100; ++k) {
+    INFO(k);
+    CHECK((bytes.find("marker-" + std::to_string(1000 + k)) == std::string::npos) == (k < 38));
+  }
+  // The tree is the same: the store opens on it and goes on.
+  auto store = broker::Store::Open(StoreOptions(dir));
+  REQUIRE(store.ok());
+  CHECK((*store)->latest().tree_size == 101);
+}
