@@ -509,7 +509,8 @@ Status MigrateRows(sqlite3* db) {
   }
   if (rc != SQLITE_DONE) return SqlFailure(db, "read the audit log");
   if (Status s = flush(); !s.ok()) return s;
-  read = {};
+  sqlite3_finalize(read.s);  // before the table it reads is dropped
+  read.s = nullptr;
   if (sqlite3_exec(db, "DROP TABLE audit_log", nullptr, nullptr, nullptr) != SQLITE_OK ||
       sqlite3_exec(db, kCreateVirtualTable, nullptr, nullptr, nullptr) != SQLITE_OK) {
     return SqlFailure(db, "replace the audit log's table");
