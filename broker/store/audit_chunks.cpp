@@ -159,14 +159,16 @@ struct Cursor : sqlite3_vtab_cursor {
   int LoadLeaves() {
     if (have_leaves) return SQLITE_OK;
     if (leaves == nullptr) {
-      leaves = table()->Take(&table()->free_leaves, "SELECT times, hashes, leaves FROM " + table()->chunks +
-                                                        " WHERE first_seq = ?");
+      leaves = table()->Take(&table()->free_leaves,
+                             "SELECT times, hashes, leaves FROM " + table()->chunks + " WHERE first_seq = ?");
       if (leaves == nullptr) return SQLITE_ERROR;
     }
     sqlite3_reset(leaves);
     sqlite3_bind_int64(leaves, 1, first_seq);
     const int rc = sqlite3_step(leaves);
-    if (rc != SQLITE_ROW) return rc == SQLITE_DONE ? Fail("audit chunk at seq " + std::to_string(first_seq) + " vanished") : rc;
+    if (rc != SQLITE_ROW) {
+      return rc == SQLITE_DONE ? Fail("audit chunk at seq " + std::to_string(first_seq) + " vanished") : rc;
+    }
     const std::string_view l = ColumnBytes(leaves, 2);
     // Decoded again from this statement's row: the entries must point into
     // bytes that stay valid while it does.
@@ -209,11 +211,17 @@ int BestIndex(sqlite3_vtab*, sqlite3_index_info* info) {
     const auto& c = info->aConstraint[i];
     if (!c.usable || (c.iColumn != kSeq && c.iColumn != -1)) continue;
     switch (c.op) {
-      case SQLITE_INDEX_CONSTRAINT_EQ: if (eq < 0) eq = i; break;
+      case SQLITE_INDEX_CONSTRAINT_EQ:
+        if (eq < 0) eq = i;
+        break;
       case SQLITE_INDEX_CONSTRAINT_GT:
-      case SQLITE_INDEX_CONSTRAINT_GE: if (lower < 0) lower = i; break;
+      case SQLITE_INDEX_CONSTRAINT_GE:
+        if (lower < 0) lower = i;
+        break;
       case SQLITE_INDEX_CONSTRAINT_LT:
-      case SQLITE_INDEX_CONSTRAINT_LE: if (upper < 0) upper = i; break;
+      case SQLITE_INDEX_CONSTRAINT_LE:
+        if (upper < 0) upper = i;
+        break;
       default: break;
     }
   }
@@ -270,7 +278,9 @@ std::optional<int64_t> Bound(sqlite3_value* v, bool lower) {
     case SQLITE_INTEGER: return sqlite3_value_int64(v);
     case SQLITE_FLOAT: {
       const double d = lower ? std::floor(sqlite3_value_double(v)) : std::ceil(sqlite3_value_double(v));
-      if (!(d > -9e18 && d < 9e18)) return d > 0 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int64_t>::min();
+      if (!(d > -9e18 && d < 9e18)) {
+        return d > 0 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int64_t>::min();
+      }
       return static_cast<int64_t>(d);
     }
     default: return std::nullopt;
@@ -315,10 +325,10 @@ int Filter(sqlite3_vtab_cursor* c, int idx, const char*, int argc, sqlite3_value
   if (cur->chunks == nullptr) {
     // A chunk holding lo starts at most kMaxRecords - 1 before it; chunks
     // are read in seq order either way.
-    cur->chunks = t->Take(list, std::string("SELECT first_seq, n, times, hashes") +
-                                    (cur->with_leaves ? ", leaves" : "") + " FROM " + t->chunks +
-                                    " WHERE first_seq <= ?2 AND first_seq > ?1 ORDER BY first_seq" +
-                                    (cur->desc ? " DESC" : ""));
+    cur->chunks =
+        t->Take(list, std::string("SELECT first_seq, n, times, hashes") + (cur->with_leaves ? ", leaves" : "") +
+                          " FROM " + t->chunks + " WHERE first_seq <= ?2 AND first_seq > ?1 ORDER BY first_seq" +
+                          (cur->desc ? " DESC" : ""));
     if (cur->chunks == nullptr) {
       sqlite3_free(t->zErrMsg);
       t->zErrMsg = sqlite3_mprintf("%s", sqlite3_errmsg(t->db));
@@ -326,8 +336,8 @@ int Filter(sqlite3_vtab_cursor* c, int idx, const char*, int argc, sqlite3_value
     }
   }
   sqlite3_reset(cur->chunks);
-  const int64_t from =
-      cur->lo < std::numeric_limits<int64_t>::min() + kMaxRecords ? std::numeric_limits<int64_t>::min() : cur->lo - kMaxRecords;
+  const int64_t from = cur->lo < std::numeric_limits<int64_t>::min() + kMaxRecords ? std::numeric_limits<int64_t>::min()
+                                                                                   : cur->lo - kMaxRecords;
   sqlite3_bind_int64(cur->chunks, 1, from);
   sqlite3_bind_int64(cur->chunks, 2, cur->hi);
   cur->eof = cur->lo > cur->hi;
@@ -351,7 +361,9 @@ int Next(sqlite3_vtab_cursor* c) {
   return cur->NextChunk();
 }
 
-int Eof(sqlite3_vtab_cursor* c) { return static_cast<Cursor*>(c)->eof ? 1 : 0; }
+int Eof(sqlite3_vtab_cursor* c) {
+  return static_cast<Cursor*>(c)->eof ? 1 : 0;
+}
 
 int ColumnValue(sqlite3_vtab_cursor* c, sqlite3_context* ctx, int column) {
   auto* cur = static_cast<Cursor*>(c);
@@ -408,7 +420,16 @@ const sqlite3_module kModule = {
     /* xColumn */ ColumnValue,
     /* xRowid */ Rowid,
     /* xUpdate: read only */ nullptr,
-    nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
 };
 
 }  // namespace
@@ -575,8 +596,8 @@ Status Scan(sqlite3* db, Extent* extent, const std::function<void(std::string_vi
   int rc;
   while ((rc = sqlite3_step(s.s)) == SQLITE_ROW) {
     const int64_t first = sqlite3_column_int64(s.s, 0);
-    if (Status st = Decode(first, sqlite3_column_int64(s.s, 1), ColumnBytes(s.s, 2), ColumnBytes(s.s, 3), nullptr,
-                           &entries);
+    if (Status st =
+            Decode(first, sqlite3_column_int64(s.s, 1), ColumnBytes(s.s, 2), ColumnBytes(s.s, 3), nullptr, &entries);
         !st.ok()) {
       return st;
     }

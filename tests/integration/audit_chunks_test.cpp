@@ -3,6 +3,8 @@
 // row of its own, under every kind of seq constraint and in both orders, and
 // a malformed chunk is an error that names it, never a crash or a read past
 // its bytes.
+#include "broker/store/audit_chunks.h"
+
 #include <sqlite3.h>
 
 #include <catch2/catch.hpp>
@@ -10,7 +12,6 @@
 #include <string>
 #include <vector>
 
-#include "broker/store/audit_chunks.h"
 #include "broker/store/store.h"
 #include "common/audit_record.h"
 #include "common/merkle.h"
@@ -201,7 +202,8 @@ TEST_CASE("a malformed audit chunk is an error naming its seq: queries fail and 
   INFO(defect.name);
   TempDir dir;
   const std::string path = StoreWith(dir, 40);
-  const int64_t second = QueryInt(path, "SELECT first_seq FROM audit_chunks WHERE first_seq > 1 AND n >= 2 ORDER BY first_seq LIMIT 1");
+  const int64_t second =
+      QueryInt(path, "SELECT first_seq FROM audit_chunks WHERE first_seq > 1 AND n >= 2 ORDER BY first_seq LIMIT 1");
   REQUIRE(second > 1);
   std::string sql = defect.sql;
   sql.replace(sql.find('%'), 1, std::to_string(second));
