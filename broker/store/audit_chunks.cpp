@@ -18,6 +18,10 @@ namespace liaison::broker::audit_chunks {
 namespace {
 
 constexpr size_t kHashBytes = 32;
+constexpr const char* kCreateTable =
+    "CREATE TABLE audit_chunks(first_seq INTEGER PRIMARY KEY, n INTEGER NOT NULL, times BLOB NOT NULL, "
+    "hashes BLOB NOT NULL, leaves BLOB NOT NULL)";
+constexpr const char* kCreateVirtualTable = "CREATE VIRTUAL TABLE audit_log USING liaison_audit_log";
 
 void PutFixed64(std::string* out, uint64_t v) {
   char b[8];
@@ -33,6 +37,10 @@ uint64_t GetFixed(const char* p, int bytes) {
   uint64_t v = 0;
   for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
   return v;
+}
+
+void BindBlob(sqlite3_stmt* s, int i, const std::string& blob) {
+  sqlite3_bind_blob(s, i, blob.data(), static_cast<int>(blob.size()), SQLITE_STATIC);
 }
 
 std::string_view ColumnBytes(sqlite3_stmt* s, int i) {
@@ -76,15 +84,13 @@ struct Table : sqlite3_vtab {
   sqlite3* db = nullptr;
   std::string chunks;  // "schema".audit_chunks, quoted
   // Statements of closed cursors, for the next ones (a lookup per record
-  // must not prepare a statement each time): by order and leaves read
-  // (Free), and those that read one chunk's leaves (LoadLeaves).
-  std::vector<sqlite3_stmt*> free_chunks[4], free_leaves;
+  // must not prepare a statement each time), by order and leaves read.
+  std::vector<sqlite3_stmt*> free_chunks[4];
   std::vector<sqlite3_stmt*>* Free(bool desc, bool leaves) { return &free_chunks[(desc ? 2 : 0) + (leaves ? 1 : 0)]; }
   ~Table() {
     for (auto& list : free_chunks) {
       for (sqlite3_stmt* s : list) sqlite3_finalize(s);
     }
-    for (sqlite3_stmt* s : free_leaves) sqlite3_finalize(s);
   }
   sqlite3_stmt* Take(std::vector<sqlite3_stmt*>* list, const std::string& sql) {
     if (!list->empty()) {
@@ -111,21 +117,18 @@ struct Cursor : sqlite3_vtab_cursor {
   Table* table() { return static_cast<Table*>(pVtab); }
   sqlite3_stmt* chunks = nullptr;  // first_seq, n, times, hashes[, leaves] of the chunks in range
   std::vector<sqlite3_stmt*>* chunks_list = nullptr;
-  sqlite3_stmt* leaves = nullptr;  // leaves of the current chunk, when a column needs them
+  // with_leaves: the query reads a column that needs the leaves (colUsed),
+  // so they are read with each chunk.
   bool desc = false, with_leaves = false, eof = true;
   int64_t lo = 0, hi = 0;  // seqs wanted, inclusive
   int64_t first_seq = 0;
   std::vector<Entry> entries;  // of the current chunk
-  bool have_leaves = false;
   int index = 0;  // into entries
   // The current record's leaf decoded, when a text column needs it.
   bool decoded = false, decodable = false;
   audit::RecordView view;
 
-  ~Cursor() {
-    table()->Give(chunks_list, chunks);
-    table()->Give(&table()->free_leaves, leaves);
-  }
+  ~Cursor() { table()->Give(chunks_list, chunks); }
   int Fail(const std::string& message) {
     sqlite3_free(pVtab->zErrMsg);
     pVtab->zErrMsg = sqlite3_mprintf("%s", message.c_str());
@@ -147,7 +150,6 @@ struct Cursor : sqlite3_vtab_cursor {
       if (Status s = Decode(first_seq, n, times, hashes, with_leaves ? &leaves : nullptr, &entries); !s.ok()) {
         return Fail(s.message());
       }
-      have_leaves = with_leaves;
       const int64_t from = std::max(lo, first_seq), to = std::min(hi, first_seq + n - 1);
       if (from > to) continue;
       index = static_cast<int>(desc ? to - first_seq : from - first_seq);
@@ -156,30 +158,6 @@ struct Cursor : sqlite3_vtab_cursor {
     }
   }
   int64_t seq() const { return first_seq + index; }
-  int LoadLeaves() {
-    if (have_leaves) return SQLITE_OK;
-    if (leaves == nullptr) {
-      leaves = table()->Take(&table()->free_leaves,
-                             "SELECT times, hashes, leaves FROM " + table()->chunks + " WHERE first_seq = ?");
-      if (leaves == nullptr) return SQLITE_ERROR;
-    }
-    sqlite3_reset(leaves);
-    sqlite3_bind_int64(leaves, 1, first_seq);
-    const int rc = sqlite3_step(leaves);
-    if (rc != SQLITE_ROW) {
-      return rc == SQLITE_DONE ? Fail("audit chunk at seq " + std::to_string(first_seq) + " vanished") : rc;
-    }
-    const std::string_view l = ColumnBytes(leaves, 2);
-    // Decoded again from this statement's row: the entries must point into
-    // bytes that stay valid while it does.
-    if (Status s = Decode(first_seq, static_cast<int64_t>(entries.size()), ColumnBytes(leaves, 0),
-                          ColumnBytes(leaves, 1), &l, &entries);
-        !s.ok()) {
-      return Fail(s.message());
-    }
-    have_leaves = true;
-    return SQLITE_OK;
-  }
 };
 
 int Connect(sqlite3* db, void*, int argc, const char* const* argv, sqlite3_vtab** out, char** err) {
@@ -295,13 +273,9 @@ int Filter(sqlite3_vtab_cursor* c, int idx, const char*, int argc, sqlite3_value
   int arg = 0;
   auto next = [&]() -> sqlite3_value* { return arg < argc ? argv[arg++] : nullptr; };
   if (idx & kEq) {
-    sqlite3_value* v = next();
-    if (v != nullptr && sqlite3_value_numeric_type(v) == SQLITE_INTEGER) {
-      cur->lo = cur->hi = sqlite3_value_int64(v);
-    } else if (v != nullptr && sqlite3_value_numeric_type(v) == SQLITE_FLOAT) {
-      const double d = sqlite3_value_double(v);
-      cur->lo = static_cast<int64_t>(std::clamp(std::floor(d), -9e18, 9e18));
-      cur->hi = static_cast<int64_t>(std::clamp(std::ceil(d), -9e18, 9e18));
+    if (sqlite3_value* v = next(); v != nullptr) {
+      if (auto b = Bound(v, true)) cur->lo = *b;
+      if (auto b = Bound(v, false)) cur->hi = *b;
     }
   }
   if (idx & kLower) {
@@ -341,9 +315,7 @@ int Filter(sqlite3_vtab_cursor* c, int idx, const char*, int argc, sqlite3_value
   sqlite3_bind_int64(cur->chunks, 1, from);
   sqlite3_bind_int64(cur->chunks, 2, cur->hi);
   cur->eof = cur->lo > cur->hi;
-  if (cur->eof) return SQLITE_OK;
-  cur->eof = false;
-  return cur->NextChunk();
+  return cur->eof ? SQLITE_OK : cur->NextChunk();
 }
 
 int Next(sqlite3_vtab_cursor* c) {
@@ -377,7 +349,8 @@ int ColumnValue(sqlite3_vtab_cursor* c, sqlite3_context* ctx, int column) {
     }
     default: break;
   }
-  if (const int rc = cur->LoadLeaves(); rc != SQLITE_OK) return rc;
+  // SQLite names every column a query may read in colUsed (BestIndex).
+  if (!cur->with_leaves) return cur->Fail("the audit log's table was asked for a column it did not plan to read");
   const std::string_view leaf = cur->entries[cur->index].leaf;
   if (column == kLeaf) {
     sqlite3_result_blob(ctx, leaf.data(), static_cast<int>(leaf.size()), SQLITE_TRANSIENT);
@@ -446,6 +419,15 @@ void Encode(const std::vector<Entry>& entries, Blobs* out) {
   }
 }
 
+void BindInsert(sqlite3_stmt* insert, int64_t first_seq, const std::vector<Entry>& entries, Blobs* blobs) {
+  Encode(entries, blobs);
+  sqlite3_bind_int64(insert, 1, first_seq);
+  sqlite3_bind_int64(insert, 2, static_cast<int64_t>(entries.size()));
+  BindBlob(insert, 3, blobs->times);
+  BindBlob(insert, 4, blobs->hashes);
+  BindBlob(insert, 5, blobs->leaves);
+}
+
 Status Decode(int64_t first_seq, int64_t n, std::string_view times, std::string_view hashes,
               const std::string_view* leaves, std::vector<Entry>* out) {
   auto bad = [&](const std::string& why) {
@@ -505,12 +487,7 @@ Status MigrateRows(sqlite3* db) {
     if (rows.empty()) return Status::Ok();
     entries.clear();
     for (const Row& r : rows) entries.push_back({r.time_ms, r.leaf, r.hash});
-    Encode(entries, &blobs);
-    sqlite3_bind_int64(write.s, 1, rows.front().seq);
-    sqlite3_bind_int64(write.s, 2, static_cast<int64_t>(rows.size()));
-    sqlite3_bind_blob(write.s, 3, blobs.times.data(), static_cast<int>(blobs.times.size()), SQLITE_STATIC);
-    sqlite3_bind_blob(write.s, 4, blobs.hashes.data(), static_cast<int>(blobs.hashes.size()), SQLITE_STATIC);
-    sqlite3_bind_blob(write.s, 5, blobs.leaves.data(), static_cast<int>(blobs.leaves.size()), SQLITE_STATIC);
+    BindInsert(write.s, rows.front().seq, entries, &blobs);
     const int rc = sqlite3_step(write.s);
     sqlite3_reset(write.s);
     rows.clear();
@@ -574,8 +551,8 @@ Status Prune(sqlite3* db, uint64_t after, uint64_t through) {
     if (!changed) continue;
     Encode(entries, &blobs);  // copies the bytes out of the row before it is rewritten
     sqlite3_bind_int64(write.s, 1, first);
-    sqlite3_bind_blob(write.s, 2, blobs.times.data(), static_cast<int>(blobs.times.size()), SQLITE_STATIC);
-    sqlite3_bind_blob(write.s, 3, blobs.leaves.data(), static_cast<int>(blobs.leaves.size()), SQLITE_STATIC);
+    BindBlob(write.s, 2, blobs.times);
+    BindBlob(write.s, 3, blobs.leaves);
     const int w = sqlite3_step(write.s);
     sqlite3_reset(write.s);
     if (w != SQLITE_DONE) return SqlFailure(db, "prune audit records");
@@ -605,6 +582,7 @@ Status Scan(sqlite3* db, Extent* extent, const std::function<void(std::string_vi
     extent->count += entries.size();
     extent->max_seq = static_cast<uint64_t>(first) + entries.size() - 1;
     expected = extent->max_seq + 1;
+    extent->last_time_ms = entries.back().time_ms;
     for (const Entry& e : entries) f(e.hash);
   }
   if (rc != SQLITE_DONE) return SqlFailure(db, "read the audit log");

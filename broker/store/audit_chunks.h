@@ -7,9 +7,9 @@
 // Why: a row per record was a third of the applier's work at full load
 // (docs/benchmarks.md, twenty-third session); a row per 16 records writes
 // the same bytes with a sixteenth of SQLite's work per row. Queries,
-// exports, the indexer and the tree loaded at start read `audit_log` as
-// before; only the applier (writing), pruning (rewriting) and the start's
-// checks touch `audit_chunks` itself.
+// exports, the indexer and the time search read `audit_log` as before; only
+// the applier (writing), pruning (rewriting) and the start (the tree and
+// its checks, Scan) touch `audit_chunks` itself.
 //
 // A chunk row: first_seq (INTEGER PRIMARY KEY), n (its records: first_seq
 // .. first_seq + n - 1, 1 <= n <= kMaxRecords), times (n 8-byte
@@ -62,14 +62,12 @@ Status Decode(int64_t first_seq, int64_t n, std::string_view times, std::string_
 // store (in main or an attached schema) needs it.
 Status Register(sqlite3* db);
 
-// The SQL that turns a store's `audit_log` table into chunks (migration
-// 10), and the statement that inserts one chunk.
-inline constexpr const char* kCreateTable =
-    "CREATE TABLE audit_chunks(first_seq INTEGER PRIMARY KEY, n INTEGER NOT NULL, times BLOB NOT NULL, "
-    "hashes BLOB NOT NULL, leaves BLOB NOT NULL)";
-inline constexpr const char* kCreateVirtualTable = "CREATE VIRTUAL TABLE audit_log USING liaison_audit_log";
+// The statement that inserts one chunk, and its parameters bound for the
+// chunk of entries (at most kMaxRecords, consecutive from first_seq),
+// encoded into *blobs, which must outlive the statement's run.
 inline constexpr const char* kInsert =
     "INSERT INTO audit_chunks(first_seq, n, times, hashes, leaves) VALUES (?,?,?,?,?)";
+void BindInsert(sqlite3_stmt* insert, int64_t first_seq, const std::vector<Entry>& entries, Blobs* blobs);
 
 // Migration 10 on db (inside its transaction, the module registered): the
 // rows of the table audit_log copied into chunks (consecutive seqs only:
@@ -82,13 +80,15 @@ Status MigrateRows(sqlite3* db);
 // kept.
 Status Prune(sqlite3* db, uint64_t after, uint64_t through);
 
-// The highest seq and the number of records, and whether each chunk
-// starts where the one before ended (the start's check that the sequence
-// has no gaps or overlaps); each leaf hash in chunk order to f.
+// The highest seq and the number of records, whether each chunk starts
+// where the one before ended (the start's check that the sequence has no
+// gaps or overlaps), and the last record's time; each leaf hash in chunk
+// order to f.
 struct Extent {
   uint64_t max_seq = 0;
   uint64_t count = 0;
   bool contiguous = true;
+  int64_t last_time_ms = 0;
 };
 Status Scan(sqlite3* db, Extent* extent, const std::function<void(std::string_view hash)>& f);
 

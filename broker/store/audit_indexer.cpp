@@ -19,6 +19,7 @@
 
 #include "broker/store/audit_chunks.h"
 #include "broker/store/audit_index.h"
+#include "broker/store/audit_seq.h"
 #include "broker/store/many_rows.h"
 
 namespace liaison::broker {
@@ -167,16 +168,9 @@ Status AuditIndexer::Impl::OpenIndex() {
 // when it was indexed; otherwise the index is of another log (a restored or
 // truncated store) and is emptied, to be rebuilt.
 Status AuditIndexer::Impl::CheckAgainstLog() {
-  uint64_t max_seq = 0;
-  {
-    sqlite3_stmt* q = nullptr;
-    if (sqlite3_prepare_v2(log, "SELECT seq FROM audit_log ORDER BY seq DESC LIMIT 1", -1, &q, nullptr) != SQLITE_OK) {
-      sqlite3_finalize(q);
-      return SqlError(log, "log size");
-    }
-    if (sqlite3_step(q) == SQLITE_ROW) max_seq = static_cast<uint64_t>(sqlite3_column_int64(q, 0));
-    sqlite3_finalize(q);
-  }
+  const Result<uint64_t> last = audit_seq::LastSeq(log);
+  if (!last.ok()) return last.status();
+  const uint64_t max_seq = *last;
   uint64_t through = 0;
   std::string through_hash;
   {

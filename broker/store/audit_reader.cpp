@@ -125,13 +125,9 @@ Result<SeqRange> TimeToSeqRange(sqlite3* db, const AuditFilter& f, uint64_t afte
   SeqRange range{after, 0};
   const std::optional<int64_t> disorder = audit_seq::Info(db, "time_disorder_ms");
   if (!disorder) return range;  // a store before schema 5: no bounds, the filter alone
-  // The newest record's seq (ORDER BY ... LIMIT 1: the audit log's table
-  // reads its last chunk only; MAX would read every record).
-  Query last(db, "SELECT seq FROM audit_log ORDER BY seq DESC LIMIT 1");
-  if (!last.ok()) return SqlError(db, "audit log size");
-  const int rc = sqlite3_step(last.get());
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db, "audit log size");
-  const uint64_t max_seq = rc == SQLITE_ROW ? static_cast<uint64_t>(sqlite3_column_int64(last.get(), 0)) : 0;
+  const Result<uint64_t> last = audit_seq::LastSeq(db);
+  if (!last.ok()) return last.status();
+  const uint64_t max_seq = *last;
   auto first_at_or_after = [&](int64_t x) { return audit_seq::FirstAtOrAfter(db, max_seq, x); };
   // Saturating, so that extreme filters cannot overflow.
   constexpr int64_t kMax = std::numeric_limits<int64_t>::max();

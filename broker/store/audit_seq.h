@@ -4,9 +4,9 @@
 // dozen rowid lookups, whatever the size of the log. Records written before
 // schema 5 may run back in time by up to the store's time_disorder_ms, and
 // pruned records (time_ms 0) are a prefix of the log; callers widen the
-// time they search for accordingly (audit_reader.cpp explains how).
-// Used by the store's writer (pruning) and by the audit reader, each on its
-// own connection.
+// time they search for accordingly (audit_reader.cpp explains how). And the
+// newest seq. Used by the store's writer (pruning), the audit reader and the
+// indexer, each on its own connection.
 #pragma once
 
 #include <sqlite3.h>
@@ -33,6 +33,21 @@ inline std::optional<int64_t> Info(sqlite3* db, const char* key, const char* tab
   if (sqlite3_step(q) == SQLITE_ROW) out = sqlite3_column_int64(q, 0);
   sqlite3_finalize(q);
   return out;
+}
+
+// The newest record's seq, 0 for an empty log. (ORDER BY ... LIMIT 1: the
+// audit log's virtual table reads its last chunk only; MAX(seq) would read
+// every record.)
+inline Result<uint64_t> LastSeq(sqlite3* db) {
+  sqlite3_stmt* q = nullptr;
+  int rc = sqlite3_prepare_v2(db, "SELECT seq FROM audit_log ORDER BY seq DESC LIMIT 1", -1, &q, nullptr);
+  if (rc == SQLITE_OK) rc = sqlite3_step(q);
+  const uint64_t seq = rc == SQLITE_ROW ? static_cast<uint64_t>(sqlite3_column_int64(q, 0)) : 0;
+  sqlite3_finalize(q);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    return Status::IoError(std::string("audit log size: ") + sqlite3_errmsg(db));
+  }
+  return seq;
 }
 
 // The first seq in [1, max_seq + 1] whose record's time_ms is >= time_ms

@@ -111,12 +111,8 @@ Status Store::Impl::LoadTree() {
                               (extent.contiguous ? "" : " and its chunks leave gaps or overlap"));
   }
   tree = std::move(t);
-  const uint64_t max_seq = extent.max_seq;
-  next_seq = max_seq + 1;
-  sqlite3_stmt* s = nullptr;
-  sqlite3_prepare_v2(db, "SELECT time_ms FROM audit_log ORDER BY seq DESC LIMIT 1", -1, &s, nullptr);
-  if (sqlite3_step(s) == SQLITE_ROW) last_time_ms = sqlite3_column_int64(s, 0);
-  sqlite3_finalize(s);
+  next_seq = extent.max_seq + 1;
+  last_time_ms = extent.last_time_ms;
   pruned_through = static_cast<uint64_t>(audit_seq::Info(db, "pruned_through").value_or(0));
   time_disorder_ms = audit_seq::Info(db, "time_disorder_ms").value_or(0);
   return Status::Ok();

@@ -37,19 +37,9 @@ const std::string kNone;
 // Inserts the pending audit records (consecutive seqs, at most
 // audit_chunks::kMaxRecords) as one chunk (applier).
 Status Store::Impl::FlushRecords() {
-  if (pending_rows.empty()) return Status::Ok();
-  chunk_entries.clear();
-  for (const LoggedRecord* p : pending_rows) {
-    chunk_entries.push_back(
-        {p->record.time_ms, p->leaf, std::string_view(reinterpret_cast<const char*>(p->hash.data()), p->hash.size())});
-  }
-  audit_chunks::Encode(chunk_entries, &chunk_blobs);
-  insert_chunk.Int(1, static_cast<int64_t>(pending_rows.front()->record.seq));
-  insert_chunk.Int(2, static_cast<int64_t>(pending_rows.size()));
-  insert_chunk.Blob(3, chunk_blobs.times.data(), chunk_blobs.times.size());
-  insert_chunk.Blob(4, chunk_blobs.hashes.data(), chunk_blobs.hashes.size());
-  insert_chunk.Blob(5, chunk_blobs.leaves.data(), chunk_blobs.leaves.size());
-  pending_rows.clear();
+  if (pending_records.empty()) return Status::Ok();
+  audit_chunks::BindInsert(insert_chunk.get(), static_cast<int64_t>(pending_first_seq), pending_records, &chunk_blobs);
+  pending_records.clear();
   return insert_chunk.Run("insert audit records");
 }
 
@@ -227,7 +217,7 @@ Status Store::Impl::Apply(std::deque<LogGroup>& groups, size_t* dropped) {
   Status s = WriteGroups(groups, dropped);
   if (s.ok()) s = Exec(db, "COMMIT");
   if (!s.ok()) {
-    pending_rows.clear();
+    pending_records.clear();
     Exec(db, "ROLLBACK");
   }
   return s;
@@ -241,11 +231,13 @@ Status Store::Impl::WriteGroups(std::deque<LogGroup>& groups, size_t* dropped) {
   for (const auto& g : groups) {
     for (const auto& r : g.records) {
       // A chunk holds consecutive seqs only.
-      if (!pending_rows.empty() && r.record.seq != pending_rows.back()->record.seq + 1) {
+      if (!pending_records.empty() && r.record.seq != pending_first_seq + pending_records.size()) {
         if (Status s = FlushRecords(); !s.ok()) return s;
       }
-      pending_rows.push_back(&r);
-      if (pending_rows.size() == static_cast<size_t>(audit_chunks::kMaxRecords)) {
+      if (pending_records.empty()) pending_first_seq = r.record.seq;
+      pending_records.push_back(
+          {r.record.time_ms, r.leaf, std::string_view(reinterpret_cast<const char*>(r.hash.data()), r.hash.size())});
+      if (pending_records.size() == static_cast<size_t>(audit_chunks::kMaxRecords)) {
         if (Status s = FlushRecords(); !s.ok()) return s;
       }
     }

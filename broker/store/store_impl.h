@@ -187,10 +187,11 @@ struct Store::Impl {
   std::string digest_key;
   std::unique_ptr<crypto::HmacSha256> body_mac;  // keyed with digest_key
   Stmt insert_chunk, insert_checkpoint, set_info, set_store_info;
-  // Audit records not yet inserted: they go in chunks of up to
-  // audit_chunks::kMaxRecords (applier only), encoded in chunk_blobs.
-  std::vector<const LoggedRecord*> pending_rows;
-  std::vector<audit_chunks::Entry> chunk_entries;
+  // Audit records not yet inserted (views into the groups being applied),
+  // seqs from pending_first_seq: they go in chunks of up to
+  // audit_chunks::kMaxRecords, encoded in chunk_blobs (applier only).
+  std::vector<audit_chunks::Entry> pending_records;
+  uint64_t pending_first_seq = 0;
   audit_chunks::Blobs chunk_blobs;
   Stmt insert_message, insert_messages /* kMessageRowsPerInsert rows */, insert_delivery, finish_delivery,
       set_attempts, drop_body, mark_recalled;

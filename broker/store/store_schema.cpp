@@ -23,8 +23,15 @@ constexpr const char* kInsertMessage =
     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 
 // Migrations: index i brings the schema from version i to i + 1.
-const char* const kMigrations[] = {
-    R"sql(
+// A migration: its SQL, then (if any) a step in C++ for what SQL cannot
+// do, in the same transaction.
+struct Migration {
+  const char* sql;
+  Status (*then)(sqlite3* db) = nullptr;
+};
+
+const Migration kMigrations[] = {
+    {R"sql(
 CREATE TABLE audit_log(
   seq INTEGER PRIMARY KEY,
   time_ms INTEGER NOT NULL,
@@ -52,9 +59,9 @@ CREATE INDEX audit_sender_time ON audit_log(sender, time_ms) WHERE sender <> '';
 CREATE INDEX audit_recipient_time ON audit_log(recipient, time_ms) WHERE recipient <> '';
 CREATE INDEX audit_time ON audit_log(time_ms);
 CREATE TABLE checkpoints(tree_size INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, text TEXT NOT NULL);
-)sql",
+)sql"},
     // 2: the durable queue.
-    R"sql(
+    {R"sql(
 CREATE TABLE messages(
   row INTEGER PRIMARY KEY,
   sender TEXT NOT NULL,
@@ -85,20 +92,20 @@ CREATE TABLE deliveries(
 CREATE INDEX deliveries_pending ON deliveries(id) WHERE state = 0;
 CREATE INDEX deliveries_message ON deliveries(message_row, recipient);
 CREATE INDEX messages_message_id ON messages(message_id);
-)sql",
+)sql"},
     // 3: auditors' queries by agency (as sender or recipient) walk these in
     // seq order (broker/store/audit_reader.cpp), so a page costs its rows.
-    R"sql(
+    {R"sql(
 CREATE INDEX audit_sender_seq ON audit_log(sender) WHERE sender <> '';
 CREATE INDEX audit_recipient_seq ON audit_log(recipient) WHERE recipient <> '';
-)sql",
+)sql"},
     // 4: the (sender, time) and (recipient, time) indexes of schema 1 serve
     // no query that the (sender) and (recipient) seq indexes do not, and
     // every record paid for them.
-    R"sql(
+    {R"sql(
 DROP INDEX audit_sender_time;
 DROP INDEX audit_recipient_time;
-)sql",
+)sql"},
     // 5: record time is monotonic in seq from now on (InsertRecord clamps
     // it), so the reader turns a time range into a seq range by binary
     // search and the time index has no more use. Records written before
@@ -112,7 +119,7 @@ DROP INDEX audit_recipient_time;
     // is signed anyway. Rebuilding the table (rather than DROP COLUMN)
     // leaves it without the dead space of the old rows; the leaves and
     // their hashes are copied unchanged, so the Merkle tree is the same.
-    R"sql(
+    {R"sql(
 CREATE TABLE audit_info(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT INTO audit_info(key, value)
   SELECT 'time_disorder_ms', COALESCE(MAX(running_max - time_ms), 0)
@@ -138,7 +145,7 @@ CREATE INDEX audit_case ON audit_log(case_id, seq) WHERE case_id <> '';
 CREATE INDEX audit_message ON audit_log(message_id) WHERE message_id <> '';
 CREATE INDEX audit_sender_seq ON audit_log(sender) WHERE sender <> '';
 CREATE INDEX audit_recipient_seq ON audit_log(recipient) WHERE recipient <> '';
-)sql",
+)sql"},
     // 6: a write-optimised audit log. Every record inserted into four
     // indexes (case id, message id, sender, recipient), two of them at
     // random places in B-trees that grow with the log: at 10,000,000
@@ -147,12 +154,12 @@ CREATE INDEX audit_recipient_seq ON audit_log(recipient) WHERE recipient <> '';
     // the indexes live in a file derived from the log, kept by a background
     // thread up to a watermark (broker/store/audit_index.h), built from the
     // log at the first start of this version.
-    R"sql(
+    {R"sql(
 DROP INDEX IF EXISTS audit_case;
 DROP INDEX IF EXISTS audit_message;
 DROP INDEX IF EXISTS audit_sender_seq;
 DROP INDEX IF EXISTS audit_recipient_seq;
-)sql",
+)sql"},
     // 7: one index on message ids instead of two. UNIQUE(sender,
     // message_id) and the index on message_id each took an insert per
     // message, at a place of its own in the file (a commit of a few
@@ -162,7 +169,7 @@ DROP INDEX IF EXISTS audit_recipient_seq;
     // lose the constraint's index; rows and row ids are copied unchanged.
     // (Runs with foreign keys off, which is why Open turns them on after
     // the migrations; the deliveries refer to the table by name.)
-    R"sql(
+    {R"sql(
 CREATE TABLE messages_v7(
   row INTEGER PRIMARY KEY,
   sender TEXT NOT NULL,
@@ -185,28 +192,28 @@ INSERT INTO messages_v7 SELECT row, sender, message_id, case_id, message_type, t
 DROP TABLE messages;
 ALTER TABLE messages_v7 RENAME TO messages;
 CREATE UNIQUE INDEX messages_id_sender ON messages(message_id, sender);
-)sql",
+)sql"},
     // 8: the commit log's watermark (store_info 'log_applied': entries up to
     // it are in the database), committed with the rows it covers.
-    R"sql(
+    {R"sql(
 CREATE TABLE store_info(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-)sql",
+)sql"},
     // 9: a copy of a message acknowledged before its message reached the
     // database (most of them: the applier runs behind the commit log) is
     // no deliveries row, only its recipient in the message's `delivered`
     // (comma-separated agency ids). A row and an index entry per copy were
     // a third of the applier's work. Delivery ids stay unique without their
     // rows: store_info 'last_delivery_id'.
-    R"sql(
+    {R"sql(
 ALTER TABLE messages ADD COLUMN delivered TEXT NOT NULL DEFAULT '';
-)sql",
+)sql"},
     // 10: the audit log in chunks of up to 16 records, a row each
     // (broker/store/audit_chunks.h): a row per record was a third of the
     // applier's work. `audit_log` becomes a virtual table over the chunks
     // that reads as the table did; the rows are copied into chunks by
-    // audit_chunks::MigrateRows (Migrate runs it for this version), leaves
-    // and hashes unchanged, so the Merkle tree is the same.
-    "",
+    // audit_chunks::MigrateRows, leaves and hashes unchanged, so the
+    // Merkle tree is the same.
+    {"", audit_chunks::MigrateRows},
 };
 
 }  // namespace
@@ -232,7 +239,7 @@ Status Store::Impl::PrepareStatements() {
   for (const auto& [stmt, sql] : statements) {
     if (Status s = stmt->Prepare(db, sql); !s.ok()) return s;
   }
-  pending_rows.reserve(audit_chunks::kMaxRecords);
+  pending_records.reserve(audit_chunks::kMaxRecords);
   return insert_messages.Prepare(db, ManyRows(kInsertMessage, kMessageRowsPerInsert).c_str());
 }
 
@@ -249,8 +256,9 @@ Status Store::Impl::Migrate() {
   }
   for (int v = version; v < target; ++v) {
     if (Status st = Exec(db, "BEGIN IMMEDIATE"); !st.ok()) return st;
-    Status st = Exec(db, kMigrations[v]);
-    if (st.ok() && v + 1 == 10) st = audit_chunks::MigrateRows(db);
+    const Migration& m = kMigrations[v];
+    Status st = Exec(db, m.sql);
+    if (st.ok() && m.then != nullptr) st = m.then(db);
     if (st.ok()) st = Exec(db, ("PRAGMA user_version = " + std::to_string(v + 1)).c_str());
     if (!st.ok()) {
       Exec(db, "ROLLBACK");

@@ -1083,6 +1083,33 @@ CREATE INDEX audit_recipient_seq ON audit_log(recipient) WHERE recipient <> '';
 PRAGMA user_version = 5;
 )sql";
 
+// Inserts log into a schema-5 audit_log as that broker wrote it (seqs from
+// 1, each field a column as well as in the leaf); the tree of their leaves.
+static merkle::Tree InsertSchema5Records(sqlite3* db, std::vector<audit::Record>* log) {
+  sqlite3_stmt* s = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "INSERT INTO audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?)", -1, &s, nullptr) == SQLITE_OK);
+  merkle::Tree tree;
+  uint64_t seq = 0;
+  for (auto& r : *log) {
+    r.seq = ++seq;
+    const std::string leaf = audit::EncodeLeaf(r);
+    const merkle::Hash h = merkle::LeafHash(leaf);
+    tree.Append(h);
+    sqlite3_bind_int64(s, 1, static_cast<int64_t>(r.seq));
+    sqlite3_bind_int64(s, 2, r.time_ms);
+    int i = 3;
+    for (const std::string* f : {&r.event, &r.actor, &r.message_id, &r.case_id, &r.sender, &r.recipient, &r.decision}) {
+      sqlite3_bind_text(s, i++, f->c_str(), -1, SQLITE_TRANSIENT);
+    }
+    sqlite3_bind_blob(s, i++, leaf.data(), static_cast<int>(leaf.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_blob(s, i++, h.data(), 32, SQLITE_TRANSIENT);
+    REQUIRE(sqlite3_step(s) == SQLITE_DONE);
+    sqlite3_reset(s);
+  }
+  sqlite3_finalize(s);
+  return tree;
+}
+
 TEST_CASE("migrations 6 and 7 upgrade a schema-5 store: no index on the log, the derived index built, same tree, it "
           "verifies, with one index on message ids and the queue intact",
           "[audit][migration]") {
@@ -1100,28 +1127,8 @@ TEST_CASE("migrations 6 and 7 upgrade a schema-5 store: no index on the log, the
     REQUIRE(sqlite3_exec(db, "PRAGMA journal_mode = WAL", nullptr, nullptr, nullptr) == SQLITE_OK);
     REQUIRE(sqlite3_exec(db, kSchema5, nullptr, nullptr, nullptr) == SQLITE_OK);
     REQUIRE(sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr) == SQLITE_OK);
+    const merkle::Tree tree = InsertSchema5Records(db, &log);
     sqlite3_stmt* s = nullptr;
-    REQUIRE(sqlite3_prepare_v2(db, "INSERT INTO audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?)", -1, &s, nullptr) ==
-            SQLITE_OK);
-    merkle::Tree tree;
-    uint64_t seq = 0;
-    for (auto& r : log) {
-      r.seq = ++seq;
-      const std::string leaf = audit::EncodeLeaf(r);
-      const merkle::Hash h = merkle::LeafHash(leaf);
-      tree.Append(h);
-      sqlite3_bind_int64(s, 1, static_cast<int64_t>(r.seq));
-      sqlite3_bind_int64(s, 2, r.time_ms);
-      int i = 3;
-      for (const std::string* f : {&r.event, &r.actor, &r.message_id, &r.case_id, &r.sender, &r.recipient, &r.decision}) {
-        sqlite3_bind_text(s, i++, f->c_str(), -1, SQLITE_TRANSIENT);
-      }
-      sqlite3_bind_blob(s, i++, leaf.data(), static_cast<int>(leaf.size()), SQLITE_TRANSIENT);
-      sqlite3_bind_blob(s, i++, h.data(), 32, SQLITE_TRANSIENT);
-      REQUIRE(sqlite3_step(s) == SQLITE_DONE);
-      sqlite3_reset(s);
-    }
-    sqlite3_finalize(s);
     old_checkpoint = (*signer)->Sign(o.origin, tree.size(), tree.Root(), 1764400000000);
     const std::string text = audit::FormatCheckpoint(old_checkpoint);
     REQUIRE(sqlite3_prepare_v2(db, "INSERT INTO checkpoints VALUES (?, 1764400000000, ?)", -1, &s, nullptr) == SQLITE_OK);
@@ -1239,27 +1246,7 @@ TEST_CASE("migration 10 keeps pruned records pruned: hash only in their chunks, 
     sqlite3* db = nullptr;
     REQUIRE(sqlite3_open(o.path.c_str(), &db) == SQLITE_OK);
     REQUIRE(sqlite3_exec(db, kSchema5, nullptr, nullptr, nullptr) == SQLITE_OK);
-    sqlite3_stmt* s = nullptr;
-    REQUIRE(sqlite3_prepare_v2(db, "INSERT INTO audit_log VALUES (?,?,?,?,?,?,?,?,?,?,?)", -1, &s, nullptr) ==
-            SQLITE_OK);
-    uint64_t seq = 0;
-    for (auto& r : log) {
-      r.seq = ++seq;
-      const std::string leaf = audit::EncodeLeaf(r);
-      const merkle::Hash h = merkle::LeafHash(leaf);
-      tree.Append(h);
-      sqlite3_bind_int64(s, 1, static_cast<int64_t>(r.seq));
-      sqlite3_bind_int64(s, 2, r.time_ms);
-      int i = 3;
-      for (const std::string* f : {&r.event, &r.actor, &r.message_id, &r.case_id, &r.sender, &r.recipient, &r.decision}) {
-        sqlite3_bind_text(s, i++, f->c_str(), -1, SQLITE_TRANSIENT);
-      }
-      sqlite3_bind_blob(s, i++, leaf.data(), static_cast<int>(leaf.size()), SQLITE_TRANSIENT);
-      sqlite3_bind_blob(s, i++, h.data(), 32, SQLITE_TRANSIENT);
-      REQUIRE(sqlite3_step(s) == SQLITE_DONE);
-      sqlite3_reset(s);
-    }
-    sqlite3_finalize(s);
+    tree = InsertSchema5Records(db, &log);
     // Records 1 to 25 pruned as the broker of schema 5 to 9 pruned them.
     REQUIRE(sqlite3_exec(db,
                          "UPDATE audit_log SET time_ms = 0, event = '', actor = '', message_id = '', case_id = '', "

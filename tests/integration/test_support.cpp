@@ -579,14 +579,9 @@ bool RewriteChunks(const std::string& db_path, uint64_t seq, uint64_t through,
     std::vector<broker::audit_chunks::Entry> entries;
     for (size_t i = 0; i < c.times.size(); ++i) entries.push_back({c.times[i], c.leaves[i], c.hashes[i]});
     broker::audit_chunks::Blobs blobs;
-    broker::audit_chunks::Encode(entries, &blobs);
     sqlite3_stmt* w = nullptr;
     sqlite3_prepare_v2(db, broker::audit_chunks::kInsert, -1, &w, nullptr);
-    sqlite3_bind_int64(w, 1, c.first);
-    sqlite3_bind_int64(w, 2, static_cast<int64_t>(entries.size()));
-    sqlite3_bind_blob(w, 3, blobs.times.data(), static_cast<int>(blobs.times.size()), SQLITE_TRANSIENT);
-    sqlite3_bind_blob(w, 4, blobs.hashes.data(), static_cast<int>(blobs.hashes.size()), SQLITE_TRANSIENT);
-    sqlite3_bind_blob(w, 5, blobs.leaves.data(), static_cast<int>(blobs.leaves.size()), SQLITE_TRANSIENT);
+    broker::audit_chunks::BindInsert(w, c.first, entries, &blobs);
     const int inserted = sqlite3_step(w);
     sqlite3_finalize(w);
     if (inserted != SQLITE_DONE) return false;
