@@ -123,7 +123,7 @@ struct Cursor : sqlite3_vtab_cursor {
   int64_t lo = 0, hi = 0;  // seqs wanted, inclusive
   int64_t first_seq = 0;
   std::vector<Entry> entries;  // of the current chunk
-  int index = 0;  // into entries
+  int index = 0;               // into entries
   // The current record's leaf decoded, when a text column needs it.
   bool decoded = false, decodable = false;
   audit::RecordView view;
