@@ -41,6 +41,18 @@ namespace {
 
 const std::vector<std::string> kAgencies = {"police", "school", "social", "health"};
 
+// Exports the store at db_path to out (which must succeed) and verifies the
+// export with the store's public key against the saved checkpoints.
+Status ExportAndVerify(const std::string& db_path, const std::string& out, const std::string& pem,
+                       std::vector<audit::Checkpoint> saved, audit::VerifyReport* report) {
+  REQUIRE(broker::Store::ExportAudit(db_path, out).ok());
+  audit::VerifyOptions vo;
+  vo.db_path = out;
+  vo.public_key_pem = pem;
+  vo.saved = std::move(saved);
+  return audit::VerifyAuditLog(vo, report);
+}
+
 audit::Record Event(std::mt19937_64& rng, int64_t time_ms) {
   audit::Record r;
   r.time_ms = time_ms;
@@ -278,13 +290,8 @@ TEST_CASE("migration 5 narrows a store written by an older broker: same tree, sa
 
   // The export has every field as a column, as before (and no leaf bytes), and verifies.
   const std::string out = dir.File("export.db");
-  REQUIRE(broker::Store::ExportAudit(db_path, out).ok());
-  audit::VerifyOptions vo;
-  vo.db_path = out;
-  vo.public_key_pem = pem;
-  vo.saved = {migrated};
   audit::VerifyReport report;
-  Status v = audit::VerifyAuditLog(vo, &report);
+  Status v = ExportAndVerify(db_path, out, pem, {migrated}, &report);
   INFO(v.ToString());
   CHECK(v.ok());
   CHECK(report.records == records.size());
@@ -395,13 +402,8 @@ TEST_CASE("a record's time altered in the store is found: the reader refuses the
   auto page = (*reader)->QueryPageSync(q);
   REQUIRE_FALSE(page.ok());
   CHECK(page.status().message().find("record 7") != std::string::npos);
-  const std::string out = dir.File("export.db");
-  REQUIRE(broker::Store::ExportAudit(db_path, out).ok());
-  audit::VerifyOptions vo;
-  vo.db_path = out;
-  vo.public_key_pem = pem;
   audit::VerifyReport report;
-  Status v = audit::VerifyAuditLog(vo, &report);
+  Status v = ExportAndVerify(db_path, dir.File("export.db"), pem, {}, &report);
   CHECK_FALSE(v.ok());
   CHECK(report.first_bad_seq == 7);
 }
@@ -504,13 +506,8 @@ TEST_CASE("pruning keeps seq and leaf hash: exports verify, earlier proofs verif
 
   // An export after pruning verifies, against checkpoints from before and after.
   const std::string export_after = dir.File("after.db");
-  REQUIRE(broker::Store::ExportAudit(db_path, export_after).ok());
-  audit::VerifyOptions vo;
-  vo.db_path = export_after;
-  vo.public_key_pem = pem;
-  vo.saved = {before, after};
   audit::VerifyReport report;
-  Status v = audit::VerifyAuditLog(vo, &report);
+  Status v = ExportAndVerify(db_path, export_after, pem, {before, after}, &report);
   INFO(v.ToString());
   CHECK(v.ok());
   CHECK(report.records == 501);
@@ -1216,14 +1213,8 @@ TEST_CASE("migrations 6 and 7 upgrade a schema-5 store: no index on the log, the
                        nullptr, nullptr, nullptr) != SQLITE_OK);
     sqlite3_close(db);
   }
-  const std::string out = dir.File("export.db");
-  REQUIRE(broker::Store::ExportAudit(o.path, out).ok());
-  audit::VerifyOptions vo;
-  vo.db_path = out;
-  vo.public_key_pem = pem;
-  vo.saved = {old_checkpoint};
   audit::VerifyReport report;
-  Status v = audit::VerifyAuditLog(vo, &report);
+  Status v = ExportAndVerify(o.path, dir.File("export.db"), pem, {old_checkpoint}, &report);
   INFO(v.ToString());
   CHECK(v.ok());
   CHECK(report.records == log.size());
@@ -1283,14 +1274,8 @@ TEST_CASE("migration 10 keeps pruned records pruned: hash only in their chunks, 
     CHECK(page->rows.size() == 15);
     for (const auto& row : page->rows) CHECK(row.record.seq > 25);
   }
-  const std::string out = dir.File("export.db");
-  REQUIRE(broker::Store::ExportAudit(o.path, out).ok());
-  audit::VerifyOptions vo;
-  vo.db_path = out;
-  vo.public_key_pem = pem;
-  vo.saved = {migrated};
   audit::VerifyReport report;
-  Status v = audit::VerifyAuditLog(vo, &report);
+  Status v = ExportAndVerify(o.path, dir.File("export.db"), pem, {migrated}, &report);
   INFO(v.ToString());
   CHECK(v.ok());
   CHECK(report.records == 40);
