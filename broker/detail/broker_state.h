@@ -3,8 +3,6 @@
 // whole under mu_, never mutated in place.
 #pragma once
 
-#include <boost/asio/io_context.hpp>
-
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -34,9 +32,8 @@ struct BrokerStats {
 
 class BrokerState {
  public:
-  BrokerState(boost::asio::io_context& ioc, BrokerConfig config) : ioc(ioc), config(std::move(config)) {}
+  explicit BrokerState(BrokerConfig config) : config(std::move(config)) {}
 
-  boost::asio::io_context& ioc;
   const BrokerConfig config;
   Router router;
   Mailboxes mailboxes{router};  // the durable queue, in memory; loaded once the store is open
