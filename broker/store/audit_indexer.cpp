@@ -39,6 +39,14 @@ constexpr uint64_t kCatchUpOnStop = 300'000;
 // The index connection's page cache: the newest bucket and the upper levels
 // of the B-tree (64 MiB at most; used only as pages are touched).
 constexpr const char* kIndexCacheSize = "PRAGMA cache_size = -65536";
+// The index's WAL is copied into its file (an automatic checkpoint: two
+// fdatasyncs) once it holds this many pages, 512 KiB. SQLite's default, 1,000
+// pages, made a 4 MiB checkpoint every two seconds at 2,000 msgs/s; while its
+// data went to the disk, the commit log's fdatasync that publishes wait for
+// took 3-7 ms instead of 0.2, and each time some thirty messages were late
+// (docs/benchmarks.md, "The twenty-fourth session"). Smaller checkpoints,
+// more often, delay the log's syncs much less.
+constexpr const char* kIndexWalCheckpoint = "PRAGMA wal_autocheckpoint = 128";
 // Entries handed over by the applier and not yet indexed, at most (about
 // 24 MiB; 4 a record). Runs past it are left out, and read from the log.
 constexpr size_t kMaxHandedEntries = size_t{1} << 20;
@@ -112,14 +120,15 @@ struct AuditIndexer::Impl {
 
 Status AuditIndexer::Impl::OpenIndex() {
   const mode_t old_mask = ::umask(0077);
-  const int rc = sqlite3_open_v2(index_path.c_str(), &ix, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                                 nullptr);
+  const int rc = sqlite3_open_v2(index_path.c_str(), &ix,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   ::umask(old_mask);
   if (rc != SQLITE_OK) return SqlError(ix, "cannot open " + index_path);
   sqlite3_busy_timeout(ix, 5000);
   // NORMAL: no fsync at commit; WAL still keeps every commit atomic, and a
   // commit lost to a power cut is indexed again from the log.
-  for (const char* sql : {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", kIndexCacheSize, audit_index::kSchema}) {
+  for (const char* sql : {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", kIndexWalCheckpoint,
+                          kIndexCacheSize, audit_index::kSchema}) {
     if (Status s = Exec(ix, sql); !s.ok()) return s;
   }
   // Format: a file of another one (format 1 had the tables ix_meta and ix,
@@ -198,9 +207,10 @@ Status AuditIndexer::Impl::CheckAgainstLog() {
     sqlite3_finalize(q);
   }
   if (!matches) {
-    spdlog::warn("store: the audit index {} does not match the audit log (indexed through {}, the log has {}); "
-                 "rebuilding it",
-                 index_path, through, max_seq);
+    spdlog::warn(
+        "store: the audit index {} does not match the audit log (indexed through {}, the log has {}); "
+        "rebuilding it",
+        index_path, through, max_seq);
     if (Status s = Exec(ix, "BEGIN IMMEDIATE; DELETE FROM ix2; DELETE FROM ix2_meta WHERE key <> 'format'; COMMIT");
         !s.ok()) {
       Exec(ix, "ROLLBACK");
@@ -349,7 +359,8 @@ void AuditIndexer::Impl::Loop() {
     {
       std::unique_lock lock(mu);
       auto pending = [&] { return committed.load() - indexed.load(); };
-      cv.wait_for(lock, std::chrono::milliseconds(failing ? 1000 : 500), [&] { return stopping || (!failing && pending() > 0); });
+      cv.wait_for(lock, std::chrono::milliseconds(failing ? 1000 : 500),
+                  [&] { return stopping || (!failing && pending() > 0); });
       if (stopping) break;
       if (failing || pending() == 0) {
         failing = false;  // retry after the pause
@@ -449,8 +460,12 @@ void AuditIndexer::Committed(uint64_t first, uint64_t seq, std::vector<audit_ind
   if (first_pending || enough) impl_->cv.notify_one();
 }
 
-uint64_t AuditIndexer::indexed_through() const { return impl_->indexed.load(); }
+uint64_t AuditIndexer::indexed_through() const {
+  return impl_->indexed.load();
+}
 
-Status AuditIndexer::CatchUp() { return impl_->CatchUp(); }
+Status AuditIndexer::CatchUp() {
+  return impl_->CatchUp();
+}
 
 }  // namespace liaison::broker
