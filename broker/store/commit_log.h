@@ -63,6 +63,7 @@
 // The spare's thread shares only the spare with them (a mutex of its own).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -167,17 +168,34 @@ class CommitLog {
   uint64_t bytes_ = 0;  // sum of segments_[i].bytes
   uint64_t spares_used_ = 0, segments_preallocated_ = 0;
   bool spare_asked_ = false;  // for the current segment
+  // offset_ and first_append_ (steady clock ns; 0: no entry yet) for the
+  // spare's thread, which paces itself by them without taking mu_ (Append
+  // holds it across its fdatasync).
+  std::atomic<uint64_t> fill_{0};
+  std::atomic<int64_t> first_append_ns_{0};
 
   const std::string spare_path_;  // prefix + ".spare"
   std::mutex prep_mu_;            // guards the spare's state below; taken after mu_, never before it
   std::condition_variable prep_cv_;
-  int spare_fd_ = -1;             // a spare ready: segment_bytes of synced zeros
+  int spare_fd_ = -1;  // a spare ready: segment_bytes of synced zeros
   bool spare_wanted_ = false;
   bool prep_stopping_ = false;
   std::chrono::steady_clock::time_point spare_retry_{};  // after a failure, not before then
-  bool spare_short_ = false;      // the spare thread's: the last try found too little space
-  std::thread prep_thread_;       // started by the first WantSpare
+  bool spare_short_ = false;                             // the spare thread's: the last try found too little space
+  std::thread prep_thread_;                              // started by the first WantSpare
 };
+
+// How long the spare's writing pauses after each step (commit_log.cpp), so
+// that it is spread over half the time the current segment has left before
+// it rotates, at the rate it has filled so far: a segment's worth of zeros
+// written at once delays the log's own syncs (each flush of the disk's cache
+// carries what was written before it) by several milliseconds. fill bytes
+// of the segment written in elapsed since its first entry; steps_left steps
+// of the spare to write. No pause when the rate is not known yet or the
+// segment is nearly due; at most max_pause.
+std::chrono::microseconds SparePause(uint64_t fill, std::chrono::nanoseconds elapsed, uint64_t segment_bytes,
+                                     std::chrono::milliseconds segment_age, uint64_t steps_left,
+                                     std::chrono::microseconds max_pause);
 
 // CRC-32C (Castagnoli), as used in the entry header. Extend continues a CRC
 // (start from 0); it uses SSE4.2 when the CPU has it. The two explicit paths

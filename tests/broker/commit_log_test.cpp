@@ -291,8 +291,7 @@ TEST_CASE("commit log: a flipped byte in the last entry's payload is a torn tail
   CHECK(replayed.back() == std::make_pair(uint64_t{5}, std::string("new five")));
 }
 
-TEST_CASE("commit log: a damaged entry with valid entries after it in the last segment is Corruption",
-          "[commit_log]") {
+TEST_CASE("commit log: a damaged entry with valid entries after it in the last segment is Corruption", "[commit_log]") {
   // Only the last append can be torn: one that others follow was synced,
   // and acknowledged, before them.
   TempDir dir;
@@ -924,6 +923,86 @@ TEST_CASE("commit log: without prepare_spare nothing is written ahead", "[commit
   while (log->segments() < 3) (void)*log->Append(entry);
   CHECK_FALSE(log->WaitForSpare(std::chrono::milliseconds(200)));
   CHECK(log->spares_used() == 0);
+}
+
+TEST_CASE("commit log: the spare's pauses spread it over half the time the current segment has left", "[commit_log]") {
+  using std::chrono::microseconds;
+  using std::chrono::milliseconds;
+  using std::chrono::seconds;
+  const uint64_t seg = 16u << 20;
+  const milliseconds age(10000);
+  const microseconds cap(20000);
+  // 4 MiB in one second: the other 12 MiB take three seconds, so 256 steps
+  // share 1.5 s: 5,859 us each.
+  CHECK(SparePause(4u << 20, seconds(1), seg, age, 256, cap) == microseconds(5859));
+  // Slower, the pause is capped (unless the age is near: 5 s of 10 left, so
+  // 2.5 s for 256 steps); faster, it shrinks to nothing.
+  CHECK(SparePause(4u << 20, seconds(5), seg, milliseconds(60000), 256, cap) == cap);
+  CHECK(SparePause(4u << 20, seconds(5), seg, age, 256, cap) == microseconds(9765));
+  CHECK(SparePause(4u << 20, milliseconds(10), seg, age, 256, cap) == microseconds(58));
+  // The segment's age rotates it first: 1 MiB in 9.5 s leaves half a second.
+  CHECK(SparePause(1u << 20, milliseconds(9500), seg, age, 100, cap) == microseconds(2500));
+  // Nothing known, nothing left, or already due: no pause.
+  CHECK(SparePause(0, seconds(1), seg, age, 256, cap) == microseconds(0));
+  CHECK(SparePause(4u << 20, seconds(0), seg, age, 256, cap) == microseconds(0));
+  CHECK(SparePause(4u << 20, seconds(1), seg, age, 0, cap) == microseconds(0));
+  CHECK(SparePause(seg, seconds(1), seg, age, 256, cap) == microseconds(0));
+  CHECK(SparePause(1u << 20, seconds(11), seg, age, 256, cap) == microseconds(0));
+}
+
+TEST_CASE("commit log: a released segment larger than a deletion step is removed whole", "[commit_log]") {
+  TempDir dir;
+  auto o = LogOptions(dir);
+  o.segment_bytes = 3u << 20;  // six of the 512 KiB steps a deletion takes
+  Entries replayed;
+  auto log = MustOpen(o, 0, &replayed);
+  const std::string entry(100 << 10, 'r');
+  uint64_t lsn = 0;
+  while (log->segments() < 3) lsn = *log->Append(entry);
+  const auto files = SegmentFiles(dir);
+  REQUIRE(files.size() == 3);
+  REQUIRE(std::filesystem::file_size(files[0]) > (2u << 20));
+  const uint64_t per_segment = (o.segment_bytes) / (kHeader + entry.size());
+  REQUIRE(log->Release(per_segment).ok());
+  CHECK(SegmentFiles(dir) == std::vector<std::string>(files.begin() + 1, files.end()));
+  CHECK(log->bytes_on_disk() == (lsn - per_segment) * (kHeader + entry.size()));
+}
+
+TEST_CASE("commit log: a released segment cut short by a crash while it was deleted is read as entries SQLite holds",
+          "[commit_log]") {
+  TempDir dir;
+  auto o = LogOptions(dir);
+  o.segment_bytes = 4 * (kHeader + 200);
+  {
+    Entries replayed;
+    auto log = MustOpen(o, 0, &replayed);
+    for (uint64_t i = 1; i <= 10; ++i) REQUIRE(*log->Append(std::string(200, 'a' + static_cast<char>(i))) == i);
+  }
+  // [1..4] [5..8] [9..10]. A deletion gives a segment's blocks back from its
+  // end, so a crash leaves a prefix of it: nothing, part of an entry, or
+  // whole entries.
+  const auto files = SegmentFiles(dir);
+  REQUIRE(files.size() == 3);
+  const std::string first = ReadAll(files[0]);
+  for (const size_t keep : {size_t{0}, kHeader + 200 + 100, 2 * (kHeader + 200)}) {
+    INFO("the first segment cut to " << keep << " bytes");
+    TempDir copy;
+    for (const auto& f : files) {
+      std::filesystem::copy_file(f, copy / std::filesystem::path(f).filename().string());
+    }
+    WriteAll(copy / std::filesystem::path(files[0]).filename().string(), first.substr(0, keep));
+    auto oc = o;
+    oc.prefix = copy / "liaison.db-log";
+    // Released: SQLite holds 1..4, and the rest replays.
+    Entries replayed;
+    auto log = MustOpen(oc, 4, &replayed);
+    REQUIRE(replayed.size() == 6);
+    CHECK(replayed.front().first == 5);
+    CHECK(*log->Append("next") == 11);
+    log.reset();
+    // Had SQLite not held lsn 4, it would be lost: the log says so.
+    CHECK(OpenLog(oc, 3, &replayed).status().code() == Status::Code::kCorruption);
+  }
 }
 
 }  // namespace
