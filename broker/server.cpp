@@ -1,26 +1,26 @@
 #include "broker/server.h"
 
 #include <spdlog/spdlog.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/post.hpp>
 #include <boost/asio/read_until.hpp>
+#include <boost/asio/streambuf.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
-#include <boost/asio/streambuf.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/write.hpp>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <future>
 #include <map>
 #include <mutex>
@@ -143,41 +143,15 @@ std::string SourceOf(const asio::ip::address& a) {
   return asio::ip::address_v6(b).to_string() + "/64";
 }
 
-// One io_context per I/O thread, each run by its thread alone: a session
-// (its socket, strand and timers) lives on one of them, chosen in turn at
-// accept. Sharing one io_context among the threads costs more: a handler
-// posted to it (a PublishAck or a delivery from the store's threads) wakes
-// whichever thread is idle, and the threads hand the reactor to each other,
-// so at low rates each message cost about four times the context switches
-// (docs/benchmarks.md, "The twenty-fourth session").
-int IoThreads(const BrokerConfig& config) {
-  return config.threads > 0 ? config.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-}
-
-std::vector<std::unique_ptr<asio::io_context>> MakeContexts(int n) {
-  std::vector<std::unique_ptr<asio::io_context>> v;
-  for (int i = 0; i < n; ++i) v.push_back(std::make_unique<asio::io_context>(1));
-  return v;
-}
-
 }  // namespace
 
 struct Server::Impl {
   explicit Impl(BrokerConfig config)
-      : contexts(MakeContexts(IoThreads(config))),
-        ioc(*contexts.front()),
-        state(std::move(config)),
-        acceptor(ioc),
-        admin(ioc),
-        signals(ioc, SIGINT, SIGTERM) {
+      : state(std::move(config)), acceptor(ioc), admin(ioc), signals(ioc, SIGINT, SIGTERM) {
     signals.add(SIGHUP);
   }
 
-  std::vector<std::unique_ptr<asio::io_context>> contexts;
-  // The first: the listeners, the signal set, the timers and the admin
-  // connections, besides its share of the sessions.
-  asio::io_context& ioc;
-  size_t next_context = 0;  // control strand only: where the next session goes
+  asio::io_context ioc;
   // The listeners, the signal set and the timers are used from this strand
   // only: Drain closes and cancels them while the pool's threads run.
   asio::strand<asio::io_context::executor_type> control{asio::make_strand(ioc)};
@@ -208,9 +182,7 @@ struct Server::Impl {
 asio::awaitable<void> Server::Impl::Accept() {
   const Limits& l = state.config.limits;
   while (acceptor.is_open()) {
-    asio::io_context& home = *contexts[next_context];
-    next_context = (next_context + 1) % contexts.size();
-    auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(home), kUseTuple);
+    auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(ioc), kUseTuple);
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor.is_open()) break;
       spdlog::warn("accept failed: {}", ec.message());
@@ -224,7 +196,8 @@ asio::awaitable<void> Server::Impl::Accept() {
     const auto remote = socket.remote_endpoint(ignored);
     std::string peer = remote.address().to_string() + ":" + std::to_string(remote.port());
     if (state.router.size() >= l.max_connections) {
-      spdlog::warn("connection from {} refused: {} connections open (limits.max_connections)", peer, l.max_connections);
+      spdlog::warn("connection from {} refused: {} connections open (limits.max_connections)", peer,
+                   l.max_connections);
       socket.close(ignored);
       continue;
     }
@@ -277,12 +250,10 @@ asio::awaitable<void> Server::Impl::ServeAdmin(Server* server, asio::local::stre
     answer = co_await OffIoThreads(ioc, [server] { return server->Reload(); });
   } else if (command == "status") {
     const auto c = server->counters();
-    answer = "ok {\"sessions\":" + std::to_string(c.sessions) +
-             ",\"connections_accepted\":" + std::to_string(c.connections_accepted) +
-             ",\"handshakes_failed\":" + std::to_string(c.handshakes_failed) +
-             ",\"identities_refused\":" + std::to_string(c.identities_refused) +
-             ",\"publishes\":" + std::to_string(c.publishes) +
-             ",\"deliveries_acked\":" + std::to_string(c.deliveries_acked) +
+    answer = "ok {\"sessions\":" + std::to_string(c.sessions) + ",\"connections_accepted\":" +
+             std::to_string(c.connections_accepted) + ",\"handshakes_failed\":" + std::to_string(c.handshakes_failed) +
+             ",\"identities_refused\":" + std::to_string(c.identities_refused) + ",\"publishes\":" +
+             std::to_string(c.publishes) + ",\"deliveries_acked\":" + std::to_string(c.deliveries_acked) +
              ",\"protocol_errors\":" + std::to_string(c.protocol_errors) +
              ",\"waiting\":" + std::to_string(state.mailboxes.waiting_total()) + ",\"policy_version\":\"" +
              state.policy()->version() + "\"}";
@@ -353,8 +324,7 @@ asio::awaitable<void> Server::Impl::QueueReportLoop() {
 }
 
 void Server::Impl::ReportQueues() {
-  const int64_t every_s =
-      std::chrono::duration_cast<std::chrono::seconds>(state.config.limits.queue_report_interval).count();
+  const int64_t every_s = std::chrono::duration_cast<std::chrono::seconds>(state.config.limits.queue_report_interval).count();
   for (const AgencyQueue& q : AgencyQueues(state, NowMs(), /*policy_agencies=*/false)) {
     // Waiting that long, and not being served (a stuck receiver is closed
     // by its own timeouts).
@@ -416,10 +386,9 @@ asio::awaitable<void> Server::Impl::Drain() {
   for (auto& s : state.router.All()) s->BeginDrain();
   co_await WaitUntil([&] { return state.in_flight_publishes.load() <= 0; }, l.shutdown_grace);
   if (state.in_flight_publishes.load() > 0) {
-    spdlog::warn(
-        "stopping: {} publish(es) still not committed after the grace period; their senders get no "
-        "acknowledgement and should publish again",
-        state.in_flight_publishes.load());
+    spdlog::warn("stopping: {} publish(es) still not committed after the grace period; their senders get no "
+                 "acknowledgement and should publish again",
+                 state.in_flight_publishes.load());
   }
   for (auto& s : state.router.All()) s->Shutdown(v1::REASON_SHUTTING_DOWN, "the broker is shutting down");
   co_await WaitUntil([&] { return state.router.size() == 0; }, std::chrono::milliseconds(3000));
@@ -513,8 +482,7 @@ Result<std::unique_ptr<Server>> Server::Create(BrokerConfig config) {
   if (!c.admin_socket.empty()) {
     struct stat st {};
     if (::lstat(c.admin_socket.c_str(), &st) == 0) {
-      if (!S_ISSOCK(st.st_mode))
-        return Status::InvalidArgument("admin_socket " + c.admin_socket + " exists and is not a socket");
+      if (!S_ISSOCK(st.st_mode)) return Status::InvalidArgument("admin_socket " + c.admin_socket + " exists and is not a socket");
       ::unlink(c.admin_socket.c_str());  // left over from a broker that did not stop cleanly
     }
     const mode_t old_mask = ::umask(0177);  // the socket is created 0600
@@ -532,9 +500,7 @@ Result<std::unique_ptr<Server>> Server::Create(BrokerConfig config) {
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Server::~Server() = default;
 
-uint16_t Server::port() const {
-  return impl_->port;
-}
+uint16_t Server::port() const { return impl_->port; }
 
 Status Server::Run(bool handle_signals) {
   Impl& s = *impl_;
@@ -552,18 +518,13 @@ Status Server::Run(bool handle_signals) {
     boost::system::error_code ignored;
     s.signals.clear(ignored);
   }
-  spdlog::info("broker '{}' listening on {}:{} ({} thread(s))", s.state.config.name, s.state.config.listen_host, s.port,
-               s.contexts.size());
-  // The other contexts may have no session for a while: they run until the
-  // first one's run() returns (Drain done), then finish what they hold.
-  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
+  const int threads = s.state.config.threads > 0 ? s.state.config.threads
+                                                 : std::max(1u, std::thread::hardware_concurrency());
+  spdlog::info("broker '{}' listening on {}:{} ({} thread(s))", s.state.config.name, s.state.config.listen_host,
+               s.port, threads);
   std::vector<std::thread> pool;
-  for (size_t i = 1; i < s.contexts.size(); ++i) {
-    guards.push_back(asio::make_work_guard(*s.contexts[i]));
-    pool.emplace_back([&ctx = *s.contexts[i]] { ctx.run(); });
-  }
+  for (int i = 1; i < threads; ++i) pool.emplace_back([&s] { s.ioc.run(); });
   s.ioc.run();
-  for (auto& g : guards) g.reset();
   for (auto& t : pool) t.join();
   return Status::Ok();
 }
@@ -640,23 +601,19 @@ Result<std::string> Server::Reload() {
   for (auto& s : sessions) s->Revalidate();
   const std::string summary = "policy " + old_version.substr(0, 12) + " -> " + policy->version().substr(0, 12) + " (" +
                               std::to_string(policy->agencies().size()) + " agencies, " +
-                              std::to_string(policy->rules().size()) +
-                              " rules), CA bundle, CRLs and broker "
-                              "certificate reloaded; " +
-                              std::to_string(sessions.size()) + " session(s) re-checked";
+                              std::to_string(policy->rules().size()) + " rules), CA bundle, CRLs and broker "
+                              "certificate reloaded; " + std::to_string(sessions.size()) + " session(s) re-checked";
   spdlog::info("reloaded: {}", summary);
   return summary;
 }
 
-Status Server::SyncStore() {
-  return impl_->state.store->Sync();
-}
+Status Server::SyncStore() { return impl_->state.store->Sync(); }
 
 Server::Counters Server::counters() const {
   const auto& st = impl_->state.stats;
-  return Counters{
-      st.connections_accepted.load(), st.handshakes_failed.load(), st.identities_refused.load(), st.publishes.load(),
-      st.deliveries_acked.load(),     st.protocol_errors.load(),   impl_->state.router.size()};
+  return Counters{st.connections_accepted.load(), st.handshakes_failed.load(), st.identities_refused.load(),
+                  st.publishes.load(),           st.deliveries_acked.load(),  st.protocol_errors.load(),
+                  impl_->state.router.size()};
 }
 
 }  // namespace liaison::broker

@@ -11,10 +11,10 @@
 using namespace liaison;
 using namespace liaison::test;
 
-// With one I/O thread, the default two and four: each thread runs its own
-// io_context, and the sessions are spread over them in turn, so most
-// messages cross from one thread's session to another's; the broker stops
-// gracefully at the end (TestBroker's destructor) with sessions on each.
+// With one I/O thread, the default two and four (the threads share one
+// io_context: each session's handlers run on any of them, one at a time on
+// its strand); the broker stops gracefully at the end (TestBroker's
+// destructor) with every session open.
 TEST_CASE("120 concurrent agency sessions exchange messages", "[sessions]") {
   const int threads = GENERATE(1, 2, 4);
   INFO(threads << " I/O thread(s)");
