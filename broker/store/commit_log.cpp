@@ -148,12 +148,11 @@ struct Fd {
 // `discard` (this workplace's VMs, and many cloud disks) freeing blocks sends
 // the disk a discard, and a whole segment's at once (16 MiB) held the disk
 // for 6-10 ms; the log's fdatasyncs, which publishes wait for, waited behind
-// it. In steps, each followed by a pause as long as it took (at most
-// kDeletePauseMax), the disk is free half the time. A crash part-way leaves
-// a released segment cut short, which Open reads as entries SQLite already
-// holds. (RocksDB deletes its files in chunks for the same reason.)
+// it. Between the steps' smaller discards they get their turn. A crash
+// part-way leaves a released segment cut short, which Open reads as entries
+// SQLite already holds. (RocksDB deletes its files in chunks for the same
+// reason.)
 constexpr off_t kDeleteStepBytes = 512 << 10;
-constexpr auto kDeletePauseMax = std::chrono::milliseconds(5);
 
 int RemoveSegment(const std::string& path) {
   {
@@ -162,12 +161,7 @@ int RemoveSegment(const std::string& path) {
     if (f.fd >= 0 && ::fstat(f.fd, &st) == 0) {
       for (off_t size = st.st_size; size > 0;) {
         size = size > kDeleteStepBytes ? size - kDeleteStepBytes : 0;
-        const auto start = std::chrono::steady_clock::now();
         if (::ftruncate(f.fd, size) != 0) break;  // unlink frees the rest
-        if (size > 0) {
-          std::this_thread::sleep_for(
-              std::min<std::chrono::steady_clock::duration>(std::chrono::steady_clock::now() - start, kDeletePauseMax));
-        }
       }
     }
   }  // closed before the unlink, whose errno the caller reads
