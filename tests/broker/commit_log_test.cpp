@@ -41,6 +41,18 @@ CommitLog::Options LogOptions(const TempDir& dir) {
   return o;
 }
 
+// Segments of four 200-byte entries, and ten of them appended (lsn i holds
+// 200 times the letter 'a' + i): segments [1..4] [5..8] [9..10].
+CommitLog::Options FourPerSegment(const TempDir& dir) {
+  CommitLog::Options o = LogOptions(dir);
+  o.segment_bytes = 4 * (kHeader + 200);
+  return o;
+}
+
+void AppendTenLetters(CommitLog& log) {
+  for (uint64_t i = 1; i <= 10; ++i) REQUIRE(*log.Append(std::string(200, 'a' + static_cast<char>(i))) == i);
+}
+
 // Opens the log, collecting what it replays into *out.
 Result<std::unique_ptr<CommitLog>> OpenLog(const CommitLog::Options& o, uint64_t after_lsn, Entries* out) {
   out->clear();
@@ -464,12 +476,10 @@ TEST_CASE("commit log: a gap in lsns is Corruption", "[commit_log]") {
 
 TEST_CASE("commit log: segments rotate by size and Release deletes exactly the fully released ones", "[commit_log]") {
   TempDir dir;
-  auto o = LogOptions(dir);
-  o.segment_bytes = 4 * (kHeader + 200);
+  const auto o = FourPerSegment(dir);
   Entries replayed;
   auto log = MustOpen(o, 0, &replayed);
-  for (uint64_t i = 1; i <= 10; ++i) REQUIRE(*log->Append(std::string(200, 'a' + static_cast<char>(i))) == i);
-  // [1..4] [5..8] [9..10]
+  AppendTenLetters(*log);  // [1..4] [5..8] [9..10]
   CHECK(log->segments() == 3);
   CHECK(SegmentFiles(dir).size() == 3);
   CHECK(log->bytes_on_disk() == 10 * (kHeader + 200));
@@ -971,12 +981,10 @@ TEST_CASE("commit log: a released segment larger than a deletion step is removed
 TEST_CASE("commit log: a released segment cut short by a crash while it was deleted is read as entries SQLite holds",
           "[commit_log]") {
   TempDir dir;
-  auto o = LogOptions(dir);
-  o.segment_bytes = 4 * (kHeader + 200);
+  const auto o = FourPerSegment(dir);
   {
     Entries replayed;
-    auto log = MustOpen(o, 0, &replayed);
-    for (uint64_t i = 1; i <= 10; ++i) REQUIRE(*log->Append(std::string(200, 'a' + static_cast<char>(i))) == i);
+    AppendTenLetters(*MustOpen(o, 0, &replayed));
   }
   // [1..4] [5..8] [9..10]. A deletion gives a segment's blocks back from its
   // end, so a crash leaves a prefix of it: nothing, part of an entry, or
