@@ -599,12 +599,10 @@ Status CommitLog::MakeSpare() {
       err = errno;
     }
     at += static_cast<uint64_t>(w);
-    const int64_t first = first_append_ns_.load(std::memory_order_relaxed);
-    if (first == 0 || at >= options_.segment_bytes) continue;
-    const auto elapsed = std::chrono::steady_clock::now().time_since_epoch() - std::chrono::nanoseconds(first);
     const uint64_t steps_left = (options_.segment_bytes - at + kSpareStepBytes - 1) / kSpareStepBytes;
-    const auto pause = SparePause(fill_.load(std::memory_order_relaxed), elapsed, options_.segment_bytes,
-                                  options_.segment_age, steps_left, kSparePauseMax);
+    const auto pause =
+        SparePause(fill_.load(std::memory_order_relaxed), SinceFirstAppend(std::chrono::steady_clock::now()),
+                   options_.segment_bytes, options_.segment_age, steps_left, kSparePauseMax);
     if (pause.count() > 0) {
       std::unique_lock<std::mutex> lock(prep_mu_);
       prep_cv_.wait_for(lock, pause, [&] { return prep_stopping_; });
@@ -620,6 +618,12 @@ Status CommitLog::MakeSpare() {
   spare_fd_ = fd;
   prep_cv_.notify_all();
   return Status::Ok();
+}
+
+std::chrono::nanoseconds CommitLog::SinceFirstAppend(std::chrono::steady_clock::time_point now) const {
+  const int64_t first = first_append_ns_.load(std::memory_order_relaxed);
+  if (first == 0) return std::chrono::nanoseconds(0);
+  return now.time_since_epoch() - std::chrono::nanoseconds(first);
 }
 
 std::chrono::microseconds SparePause(uint64_t fill, std::chrono::nanoseconds elapsed, uint64_t segment_bytes,
@@ -677,7 +681,7 @@ Result<uint64_t> CommitLog::Append(std::string_view payload) {
   if (payload.size() > kMaxPayloadBytes) return Status::InvalidArgument("commit log: an entry is limited to 1 GiB");
   const uint64_t bytes = kHeaderBytes + payload.size();
   const bool rotate = offset_ > 0 && (offset_ + bytes > options_.segment_bytes ||
-                                      std::chrono::steady_clock::now() - first_append_ >= options_.segment_age);
+                                      SinceFirstAppend(std::chrono::steady_clock::now()) >= options_.segment_age);
   if (rotate) {
     if (Status s = StartSegment(); !s.ok()) return s;
   }
@@ -701,9 +705,9 @@ Result<uint64_t> CommitLog::Append(std::string_view payload) {
   Segment& seg = segments_.back();
   if (seg.first_lsn == 0) {
     seg.first_lsn = lsn;
-    first_append_ = std::chrono::steady_clock::now();
     first_append_ns_.store(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(first_append_.time_since_epoch()).count(),
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+            .count(),
         std::memory_order_relaxed);
   }
   seg.last_lsn = lsn;

@@ -163,16 +163,18 @@ class CommitLog {
   int fd_ = -1;                   // the current segment, open for appends
   uint64_t offset_ = 0;           // where the next entry goes in the current segment
   uint64_t allocated_ = 0;        // the current segment is preallocated up to here
-  std::chrono::steady_clock::time_point first_append_;  // of the current segment's first entry
   uint64_t next_lsn_ = 1;
   uint64_t bytes_ = 0;  // sum of segments_[i].bytes
   uint64_t spares_used_ = 0, segments_preallocated_ = 0;
   bool spare_asked_ = false;  // for the current segment
-  // offset_ and first_append_ (steady clock ns; 0: no entry yet) for the
-  // spare's thread, which paces itself by them without taking mu_ (Append
-  // holds it across its fdatasync).
-  std::atomic<uint64_t> fill_{0};
+  // When the current segment's first entry was appended (steady clock ns;
+  // 0: none yet), and offset_ again: written under mu_, read without it by
+  // the spare's thread, which paces itself by them (Append holds mu_ across
+  // its fdatasync).
   std::atomic<int64_t> first_append_ns_{0};
+  std::atomic<uint64_t> fill_{0};
+  // Since the current segment's first entry; 0 when it has none.
+  std::chrono::nanoseconds SinceFirstAppend(std::chrono::steady_clock::time_point now) const;
 
   const std::string spare_path_;  // prefix + ".spare"
   std::mutex prep_mu_;            // guards the spare's state below; taken after mu_, never before it

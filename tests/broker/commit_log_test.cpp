@@ -104,6 +104,13 @@ std::vector<std::string> SegmentFiles(const TempDir& dir) {
   return out;
 }
 
+// Copies every segment in from into to, as a crash would leave them.
+void CopySegments(const TempDir& from, const TempDir& to) {
+  for (const auto& f : SegmentFiles(from)) {
+    std::filesystem::copy_file(f, to / std::filesystem::path(f).filename().string());
+  }
+}
+
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
@@ -863,9 +870,7 @@ TEST_CASE("commit log: a busy log's next segment is written ahead as zeros, and 
   // A copy taken now (as a crash would leave it) replays every entry: the
   // zeros after the last one end the segment.
   TempDir crashed;
-  for (const auto& f : SegmentFiles(dir)) {
-    std::filesystem::copy_file(f, crashed / std::filesystem::path(f).filename().string());
-  }
+  CopySegments(dir, crashed);
   for (uint64_t i = 0; i < per_segment; ++i) lsn = *log->Append(entry);
   log.reset();
   auto o2 = o;
@@ -972,7 +977,7 @@ TEST_CASE("commit log: a released segment larger than a deletion step is removed
   const auto files = SegmentFiles(dir);
   REQUIRE(files.size() == 3);
   REQUIRE(std::filesystem::file_size(files[0]) > (2u << 20));
-  const uint64_t per_segment = (o.segment_bytes) / (kHeader + entry.size());
+  const uint64_t per_segment = o.segment_bytes / (kHeader + entry.size());
   REQUIRE(log->Release(per_segment).ok());
   CHECK(SegmentFiles(dir) == std::vector<std::string>(files.begin() + 1, files.end()));
   CHECK(log->bytes_on_disk() == (lsn - per_segment) * (kHeader + entry.size()));
@@ -995,9 +1000,7 @@ TEST_CASE("commit log: a released segment cut short by a crash while it was dele
   for (const size_t keep : {size_t{0}, kHeader + 200 + 100, 2 * (kHeader + 200)}) {
     INFO("the first segment cut to " << keep << " bytes");
     TempDir copy;
-    for (const auto& f : files) {
-      std::filesystem::copy_file(f, copy / std::filesystem::path(f).filename().string());
-    }
+    CopySegments(dir, copy);
     WriteAll(copy / std::filesystem::path(files[0]).filename().string(), first.substr(0, keep));
     auto oc = o;
     oc.prefix = copy / "liaison.db-log";
