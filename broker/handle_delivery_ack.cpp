@@ -208,49 +208,33 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
       // frame as they are (no copy of the message, no re-serialization).
       wire = m.wire;
     } else {
-      // A redacted copy: parsed from the stored bytes (they parsed at publish).
-      v1::Message* copy = del->mutable_message();
-      if (!copy->ParseFromString(*m.wire)) {
-        spdlog::error("{}: {} from {}: the stored message does not parse, keeping it queued", tag_, m.message_id,
-                      m.sender);
-        broker_.mailboxes.Return({std::move(d)});
-        return Sent::kHeld;
-      }
+      // A redacted copy, made from the stored bytes (policy/redact.h).
       Result<policy::PseudonymKey> key = Status::NotFound("no pseudonymisation asked");
       if (!obligations->pseudonymise_categories.empty() || !obligations->pseudonymise_paths.empty()) {
         key = broker_.keys->Current(agreement);
       }
-      auto report = policy::ApplyObligations(copy, *obligations, key.ok() ? &key.value() : nullptr);
-      if (!report.ok()) {
+      auto copy = policy::RedactCopy(*m.wire, *obligations, key.ok() ? &key.value() : nullptr);
+      if (!copy.ok()) {
         // The copy cannot be made safe: keep it queued and say so loudly.
         spdlog::error("{}: {} from {}: cannot apply obligations, keeping it queued: {}", tag_, m.message_id, m.sender,
-                      report.status().message());
+                      copy.status().message());
         broker_.mailboxes.Return({std::move(d)});
         return Sent::kHeld;
       }
-      auto* renv = copy->mutable_envelope();
       std::string pseud;
-      for (const auto& p : report->redacted_paths) {
-        renv->add_redacted_paths(p);
+      for (const auto& p : copy->report.redacted_paths) {
         inflight.obligations += (inflight.obligations.empty() ? "redacted:" : ",") + p;
       }
-      for (const auto& p : report->pseudonymised_paths) {
-        renv->add_pseudonymised_paths(p);
-        pseud += (pseud.empty() ? "" : ",") + p;
-      }
+      for (const auto& p : copy->report.pseudonymised_paths) pseud += (pseud.empty() ? "" : ",") + p;
       if (!pseud.empty()) {
         inflight.obligations += (inflight.obligations.empty() ? "" : ";") + std::string("pseudonymised:") + pseud +
                                 " (key v" + std::to_string(key->version) + ")";
       }
+      wire = std::make_shared<const std::string>(std::move(copy->wire));
     }
-    if (wire) {
-      // The same bytes for every recipient that gets them unredacted.
-      inflight.body_hmac = m.WireDigest(*broker_.store);
-    } else {
-      // A copy redacted here is serialized once: for its digest and the frame.
-      wire = std::make_shared<const std::string>(del->message().SerializeAsString());
-      inflight.body_hmac = broker_.store->BodyDigest(*wire);
-    }
+    // The same bytes for every recipient that gets them unredacted; a copy
+    // redacted here has its own digest.
+    inflight.body_hmac = obligations->empty() ? m.WireDigest(*broker_.store) : broker_.store->BodyDigest(*wire);
     inflight.rules = rules;
     inflight.policy_version = policy->version();
   } else if (d.kind == DeliveryKind::kRecallNotice) {

@@ -17,6 +17,7 @@
 #include <stdexcept>
 
 #include "common/sha256.h"
+#include "policy/detail/redact_rules.h"
 #include "proto/detail/field_plan.h"
 #include "proto/detail/pb.h"
 
@@ -26,6 +27,7 @@ namespace {
 using google::protobuf::Descriptor;
 using google::protobuf::FieldDescriptor;
 using google::protobuf::Reflection;
+using detail::Covers;
 
 constexpr size_t kKeyBytes = 32;
 constexpr size_t kPseudonymBytes = 16;
@@ -50,18 +52,6 @@ const FieldDescriptor* BodyField(std::string_view name) {
     if (oneof->field(i)->name() == name) return oneof->field(i);
   }
   return nullptr;
-}
-
-// Does one of paths name path or one of its ancestors? (The sets are small:
-// the paths one rule names.)
-bool Covers(const std::set<std::string>& paths, std::string_view path) {
-  for (const std::string& p : paths) {
-    if (path.size() >= p.size() && path.compare(0, p.size(), p) == 0 &&
-        (path.size() == p.size() || path[p.size()] == '.')) {
-      return true;
-    }
-  }
-  return false;
 }
 
 bool IsSet(const google::protobuf::Message& m, const proto::FieldPlan& p) {
@@ -200,8 +190,7 @@ std::string CollapseWhiteSpace(const uint8_t* s, size_t n) {
 
 }  // namespace
 
-Result<RedactionReport> ApplyObligations(v1::Message* message, const Obligations& o,
-                                         const PseudonymKey* key) {
+Status detail::CheckPseudonymKey(const Obligations& o, const PseudonymKey* key) {
   const bool pseudonymises = !o.pseudonymise_categories.empty() || !o.pseudonymise_paths.empty();
   if (pseudonymises && key == nullptr) {
     return Status::Internal("pseudonymisation required but no pseudonym key given");
@@ -211,6 +200,12 @@ Result<RedactionReport> ApplyObligations(v1::Message* message, const Obligations
                             std::to_string(key->version) + " is not " +
                             std::to_string(kKeyBytes) + " bytes");
   }
+  return Status::Ok();
+}
+
+Result<RedactionReport> ApplyObligations(v1::Message* message, const Obligations& o,
+                                         const PseudonymKey* key) {
+  if (Status s = detail::CheckPseudonymKey(o, key); !s.ok()) return s;
   // Past the checks above nothing fails: the message is changed in place
   // (a copy to change and swap in cost as much as the redaction itself).
   proto::DiscardUnknownFields(message);

@@ -1,8 +1,10 @@
 // Per-recipient redaction and pseudonymisation of a message body: the
 // broker applies a permit's Obligations (policy/obligations.h) to its own
-// copy of a message before delivering it to one recipient. The walk goes
-// through protobuf reflection and the schema's (liaison.v1.data_category)
-// annotations, so a field added to the schema is covered without code here.
+// copy of a message before delivering it to one recipient. The walks go
+// by the schema's descriptors and (liaison.v1.data_category) annotations,
+// so a field added to the schema is covered without code here:
+// ApplyObligations over a parsed message by reflection (the definition),
+// RedactCopy over the stored bytes (what the broker calls; the same bytes).
 // Stateless functions; thread-safe.
 #pragma once
 
@@ -53,6 +55,25 @@ struct RedactionReport {
 // error and leaves the message unchanged.
 Result<RedactionReport> ApplyObligations(v1::Message* message, const Obligations& o,
                                          const PseudonymKey* key);
+
+// A recipient's copy of a message, obligations applied (RedactCopy).
+struct RedactedCopy {
+  std::string wire;  // the serialized Message
+  RedactionReport report;
+  bool parsed = false;  // made by parsing, not by the walk over the bytes
+};
+
+// The copy of wire, a serialized Message as the broker stores it, that one
+// recipient gets: ApplyObligations(o, key) applied, the report's paths added
+// to the envelope's redacted_paths and pseudonymised_paths, serialized.
+// The bytes are exactly those of parsing wire, ApplyObligations, adding the
+// paths and SerializeAsString. When wire is as serializing writes it (the
+// broker stores nothing else), a walk over the bytes makes the copy without
+// parsing them; bytes the walk does not follow (unknown or misplaced fields,
+// a second body, fields out of order) are parsed. Errors: ApplyObligations's
+// (a key missing or unusable), and InvalidArgument when wire does not parse
+// as a Message.
+Result<RedactedCopy> RedactCopy(std::string_view wire, const Obligations& o, const PseudonymKey* key);
 
 // For the policy loader: does path name a field of a body message? The first
 // element is a message type ("incident_report", "case_referral",

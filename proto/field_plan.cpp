@@ -148,6 +148,60 @@ const FieldPlan* MessagePlan::Find(int number) const {
   return it != fields.end() && it->number == number ? &*it : nullptr;
 }
 
+size_t CanonicalSize(const WireField& w) {
+  const size_t tag = VarintSize(static_cast<uint64_t>(w.number) << 3 | w.wire_type);
+  switch (w.wire_type) {
+    case 0: return tag + VarintSize(w.value);
+    case 1: return tag + 8;
+    case 5: return tag + 4;
+    default: return tag + VarintSize(w.payload.size()) + w.payload.size();
+  }
+}
+
+bool CanonicalVarint(uint64_t v, const FieldPlan& f) {
+  switch (f.field->type()) {
+    case FieldDescriptor::TYPE_INT32:
+    case FieldDescriptor::TYPE_ENUM:
+      return SignExtended32(v);
+    case FieldDescriptor::TYPE_UINT32:
+    case FieldDescriptor::TYPE_SINT32:
+      return v <= 0xFFFFFFFFu;
+    case FieldDescriptor::TYPE_BOOL:
+      return v <= 1;
+    default:
+      return true;
+  }
+}
+
+bool CanonicalPacked(std::string_view payload, const FieldPlan& f) {
+  const auto* p = reinterpret_cast<const uint8_t*>(payload.data());
+  const uint8_t* const end = p + payload.size();
+  if (p == end) return false;
+  uint64_t v = 0;
+  while (p < end) {
+    const uint8_t* const at = p;
+    if (!ReadValue(p, end, f.wire_type, &v)) return false;
+    if (f.wire_type == 0 && (static_cast<size_t>(p - at) != VarintSize(v) || !CanonicalVarint(v, f))) return false;
+  }
+  return true;
+}
+
+bool CanonicalTimestamp(std::string_view bytes) {
+  const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
+  const uint8_t* const end = p + bytes.size();
+  uint32_t last = 0;
+  WireField w;
+  while (p < end) {
+    const uint8_t* const start = p;
+    if (!ReadField(p, end, &w) || w.wire_type != 0 || w.number <= last || w.number > 2 || w.value == 0 ||
+        static_cast<size_t>(p - start) != CanonicalSize(w) || (w.number == 2 && !SignExtended32(w.value))) {
+      return false;
+    }
+    last = w.number;
+  }
+  return true;
+}
+
 bool MayHoldUnknownFields(std::string_view wire, const Descriptor* d) {
   const PlanMap& wire_plans = WirePlans();
   auto it = wire_plans.find(d);

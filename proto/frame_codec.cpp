@@ -24,14 +24,6 @@ Result<uint32_t> DecodeFrameLength(const uint8_t header[kFrameHeaderBytes], uint
 
 namespace {
 
-void PutVarint(std::string* out, uint64_t v) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<char>((v & 0x7F) | 0x80));
-    v >>= 7;
-  }
-  out->push_back(static_cast<char>(v));
-}
-
 uint32_t Tag(int field, google::protobuf::internal::WireFormatLite::WireType type) {
   return google::protobuf::internal::WireFormatLite::MakeTag(field, type);
 }

@@ -179,7 +179,7 @@ class SurelyValidScan {
       if (canonical_) {
         canonical_ = (w.number > last || (w.number == last && f->repeated && !f->packable)) &&
                      (packed || !f->packable) && static_cast<size_t>(p - start) == CanonicalSize(w) &&
-                     (f->repeated || f->field->has_presence() || !Default(w));
+                     (f->repeated || f->field->has_presence() || !HoldsDefault(w));
         last = w.number;
       }
       uint32_t& n = count[f - plan.fields.data()];
@@ -227,48 +227,6 @@ class SurelyValidScan {
   // Plans with more fields go to CheckFields (no liaison.v1 type has so many).
   static constexpr size_t kMaxFields = 64;
 
-  // The bytes the serializer writes for w: its tag, then its value (a
-  // varint, 8 or 4 bytes, or a length and the payload), each varint shortest.
-  static size_t CanonicalSize(const WireField& w) {
-    const size_t tag = VarintSize(static_cast<uint64_t>(w.number) << 3 | w.wire_type);
-    switch (w.wire_type) {
-      case 0: return tag + VarintSize(w.value);
-      case 1: return tag + 8;
-      case 5: return tag + 4;
-      default: return tag + VarintSize(w.payload.size()) + w.payload.size();
-    }
-  }
-
-  // Whether w holds the value a field without presence has when unset,
-  // which the serializer leaves out: 0, all-zero bits (a -0.0 is written),
-  // an empty string or bytes.
-  static bool Default(const WireField& w) { return w.wire_type == 2 ? w.payload.empty() : w.value == 0; }
-
-  // Whether v is a 32-bit signed value as the serializer writes it: its low
-  // 32 bits sign-extended to 64.
-  static bool SignExtended32(uint64_t v) {
-    return v == static_cast<uint64_t>(static_cast<int64_t>(static_cast<int32_t>(static_cast<uint32_t>(v))));
-  }
-
-  // Whether v is how the serializer writes the value the parser makes of
-  // it for a varint field of f's type: 32-bit signed values sign-extended,
-  // unsigned and zigzag ones within 32 bits, bools as 1 or 0.
-  static bool CanonicalVarint(uint64_t v, const FieldPlan& f) {
-    using FD = google::protobuf::FieldDescriptor;
-    switch (f.field->type()) {
-      case FD::TYPE_INT32:
-      case FD::TYPE_ENUM:
-        return SignExtended32(v);
-      case FD::TYPE_UINT32:
-      case FD::TYPE_SINT32:
-        return v <= 0xFFFFFFFFu;
-      case FD::TYPE_BOOL:
-        return v <= 1;
-      default:
-        return true;
-    }
-  }
-
   // One value of a numeric field (ReadValue's), checked as CheckFields
   // checks it: enums as the parser stores them (the low 32 bits), doubles
   // from their bits.
@@ -287,23 +245,19 @@ class SurelyValidScan {
   }
 
   // A google.protobuf.Timestamp's bytes: seconds (1) and nanos (2), the
-  // last of each kept, as the parser keeps them; canonical when each is
-  // there once, in order, not 0, nanos sign-extended.
+  // last of each kept, as the parser keeps them.
   bool Timestamp(const uint8_t* p, const uint8_t* end) {
+    canonical_ = canonical_ &&
+                 CanonicalTimestamp(std::string_view(reinterpret_cast<const char*>(p), static_cast<size_t>(end - p)));
     int64_t seconds = 0;
     int32_t nanos = 0;
-    uint32_t last = 0;
     WireField w;
     while (p < end) {
-      const uint8_t* const start = p;
       if (!ReadField(p, end, &w) || w.wire_type != 0) return false;
-      canonical_ = canonical_ && w.number > last && w.value != 0 && static_cast<size_t>(p - start) == CanonicalSize(w);
-      last = w.number;
       if (w.number == 1) {
         seconds = static_cast<int64_t>(w.value);
       } else if (w.number == 2) {
         nanos = static_cast<int32_t>(static_cast<uint32_t>(w.value));
-        canonical_ = canonical_ && SignExtended32(w.value);
       } else {
         return false;
       }

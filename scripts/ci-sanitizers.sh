@@ -60,8 +60,8 @@ tsan() {
 fuzz() {
   local seconds=${FUZZ_SECONDS:-30} out="$PWD/build-asan/fuzz-out" target
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DLIAISON_SANITIZE=address,undefined -DLIAISON_FUZZ=ON
-  cmake --build build-asan -j "$JOBS" --target fuzz_frame fuzz_json fuzz_policy fuzz_config fuzz_audit fuzz_audit_chunks fuzz_session fuzz_log_group fuzz_commit_log
-  for target in frame json policy config audit audit_chunks session log_group commit_log; do
+  cmake --build build-asan -j "$JOBS" --target fuzz_frame fuzz_json fuzz_policy fuzz_config fuzz_audit fuzz_audit_chunks fuzz_session fuzz_log_group fuzz_commit_log fuzz_redact
+  for target in frame json policy config audit audit_chunks session log_group commit_log redact; do
     rm -rf "$out/$target"
     mkdir -p "$out/$target/corpus"
     # fuzz_session's broker threads add coverage and allocations to every

@@ -16,6 +16,7 @@ catch_discover_tests(unit_tests EXTRA_ARGS --warn NoTests TEST_PREFIX "unit: ")
 # Redaction, pseudonyms and their keys (policy/redact.h, policy/pseudonym_keys.h).
 target_sources(unit_tests PRIVATE
   policy/redact_test.cpp
+  policy/redact_copy_test.cpp
   policy/pseudonym_keys_test.cpp)
 target_sources(unit_tests PRIVATE policy/evaluate_test.cpp)
 target_sources(unit_tests PRIVATE common/audit_record_test.cpp)

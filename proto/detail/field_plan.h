@@ -16,6 +16,8 @@
 #include <string_view>
 #include <vector>
 
+#include "proto/detail/varint.h"
+
 namespace liaison::proto {
 
 enum class FieldKind : unsigned char {
@@ -81,5 +83,37 @@ bool MayHoldUnknownFields(std::string_view wire, const google::protobuf::Descrip
 // (several occurrences it would merge, or replace by the last member).
 // Null otherwise, and when wire does not parse as far as the walk goes.
 const google::protobuf::FieldDescriptor* OnlyBodyMember(std::string_view wire, std::string_view* bytes);
+
+// What protobuf's serializer writes, for the walks that need to know
+// whether bytes are exactly that (validation's canonical(), RedactCopy):
+
+// The bytes the serializer writes for w: its tag, then its value (a varint,
+// 8 or 4 bytes, or a length and the payload), each varint shortest.
+size_t CanonicalSize(const WireField& w);
+
+// Whether w holds the value a field without presence has when unset, which
+// the serializer leaves out: 0, all-zero bits (a -0.0 is written), an empty
+// string or bytes.
+inline bool HoldsDefault(const WireField& w) { return w.wire_type == 2 ? w.payload.empty() : w.value == 0; }
+
+// Whether v is a 32-bit signed value as the serializer writes it: its low 32
+// bits sign-extended to 64.
+inline bool SignExtended32(uint64_t v) {
+  return v == static_cast<uint64_t>(static_cast<int64_t>(static_cast<int32_t>(static_cast<uint32_t>(v))));
+}
+
+// Whether v is how the serializer writes the value the parser makes of it
+// for a varint field of f's type: 32-bit signed values sign-extended,
+// unsigned and zigzag ones within 32 bits, bools as 1 or 0.
+bool CanonicalVarint(uint64_t v, const FieldPlan& f);
+
+// Whether payload, the packed elements of f, is as the serializer packs
+// them: at least one, each varint shortest and canonical.
+bool CanonicalPacked(std::string_view payload, const FieldPlan& f);
+
+// Whether bytes are a google.protobuf.Timestamp as the serializer writes
+// it: seconds (1) and nanos (2) each at most once, in order, not 0, each
+// varint shortest, nanos sign-extended.
+bool CanonicalTimestamp(std::string_view bytes);
 
 }  // namespace liaison::proto

@@ -1,10 +1,12 @@
-// Reading protobuf wire format from raw bytes, for the walks over
+// Reading (and writing) protobuf wire format as raw bytes, for the walks over
 // serialized messages that do not parse them (proto/field_plan.cpp,
-// proto/frame_codec.cpp, proto/validate.cpp). Internal.
+// proto/frame_codec.cpp, proto/validate.cpp, policy/redact_copy.cpp).
+// Internal.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace liaison::proto {
@@ -32,6 +34,15 @@ inline size_t VarintSize(uint64_t v) {
     ++n;
   }
   return n;
+}
+
+// Appends the shortest varint encoding of v (the serializer's).
+inline void PutVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7F) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
 }
 
 // One value of wire type 0 (a varint), 1 (8 bytes) or 5 (4 bytes) at p,

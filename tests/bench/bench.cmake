@@ -1,7 +1,7 @@
 # liaison-bench: performance benchmarks (docs/benchmarks.md). Built always,
 # not only with the tests, so a release build can be measured; one
 # executable with a subcommand per benchmark (policy, audit, e2e, flood,
-# connections).
+# connections, redact).
 add_executable(liaison-bench
   ${CMAKE_CURRENT_LIST_DIR}/liaison_bench.cpp
   ${CMAKE_CURRENT_LIST_DIR}/policy_bench.cpp
@@ -9,7 +9,8 @@ add_executable(liaison-bench
   ${CMAKE_CURRENT_LIST_DIR}/harness.cpp
   ${CMAKE_CURRENT_LIST_DIR}/e2e_bench.cpp
   ${CMAKE_CURRENT_LIST_DIR}/flood_bench.cpp
-  ${CMAKE_CURRENT_LIST_DIR}/connections_bench.cpp)
+  ${CMAKE_CURRENT_LIST_DIR}/connections_bench.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/redact_bench.cpp)
 target_link_libraries(liaison-bench PRIVATE liaison_policy liaison_store liaison_client CLI11::CLI11 yaml-cpp)
 # Its clients allocate as an agent's do (with glibc's malloc a fifth of
 # their CPU went to the allocator; docs/benchmarks.md, twelfth session).
@@ -27,6 +28,8 @@ if(LIAISON_BUILD_TESTS)
   add_test(NAME bench_policy_smoke
     COMMAND liaison-bench policy --agencies 50 --groups 10 --rules 200 --decisions 2000)
   set_tests_properties(bench_policy_smoke PROPERTIES PASS_REGULAR_EXPRESSION "\"median_ns\"" TIMEOUT 60)
+  add_test(NAME bench_redact_smoke COMMAND liaison-bench redact --copies 200 --rounds 3)
+  set_tests_properties(bench_redact_smoke PROPERTIES PASS_REGULAR_EXPRESSION "\"walk_ns\"" TIMEOUT 60)
   add_test(NAME bench_audit_smoke COMMAND liaison-bench audit --records 20000 --queries 20)
   set_tests_properties(bench_audit_smoke PROPERTIES PASS_REGULAR_EXPRESSION "\"append_per_s\"" TIMEOUT 120)
   # A few hundred messages through a real broker; the line must parse and

@@ -15,5 +15,6 @@ void RegisterAudit(CLI::App& app, int* exit_code);
 void RegisterE2e(CLI::App& app, int* exit_code);
 void RegisterFlood(CLI::App& app, int* exit_code);
 void RegisterConnections(CLI::App& app, int* exit_code);
+void RegisterRedact(CLI::App& app, int* exit_code);
 
 }  // namespace liaison::bench

@@ -4,6 +4,7 @@
 //   liaison-bench e2e [--publishers 4 --messages 50000 --size 1024 --window 256 --rate 2000 --duration 10]
 //   liaison-bench flood [--publishers 4 --rate 2000 --duration 10 --flood-factor 10 --rate-limit 1000]
 //   liaison-bench connections [--sessions 10000 --agencies 20]
+//   liaison-bench redact [--copies 20000 --rounds 7 --size 1024]
 #include "tests/bench/bench.h"
 
 int main(int argc, char** argv) {
@@ -15,6 +16,7 @@ int main(int argc, char** argv) {
   liaison::bench::RegisterE2e(app, &exit_code);
   liaison::bench::RegisterFlood(app, &exit_code);
   liaison::bench::RegisterConnections(app, &exit_code);
+  liaison::bench::RegisterRedact(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

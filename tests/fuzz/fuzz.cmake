@@ -1,7 +1,7 @@
 # libFuzzer targets (clang only): configure with -DLIAISON_FUZZ=ON and
 # -DLIAISON_SANITIZE=address,undefined. scripts/ci-sanitizers.sh replays each
 # target's corpus in tests/fuzz/corpus/<name>/ and fuzzes it for a while.
-set(FUZZ_TARGETS frame json policy config audit audit_chunks session log_group commit_log)
+set(FUZZ_TARGETS frame json policy config audit audit_chunks session log_group commit_log redact)
 foreach(name ${FUZZ_TARGETS})
   add_executable(fuzz_${name} ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/${name}_fuzz.cpp)
   target_compile_options(fuzz_${name} PRIVATE -fsanitize=fuzzer)
