@@ -9,6 +9,7 @@
 // so the copy is the same, byte for byte, either way.
 #include <google/protobuf/descriptor.h>
 
+#include <deque>
 #include <set>
 #include <string>
 #include <string_view>
@@ -155,7 +156,10 @@ class WireRedactor {
   const PseudonymKey* key_;
   std::set<std::string> redacted_;
   std::set<std::string> pseudonymised_;
-  std::vector<std::string> scratch_;  // one buffer per depth, reused
+  // One buffer per depth, reused. A deque: growing it for a deeper level
+  // leaves the shallower levels' buffers, which callers are writing, where
+  // they are.
+  std::deque<std::string> scratch_;
 };
 
 // Where in an envelope's fields (the serializer's order) the new elements of
