@@ -75,6 +75,10 @@ struct RedactedCopy {
 // as a Message.
 Result<RedactedCopy> RedactCopy(std::string_view wire, const Obligations& o, const PseudonymKey* key);
 
+// The same copy made by parsing wire, whatever its bytes (the definition;
+// RedactCopy's path for bytes its walk does not follow). parsed is true.
+Result<RedactedCopy> RedactCopyByParsing(std::string_view wire, const Obligations& o, const PseudonymKey* key);
+
 // For the policy loader: does path name a field of a body message? The first
 // element is a message type ("incident_report", "case_referral",
 // "case_update"; alone it names the whole body), each further element a

@@ -243,7 +243,11 @@ Result<RedactedCopy> RedactCopy(std::string_view wire, const Obligations& o, con
   if (Status s = detail::CheckPseudonymKey(o, key); !s.ok()) return s;
   RedactedCopy copy;
   if (WalkCopy(wire, o, key, &copy)) return copy;
-  // The slow path, and the definition of the result.
+  return RedactCopyByParsing(wire, o, key);
+}
+
+Result<RedactedCopy> RedactCopyByParsing(std::string_view wire, const Obligations& o, const PseudonymKey* key) {
+  if (Status s = detail::CheckPseudonymKey(o, key); !s.ok()) return s;
   v1::Message message;
   if (!message.ParseFromArray(wire.data(), static_cast<int>(wire.size()))) {
     return Status::InvalidArgument("the stored message does not parse as liaison.v1.Message");
@@ -253,6 +257,7 @@ Result<RedactedCopy> RedactCopy(std::string_view wire, const Obligations& o, con
   auto* env = message.mutable_envelope();
   for (const auto& p : report->redacted_paths) env->add_redacted_paths(p);
   for (const auto& p : report->pseudonymised_paths) env->add_pseudonymised_paths(p);
+  RedactedCopy copy;
   copy.wire = message.SerializeAsString();
   copy.report = std::move(report).value();
   copy.parsed = true;
