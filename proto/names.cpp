@@ -62,7 +62,7 @@ std::string DataCategoryName(int category) {
 }
 
 std::string MessageTypeName(const v1::Message& message) {
-  const auto* oneof = v1::Message::descriptor()->FindOneofByName("body");
+  static const auto* const oneof = v1::Message::descriptor()->FindOneofByName("body");  // once: a lookup by name
   const auto* field = message.GetReflection()->GetOneofFieldDescriptor(message, oneof);
   return field ? field->name() : std::string();
 }
