@@ -221,6 +221,29 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
         broker_.mailboxes.Return({std::move(d)});
         return Sent::kHeld;
       }
+      // Pseudonyms are longer than most values they replace: a message that
+      // fitted a frame may make a copy that does not. It could never be
+      // sent, so it is refused for this recipient, not retried for ever.
+      if (const size_t limit = broker_.config.limits.max_frame_bytes; copy->wire.size() + kDeliverOverhead > limit) {
+        spdlog::warn("{}: {} {} from {}: its copy with the obligations applied is {} bytes, too large for a frame "
+                     "({} bytes); refused for this recipient",
+                     tag_, type, m.message_id, m.sender, copy->wire.size(), limit);
+        const std::string why = "the copy for '" + agency_ + "', with its obligations applied, is " +
+                                std::to_string(copy->wire.size()) + " bytes, over the limit of " +
+                                std::to_string(limit) + " bytes a frame";
+        QueueChange c(broker_);
+        audit::Record r = CopyRecord("not_delivered", m, agency_);
+        r.actor = agency_;
+        r.cert_sha256 = identity_.cert_sha256;
+        r.decision = "refused:too_large";
+        r.rules = rules;
+        r.policy_version = policy->version();
+        r.detail = why;
+        c.batch.records.push_back(std::move(r));
+        c.Finish(d, DeliveryState::kRefused, v1::OUTCOME_REFUSED, v1::REASON_INVALID_MESSAGE, why, true);
+        SubmitSettled(c, d);
+        return Sent::kSettled;
+      }
       std::string pseud;
       for (const auto& p : copy->report.redacted_paths) {
         inflight.obligations += (inflight.obligations.empty() ? "redacted:" : ",") + p;

@@ -21,9 +21,6 @@
 namespace liaison::broker {
 namespace {
 
-// Room a Deliver frame needs around its message: frame and Deliver tags,
-// lengths, delivery id and attempt.
-constexpr size_t kDeliverOverhead = 64;
 
 struct Target {
   std::string agency;

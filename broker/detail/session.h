@@ -33,6 +33,11 @@ namespace liaison::broker {
 
 class BrokerState;
 
+// Room a Deliver frame needs around its message: frame and Deliver tags,
+// lengths, delivery id and attempt. A message, or a recipient's redacted
+// copy, must fit max_frame_bytes with it.
+inline constexpr size_t kDeliverOverhead = 64;
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
   // source: the peer's handshake source (Admission::BeginHandshake), whose

@@ -144,6 +144,43 @@ TEST_CASE("a copy whose pseudonyms cannot be made waits without stalling its rec
   CHECK(d->message().incident_report().persons(0).full_name().rfind("ps:v1:", 0) == 0);
 }
 
+TEST_CASE("a copy its pseudonyms make too large for a frame is refused for that recipient and audited", "[policy-e2e]") {
+  broker::Limits l;
+  l.max_frame_bytes = 16 * 1024;
+  TestBroker broker(l, 2, ExamplePolicy());
+  RawClient school;
+  REQUIRE(ConnectReceiving(school, broker.port(), "school", 4));
+  Receiver health(broker.port(), "health");  // gets it as it is
+  auto police = Connect(broker.port(), "police");
+  v1::Message m = IncidentReport({"school", "health"});
+  // 450 names of one letter: the school's copy has a 38-byte pseudonym for
+  // each (police -> school pseudonymises identifying fields), 16 KiB more.
+  for (int i = 0; i < 450; ++i) m.mutable_incident_report()->add_persons()->set_full_name("X");
+  REQUIRE(m.ByteSizeLong() < 8 * 1024);
+  auto r = police->Publish(m);
+  REQUIRE(r.status.ok());
+  REQUIRE(Outcomes(r)["school"] == "queued");
+  REQUIRE(health.WaitCount(1));  // the message itself fits
+  std::string detail;
+  REQUIRE(WaitFor([&] {
+    for (const auto& leaf : AuditColumn(broker, m.envelope().message_id(), "leaf")) {
+      auto rec = audit::DecodeLeaf(leaf);
+      if (rec.ok() && rec->event == "not_delivered" && rec->recipient == "school" &&
+          rec->decision == "refused:too_large") {
+        detail = rec->detail;
+        return true;
+      }
+    }
+    return false;
+  }));
+  CHECK(detail.find("over the limit of 16384 bytes a frame") != std::string::npos);
+  // Refused, not waiting: nothing reaches the school, now or later.
+  std::vector<v1::Deliver> early;
+  CHECK(PingPong(school, 1, &early));
+  CHECK(PingPong(school, 2, &early));
+  CHECK(early.empty());
+}
+
 TEST_CASE("an agreement that has expired stops sharing", "[policy-e2e]") {
   TestBroker broker({}, 2, ExamplePolicy());
   Receiver ngo(broker.port(), "youth-ngo");
