@@ -129,6 +129,23 @@ void Session::SubmitSettled(QueueChange& c, const QueuedDelivery& d) {
   });
 }
 
+Session::Sent Session::RefuseCopy(const QueuedDelivery& d, std::string decision, std::string rules,
+                                  std::string policy_version, std::string record_detail, v1::Reason reason,
+                                  const std::string& sender_detail) {
+  QueueChange c(broker_);
+  audit::Record r = CopyRecord("not_delivered", *d.message, agency_);
+  r.actor = agency_;
+  r.cert_sha256 = identity_.cert_sha256;
+  r.decision = std::move(decision);
+  r.rules = std::move(rules);
+  r.policy_version = std::move(policy_version);
+  r.detail = std::move(record_detail);
+  c.batch.records.push_back(std::move(r));
+  c.Finish(d, DeliveryState::kRefused, v1::OUTCOME_REFUSED, reason, sender_detail, true);
+  SubmitSettled(c, d);
+  return Sent::kSettled;
+}
+
 Session::Sent Session::SendDelivery(QueuedDelivery d) {
   v1::Frame f;
   auto* del = f.mutable_deliver();
@@ -181,25 +198,14 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
       // before it acknowledges it): the sender and the record say so, as
       // an expiry's do (ExpireCopy), not that it was never shared.
       const bool sent = d.attempts > 0;
-      QueueChange c(broker_);
-      audit::Record r = CopyRecord("not_delivered", m, agency_);
-      r.actor = agency_;
-      r.cert_sha256 = identity_.cert_sha256;
-      r.decision = "deny";
-      r.rules = rules;
-      r.policy_version = policy->version();
-      r.detail = "re-checked at delivery: " + reason;
+      std::string detail = "re-checked at delivery: " + reason;
       if (sent) {
-        r.detail +=
+        detail +=
             "; attempts=" + std::to_string(d.attempts) + "; sent but never acknowledged: the recipient may have it";
       }
-      c.batch.records.push_back(std::move(r));
-      c.Finish(d, DeliveryState::kRefused, v1::OUTCOME_REFUSED, v1::REASON_NOT_PERMITTED,
-               "the network's policy no longer permits sharing this message with '" + agency_ + "'" +
-                   (sent ? "; it was " + SentUnacknowledged(d) + " before, so the recipient may have it" : ""),
-               true);
-      SubmitSettled(c, d);
-      return Sent::kSettled;
+      return RefuseCopy(d, "deny", rules, policy->version(), std::move(detail), v1::REASON_NOT_PERMITTED,
+                        "the network's policy no longer permits sharing this message with '" + agency_ + "'" +
+                            (sent ? "; it was " + SentUnacknowledged(d) + " before, so the recipient may have it" : ""));
     }
     const auto obligations = policy->SharedObligationsOf(decision);
     const std::string& agreement = policy->agreements()[decision.agreement].id;
@@ -231,18 +237,7 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
         const std::string why = "the copy for '" + agency_ + "', with its obligations applied, is " +
                                 std::to_string(copy->wire.size()) + " bytes, over the limit of " +
                                 std::to_string(limit) + " bytes a frame";
-        QueueChange c(broker_);
-        audit::Record r = CopyRecord("not_delivered", m, agency_);
-        r.actor = agency_;
-        r.cert_sha256 = identity_.cert_sha256;
-        r.decision = "refused:too_large";
-        r.rules = rules;
-        r.policy_version = policy->version();
-        r.detail = why;
-        c.batch.records.push_back(std::move(r));
-        c.Finish(d, DeliveryState::kRefused, v1::OUTCOME_REFUSED, v1::REASON_INVALID_MESSAGE, why, true);
-        SubmitSettled(c, d);
-        return Sent::kSettled;
+        return RefuseCopy(d, "refused:too_large", rules, policy->version(), why, v1::REASON_INVALID_MESSAGE, why);
       }
       std::string pseud;
       for (const auto& p : copy->report.redacted_paths) {

@@ -152,6 +152,12 @@ class Session : public std::enable_shared_from_this<Session> {
   // Commits c, which settles d without sending it (kSettled); if that
   // fails, d goes back to the queue and the pump pauses (HoldAndGiveBack).
   void SubmitSettled(QueueChange& c, const QueuedDelivery& d);
+  // Refuses message copy d at delivery (the policy's re-check, or a copy
+  // too large for a frame): audited not_delivered with decision, rules,
+  // policy_version and record_detail; out of the queue; the sender gets a
+  // report with reason and sender_detail. kSettled.
+  Sent RefuseCopy(const QueuedDelivery& d, std::string decision, std::string rules, std::string policy_version,
+                  std::string record_detail, v1::Reason reason, const std::string& sender_detail);
   // Deliveries whose commit failed go back to the queue (they are still
   // pending in the store) and this session's pump pauses for kHeldRetry:
   // taken again at once, they would fail again at once, for as long as the
