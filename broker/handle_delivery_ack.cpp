@@ -147,9 +147,6 @@ Session::Sent Session::RefuseCopy(const QueuedDelivery& d, std::string decision,
 }
 
 Session::Sent Session::SendDelivery(QueuedDelivery d) {
-  v1::Frame f;
-  auto* del = f.mutable_deliver();
-  del->set_delivery_id(static_cast<uint64_t>(d.id));
   InFlight inflight;
   std::shared_ptr<const std::string> wire;  // the message, serialized, as it goes out
   if (d.kind == DeliveryKind::kMessage) {
@@ -203,16 +200,19 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
         detail +=
             "; attempts=" + std::to_string(d.attempts) + "; sent but never acknowledged: the recipient may have it";
       }
-      return RefuseCopy(d, "deny", rules, policy->version(), std::move(detail), v1::REASON_NOT_PERMITTED,
-                        "the network's policy no longer permits sharing this message with '" + agency_ + "'" +
-                            (sent ? "; it was " + SentUnacknowledged(d) + " before, so the recipient may have it" : ""));
+      return RefuseCopy(
+          d, "deny", rules, policy->version(), std::move(detail), v1::REASON_NOT_PERMITTED,
+          "the network's policy no longer permits sharing this message with '" + agency_ + "'" +
+              (sent ? "; it was " + SentUnacknowledged(d) + " before, so the recipient may have it" : ""));
     }
     const auto obligations = policy->SharedObligationsOf(decision);
     const std::string& agreement = policy->agreements()[decision.agreement].id;
     if (obligations->empty()) {
       // The recipient gets the message as stored: its bytes go into the
-      // frame as they are (no copy of the message, no re-serialization).
+      // frame as they are (no copy of the message, no re-serialization),
+      // with their digest, the same for every such recipient.
       wire = m.wire;
+      inflight.body_hmac = m.WireDigest(*broker_.store);
     } else {
       // A redacted copy, made from the stored bytes (policy/redact.h).
       Result<policy::PseudonymKey> key = Status::NotFound("no pseudonymisation asked");
@@ -231,9 +231,10 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
       // fitted a frame may make a copy that does not. It could never be
       // sent, so it is refused for this recipient, not retried for ever.
       if (const size_t limit = broker_.config.limits.max_frame_bytes; copy->wire.size() + kDeliverOverhead > limit) {
-        spdlog::warn("{}: {} {} from {}: its copy with the obligations applied is {} bytes, too large for a frame "
-                     "({} bytes); refused for this recipient",
-                     tag_, type, m.message_id, m.sender, copy->wire.size(), limit);
+        spdlog::warn(
+            "{}: {} {} from {}: its copy with the obligations applied is {} bytes, too large for a frame "
+            "({} bytes); refused for this recipient",
+            tag_, type, m.message_id, m.sender, copy->wire.size(), limit);
         const std::string why = "the copy for '" + agency_ + "', with its obligations applied, is " +
                                 std::to_string(copy->wire.size()) + " bytes, over the limit of " +
                                 std::to_string(limit) + " bytes a frame";
@@ -249,35 +250,40 @@ Session::Sent Session::SendDelivery(QueuedDelivery d) {
                                 " (key v" + std::to_string(key->version) + ")";
       }
       wire = std::make_shared<const std::string>(std::move(copy->wire));
+      inflight.body_hmac = broker_.store->BodyDigest(*wire);  // this recipient's own bytes
     }
-    // The same bytes for every recipient that gets them unredacted; a copy
-    // redacted here has its own digest.
-    inflight.body_hmac = obligations->empty() ? m.WireDigest(*broker_.store) : broker_.store->BodyDigest(*wire);
     inflight.rules = rules;
     inflight.policy_version = policy->version();
-  } else if (d.kind == DeliveryKind::kRecallNotice) {
-    del->mutable_recall()->ParseFromString(*d.payload);
-  } else {
-    del->mutable_report()->ParseFromString(*d.payload);
   }
   d.attempts++;
   sent_attempts_.emplace_back(d.id, d.attempts);
-  del->set_attempt(d.attempts);
   inflight.sent_at = net::Clock::now();
   const int64_t id = d.id;
   const uint32_t attempt = d.attempts;
+  const DeliveryKind kind = d.kind;
+  const std::shared_ptr<const std::string> payload = d.payload;
   inflight.d = std::move(d);
   unacked_.emplace(id, std::move(inflight));
   if (wire) {
-    // Encoded straight into the outgoing queue: the message's bytes are
-    // copied once on their way out.
+    // A message (every one has its bytes by now), encoded straight into the
+    // outgoing queue: its bytes are copied once on their way out.
     SendDone(stream_.SendAppended([&](std::string* queue) {
       return proto::AppendDeliverFrame(queue, static_cast<uint64_t>(id), attempt, *wire,
                                        broker_.config.limits.max_frame_bytes);
     }));
-  } else {
-    Send(f);
+    return Sent::kSent;
   }
+  // A recall notice or a delivery report, kept serialized.
+  v1::Frame f;
+  auto* del = f.mutable_deliver();
+  del->set_delivery_id(static_cast<uint64_t>(id));
+  del->set_attempt(attempt);
+  if (kind == DeliveryKind::kRecallNotice) {
+    del->mutable_recall()->ParseFromString(*payload);
+  } else {
+    del->mutable_report()->ParseFromString(*payload);
+  }
+  Send(f);
   return Sent::kSent;
 }
 

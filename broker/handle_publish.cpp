@@ -21,7 +21,6 @@
 namespace liaison::broker {
 namespace {
 
-
 struct Target {
   std::string agency;
   bool named = true;  // named in the envelope, not reached through a group

@@ -8,6 +8,7 @@
 // broker stores nothing else) and hands anything else to the parsing path,
 // so the copy is the same, byte for byte, either way.
 #include <google/protobuf/descriptor.h>
+#include <google/protobuf/wire_format_lite.h>
 
 #include <deque>
 #include <set>
@@ -34,12 +35,9 @@ using proto::WireField;
 
 constexpr unsigned kLengthDelimited = 2;
 
-uint64_t Tag(uint32_t number, unsigned wire_type) {
-  return (uint64_t{number} << 3) | wire_type;
-}
-
 void PutBytes(std::string* out, uint32_t number, std::string_view bytes) {
-  proto::PutVarint(out, Tag(number, kLengthDelimited));
+  using WFL = google::protobuf::internal::WireFormatLite;
+  proto::PutVarint(out, WFL::MakeTag(static_cast<int>(number), WFL::WIRETYPE_LENGTH_DELIMITED));
   proto::PutVarint(out, bytes.size());
   out->append(bytes);
 }
@@ -247,7 +245,6 @@ Result<RedactedCopy> RedactCopy(std::string_view wire, const Obligations& o, con
 }
 
 Result<RedactedCopy> RedactCopyByParsing(std::string_view wire, const Obligations& o, const PseudonymKey* key) {
-  if (Status s = detail::CheckPseudonymKey(o, key); !s.ok()) return s;
   v1::Message message;
   if (!message.ParseFromArray(wire.data(), static_cast<int>(wire.size()))) {
     return Status::InvalidArgument("the stored message does not parse as liaison.v1.Message");

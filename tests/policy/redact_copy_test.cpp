@@ -17,6 +17,7 @@
 
 #include "policy/redact.h"
 #include "proto/detail/pb.h"
+#include "proto/detail/varint.h"
 #include "proto/names.h"
 
 namespace {
@@ -27,6 +28,7 @@ using liaison::policy::PseudonymKey;
 using liaison::policy::RedactCopy;
 using liaison::policy::RedactedCopy;
 using liaison::policy::RedactionReport;
+using liaison::proto::PutVarint;
 namespace v1 = liaison::v1;
 namespace pb = google::protobuf;
 
@@ -172,23 +174,16 @@ void CheckSame(const RedactedCopy& got, const RedactedCopy& want) {
 }
 
 // Wire format by hand, for the bytes the serializer would not write.
-void Varint(std::string* out, uint64_t v) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<char>((v & 0x7F) | 0x80));
-    v >>= 7;
-  }
-  out->push_back(static_cast<char>(v));
-}
 std::string LengthDelimited(int number, const std::string& bytes) {
   std::string out;
-  Varint(&out, static_cast<uint64_t>(number) << 3 | 2);
-  Varint(&out, bytes.size());
+  PutVarint(&out, static_cast<uint64_t>(number) << 3 | 2);
+  PutVarint(&out, bytes.size());
   return out + bytes;
 }
 std::string VarintField(int number, uint64_t v) {
   std::string out;
-  Varint(&out, static_cast<uint64_t>(number) << 3);
-  Varint(&out, v);
+  PutVarint(&out, static_cast<uint64_t>(number) << 3);
+  PutVarint(&out, v);
   return out;
 }
 
@@ -284,7 +279,7 @@ TEST_CASE("RedactCopy parses bytes the serializer would not write and gives the 
   const std::string what = LengthDelimited(title, report->title());
   REQUIRE(when + who + what == body);
   std::string long_title_tag;  // the tag in two bytes where one does
-  Varint(&long_title_tag, static_cast<uint64_t>(title) << 3 | 2);
+  PutVarint(&long_title_tag, static_cast<uint64_t>(title) << 3 | 2);
   long_title_tag[0] = static_cast<char>(long_title_tag[0] | 0x80);
   long_title_tag.push_back('\0');
 
