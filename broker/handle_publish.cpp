@@ -67,9 +67,13 @@ std::string PublishDigest(const std::string& unstamped) {
 // the bytes it arrived as with the validated envelope in their place when
 // validation found the rest exactly as serializing would write it (the
 // usual case, and cheaper), else serialized again. The same bytes either way.
-std::string Unstamped(const v1::Message& message, std::string_view wire, bool body_as_serialized) {
+// A message whose body was not parsed (body_parsed false) has only its
+// bytes to be serialized from.
+Result<std::string> Unstamped(const v1::Message& message, std::string_view wire, bool body_as_serialized,
+                              bool body_parsed) {
   if (body_as_serialized) {
-    if (auto r = proto::WithEnvelope(wire, message.envelope()); r.ok()) return std::move(r).value();
+    auto r = proto::WithEnvelope(wire, message.envelope());
+    if (r.ok() || !body_parsed) return r;
   }
   return message.SerializeAsString();
 }
@@ -88,10 +92,13 @@ bool Session::IsExpiredPublish(const v1::Publish& publish) {
 bool Session::AnswerExpiredRepeat(uint64_t rid, v1::Message* message, std::string_view wire) {
   // Invalid only because it has expired since?
   if (!message->envelope().has_expires_at()) return false;
-  proto::MessageLimits ml;
-  ml.max_recipients = broker_.config.limits.max_recipients;
-  bool as_serialized = false;
-  if (!proto::ValidateForPublish(message, ml, std::chrono::system_clock::time_point::min(), wire, &as_serialized).ok()) {
+  const proto::MessageLimits ml = PublishLimits();
+  const bool body_parsed = vouched_.type.empty();
+  bool as_serialized = !body_parsed;
+  const auto any_time = std::chrono::system_clock::time_point::min();
+  if (!(body_parsed ? proto::ValidateForPublish(message, ml, any_time, wire, &as_serialized)
+                    : proto::ValidateVouchedPublish(message, ml, any_time))
+           .ok()) {
     return false;
   }
   const v1::Envelope& env = message->envelope();
@@ -109,9 +116,8 @@ bool Session::AnswerExpiredRepeat(uint64_t rid, v1::Message* message, std::strin
     SendError(rid, v1::REASON_STORE_FAILURE, "the broker cannot read its store: " + stored.status().message(), false);
     return true;
   }
-  if (!stored->has_value() || (*stored)->publish_digest != PublishDigest(Unstamped(*message, wire, as_serialized))) {
-    return false;
-  }
+  const auto unstamped = Unstamped(*message, wire, as_serialized, body_parsed);
+  if (!unstamped.ok() || !stored->has_value() || (*stored)->publish_digest != PublishDigest(*unstamped)) return false;
   // The broker has it: the repeat gets the original outcome, as a repeat
   // before the expiry does.
   broker_.stats.publishes++;
@@ -157,12 +163,15 @@ void Session::HandlePublish(v1::Publish& publish) {
   }
   // In the frame's arena: what the queue keeps is taken out of it below.
   v1::Message* message = publish.mutable_message();
-  proto::MessageLimits ml;
-  ml.max_recipients = l.max_recipients;
-  // The message's bytes as they arrived: its body is checked on them.
+  const proto::MessageLimits ml = PublishLimits();
+  // The message's bytes as they arrived: its body is checked on them (or
+  // was, when ParseFrame left it unparsed).
   const std::string_view wire = proto::PublishedMessage(stream_.last_frame());
-  bool as_serialized = false;
-  if (Status s = proto::ValidateForPublish(message, ml, std::chrono::system_clock::now(), wire, &as_serialized);
+  const bool body_parsed = vouched_.type.empty();
+  bool as_serialized = !body_parsed;
+  if (Status s = body_parsed
+                     ? proto::ValidateForPublish(message, ml, std::chrono::system_clock::now(), wire, &as_serialized)
+                     : proto::ValidateVouchedPublish(message, ml, std::chrono::system_clock::now());
       !s.ok()) {
     if (!AnswerExpiredRepeat(rid, message, wire)) SendError(rid, v1::REASON_INVALID_MESSAGE, s.message(), false);
     return;
@@ -185,14 +194,21 @@ void Session::HandlePublish(v1::Publish& publish) {
     return;
   }
   // Idempotency: the message as the client sent it, before stamping.
-  const std::string unstamped = Unstamped(*message, wire, as_serialized);
-  std::string digest = PublishDigest(unstamped);
+  const auto unstamped = Unstamped(*message, wire, as_serialized, body_parsed);
+  if (!unstamped.ok()) {  // not reached: validation vouched for the bytes
+    SendError(rid, v1::REASON_INVALID_MESSAGE, unstamped.status().message(), false);
+    return;
+  }
+  std::string digest = PublishDigest(*unstamped);
   env->set_sender(agency_);
   *env->mutable_received_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
   // The stamped message as it is stored and delivered: only the envelope
   // changed, so only the envelope is serialized again.
-  auto stamped = proto::WithEnvelope(unstamped, *env);
-  if (!stamped.ok()) stamped = message->SerializeAsString();  // not reached: the envelope is set
+  auto stamped = proto::WithEnvelope(*unstamped, *env);
+  if (!stamped.ok()) {  // not reached: unstamped begins with the envelope
+    SendError(rid, v1::REASON_INVALID_MESSAGE, stamped.status().message(), false);
+    return;
+  }
   // Stamping made it larger: it must still fit every recipient's Deliver frame.
   if (stamped->size() + kDeliverOverhead > l.max_frame_bytes) {
     SendError(rid, v1::REASON_INVALID_MESSAGE,
@@ -214,7 +230,7 @@ void Session::HandlePublish(v1::Publish& publish) {
   // What the queue keeps of the message besides its bytes, and the policy
   // question, asked from it here as at each delivery.
   auto queued = std::make_shared<QueuedMessage>();
-  queued->facts = FactsOf(*message);
+  queued->facts = FactsOf(*message, vouched_);
   const std::string& type = queued->facts.message_type;
   policy::Request q = RequestFor(queued->facts, agency_);
   std::optional<policy::OriginalMessage> original;

@@ -23,10 +23,10 @@ int64_t ReportMadeMs(const std::string& payload, int64_t now_ms) {
 
 }  // namespace
 
-MessageFacts FactsOf(const v1::Message& m) {
+MessageFacts FactsOf(const v1::Message& m, const proto::VouchedBody& body) {
   MessageFacts f;
   const v1::Envelope& env = m.envelope();
-  f.message_type = proto::MessageTypeName(m);
+  f.message_type = body.type.empty() ? proto::MessageTypeName(m) : std::string(body.type);
   f.case_id = env.case_id();
   f.purpose = env.purpose();
   f.sharing_agreement = env.sharing_agreement();
@@ -35,6 +35,9 @@ MessageFacts FactsOf(const v1::Message& m) {
   if (m.has_case_referral()) {
     f.consent_status = m.case_referral().consent_status();
     f.legal_basis = m.case_referral().legal_basis();
+  } else if (!body.type.empty()) {
+    f.consent_status = body.consent_status;
+    f.legal_basis = body.legal_basis;
   }
   return f;
 }

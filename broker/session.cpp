@@ -169,7 +169,8 @@ asio::awaitable<void> Session::Run() {
   google::protobuf::Arena arena(arena_options);
   while (phase_ != Phase::kClosed && !stream_.closing()) {
     v1::Frame& frame = *google::protobuf::Arena::CreateMessage<v1::Frame>(&arena);
-    Status s = co_await stream_.ReadFrame(&frame);
+    Status s = co_await stream_.NextFrame();
+    if (s.ok()) s = ParseFrame(&frame);
     if (!s.ok()) {
       if (s.IsUnavailable()) {
         if (!stream_.closing()) spdlog::info("{}: {}", tag_, s.message());
@@ -192,6 +193,19 @@ asio::awaitable<void> Session::Run() {
     arena.Reset();  // now, not at the next frame: an idle session keeps no large frame
   }
   Finish();
+}
+
+Status Session::ParseFrame(v1::Frame* frame) {
+  if (proto::ParseVouchedPublish(stream_.last_frame(), PublishLimits(), frame, &vouched_)) return Status::Ok();
+  vouched_ = {};
+  if (Status s = proto::ParseFrame(stream_.last_frame(), frame); !s.ok()) return Status::InvalidArgument(s.message());
+  return Status::Ok();
+}
+
+proto::MessageLimits Session::PublishLimits() const {
+  proto::MessageLimits ml;
+  ml.max_recipients = broker_.config.limits.max_recipients;
+  return ml;
 }
 
 bool Session::NeedsAppliedStore(const v1::Frame& frame) {

@@ -45,6 +45,13 @@ FrameStream::FrameStream(TlsStream stream, uint32_t max_frame_bytes, size_t max_
 }
 
 asio::awaitable<Status> FrameStream::ReadFrame(v1::Frame* frame) {
+  if (Status s = co_await NextFrame(); !s.ok()) co_return s;
+  Status s = proto::ParseFrame(last_frame_, frame);
+  if (!s.ok()) co_return Status::InvalidArgument(s.message());
+  co_return Status::Ok();
+}
+
+asio::awaitable<Status> FrameStream::NextFrame() {
   last_frame_ = {};
   in_.CutBack();  // after a large frame
   while (in_.unread() < proto::kFrameHeaderBytes) {
@@ -69,8 +76,6 @@ asio::awaitable<Status> FrameStream::ReadFrame(v1::Frame* frame) {
   bytes_read_ += total;
   last_frame_ = std::string_view(in_.unread_data() + proto::kFrameHeaderBytes, *len);
   in_.begin += total;
-  Status s = proto::ParseFrame(last_frame_, frame);
-  if (!s.ok()) co_return Status::InvalidArgument(s.message());
   co_return Status::Ok();
 }
 

@@ -47,6 +47,8 @@ std::unique_ptr<MessagePlan> BuildPlan(const Descriptor* d) {
     switch (f->cpp_type()) {
       case FieldDescriptor::CPPTYPE_STRING:
         p.kind = FieldKind::kString;
+        p.utf8 = f->type() == FieldDescriptor::TYPE_STRING &&
+                 f->file()->syntax() == google::protobuf::FileDescriptor::SYNTAX_PROTO3;
         if (f->name() == "date_of_birth") p.rule = FieldRule::kDateOfBirth;
         break;
       case FieldDescriptor::CPPTYPE_ENUM:

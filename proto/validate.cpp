@@ -1,7 +1,9 @@
 #include "proto/validate.h"
 
 #include <google/protobuf/descriptor.h>
+#include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/reflection.h>
+#include <google/protobuf/stubs/common.h>
 
 #include <cstring>
 #include <string>
@@ -160,7 +162,9 @@ Status CheckFields(const google::protobuf::Message& msg, const MessagePlan& plan
 // message re-serialized.
 class SurelyValidScan {
  public:
-  explicit SurelyValidScan(const MessageLimits& limits) : limits_(limits) {}
+  // check_utf8: the body will not be parsed, so the scan also checks what
+  // the parser would (strings are valid UTF-8) instead of relying on it.
+  SurelyValidScan(const MessageLimits& limits, bool check_utf8) : limits_(limits), check_utf8_(check_utf8) {}
 
   bool canonical() const { return canonical_; }
 
@@ -206,6 +210,11 @@ class SurelyValidScan {
       switch (f->kind) {
         case FieldKind::kString:
           if (w.payload.size() > limits_.max_string_bytes) return false;
+          if (check_utf8_ && f->utf8 &&
+              !google::protobuf::internal::IsStructurallyValidUTF8(w.payload.data(),
+                                                                   static_cast<int>(w.payload.size()))) {
+            return false;
+          }
           if (f->rule == FieldRule::kDateOfBirth && !w.payload.empty() && !ValidDate(w.payload)) return false;
           break;
         case FieldKind::kTimestamp:
@@ -266,6 +275,7 @@ class SurelyValidScan {
   }
 
   const MessageLimits& limits_;
+  const bool check_utf8_;
   bool canonical_ = true;
 };
 
@@ -308,9 +318,79 @@ bool BodySurelyValid(std::string_view wire, const MessageLimits& limits, bool* a
   const FieldDescriptor* body_field = OnlyBodyMember(wire, &bytes);
   if (body_field == nullptr) return false;
   const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
-  SurelyValidScan scan(limits);
+  SurelyValidScan scan(limits, false);  // the caller parsed wire
   if (!scan.Message(p, p + bytes.size(), PlanOf(body_field->message_type()), 1)) return false;
   if (as_serialized != nullptr) *as_serialized = scan.canonical() && EnvelopeThenBody(wire, bytes);
+  return true;
+}
+
+bool ParseVouchedPublish(std::string_view frame_body, const MessageLimits& limits, v1::Frame* frame,
+                         VouchedBody* body) {
+  *body = {};
+  // The frame: a publish and nothing else.
+  const auto* p = reinterpret_cast<const uint8_t*>(frame_body.data());
+  const uint8_t* end = p + frame_body.size();
+  WireField w;
+  if (!ReadField(p, end, &w) || w.number != v1::Frame::kPublishFieldNumber || w.wire_type != 2 || p != end) {
+    return false;
+  }
+  // The publish: each of its fields at most once (the parser would keep
+  // the last scalar and merge messages), none unknown.
+  uint64_t request_id = 0;
+  bool want_reports = false;
+  std::string_view message;
+  unsigned seen = 0;
+  p = reinterpret_cast<const uint8_t*>(w.payload.data());
+  end = p + w.payload.size();
+  while (p < end) {
+    if (!ReadField(p, end, &w) || w.number > 31 || (seen & (1u << w.number)) != 0) return false;
+    seen |= 1u << w.number;
+    if (w.number == v1::Publish::kRequestIdFieldNumber && w.wire_type == 0) {
+      request_id = w.value;
+    } else if (w.number == v1::Publish::kWantReportsFieldNumber && w.wire_type == 0) {
+      want_reports = w.value != 0;
+    } else if (w.number == v1::Publish::kMessageFieldNumber && w.wire_type == 2) {
+      message = w.payload;
+    } else {
+      return false;
+    }
+  }
+  if ((seen & (1u << v1::Publish::kMessageFieldNumber)) == 0) return false;
+  // The message: its envelope, then a body the scan vouches for as the
+  // serializer's, UTF-8 included (the parser's own check).
+  std::string_view body_bytes;
+  const FieldDescriptor* member = OnlyBodyMember(message, &body_bytes);
+  if (member == nullptr) return false;
+  SurelyValidScan scan(limits, true);
+  const auto* b = reinterpret_cast<const uint8_t*>(body_bytes.data());
+  if (!scan.Message(b, b + body_bytes.size(), PlanOf(member->message_type()), 1) || !scan.canonical() ||
+      !EnvelopeThenBody(message, body_bytes)) {
+    return false;
+  }
+  p = reinterpret_cast<const uint8_t*>(message.data());
+  if (!ReadField(p, p + message.size(), &w)) return false;  // the envelope, first (EnvelopeThenBody)
+  const std::string_view envelope = w.payload;
+  if (MayHoldUnknownFields(envelope, v1::Envelope::descriptor())) return false;  // ParseFrame would drop them
+  frame->Clear();
+  v1::Publish* publish = frame->mutable_publish();
+  publish->set_request_id(request_id);
+  publish->set_want_reports(want_reports);
+  google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(envelope.data()),
+                                            static_cast<int>(envelope.size()));
+  in.SetRecursionLimit(kMaxNestingDepth - 3);  // below the frame, the publish and the message
+  v1::Envelope* env = publish->mutable_message()->mutable_envelope();
+  if (!env->MergePartialFromCodedStream(&in) || !in.ConsumedEntireMessage()) return false;
+  body->type = member->name();
+  if (member->number() == v1::Message::kCaseReferralFieldNumber) {
+    // What the policy reads of a referral; canonical, so each at most once.
+    p = b;
+    end = b + body_bytes.size();
+    while (p < end && ReadField(p, end, &w)) {
+      const auto v = static_cast<int32_t>(static_cast<uint32_t>(w.value));
+      if (w.number == v1::CaseReferral::kConsentStatusFieldNumber && w.wire_type == 0) body->consent_status = v;
+      if (w.number == v1::CaseReferral::kLegalBasisFieldNumber && w.wire_type == 0) body->legal_basis = v;
+    }
+  }
   return true;
 }
 
@@ -323,10 +403,12 @@ std::string_view PublishedMessage(std::string_view frame_body) {
   return message;
 }
 
-Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
-                          std::chrono::system_clock::time_point now, std::string_view wire,
-                          bool* body_as_serialized) {
-  if (body_as_serialized != nullptr) *body_as_serialized = false;
+namespace {
+
+// ValidateForPublish's checks but those of the body's fields; has_body
+// tells whether it has one.
+Status CheckEnvelope(v1::Message* message, const MessageLimits& limits, std::chrono::system_clock::time_point now,
+                     bool has_body) {
   if (!message->has_envelope()) return Status::InvalidArgument("the message has no envelope");
   v1::Envelope* env = message->mutable_envelope();
 
@@ -335,7 +417,7 @@ Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
   if (!id.ok()) return id.status().Annotate("envelope.messageId");
   env->set_message_id(std::move(id).value());
 
-  if (message->body_case() == v1::Message::BODY_NOT_SET) {
+  if (!has_body) {
     return Status::InvalidArgument("the message has no body (incidentReport, caseReferral or caseUpdate)");
   }
   if (!v1::Tlp_IsValid(env->tlp()) || env->tlp() == v1::TLP_UNSPECIFIED) {
@@ -394,13 +476,28 @@ Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
       return Status::InvalidArgument("envelope.expiresAt is in the past: the message has already expired");
     }
   }
+  return Status::Ok();
+}
 
+}  // namespace
+
+Status ValidateForPublish(v1::Message* message, const MessageLimits& limits, std::chrono::system_clock::time_point now,
+                          std::string_view wire, bool* body_as_serialized) {
+  if (body_as_serialized != nullptr) *body_as_serialized = false;
+  if (Status s = CheckEnvelope(message, limits, now, message->body_case() != v1::Message::BODY_NOT_SET); !s.ok()) {
+    return s;
+  }
   if (!wire.empty() && BodySurelyValid(wire, limits, body_as_serialized)) return Status::Ok();
   const google::protobuf::Reflection* r = message->GetReflection();
   static const google::protobuf::OneofDescriptor* const body_oneof = v1::Message::descriptor()->FindOneofByName("body");
   const auto* body_field = r->GetOneofFieldDescriptor(*message, body_oneof);
   const google::protobuf::Message& body = r->GetMessage(*message, body_field);
   return CheckFields(body, PlanOf(body.GetDescriptor()), limits, body_field->name());
+}
+
+Status ValidateVouchedPublish(v1::Message* message, const MessageLimits& limits,
+                              std::chrono::system_clock::time_point now) {
+  return CheckEnvelope(message, limits, now, true);
 }
 
 }  // namespace liaison::proto

@@ -11,6 +11,7 @@
 #include "common/status.h"
 
 namespace liaison::v1 {
+class Frame;
 class Message;
 }
 
@@ -62,6 +63,32 @@ Status ValidateForPublish(v1::Message* message, const MessageLimits& limits,
 // a body encoded another way parses to the same message, but its bytes
 // cannot stand for the serializer's.
 bool BodySurelyValid(std::string_view wire, const MessageLimits& limits, bool* as_serialized = nullptr);
+
+// What the broker needs of a publish's body that ParseVouchedPublish left
+// unparsed.
+struct VouchedBody {
+  std::string_view type;   // its member of Message.body ("incident_report"); empty: not vouched for
+  int consent_status = 0;  // a case referral's (liaison.v1.ConsentStatus); 0 for other bodies
+  int legal_basis = 0;     // a case referral's (liaison.v1.LegalBasis)
+};
+
+// Reads frame_body, a Frame's bytes, as ParseFrame would, but for the body
+// of a publish's message, which it leaves unparsed (unset in *frame) and
+// describes in *body. It does so only when the frame is a publish and
+// nothing else, each of the publish's fields at most once, none unknown,
+// its message an envelope without unknown fields and then a body that
+// BodySurelyValid vouches for as the serializer's bytes, with every string
+// valid UTF-8 (the parser's own check, which here does not run). Then
+// ValidateVouchedPublish on the message, with the message's bytes, reaches
+// the verdict ValidateForPublish would on the parsed frame. False
+// otherwise (*frame is then unspecified: parse it with ParseFrame).
+bool ParseVouchedPublish(std::string_view frame_body, const MessageLimits& limits, v1::Frame* frame, VouchedBody* body);
+
+// ValidateForPublish for a message ParseVouchedPublish read with the same
+// limits: its envelope is checked and normalised; its body was vouched for
+// on its bytes, which are the serializer's (as *body_as_serialized).
+Status ValidateVouchedPublish(v1::Message* message, const MessageLimits& limits,
+                              std::chrono::system_clock::time_point now);
 
 // The serialized message of a Publish frame's body (without the length
 // prefix): what publish.message was parsed from, when the frame holds one

@@ -28,6 +28,7 @@
 #include "broker/store/store.h"
 #include "policy/policy.h"
 #include "proto/detail/pb.h"
+#include "proto/validate.h"
 
 namespace liaison::broker {
 
@@ -43,7 +44,9 @@ struct MessageFacts {
   int tlp = 0;
   int consent_status = 0, legal_basis = 0;  // of a case referral; 0 for other messages
 };
-MessageFacts FactsOf(const v1::Message& m);
+// body: for a message whose body ParseVouchedPublish left unparsed, what
+// the facts need of it (its type, a referral's consent and legal basis).
+MessageFacts FactsOf(const v1::Message& m, const proto::VouchedBody& body = {});
 // The policy question about the message from sender, the same at publish and
 // at each delivery (the caller adds the recipient, how it was named, and
 // the original of a forward). It views f, which must outlive it.

@@ -28,6 +28,7 @@
 #include "broker/detail/admission.h"
 #include "broker/detail/mailbox.h"
 #include "proto/detail/pb.h"
+#include "proto/validate.h"
 
 namespace liaison::broker {
 
@@ -89,6 +90,13 @@ class Session : public std::enable_shared_from_this<Session> {
   };
 
   boost::asio::awaitable<void> Run();
+  // Parses the frame NextFrame read: a publish whose body validation can
+  // vouch for on its bytes without its body (ParseVouchedPublish, which
+  // sets vouched_), anything else as a whole. InvalidArgument when it does
+  // not parse.
+  Status ParseFrame(v1::Frame* frame);
+  // The limits a published message is validated against.
+  proto::MessageLimits PublishLimits() const;
   // Frames whose handler reads the database (a recall, a forward, a publish
   // of an expired message) wait for the store's applier first, here,
   // without blocking the I/O thread; the status says whether it could write
@@ -200,6 +208,9 @@ class Session : public std::enable_shared_from_this<Session> {
   // written when Run waited for the applier (if not, the handler answers
   // store_failure instead of reading it). Its reads then need not wait.
   Status store_applied_;
+  // The frame being handled is a publish whose body ParseFrame left
+  // unparsed (type empty otherwise): its bytes are in stream_.last_frame().
+  proto::VouchedBody vouched_;
 
   bool receiving_ = false;
   // Took over from a session that has not yet given its deliveries back.

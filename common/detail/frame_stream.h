@@ -41,8 +41,11 @@ class FrameStream {
   // in sync), InvalidArgument (the body does not parse: the frame was read
   // whole, so the stream is still in sync).
   asio::awaitable<Status> ReadFrame(v1::Frame* frame);
-  // The bytes the last frame ReadFrame returned was parsed from (without the
-  // length prefix), until the next ReadFrame.
+  // Reads the next frame without parsing it: its bytes are last_frame().
+  // Errors as ReadFrame's but InvalidArgument.
+  asio::awaitable<Status> NextFrame();
+  // The bytes of the last frame ReadFrame or NextFrame read (without the
+  // length prefix), until the next read.
   std::string_view last_frame() const { return last_frame_; }
 
   // Queues a frame for the writer. Errors: InvalidArgument when the frame

@@ -47,6 +47,9 @@ struct FieldPlan {
   int number;      // field->number()
   unsigned char wire_type;  // 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32, or kAlwaysUnknown
   bool packable;            // repeated numeric: also accepted length-delimited (packed)
+  // A string the generated parser refuses unless it is valid UTF-8 (proto3's
+  // string fields; not bytes).
+  bool utf8 = false;
   // kMessage and kTimestamp: the sub-message's plan (resolved for every type
   // a frame can contain; null for a type outside the wire protocol).
   const MessagePlan* sub = nullptr;

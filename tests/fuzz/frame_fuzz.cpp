@@ -5,15 +5,18 @@
 // takes to be the serializer's are not). A frame ParseFrame accepts must
 // hold no unknown field at any depth (protobuf's own walk checks it, not
 // the field plans ParseFrame's scan of the bytes uses): it traps if one got
-// through.
+// through. Where ParseVouchedPublish takes a publish without parsing its
+// body, as the broker's session does, it traps unless that reading agrees
+// with ParseFrame's and validation's in every way the broker relies on.
+#include <google/protobuf/stubs/logging.h>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 
-#include <google/protobuf/stubs/logging.h>
-
 #include "proto/detail/pb.h"
 #include "proto/frame_codec.h"
+#include "proto/names.h"
 #include "proto/validate.h"
 #include "tests/proto/any_unknown.h"
 
@@ -34,15 +37,49 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (;;) {
       auto next = decoder.Next();
       if (!next.ok() || !next->has_value()) break;
-      if (!liaison::proto::ParseFrame(**next, &frame).ok()) continue;
+      const auto now = std::chrono::system_clock::now();
+      liaison::proto::MessageLimits limits;
+      limits.max_string_bytes = 16;  // small, so that the fuzzer reaches the limits
+      limits.max_repeated = 3;
+      // The broker's session first tries to read a publish without its body.
+      liaison::v1::Frame shallow;
+      liaison::proto::VouchedBody vouched;
+      const bool took = liaison::proto::ParseVouchedPublish(**next, limits, &shallow, &vouched);
+      if (!liaison::proto::ParseFrame(**next, &frame).ok()) {
+        if (took) __builtin_trap();  // it took bytes that do not parse
+        continue;
+      }
       if (liaison::test::AnyUnknown(frame)) __builtin_trap();
+      if (took) {
+        // Then the frame is ParseFrame's but for the body, the body's facts
+        // are the parsed body's, the verdict is the same, and so are the
+        // bytes the broker would store.
+        liaison::v1::Frame stripped = frame;
+        stripped.mutable_publish()->mutable_message()->clear_body();
+        if (liaison::test::AnyUnknown(shallow) || shallow.SerializeAsString() != stripped.SerializeAsString())
+          __builtin_trap();
+        const liaison::v1::Message& whole = frame.publish().message();
+        if (vouched.type != liaison::proto::MessageTypeName(whole) ||
+            vouched.consent_status != whole.case_referral().consent_status() ||
+            vouched.legal_basis != whole.case_referral().legal_basis()) {
+          __builtin_trap();
+        }
+        liaison::v1::Message parsed = whole;
+        const auto wire = liaison::proto::PublishedMessage(**next);
+        bool as_serialized = false;
+        const liaison::Status on_parsed =
+            liaison::proto::ValidateForPublish(&parsed, limits, now, wire, &as_serialized);
+        const liaison::Status on_vouched =
+            liaison::proto::ValidateVouchedPublish(shallow.mutable_publish()->mutable_message(), limits, now);
+        if (on_parsed.ToString() != on_vouched.ToString()) __builtin_trap();
+        if (on_parsed.ok()) {
+          auto stored = liaison::proto::WithEnvelope(wire, shallow.publish().message().envelope());
+          if (!as_serialized || !stored.ok() || *stored != parsed.SerializeAsString()) __builtin_trap();
+        }
+      }
       if (frame.has_publish() && frame.publish().has_message()) {
         // As the broker does, with the message's bytes; and the verdict is
         // the one reflection alone reaches (it traps if they differ).
-        const auto now = std::chrono::system_clock::now();
-        liaison::proto::MessageLimits limits;
-        limits.max_string_bytes = 16;  // small, so that the fuzzer reaches the limits
-        limits.max_repeated = 3;
         liaison::v1::Message copy = frame.publish().message();
         const auto wire = liaison::proto::PublishedMessage(**next);
         bool as_serialized = false;

@@ -395,6 +395,58 @@ std::string VarintField(int number, uint64_t v) { return liaison::test::Field(nu
 int vouched = 0;
 int as_serialized_count = 0;
 
+// How often ParseVouchedPublish took a publish without parsing its body,
+// in CheckVouched.
+int vouched_frames = 0;
+
+// A Publish frame holding a message's bytes, as a client sends it.
+std::string PublishFrame(const std::string& wire) {
+  return Field(v1::Frame::kPublishFieldNumber, VarintField(v1::Publish::kRequestIdFieldNumber, 7) +
+                                                   Field(v1::Publish::kMessageFieldNumber, wire) +
+                                                   VarintField(v1::Publish::kWantReportsFieldNumber, 1));
+}
+
+// The message in a Publish frame, as the broker's session reads it: where
+// ParseVouchedPublish takes the frame without parsing the body, ParseFrame
+// must parse it, to the same frame but for the body; the body's facts must
+// be the parsed body's; ValidateVouchedPublish must reach ValidateForPublish's
+// verdict; and the bytes the broker stores must be the same. True when it
+// took the frame.
+bool CheckVouched(const std::string& wire, const MessageLimits& limits) {
+  const std::string frame_bytes = PublishFrame(wire);
+  v1::Frame shallow, full;
+  liaison::proto::VouchedBody body;
+  const bool took = liaison::proto::ParseVouchedPublish(frame_bytes, limits, &shallow, &body);
+  const bool parses = liaison::proto::ParseFrame(frame_bytes, &full).ok();
+  if (!took) {
+    CHECK(body.type.empty());
+    return false;
+  }
+  ++vouched_frames;
+  REQUIRE(parses);
+  v1::Frame stripped = full;
+  stripped.mutable_publish()->mutable_message()->clear_body();
+  CHECK(shallow.SerializeAsString() == stripped.SerializeAsString());
+  CHECK_FALSE(shallow.publish().message().has_case_referral());
+  const v1::Message& whole = full.publish().message();
+  CHECK(body.type == liaison::proto::MessageTypeName(whole));
+  CHECK(body.consent_status == whole.case_referral().consent_status());
+  CHECK(body.legal_basis == whole.case_referral().legal_basis());
+  bool as_serialized = false;
+  const liaison::Status on_parsed = ValidateForPublish(full.mutable_publish()->mutable_message(), limits, kNow,
+                                                       liaison::proto::PublishedMessage(frame_bytes), &as_serialized);
+  const liaison::Status on_vouched =
+      liaison::proto::ValidateVouchedPublish(shallow.mutable_publish()->mutable_message(), limits, kNow);
+  CHECK(on_vouched.ToString() == on_parsed.ToString());
+  if (on_parsed.ok()) {
+    CHECK(as_serialized);
+    auto stored = liaison::proto::WithEnvelope(wire, shallow.publish().message().envelope());
+    REQUIRE(stored.ok());
+    CHECK(*stored == full.publish().message().SerializeAsString());
+  }
+  return true;
+}
+
 // ValidateForPublish's verdict on a message's bytes, both ways: from the
 // parsed message alone (reflection), and with the bytes it was parsed from.
 // They must agree, in the same words; "unparsable" when the bytes do not
@@ -402,6 +454,7 @@ int as_serialized_count = 0;
 // over the bytes vouches for the body, reflection finds nothing wrong with
 // it either.
 std::string BothWays(const std::string& wire, const MessageLimits& limits) {
+  CheckVouched(wire, limits);
   v1::Message a, b;
   if (!a.ParseFromString(wire) || !b.ParseFromString(wire)) return "unparsable";
   const liaison::Status by_reflection = ValidateForPublish(&a, limits, kNow);
@@ -539,7 +592,86 @@ TEST_CASE("The body checked on its bytes agrees with reflection on mutated messa
   CHECK(parsed - valid > 100);
   CHECK(vouched > valid / 2);
   CHECK(as_serialized_count > 0);
+  CHECK(vouched_frames > 100);
   google::protobuf::SetLogHandler(log_handler);
+}
+
+TEST_CASE("ParseVouchedPublish leaves only bodies it can vouch for unparsed", "[proto][validate]") {
+  const MessageLimits limits;
+  auto took = [&](const std::string& frame_bytes) {
+    v1::Frame f;
+    liaison::proto::VouchedBody body;
+    return liaison::proto::ParseVouchedPublish(frame_bytes, limits, &f, &body);
+  };
+  // Every message type as the serializer writes it: taken, and read as
+  // ParseFrame reads it (CheckVouched compares the two).
+  for (auto make : {ValidIncidentReport, ValidCaseReferral, ValidCaseUpdate}) {
+    CAPTURE(make().body_case());
+    CHECK(CheckVouched(make().SerializeAsString(), limits));
+  }
+  // The facts a policy reads of a referral come from its bytes.
+  {
+    v1::Message m = ValidCaseReferral();
+    m.mutable_case_referral()->set_consent_status(v1::CONSENT_GIVEN);
+    m.mutable_case_referral()->set_legal_basis(v1::LEGAL_BASIS_VITAL_INTERESTS);
+    v1::Frame f;
+    liaison::proto::VouchedBody body;
+    REQUIRE(liaison::proto::ParseVouchedPublish(PublishFrame(m.SerializeAsString()), limits, &f, &body));
+    CHECK(body.type == "case_referral");
+    CHECK(body.consent_status == v1::CONSENT_GIVEN);
+    CHECK(body.legal_basis == v1::LEGAL_BASIS_VITAL_INTERESTS);
+    CHECK(f.publish().request_id() == 7);
+    CHECK(f.publish().want_reports());
+    CHECK(f.publish().message().envelope().message_id() == kMessageId);
+    CHECK(f.publish().message().body_case() == v1::Message::BODY_NOT_SET);
+  }
+  const std::string good = ValidIncidentReport().SerializeAsString();
+  const std::string envelope =
+      Field(v1::Message::kEnvelopeFieldNumber, ValidIncidentReport().envelope().SerializeAsString());
+  const int kReport = v1::Message::kIncidentReportFieldNumber;
+  const int kTitle = v1::IncidentReport::kTitleFieldNumber;
+  // A string that is not UTF-8: the parser refuses the frame, so the scan,
+  // which stands in for it, must not vouch for it.
+  {
+    google::protobuf::LogHandler* const log_handler = google::protobuf::SetLogHandler(nullptr);
+    const std::string bad = envelope + Field(kReport, Field(kTitle, std::string("caf\xc3", 4)));
+    CHECK_FALSE(took(PublishFrame(bad)));
+    v1::Frame f;
+    CHECK_FALSE(liaison::proto::ParseFrame(PublishFrame(bad), &f).ok());
+    CHECK(CheckVouched(envelope + Field(kReport, Field(kTitle, "caf\xc3\xa9")), limits));
+    google::protobuf::SetLogHandler(log_handler);
+  }
+  // Bodies the scan does not vouch for as the serializer's: parsed whole.
+  CHECK_FALSE(took(PublishFrame(envelope + Field(kReport, VarintField(999, 1)))));  // an unknown field
+  CHECK_FALSE(took(PublishFrame(envelope + Field(kReport, Field(kTitle, "b") + Field(kTitle, "a")))));  // twice
+  CHECK_FALSE(took(PublishFrame(Field(kReport, Field(kTitle, "a")) + envelope)));  // the body first
+  CHECK_FALSE(took(PublishFrame(envelope + Field(kReport, "") + Field(kReport, ""))));
+  CHECK_FALSE(took(PublishFrame(Field(kReport, Field(kTitle, "a")))));  // no envelope
+  CHECK_FALSE(took(PublishFrame(envelope)));                            // no body
+  // An envelope with a field it does not know: ParseFrame drops it.
+  CHECK_FALSE(took(PublishFrame(Field(v1::Message::kEnvelopeFieldNumber,
+                                      ValidIncidentReport().envelope().SerializeAsString() + VarintField(900, 1)) +
+                                good.substr(envelope.size()))));
+  // The publish's and the frame's own fields: each once, none unknown.
+  const std::string message = Field(v1::Publish::kMessageFieldNumber, good);
+  const int kPublish = v1::Frame::kPublishFieldNumber;
+  CHECK(took(Field(kPublish, message)));
+  CHECK(took(Field(kPublish, VarintField(v1::Publish::kWantReportsFieldNumber, 0) + message +
+                                 VarintField(v1::Publish::kRequestIdFieldNumber, 1))));
+  CHECK_FALSE(took(Field(kPublish, message + message)));
+  CHECK_FALSE(took(Field(kPublish, VarintField(v1::Publish::kRequestIdFieldNumber, 1) + message +
+                                       VarintField(v1::Publish::kRequestIdFieldNumber, 2))));
+  CHECK_FALSE(took(Field(kPublish, message + VarintField(40, 1))));
+  CHECK_FALSE(took(Field(kPublish, message + Field(v1::Publish::kRequestIdFieldNumber, "x"))));
+  CHECK_FALSE(took(Field(kPublish, VarintField(v1::Publish::kRequestIdFieldNumber, 1))));
+  CHECK_FALSE(took(Field(kPublish, message) + Field(kPublish, message)));
+  CHECK_FALSE(took(Field(kPublish, message) + VarintField(900, 1)));
+  CHECK_FALSE(took(Field(kPublish, message).substr(1)));
+  CHECK_FALSE(took(""));
+  // Other frames are ParseFrame's.
+  v1::Frame ping;
+  ping.mutable_ping()->set_nonce(3);
+  CHECK_FALSE(took(ping.SerializeAsString()));
 }
 
 TEST_CASE("ValidateForPublish tells bytes as the serializer writes them from other encodings",
