@@ -78,6 +78,56 @@ Result<std::string> Unstamped(const v1::Message& message, std::string_view wire,
   return message.SerializeAsString();
 }
 
+// A checkpoint serialized, as every PublishAck carries it: the acks of one
+// group commit share it, so the last one is kept (per thread: the store's
+// callbacks run on its own).
+const std::string& CheckpointBytes(const audit::Checkpoint& cp) {
+  thread_local audit::Checkpoint last;
+  thread_local std::string bytes;
+  if (bytes.empty() || cp.tree_size != last.tree_size || cp.time_ms != last.time_ms || cp.root != last.root ||
+      cp.signature != last.signature || cp.origin != last.origin || cp.key_id != last.key_id) {
+    v1::Checkpoint c;
+    ToProto(cp, &c);
+    bytes = c.SerializeAsString();
+    last = cp;
+  }
+  return bytes;
+}
+
+// The answer to a publish the store did not simply queue: refused for all
+// it was to be queued for when the store failed; the original outcome for a
+// repeat of a message, or an error when the id was used for another.
+Result<std::string> EncodeRareAnswer(const Status& s, const BatchResult& result, uint64_t rid,
+                                     const std::string& stored_ack, const std::string& digest,
+                                     const audit::Checkpoint& cp) {
+  v1::Frame f;
+  v1::PublishAck* ack = f.mutable_publish_ack();
+  if (!s.ok()) {
+    ack->ParseFromString(stored_ack);
+    for (auto& o : *ack->mutable_outcomes()) {
+      if (o.outcome() != v1::OUTCOME_QUEUED) continue;
+      o.set_outcome(v1::OUTCOME_REFUSED);
+      o.set_reason(v1::REASON_STORE_FAILURE);
+      o.set_detail("the broker could not store this message, so nothing was queued: " + s.message());
+    }
+  } else if (result.original.publish_digest != digest) {
+    v1::PublishAck mine;
+    mine.ParseFromString(stored_ack);
+    auto* e = f.mutable_error();
+    e->set_request_id(rid);
+    e->set_code(v1::REASON_DUPLICATE_MESSAGE_ID);
+    e->set_message("message id '" + mine.message_id() +
+                   "' was already used by this agency for a different message; give each message its own id");
+    return proto::EncodeFrame(f);
+  } else {
+    ack->ParseFromString(result.original.ack);
+    ack->set_duplicate(true);
+  }
+  ack->set_request_id(rid);
+  ToProto(cp, ack->mutable_checkpoint());
+  return proto::EncodeFrame(f);
+}
+
 }  // namespace
 
 bool Session::IsExpiredPublish(const v1::Publish& publish) {
@@ -377,39 +427,18 @@ void Session::HandlePublish(v1::Publish& publish) {
   ++in_flight_publishes_;
   broker_.in_flight_publishes++;
   BrokerState& broker = broker_;
+  std::string stored_ack = batch.new_message->ack;  // the answer is made from it, and the stored one stays the same
   broker_.store->Commit(
-      std::move(batch), [&broker, self = shared_from_this(), rid, ack = std::move(ack), copies = std::move(copies),
-                         digest = std::move(digest)](const Status& s, const audit::Checkpoint& cp,
-                                                     const BatchResult& result) mutable {
-        v1::Frame f;
-        if (!s.ok()) {
-          for (auto& o : *ack.mutable_outcomes()) {
-            if (o.outcome() != v1::OUTCOME_QUEUED) continue;
-            o.set_outcome(v1::OUTCOME_REFUSED);
-            o.set_reason(v1::REASON_STORE_FAILURE);
-            o.set_detail("the broker could not store this message, so nothing was queued: " + s.message());
-          }
-        } else if (result.duplicate) {
-          if (result.original.publish_digest != digest) {
-            auto* e = f.mutable_error();
-            e->set_request_id(rid);
-            e->set_code(v1::REASON_DUPLICATE_MESSAGE_ID);
-            e->set_message("message id '" + ack.message_id() +
-                           "' was already used by this agency for a different message; give each message its own id");
-          } else {
-            ack.Clear();
-            ack.ParseFromString(result.original.ack);
-            ack.set_duplicate(true);
-          }
-        } else if (!copies.empty()) {
-          broker.mailboxes.Add(std::move(copies));
+      std::move(batch),
+      [&broker, self = shared_from_this(), rid, stored_ack = std::move(stored_ack), copies = std::move(copies),
+       digest = std::move(digest)](const Status& s, const audit::Checkpoint& cp, const BatchResult& result) mutable {
+        Result<std::string> encoded = Status::Ok();
+        if (s.ok() && !result.duplicate) {  // the usual answer: the ack as stored, the request id and checkpoint
+          if (!copies.empty()) broker.mailboxes.Add(std::move(copies));
+          encoded = proto::EncodePublishAckFrame(rid, stored_ack, CheckpointBytes(cp));
+        } else {
+          encoded = EncodeRareAnswer(s, result, rid, stored_ack, digest, cp);
         }
-        if (!f.has_error()) {
-          ack.set_request_id(rid);
-          ToProto(cp, ack.mutable_checkpoint());
-          f.mutable_publish_ack()->Swap(&ack);
-        }
-        auto encoded = proto::EncodeFrame(f);
         broker.in_flight_publishes--;
         self->SendPublishAck(encoded.ok() ? std::move(encoded).value() : std::string());
       });

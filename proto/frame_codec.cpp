@@ -120,6 +120,31 @@ Result<std::string> EncodePublishFrame(uint64_t request_id, bool want_reports, c
   return out;
 }
 
+Result<std::string> EncodePublishAckFrame(uint64_t request_id, std::string_view stored_ack, std::string_view checkpoint,
+                                          uint32_t max_frame_bytes) {
+  using WFL = google::protobuf::internal::WireFormatLite;
+  static_assert(v1::PublishAck::kRequestIdFieldNumber == 1 && v1::PublishAck::kCheckpointFieldNumber == 5 &&
+                    v1::PublishAck::kDuplicateFieldNumber == 6,
+                "the request id comes before the stored fields, the checkpoint after them");
+  const uint32_t id_tag = Tag(v1::PublishAck::kRequestIdFieldNumber, WFL::WIRETYPE_VARINT);
+  const uint32_t checkpoint_tag = Tag(v1::PublishAck::kCheckpointFieldNumber, WFL::WIRETYPE_LENGTH_DELIMITED);
+  const uint32_t ack_tag = Tag(v1::Frame::kPublishAckFieldNumber, WFL::WIRETYPE_LENGTH_DELIMITED);
+  const size_t inner = VarintFieldSize(id_tag, request_id) + stored_ack.size() + VarintSize(checkpoint_tag) +
+                       VarintSize(checkpoint.size()) + checkpoint.size();
+  const size_t n = VarintSize(ack_tag) + VarintSize(inner) + inner;
+  if (n > max_frame_bytes) return TooLarge(n, max_frame_bytes);
+  std::string out;
+  StartFrame(&out, n);
+  PutVarint(&out, ack_tag);
+  PutVarint(&out, inner);
+  PutVarintField(&out, id_tag, request_id);
+  out.append(stored_ack);
+  PutVarint(&out, checkpoint_tag);
+  PutVarint(&out, checkpoint.size());
+  out.append(checkpoint);
+  return out;
+}
+
 Result<std::string> WithEnvelope(std::string_view message, const v1::Envelope& envelope) {
   using WFL = google::protobuf::internal::WireFormatLite;
   static_assert(v1::Message::kEnvelopeFieldNumber == 1, "the envelope is the first field written");

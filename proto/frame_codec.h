@@ -53,6 +53,14 @@ Status AppendDeliverFrame(std::string* out, uint64_t delivery_id, uint32_t attem
 Result<std::string> EncodePublishFrame(uint64_t request_id, bool want_reports, const v1::Message& message,
                                        uint32_t max_frame_bytes = kDefaultMaxFrameBytes);
 
+// A PublishAck frame, with its length prefix, from the ack as the store
+// keeps it (serialized with only its message id, outcomes and acceptance
+// time set) and a serialized Checkpoint: the bytes EncodeFrame gives for
+// that ack with request_id and the checkpoint set, without parsing or
+// serializing the ack again. Fails only if the frame exceeds
+// max_frame_bytes.
+Result<std::string> EncodePublishAckFrame(uint64_t request_id, std::string_view stored_ack, std::string_view checkpoint,
+                                          uint32_t max_frame_bytes = kDefaultMaxFrameBytes);
 // A serialized liaison.v1.Message with another envelope: message is the
 // serialization of a Message (SerializeAsString) whose envelope is set; the
 // result is what serializing it would give with envelope in its place,

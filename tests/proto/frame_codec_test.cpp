@@ -265,6 +265,59 @@ TEST_CASE("EncodePublishFrame writes exactly what EncodeFrame writes for the sam
   CHECK_THAT(r.status().message(), Catch::Contains("exceeds the maximum"));
 }
 
+TEST_CASE("EncodePublishAckFrame writes exactly what EncodeFrame writes for the same PublishAck",
+          "[proto][frame_codec]") {
+  // Acks as the broker stores them (message id, outcomes, time), with none,
+  // one and many outcomes (lengths of 1 and 2 bytes); request ids of every
+  // varint size, 0 omitted; an empty checkpoint and a full one.
+  std::vector<v1::PublishAck> acks(3);
+  for (size_t i = 0; i < acks.size(); ++i) {
+    acks[i].set_message_id("0190a5c4-8d2e-7b3a-9c1d-2f4e6a8b0c1d");
+    acks[i].mutable_accepted_at()->set_seconds(1764633600);
+    acks[i].mutable_accepted_at()->set_nanos(123456789);
+    for (size_t k = 0; k < (i == 0 ? 0 : i == 1 ? 1 : 40); ++k) {
+      v1::RecipientOutcome* o = acks[i].add_outcomes();
+      o->set_recipient("agency-" + std::to_string(k));
+      o->set_outcome(k % 3 == 0 ? v1::OUTCOME_REFUSED : v1::OUTCOME_QUEUED);
+      if (k % 3 == 0) {
+        o->set_reason(v1::REASON_NOT_PERMITTED);
+        o->set_detail("the network's policy does not permit sharing this message");
+      }
+    }
+  }
+  std::vector<v1::Checkpoint> checkpoints(2);
+  checkpoints[1].set_origin("liaison.example.org/audit");
+  checkpoints[1].set_tree_size(123456789);
+  checkpoints[1].set_root_hash(std::string(32, '\x5a'));
+  checkpoints[1].set_time_ms(1764633600123);
+  checkpoints[1].set_key_id("k1");
+  checkpoints[1].set_signature(std::string(64, '\x01'));
+  for (const v1::PublishAck& stored : acks) {
+    for (const v1::Checkpoint& cp : checkpoints) {
+      for (uint64_t id : {0ull, 1ull, 127ull, 128ull, 0xFFFFFFFFull, 0xFFFFFFFFFFFFFFFFull}) {
+        v1::Frame f;
+        *f.mutable_publish_ack() = stored;
+        f.mutable_publish_ack()->set_request_id(id);
+        *f.mutable_publish_ack()->mutable_checkpoint() = cp;
+        auto raw = liaison::proto::EncodePublishAckFrame(id, stored.SerializeAsString(), cp.SerializeAsString());
+        REQUIRE(raw.ok());
+        CHECK(*raw == Encode(f));
+      }
+    }
+  }
+  // The same size limit as EncodeFrame.
+  v1::Frame f;
+  *f.mutable_publish_ack() = acks[2];
+  f.mutable_publish_ack()->set_request_id(9);
+  *f.mutable_publish_ack()->mutable_checkpoint() = checkpoints[1];
+  const uint32_t size = static_cast<uint32_t>(f.ByteSizeLong());
+  const std::string stored = acks[2].SerializeAsString(), cp = checkpoints[1].SerializeAsString();
+  CHECK(liaison::proto::EncodePublishAckFrame(9, stored, cp, size).ok());
+  auto r = liaison::proto::EncodePublishAckFrame(9, stored, cp, size - 1);
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(r.status().message(), Catch::Contains("exceeds the maximum"));
+}
+
 TEST_CASE("FrameDecoder reassembles frames fed byte by byte", "[proto][frame_codec]") {
   std::vector<v1::Frame> frames = {PingFrame(1), PublishFrame(2, "first"), PingFrame(3),
                                    PublishFrame(4, std::string(3000, 'z'))};
