@@ -56,26 +56,43 @@ std::vector<Target> ExpandRecipients(const policy::Policy& policy, const v1::Env
   return out;
 }
 
-// The digest a publish is known by (StoredMessage::publish_digest): of the
-// message as the client sent it, validated, before stamping.
-std::string PublishDigest(const std::string& unstamped) {
-  const crypto::Digest d = crypto::Sha256(unstamped);
-  return std::string(d.begin(), d.end());
+// The message as the client sent it, validated, before stamping, serialized,
+// in two parts: the validated envelope's field, then the rest of the bytes
+// it arrived as, when validation found them exactly as serializing would
+// write them (the usual case, and cheaper: the body is neither serialized
+// nor copied); else the message serialized again, all of it in head. The
+// same bytes either way. A message whose body was not parsed (body_parsed
+// false) has only its bytes to be serialized from.
+struct Unstamped {
+  std::string head;
+  std::string_view rest;
+  bool whole = false;  // head is all of it
+  // Serialized bytes that begin with an envelope field: for WithEnvelope.
+  std::string_view with_any_envelope(std::string_view wire) const { return whole ? head : wire; }
+};
+
+Result<Unstamped> MakeUnstamped(const v1::Message& message, std::string_view wire, bool body_as_serialized,
+                                bool body_parsed) {
+  Unstamped u;
+  if (body_as_serialized) {
+    const auto rest = proto::AfterEnvelope(wire);
+    if (rest.ok()) {
+      proto::AppendEnvelopeField(&u.head, message.envelope());
+      u.rest = *rest;
+      return u;
+    }
+    if (!body_parsed) return rest.status();
+  }
+  u.head = message.SerializeAsString();
+  u.whole = true;
+  return u;
 }
 
-// The message as the client sent it, validated, before stamping, serialized:
-// the bytes it arrived as with the validated envelope in their place when
-// validation found the rest exactly as serializing would write it (the
-// usual case, and cheaper), else serialized again. The same bytes either way.
-// A message whose body was not parsed (body_parsed false) has only its
-// bytes to be serialized from.
-Result<std::string> Unstamped(const v1::Message& message, std::string_view wire, bool body_as_serialized,
-                              bool body_parsed) {
-  if (body_as_serialized) {
-    auto r = proto::WithEnvelope(wire, message.envelope());
-    if (r.ok() || !body_parsed) return r;
-  }
-  return message.SerializeAsString();
+// The digest a publish is known by (StoredMessage::publish_digest): of the
+// message as the client sent it, validated, before stamping.
+std::string PublishDigest(const Unstamped& u) {
+  const crypto::Digest d = crypto::Sha256(u.head, u.rest);
+  return std::string(d.begin(), d.end());
 }
 
 // A checkpoint serialized, as every PublishAck carries it: the acks of one
@@ -166,7 +183,7 @@ bool Session::AnswerExpiredRepeat(uint64_t rid, v1::Message* message, std::strin
     SendError(rid, v1::REASON_STORE_FAILURE, "the broker cannot read its store: " + stored.status().message(), false);
     return true;
   }
-  const auto unstamped = Unstamped(*message, wire, as_serialized, body_parsed);
+  const auto unstamped = MakeUnstamped(*message, wire, as_serialized, body_parsed);
   if (!unstamped.ok() || !stored->has_value() || (*stored)->publish_digest != PublishDigest(*unstamped)) return false;
   // The broker has it: the repeat gets the original outcome, as a repeat
   // before the expiry does.
@@ -244,7 +261,7 @@ void Session::HandlePublish(v1::Publish& publish) {
     return;
   }
   // Idempotency: the message as the client sent it, before stamping.
-  const auto unstamped = Unstamped(*message, wire, as_serialized, body_parsed);
+  const auto unstamped = MakeUnstamped(*message, wire, as_serialized, body_parsed);
   if (!unstamped.ok()) {  // not reached: validation vouched for the bytes
     SendError(rid, v1::REASON_INVALID_MESSAGE, unstamped.status().message(), false);
     return;
@@ -254,8 +271,8 @@ void Session::HandlePublish(v1::Publish& publish) {
   *env->mutable_received_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
   // The stamped message as it is stored and delivered: only the envelope
   // changed, so only the envelope is serialized again.
-  auto stamped = proto::WithEnvelope(*unstamped, *env);
-  if (!stamped.ok()) {  // not reached: unstamped begins with the envelope
+  auto stamped = proto::WithEnvelope(unstamped->with_any_envelope(wire), *env);
+  if (!stamped.ok()) {  // not reached: these bytes begin with an envelope
     SendError(rid, v1::REASON_INVALID_MESSAGE, stamped.status().message(), false);
     return;
   }

@@ -51,6 +51,13 @@ Digest Sha256(uint8_t prefix, std::string_view data) {
   return Finish(&c);
 }
 
+Digest Sha256(std::string_view a, std::string_view b) {
+  SHA256_CTX c = Start();
+  Add(&c, a.data(), a.size());
+  Add(&c, b.data(), b.size());
+  return Finish(&c);
+}
+
 struct HmacSha256::Keyed {
   SHA256_CTX inner;
   SHA256_CTX outer;

@@ -26,6 +26,8 @@ Digest Sha256(std::string_view data);
 // SHA-256 of one prefix byte followed by data (RFC 6962 leaf and node
 // hashes), without copying data behind the prefix.
 Digest Sha256(uint8_t prefix, std::string_view data);
+// SHA-256 of a followed by b, without joining them.
+Digest Sha256(std::string_view a, std::string_view b);
 
 class HmacSha256 {
  public:

@@ -145,7 +145,7 @@ Result<std::string> EncodePublishAckFrame(uint64_t request_id, std::string_view 
   return out;
 }
 
-Result<std::string> WithEnvelope(std::string_view message, const v1::Envelope& envelope) {
+Result<std::string_view> AfterEnvelope(std::string_view message) {
   using WFL = google::protobuf::internal::WireFormatLite;
   static_assert(v1::Message::kEnvelopeFieldNumber == 1, "the envelope is the first field written");
   const uint32_t tag = Tag(v1::Message::kEnvelopeFieldNumber, WFL::WIRETYPE_LENGTH_DELIMITED);
@@ -162,16 +162,27 @@ Result<std::string> WithEnvelope(std::string_view message, const v1::Envelope& e
   if (old_len > static_cast<uint64_t>(end - p)) {
     return Status::InvalidArgument("the serialized message's envelope runs past its end");
   }
-  const std::string_view rest(reinterpret_cast<const char*>(p + old_len), static_cast<size_t>(end - p - old_len));
+  return std::string_view(reinterpret_cast<const char*>(p + old_len), static_cast<size_t>(end - p - old_len));
+}
+
+void AppendEnvelopeField(std::string* out, const v1::Envelope& envelope, size_t reserve_after) {
+  using WFL = google::protobuf::internal::WireFormatLite;
+  const uint32_t tag = Tag(v1::Message::kEnvelopeFieldNumber, WFL::WIRETYPE_LENGTH_DELIMITED);
   const size_t n = envelope.ByteSizeLong();
+  out->reserve(out->size() + VarintSize(tag) + VarintSize(n) + n + reserve_after);
+  PutVarint(out, tag);
+  PutVarint(out, n);
+  const size_t env_at = out->size();
+  out->resize(env_at + n);
+  envelope.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(out->data() + env_at));
+}
+
+Result<std::string> WithEnvelope(std::string_view message, const v1::Envelope& envelope) {
+  const auto rest = AfterEnvelope(message);
+  if (!rest.ok()) return rest.status();
   std::string out;
-  out.reserve(VarintSize(tag) + VarintSize(n) + n + rest.size());
-  PutVarint(&out, tag);
-  PutVarint(&out, n);
-  const size_t env_at = out.size();
-  out.resize(env_at + n);
-  envelope.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(out.data() + env_at));
-  out.append(rest);
+  AppendEnvelopeField(&out, envelope, rest->size());
+  out.append(*rest);
   return out;
 }
 

@@ -68,6 +68,12 @@ Result<std::string> EncodePublishAckFrame(uint64_t request_id, std::string_view 
 // first). InvalidArgument when message does not begin with an envelope.
 Result<std::string> WithEnvelope(std::string_view message, const v1::Envelope& envelope);
 
+// What WithEnvelope keeps of a serialized message: the bytes after its
+// envelope field. InvalidArgument as WithEnvelope.
+Result<std::string_view> AfterEnvelope(std::string_view message);
+// Appends the envelope as a serialized Message's first field (its tag, its
+// length, its bytes) to *out, with room reserved for reserve_after more.
+void AppendEnvelopeField(std::string* out, const v1::Envelope& envelope, size_t reserve_after = 0);
 // Parses a frame body (without the header) with the nesting limit; unknown
 // fields are dropped so they never travel further.
 Status ParseFrame(std::string_view body, v1::Frame* frame);

@@ -30,6 +30,16 @@ TEST_CASE("Sha256 matches FIPS 180-2 test vectors", "[sha256]") {
         "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
 }
 
+TEST_CASE("Sha256 of two parts is the digest of them joined, wherever the cut falls", "[sha256]") {
+  std::string data;
+  for (int i = 0; i < 300; ++i) data.push_back(static_cast<char>(i * 7 + 3));
+  for (size_t cut = 0; cut <= data.size(); ++cut) {
+    CAPTURE(cut);
+    CHECK(Sha256(std::string_view(data).substr(0, cut), std::string_view(data).substr(cut)) == Sha256(data));
+  }
+  CHECK(HexOf(Sha256("ab", "c")) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
 TEST_CASE("HmacSha256 matches RFC 4231 test vectors", "[sha256]") {
   // Test case 1: a 20-byte key.
   CHECK(HexOf(HmacSha256(Bytes(20, 0x0b)).Mac("Hi There")) ==
