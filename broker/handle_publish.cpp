@@ -449,13 +449,10 @@ void Session::HandlePublish(v1::Publish& publish) {
       std::move(batch),
       [&broker, self = shared_from_this(), rid, stored_ack = std::move(stored_ack), copies = std::move(copies),
        digest = std::move(digest)](const Status& s, const audit::Checkpoint& cp, const BatchResult& result) mutable {
-        Result<std::string> encoded = Status::Ok();
-        if (s.ok() && !result.duplicate) {  // the usual answer: the ack as stored, the request id and checkpoint
-          if (!copies.empty()) broker.mailboxes.Add(std::move(copies));
-          encoded = proto::EncodePublishAckFrame(rid, stored_ack, CheckpointBytes(cp));
-        } else {
-          encoded = EncodeRareAnswer(s, result, rid, stored_ack, digest, cp);
-        }
+        const bool usual = s.ok() && !result.duplicate;  // the ack as stored, the request id and checkpoint
+        if (usual && !copies.empty()) broker.mailboxes.Add(std::move(copies));
+        Result<std::string> encoded = usual ? proto::EncodePublishAckFrame(rid, stored_ack, CheckpointBytes(cp))
+                                            : EncodeRareAnswer(s, result, rid, stored_ack, digest, cp);
         broker.in_flight_publishes--;
         self->SendPublishAck(encoded.ok() ? std::move(encoded).value() : std::string());
       });
