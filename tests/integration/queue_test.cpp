@@ -973,8 +973,7 @@ TEST_CASE("a reconnect storm loses nothing, records each delivery once and leaks
       std::lock_guard lock(mu);
       n = published.size();
     }
-    if (storm >= std::chrono::seconds(60) ||
-        (storm >= std::chrono::seconds(3) && n >= 50 && receiver_sessions >= 20)) {
+    if (storm >= std::chrono::seconds(60) || (storm >= std::chrono::seconds(3) && n >= 50 && receiver_sessions >= 20)) {
       break;
     }
   }
