@@ -16,10 +16,12 @@
 // is the signed one.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "broker/store/store.h"
@@ -53,6 +55,22 @@ struct LogGroup {
   };
   std::optional<CheckpointRow> checkpoint_row;
   size_t bytes = 0;  // its encoding's size (not encoded)
+  // When the writer handed it to the applier (not encoded; a group read
+  // back from the log at Open has none and is applied at once).
+  std::chrono::steady_clock::time_point logged{};
+};
+
+// What groups logged after those being applied say about them (the
+// applier's look-ahead, Store::Impl::TakeGroups): the deliveries they
+// finish, in commit order, and the bodies they drop. Only facts already in
+// the commit log, so the applier may write them early.
+struct LaterChanges {
+  std::vector<std::pair<int64_t, DeliveryState>> finished;
+  std::vector<int64_t> drop_bodies;
+  void clear() {
+    finished.clear();
+    drop_bodies.clear();
+  }
 };
 
 // Appends the encoding of g (without its lsn: the log keeps that) to *out.

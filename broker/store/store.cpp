@@ -202,7 +202,7 @@ Status Store::Impl::OpenLog() {
   if (!replayed.empty()) {
     size_t records = 0, dropped = 0;
     for (const auto& g : replayed) records += g.records.size();
-    if (Status s = Apply(replayed, &dropped); !s.ok()) return s.Annotate("applying the commit log");
+    if (Status s = Apply(replayed, nullptr, &dropped); !s.ok()) return s.Annotate("applying the commit log");
     spdlog::info("store: {} commit(s) with {} audit record(s) applied from the commit log", replayed.size(), records);
   }
   applied_lsn = written_lsn = std::max(applied, log->last_lsn());

@@ -153,9 +153,10 @@ class Store {
     // commit log's segments are closed within half of it.
     std::chrono::milliseconds wal_purge_within{30000};
     // A commit is durable once it is in the commit log; the applier writes
-    // it into the database this much later (or sooner: Sync, the reads
-    // below), so that what a later commit undoes (a body acknowledged, a
-    // delivery finished) is mostly never written there at all;
+    // it into the database between this much later and half as long again
+    // (store_impl.h, kApplyHoldDivisor; or sooner: Sync, the reads below),
+    // so that what a later commit undoes (a body acknowledged, a delivery
+    // finished) is mostly never written there at all;
     std::chrono::milliseconds apply_delay{200};
     // but while little waits (kApplyEarlyWeight), already this much later:
     // at low rates a recipient's acknowledgement comes within milliseconds,
@@ -184,7 +185,7 @@ class Store {
   Result<BatchResult> CommitSync(Batch batch);
 
   // The database (what the reads below, the audit reader and the audit
-  // index see) trails the commit log by up to Options::apply_delay. Sync
+  // index see) trails the commit log by up to 1.5 Options::apply_delay. Sync
   // waits until what was queued before it (Append, Commit) is committed,
   // then writes every commit into the database and waits; WhenApplied runs
   // then() once what was queued before it (a lazy batch too) is committed

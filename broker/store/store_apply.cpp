@@ -44,10 +44,12 @@ Status Store::Impl::FlushRecords() {
 }
 
 // The queue changes of groups, netted (Apply): new messages and deliveries
-// take the later changes to themselves before they are inserted; only
-// changes to rows applied earlier are written as updates. *dropped counts
-// bodies deleted from the database (not those that never reached it).
-Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, size_t* dropped) {
+// take the later changes to themselves before they are inserted, those of
+// later groups too (later, logged but not applied yet: their own turn then
+// finds nothing left to change); only changes to rows applied earlier are
+// written as updates. *dropped counts bodies deleted from the database
+// (not those that never reached it).
+Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, const LaterChanges* later, size_t* dropped) {
   std::unordered_map<int64_t, StoredMessage*> messages;
   struct New {
     StoredDelivery* d;
@@ -74,6 +76,7 @@ Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, size_t* drop
       for (const auto& [id, state] : b.finished) {
         auto it = deliveries.find(id);
         if (it == deliveries.end()) {
+          if (finished_ahead.erase(id) != 0) continue;  // written when the delivery was
           finished.emplace_back(id, state);
         } else if (it->second.state == DeliveryState::kPending) {  // the first to finish it counts, as in SQL
           it->second.state = state;
@@ -91,6 +94,7 @@ Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, size_t* drop
       for (int64_t row : b.drop_bodies) {
         auto it = messages.find(row);
         if (it == messages.end()) {
+          if (dropped_ahead.erase(row) != 0) continue;  // never written
           drops.push_back(row);
         } else {
           it->second->body.clear();
@@ -103,6 +107,22 @@ Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, size_t* drop
         recalls.emplace_back(row, ms);
       } else {
         it->second->recalled_ms = ms;
+      }
+    }
+  }
+  if (later) {
+    for (const auto& [id, state] : later->finished) {
+      auto it = deliveries.find(id);
+      if (it != deliveries.end() && it->second.state == DeliveryState::kPending) {
+        it->second.state = state;
+        it->second.d->payload.clear();
+        finishing_ahead.push_back(id);
+      }
+    }
+    for (int64_t row : later->drop_bodies) {
+      if (auto it = messages.find(row); it != messages.end()) {
+        it->second->body.clear();
+        dropping_ahead.push_back(row);
       }
     }
   }
@@ -197,8 +217,8 @@ Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, size_t* drop
   }
   for (int64_t row : drops) {
     if (Status s = drop_body.RunWith("drop body", row); !s.ok()) return s;
+    *dropped += static_cast<size_t>(sqlite3_changes(db));  // none if netted out before
   }
-  *dropped += drops.size();
   for (const auto& [row, ms] : recalls) {
     if (Status s = mark_recalled.RunWith("mark recalled", ms, row); !s.ok()) return s;
   }
@@ -211,11 +231,17 @@ Status Store::Impl::WriteQueueChanges(std::deque<LogGroup>& groups, size_t* drop
 // count of attempts): at a steady rate most messages are delivered and
 // acknowledged before their group is applied, so their bodies never reach
 // the database at all.
-Status Store::Impl::Apply(std::deque<LogGroup>& groups, size_t* dropped) {
+Status Store::Impl::Apply(std::deque<LogGroup>& groups, const LaterChanges* later, size_t* dropped) {
   if (groups.empty()) return Status::Ok();
+  finishing_ahead.clear();
+  dropping_ahead.clear();
   if (Status s = Exec(db, "BEGIN IMMEDIATE"); !s.ok()) return s;
-  Status s = WriteGroups(groups, dropped);
+  Status s = WriteGroups(groups, later, dropped);
   if (s.ok()) s = Exec(db, "COMMIT");
+  if (s.ok()) {
+    finished_ahead.insert(finishing_ahead.begin(), finishing_ahead.end());
+    dropped_ahead.insert(dropping_ahead.begin(), dropping_ahead.end());
+  }
   if (!s.ok()) {
     pending_records.clear();
     Exec(db, "ROLLBACK");
@@ -226,8 +252,8 @@ Status Store::Impl::Apply(std::deque<LogGroup>& groups, size_t* dropped) {
 // Apply's transaction: the queue changes, the records, then pruning (which
 // only reaches records applied before its group was logged: PruneChunk
 // waits for that) and checkpoint rows, and the watermark.
-Status Store::Impl::WriteGroups(std::deque<LogGroup>& groups, size_t* dropped) {
-  if (Status s = WriteQueueChanges(groups, dropped); !s.ok()) return s;
+Status Store::Impl::WriteGroups(std::deque<LogGroup>& groups, const LaterChanges* later, size_t* dropped) {
+  if (Status s = WriteQueueChanges(groups, later, dropped); !s.ok()) return s;
   for (const auto& g : groups) {
     for (const auto& r : g.records) {
       // A chunk holds consecutive seqs only.
@@ -272,9 +298,10 @@ void Store::Impl::ApplyLoop() {
   pthread_setname_np(pthread_self(), "store-apply");
   int failures = 0;  // in a row
   std::deque<LogGroup> groups;
-  while (TakeGroups(&groups)) {
+  LaterChanges later;
+  while (TakeGroups(&groups, &later)) {
     size_t dropped = 0;
-    if (const Status s = Apply(groups, &dropped); !s.ok()) {
+    if (const Status s = Apply(groups, &later, &dropped); !s.ok()) {
       if (!ApplyFailed(groups, s, failures++)) return;
       continue;
     }
@@ -283,18 +310,25 @@ void Store::Impl::ApplyLoop() {
   }
 }
 
-// Waits until the oldest logged group is due (or someone waits for the
-// database, or many have gathered) and takes them all. False once stopping
-// and nothing is left: the applier then ends.
-bool Store::Impl::TakeGroups(std::deque<LogGroup>* groups) {
+// Waits until the oldest logged group is due and takes those that have
+// waited the hold (kApplyHoldDivisor), with what the younger ones say about
+// them in *later; or all of them, at once, when someone waits for the
+// database, many have gathered, or the store is stopping. False once
+// stopping and nothing is left: the applier then ends.
+bool Store::Impl::TakeGroups(std::deque<LogGroup>* groups, LaterChanges* later) {
   std::unique_lock lock(apply_mu);
+  bool all = false;
+  std::chrono::steady_clock::time_point cut;  // groups logged up to this are taken
   for (;;) {
     if (!to_apply.empty()) {
-      const auto due = oldest_to_apply + (to_apply_records < kApplyEarlyWeight
-                                              ? std::min(options.apply_early, options.apply_delay)
-                                              : options.apply_delay);
-      if (apply_now || apply_stopping || to_apply_records >= kApplyNowRecords ||
-          std::chrono::steady_clock::now() >= due) {
+      const auto delay = to_apply_records < kApplyEarlyWeight ? std::min(options.apply_early, options.apply_delay)
+                                                              : options.apply_delay;
+      const auto hold = delay / kApplyHoldDivisor;
+      const auto due = to_apply.front().logged + delay + hold;
+      const auto now = std::chrono::steady_clock::now();
+      all = apply_now || apply_stopping || to_apply_records >= kApplyNowRecords;
+      if (all || now >= due) {
+        cut = now - hold;
         break;
       }
       apply_cv.wait_until(lock, due);
@@ -326,9 +360,25 @@ bool Store::Impl::TakeGroups(std::deque<LogGroup>* groups) {
     }
   }
   groups->clear();
-  groups->swap(to_apply);
-  to_apply_records = 0;
-  apply_now = false;
+  later->clear();
+  if (all) {
+    groups->swap(to_apply);
+    to_apply_records = 0;
+    apply_now = false;
+    return true;
+  }
+  // The oldest is due, so at least it is taken.
+  while (!to_apply.empty() && to_apply.front().logged <= cut) {
+    to_apply_records -= Weight(to_apply.front());
+    groups->push_back(std::move(to_apply.front()));
+    to_apply.pop_front();
+  }
+  for (const LogGroup& g : to_apply) {
+    for (const Batch& b : g.batches) {
+      later->finished.insert(later->finished.end(), b.finished.begin(), b.finished.end());
+      later->drop_bodies.insert(later->drop_bodies.end(), b.drop_bodies.begin(), b.drop_bodies.end());
+    }
+  }
   return true;
 }
 
@@ -348,7 +398,7 @@ bool Store::Impl::ApplyFailed(std::deque<LogGroup>& groups, const Status& s, int
     }
     apply_error = s;
     apply_failures++;
-    for (auto it = groups.rbegin(); it != groups.rend(); ++it) {
+    for (auto it = groups.rbegin(); it != groups.rend(); ++it) {  // (they keep their time: due at once)
       to_apply_records += Weight(*it);
       to_apply.push_front(std::move(*it));
     }

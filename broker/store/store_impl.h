@@ -32,6 +32,7 @@
 #include <string_view>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -115,6 +116,16 @@ constexpr const char* kApplierCacheSize = "PRAGMA cache_size = -16384";
 // the groups waiting weigh less than this: at 2,000 messages/s, 20 ms of
 // them weigh about 150),
 constexpr size_t kApplyEarlyWeight = 1024;
+// The applier runs once the oldest group has waited that long plus a hold
+// of 1/kApplyHoldDivisor of it, and writes the groups that have waited the
+// hold, netting out what the groups logged since say about them
+// (LaterChanges): so a message's body stays out of the database whenever
+// its acknowledgement came within the hold, and the applier still runs
+// every apply_early or apply_delay. Writing every group at once, a message
+// logged just before the applier ran got its body written, then dropped by
+// the next transaction: 23 % of them at 24,000 messages a second
+// (docs/benchmarks.md, twenty-eighth session).
+constexpr int kApplyHoldDivisor = 2;
 // or at once when this many records wait,
 constexpr size_t kApplyNowRecords = 50'000;
 // Keys Forget takes out of the unapplied per hold of its lock.
@@ -327,7 +338,6 @@ struct Store::Impl {
   std::deque<LogGroup> to_apply;       // guarded by apply_mu
   size_t to_apply_records = 0;         // guarded by apply_mu
   size_t unapplied_bytes = 0;          // guarded by apply_mu: logged, not yet applied (to_apply and the applier's hands)
-  std::chrono::steady_clock::time_point oldest_to_apply;  // guarded by apply_mu
   uint64_t written_lsn = 0;            // guarded by apply_mu: the last group logged
   uint64_t applied_lsn = 0;            // guarded by apply_mu: the last group in the database
   uint64_t apply_failures = 0;         // guarded by apply_mu
@@ -337,6 +347,12 @@ struct Store::Impl {
   bool applier_gone = false;           // guarded by apply_mu
   std::vector<std::pair<uint64_t, std::function<void(const Status&)>>> apply_waiters;  // guarded by apply_mu
   std::thread applier;
+  // Deliveries finished and bodies dropped ahead of their own group (by
+  // the look-ahead, LaterChanges): when that group is applied, they need no
+  // update (it would change nothing). Kept once the transaction that netted
+  // them has committed; the group's apply takes them out (applier only).
+  std::unordered_set<int64_t> finished_ahead, dropped_ahead;
+  std::vector<int64_t> finishing_ahead, dropping_ahead;  // the current transaction's
   bool log_released = true;  // applier only: the log let go of everything applied, its current segment too
   int failures_while_stopping = 0;  // applier only
 
@@ -352,7 +368,7 @@ struct Store::Impl {
   void DoneLoop();
   void WalLoop();
   void ApplyLoop();
-  bool TakeGroups(std::deque<LogGroup>* groups);
+  bool TakeGroups(std::deque<LogGroup>* groups, LaterChanges* later);
   bool ApplyFailed(std::deque<LogGroup>& groups, const Status& s, int failures);
   void Applied(std::deque<LogGroup>& groups, size_t dropped);
   Status Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tree_out, uint64_t* next_out, size_t* records,
@@ -361,9 +377,10 @@ struct Store::Impl {
   // Takes keys out of unapplied_ids (a failed commit's, or the applied).
   void Forget(const std::vector<std::string>& keys);
   void LogRecord(audit::Record& r, uint64_t seq, int64_t* last_time_ms, merkle::Tree* t, LogGroup* g);
-  Status Apply(std::deque<LogGroup>& groups, size_t* dropped);
-  Status WriteGroups(std::deque<LogGroup>& groups, size_t* dropped);
-  Status WriteQueueChanges(std::deque<LogGroup>& groups, size_t* dropped);
+  // later: what groups not applied yet say about these (may be null).
+  Status Apply(std::deque<LogGroup>& groups, const LaterChanges* later, size_t* dropped);
+  Status WriteGroups(std::deque<LogGroup>& groups, const LaterChanges* later, size_t* dropped);
+  Status WriteQueueChanges(std::deque<LogGroup>& groups, const LaterChanges* later, size_t* dropped);
   Status FlushRecords();
   Status PruneChunk(Item& item, uint64_t next_seq, uint64_t* pruned, LogGroup* g);
   Status PrepareStatements();

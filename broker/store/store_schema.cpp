@@ -233,7 +233,7 @@ Status Store::Impl::PrepareStatements() {
        "VALUES (?,?,?,?,?,?,?,?)"},
       {&finish_delivery, "UPDATE deliveries SET state = ?, payload = NULL WHERE id = ? AND state = 0"},
       {&set_attempts, "UPDATE deliveries SET attempts = ? WHERE id = ?"},
-      {&drop_body, "UPDATE messages SET body = NULL WHERE row = ?"},
+      {&drop_body, "UPDATE messages SET body = NULL WHERE row = ? AND body IS NOT NULL"},
       {&mark_recalled, "UPDATE messages SET recalled_ms = ? WHERE row = ?"},
   };
   for (const auto& [stmt, sql] : statements) {

@@ -264,7 +264,7 @@ Status Store::Impl::Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tr
   pruned_through = pruned;
   {
     std::lock_guard lock(apply_mu);
-    if (to_apply.empty()) oldest_to_apply = std::chrono::steady_clock::now();
+    g.logged = std::chrono::steady_clock::now();
     to_apply_records += Weight(g);
     unapplied_bytes += log_buffer.size();
     g.bytes = log_buffer.size();

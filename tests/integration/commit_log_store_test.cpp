@@ -147,6 +147,122 @@ TEST_CASE("a message acknowledged before its group is applied never writes its b
   CHECK(again->original.ack == "ack of 0190a5c4-8d2e-7b3a-9c1d-000000000001");
 }
 
+// The applier's look-ahead (store_impl.h, kApplyHoldDivisor): with a delay
+// of 2 s, a group is applied once the oldest has waited 3 s, and only the
+// groups that have waited 1 s are taken. A publish at 0 s and its
+// acknowledgement at 2.4 s: the applier at 3 s takes the publish alone,
+// yet writes it without its body, since the acknowledgement, already
+// logged, is looked at first; the acknowledgement's own group follows at
+// about 5.4 s.
+namespace {
+
+constexpr auto kLookAheadDelay = std::chrono::seconds(2);
+constexpr auto kAcknowledgeAt = std::chrono::milliseconds(2400);
+
+broker::Store::Options LookAhead(const TempDir& dir) {
+  auto o = StoreOptions(dir);
+  o.apply_delay = o.apply_early = kLookAheadDelay;
+  return o;
+}
+
+// Polls until the database holds a message row (the first apply), up to 10 s.
+bool WaitForMessageRow(const std::string& db_path) {
+  for (int i = 0; i < 500; ++i) {
+    if (QueryInt(db_path, "SELECT COUNT(*) FROM messages") == 1) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("a message applied before its acknowledgement's group is netted out by the applier's look-ahead",
+          "[store][commit_log]") {
+  TempDir dir;
+  auto o = LookAhead(dir);
+  auto store = broker::Store::Open(o);
+  REQUIRE(store.ok());
+  const std::string marker = "Looked-ahead-body-5be0 that must never reach the database";
+  const std::string id = "0190a5c4-8d2e-7b3a-9c1d-000000000001";
+  int64_t delivery = 0;
+  const auto start = std::chrono::steady_clock::now();
+  auto publish = Publish(**store, id, marker + std::string(3000, 'x'), &delivery);
+  const int64_t row = publish.new_message->row;
+  REQUIRE((*store)->CommitSync(std::move(publish)).ok());
+  std::this_thread::sleep_until(start + kAcknowledgeAt);
+  REQUIRE((*store)->CommitSync(Acknowledged(delivery, row, id)).ok());
+  REQUIRE(WaitForMessageRow(o.path));
+  // The publish's group alone (one record, the watermark at its entry), its
+  // message already without a body and its copy already delivered.
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 1);
+  CHECK(Count(o.path, "SELECT value FROM store_info WHERE key = 'log_applied'") == 1);
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM messages WHERE body IS NULL AND delivered = 'school'") == 1);
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM deliveries") == 0);
+  // Then the acknowledgement's group: its record, nothing left to change.
+  REQUIRE((*store)->Sync().ok());
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 2);
+  CHECK(Count(o.path, "SELECT value FROM store_info WHERE key = 'log_applied'") == 2);
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM messages WHERE body IS NULL AND delivered = 'school'") == 1);
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM deliveries") == 0);
+  CHECK((FileBytes(o.path) + FileBytes(o.path + "-wal")).find(marker) == std::string::npos);
+  int pending = 0;
+  REQUIRE((*store)->LoadPending([&](broker::StoredDelivery, const broker::StoredMessage&) { pending++; }).ok());
+  CHECK(pending == 0);
+}
+
+TEST_CASE("after kill -9 between a look-ahead apply and the acknowledgement's own, the next Open applies the rest",
+          "[store][commit_log][crash]") {
+  TempDir dir;
+  auto o = LookAhead(dir);
+  const std::string id = "0190a5c4-8d2e-7b3a-9c1d-000000000001";
+  int pipe_fds[2];
+  REQUIRE(::pipe(pipe_fds) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::close(pipe_fds[0]);
+    auto store = broker::Store::Open(o);
+    if (!store.ok()) ::_exit(2);
+    int64_t delivery = 0;
+    const auto start = std::chrono::steady_clock::now();
+    auto publish = Publish(**store, id, "the body", &delivery);
+    const int64_t row = publish.new_message->row;
+    if (!(*store)->CommitSync(std::move(publish)).ok()) ::_exit(3);
+    std::this_thread::sleep_until(start + kAcknowledgeAt);
+    if (!(*store)->CommitSync(Acknowledged(delivery, row, id)).ok()) ::_exit(4);
+    if (!WaitForMessageRow(o.path)) ::_exit(5);
+    if (::write(pipe_fds[1], "applied\n", 8) != 8) ::_exit(6);
+    ::pause();
+    ::_exit(0);
+  }
+  ::close(pipe_fds[1]);
+  char buf[16];
+  const ssize_t n = ::read(pipe_fds[0], buf, sizeof buf);
+  ::close(pipe_fds[0]);
+  ::kill(child, SIGKILL);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  REQUIRE(n == 8);
+  REQUIRE(WIFSIGNALED(status));
+  // Killed with the publish applied (netted) and the acknowledgement only
+  // in the commit log (its own apply was due 2.4 s later).
+  CHECK(Count(o.path, "SELECT value FROM store_info WHERE key = 'log_applied'") == 1);
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 1);
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM messages WHERE body IS NULL AND delivered = 'school'") == 1);
+  auto store = broker::Store::Open(o);
+  REQUIRE(store.ok());
+  CHECK((*store)->latest().tree_size == 2);
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 2);
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM messages WHERE body IS NULL AND delivered = 'school'") == 1);
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM deliveries") == 0);
+  int pending = 0;
+  REQUIRE((*store)->LoadPending([&](broker::StoredDelivery, const broker::StoredMessage&) { pending++; }).ok());
+  CHECK(pending == 0);
+  auto again = (*store)->CommitSync(Publish(**store, id, "the body"));
+  REQUIRE(again.ok());
+  CHECK(again->duplicate);
+}
+
 TEST_CASE("a duplicate is found whether its first copy is applied or only logged", "[store][commit_log]") {
   TempDir dir;
   auto o = Unapplied(dir);
