@@ -22,7 +22,11 @@
 // append, one fdatasync); an applier thread writes groups into SQLite
 // behind it (Options::apply_delay), netting out what later commits undo,
 // and after a crash the next Open applies what the log holds beyond the
-// database's watermark. The reads below wait for the applier first.
+// database's watermark. The reads below wait for the applier first. The
+// log and the database together are always a whole number of commits; the
+// database alone, between two applies, may already hold the finished
+// deliveries and dropped bodies of commits still to come, whose audit
+// records follow with the next apply (store_impl.h, kApplyHoldDivisor).
 //
 // Thread-safety: all public methods may be called from any thread. done()
 // runs in commit order on the store's completion thread (while the writer
@@ -153,10 +157,10 @@ class Store {
     // commit log's segments are closed within half of it.
     std::chrono::milliseconds wal_purge_within{30000};
     // A commit is durable once it is in the commit log; the applier writes
-    // it into the database between this much later and half as long again
-    // (store_impl.h, kApplyHoldDivisor; or sooner: Sync, the reads below),
-    // so that what a later commit undoes (a body acknowledged, a delivery
-    // finished) is mostly never written there at all;
+    // it into the database between half this and one and a half times this
+    // later (store_impl.h, kApplyHoldDivisor; or sooner: Sync, the reads
+    // below), so that what a later commit undoes (a body acknowledged, a
+    // delivery finished) is mostly never written there at all;
     std::chrono::milliseconds apply_delay{200};
     // but while little waits (kApplyEarlyWeight), already this much later:
     // at low rates a recipient's acknowledgement comes within milliseconds,

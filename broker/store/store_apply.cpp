@@ -289,9 +289,9 @@ Status Store::Impl::WriteGroups(std::deque<LogGroup>& groups, const LaterChanges
   return set_store_info.Run("record the commit log's watermark");
 }
 
-// The applier: writes logged groups into the database (Apply) once the
-// oldest has waited Options::apply_delay, when many have gathered, or when
-// someone waits for them; then lets the log release them and the audit
+// The applier: writes logged groups into the database (Apply) once they
+// are due (TakeGroups), when many have gathered, or when someone waits for
+// them; then lets the log release them and the audit
 // indexer index their records, and keeps the WAL short (what the writer
 // did after each commit before the commit log).
 void Store::Impl::ApplyLoop() {
@@ -321,8 +321,10 @@ bool Store::Impl::TakeGroups(std::deque<LogGroup>* groups, LaterChanges* later) 
   std::chrono::steady_clock::time_point cut;  // groups logged up to this are taken
   for (;;) {
     if (!to_apply.empty()) {
-      const auto delay = to_apply_records < kApplyEarlyWeight ? std::min(options.apply_early, options.apply_delay)
-                                                              : options.apply_delay;
+      // (What a take leaves behind may weigh little even under load: the
+      // next take keeps the delay of the last.)
+      const bool heavy = to_apply_records >= kApplyEarlyWeight || apply_heavy;
+      const auto delay = heavy ? options.apply_delay : std::min(options.apply_early, options.apply_delay);
       const auto hold = delay / kApplyHoldDivisor;
       const auto due = to_apply.front().logged + delay + hold;
       const auto now = std::chrono::steady_clock::now();
@@ -361,6 +363,7 @@ bool Store::Impl::TakeGroups(std::deque<LogGroup>* groups, LaterChanges* later) 
   }
   groups->clear();
   later->clear();
+  apply_heavy = to_apply_records >= kApplyEarlyWeight;
   if (all) {
     groups->swap(to_apply);
     to_apply_records = 0;

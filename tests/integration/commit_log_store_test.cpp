@@ -148,16 +148,16 @@ TEST_CASE("a message acknowledged before its group is applied never writes its b
 }
 
 // The applier's look-ahead (store_impl.h, kApplyHoldDivisor): with a delay
-// of 2 s, a group is applied once the oldest has waited 3 s, and only the
-// groups that have waited 1 s are taken. A publish at 0 s and its
-// acknowledgement at 2.4 s: the applier at 3 s takes the publish alone,
-// yet writes it without its body, since the acknowledgement, already
-// logged, is looked at first; the acknowledgement's own group follows at
-// about 5.4 s.
+// of 4 s, a group is applied once the oldest has waited 6 s, and only the
+// groups that have waited 2 s are taken. A publish logged at 0 s and its
+// acknowledgement at 5 s: the applier at 6 s takes the publish alone (a
+// second either way to spare), yet writes it without its body, since the
+// acknowledgement, already logged, is looked at first; the
+// acknowledgement's own group follows at about 11 s, or at Sync.
 namespace {
 
-constexpr auto kLookAheadDelay = std::chrono::seconds(2);
-constexpr auto kAcknowledgeAt = std::chrono::milliseconds(2400);
+constexpr auto kLookAheadDelay = std::chrono::seconds(4);
+constexpr auto kAcknowledgeAt = std::chrono::seconds(5);  // after the publish's commit returned
 
 broker::Store::Options LookAhead(const TempDir& dir) {
   auto o = StoreOptions(dir);
@@ -165,10 +165,10 @@ broker::Store::Options LookAhead(const TempDir& dir) {
   return o;
 }
 
-// Polls until the database holds a message row (the first apply), up to 10 s.
-bool WaitForMessageRow(const std::string& db_path) {
+// Polls until the database holds n message rows (the first apply), up to 10 s.
+bool WaitForMessageRows(const std::string& db_path, int64_t n) {
   for (int i = 0; i < 500; ++i) {
-    if (QueryInt(db_path, "SELECT COUNT(*) FROM messages") == 1) return true;
+    if (QueryInt(db_path, "SELECT COUNT(*) FROM messages") == n) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return false;
@@ -184,26 +184,40 @@ TEST_CASE("a message applied before its acknowledgement's group is netted out by
   REQUIRE(store.ok());
   const std::string marker = "Looked-ahead-body-5be0 that must never reach the database";
   const std::string id = "0190a5c4-8d2e-7b3a-9c1d-000000000001";
-  int64_t delivery = 0;
-  const auto start = std::chrono::steady_clock::now();
+  const std::string other = "0190a5c4-8d2e-7b3a-9c1d-000000000002";
+  int64_t delivery = 0, other_delivery = 0;
   auto publish = Publish(**store, id, marker + std::string(3000, 'x'), &delivery);
   const int64_t row = publish.new_message->row;
   REQUIRE((*store)->CommitSync(std::move(publish)).ok());
-  std::this_thread::sleep_until(start + kAcknowledgeAt);
+  REQUIRE((*store)->CommitSync(Publish(**store, other, "another body", &other_delivery)).ok());
+  std::this_thread::sleep_until(std::chrono::steady_clock::now() + kAcknowledgeAt);
   REQUIRE((*store)->CommitSync(Acknowledged(delivery, row, id)).ok());
-  REQUIRE(WaitForMessageRow(o.path));
-  // The publish's group alone (one record, the watermark at its entry), its
-  // message already without a body and its copy already delivered.
-  CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 1);
-  CHECK(Count(o.path, "SELECT value FROM store_info WHERE key = 'log_applied'") == 1);
-  CHECK(Count(o.path, "SELECT COUNT(*) FROM messages WHERE body IS NULL AND delivered = 'school'") == 1);
-  CHECK(Count(o.path, "SELECT COUNT(*) FROM deliveries") == 0);
-  // Then the acknowledgement's group: its record, nothing left to change.
-  REQUIRE((*store)->Sync().ok());
+  // The other copy is finished twice, in two later groups: the first
+  // counts, as if the groups had been applied together.
+  broker::Batch expired;
+  expired.finished.emplace_back(other_delivery, broker::DeliveryState::kExpired);
+  expired.records.push_back(Record("expired", other));
+  REQUIRE((*store)->CommitSync(std::move(expired)).ok());
+  REQUIRE((*store)->CommitSync(Delivered(other_delivery, other)).ok());
+  REQUIRE(WaitForMessageRows(o.path, 2));
+  // The publishes' groups alone (their records, the watermark at the
+  // second), the first message already without its body and its copy
+  // already delivered, the other copy already expired.
+  auto check_queue = [&] {
+    CHECK(Count(o.path, "SELECT COUNT(*) FROM messages WHERE body IS NULL AND delivered = 'school'") == 1);
+    CHECK(Count(o.path, "SELECT COUNT(*) FROM messages WHERE body IS NOT NULL") == 1);
+    CHECK(Count(o.path, "SELECT COUNT(*) FROM deliveries") == 1);
+    CHECK(Count(o.path, "SELECT state FROM deliveries WHERE id = " + std::to_string(other_delivery)) ==
+          static_cast<int64_t>(broker::DeliveryState::kExpired));
+  };
   CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 2);
   CHECK(Count(o.path, "SELECT value FROM store_info WHERE key = 'log_applied'") == 2);
-  CHECK(Count(o.path, "SELECT COUNT(*) FROM messages WHERE body IS NULL AND delivered = 'school'") == 1);
-  CHECK(Count(o.path, "SELECT COUNT(*) FROM deliveries") == 0);
+  check_queue();
+  // Then the later groups: their records, nothing left to change.
+  REQUIRE((*store)->Sync().ok());
+  CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 5);
+  CHECK(Count(o.path, "SELECT value FROM store_info WHERE key = 'log_applied'") == 5);
+  check_queue();
   CHECK((FileBytes(o.path) + FileBytes(o.path + "-wal")).find(marker) == std::string::npos);
   int pending = 0;
   REQUIRE((*store)->LoadPending([&](broker::StoredDelivery, const broker::StoredMessage&) { pending++; }).ok());
@@ -224,13 +238,12 @@ TEST_CASE("after kill -9 between a look-ahead apply and the acknowledgement's ow
     auto store = broker::Store::Open(o);
     if (!store.ok()) ::_exit(2);
     int64_t delivery = 0;
-    const auto start = std::chrono::steady_clock::now();
     auto publish = Publish(**store, id, "the body", &delivery);
     const int64_t row = publish.new_message->row;
     if (!(*store)->CommitSync(std::move(publish)).ok()) ::_exit(3);
-    std::this_thread::sleep_until(start + kAcknowledgeAt);
+    std::this_thread::sleep_until(std::chrono::steady_clock::now() + kAcknowledgeAt);
     if (!(*store)->CommitSync(Acknowledged(delivery, row, id)).ok()) ::_exit(4);
-    if (!WaitForMessageRow(o.path)) ::_exit(5);
+    if (!WaitForMessageRows(o.path, 1)) ::_exit(5);
     if (::write(pipe_fds[1], "applied\n", 8) != 8) ::_exit(6);
     ::pause();
     ::_exit(0);
@@ -245,7 +258,7 @@ TEST_CASE("after kill -9 between a look-ahead apply and the acknowledgement's ow
   REQUIRE(n == 8);
   REQUIRE(WIFSIGNALED(status));
   // Killed with the publish applied (netted) and the acknowledgement only
-  // in the commit log (its own apply was due 2.4 s later).
+  // in the commit log (its own apply was due 5 s later).
   CHECK(Count(o.path, "SELECT value FROM store_info WHERE key = 'log_applied'") == 1);
   CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 1);
   CHECK(Count(o.path, "SELECT COUNT(*) FROM messages WHERE body IS NULL AND delivered = 'school'") == 1);
