@@ -13,7 +13,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -159,6 +161,43 @@ namespace {
 constexpr auto kLookAheadDelay = std::chrono::seconds(4);
 constexpr auto kAcknowledgeAt = std::chrono::seconds(5);  // after the publish's commit returned
 
+// Runs child on a store opened with o in a child process, which reports a
+// line (child's result, newline added) and is then killed with SIGKILL;
+// returns that line, or "" if the child failed first (a non-zero exit
+// code: child returns nullopt, or the store did not open).
+std::string ReportThenKill(const broker::Store::Options& o,
+                           const std::function<std::optional<std::string>(broker::Store&)>& child) {
+  int pipe_fds[2];
+  REQUIRE(::pipe(pipe_fds) == 0);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::close(pipe_fds[0]);
+    auto store = broker::Store::Open(o);
+    if (!store.ok()) ::_exit(2);
+    const std::optional<std::string> result = child(**store);
+    if (!result) ::_exit(3);
+    const std::string line = *result + "\n";
+    if (::write(pipe_fds[1], line.data(), line.size()) != static_cast<ssize_t>(line.size())) ::_exit(4);
+    ::pause();
+    ::_exit(0);
+  }
+  ::close(pipe_fds[1]);
+  std::string reported;
+  char buf[256];
+  ssize_t n;
+  while (reported.find('\n') == std::string::npos && (n = ::read(pipe_fds[0], buf, sizeof buf)) > 0) {
+    reported.append(buf, static_cast<size_t>(n));
+  }
+  ::close(pipe_fds[0]);
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  INFO("the child's wait status: " << status);
+  CHECK(WIFSIGNALED(status));
+  return reported.find('\n') == std::string::npos ? std::string() : reported;
+}
+
 broker::Store::Options LookAhead(const TempDir& dir) {
   auto o = StoreOptions(dir);
   o.apply_delay = o.apply_early = kLookAheadDelay;
@@ -229,34 +268,17 @@ TEST_CASE("after kill -9 between a look-ahead apply and the acknowledgement's ow
   TempDir dir;
   auto o = LookAhead(dir);
   const std::string id = "0190a5c4-8d2e-7b3a-9c1d-000000000001";
-  int pipe_fds[2];
-  REQUIRE(::pipe(pipe_fds) == 0);
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ::close(pipe_fds[0]);
-    auto store = broker::Store::Open(o);
-    if (!store.ok()) ::_exit(2);
+  const std::string reported = ReportThenKill(o, [&](broker::Store& store) -> std::optional<std::string> {
     int64_t delivery = 0;
-    auto publish = Publish(**store, id, "the body", &delivery);
+    auto publish = Publish(store, id, "the body", &delivery);
     const int64_t row = publish.new_message->row;
-    if (!(*store)->CommitSync(std::move(publish)).ok()) ::_exit(3);
+    if (!store.CommitSync(std::move(publish)).ok()) return std::nullopt;
     std::this_thread::sleep_until(std::chrono::steady_clock::now() + kAcknowledgeAt);
-    if (!(*store)->CommitSync(Acknowledged(delivery, row, id)).ok()) ::_exit(4);
-    if (!WaitForMessageRows(o.path, 1)) ::_exit(5);
-    if (::write(pipe_fds[1], "applied\n", 8) != 8) ::_exit(6);
-    ::pause();
-    ::_exit(0);
-  }
-  ::close(pipe_fds[1]);
-  char buf[16];
-  const ssize_t n = ::read(pipe_fds[0], buf, sizeof buf);
-  ::close(pipe_fds[0]);
-  ::kill(child, SIGKILL);
-  int status = 0;
-  ::waitpid(child, &status, 0);
-  REQUIRE(n == 8);
-  REQUIRE(WIFSIGNALED(status));
+    if (!store.CommitSync(Acknowledged(delivery, row, id)).ok()) return std::nullopt;
+    if (!WaitForMessageRows(o.path, 1)) return std::nullopt;
+    return "applied";
+  });
+  REQUIRE(reported == "applied\n");
   // Killed with the publish applied (netted) and the acknowledgement only
   // in the commit log (its own apply was due 5 s later).
   CHECK(Count(o.path, "SELECT value FROM store_info WHERE key = 'log_applied'") == 1);
@@ -451,45 +473,22 @@ TEST_CASE("after kill -9, the next Open applies the commit log: the same tree, q
   TempDir dir;
   auto o = StoreOptions(dir);
   o.apply_delay = o.apply_early = std::chrono::seconds(60);  // the child applies nothing
-  int pipe_fds[2];
-  REQUIRE(::pipe(pipe_fds) == 0);
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ::close(pipe_fds[0]);
-    auto store = broker::Store::Open(o);
-    if (!store.ok()) ::_exit(2);
+  const std::string reported = ReportThenKill(o, [](broker::Store& store) -> std::optional<std::string> {
     for (int i = 0; i < 50; ++i) {
       char id[64];
       std::snprintf(id, sizeof id, "0190a5c4-8d2e-7b3a-9c1d-%012d", i);
       int64_t delivery = 0;
-      auto publish = Publish(**store, id, "body " + std::to_string(i), &delivery);
+      auto publish = Publish(store, id, "body " + std::to_string(i), &delivery);
       const int64_t row = publish.new_message->row;
-      if (!(*store)->CommitSync(std::move(publish)).ok()) ::_exit(3);
+      if (!store.CommitSync(std::move(publish)).ok()) return std::nullopt;
       // Every other one is acknowledged too.
-      if (i % 2 == 1 && !(*store)->CommitSync(Acknowledged(delivery, row, id)).ok()) ::_exit(4);
+      if (i % 2 == 1 && !store.CommitSync(Acknowledged(delivery, row, id)).ok()) return std::nullopt;
     }
-    const audit::Checkpoint cp = (*store)->latest();
-    const std::string line = std::to_string(cp.tree_size) + " " + audit::Hex(std::string(
-                                                                       reinterpret_cast<const char*>(cp.root.data()),
-                                                                       cp.root.size())) + "\n";
-    if (::write(pipe_fds[1], line.data(), line.size()) != static_cast<ssize_t>(line.size())) ::_exit(5);
-    ::pause();
-    ::_exit(0);
-  }
-  ::close(pipe_fds[1]);
-  std::string reported;
-  char buf[256];
-  ssize_t n;
-  while (reported.find('\n') == std::string::npos && (n = ::read(pipe_fds[0], buf, sizeof buf)) > 0) {
-    reported.append(buf, static_cast<size_t>(n));
-  }
-  ::close(pipe_fds[0]);
-  ::kill(child, SIGKILL);
-  int status = 0;
-  ::waitpid(child, &status, 0);
-  REQUIRE(WIFSIGNALED(status));
-  REQUIRE(reported.find('\n') != std::string::npos);
+    const audit::Checkpoint cp = store.latest();
+    return std::to_string(cp.tree_size) + " " +
+           audit::Hex(std::string(reinterpret_cast<const char*>(cp.root.data()), cp.root.size()));
+  });
+  REQUIRE(!reported.empty());
   // Nothing of it reached the database.
   CHECK(Count(o.path, "SELECT COUNT(*) FROM audit_log") == 0);
   // (Torn appends at the log's end are commit_log_test's: exact offsets.)
