@@ -28,11 +28,12 @@
 #include "tests/temp_dir.h"
 
 using namespace liaison;
+using liaison::test::QueryInt;
 using liaison::test::StoreFileBytes;
 using liaison::test::StoreLogBytes;
-using liaison::test::QueryInt;
 using liaison::test::StoreOptions;
 using liaison::test::TempDir;
+using liaison::test::WaitFor;
 
 namespace {
 
@@ -204,13 +205,9 @@ broker::Store::Options LookAhead(const TempDir& dir) {
   return o;
 }
 
-// Polls until the database holds n message rows (the first apply), up to 10 s.
-bool WaitForMessageRows(const std::string& db_path, int64_t n) {
-  for (int i = 0; i < 500; ++i) {
-    if (QueryInt(db_path, "SELECT COUNT(*) FROM messages") == n) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return false;
+// The database holds n message rows (the first apply has run).
+bool HasMessageRows(const std::string& db_path, int64_t n) {
+  return QueryInt(db_path, "SELECT COUNT(*) FROM messages") == n;
 }
 
 }  // namespace
@@ -238,7 +235,7 @@ TEST_CASE("a message applied before its acknowledgement's group is netted out by
   expired.records.push_back(Record("expired", other));
   REQUIRE((*store)->CommitSync(std::move(expired)).ok());
   REQUIRE((*store)->CommitSync(Delivered(other_delivery, other)).ok());
-  REQUIRE(WaitForMessageRows(o.path, 2));
+  REQUIRE(WaitFor([&] { return HasMessageRows(o.path, 2); }));
   // The publishes' groups alone (their records, the watermark at the
   // second), the first message already without its body and its copy
   // already delivered, the other copy already expired.
@@ -275,7 +272,7 @@ TEST_CASE("after kill -9 between a look-ahead apply and the acknowledgement's ow
     if (!store.CommitSync(std::move(publish)).ok()) return std::nullopt;
     std::this_thread::sleep_until(std::chrono::steady_clock::now() + kAcknowledgeAt);
     if (!store.CommitSync(Acknowledged(delivery, row, id)).ok()) return std::nullopt;
-    if (!WaitForMessageRows(o.path, 1)) return std::nullopt;
+    if (!WaitFor([&] { return HasMessageRows(o.path, 1); })) return std::nullopt;
     return "applied";
   });
   REQUIRE(reported == "applied\n");
