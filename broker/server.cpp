@@ -143,6 +143,16 @@ std::string SourceOf(const asio::ip::address& a) {
   return asio::ip::address_v6(b).to_string() + "/64";
 }
 
+// The commit log's fdatasyncs since the start, for the admin socket's
+// status: how many, percentiles and the longest in microseconds, and the
+// buckets they fell in ([[upper_bound_us,count],...], LatencyHistogram).
+std::string LogSyncsJson(const LatencyHistogram::Snapshot& s) {
+  return "\"log_syncs\":" + std::to_string(s.count) + ",\"log_sync_p50_us\":" + std::to_string(s.PercentileUs(0.5)) +
+         ",\"log_sync_p99_us\":" + std::to_string(s.PercentileUs(0.99)) +
+         ",\"log_sync_p999_us\":" + std::to_string(s.PercentileUs(0.999)) +
+         ",\"log_sync_max_us\":" + std::to_string(s.max_us) + ",\"log_sync_buckets\":" + s.BucketsJson();
+}
+
 }  // namespace
 
 struct Server::Impl {
@@ -250,13 +260,15 @@ asio::awaitable<void> Server::Impl::ServeAdmin(Server* server, asio::local::stre
     answer = co_await OffIoThreads(ioc, [server] { return server->Reload(); });
   } else if (command == "status") {
     const auto c = server->counters();
-    answer = "ok {\"sessions\":" + std::to_string(c.sessions) + ",\"connections_accepted\":" +
-             std::to_string(c.connections_accepted) + ",\"handshakes_failed\":" + std::to_string(c.handshakes_failed) +
-             ",\"identities_refused\":" + std::to_string(c.identities_refused) + ",\"publishes\":" +
-             std::to_string(c.publishes) + ",\"deliveries_acked\":" + std::to_string(c.deliveries_acked) +
+    answer = "ok {\"sessions\":" + std::to_string(c.sessions) +
+             ",\"connections_accepted\":" + std::to_string(c.connections_accepted) +
+             ",\"handshakes_failed\":" + std::to_string(c.handshakes_failed) +
+             ",\"identities_refused\":" + std::to_string(c.identities_refused) +
+             ",\"publishes\":" + std::to_string(c.publishes) +
+             ",\"deliveries_acked\":" + std::to_string(c.deliveries_acked) +
              ",\"protocol_errors\":" + std::to_string(c.protocol_errors) +
              ",\"waiting\":" + std::to_string(state.mailboxes.waiting_total()) + ",\"policy_version\":\"" +
-             state.policy()->version() + "\"}";
+             state.policy()->version() + "\"," + LogSyncsJson(c.log_syncs) + "}";
   } else if (command == "queues") {
     answer = "ok " + QueuesJson(state, NowMs());
   } else if (command.rfind("rotate-key ", 0) == 0) {
@@ -611,9 +623,10 @@ Status Server::SyncStore() { return impl_->state.store->Sync(); }
 
 Server::Counters Server::counters() const {
   const auto& st = impl_->state.stats;
-  return Counters{st.connections_accepted.load(), st.handshakes_failed.load(), st.identities_refused.load(),
-                  st.publishes.load(),           st.deliveries_acked.load(),  st.protocol_errors.load(),
-                  impl_->state.router.size()};
+  return Counters{st.connections_accepted.load(), st.handshakes_failed.load(),
+                  st.identities_refused.load(),   st.publishes.load(),
+                  st.deliveries_acked.load(),     st.protocol_errors.load(),
+                  impl_->state.router.size(),     impl_->state.store->log_syncs()};
 }
 
 }  // namespace liaison::broker

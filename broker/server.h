@@ -13,6 +13,7 @@
 #include <string>
 
 #include "broker/config.h"
+#include "common/latency_histogram.h"
 #include "common/status.h"
 
 namespace liaison::broker {
@@ -58,6 +59,7 @@ class Server {
     uint64_t connections_accepted, handshakes_failed, identities_refused, publishes, deliveries_acked,
         protocol_errors;
     size_t sessions;
+    LatencyHistogram::Snapshot log_syncs;  // the store's commit log (Store::log_syncs)
   };
   Counters counters() const;
 

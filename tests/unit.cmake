@@ -30,3 +30,5 @@ target_sources(unit_tests PRIVATE broker/commit_log_test.cpp)
 target_sources(unit_tests PRIVATE broker/id_filter_test.cpp)
 # Checkpoint signing (common/checkpoint.h).
 target_sources(unit_tests PRIVATE common/checkpoint_test.cpp)
+# Sync durations (common/latency_histogram.h).
+target_sources(unit_tests PRIVATE common/latency_histogram_test.cpp)

@@ -741,8 +741,33 @@ Status CommitLog::WriteEntry(std::string_view payload) {
     if (n == 0) return FailAppend("short write", 0);
     done += static_cast<size_t>(n);
   }
-  if (::fdatasync(fd_) != 0) return FailAppend("cannot fdatasync", errno);
+  const auto before = std::chrono::steady_clock::now();
+  const int synced = ::fdatasync(fd_);
+  const auto took = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - before);
+  if (synced != 0) return FailAppend("cannot fdatasync", errno);
+  syncs_.Add(static_cast<uint64_t>(took.count()));
+  if (took >= options_.slow_sync) NoteSlowSync(took);
   return Status::Ok();
+}
+
+void CommitLog::NoteSlowSync(std::chrono::microseconds took) {
+  const auto now = std::chrono::steady_clock::now();
+  if (slow_warned_ != std::chrono::steady_clock::time_point{} && now - slow_warned_ < options_.slow_sync_every) {
+    ++slow_unwarned_;
+    return;
+  }
+  const double ms = static_cast<double>(took.count()) / 1000.0;
+  if (slow_unwarned_ == 0) {
+    spdlog::warn("commit log: an fdatasync of {} took {:.1f} ms; publishes wait for it (is the disk slow or busy?)",
+                 segments_.back().path, ms);
+  } else {
+    spdlog::warn(
+        "commit log: an fdatasync of {} took {:.1f} ms, and {} more took {} ms or longer since the last such "
+        "warning; publishes wait for them (is the disk slow or busy?)",
+        segments_.back().path, ms, slow_unwarned_, options_.slow_sync.count());
+  }
+  slow_warned_ = now;
+  slow_unwarned_ = 0;
 }
 
 Status CommitLog::Release(uint64_t lsn, bool rotate_current) {

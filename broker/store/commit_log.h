@@ -76,6 +76,7 @@
 #include <string_view>
 #include <thread>
 
+#include "common/latency_histogram.h"
 #include "common/status.h"
 
 namespace liaison::broker {
@@ -99,6 +100,12 @@ class CommitLog {
     bool prepare_spare = true;
     // ... only while this much stays free besides it.
     uint64_t spare_min_free_bytes = 256u << 20;
+    // An fdatasync that takes this long or longer is logged as a warning
+    // (the first at once, then at most one every slow_sync_every, with the
+    // count meanwhile): every publish waits for these syncs, so an operator
+    // should know when the disk stalls.
+    std::chrono::milliseconds slow_sync{100};
+    std::chrono::milliseconds slow_sync_every{10000};
   };
   // Called for each valid entry with lsn > after_lsn, in lsn order, during Open. A non-OK status stops Open and is
   // returned.
@@ -133,6 +140,9 @@ class CommitLog {
   uint64_t segments_preallocated() const;
   // Waits up to timeout for a spare to be ready; false if none is (for tests).
   bool WaitForSpare(std::chrono::milliseconds timeout);
+  // How long each append's fdatasync took (any thread, without waiting for
+  // an append in progress).
+  LatencyHistogram::Snapshot syncs() const { return syncs_.Get(); }
 
  private:
   struct Segment {
@@ -173,6 +183,10 @@ class CommitLog {
   // its fdatasync).
   std::atomic<int64_t> first_append_ns_{0};
   std::atomic<uint64_t> fill_{0};
+  LatencyHistogram syncs_;                            // lock-free: read by syncs() while an append syncs
+  void NoteSlowSync(std::chrono::microseconds took);  // with mu_ held
+  std::chrono::steady_clock::time_point slow_warned_{};
+  uint64_t slow_unwarned_ = 0;  // slow syncs since the last warning
   // Since the current segment's first entry; 0 when it has none.
   std::chrono::nanoseconds SinceFirstAppend(std::chrono::steady_clock::time_point now) const;
 

@@ -628,6 +628,10 @@ Store::Counters Store::counters() const {
   return impl_->counters;
 }
 
+LatencyHistogram::Snapshot Store::log_syncs() const {
+  return impl_->log->syncs();
+}
+
 const std::string& Store::public_key_pem() const { return impl_->signer->public_key_pem(); }
 
 std::string Store::BodyDigest(std::string_view body) const {

@@ -48,6 +48,7 @@
 
 #include "common/audit_record.h"
 #include "common/checkpoint.h"
+#include "common/latency_histogram.h"
 #include "common/status.h"
 
 namespace liaison::broker {
@@ -238,6 +239,8 @@ class Store {
     uint64_t duplicate_lookups;
   };
   Counters counters() const;
+  // How long the commit log's fdatasyncs took, since Open (any thread).
+  LatencyHistogram::Snapshot log_syncs() const;
 
   // Audit retention (docs/auditing.md, section 6): records made before
   // before_ms lose every field (the leaf and the columns) but keep their seq

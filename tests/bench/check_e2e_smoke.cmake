@@ -1,15 +1,15 @@
 # bench_e2e_smoke: runs `liaison-bench e2e` with a few hundred messages and
 # checks that its JSON line parses and that nothing was lost, duplicated or
 # refused, that both phases name the broker's threads with the CPU they
-# used and the bytes it wrote to files, and that --trace wrote a line per
-# latency-phase message.
+# used, the bytes it wrote to files and its commit log's syncs, and that
+# --trace wrote a line per latency-phase message.
 # Usage: cmake -DBENCH=liaison-bench -DPKI=dir -DTRACE=file -P check_e2e_smoke.cmake
 include(${CMAKE_CURRENT_LIST_DIR}/bench_line.cmake)
 run_bench_line(
   ARGS e2e --pki ${PKI} --publishers 2 --messages 150 --window 32
        --rate 200 --duration 1 --warmup 0.2 --timeout 30 --profile none --trace ${TRACE}
   KEYS msgs_per_s p50_ms p99_ms p999_ms lost dups received redacted_received threads lat_threads
-       file_bytes_per_msg lat_file_bytes_per_msg)
+       file_bytes_per_msg lat_file_bytes_per_msg log_syncs lat_log_syncs lat_log_sync_p50_ms lat_log_sync_max_ms)
 if(NOT lost EQUAL 0 OR NOT dups EQUAL 0)
   message(FATAL_ERROR "lost ${lost}, dups ${dups}")
 endif()
@@ -23,6 +23,14 @@ endif()
 # log) in both phases.
 if(file_bytes_per_msg LESS 1000 OR lat_file_bytes_per_msg LESS 1000)
   message(FATAL_ERROR "file bytes a message: ${file_bytes_per_msg} and ${lat_file_bytes_per_msg}")
+endif()
+# The broker timed its commit log's syncs, and both phases publish (a sync
+# at least each); the longest is no shorter than the median.
+if(log_syncs LESS 1 OR lat_log_syncs LESS 1)
+  message(FATAL_ERROR "syncs reported by the broker: ${log_syncs} and ${lat_log_syncs}")
+endif()
+if(NOT lat_log_sync_p50_ms GREATER_EQUAL 0 OR lat_log_sync_max_ms LESS lat_log_sync_p50_ms)
+  message(FATAL_ERROR "latency phase syncs: p50 ${lat_log_sync_p50_ms} ms, max ${lat_log_sync_max_ms} ms")
 endif()
 # Cores by thread: both phases name the I/O threads and the store's writer;
 # in the latency phase (a second long, where clock ticks add up) the I/O

@@ -338,29 +338,6 @@ std::string PolicyText(int agencies) {
   return y;
 }
 
-// The broker's answer to "status" on its admin socket, or "".
-std::string AdminStatus(const std::string& path) {
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return "";
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
-  std::string answer;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && ::write(fd, "status\n", 7) == 7) {
-    char buf[1024];
-    ssize_t n;
-    while ((n = ::read(fd, buf, sizeof buf)) > 0) answer.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  while (!answer.empty() && answer.back() == '\n') answer.pop_back();
-  return answer;
-}
-
-long JsonLong(const std::string& text, const std::string& key) {
-  const size_t p = text.find("\"" + key + "\":");
-  return p == std::string::npos ? -1 : std::atol(text.c_str() + p + key.size() + 3);
-}
-
 void Sleep(double s) { std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(s * 1000))); }
 
 int RunConnections(const Options& o) {

@@ -5,8 +5,10 @@
 #include <google/protobuf/util/time_util.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -502,6 +504,39 @@ std::unique_ptr<Child> StartBroker(const std::string& bin, const std::string& di
     return nullptr;
   }
   return broker;
+}
+
+std::string AdminStatus(const std::string& path) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return "";
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+  std::string answer;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && ::write(fd, "status\n", 7) == 7) {
+    char buf[1024];
+    ssize_t n;
+    while ((n = ::read(fd, buf, sizeof buf)) > 0) answer.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  while (!answer.empty() && answer.back() == '\n') answer.pop_back();
+  return answer;
+}
+
+long JsonLong(const std::string& text, const std::string& key) {
+  const size_t p = text.find("\"" + key + "\":");
+  return p == std::string::npos ? -1 : std::atol(text.c_str() + p + key.size() + 3);
+}
+
+LatencyHistogram::Snapshot BrokerLogSyncs(const std::string& dir) {
+  const std::string status = AdminStatus(dir + "/admin.sock");
+  const std::string key = "\"log_sync_buckets\":";
+  LatencyHistogram::Snapshot s;
+  const size_t at = status.find(key);
+  if (at == std::string::npos || !LatencyHistogram::Snapshot::ParseBucketsJson(status.substr(at + key.size()), &s)) {
+    return LatencyHistogram::Snapshot{};
+  }
+  return s;
 }
 
 long CountLoggedErrors(const std::string& log_path) {

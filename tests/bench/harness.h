@@ -17,14 +17,15 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
-#include <map>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "client/client.h"
+#include "common/latency_histogram.h"
 #include "proto/detail/pb.h"
 
 namespace liaison::bench {
@@ -175,6 +176,14 @@ std::unique_ptr<Child> StartBroker(const std::string& bin, const std::string& di
 
 // [error] and [critical] lines in a broker log.
 long CountLoggedErrors(const std::string& log_path);
+
+// The broker's answer to "status" on its admin socket, or "".
+std::string AdminStatus(const std::string& path);
+// A number in such an answer; -1 if it has none.
+long JsonLong(const std::string& text, const std::string& key);
+// How long the commit log's fdatasyncs took in the broker started in dir
+// (StartBroker), from its admin socket's status; empty if it did not answer.
+LatencyHistogram::Snapshot BrokerLogSyncs(const std::string& dir);
 
 client::ClientOptions ClientOpts(uint16_t port, const std::string& pki, const std::string& agency,
                                  const std::string& client_name);

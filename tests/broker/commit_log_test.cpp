@@ -1016,5 +1016,36 @@ TEST_CASE("commit log: a released segment cut short by a crash while it was dele
   }
 }
 
+TEST_CASE("commit log: every append's fdatasync is timed and a slow one is a warning at most once an interval",
+          "[commit_log]") {
+  TempDir dir;
+  auto o = LogOptions(dir);
+  o.slow_sync = std::chrono::milliseconds(0);  // every sync counts as slow
+  o.slow_sync_every = std::chrono::milliseconds(300);
+  Entries replayed;
+  test::LogCapture capture;
+  auto log = MustOpen(o, 0, &replayed);
+  CHECK(log->syncs().count == 0);
+  AppendRange(*log, 1, 5);
+  auto syncs = log->syncs();
+  CHECK(syncs.count == 5);
+  CHECK(syncs.PercentileUs(1.0) >= syncs.max_us);
+  const std::string first = "commit log: an fdatasync of " + SegmentFiles(dir).back() + " took ";
+  auto count = [&](const std::string& what) {
+    const std::string text = capture.text();
+    size_t n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+  };
+  // The first at once; the other four wait for the interval to end.
+  CHECK(count(first) == 1);
+  CHECK(count("publishes wait for it (is the disk slow or busy?)") == 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  AppendRange(*log, 6, 6);
+  CHECK(count(first) == 2);
+  CHECK(count("and 4 more took 0 ms or longer since the last such warning") == 1);
+  CHECK(log->syncs().count == 6);
+}
+
 }  // namespace
 }  // namespace liaison::broker

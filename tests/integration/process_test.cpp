@@ -209,6 +209,15 @@ TEST_CASE("SIGTERM stops the broker cleanly", "[process]") {
   CHECK(broker.process().err().find("stopped:") != std::string::npos);
 }
 
+// A number field of a JSON object (an admin command's answer); -1 if it
+// has none (or null).
+long NumberIn(const std::string& object, const std::string& field) {
+  const size_t at = object.find("\"" + field + "\":");
+  if (at == std::string::npos) return -1;
+  const std::string rest = object.substr(at + field.size() + 3);
+  return rest.empty() || rest[0] < '0' || rest[0] > '9' ? -1 : std::stol(rest);
+}
+
 TEST_CASE("the admin socket and SIGHUP reload the policy, a bad policy is rejected", "[process][reload]") {
   TempDir dir;
   BrokerProcess broker(dir);
@@ -221,6 +230,13 @@ TEST_CASE("the admin socket and SIGHUP reload the policy, a bad policy is reject
   std::string out, err;
   CHECK(Run(with("status"), dir.path(), &out, &err) == 0);
   CHECK(out.find("\"policy_version\"") != std::string::npos);
+  // The commit log's syncs since the start (the start's own records among
+  // them): how many, percentiles, and the buckets they fell in.
+  INFO(out);
+  CHECK(NumberIn(out, "log_syncs") >= 1);
+  CHECK(NumberIn(out, "log_sync_p99_us") >= NumberIn(out, "log_sync_p50_us"));
+  CHECK(NumberIn(out, "log_sync_max_us") > 0);
+  CHECK(out.find("\"log_sync_buckets\":[[") != std::string::npos);
   struct stat st {};
   REQUIRE(::stat(dir.File("admin.sock").c_str(), &st) == 0);
   CHECK((st.st_mode & 0777) == 0600);
@@ -252,14 +268,6 @@ std::string QueueOf(const std::string& answer, const std::string& agency) {
   const size_t at = answer.find("{\"agency\":\"" + agency + "\"");
   if (at == std::string::npos) return "";
   return answer.substr(at, answer.find('}', at) + 1 - at);
-}
-
-// A number field of such an object; -1 if it has none (or null).
-long NumberIn(const std::string& object, const std::string& field) {
-  const size_t at = object.find("\"" + field + "\":");
-  if (at == std::string::npos) return -1;
-  const std::string rest = object.substr(at + field.size() + 3);
-  return rest.empty() || rest[0] < '0' || rest[0] > '9' ? -1 : std::stol(rest);
 }
 
 TEST_CASE("the admin command queues shows what waits for each agency and whether it receives", "[process][queue]") {
