@@ -1,7 +1,9 @@
 #include "common/latency_histogram.h"
 
+#include <algorithm>
 #include <bit>
-#include <cstdlib>
+#include <charconv>
+#include <cmath>
 
 namespace liaison {
 
@@ -22,18 +24,19 @@ uint64_t LatencyHistogram::UpperBoundUs(int bucket) {
 }
 
 void LatencyHistogram::Add(uint64_t us) {
-  counts_[static_cast<size_t>(BucketOf(us))].fetch_add(1, std::memory_order_relaxed);
-  count_.fetch_add(1, std::memory_order_relaxed);
+  // The maximum first, and the count with release: a Get that sees the
+  // count sees a maximum at least this large (PercentileUs clamps to it).
   uint64_t max = max_us_.load(std::memory_order_relaxed);
   while (us > max && !max_us_.compare_exchange_weak(max, us, std::memory_order_relaxed)) {
   }
+  counts_[static_cast<size_t>(BucketOf(us))].fetch_add(1, std::memory_order_release);
 }
 
 LatencyHistogram::Snapshot LatencyHistogram::Get() const {
   Snapshot s;
   for (size_t i = 0; i < s.counts.size(); ++i) {
-    s.counts[i] = counts_[i].load(std::memory_order_relaxed);
-    s.count += s.counts[i];  // consistent with the buckets, unlike count_ alone
+    s.counts[i] = counts_[i].load(std::memory_order_acquire);
+    s.count += s.counts[i];
   }
   s.max_us = max_us_.load(std::memory_order_relaxed);
   return s;
@@ -41,16 +44,18 @@ LatencyHistogram::Snapshot LatencyHistogram::Get() const {
 
 uint64_t LatencyHistogram::Snapshot::PercentileUs(double q) const {
   if (count == 0) return 0;
-  // The smallest rank that covers q of the count (at least the first).
-  uint64_t rank = static_cast<uint64_t>(q * static_cast<double>(count));
-  if (static_cast<double>(rank) < q * static_cast<double>(count)) ++rank;
+  // The smallest rank that covers q of the count (at least the first); the
+  // small slack keeps 0.57 * 100 at rank 57 despite rounding.
+  const double exact = q * static_cast<double>(count);
+  uint64_t rank = static_cast<uint64_t>(std::ceil(exact - 1e-9));
   if (rank == 0) rank = 1;
+  if (rank > count) rank = count;
   uint64_t seen = 0;
   for (int b = 0; b < kBuckets; ++b) {
     seen += counts[static_cast<size_t>(b)];
-    if (seen >= rank) return UpperBoundUs(b);
+    if (seen >= rank) return b == kBuckets - 1 ? max_us : std::min(UpperBoundUs(b), max_us);
   }
-  return UpperBoundUs(kBuckets - 1);
+  return max_us;
 }
 
 LatencyHistogram::Snapshot LatencyHistogram::Snapshot::Since(const Snapshot& earlier) const {
@@ -74,26 +79,34 @@ std::string LatencyHistogram::Snapshot::BucketsJson() const {
   return out + ']';
 }
 
-bool LatencyHistogram::Snapshot::ParseBucketsJson(const std::string& text, Snapshot* out) {
+bool LatencyHistogram::Snapshot::ParseBucketsJson(std::string_view text, Snapshot* out) {
   *out = Snapshot{};
-  if (text.empty() || text[0] != '[') return false;
-  const char* p = text.c_str() + 1;
-  while (*p == '[') {
-    char* end = nullptr;
-    const uint64_t bound = std::strtoull(p + 1, &end, 10);
-    if (*end != ',') return false;
-    const uint64_t n = std::strtoull(end + 1, &end, 10);
-    if (*end != ']') return false;
+  size_t at = 0;
+  auto take = [&](char c) {
+    if (at >= text.size() || text[at] != c) return false;
+    ++at;
+    return true;
+  };
+  auto number = [&](uint64_t* v) {
+    const char* begin = text.data() + at;
+    const auto [end, ec] = std::from_chars(begin, text.data() + text.size(), *v);
+    if (ec != std::errc() || end == begin) return false;  // no digits, a sign, or too large
+    at += static_cast<size_t>(end - begin);
+    return true;
+  };
+  if (!take('[')) return false;
+  if (take(']')) return true;
+  do {
+    uint64_t bound = 0, n = 0;
+    if (!take('[') || !number(&bound) || !take(',') || !number(&n) || !take(']')) return false;
     const int b = BucketOf(bound);
     if (UpperBoundUs(b) == bound) {
       out->counts[static_cast<size_t>(b)] += n;
       out->count += n;
       if (n > 0 && bound > out->max_us) out->max_us = bound;
     }
-    p = end + 1;
-    if (*p == ',') ++p;
-  }
-  return *p == ']';
+  } while (take(','));
+  return take(']');
 }
 
 }  // namespace liaison

@@ -13,13 +13,14 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 namespace liaison {
 
 class LatencyHistogram {
  public:
-  // 4 exact buckets, then 4 to each power of two from 2^2 to 2^32 us (about
-  // 71 minutes); anything longer counts in the last.
+  // 4 exact buckets, then 4 to each power of two from 2^2 up to 2^33 us
+  // (about 143 minutes); anything longer counts in the last.
   static constexpr int kBuckets = 4 + 4 * 31;
 
   static int BucketOf(uint64_t us);
@@ -30,16 +31,18 @@ class LatencyHistogram {
     uint64_t count = 0;
     uint64_t max_us = 0;  // the longest ever (not only since an earlier snapshot)
 
-    // The upper bound of the bucket holding the q-quantile (0 < q <= 1);
-    // 0 when nothing was counted.
+    // The upper bound of the bucket holding the q-quantile (0 < q <= 1), or
+    // max_us when that is less (a bound can exceed every duration counted;
+    // the last bucket's is below what it holds); 0 when nothing was counted.
     uint64_t PercentileUs(double q) const;
     // What was counted after earlier (a snapshot of the same histogram).
     Snapshot Since(const Snapshot& earlier) const;
     // [[upper_bound_us,count],...] for the buckets that counted anything.
     std::string BucketsJson() const;
-    // Reads BucketsJson's form back (unknown bounds are skipped); false when
-    // text does not start with it.
-    static bool ParseBucketsJson(const std::string& text, Snapshot* out);
+    // Reads BucketsJson's form back (bounds that are no bucket's are
+    // skipped; max_us becomes the largest bound read); false when text does
+    // not start with it, or a number is missing, signed or too large.
+    static bool ParseBucketsJson(std::string_view text, Snapshot* out);
   };
 
   void Add(uint64_t us);
@@ -47,7 +50,6 @@ class LatencyHistogram {
 
  private:
   std::array<std::atomic<uint64_t>, kBuckets> counts_{};
-  std::atomic<uint64_t> count_{0};
   std::atomic<uint64_t> max_us_{0};
 };
 

@@ -742,32 +742,36 @@ Status CommitLog::WriteEntry(std::string_view payload) {
     done += static_cast<size_t>(n);
   }
   const auto before = std::chrono::steady_clock::now();
-  const int synced = ::fdatasync(fd_);
+  const int err = ::fdatasync(fd_) == 0 ? 0 : errno;
   const auto took = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - before);
-  if (synced != 0) return FailAppend("cannot fdatasync", errno);
+  if (err != 0) return FailAppend("cannot fdatasync", err);
   syncs_.Add(static_cast<uint64_t>(took.count()));
   if (took >= options_.slow_sync) NoteSlowSync(took);
   return Status::Ok();
 }
 
+// The first slow sync is logged at once, the next ones at most once every
+// slow_sync_every, counting those in between. (A count left when the
+// stalls end waits for the next slow sync; the admin status's histogram
+// has every sync anyway.)
 void CommitLog::NoteSlowSync(std::chrono::microseconds took) {
   const auto now = std::chrono::steady_clock::now();
   if (slow_warned_ != std::chrono::steady_clock::time_point{} && now - slow_warned_ < options_.slow_sync_every) {
-    ++slow_unwarned_;
+    ++slow_suppressed_;
     return;
   }
   const double ms = static_cast<double>(took.count()) / 1000.0;
-  if (slow_unwarned_ == 0) {
+  if (slow_suppressed_ == 0) {
     spdlog::warn("commit log: an fdatasync of {} took {:.1f} ms; publishes wait for it (is the disk slow or busy?)",
                  segments_.back().path, ms);
   } else {
     spdlog::warn(
         "commit log: an fdatasync of {} took {:.1f} ms, and {} more took {} ms or longer since the last such "
         "warning; publishes wait for them (is the disk slow or busy?)",
-        segments_.back().path, ms, slow_unwarned_, options_.slow_sync.count());
+        segments_.back().path, ms, slow_suppressed_, options_.slow_sync.count());
   }
   slow_warned_ = now;
-  slow_unwarned_ = 0;
+  slow_suppressed_ = 0;
 }
 
 Status CommitLog::Release(uint64_t lsn, bool rotate_current) {

