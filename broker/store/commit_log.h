@@ -124,7 +124,11 @@ class CommitLog {
   // is NOT consumed, and the file is cut back (ftruncate to the entry's start offset, best effort) so the next Append
   // overwrites the same place. An empty payload (it would read as the end of the segment) or one over 1 GiB is
   // InvalidArgument.
-  Result<uint64_t> Append(std::string_view payload);
+  // while_written, if given, runs once the entry is written and its
+  // write-out to the disk started (sync_file_range), before fdatasync waits
+  // for it: the caller's work overlaps the device's (the store signs its
+  // checkpoint there). It does not run when the write fails.
+  Result<uint64_t> Append(std::string_view payload, const std::function<void()>& while_written = {});
   // Every entry with lsn <= lsn has been applied and made durable elsewhere: deletes every segment whose entries are
   // all <= lsn. If that includes every entry appended so far and the current segment holds any entry, starts a new
   // segment first so the old one can be deleted too (nothing released stays on disk). Thread-safe with Append (one
@@ -164,7 +168,7 @@ class CommitLog {
   Status MakeSpare();  // Unavailable: too little space
   Status StartSegment();
   void CloseCurrent();
-  Status WriteEntry(std::string_view payload);
+  Status WriteEntry(std::string_view payload, const std::function<void()>& while_written);
   void NoteSlowSync(std::chrono::microseconds took);  // with mu_ held
   Status FailAppend(std::string_view what, int err);  // cuts the file back to offset_
 

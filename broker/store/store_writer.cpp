@@ -240,10 +240,12 @@ Status Store::Impl::Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tr
     item.batch = Batch{};
   }
   // A commit that logs a checkpoint row (once a second) signs before the
-  // append, since the row holds the signature; the others after it. (A
-  // thread that signed while the append waited for the disk cost more CPU
-  // than the signature at low rates, waking it for every commit, and saved
-  // no latency: docs/benchmarks.md, ninth session.)
+  // append, since the row holds the signature; the others while the disk
+  // writes the entry (CommitLog::Append's while_written), on this thread:
+  // at 2,000 msgs/s that took 57-67 us off the median publish
+  // (docs/benchmarks.md, twenty-ninth session). (A thread of its own that
+  // signed while the append waited cost more CPU than the signature at low
+  // rates, waking it for every commit, and saved no latency: ninth session.)
   const bool row = now - last_checkpoint_row_ms >= kCheckpointRowEveryMs;
   if (row) {
     *cp = signer->Sign(options.origin, t.size(), t.Root(), now);
@@ -251,9 +253,9 @@ Status Store::Impl::Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tr
   }
   log_buffer.clear();
   EncodeLogGroup(g, &log_buffer);
-  auto lsn = log->Append(log_buffer);
+  auto lsn = row ? log->Append(log_buffer)
+                 : log->Append(log_buffer, [&] { *cp = signer->Sign(options.origin, t.size(), t.Root(), now); });
   if (!lsn.ok()) return fail(lsn.status());
-  if (!row) *cp = signer->Sign(options.origin, t.size(), t.Root(), now);
   g.lsn = *lsn;
   if (g.checkpoint_row) last_checkpoint_row_ms = now;
   *tree_out = std::move(t);

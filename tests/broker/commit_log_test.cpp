@@ -17,6 +17,7 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <thread>
@@ -670,13 +671,15 @@ TEST_CASE("commit log: a failed append consumes no lsn and the next append takes
 
   Result<uint64_t> failed = Status::Internal("not run");
   Result<uint64_t> fits = Status::Internal("not run");
+  int ran = 0;
   {
     // Nothing in here may write to a file (not even a failing CHECK's report).
     FileSizeLimit fsize(limit);
     REQUIRE(fsize.ok());
-    failed = log->Append(big);
+    failed = log->Append(big, [&] { ++ran; });
     fits = log->Append("b");
   }
+  CHECK(ran == 0);  // the work given to Append runs only once the entry is written
   REQUIRE_FALSE(failed.ok());
   CHECK(failed.status().IsIoError());
   CHECK_THAT(failed.status().message(), Catch::Contains(seg));
@@ -1055,5 +1058,35 @@ TEST_CASE("commit log: every append's fdatasync is timed and a slow one is a war
   CHECK(count("commit log: an fdatasync of") == 2);
 }
 
+TEST_CASE("commit log: the work given to Append runs once with the entry written and before its sync is counted",
+          "[commit_log]") {
+  TempDir dir;
+  const auto o = LogOptions(dir);
+  Entries replayed;
+  auto log = MustOpen(o, 0, &replayed);
+  const std::string seg = SegmentFiles(dir).back();
+  int ran = 0;
+  std::string seen;
+  uint64_t syncs_seen = 99;
+  auto lsn = log->Append("while written", [&] {
+    ++ran;
+    std::ifstream in(seg, std::ios::binary);
+    seen.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    syncs_seen = log->syncs().count;  // lock-free: callable from here
+  });
+  REQUIRE(lsn.ok());
+  CHECK(*lsn == 1);
+  CHECK(ran == 1);
+  // The whole entry was in the file (header, then payload) when it ran.
+  REQUIRE(seen.size() >= kHeader + 13);
+  CHECK(seen.substr(kHeader, 13) == "while written");
+  CHECK(syncs_seen == 0);
+  CHECK(log->syncs().count == 1);
+  REQUIRE(*log->Append("plain") == 2);
+  CHECK(ran == 1);
+  log.reset();
+  MustOpen(o, 0, &replayed);
+  CHECK(replayed == Entries{{1, "while written"}, {2, "plain"}});
+}
 }  // namespace
 }  // namespace liaison::broker
