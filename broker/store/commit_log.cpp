@@ -751,10 +751,11 @@ Status CommitLog::WriteEntry(std::string_view payload, const std::function<void(
   // The wait that publishes see beyond the caller's work.
   const auto before = std::chrono::steady_clock::now();
   const int err = ::fdatasync(fd_) == 0 ? 0 : errno;
-  const auto took = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - before);
+  const auto after = std::chrono::steady_clock::now();
+  const auto took = std::chrono::duration_cast<std::chrono::microseconds>(after - before);
   if (err != 0) return FailAppend("cannot fdatasync", err);
   syncs_.Add(static_cast<uint64_t>(took.count()));
-  if (took >= options_.slow_sync) NoteSlowSync(took);
+  if (took >= options_.slow_sync) NoteSlowSync(took, after);
   return Status::Ok();
 }
 
@@ -762,8 +763,7 @@ Status CommitLog::WriteEntry(std::string_view payload, const std::function<void(
 // slow_sync_every, counting those in between. (A count left when the
 // stalls end waits for the next slow sync; the admin status's histogram
 // has every sync anyway.)
-void CommitLog::NoteSlowSync(std::chrono::microseconds took) {
-  const auto now = std::chrono::steady_clock::now();
+void CommitLog::NoteSlowSync(std::chrono::microseconds took, std::chrono::steady_clock::time_point now) {
   if (slow_warned_ != std::chrono::steady_clock::time_point{} && now - slow_warned_ < options_.slow_sync_every) {
     ++slow_suppressed_;
     return;

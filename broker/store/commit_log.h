@@ -169,7 +169,7 @@ class CommitLog {
   Status StartSegment();
   void CloseCurrent();
   Status WriteEntry(std::string_view payload, const std::function<void()>& while_written);
-  void NoteSlowSync(std::chrono::microseconds took);  // with mu_ held
+  void NoteSlowSync(std::chrono::microseconds took, std::chrono::steady_clock::time_point now);  // with mu_ held
   Status FailAppend(std::string_view what, int err);  // cuts the file back to offset_
 
   const Options options_;

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <ctime>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -253,8 +254,10 @@ Status Store::Impl::Commit(Items& items, audit::Checkpoint* cp, merkle::Tree* tr
   }
   log_buffer.clear();
   EncodeLogGroup(g, &log_buffer);
-  auto lsn = row ? log->Append(log_buffer)
-                 : log->Append(log_buffer, [&] { *cp = signer->Sign(options.origin, t.size(), t.Root(), now); });
+  auto sign = [&] { *cp = signer->Sign(options.origin, t.size(), t.Root(), now); };
+  // By reference: a std::function holds a reference_wrapper without
+  // allocating, once a commit.
+  auto lsn = row ? log->Append(log_buffer) : log->Append(log_buffer, std::ref(sign));
   if (!lsn.ok()) return fail(lsn.status());
   g.lsn = *lsn;
   if (g.checkpoint_row) last_checkpoint_row_ms = now;
