@@ -1,28 +1,27 @@
 #include "broker/server.h"
 
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/read_until.hpp>
-#include <boost/asio/streambuf.hpp>
-#include <boost/asio/write.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/read_until.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/streambuf.hpp>
 #include <boost/asio/use_awaitable.hpp>
-
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <algorithm>
+#include <boost/asio/write.hpp>
 #include <future>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -30,6 +29,7 @@
 #include <vector>
 
 #include "broker/detail/broker_state.h"
+#include "broker/detail/io_pool.h"
 #include "broker/detail/session.h"
 #include "common/json_string.h"
 
@@ -172,6 +172,7 @@ struct Server::Impl {
   std::mutex reload_mu;  // one reload at a time
   std::atomic<bool> stopping{false};
   uint16_t port = 0;
+  std::unique_ptr<IoPool> io_pool;  // set by Run before the io_context runs
 
   asio::awaitable<void> Accept();
   asio::awaitable<void> AcceptAdmin(Server* server);
@@ -268,7 +269,9 @@ asio::awaitable<void> Server::Impl::ServeAdmin(Server* server, asio::local::stre
              ",\"deliveries_acked\":" + std::to_string(c.deliveries_acked) +
              ",\"protocol_errors\":" + std::to_string(c.protocol_errors) +
              ",\"waiting\":" + std::to_string(state.mailboxes.waiting_total()) + ",\"policy_version\":\"" +
-             state.policy()->version() + "\"," + LogSyncsJson(c.log_syncs) + "}";
+             state.policy()->version() + "\",\"io_threads\":" + std::to_string(io_pool->active()) +
+             ",\"io_threads_max\":" + std::to_string(io_pool->max_threads()) +
+             ",\"io_thread_joins\":" + std::to_string(io_pool->joins()) + "," + LogSyncsJson(c.log_syncs) + "}";
   } else if (command == "queues") {
     answer = "ok " + QueuesJson(state, NowMs());
   } else if (command.rfind("rotate-key ", 0) == 0) {
@@ -532,12 +535,14 @@ Status Server::Run(bool handle_signals) {
   }
   const int threads = s.state.config.threads > 0 ? s.state.config.threads
                                                  : std::max(1u, std::thread::hardware_concurrency());
-  spdlog::info("broker '{}' listening on {}:{} ({} thread(s))", s.state.config.name, s.state.config.listen_host,
-               s.port, threads);
-  std::vector<std::thread> pool;
-  for (int i = 1; i < threads; ++i) pool.emplace_back([&s] { s.ioc.run(); });
-  s.ioc.run();
-  for (auto& t : pool) t.join();
+  spdlog::info("broker '{}' listening on {}:{} (up to {} I/O thread(s), more joining only while busy)",
+               s.state.config.name, s.state.config.listen_host, s.port, threads);
+  // One thread runs the io_context; the others join while it is busy
+  // (broker/detail/io_pool.h).
+  IoPool::Options po;
+  po.max_threads = threads;
+  s.io_pool = std::make_unique<IoPool>(s.ioc, po);
+  s.io_pool->Run();
   return Status::Ok();
 }
 

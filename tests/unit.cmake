@@ -32,3 +32,5 @@ target_sources(unit_tests PRIVATE broker/id_filter_test.cpp)
 target_sources(unit_tests PRIVATE common/checkpoint_test.cpp)
 # Sync durations (common/latency_histogram.h).
 target_sources(unit_tests PRIVATE common/latency_histogram_test.cpp)
+# The broker's I/O threads, joining only while busy (broker/detail/io_pool.h).
+target_sources(unit_tests PRIVATE broker/io_pool_test.cpp)

@@ -239,6 +239,10 @@ TEST_CASE("the admin socket and SIGHUP reload the policy, a bad policy is reject
     CHECK(NumberIn(out, field) >= 0);
   }
   CHECK(out.find("\"log_sync_buckets\":[[") != std::string::npos);
+  // The I/O threads: an idle broker runs one of the configuration's two.
+  CHECK(NumberIn(out, "io_threads") == 1);
+  CHECK(NumberIn(out, "io_threads_max") == 2);
+  CHECK(NumberIn(out, "io_thread_joins") >= 0);
   struct stat st {};
   REQUIRE(::stat(dir.File("admin.sock").c_str(), &st) == 0);
   CHECK((st.st_mode & 0777) == 0600);
