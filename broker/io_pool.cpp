@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -43,27 +45,32 @@ void IoPool::Run() {
   bool done = false;  // guarded by mu: the io_context has stopped; everyone leaves
 
   // Helper i (1..max-1) runs the io_context while wanted > i, a slice at a
-  // time, so that it notices when it is no longer wanted.
+  // time, so that it notices when it is no longer wanted. Once the
+  // io_context has stopped it waits for Run to end (the monitor reads its
+  // CPU clock until then).
   std::vector<std::thread> helpers;
   helpers.reserve(static_cast<size_t>(max - 1));
   for (int i = 1; i < max; ++i) {
     helpers.emplace_back([&, i] {
+      std::unique_lock lock(mu);
       for (;;) {
-        {
-          std::unique_lock lock(mu);
-          cv.wait(lock, [&] { return done || wanted > i; });
-          if (done) return;
-        }
-        for (;;) {
-          if (ioc_.stopped()) return;
-          ioc_.run_for(options_.slice);
-          std::lock_guard lock(mu);
-          if (done) return;
-          if (wanted <= i) break;
-        }
+        cv.wait(lock, [&] { return done || wanted > i; });
+        if (done) return;
+        lock.unlock();
+        const bool stopped = ioc_.stopped();
+        if (!stopped) ioc_.run_for(options_.slice);
+        lock.lock();
+        if (stopped) cv.wait(lock, [&] { return done; });
       }
     });
   }
+
+  // The probe: a handler the monitor posts and times. One that has waited a
+  // whole period means the running threads are blocked or behind, whatever
+  // their CPU says (a thread stuck in a lock or a page fault uses none). It
+  // runs promptly on an idle loop, so it does not keep the io_context from
+  // running out of work when everything else has ended.
+  auto probe_waiting = std::make_shared<std::atomic<bool>>(false);
 
   const pthread_t caller = pthread_self();  // the first I/O thread
   std::thread monitor([&] {
@@ -73,27 +80,39 @@ void IoPool::Run() {
     std::unique_lock lock(mu);
     std::vector<int64_t> last(threads.size());
     for (size_t i = 0; i < threads.size(); ++i) last[i] = CpuNs(threads[i]);
+    auto last_time = std::chrono::steady_clock::now();
     int high = 0, low = 0;
-    const double period_ns = static_cast<double>(std::chrono::nanoseconds(options_.period).count());
     while (!done) {
       cv.wait_for(lock, options_.period);
       if (done) break;
-      double busy = 0;  // of a core, by the threads wanted during the period
+      // Divided by the time that passed, not the period: a wait can end
+      // late on a busy machine, or early.
+      const auto now_time = std::chrono::steady_clock::now();
+      const double elapsed_ns = static_cast<double>(
+          std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::nanoseconds>(now_time - last_time).count()));
+      last_time = now_time;
+      double total = 0;    // of a core, by the threads wanted
+      double least = 1e9;  // of a core, by the least busy of them
       for (size_t i = 0; i < threads.size(); ++i) {
         const int64_t now = CpuNs(threads[i]);
-        if (static_cast<int>(i) < wanted) busy += static_cast<double>(now - last[i]) / period_ns;
-        last[i] = now;
+        const double used = now > last[i] ? static_cast<double>(now - last[i]) / elapsed_ns : 0.0;
+        if (now > 0) last[i] = now;
+        if (static_cast<int>(i) < wanted) {
+          total += used;
+          least = std::min(least, used);
+        }
       }
-      if (wanted < max && busy > options_.up_busy * wanted) {
+      const bool stalled = probe_waiting->load(std::memory_order_acquire);
+      if (wanted < max && (stalled || least > options_.up_busy)) {
         low = 0;
-        if (++high >= options_.up_periods) {
+        if (stalled || ++high >= options_.up_periods) {
           high = 0;
           wanted++;
           active_.store(wanted, std::memory_order_relaxed);
           joins_.fetch_add(1, std::memory_order_relaxed);
           cv.notify_all();
         }
-      } else if (wanted > 1 && busy < options_.down_busy * (wanted - 1)) {
+      } else if (wanted > 1 && !stalled && total < options_.down_busy * (wanted - 1)) {
         high = 0;
         if (++low >= options_.down_periods) {
           low = 0;
@@ -102,6 +121,10 @@ void IoPool::Run() {
         }
       } else {
         high = low = 0;
+      }
+      if (!stalled) {
+        probe_waiting->store(true, std::memory_order_release);
+        boost::asio::post(ioc_, [probe_waiting] { probe_waiting->store(false, std::memory_order_release); });
       }
     }
   });

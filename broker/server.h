@@ -31,7 +31,8 @@ class Server {
 
   // The bound port (useful with listen port 0).
   uint16_t port() const;
-  // Serves on config.threads threads (the caller's among them) until stopped.
+  // Serves until stopped, on the caller's thread and up to config.threads - 1
+  // more that join only while it is busy (broker/detail/io_pool.h).
   // With handle_signals, SIGTERM and SIGINT request a graceful stop.
   Status Run(bool handle_signals);
   void RequestStop();

@@ -47,13 +47,14 @@ tsan() {
   [[ -f "$SUPP/tsan.supp" ]] && tsan_opts+=":suppressions=$SUPP/tsan.supp"
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DLIAISON_SANITIZE=thread
   start=$(date +%s)
-  cmake --build build-tsan -j "$JOBS" --target integration_tests
+  cmake --build build-tsan -j "$JOBS" --target integration_tests io_pool_tests
   echo "tsan build: $(( $(date +%s) - start )) s"
   start=$(date +%s)
-  # Only the integration tests (and the PKI fixture they need). TSan reports
-  # make the process exit 66, so a race fails its test even with halt_on_error=0.
+  # Only the integration tests (and the PKI fixture they need), and the I/O
+  # threads' pool, whose threads join and leave. TSan reports make the
+  # process exit 66, so a race fails its test even with halt_on_error=0.
   TSAN_OPTIONS="$tsan_opts${TSAN_OPTIONS:+:$TSAN_OPTIONS}" \
-    ctest --test-dir build-tsan --output-on-failure -j "$JOBS" -R '^(integration:|dev_pki_setup$)'
+    ctest --test-dir build-tsan --output-on-failure -j "$JOBS" -R '^(integration:|dev_pki_setup$|unit: io pool)'
   echo "tsan tests: $(( $(date +%s) - start )) s"
 }
 

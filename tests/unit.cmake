@@ -32,5 +32,9 @@ target_sources(unit_tests PRIVATE broker/id_filter_test.cpp)
 target_sources(unit_tests PRIVATE common/checkpoint_test.cpp)
 # Sync durations (common/latency_histogram.h).
 target_sources(unit_tests PRIVATE common/latency_histogram_test.cpp)
-# The broker's I/O threads, joining only while busy (broker/detail/io_pool.h).
-target_sources(unit_tests PRIVATE broker/io_pool_test.cpp)
+# The broker's I/O threads, joining only while busy (broker/detail/io_pool.h):
+# an executable of its own, so that the TSan build (scripts/ci-sanitizers.sh)
+# runs it without building every unit test.
+add_executable(io_pool_tests broker/io_pool_test.cpp)
+target_link_libraries(io_pool_tests PRIVATE catch_main liaison_broker)
+catch_discover_tests(io_pool_tests EXTRA_ARGS --warn NoTests TEST_PREFIX "unit: ")

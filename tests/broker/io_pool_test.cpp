@@ -4,6 +4,8 @@
 // io_context stops.
 #include "broker/detail/io_pool.h"
 
+#include <time.h>
+
 #include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -20,11 +22,17 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Burns the CPU of the thread it runs on for d.
+// Burns d of the CPU time of the thread it runs on (its own clock: a
+// thread preempted meanwhile still burns all of it).
 void Spin(std::chrono::microseconds d) {
-  const auto end = std::chrono::steady_clock::now() + d;
+  timespec ts{};
+  auto cpu_ns = [&] {
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+  };
+  const int64_t end = cpu_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
   volatile uint64_t x = 0;
-  while (std::chrono::steady_clock::now() < end) x = x + 1;
+  while (cpu_ns() < end) x = x + 1;
 }
 
 // Waits up to limit for pred.
@@ -38,12 +46,35 @@ bool Eventually(Pred pred, std::chrono::milliseconds limit) {
   return true;
 }
 
+// Periods long enough that a loaded test machine (ctest -j, sanitizers)
+// does not delay the probe a whole period, short enough to keep tests quick.
 IoPool::Options Fast(int max) {
   IoPool::Options o;
   o.max_threads = max;
-  o.period = 10ms;
+  o.period = 50ms;
+  o.up_periods = 2;
+  o.down_periods = 4;
   o.slice = 20ms;
   return o;
+}
+
+// Posts n small handlers, gap apart, and waits until all have run; the
+// threads they ran on.
+std::set<std::thread::id> Trickle(asio::io_context& ioc, int n, std::chrono::milliseconds gap) {
+  std::mutex mu;
+  std::set<std::thread::id> ran_on;
+  std::atomic<int> ran{0};
+  for (int i = 0; i < n; ++i) {
+    asio::post(ioc, [&] {
+      std::lock_guard lock(mu);
+      ran_on.insert(std::this_thread::get_id());
+      ran++;
+    });
+    std::this_thread::sleep_for(gap);
+  }
+  REQUIRE(Eventually([&] { return ran.load() == n; }, 5000ms));
+  std::lock_guard lock(mu);
+  return ran_on;
 }
 
 }  // namespace
@@ -53,20 +84,8 @@ TEST_CASE("io pool: a light load runs on one thread and the others stay parked")
   auto work = asio::make_work_guard(ioc);
   IoPool pool(ioc, Fast(3));
   std::thread runner([&] { pool.Run(); });
-  std::mutex mu;
-  std::set<std::thread::id> ran_on;
-  std::atomic<int> ran{0};
   // 200 small handlers, 2 ms apart: a few percent of a core.
-  for (int i = 0; i < 200; ++i) {
-    asio::post(ioc, [&] {
-      std::lock_guard lock(mu);
-      ran_on.insert(std::this_thread::get_id());
-      ran++;
-    });
-    std::this_thread::sleep_for(2ms);
-  }
-  REQUIRE(Eventually([&] { return ran.load() == 200; }, 5000ms));
-  CHECK(ran_on.size() == 1);
+  CHECK(Trickle(ioc, 200, 2ms).size() == 1);
   CHECK(pool.active() == 1);
   CHECK(pool.joins() == 0);
   CHECK(pool.max_threads() == 3);
@@ -81,21 +100,17 @@ TEST_CASE("io pool: threads join under load and leave when it ends") {
   IoPool pool(ioc, Fast(2));
   std::thread runner([&] { pool.Run(); });
   std::atomic<bool> loading{true};
-  std::atomic<int> done{0};
   std::mutex mu;
   std::set<std::thread::id> ran_on;
-  // A producer keeps a backlog of 1 ms handlers: more than one core's worth
-  // would queue, so the first thread is busy all the time.
+  // A producer keeps a backlog of handlers that each burn 1 ms of CPU, 20
+  // every 10 ms: two cores' worth, so the first thread is never idle.
   std::thread producer([&] {
     while (loading) {
       for (int i = 0; i < 20; ++i) {
         asio::post(ioc, [&] {
           Spin(1000us);
-          {
-            std::lock_guard lock(mu);
-            ran_on.insert(std::this_thread::get_id());
-          }
-          done++;
+          std::lock_guard lock(mu);
+          ran_on.insert(std::this_thread::get_id());
         });
       }
       std::this_thread::sleep_for(10ms);
@@ -103,6 +118,7 @@ TEST_CASE("io pool: threads join under load and leave when it ends") {
   });
   CHECK(Eventually([&] { return pool.active() == 2; }, 5000ms));
   CHECK(pool.joins() >= 1);
+  // The second thread really runs handlers.
   CHECK(Eventually(
       [&] {
         std::lock_guard lock(mu);
@@ -111,12 +127,39 @@ TEST_CASE("io pool: threads join under load and leave when it ends") {
       5000ms));
   loading = false;
   producer.join();
-  // The backlog drains, the load ends, and the second thread leaves.
-  CHECK(Eventually([&] { return pool.active() == 1; }, 5000ms));
+  // The backlog drains, the load ends, and the second thread leaves: after
+  // its last slice, a light load runs on one thread again.
+  CHECK(Eventually([&] { return pool.active() == 1; }, 10000ms));
+  std::this_thread::sleep_for(100ms);
+  CHECK(Trickle(ioc, 100, 2ms).size() == 1);
   work.reset();
   ioc.stop();
   runner.join();
-  CHECK(done.load() > 0);
+}
+
+TEST_CASE("io pool: a thread joins when the running one is blocked without using the CPU") {
+  asio::io_context ioc;
+  auto work = asio::make_work_guard(ioc);
+  IoPool pool(ioc, Fast(2));
+  std::thread runner([&] { pool.Run(); });
+  // The first thread waits on a lock for a second (no CPU used): the probe
+  // waits a whole period, a second thread joins and runs what is posted.
+  std::mutex held;
+  std::unique_lock hold(held);
+  std::atomic<bool> blocked{false};
+  asio::post(ioc, [&] {
+    blocked = true;
+    std::lock_guard wait(held);
+  });
+  REQUIRE(Eventually([&] { return blocked.load(); }, 5000ms));
+  std::atomic<bool> ran{false};
+  asio::post(ioc, [&] { ran = true; });
+  CHECK(Eventually([&] { return ran.load(); }, 5000ms));
+  CHECK(pool.active() == 2);
+  hold.unlock();
+  work.reset();
+  ioc.stop();
+  runner.join();
 }
 
 TEST_CASE("io pool: every handler runs and Run returns when the io_context runs out of work") {
@@ -129,9 +172,8 @@ TEST_CASE("io pool: every handler runs and Run returns when the io_context runs 
       ran++;
     });
   }
-  pool.Run();  // no work guard: returns once the 1,000 have run
+  pool.Run();  // no work guard: returns once the 1,000 have run (and the probe)
   CHECK(ran.load() == 1000);
-  CHECK(pool.active() == 1);
 }
 
 TEST_CASE("io pool: one thread at most when the maximum is one") {
