@@ -495,14 +495,16 @@ int RunE2e(const Options& o) {
     const long fsyncs = use_perf ? ParseSyncCount(dir + "/fsync-lat.txt") : -1;
     std::fprintf(stderr,
                  "e2e: latency ms: p50 %.3f p90 %.3f p99 %.3f p999 %.3f max %.3f (n=%zu); publish->ack p50 %.3f "
-                 "p99 %.3f; received %ld/%ld, dups %ld, refused %ld; cpu broker %.0f%% client %.0f%% machine %.0f%%; "
+                 "p99 %.3f; Publish called late p50 %.3f p99 %.3f; received %ld/%ld, dups %ld, refused %ld; cpu broker "
+                 "%.0f%% client %.0f%% machine %.0f%%; "
                  "fsyncs %ld\n",
-                 p50, p90, p99, p999, mx, measured, ap50, ap99, t.unique, ph.expected, t.dups, t.nacked, c.broker_pct,
-                 c.client_pct, c.machine_pct, fsyncs);
+                 p50, p90, p99, p999, mx, measured, ap50, ap99, ls.late_p50, ls.late_p99, t.unique, ph.expected, t.dups,
+                 t.nacked, c.broker_pct, c.client_pct, c.machine_pct, fsyncs);
     json << ",\"rate\":" << Fmt(o.rate, 0) << ",\"duration_s\":" << Fmt(o.duration, 1) << ",\"measured\":" << measured
          << ",\"p50_ms\":" << Fmt(p50) << ",\"p90_ms\":" << Fmt(p90) << ",\"p99_ms\":" << Fmt(p99)
          << ",\"p999_ms\":" << Fmt(p999) << ",\"max_ms\":" << Fmt(mx) << ",\"lat_ack_p50_ms\":" << Fmt(ap50)
-         << ",\"lat_ack_p99_ms\":" << Fmt(ap99) << ",\"lat_lost\":" << lost << ",\"lat_dups\":" << t.dups
+         << ",\"lat_ack_p99_ms\":" << Fmt(ap99) << ",\"lat_late_p50_ms\":" << Fmt(ls.late_p50)
+         << ",\"lat_late_p99_ms\":" << Fmt(ls.late_p99) << ",\"lat_lost\":" << lost << ",\"lat_dups\":" << t.dups
          << ",\"lat_refused\":" << t.nacked << ",\"lat_broker_cpu_pct\":" << Fmt(c.broker_pct, 0)
          << ",\"lat_client_cpu_pct\":" << Fmt(c.client_pct, 0) << ",\"lat_threads\":" << ThreadCoresJson(c.thread_cores)
          << ",\"lat_fsyncs\":" << fsyncs << PhaseSyncsJson("lat_", syncs);

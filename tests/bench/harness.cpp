@@ -619,6 +619,7 @@ void PublisherLoop(World* w, Publisher* p, const Phase* ph, int64_t t0, int64_t 
       p->inflight++;
     }
     const int64_t sent = NowNs();
+    if (interval_ns > 0) p->late_ns[static_cast<size_t>(s)] = sent - tsched;  // read after the phase
     p->sched[static_cast<size_t>(s)].store(interval_ns > 0 ? tsched : sent, std::memory_order_release);
     auto* env = msg.mutable_envelope();
     env->set_message_id(MessageId(ph->run, p->idx, s));
@@ -669,6 +670,7 @@ void StartPhase(World& w, Phase& ph, uint32_t run, long per_pub) {
     p->done_ns = 0;
     p->low_water = w.o.window - std::max(1, w.o.window / 8);
     p->ack_ns.assign(static_cast<size_t>(per_pub), -1);
+    p->late_ns.assign(static_cast<size_t>(per_pub), -1);
     p->sched = std::make_unique<std::atomic<int64_t>[]>(static_cast<size_t>(per_pub));
     for (long i = 0; i < per_pub; ++i) p->sched[static_cast<size_t>(i)].store(0);
   }
@@ -785,10 +787,12 @@ LatencyStats SummariseLatency(World& w, double per_pub_rate, double warmup) {
       if (r->lat_ns[static_cast<size_t>(s)] >= 0) lat.push_back(r->lat_ns[static_cast<size_t>(s)]);
     }
   }
+  std::vector<int64_t> late;
   for (auto& p : w.pubs) {
     std::lock_guard g(p->mu);
     for (long s = warm_n; s < static_cast<long>(p->ack_ns.size()); ++s) {
       if (p->ack_ns[static_cast<size_t>(s)] >= 0) al.push_back(p->ack_ns[static_cast<size_t>(s)]);
+      if (p->late_ns[static_cast<size_t>(s)] >= 0) late.push_back(p->late_ns[static_cast<size_t>(s)]);
     }
   }
   LatencyStats s;
@@ -800,13 +804,17 @@ LatencyStats SummariseLatency(World& w, double per_pub_rate, double warmup) {
   s.p999 = Percentile(lat, 0.999) / 1e6;
   s.ack_p50 = Percentile(al, 0.5) / 1e6;
   s.ack_p99 = Percentile(al, 0.99) / 1e6;
+  if (!late.empty()) {
+    s.late_p50 = Percentile(late, 0.5) / 1e6;
+    s.late_p99 = Percentile(late, 0.99) / 1e6;
+  }
   return s;
 }
 
 Status WriteLatencyTrace(World& w, const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "w");
   if (!f) return Status::IoError("cannot write " + path + ": " + std::strerror(errno));
-  std::fprintf(f, "publisher,seq,sched_ms,sched_ns,ack_ms,e2e_ms\n");
+  std::fprintf(f, "publisher,seq,sched_ms,sched_ns,late_ms,ack_ms,e2e_ms\n");
   int64_t first = 0;
   for (auto& p : w.pubs) {
     for (size_t s = 0; s < p->ack_ns.size(); ++s) {
@@ -822,6 +830,8 @@ Status WriteLatencyTrace(World& w, const std::string& path) {
       const int64_t t = p.sched[i].load(std::memory_order_acquire);
       if (t <= 0) continue;
       std::fprintf(f, "%d,%ld,%.3f,%ld,", r->expect_pub, s, static_cast<double>(t - first) / 1e6, static_cast<long>(t));
+      if (p.late_ns[i] >= 0) std::fprintf(f, "%.3f", static_cast<double>(p.late_ns[i]) / 1e6);
+      std::fputc(',', f);
       if (p.ack_ns[i] >= 0) std::fprintf(f, "%.3f", static_cast<double>(p.ack_ns[i]) / 1e6);
       std::fputc(',', f);
       if (r->lat_ns[i] >= 0) std::fprintf(f, "%.3f", static_cast<double>(r->lat_ns[i]) / 1e6);

@@ -223,6 +223,7 @@ struct Publisher {
   long sent = 0, acked = 0, nacked = 0;
   int64_t done_ns = 0;
   std::vector<int64_t> ack_ns;                    // per seq: publish -> PublishAck
+  std::vector<int64_t> late_ns;                   // per seq: scheduled time -> Publish called (paced runs)
   std::unique_ptr<std::atomic<int64_t>[]> sched;  // per seq: scheduled (or actual) send time
   std::string first_error;
 };
@@ -273,12 +274,13 @@ struct LatencyStats {
   size_t measured = 0;
   double p50 = -1, p90 = -1, p99 = -1, p999 = -1, max = -1;  // ms, one way, from the scheduled send
   double ack_p50 = -1, ack_p99 = -1;                          // ms, publish -> PublishAck
+  double late_p50 = -1, late_p99 = -1;  // ms, scheduled send -> Publish called (the benchmark's own delay)
 };
 // The latencies of the messages after the first warmup s.
 LatencyStats SummariseLatency(World& w, double per_pub_rate, double warmup);
 // Writes one CSV line per message of the phase: publisher, seq, scheduled
-// send (ms from the first, and the steady clock's ns), publish->ack and
-// send->receive latency (ms, empty when unknown). For finding out when a
+// send (ms from the first, and the steady clock's ns), how late Publish was
+// called, publish->ack and send->receive latency (ms, empty when unknown). For finding out when a
 // tail happens.
 Status WriteLatencyTrace(World& w, const std::string& path);
 
