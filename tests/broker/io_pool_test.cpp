@@ -77,31 +77,42 @@ std::set<std::thread::id> Trickle(asio::io_context& ioc, int n, std::chrono::mil
   return ran_on;
 }
 
+// A pool running on a thread of its own until the end of the scope.
+struct RunningPool {
+  asio::io_context ioc;
+  asio::executor_work_guard<asio::io_context::executor_type> work{asio::make_work_guard(ioc)};
+  IoPool pool;
+  std::thread runner;
+  explicit RunningPool(int max) : pool(ioc, Fast(max)), runner([this] { pool.Run(); }) {}
+  ~RunningPool() {
+    work.reset();
+    ioc.stop();
+    runner.join();
+  }
+};
+
 }  // namespace
 
 TEST_CASE("io pool: a light load runs on one thread and the others stay parked") {
-  asio::io_context ioc;
-  auto work = asio::make_work_guard(ioc);
-  IoPool pool(ioc, Fast(3));
-  std::thread runner([&] { pool.Run(); });
+  RunningPool r(3);
+  asio::io_context& ioc = r.ioc;
+  IoPool& pool = r.pool;
   // 200 small handlers, 2 ms apart: a few percent of a core.
   CHECK(Trickle(ioc, 200, 2ms).size() == 1);
   CHECK(pool.active() == 1);
   CHECK(pool.joins() == 0);
   CHECK(pool.max_threads() == 3);
-  work.reset();
-  ioc.stop();
-  runner.join();
 }
 
 TEST_CASE("io pool: threads join under load and leave when it ends") {
-  asio::io_context ioc;
-  auto work = asio::make_work_guard(ioc);
-  IoPool pool(ioc, Fast(2));
-  std::thread runner([&] { pool.Run(); });
+  // (Declared before the pool: handlers still running when a check fails
+  // use them until the pool's threads end.)
   std::atomic<bool> loading{true};
   std::mutex mu;
   std::set<std::thread::id> ran_on;
+  RunningPool r(2);
+  asio::io_context& ioc = r.ioc;
+  IoPool& pool = r.pool;
   // A producer keeps a backlog of handlers that each burn 1 ms of CPU, 20
   // every 10 ms: two cores' worth, so the first thread is never idle.
   std::thread producer([&] {
@@ -132,21 +143,18 @@ TEST_CASE("io pool: threads join under load and leave when it ends") {
   CHECK(Eventually([&] { return pool.active() == 1; }, 10000ms));
   std::this_thread::sleep_for(100ms);
   CHECK(Trickle(ioc, 100, 2ms).size() == 1);
-  work.reset();
-  ioc.stop();
-  runner.join();
 }
 
 TEST_CASE("io pool: a thread joins when the running one is blocked without using the CPU") {
-  asio::io_context ioc;
-  auto work = asio::make_work_guard(ioc);
-  IoPool pool(ioc, Fast(2));
-  std::thread runner([&] { pool.Run(); });
-  // The first thread waits on a lock for a second (no CPU used): the probe
-  // waits a whole period, a second thread joins and runs what is posted.
+  // The first thread waits on a lock (no CPU used): the probe waits a whole
+  // period, a second thread joins and runs what is posted. (The lock and
+  // the flag outlive the pool's threads; the lock is let go first.)
   std::mutex held;
-  std::unique_lock hold(held);
   std::atomic<bool> blocked{false};
+  RunningPool r(2);
+  asio::io_context& ioc = r.ioc;
+  IoPool& pool = r.pool;
+  std::unique_lock hold(held);
   asio::post(ioc, [&] {
     blocked = true;
     std::lock_guard wait(held);
@@ -157,9 +165,6 @@ TEST_CASE("io pool: a thread joins when the running one is blocked without using
   CHECK(Eventually([&] { return ran.load(); }, 5000ms));
   CHECK(pool.active() == 2);
   hold.unlock();
-  work.reset();
-  ioc.stop();
-  runner.join();
 }
 
 TEST_CASE("io pool: every handler runs and Run returns when the io_context runs out of work") {
@@ -177,10 +182,9 @@ TEST_CASE("io pool: every handler runs and Run returns when the io_context runs 
 }
 
 TEST_CASE("io pool: one thread at most when the maximum is one") {
-  asio::io_context ioc;
-  auto work = asio::make_work_guard(ioc);
-  IoPool pool(ioc, Fast(1));
-  std::thread runner([&] { pool.Run(); });
+  RunningPool r(1);
+  asio::io_context& ioc = r.ioc;
+  IoPool& pool = r.pool;
   std::mutex mu;
   std::set<std::thread::id> ran_on;
   std::atomic<int> ran{0};
@@ -195,7 +199,4 @@ TEST_CASE("io pool: one thread at most when the maximum is one") {
   REQUIRE(Eventually([&] { return ran.load() == 300; }, 10000ms));
   CHECK(ran_on.size() == 1);
   CHECK(pool.active() == 1);
-  work.reset();
-  ioc.stop();
-  runner.join();
 }
