@@ -3,9 +3,10 @@
 #include <pthread.h>
 #include <time.h>
 
-#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+
+#include <algorithm>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -15,13 +16,15 @@
 namespace liaison::broker {
 namespace {
 
-// The CPU time a thread of this process has used, in nanoseconds (0 if its
-// clock cannot be read).
-int64_t CpuNs(pthread_t t) {
-  clockid_t clock;
-  if (pthread_getcpuclockid(t, &clock) != 0) return 0;
+// A thread's CPU clock (pthread_getcpuclockid), and the CPU time it has
+// used, in nanoseconds (0 if it cannot be read).
+clockid_t CpuClock(pthread_t t) {
+  clockid_t clock{};
+  return pthread_getcpuclockid(t, &clock) == 0 ? clock : clockid_t{-1};
+}
+int64_t CpuNs(clockid_t clock) {
   timespec ts{};
-  if (clock_gettime(clock, &ts) != 0) return 0;
+  if (clock == clockid_t{-1} || clock_gettime(clock, &ts) != 0) return 0;
   return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
@@ -41,10 +44,11 @@ void IoPool::Run() {
   }
   std::mutex mu;
   std::condition_variable cv;
-  int wanted = 1;     // guarded by mu: threads 0..wanted-1 are to run the io_context
+  // Threads 0..active_-1 are to run the io_context: active_ changes with mu
+  // held (the helpers read it under mu; active() reads it without).
   bool done = false;  // guarded by mu: the io_context has stopped; everyone leaves
 
-  // Helper i (1..max-1) runs the io_context while wanted > i, a slice at a
+  // Helper i (1..max-1) runs the io_context while active_ > i, a slice at a
   // time, so that it notices when it is no longer wanted. Once the
   // io_context has stopped it waits for Run to end (the monitor reads its
   // CPU clock until then).
@@ -54,7 +58,7 @@ void IoPool::Run() {
     helpers.emplace_back([&, i] {
       std::unique_lock lock(mu);
       for (;;) {
-        cv.wait(lock, [&] { return done || wanted > i; });
+        cv.wait(lock, [&] { return done || active() > i; });
         if (done) return;
         lock.unlock();
         const bool stopped = ioc_.stopped();
@@ -75,11 +79,11 @@ void IoPool::Run() {
   const pthread_t caller = pthread_self();  // the first I/O thread
   std::thread monitor([&] {
     pthread_setname_np(pthread_self(), "io-monitor");
-    std::vector<pthread_t> threads{caller};
-    for (auto& h : helpers) threads.push_back(h.native_handle());
+    std::vector<clockid_t> clocks{CpuClock(caller)};
+    for (auto& h : helpers) clocks.push_back(CpuClock(h.native_handle()));
     std::unique_lock lock(mu);
-    std::vector<int64_t> last(threads.size());
-    for (size_t i = 0; i < threads.size(); ++i) last[i] = CpuNs(threads[i]);
+    std::vector<int64_t> last(clocks.size());
+    for (size_t i = 0; i < clocks.size(); ++i) last[i] = CpuNs(clocks[i]);
     auto last_time = std::chrono::steady_clock::now();
     int high = 0, low = 0;
     while (!done) {
@@ -91,10 +95,11 @@ void IoPool::Run() {
       const double elapsed_ns = static_cast<double>(
           std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::nanoseconds>(now_time - last_time).count()));
       last_time = now_time;
+      const int wanted = active();
       double total = 0;    // of a core, by the threads wanted
       double least = 1e9;  // of a core, by the least busy of them
-      for (size_t i = 0; i < threads.size(); ++i) {
-        const int64_t now = CpuNs(threads[i]);
+      for (size_t i = 0; i < clocks.size(); ++i) {
+        const int64_t now = CpuNs(clocks[i]);
         const double used = now > last[i] ? static_cast<double>(now - last[i]) / elapsed_ns : 0.0;
         if (now > 0) last[i] = now;
         if (static_cast<int>(i) < wanted) {
@@ -107,8 +112,7 @@ void IoPool::Run() {
         low = 0;
         if (stalled || ++high >= options_.up_periods) {
           high = 0;
-          wanted++;
-          active_.store(wanted, std::memory_order_relaxed);
+          active_.store(wanted + 1, std::memory_order_relaxed);
           joins_.fetch_add(1, std::memory_order_relaxed);
           cv.notify_all();
         }
@@ -116,8 +120,7 @@ void IoPool::Run() {
         high = 0;
         if (++low >= options_.down_periods) {
           low = 0;
-          wanted--;
-          active_.store(wanted, std::memory_order_relaxed);
+          active_.store(wanted - 1, std::memory_order_relaxed);
         }
       } else {
         high = low = 0;

@@ -1,27 +1,28 @@
 #include "broker/server.h"
 
 #include <spdlog/spdlog.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/post.hpp>
 #include <boost/asio/read_until.hpp>
+#include <boost/asio/streambuf.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
-#include <boost/asio/streambuf.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/write.hpp>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <future>
 #include <map>
-#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -143,6 +144,14 @@ std::string SourceOf(const asio::ip::address& a) {
   return asio::ip::address_v6(b).to_string() + "/64";
 }
 
+// The I/O threads' pool for a configuration: at most `threads` of them,
+// one a core when it is 0.
+IoPool::Options IoThreads(const BrokerConfig& c) {
+  IoPool::Options o;
+  o.max_threads = c.threads > 0 ? c.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return o;
+}
+
 // The commit log's fdatasyncs since the start, for the admin socket's
 // status: how many, percentiles and the longest in microseconds, and the
 // buckets they fell in ([[upper_bound_us,count],...], LatencyHistogram).
@@ -172,7 +181,9 @@ struct Server::Impl {
   std::mutex reload_mu;  // one reload at a time
   std::atomic<bool> stopping{false};
   uint16_t port = 0;
-  std::unique_ptr<IoPool> io_pool;  // set by Run before the io_context runs
+  // One thread runs the io_context; the others join while it is busy
+  // (broker/detail/io_pool.h).
+  IoPool io_pool{ioc, IoThreads(state.config)};
 
   asio::awaitable<void> Accept();
   asio::awaitable<void> AcceptAdmin(Server* server);
@@ -269,9 +280,9 @@ asio::awaitable<void> Server::Impl::ServeAdmin(Server* server, asio::local::stre
              ",\"deliveries_acked\":" + std::to_string(c.deliveries_acked) +
              ",\"protocol_errors\":" + std::to_string(c.protocol_errors) +
              ",\"waiting\":" + std::to_string(state.mailboxes.waiting_total()) + ",\"policy_version\":\"" +
-             state.policy()->version() + "\",\"io_threads\":" + std::to_string(io_pool->active()) +
-             ",\"io_threads_max\":" + std::to_string(io_pool->max_threads()) +
-             ",\"io_thread_joins\":" + std::to_string(io_pool->joins()) + "," + LogSyncsJson(c.log_syncs) + "}";
+             state.policy()->version() + "\",\"io_threads\":" + std::to_string(io_pool.active()) +
+             ",\"io_threads_max\":" + std::to_string(io_pool.max_threads()) +
+             ",\"io_thread_joins\":" + std::to_string(io_pool.joins()) + "," + LogSyncsJson(c.log_syncs) + "}";
   } else if (command == "queues") {
     answer = "ok " + QueuesJson(state, NowMs());
   } else if (command.rfind("rotate-key ", 0) == 0) {
@@ -533,16 +544,9 @@ Status Server::Run(bool handle_signals) {
     boost::system::error_code ignored;
     s.signals.clear(ignored);
   }
-  const int threads = s.state.config.threads > 0 ? s.state.config.threads
-                                                 : std::max(1u, std::thread::hardware_concurrency());
   spdlog::info("broker '{}' listening on {}:{} (up to {} I/O thread(s), more joining only while busy)",
-               s.state.config.name, s.state.config.listen_host, s.port, threads);
-  // One thread runs the io_context; the others join while it is busy
-  // (broker/detail/io_pool.h).
-  IoPool::Options po;
-  po.max_threads = threads;
-  s.io_pool = std::make_unique<IoPool>(s.ioc, po);
-  s.io_pool->Run();
+               s.state.config.name, s.state.config.listen_host, s.port, s.io_pool.max_threads());
+  s.io_pool.Run();
   return Status::Ok();
 }
 

@@ -36,5 +36,5 @@ target_sources(unit_tests PRIVATE common/latency_histogram_test.cpp)
 # an executable of its own, so that the TSan build (scripts/ci-sanitizers.sh)
 # runs it without building every unit test.
 add_executable(io_pool_tests broker/io_pool_test.cpp)
-target_link_libraries(io_pool_tests PRIVATE catch_main liaison_broker)
+target_link_libraries(io_pool_tests PRIVATE liaison_test_support)
 catch_discover_tests(io_pool_tests EXTRA_ARGS --warn NoTests TEST_PREFIX "unit: ")

@@ -280,8 +280,8 @@ struct LatencyStats {
 LatencyStats SummariseLatency(World& w, double per_pub_rate, double warmup);
 // Writes one CSV line per message of the phase: publisher, seq, scheduled
 // send (ms from the first, and the steady clock's ns), how late Publish was
-// called, publish->ack and send->receive latency (ms, empty when unknown). For finding out when a
-// tail happens.
+// called, publish->ack and send->receive latency (ms, empty when unknown).
+// For finding out when a tail happens.
 Status WriteLatencyTrace(World& w, const std::string& path);
 
 }  // namespace liaison::bench

@@ -6,18 +6,22 @@
 
 #include <time.h>
 
-#include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <mutex>
 #include <set>
 #include <thread>
 
+#include "tests/integration/test_support.h"
+
 namespace asio = boost::asio;
 using liaison::broker::IoPool;
+using liaison::test::WaitFor;
 using namespace std::chrono_literals;
 
 namespace {
@@ -33,17 +37,6 @@ void Spin(std::chrono::microseconds d) {
   const int64_t end = cpu_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
   volatile uint64_t x = 0;
   while (cpu_ns() < end) x = x + 1;
-}
-
-// Waits up to limit for pred.
-template <typename Pred>
-bool Eventually(Pred pred, std::chrono::milliseconds limit) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(5ms);
-  }
-  return true;
 }
 
 // Periods long enough that a loaded test machine (ctest -j, sanitizers)
@@ -72,7 +65,7 @@ std::set<std::thread::id> Trickle(asio::io_context& ioc, int n, std::chrono::mil
     });
     std::this_thread::sleep_for(gap);
   }
-  REQUIRE(Eventually([&] { return ran.load() == n; }, 5000ms));
+  REQUIRE(WaitFor([&] { return ran.load() == n; }, 5000ms));
   std::lock_guard lock(mu);
   return ran_on;
 }
@@ -133,10 +126,10 @@ TEST_CASE("io pool: threads join under load and leave when it ends") {
       std::this_thread::sleep_for(10ms);
     }
   });
-  CHECK(Eventually([&] { return pool.active() == 2; }, 5000ms));
+  CHECK(WaitFor([&] { return pool.active() == 2; }, 5000ms));
   CHECK(pool.joins() >= 1);
   // The second thread really runs handlers.
-  CHECK(Eventually(
+  CHECK(WaitFor(
       [&] {
         std::lock_guard lock(mu);
         return ran_on.size() == 2;
@@ -146,7 +139,7 @@ TEST_CASE("io pool: threads join under load and leave when it ends") {
   producer.join();
   // The backlog drains, the load ends, and the second thread leaves: after
   // its last slice, a light load runs on one thread again.
-  CHECK(Eventually([&] { return pool.active() == 1; }, 10000ms));
+  CHECK(WaitFor([&] { return pool.active() == 1; }, 10000ms));
   std::this_thread::sleep_for(100ms);
   const uint64_t joins = pool.joins();
   const size_t threads = Trickle(ioc, 100, 2ms).size();
@@ -173,10 +166,10 @@ TEST_CASE("io pool: a thread joins when the running one is blocked without using
     blocked = true;
     std::lock_guard wait(held);
   });
-  REQUIRE(Eventually([&] { return blocked.load(); }, 5000ms));
+  REQUIRE(WaitFor([&] { return blocked.load(); }, 5000ms));
   std::atomic<bool> ran{false};
   asio::post(ioc, [&] { ran = true; });
-  CHECK(Eventually([&] { return ran.load(); }, 5000ms));
+  CHECK(WaitFor([&] { return ran.load(); }, 5000ms));
   CHECK(pool.active() == 2);
   hold.unlock();
 }
@@ -210,7 +203,7 @@ TEST_CASE("io pool: one thread at most when the maximum is one") {
       ran++;
     });
   }
-  REQUIRE(Eventually([&] { return ran.load() == 300; }, 10000ms));
+  REQUIRE(WaitFor([&] { return ran.load() == 300; }, 10000ms));
   CHECK(ran_on.size() == 1);
   CHECK(pool.active() == 1);
 }
